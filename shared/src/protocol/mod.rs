@@ -1,0 +1,284 @@
+//! The JSON shapes of fleetwave's HTTP API (`/v1/`), shared by the coordinator, the agent
+//! and the operator CLI.
+//!
+//! Agent side ([`agent`] routes): enroll once with a one-time token and the device key;
+//! open a short-lived session with a signed, replay-protected handshake; then poll, lease
+//! and report with the session's bearer token (no signature verification per request).
+//! Operator side: see [`operator`].
+
+pub mod operator;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::dsse::Envelope;
+
+/// Header carrying the suggested seconds until the next poll (also on 304 answers).
+pub const NEXT_POLL_HEADER: &str = "x-fleetwave-next-poll";
+/// Longest long-poll `wait` the coordinator honours, in seconds.
+pub const MAX_POLL_WAIT_SECS: u32 = 60;
+/// Most events in one report batch.
+pub const MAX_REPORT_EVENTS: usize = 500;
+/// Longest client-generated event id.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// How far a session handshake's timestamp may be from the coordinator's clock.
+pub const SESSION_SKEW_SECS: i64 = 300;
+
+/// Route paths, so that both sides name them the same way.
+pub mod paths {
+    pub const ENROLL: &str = "/v1/enroll";
+    pub const SESSION: &str = "/v1/agent/session";
+    pub const POLL: &str = "/v1/agent/poll";
+    pub const LEASE: &str = "/v1/agent/lease";
+    pub const REPORTS: &str = "/v1/agent/reports";
+    /// `GET /v1/artifacts/{sha256}` (Range supported), `PUT` to upload (operators).
+    pub const ARTIFACTS: &str = "/v1/artifacts";
+}
+
+/// The error body of every non-2xx answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `bad_request`, `unauthorized`, `lease_denied`.
+    pub code: String,
+    /// What went wrong and what to do, for a human.
+    pub message: String,
+}
+
+/// The bytes an enrolling agent signs with its device key (proof of possession).
+pub fn enroll_message(site_id: &str, token: &str, device_key_hex: &str) -> Vec<u8> {
+    format!("fleetwave-enroll-v1\n{site_id}\n{token}\n{device_key_hex}").into_bytes()
+}
+
+/// The bytes an agent signs to open a session.
+pub fn session_message(site_id: &str, timestamp: Timestamp, nonce: &str) -> Vec<u8> {
+    format!("fleetwave-session-v1\n{site_id}\n{timestamp}\n{nonce}").into_bytes()
+}
+
+/// `POST /v1/enroll`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The one-time enrollment token an operator created.
+    pub token: String,
+    /// The site id this box asks for (`[a-z0-9][a-z0-9._-]{0,62}`); a token may fix it.
+    pub site_id: String,
+    /// The device's ed25519 public key, 64 lowercase hex.
+    pub device_key: String,
+    pub agent_version: String,
+    /// Base64 ed25519 signature by the device key over [`enroll_message`].
+    pub proof: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub site_id: String,
+    pub labels: BTreeMap<String, String>,
+    /// Every root version the coordinator has, oldest first.
+    pub roots: Vec<Envelope>,
+}
+
+/// `POST /v1/agent/session`: a signed handshake; the nonce is never accepted twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub site_id: String,
+    pub timestamp: Timestamp,
+    /// 32 lowercase hex characters (16 random bytes).
+    pub nonce: String,
+    /// Base64 ed25519 signature by the device key over [`session_message`].
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResponse {
+    /// Bearer token for `Authorization: Bearer ...` on every agent request.
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+/// `GET /v1/agent/poll?wait=SECS&root_version=N` with `If-None-Match`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollQuery {
+    /// Long-poll: hold the request up to this many seconds (capped at
+    /// [`MAX_POLL_WAIT_SECS`]) until something changes.
+    #[serde(default)]
+    pub wait: Option<u32>,
+    /// The newest root version the agent trusts; newer ones are sent in `roots`.
+    #[serde(default)]
+    pub root_version: Option<u64>,
+}
+
+/// The answer to a poll (200). A 304 carries only `ETag` and [`NEXT_POLL_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// The site's signed assignment, or none: nothing to do.
+    pub assignment: Option<Envelope>,
+    /// The release envelope the assignment references.
+    pub release: Option<Envelope>,
+    /// Root versions newer than the agent's `root_version`, oldest first.
+    #[serde(default)]
+    pub roots: Vec<Envelope>,
+    /// Suggested seconds until the next poll, jittered by the coordinator.
+    pub next_poll_secs: u32,
+}
+
+/// `POST /v1/agent/lease`: permission to start installing now. Asking again while holding
+/// a lease for the same rollout renews it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub rollout_id: String,
+    /// The sequence of the assignment the agent acts on.
+    pub sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub lease_id: String,
+    pub rollout_id: String,
+    pub expires_at: Timestamp,
+}
+
+/// Body of a 409 `lease_denied` answer (inside `error`, plus `Retry-After`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDenied {
+    /// `outside_window`, `frozen`, `concurrency_limit`, `rollout_paused`, `rollout_halted`,
+    /// `not_assigned`, `stale_assignment`, `deferred`.
+    pub reason: String,
+    pub message: String,
+    pub retry_after_secs: u32,
+}
+
+/// `POST /v1/agent/reports`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    pub events: Vec<Event>,
+}
+
+/// The coordinator applied every event of the batch (new ones) or had already (duplicates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    pub accepted: u32,
+    pub duplicates: u32,
+}
+
+/// One report. `id` is generated by the agent and stable across retries: the coordinator
+/// applies each id at most once per site. `at` is the agent's clock when it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The install of a release moved to a new phase.
+    Phase {
+        #[serde(default)]
+        rollout_id: Option<String>,
+        release_id: String,
+        phase: Phase,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// A health heartbeat (compact summary of every check).
+    Health { healthy: bool, summary: HealthSummary },
+    /// Local deferral set (`until`) or lifted (`until = null`).
+    Deferral {
+        #[serde(default)]
+        until: Option<Timestamp>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// What the agent found installed (at start, after recovery, after commit or rollback).
+    Installed {
+        /// The release stream (release `name`).
+        name: String,
+        #[serde(default)]
+        release_id: Option<String>,
+        #[serde(default)]
+        version: Option<String>,
+        #[serde(default)]
+        previous_release_id: Option<String>,
+    },
+    /// A document was refused (tampered, expired, replayed, wrong site...).
+    Refusal {
+        /// [`crate::Refusal::code`] or an executor code such as `artifact_mismatch`.
+        code: String,
+        message: String,
+        #[serde(default)]
+        rollout_id: Option<String>,
+        #[serde(default)]
+        sequence: Option<u64>,
+    },
+}
+
+/// Install phases, in the order they normally happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Assignment verified and accepted; waiting for readiness.
+    Accepted,
+    /// Not ready yet (window, deferral, failing check, not_before); `detail` says why.
+    Waiting,
+    Leased,
+    Downloading,
+    Installing,
+    Verifying,
+    /// Installed and healthy through the verify period; the previous version is kept.
+    Committed,
+    /// The install failed; `detail` says where. Usually followed by `rolled_back`.
+    Failed,
+    /// The box is back on the previous release.
+    RolledBack,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Accepted => "accepted",
+            Phase::Waiting => "waiting",
+            Phase::Leased => "leased",
+            Phase::Downloading => "downloading",
+            Phase::Installing => "installing",
+            Phase::Verifying => "verifying",
+            Phase::Committed => "committed",
+            Phase::Failed => "failed",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// A compact summary of one health sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthSummary {
+    pub passed: u32,
+    pub failed: u32,
+    /// Names of the failing checks with a short reason, e.g. `http:app: status 500`.
+    #[serde(default)]
+    pub failing: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    /// How many samples this summary stands for (compacted heartbeats in the outbox).
+    #[serde(default = "one")]
+    pub samples: u32,
+}
+
+fn one() -> u32 {
+    1
+}

@@ -1,0 +1,384 @@
+//! Verification of signed documents against the fleet's root of trust.
+//!
+//! [`Verified<T>`] can only be built here, after the envelope's signatures met the role's
+//! threshold and the payload parsed from the verified bytes. Pure logic: no I/O, and the
+//! current time is always an argument.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+
+use crate::docs::{
+    ASSIGNMENT_TYPE, Assignment, RELEASE_TYPE, ROOT_TYPE, Release, Role, RoleKeys, Root,
+};
+use crate::dsse::{Envelope, EnvelopeError, KeyRing};
+use crate::keys::KeyId;
+
+/// Which kind of document a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Root,
+    Release,
+    Assignment,
+}
+
+impl fmt::Display for DocKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DocKind::Root => "root",
+            DocKind::Release => "release",
+            DocKind::Assignment => "assignment",
+        })
+    }
+}
+
+/// Why a document (or an install decision) was refused. Each variant has a stable
+/// [`Refusal::code`] that agents report to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{doc} envelope refused: {source}")]
+    Envelope {
+        doc: DocKind,
+        #[source]
+        source: EnvelopeError,
+    },
+    #[error("{doc} envelope not signed by enough {role} keys: {source}")]
+    Signature {
+        doc: DocKind,
+        role: Role,
+        #[source]
+        source: EnvelopeError,
+    },
+    #[error("{doc} payload is signed but not a valid {doc} document: {message}")]
+    Payload { doc: DocKind, message: String },
+    #[error("root document version {version} is invalid: {message}")]
+    InvalidRoot { version: u64, message: String },
+    #[error("{doc} {id} expired at {expires} (trusted time is {now})")]
+    Expired {
+        doc: DocKind,
+        id: String,
+        expires: Timestamp,
+        now: Timestamp,
+    },
+    #[error("root version {version} expired at {expires} (trusted time is {now}); a newer root is needed")]
+    RootExpired {
+        version: u64,
+        expires: Timestamp,
+        now: Timestamp,
+    },
+    #[error("root version {got} cannot follow version {current}: versions must increase by exactly one")]
+    RootVersion { current: u64, got: u64 },
+    #[error("assignment is for site {got:?}, this is site {expected:?}")]
+    WrongSite { expected: String, got: String },
+    #[error("assignment references release envelope {expected}, but the release offered is {got}")]
+    ReleaseMismatch { expected: String, got: String },
+    #[error("release {id} has counter {counter}, below the high-water mark {high_water} of stream {stream:?}; only an explicit rollback assignment may go back")]
+    Rollback {
+        id: String,
+        stream: String,
+        counter: u64,
+        high_water: u64,
+    },
+    #[error("rollback to release {id} (counter {counter}) goes below the previous release of stream {stream:?} (counter {floor})")]
+    RollbackTooFar {
+        id: String,
+        stream: String,
+        counter: u64,
+        floor: u64,
+    },
+    #[error("assignment sequence {sequence} is a replay: sequence {last} was already seen")]
+    Replay { sequence: u64, last: u64 },
+    #[error("release {id} needs agent version {required} or newer; this agent is {have}")]
+    AgentTooOld {
+        id: String,
+        required: String,
+        have: String,
+    },
+}
+
+impl Refusal {
+    /// A stable machine-readable code for reports and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Envelope { .. } => "bad_envelope",
+            Refusal::Signature { .. } => "threshold_not_met",
+            Refusal::Payload { .. } => "bad_payload",
+            Refusal::InvalidRoot { .. } => "invalid_root",
+            Refusal::Expired { .. } => "expired",
+            Refusal::RootExpired { .. } => "root_expired",
+            Refusal::RootVersion { .. } => "root_version",
+            Refusal::WrongSite { .. } => "wrong_site",
+            Refusal::ReleaseMismatch { .. } => "release_mismatch",
+            Refusal::Rollback { .. } => "rollback",
+            Refusal::RollbackTooFar { .. } => "rollback_too_far",
+            Refusal::Replay { .. } => "replay",
+            Refusal::AgentTooOld { .. } => "agent_too_old",
+        }
+    }
+}
+
+/// A document whose envelope verified against the trusted keys of its role. Only this
+/// module constructs it. It keeps the envelope it came from, to store or forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified<T> {
+    doc: T,
+    envelope: Envelope,
+    digest: String,
+}
+
+impl<T> Verified<T> {
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// [`Envelope::digest`] of the envelope this document came from.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn into_inner(self) -> T {
+        self.doc
+    }
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.doc
+    }
+}
+
+fn parse<T: DeserializeOwned>(doc: DocKind, bytes: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(bytes).map_err(|e| Refusal::Payload {
+        doc,
+        message: e.to_string(),
+    })
+}
+
+fn envelope_payload_type(doc: DocKind) -> &'static str {
+    match doc {
+        DocKind::Root => ROOT_TYPE,
+        DocKind::Release => RELEASE_TYPE,
+        DocKind::Assignment => ASSIGNMENT_TYPE,
+    }
+}
+
+/// The key ring of one role of `root`.
+fn role_ring(root: &Root, role: &RoleKeys) -> KeyRing {
+    let mut ring = KeyRing::new();
+    for keyid in &role.keyids {
+        if let Some(key) = root.keys.get(keyid).and_then(|k| k.to_key().ok()) {
+            ring.insert(keyid.clone(), key);
+        }
+    }
+    ring
+}
+
+fn verify_with_role(
+    doc: DocKind,
+    envelope: &Envelope,
+    root: &Root,
+    role: Role,
+) -> Result<Vec<u8>, Refusal> {
+    let keys = root.roles.get(role);
+    envelope
+        .verify(envelope_payload_type(doc), &role_ring(root, keys), keys.threshold)
+        .map_err(|source| match source {
+            EnvelopeError::ThresholdNotMet { .. } | EnvelopeError::InvalidThreshold => {
+                Refusal::Signature { doc, role, source }
+            }
+            source => Refusal::Envelope { doc, source },
+        })
+}
+
+/// Checks a root document's structure: thresholds at least one and reachable, every key id
+/// known and equal to its key's SHA-256, no weak keys.
+pub fn check_root_structure(root: &Root) -> Result<(), Refusal> {
+    let invalid = |message: String| Refusal::InvalidRoot {
+        version: root.version,
+        message,
+    };
+    if root.version == 0 {
+        return Err(invalid("version must start at 1".into()));
+    }
+    let mut distinct = BTreeSet::new();
+    for (keyid, key) in &root.keys {
+        let parsed = key
+            .to_key()
+            .map_err(|e| invalid(format!("keys.{keyid}: {e}")))?;
+        let actual = KeyId::of(&parsed).0;
+        if *keyid != actual {
+            return Err(invalid(format!(
+                "keys.{keyid}: key id does not match the key, whose id is {actual}"
+            )));
+        }
+        distinct.insert(parsed.to_bytes());
+    }
+    for role in [Role::Root, Role::Release, Role::Coordinator] {
+        let keys = root.roles.get(role);
+        if keys.threshold == 0 {
+            return Err(invalid(format!("roles.{role}.threshold must be at least 1")));
+        }
+        let known: BTreeSet<&String> = keys.keyids.iter().collect();
+        if let Some(missing) = keys.keyids.iter().find(|id| !root.keys.contains_key(*id)) {
+            return Err(invalid(format!(
+                "roles.{role}.keyids lists {missing}, which is not in keys"
+            )));
+        }
+        if known.len() < keys.threshold {
+            return Err(invalid(format!(
+                "roles.{role}.threshold is {} but only {} distinct keys are listed",
+                keys.threshold,
+                known.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies a root document signed by a threshold of its own root keys. This is how a
+/// trust anchor installed out of band (a file shipped with the agent) is checked.
+pub fn verify_root_anchor(envelope: &Envelope) -> Result<Verified<Root>, Refusal> {
+    // A self-signed root names its own keys, so they are only known after reading the
+    // payload: read the candidate keys, verify with them, then parse again from the verified
+    // bytes so that nothing unverified is ever returned.
+    let bytes = base64_payload(envelope)?;
+    let candidate: Root = parse(DocKind::Root, &bytes)?;
+    check_root_structure(&candidate)?;
+    let verified_bytes = verify_with_role(DocKind::Root, envelope, &candidate, Role::Root)?;
+    let root: Root = parse(DocKind::Root, &verified_bytes)?;
+    Ok(Verified {
+        digest: envelope.digest(),
+        doc: root,
+        envelope: envelope.clone(),
+    })
+}
+
+fn base64_payload(envelope: &Envelope) -> Result<Vec<u8>, Refusal> {
+    use base64::Engine as _;
+    if envelope.payload_type != ROOT_TYPE {
+        return Err(Refusal::Envelope {
+            doc: DocKind::Root,
+            source: EnvelopeError::WrongPayloadType {
+                expected: ROOT_TYPE.into(),
+                got: envelope.payload_type.clone(),
+            },
+        });
+    }
+    if envelope.payload.len() > crate::dsse::MAX_ENVELOPE_BYTES {
+        return Err(Refusal::Envelope {
+            doc: DocKind::Root,
+            source: EnvelopeError::TooLarge {
+                size: envelope.payload.len(),
+                limit: crate::dsse::MAX_ENVELOPE_BYTES,
+            },
+        });
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .map_err(|_| Refusal::Envelope {
+            doc: DocKind::Root,
+            source: EnvelopeError::BadPayloadEncoding,
+        })
+}
+
+/// Verifies root version N+1 against the trusted version N: it must be signed by a
+/// threshold of N's root keys *and* of its own root keys, and its version must be N+1.
+pub fn verify_root_rotation(
+    current: &Verified<Root>,
+    next: &Envelope,
+) -> Result<Verified<Root>, Refusal> {
+    // First the old keys: an attacker's document is refused before its contents matter.
+    verify_with_role(DocKind::Root, next, current, Role::Root)?;
+    let rotated = verify_root_anchor(next)?;
+    if rotated.version != current.version + 1 {
+        return Err(Refusal::RootVersion {
+            current: current.version,
+            got: rotated.version,
+        });
+    }
+    Ok(rotated)
+}
+
+/// Verifies a release envelope against the root's release role, and its expiry.
+pub fn verify_release(
+    root: &Verified<Root>,
+    envelope: &Envelope,
+    now: Timestamp,
+) -> Result<Verified<Release>, Refusal> {
+    let bytes = verify_with_role(DocKind::Release, envelope, root, Role::Release)?;
+    let release: Release = parse(DocKind::Release, &bytes)?;
+    check_release_fields(&release)?;
+    if release.expires <= now {
+        return Err(Refusal::Expired {
+            doc: DocKind::Release,
+            id: release.id.clone(),
+            expires: release.expires,
+            now,
+        });
+    }
+    Ok(Verified {
+        digest: envelope.digest(),
+        doc: release,
+        envelope: envelope.clone(),
+    })
+}
+
+fn check_release_fields(release: &Release) -> Result<(), Refusal> {
+    let bad = |message: String| Refusal::Payload {
+        doc: DocKind::Release,
+        message,
+    };
+    if release.id.is_empty() || release.name.is_empty() || release.version.is_empty() {
+        return Err(bad("id, name and version must not be empty".into()));
+    }
+    for (i, artifact) in release.artifacts.iter().enumerate() {
+        let hex_ok = artifact.sha256.len() == 64
+            && artifact
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex_ok {
+            return Err(bad(format!(
+                "artifacts[{i}].sha256 must be 64 lowercase hex characters"
+            )));
+        }
+        if artifact.name.is_empty()
+            || artifact.name.contains('/')
+            || artifact.name.contains('\\')
+            || artifact.name == ".."
+            || artifact.name == "."
+        {
+            return Err(bad(format!(
+                "artifacts[{i}].name {:?} must be a plain file name",
+                artifact.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies an assignment envelope against the root's coordinator role, and its expiry.
+pub fn verify_assignment(
+    root: &Verified<Root>,
+    envelope: &Envelope,
+    now: Timestamp,
+) -> Result<Verified<Assignment>, Refusal> {
+    let bytes = verify_with_role(DocKind::Assignment, envelope, root, Role::Coordinator)?;
+    let assignment: Assignment = parse(DocKind::Assignment, &bytes)?;
+    if assignment.expires <= now {
+        return Err(Refusal::Expired {
+            doc: DocKind::Assignment,
+            id: format!("{}#{}", assignment.rollout_id, assignment.sequence),
+            expires: assignment.expires,
+            now,
+        });
+    }
+    Ok(Verified {
+        digest: envelope.digest(),
+        doc: assignment,
+        envelope: envelope.clone(),
+    })
+}
