@@ -1,0 +1,2 @@
+pub mod controller;
+pub mod plan;

@@ -1,0 +1,1 @@
+//! The wave controller: pure decision logic for rollouts.

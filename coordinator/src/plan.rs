@@ -1,0 +1,1 @@
+//! Rollout plans: the wave plan file (TOML or JSON), parsed and validated.
