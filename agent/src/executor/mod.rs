@@ -1,0 +1,1 @@
+//! Executors: prepare, install, verify, commit and roll back a release on this box.
