@@ -21,6 +21,7 @@ pub const MAX_SIGNATURES: usize = 64;
 
 /// A DSSE envelope. Field names and order follow the specification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// Standard base64 (with padding) of the payload bytes.
@@ -32,6 +33,7 @@ pub struct Envelope {
 
 /// One signature in an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     pub keyid: String,
@@ -172,6 +174,8 @@ impl Envelope {
             .decode(&self.payload)
             .map_err(|_| EnvelopeError::BadPayloadEncoding)?;
         let message = pae(&self.payload_type, &payload);
+        // Distinct keys by their canonical point encoding: a key listed under several key
+        // ids, or signing several times, counts once.
         let mut signers: BTreeSet<[u8; 32]> = BTreeSet::new();
         for signature in &self.signatures {
             let Some(key) = ring.get(&signature.keyid) else {
@@ -184,7 +188,7 @@ impl Envelope {
                 continue;
             };
             if key.verify_strict(&message, &sig).is_ok() {
-                signers.insert(key.to_bytes());
+                signers.insert(crate::keys::canonical_bytes(key));
             }
         }
         if signers.len() < threshold {
