@@ -43,6 +43,8 @@ pub enum KeyError {
     InvalidPoint,
     #[error("keyval.public is a weak (small-order) ed25519 key and is refused")]
     WeakKey,
+    #[error("keyval.public is not the canonical encoding of its ed25519 point")]
+    NonCanonical,
     #[error("keyid {listed} does not match the key, whose keyid is {actual}")]
     KeyIdMismatch { listed: String, actual: String },
     #[error("private key does not match its public key")]
@@ -142,14 +144,26 @@ impl PrivateKeyFile {
         }
     }
 
+    /// Checks type, scheme, encoding, that the seed matches the public key and that the
+    /// key id is the public key's.
     pub fn to_key(&self) -> Result<SigningKey, KeyError> {
         if self.keytype != "ed25519" {
             return Err(KeyError::UnsupportedKeyType(self.keytype.clone()));
+        }
+        if self.scheme != "ed25519" {
+            return Err(KeyError::UnsupportedScheme(self.scheme.clone()));
         }
         let seed = decode_hex32(&self.keyval.private).ok_or(KeyError::BadPrivateHex)?;
         let key = SigningKey::from_bytes(&seed);
         if hex::encode(key.verifying_key().as_bytes()) != self.keyval.public {
             return Err(KeyError::PrivatePublicMismatch);
+        }
+        let actual = KeyId::of(&key.verifying_key()).0;
+        if self.keyid != actual {
+            return Err(KeyError::KeyIdMismatch {
+                listed: self.keyid.clone(),
+                actual,
+            });
         }
         Ok(key)
     }
@@ -164,14 +178,25 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Parses 64 lowercase hex characters into a public key, refusing weak keys.
+/// Parses 64 lowercase hex characters into a public key, refusing weak (small-order) keys
+/// and non-canonical point encodings. A non-canonical encoding would give one point a
+/// second key id, so that one key could pass for two toward a threshold.
 pub fn parse_public_key(hex_str: &str) -> Result<VerifyingKey, KeyError> {
     let bytes = decode_hex32(hex_str).ok_or(KeyError::BadPublicHex)?;
     let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPoint)?;
     if key.is_weak() {
         return Err(KeyError::WeakKey);
     }
+    if canonical_bytes(&key) != bytes {
+        return Err(KeyError::NonCanonical);
+    }
     Ok(key)
+}
+
+/// The canonical 32-byte encoding of a key's point. Two [`VerifyingKey`]s are the same key
+/// exactly when these bytes are equal, whatever bytes they were decoded from.
+pub fn canonical_bytes(key: &VerifyingKey) -> [u8; 32] {
+    key.to_edwards().compress().to_bytes()
 }
 
 /// A new random signing key from the operating system's generator.
@@ -181,13 +206,23 @@ pub fn generate() -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
-/// Writes `path` (private, created with mode 0600, never overwritten) and `path.pub`.
+/// Writes `path` (private, created with mode 0600) and `path.pub`. Neither file is ever
+/// overwritten: if either exists, nothing is written.
 pub fn write_key_pair(path: &Path, key: &SigningKey) -> Result<PublicKeyFile, KeyError> {
     use std::io::Write as _;
     let file_err = |p: &Path, e: std::io::Error| KeyError::File {
         path: p.display().to_string(),
         message: e.to_string(),
     };
+    let pub_path = public_path(path);
+    for existing in [path, pub_path.as_path()] {
+        if existing.symlink_metadata().is_ok() {
+            return Err(KeyError::File {
+                path: existing.display().to_string(),
+                message: "already exists; refusing to overwrite a key file".into(),
+            });
+        }
+    }
     let private = serde_json::to_vec_pretty(&PrivateKeyFile::from_key(key)).expect("serializes");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -202,10 +237,14 @@ pub fn write_key_pair(path: &Path, key: &SigningKey) -> Result<PublicKeyFile, Ke
         .and_then(|_| file.sync_all())
         .map_err(|e| file_err(path, e))?;
     let public = PublicKeyFile::from_key(&key.verifying_key());
-    let pub_path = public_path(path);
     let mut text = serde_json::to_vec_pretty(&public).expect("serializes");
     text.push(b'\n');
-    std::fs::write(&pub_path, text).map_err(|e| file_err(&pub_path, e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_path)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|e| file_err(&pub_path, e))?;
     Ok(public)
 }
 
@@ -226,7 +265,10 @@ pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyError> {
         path: path.display().to_string(),
         message: format!("not a fleetwave private key file: {e}"),
     })?;
-    file.to_key()
+    file.to_key().map_err(|e| KeyError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Reads a public key file (`.pub`).

@@ -203,25 +203,43 @@ pub fn check_root_structure(root: &Root) -> Result<(), Refusal> {
     if root.version == 0 {
         return Err(invalid("version must start at 1".into()));
     }
-    let mut distinct = BTreeSet::new();
+    // First: one key under one key id only, so that no key can count twice.
+    let mut distinct = std::collections::BTreeMap::new();
+    let mut parsed_keys = Vec::with_capacity(root.keys.len());
     for (keyid, key) in &root.keys {
-        let parsed = key
+        // The map key is the id; a `keyid` inside the entry, if present, must agree.
+        let mut entry = key.clone();
+        entry.keyid = None;
+        let parsed = entry
             .to_key()
             .map_err(|e| invalid(format!("keys.{keyid}: {e}")))?;
+        if let Some(other) = distinct.insert(crate::keys::canonical_bytes(&parsed), keyid) {
+            return Err(invalid(format!(
+                "keys.{keyid}: the same public key is also listed as keys.{other}; \
+                 a key may appear under one key id only"
+            )));
+        }
+        parsed_keys.push((keyid, key, parsed));
+    }
+    for (keyid, key, parsed) in parsed_keys {
         let actual = KeyId::of(&parsed).0;
-        if *keyid != actual {
+        if *keyid != actual || key.keyid.as_ref().is_some_and(|inner| *inner != actual) {
             return Err(invalid(format!(
                 "keys.{keyid}: key id does not match the key, whose id is {actual}"
             )));
         }
-        distinct.insert(parsed.to_bytes());
     }
     for role in [Role::Root, Role::Release, Role::Coordinator] {
         let keys = root.roles.get(role);
         if keys.threshold == 0 {
             return Err(invalid(format!("roles.{role}.threshold must be at least 1")));
         }
-        let known: BTreeSet<&String> = keys.keyids.iter().collect();
+        let mut known: BTreeSet<&String> = BTreeSet::new();
+        if let Some(dup) = keys.keyids.iter().find(|id| !known.insert(*id)) {
+            return Err(invalid(format!(
+                "roles.{role}.keyids lists {dup} twice; each key counts once"
+            )));
+        }
         if let Some(missing) = keys.keyids.iter().find(|id| !root.keys.contains_key(*id)) {
             return Err(invalid(format!(
                 "roles.{role}.keyids lists {missing}, which is not in keys"
