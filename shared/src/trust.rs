@@ -13,15 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::docs::{Assignment, Release, Root};
 use crate::dsse::Envelope;
 pub use crate::verify::Refusal;
-use crate::verify::{
-    Verified, verify_assignment, verify_release, verify_root_anchor, verify_root_rotation,
-};
+use crate::verify::{Verified, verify_assigned_release, verify_root_anchor, verify_root_rotation};
 
 /// What the agent trusts and remembers between runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustState {
     root: Verified<Root>,
-    /// Highest release counter committed, per release stream (release `name`).
+    /// Counter of the release committed last, per release stream (release `name`); it only
+    /// goes down through an explicit rollback, and never below the floor.
     pub release_high_water: BTreeMap<String, u64>,
     /// The counter committed before the current one, per stream: how far an explicit
     /// rollback may go.
@@ -140,25 +139,13 @@ impl TrustState {
                 now,
             });
         }
-        let assignment = verify_assignment(&self.root, assignment, now)?;
-        if assignment.site_id != site_id {
-            return Err(Refusal::WrongSite {
-                expected: site_id.to_string(),
-                got: assignment.site_id.clone(),
-            });
-        }
+        let (assignment, release) =
+            verify_assigned_release(&self.root, assignment, release, now, Some(site_id))?;
         let seen_before = self.last_assignment.as_deref() == Some(assignment.digest());
         if !seen_before && assignment.sequence <= self.last_sequence {
             return Err(Refusal::Replay {
                 sequence: assignment.sequence,
                 last: self.last_sequence,
-            });
-        }
-        let release = verify_release(&self.root, release, now)?;
-        if release.digest() != assignment.release_sha256 {
-            return Err(Refusal::ReleaseMismatch {
-                expected: assignment.release_sha256.clone(),
-                got: release.digest().to_string(),
             });
         }
         if let Some(&high_water) = self.release_high_water.get(&release.name)
@@ -172,7 +159,11 @@ impl TrustState {
                     high_water,
                 });
             }
-            let floor = self.rollback_floor.get(&release.name).copied().unwrap_or(high_water);
+            let floor = self
+                .rollback_floor
+                .get(&release.name)
+                .copied()
+                .unwrap_or(high_water);
             if release.counter < floor {
                 return Err(Refusal::RollbackTooFar {
                     id: release.id.clone(),
@@ -212,13 +203,22 @@ impl TrustState {
         self.trusted_time = Some(self.trusted_time.map_or(at, |t| t.max(at)));
     }
 
-    /// Records that `release` is now committed on the box: raises the stream's high-water
-    /// mark, and remembers the previous one as the floor for an explicit rollback.
+    /// Records that `release` is now committed on the box.
+    ///
+    /// An upgrade (counter above the high-water mark) raises the mark and keeps the
+    /// previous mark as the floor for an explicit rollback. An explicit rollback (counter
+    /// below the mark, which [`TrustState::evaluate`] only lets through from a rollback
+    /// assignment and never below the floor) brings the mark down to the release now
+    /// running, and leaves the floor where it is: so the next upgrade's floor is the release
+    /// the site actually ran before it, and no sequence of rollbacks ever goes below a floor.
     pub fn record_installed(&mut self, release: &Release) {
         let stream = release.name.clone();
         match self.release_high_water.get(&stream).copied() {
             Some(high_water) if release.counter > high_water => {
                 self.rollback_floor.insert(stream.clone(), high_water);
+                self.release_high_water.insert(stream, release.counter);
+            }
+            Some(high_water) if release.counter < high_water => {
                 self.release_high_water.insert(stream, release.counter);
             }
             Some(_) => {}
@@ -233,13 +233,20 @@ impl TrustState {
 /// after `-` or `+` is ignored. Non-numeric parts compare as 0.
 pub fn version_lt(have: &str, required: &str) -> bool {
     fn parts(v: &str) -> Vec<u64> {
-        let core = v.trim_start_matches('v').split(['-', '+']).next().unwrap_or("");
+        let core = v
+            .trim_start_matches('v')
+            .split(['-', '+'])
+            .next()
+            .unwrap_or("");
         core.split('.').map(|p| p.parse().unwrap_or(0)).collect()
     }
     let (a, b) = (parts(have), parts(required));
     let n = a.len().max(b.len());
     for i in 0..n {
-        let (x, y) = (a.get(i).copied().unwrap_or(0), b.get(i).copied().unwrap_or(0));
+        let (x, y) = (
+            a.get(i).copied().unwrap_or(0),
+            b.get(i).copied().unwrap_or(0),
+        );
         if x != y {
             return x < y;
         }

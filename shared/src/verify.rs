@@ -62,26 +62,34 @@ pub enum Refusal {
         expires: Timestamp,
         now: Timestamp,
     },
-    #[error("root version {version} expired at {expires} (trusted time is {now}); a newer root is needed")]
+    #[error(
+        "root version {version} expired at {expires} (trusted time is {now}); a newer root is needed"
+    )]
     RootExpired {
         version: u64,
         expires: Timestamp,
         now: Timestamp,
     },
-    #[error("root version {got} cannot follow version {current}: versions must increase by exactly one")]
+    #[error(
+        "root version {got} cannot follow version {current}: versions must increase by exactly one"
+    )]
     RootVersion { current: u64, got: u64 },
     #[error("assignment is for site {got:?}, this is site {expected:?}")]
     WrongSite { expected: String, got: String },
     #[error("assignment references release envelope {expected}, but the release offered is {got}")]
     ReleaseMismatch { expected: String, got: String },
-    #[error("release {id} has counter {counter}, below the high-water mark {high_water} of stream {stream:?}; only an explicit rollback assignment may go back")]
+    #[error(
+        "release {id} has counter {counter}, below the high-water mark {high_water} of stream {stream:?}; only an explicit rollback assignment may go back"
+    )]
     Rollback {
         id: String,
         stream: String,
         counter: u64,
         high_water: u64,
     },
-    #[error("rollback to release {id} (counter {counter}) goes below the previous release of stream {stream:?} (counter {floor})")]
+    #[error(
+        "rollback to release {id} (counter {counter}) goes below the previous release of stream {stream:?} (counter {floor})"
+    )]
     RollbackTooFar {
         id: String,
         stream: String,
@@ -184,7 +192,11 @@ fn verify_with_role(
 ) -> Result<Vec<u8>, Refusal> {
     let keys = root.roles.get(role);
     envelope
-        .verify(envelope_payload_type(doc), &role_ring(root, keys), keys.threshold)
+        .verify(
+            envelope_payload_type(doc),
+            &role_ring(root, keys),
+            keys.threshold,
+        )
         .map_err(|source| match source {
             EnvelopeError::ThresholdNotMet { .. } | EnvelopeError::InvalidThreshold => {
                 Refusal::Signature { doc, role, source }
@@ -232,7 +244,9 @@ pub fn check_root_structure(root: &Root) -> Result<(), Refusal> {
     for role in [Role::Root, Role::Release, Role::Coordinator] {
         let keys = root.roles.get(role);
         if keys.threshold == 0 {
-            return Err(invalid(format!("roles.{role}.threshold must be at least 1")));
+            return Err(invalid(format!(
+                "roles.{role}.threshold must be at least 1"
+            )));
         }
         let mut known: BTreeSet<&String> = BTreeSet::new();
         if let Some(dup) = keys.keyids.iter().find(|id| !known.insert(*id)) {
@@ -328,7 +342,7 @@ pub fn verify_release(
 ) -> Result<Verified<Release>, Refusal> {
     let bytes = verify_with_role(DocKind::Release, envelope, root, Role::Release)?;
     let release: Release = parse(DocKind::Release, &bytes)?;
-    check_release_fields(&release)?;
+    check_release(&release)?;
     if release.expires <= now {
         return Err(Refusal::Expired {
             doc: DocKind::Release,
@@ -344,7 +358,10 @@ pub fn verify_release(
     })
 }
 
-fn check_release_fields(release: &Release) -> Result<(), Refusal> {
+/// Checks a release document's fields: non-empty id, name and version, artifact SHA-256s
+/// in lowercase hex, artifact names that are plain file names. The CLI runs it before
+/// signing; [`verify_release`] runs it on every verified release.
+pub fn check_release(release: &Release) -> Result<(), Refusal> {
     let bad = |message: String| Refusal::Payload {
         doc: DocKind::Release,
         message,
@@ -399,4 +416,35 @@ pub fn verify_assignment(
         doc: assignment,
         envelope: envelope.clone(),
     })
+}
+
+/// Verifies an assignment and the release it names, as one pair: the assignment against
+/// the coordinator role, then (when `site_id` is given) that it names this site, then the
+/// release against the release role, then that the assignment names exactly this release
+/// envelope by its SHA-256. Expiry is checked at `now` for both. Stateful checks (replay,
+/// release counter) are [`crate::TrustState::evaluate`]'s.
+pub fn verify_assigned_release(
+    root: &Verified<Root>,
+    assignment: &Envelope,
+    release: &Envelope,
+    now: Timestamp,
+    site_id: Option<&str>,
+) -> Result<(Verified<Assignment>, Verified<Release>), Refusal> {
+    let assignment = verify_assignment(root, assignment, now)?;
+    if let Some(site_id) = site_id
+        && assignment.site_id != site_id
+    {
+        return Err(Refusal::WrongSite {
+            expected: site_id.to_string(),
+            got: assignment.site_id.clone(),
+        });
+    }
+    let release = verify_release(root, release, now)?;
+    if release.digest() != assignment.release_sha256 {
+        return Err(Refusal::ReleaseMismatch {
+            expected: assignment.release_sha256.clone(),
+            got: release.digest().to_string(),
+        });
+    }
+    Ok((assignment, release))
 }
