@@ -160,4 +160,3 @@ pub struct Assignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<crate::window::Window>,
 }
-
