@@ -1,2 +1,534 @@
 //! Operator API shapes (`/v1/` routes used by the `fleetwave` CLI and the dashboard).
 //! Owned by the coordinator; the CLI deserializes the same types.
+//!
+//! Every operator request carries `Authorization: Bearer <operator token>`. Roles:
+//! `viewer` reads; `operator` also manages sites, enrollment tokens and rollouts;
+//! `release_manager` also publishes releases and artifacts; `admin` may do everything,
+//! including operator tokens and root rotation. Pure data: no I/O here.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Operator route paths.
+pub mod paths {
+    pub const ENROLLMENT_TOKENS: &str = "/v1/enrollment-tokens";
+    pub const OPERATOR_TOKENS: &str = "/v1/operator-tokens";
+    pub const SITES: &str = "/v1/sites";
+    pub const RELEASES: &str = "/v1/releases";
+    pub const ROOTS: &str = "/v1/roots";
+    pub const ROLLOUTS: &str = "/v1/rollouts";
+    pub const AUDIT: &str = "/v1/audit";
+}
+
+/// What an operator token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorRole {
+    Viewer,
+    Operator,
+    ReleaseManager,
+    Admin,
+}
+
+/// The kinds of operator action a role may be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read anything (sites, releases, rollouts, audit log).
+    Read,
+    /// Sites, enrollment tokens, rollouts.
+    Operate,
+    /// Releases and artifacts.
+    Publish,
+    /// Operator tokens and root rotation.
+    Admin,
+}
+
+impl OperatorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Operator => "operator",
+            OperatorRole::ReleaseManager => "release_manager",
+            OperatorRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OperatorRole> {
+        Some(match s {
+            "viewer" => OperatorRole::Viewer,
+            "operator" => OperatorRole::Operator,
+            "release_manager" => OperatorRole::ReleaseManager,
+            "admin" => OperatorRole::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn permits(self, permission: Permission) -> bool {
+        match (self, permission) {
+            (OperatorRole::Admin, _) => true,
+            (_, Permission::Read) => true,
+            (OperatorRole::Operator, Permission::Operate) => true,
+            (OperatorRole::ReleaseManager, Permission::Publish) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a site may talk to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SiteState {
+    Active,
+    /// Refused at once (sessions dropped); `re-enable` brings it back.
+    Decommissioned,
+}
+
+impl SiteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::Active => "active",
+            SiteState::Decommissioned => "decommissioned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SiteState> {
+        match s {
+            "active" => Some(SiteState::Active),
+            "decommissioned" => Some(SiteState::Decommissioned),
+            _ => None,
+        }
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    /// Created, not started: no assignments yet.
+    Created,
+    Running,
+    /// Paused by an operator: no new wave opens, no lease is granted.
+    Paused,
+    /// Stopped by its gate (or rolled back): nothing new starts.
+    Halted,
+    Completed,
+    Aborted,
+}
+
+impl RolloutStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Created => "created",
+            RolloutStatus::Running => "running",
+            RolloutStatus::Paused => "paused",
+            RolloutStatus::Halted => "halted",
+            RolloutStatus::Completed => "completed",
+            RolloutStatus::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RolloutStatus> {
+        Some(match s {
+            "created" => RolloutStatus::Created,
+            "running" => RolloutStatus::Running,
+            "paused" => RolloutStatus::Paused,
+            "halted" => RolloutStatus::Halted,
+            "completed" => RolloutStatus::Completed,
+            "aborted" => RolloutStatus::Aborted,
+            _ => return None,
+        })
+    }
+
+    /// An active rollout holds its sites: no other rollout may take them.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::Created
+                | RolloutStatus::Running
+                | RolloutStatus::Paused
+                | RolloutStatus::Halted
+        )
+    }
+}
+
+/// `POST /v1/enrollment-tokens`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// Labels given to sites that enroll with this token.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// If set, the token enrolls only this site id.
+    #[serde(default)]
+    pub site_id: Option<String>,
+    /// Seconds until the token expires (default 86400).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// How many enrollments the token allows (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// The answer to a token creation: the secret appears only here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentTokenCreated {
+    pub id: String,
+    pub token: String,
+    pub expires_at: Timestamp,
+    pub uses: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub site_id: Option<String>,
+    pub expires_at: Timestamp,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentTokenList {
+    pub tokens: Vec<EnrollmentTokenInfo>,
+}
+
+/// `POST /v1/operator-tokens` (admin)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperatorToken {
+    /// Who or what uses the token (shown in the audit log), e.g. `ci-deploy` or `alice`.
+    pub name: String,
+    pub role: OperatorRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OperatorTokenCreated {
+    pub id: String,
+    /// The secret; shown only here.
+    pub token: String,
+    pub name: String,
+    pub role: OperatorRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OperatorTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: OperatorRole,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OperatorTokenList {
+    pub tokens: Vec<OperatorTokenInfo>,
+}
+
+/// `GET /v1/sites?label=k=v,k2=v2&state=active&version=2.4.0&after=ID&limit=N`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+pub struct SiteListQuery {
+    /// Comma-separated `key=value` pairs; every one must match.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// `active` or `decommissioned`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Sites that report this version installed.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Page: sites with ids after this one.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// What a site said it runs in one release stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstalledInfo {
+    pub release_id: Option<String>,
+    pub version: Option<String>,
+    pub previous_release_id: Option<String>,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: SiteState,
+    pub agent_version: String,
+    pub device_key: String,
+    pub enrolled_at: Timestamp,
+    pub last_seen: Option<Timestamp>,
+    /// By release stream.
+    pub installed: BTreeMap<String, InstalledInfo>,
+    pub healthy: Option<bool>,
+    pub health_at: Option<Timestamp>,
+    pub deferred_until: Option<Timestamp>,
+    /// The active rollout the site belongs to, if any.
+    pub rollout_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteList {
+    pub sites: Vec<SiteInfo>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// `POST /v1/sites/{id}/labels`: set and remove labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelabelSite {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseInfo {
+    pub id: String,
+    /// `Envelope::digest()` of the envelope as published; assignments reference this.
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub counter: u64,
+    pub published_at: Timestamp,
+    pub published_by: String,
+    pub envelope: crate::dsse::Envelope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseList {
+    pub releases: Vec<ReleaseInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub length: u64,
+    pub uploaded_at: Timestamp,
+    /// Path to download it from this coordinator.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RootInfo {
+    pub version: u64,
+    pub expires: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RootList {
+    pub roots: Vec<RootInfo>,
+}
+
+/// How a rollout plan is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PlanFormat {
+    Toml,
+    Json,
+}
+
+/// `POST /v1/rollouts`: the plan file as text (it names the release and the waves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    pub plan: String,
+    pub format: PlanFormat,
+}
+
+/// `POST /v1/rollouts/{id}/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ApproveWave {
+    /// Zero-based wave index.
+    pub wave: u32,
+}
+
+/// `POST /v1/rollouts/{id}/skip`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SkipSite {
+    pub site_id: String,
+}
+
+/// Optional reason for pause, abort and rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ActionReason {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// How many sites of a wave stand where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaveTally {
+    pub sites: u32,
+    pub pending: u32,
+    pub in_progress: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub silent: u32,
+    pub skipped: u32,
+    pub rolled_back: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaveView {
+    pub index: u32,
+    pub name: String,
+    pub opened_at: Option<Timestamp>,
+    pub passed_at: Option<Timestamp>,
+    pub approval_required: bool,
+    pub approved_at: Option<Timestamp>,
+    pub tally: WaveTally,
+    /// The gate's standing in words, e.g. `waiting for bake: 3 of 5 sites baked`.
+    pub gate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DecisionView {
+    pub at: Timestamp,
+    pub kind: String,
+    pub wave: Option<u32>,
+    pub reason: String,
+}
+
+/// One site's standing in a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutSiteView {
+    pub site_id: String,
+    pub wave: u32,
+    /// `pending`, `in_progress`, `succeeded`, `failed`, `silent`, `skipped`, `rolled_back`.
+    pub state: String,
+    pub phase: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutView {
+    pub id: String,
+    pub release_id: String,
+    pub status: RolloutStatus,
+    pub status_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub updated_at: Timestamp,
+    pub waves: Vec<WaveView>,
+    pub sites: Vec<RolloutSiteView>,
+    /// Every decision, oldest first.
+    pub decisions: Vec<DecisionView>,
+    pub plan: String,
+    pub plan_format: PlanFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutSummary {
+    pub id: String,
+    pub release_id: String,
+    pub status: RolloutStatus,
+    pub status_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutSummary>,
+}
+
+/// `GET /v1/audit?before=ID&limit=N`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub before: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Timestamp,
+    /// `token-name (role, token id)` of the operator.
+    pub actor: String,
+    /// e.g. `rollout.start`, `site.decommission`.
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    /// The client address.
+    pub remote: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next (older) page.
+    pub next_before: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_permit_what_the_docs_say() {
+        use OperatorRole::*;
+        use Permission::*;
+        assert!(Viewer.permits(Read) && !Viewer.permits(Operate) && !Viewer.permits(Publish));
+        assert!(Operator.permits(Operate) && !Operator.permits(Publish) && !Operator.permits(Admin));
+        assert!(ReleaseManager.permits(Publish) && !ReleaseManager.permits(Operate));
+        assert!(Admin.permits(Admin) && Admin.permits(Operate) && Admin.permits(Publish));
+    }
+}
