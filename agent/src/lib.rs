@@ -1,2 +1,11 @@
+//! fleetwave agent library: everything `fleetwave-agent` does, as modules the binary and
+//! the integration tests share.
+//!
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`state`]: the SQLite state (trust, releases, journal, outbox, deferral).
+//! - [`executor`], [`readiness`]: installing releases and checking health.
+
+pub mod config;
 pub mod executor;
 pub mod readiness;
+pub mod state;

@@ -1,0 +1,441 @@
+//! The agent's configuration file (TOML): what it means, its defaults, and its validation.
+//!
+//! Every key has a default except `coordinator.url`; unknown keys are an error naming the
+//! key (serde's `deny_unknown_fields` on every table). Validation checks what can be checked
+//! without touching the network. This module must never read anything but the config file
+//! itself: paths named here are opened by the parts that use them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleetwave-agent/agent.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub coordinator: CoordinatorConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub install: InstallConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// `[coordinator]`: how to reach the coordinator and whom to trust.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Base URL, e.g. `https://fleet.example.com:8443`. Required (may be empty only for
+    /// air-gapped sites that only import bundles).
+    pub url: String,
+    /// PEM file with the fleet CA that signed the coordinator's TLS certificate. The agent
+    /// trusts only this CA unless `use_system_roots = true`.
+    #[serde(default = "default_ca_file")]
+    pub ca_file: PathBuf,
+    /// Also trust the operating system's root store (for a coordinator behind a public CA).
+    #[serde(default)]
+    pub use_system_roots: bool,
+    /// Timeout for one request (a long poll adds its `wait` on top).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+/// `[agent]`: identity and local state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Directory with `agent.db` and `device.key`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// This box's site id. Empty: taken from the enrollment stored in the state directory.
+    #[serde(default)]
+    pub site_id: String,
+    /// The fleet's root of trust installed out of band (a root envelope, JSON). Only read
+    /// at enrollment; afterwards the stored, rotated root is used.
+    #[serde(default = "default_root_file")]
+    pub root_file: PathBuf,
+    /// The site's IANA time zone; maintenance windows are read in it.
+    #[serde(default = "default_time_zone")]
+    pub site_time_zone: String,
+}
+
+/// `[poll]`: how often and how patiently to ask the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Seconds between polls when the coordinator suggests nothing.
+    #[serde(default = "default_poll_interval")]
+    pub interval_secs: u64,
+    /// Long-poll: how long the coordinator may hold a poll open (capped at 60).
+    #[serde(default = "default_poll_wait")]
+    pub wait_secs: u32,
+    /// Random spread applied to every interval, as a fraction (0.2 = ±20%).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// First delay after a failed request.
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min_secs: u64,
+    /// Longest delay between attempts while the coordinator is unreachable.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_secs: u64,
+}
+
+/// `[install]`: the install policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    /// How long health is watched after an install before it is committed.
+    #[serde(default = "default_verify_period")]
+    pub verify_period_secs: u64,
+    /// May an install that already holds a lease finish while the coordinator is
+    /// unreachable? (An expired assignment is never acted on either way.)
+    #[serde(default = "default_true")]
+    pub install_offline: bool,
+    /// Longest local deferral `fleetwave-agent defer` accepts.
+    #[serde(default = "default_max_defer")]
+    pub max_defer_secs: u64,
+    /// Free disk required beyond the artifacts' size, as a fraction of it (0.1 = 10%),
+    /// with `min_free_margin_bytes` as the floor.
+    #[serde(default = "default_disk_margin")]
+    pub disk_margin: f64,
+    #[serde(default = "default_min_margin")]
+    pub min_free_margin_bytes: u64,
+}
+
+/// `[outbox]`: the local queue of reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Soft limit of queued events. At the limit, health samples are merged into one
+    /// summary; phase, refusal, installed and deferral events are always kept.
+    #[serde(default = "default_outbox_max")]
+    pub max_events: u64,
+    /// Events per report request (at most 500).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_ca_file() -> PathBuf {
+    PathBuf::from("/etc/fleetwave-agent/fleet-ca.pem")
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fleetwave-agent")
+}
+fn default_root_file() -> PathBuf {
+    PathBuf::from("/etc/fleetwave-agent/root.json")
+}
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+fn default_poll_interval() -> u64 {
+    300
+}
+fn default_poll_wait() -> u32 {
+    55
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_backoff_min() -> u64 {
+    5
+}
+fn default_backoff_max() -> u64 {
+    900
+}
+fn default_verify_period() -> u64 {
+    120
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_defer() -> u64 {
+    72 * 3600
+}
+fn default_disk_margin() -> f64 {
+    0.1
+}
+fn default_min_margin() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_outbox_max() -> u64 {
+    10_000
+}
+fn default_batch() -> usize {
+    fleetwave_shared::protocol::MAX_REPORT_EVENTS
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: default_state_dir(),
+            site_id: String::new(),
+            root_file: default_root_file(),
+            site_time_zone: default_time_zone(),
+        }
+    }
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            interval_secs: default_poll_interval(),
+            wait_secs: default_poll_wait(),
+            jitter: default_jitter(),
+            backoff_min_secs: default_backoff_min(),
+            backoff_max_secs: default_backoff_max(),
+        }
+    }
+}
+
+impl Default for InstallConfig {
+    fn default() -> Self {
+        InstallConfig {
+            verify_period_secs: default_verify_period(),
+            install_offline: default_true(),
+            max_defer_secs: default_max_defer(),
+            disk_margin: default_disk_margin(),
+            min_free_margin_bytes: default_min_margin(),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_events: default_outbox_max(),
+            batch_size: default_batch(),
+        }
+    }
+}
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: key `{key}` {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let url = self.coordinator.url.trim();
+        if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(bad(
+                "coordinator.url",
+                format!("must be an https:// URL, got {url:?}"),
+            ));
+        }
+        if url.starts_with("http://") {
+            return Err(bad(
+                "coordinator.url",
+                "must use https://: the agent only talks TLS to the coordinator".into(),
+            ));
+        }
+        if self.coordinator.request_timeout_secs == 0 {
+            return Err(bad(
+                "coordinator.request_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.agent.state_dir.as_os_str().is_empty() {
+            return Err(bad("agent.state_dir", "must not be empty".into()));
+        }
+        if !self.agent.site_id.is_empty() && !valid_site_id(&self.agent.site_id) {
+            return Err(bad(
+                "agent.site_id",
+                format!(
+                    "{:?} is not a site id ([a-z0-9][a-z0-9._-]{{0,62}})",
+                    self.agent.site_id
+                ),
+            ));
+        }
+        fleetwave_shared::window::zone(&self.agent.site_time_zone)
+            .map_err(|e| bad("agent.site_time_zone", e.to_string()))?;
+        if self.poll.interval_secs == 0 {
+            return Err(bad("poll.interval_secs", "must be at least 1".into()));
+        }
+        if self.poll.wait_secs > fleetwave_shared::protocol::MAX_POLL_WAIT_SECS {
+            return Err(bad(
+                "poll.wait_secs",
+                format!(
+                    "is {}, the coordinator holds a poll at most {} seconds",
+                    self.poll.wait_secs,
+                    fleetwave_shared::protocol::MAX_POLL_WAIT_SECS
+                ),
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.poll.jitter) {
+            return Err(bad("poll.jitter", "must be between 0.0 and 0.5".into()));
+        }
+        if self.poll.backoff_min_secs == 0
+            || self.poll.backoff_min_secs > self.poll.backoff_max_secs
+        {
+            return Err(bad(
+                "poll.backoff_min_secs",
+                "must be at least 1 and not above poll.backoff_max_secs".into(),
+            ));
+        }
+        if self.install.verify_period_secs == 0 {
+            return Err(bad(
+                "install.verify_period_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.install.disk_margin) {
+            return Err(bad(
+                "install.disk_margin",
+                "must be between 0.0 and 10.0".into(),
+            ));
+        }
+        if self.outbox.max_events < 10 {
+            return Err(bad("outbox.max_events", "must be at least 10".into()));
+        }
+        if self.outbox.batch_size == 0
+            || self.outbox.batch_size > fleetwave_shared::protocol::MAX_REPORT_EVENTS
+        {
+            return Err(bad(
+                "outbox.batch_size",
+                format!(
+                    "must be between 1 and {}",
+                    fleetwave_shared::protocol::MAX_REPORT_EVENTS
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration serializes")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.agent.state_dir.join("agent.db")
+    }
+
+    pub fn device_key_path(&self) -> PathBuf {
+        self.agent.state_dir.join("device.key")
+    }
+
+    /// Where imported bundle artifacts and downloads are staged.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.agent.state_dir.join("staging")
+    }
+
+    pub fn time_zone(&self) -> jiff::tz::TimeZone {
+        fleetwave_shared::window::zone(&self.agent.site_time_zone)
+            .expect("validated when the configuration was loaded")
+    }
+}
+
+/// `[a-z0-9][a-z0-9._-]{0,62}`, as the coordinator requires.
+pub fn valid_site_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse("[coordinator]\nurl = \"https://fleet.test:8443\"\n", "t").unwrap();
+        assert_eq!(c.poll.interval_secs, 300);
+        assert_eq!(c.poll.wait_secs, 55);
+        assert_eq!(c.install.max_defer_secs, 72 * 3600);
+        assert_eq!(c.outbox.batch_size, 500);
+        assert_eq!(c.agent.site_time_zone, "UTC");
+        assert!(!c.coordinator.use_system_roots);
+        // The effective config round-trips.
+        let again = Config::parse(&c.to_toml(), "again").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(
+            "[coordinator]\nurl = \"https://x\"\n[poll]\nintervall_secs = 3\n",
+            "agent.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("intervall_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[coordinator]\nurl = \"http://x\"\n", "coordinator.url"),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[agent]\nsite_time_zone = \"Mars/Base\"\n",
+                "agent.site_time_zone",
+            ),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[poll]\nwait_secs = 600\n",
+                "poll.wait_secs",
+            ),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[outbox]\nbatch_size = 501\n",
+                "outbox.batch_size",
+            ),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[agent]\nsite_id = \"Bad Site\"\n",
+                "agent.site_id",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, "agent.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

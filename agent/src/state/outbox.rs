@@ -1,0 +1,361 @@
+//! The report outbox: events waiting to be delivered to the coordinator.
+//!
+//! Every event gets a stable random 128-bit id when it is queued; the same id is sent on
+//! every retry, so the coordinator applies it at most once, and an event is deleted only
+//! after a 2xx answer acknowledged its batch (delivery at least once).
+//!
+//! Size policy: `max_events` is a soft limit. When the outbox reaches it, all queued health
+//! samples are merged into one summary (`samples` counts what it stands for; failing checks
+//! are kept, the worst disk, memory and load are kept). Phase, refusal, installed and
+//! deferral events are never dropped, so the outbox may exceed the limit by them alone.
+//! This module must never drop a non-health event.
+
+use fleetwave_shared::protocol::{Event, EventBody, HealthSummary};
+use jiff::Timestamp;
+use rusqlite::params;
+
+use super::{StateError, Store, random_id};
+
+/// Most failing-check names a compacted health summary keeps.
+pub const MAX_FAILING_KEPT: usize = 32;
+
+fn kind(body: &EventBody) -> &'static str {
+    match body {
+        EventBody::Phase { .. } => "phase",
+        EventBody::Health { .. } => "health",
+        EventBody::Deferral { .. } => "deferral",
+        EventBody::Installed { .. } => "installed",
+        EventBody::Refusal { .. } => "refusal",
+    }
+}
+
+/// Merges health samples (oldest first) into one: healthy only if every sample was, counts
+/// added up, failing checks united, the worst resource figures kept.
+pub fn merge_health(samples: &[(bool, HealthSummary)]) -> (bool, HealthSummary) {
+    let mut healthy = true;
+    let mut out = HealthSummary {
+        samples: 0,
+        ..HealthSummary::default()
+    };
+    for (ok, s) in samples {
+        healthy &= *ok;
+        out.passed = out.passed.saturating_add(s.passed);
+        out.failed = out.failed.saturating_add(s.failed);
+        out.samples = out.samples.saturating_add(s.samples.max(1));
+        for f in &s.failing {
+            if out.failing.len() < MAX_FAILING_KEPT && !out.failing.contains(f) {
+                out.failing.push(f.clone());
+            }
+        }
+        out.disk_free_bytes = min_opt(out.disk_free_bytes, s.disk_free_bytes);
+        out.mem_available_bytes = min_opt(out.mem_available_bytes, s.mem_available_bytes);
+        out.load1 = match (out.load1, s.load1) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    (healthy, out)
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Store {
+    /// Queues an event and returns its id, applying the size policy (see the module docs).
+    pub fn outbox_push(
+        &self,
+        body: EventBody,
+        at: Timestamp,
+        max_events: u64,
+    ) -> Result<String, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        let mut event = Event {
+            id: random_id(),
+            at,
+            body,
+        };
+        if count as u64 >= max_events {
+            // Compact: every queued health sample (and this one, if it is health) becomes
+            // one summary at the position of the newest.
+            let mut stmt =
+                tx.prepare("SELECT seq, event FROM outbox WHERE kind = 'health' ORDER BY seq")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            let mut samples = Vec::new();
+            for (_, text) in &rows {
+                let e: Event = serde_json::from_str(text).map_err(|e| StateError::Corrupt {
+                    what: "outbox event",
+                    message: e.to_string(),
+                })?;
+                if let EventBody::Health { healthy, summary } = e.body {
+                    samples.push((healthy, summary));
+                }
+            }
+            let incoming_health = matches!(event.body, EventBody::Health { .. });
+            if let EventBody::Health { healthy, summary } = &event.body {
+                samples.push((*healthy, summary.clone()));
+            }
+            if samples.len() > 1 || (incoming_health && !rows.is_empty()) {
+                tx.execute("DELETE FROM outbox WHERE kind = 'health'", [])?;
+                let (healthy, summary) = merge_health(&samples);
+                let merged = Event {
+                    id: random_id(),
+                    at: if incoming_health {
+                        at
+                    } else {
+                        rows_last_at(&rows).unwrap_or(at)
+                    },
+                    body: EventBody::Health { healthy, summary },
+                };
+                insert(&tx, &merged)?;
+                if incoming_health {
+                    tx.commit()?;
+                    return Ok(merged.id);
+                }
+            }
+            if !incoming_health {
+                tracing::debug!(
+                    count,
+                    max_events,
+                    "outbox over its limit; keeping the event"
+                );
+            }
+        }
+        insert(&tx, &event)?;
+        tx.commit()?;
+        Ok(std::mem::take(&mut event.id))
+    }
+
+    /// The oldest `limit` events, in the order they were queued.
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<Event>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT event FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.iter()
+            .map(|t| {
+                serde_json::from_str(t).map_err(|e| StateError::Corrupt {
+                    what: "outbox event",
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes events the coordinator acknowledged.
+    pub fn outbox_ack(&self, ids: &[String]) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for id in ids {
+            tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queued events, per kind (`phase`, `health`, ...).
+    pub fn outbox_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT kind, COUNT(*) FROM outbox GROUP BY kind ORDER BY kind")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn outbox_len(&self) -> Result<u64, StateError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+fn rows_last_at(rows: &[(i64, String)]) -> Option<Timestamp> {
+    rows.last()
+        .and_then(|(_, t)| serde_json::from_str::<Event>(t).ok())
+        .map(|e| e.at)
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO outbox (id, kind, event) VALUES (?1, ?2, ?3)",
+        params![
+            event.id,
+            kind(&event.body),
+            serde_json::to_string(event).expect("events serialize")
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetwave_shared::protocol::Phase;
+
+    fn at(s: u32) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s as i64).unwrap()
+    }
+
+    fn health(ok: bool, failing: &[&str], disk: u64) -> EventBody {
+        EventBody::Health {
+            healthy: ok,
+            summary: HealthSummary {
+                passed: if ok { 3 } else { 2 },
+                failed: if ok { 0 } else { 1 },
+                failing: failing.iter().map(|s| s.to_string()).collect(),
+                disk_free_bytes: Some(disk),
+                mem_available_bytes: None,
+                load1: Some(0.5),
+                samples: 1,
+            },
+        }
+    }
+
+    fn phase(p: Phase) -> EventBody {
+        EventBody::Phase {
+            rollout_id: Some("r1".into()),
+            release_id: "pos-2".into(),
+            phase: p,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn ids_are_128_bit_hex_and_batches_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store
+            .outbox_push(phase(Phase::Accepted), at(0), 100)
+            .unwrap();
+        let b = store.outbox_push(phase(Phase::Leased), at(1), 100).unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        let batch = store.outbox_batch(10).unwrap();
+        assert_eq!(
+            batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            vec![a.clone(), b]
+        );
+        // The id is stable until acknowledged.
+        assert_eq!(store.outbox_batch(1).unwrap()[0].id, a);
+        store.outbox_ack(&[a]).unwrap();
+        assert_eq!(store.outbox_len().unwrap(), 1);
+    }
+
+    #[test]
+    fn full_outbox_compacts_health_and_keeps_every_phase_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let max = 10;
+        let phases = [
+            Phase::Accepted,
+            Phase::Leased,
+            Phase::Downloading,
+            Phase::Installing,
+        ];
+        let mut t = 0;
+        for p in phases {
+            store.outbox_push(phase(p), at(t), max).unwrap();
+            t += 1;
+            store
+                .outbox_push(health(true, &[], 900), at(t), max)
+                .unwrap();
+            t += 1;
+        }
+        for i in 0..20 {
+            let ok = i != 7;
+            let failing: &[&str] = if ok { &[] } else { &["http:app: status 500"] };
+            store
+                .outbox_push(health(ok, failing, 1000 - i), at(t), max)
+                .unwrap();
+            t += 1;
+        }
+        // More phase events past the limit are still kept.
+        for p in [Phase::Verifying, Phase::Committed] {
+            store.outbox_push(phase(p), at(t), max).unwrap();
+            t += 1;
+        }
+        let events = store.outbox_batch(1000).unwrap();
+        let kept_phases: Vec<Phase> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Phase { phase, .. } => Some(*phase),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kept_phases,
+            vec![
+                Phase::Accepted,
+                Phase::Leased,
+                Phase::Downloading,
+                Phase::Installing,
+                Phase::Verifying,
+                Phase::Committed
+            ]
+        );
+        let healths: Vec<(bool, HealthSummary)> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Health { healthy, summary } => Some((*healthy, summary.clone())),
+                _ => None,
+            })
+            .collect();
+        let total: u32 = healths.iter().map(|(_, s)| s.samples).sum();
+        assert_eq!(total, 24, "every sample is accounted for");
+        assert!(
+            events.len() as u64 <= max,
+            "compaction brought it under the limit"
+        );
+        assert!(healths.iter().any(|(ok, s)| !ok
+            && s.failing == vec!["http:app: status 500".to_string()]
+            && s.disk_free_bytes == Some(900)));
+    }
+
+    #[test]
+    fn merge_keeps_the_worst() {
+        let samples = [
+            (
+                true,
+                HealthSummary {
+                    disk_free_bytes: Some(5),
+                    load1: Some(0.1),
+                    samples: 2,
+                    ..Default::default()
+                },
+            ),
+            (
+                false,
+                HealthSummary {
+                    disk_free_bytes: Some(3),
+                    load1: Some(2.0),
+                    failed: 1,
+                    failing: vec!["x".into()],
+                    samples: 1,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let (ok, s) = merge_health(&samples);
+        assert!(!ok);
+        assert_eq!(
+            (s.samples, s.failed, s.disk_free_bytes, s.load1),
+            (3, 1, Some(3), Some(2.0))
+        );
+        assert_eq!(s.failing, vec!["x".to_string()]);
+    }
+}
