@@ -1,0 +1,513 @@
+//! The agent's HTTP client for the coordinator API: enroll, session handshake, poll,
+//! lease, reports.
+//!
+//! TLS trusts only the fleet CA from the configuration (a rustls `RootCertStore` with that
+//! CA alone) unless `use_system_roots` is set. Every response body is read with a size cap.
+//! After enrollment the agent opens a session by signing
+//! [`session_message`](fleetwave_shared::protocol::session_message) with its device key and
+//! then sends the bearer token; a `401` opens a new session once and retries. This module
+//! never decides what to do with an answer and never verifies documents: it moves bytes.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use fleetwave_shared::protocol::{
+    self, EnrollRequest, EnrollResponse, ErrorBody, LeaseGrant, LeaseRequest, NEXT_POLL_HEADER,
+    PollResponse, ReportAck, ReportBatch, SessionRequest, SessionResponse, paths,
+};
+use jiff::Timestamp;
+use reqwest::{Method, StatusCode, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::CoordinatorConfig;
+
+/// Largest poll answer read (assignment, release and root envelopes).
+pub const MAX_POLL_BYTES: usize = 8 * 1024 * 1024;
+/// Largest answer read from any other agent route.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Why a request to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read the fleet CA file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+    #[error("coordinator URL {url} cannot be used: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot reach the coordinator at {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("coordinator answered {status} to {path}: {code}: {message}")]
+    Status {
+        path: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("lease denied for rollout {rollout_id}: {reason}: {message}")]
+    LeaseDenied {
+        rollout_id: String,
+        reason: String,
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("coordinator answer to {path} is over the {limit}-byte limit")]
+    TooLarge { path: &'static str, limit: usize },
+    #[error("coordinator answer to {path} is not valid: {message}")]
+    Body { path: &'static str, message: String },
+    #[error("this box is not enrolled (no site id or device key); run `fleetwave-agent enroll`")]
+    NotEnrolled,
+}
+
+impl ClientError {
+    /// How long the coordinator asked the agent to wait, if it did (429, 503, lease denied).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            ClientError::LeaseDenied { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// True for failures of reaching the coordinator at all (worth retrying later).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Builds the TLS-pinned HTTP client.
+pub fn http_client(config: &CoordinatorConfig) -> Result<reqwest::Client, ClientError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(config.request_timeout_secs.min(30)))
+        .read_timeout(Duration::from_secs(
+            config.request_timeout_secs + u64::from(protocol::MAX_POLL_WAIT_SECS),
+        ))
+        .user_agent(concat!("fleetwave-agent/", env!("CARGO_PKG_VERSION")))
+        .https_only(true);
+    let ca_exists = config.ca_file.exists();
+    let builder = if config.use_system_roots {
+        let mut b = builder.tls_backend_rustls();
+        if ca_exists {
+            let pem = read_ca(&config.ca_file)?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ClientError::CaFile {
+                path: config.ca_file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            b = b.tls_certs_merge([cert]);
+        }
+        b
+    } else {
+        let roots = pinned_roots(&config.ca_file)?;
+        let mut tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        builder.tls_backend_preconfigured(tls)
+    };
+    builder
+        .build()
+        .map_err(|e| ClientError::Setup(e.to_string()))
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::CaFile {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A root store holding only the certificates in the fleet CA file.
+pub fn pinned_roots(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = read_ca(path)?;
+    let bad = |message: String| ClientError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("certificate refused: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // An HTTP date: how far in the future it is.
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let secs = at.as_second() - Timestamp::now().as_second();
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
+/// Reads a body up to `limit` bytes.
+async fn read_capped(
+    path: &'static str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ClientError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::TooLarge { path, limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Transport {
+        url: path.to_string(),
+        message: e.to_string(),
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(ClientError::TooLarge { path, limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_json<T: DeserializeOwned>(path: &'static str, body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|e| ClientError::Body {
+        path,
+        message: e.to_string(),
+    })
+}
+
+async fn error_from(path: &'static str, response: reqwest::Response) -> ClientError {
+    let status = response.status().as_u16();
+    let retry = retry_after(response.headers());
+    let body = read_capped(path, response, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (
+            "http_error".to_string(),
+            String::from_utf8_lossy(&body).chars().take(300).collect(),
+        ),
+    };
+    ClientError::Status {
+        path,
+        status,
+        code,
+        message,
+        retry_after: retry,
+    }
+}
+
+/// Enrolls this box (no session needed): proves possession of `key` with the token.
+pub async fn enroll(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    site_id: &str,
+    key: &SigningKey,
+) -> Result<EnrollResponse, ClientError> {
+    let device_key = hex::encode(key.verifying_key().as_bytes());
+    let proof = key.sign(&protocol::enroll_message(site_id, token, &device_key));
+    let request = EnrollRequest {
+        token: token.to_string(),
+        site_id: site_id.to_string(),
+        device_key,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        proof: base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
+    };
+    let url = join(base, paths::ENROLL);
+    let response = http
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| transport(&url, e))?;
+    if !response.status().is_success() {
+        return Err(error_from(paths::ENROLL, response).await);
+    }
+    let body = read_capped(paths::ENROLL, response, MAX_POLL_BYTES).await?;
+    parse_json(paths::ENROLL, &body)
+}
+
+fn transport(url: &str, e: reqwest::Error) -> ClientError {
+    // The full chain says whether it was DNS, refused, TLS or a timeout.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    ClientError::Transport {
+        url: url.to_string(),
+        message,
+    }
+}
+
+/// The answer to a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollAnswer {
+    /// Nothing changed since the ETag the agent sent.
+    NotModified { next_poll_secs: Option<u32> },
+    Changed {
+        response: PollResponse,
+        etag: Option<String>,
+        next_poll_secs: Option<u32>,
+    },
+}
+
+/// A session with the coordinator for one enrolled site.
+pub struct Session {
+    http: reqwest::Client,
+    base: String,
+    site_id: String,
+    key: SigningKey,
+    token: Mutex<Option<String>>,
+}
+
+impl Session {
+    pub fn new(http: reqwest::Client, base: &str, site_id: &str, key: SigningKey) -> Session {
+        Session {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            site_id: site_id.to_string(),
+            key,
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The current bearer token, opening a session first if there is none.
+    pub async fn bearer(&self) -> Result<String, ClientError> {
+        if let Some(t) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(t);
+        }
+        self.handshake().await
+    }
+
+    /// Opens a new session (signed, with a fresh nonce and the current time).
+    pub async fn handshake(&self) -> Result<String, ClientError> {
+        let timestamp = Timestamp::now();
+        let nonce = crate::state::random_id();
+        let signature = self
+            .key
+            .sign(&protocol::session_message(&self.site_id, timestamp, &nonce));
+        let request = SessionRequest {
+            site_id: self.site_id.clone(),
+            timestamp,
+            nonce,
+            signature: base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+        };
+        let url = join(&self.base, paths::SESSION);
+        let response = self
+            .http
+            .post(&url)
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| transport(&url, e))?;
+        if !response.status().is_success() {
+            return Err(error_from(paths::SESSION, response).await);
+        }
+        let body = read_capped(paths::SESSION, response, MAX_ANSWER_BYTES).await?;
+        let session: SessionResponse = parse_json(paths::SESSION, &body)?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.token.clone());
+        tracing::debug!(expires_at = %session.expires_at, "session opened");
+        Ok(session.token)
+    }
+
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Sends an authenticated request; on 401 opens a new session and tries once more.
+    async fn send(
+        &self,
+        path: &'static str,
+        method: Method,
+        query: &str,
+        body: Option<Vec<u8>>,
+        etag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{}{}", self.base, path, query);
+        for attempt in 0..2 {
+            let token = self.bearer().await?;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&token)
+                .timeout(timeout);
+            if let Some(tag) = etag {
+                request = request.header(header::IF_NONE_MATCH, tag);
+            }
+            if let Some(b) = &body {
+                request = request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            let response = request.send().await.map_err(|e| transport(&url, e))?;
+            if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                tracing::info!(path, "session no longer valid; opening a new one");
+                self.forget_token();
+                continue;
+            }
+            return Ok(response);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &'static str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).expect("request bodies serialize");
+        let response = self
+            .send(path, Method::POST, "", Some(bytes), None, timeout)
+            .await?;
+        if !response.status().is_success() {
+            return Err(error_from(path, response).await);
+        }
+        let body = read_capped(path, response, MAX_ANSWER_BYTES).await?;
+        parse_json(path, &body)
+    }
+
+    /// `GET /v1/agent/poll`: long-polls up to `wait` seconds.
+    pub async fn poll(
+        &self,
+        wait: u32,
+        root_version: u64,
+        etag: Option<&str>,
+        request_timeout: Duration,
+    ) -> Result<PollAnswer, ClientError> {
+        let query = format!("?wait={wait}&root_version={root_version}");
+        let timeout = request_timeout + Duration::from_secs(u64::from(wait));
+        let response = self
+            .send(paths::POLL, Method::GET, &query, None, etag, timeout)
+            .await?;
+        let next_poll_secs = response
+            .headers()
+            .get(NEXT_POLL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(PollAnswer::NotModified { next_poll_secs });
+        }
+        if !response.status().is_success() {
+            return Err(error_from(paths::POLL, response).await);
+        }
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_capped(paths::POLL, response, MAX_POLL_BYTES).await?;
+        Ok(PollAnswer::Changed {
+            response: parse_json(paths::POLL, &body)?,
+            etag,
+            next_poll_secs,
+        })
+    }
+
+    /// `POST /v1/agent/lease`.
+    pub async fn lease(
+        &self,
+        rollout_id: &str,
+        sequence: u64,
+        timeout: Duration,
+    ) -> Result<LeaseGrant, ClientError> {
+        let request = LeaseRequest {
+            rollout_id: rollout_id.to_string(),
+            sequence,
+        };
+        let bytes = serde_json::to_vec(&request).expect("serializes");
+        let response = self
+            .send(paths::LEASE, Method::POST, "", Some(bytes), None, timeout)
+            .await?;
+        if response.status() == StatusCode::CONFLICT {
+            let header_retry = retry_after(response.headers());
+            let body = read_capped(paths::LEASE, response, MAX_ANSWER_BYTES).await?;
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let err = &value["error"];
+            let text = |k: &str| err.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let reason = text("reason").or_else(|| text("code")).unwrap_or_default();
+            let retry = err
+                .get("retry_after_secs")
+                .and_then(|v| v.as_u64())
+                .map(Duration::from_secs)
+                .or(header_retry)
+                .unwrap_or(Duration::from_secs(60));
+            return Err(ClientError::LeaseDenied {
+                rollout_id: rollout_id.to_string(),
+                reason,
+                message: text("message").unwrap_or_default(),
+                retry_after: retry,
+            });
+        }
+        if !response.status().is_success() {
+            return Err(error_from(paths::LEASE, response).await);
+        }
+        let body = read_capped(paths::LEASE, response, MAX_ANSWER_BYTES).await?;
+        parse_json(paths::LEASE, &body)
+    }
+
+    /// `POST /v1/agent/reports`: one batch (at most [`protocol::MAX_REPORT_EVENTS`]).
+    pub async fn report(
+        &self,
+        batch: &ReportBatch,
+        timeout: Duration,
+    ) -> Result<ReportAck, ClientError> {
+        self.call(paths::REPORTS, batch, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = header::HeaderMap::new();
+        h.insert(header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+        h.insert(header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn missing_or_empty_ca_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let err = pinned_roots(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = pinned_roots(&empty).unwrap_err().to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+    }
+}
