@@ -1,1 +1,941 @@
-//! Rollout plans: the wave plan file (TOML or JSON), parsed and validated.
+//! Rollout plans: the wave plan file (TOML or JSON) an operator keeps in Git.
+//!
+//! [`parse_plan`] turns the text into a validated [`RolloutPlan`]; every error names the
+//! line (and column) and the field path, e.g.
+//! `line 14, column 16: waves[2].gate.success_ratio: must be between 0 and 1 (got 1.5)`.
+//! Unknown keys are errors. Defaults are filled in here, so the rest of the coordinator
+//! never guesses. This module is pure: it never reads files, clocks or the network.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use fleetwave_shared::window::Window;
+use jiff::SignedDuration;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Which syntax a plan file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanFormat {
+    Toml,
+    Json,
+}
+
+impl PlanFormat {
+    /// Picks the format from a file name: `.json` is JSON, anything else TOML.
+    pub fn from_file_name(name: &str) -> PlanFormat {
+        if name.to_ascii_lowercase().ends_with(".json") {
+            PlanFormat::Json
+        } else {
+            PlanFormat::Toml
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanFormat::Toml => "TOML",
+            PlanFormat::Json => "JSON",
+        }
+    }
+}
+
+/// Why a plan file was refused. Every variant says where: the line and column when the
+/// text is at fault, and the field path (`waves[2].gate.bake`) when a value is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The text is not well-formed TOML or JSON.
+    #[error("{format} syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        format: &'static str,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The text is well-formed but a field is missing, unknown, of the wrong type, or has
+    /// a value the plan cannot use.
+    #[error("{}{path}: {message}", at_line(*.line, *.column))]
+    Invalid {
+        /// Field path such as `waves[2].gate.success_ratio`; empty for the whole document.
+        path: String,
+        /// 1-based line of the offending key or value, when it could be located.
+        line: Option<usize>,
+        /// 1-based column, when it could be located.
+        column: Option<usize>,
+        message: String,
+    },
+}
+
+fn at_line(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("line {l}, column {c}: "),
+        (Some(l), None) => format!("line {l}: "),
+        _ => String::new(),
+    }
+}
+
+impl PlanError {
+    /// The field path at fault (empty for syntax errors and whole-document problems).
+    pub fn path(&self) -> &str {
+        match self {
+            PlanError::Syntax { .. } => "",
+            PlanError::Invalid { path, .. } => path,
+        }
+    }
+
+    /// The 1-based line at fault, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            PlanError::Syntax { line, .. } => Some(*line),
+            PlanError::Invalid { line, .. } => *line,
+        }
+    }
+}
+
+/// A label selector: every entry must match the site's labels.
+///
+/// In a plan file each entry is `label = "value"` (equal), `label = ["a", "b"]` (any of)
+/// or `label = { not = "dog" }` / `{ not = ["dog", "pig"] }` (none of; a site without
+/// the label matches). An empty selector matches every site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Selector(pub BTreeMap<String, LabelMatch>);
+
+impl Selector {
+    /// Whether every entry matches `labels`.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0
+            .iter()
+            .all(|(key, m)| m.matches(labels.get(key).map(String::as_str)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A selector of plain `label = value` entries.
+    pub fn equals<K: Into<String>, V: Into<String>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Selector {
+        Selector(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.into(), LabelMatch::Is(v.into())))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("every site");
+        }
+        let mut first = true;
+        for (key, m) in &self.0 {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            match m {
+                LabelMatch::Is(v) => write!(f, "{key}={v}")?,
+                LabelMatch::AnyOf(vs) => write!(f, "{key} in [{}]", vs.join(", "))?,
+                LabelMatch::Not(vs) => write!(f, "{key} not in [{}]", vs.join(", "))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one selector entry matches a label value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelMatch {
+    /// The label is present and equal to this value.
+    Is(String),
+    /// The label is present and equal to one of these values.
+    AnyOf(Vec<String>),
+    /// The label is absent or equal to none of these values.
+    Not(Vec<String>),
+}
+
+impl LabelMatch {
+    /// Whether a site whose label has `value` (None: no such label) matches.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        match self {
+            LabelMatch::Is(want) => value == Some(want.as_str()),
+            LabelMatch::AnyOf(wants) => value.is_some_and(|v| wants.iter().any(|w| w == v)),
+            LabelMatch::Not(nots) => !value.is_some_and(|v| nots.iter().any(|n| n == v)),
+        }
+    }
+}
+
+impl Serialize for LabelMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            LabelMatch::Is(v) => s.serialize_str(v),
+            LabelMatch::AnyOf(vs) => vs.serialize(s),
+            LabelMatch::Not(vs) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("not", vs)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// One string or a list of strings (`not = "dog"` or `not = ["dog", "pig"]`).
+struct OneOrMany(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a label value or a list of label values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LabelMatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a label value (\"x\"), a list of values ([\"x\", \"y\"]) or { not = \"x\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LabelMatch, E> {
+                Ok(LabelMatch::Is(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<LabelMatch, A::Error> {
+                let OneOrMany(vs) =
+                    OneOrMany::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(LabelMatch::AnyOf(vs))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LabelMatch, A::Error> {
+                let mut not = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "not" {
+                        return Err(de::Error::unknown_field(&key, &["not"]));
+                    }
+                    if not.is_some() {
+                        return Err(de::Error::duplicate_field("not"));
+                    }
+                    not = Some(map.next_value::<OneOrMany>()?.0);
+                }
+                not.map(LabelMatch::Not)
+                    .ok_or_else(|| de::Error::missing_field("not"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a wave does with sites that go silent (no report within the report deadline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSilent {
+    /// A silent site counts as a failure (the default: silence is not health).
+    #[default]
+    Fail,
+    /// A silent site is left out of the count; it neither helps nor hurts the gate.
+    Exclude,
+}
+
+impl OnSilent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSilent::Fail => "fail",
+            OnSilent::Exclude => "exclude",
+        }
+    }
+}
+
+/// When a wave counts as done. See docs/waves.md for how each field is counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Share of the counted sites that must have succeeded, 0..=1. Default 0.95.
+    #[serde(default = "defaults::success_ratio")]
+    pub success_ratio: f64,
+    /// Most failures tolerated (count). With `failure_budget_percent` too, the smaller
+    /// limit applies. With neither, the budget is what `success_ratio` leaves over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_budget: Option<u32>,
+    /// Most failures tolerated, in percent of the counted sites (0..=100, rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_budget_percent: Option<f64>,
+    /// At least this many sites must have finished (succeeded or failed). Capped at the
+    /// number of counted sites, so a small wave cannot stall on it. Default 1.
+    #[serde(default = "defaults::min_sample")]
+    pub min_sample: u32,
+    /// How long a site must stay healthy after committing before it counts as succeeded;
+    /// the wave also stays open at least this long. Default 10m.
+    #[serde(default = "defaults::bake", with = "duration")]
+    pub bake: SignedDuration,
+    /// A site that reports nothing for this long after its assignment, its lease or its
+    /// last report is silent. Default 2h.
+    #[serde(default = "defaults::report_deadline", with = "duration")]
+    pub report_deadline: SignedDuration,
+    /// Silent sites count as failures (`fail`, default) or are left out (`exclude`).
+    #[serde(default)]
+    pub on_silent: OnSilent,
+    /// After the gate passes, an operator must approve before the next wave opens (or
+    /// the rollout completes). Default false.
+    #[serde(default)]
+    pub approval: bool,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            success_ratio: defaults::success_ratio(),
+            failure_budget: None,
+            failure_budget_percent: None,
+            min_sample: defaults::min_sample(),
+            bake: defaults::bake(),
+            report_deadline: defaults::report_deadline(),
+            on_silent: OnSilent::Fail,
+            approval: false,
+        }
+    }
+}
+
+/// At most so many sites sharing one value of `label` may hold a lease at once.
+/// Exactly one of `max` and `max_percent` is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compartment {
+    /// The label whose values form the compartments, e.g. `region`.
+    pub label: String,
+    /// At most this many leased sites per label value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// At most this percent (0..=100) of the rollout's sites with that label value; never
+    /// less than one site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_percent: Option<f64>,
+}
+
+/// One wave of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WavePlan {
+    /// Shown in the timeline and the dashboard; unique within the plan.
+    pub name: String,
+    /// Only sites matching this selector can be in the wave. Empty: any site.
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub selector: Selector,
+    /// Percent (0 < share <= 100) of the sites still remaining after the earlier waves
+    /// (and matching `selector`), picked by each site's stable seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// Most sites of this wave holding a lease (installing) at once. None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Per-label-value concurrency limit, e.g. at most 10% of a region at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compartment: Option<Compartment>,
+    /// When the wave counts as done.
+    #[serde(default)]
+    pub gate: Gate,
+}
+
+/// A validated rollout plan: one release to a selection of sites through ordered waves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPlan {
+    /// Human name of the rollout.
+    pub name: String,
+    /// The release id (`Release::id`) the rollout ships.
+    pub release: String,
+    /// Only sites matching this selector take part. Empty: every site.
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub selector: Selector,
+    /// Send the sites that took the release back to the previous one when a gate halts the
+    /// rollout. Default false.
+    #[serde(default)]
+    pub auto_rollback: bool,
+    /// Maintenance window in each site's local time (its `tz` label, default UTC). None:
+    /// any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// How long each signed assignment stays valid; re-issued before it runs out while the
+    /// rollout is active. Default 7d.
+    #[serde(default = "defaults::assignment_ttl", with = "duration")]
+    pub assignment_ttl: SignedDuration,
+    /// The waves, in order. At least one; the last takes every remaining site.
+    pub waves: Vec<WavePlan>,
+}
+
+impl RolloutPlan {
+    /// The wave at `index`, if the plan has it.
+    pub fn wave(&self, index: u32) -> Option<&WavePlan> {
+        self.waves.get(index as usize)
+    }
+
+    /// Number of waves as a `u32` (plans are validated to have at most [`MAX_WAVES`]).
+    pub fn wave_count(&self) -> u32 {
+        self.waves.len() as u32
+    }
+
+    /// The plan as pretty JSON; [`parse_plan`] with [`PlanFormat::Json`] reads it back
+    /// to an equal plan. Servers store this normalized form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+}
+
+/// The most waves a plan may have.
+pub const MAX_WAVES: usize = 100;
+
+/// Label holding a site's IANA time zone, used to read the plan's window.
+pub const TZ_LABEL: &str = "tz";
+
+/// Default values of optional plan fields (documented in docs/waves.md).
+pub mod defaults {
+    use jiff::SignedDuration;
+
+    pub fn success_ratio() -> f64 {
+        0.95
+    }
+    pub fn min_sample() -> u32 {
+        1
+    }
+    pub fn bake() -> SignedDuration {
+        SignedDuration::from_mins(10)
+    }
+    pub fn report_deadline() -> SignedDuration {
+        SignedDuration::from_hours(2)
+    }
+    pub fn assignment_ttl() -> SignedDuration {
+        SignedDuration::from_hours(7 * 24)
+    }
+}
+
+/// Durations are strings in jiff's friendly format ("30s", "10m", "1h 30m"), ISO 8601
+/// ("PT10M"), or whole days ("7d", read as 7 × 24 h). They are written back friendly.
+mod duration {
+    use jiff::SignedDuration;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(d: &SignedDuration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{d:#}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SignedDuration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<SignedDuration, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a duration; write it like \"30s\", \"10m\", \"1h 30m\" or \"7d\""
+            )
+        };
+        let trimmed = text.trim();
+        // Whole days are common in plans ("7d"); jiff only accepts them in spans, so read
+        // "<n>d" / "<n> days" here as n × 24 h.
+        let days = trimmed
+            .strip_suffix("days")
+            .or_else(|| trimmed.strip_suffix("day"))
+            .or_else(|| trimmed.strip_suffix('d'))
+            .map(str::trim);
+        if let Some(n) = days.and_then(|n| n.parse::<i64>().ok()) {
+            return n
+                .checked_mul(86_400)
+                .map(SignedDuration::from_secs)
+                .ok_or_else(bad);
+        }
+        trimmed.parse::<SignedDuration>().map_err(|_| bad())
+    }
+}
+
+/// Parses and validates a plan. Errors name the line and the field path.
+pub fn parse_plan(text: &str, format: PlanFormat) -> Result<RolloutPlan, PlanError> {
+    let plan = match format {
+        PlanFormat::Toml => parse_toml(text)?,
+        PlanFormat::Json => parse_json(text)?,
+    };
+    if let Err((path, message)) = validate(&plan) {
+        let (line, column) = locate(text, format, &path);
+        return Err(PlanError::Invalid {
+            path: render_path(&path),
+            line,
+            column,
+            message,
+        });
+    }
+    Ok(plan)
+}
+
+fn parse_toml(text: &str) -> Result<RolloutPlan, PlanError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_syntax(text, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = match inner.span() {
+            Some(span) => {
+                let (l, c) = line_col(text, span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        PlanError::Invalid {
+            path: clean_path(&path),
+            line,
+            column,
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+fn toml_syntax(text: &str, e: &toml::de::Error) -> PlanError {
+    let (line, column) = e
+        .span()
+        .map(|s| line_col(text, s.start))
+        .unwrap_or((1, 1));
+    PlanError::Syntax {
+        format: "TOML",
+        line,
+        column,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn parse_json(text: &str) -> Result<RolloutPlan, PlanError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let plan: RolloutPlan = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end().map_err(|e| json_error("", &e))?;
+    Ok(plan)
+}
+
+fn json_error(path: &str, e: &serde_json::Error) -> PlanError {
+    use serde_json::error::Category;
+    // serde_json appends " at line L column C" to its messages; we report those apart.
+    let full = e.to_string();
+    let message = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => PlanError::Syntax {
+            format: "JSON",
+            line: e.line(),
+            column: e.column(),
+            message,
+        },
+        Category::Data => PlanError::Invalid {
+            path: clean_path(path),
+            line: (e.line() > 0).then_some(e.line()),
+            column: (e.line() > 0).then_some(e.column()),
+            message,
+        },
+    }
+}
+
+/// serde_path_to_error writes `.` for the document root.
+fn clean_path(path: &str) -> String {
+    if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+type Path = Vec<Seg>;
+
+fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn wave_path(i: usize, rest: &[&'static str]) -> Path {
+    let mut p = vec![Seg::Key("waves"), Seg::Index(i)];
+    p.extend(rest.iter().map(|k| Seg::Key(k)));
+    p
+}
+
+/// Checks what serde cannot: ranges, uniqueness, the shape of the wave list.
+fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
+    let top = |k: &'static str| vec![Seg::Key(k)];
+    if plan.name.trim().is_empty() {
+        return Err((top("name"), "must not be empty".into()));
+    }
+    if plan.release.trim().is_empty() {
+        return Err((top("release"), "must name a release id".into()));
+    }
+    validate_selector(&plan.selector, top("selector"))?;
+    if let Some(w) = &plan.window {
+        w.validate().map_err(|e| (top("window"), e.to_string()))?;
+    }
+    if plan.assignment_ttl < SignedDuration::from_mins(1) {
+        return Err((
+            top("assignment_ttl"),
+            format!("must be at least 1m (got {:#})", plan.assignment_ttl),
+        ));
+    }
+    if plan.waves.is_empty() {
+        return Err((top("waves"), "a plan needs at least one wave".into()));
+    }
+    if plan.waves.len() > MAX_WAVES {
+        return Err((
+            top("waves"),
+            format!(
+                "a plan has at most {MAX_WAVES} waves (got {})",
+                plan.waves.len()
+            ),
+        ));
+    }
+    let last = plan.waves.len() - 1;
+    for (i, wave) in plan.waves.iter().enumerate() {
+        if wave.name.trim().is_empty() {
+            return Err((wave_path(i, &["name"]), "must not be empty".into()));
+        }
+        if let Some(j) = plan.waves[..i].iter().position(|w| w.name == wave.name) {
+            return Err((
+                wave_path(i, &["name"]),
+                format!("{:?} is already the name of waves[{j}]", wave.name),
+            ));
+        }
+        let mut sel = wave_path(i, &[]);
+        sel.push(Seg::Key("selector"));
+        validate_selector(&wave.selector, sel)?;
+        if let Some(share) = wave.share
+            && !(share > 0.0 && share <= 100.0)
+        {
+            return Err((
+                wave_path(i, &["share"]),
+                format!("must be a percent above 0 and at most 100 (got {share})"),
+            ));
+        }
+        if wave.max_concurrent == Some(0) {
+            return Err((
+                wave_path(i, &["max_concurrent"]),
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        if let Some(c) = &wave.compartment {
+            if c.label.trim().is_empty() {
+                return Err((
+                    wave_path(i, &["compartment", "label"]),
+                    "must name a label such as \"region\"".into(),
+                ));
+            }
+            match (c.max, c.max_percent) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err((
+                        wave_path(i, &["compartment"]),
+                        "give exactly one of max (sites) and max_percent".into(),
+                    ));
+                }
+                (Some(0), None) => {
+                    return Err((
+                        wave_path(i, &["compartment", "max"]),
+                        "must be at least 1".into(),
+                    ));
+                }
+                (None, Some(p)) if !(p > 0.0 && p <= 100.0) => {
+                    return Err((
+                        wave_path(i, &["compartment", "max_percent"]),
+                        format!("must be a percent above 0 and at most 100 (got {p})"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        validate_gate(&wave.gate, i)?;
+        if i == last {
+            if !wave.selector.is_empty() {
+                return Err((
+                    wave_path(i, &["selector"]),
+                    "the last wave takes every site the earlier waves left, so it has no \
+                     selector; narrow the earlier waves (e.g. cohort = { not = \"dog\" }) or \
+                     the rollout's selector instead"
+                        .into(),
+                ));
+            }
+            if wave.share.is_some_and(|s| s < 100.0) {
+                return Err((
+                    wave_path(i, &["share"]),
+                    "the last wave takes every site the earlier waves left, so its share \
+                     is 100 (or left out); add a final wave after this one"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_selector(sel: &Selector, path: Path) -> Result<(), (Path, String)> {
+    for (key, m) in &sel.0 {
+        if key.trim().is_empty() {
+            return Err((path, "label names must not be empty".into()));
+        }
+        let values = match m {
+            LabelMatch::Is(_) => continue,
+            LabelMatch::AnyOf(v) | LabelMatch::Not(v) => v,
+        };
+        if values.is_empty() {
+            return Err((
+                path,
+                format!("label {key:?} has an empty list of values; it would match nothing"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_gate(g: &Gate, i: usize) -> Result<(), (Path, String)> {
+    let p = |k: &'static str| wave_path(i, &["gate", k]);
+    if !(0.0..=1.0).contains(&g.success_ratio) {
+        return Err((
+            p("success_ratio"),
+            format!("must be between 0 and 1 (got {})", g.success_ratio),
+        ));
+    }
+    if let Some(pct) = g.failure_budget_percent
+        && !(0.0..=100.0).contains(&pct)
+    {
+        return Err((
+            p("failure_budget_percent"),
+            format!("must be a percent between 0 and 100 (got {pct})"),
+        ));
+    }
+    if g.bake.is_negative() {
+        return Err((p("bake"), format!("must not be negative (got {:#})", g.bake)));
+    }
+    if g.report_deadline < SignedDuration::from_mins(1) {
+        return Err((
+            p("report_deadline"),
+            format!(
+                "must be at least 1m so a slow link does not make a site silent (got {:#})",
+                g.report_deadline
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the line and column of the key at `path`, or of its nearest ancestor.
+fn locate(text: &str, format: PlanFormat, path: &[Seg]) -> (Option<usize>, Option<usize>) {
+    let offset = match format {
+        PlanFormat::Toml => locate_toml(text, path),
+        PlanFormat::Json => locate_json(text, path),
+    };
+    match offset {
+        Some(at) => {
+            let (l, c) = line_col(text, at);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    }
+}
+
+fn locate_toml(text: &str, path: &[Seg]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut best = None;
+    let mut table: Option<&DeTable> = Some(doc.get_ref());
+    let mut value: Option<&DeValue> = None;
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                let t = match (table, value) {
+                    (Some(t), _) => t,
+                    (None, Some(v)) => v.as_table()?,
+                    _ => return best,
+                };
+                let Some((key, v)) = t.get_key_value(*k) else {
+                    return best;
+                };
+                best = Some(key.span().start);
+                table = None;
+                value = Some(v.get_ref());
+            }
+            Seg::Index(i) => {
+                let arr = value?.as_array()?;
+                let item = arr.get(*i)?;
+                best = Some(item.span().start);
+                table = None;
+                value = Some(item.get_ref());
+            }
+        }
+    }
+    best
+}
+
+/// A small scanner over already well-formed JSON that finds the offset of the key (or
+/// array element) at `path`, or of the deepest ancestor found.
+fn locate_json(text: &str, path: &[Seg]) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut pos = 0;
+    let mut best = None;
+    for seg in path {
+        skip_ws(bytes, &mut pos);
+        match seg {
+            Seg::Key(k) => {
+                if bytes.get(pos) != Some(&b'{') {
+                    return best;
+                }
+                pos += 1;
+                loop {
+                    skip_ws(bytes, &mut pos);
+                    match bytes.get(pos) {
+                        Some(b'"') => {}
+                        _ => return best,
+                    }
+                    let key_start = pos;
+                    let key = read_json_string(text, &mut pos)?;
+                    skip_ws(bytes, &mut pos);
+                    if bytes.get(pos) != Some(&b':') {
+                        return best;
+                    }
+                    pos += 1;
+                    if key == *k {
+                        best = Some(key_start);
+                        break;
+                    }
+                    skip_json_value(text, &mut pos)?;
+                    skip_ws(bytes, &mut pos);
+                    match bytes.get(pos) {
+                        Some(b',') => pos += 1,
+                        _ => return best,
+                    }
+                }
+            }
+            Seg::Index(i) => {
+                if bytes.get(pos) != Some(&b'[') {
+                    return best;
+                }
+                pos += 1;
+                for n in 0.. {
+                    skip_ws(bytes, &mut pos);
+                    if n == *i {
+                        best = Some(pos);
+                        break;
+                    }
+                    skip_json_value(text, &mut pos)?;
+                    skip_ws(bytes, &mut pos);
+                    match bytes.get(pos) {
+                        Some(b',') => pos += 1,
+                        _ => return best,
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+fn skip_ws(bytes: &[u8], pos: &mut usize) {
+    while bytes.get(*pos).is_some_and(|b| b.is_ascii_whitespace()) {
+        *pos += 1;
+    }
+}
+
+fn read_json_string(text: &str, pos: &mut usize) -> Option<String> {
+    let start = *pos;
+    skip_json_value(text, pos)?;
+    serde_json::from_str(&text[start..*pos]).ok()
+}
+
+/// Skips one JSON value starting at `pos` (after whitespace).
+fn skip_json_value(text: &str, pos: &mut usize) -> Option<()> {
+    let bytes = text.as_bytes();
+    skip_ws(bytes, pos);
+    match *bytes.get(*pos)? {
+        b'"' => {
+            *pos += 1;
+            while let Some(&b) = bytes.get(*pos) {
+                *pos += 1;
+                match b {
+                    b'\\' => *pos += 1,
+                    b'"' => return Some(()),
+                    _ => {}
+                }
+            }
+            None
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            while let Some(&b) = bytes.get(*pos) {
+                match b {
+                    b'"' => {
+                        skip_json_value(text, pos)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            *pos += 1;
+                            return Some(());
+                        }
+                    }
+                    _ => {}
+                }
+                *pos += 1;
+            }
+            None
+        }
+        _ => {
+            while bytes
+                .get(*pos)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                *pos += 1;
+            }
+            Some(())
+        }
+    }
+}

@@ -1,1 +1,394 @@
 //! The wave controller: pure decision logic for rollouts.
+//!
+//! The server gathers a [`RolloutView`] (the plan, the rollout's status, which waves are
+//! open and approved, and the facts of every site grouped by wave), calls [`tick`] with
+//! the time, applies the [`TickOutcome`] (new status, current wave) and stores the
+//! decisions that change state, each with its reason, in the rollout's timeline.
+//!
+//! `tick` is deterministic and idempotent: the same view and time give the same outcome,
+//! and a view that already reflects an outcome gives no further state change. It never
+//! reads a clock, a database or the network, and never draws random numbers.
+//!
+//! Submodules: [`membership`] (which wave a site is in), [`gate`] (site states, tallies,
+//! verdicts), [`leases`] (who may install now).
+
+pub mod gate;
+pub mod leases;
+pub mod membership;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use gate::{
+    GateVerdict, SiteFacts, SiteState, SiteStatus, WaitBlocker, WaveGateFacts, WaveTally,
+    evaluate_gate, site_state, site_status, tally,
+};
+pub use leases::{LeaseContext, LeaseDenial, LeaseDenialReason, lease_decision};
+pub use membership::{seed, wave_for_site};
+
+use crate::plan::RolloutPlan;
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    /// Created, not started.
+    Pending,
+    /// Waves open as their predecessors' gates pass.
+    Running,
+    /// Paused by an operator: no wave opens and no lease is granted; gates still halt.
+    Paused,
+    /// Stopped by a gate (failure budget crossed) or an operator; nothing new starts.
+    Halted,
+    /// Every wave passed its gate. Stragglers may still install.
+    Completed,
+    /// Stopped for good by an operator.
+    Aborted,
+    /// Its sites were sent back to the previous release.
+    RolledBack,
+}
+
+impl RolloutStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Pending => "pending",
+            RolloutStatus::Running => "running",
+            RolloutStatus::Paused => "paused",
+            RolloutStatus::Halted => "halted",
+            RolloutStatus::Completed => "completed",
+            RolloutStatus::Aborted => "aborted",
+            RolloutStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Whether the rollout still holds its sites (one active rollout per site): pending,
+    /// running, paused or halted (a halted rollout waits for the operator's resume, abort
+    /// or rollback).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::Pending
+                | RolloutStatus::Running
+                | RolloutStatus::Paused
+                | RolloutStatus::Halted
+        )
+    }
+
+    /// Completed, aborted or rolled back: nothing will change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::Completed | RolloutStatus::Aborted | RolloutStatus::RolledBack
+        )
+    }
+}
+
+impl std::fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RolloutStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => RolloutStatus::Pending,
+            "running" => RolloutStatus::Running,
+            "paused" => RolloutStatus::Paused,
+            "halted" => RolloutStatus::Halted,
+            "completed" => RolloutStatus::Completed,
+            "aborted" => RolloutStatus::Aborted,
+            "rolled_back" => RolloutStatus::RolledBack,
+            other => return Err(format!("{other:?} is not a rollout status")),
+        })
+    }
+}
+
+/// One wave as the server knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaveView {
+    /// When the wave opened (None: not yet).
+    pub opened_at: Option<Timestamp>,
+    /// When an operator approved the wave (None: not approved).
+    pub approved_at: Option<Timestamp>,
+    /// The facts of every site in the wave (as [`wave_for_site`] places them).
+    pub sites: Vec<SiteFacts>,
+}
+
+/// A rollout as the server knows it, for [`tick`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutView {
+    pub rollout_id: String,
+    pub plan: RolloutPlan,
+    pub status: RolloutStatus,
+    /// The highest wave opened so far (None: none yet). Waves up to it are open.
+    pub current_wave: Option<u32>,
+    /// One entry per wave of the plan, in order; missing entries count as unopened and
+    /// empty.
+    pub waves: Vec<WaveView>,
+}
+
+impl RolloutView {
+    fn wave_view(&self, index: u32) -> Option<&WaveView> {
+        self.waves.get(index as usize)
+    }
+
+    fn wave_label(&self, index: u32) -> String {
+        match self.plan.wave(index) {
+            Some(w) => format!("wave {index} ({:?})", w.name),
+            None => format!("wave {index}"),
+        }
+    }
+}
+
+/// One decision of the controller, stored in the rollout's timeline with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// Open this wave: its sites get assignments. Changes state.
+    OpenWave { wave: u32, reason: String },
+    /// The current wave's gate does not pass yet. Informational.
+    Waiting {
+        wave: u32,
+        blocker: WaitBlocker,
+        reason: String,
+    },
+    /// The wave's gate passed but asks for an operator's approval. Informational.
+    RequestApproval { wave: u32, reason: String },
+    /// A gate failed: the rollout halts. With `auto_rollback`, `rollback` lists every site
+    /// of the rollout that attempted or committed the release, to be sent back to the
+    /// previous release; otherwise it is empty. Changes state.
+    Halt {
+        wave: u32,
+        reason: String,
+        rollback: Vec<String>,
+    },
+    /// Every wave passed its gate. Changes state.
+    Complete { reason: String },
+}
+
+/// Identifies a decision's situation for de-duplication: two decisions with the same key
+/// say the same thing (only their numbers moved), so the server stores a Waiting or
+/// RequestApproval only when its key differs from the last one it stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    pub kind: &'static str,
+    pub wave: Option<u32>,
+    pub blocker: Option<WaitBlocker>,
+}
+
+impl Decision {
+    /// `open_wave`, `waiting`, `request_approval`, `halt` or `complete`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::OpenWave { .. } => "open_wave",
+            Decision::Waiting { .. } => "waiting",
+            Decision::RequestApproval { .. } => "request_approval",
+            Decision::Halt { .. } => "halt",
+            Decision::Complete { .. } => "complete",
+        }
+    }
+
+    /// The decision's reason, a sentence with numbers.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::OpenWave { reason, .. }
+            | Decision::Waiting { reason, .. }
+            | Decision::RequestApproval { reason, .. }
+            | Decision::Halt { reason, .. }
+            | Decision::Complete { reason } => reason,
+        }
+    }
+
+    /// The wave the decision is about (None for Complete).
+    pub fn wave(&self) -> Option<u32> {
+        match self {
+            Decision::OpenWave { wave, .. }
+            | Decision::Waiting { wave, .. }
+            | Decision::RequestApproval { wave, .. }
+            | Decision::Halt { wave, .. } => Some(*wave),
+            Decision::Complete { .. } => None,
+        }
+    }
+
+    /// Whether applying the decision changes the rollout (OpenWave, Halt, Complete); such
+    /// decisions are always stored. Waiting and RequestApproval only describe.
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Decision::OpenWave { .. } | Decision::Halt { .. } | Decision::Complete { .. }
+        )
+    }
+
+    pub fn key(&self) -> DecisionKey {
+        DecisionKey {
+            kind: self.kind(),
+            wave: self.wave(),
+            blocker: match self {
+                Decision::Waiting { blocker, .. } => Some(*blocker),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What a tick decided: the rollout's status and current wave after applying the
+/// decisions, and the decisions themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickOutcome {
+    pub status: RolloutStatus,
+    pub current_wave: Option<u32>,
+    pub decisions: Vec<Decision>,
+}
+
+impl TickOutcome {
+    /// Whether the outcome differs from the view's status or current wave.
+    pub fn changes(&self, view: &RolloutView) -> bool {
+        self.status != view.status || self.current_wave != view.current_wave
+    }
+}
+
+/// Every site of the rollout that attempted or committed the release (sorted, once
+/// each): the sites a rollback sends back to the previous release.
+pub fn sites_to_roll_back(view: &RolloutView) -> Vec<String> {
+    let mut out: Vec<String> = view
+        .waves
+        .iter()
+        .flat_map(|w| w.sites.iter())
+        .filter(|s| s.attempted())
+        .map(|s| s.site_id.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The gate verdict of an opened wave at `now` (None when the wave has not opened).
+pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<GateVerdict> {
+    let plan_wave = view.plan.wave(wave)?;
+    let wv = view.wave_view(wave)?;
+    let opened_at = wv.opened_at?;
+    let t = tally(&plan_wave.gate, opened_at, &wv.sites, now);
+    Some(evaluate_gate(
+        &plan_wave.gate,
+        &t,
+        WaveGateFacts {
+            opened_at,
+            approved: wv.approved_at.is_some(),
+        },
+        now,
+    ))
+}
+
+/// Runs the controller once over `view` at `now`.
+///
+/// - Pending, halted, completed, aborted and rolled-back rollouts: no decision.
+/// - Running and paused rollouts: if any opened wave's gate fails (failure budget
+///   crossed, success ratio out of reach, every site silent), Halt — the earliest such
+///   wave — at once, paused or not.
+/// - Paused: nothing else.
+/// - Running with no wave open: OpenWave 0.
+/// - Running: the current wave's gate passes → OpenWave next, or Complete after the last;
+///   waits for approval → RequestApproval; otherwise Waiting with the first blocker.
+pub fn tick(view: &RolloutView, now: Timestamp) -> TickOutcome {
+    let unchanged = |decisions| TickOutcome {
+        status: view.status,
+        current_wave: view.current_wave,
+        decisions,
+    };
+    if !matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused) {
+        return unchanged(vec![]);
+    }
+    let last = view.plan.wave_count().saturating_sub(1);
+    let current = view.current_wave.map(|c| c.min(last));
+
+    // A failed gate in any opened wave halts the rollout, paused or not.
+    if let Some(c) = current {
+        for w in 0..=c {
+            if let Some(GateVerdict::Fail { reason }) = wave_verdict(view, w, now) {
+                let rollback = if view.plan.auto_rollback {
+                    sites_to_roll_back(view)
+                } else {
+                    vec![]
+                };
+                let tail = if view.plan.auto_rollback {
+                    format!(
+                        "; auto_rollback sends {} site(s) back to the previous release",
+                        rollback.len()
+                    )
+                } else {
+                    String::new()
+                };
+                return TickOutcome {
+                    status: RolloutStatus::Halted,
+                    current_wave: view.current_wave,
+                    decisions: vec![Decision::Halt {
+                        wave: w,
+                        reason: format!("halted at {}: {reason}{tail}", view.wave_label(w)),
+                        rollback,
+                    }],
+                };
+            }
+        }
+    }
+    if view.status == RolloutStatus::Paused {
+        return unchanged(vec![]);
+    }
+
+    let Some(c) = current else {
+        return TickOutcome {
+            status: RolloutStatus::Running,
+            current_wave: Some(0),
+            decisions: vec![Decision::OpenWave {
+                wave: 0,
+                reason: format!("rollout started: opening {}", view.wave_label(0)),
+            }],
+        };
+    };
+    let Some(verdict) = wave_verdict(view, c, now) else {
+        // The current wave has no opening time on record: (re)open it.
+        return TickOutcome {
+            status: RolloutStatus::Running,
+            current_wave: Some(c),
+            decisions: vec![Decision::OpenWave {
+                wave: c,
+                reason: format!("opening {} (no opening time on record)", view.wave_label(c)),
+            }],
+        };
+    };
+    let label = view.wave_label(c);
+    match verdict {
+        GateVerdict::Pass { reason } if c >= last => TickOutcome {
+            status: RolloutStatus::Completed,
+            current_wave: Some(c),
+            decisions: vec![Decision::Complete {
+                reason: format!("{label}, the last, passed its gate ({reason}): rollout complete"),
+            }],
+        },
+        GateVerdict::Pass { reason } => TickOutcome {
+            status: RolloutStatus::Running,
+            current_wave: Some(c + 1),
+            decisions: vec![Decision::OpenWave {
+                wave: c + 1,
+                reason: format!(
+                    "{label} passed its gate ({reason}): opening {}",
+                    view.wave_label(c + 1)
+                ),
+            }],
+        },
+        GateVerdict::Wait {
+            blocker: WaitBlocker::Approval,
+            reason,
+        } => unchanged(vec![Decision::RequestApproval {
+            wave: c,
+            reason: format!("{label}: {reason}"),
+        }]),
+        GateVerdict::Wait { blocker, reason } => unchanged(vec![Decision::Waiting {
+            wave: c,
+            blocker,
+            reason: format!("{label}: {reason}"),
+        }]),
+        GateVerdict::Fail { .. } => unreachable!("failed gates halt above"),
+    }
+}
