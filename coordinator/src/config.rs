@@ -1,0 +1,339 @@
+//! The coordinator's configuration file (TOML), with every default in one place.
+//!
+//! Loading validates everything a running server depends on and names the key at fault.
+//! It must never read key material or open the database: that is `server`'s job.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleetwave_shared::window::Freeze;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration. Relative paths are resolved against the config file's directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the database and the artifact store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// SQLite database file; default `<data_dir>/coordinator.db`.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// The coordinator's online signing key (role `coordinator` in the root), a fleetwave
+    /// private key file.
+    pub signing_key: PathBuf,
+    /// Root envelope chain, oldest first (version 1, 2, ...). Needed on the first start;
+    /// afterwards the roots stored in the database are used and these files may add newer
+    /// versions.
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
+    /// File holding a bootstrap admin operator token (one line). Registered (hashed) at
+    /// start if it is not known yet. Optional.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    #[serde(default)]
+    pub assignments: AssignmentConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    /// Fleet-wide freeze periods: no lease is granted inside them.
+    #[serde(default)]
+    pub freezes: Vec<Freeze>,
+}
+
+/// Server certificate and key (PEM). Required unless `--insecure-plain-http` is given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest JSON request body.
+    pub max_body_bytes: usize,
+    /// Largest artifact upload.
+    pub max_artifact_bytes: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time limit for a whole request (except long polls and artifact transfers).
+    pub request_timeout_secs: u64,
+    /// Time limit for an artifact upload or download.
+    pub artifact_timeout_secs: u64,
+    /// Longest long-poll `wait` honoured.
+    pub long_poll_cap_secs: u32,
+    /// Requests handled at once; beyond that the answer is 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_artifact_bytes: 4 * 1024 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            request_timeout_secs: 30,
+            artifact_timeout_secs: 3600,
+            long_poll_cap_secs: fleetwave_shared::protocol::MAX_POLL_WAIT_SECS,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Suggested seconds between polls.
+    pub interval_secs: u32,
+    /// Random spread added to or taken from the interval, in percent (0-100).
+    pub jitter_percent: u32,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            interval_secs: 60,
+            jitter_percent: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Lifetime of an agent session token.
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ttl_secs: 3600 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssignmentConfig {
+    /// Lifetime of a signed assignment; re-signed when less than half remains.
+    pub ttl_secs: u64,
+    /// Lifetime of an install lease.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for AssignmentConfig {
+    fn default() -> Self {
+        AssignmentConfig {
+            ttl_secs: 7 * 24 * 3600,
+            lease_ttl_secs: 1800,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// How often the wave controller evaluates every active rollout (it also runs at once
+    /// after reports and operator actions).
+    pub tick_millis: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig { tick_millis: 1000 }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:8443".parse().expect("valid address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fleetwave-coordinator")
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside become relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(db) = &mut self.database {
+            fix(db);
+        }
+        fix(&mut self.signing_key);
+        for root in &mut self.roots {
+            fix(root);
+        }
+        if let Some(p) = &mut self.admin_token_file {
+            fix(p);
+        }
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        let l = &self.limits;
+        if l.max_body_bytes < 1024 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
+        }
+        if l.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
+        }
+        if l.request_timeout_secs == 0 || l.artifact_timeout_secs == 0 {
+            return Err(invalid(
+                "limits.request_timeout_secs",
+                "timeouts must be at least 1 second",
+            ));
+        }
+        if l.long_poll_cap_secs > fleetwave_shared::protocol::MAX_POLL_WAIT_SECS {
+            return Err(invalid(
+                "limits.long_poll_cap_secs",
+                &format!(
+                    "must be at most {}",
+                    fleetwave_shared::protocol::MAX_POLL_WAIT_SECS
+                ),
+            ));
+        }
+        if l.max_concurrent_requests == 0 {
+            return Err(invalid("limits.max_concurrent_requests", "must be at least 1"));
+        }
+        if self.poll.interval_secs == 0 {
+            return Err(invalid("poll.interval_secs", "must be at least 1"));
+        }
+        if self.poll.jitter_percent > 100 {
+            return Err(invalid("poll.jitter_percent", "must be between 0 and 100"));
+        }
+        if self.sessions.ttl_secs < 60 {
+            return Err(invalid("sessions.ttl_secs", "must be at least 60"));
+        }
+        if self.assignments.ttl_secs < 300 {
+            return Err(invalid("assignments.ttl_secs", "must be at least 300"));
+        }
+        if self.assignments.lease_ttl_secs < 30 {
+            return Err(invalid("assignments.lease_ttl_secs", "must be at least 30"));
+        }
+        if self.controller.tick_millis < 50 {
+            return Err(invalid("controller.tick_millis", "must be at least 50"));
+        }
+        for (i, f) in self.freezes.iter().enumerate() {
+            if f.end <= f.start {
+                return Err(ConfigError::Invalid {
+                    key: "freezes",
+                    message: format!("freezes[{i}]: end must be after start"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The database file in effect.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("coordinator.db"))
+    }
+
+    /// Where uploaded artifacts live, by SHA-256.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
+    }
+
+    /// The effective configuration as TOML (defaults filled in, paths resolved).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("signing_key = \"k\"\n").unwrap();
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.limits.long_poll_cap_secs, 60);
+        assert_eq!(c.database_path(), PathBuf::from("/var/lib/fleetwave-coordinator/coordinator.db"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("signing_key = \"k\"\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::parse("signing_key = \"k\"\n[poll]\njitter_percent = 300\n").unwrap_err();
+        assert!(err.to_string().contains("poll.jitter_percent"), "{err}");
+    }
+}

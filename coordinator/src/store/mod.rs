@@ -1,0 +1,379 @@
+//! Storage behind one trait, so that the SQLite file of a single coordinator can later be
+//! replaced by PostgreSQL for several replicas.
+//!
+//! [`Store`] is a *synchronous* trait: every call may block on disk, so async code calls it
+//! only through [`Db::run`], which moves the call onto tokio's blocking pool. A method
+//! returns only after its transaction committed: an `Ok` is an acknowledged, durable write.
+//! The store never decides policy (who may do what, gates, leases): it keeps facts.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::{Event, Phase};
+use fleetwave_shared::protocol::operator::{OperatorRole, RolloutStatus, SiteState};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A site as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteRecord {
+    pub id: String,
+    /// Device public key, 64 lowercase hex.
+    pub device_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: SiteState,
+    pub agent_version: String,
+    pub enrolled_at: Timestamp,
+    pub last_seen: Option<Timestamp>,
+    /// What the agent last said it runs, per release stream.
+    pub installed: BTreeMap<String, InstalledRelease>,
+    pub healthy: Option<bool>,
+    pub health_at: Option<Timestamp>,
+    pub deferred_until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledRelease {
+    pub release_id: Option<String>,
+    pub version: Option<String>,
+    pub previous_release_id: Option<String>,
+    pub at: Timestamp,
+}
+
+/// Which sites to list.
+#[derive(Debug, Clone, Default)]
+pub struct SiteFilter {
+    /// Every `key=value` must match.
+    pub labels: BTreeMap<String, String>,
+    pub state: Option<SiteState>,
+    /// Sites that run this version (in any stream).
+    pub version: Option<String>,
+    /// Page after this site id.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// What an enrollment changes, checked and applied in one transaction.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub token_hash: String,
+    pub site_id: String,
+    pub device_key: String,
+    pub agent_version: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTokenRecord {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub site_id: Option<String>,
+    pub expires_at: Timestamp,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: OperatorRole,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRecord {
+    pub id: String,
+    /// `Envelope::digest()` of the envelope as published.
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub counter: u64,
+    pub envelope: Envelope,
+    pub published_at: Timestamp,
+    pub published_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub sha256: String,
+    pub length: u64,
+    pub uploaded_at: Timestamp,
+    pub uploaded_by: String,
+}
+
+/// Per-wave bookkeeping of a rollout, stored with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveRecord {
+    pub opened_at: Option<Timestamp>,
+    pub approved_at: Option<Timestamp>,
+    pub approved_by: Option<String>,
+    pub passed_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub release_id: String,
+    /// The plan as the operator wrote it.
+    pub plan_source: String,
+    /// `toml` or `json`.
+    pub plan_format: String,
+    pub status: RolloutStatus,
+    pub waves: Vec<WaveRecord>,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub updated_at: Timestamp,
+    /// Why the rollout is halted, aborted or complete.
+    pub status_reason: Option<String>,
+}
+
+/// One site's facts within one rollout.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RolloutSiteRecord {
+    pub rollout_id: String,
+    pub site_id: String,
+    pub wave: u32,
+    pub skipped: bool,
+    /// When the site's assignment for this rollout was issued.
+    pub assigned_at: Option<Timestamp>,
+    pub leased_at: Option<Timestamp>,
+    pub phase: Option<Phase>,
+    pub phase_at: Option<Timestamp>,
+    pub detail: Option<String>,
+    /// When the site reported the target release committed.
+    pub committed_at: Option<Timestamp>,
+    /// When the install failed or the site rolled itself back.
+    pub failed_at: Option<Timestamp>,
+    /// Start of the current uninterrupted healthy stretch.
+    pub healthy_since: Option<Timestamp>,
+    /// Latest unhealthy heartbeat.
+    pub unhealthy_at: Option<Timestamp>,
+    /// Latest event of any kind.
+    pub last_report_at: Option<Timestamp>,
+    /// A rollback assignment was issued (sequence).
+    pub rollback_sequence: Option<u64>,
+    /// The release the site ran before this rollout, if known.
+    pub previous_release_id: Option<String>,
+}
+
+/// An assignment to sign: the store gives it the site's next sequence.
+#[derive(Debug, Clone)]
+pub struct AssignmentDraft {
+    pub site_id: String,
+    pub rollout_id: String,
+    pub wave: u32,
+    pub release_id: String,
+    pub release_digest: String,
+    pub rollback: bool,
+    pub not_before: Timestamp,
+    pub issued_at: Timestamp,
+    pub expires: Timestamp,
+    pub window: Option<fleetwave_shared::window::Window>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentRecord {
+    pub site_id: String,
+    pub sequence: u64,
+    pub rollout_id: String,
+    pub wave: u32,
+    pub release_id: String,
+    pub release_digest: String,
+    pub rollback: bool,
+    pub envelope: Envelope,
+    pub issued_at: Timestamp,
+    pub expires: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub site_id: String,
+    pub rollout_id: String,
+    pub wave: u32,
+    pub granted_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub id: i64,
+    pub rollout_id: String,
+    pub at: Timestamp,
+    pub kind: String,
+    pub wave: Option<u32>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub remote: String,
+}
+
+/// Outcome of one report batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub accepted: u32,
+    pub duplicates: u32,
+    /// Rollouts whose facts changed (the controller should look at them now).
+    pub rollouts_touched: Vec<String>,
+}
+
+/// All of fleetwave's persistent state. Every method is blocking; call through [`Db::run`].
+pub trait Store: Send + Sync + 'static {
+    /// Cheap read that proves the database answers (for `/readyz`).
+    fn ping(&self) -> StoreResult<()>;
+
+    // Roots
+    fn roots(&self) -> StoreResult<Vec<Envelope>>;
+    fn add_root(&self, version: u64, envelope: &Envelope, at: Timestamp) -> StoreResult<()>;
+
+    // Operator tokens
+    fn create_operator_token(&self, token_hash: &str, record: &OperatorTokenRecord) -> StoreResult<()>;
+    fn operator_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<OperatorTokenRecord>>;
+    fn list_operator_tokens(&self) -> StoreResult<Vec<OperatorTokenRecord>>;
+    fn revoke_operator_token(&self, id: &str) -> StoreResult<()>;
+
+    // Enrollment
+    fn create_enrollment_token(&self, token_hash: &str, record: &EnrollmentTokenRecord) -> StoreResult<()>;
+    fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentTokenRecord>>;
+    fn revoke_enrollment_token(&self, id: &str) -> StoreResult<()>;
+    /// Looks the token up (for its fixed site id and labels) without using it.
+    fn enrollment_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<EnrollmentTokenRecord>>;
+    /// Uses one of the token's uses and creates or re-keys the site, in one transaction.
+    /// Refuses (Conflict) a token that is used up, revoked or expired at `enrollment.at`,
+    /// and a decommissioned site.
+    fn enroll(&self, enrollment: &Enrollment) -> StoreResult<SiteRecord>;
+    /// Records a session nonce; false if the site already used it (a replay).
+    fn record_session_nonce(&self, site_id: &str, nonce: &str, expires_at: Timestamp) -> StoreResult<bool>;
+
+    // Sites
+    fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>>;
+    fn list_sites(&self, filter: &SiteFilter) -> StoreResult<Vec<SiteRecord>>;
+    fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()>;
+    fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()>;
+    fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
+    fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;
+
+    // Releases and artifacts
+    /// Stores a verified release; refuses (Conflict) a counter not above the stream's
+    /// highest and a duplicate id.
+    fn publish_release(&self, record: &ReleaseRecord) -> StoreResult<()>;
+    fn release(&self, id: &str) -> StoreResult<Option<ReleaseRecord>>;
+    fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>>;
+    fn add_artifact(&self, record: &ArtifactRecord) -> StoreResult<()>;
+    fn artifact(&self, sha256: &str) -> StoreResult<Option<ArtifactRecord>>;
+
+    // Rollouts
+    /// Creates the rollout and its member sites; refuses (Conflict) sites that already
+    /// belong to an active rollout.
+    fn create_rollout(&self, rollout: &RolloutRecord, members: &[RolloutSiteRecord]) -> StoreResult<()>;
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
+    fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+    fn update_rollout(&self, rollout: &RolloutRecord) -> StoreResult<()>;
+    fn rollout_sites(&self, rollout_id: &str) -> StoreResult<Vec<RolloutSiteRecord>>;
+    /// Adds late joiners; sites already in an active rollout are left out (returns the added).
+    fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
+    fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;
+    /// The active (created, running, paused or halted) rollout a site belongs to.
+    fn active_rollout_of_site(&self, site_id: &str) -> StoreResult<Option<String>>;
+
+    // Assignments
+    /// Gives each draft the site's next sequence, signs it with `sign` and stores it, all in
+    /// one transaction; also records `assigned_at` (or the rollback sequence) for the
+    /// rollout's site.
+    fn issue_assignments(
+        &self,
+        drafts: &[AssignmentDraft],
+        sign: &(dyn Fn(&AssignmentDraft, u64) -> Envelope + Sync),
+    ) -> StoreResult<Vec<AssignmentRecord>>;
+    /// Each site's newest assignment.
+    fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>>;
+
+    // Leases
+    fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>>;
+    /// Stores a lease, replacing the site's earlier lease for the same rollout.
+    fn grant_lease(&self, lease: &LeaseRecord) -> StoreResult<()>;
+
+    // Reports
+    /// Applies each new event once (by site and event id) and updates the facts, in one
+    /// transaction. Facts follow the events' `at` and never go backwards.
+    fn apply_reports(&self, site_id: &str, events: &[Event], received_at: Timestamp) -> StoreResult<ReportOutcome>;
+
+    // Decisions and audit
+    fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;
+    fn decisions(&self, rollout_id: &str) -> StoreResult<Vec<DecisionRecord>>;
+    fn audit(&self, entry: &AuditRecord) -> StoreResult<()>;
+    /// Audit entries with id below `before` (newest first), at most `limit`.
+    fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// The async face of a [`Store`]: runs each call on tokio's blocking pool so that the
+/// runtime's worker threads never wait for SQLite.
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+}
+
+impl Db {
+    pub fn new(store: Arc<dyn Store>) -> Db {
+        Db { store }
+    }
+
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// Milliseconds since the Unix epoch: how times are stored (sortable as integers).
+pub fn to_millis(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+pub fn from_millis(ms: i64) -> StoreResult<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
