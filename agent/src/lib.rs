@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod decision;
 pub mod executor;
 pub mod readiness;
 pub mod state;
