@@ -54,7 +54,7 @@ pub enum PlanError {
     },
     /// The text is well-formed but a field is missing, unknown, of the wrong type, or has
     /// a value the plan cannot use.
-    #[error("{}{path}: {message}", at_line(*.line, *.column))]
+    #[error("{}{}{message}", at_line(*.line, *.column), field(path))]
     Invalid {
         /// Field path such as `waves[2].gate.success_ratio`; empty for the whole document.
         path: String,
@@ -64,6 +64,14 @@ pub enum PlanError {
         column: Option<usize>,
         message: String,
     },
+}
+
+fn field(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
 }
 
 fn at_line(line: Option<usize>, column: Option<usize>) -> String {
@@ -508,10 +516,7 @@ fn parse_toml(text: &str) -> Result<RolloutPlan, PlanError> {
 }
 
 fn toml_syntax(text: &str, e: &toml::de::Error) -> PlanError {
-    let (line, column) = e
-        .span()
-        .map(|s| line_col(text, s.start))
-        .unwrap_or((1, 1));
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
     PlanError::Syntax {
         format: "TOML",
         line,
@@ -752,7 +757,10 @@ fn validate_gate(g: &Gate, i: usize) -> Result<(), (Path, String)> {
         ));
     }
     if g.bake.is_negative() {
-        return Err((p("bake"), format!("must not be negative (got {:#})", g.bake)));
+        return Err((
+            p("bake"),
+            format!("must not be negative (got {:#})", g.bake),
+        ));
     }
     if g.report_deadline < SignedDuration::from_mins(1) {
         return Err((
@@ -937,5 +945,288 @@ fn skip_json_value(text: &str, pos: &mut usize) -> Option<()> {
             }
             Some(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/examples/rollout.toml");
+
+    fn toml_err(text: &str) -> PlanError {
+        parse_plan(text, PlanFormat::Toml).unwrap_err()
+    }
+
+    fn json_err(text: &str) -> PlanError {
+        parse_plan(text, PlanFormat::Json).unwrap_err()
+    }
+
+    #[test]
+    fn the_example_plan_parses_with_defaults_filled_in() {
+        let plan = parse_plan(EXAMPLE, PlanFormat::Toml).unwrap();
+        assert_eq!(plan.release, "pos-2.4.0");
+        assert_eq!(plan.waves.len(), 5);
+        assert_eq!(
+            plan.waves
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>(),
+            ["pigs", "canary city", "early 25%", "the rest", "dogs"]
+        );
+        assert_eq!(plan.assignment_ttl, SignedDuration::from_hours(168));
+        assert_eq!(plan.waves[2].share, Some(25.0));
+        assert_eq!(plan.waves[1].gate.bake, SignedDuration::from_hours(2));
+        assert_eq!(plan.waves[2].gate.on_silent, OnSilent::Exclude);
+        // Unset gate keys take their defaults.
+        assert_eq!(plan.waves[0].gate.min_sample, 1);
+        assert_eq!(
+            plan.waves[0].gate.report_deadline,
+            defaults::report_deadline()
+        );
+        assert!(plan.waves[4].gate.approval);
+        assert!(plan.window.is_some());
+    }
+
+    #[test]
+    fn a_minimal_plan_gets_the_default_gate() {
+        let plan = parse_plan(
+            "name = \"x\"\nrelease = \"r-1\"\n[[waves]]\nname = \"all\"\n",
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        assert_eq!(plan.waves[0].gate, Gate::default());
+        assert_eq!(plan.waves[0].gate.success_ratio, 0.95);
+        assert_eq!(plan.waves[0].gate.bake, SignedDuration::from_mins(10));
+        assert!(!plan.auto_rollback);
+        assert!(plan.selector.is_empty());
+    }
+
+    #[test]
+    fn json_round_trip_gives_the_same_plan() {
+        let plan = parse_plan(EXAMPLE, PlanFormat::Toml).unwrap();
+        let json = plan.to_json();
+        assert!(json.contains("\"bake\": \"30m\""), "{json}");
+        let again = parse_plan(&json, PlanFormat::Json).unwrap();
+        assert_eq!(again, plan);
+    }
+
+    #[test]
+    fn out_of_range_value_names_line_and_field() {
+        let text = EXAMPLE.replace(
+            "success_ratio = 0.98\nfailure_budget_percent = 1\nmin_sample = 50",
+            "success_ratio = 1.5\nfailure_budget_percent = 1\nmin_sample = 50",
+        );
+        let err = toml_err(&text);
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("success_ratio = 1.5"))
+            .unwrap()
+            + 1;
+        assert_eq!(err.path(), "waves[2].gate.success_ratio");
+        assert_eq!(err.line(), Some(line));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "line {line}, column 1: waves[2].gate.success_ratio: must be between 0 and 1 (got 1.5)"
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_and_path() {
+        let text = "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\n[waves.gate]\nbake = \"5m\"\nsucess_ratio = 0.9\n";
+        let err = toml_err(text);
+        assert_eq!(err.line(), Some(7), "{err}");
+        assert_eq!(err.path(), "waves[0].gate.sucess_ratio", "{err}");
+        assert!(
+            err.to_string().contains("unknown field `sucess_ratio`"),
+            "{err}"
+        );
+
+        let err =
+            toml_err("name = \"x\"\nrelease = \"r\"\ncolour = \"blue\"\n[[waves]]\nname = \"a\"\n");
+        assert_eq!(err.line(), Some(3), "{err}");
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_duration_name_the_field() {
+        let err = toml_err(
+            "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\nmax_concurrent = \"ten\"\n",
+        );
+        assert_eq!(err.path(), "waves[0].max_concurrent", "{err}");
+        assert_eq!(err.line(), Some(5), "{err}");
+
+        let err = toml_err(
+            "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\ngate = { bake = \"ten minutes\" }\n",
+        );
+        assert_eq!(err.path(), "waves[0].gate.bake", "{err}");
+        assert_eq!(err.line(), Some(5), "{err}");
+        assert!(err.to_string().contains("is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = toml_err("name = \"x\"\n[[waves]]\nname = \"a\"\n");
+        assert_eq!(err.to_string(), "line 1, column 1: missing field `release`");
+        let err = toml_err("name = \"x\"\nrelease = \"r\"\n[[waves]]\nshare = 5\n");
+        assert_eq!(err.path(), "waves[0]", "{err}");
+        assert!(err.to_string().contains("missing field `name`"), "{err}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_line() {
+        let err = toml_err("name = \"x\"\nrelease = \"r\"\n[[waves]\nname = \"a\"\n");
+        assert!(matches!(err, PlanError::Syntax { line: 3, .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("TOML syntax error at line 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn json_errors_name_line_and_field() {
+        let text = r#"{
+  "name": "x",
+  "release": "r",
+  "waves": [
+    { "name": "a", "share": 10 },
+    { "name": "b", "gate": { "failure_budget_percent": 140 } }
+  ]
+}"#;
+        let err = json_err(text);
+        assert_eq!(err.path(), "waves[1].gate.failure_budget_percent", "{err}");
+        assert_eq!(err.line(), Some(6), "{err}");
+        assert!(err.to_string().starts_with("line 6, column 30: "), "{err}");
+
+        let err = json_err(
+            "{\n  \"name\": \"x\",\n  \"release\": \"r\",\n  \"waves\": [{\"name\": \"a\", \"shares\": 3}]\n}",
+        );
+        assert_eq!(err.line(), Some(4), "{err}");
+        assert!(err.to_string().contains("unknown field `shares`"), "{err}");
+
+        let err = json_err("{\n  \"name\": \"x\",\n  \"release\": \n}");
+        assert!(matches!(err, PlanError::Syntax { line: 4, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_last_wave_takes_everyone_left() {
+        let err = toml_err(
+            "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\n[[waves]]\nname = \"dogs\"\nselector = { cohort = \"dog\" }\n",
+        );
+        assert_eq!(err.path(), "waves[1].selector");
+        assert_eq!(err.line(), Some(7));
+        let err = toml_err("name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\nshare = 50\n");
+        assert_eq!(err.path(), "waves[0].share");
+    }
+
+    #[test]
+    fn other_validation_errors() {
+        let base = "name = \"x\"\nrelease = \"r\"\n";
+        let cases = [
+            (
+                "[[waves]]\nname = \"a\"\nshare = 0\n[[waves]]\nname = \"b\"\n",
+                "waves[0].share",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\n[[waves]]\nname = \"a\"\n",
+                "waves[1].name",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\ncompartment = { label = \"region\" }\n",
+                "waves[0].compartment",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\ncompartment = { label = \"region\", max = 2, max_percent = 5 }\n",
+                "waves[0].compartment",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\nmax_concurrent = 0\n",
+                "waves[0].max_concurrent",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\ngate = { report_deadline = \"10s\" }\n",
+                "waves[0].gate.report_deadline",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\ngate = { bake = \"-5m\" }\n",
+                "waves[0].gate.bake",
+            ),
+            ("waves = []\n", "waves"),
+            (
+                "selector = { cohort = [] }\n[[waves]]\nname = \"a\"\n",
+                "selector",
+            ),
+            (
+                "[window]\nstart = \"2am\"\nend = \"05:00\"\n[[waves]]\nname = \"a\"\n",
+                "window",
+            ),
+        ];
+        for (tail, path) in cases {
+            let err = toml_err(&format!("{base}{tail}"));
+            assert_eq!(err.path(), path, "{tail}: {err}");
+            assert!(err.line().is_some(), "{tail}: {err}");
+        }
+    }
+
+    #[test]
+    fn selectors_match_labels() {
+        let plan = parse_plan(
+            "name = \"x\"\nrelease = \"r\"\nselector = { format = [\"store\", \"kiosk\"], cohort = { not = [\"dog\", \"pig\"] }, region = \"eu\" }\n[[waves]]\nname = \"a\"\n",
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(
+            plan.selector
+                .matches(&l(&[("format", "kiosk"), ("region", "eu")]))
+        );
+        assert!(plan.selector.matches(&l(&[
+            ("format", "store"),
+            ("region", "eu"),
+            ("cohort", "canary")
+        ])));
+        assert!(!plan.selector.matches(&l(&[
+            ("format", "store"),
+            ("region", "eu"),
+            ("cohort", "dog")
+        ])));
+        assert!(
+            !plan
+                .selector
+                .matches(&l(&[("format", "van"), ("region", "eu")]))
+        );
+        assert!(!plan.selector.matches(&l(&[("format", "store")])));
+        assert_eq!(
+            plan.selector.to_string(),
+            "cohort not in [dog, pig], format in [store, kiosk], region=eu"
+        );
+    }
+
+    #[test]
+    fn durations_accept_friendly_iso_and_days() {
+        assert_eq!(
+            duration::parse("30s").unwrap(),
+            SignedDuration::from_secs(30)
+        );
+        assert_eq!(
+            duration::parse("1h 30m").unwrap(),
+            SignedDuration::from_mins(90)
+        );
+        assert_eq!(
+            duration::parse("PT10M").unwrap(),
+            SignedDuration::from_mins(10)
+        );
+        assert_eq!(
+            duration::parse("2d").unwrap(),
+            SignedDuration::from_hours(48)
+        );
+        assert!(duration::parse("soon").is_err());
     }
 }

@@ -204,7 +204,10 @@ pub fn site_status(
         if let Some(s) = silence(gate, wave_opened_at, site, now) {
             return s;
         }
-        let baked = now.duration_since(committed).min(gate.bake).max(SignedDuration::ZERO);
+        let baked = now
+            .duration_since(committed)
+            .min(gate.bake)
+            .max(SignedDuration::ZERO);
         return SiteStatus {
             state: SiteState::InProgress,
             detail: format!("committed, baking {} of {}", human(baked), human(gate.bake)),
@@ -357,7 +360,9 @@ pub fn tally(
 /// Successes needed: ⌈success_ratio × counted⌉.
 pub fn needed(gate: &Gate, counted: u32) -> u32 {
     // The epsilon keeps 0.95 × 20 = 19.000000000000004 from rounding up to 20.
-    ((gate.success_ratio * counted as f64) - 1e-9).ceil().max(0.0) as u32
+    ((gate.success_ratio * counted as f64) - 1e-9)
+        .ceil()
+        .max(0.0) as u32
 }
 
 /// The failure budget for `counted` sites: `failure_budget`, `failure_budget_percent` of
@@ -555,9 +560,7 @@ fn summary(gate: &Gate, t: &WaveTally, wave: WaveGateFacts, now: Timestamp) -> S
             t.finished(on_silent)
         ));
     }
-    let open_for = now
-        .duration_since(wave.opened_at)
-        .max(SignedDuration::ZERO);
+    let open_for = now.duration_since(wave.opened_at).max(SignedDuration::ZERO);
     if open_for < gate.bake {
         parts.push(format!(
             "wave open {} of {} bake",

@@ -279,8 +279,7 @@ pub fn lease_decision(ctx: &LeaseContext<'_>, now: Timestamp) -> Result<(), Leas
                         "outside the maintenance window {}-{} ({tz_name}); it opens at {}",
                         window.start,
                         window.end,
-                        next.to_zoned(tz.clone())
-                            .strftime("%Y-%m-%d %H:%M %Z")
+                        next.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M %Z")
                     ),
                     secs_until(now, next),
                 );

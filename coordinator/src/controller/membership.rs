@@ -199,7 +199,9 @@ name = "never reached"
     fn arb_labels() -> impl Strategy<Value = BTreeMap<String, String>> {
         (
             prop::sample::select(vec!["store", "kiosk", "warehouse"]),
-            prop::option::of(prop::sample::select(vec!["pig", "canary", "general", "dog"])),
+            prop::option::of(prop::sample::select(vec![
+                "pig", "canary", "general", "dog",
+            ])),
             prop::option::of(prop::sample::select(vec!["lyon", "paris", "oslo"])),
         )
             .prop_map(|(format, cohort, city)| {
