@@ -171,14 +171,18 @@ pub struct RolloutSiteRecord {
     pub phase: Option<Phase>,
     pub phase_at: Option<Timestamp>,
     pub detail: Option<String>,
-    /// When the site reported the target release committed.
+    /// Latest time the site reported the target release committed (or installed).
     pub committed_at: Option<Timestamp>,
-    /// When the install failed or the site rolled itself back.
+    /// Latest time the install of the target release failed.
     pub failed_at: Option<Timestamp>,
-    /// Start of the current uninterrupted healthy stretch.
-    pub healthy_since: Option<Timestamp>,
-    /// Latest unhealthy heartbeat.
-    pub unhealthy_at: Option<Timestamp>,
+    /// The failure as the agent described it.
+    pub failure: Option<String>,
+    /// The site rolled the target release back by itself.
+    pub rolled_back: bool,
+    /// Latest healthy heartbeat.
+    pub last_healthy_at: Option<Timestamp>,
+    /// First unhealthy heartbeat at or after `committed_at`.
+    pub first_unhealthy_after_commit_at: Option<Timestamp>,
     /// Latest event of any kind.
     pub last_report_at: Option<Timestamp>,
     /// A rollback assignment was issued (sequence).

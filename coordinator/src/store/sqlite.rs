@@ -246,7 +246,7 @@ fn rollout_record((id, release_id, plan_source, plan_format, status, status_reas
     })
 }
 
-const RS_COLS: &str = "rollout_id, site_id, wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, healthy_since, unhealthy_at, last_report_at, rollback_sequence, previous_release_id";
+const RS_COLS: &str = "rollout_id, site_id, wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, failure, rolled_back, last_healthy_at, first_unhealthy_after_commit_at, last_report_at, rollback_sequence, previous_release_id";
 
 fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
     let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
@@ -266,11 +266,13 @@ fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
         detail: r.get(8)?,
         committed_at: ts(9)?,
         failed_at: ts(10)?,
-        healthy_since: ts(11)?,
-        unhealthy_at: ts(12)?,
-        last_report_at: ts(13)?,
-        rollback_sequence: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-        previous_release_id: r.get(15)?,
+        failure: r.get(11)?,
+        rolled_back: r.get(12)?,
+        last_healthy_at: ts(13)?,
+        first_unhealthy_after_commit_at: ts(14)?,
+        last_report_at: ts(15)?,
+        rollback_sequence: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+        previous_release_id: r.get(17)?,
     })
 }
 
@@ -925,16 +927,19 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
             touch_report(tx, &rollout, site_id, at)?;
             let target_release = *release_id == target;
             match phase {
-                Phase::Committed if target_release => {
+                Phase::Committed if target_release => record_commit(tx, &rollout, site_id, at)?,
+                Phase::Failed if target_release => {
                     tx.execute(
-                        "UPDATE rollout_sites SET committed_at = MIN(COALESCE(committed_at, ?3), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                        params![rollout, site_id, at],
+                        "UPDATE rollout_sites SET failed_at = MAX(COALESCE(failed_at, ?3), ?3),
+                           failure = CASE WHEN failed_at IS NULL OR failed_at <= ?3 THEN ?4 ELSE failure END
+                         WHERE rollout_id = ?1 AND site_id = ?2",
+                        params![rollout, site_id, at, detail],
                     )?;
                 }
-                Phase::Failed | Phase::RolledBack if target_release => {
+                Phase::RolledBack if target_release => {
                     tx.execute(
-                        "UPDATE rollout_sites SET failed_at = MIN(COALESCE(failed_at, ?3), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                        params![rollout, site_id, at],
+                        "UPDATE rollout_sites SET rolled_back = 1 WHERE rollout_id = ?1 AND site_id = ?2",
+                        params![rollout, site_id],
                     )?;
                 }
                 Phase::Leased => {
@@ -960,15 +965,13 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
             };
             if *healthy {
                 tx.execute(
-                    "UPDATE rollout_sites SET healthy_since = MIN(COALESCE(healthy_since, ?3), ?3)
-                     WHERE rollout_id = ?1 AND site_id = ?2 AND (unhealthy_at IS NULL OR unhealthy_at < ?3)",
+                    "UPDATE rollout_sites SET last_healthy_at = MAX(COALESCE(last_healthy_at, ?3), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
                     params![rollout, site_id, at],
                 )?;
             } else {
                 tx.execute(
-                    "UPDATE rollout_sites SET unhealthy_at = MAX(COALESCE(unhealthy_at, ?3), ?3),
-                       healthy_since = CASE WHEN healthy_since IS NOT NULL AND healthy_since <= ?3 THEN NULL ELSE healthy_since END
-                     WHERE rollout_id = ?1 AND site_id = ?2",
+                    "UPDATE rollout_sites SET first_unhealthy_after_commit_at = MIN(COALESCE(first_unhealthy_after_commit_at, ?3), ?3)
+                     WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NOT NULL AND committed_at <= ?3",
                     params![rollout, site_id, at],
                 )?;
             }
@@ -1014,6 +1017,9 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
             } else {
                 release_id.clone()
             };
+            if release_id.as_deref() == Some(target.as_str()) {
+                record_commit(tx, &rollout, site_id, at)?;
+            }
             if let Some(previous) = previous.filter(|p| *p != target) {
                 tx.execute(
                     "UPDATE rollout_sites SET previous_release_id = ?3 WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NULL",
@@ -1041,6 +1047,30 @@ fn touch_report(tx: &rusqlite::Transaction, rollout: &str, site_id: &str, at: i6
     tx.execute(
         "UPDATE rollout_sites SET last_report_at = MAX(COALESCE(last_report_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
         params![rollout, site_id, at],
+    )?;
+    Ok(())
+}
+
+/// A commit of the target release at `at`: the latest commit counts, and the first
+/// unhealthy heartbeat after it is recomputed from the stored reports (which may have
+/// arrived before the commit did).
+fn record_commit(tx: &rusqlite::Transaction, rollout: &str, site_id: &str, at: i64) -> StoreResult<()> {
+    let committed: Option<i64> = tx.query_row(
+        "SELECT committed_at FROM rollout_sites WHERE rollout_id = ?1 AND site_id = ?2",
+        params![rollout, site_id],
+        |r| r.get(0),
+    )?;
+    if committed.is_some_and(|c| c >= at) {
+        return Ok(());
+    }
+    let first_unhealthy: Option<i64> = tx.query_row(
+        "SELECT MIN(at) FROM reports WHERE site_id = ?1 AND kind = 'health' AND at >= ?2 AND json_extract(body, '$.healthy') = 0",
+        params![site_id, at],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "UPDATE rollout_sites SET committed_at = ?3, first_unhealthy_after_commit_at = ?4 WHERE rollout_id = ?1 AND site_id = ?2",
+        params![rollout, site_id, at, first_unhealthy],
     )?;
     Ok(())
 }
