@@ -1,0 +1,29 @@
+//! fleetwave's end-to-end test harness: real binaries, real sockets on 127.0.0.1, temp
+//! directories, and faults on purpose.
+//!
+//! - [`bins`]: where the built `fleetwave-*` binaries are (`FLEETWAVE_BIN_DIR`, else
+//!   `target/debug`).
+//! - [`process`]: [`Process`], a child process with captured output, killed on drop.
+//! - [`eventually`](mod@eventually): polling with generous deadlines instead of sleeps.
+//! - [`ports`]: free loopback ports.
+//! - [`proxy`]: [`FaultProxy`], a TCP proxy that can cut, blackhole or slow a link.
+//! - [`fleet`]: the data-driven description and directory layout of a test fleet.
+//!
+//! The scenarios themselves are in `tests/`. This crate never mocks a fleetwave part: if a
+//! scenario needs a binary, it spawns the real one.
+
+pub mod bins;
+pub mod error;
+pub mod eventually;
+pub mod fleet;
+pub mod logs;
+pub mod ports;
+pub mod process;
+pub mod proxy;
+
+pub use error::{HarnessError, Result};
+pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};
+pub use fleet::{Cohort, FleetDirs, FleetSpec, SiteSpec};
+pub use ports::{free_addr, free_port};
+pub use process::{Process, Spawn};
+pub use proxy::{Fault, FaultProxy};
