@@ -8,6 +8,7 @@
 //! - [`ports`]: free loopback ports.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy that can cut, blackhole or slow a link.
 //! - [`fleet`]: the data-driven description and directory layout of a test fleet.
+//! - [`plan`]: rollout plans with short bake times, rendered as plan TOML.
 //!
 //! The scenarios themselves are in `tests/`. This crate never mocks a fleetwave part: if a
 //! scenario needs a binary, it spawns the real one.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod eventually;
 pub mod fleet;
 pub mod logs;
+pub mod plan;
 pub mod ports;
 pub mod process;
 pub mod proxy;
@@ -24,6 +26,7 @@ pub mod proxy;
 pub use error::{HarnessError, Result};
 pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};
 pub use fleet::{Cohort, FleetDirs, FleetSpec, SiteSpec};
+pub use plan::{GateSpec, PlanSpec, WaveSpec};
 pub use ports::{free_addr, free_port};
 pub use process::{Process, Spawn};
 pub use proxy::{Fault, FaultProxy};
