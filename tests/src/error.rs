@@ -49,6 +49,15 @@ pub enum HarnessError {
         logs: String,
     },
 
+    #[error("{method} {url} answered {status}: {body}")]
+    Api {
+        method: String,
+        url: String,
+        /// 0 when no answer came at all (connection refused, TLS failure...).
+        status: u16,
+        body: String,
+    },
+
     #[error("fault proxy: {0}")]
     Proxy(String),
 

@@ -8,6 +8,7 @@
 //! - [`ports`]: free loopback ports.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy that can cut, blackhole or slow a link.
 //! - [`fleet`]: the data-driven description and directory layout of a test fleet.
+//! - [`operator`]: the coordinator's operator API over HTTPS, for acting and observing.
 //! - [`plan`]: rollout plans with short bake times, rendered as plan TOML.
 //!
 //! The scenarios themselves are in `tests/`. This crate never mocks a fleetwave part: if a
@@ -18,6 +19,7 @@ pub mod error;
 pub mod eventually;
 pub mod fleet;
 pub mod logs;
+pub mod operator;
 pub mod plan;
 pub mod ports;
 pub mod process;
