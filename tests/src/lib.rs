@@ -8,6 +8,7 @@
 //! - [`ports`]: free loopback ports.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy that can cut, blackhole or slow a link.
 //! - [`fleet`]: the data-driven description and directory layout of a test fleet.
+//! - [`inspect`]: read-only looks into the coordinator's and agents' SQLite files.
 //! - [`operator`]: the coordinator's operator API over HTTPS, for acting and observing.
 //! - [`plan`]: rollout plans with short bake times, rendered as plan TOML.
 //!
@@ -18,6 +19,7 @@ pub mod bins;
 pub mod error;
 pub mod eventually;
 pub mod fleet;
+pub mod inspect;
 pub mod logs;
 pub mod operator;
 pub mod plan;
