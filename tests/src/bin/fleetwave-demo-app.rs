@@ -1,0 +1,308 @@
+//! `fleetwave-demo-app`: the tiny application fleetwave's `app` executor installs in tests
+//! and in `fleetwave demo`.
+//!
+//! ```text
+//! fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F]
+//! fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F]
+//! fleetwave-demo-app stop --pid-file F
+//! ```
+//!
+//! `serve` reads `APP_DIR/app.toml` (or `app.json`) with `version` (string) and `healthy`
+//! (bool) once at start and answers `GET /healthz` (200 `ok` or 500 `unhealthy`) and
+//! `GET /version` (the version). `restart` stops the process named in the pid file (SIGTERM,
+//! then SIGKILL), starts `serve` detached with the same arguments, and returns once the new
+//! process answers `/version`: usable as an `app` release's `restart_command`. `stop` only
+//! stops. Standard library only (plus libc for signals); never serves anything but those
+//! two paths.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct Args {
+    command: String,
+    dir: Option<PathBuf>,
+    listen: Option<String>,
+    pid_file: Option<PathBuf>,
+    log: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage:
+  fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F]
+  fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F]
+  fleetwave-demo-app stop --pid-file F";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        command: "serve".into(),
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1).peekable();
+    if let Some(first) = it.peek()
+        && !first.starts_with("--")
+    {
+        args.command = it.next().unwrap_or_default();
+    }
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--dir" => args.dir = Some(PathBuf::from(value()?)),
+            "--listen" => args.listen = Some(value()?),
+            "--pid-file" => args.pid_file = Some(PathBuf::from(value()?)),
+            "--log" => args.log = Some(PathBuf::from(value()?)),
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("fleetwave-demo-app: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.command.as_str() {
+        "serve" => serve(&args),
+        "restart" => restart(&args),
+        "stop" => match &args.pid_file {
+            Some(p) => stop(p),
+            None => Err("stop needs --pid-file".into()),
+        },
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetwave-demo-app: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `app.toml`/`app.json` says.
+struct AppFile {
+    version: String,
+    healthy: bool,
+}
+
+fn read_app_file(dir: &Path) -> Result<AppFile, String> {
+    let toml_path = dir.join("app.toml");
+    let json_path = dir.join("app.json");
+    let value: serde_json::Value = if toml_path.exists() {
+        let text = std::fs::read_to_string(&toml_path)
+            .map_err(|e| format!("cannot read {}: {e}", toml_path.display()))?;
+        let t: toml::Value =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", toml_path.display()))?;
+        serde_json::to_value(t).map_err(|e| e.to_string())?
+    } else {
+        let text = std::fs::read_to_string(&json_path).map_err(|e| {
+            format!(
+                "cannot read {} or {}: {e}",
+                toml_path.display(),
+                json_path.display()
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?
+    };
+    let version = value["version"]
+        .as_str()
+        .ok_or("app file: `version` (a string) is missing")?
+        .to_string();
+    let healthy = value["healthy"]
+        .as_bool()
+        .ok_or("app file: `healthy` (true or false) is missing")?;
+    Ok(AppFile { version, healthy })
+}
+
+fn serve(args: &Args) -> Result<(), String> {
+    let dir = args.dir.as_ref().ok_or("serve needs --dir")?;
+    let listen = args.listen.as_ref().ok_or("serve needs --listen")?;
+    let app = read_app_file(dir)?;
+    let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    if let Some(pf) = &args.pid_file {
+        let tmp = pf.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, pf))
+            .map_err(|e| format!("cannot write {}: {e}", pf.display()))?;
+    }
+    eprintln!(
+        "fleetwave-demo-app {} (healthy={}) listening on {listen}",
+        app.version, app.healthy
+    );
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                let _ = handle(s, &app);
+            }
+            Err(e) => eprintln!("accept failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn handle(stream: TcpStream, app: &AppFile) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?.take(8192));
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/healthz") if app.healthy => ("200 OK", "ok".to_string()),
+        ("GET", "/healthz") => ("500 Internal Server Error", "unhealthy".to_string()),
+        ("GET", "/version") => ("200 OK", app.version.clone()),
+        ("GET", _) => ("404 Not Found", "not found".to_string()),
+        _ => ("405 Method Not Allowed", "method not allowed".to_string()),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+fn read_pid(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie counts as gone.
+    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => true,
+    }
+}
+
+/// Is `pid` a demo app (not some unrelated process that reused the pid)?
+fn is_demo_app(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => String::from_utf8_lossy(&cmd).contains("fleetwave-demo-app"),
+        Err(_) => true,
+    }
+}
+
+fn wait_gone(pid: i32, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+fn stop(pid_file: &Path) -> Result<(), String> {
+    let Some(pid) = read_pid(pid_file) else {
+        return Ok(());
+    };
+    if alive(pid) && is_demo_app(pid) {
+        // SAFETY: plain signal delivery to a pid we read from our own pid file.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if !wait_gone(pid, Duration::from_secs(5)) {
+                return Err(format!("process {pid} did not stop"));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+    Ok(())
+}
+
+fn restart(args: &Args) -> Result<(), String> {
+    let dir = args.dir.as_ref().ok_or("restart needs --dir")?;
+    let listen = args.listen.as_ref().ok_or("restart needs --listen")?;
+    let pid_file = args.pid_file.as_ref().ok_or("restart needs --pid-file")?;
+    // Fail early (and leave the old process running) if the new version cannot start.
+    read_app_file(dir)?;
+    stop(pid_file)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (out, err) = match &args.log {
+        Some(log) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+            let f2 = f.try_clone().map_err(|e| e.to_string())?;
+            (Stdio::from(f), Stdio::from(f2))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg(listen)
+        .arg("--pid-file")
+        .arg(pid_file)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start serve: {e}"))?;
+    let pid = child.id() as i32;
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the new process exited at once ({status})"));
+        }
+        if read_pid(pid_file) == Some(pid) && get_version(addr).is_some() {
+            // Leave the child running; it is in its own process group and outlives us.
+            std::mem::forget(child);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("the new process did not answer on {listen} within 10 s"))
+}
+
+fn get_version(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.starts_with("HTTP/1.1 200")
+        .then(|| resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
