@@ -10,6 +10,7 @@
 //! - [`fleet`]: the data-driven description and directory layout of a test fleet.
 //! - [`inspect`]: read-only looks into the coordinator's and agents' SQLite files.
 //! - [`operator`]: the coordinator's operator API over HTTPS, for acting and observing.
+//! - [`release`]: demo app releases (artifact and manifest) for `fleetwave release sign`.
 //! - [`plan`]: rollout plans with short bake times, rendered as plan TOML.
 //!
 //! The scenarios themselves are in `tests/`. This crate never mocks a fleetwave part: if a
@@ -26,6 +27,7 @@ pub mod plan;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod release;
 
 pub use error::{HarnessError, Result};
 pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{self as api, paths};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,10 +27,14 @@ impl Operator {
     /// `base_url` such as `https://127.0.0.1:8443`; `ca_pem` the fleet CA certificate.
     pub fn new(base_url: &str, ca_pem: &Path, token: &str) -> Result<Operator> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pem = std::fs::read(ca_pem)
-            .map_err(|e| HarnessError::io(format!("reading the fleet CA {}", ca_pem.display()), e))?;
+        let pem = std::fs::read(ca_pem).map_err(|e| {
+            HarnessError::io(format!("reading the fleet CA {}", ca_pem.display()), e)
+        })?;
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-            HarnessError::Fleet(format!("{} is not a PEM certificate: {e}", ca_pem.display()))
+            HarnessError::Fleet(format!(
+                "{} is not a PEM certificate: {e}",
+                ca_pem.display()
+            ))
         })?;
         let http = reqwest::blocking::Client::builder()
             .tls_backend_rustls()
@@ -71,11 +76,17 @@ impl Operator {
             .send()
             .map_err(|e| api_err(0, format!("{e:#}")))?;
         let status = response.status().as_u16();
-        let body = response.text().map_err(|e| api_err(status, e.to_string()))?;
+        let body = response
+            .text()
+            .map_err(|e| api_err(status, e.to_string()))?;
         if !(200..300).contains(&status) {
             return Err(api_err(status, body));
         }
-        let body = if body.trim().is_empty() { "null".to_string() } else { body };
+        let body = if body.trim().is_empty() {
+            "null".to_string()
+        } else {
+            body
+        };
         serde_json::from_str(&body)
             .map_err(|e| api_err(status, format!("unexpected answer ({e}): {body}")))
     }
@@ -149,5 +160,48 @@ impl Operator {
 
     pub fn rollout(&self, id: &str) -> Result<api::RolloutView> {
         self.get(&format!("{}/{id}", paths::ROLLOUTS))
+    }
+
+    /// Uploads an artifact (`PUT /v1/artifacts/<sha256>`).
+    pub fn upload_artifact(&self, bytes: Vec<u8>) -> Result<api::ArtifactInfo> {
+        let sha = fleetwave_shared::sha256_hex(&bytes);
+        self.put_bytes(&format!("/v1/artifacts/{sha}"), bytes)
+    }
+
+    /// Publishes a signed release envelope.
+    pub fn publish_release(&self, envelope: &Envelope) -> Result<api::ReleaseInfo> {
+        self.post(paths::RELEASES, envelope)
+    }
+
+    /// Publishes a root rotation (admin).
+    pub fn publish_root(&self, envelope: &Envelope) -> Result<api::RootInfo> {
+        self.post(paths::ROOTS, envelope)
+    }
+
+    /// Creates a rollout from plan TOML.
+    pub fn create_rollout(&self, plan_toml: &str) -> Result<api::RolloutView> {
+        self.post(
+            paths::ROLLOUTS,
+            &api::CreateRollout {
+                plan: plan_toml.to_string(),
+                format: api::PlanFormat::Toml,
+            },
+        )
+    }
+
+    /// `POST /v1/rollouts/<id>/<action>` with an empty JSON object (start, pause, resume,
+    /// abort, rollback).
+    pub fn rollout_action(&self, id: &str, action: &str) -> Result<api::RolloutView> {
+        self.post(
+            &format!("{}/{id}/{action}", paths::ROLLOUTS),
+            &serde_json::json!({}),
+        )
+    }
+
+    pub fn approve(&self, id: &str, wave: u32) -> Result<api::RolloutView> {
+        self.post(
+            &format!("{}/{id}/approve", paths::ROLLOUTS),
+            &api::ApproveWave { wave },
+        )
     }
 }

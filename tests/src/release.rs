@@ -1,0 +1,153 @@
+//! Releases of the demo app for scenarios: the artifact (a tar.gz holding `app.toml` with
+//! the version and whether that version is healthy) and the release manifest an operator
+//! would write, signed by the real `fleetwave release sign`.
+//!
+//! This module builds inputs only. It never signs a release itself (the CLI does, with the
+//! offline key the scenario picks) and never talks to the coordinator.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{HarnessError, Result};
+
+/// The release stream (release `name`) of the demo app.
+pub const DEMO_STREAM: &str = "demo";
+
+/// One version of the demo app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoRelease {
+    /// Release id, e.g. `demo-2.0.0`.
+    pub id: String,
+    pub version: String,
+    pub counter: u64,
+    /// Whether this version answers its health check with 200.
+    pub healthy: bool,
+    /// How long the signed release stays valid, e.g. `1d`.
+    pub expires_in: String,
+    /// Extra `install` parameters (e.g. `verify_period_secs`).
+    pub install: BTreeMap<String, serde_json::Value>,
+}
+
+impl DemoRelease {
+    /// A healthy release `demo-<version>` with counter `counter`.
+    pub fn good(version: &str, counter: u64) -> DemoRelease {
+        DemoRelease {
+            id: format!("{DEMO_STREAM}-{version}"),
+            version: version.to_string(),
+            counter,
+            healthy: true,
+            expires_in: "1d".to_string(),
+            install: BTreeMap::new(),
+        }
+    }
+
+    /// A release whose app fails its health check once installed.
+    pub fn bad(version: &str, counter: u64) -> DemoRelease {
+        DemoRelease {
+            healthy: false,
+            ..DemoRelease::good(version, counter)
+        }
+    }
+
+    pub fn install_param(mut self, key: &str, value: serde_json::Value) -> DemoRelease {
+        self.install.insert(key.to_string(), value);
+        self
+    }
+
+    /// The `app.toml` the demo app reads.
+    pub fn app_toml(&self) -> String {
+        format!(
+            "version = {}\nhealthy = {}\n",
+            serde_json::to_string(&self.version).expect("string"),
+            self.healthy
+        )
+    }
+
+    /// Writes `<dir>/<id>.tar.gz` holding `app.toml`; returns its path.
+    pub fn write_artifact(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(format!("{}.tar.gz", self.id));
+        let io = |e: std::io::Error| HarnessError::io(format!("writing {}", path.display()), e);
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let body = self.app_toml();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "app.toml", body.as_bytes())
+            .map_err(io)?;
+        tar.into_inner().map_err(io)?.finish().map_err(io)?;
+        Ok(path)
+    }
+
+    /// The release manifest for `fleetwave release sign`; the artifact is served by the
+    /// coordinator at `/v1/artifacts/<sha256>`.
+    pub fn manifest_toml(&self, artifact: &Path) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("string");
+        let mut out = String::new();
+        let _ = writeln!(out, "id = {}", q(&self.id));
+        let _ = writeln!(out, "name = {}", q(DEMO_STREAM));
+        let _ = writeln!(out, "version = {}", q(&self.version));
+        let _ = writeln!(out, "kind = \"app\"");
+        let _ = writeln!(out, "counter = {}", self.counter);
+        let _ = writeln!(out, "expires_in = {}", q(&self.expires_in));
+        let _ = writeln!(out, "\n[install]\nformat = \"tar.gz\"");
+        for (k, v) in &self.install {
+            let _ = writeln!(out, "{} = {}", q(k), toml_value(v));
+        }
+        let _ = writeln!(out, "\n[[artifacts]]");
+        let _ = writeln!(out, "name = \"app.tar.gz\"");
+        let _ = writeln!(out, "url = \"/v1/artifacts/{{sha256}}\"");
+        let _ = writeln!(out, "file = {}", q(&artifact.display().to_string()));
+        out
+    }
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => serde_json::to_string(s).expect("string"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn the_artifact_holds_app_toml_with_version_and_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = DemoRelease::bad("2.0.0", 2);
+        let path = release.write_artifact(dir.path()).unwrap();
+        let gz = flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap());
+        let mut archive = tar::Archive::new(gz);
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("app.toml"));
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["version"].as_str(), Some("2.0.0"));
+        assert_eq!(value["healthy"].as_bool(), Some(false));
+        assert!(entries.next().is_none());
+    }
+
+    #[test]
+    fn the_manifest_is_toml_naming_the_artifact_file() {
+        let release =
+            DemoRelease::good("1.0.0", 1).install_param("verify_period_secs", serde_json::json!(2));
+        let text = release.manifest_toml(Path::new("/tmp/x.tar.gz"));
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(value["id"].as_str(), Some("demo-1.0.0"));
+        assert_eq!(value["kind"].as_str(), Some("app"));
+        assert_eq!(value["install"]["verify_period_secs"].as_integer(), Some(2));
+        assert_eq!(
+            value["artifacts"][0]["file"].as_str(),
+            Some("/tmp/x.tar.gz")
+        );
+    }
+}
