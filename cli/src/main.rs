@@ -1,1 +1,205 @@
-fn main() {}
+//! `fleetwave`, the operator CLI: the clap command tree, dispatch, and exit codes.
+//!
+//! Each area (`key`, `envelope`, `root`, `release`, ...) is one subcommand enum here; the
+//! work is done in a module per concern (`trust_cmds` for keys, signing and verification).
+//! To add an area or a command: add a variant to the area's enum (or a new area to
+//! [`Command`]) pointing at an `Args` struct in its module, and one line in [`dispatch`].
+//!
+//! Exit codes mean the same everywhere: 0 done, 1 a signature or document was checked and
+//! refused (the reason, naming the file, is one line on stderr), 2 anything else (bad
+//! usage, a file that cannot be read or written, an invalid manifest). This module must
+//! never print secrets: private key material is only ever read by `trust_cmds`.
+
+mod manifest;
+mod trust_cmds;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const ABOUT: &str = "fleetwave operator CLI: keys, signing and verification of the fleet's \
+                     signed documents";
+
+const LONG_ABOUT: &str = "\
+fleetwave operator CLI.
+
+fleetwave agents install only what the fleet's offline keys signed. This tool makes those
+keys and signatures, and checks them exactly as an agent does:
+
+  key        create ed25519 key pairs (private file mode 0600, public file .pub)
+  envelope   sign or verify any payload as a DSSE envelope
+  root       create, sign (two-person rule, rotation) and verify the root of trust
+  release    sign a release from a TOML or JSON manifest
+  verify     check a release or an assignment against a root, as an agent would
+
+Exit codes: 0 done; 1 refused (a signature or document did not pass; one line on stderr
+names the file and the reason); 2 usage or I/O error.
+
+See docs/trust-model.md for the model behind these commands.";
+
+const EXAMPLES: &str = "\
+Examples (a new fleet, offline):
+  fleetwave key generate --out root-1.key
+  fleetwave key generate --out release-1.key
+  fleetwave key generate --out coordinator.key
+  fleetwave root init --root-key root-1.key.pub --release-key release-1.key.pub \\
+      --coordinator-key coordinator.key.pub --out root.json
+  fleetwave root sign --key root-1.key --out root-v1.envelope.json root.json
+  fleetwave root verify root-v1.envelope.json
+  fleetwave release sign --key release-1.key release.toml --out pos-2.4.0.envelope.json
+  fleetwave verify --root root-v1.envelope.json --release pos-2.4.0.envelope.json";
+
+/// The operator CLI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetwave",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The areas of the CLI.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create ed25519 signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign or verify any payload as a DSSE envelope.
+    #[command(subcommand)]
+    Envelope(EnvelopeCommand),
+    /// Create, sign and verify the fleet's root of trust (and its rotations).
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Sign releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Check a release, or an assignment and its release, against a root, as an agent would.
+    #[command(
+        long_about = trust_cmds::VERIFY_LONG_ABOUT,
+        after_help = trust_cmds::VERIFY_EXAMPLES
+    )]
+    Verify(trust_cmds::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a key pair: PATH (private, mode 0600) and PATH.pub; prints the key id.
+    #[command(
+        long_about = trust_cmds::KEY_GENERATE_LONG_ABOUT,
+        after_help = trust_cmds::KEY_GENERATE_EXAMPLES
+    )]
+    Generate(trust_cmds::KeyGenerateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvelopeCommand {
+    /// Sign FILE as a DSSE envelope (one signature per key); prints the envelope JSON.
+    #[command(
+        long_about = trust_cmds::ENVELOPE_SIGN_LONG_ABOUT,
+        after_help = trust_cmds::ENVELOPE_SIGN_EXAMPLES
+    )]
+    Sign(trust_cmds::EnvelopeSignArgs),
+    /// Verify a DSSE envelope against public keys; prints the verified payload.
+    #[command(
+        long_about = trust_cmds::ENVELOPE_VERIFY_LONG_ABOUT,
+        after_help = trust_cmds::ENVELOPE_VERIFY_EXAMPLES
+    )]
+    Verify(trust_cmds::EnvelopeVerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RootCommand {
+    /// Write an unsigned root document from public key files.
+    #[command(
+        long_about = trust_cmds::ROOT_INIT_LONG_ABOUT,
+        after_help = trust_cmds::ROOT_INIT_EXAMPLES
+    )]
+    Init(trust_cmds::RootInitArgs),
+    /// Sign a root document, or add signatures to an existing envelope of it.
+    #[command(
+        long_about = trust_cmds::ROOT_SIGN_LONG_ABOUT,
+        after_help = trust_cmds::ROOT_SIGN_EXAMPLES
+    )]
+    Sign(trust_cmds::RootSignArgs),
+    /// Verify a signed root, on its own or as the rotation of the previous version.
+    #[command(
+        long_about = trust_cmds::ROOT_VERIFY_LONG_ABOUT,
+        after_help = trust_cmds::ROOT_VERIFY_EXAMPLES
+    )]
+    Verify(trust_cmds::RootVerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Build a release from a TOML or JSON manifest and sign it with release keys.
+    #[command(
+        long_about = trust_cmds::RELEASE_SIGN_LONG_ABOUT,
+        after_help = trust_cmds::RELEASE_SIGN_EXAMPLES
+    )]
+    Sign(trust_cmds::ReleaseSignArgs),
+}
+
+/// A signature or document was checked and refused: exit code 1. The message is one line
+/// naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct Refused {
+    /// The file at fault, as the operator named it.
+    pub file: String,
+    /// A stable code ([`fleetwave_shared::Refusal::code`] where there is one).
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Key(KeyCommand::Generate(args)) => trust_cmds::key_generate(args),
+        Command::Envelope(EnvelopeCommand::Sign(args)) => trust_cmds::envelope_sign(args),
+        Command::Envelope(EnvelopeCommand::Verify(args)) => trust_cmds::envelope_verify(args),
+        Command::Root(RootCommand::Init(args)) => trust_cmds::root_init(args),
+        Command::Root(RootCommand::Sign(args)) => trust_cmds::root_sign(args),
+        Command::Root(RootCommand::Verify(args)) => trust_cmds::root_verify(args),
+        Command::Release(ReleaseCommand::Sign(args)) => trust_cmds::release_sign(args),
+        Command::Verify(args) => trust_cmds::verify(args),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let broken_pipe = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                // The reader (e.g. `| head`) has seen enough.
+                ExitCode::SUCCESS
+            } else if let Some(refused) = err.downcast_ref::<Refused>() {
+                eprintln!("refused: {refused}");
+                ExitCode::from(1)
+            } else {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
