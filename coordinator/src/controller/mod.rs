@@ -281,6 +281,32 @@ pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<Gat
     ))
 }
 
+/// The Halt outcome for a failed gate of `wave`.
+fn halt(view: &RolloutView, wave: u32, why: &str) -> TickOutcome {
+    let rollback = if view.plan.auto_rollback {
+        sites_to_roll_back(view)
+    } else {
+        vec![]
+    };
+    let tail = if view.plan.auto_rollback {
+        format!(
+            "; auto_rollback sends {} site(s) back to the previous release",
+            rollback.len()
+        )
+    } else {
+        String::new()
+    };
+    TickOutcome {
+        status: RolloutStatus::Halted,
+        current_wave: view.current_wave,
+        decisions: vec![Decision::Halt {
+            wave,
+            reason: format!("halted at {}: {why}{tail}", view.wave_label(wave)),
+            rollback,
+        }],
+    }
+}
+
 /// Runs the controller once over `view` at `now`.
 ///
 /// - Pending, halted, completed, aborted and rolled-back rollouts: no decision.
@@ -307,28 +333,7 @@ pub fn tick(view: &RolloutView, now: Timestamp) -> TickOutcome {
     if let Some(c) = current {
         for w in 0..=c {
             if let Some(GateVerdict::Fail { reason }) = wave_verdict(view, w, now) {
-                let rollback = if view.plan.auto_rollback {
-                    sites_to_roll_back(view)
-                } else {
-                    vec![]
-                };
-                let tail = if view.plan.auto_rollback {
-                    format!(
-                        "; auto_rollback sends {} site(s) back to the previous release",
-                        rollback.len()
-                    )
-                } else {
-                    String::new()
-                };
-                return TickOutcome {
-                    status: RolloutStatus::Halted,
-                    current_wave: view.current_wave,
-                    decisions: vec![Decision::Halt {
-                        wave: w,
-                        reason: format!("halted at {}: {reason}{tail}", view.wave_label(w)),
-                        rollback,
-                    }],
-                };
+                return halt(view, w, &reason);
             }
         }
     }
@@ -389,6 +394,7 @@ pub fn tick(view: &RolloutView, now: Timestamp) -> TickOutcome {
             blocker,
             reason: format!("{label}: {reason}"),
         }]),
-        GateVerdict::Fail { .. } => unreachable!("failed gates halt above"),
+        // Checked above already; kept so that a failing current wave always halts.
+        GateVerdict::Fail { reason } => halt(view, c, &reason),
     }
 }
