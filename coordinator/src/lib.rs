@@ -3,7 +3,16 @@
 //! - [`config`]: the TOML configuration.
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
+//! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
+//!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup.
+pub mod api;
 pub mod config;
+pub mod error;
+pub mod init;
+pub mod metrics;
+pub mod rollouts;
+pub mod server;
+pub mod state;
 pub mod controller;
 pub mod plan;
 pub mod store;

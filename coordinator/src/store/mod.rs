@@ -189,6 +189,8 @@ pub struct RolloutSiteRecord {
     pub rollback_sequence: Option<u64>,
     /// The release the site ran before this rollout, if known.
     pub previous_release_id: Option<String>,
+    /// The site is deferred (by its staff) until then (from the site's own record).
+    pub deferred_until: Option<Timestamp>,
 }
 
 /// An assignment to sign: the store gives it the site's next sequence.

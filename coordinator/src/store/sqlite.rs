@@ -246,7 +246,7 @@ fn rollout_record((id, release_id, plan_source, plan_format, status, status_reas
     })
 }
 
-const RS_COLS: &str = "rollout_id, site_id, wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, failure, rolled_back, last_healthy_at, first_unhealthy_after_commit_at, last_report_at, rollback_sequence, previous_release_id";
+const RS_COLS: &str = "rs.rollout_id, rs.site_id, rs.wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, failure, rolled_back, last_healthy_at, first_unhealthy_after_commit_at, last_report_at, rollback_sequence, previous_release_id, s.deferred_until";
 
 fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
     let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
@@ -273,6 +273,7 @@ fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
         last_report_at: ts(15)?,
         rollback_sequence: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
         previous_release_id: r.get(17)?,
+        deferred_until: ts(18)?,
     })
 }
 
@@ -665,7 +666,7 @@ impl Store for SqliteStore {
 
     fn rollout_sites(&self, rollout_id: &str) -> StoreResult<Vec<RolloutSiteRecord>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {RS_COLS} FROM rollout_sites WHERE rollout_id = ?1 ORDER BY site_id"))?;
+            let mut st = c.prepare(&format!("SELECT {RS_COLS} FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id WHERE rs.rollout_id = ?1 ORDER BY rs.site_id"))?;
             let rows = st.query_map([rollout_id], rs_record)?;
             collect(rows, Ok)
         })

@@ -1,0 +1,40 @@
+//! Liveness, readiness, metrics and the OpenAPI document. Read-only.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
+
+use crate::error::ApiError;
+use crate::metrics::StateLabel;
+use crate::state::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.db.run(|s| s.ping()).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("database is not reachable: {e}")))?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let sites = app.db.run(|s| s.count_sites_by_state()).await?;
+    for state in [SiteState::Active, SiteState::Decommissioned] {
+        let n = sites.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+        app.metrics.sites.get_or_create(&StateLabel { state: state.as_str().into() }).set(n as i64);
+    }
+    let rollouts = app.db.run(|s| s.list_rollouts()).await?;
+    for state in [RolloutStatus::Pending, RolloutStatus::Running, RolloutStatus::Paused, RolloutStatus::Halted, RolloutStatus::Completed, RolloutStatus::Aborted, RolloutStatus::RolledBack] {
+        let n = rollouts.iter().filter(|r| r.status == state).count();
+        app.metrics.rollouts.get_or_create(&StateLabel { state: state.as_str().into() }).set(n as i64);
+    }
+    let mut res = app.metrics.encode().into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    Ok(res)
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::document())
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics (`/metrics`, text format): polls, reports, rollouts and sites by
+//! state, gate decisions, request latency. Recording a metric must never fail a request.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Polls by result: `assignment`, `nothing`, `not_modified`.
+    pub polls: Family<ResultLabel, Counter>,
+    /// Report events by result: `accepted`, `duplicate`.
+    pub report_events: Family<ResultLabel, Counter>,
+    pub rollouts: Family<StateLabel, Gauge>,
+    pub sites: Family<StateLabel, Gauge>,
+    /// Controller decisions by kind (`open_wave`, `halt`, `complete`, ...).
+    pub gate_decisions: Family<KindLabel, Counter>,
+    pub leases: Family<ResultLabel, Counter>,
+    pub requests: Family<RequestLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("fleetwave");
+        let polls = Family::<ResultLabel, Counter>::default();
+        registry.register("polls", "Agent polls answered, by result", polls.clone());
+        let report_events = Family::<ResultLabel, Counter>::default();
+        registry.register("report_events", "Report events received, by result", report_events.clone());
+        let rollouts = Family::<StateLabel, Gauge>::default();
+        registry.register("rollouts", "Rollouts by state", rollouts.clone());
+        let sites = Family::<StateLabel, Gauge>::default();
+        registry.register("sites", "Sites by state", sites.clone());
+        let gate_decisions = Family::<KindLabel, Counter>::default();
+        registry.register("gate_decisions", "Wave controller decisions, by kind", gate_decisions.clone());
+        let leases = Family::<ResultLabel, Counter>::default();
+        registry.register("leases", "Lease requests, by result (granted or the denial reason)", leases.clone());
+        let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register("http_request_duration_seconds", "HTTP request latency", requests.clone());
+        Metrics {
+            registry,
+            polls,
+            report_events,
+            rollouts,
+            sites,
+            gate_decisions,
+            leases,
+            requests,
+        }
+    }
+
+    pub fn count(family: &Family<ResultLabel, Counter>, result: &str, n: u64) {
+        family
+            .get_or_create(&ResultLabel { result: result.to_string() })
+            .inc_by(n);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,694 @@
+//! The rollout engine: gathers each rollout's facts, runs the pure wave controller
+//! ([`crate::controller::tick`]) and applies what it decides (open a wave → sign its
+//! sites' assignments; halt → with auto_rollback, sign rollback assignments; complete),
+//! storing every decision with its reason. Operator actions and leases go through here
+//! too, serialized by one lock so that no two changes to rollouts interleave.
+//!
+//! It never decides a gate or a lease itself: that is the controller's job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetwave_shared::protocol::operator::{self as op, RolloutStatus as WireStatus, SiteState as WireSiteState};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::controller::{self, Decision, DecisionKey, RolloutStatus, SiteFacts, WaveView};
+use crate::error::ApiError;
+use crate::plan::{PlanFormat, RolloutPlan, parse_plan};
+use crate::state::{App, random_hex};
+use crate::store::{AssignmentDraft, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord, RolloutSiteRecord, SiteFilter, StoreError};
+
+/// Controller status from the stored (wire) status.
+pub fn status_of(s: WireStatus) -> RolloutStatus {
+    match s {
+        WireStatus::Pending => RolloutStatus::Pending,
+        WireStatus::Running => RolloutStatus::Running,
+        WireStatus::Paused => RolloutStatus::Paused,
+        WireStatus::Halted => RolloutStatus::Halted,
+        WireStatus::Completed => RolloutStatus::Completed,
+        WireStatus::Aborted => RolloutStatus::Aborted,
+        WireStatus::RolledBack => RolloutStatus::RolledBack,
+    }
+}
+
+pub fn wire_status(s: RolloutStatus) -> WireStatus {
+    match s {
+        RolloutStatus::Pending => WireStatus::Pending,
+        RolloutStatus::Running => WireStatus::Running,
+        RolloutStatus::Paused => WireStatus::Paused,
+        RolloutStatus::Halted => WireStatus::Halted,
+        RolloutStatus::Completed => WireStatus::Completed,
+        RolloutStatus::Aborted => WireStatus::Aborted,
+        RolloutStatus::RolledBack => WireStatus::RolledBack,
+    }
+}
+
+pub fn plan_format(f: op::PlanFormat) -> PlanFormat {
+    match f {
+        op::PlanFormat::Toml => PlanFormat::Toml,
+        op::PlanFormat::Json => PlanFormat::Json,
+    }
+}
+
+/// Everything known about one rollout, loaded for a tick or an action.
+pub struct Loaded {
+    pub record: RolloutRecord,
+    pub plan: Arc<RolloutPlan>,
+    pub release: ReleaseRecord,
+    pub sites: Vec<RolloutSiteRecord>,
+}
+
+impl Loaded {
+    pub fn current_wave(&self) -> Option<u32> {
+        self.record
+            .waves
+            .iter()
+            .rposition(|w| w.opened_at.is_some())
+            .map(|i| i as u32)
+    }
+
+    pub fn view(&self) -> controller::RolloutView {
+        let mut waves: Vec<WaveView> = self
+            .record
+            .waves
+            .iter()
+            .map(|w| WaveView {
+                opened_at: w.opened_at,
+                approved_at: w.approved_at,
+                sites: Vec::new(),
+            })
+            .collect();
+        waves.resize(self.plan.waves.len(), WaveView::default());
+        for s in &self.sites {
+            if let Some(w) = waves.get_mut(s.wave as usize) {
+                w.sites.push(facts(s));
+            }
+        }
+        controller::RolloutView {
+            rollout_id: self.record.id.clone(),
+            plan: (*self.plan).clone(),
+            status: status_of(self.record.status),
+            current_wave: self.current_wave(),
+            waves,
+        }
+    }
+}
+
+/// The controller's facts from a stored rollout site.
+pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
+    SiteFacts {
+        site_id: s.site_id.clone(),
+        assigned_at: s.assigned_at,
+        leased_at: s.leased_at,
+        last_phase: s.phase,
+        last_phase_at: s.phase_at,
+        last_report_at: s.last_report_at,
+        committed_at: s.committed_at,
+        last_healthy_at: s.last_healthy_at,
+        first_unhealthy_after_commit_at: s.first_unhealthy_after_commit_at,
+        failed_at: s.failed_at,
+        failure: s.failure.clone(),
+        rolled_back: s.rolled_back,
+        deferred_until: s.deferred_until,
+        skipped: s.skipped,
+    }
+}
+
+/// The rollout engine's own state (plan cache, last informational decision per rollout).
+#[derive(Default)]
+pub struct Engine {
+    /// Serializes every change to rollouts, leases included.
+    pub lock: tokio::sync::Mutex<()>,
+    plans: std::sync::Mutex<HashMap<String, Arc<RolloutPlan>>>,
+    last_note: std::sync::Mutex<HashMap<String, DecisionKey>>,
+}
+
+impl Engine {
+    fn plan(&self, record: &RolloutRecord) -> Result<Arc<RolloutPlan>, ApiError> {
+        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id) {
+            return Ok(p.clone());
+        }
+        let format = if record.plan_format == "json" { PlanFormat::Json } else { PlanFormat::Toml };
+        let plan = Arc::new(parse_plan(&record.plan_source, format).map_err(|e| {
+            ApiError::internal(format!("stored plan of rollout {} no longer parses: {e}", record.id))
+        })?);
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.id.clone(), plan.clone());
+        Ok(plan)
+    }
+}
+
+impl App {
+    /// Loads a rollout with its plan, release and sites.
+    pub async fn load_rollout(&self, id: &str) -> Result<Loaded, ApiError> {
+        let rid = id.to_string();
+        let record = self
+            .db
+            .run(move |s| s.rollout(&rid))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?;
+        let plan = self.engine.plan(&record)?;
+        let release_id = record.release_id.clone();
+        let release = self
+            .db
+            .run(move |s| s.release(&release_id))
+            .await?
+            .ok_or_else(|| ApiError::internal(format!("release {} of rollout {id} is missing", record.release_id)))?;
+        let rid = id.to_string();
+        let sites = self.db.run(move |s| s.rollout_sites(&rid)).await?;
+        Ok(Loaded { record, plan, release, sites })
+    }
+
+    fn draft(&self, l: &Loaded, site_id: &str, wave: u32, now: Timestamp) -> AssignmentDraft {
+        let ttl = l.plan.assignment_ttl.max(SignedDuration::from_secs(300));
+        AssignmentDraft {
+            site_id: site_id.to_string(),
+            rollout_id: l.record.id.clone(),
+            wave,
+            release_id: l.release.id.clone(),
+            release_digest: l.release.digest.clone(),
+            rollback: false,
+            not_before: now,
+            issued_at: now,
+            expires: now + ttl,
+            window: l.plan.window.clone(),
+        }
+    }
+
+    /// Signs assignments for every non-skipped site of opened waves that has none yet.
+    async fn assign_open_waves(&self, l: &Loaded, now: Timestamp) -> Result<usize, ApiError> {
+        let Some(current) = l.current_wave() else { return Ok(0) };
+        let drafts: Vec<AssignmentDraft> = l
+            .sites
+            .iter()
+            .filter(|s| s.wave <= current && !s.skipped && s.assigned_at.is_none())
+            .filter(|s| l.record.waves.get(s.wave as usize).is_some_and(|w| w.opened_at.is_some()))
+            .map(|s| self.draft(l, &s.site_id, s.wave, now))
+            .collect();
+        let n = drafts.len();
+        self.issue_assignments(drafts, l.release.envelope.clone()).await?;
+        Ok(n)
+    }
+
+    /// Signs rollback assignments sending `sites` back to the release each ran before.
+    /// Returns a sentence about sites that could not be rolled back.
+    async fn roll_back(&self, l: &Loaded, sites: &[String], now: Timestamp) -> Result<(usize, Vec<String>), ApiError> {
+        let mut by_release: BTreeMap<String, Vec<AssignmentDraft>> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for site_id in sites {
+            let Some(s) = l.sites.iter().find(|s| &s.site_id == site_id) else { continue };
+            match &s.previous_release_id {
+                Some(prev) => {
+                    let mut d = self.draft(l, site_id, s.wave, now);
+                    d.rollback = true;
+                    d.release_id = prev.clone();
+                    by_release.entry(prev.clone()).or_default().push(d);
+                }
+                None => missing.push(site_id.clone()),
+            }
+        }
+        let mut issued = 0;
+        for (release_id, mut drafts) in by_release {
+            let rid = release_id.clone();
+            match self.db.run(move |s| s.release(&rid)).await? {
+                Some(release) => {
+                    for d in &mut drafts {
+                        d.release_digest = release.digest.clone();
+                    }
+                    issued += drafts.len();
+                    self.issue_assignments(drafts, release.envelope).await?;
+                }
+                None => missing.extend(drafts.into_iter().map(|d| format!("{} (release {release_id} not published here)", d.site_id))),
+            }
+        }
+        Ok((issued, missing))
+    }
+
+    async fn save_rollout(&self, record: &RolloutRecord) -> Result<(), ApiError> {
+        let r = record.clone();
+        self.db.run(move |s| s.update_rollout(&r)).await?;
+        Ok(())
+    }
+
+    async fn record_decisions(&self, rollout_id: &str, decisions: Vec<(String, Option<u32>, String)>, now: Timestamp) -> Result<(), ApiError> {
+        for (kind, _, _) in &decisions {
+            self.metrics
+                .gate_decisions
+                .get_or_create(&crate::metrics::KindLabel { kind: kind.clone() })
+                .inc();
+        }
+        let records: Vec<DecisionRecord> = decisions
+            .into_iter()
+            .map(|(kind, wave, reason)| DecisionRecord { id: 0, rollout_id: rollout_id.to_string(), at: now, kind, wave, reason })
+            .collect();
+        self.db.run(move |s| s.add_decisions(&records)).await?;
+        Ok(())
+    }
+
+    /// Runs the controller once for one rollout and applies the outcome. Call with the
+    /// engine lock held.
+    pub async fn tick_rollout(&self, id: &str, now: Timestamp) -> Result<(), ApiError> {
+        let mut l = self.load_rollout(id).await?;
+        let view = l.view();
+        let outcome = controller::tick(&view, now);
+        let mut to_store = Vec::new();
+        let mut changed = false;
+        for decision in &outcome.decisions {
+            if !decision.changes_state() {
+                let key = decision.key();
+                let mut notes = self.engine.last_note.lock().unwrap_or_else(|e| e.into_inner());
+                if notes.get(id) == Some(&key) {
+                    continue;
+                }
+                notes.insert(id.to_string(), key);
+                to_store.push((decision.kind().to_string(), decision.wave(), decision.reason().to_string()));
+                continue;
+            }
+            self.engine.last_note.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            changed = true;
+            to_store.push((decision.kind().to_string(), decision.wave(), decision.reason().to_string()));
+            match decision {
+                Decision::OpenWave { wave, .. } => {
+                    let w = *wave as usize;
+                    if l.record.waves.len() <= w {
+                        l.record.waves.resize(w + 1, Default::default());
+                    }
+                    if l.record.waves[w].opened_at.is_none() {
+                        l.record.waves[w].opened_at = Some(now);
+                    }
+                    if w > 0 && l.record.waves[w - 1].passed_at.is_none() {
+                        l.record.waves[w - 1].passed_at = Some(now);
+                    }
+                }
+                Decision::Halt { reason, rollback, .. } => {
+                    l.record.status_reason = Some(reason.clone());
+                    if !rollback.is_empty() {
+                        let (issued, missing) = self.roll_back(&l, rollback, now).await?;
+                        let mut why = format!("auto_rollback: {issued} site(s) sent back to their previous release");
+                        if !missing.is_empty() {
+                            why.push_str(&format!("; no previous release known for: {}", missing.join(", ")));
+                        }
+                        to_store.push(("rollback".into(), None, why));
+                    }
+                }
+                Decision::Complete { reason } => {
+                    if let Some(last) = l.record.waves.last_mut()
+                        && last.passed_at.is_none()
+                    {
+                        last.passed_at = Some(now);
+                    }
+                    l.record.status_reason = Some(reason.clone());
+                }
+                _ => {}
+            }
+        }
+        let auto_rolled_back = outcome.decisions.iter().any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
+        if outcome.changes(&view) || changed {
+            l.record.status = if auto_rolled_back { WireStatus::RolledBack } else { wire_status(outcome.status) };
+            l.record.updated_at = now;
+            self.save_rollout(&l.record).await?;
+        }
+        self.record_decisions(id, to_store, now).await?;
+        if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
+            self.assign_open_waves(&l, now).await?;
+        }
+        Ok(())
+    }
+
+    /// One controller pass over every running or paused rollout.
+    pub async fn tick_all(&self) -> Result<(), ApiError> {
+        let _guard = self.engine.lock.lock().await;
+        let rollouts = self.db.run(|s| s.list_rollouts()).await?;
+        let now = Timestamp::now();
+        for r in rollouts.iter().filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused)) {
+            if let Err(e) = self.tick_rollout(&r.id, now).await {
+                tracing::warn!(rollout = %r.id, error = %e, "wave controller tick failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a rollout from a plan: validates it, computes every site's wave and refuses
+    /// sites that already belong to an active rollout.
+    pub async fn create_rollout(&self, plan_text: String, format: op::PlanFormat, actor: &str) -> Result<RolloutRecord, ApiError> {
+        let plan = parse_plan(&plan_text, plan_format(format))
+            .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", e.to_string()))?;
+        let release_id = plan.release.clone();
+        let release = self
+            .db
+            .run(move |s| s.release(&release_id))
+            .await?
+            .ok_or_else(|| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", format!("release: release {:?} is not published on this coordinator", plan.release)))?;
+        let id = rollout_id(&plan.name);
+        let sites = self
+            .db
+            .run(|s| s.list_sites(&SiteFilter { state: Some(WireSiteState::Active), limit: usize::MAX >> 1, ..SiteFilter::default() }))
+            .await?;
+        let members: Vec<RolloutSiteRecord> = sites
+            .iter()
+            .filter_map(|site| {
+                controller::wave_for_site(&plan, &id, &site.id, &site.labels).map(|wave| RolloutSiteRecord {
+                    rollout_id: id.clone(),
+                    site_id: site.id.clone(),
+                    wave,
+                    previous_release_id: previous_release(site, &release),
+                    ..RolloutSiteRecord::default()
+                })
+            })
+            .collect();
+        let now = Timestamp::now();
+        let record = RolloutRecord {
+            id: id.clone(),
+            release_id: release.id.clone(),
+            plan_source: plan_text,
+            plan_format: match format { op::PlanFormat::Json => "json".into(), op::PlanFormat::Toml => "toml".into() },
+            status: WireStatus::Pending,
+            waves: vec![Default::default(); plan.waves.len()],
+            created_at: now,
+            created_by: actor.to_string(),
+            updated_at: now,
+            status_reason: None,
+        };
+        let _guard = self.engine.lock.lock().await;
+        let (r, m) = (record.clone(), members);
+        let n = m.len();
+        self.db.run(move |s| s.create_rollout(&r, &m)).await.map_err(|e| match e {
+            StoreError::Conflict(msg) => ApiError::conflict("rollout_conflict", msg),
+            other => other.into(),
+        })?;
+        self.record_decisions(&id, vec![("created".into(), None, format!("rollout created by {actor} for release {} with {n} site(s) in {} wave(s)", release.id, plan.waves.len()))], now).await?;
+        Ok(record)
+    }
+
+    /// Adds a site that enrolled, was relabelled or re-enabled to every active rollout
+    /// that selects it, in the wave membership gives it; assigns it at once if that wave
+    /// is open.
+    pub async fn join_rollouts(&self, site_id: &str) -> Result<(), ApiError> {
+        let sid = site_id.to_string();
+        let Some(site) = self.db.run(move |s| s.site(&sid)).await? else { return Ok(()) };
+        if site.state != WireSiteState::Active {
+            return Ok(());
+        }
+        let _guard = self.engine.lock.lock().await;
+        let rollouts = self.db.run(|s| s.list_rollouts()).await?;
+        for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
+            let l = self.load_rollout(&r.id).await?;
+            if l.sites.iter().any(|s| s.site_id == site.id) {
+                continue;
+            }
+            let Some(wave) = controller::wave_for_site(&l.plan, &r.id, &site.id, &site.labels) else { continue };
+            let member = RolloutSiteRecord {
+                rollout_id: r.id.clone(),
+                site_id: site.id.clone(),
+                wave,
+                previous_release_id: previous_release(&site, &l.release),
+                ..RolloutSiteRecord::default()
+            };
+            let added = self.db.run(move |s| s.add_rollout_sites(&[member])).await?;
+            if added.is_empty() {
+                continue;
+            }
+            let now = Timestamp::now();
+            self.record_decisions(&r.id, vec![("site_joined".into(), Some(wave), format!("site {} joined wave {wave}", site.id))], now).await?;
+            if matches!(r.status, WireStatus::Running | WireStatus::Paused) {
+                let l = self.load_rollout(&r.id).await?;
+                self.assign_open_waves(&l, now).await?;
+            }
+            break;
+        }
+        Ok(())
+    }
+
+    /// Applies an operator action to a rollout. Returns the rollout after the action.
+    pub async fn rollout_action(&self, id: &str, action: Action, actor: &str) -> Result<(), ApiError> {
+        let _guard = self.engine.lock.lock().await;
+        let now = Timestamp::now();
+        let mut l = self.load_rollout(id).await?;
+        let status = l.record.status;
+        let conflict = |what: &str| ApiError::conflict("invalid_state", format!("rollout {id} is {}: cannot {what}", status.as_str()));
+        let note: Option<(String, Option<u32>, String)>;
+        match &action {
+            Action::Start => {
+                if status != WireStatus::Pending {
+                    return Err(conflict("start it (only a pending rollout starts)"));
+                }
+                l.record.status = WireStatus::Running;
+                note = Some(("started".into(), None, format!("started by {actor}")));
+            }
+            Action::Pause(reason) => {
+                if status != WireStatus::Running {
+                    return Err(conflict("pause it (only a running rollout pauses)"));
+                }
+                l.record.status = WireStatus::Paused;
+                l.record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
+                note = Some(("paused".into(), None, l.record.status_reason.clone().unwrap_or_default()));
+            }
+            Action::Resume => {
+                if !matches!(status, WireStatus::Paused | WireStatus::Halted) {
+                    return Err(conflict("resume it (only a paused or halted rollout resumes)"));
+                }
+                l.record.status = WireStatus::Running;
+                l.record.status_reason = None;
+                note = Some(("resumed".into(), None, format!("resumed by {actor}")));
+            }
+            Action::Approve(wave) => {
+                if !status.is_active() {
+                    return Err(conflict("approve a wave"));
+                }
+                let w = l.record.waves.get_mut(*wave as usize).ok_or_else(|| ApiError::bad_request(format!("wave {wave} does not exist: the plan has {} wave(s)", l.plan.waves.len())))?;
+                if w.opened_at.is_none() {
+                    return Err(ApiError::conflict("wave_not_open", format!("wave {wave} has not opened yet; approve it once its gate waits for approval")));
+                }
+                w.approved_at = Some(now);
+                w.approved_by = Some(actor.to_string());
+                note = Some(("approved".into(), Some(*wave), format!("wave {wave} approved by {actor}")));
+            }
+            Action::Abort(reason) => {
+                if !status.is_active() {
+                    return Err(conflict("abort it"));
+                }
+                l.record.status = WireStatus::Aborted;
+                l.record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
+                note = Some(("aborted".into(), None, l.record.status_reason.clone().unwrap_or_default()));
+                for s in &l.sites {
+                    if let Some(slot) = self.sites.get(&s.site_id)
+                        && slot.view().assignment.is_some_and(|a| a.record.rollout_id == id && !a.record.rollback)
+                    {
+                        self.sites.clear_assignment(&s.site_id);
+                    }
+                }
+            }
+            Action::Rollback(reason) => {
+                if !matches!(status, WireStatus::Running | WireStatus::Paused | WireStatus::Halted | WireStatus::Completed) {
+                    return Err(conflict("roll it back"));
+                }
+                let sites = controller::sites_to_roll_back(&l.view());
+                let (issued, missing) = self.roll_back(&l, &sites, now).await?;
+                l.record.status = WireStatus::RolledBack;
+                let mut why = format!("rolled back by {actor}{}: {issued} site(s) sent back to their previous release", reason_tail(reason));
+                if !missing.is_empty() {
+                    why.push_str(&format!("; no previous release known for: {}", missing.join(", ")));
+                }
+                l.record.status_reason = Some(why.clone());
+                note = Some(("rollback".into(), None, why));
+            }
+            Action::Skip(site_id) => {
+                if !status.is_active() {
+                    return Err(conflict("skip a site"));
+                }
+                let (rid, sid) = (id.to_string(), site_id.clone());
+                self.db.run(move |s| s.set_rollout_site_skipped(&rid, &sid)).await?;
+                note = Some(("skipped".into(), None, format!("site {site_id} skipped by {actor}")));
+            }
+        }
+        l.record.updated_at = now;
+        self.save_rollout(&l.record).await?;
+        if let Some(n) = note {
+            self.record_decisions(id, vec![n], now).await?;
+        }
+        if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
+            self.tick_rollout(id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides and, if granted, records a lease for `site_id`.
+    pub async fn lease(&self, site_id: &str, req: &fleetwave_shared::protocol::LeaseRequest) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
+        let _guard = self.engine.lock.lock().await;
+        let now = Timestamp::now();
+        let deny = |d: controller::LeaseDenial| {
+            crate::metrics::Metrics::count(&self.metrics.leases, d.reason.as_str(), 1);
+            ApiError::conflict("lease_denied", d.to_string()).with_retry_after(d.retry_after_secs)
+        };
+        let l = match self.load_rollout(&req.rollout_id).await {
+            Ok(l) => l,
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+                return Err(deny(controller::LeaseDenial {
+                    reason: controller::LeaseDenialReason::NotAssigned,
+                    message: format!("rollout {} does not exist", req.rollout_id),
+                    retry_after_secs: controller::leases::NOT_OPEN_RETRY_SECS,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let me = l.sites.iter().find(|s| s.site_id == site_id);
+        let current = self.sites.get(site_id).and_then(|slot| slot.view().assignment).filter(|a| a.record.rollout_id == req.rollout_id);
+        // A rollback assignment is installed at once: no window, limit or status applies.
+        if let Some(a) = &current
+            && a.record.rollback
+            && a.record.sequence == req.sequence
+        {
+            return self.grant(site_id, &l, me.map_or(0, |m| m.wave), now).await;
+        }
+        let site_rec = {
+            let sid = site_id.to_string();
+            self.db.run(move |s| s.site(&sid)).await?.ok_or_else(|| ApiError::not_found(format!("no site {site_id}")))?
+        };
+        let leases = {
+            let rid = req.rollout_id.clone();
+            self.db.run(move |s| s.active_leases(&rid, now)).await?
+        };
+        let site_wave = me.map(|m| m.wave);
+        let holds_lease = leases.iter().any(|x| x.site_id == site_id);
+        let wave_active = leases.iter().filter(|x| x.site_id != site_id && Some(x.wave) == site_wave).count() as u32;
+        let (mut comp_active, mut comp_sites) = (0u32, 0u32);
+        if let Some(w) = site_wave
+            && let Some((label, value)) = controller::leases::compartment_of(&l.plan, w, &site_rec.labels)
+        {
+            let label = label.to_string();
+            let all = self.db.run(|s| s.list_sites(&SiteFilter { limit: usize::MAX >> 1, ..SiteFilter::default() })).await?;
+            let labels: HashMap<&str, &BTreeMap<String, String>> = all.iter().map(|s| (s.id.as_str(), &s.labels)).collect();
+            let value_of = |id: &str| labels.get(id).and_then(|m| m.get(&label).cloned()).unwrap_or_default();
+            comp_sites = l.sites.iter().filter(|s| value_of(&s.site_id) == value).count() as u32;
+            comp_active = leases.iter().filter(|x| x.site_id != site_id && value_of(&x.site_id) == value).count() as u32;
+        }
+        let ctx = controller::LeaseContext {
+            plan: &l.plan,
+            status: status_of(l.record.status),
+            current_wave: l.current_wave(),
+            site_wave: if me.is_some_and(|m| m.skipped) { None } else { site_wave },
+            site_labels: &site_rec.labels,
+            assignment_sequence: current.as_ref().filter(|a| !a.record.rollback).map(|a| a.record.sequence),
+            requested_sequence: req.sequence,
+            deferred_until: site_rec.deferred_until,
+            freezes: &self.config.freezes,
+            holds_lease,
+            wave_active_leases: wave_active,
+            compartment_active_leases: comp_active,
+            compartment_sites: comp_sites,
+        };
+        controller::lease_decision(&ctx, now).map_err(deny)?;
+        self.grant(site_id, &l, site_wave.unwrap_or(0), now).await
+    }
+
+    async fn grant(&self, site_id: &str, l: &Loaded, wave: u32, now: Timestamp) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
+        let lease = LeaseRecord {
+            id: format!("lease-{}", random_hex(12)),
+            site_id: site_id.to_string(),
+            rollout_id: l.record.id.clone(),
+            wave,
+            granted_at: now,
+            expires_at: now + SignedDuration::from_secs(self.config.assignments.lease_ttl_secs as i64),
+        };
+        let rec = lease.clone();
+        self.db.run(move |s| s.grant_lease(&rec)).await?;
+        crate::metrics::Metrics::count(&self.metrics.leases, "granted", 1);
+        self.wake_controller();
+        Ok(fleetwave_shared::protocol::LeaseGrant { lease_id: lease.id, rollout_id: lease.rollout_id, expires_at: lease.expires_at })
+    }
+
+    /// Re-signs assignments that have less than half their lifetime left (rollouts still
+    /// running, paused, halted or completed; rollbacks too).
+    pub async fn refresh_assignments(&self) -> Result<(), ApiError> {
+        let _guard = self.engine.lock.lock().await;
+        let now = Timestamp::now();
+        let mut due: BTreeMap<String, Vec<crate::state::CachedAssignment>> = BTreeMap::new();
+        for (_, slot) in self.sites.all() {
+            let v = slot.view();
+            if let Some(a) = v.assignment
+                && v.active
+            {
+                let life = a.record.expires.duration_since(a.record.issued_at);
+                if a.record.expires.duration_since(now) < life / 2 {
+                    due.entry(a.record.rollout_id.clone()).or_default().push(a);
+                }
+            }
+        }
+        for (rollout_id, items) in due {
+            let l = self.load_rollout(&rollout_id).await?;
+            if matches!(l.record.status, WireStatus::Aborted | WireStatus::Pending) {
+                continue;
+            }
+            for a in items {
+                let mut d = self.draft(&l, &a.record.site_id, a.record.wave, now);
+                d.rollback = a.record.rollback;
+                d.release_id = a.record.release_id.clone();
+                d.release_digest = a.record.release_digest.clone();
+                self.issue_assignments(vec![d], a.release.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An operator action on a rollout.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Start,
+    Pause(Option<String>),
+    Resume,
+    Approve(u32),
+    Abort(Option<String>),
+    Rollback(Option<String>),
+    Skip(String),
+}
+
+fn reason_tail(reason: &Option<String>) -> String {
+    reason.as_deref().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default()
+}
+
+/// The release a site ran in the rollout's stream before it, if it said.
+fn previous_release(site: &crate::store::SiteRecord, release: &ReleaseRecord) -> Option<String> {
+    site.installed
+        .get(&release.name)
+        .and_then(|i| i.release_id.clone())
+        .filter(|id| *id != release.id)
+}
+
+/// A rollout id from the plan's name: a slug plus a random suffix (unique).
+fn rollout_id(name: &str) -> String {
+    let mut slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    slug.truncate(40);
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "rollout" } else { slug };
+    format!("{slug}-{}", random_hex(4))
+}
+
+/// Runs the wave controller every tick and whenever woken, until shutdown.
+pub async fn run_controller(app: Arc<App>) {
+    let tick = Duration::from_millis(app.config.controller.tick_millis);
+    let mut shutdown = app.shutdown.clone();
+    let mut refresh_at = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = app.tick_all().await {
+            tracing::warn!(error = %e, "wave controller pass failed");
+        }
+        if tokio::time::Instant::now() >= refresh_at {
+            if let Err(e) = app.refresh_assignments().await {
+                tracing::warn!(error = %e, "assignment refresh failed");
+            }
+            refresh_at = tokio::time::Instant::now() + Duration::from_secs(60);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = app.controller_wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Starting and stopping the coordinator: open the store, load keys and the root chain,
+//! warm the poll cache, serve the API over TLS (rustls, ring) or — for local development
+//! only — plain HTTP, run the background tasks, and shut down gracefully.
+//!
+//! Start-up errors name the file or key at fault. Nothing here handles a request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::operator::{OperatorRole, SiteState};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use jiff::Timestamp;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt as _;
+
+use crate::api::auth::{RemoteAddr, token_hash};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rollouts::Engine;
+use crate::state::{App, AppState, SiteCache, Sessions, TrustChain, random_hex};
+use crate::store::{Db, OperatorTokenRecord, SiteFilter, SqliteStore};
+
+/// How the server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    /// Plain HTTP: `--insecure-plain-http`, local development only.
+    InsecurePlainHttp,
+}
+
+/// A running coordinator.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub app: AppState,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (up to 10 s), flushes last-seen
+    /// times and returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Builds the TLS acceptor from the configured PEM files.
+pub fn tls_acceptor(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = config.tls.as_ref().context("config key [tls] is missing: give tls.cert and tls.key, or run with --insecure-plain-http for local development")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .with_context(|| format!("tls.cert: cannot read {}", tls.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tls.cert: {} is not a PEM certificate chain", tls.cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("tls.cert: {} holds no certificate", tls.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| format!("tls.key: cannot read a PEM private key from {}", tls.key.display()))?;
+    let mut server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls.cert and tls.key do not form a usable certificate and key")?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Loads the root chain: the stored roots, extended by configured root files.
+async fn load_trust(config: &Config, db: &Db) -> anyhow::Result<TrustChain> {
+    let stored = db.run(|s| s.roots()).await?;
+    let mut chain = stored.clone();
+    for (i, path) in config.roots.iter().enumerate() {
+        let bytes = std::fs::read(path).with_context(|| format!("roots[{i}]: cannot read {}", path.display()))?;
+        let env = Envelope::from_json(&bytes).with_context(|| format!("roots[{i}]: {} is not a root envelope", path.display()))?;
+        if chain.iter().any(|e| *e == env) {
+            continue;
+        }
+        chain.push(env);
+    }
+    if chain.is_empty() {
+        anyhow::bail!("no root of trust: config key `roots` must list the root envelope file(s) on the first start");
+    }
+    let trust = TrustChain::verify(chain).map_err(|e| anyhow::anyhow!("root chain does not verify: {e}"))?;
+    for (i, env) in trust.envelopes.iter().enumerate().skip(stored.len()) {
+        let (v, e) = ((i + 1) as u64, env.clone());
+        db.run(move |s| s.add_root(v, &e, Timestamp::now())).await?;
+    }
+    Ok(trust)
+}
+
+/// Opens everything the server needs.
+pub async fn build_app(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<AppState> {
+    let db_path = config.database_path();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path)).await?.with_context(|| format!("database {}", config.database_path().display()))?;
+    let db = Db::new(Arc::new(store));
+    let signer = fleetwave_shared::keys::read_private_key(&config.signing_key).with_context(|| "config key signing_key")?;
+    let trust = load_trust(&config, &db).await?;
+    let keyid = fleetwave_shared::KeyId::of(&signer.verifying_key()).0;
+    if !trust.current.roles.coordinator.keyids.contains(&keyid) {
+        anyhow::bail!("signing_key {} (key id {keyid}) is not a coordinator key of root version {}: agents would refuse every assignment", config.signing_key.display(), trust.current.version);
+    }
+    if let Some(path) = &config.admin_token_file {
+        let token = std::fs::read_to_string(path).with_context(|| format!("admin_token_file: cannot read {}", path.display()))?;
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            anyhow::bail!("admin_token_file: {} must hold a token of at least 16 characters", path.display());
+        }
+        let hash = token_hash(&token);
+        let h = hash.clone();
+        if db.run(move |s| s.operator_token_by_hash(&h)).await?.is_none() {
+            let record = OperatorTokenRecord { id: format!("ot-{}", random_hex(6)), name: "bootstrap-admin".into(), role: OperatorRole::Admin, created_at: Timestamp::now(), created_by: "admin_token_file".into(), revoked: false };
+            db.run(move |s| s.create_operator_token(&hash, &record)).await?;
+        }
+    }
+    let app = Arc::new(App {
+        db: db.clone(),
+        signer,
+        sessions: Sessions::default(),
+        sites: SiteCache::default(),
+        trust: RwLock::new(trust),
+        roots_changed: watch::channel(0).0,
+        metrics: Metrics::new(),
+        controller_wake: Notify::new(),
+        seen: Mutex::new(Default::default()),
+        shutdown,
+        engine: Engine::default(),
+        config,
+    });
+    // Warm the poll cache: every site's state and newest assignment.
+    let sites = db.run(|s| s.list_sites(&SiteFilter { limit: usize::MAX >> 1, ..Default::default() })).await?;
+    for s in &sites {
+        app.sites.set_active(&s.id, s.state == SiteState::Active);
+    }
+    let assignments = db.run(|s| s.current_assignments()).await?;
+    let rollouts = db.run(|s| s.list_rollouts()).await?;
+    for a in assignments {
+        let aborted = rollouts.iter().any(|r| r.id == a.rollout_id && matches!(r.status, fleetwave_shared::protocol::operator::RolloutStatus::Aborted));
+        if aborted && !a.rollback {
+            continue;
+        }
+        let rid = a.release_id.clone();
+        if let Some(release) = db.run(move |s| s.release(&rid)).await? {
+            app.sites.set_assignment(a, release.envelope);
+        }
+    }
+    Ok(app)
+}
+
+/// Starts the server on `listener`.
+pub async fn start(config: Config, transport: Transport, listener: TcpListener) -> anyhow::Result<Running> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let acceptor = match transport {
+        Transport::Tls => Some(tls_acceptor(&config)?),
+        Transport::InsecurePlainHttp => None,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = build_app(config, shutdown_rx.clone()).await?;
+    let local_addr = listener.local_addr()?;
+    let router = crate::api::router(app.clone());
+    let max_header = app.config.limits.max_header_bytes;
+
+    let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
+    let flusher = {
+        let app = app.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = app.flush_seen().await {
+                    tracing::warn!(error = %e, "flushing last-seen times failed");
+                }
+            }
+        })
+    };
+
+    let task_app = app.clone();
+    let task = tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stop = shutdown_rx.clone();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let router = router.clone();
+            let svc = tower::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(RemoteAddr(remote));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().max_buf_size(max_header.max(8192)).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let builder = builder.http1_only();
+            let acceptor = acceptor.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let svc = TowerToHyperService::new(svc);
+                match acceptor {
+                    Some(acceptor) => {
+                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            _ => return,
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        let _ = controller.await;
+        let _ = flusher.await;
+        if let Err(e) = task_app.flush_seen().await {
+            tracing::warn!(error = %e, "final flush of last-seen times failed");
+        }
+    });
+    Ok(Running { local_addr, app, shutdown: shutdown_tx, task })
+}
+
+/// `fleetwave-coordinator serve`: runs until SIGTERM or SIGINT.
+pub async fn serve(config: Config, transport: Transport) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    if transport == Transport::InsecurePlainHttp {
+        tracing::warn!("serving PLAIN HTTP without TLS (--insecure-plain-http): for local development only");
+    }
+    let running = start(config, transport, listener).await?;
+    tracing::info!(addr = %running.local_addr, "fleetwave-coordinator listening");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    running.stop().await;
+    Ok(())
+}

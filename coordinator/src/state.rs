@@ -1,0 +1,280 @@
+//! The running coordinator's shared state: configuration, storage, the coordinator key,
+//! agent sessions, the per-site assignment cache that the poll path reads, and the wake-up
+//! signals of long polls and the wave controller.
+//!
+//! The poll path must stay cheap: it reads only memory here. Nothing in this module
+//! decides policy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use ed25519_dalek::SigningKey;
+use fleetwave_shared::docs::{ASSIGNMENT_TYPE, Assignment, Root};
+use fleetwave_shared::verify::{Verified, verify_root_anchor, verify_root_rotation};
+use fleetwave_shared::{Envelope, sha256_hex};
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{AssignmentDraft, AssignmentRecord, Db, StoreError};
+
+pub type AppState = Arc<App>;
+
+/// Everything handlers and background tasks share.
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub signer: SigningKey,
+    pub sessions: Sessions,
+    pub sites: SiteCache,
+    pub trust: RwLock<TrustChain>,
+    /// Bumped when a root is added (wakes long polls of every site).
+    pub roots_changed: watch::Sender<u64>,
+    pub metrics: Metrics,
+    /// Wakes the wave controller before its next tick.
+    pub controller_wake: Notify,
+    /// Last-seen times not yet written (flushed about once a second).
+    pub seen: Mutex<HashMap<String, Timestamp>>,
+    /// Turns true when the server shuts down (ends long polls at once).
+    pub shutdown: watch::Receiver<bool>,
+    pub engine: crate::rollouts::Engine,
+}
+
+/// The root chain, oldest first, and the newest root verified along it.
+pub struct TrustChain {
+    pub envelopes: Vec<Envelope>,
+    pub current: Verified<Root>,
+}
+
+impl TrustChain {
+    /// Verifies a chain: the first is the anchor, each next one a rotation.
+    pub fn verify(envelopes: Vec<Envelope>) -> Result<TrustChain, String> {
+        let first = envelopes.first().ok_or("no root envelope is known")?;
+        let mut current = verify_root_anchor(first).map_err(|e| format!("root 1: {e}"))?;
+        for (i, next) in envelopes.iter().enumerate().skip(1) {
+            current = verify_root_rotation(&current, next).map_err(|e| format!("root {}: {e}", i + 1))?;
+        }
+        Ok(TrustChain { envelopes, current })
+    }
+
+    pub fn latest_version(&self) -> u64 {
+        self.current.version
+    }
+
+    /// Root envelopes newer than `version`.
+    pub fn newer_than(&self, version: Option<u64>) -> Vec<Envelope> {
+        let skip = version.unwrap_or(0) as usize;
+        self.envelopes.iter().skip(skip).cloned().collect()
+    }
+}
+
+/// An agent session: bearer tokens are kept only as SHA-256.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub site_id: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: RwLock<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    /// Creates a session and returns its bearer token.
+    pub fn open(&self, site_id: &str, expires_at: Timestamp) -> String {
+        let token = random_hex(32);
+        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        let now = Timestamp::now();
+        map.retain(|_, s| s.expires_at > now);
+        map.insert(
+            sha256_hex(token.as_bytes()),
+            Session {
+                site_id: site_id.to_string(),
+                expires_at,
+            },
+        );
+        token
+    }
+
+    /// The live session of a bearer token.
+    pub fn lookup(&self, token: &str, now: Timestamp) -> Option<Session> {
+        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&sha256_hex(token.as_bytes()))
+            .filter(|s| s.expires_at > now)
+            .cloned()
+    }
+
+    /// Drops every session of a site (decommission, re-enrollment).
+    pub fn drop_site(&self, site_id: &str) {
+        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| s.site_id != site_id);
+    }
+}
+
+/// What the poll path serves for one site.
+#[derive(Debug, Clone, Default)]
+pub struct SiteView {
+    pub active: bool,
+    pub assignment: Option<CachedAssignment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CachedAssignment {
+    pub record: AssignmentRecord,
+    pub release: Envelope,
+}
+
+pub struct SiteSlot {
+    pub view: RwLock<SiteView>,
+    /// Bumped whenever the view changes (wakes this site's long polls).
+    pub changed: watch::Sender<u64>,
+}
+
+impl SiteSlot {
+    fn new(view: SiteView) -> SiteSlot {
+        SiteSlot {
+            view: RwLock::new(view),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn view(&self) -> SiteView {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut SiteView)) {
+        {
+            let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+            f(&mut v);
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Per-site views, loaded at start and kept current by every change.
+#[derive(Default)]
+pub struct SiteCache {
+    slots: RwLock<HashMap<String, Arc<SiteSlot>>>,
+}
+
+impl SiteCache {
+    pub fn get(&self, site_id: &str) -> Option<Arc<SiteSlot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(site_id)
+            .cloned()
+    }
+
+    /// The slot of a site, created (inactive, empty) if missing.
+    pub fn slot(&self, site_id: &str) -> Arc<SiteSlot> {
+        if let Some(slot) = self.get(site_id) {
+            return slot;
+        }
+        self.slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(site_id.to_string())
+            .or_insert_with(|| Arc::new(SiteSlot::new(SiteView::default())))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<(String, Arc<SiteSlot>)> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn set_assignment(&self, record: AssignmentRecord, release: Envelope) {
+        let slot = self.slot(&record.site_id);
+        slot.update(|v| v.assignment = Some(CachedAssignment { record, release }));
+    }
+
+    pub fn clear_assignment(&self, site_id: &str) {
+        if let Some(slot) = self.get(site_id) {
+            slot.update(|v| v.assignment = None);
+        }
+    }
+
+    pub fn set_active(&self, site_id: &str, active: bool) {
+        self.slot(site_id).update(|v| v.active = active);
+    }
+}
+
+/// `n` random bytes as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    hex::encode(bytes)
+}
+
+impl App {
+    /// Signs an assignment draft with the coordinator key.
+    pub fn sign_assignment(&self, draft: &AssignmentDraft, sequence: u64) -> Envelope {
+        sign_assignment(&self.signer, draft, sequence)
+    }
+
+    /// Issues and stores assignments, then makes the poll path serve them and wakes the
+    /// sites' long polls.
+    pub async fn issue_assignments(&self, drafts: Vec<AssignmentDraft>, release: Envelope) -> Result<Vec<AssignmentRecord>, StoreError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let signer = self.signer.clone();
+        let records = self
+            .db
+            .run(move |s| s.issue_assignments(&drafts, &|d, seq| sign_assignment(&signer, d, seq)))
+            .await?;
+        for r in &records {
+            self.sites.set_assignment(r.clone(), release.clone());
+        }
+        Ok(records)
+    }
+
+    /// Notes that a site was seen (flushed in batches).
+    pub fn saw(&self, site_id: &str, at: Timestamp) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(site_id.to_string(), at);
+    }
+
+    /// Writes the batched last-seen times.
+    pub async fn flush_seen(&self) -> Result<(), StoreError> {
+        let batch: Vec<(String, Timestamp)> = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.drain().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.run(move |s| s.touch_sites(&batch)).await
+    }
+
+    /// Wakes the wave controller.
+    pub fn wake_controller(&self) {
+        self.controller_wake.notify_one();
+    }
+}
+
+pub fn sign_assignment(signer: &SigningKey, d: &AssignmentDraft, sequence: u64) -> Envelope {
+    let doc = Assignment {
+        site_id: d.site_id.clone(),
+        rollout_id: d.rollout_id.clone(),
+        wave: d.wave,
+        release_sha256: d.release_digest.clone(),
+        sequence,
+        not_before: d.not_before,
+        issued_at: d.issued_at,
+        expires: d.expires,
+        rollback: d.rollback,
+        window: d.window.clone(),
+    };
+    let payload = serde_json::to_vec(&doc).expect("an assignment always serializes");
+    Envelope::sign(ASSIGNMENT_TYPE, &payload, &[signer])
+}
