@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::executor::ExecutorConfig;
+use crate::readiness::HealthConfig;
+
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleetwave-agent/agent.toml";
 
@@ -25,6 +28,14 @@ pub struct Config {
     pub install: InstallConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// `[health]`: heartbeat interval, built-in checks, probes and the verify-period watch
+    /// (see the readiness module).
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// `[executor]`: staging and apps directories, restart commands, kubernetes, command
+    /// and self-update settings (see the executor module).
+    #[serde(default)]
+    pub executor: ExecutorConfig,
 }
 
 /// `[coordinator]`: how to reach the coordinator and whom to trust.
@@ -90,9 +101,6 @@ pub struct PollConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstallConfig {
-    /// How long health is watched after an install before it is committed.
-    #[serde(default = "default_verify_period")]
-    pub verify_period_secs: u64,
     /// May an install that already holds a lease finish while the coordinator is
     /// unreachable? (An expired assignment is never acted on either way.)
     #[serde(default = "default_true")]
@@ -100,12 +108,6 @@ pub struct InstallConfig {
     /// Longest local deferral `fleetwave-agent defer` accepts.
     #[serde(default = "default_max_defer")]
     pub max_defer_secs: u64,
-    /// Free disk required beyond the artifacts' size, as a fraction of it (0.1 = 10%),
-    /// with `min_free_margin_bytes` as the floor.
-    #[serde(default = "default_disk_margin")]
-    pub disk_margin: f64,
-    #[serde(default = "default_min_margin")]
-    pub min_free_margin_bytes: u64,
 }
 
 /// `[outbox]`: the local queue of reports.
@@ -151,20 +153,11 @@ fn default_backoff_min() -> u64 {
 fn default_backoff_max() -> u64 {
     900
 }
-fn default_verify_period() -> u64 {
-    120
-}
 fn default_true() -> bool {
     true
 }
 fn default_max_defer() -> u64 {
     72 * 3600
-}
-fn default_disk_margin() -> f64 {
-    0.1
-}
-fn default_min_margin() -> u64 {
-    64 * 1024 * 1024
 }
 fn default_outbox_max() -> u64 {
     10_000
@@ -199,11 +192,8 @@ impl Default for PollConfig {
 impl Default for InstallConfig {
     fn default() -> Self {
         InstallConfig {
-            verify_period_secs: default_verify_period(),
             install_offline: default_true(),
             max_defer_secs: default_max_defer(),
-            disk_margin: default_disk_margin(),
-            min_free_margin_bytes: default_min_margin(),
         }
     }
 }
@@ -228,6 +218,8 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
+    #[error("config file {path}: {message}")]
+    Section { path: String, message: String },
     #[error("config file {path}: key `{key}` {message}")]
     Invalid {
         path: String,
@@ -263,16 +255,10 @@ impl Config {
             message,
         };
         let url = self.coordinator.url.trim();
-        if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+        if !url.is_empty() && !url.starts_with("https://") {
             return Err(bad(
                 "coordinator.url",
-                format!("must be an https:// URL, got {url:?}"),
-            ));
-        }
-        if url.starts_with("http://") {
-            return Err(bad(
-                "coordinator.url",
-                "must use https://: the agent only talks TLS to the coordinator".into(),
+                format!("must be an https:// URL (the agent only talks TLS), got {url:?}"),
             ));
         }
         if self.coordinator.request_timeout_secs == 0 {
@@ -319,17 +305,14 @@ impl Config {
                 "must be at least 1 and not above poll.backoff_max_secs".into(),
             ));
         }
-        if self.install.verify_period_secs == 0 {
-            return Err(bad(
-                "install.verify_period_secs",
-                "must be at least 1".into(),
-            ));
+        if self.install.max_defer_secs == 0 {
+            return Err(bad("install.max_defer_secs", "must be at least 1".into()));
         }
-        if !(0.0..=10.0).contains(&self.install.disk_margin) {
-            return Err(bad(
-                "install.disk_margin",
-                "must be between 0.0 and 10.0".into(),
-            ));
+        if let Err(message) = self.health.validate() {
+            return Err(ConfigError::Section {
+                path: origin.to_string(),
+                message,
+            });
         }
         if self.outbox.max_events < 10 {
             return Err(bad("outbox.max_events", "must be at least 10".into()));
@@ -361,9 +344,9 @@ impl Config {
         self.agent.state_dir.join("device.key")
     }
 
-    /// Where imported bundle artifacts and downloads are staged.
+    /// Where downloads and imported bundle artifacts are staged (`executor.staging_dir`).
     pub fn staging_dir(&self) -> PathBuf {
-        self.agent.state_dir.join("staging")
+        self.executor.staging_dir.clone()
     }
 
     pub fn time_zone(&self) -> jiff::tz::TimeZone {

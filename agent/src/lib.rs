@@ -5,8 +5,10 @@
 //! - [`state`]: the SQLite state (trust, releases, journal, outbox, deferral).
 //! - [`executor`], [`readiness`]: installing releases and checking health.
 
+pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod decision;
 pub mod executor;
 pub mod readiness;

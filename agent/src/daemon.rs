@@ -1,0 +1,1157 @@
+//! The daemon: poll, verify, decide, lease, install through the executor, report.
+//!
+//! One task runs the main loop (poll → accept or refuse → readiness → lease → install →
+//! report); a second samples health on its own interval; a third pings the systemd
+//! watchdog when one is configured. Nothing wakes up more often than the configured
+//! intervals: a long poll waits in the kernel, sleeps are timers. On start the install
+//! journal is read and an interrupted install is finished or rolled back (and reported).
+//!
+//! This module never acts on a document the trust core refused, never installs without a
+//! lease (except air-gapped, where there is no coordinator to grant one), and never
+//! deletes a queued report that was not acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::{EventBody, Phase, ReportBatch};
+use fleetwave_shared::trust::{Accepted, TrustState};
+use jiff::Timestamp;
+
+use crate::client::{self, ClientError, PollAnswer, Session};
+use crate::config::Config;
+use crate::decision::{self, Facts, Readiness};
+use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome};
+use crate::readiness::{DiskNeed, Health, HealthSample};
+use crate::state::journal::{self, JournalEntry, NewInstall, Outcome, Recovery, Step, StepState};
+use crate::state::{StateError, Store};
+
+/// This agent's version, as reported and compared with `min_agent_version`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the daemon (or a local command) cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("this box is not enrolled: no trust state in {0}; run `fleetwave-agent enroll` first")]
+    NotEnrolled(String),
+    #[error("the stored root of trust no longer verifies: {0}")]
+    Trust(String),
+    #[error("cannot read the device key {path}: {message}")]
+    DeviceKey { path: String, message: String },
+    #[error("health checks cannot be set up: {0}")]
+    Health(String),
+}
+
+/// What the daemon and the local commands share: configuration, state, trust, identity.
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub trust: TrustState,
+    pub site_id: String,
+}
+
+impl Context {
+    /// Opens the state and restores the trust state (which verifies the stored root again).
+    pub fn open(config: Config) -> Result<Context, DaemonError> {
+        let store = Store::open(&config.agent.state_dir)?;
+        let saved = store.trust()?.ok_or_else(|| {
+            DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
+        })?;
+        let trust = TrustState::restore(saved).map_err(|e| DaemonError::Trust(e.to_string()))?;
+        let site_id = if config.agent.site_id.is_empty() {
+            store.meta("site_id")?.ok_or_else(|| {
+                DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
+            })?
+        } else {
+            config.agent.site_id.clone()
+        };
+        Ok(Context {
+            config,
+            store,
+            trust,
+            site_id,
+        })
+    }
+
+    pub fn device_key(&self) -> Result<SigningKey, DaemonError> {
+        let path = self.config.device_key_path();
+        fleetwave_shared::keys::read_private_key(&path).map_err(|e| DaemonError::DeviceKey {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A session with the coordinator, or `None` for an air-gapped box (no URL).
+    pub fn session(&self) -> Result<Option<Session>, DaemonError> {
+        if self.config.coordinator.url.trim().is_empty() {
+            return Ok(None);
+        }
+        let http = client::http_client(&self.config.coordinator)?;
+        Ok(Some(Session::new(
+            http,
+            &self.config.coordinator.url,
+            &self.site_id,
+            self.device_key()?,
+        )))
+    }
+
+    pub fn health(&self) -> Result<Health, DaemonError> {
+        Health::new(self.config.health.clone(), &self.config.staging_dir())
+            .map_err(|e| DaemonError::Health(e.to_string()))
+    }
+
+    /// Queues a report.
+    pub fn report(&self, body: EventBody) -> Result<String, StateError> {
+        self.store
+            .outbox_push(body, Timestamp::now(), self.config.outbox.max_events)
+    }
+
+    pub fn phase(
+        &self,
+        rollout_id: Option<&str>,
+        release_id: &str,
+        phase: Phase,
+        detail: Option<String>,
+    ) -> Result<(), StateError> {
+        tracing::info!(
+            release_id,
+            phase = phase.as_str(),
+            detail = detail.as_deref().unwrap_or(""),
+            "install phase"
+        );
+        self.report(EventBody::Phase {
+            rollout_id: rollout_id.map(str::to_string),
+            release_id: release_id.to_string(),
+            phase,
+            detail,
+        })?;
+        Ok(())
+    }
+
+    /// Re-checks stored envelopes with the trust core at the current time.
+    pub fn evaluate(
+        &self,
+        assignment: &Envelope,
+        release: &Envelope,
+    ) -> Result<Accepted, fleetwave_shared::Refusal> {
+        self.trust.evaluate(
+            &self.site_id,
+            assignment,
+            release,
+            Timestamp::now(),
+            AGENT_VERSION,
+        )
+    }
+
+    /// Accepts a verified assignment: trust state and assignment persisted together.
+    pub fn accept(&mut self, accepted: &Accepted) -> Result<(), StateError> {
+        self.trust.accept(accepted);
+        self.store.save_accepted(
+            accepted.assignment.envelope(),
+            accepted.release.envelope(),
+            &self.trust.persisted(),
+            Timestamp::now(),
+        )
+    }
+
+    /// Reports a refusal (never acted on).
+    pub fn refuse(
+        &self,
+        refusal: &fleetwave_shared::Refusal,
+        assignment: Option<&Envelope>,
+    ) -> Result<(), StateError> {
+        let (rollout_id, sequence) = assignment
+            .and_then(peek_assignment)
+            .map(|a| (Some(a.rollout_id), Some(a.sequence)))
+            .unwrap_or((None, None));
+        tracing::warn!(code = refusal.code(), "refused: {refusal}");
+        self.report(EventBody::Refusal {
+            code: refusal.code().to_string(),
+            message: refusal.to_string(),
+            rollout_id,
+            sequence,
+        })?;
+        Ok(())
+    }
+
+    /// Queues one `installed` event per stream (what is on the box now).
+    pub fn report_installed(&self) -> Result<(), StateError> {
+        for i in self.store.installed()? {
+            self.report(EventBody::Installed {
+                name: i.stream.clone(),
+                release_id: Some(i.release_id.clone()),
+                version: Some(i.version.clone()),
+                previous_release_id: i.previous_release_id.clone(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads an assignment's fields without verifying it, only to label a refusal report.
+fn peek_assignment(envelope: &Envelope) -> Option<fleetwave_shared::Assignment> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// systemd notifications (no-ops outside systemd).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+fn status(text: &str) {
+    notify(&[sd_notify::NotifyState::Status(text)]);
+}
+
+/// `interval × (1 ± jitter)`, from the operating system's random generator.
+pub fn jittered(base: Duration, jitter: f64) -> Duration {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let unit = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    let factor = 1.0 + jitter * (2.0 * unit - 1.0);
+    base.mul_f64(factor.max(0.0))
+}
+
+/// Test-only: `FLEETWAVE_TEST_PAUSE_AT=<step>` (debug builds only) makes the daemon stop
+/// right after recording that step as started, so a test can kill it there.
+#[cfg(debug_assertions)]
+async fn test_pause(step: Step) {
+    if std::env::var("FLEETWAVE_TEST_PAUSE_AT").ok().as_deref() == Some(step.as_str()) {
+        tracing::warn!(
+            step = step.as_str(),
+            "FLEETWAVE_TEST_PAUSE_AT: pausing (test builds only)"
+        );
+        eprintln!("fleetwave-agent: paused at step {}", step.as_str());
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(debug_assertions))]
+async fn test_pause(_step: Step) {}
+
+/// How the main loop goes on after an install attempt.
+enum Next {
+    /// Nothing more to do now.
+    Idle,
+    /// Try again after this delay (retryable failure, lease denied, waiting).
+    RetryIn(Duration),
+    /// The agent replaced itself and must exit so its service restarts it.
+    Exit,
+}
+
+/// The running daemon.
+pub struct Daemon {
+    ctx: Context,
+    config_path: std::path::PathBuf,
+    session: Option<Session>,
+    health: Arc<Health>,
+    etag: Option<String>,
+    last_wait: Option<String>,
+}
+
+impl Daemon {
+    /// `config_path` is passed on to the self-update guard.
+    pub fn new(config: Config, config_path: &std::path::Path) -> Result<Daemon, DaemonError> {
+        let ctx = Context::open(config)?;
+        let session = ctx.session()?;
+        let health = Arc::new(ctx.health()?);
+        Ok(Daemon {
+            ctx,
+            config_path: config_path.to_path_buf(),
+            session,
+            health,
+            etag: None,
+            last_wait: None,
+        })
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub async fn run(mut self) -> Result<(), DaemonError> {
+        tracing::info!(site = %self.ctx.site_id, version = AGENT_VERSION, "fleetwave-agent starting");
+        if let Next::Exit = self.recover().await? {
+            return Ok(());
+        }
+        self.ctx.report_installed()?;
+        notify(&[sd_notify::NotifyState::Ready]);
+        status("running");
+        let _watchdog = spawn_watchdog();
+        let _sampler = spawn_sampler(
+            self.ctx.store.clone(),
+            self.health.clone(),
+            &self.ctx.config,
+        );
+
+        let mut shutdown = Box::pin(shutdown_signal());
+        let poll = &self.ctx.config.poll;
+        let mut backoff = new_backoff(poll);
+        loop {
+            self.deliver_reports().await;
+            let delay = match self.poll_once().await {
+                Ok(next) => {
+                    backoff = new_backoff(&self.ctx.config.poll);
+                    next
+                }
+                Err(e) => {
+                    let wait = e.retry_after().unwrap_or_else(|| {
+                        backoff
+                            .next()
+                            .unwrap_or(Duration::from_secs(self.ctx.config.poll.backoff_max_secs))
+                    });
+                    tracing::warn!(retry_in_secs = wait.as_secs(), "poll failed: {e}");
+                    status(&format!("coordinator unreachable: {e}"));
+                    wait
+                }
+            };
+            let delay = match self.work().await? {
+                Next::Exit => return Ok(()),
+                Next::RetryIn(d) => delay.min(d),
+                Next::Idle => delay,
+            };
+            self.deliver_reports().await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut shutdown => {
+                    tracing::info!("stopping");
+                    notify(&[sd_notify::NotifyState::Stopping]);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Polls once (long poll); accepts or refuses what came; returns the delay to the next
+    /// poll.
+    async fn poll_once(&mut self) -> Result<Duration, ClientError> {
+        let cfg = &self.ctx.config;
+        let default = jittered(Duration::from_secs(cfg.poll.interval_secs), cfg.poll.jitter);
+        let Some(session) = &self.session else {
+            return Ok(default);
+        };
+        let answer = session
+            .poll(
+                cfg.poll.wait_secs,
+                self.ctx.trust.root().version,
+                self.etag.as_deref(),
+                Duration::from_secs(cfg.coordinator.request_timeout_secs),
+            )
+            .await?;
+        let _ = self
+            .ctx
+            .store
+            .set_meta("last_contact", &Timestamp::now().to_string());
+        let suggested = |s: Option<u32>| {
+            s.map(|s| jittered(Duration::from_secs(u64::from(s)), cfg.poll.jitter))
+                .unwrap_or(default)
+        };
+        match answer {
+            PollAnswer::NotModified { next_poll_secs } => Ok(suggested(next_poll_secs)),
+            PollAnswer::Changed {
+                response,
+                etag,
+                next_poll_secs,
+            } => {
+                let next = suggested(next_poll_secs.or(Some(response.next_poll_secs)));
+                if let Err(e) = self.on_documents(
+                    &response.roots,
+                    response.assignment.as_ref(),
+                    response.release.as_ref(),
+                ) {
+                    tracing::error!("cannot store what the coordinator sent: {e}");
+                    return Ok(next);
+                }
+                self.etag = etag;
+                Ok(next)
+            }
+        }
+    }
+
+    /// Verifies and accepts (or refuses and reports) what a poll or a bundle delivered.
+    fn on_documents(
+        &mut self,
+        roots: &[Envelope],
+        assignment: Option<&Envelope>,
+        release: Option<&Envelope>,
+    ) -> Result<(), StateError> {
+        accept_documents(&mut self.ctx, roots, assignment, release).map(|_| ())
+    }
+
+    async fn deliver_reports(&mut self) {
+        if let Some(session) = &self.session {
+            deliver_reports(&self.ctx, session).await;
+        }
+    }
+
+    /// Finishes or rolls back an install the journal shows as open.
+    async fn recover(&mut self) -> Result<Next, DaemonError> {
+        let Some(entry) = self.ctx.store.journal_open()? else {
+            return Ok(Next::Idle);
+        };
+        let current = self.ctx.evaluate(&entry.assignment, &entry.release);
+        let decision = journal::recovery(entry.step, entry.state, current.is_ok());
+        tracing::warn!(
+            release = %entry.release_id, step = entry.step.as_str(), state = entry.state.as_str(),
+            decision = ?decision, "found an unfinished install; recovering"
+        );
+        let detail = |what: &str| {
+            format!(
+                "recovered after restart at step {} ({}): {what}",
+                entry.step.as_str(),
+                entry.state.as_str()
+            )
+        };
+        match decision {
+            Recovery::Abandon => {
+                let why = current.err().map(|r| r.to_string()).unwrap_or_default();
+                self.ctx.phase(
+                    Some(&entry.rollout_id),
+                    &entry.release_id,
+                    Phase::Failed,
+                    Some(detail(&format!("abandoned, nothing was changed: {why}"))),
+                )?;
+                self.ctx.store.journal_finish(
+                    entry.id,
+                    Outcome::Abandoned,
+                    Some(&why),
+                    Timestamp::now(),
+                )?;
+                Ok(Next::Idle)
+            }
+            Recovery::RollBack | Recovery::FinishRollback => {
+                self.rollback(&entry, &detail("rolling back")).await
+            }
+            Recovery::Resume => {
+                self.ctx.phase(
+                    Some(&entry.rollout_id),
+                    &entry.release_id,
+                    Phase::Downloading,
+                    Some(detail("resuming")),
+                )?;
+                self.run_steps(&entry, Step::Prepare).await
+            }
+            Recovery::Reverify => {
+                self.ctx.phase(
+                    Some(&entry.rollout_id),
+                    &entry.release_id,
+                    Phase::Verifying,
+                    Some(detail("verifying again")),
+                )?;
+                self.run_steps(&entry, Step::Verify).await
+            }
+            Recovery::FinishCommit => self.run_steps(&entry, Step::Commit).await,
+        }
+    }
+
+    /// Decides what to do with the stored assignment and does it.
+    async fn work(&mut self) -> Result<Next, DaemonError> {
+        if self.ctx.store.journal_open()?.is_some() {
+            // A retryable failure left an install open: resume it.
+            return self.recover().await;
+        }
+        let Some(stored) = self.ctx.store.assignment()? else {
+            status("idle: no assignment");
+            return Ok(Next::Idle);
+        };
+        let accepted = match self.ctx.evaluate(&stored.assignment, &stored.release) {
+            Ok(a) => a,
+            Err(refusal) => {
+                // Expired (or otherwise no longer valid): never acted on.
+                self.ctx.refuse(&refusal, Some(&stored.assignment))?;
+                self.ctx.store.clear_assignment()?;
+                return Ok(Next::Idle);
+            }
+        };
+        let a = &accepted.assignment;
+        let r = &accepted.release;
+        if self
+            .ctx
+            .store
+            .journal_finished_for(&a.rollout_id, a.sequence)?
+            .is_some()
+        {
+            status(&format!(
+                "idle: assignment {}#{} done",
+                a.rollout_id, a.sequence
+            ));
+            return Ok(Next::Idle);
+        }
+        if let Some(installed) = self.ctx.store.installed_stream(&r.name)?
+            && installed.release_id == r.id
+        {
+            status(&format!("idle: {} {} installed", r.name, r.version));
+            return Ok(Next::Idle);
+        }
+        let need = DiskNeed {
+            path: self.ctx.config.staging_dir(),
+            artifact_bytes: r.artifacts.iter().map(|x| x.length).sum(),
+        };
+        let sample = self.health.readiness(&need).await;
+        let failing: Vec<String> = sample
+            .failing()
+            .map(|c| format!("{}: {}", c.name, c.reason))
+            .collect();
+        let deferred_until = self.ctx.store.deferral()?.map(|d| d.until);
+        let zone = self.ctx.config.time_zone();
+        let now = self.ctx.trust.effective_now(Timestamp::now());
+        let decision = decision::readiness(
+            &Facts {
+                assignment: a,
+                zone: &zone,
+                deferred_until,
+                failing_checks: &failing,
+            },
+            now,
+        );
+        match decision {
+            Readiness::Expired { .. } => {
+                // evaluate() already refuses expired assignments; this is the same rule.
+                self.ctx.store.clear_assignment()?;
+                Ok(Next::Idle)
+            }
+            Readiness::Wait(wait) => {
+                let detail = wait.detail();
+                status(&format!("waiting: {detail}"));
+                if self.last_wait.as_deref() != Some(&detail) {
+                    self.ctx.phase(
+                        Some(&a.rollout_id),
+                        &r.id,
+                        Phase::Waiting,
+                        Some(detail.clone()),
+                    )?;
+                    self.last_wait = Some(detail);
+                }
+                let until = wait
+                    .until()
+                    .map(|u| Duration::from_secs(u.duration_since(now).as_secs().max(1) as u64))
+                    .unwrap_or(Duration::from_secs(self.ctx.config.health.interval_secs));
+                Ok(Next::RetryIn(until))
+            }
+            Readiness::Ready => {
+                self.last_wait = None;
+                self.lease_and_install(&accepted).await
+            }
+        }
+    }
+
+    async fn lease_and_install(&mut self, accepted: &Accepted) -> Result<Next, DaemonError> {
+        let a = &accepted.assignment;
+        let r = &accepted.release;
+        let lease_id = match &self.session {
+            Some(session) => {
+                let timeout = Duration::from_secs(self.ctx.config.coordinator.request_timeout_secs);
+                match session.lease(&a.rollout_id, a.sequence, timeout).await {
+                    Ok(grant) => Some(grant.lease_id),
+                    Err(ClientError::LeaseDenied {
+                        reason,
+                        message,
+                        retry_after,
+                        ..
+                    }) => {
+                        let detail = format!("lease denied: {reason}: {message}");
+                        status(&format!("waiting: {detail}"));
+                        if self.last_wait.as_deref() != Some(&detail) {
+                            self.ctx.phase(
+                                Some(&a.rollout_id),
+                                &r.id,
+                                Phase::Waiting,
+                                Some(detail.clone()),
+                            )?;
+                            self.last_wait = Some(detail);
+                        }
+                        return Ok(Next::RetryIn(retry_after.max(Duration::from_secs(1))));
+                    }
+                    Err(e) => {
+                        tracing::warn!("lease request failed: {e}");
+                        return Ok(Next::RetryIn(e.retry_after().unwrap_or(
+                            Duration::from_secs(self.ctx.config.poll.backoff_min_secs),
+                        )));
+                    }
+                }
+            }
+            // Air-gapped: no coordinator, so no lease; the imported bundle is the permission.
+            None => None,
+        };
+        let id = self.ctx.store.journal_begin(
+            &NewInstall {
+                rollout_id: &a.rollout_id,
+                sequence: a.sequence,
+                release_id: &r.id,
+                stream: &r.name,
+                assignment: a.envelope(),
+                release: r.envelope(),
+                lease_id: lease_id.as_deref(),
+            },
+            Timestamp::now(),
+        )?;
+        self.ctx
+            .phase(Some(&a.rollout_id), &r.id, Phase::Leased, lease_id.clone())?;
+        let entry = self
+            .ctx
+            .store
+            .journal_open()?
+            .filter(|e| e.id == id)
+            .expect("just opened");
+        self.run_steps(&entry, Step::Prepare).await
+    }
+
+    async fn step(
+        &self,
+        entry: &JournalEntry,
+        step: Step,
+        state: StepState,
+    ) -> Result<(), DaemonError> {
+        self.ctx
+            .store
+            .journal_step(entry.id, step, state, Timestamp::now())?;
+        if state == StepState::Started {
+            test_pause(step).await;
+        }
+        Ok(())
+    }
+
+    /// Runs the executor steps from `from` to commit, rolling back on failure.
+    async fn run_steps(&mut self, entry: &JournalEntry, from: Step) -> Result<Next, DaemonError> {
+        let accepted = self.ctx.evaluate(&entry.assignment, &entry.release);
+        // Recovery may finish a commit or roll back after expiry, but never starts work on
+        // a document that no longer verifies.
+        let release = match (&accepted, from) {
+            (Ok(a), _) => a.release.clone(),
+            (Err(refusal), Step::Commit) => {
+                tracing::warn!(
+                    "finishing a verified commit although the assignment no longer verifies: {refusal}"
+                );
+                return self.commit_unverified(entry).await;
+            }
+            (Err(refusal), _) => {
+                self.ctx.refuse(refusal, Some(&entry.assignment))?;
+                return self
+                    .rollback(entry, &format!("assignment no longer valid: {refusal}"))
+                    .await;
+            }
+        };
+        let rollback = accepted
+            .as_ref()
+            .map(|a| a.assignment.rollback)
+            .unwrap_or(false);
+        let executor = match Executor::for_release(&self.ctx.config.executor, &release, rollback) {
+            Ok(e) => e,
+            Err(e) => return self.fail_unchanged(entry, &e).await,
+        };
+        let rid = entry.rollout_id.as_str();
+        if from == Step::Prepare {
+            self.step(entry, Step::Prepare, StepState::Started).await?;
+            self.ctx
+                .phase(Some(rid), &entry.release_id, Phase::Downloading, None)?;
+            let bearer = match &self.session {
+                Some(s) => s.bearer().await.ok(),
+                None => None,
+            };
+            let client = match &self.session {
+                Some(s) => s.http().clone(),
+                None => reqwest::Client::new(),
+            };
+            let source = ArtifactSource {
+                client: &client,
+                base_url: &self.ctx.config.coordinator.url,
+                bearer_token: bearer.as_deref(),
+            };
+            if let Err(e) = executor.prepare(&source).await {
+                if e.is_retryable()
+                    && (self.ctx.config.install.install_offline || self.session.is_none())
+                {
+                    tracing::warn!("prepare failed, will retry: {e}");
+                    return Ok(Next::RetryIn(Duration::from_secs(
+                        self.ctx.config.poll.backoff_min_secs.max(30),
+                    )));
+                }
+                return self.fail_unchanged(entry, &e).await;
+            }
+            self.step(entry, Step::Prepare, StepState::Done).await?;
+        }
+        if matches!(from, Step::Prepare | Step::Install) {
+            self.step(entry, Step::Install, StepState::Started).await?;
+            self.ctx
+                .phase(Some(rid), &entry.release_id, Phase::Installing, None)?;
+            match executor.install().await {
+                Ok(InstallOutcome::Done) => {}
+                Ok(InstallOutcome::RestartAgent) => {
+                    self.step(entry, Step::Install, StepState::Done).await?;
+                    self.step(entry, Step::Verify, StepState::Started).await?;
+                    self.ctx.phase(
+                        Some(rid),
+                        &entry.release_id,
+                        Phase::Verifying,
+                        Some("agent self-update: restarting into the new agent".into()),
+                    )?;
+                    self.deliver_reports().await;
+                    return self.restart_into_new_agent(entry, &release).await;
+                }
+                Err(e) => return self.fail_and_roll_back(entry, &e).await,
+            }
+            self.step(entry, Step::Install, StepState::Done).await?;
+        }
+        if matches!(from, Step::Prepare | Step::Install | Step::Verify) {
+            self.step(entry, Step::Verify, StepState::Started).await?;
+            self.ctx
+                .phase(Some(rid), &entry.release_id, Phase::Verifying, None)?;
+            self.deliver_reports().await;
+            let store = self.ctx.store.clone();
+            let max = self.ctx.config.outbox.max_events;
+            let result = executor
+                .verify(&self.health, move |s: &HealthSample| {
+                    let _ = store.outbox_push(
+                        EventBody::Health {
+                            healthy: s.healthy(),
+                            summary: s.summary(),
+                        },
+                        Timestamp::now(),
+                        max,
+                    );
+                })
+                .await;
+            if let Err(e) = result {
+                return self.fail_and_roll_back(entry, &e).await;
+            }
+            self.step(entry, Step::Verify, StepState::Done).await?;
+        }
+        self.step(entry, Step::Commit, StepState::Started).await?;
+        if let Err(e) = executor.commit().await {
+            // Verified healthy; a failed bookkeeping step is retried, not rolled back.
+            tracing::error!("commit failed, will retry: {e}");
+            return Ok(Next::RetryIn(Duration::from_secs(60)));
+        }
+        self.record_commit(entry, &release)?;
+        Ok(Next::Idle)
+    }
+
+    /// Agent self-update: starts the guard (which restores the old binary if the new agent
+    /// does not commit within the verify period), then restarts the service.
+    async fn restart_into_new_agent(
+        &mut self,
+        entry: &JournalEntry,
+        release: &fleetwave_shared::Release,
+    ) -> Result<Next, DaemonError> {
+        let cfg = &self.ctx.config.executor.self_update;
+        let sha256 = release
+            .artifacts
+            .first()
+            .map(|a| a.sha256.clone())
+            .unwrap_or_default();
+        let args = vec![
+            "self-update-guard".to_string(),
+            "--config".into(),
+            self.config_path.display().to_string(),
+            "--sha256".into(),
+            sha256,
+            "--rollout".into(),
+            entry.rollout_id.clone(),
+            "--sequence".into(),
+            entry.sequence.to_string(),
+        ];
+        if let Err(e) = crate::executor::self_update::spawn_guard(cfg, &args) {
+            return self.fail_and_roll_back(entry, &e).await;
+        }
+        let opts = crate::readiness::process::RunOptions::with_timeout(Duration::from_secs(
+            cfg.command_timeout_secs.max(1),
+        ));
+        match crate::readiness::process::run(&cfg.restart_command, &opts).await {
+            Ok(out) if out.success() => Ok(Next::Exit),
+            Ok(out) => {
+                tracing::error!(
+                    "restart command failed: {}; the guard will restore the previous agent",
+                    out.brief()
+                );
+                Ok(Next::Exit)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "restart command failed: {e}; the guard will restore the previous agent"
+                );
+                Ok(Next::Exit)
+            }
+        }
+    }
+
+    fn record_commit(
+        &mut self,
+        entry: &JournalEntry,
+        release: &fleetwave_shared::Release,
+    ) -> Result<(), DaemonError> {
+        self.ctx.trust.record_installed(release);
+        self.ctx.store.record_commit(
+            &release.name,
+            &release.id,
+            &release.version,
+            &entry.release,
+            &self.ctx.trust.persisted(),
+            Timestamp::now(),
+        )?;
+        self.ctx
+            .store
+            .journal_finish(entry.id, Outcome::Committed, None, Timestamp::now())?;
+        self.ctx.phase(
+            Some(&entry.rollout_id),
+            &entry.release_id,
+            Phase::Committed,
+            None,
+        )?;
+        let installed = self.ctx.store.installed_stream(&release.name)?;
+        self.ctx.report(EventBody::Installed {
+            name: release.name.clone(),
+            release_id: Some(release.id.clone()),
+            version: Some(release.version.clone()),
+            previous_release_id: installed.and_then(|i| i.previous_release_id),
+        })?;
+        status(&format!(
+            "idle: {} {} committed",
+            release.name, release.version
+        ));
+        Ok(())
+    }
+
+    /// Finishes a commit whose health was verified before a crash, when the assignment has
+    /// expired since: the release itself must still verify against the root.
+    async fn commit_unverified(&mut self, entry: &JournalEntry) -> Result<Next, DaemonError> {
+        let now = self.ctx.trust.effective_now(Timestamp::now());
+        let release = match fleetwave_shared::verify::verify_release(
+            self.ctx.trust.root(),
+            &entry.release,
+            now,
+        ) {
+            Ok(r) => r,
+            Err(refusal) => {
+                self.ctx.refuse(&refusal, Some(&entry.assignment))?;
+                return self
+                    .rollback(entry, &format!("release no longer valid: {refusal}"))
+                    .await;
+            }
+        };
+        let executor = match Executor::for_release(&self.ctx.config.executor, &release, false) {
+            Ok(e) => e,
+            Err(e) => return self.fail_and_roll_back(entry, &e).await,
+        };
+        if let Err(e) = executor.commit().await {
+            tracing::error!("commit failed, will retry: {e}");
+            return Ok(Next::RetryIn(Duration::from_secs(60)));
+        }
+        self.record_commit(entry, &release)?;
+        Ok(Next::Idle)
+    }
+
+    /// A failure before anything on the box changed: report and close the install.
+    async fn fail_unchanged(
+        &mut self,
+        entry: &JournalEntry,
+        e: &ExecError,
+    ) -> Result<Next, DaemonError> {
+        self.ctx.report(EventBody::Refusal {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            rollout_id: Some(entry.rollout_id.clone()),
+            sequence: Some(entry.sequence),
+        })?;
+        self.ctx.phase(
+            Some(&entry.rollout_id),
+            &entry.release_id,
+            Phase::Failed,
+            Some(format!("{}: {e}", e.code())),
+        )?;
+        self.ctx.store.journal_finish(
+            entry.id,
+            Outcome::Abandoned,
+            Some(&e.to_string()),
+            Timestamp::now(),
+        )?;
+        Ok(Next::Idle)
+    }
+
+    async fn fail_and_roll_back(
+        &mut self,
+        entry: &JournalEntry,
+        e: &ExecError,
+    ) -> Result<Next, DaemonError> {
+        let detail = format!("{}: {e}", e.code());
+        self.ctx.phase(
+            Some(&entry.rollout_id),
+            &entry.release_id,
+            Phase::Failed,
+            Some(detail.clone()),
+        )?;
+        self.rollback(entry, &detail).await
+    }
+
+    /// Switches back to the previous release through the executor and reports it.
+    async fn rollback(&mut self, entry: &JournalEntry, why: &str) -> Result<Next, DaemonError> {
+        self.step(entry, Step::Rollback, StepState::Started).await?;
+        let now = self.ctx.trust.effective_now(Timestamp::now());
+        // The release verified when the install began; its signature still decides which
+        // executor handles it (expiry does not matter for going back).
+        let release =
+            fleetwave_shared::verify::verify_release(self.ctx.trust.root(), &entry.release, now)
+                .map(|r| r.into_inner())
+                .or_else(|_| peek_release(&entry.release).ok_or(()));
+        let Ok(release) = release else {
+            tracing::error!(
+                "cannot read the release of the interrupted install; nothing to roll back with"
+            );
+            self.ctx.store.journal_finish(
+                entry.id,
+                Outcome::RolledBack,
+                Some("release unreadable"),
+                Timestamp::now(),
+            )?;
+            return Ok(Next::Idle);
+        };
+        let result = match Executor::for_release(&self.ctx.config.executor, &release, true) {
+            Ok(ex) => ex.rollback().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!("rollback failed, will retry: {e}");
+            status(&format!("rollback failing: {e}"));
+            return Ok(Next::RetryIn(Duration::from_secs(60)));
+        }
+        self.ctx.store.journal_finish(
+            entry.id,
+            Outcome::RolledBack,
+            Some(why),
+            Timestamp::now(),
+        )?;
+        self.ctx.phase(
+            Some(&entry.rollout_id),
+            &entry.release_id,
+            Phase::RolledBack,
+            Some(why.to_string()),
+        )?;
+        let installed = self.ctx.store.installed_stream(&release.name)?;
+        self.ctx.report(EventBody::Installed {
+            name: release.name.clone(),
+            release_id: installed.as_ref().map(|i| i.release_id.clone()),
+            version: installed.as_ref().map(|i| i.version.clone()),
+            previous_release_id: installed.and_then(|i| i.previous_release_id),
+        })?;
+        status(&format!("rolled back {}: {why}", release.id));
+        Ok(Next::Idle)
+    }
+}
+
+/// The release document of an envelope without checking its signature: only used to
+/// pick the executor that rolls back an install which verified when it began.
+fn peek_release(envelope: &Envelope) -> Option<fleetwave_shared::Release> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What [`accept_documents`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepting {
+    /// A new assignment was verified and stored.
+    Accepted {
+        rollout_id: String,
+        sequence: u64,
+        release_id: String,
+    },
+    /// The same assignment as before.
+    Unchanged,
+    /// The coordinator has no assignment for this site.
+    NoAssignment,
+    /// Refused (reported); `code` is the refusal code.
+    Refused { code: String, message: String },
+}
+
+/// Follows root rotations, then verifies an assignment and its release exactly as the
+/// trust core demands; accepts and persists it or reports the refusal. Network polls and
+/// imported bundles both come through here.
+pub fn accept_documents(
+    ctx: &mut Context,
+    roots: &[Envelope],
+    assignment: Option<&Envelope>,
+    release: Option<&Envelope>,
+) -> Result<Accepting, StateError> {
+    if !roots.is_empty() {
+        let mut next = ctx.trust.clone();
+        match next.update_root(roots) {
+            Ok(version) if version != ctx.trust.root().version => {
+                tracing::info!(version, "root of trust rotated");
+                ctx.trust = next;
+                ctx.store.save_trust(&ctx.trust.persisted())?;
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                ctx.refuse(&refusal, None)?;
+                return Ok(Accepting::Refused {
+                    code: refusal.code().into(),
+                    message: refusal.to_string(),
+                });
+            }
+        }
+    }
+    let (Some(assignment), Some(release)) = (assignment, release) else {
+        if assignment.is_some() {
+            let message = "the assignment came without its release".to_string();
+            ctx.report(EventBody::Refusal {
+                code: "missing_release".into(),
+                message: message.clone(),
+                rollout_id: None,
+                sequence: None,
+            })?;
+            return Ok(Accepting::Refused {
+                code: "missing_release".into(),
+                message,
+            });
+        }
+        return Ok(Accepting::NoAssignment);
+    };
+    match ctx.evaluate(assignment, release) {
+        Ok(accepted) if !accepted.is_new => Ok(Accepting::Unchanged),
+        Ok(accepted) => {
+            ctx.accept(&accepted)?;
+            let a = &accepted.assignment;
+            ctx.phase(
+                Some(&a.rollout_id),
+                &accepted.release.id,
+                Phase::Accepted,
+                Some(format!("sequence {}", a.sequence)),
+            )?;
+            Ok(Accepting::Accepted {
+                rollout_id: a.rollout_id.clone(),
+                sequence: a.sequence,
+                release_id: accepted.release.id.clone(),
+            })
+        }
+        Err(refusal) => {
+            ctx.refuse(&refusal, Some(assignment))?;
+            Ok(Accepting::Refused {
+                code: refusal.code().into(),
+                message: refusal.to_string(),
+            })
+        }
+    }
+}
+
+/// Sends queued reports in batches until the outbox is empty or a send fails; returns how
+/// many were acknowledged.
+pub async fn deliver_reports(ctx: &Context, session: &Session) -> usize {
+    let timeout = Duration::from_secs(ctx.config.coordinator.request_timeout_secs);
+    let mut delivered = 0;
+    loop {
+        let batch = match ctx.store.outbox_batch(ctx.config.outbox.batch_size) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => return delivered,
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return delivered;
+            }
+        };
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        match session
+            .report(&ReportBatch { events: batch }, timeout)
+            .await
+        {
+            Ok(ack) => {
+                tracing::debug!(
+                    accepted = ack.accepted,
+                    duplicates = ack.duplicates,
+                    "reports delivered"
+                );
+                if let Err(e) = ctx.store.outbox_ack(&ids) {
+                    tracing::error!("cannot remove delivered reports: {e}");
+                    return delivered;
+                }
+                delivered += ids.len();
+            }
+            Err(e) => {
+                tracing::info!(queued = ids.len(), "reports not delivered yet: {e}");
+                return delivered;
+            }
+        }
+    }
+}
+
+fn new_backoff(poll: &crate::config::PollConfig) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_secs(poll.backoff_min_secs))
+        .with_max_delay(Duration::from_secs(poll.backoff_max_secs))
+        .without_max_times()
+        .build()
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Pings the systemd watchdog at half its timeout, if systemd set one.
+fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}
+
+/// Samples health every `health.interval_secs` and queues a heartbeat; the latest sample
+/// is also kept for `status`.
+fn spawn_sampler(
+    store: Store,
+    health: Arc<Health>,
+    config: &Config,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs(config.health.interval_secs);
+    let max = config.outbox.max_events;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let sample = health.sample().await;
+            record_sample(&store, &sample, max);
+        }
+    })
+}
+
+/// Queues a heartbeat and keeps the sample for `status`.
+pub fn record_sample(store: &Store, sample: &HealthSample, max_events: u64) {
+    if let Ok(text) = serde_json::to_string(sample) {
+        let _ = store.set_meta("last_health", &text);
+    }
+    if let Err(e) = store.outbox_push(
+        EventBody::Health {
+            healthy: sample.healthy(),
+            summary: sample.summary(),
+        },
+        Timestamp::now(),
+        max_events,
+    ) {
+        tracing::error!("cannot queue a health heartbeat: {e}");
+    }
+}
