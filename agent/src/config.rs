@@ -385,6 +385,20 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../deploy/examples/agent.toml");
+        let example = Config::parse(text, "deploy/examples/agent.toml").unwrap();
+        let minimal =
+            Config::parse("[coordinator]\nurl = \"https://fleet.example.com:8443\"\n", "t").unwrap();
+        assert_eq!(example.coordinator, minimal.coordinator);
+        assert_eq!(example.agent, minimal.agent);
+        assert_eq!(example.poll, minimal.poll);
+        assert_eq!(example.install, minimal.install);
+        assert_eq!(example.outbox, minimal.outbox);
+        assert_eq!(example.health, minimal.health);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::parse(
             "[coordinator]\nurl = \"https://x\"\n[poll]\nintervall_secs = 3\n",
