@@ -15,8 +15,8 @@ use fleetwave_shared::{Release, ReleaseKind};
 use serde_json::json;
 use support::{Behaviour, DemoAppGuard, FileServer, artifact, release, tar_gz};
 
+/// Field order matters: the demo app is stopped (guard) before its directory is deleted.
 struct Site {
-    _tmp: tempfile::TempDir,
     config: ExecutorConfig,
     health: Health,
     server: FileServer,
@@ -24,6 +24,7 @@ struct Site {
     port: u16,
     pid_file: PathBuf,
     _guard: DemoAppGuard,
+    _tmp: tempfile::TempDir,
 }
 
 impl Site {
