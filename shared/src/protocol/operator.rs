@@ -67,13 +67,13 @@ impl OperatorRole {
     }
 
     pub fn permits(self, permission: Permission) -> bool {
-        match (self, permission) {
-            (OperatorRole::Admin, _) => true,
-            (_, Permission::Read) => true,
-            (OperatorRole::Operator, Permission::Operate) => true,
-            (OperatorRole::ReleaseManager, Permission::Publish) => true,
-            _ => false,
-        }
+        matches!(
+            (self, permission),
+            (OperatorRole::Admin, _)
+                | (_, Permission::Read)
+                | (OperatorRole::Operator, Permission::Operate)
+                | (OperatorRole::ReleaseManager, Permission::Publish)
+        )
     }
 }
 
@@ -534,8 +534,15 @@ mod tests {
         use OperatorRole::*;
         use Permission::*;
         assert!(Viewer.permits(Read) && !Viewer.permits(Operate) && !Viewer.permits(Publish));
-        assert!(Operator.permits(Operate) && !Operator.permits(Publish) && !Operator.permits(Admin));
+        assert!(
+            Operator.permits(Operate)
+                && !Operator.permits(Publish)
+                && !Operator.permits(Permission::Admin)
+        );
         assert!(ReleaseManager.permits(Publish) && !ReleaseManager.permits(Operate));
-        assert!(Admin.permits(Admin) && Admin.permits(Operate) && Admin.permits(Publish));
+        let admin = OperatorRole::Admin;
+        assert!(
+            admin.permits(Permission::Admin) && admin.permits(Operate) && admin.permits(Publish)
+        );
     }
 }
