@@ -796,3 +796,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn applying_an_outcome_and_ticking_again_changes_nothing_more() {
+    // Start: OpenWave 0. Apply it as the server would and tick again at the same time.
+    let v = view(RolloutStatus::Running, None, vec![]);
+    let out = tick(&v, at(0));
+    let applied = view(
+        out.status,
+        out.current_wave,
+        vec![WaveView {
+            opened_at: Some(at(0)),
+            approved_at: None,
+            sites: vec![assigned("pig0")],
+        }],
+    );
+    let again = tick(&applied, at(0));
+    assert!(!again.changes(&applied), "{again:?}");
+    assert!(again.decisions.iter().all(|d| !d.changes_state()));
+}

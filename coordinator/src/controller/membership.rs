@@ -216,7 +216,51 @@ name = "never reached"
             })
     }
 
+    /// A random valid plan: waves with optional cohort selectors and shares, the last one
+    /// taking the rest.
+    fn arb_plan() -> impl Strategy<Value = RolloutPlan> {
+        let wave = (
+            prop::option::of((
+                any::<bool>(),
+                prop::sample::select(vec!["pig", "canary", "general", "dog"]),
+            )),
+            prop::option::of(1u32..=100),
+        );
+        prop::collection::vec(wave, 0..6).prop_map(|waves| {
+            let mut text = String::from("name = \"p\"\nrelease = \"r\"\n");
+            for (i, (sel, share)) in waves.iter().enumerate() {
+                text.push_str(&format!("[[waves]]\nname = \"w{i}\"\n"));
+                match sel {
+                    Some((true, c)) => {
+                        text.push_str(&format!("selector = {{ cohort = {{ not = \"{c}\" }} }}\n"))
+                    }
+                    Some((false, c)) => {
+                        text.push_str(&format!("selector = {{ cohort = \"{c}\" }}\n"))
+                    }
+                    None => {}
+                }
+                if let Some(s) = share {
+                    text.push_str(&format!("share = {s}\n"));
+                }
+            }
+            text.push_str("[[waves]]\nname = \"last\"\n");
+            parse_plan(&text, PlanFormat::Toml).unwrap()
+        })
+    }
+
     proptest! {
+        /// Whatever the plan, every site lands in exactly one wave whose selector matches.
+        #[test]
+        fn any_valid_plan_places_every_site(
+            p in arb_plan(),
+            site in "[a-z0-9-]{1,16}",
+            l in arb_labels(),
+        ) {
+            let w = wave_for_site(&p, "r", &site, &l);
+            prop_assert!(w.is_some());
+            prop_assert!(p.waves[w.unwrap() as usize].selector.matches(&l));
+        }
+
         /// Every site the rollout selects lands in exactly one wave, and that wave's
         /// selector matches it; unselected sites land nowhere.
         #[test]
