@@ -309,12 +309,15 @@ impl App {
         if outcome.changes(&view) || changed {
             l.record.status = if auto_rolled_back { WireStatus::RolledBack } else { wire_status(outcome.status) };
             l.record.updated_at = now;
-            self.save_rollout(&l.record).await?;
         }
-        self.record_decisions(id, to_store, now).await?;
+        // Assignments first: whoever sees the wave open also finds its assignments.
         if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
             self.assign_open_waves(&l, now).await?;
         }
+        if outcome.changes(&view) || changed {
+            self.save_rollout(&l.record).await?;
+        }
+        self.record_decisions(id, to_store, now).await?;
         Ok(())
     }
 

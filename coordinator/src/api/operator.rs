@@ -216,9 +216,9 @@ pub async fn decommission_site(State(app): State<AppState>, op: Operator, ApiPat
     load_site(&app, &id).await?;
     let i = id.clone();
     app.db.run(move |s| s.set_site_state(&i, SiteState::Decommissioned)).await?;
+    // Its sessions are refused from now on (403 site_decommissioned) and dropped on use.
     app.sites.set_active(&id, false);
-    app.sessions.drop_site(&id);
-    op.audit(&app, "site.decommission", &id, "sessions dropped").await?;
+    op.audit(&app, "site.decommission", &id, "sessions refused").await?;
     get_site(State(app), op, ApiPath(id)).await
 }
 
