@@ -208,7 +208,10 @@ pub enum EventBody {
         detail: Option<String>,
     },
     /// A health heartbeat (compact summary of every check).
-    Health { healthy: bool, summary: HealthSummary },
+    Health {
+        healthy: bool,
+        summary: HealthSummary,
+    },
     /// Local deferral set (`until`) or lifted (`until = null`).
     Deferral {
         #[serde(default)]
