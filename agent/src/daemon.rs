@@ -380,7 +380,40 @@ impl Daemon {
         assignment: Option<&Envelope>,
         release: Option<&Envelope>,
     ) -> Result<(), StateError> {
-        accept_documents(&mut self.ctx, roots, assignment, release).map(|_| ())
+        if let Accepting::NoAssignment =
+            accept_documents(&mut self.ctx, roots, assignment, release)?
+        {
+            self.withdrawn()?;
+        }
+        Ok(())
+    }
+
+    /// The coordinator has no assignment for this site (rollout aborted or finished):
+    /// forget the stored one; an install that changed nothing yet is abandoned.
+    fn withdrawn(&mut self) -> Result<(), StateError> {
+        if let Some(entry) = self.ctx.store.journal_open()? {
+            if !matches!(entry.step, Step::Leased | Step::Prepare) {
+                return Ok(()); // the box changed: recovery finishes or rolls back
+            }
+            let why = "the coordinator withdrew the assignment";
+            self.ctx.phase(
+                Some(&entry.rollout_id),
+                &entry.release_id,
+                Phase::Failed,
+                Some(format!("{why}; abandoned, nothing was changed")),
+            )?;
+            self.ctx.store.journal_finish(
+                entry.id,
+                Outcome::Abandoned,
+                Some(why),
+                Timestamp::now(),
+            )?;
+        }
+        if self.ctx.store.assignment()?.is_some() {
+            tracing::info!("the coordinator has no assignment for this site any more");
+            self.ctx.store.clear_assignment()?;
+        }
+        Ok(())
     }
 
     async fn deliver_reports(&mut self) {
@@ -428,6 +461,9 @@ impl Daemon {
                 self.rollback(&entry, &detail("rolling back")).await
             }
             Recovery::Resume => {
+                if let Some(next) = self.renew_lease(&entry).await? {
+                    return Ok(next);
+                }
                 self.ctx.phase(
                     Some(&entry.rollout_id),
                     &entry.release_id,
@@ -435,6 +471,15 @@ impl Daemon {
                     Some(detail("resuming")),
                 )?;
                 self.run_steps(&entry, Step::Prepare).await
+            }
+            Recovery::Reinstall => {
+                self.ctx.phase(
+                    Some(&entry.rollout_id),
+                    &entry.release_id,
+                    Phase::Installing,
+                    Some(detail("installing again")),
+                )?;
+                self.run_steps(&entry, Step::Install).await
             }
             Recovery::Reverify => {
                 self.ctx.phase(
@@ -446,6 +491,65 @@ impl Daemon {
                 self.run_steps(&entry, Step::Verify).await
             }
             Recovery::FinishCommit => self.run_steps(&entry, Step::Commit).await,
+        }
+    }
+
+    /// Before resuming an install that changed nothing yet: asks for the lease again.
+    /// Returns `Some` when the install must not go on now.
+    async fn renew_lease(&mut self, entry: &JournalEntry) -> Result<Option<Next>, DaemonError> {
+        let Some(session) = &self.session else {
+            return Ok(None);
+        };
+        let timeout = Duration::from_secs(self.ctx.config.coordinator.request_timeout_secs);
+        match session
+            .lease(&entry.rollout_id, entry.sequence, timeout)
+            .await
+        {
+            Ok(grant) => {
+                self.ctx
+                    .store
+                    .journal_set_lease(entry.id, &grant.lease_id)?;
+                Ok(None)
+            }
+            Err(ClientError::LeaseDenied {
+                reason,
+                message,
+                retry_after,
+                ..
+            }) => {
+                let detail = format!("lease denied: {reason}: {message}");
+                if is_final_denial(&reason) {
+                    self.ctx.phase(
+                        Some(&entry.rollout_id),
+                        &entry.release_id,
+                        Phase::Failed,
+                        Some(format!("{detail}; abandoned, nothing was changed")),
+                    )?;
+                    self.ctx.store.journal_finish(
+                        entry.id,
+                        Outcome::Abandoned,
+                        Some(&detail),
+                        Timestamp::now(),
+                    )?;
+                    return Ok(Some(Next::Idle));
+                }
+                status(&format!("waiting: {detail}"));
+                Ok(Some(Next::RetryIn(retry_after.max(Duration::from_secs(1)))))
+            }
+            Err(e) if self.ctx.config.install.install_offline => {
+                tracing::warn!(
+                    "cannot renew the lease ({e}); continuing offline (install.install_offline = true)"
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot renew the lease ({e}); waiting for the coordinator (install.install_offline = false)"
+                );
+                Ok(Some(Next::RetryIn(e.retry_after().unwrap_or(
+                    Duration::from_secs(self.ctx.config.poll.backoff_min_secs.max(30)),
+                ))))
+            }
         }
     }
 
@@ -663,9 +767,9 @@ impl Daemon {
                 bearer_token: bearer.as_deref(),
             };
             if let Err(e) = executor.prepare(&source).await {
-                if e.is_retryable()
-                    && (self.ctx.config.install.install_offline || self.session.is_none())
-                {
+                if e.is_retryable() {
+                    // The journal stays at `prepare`: the next loop resumes it (renewing the
+                    // lease first; see `recover`).
                     tracing::warn!("prepare failed, will retry: {e}");
                     return Ok(Next::RetryIn(Duration::from_secs(
                         self.ctx.config.poll.backoff_min_secs.max(30),
@@ -1037,6 +1141,15 @@ pub fn accept_documents(
             })
         }
     }
+}
+
+/// Lease denials after which waiting cannot help: the assignment is no longer the one to
+/// act on.
+fn is_final_denial(reason: &str) -> bool {
+    matches!(
+        reason,
+        "not_assigned" | "stale_assignment" | "rollout_halted"
+    )
 }
 
 /// Sends queued reports in batches until the outbox is empty or a send fails; returns how

@@ -121,7 +121,11 @@ pub enum Recovery {
     Resume,
     /// Nothing was switched and the assignment can no longer be acted on: close the entry.
     Abandon,
-    /// The switch may be half done: switch back to the previous release.
+    /// The switch may be half done and the assignment is still current: run `install`
+    /// again (idempotent: it switches and restarts), then verify.
+    Reinstall,
+    /// The new version may be (partly) in place but may not be finished: switch back to
+    /// the previous release.
     RollBack,
     /// The new version is in place: watch health for a full verify period again, then
     /// commit or roll back.
@@ -145,7 +149,13 @@ pub fn recovery(step: Step, state: StepState, assignment_current: bool) -> Recov
                 Recovery::Abandon
             }
         }
-        (Step::Install, StepState::Started) => Recovery::RollBack,
+        (Step::Install, StepState::Started) => {
+            if assignment_current {
+                Recovery::Reinstall
+            } else {
+                Recovery::RollBack
+            }
+        }
         (Step::Install, StepState::Done) | (Step::Verify, StepState::Started) => {
             if assignment_current {
                 Recovery::Reverify
@@ -366,7 +376,7 @@ mod tests {
             (Step::Prepare, Started, false, Abandon),
             (Step::Prepare, Done, true, Resume),
             (Step::Prepare, Done, false, Abandon),
-            (Step::Install, Started, true, RollBack),
+            (Step::Install, Started, true, Reinstall),
             (Step::Install, Started, false, RollBack),
             (Step::Install, Done, true, Reverify),
             (Step::Install, Done, false, RollBack),
