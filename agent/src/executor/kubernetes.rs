@@ -92,6 +92,12 @@ impl KubeVersion {
             .find_map(KubeVersion::parse)
     }
 
+    /// Same major, minor, patch and build (the text may differ, e.g. a leading `v`).
+    pub fn same_release(&self, other: &KubeVersion) -> bool {
+        (self.major, self.minor, self.patch, self.build)
+            == (other.major, other.minor, other.patch, other.build)
+    }
+
     /// Parses `v1.31.2+k3s1` or `1.31.2`.
     pub fn parse(token: &str) -> Option<KubeVersion> {
         let t = token.trim().trim_start_matches('v');
@@ -310,14 +316,24 @@ impl KubernetesExecutor {
             })
     }
 
-    /// The cluster checks: API server, this node Ready, system pods ready.
-    async fn cluster_checks(&self, health: &Health) -> Vec<CheckResult> {
+    /// The cluster checks: API server, this node Ready (running `want` when given), system
+    /// pods ready.
+    async fn cluster_checks(&self, health: &Health, want: Option<&KubeVersion>) -> Vec<CheckResult> {
         let t = Duration::from_secs(health.config().probe_timeout_secs.max(1));
         let mut out = vec![kube::api_ready("kube:api", &self.kubectl, t).await];
-        match self.node() {
-            Ok(node) => out.push(kube::node_ready("kube:node", &self.kubectl, &node, t).await),
-            Err(e) => out.push(CheckResult::fail("kube:node", e.to_string())),
-        }
+        out.push(match self.node() {
+            Ok(node) => match kube::node_status(&self.kubectl, &node, t).await {
+                Ok(kubelet) => match (want, KubeVersion::parse(&kubelet)) {
+                    (Some(w), Some(k)) if !w.same_release(&k) => CheckResult::fail(
+                        "kube:node",
+                        format!("node {node} runs {kubelet}, want {}", w.text),
+                    ),
+                    _ => CheckResult::pass("kube:node", format!("node {node} Ready ({kubelet})")),
+                },
+                Err(e) => CheckResult::fail("kube:node", e),
+            },
+            Err(e) => CheckResult::fail("kube:node", e.to_string()),
+        });
         out.push(
             kube::pods_ready("kube:pods", &self.kubectl, &self.config.system_namespace, t).await,
         );
@@ -325,22 +341,14 @@ impl KubernetesExecutor {
     }
 
     /// Waits (every `health.verify.interval_secs`, at most `ready_timeout_secs`) until the
-    /// cluster checks pass and the running version is `want`.
+    /// API server answers, the node is Ready running `want`, and the system pods are ready.
     async fn wait_ready(&self, health: &Health, want: &KubeVersion) -> Result<(), ExecError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.config.ready_timeout_secs);
         let every = Duration::from_secs(health.config().verify.interval_secs.max(1));
         loop {
             let mut sample = HealthSample::new();
-            match self.current_version().await {
-                Ok(v) if v == *want => sample.push(CheckResult::pass("kube:version", v.text)),
-                Ok(v) => sample.push(CheckResult::fail(
-                    "kube:version",
-                    format!("running {}, want {}", v.text, want.text),
-                )),
-                Err(e) => sample.push(CheckResult::fail("kube:version", e.to_string())),
-            }
-            for c in self.cluster_checks(health).await {
+            for c in self.cluster_checks(health, Some(want)).await {
                 sample.push(c);
             }
             if sample.healthy() {
@@ -369,7 +377,7 @@ impl KubernetesExecutor {
             Some(period),
             async || {
                 let mut s = health.sample().await;
-                for c in self.cluster_checks(health).await {
+                for c in self.cluster_checks(health, Some(&self.target)).await {
                     s.push(c);
                 }
                 s
@@ -435,14 +443,8 @@ impl KubernetesExecutor {
     /// is ready (bounded by `ready_timeout_secs`).
     pub async fn rollback_and_wait(&self, health: &Health) -> Result<(), ExecError> {
         self.rollback().await?;
-        let previous = self
-            .version_of(&binary::previous_path(&self.config.binary), None)
-            .await?;
-        if self.config.version_command.is_none() {
-            self.wait_ready(health, &previous).await
-        } else {
-            Ok(())
-        }
+        let previous = self.current_version().await?;
+        self.wait_ready(health, &previous).await
     }
 
     /// The running version and, when readable, the version of `<binary>.previous`.

@@ -59,12 +59,17 @@ pub async fn node_ready(
     node: &str,
     timeout: Duration,
 ) -> CheckResult {
+    match node_status(k, node, timeout).await {
+        Ok(kubelet) => CheckResult::pass(name, format!("node {node} Ready ({kubelet})")),
+        Err(e) => CheckResult::fail(name, e),
+    }
+}
+
+/// The node's kubelet version when it is `Ready`; otherwise why not.
+pub async fn node_status(k: &KubectlConfig, node: &str, timeout: Duration) -> Result<String, String> {
     match kubectl(k, &["get", "node", node, "-o", "json"], timeout).await {
-        Ok(out) => match node_ready_from_json(&out) {
-            Ok(info) => CheckResult::pass(name, format!("node {node} Ready ({info})")),
-            Err(e) => CheckResult::fail(name, format!("node {node}: {e}")),
-        },
-        Err(e) => CheckResult::fail(name, process::truncate_chars(&e, 200)),
+        Ok(out) => node_ready_from_json(&out).map_err(|e| format!("node {node}: {e}")),
+        Err(e) => Err(process::truncate_chars(&e, 200)),
     }
 }
 
