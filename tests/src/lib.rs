@@ -3,6 +3,7 @@
 //!
 //! - [`bins`]: where the built `fleetwave-*` binaries are (`FLEETWAVE_BIN_DIR`, else
 //!   `target/debug`).
+//! - [`cluster`]: [`Fleet`], a running coordinator and agents, with publish and rollout.
 //! - [`process`]: [`Process`], a child process with captured output, killed on drop.
 //! - [`eventually`](mod@eventually): polling with generous deadlines instead of sleeps.
 //! - [`ports`]: free loopback ports.
@@ -17,6 +18,7 @@
 //! scenario needs a binary, it spawns the real one.
 
 pub mod bins;
+pub mod cluster;
 pub mod error;
 pub mod eventually;
 pub mod fleet;
@@ -29,6 +31,7 @@ pub mod process;
 pub mod proxy;
 pub mod release;
 
+pub use cluster::{Fleet, FleetOptions};
 pub use error::{HarnessError, Result};
 pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};
 pub use fleet::{Cohort, FleetDirs, FleetSpec, SiteSpec};

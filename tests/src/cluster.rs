@@ -1,0 +1,618 @@
+//! A running test fleet: one real `fleetwave-coordinator` and one real `fleetwave-agent`
+//! per site, on 127.0.0.1, each site with its own state directory and its own demo app.
+//!
+//! [`Fleet::start`] does what an operator does on a fresh machine: `coordinator init
+//! --dev-root`, `coordinator serve`, one enrollment token per site (carrying the site's
+//! labels), `agent enroll`, `agent run`. Everything is tuned for tests through the
+//! documented configuration keys only (one-second polls, a short verify period, checks that
+//! a busy CI machine cannot fail). [`Fleet::publish`] builds, signs (with the real
+//! `fleetwave release sign`) and publishes a demo app release; [`Fleet::rollout`] creates
+//! and starts a rollout from a [`PlanSpec`].
+//!
+//! This module must never fake a part of fleetwave: if a step needs a binary or an API,
+//! it uses the real one, and a missing one is an error naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::operator::{self as api, RolloutStatus};
+
+use crate::bins;
+use crate::error::{HarnessError, Result};
+use crate::fleet::{FleetDirs, FleetSpec, SiteDirs, SiteSpec};
+use crate::operator::Operator;
+use crate::plan::PlanSpec;
+use crate::process::{Process, Spawn};
+use crate::proxy::FaultProxy;
+use crate::release::{DEMO_STREAM, DemoRelease};
+use crate::{eventually_default, free_port};
+
+/// Test tuning appended to the coordinator's generated config (documented keys only).
+pub const COORDINATOR_TUNING: &str = "
+# --- fleetwave e2e tuning: fast polls and ticks ---
+[poll]
+interval_secs = 1
+jitter_percent = 0
+
+[controller]
+tick_millis = 200
+";
+
+/// How a fleet is started.
+#[derive(Debug, Clone, Default)]
+pub struct FleetOptions {
+    /// Sites whose agent reaches the coordinator through its own [`FaultProxy`].
+    pub proxied: BTreeSet<String>,
+    /// Extra TOML appended to every agent's config.
+    pub agent_extra: String,
+    /// Sites that are enrolled but whose agent is not started (start with
+    /// [`Fleet::start_agent`]).
+    pub not_started: BTreeSet<String>,
+}
+
+impl FleetOptions {
+    pub fn proxied(mut self, site: &str) -> FleetOptions {
+        self.proxied.insert(site.to_string());
+        self
+    }
+}
+
+/// The coordinator process and where to reach it.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ca: PathBuf,
+    pub root: PathBuf,
+    pub release_key: PathBuf,
+    pub root_key: PathBuf,
+    pub admin_token: String,
+}
+
+impl Coordinator {
+    /// The coordinator's SQLite file.
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("data").join("coordinator.db")
+    }
+}
+
+/// One site: its agent process, its demo app and (maybe) its fault proxy.
+#[derive(Debug)]
+pub struct Site {
+    pub spec: SiteSpec,
+    pub dirs: SiteDirs,
+    pub agent: Option<Process>,
+    /// Where its demo app listens.
+    pub app_addr: SocketAddr,
+    /// The demo app's pid file.
+    pub app_pid_file: PathBuf,
+    pub proxy: Option<FaultProxy>,
+}
+
+impl Site {
+    /// `<apps_dir>/demo/current`, the version the app executor switched to.
+    pub fn current_dir(&self) -> PathBuf {
+        self.dirs.app.join(DEMO_STREAM).join("current")
+    }
+
+    /// The version on disk (`current/app.toml`), or None before the first install.
+    pub fn version_on_disk(&self) -> Result<Option<String>> {
+        let path = self.current_dir().join("app.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let value: toml::Value = toml::from_str(&text).map_err(|e| {
+                    HarnessError::Fleet(format!("{} is not TOML: {e}", path.display()))
+                })?;
+                Ok(value
+                    .get("version")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HarnessError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// The version the running demo app answers on `/version`.
+    pub fn version_served(&self) -> Result<String> {
+        http_get(self.app_addr, "/version").map(|(_, body)| body.trim().to_string())
+    }
+
+    fn stop_app(&self) {
+        if let Ok(text) = std::fs::read_to_string(&self.app_pid_file)
+            && let Ok(pid) = text.trim().parse::<libc::pid_t>()
+            && pid > 0
+        {
+            // SAFETY: kill(2) on the demo app this site started; it runs in its own group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        // The demo app is detached from the agent (its own process group), so it is
+        // stopped here; the agent itself is stopped by its `Process`.
+        self.agent.take();
+        self.stop_app();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback (for the demo app, which speaks plain HTTP).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let err = |e: std::io::Error| HarnessError::io(format!("GET http://{addr}{path}"), e);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(err)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(err)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(err)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(err)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            HarnessError::Fleet(format!("http://{addr}{path}: no status in {text:?}"))
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A running fleet. Dropping it stops every process it started.
+#[derive(Debug)]
+pub struct Fleet {
+    pub spec: FleetSpec,
+    pub options: FleetOptions,
+    pub sites: BTreeMap<String, Site>,
+    pub coordinator: Coordinator,
+    pub operator: Operator,
+    // Dropped last: the processes above write into it.
+    pub dirs: FleetDirs,
+}
+
+impl Fleet {
+    /// Starts a coordinator and every site of `spec`, and waits until every started agent
+    /// has been seen by the coordinator.
+    pub fn start(spec: FleetSpec) -> Result<Fleet> {
+        Fleet::start_with(spec, FleetOptions::default())
+    }
+
+    pub fn start_with(spec: FleetSpec, options: FleetOptions) -> Result<Fleet> {
+        let dirs = FleetDirs::create(&spec)?;
+        let coordinator = start_coordinator(&dirs)?;
+        let operator = Operator::new(&coordinator.url, &coordinator.ca, &coordinator.admin_token)?;
+        eventually_default("the coordinator to answer /healthz", || {
+            let status = operator.probe("/healthz")?;
+            anyhow::ensure!(status == 200, "/healthz answered {status}");
+            Ok(())
+        })?;
+        let mut fleet = Fleet {
+            spec: spec.clone(),
+            options,
+            sites: BTreeMap::new(),
+            coordinator,
+            operator,
+            dirs,
+        };
+        for site in &spec.sites {
+            fleet.add_site(site)?;
+        }
+        let started: Vec<String> = fleet
+            .sites
+            .iter()
+            .filter(|(_, s)| s.agent.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        fleet.wait_seen(&started)?;
+        Ok(fleet)
+    }
+
+    fn add_site(&mut self, spec: &SiteSpec) -> Result<()> {
+        let dirs = self.dirs.site(&spec.id)?.clone();
+        let app_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let app_pid_file = dirs.root.join("demo-app.pid");
+        let proxy = if self.options.proxied.contains(&spec.id) {
+            Some(FaultProxy::start(self.coordinator.addr)?)
+        } else {
+            None
+        };
+        let url = match &proxy {
+            Some(p) => format!("https://{}", p.addr()),
+            None => self.coordinator.url.clone(),
+        };
+        let mut site = Site {
+            spec: spec.clone(),
+            dirs,
+            agent: None,
+            app_addr,
+            app_pid_file,
+            proxy,
+        };
+        start_seed_app(&self.dirs, &site)?;
+        std::fs::write(&site.dirs.config, self.agent_config(&site, &url))
+            .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
+        let token = self
+            .operator
+            .create_enrollment_token(&api::CreateEnrollmentToken {
+                labels: spec.labels.clone(),
+                site_id: Some(spec.id.clone()),
+                expires_in_secs: Some(3600),
+                uses: Some(1),
+            })?;
+        self.agent_command(&site, "enroll")?
+            .args(["enroll", "--token", &token.token])
+            .run()?;
+        if !self.options.not_started.contains(&spec.id) {
+            site.agent = Some(self.agent_command(&site, "")?.arg("run").start()?);
+        }
+        self.sites.insert(spec.id.clone(), site);
+        Ok(())
+    }
+
+    /// The agent's configuration for `site`, talking to `url`.
+    fn agent_config(&self, site: &Site, url: &str) -> String {
+        let demo_app = bins::bin_dir().join(bins::DEMO_APP);
+        let restart = [
+            demo_app.display().to_string(),
+            "restart".into(),
+            "--dir".into(),
+            site.current_dir().display().to_string(),
+            "--listen".into(),
+            site.app_addr.to_string(),
+            "--pid-file".into(),
+            site.app_pid_file.display().to_string(),
+            "--log".into(),
+            site.dirs.root.join("demo-app.log").display().to_string(),
+        ];
+        let stop = [
+            demo_app.display().to_string(),
+            "stop".into(),
+            "--pid-file".into(),
+            site.app_pid_file.display().to_string(),
+        ];
+        let q = |s: &str| serde_json::to_string(s).expect("string");
+        let list = |items: &[String]| {
+            let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        format!(
+            r#"# fleetwave-agent config written by the e2e harness for site {id}
+[coordinator]
+url = {url}
+ca_file = {ca}
+request_timeout_secs = 10
+
+[agent]
+state_dir = {state}
+site_id = {id_q}
+root_file = {root}
+site_time_zone = {tz}
+
+[poll]
+interval_secs = 1
+wait_secs = 2
+jitter = 0.0
+backoff_min_secs = 1
+backoff_max_secs = 2
+
+[health]
+interval_secs = 1
+min_free_disk_bytes = 1048576
+disk_margin = 1.0
+min_mem_available_bytes = 0
+max_load_per_cpu = 0.0
+probe_timeout_secs = 5
+
+[health.verify]
+period_secs = 3
+interval_secs = 1
+fail_after = 2
+
+[[health.probes]]
+type = "http"
+name = "demo"
+url = {probe}
+
+[executor]
+staging_dir = {staging}
+apps_dir = {apps}
+
+[executor.app]
+restart_command = {restart}
+stop_command = {stop}
+command_timeout_secs = 60
+{extra}"#,
+            id = site.spec.id,
+            id_q = q(&site.spec.id),
+            url = q(url),
+            ca = q(&self.coordinator.ca.display().to_string()),
+            state = q(&site.dirs.state.display().to_string()),
+            root = q(&self.coordinator.root.display().to_string()),
+            tz = q(site.spec.tz()),
+            probe = q(&format!("http://{}/healthz", site.app_addr)),
+            staging = q(&site.dirs.root.join("staging").display().to_string()),
+            apps = q(&site.dirs.app.display().to_string()),
+            restart = list(&restart),
+            stop = list(&stop),
+            extra = self.options.agent_extra,
+        )
+    }
+
+    /// `fleetwave-agent --config <site config>` (add the subcommand), logged as
+    /// `agent-<site>` for the daemon (empty `suffix`) or `agent-<site>-<suffix>`.
+    fn agent_command(&self, site: &Site, suffix: &str) -> Result<Spawn> {
+        let name = if suffix.is_empty() {
+            format!("agent-{}", site.spec.id)
+        } else {
+            format!("agent-{}-{suffix}", site.spec.id)
+        };
+        Ok(
+            Spawn::new(name, bins::binary(bins::AGENT)?, &self.dirs.logs)
+                .arg("--config")
+                .arg(&site.dirs.config)
+                .env("FLEETWAVE_LOG", "info,fleetwave_agent=debug")
+                .cwd(&site.dirs.root),
+        )
+    }
+
+    /// Runs a local agent command for `site` (e.g. `["status", "--json"]`) and returns
+    /// its stdout.
+    pub fn agent_cli(&self, site: &str, args: &[&str]) -> Result<String> {
+        let site = self.site(site)?;
+        self.agent_command(site, "cli")?
+            .args(args.iter().copied())
+            .run()
+    }
+
+    pub fn site(&self, id: &str) -> Result<&Site> {
+        self.sites
+            .get(id)
+            .ok_or_else(|| HarnessError::Fleet(format!("no site {id:?} in this fleet")))
+    }
+
+    pub fn site_mut(&mut self, id: &str) -> Result<&mut Site> {
+        self.sites
+            .get_mut(id)
+            .ok_or_else(|| HarnessError::Fleet(format!("no site {id:?} in this fleet")))
+    }
+
+    /// Starts (or restarts) the agent of `site`.
+    pub fn start_agent(&mut self, id: &str) -> Result<()> {
+        let spawn = {
+            let site = self.site(id)?;
+            self.agent_command(site, "")?.arg("run")
+        };
+        let site = self.site_mut(id)?;
+        site.agent.take();
+        site.agent = Some(spawn.start()?);
+        Ok(())
+    }
+
+    /// Waits until the coordinator has seen every site of `ids`.
+    pub fn wait_seen(&self, ids: &[String]) -> Result<()> {
+        eventually_default("every agent to contact the coordinator", || {
+            let sites = self.operator.sites()?;
+            let seen: BTreeSet<&str> = sites
+                .iter()
+                .filter(|s| s.last_seen.is_some())
+                .map(|s| s.id.as_str())
+                .collect();
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !seen.contains(id.as_str()))
+                .collect();
+            anyhow::ensure!(missing.is_empty(), "not seen yet: {missing:?}");
+            Ok(())
+        })
+    }
+
+    /// Builds the release's artifact, uploads it, signs the release with `key` (default:
+    /// the fleet's release key) through `fleetwave release sign`, and publishes it.
+    pub fn publish(&self, release: &DemoRelease) -> Result<api::ReleaseInfo> {
+        let envelope = self.sign_release(release, &self.coordinator.release_key)?;
+        self.operator.publish_release(&envelope)
+    }
+
+    /// Builds and uploads the artifact and signs the release with `key`; does not publish.
+    pub fn sign_release(&self, release: &DemoRelease, key: &Path) -> Result<Envelope> {
+        let dir = self.dirs.work.join(&release.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HarnessError::io(format!("creating {}", dir.display()), e))?;
+        let artifact = release.write_artifact(&dir)?;
+        let bytes = std::fs::read(&artifact)
+            .map_err(|e| HarnessError::io(format!("reading {}", artifact.display()), e))?;
+        self.operator.upload_artifact(bytes)?;
+        let manifest = dir.join("release.toml");
+        std::fs::write(&manifest, release.manifest_toml(&artifact))
+            .map_err(|e| HarnessError::io(format!("writing {}", manifest.display()), e))?;
+        let out = dir.join("release.json");
+        Spawn::new(
+            format!("fleetwave-release-sign-{}", release.id),
+            bins::binary(bins::CLI)?,
+            &self.dirs.logs,
+        )
+        .args(["release", "sign", "--key"])
+        .arg(key)
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .run()?;
+        read_envelope(&out)
+    }
+
+    /// Creates and starts a rollout; returns its id.
+    pub fn rollout(&self, plan: &PlanSpec) -> Result<String> {
+        let text = plan.to_toml();
+        std::fs::write(
+            self.dirs.work.join(format!("{}.plan.toml", plan.release)),
+            &text,
+        )
+        .map_err(|e| HarnessError::io("writing the plan", e))?;
+        let created = self.operator.create_rollout(&text)?;
+        self.operator.rollout_action(&created.id, "start")?;
+        Ok(created.id)
+    }
+
+    /// Waits until the rollout reaches `status`; fails at once if it reaches another final
+    /// status (so a halted rollout does not wait out the deadline).
+    pub fn wait_rollout_status(&self, id: &str, status: RolloutStatus) -> Result<api::RolloutView> {
+        eventually_default(&format!("rollout {id} to be {}", status.as_str()), || {
+            let view = self.operator.rollout(id)?;
+            if view.status == status {
+                return Ok(view);
+            }
+            anyhow::bail!(
+                "rollout is {} ({}); waves: {}",
+                view.status.as_str(),
+                view.status_reason.clone().unwrap_or_default(),
+                describe_waves(&view)
+            )
+        })
+    }
+
+    /// Waits until `site` runs `version` on disk and the app serves it.
+    pub fn wait_version(&self, site: &str, version: &str) -> Result<()> {
+        let s = self.site(site)?;
+        eventually_default(&format!("{site} to run {version}"), || {
+            let on_disk = s.version_on_disk()?;
+            anyhow::ensure!(on_disk.as_deref() == Some(version), "on disk: {on_disk:?}");
+            let served = s.version_served()?;
+            anyhow::ensure!(served == version, "the app serves {served:?}");
+            Ok(())
+        })
+    }
+
+    /// Waits until the coordinator reports `version` installed at `site`.
+    pub fn wait_reported_version(&self, site: &str, version: &str) -> Result<()> {
+        eventually_default(
+            &format!("the coordinator to see {site} on {version}"),
+            || {
+                let info = self.operator.site(site)?;
+                let got = info
+                    .installed
+                    .get(DEMO_STREAM)
+                    .and_then(|i| i.version.clone());
+                anyhow::ensure!(got.as_deref() == Some(version), "reported: {got:?}");
+                Ok(())
+            },
+        )
+    }
+}
+
+/// One line per wave: name, tally and gate standing.
+pub fn describe_waves(view: &api::RolloutView) -> String {
+    view.waves
+        .iter()
+        .map(|w| {
+            format!(
+                "[{} {}: {} sites, {} ok, {} failed, {} silent, {} in progress; {}]",
+                w.index,
+                w.name,
+                w.tally.sites,
+                w.tally.succeeded,
+                w.tally.failed,
+                w.tally.silent,
+                w.tally.in_progress,
+                w.gate
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn read_envelope(path: &Path) -> Result<Envelope> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| HarnessError::io(format!("reading {}", path.display()), e))?;
+    Envelope::from_json(&bytes)
+        .map_err(|e| HarnessError::Fleet(format!("{} is not an envelope: {e}", path.display())))
+}
+
+fn start_coordinator(dirs: &FleetDirs) -> Result<Coordinator> {
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = dirs.coordinator.clone();
+    Spawn::new(
+        "coordinator-init",
+        bins::binary(bins::COORDINATOR)?,
+        &dirs.logs,
+    )
+    .args(["init", "--dev-root", "--listen", &addr.to_string(), "--dir"])
+    .arg(&dir)
+    .run()?;
+    let config = dir.join("coordinator.toml");
+    let mut text = std::fs::read_to_string(&config)
+        .map_err(|e| HarnessError::io(format!("reading {}", config.display()), e))?;
+    text.push_str(COORDINATOR_TUNING);
+    std::fs::write(&config, text)
+        .map_err(|e| HarnessError::io(format!("writing {}", config.display()), e))?;
+    let admin_token = std::fs::read_to_string(dir.join("admin.token"))
+        .map_err(|e| HarnessError::io("reading the admin token", e))?
+        .trim()
+        .to_string();
+    let process = Spawn::new("coordinator", bins::binary(bins::COORDINATOR)?, &dirs.logs)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("FLEETWAVE_LOG", "info,fleetwave_coordinator=debug")
+        .cwd(&dir)
+        .start()?;
+    Ok(Coordinator {
+        process,
+        addr,
+        url: format!("https://{addr}"),
+        ca: dir.join("tls").join("ca.pem"),
+        root: dir.join("root.1.json"),
+        release_key: dir.join("offline-keys").join("release.key"),
+        root_key: dir.join("offline-keys").join("root.key"),
+        config,
+        admin_token,
+        dir,
+    })
+}
+
+/// Starts the site's demo app at a seed version `0.0.0` (what the box ran before fleetwave
+/// managed it), so its health probe passes before the first install.
+fn start_seed_app(dirs: &FleetDirs, site: &Site) -> Result<()> {
+    let seed = site.dirs.root.join("seed-app");
+    std::fs::create_dir_all(&seed)
+        .map_err(|e| HarnessError::io(format!("creating {}", seed.display()), e))?;
+    std::fs::write(
+        seed.join("app.toml"),
+        "version = \"0.0.0\"\nhealthy = true\n",
+    )
+    .map_err(|e| HarnessError::io("writing the seed app.toml", e))?;
+    Spawn::new(
+        format!("demo-app-{}-seed", site.spec.id),
+        bins::binary(bins::DEMO_APP)?,
+        &dirs.logs,
+    )
+    .arg("restart")
+    .arg("--dir")
+    .arg(&seed)
+    .arg("--listen")
+    .arg(site.app_addr.to_string())
+    .arg("--pid-file")
+    .arg(&site.app_pid_file)
+    .arg("--log")
+    .arg(site.dirs.root.join("demo-app.log"))
+    .run()?;
+    Ok(())
+}
