@@ -264,7 +264,10 @@ impl Config {
             ));
         }
         if l.max_concurrent_requests == 0 {
-            return Err(invalid("limits.max_concurrent_requests", "must be at least 1"));
+            return Err(invalid(
+                "limits.max_concurrent_requests",
+                "must be at least 1",
+            ));
         }
         if self.poll.interval_secs == 0 {
             return Err(invalid("poll.interval_secs", "must be at least 1"));
@@ -322,7 +325,10 @@ mod tests {
         let c = Config::parse("signing_key = \"k\"\n").unwrap();
         assert_eq!(c.listen.port(), 8443);
         assert_eq!(c.limits.long_poll_cap_secs, 60);
-        assert_eq!(c.database_path(), PathBuf::from("/var/lib/fleetwave-coordinator/coordinator.db"));
+        assert_eq!(
+            c.database_path(),
+            PathBuf::from("/var/lib/fleetwave-coordinator/coordinator.db")
+        );
     }
 
     #[test]

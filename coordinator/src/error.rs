@@ -57,7 +57,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -80,7 +86,12 @@ impl From<StoreError> for ApiError {
 }
 
 /// The JSON error response for `status`.
-pub fn error_response(status: StatusCode, code: &str, message: &str, retry_after: Option<u32>) -> Response {
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u32>,
+) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code.to_string(),
@@ -184,12 +195,27 @@ pub async fn json_errors(res: Response) -> Response {
     let allow = res.headers().get(header::ALLOW).cloned();
     let (code, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json for the API"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not accept that method"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
         StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was cut off"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is over the size limit"),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ("headers_too_large", "the request headers are over the size limit"),
-        StatusCode::SERVICE_UNAVAILABLE => ("overloaded", "the coordinator is busy; retry after the Retry-After delay"),
-        StatusCode::TOO_MANY_REQUESTS => ("too_many_requests", "too many requests; retry after the Retry-After delay"),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is over the size limit",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request headers are over the size limit",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "overloaded",
+            "the coordinator is busy; retry after the Retry-After delay",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "too_many_requests",
+            "too many requests; retry after the Retry-After delay",
+        ),
         s if s.is_client_error() => ("bad_request", "the request was refused"),
         _ => ("internal", "the coordinator failed to handle the request"),
     };

@@ -9,7 +9,11 @@ use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_coordinator::server::{Transport, serve};
 
 #[derive(Parser)]
-#[command(name = "fleetwave-coordinator", version, about = "fleetwave coordinator: signed release waves for edge fleets")]
+#[command(
+    name = "fleetwave-coordinator",
+    version,
+    about = "fleetwave coordinator: signed release waves for edge fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,10 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEETWAVE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEETWAVE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -78,30 +85,65 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, insecure_plain_http, listen } => {
+        Command::Serve {
+            config,
+            insecure_plain_http,
+            listen,
+        } => {
             let mut config = Config::load(&config)?;
             if let Some(l) = listen {
                 config.listen = l;
             }
-            let transport = if insecure_plain_http { Transport::InsecurePlainHttp } else { Transport::Tls };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let transport = if insecure_plain_http {
+                Transport::InsecurePlainHttp
+            } else {
+                Transport::Tls
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(serve(config, transport))
         }
-        Command::Config { command: ConfigCommand::Check { config } } => {
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
             let config = Config::load(&config)?;
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Init { dir, root, coordinator_key, dev_root, listen } => {
-            let out = init(&InitOptions { dir, root, coordinator_key, dev_root, listen })?;
+        Command::Init {
+            dir,
+            root,
+            coordinator_key,
+            dev_root,
+            listen,
+        } => {
+            let out = init(&InitOptions {
+                dir,
+                root,
+                coordinator_key,
+                dev_root,
+                listen,
+            })?;
             if let Some(offline) = &out.offline_keys {
-                eprintln!("WARNING: --dev-root generated ROOT and RELEASE private keys in {}.", offline.display());
-                eprintln!("WARNING: these keys are for development only; a production root is made offline with `fleetwave`.");
+                eprintln!(
+                    "WARNING: --dev-root generated ROOT and RELEASE private keys in {}.",
+                    offline.display()
+                );
+                eprintln!(
+                    "WARNING: these keys are for development only; a production root is made offline with `fleetwave`."
+                );
             }
             println!("config:      {}", out.config.display());
             println!("CA cert:     {}", out.ca_cert.display());
-            println!("admin token: {} (file, 0600)", out.admin_token_file.display());
-            println!("start with:  fleetwave-coordinator serve --config {}", out.config.display());
+            println!(
+                "admin token: {} (file, 0600)",
+                out.admin_token_file.display()
+            );
+            println!(
+                "start with:  fleetwave-coordinator serve --config {}",
+                out.config.display()
+            );
             Ok(())
         }
     }

@@ -56,19 +56,35 @@ impl Metrics {
         let polls = Family::<ResultLabel, Counter>::default();
         registry.register("polls", "Agent polls answered, by result", polls.clone());
         let report_events = Family::<ResultLabel, Counter>::default();
-        registry.register("report_events", "Report events received, by result", report_events.clone());
+        registry.register(
+            "report_events",
+            "Report events received, by result",
+            report_events.clone(),
+        );
         let rollouts = Family::<StateLabel, Gauge>::default();
         registry.register("rollouts", "Rollouts by state", rollouts.clone());
         let sites = Family::<StateLabel, Gauge>::default();
         registry.register("sites", "Sites by state", sites.clone());
         let gate_decisions = Family::<KindLabel, Counter>::default();
-        registry.register("gate_decisions", "Wave controller decisions, by kind", gate_decisions.clone());
+        registry.register(
+            "gate_decisions",
+            "Wave controller decisions, by kind",
+            gate_decisions.clone(),
+        );
         let leases = Family::<ResultLabel, Counter>::default();
-        registry.register("leases", "Lease requests, by result (granted or the denial reason)", leases.clone());
+        registry.register(
+            "leases",
+            "Lease requests, by result (granted or the denial reason)",
+            leases.clone(),
+        );
         let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 18))
         });
-        registry.register("http_request_duration_seconds", "HTTP request latency", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            requests.clone(),
+        );
         Metrics {
             registry,
             polls,
@@ -83,7 +99,9 @@ impl Metrics {
 
     pub fn count(family: &Family<ResultLabel, Counter>, result: &str, n: u64) {
         family
-            .get_or_create(&ResultLabel { result: result.to_string() })
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
             .inc_by(n);
     }
 

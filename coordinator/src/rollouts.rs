@@ -10,14 +10,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwave_shared::protocol::operator::{self as op, RolloutStatus as WireStatus, SiteState as WireSiteState};
+use fleetwave_shared::protocol::operator::{
+    self as op, RolloutStatus as WireStatus, SiteState as WireSiteState,
+};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::controller::{self, Decision, DecisionKey, RolloutStatus, SiteFacts, WaveView};
 use crate::error::ApiError;
 use crate::plan::{PlanFormat, RolloutPlan, parse_plan};
 use crate::state::{App, random_hex};
-use crate::store::{AssignmentDraft, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord, RolloutSiteRecord, SiteFilter, StoreError};
+use crate::store::{
+    AssignmentDraft, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord, RolloutSiteRecord,
+    SiteFilter, StoreError,
+};
 
 /// Controller status from the stored (wire) status.
 pub fn status_of(s: WireStatus) -> RolloutStatus {
@@ -126,12 +131,24 @@ pub struct Engine {
 
 impl Engine {
     fn plan(&self, record: &RolloutRecord) -> Result<Arc<RolloutPlan>, ApiError> {
-        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id) {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.id)
+        {
             return Ok(p.clone());
         }
-        let format = if record.plan_format == "json" { PlanFormat::Json } else { PlanFormat::Toml };
+        let format = if record.plan_format == "json" {
+            PlanFormat::Json
+        } else {
+            PlanFormat::Toml
+        };
         let plan = Arc::new(parse_plan(&record.plan_source, format).map_err(|e| {
-            ApiError::internal(format!("stored plan of rollout {} no longer parses: {e}", record.id))
+            ApiError::internal(format!(
+                "stored plan of rollout {} no longer parses: {e}",
+                record.id
+            ))
         })?);
         self.plans
             .lock()
@@ -156,10 +173,20 @@ impl App {
             .db
             .run(move |s| s.release(&release_id))
             .await?
-            .ok_or_else(|| ApiError::internal(format!("release {} of rollout {id} is missing", record.release_id)))?;
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "release {} of rollout {id} is missing",
+                    record.release_id
+                ))
+            })?;
         let rid = id.to_string();
         let sites = self.db.run(move |s| s.rollout_sites(&rid)).await?;
-        Ok(Loaded { record, plan, release, sites })
+        Ok(Loaded {
+            record,
+            plan,
+            release,
+            sites,
+        })
     }
 
     fn draft(&self, l: &Loaded, site_id: &str, wave: u32, now: Timestamp) -> AssignmentDraft {
@@ -180,26 +207,41 @@ impl App {
 
     /// Signs assignments for every non-skipped site of opened waves that has none yet.
     async fn assign_open_waves(&self, l: &Loaded, now: Timestamp) -> Result<usize, ApiError> {
-        let Some(current) = l.current_wave() else { return Ok(0) };
+        let Some(current) = l.current_wave() else {
+            return Ok(0);
+        };
         let drafts: Vec<AssignmentDraft> = l
             .sites
             .iter()
             .filter(|s| s.wave <= current && !s.skipped && s.assigned_at.is_none())
-            .filter(|s| l.record.waves.get(s.wave as usize).is_some_and(|w| w.opened_at.is_some()))
+            .filter(|s| {
+                l.record
+                    .waves
+                    .get(s.wave as usize)
+                    .is_some_and(|w| w.opened_at.is_some())
+            })
             .map(|s| self.draft(l, &s.site_id, s.wave, now))
             .collect();
         let n = drafts.len();
-        self.issue_assignments(drafts, l.release.envelope.clone()).await?;
+        self.issue_assignments(drafts, l.release.envelope.clone())
+            .await?;
         Ok(n)
     }
 
     /// Signs rollback assignments sending `sites` back to the release each ran before.
     /// Returns a sentence about sites that could not be rolled back.
-    async fn roll_back(&self, l: &Loaded, sites: &[String], now: Timestamp) -> Result<(usize, Vec<String>), ApiError> {
+    async fn roll_back(
+        &self,
+        l: &Loaded,
+        sites: &[String],
+        now: Timestamp,
+    ) -> Result<(usize, Vec<String>), ApiError> {
         let mut by_release: BTreeMap<String, Vec<AssignmentDraft>> = BTreeMap::new();
         let mut missing = Vec::new();
         for site_id in sites {
-            let Some(s) = l.sites.iter().find(|s| &s.site_id == site_id) else { continue };
+            let Some(s) = l.sites.iter().find(|s| &s.site_id == site_id) else {
+                continue;
+            };
             match &s.previous_release_id {
                 Some(prev) => {
                     let mut d = self.draft(l, site_id, s.wave, now);
@@ -221,7 +263,11 @@ impl App {
                     issued += drafts.len();
                     self.issue_assignments(drafts, release.envelope).await?;
                 }
-                None => missing.extend(drafts.into_iter().map(|d| format!("{} (release {release_id} not published here)", d.site_id))),
+                None => {
+                    missing.extend(drafts.into_iter().map(|d| {
+                        format!("{} (release {release_id} not published here)", d.site_id)
+                    }))
+                }
             }
         }
         Ok((issued, missing))
@@ -233,7 +279,12 @@ impl App {
         Ok(())
     }
 
-    async fn record_decisions(&self, rollout_id: &str, decisions: Vec<(String, Option<u32>, String)>, now: Timestamp) -> Result<(), ApiError> {
+    async fn record_decisions(
+        &self,
+        rollout_id: &str,
+        decisions: Vec<(String, Option<u32>, String)>,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         for (kind, _, _) in &decisions {
             self.metrics
                 .gate_decisions
@@ -242,7 +293,14 @@ impl App {
         }
         let records: Vec<DecisionRecord> = decisions
             .into_iter()
-            .map(|(kind, wave, reason)| DecisionRecord { id: 0, rollout_id: rollout_id.to_string(), at: now, kind, wave, reason })
+            .map(|(kind, wave, reason)| DecisionRecord {
+                id: 0,
+                rollout_id: rollout_id.to_string(),
+                at: now,
+                kind,
+                wave,
+                reason,
+            })
             .collect();
         self.db.run(move |s| s.add_decisions(&records)).await?;
         Ok(())
@@ -259,17 +317,33 @@ impl App {
         for decision in &outcome.decisions {
             if !decision.changes_state() {
                 let key = decision.key();
-                let mut notes = self.engine.last_note.lock().unwrap_or_else(|e| e.into_inner());
+                let mut notes = self
+                    .engine
+                    .last_note
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if notes.get(id) == Some(&key) {
                     continue;
                 }
                 notes.insert(id.to_string(), key);
-                to_store.push((decision.kind().to_string(), decision.wave(), decision.reason().to_string()));
+                to_store.push((
+                    decision.kind().to_string(),
+                    decision.wave(),
+                    decision.reason().to_string(),
+                ));
                 continue;
             }
-            self.engine.last_note.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            self.engine
+                .last_note
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
             changed = true;
-            to_store.push((decision.kind().to_string(), decision.wave(), decision.reason().to_string()));
+            to_store.push((
+                decision.kind().to_string(),
+                decision.wave(),
+                decision.reason().to_string(),
+            ));
             match decision {
                 Decision::OpenWave { wave, .. } => {
                     let w = *wave as usize;
@@ -283,13 +357,20 @@ impl App {
                         l.record.waves[w - 1].passed_at = Some(now);
                     }
                 }
-                Decision::Halt { reason, rollback, .. } => {
+                Decision::Halt {
+                    reason, rollback, ..
+                } => {
                     l.record.status_reason = Some(reason.clone());
                     if !rollback.is_empty() {
                         let (issued, missing) = self.roll_back(&l, rollback, now).await?;
-                        let mut why = format!("auto_rollback: {issued} site(s) sent back to their previous release");
+                        let mut why = format!(
+                            "auto_rollback: {issued} site(s) sent back to their previous release"
+                        );
                         if !missing.is_empty() {
-                            why.push_str(&format!("; no previous release known for: {}", missing.join(", ")));
+                            why.push_str(&format!(
+                                "; no previous release known for: {}",
+                                missing.join(", ")
+                            ));
                         }
                         to_store.push(("rollback".into(), None, why));
                     }
@@ -305,9 +386,16 @@ impl App {
                 _ => {}
             }
         }
-        let auto_rolled_back = outcome.decisions.iter().any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
+        let auto_rolled_back = outcome
+            .decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
         if outcome.changes(&view) || changed {
-            l.record.status = if auto_rolled_back { WireStatus::RolledBack } else { wire_status(outcome.status) };
+            l.record.status = if auto_rolled_back {
+                WireStatus::RolledBack
+            } else {
+                wire_status(outcome.status)
+            };
             l.record.updated_at = now;
         }
         // Assignments first: whoever sees the wave open also finds its assignments.
@@ -326,7 +414,10 @@ impl App {
         let _guard = self.engine.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         let now = Timestamp::now();
-        for r in rollouts.iter().filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused)) {
+        for r in rollouts
+            .iter()
+            .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused))
+        {
             if let Err(e) = self.tick_rollout(&r.id, now).await {
                 tracing::warn!(rollout = %r.id, error = %e, "wave controller tick failed");
             }
@@ -336,29 +427,56 @@ impl App {
 
     /// Creates a rollout from a plan: validates it, computes every site's wave and refuses
     /// sites that already belong to an active rollout.
-    pub async fn create_rollout(&self, plan_text: String, format: op::PlanFormat, actor: &str) -> Result<RolloutRecord, ApiError> {
-        let plan = parse_plan(&plan_text, plan_format(format))
-            .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", e.to_string()))?;
+    pub async fn create_rollout(
+        &self,
+        plan_text: String,
+        format: op::PlanFormat,
+        actor: &str,
+    ) -> Result<RolloutRecord, ApiError> {
+        let plan = parse_plan(&plan_text, plan_format(format)).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plan",
+                e.to_string(),
+            )
+        })?;
         let release_id = plan.release.clone();
         let release = self
             .db
             .run(move |s| s.release(&release_id))
             .await?
-            .ok_or_else(|| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", format!("release: release {:?} is not published on this coordinator", plan.release)))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_plan",
+                    format!(
+                        "release: release {:?} is not published on this coordinator",
+                        plan.release
+                    ),
+                )
+            })?;
         let id = rollout_id(&plan.name);
         let sites = self
             .db
-            .run(|s| s.list_sites(&SiteFilter { state: Some(WireSiteState::Active), limit: usize::MAX >> 1, ..SiteFilter::default() }))
+            .run(|s| {
+                s.list_sites(&SiteFilter {
+                    state: Some(WireSiteState::Active),
+                    limit: usize::MAX >> 1,
+                    ..SiteFilter::default()
+                })
+            })
             .await?;
         let members: Vec<RolloutSiteRecord> = sites
             .iter()
             .filter_map(|site| {
-                controller::wave_for_site(&plan, &id, &site.id, &site.labels).map(|wave| RolloutSiteRecord {
-                    rollout_id: id.clone(),
-                    site_id: site.id.clone(),
-                    wave,
-                    previous_release_id: previous_release(site, &release),
-                    ..RolloutSiteRecord::default()
+                controller::wave_for_site(&plan, &id, &site.id, &site.labels).map(|wave| {
+                    RolloutSiteRecord {
+                        rollout_id: id.clone(),
+                        site_id: site.id.clone(),
+                        wave,
+                        previous_release_id: previous_release(site, &release),
+                        ..RolloutSiteRecord::default()
+                    }
                 })
             })
             .collect();
@@ -367,7 +485,10 @@ impl App {
             id: id.clone(),
             release_id: release.id.clone(),
             plan_source: plan_text,
-            plan_format: match format { op::PlanFormat::Json => "json".into(), op::PlanFormat::Toml => "toml".into() },
+            plan_format: match format {
+                op::PlanFormat::Json => "json".into(),
+                op::PlanFormat::Toml => "toml".into(),
+            },
             status: WireStatus::Pending,
             waves: vec![Default::default(); plan.waves.len()],
             created_at: now,
@@ -378,11 +499,27 @@ impl App {
         let _guard = self.engine.lock.lock().await;
         let (r, m) = (record.clone(), members);
         let n = m.len();
-        self.db.run(move |s| s.create_rollout(&r, &m)).await.map_err(|e| match e {
-            StoreError::Conflict(msg) => ApiError::conflict("rollout_conflict", msg),
-            other => other.into(),
-        })?;
-        self.record_decisions(&id, vec![("created".into(), None, format!("rollout created by {actor} for release {} with {n} site(s) in {} wave(s)", release.id, plan.waves.len()))], now).await?;
+        self.db
+            .run(move |s| s.create_rollout(&r, &m))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(msg) => ApiError::conflict("rollout_conflict", msg),
+                other => other.into(),
+            })?;
+        self.record_decisions(
+            &id,
+            vec![(
+                "created".into(),
+                None,
+                format!(
+                    "rollout created by {actor} for release {} with {n} site(s) in {} wave(s)",
+                    release.id,
+                    plan.waves.len()
+                ),
+            )],
+            now,
+        )
+        .await?;
         Ok(record)
     }
 
@@ -391,7 +528,9 @@ impl App {
     /// is open.
     pub async fn join_rollouts(&self, site_id: &str) -> Result<(), ApiError> {
         let sid = site_id.to_string();
-        let Some(site) = self.db.run(move |s| s.site(&sid)).await? else { return Ok(()) };
+        let Some(site) = self.db.run(move |s| s.site(&sid)).await? else {
+            return Ok(());
+        };
         if site.state != WireSiteState::Active {
             return Ok(());
         }
@@ -402,7 +541,10 @@ impl App {
             if l.sites.iter().any(|s| s.site_id == site.id) {
                 continue;
             }
-            let Some(wave) = controller::wave_for_site(&l.plan, &r.id, &site.id, &site.labels) else { continue };
+            let Some(wave) = controller::wave_for_site(&l.plan, &r.id, &site.id, &site.labels)
+            else {
+                continue;
+            };
             let member = RolloutSiteRecord {
                 rollout_id: r.id.clone(),
                 site_id: site.id.clone(),
@@ -415,7 +557,16 @@ impl App {
                 continue;
             }
             let now = Timestamp::now();
-            self.record_decisions(&r.id, vec![("site_joined".into(), Some(wave), format!("site {} joined wave {wave}", site.id))], now).await?;
+            self.record_decisions(
+                &r.id,
+                vec![(
+                    "site_joined".into(),
+                    Some(wave),
+                    format!("site {} joined wave {wave}", site.id),
+                )],
+                now,
+            )
+            .await?;
             if matches!(r.status, WireStatus::Running | WireStatus::Paused) {
                 let l = self.load_rollout(&r.id).await?;
                 self.assign_open_waves(&l, now).await?;
@@ -426,12 +577,22 @@ impl App {
     }
 
     /// Applies an operator action to a rollout. Returns the rollout after the action.
-    pub async fn rollout_action(&self, id: &str, action: Action, actor: &str) -> Result<(), ApiError> {
+    pub async fn rollout_action(
+        &self,
+        id: &str,
+        action: Action,
+        actor: &str,
+    ) -> Result<(), ApiError> {
         let _guard = self.engine.lock.lock().await;
         let now = Timestamp::now();
         let mut l = self.load_rollout(id).await?;
         let status = l.record.status;
-        let conflict = |what: &str| ApiError::conflict("invalid_state", format!("rollout {id} is {}: cannot {what}", status.as_str()));
+        let conflict = |what: &str| {
+            ApiError::conflict(
+                "invalid_state",
+                format!("rollout {id} is {}: cannot {what}", status.as_str()),
+            )
+        };
         let note: Option<(String, Option<u32>, String)>;
         match &action {
             Action::Start => {
@@ -447,11 +608,17 @@ impl App {
                 }
                 l.record.status = WireStatus::Paused;
                 l.record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
-                note = Some(("paused".into(), None, l.record.status_reason.clone().unwrap_or_default()));
+                note = Some((
+                    "paused".into(),
+                    None,
+                    l.record.status_reason.clone().unwrap_or_default(),
+                ));
             }
             Action::Resume => {
                 if !matches!(status, WireStatus::Paused | WireStatus::Halted) {
-                    return Err(conflict("resume it (only a paused or halted rollout resumes)"));
+                    return Err(conflict(
+                        "resume it (only a paused or halted rollout resumes)",
+                    ));
                 }
                 l.record.status = WireStatus::Running;
                 l.record.status_reason = None;
@@ -461,13 +628,27 @@ impl App {
                 if !status.is_active() {
                     return Err(conflict("approve a wave"));
                 }
-                let w = l.record.waves.get_mut(*wave as usize).ok_or_else(|| ApiError::bad_request(format!("wave {wave} does not exist: the plan has {} wave(s)", l.plan.waves.len())))?;
+                let w = l.record.waves.get_mut(*wave as usize).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "wave {wave} does not exist: the plan has {} wave(s)",
+                        l.plan.waves.len()
+                    ))
+                })?;
                 if w.opened_at.is_none() {
-                    return Err(ApiError::conflict("wave_not_open", format!("wave {wave} has not opened yet; approve it once its gate waits for approval")));
+                    return Err(ApiError::conflict(
+                        "wave_not_open",
+                        format!(
+                            "wave {wave} has not opened yet; approve it once its gate waits for approval"
+                        ),
+                    ));
                 }
                 w.approved_at = Some(now);
                 w.approved_by = Some(actor.to_string());
-                note = Some(("approved".into(), Some(*wave), format!("wave {wave} approved by {actor}")));
+                note = Some((
+                    "approved".into(),
+                    Some(*wave),
+                    format!("wave {wave} approved by {actor}"),
+                ));
             }
             Action::Abort(reason) => {
                 if !status.is_active() {
@@ -475,25 +656,44 @@ impl App {
                 }
                 l.record.status = WireStatus::Aborted;
                 l.record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
-                note = Some(("aborted".into(), None, l.record.status_reason.clone().unwrap_or_default()));
+                note = Some((
+                    "aborted".into(),
+                    None,
+                    l.record.status_reason.clone().unwrap_or_default(),
+                ));
                 for s in &l.sites {
                     if let Some(slot) = self.sites.get(&s.site_id)
-                        && slot.view().assignment.is_some_and(|a| a.record.rollout_id == id && !a.record.rollback)
+                        && slot
+                            .view()
+                            .assignment
+                            .is_some_and(|a| a.record.rollout_id == id && !a.record.rollback)
                     {
                         self.sites.clear_assignment(&s.site_id);
                     }
                 }
             }
             Action::Rollback(reason) => {
-                if !matches!(status, WireStatus::Running | WireStatus::Paused | WireStatus::Halted | WireStatus::Completed) {
+                if !matches!(
+                    status,
+                    WireStatus::Running
+                        | WireStatus::Paused
+                        | WireStatus::Halted
+                        | WireStatus::Completed
+                ) {
                     return Err(conflict("roll it back"));
                 }
                 let sites = controller::sites_to_roll_back(&l.view());
                 let (issued, missing) = self.roll_back(&l, &sites, now).await?;
                 l.record.status = WireStatus::RolledBack;
-                let mut why = format!("rolled back by {actor}{}: {issued} site(s) sent back to their previous release", reason_tail(reason));
+                let mut why = format!(
+                    "rolled back by {actor}{}: {issued} site(s) sent back to their previous release",
+                    reason_tail(reason)
+                );
                 if !missing.is_empty() {
-                    why.push_str(&format!("; no previous release known for: {}", missing.join(", ")));
+                    why.push_str(&format!(
+                        "; no previous release known for: {}",
+                        missing.join(", ")
+                    ));
                 }
                 l.record.status_reason = Some(why.clone());
                 note = Some(("rollback".into(), None, why));
@@ -503,8 +703,14 @@ impl App {
                     return Err(conflict("skip a site"));
                 }
                 let (rid, sid) = (id.to_string(), site_id.clone());
-                self.db.run(move |s| s.set_rollout_site_skipped(&rid, &sid)).await?;
-                note = Some(("skipped".into(), None, format!("site {site_id} skipped by {actor}")));
+                self.db
+                    .run(move |s| s.set_rollout_site_skipped(&rid, &sid))
+                    .await?;
+                note = Some((
+                    "skipped".into(),
+                    None,
+                    format!("site {site_id} skipped by {actor}"),
+                ));
             }
         }
         l.record.updated_at = now;
@@ -519,7 +725,11 @@ impl App {
     }
 
     /// Decides and, if granted, records a lease for `site_id`.
-    pub async fn lease(&self, site_id: &str, req: &fleetwave_shared::protocol::LeaseRequest) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
+    pub async fn lease(
+        &self,
+        site_id: &str,
+        req: &fleetwave_shared::protocol::LeaseRequest,
+    ) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
         let _guard = self.engine.lock.lock().await;
         let now = Timestamp::now();
         let deny = |d: controller::LeaseDenial| {
@@ -538,7 +748,11 @@ impl App {
             Err(e) => return Err(e),
         };
         let me = l.sites.iter().find(|s| s.site_id == site_id);
-        let current = self.sites.get(site_id).and_then(|slot| slot.view().assignment).filter(|a| a.record.rollout_id == req.rollout_id);
+        let current = self
+            .sites
+            .get(site_id)
+            .and_then(|slot| slot.view().assignment)
+            .filter(|a| a.record.rollout_id == req.rollout_id);
         // A rollback assignment is installed at once: no window, limit or status applies.
         if let Some(a) = &current
             && a.record.rollback
@@ -548,7 +762,10 @@ impl App {
         }
         let site_rec = {
             let sid = site_id.to_string();
-            self.db.run(move |s| s.site(&sid)).await?.ok_or_else(|| ApiError::not_found(format!("no site {site_id}")))?
+            self.db
+                .run(move |s| s.site(&sid))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no site {site_id}")))?
         };
         let leases = {
             let rid = req.rollout_id.clone();
@@ -556,25 +773,57 @@ impl App {
         };
         let site_wave = me.map(|m| m.wave);
         let holds_lease = leases.iter().any(|x| x.site_id == site_id);
-        let wave_active = leases.iter().filter(|x| x.site_id != site_id && Some(x.wave) == site_wave).count() as u32;
+        let wave_active = leases
+            .iter()
+            .filter(|x| x.site_id != site_id && Some(x.wave) == site_wave)
+            .count() as u32;
         let (mut comp_active, mut comp_sites) = (0u32, 0u32);
         if let Some(w) = site_wave
-            && let Some((label, value)) = controller::leases::compartment_of(&l.plan, w, &site_rec.labels)
+            && let Some((label, value)) =
+                controller::leases::compartment_of(&l.plan, w, &site_rec.labels)
         {
             let label = label.to_string();
-            let all = self.db.run(|s| s.list_sites(&SiteFilter { limit: usize::MAX >> 1, ..SiteFilter::default() })).await?;
-            let labels: HashMap<&str, &BTreeMap<String, String>> = all.iter().map(|s| (s.id.as_str(), &s.labels)).collect();
-            let value_of = |id: &str| labels.get(id).and_then(|m| m.get(&label).cloned()).unwrap_or_default();
-            comp_sites = l.sites.iter().filter(|s| value_of(&s.site_id) == value).count() as u32;
-            comp_active = leases.iter().filter(|x| x.site_id != site_id && value_of(&x.site_id) == value).count() as u32;
+            let all = self
+                .db
+                .run(|s| {
+                    s.list_sites(&SiteFilter {
+                        limit: usize::MAX >> 1,
+                        ..SiteFilter::default()
+                    })
+                })
+                .await?;
+            let labels: HashMap<&str, &BTreeMap<String, String>> =
+                all.iter().map(|s| (s.id.as_str(), &s.labels)).collect();
+            let value_of = |id: &str| {
+                labels
+                    .get(id)
+                    .and_then(|m| m.get(&label).cloned())
+                    .unwrap_or_default()
+            };
+            comp_sites = l
+                .sites
+                .iter()
+                .filter(|s| value_of(&s.site_id) == value)
+                .count() as u32;
+            comp_active = leases
+                .iter()
+                .filter(|x| x.site_id != site_id && value_of(&x.site_id) == value)
+                .count() as u32;
         }
         let ctx = controller::LeaseContext {
             plan: &l.plan,
             status: status_of(l.record.status),
             current_wave: l.current_wave(),
-            site_wave: if me.is_some_and(|m| m.skipped) { None } else { site_wave },
+            site_wave: if me.is_some_and(|m| m.skipped) {
+                None
+            } else {
+                site_wave
+            },
             site_labels: &site_rec.labels,
-            assignment_sequence: current.as_ref().filter(|a| !a.record.rollback).map(|a| a.record.sequence),
+            assignment_sequence: current
+                .as_ref()
+                .filter(|a| !a.record.rollback)
+                .map(|a| a.record.sequence),
             requested_sequence: req.sequence,
             deferred_until: site_rec.deferred_until,
             freezes: &self.config.freezes,
@@ -587,20 +836,31 @@ impl App {
         self.grant(site_id, &l, site_wave.unwrap_or(0), now).await
     }
 
-    async fn grant(&self, site_id: &str, l: &Loaded, wave: u32, now: Timestamp) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
+    async fn grant(
+        &self,
+        site_id: &str,
+        l: &Loaded,
+        wave: u32,
+        now: Timestamp,
+    ) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
         let lease = LeaseRecord {
             id: format!("lease-{}", random_hex(12)),
             site_id: site_id.to_string(),
             rollout_id: l.record.id.clone(),
             wave,
             granted_at: now,
-            expires_at: now + SignedDuration::from_secs(self.config.assignments.lease_ttl_secs as i64),
+            expires_at: now
+                + SignedDuration::from_secs(self.config.assignments.lease_ttl_secs as i64),
         };
         let rec = lease.clone();
         self.db.run(move |s| s.grant_lease(&rec)).await?;
         crate::metrics::Metrics::count(&self.metrics.leases, "granted", 1);
         self.wake_controller();
-        Ok(fleetwave_shared::protocol::LeaseGrant { lease_id: lease.id, rollout_id: lease.rollout_id, expires_at: lease.expires_at })
+        Ok(fleetwave_shared::protocol::LeaseGrant {
+            lease_id: lease.id,
+            rollout_id: lease.rollout_id,
+            expires_at: lease.expires_at,
+        })
     }
 
     /// Re-signs assignments that have less than half their lifetime left (rollouts still
@@ -650,7 +910,11 @@ pub enum Action {
 }
 
 fn reason_tail(reason: &Option<String>) -> String {
-    reason.as_deref().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default()
+    reason
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
 }
 
 /// The release a site ran in the rollout's stream before it, if it said.
@@ -665,7 +929,13 @@ fn previous_release(site: &crate::store::SiteRecord, release: &ReleaseRecord) ->
 fn rollout_id(name: &str) -> String {
     let mut slug: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     slug.truncate(40);
     let slug = slug.trim_matches('-');

@@ -25,7 +25,7 @@ use crate::api::auth::{RemoteAddr, token_hash};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rollouts::Engine;
-use crate::state::{App, AppState, SiteCache, Sessions, TrustChain, random_hex};
+use crate::state::{App, AppState, Sessions, SiteCache, TrustChain, random_hex};
 use crate::store::{Db, OperatorTokenRecord, SiteFilter, SqliteStore};
 
 /// How the server listens.
@@ -60,11 +60,21 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .with_context(|| format!("tls.cert: cannot read {}", tls.cert.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("tls.cert: {} is not a PEM certificate chain", tls.cert.display()))?;
+        .with_context(|| {
+            format!(
+                "tls.cert: {} is not a PEM certificate chain",
+                tls.cert.display()
+            )
+        })?;
     if certs.is_empty() {
         anyhow::bail!("tls.cert: {} holds no certificate", tls.cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| format!("tls.key: cannot read a PEM private key from {}", tls.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| {
+        format!(
+            "tls.key: cannot read a PEM private key from {}",
+            tls.key.display()
+        )
+    })?;
     let mut server = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -78,17 +88,22 @@ async fn load_trust(config: &Config, db: &Db) -> anyhow::Result<TrustChain> {
     let stored = db.run(|s| s.roots()).await?;
     let mut chain = stored.clone();
     for (i, path) in config.roots.iter().enumerate() {
-        let bytes = std::fs::read(path).with_context(|| format!("roots[{i}]: cannot read {}", path.display()))?;
-        let env = Envelope::from_json(&bytes).with_context(|| format!("roots[{i}]: {} is not a root envelope", path.display()))?;
-        if chain.iter().any(|e| *e == env) {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("roots[{i}]: cannot read {}", path.display()))?;
+        let env = Envelope::from_json(&bytes)
+            .with_context(|| format!("roots[{i}]: {} is not a root envelope", path.display()))?;
+        if chain.contains(&env) {
             continue;
         }
         chain.push(env);
     }
     if chain.is_empty() {
-        anyhow::bail!("no root of trust: config key `roots` must list the root envelope file(s) on the first start");
+        anyhow::bail!(
+            "no root of trust: config key `roots` must list the root envelope file(s) on the first start"
+        );
     }
-    let trust = TrustChain::verify(chain).map_err(|e| anyhow::anyhow!("root chain does not verify: {e}"))?;
+    let trust = TrustChain::verify(chain)
+        .map_err(|e| anyhow::anyhow!("root chain does not verify: {e}"))?;
     for (i, env) in trust.envelopes.iter().enumerate().skip(stored.len()) {
         let (v, e) = ((i + 1) as u64, env.clone());
         db.run(move |s| s.add_root(v, &e, Timestamp::now())).await?;
@@ -97,27 +112,53 @@ async fn load_trust(config: &Config, db: &Db) -> anyhow::Result<TrustChain> {
 }
 
 /// Opens everything the server needs.
-pub async fn build_app(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<AppState> {
+pub async fn build_app(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<AppState> {
     let db_path = config.database_path();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path)).await?.with_context(|| format!("database {}", config.database_path().display()))?;
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await?
+        .with_context(|| format!("database {}", config.database_path().display()))?;
     let db = Db::new(Arc::new(store));
-    let signer = fleetwave_shared::keys::read_private_key(&config.signing_key).with_context(|| "config key signing_key")?;
+    let signer = fleetwave_shared::keys::read_private_key(&config.signing_key)
+        .with_context(|| "config key signing_key")?;
     let trust = load_trust(&config, &db).await?;
     let keyid = fleetwave_shared::KeyId::of(&signer.verifying_key()).0;
     if !trust.current.roles.coordinator.keyids.contains(&keyid) {
-        anyhow::bail!("signing_key {} (key id {keyid}) is not a coordinator key of root version {}: agents would refuse every assignment", config.signing_key.display(), trust.current.version);
+        anyhow::bail!(
+            "signing_key {} (key id {keyid}) is not a coordinator key of root version {}: agents would refuse every assignment",
+            config.signing_key.display(),
+            trust.current.version
+        );
     }
     if let Some(path) = &config.admin_token_file {
-        let token = std::fs::read_to_string(path).with_context(|| format!("admin_token_file: cannot read {}", path.display()))?;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("admin_token_file: cannot read {}", path.display()))?;
         let token = token.trim().to_string();
         if token.len() < 16 {
-            anyhow::bail!("admin_token_file: {} must hold a token of at least 16 characters", path.display());
+            anyhow::bail!(
+                "admin_token_file: {} must hold a token of at least 16 characters",
+                path.display()
+            );
         }
         let hash = token_hash(&token);
         let h = hash.clone();
-        if db.run(move |s| s.operator_token_by_hash(&h)).await?.is_none() {
-            let record = OperatorTokenRecord { id: format!("ot-{}", random_hex(6)), name: "bootstrap-admin".into(), role: OperatorRole::Admin, created_at: Timestamp::now(), created_by: "admin_token_file".into(), revoked: false };
-            db.run(move |s| s.create_operator_token(&hash, &record)).await?;
+        if db
+            .run(move |s| s.operator_token_by_hash(&h))
+            .await?
+            .is_none()
+        {
+            let record = OperatorTokenRecord {
+                id: format!("ot-{}", random_hex(6)),
+                name: "bootstrap-admin".into(),
+                role: OperatorRole::Admin,
+                created_at: Timestamp::now(),
+                created_by: "admin_token_file".into(),
+                revoked: false,
+            };
+            db.run(move |s| s.create_operator_token(&hash, &record))
+                .await?;
         }
     }
     let app = Arc::new(App {
@@ -135,14 +176,27 @@ pub async fn build_app(config: Config, shutdown: watch::Receiver<bool>) -> anyho
         config,
     });
     // Warm the poll cache: every site's state and newest assignment.
-    let sites = db.run(|s| s.list_sites(&SiteFilter { limit: usize::MAX >> 1, ..Default::default() })).await?;
+    let sites = db
+        .run(|s| {
+            s.list_sites(&SiteFilter {
+                limit: usize::MAX >> 1,
+                ..Default::default()
+            })
+        })
+        .await?;
     for s in &sites {
         app.sites.set_active(&s.id, s.state == SiteState::Active);
     }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;
     for a in assignments {
-        let aborted = rollouts.iter().any(|r| r.id == a.rollout_id && matches!(r.status, fleetwave_shared::protocol::operator::RolloutStatus::Aborted));
+        let aborted = rollouts.iter().any(|r| {
+            r.id == a.rollout_id
+                && matches!(
+                    r.status,
+                    fleetwave_shared::protocol::operator::RolloutStatus::Aborted
+                )
+        });
         if aborted && !a.rollback {
             continue;
         }
@@ -155,7 +209,11 @@ pub async fn build_app(config: Config, shutdown: watch::Receiver<bool>) -> anyho
 }
 
 /// Starts the server on `listener`.
-pub async fn start(config: Config, transport: Transport, listener: TcpListener) -> anyhow::Result<Running> {
+pub async fn start(
+    config: Config,
+    transport: Transport,
+    listener: TcpListener,
+) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let acceptor = match transport {
         Transport::Tls => Some(tls_acceptor(&config)?),
@@ -202,12 +260,18 @@ pub async fn start(config: Config, transport: Transport, listener: TcpListener) 
             };
             let _ = tcp.set_nodelay(true);
             let router = router.clone();
-            let svc = tower::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(RemoteAddr(remote));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let svc = tower::service_fn(
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(RemoteAddr(remote));
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let mut builder = Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(max_header.max(8192)).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            builder
+                .http1()
+                .max_buf_size(max_header.max(8192))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let builder = builder.http1_only();
             let acceptor = acceptor.clone();
             let watcher = graceful.watcher();
@@ -215,7 +279,12 @@ pub async fn start(config: Config, transport: Transport, listener: TcpListener) 
                 let svc = TowerToHyperService::new(svc);
                 match acceptor {
                     Some(acceptor) => {
-                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        let tls = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
                             Ok(Ok(s)) => s,
                             _ => return,
                         };
@@ -237,14 +306,23 @@ pub async fn start(config: Config, transport: Transport, listener: TcpListener) 
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }
     });
-    Ok(Running { local_addr, app, shutdown: shutdown_tx, task })
+    Ok(Running {
+        local_addr,
+        app,
+        shutdown: shutdown_tx,
+        task,
+    })
 }
 
 /// `fleetwave-coordinator serve`: runs until SIGTERM or SIGINT.
 pub async fn serve(config: Config, transport: Transport) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     if transport == Transport::InsecurePlainHttp {
-        tracing::warn!("serving PLAIN HTTP without TLS (--insecure-plain-http): for local development only");
+        tracing::warn!(
+            "serving PLAIN HTTP without TLS (--insecure-plain-http): for local development only"
+        );
     }
     let running = start(config, transport, listener).await?;
     tracing::info!(addr = %running.local_addr, "fleetwave-coordinator listening");

@@ -53,7 +53,8 @@ impl TrustChain {
         let first = envelopes.first().ok_or("no root envelope is known")?;
         let mut current = verify_root_anchor(first).map_err(|e| format!("root 1: {e}"))?;
         for (i, next) in envelopes.iter().enumerate().skip(1) {
-            current = verify_root_rotation(&current, next).map_err(|e| format!("root {}: {e}", i + 1))?;
+            current =
+                verify_root_rotation(&current, next).map_err(|e| format!("root {}: {e}", i + 1))?;
         }
         Ok(TrustChain { envelopes, current })
     }
@@ -221,7 +222,11 @@ impl App {
 
     /// Issues and stores assignments, then makes the poll path serve them and wakes the
     /// sites' long polls.
-    pub async fn issue_assignments(&self, drafts: Vec<AssignmentDraft>, release: Envelope) -> Result<Vec<AssignmentRecord>, StoreError> {
+    pub async fn issue_assignments(
+        &self,
+        drafts: Vec<AssignmentDraft>,
+        release: Envelope,
+    ) -> Result<Vec<AssignmentRecord>, StoreError> {
         if drafts.is_empty() {
             return Ok(Vec::new());
         }

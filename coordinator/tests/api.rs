@@ -45,9 +45,18 @@ impl Harness {
         .unwrap();
         let running = boot(dir.path()).await;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&out.ca_cert).unwrap()).unwrap();
-        let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
         let base = format!("https://localhost:{}", running.local_addr.port());
-        Harness { dir, running: Some(running), base, http, admin: out.admin_token }
+        Harness {
+            dir,
+            running: Some(running),
+            base,
+            http,
+            admin: out.admin_token,
+        }
     }
 
     async fn restart(&mut self) {
@@ -61,7 +70,13 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -73,7 +88,8 @@ impl Harness {
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body)).await
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
     }
 
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
@@ -85,13 +101,25 @@ impl Harness {
     }
 
     async fn token(&self, role: &str) -> String {
-        let (s, v) = self.post("/v1/operator-tokens", &self.admin, json!({"name": format!("test-{role}"), "role": role})).await;
+        let (s, v) = self
+            .post(
+                "/v1/operator-tokens",
+                &self.admin,
+                json!({"name": format!("test-{role}"), "role": role}),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
 
     async fn enrollment_token(&self, labels: Value, uses: u32, expires: u64) -> String {
-        let (s, v) = self.post("/v1/enrollment-tokens", &self.admin, json!({"labels": labels, "uses": uses, "expires_in_secs": expires})).await;
+        let (s, v) = self
+            .post(
+                "/v1/enrollment-tokens",
+                &self.admin,
+                json!({"labels": labels, "uses": uses, "expires_in_secs": expires}),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -114,11 +142,20 @@ impl Harness {
             install: Default::default(),
             min_agent_version: None,
         };
-        Envelope::sign(RELEASE_TYPE, &serde_json::to_vec(&release).unwrap(), &[&self.offline_key("release.key")])
+        Envelope::sign(
+            RELEASE_TYPE,
+            &serde_json::to_vec(&release).unwrap(),
+            &[&self.offline_key("release.key")],
+        )
     }
 
     async fn publish(&self, env: &Envelope) -> (StatusCode, Value) {
-        self.post("/v1/releases", &self.admin, serde_json::to_value(env).unwrap()).await
+        self.post(
+            "/v1/releases",
+            &self.admin,
+            serde_json::to_value(env).unwrap(),
+        )
+        .await
     }
 }
 
@@ -131,12 +168,14 @@ struct Agent {
 
 fn enroll_body(site: &str, token: &str, key: &SigningKey) -> Value {
     let device = hex::encode(key.verifying_key().as_bytes());
-    let proof = base64::engine::general_purpose::STANDARD.encode(key.sign(&enroll_message(site, token, &device)).to_bytes());
+    let proof = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(&enroll_message(site, token, &device)).to_bytes());
     json!({"token": token, "site_id": site, "device_key": device, "agent_version": "0.1.0", "proof": proof})
 }
 
 fn session_body(site: &str, key: &SigningKey, at: Timestamp, nonce: &str) -> Value {
-    let sig = base64::engine::general_purpose::STANDARD.encode(key.sign(&session_message(site, at, nonce)).to_bytes());
+    let sig = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(&session_message(site, at, nonce)).to_bytes());
     json!({"site_id": site, "timestamp": at, "nonce": nonce, "signature": sig})
 }
 
@@ -149,14 +188,26 @@ fn nonce() -> String {
 async fn agent(h: &Harness, site: &str, labels: Value) -> Agent {
     let token = h.enrollment_token(labels, 1, 3600).await;
     let key = keys::generate();
-    let (s, v) = h.post("/v1/enroll", "", enroll_body(site, &token, &key)).await;
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body(site, &token, &key))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let token = session(h, site, &key).await;
-    Agent { site: site.into(), key, token }
+    Agent {
+        site: site.into(),
+        key,
+        token,
+    }
 }
 
 async fn session(h: &Harness, site: &str, key: &SigningKey) -> String {
-    let (s, v) = h.post("/v1/agent/session", "", session_body(site, key, Timestamp::now(), &nonce())).await;
+    let (s, v) = h
+        .post(
+            "/v1/agent/session",
+            "",
+            session_body(site, key, Timestamp::now(), &nonce()),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v["token"].as_str().unwrap().to_string()
 }
@@ -172,7 +223,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -185,24 +239,52 @@ fn error_code(v: &Value) -> &str {
 async fn enrollment_tokens_proofs_sessions_and_replays() {
     let h = Harness::new().await;
     // A token with two uses enrolls two sites, then is used up.
-    let token = h.enrollment_token(json!({"region": "eu", "cohort": "pig"}), 2, 3600).await;
+    let token = h
+        .enrollment_token(json!({"region": "eu", "cohort": "pig"}), 2, 3600)
+        .await;
     for site in ["store-1", "store-2"] {
-        let (s, v) = h.post("/v1/enroll", "", enroll_body(site, &token, &keys::generate())).await;
+        let (s, v) = h
+            .post(
+                "/v1/enroll",
+                "",
+                enroll_body(site, &token, &keys::generate()),
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["labels"]["region"], "eu");
         assert_eq!(v["roots"].as_array().unwrap().len(), 1);
     }
-    let (s, v) = h.post("/v1/enroll", "", enroll_body("store-3", &token, &keys::generate())).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "invalid_token"), "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-3", &token, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "invalid_token"),
+        "{v}"
+    );
 
     // A proof signed by another key is refused.
     let t2 = h.enrollment_token(json!({}), 1, 3600).await;
     let mut body = enroll_body("store-4", &t2, &keys::generate());
     body["device_key"] = json!(hex::encode(keys::generate().verifying_key().as_bytes()));
     let (s, v) = h.post("/v1/enroll", "", body).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "bad_proof"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "bad_proof"),
+        "{v}"
+    );
     // ...and did not use the token up.
-    let (s, _) = h.post("/v1/enroll", "", enroll_body("store-4", &t2, &keys::generate())).await;
+    let (s, _) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-4", &t2, &keys::generate()),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
 
     // An expired token is refused.
@@ -213,7 +295,9 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
         let h = &h;
         async move {
             let (s, v) = h.post("/v1/enroll", "", body).await;
-            (s == StatusCode::UNAUTHORIZED && v["error"]["message"].as_str().unwrap().contains("expired")).then_some(())
+            (s == StatusCode::UNAUTHORIZED
+                && v["error"]["message"].as_str().unwrap().contains("expired"))
+            .then_some(())
         }
     })
     .await;
@@ -224,17 +308,38 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
     let (s, _) = h.post("/v1/agent/session", "", handshake.clone()).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = h.post("/v1/agent/session", "", handshake).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "replayed"), "{v}");
-    let skewed = session_body(&a.site, &a.key, Timestamp::now() - SignedDuration::from_mins(10), &nonce());
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "replayed"),
+        "{v}"
+    );
+    let skewed = session_body(
+        &a.site,
+        &a.key,
+        Timestamp::now() - SignedDuration::from_mins(10),
+        &nonce(),
+    );
     let (s, v) = h.post("/v1/agent/session", "", skewed).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "clock_skew"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "clock_skew"),
+        "{v}"
+    );
     let wrong = session_body(&a.site, &keys::generate(), Timestamp::now(), &nonce());
     let (s, v) = h.post("/v1/agent/session", "", wrong).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "bad_signature"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "bad_signature"),
+        "{v}"
+    );
 
     // Authentication failures on the poll path.
     let (s, v) = h.get("/v1/agent/poll", "not-a-session").await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "session_expired"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "session_expired"),
+        "{v}"
+    );
     let (s, _) = h.get("/v1/agent/poll", &a.token).await;
     assert_eq!(s, StatusCode::OK);
     // An agent session is not an operator token.
@@ -242,20 +347,54 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // Decommission: refused at once, sessions dropped; re-enable and re-enroll.
-    let (s, _) = h.post(&format!("/v1/sites/{}/decommission", a.site), &h.admin, json!({})).await;
+    let (s, _) = h
+        .post(
+            &format!("/v1/sites/{}/decommission", a.site),
+            &h.admin,
+            json!({}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = h.get("/v1/agent/poll", &a.token).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "site_decommissioned"), "{v}");
-    let (s, v) = h.post("/v1/agent/session", "", session_body(&a.site, &a.key, Timestamp::now(), &nonce())).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "site_decommissioned"), "{v}");
-    let (s, _) = h.post(&format!("/v1/sites/{}/reenable", a.site), &h.admin, json!({})).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::FORBIDDEN, "site_decommissioned"),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(
+            "/v1/agent/session",
+            "",
+            session_body(&a.site, &a.key, Timestamp::now(), &nonce()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::FORBIDDEN, "site_decommissioned"),
+        "{v}"
+    );
+    let (s, _) = h
+        .post(
+            &format!("/v1/sites/{}/reenable", a.site),
+            &h.admin,
+            json!({}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let new_key = keys::generate();
     let t4 = h.enrollment_token(json!({"cohort": "dog"}), 1, 3600).await;
-    let (s, v) = h.post("/v1/enroll", "", enroll_body(&a.site, &t4, &new_key)).await;
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body(&a.site, &t4, &new_key))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // The old device key no longer opens sessions; the new one does.
-    let (s, _) = h.post("/v1/agent/session", "", session_body(&a.site, &a.key, Timestamp::now(), &nonce())).await;
+    let (s, _) = h
+        .post(
+            "/v1/agent/session",
+            "",
+            session_body(&a.site, &a.key, Timestamp::now(), &nonce()),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     session(&h, &a.site, &new_key).await;
     let (_, site) = h.get(&format!("/v1/sites/{}", a.site), &h.admin).await;
@@ -282,15 +421,26 @@ async fn rollout_status(h: &Harness, id: &str) -> Value {
     v
 }
 
-async fn poll(h: &Harness, a: &Agent, etag: Option<&str>, wait: u32) -> (StatusCode, Option<String>, Value) {
-    let mut req = h.http.get(h.url(&format!("/v1/agent/poll?wait={wait}&root_version=1"))).bearer_auth(&a.token);
+async fn poll(
+    h: &Harness,
+    a: &Agent,
+    etag: Option<&str>,
+    wait: u32,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = h
+        .http
+        .get(h.url(&format!("/v1/agent/poll?wait={wait}&root_version=1")))
+        .bearer_auth(&a.token);
     if let Some(e) = etag {
         req = req.header("if-none-match", e);
     }
     let res = req.send().await.unwrap();
     let status = res.status();
     assert!(res.headers().get(NEXT_POLL_HEADER).is_some());
-    let etag = res.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+    let etag = res
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
     let body = res.json::<Value>().await.unwrap_or(Value::Null);
     (status, etag, body)
 }
@@ -311,41 +461,114 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     // Artifacts: hash checked, Range served.
     let artifact = b"pretend this is a tarball of pos 2.4.0".to_vec();
     let sha = fleetwave_shared::sha256_hex(&artifact);
-    let res = h.http.put(h.url(&format!("/v1/artifacts/{sha}"))).bearer_auth(&h.admin).body(b"other bytes".to_vec()).send().await.unwrap();
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(b"other bytes".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let res = h.http.put(h.url(&format!("/v1/artifacts/{sha}"))).bearer_auth(&h.admin).body(artifact.clone()).send().await.unwrap();
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(artifact.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = h.http.get(h.url(&format!("/v1/artifacts/{sha}"))).bearer_auth(&pig.token).header("range", "bytes=7-10").send().await.unwrap();
+    let res = h
+        .http
+        .get(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&pig.token)
+        .header("range", "bytes=7-10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(res.bytes().await.unwrap().as_ref(), &artifact[7..=10]);
-    let res = h.http.get(h.url(&format!("/v1/artifacts/{sha}"))).send().await.unwrap();
+    let res = h
+        .http
+        .get(h.url(&format!("/v1/artifacts/{sha}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
     // Releases: bad signature and counters going back are refused.
     let good = h.release("pos-2.4.0", 5, &artifact);
     let mut forged = h.release("pos-2.4.1", 6, &artifact);
-    forged.signatures = Envelope::sign(RELEASE_TYPE, b"{}", &[&h.offline_key("root.key")]).signatures;
+    forged.signatures =
+        Envelope::sign(RELEASE_TYPE, b"{}", &[&h.offline_key("root.key")]).signatures;
     let (s, v) = h.publish(&forged).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "release_refused"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "release_refused"),
+        "{v}"
+    );
     let (s, v) = h.publish(&good).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["digest"], good.digest());
     let (s, v) = h.publish(&h.release("pos-2.3.9", 5, &artifact)).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "release_conflict"), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("counters must go up"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "release_conflict"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("counters must go up"),
+        "{v}"
+    );
 
     // A bad plan names its field.
-    let (s, v) = h.post("/v1/rollouts", &h.admin, json!({"plan": PLAN.replace("1.0", "1.5"), "format": "toml"})).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan"), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("success_ratio"), "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": PLAN.replace("1.0", "1.5"), "format": "toml"}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("success_ratio"),
+        "{v}"
+    );
 
-    let (s, v) = h.post("/v1/rollouts", &h.admin, json!({"plan": PLAN, "format": "toml"})).await;
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": PLAN, "format": "toml"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(v["status"], "pending");
     // One active rollout per site.
-    let (s, v) = h.post("/v1/rollouts", &h.admin, json!({"plan": PLAN, "format": "toml"})).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "rollout_conflict"), "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": PLAN, "format": "toml"}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "rollout_conflict"),
+        "{v}"
+    );
 
     // Nothing to do yet; a long poll with that ETag wakes when the wave opens.
     let (s, etag, body) = poll(&h, &pig, None, 0).await;
@@ -355,45 +578,103 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     let (s, _, _) = poll(&h, &pig, Some(&etag), 0).await;
     assert_eq!(s, StatusCode::NOT_MODIFIED);
     let waiting = {
-        let (http, url, token, etag) = (h.http.clone(), h.url("/v1/agent/poll?wait=50&root_version=1"), pig.token.clone(), etag.clone());
-        tokio::spawn(async move { http.get(url).bearer_auth(token).header("if-none-match", etag).send().await.unwrap() })
+        let (http, url, token, etag) = (
+            h.http.clone(),
+            h.url("/v1/agent/poll?wait=50&root_version=1"),
+            pig.token.clone(),
+            etag.clone(),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap()
+        })
     };
-    let (s, v) = h.post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({})).await;
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let res = waiting.await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let body: PollResponse = res.json().await.unwrap();
-    let trust = fleetwave_shared::verify::verify_root_anchor(&Envelope::from_json(&std::fs::read(h.dir.path().join("root.1.json")).unwrap()).unwrap()).unwrap();
-    let assignment = fleetwave_shared::verify::verify_assignment(&trust, body.assignment.as_ref().unwrap(), Timestamp::now()).unwrap();
+    let trust = fleetwave_shared::verify::verify_root_anchor(
+        &Envelope::from_json(&std::fs::read(h.dir.path().join("root.1.json")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let assignment = fleetwave_shared::verify::verify_assignment(
+        &trust,
+        body.assignment.as_ref().unwrap(),
+        Timestamp::now(),
+    )
+    .unwrap();
     assert_eq!(assignment.site_id, "pig-1");
-    assert_eq!(assignment.release_sha256, body.release.as_ref().unwrap().digest());
+    assert_eq!(
+        assignment.release_sha256,
+        body.release.as_ref().unwrap().digest()
+    );
     assert_eq!(body.release.unwrap(), good);
     // The other site (wave 1) has nothing: a site reads only its own assignment.
     let (_, _, other_body) = poll(&h, &other, None, 0).await;
     assert!(other_body["assignment"].is_null());
 
     // Lease, then reports: the same batch twice is applied once.
-    let (s, v) = h.post("/v1/agent/lease", &pig.token, json!({"rollout_id": id, "sequence": assignment.sequence})).await;
+    let (s, v) = h
+        .post(
+            "/v1/agent/lease",
+            &pig.token,
+            json!({"rollout_id": id, "sequence": assignment.sequence}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = h.post("/v1/agent/lease", &pig.token, json!({"rollout_id": id, "sequence": assignment.sequence + 7})).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "lease_denied"), "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/agent/lease",
+            &pig.token,
+            json!({"rollout_id": id, "sequence": assignment.sequence + 7}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "lease_denied"),
+        "{v}"
+    );
     let now = Timestamp::now();
     let batch = json!({"events": [
         event("e1", now, json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": "installing"})),
         event("e2", now + SignedDuration::from_millis(10), json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": "committed"})),
     ]});
     let (s, v) = h.post("/v1/agent/reports", &pig.token, batch.clone()).await;
-    assert_eq!((s, v["accepted"].as_u64(), v["duplicates"].as_u64()), (StatusCode::OK, Some(2), Some(0)), "{v}");
+    assert_eq!(
+        (s, v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (StatusCode::OK, Some(2), Some(0)),
+        "{v}"
+    );
     let (_, v) = h.post("/v1/agent/reports", &pig.token, batch).await;
-    assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(0), Some(2)), "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(2)),
+        "{v}"
+    );
 
     // Restart mid-rollout: nothing lost.
     h.restart().await;
-    let pig = Agent { token: session(&h, &pig.site, &pig.key).await, ..pig };
-    let other = Agent { token: session(&h, &other.site, &other.key).await, ..other };
+    let pig = Agent {
+        token: session(&h, &pig.site, &pig.key).await,
+        ..pig
+    };
+    let other = Agent {
+        token: session(&h, &other.site, &other.key).await,
+        ..other
+    };
     let (s, _, body) = poll(&h, &pig, None, 0).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(body["assignment"], serde_json::to_value(&assignment.envelope()).unwrap());
+    assert_eq!(
+        body["assignment"],
+        serde_json::to_value(assignment.envelope()).unwrap()
+    );
     let (_, v) = h.post("/v1/agent/reports", &pig.token, json!({"events": [event("e2", now, json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": "committed"}))]})).await;
     assert_eq!(v["duplicates"].as_u64(), Some(1), "{v}");
     assert_eq!(rollout_status(&h, &id).await["status"], "running");
@@ -405,34 +686,95 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     eventually("wave 1 to open", || {
         let h = &h;
         let id = id.clone();
-        async move { rollout_status(h, &id).await["waves"][1]["opened_at"].is_string().then_some(()) }
+        async move {
+            rollout_status(h, &id).await["waves"][1]["opened_at"]
+                .is_string()
+                .then_some(())
+        }
     })
     .await;
     eventually("the wave-1 site's assignment", || {
         let (h, other) = (&h, &other);
-        async move { poll(h, other, None, 0).await.2["assignment"].is_object().then_some(()) }
+        async move {
+            poll(h, other, None, 0).await.2["assignment"]
+                .is_object()
+                .then_some(())
+        }
     })
     .await;
     let view = rollout_status(&h, &id).await;
-    let kinds: Vec<&str> = view["decisions"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"open_wave") && kinds.contains(&"started"), "{kinds:?}");
+    let kinds: Vec<&str> = view["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"open_wave") && kinds.contains(&"started"),
+        "{kinds:?}"
+    );
 
     // Operator actions: pause, resume, skip, abort.
-    for (action, body, status) in [("pause", json!({"reason": "lunch"}), "paused"), ("resume", json!({}), "running")] {
-        let (s, v) = h.post(&format!("/v1/rollouts/{id}/{action}"), &h.admin, body).await;
-        assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some(status)), "{v}");
+    for (action, body, status) in [
+        ("pause", json!({"reason": "lunch"}), "paused"),
+        ("resume", json!({}), "running"),
+    ] {
+        let (s, v) = h
+            .post(&format!("/v1/rollouts/{id}/{action}"), &h.admin, body)
+            .await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::OK, Some(status)),
+            "{v}"
+        );
     }
-    let (s, v) = h.post(&format!("/v1/rollouts/{id}/skip"), &h.admin, json!({"site_id": "store-9"})).await;
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{id}/skip"),
+            &h.admin,
+            json!({"site_id": "store-9"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = h.post(&format!("/v1/rollouts/{id}/approve"), &h.admin, json!({"wave": 9})).await;
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{id}/approve"),
+            &h.admin,
+            json!({"wave": 9}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = h.post(&format!("/v1/rollouts/{id}/abort"), &h.admin, json!({})).await;
-    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("aborted")), "{v}");
-    let (s, v) = h.post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({})).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "invalid_state"), "{v}");
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/abort"), &h.admin, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("aborted")),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "invalid_state"),
+        "{v}"
+    );
     let (_, audit) = h.get("/v1/audit", &h.admin).await;
-    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["rollout.create", "rollout.start", "rollout.pause", "rollout.abort", "release.publish", "artifact.upload"] {
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.abort",
+        "release.publish",
+        "artifact.upload",
+    ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
 }
@@ -445,33 +787,90 @@ async fn roles_are_enforced() {
     let release_manager = h.token("release_manager").await;
     let artifact = b"x".to_vec();
     let (s, v) = h.post("/v1/enrollment-tokens", &viewer, json!({})).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{v}"
+    );
     let (s, _) = h.get("/v1/sites", &viewer).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = h.post("/v1/releases", &operator, serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap()).await;
+    let (s, _) = h
+        .post(
+            "/v1/releases",
+            &operator,
+            serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap(),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = h.post("/v1/releases", &release_manager, serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap()).await;
+    let (s, _) = h
+        .post(
+            "/v1/releases",
+            &release_manager,
+            serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap(),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = h.post("/v1/rollouts", &release_manager, json!({"plan": PLAN, "format": "toml"})).await;
+    let (s, _) = h
+        .post(
+            "/v1/rollouts",
+            &release_manager,
+            json!({"plan": PLAN, "format": "toml"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = h.post("/v1/operator-tokens", &operator, json!({"name": "x", "role": "admin"})).await;
+    let (s, _) = h
+        .post(
+            "/v1/operator-tokens",
+            &operator,
+            json!({"name": "x", "role": "admin"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = h.post("/v1/enrollment-tokens", &operator, json!({"labels": {"cohort": "pig"}})).await;
+    let (s, _) = h
+        .post(
+            "/v1/enrollment-tokens",
+            &operator,
+            json!({"labels": {"cohort": "pig"}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let (s, _) = h.get("/v1/sites", "fwo_unknown").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Revoked tokens stop working at once.
     let (_, list) = h.get("/v1/operator-tokens", &h.admin).await;
-    let vid = list["tokens"].as_array().unwrap().iter().find(|t| t["role"] == "viewer").unwrap()["id"].as_str().unwrap().to_string();
-    let (s, _) = h.post(&format!("/v1/operator-tokens/{vid}/revoke"), &h.admin, json!({})).await;
+    let vid = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "viewer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = h
+        .post(
+            &format!("/v1/operator-tokens/{vid}/revoke"),
+            &h.admin,
+            json!({}),
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = h.get("/v1/sites", &viewer).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // The audit log records who did what from where.
     let (_, audit) = h.get("/v1/audit", &h.admin).await;
-    let e = audit["entries"].as_array().unwrap().iter().find(|e| e["action"] == "operator_token.revoke").unwrap().clone();
+    let e = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "operator_token.revoke")
+        .unwrap()
+        .clone();
     assert!(e["actor"].as_str().unwrap().contains("bootstrap-admin"));
-    assert!(e["remote"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
+    assert!(
+        e["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -482,34 +881,101 @@ async fn bad_input_gets_clear_json_errors_never_500() {
         let status = res.status();
         (status, res.json::<Value>().await.unwrap_or(Value::Null))
     };
-    let (s, v) = send(h.http.post(h.url("/v1/enrollment-tokens")).bearer_auth(&h.admin).header("content-type", "application/json").body("{not json")).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::BAD_REQUEST, "bad_request"), "{v}");
-    let (s, v) = send(h.http.post(h.url("/v1/enrollment-tokens")).bearer_auth(&h.admin).json(&json!({"labels": {}, "colour": "red"}))).await;
+    let (s, v) = send(
+        h.http
+            .post(h.url("/v1/enrollment-tokens"))
+            .bearer_auth(&h.admin)
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+    let (s, v) = send(
+        h.http
+            .post(h.url("/v1/enrollment-tokens"))
+            .bearer_auth(&h.admin)
+            .json(&json!({"labels": {}, "colour": "red"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"]["message"].as_str().unwrap().contains("colour"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
     let big = "x".repeat(3 * 1024 * 1024);
-    let (s, v) = send(h.http.post(h.url("/v1/enroll")).header("content-type", "application/json").body(big)).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"), "{v}");
+    let (s, v) = send(
+        h.http
+            .post(h.url("/v1/enroll"))
+            .header("content-type", "application/json")
+            .body(big),
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{v}"
+    );
     let (s, v) = send(h.http.get(h.url("/v1/nope"))).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::NOT_FOUND, "not_found"),
+        "{v}"
+    );
     let (s, v) = send(h.http.delete(h.url("/v1/enroll"))).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"), "{v}");
-    let (s, v) = send(h.http.get(h.url("/v1/sites?limit=lots")).bearer_auth(&h.admin)).await;
-    assert_eq!((s, error_code(&v)), (StatusCode::BAD_REQUEST, "bad_request"), "{v}");
-    let (s, v) = send(h.http.post(h.url("/v1/agent/reports")).bearer_auth("x").json(&json!({"events": []}))).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        "{v}"
+    );
+    let (s, v) = send(
+        h.http
+            .get(h.url("/v1/sites?limit=lots"))
+            .bearer_auth(&h.admin),
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+    let (s, v) = send(
+        h.http
+            .post(h.url("/v1/agent/reports"))
+            .bearer_auth("x")
+            .json(&json!({"events": []})),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     let (s, _) = send(h.http.get(h.url("/healthz"))).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = send(h.http.get(h.url("/readyz"))).await;
     assert_eq!(s, StatusCode::OK);
-    let metrics = h.http.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("fleetwave_http_request_duration_seconds"), "{metrics}");
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("fleetwave_http_request_duration_seconds"),
+        "{metrics}"
+    );
     assert!(metrics.contains("fleetwave_sites"), "{metrics}");
     // The OpenAPI document describes every /v1 route with the error shape.
     let (s, doc) = send(h.http.get(h.url("/openapi.json"))).await;
     assert_eq!(s, StatusCode::OK);
     for (method, path) in fleetwave_coordinator::api::openapi::documented_routes() {
-        assert!(doc["paths"][&path][method.to_lowercase()].is_object(), "{method} {path} missing");
+        assert!(
+            doc["paths"][&path][method.to_lowercase()].is_object(),
+            "{method} {path} missing"
+        );
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["paths"]["/v1/rollouts/{id}/approve"]["post"]["requestBody"].is_object());

@@ -21,25 +21,49 @@ use crate::state::{AppState, random_hex};
 use crate::store::ArtifactRecord;
 
 fn check_hash(sha: &str) -> Result<(), ApiError> {
-    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
-        Err(ApiError::bad_request("the artifact name must be its SHA-256 as 64 lowercase hex characters"))
+        Err(ApiError::bad_request(
+            "the artifact name must be its SHA-256 as 64 lowercase hex characters",
+        ))
     }
 }
 
 fn io_err(e: std::io::Error) -> ApiError {
     tracing::error!(error = %e, "artifact store I/O failed");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", format!("artifact store: {e}")).with_retry_after(5)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        format!("artifact store: {e}"),
+    )
+    .with_retry_after(5)
 }
 
-pub async fn upload(State(app): State<AppState>, op: Operator, ApiPath(sha): ApiPath<String>, req: Request) -> Result<Response, ApiError> {
+pub async fn upload(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(sha): ApiPath<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
     op.require(Permission::Publish)?;
     check_hash(&sha)?;
     let max = app.config.limits.max_artifact_bytes;
-    let declared: Option<u64> = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let declared: Option<u64> = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("artifacts are limited to {max} bytes")));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("artifacts are limited to {max} bytes"),
+        ));
     }
     let dir = app.config.artifact_dir();
     tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
@@ -51,10 +75,15 @@ pub async fn upload(State(app): State<AppState>, op: Operator, ApiPath(sha): Api
     let mut stream = req.into_body().into_data_stream();
     let result: Result<(), ApiError> = async {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
             length += chunk.len() as u64;
             if length > max {
-                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("artifacts are limited to {max} bytes")));
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("artifacts are limited to {max} bytes"),
+                ));
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io_err)?;
@@ -63,11 +92,17 @@ pub async fn upload(State(app): State<AppState>, op: Operator, ApiPath(sha): Api
         if let Some(d) = declared
             && d != length
         {
-            return Err(ApiError::bad_request(format!("Content-Length said {d} bytes but {length} arrived")));
+            return Err(ApiError::bad_request(format!(
+                "Content-Length said {d} bytes but {length} arrived"
+            )));
         }
         let got = hex::encode(hasher.clone().finalize());
         if got != sha {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", format!("the uploaded bytes hash to {got}, not {sha}")));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "hash_mismatch",
+                format!("the uploaded bytes hash to {got}, not {sha}"),
+            ));
         }
         Ok(())
     }
@@ -77,24 +112,39 @@ pub async fn upload(State(app): State<AppState>, op: Operator, ApiPath(sha): Api
         let _ = tokio::fs::remove_file(&tmp_path).await;
         return Err(e);
     }
-    tokio::fs::rename(&tmp_path, &final_path).await.map_err(io_err)?;
+    tokio::fs::rename(&tmp_path, &final_path)
+        .await
+        .map_err(io_err)?;
     if let Ok(d) = tokio::fs::File::open(&dir).await {
         let _ = d.sync_all().await;
     }
-    let record = ArtifactRecord { sha256: sha.clone(), length, uploaded_at: Timestamp::now(), uploaded_by: op.actor() };
+    let record = ArtifactRecord {
+        sha256: sha.clone(),
+        length,
+        uploaded_at: Timestamp::now(),
+        uploaded_by: op.actor(),
+    };
     let r = record.clone();
     app.db.run(move |s| s.add_artifact(&r)).await?;
-    op.audit(&app, "artifact.upload", &sha, format!("{length} bytes")).await?;
+    op.audit(&app, "artifact.upload", &sha, format!("{length} bytes"))
+        .await?;
     Ok((StatusCode::CREATED, Json(info(record))).into_response())
 }
 
 fn info(r: ArtifactRecord) -> ArtifactInfo {
-    ArtifactInfo { url: format!("/v1/artifacts/{}", r.sha256), sha256: r.sha256, length: r.length, uploaded_at: r.uploaded_at }
+    ArtifactInfo {
+        url: format!("/v1/artifacts/{}", r.sha256),
+        sha256: r.sha256,
+        length: r.length,
+        uploaded_at: r.uploaded_at,
+    }
 }
 
 /// A parsed single `Range: bytes=a-b` (inclusive), or None for the whole file.
 fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
     let v = v.to_str().map_err(|_| ())?;
     let spec = v.strip_prefix("bytes=").ok_or(())?;
     if spec.contains(',') {
@@ -122,16 +172,34 @@ fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> 
     Ok(Some((start, end)))
 }
 
-pub async fn download(State(app): State<AppState>, _reader: Reader, ApiPath(sha): ApiPath<String>, method: Method, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn download(
+    State(app): State<AppState>,
+    _reader: Reader,
+    ApiPath(sha): ApiPath<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_hash(&sha)?;
     let s = sha.clone();
-    let record = app.db.run(move |st| st.artifact(&s)).await?.ok_or_else(|| ApiError::not_found(format!("no artifact {sha}")))?;
+    let record = app
+        .db
+        .run(move |st| st.artifact(&s))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no artifact {sha}")))?;
     let len = record.length;
     let range = match parse_range(&headers, len) {
         Ok(r) => r,
         Err(()) => {
-            let mut res = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the Range must be one byte range within the {len}-byte artifact")).into_response();
-            res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"));
+            let mut res = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the Range must be one byte range within the {len}-byte artifact"),
+            )
+            .into_response();
+            res.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+            );
             return Ok(res);
         }
     };
@@ -140,7 +208,9 @@ pub async fn download(State(app): State<AppState>, _reader: Reader, ApiPath(sha)
     let mut res = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        let mut file = tokio::fs::File::open(app.config.artifact_dir().join(&sha)).await.map_err(io_err)?;
+        let mut file = tokio::fs::File::open(app.config.artifact_dir().join(&sha))
+            .await
+            .map_err(io_err)?;
         file.seek(SeekFrom::Start(start)).await.map_err(io_err)?;
         let reader = file.take(count);
         let stream = futures_util::stream::unfold(reader, |mut r| async move {
@@ -157,13 +227,22 @@ pub async fn download(State(app): State<AppState>, _reader: Reader, ApiPath(sha)
         Response::new(Body::from_stream(stream))
     };
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{sha}\"")).expect("hex"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{sha}\"")).expect("hex"),
+    );
     if range.is_some() {
         *res.status_mut() = StatusCode::PARTIAL_CONTENT;
-        res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"));
+        res.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"),
+        );
     }
     Ok(res)
 }

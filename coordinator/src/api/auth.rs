@@ -30,7 +30,10 @@ pub fn remote(parts: &Parts) -> String {
 fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// An authenticated operator.
@@ -62,11 +65,22 @@ impl Operator {
     }
 
     pub fn actor(&self) -> String {
-        format!("{} ({}, {})", self.token.name, self.token.role.as_str(), self.token.id)
+        format!(
+            "{} ({}, {})",
+            self.token.name,
+            self.token.role.as_str(),
+            self.token.id
+        )
     }
 
     /// Writes an audit entry; the caller answers only after it committed.
-    pub async fn audit(&self, app: &AppState, action: &str, target: &str, detail: impl Into<String>) -> Result<(), ApiError> {
+    pub async fn audit(
+        &self,
+        app: &AppState,
+        action: &str,
+        target: &str,
+        detail: impl Into<String>,
+    ) -> Result<(), ApiError> {
         let entry = AuditRecord {
             id: 0,
             at: Timestamp::now(),
@@ -83,7 +97,10 @@ impl Operator {
 
 async fn operator_from(parts: &Parts, app: &AppState) -> Result<Operator, ApiError> {
     let token = bearer(parts).ok_or_else(|| {
-        ApiError::unauthorized("unauthorized", "send an operator token as `Authorization: Bearer <token>`")
+        ApiError::unauthorized(
+            "unauthorized",
+            "send an operator token as `Authorization: Bearer <token>`",
+        )
     })?;
     let hash = sha256_hex(token.as_bytes());
     let record = app
@@ -91,8 +108,13 @@ async fn operator_from(parts: &Parts, app: &AppState) -> Result<Operator, ApiErr
         .run(move |s| s.operator_token_by_hash(&hash))
         .await?
         .filter(|t| !t.revoked)
-        .ok_or_else(|| ApiError::unauthorized("unauthorized", "the operator token is unknown or revoked"))?;
-    Ok(Operator { token: record, remote: remote(parts) })
+        .ok_or_else(|| {
+            ApiError::unauthorized("unauthorized", "the operator token is unknown or revoked")
+        })?;
+    Ok(Operator {
+        token: record,
+        remote: remote(parts),
+    })
 }
 
 impl FromRequestParts<AppState> for Operator {
@@ -113,15 +135,26 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
     let token = bearer(parts).ok_or_else(|| {
         ApiError::unauthorized("unauthorized", "open a session (POST /v1/agent/session) and send its token as `Authorization: Bearer <token>`")
     })?;
-    let session = app.sessions.lookup(token, Timestamp::now()).ok_or_else(|| {
-        ApiError::unauthorized("session_expired", "the session is unknown or expired; open a new one with POST /v1/agent/session")
-    })?;
-    let active = app.sites.get(&session.site_id).is_some_and(|s| s.view().active);
+    let session = app
+        .sessions
+        .lookup(token, Timestamp::now())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "session_expired",
+                "the session is unknown or expired; open a new one with POST /v1/agent/session",
+            )
+        })?;
+    let active = app
+        .sites
+        .get(&session.site_id)
+        .is_some_and(|s| s.view().active);
     if !active {
         app.sessions.drop_site(&session.site_id);
         return Err(decommissioned(&session.site_id));
     }
-    Ok(Agent { site_id: session.site_id })
+    Ok(Agent {
+        site_id: session.site_id,
+    })
 }
 
 pub fn decommissioned(site_id: &str) -> ApiError {

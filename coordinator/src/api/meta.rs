@@ -15,23 +15,53 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    app.db.run(|s| s.ping()).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("database is not reachable: {e}")))?;
+    app.db.run(|s| s.ping()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("database is not reachable: {e}"),
+        )
+    })?;
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let sites = app.db.run(|s| s.count_sites_by_state()).await?;
     for state in [SiteState::Active, SiteState::Decommissioned] {
-        let n = sites.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
-        app.metrics.sites.get_or_create(&StateLabel { state: state.as_str().into() }).set(n as i64);
+        let n = sites
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n);
+        app.metrics
+            .sites
+            .get_or_create(&StateLabel {
+                state: state.as_str().into(),
+            })
+            .set(n as i64);
     }
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
-    for state in [RolloutStatus::Pending, RolloutStatus::Running, RolloutStatus::Paused, RolloutStatus::Halted, RolloutStatus::Completed, RolloutStatus::Aborted, RolloutStatus::RolledBack] {
+    for state in [
+        RolloutStatus::Pending,
+        RolloutStatus::Running,
+        RolloutStatus::Paused,
+        RolloutStatus::Halted,
+        RolloutStatus::Completed,
+        RolloutStatus::Aborted,
+        RolloutStatus::RolledBack,
+    ] {
         let n = rollouts.iter().filter(|r| r.status == state).count();
-        app.metrics.rollouts.get_or_create(&StateLabel { state: state.as_str().into() }).set(n as i64);
+        app.metrics
+            .rollouts
+            .get_or_create(&StateLabel {
+                state: state.as_str().into(),
+            })
+            .set(n as i64);
     }
     let mut res = app.metrics.encode().into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
     Ok(res)
 }
 

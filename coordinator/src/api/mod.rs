@@ -30,14 +30,23 @@ pub fn agent_router(app: &AppState) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
     let poll_timeout = timeout + Duration::from_secs(app.config.limits.long_poll_cap_secs as u64);
     Router::new()
-        .route("/v1/agent/poll", get(agent::poll).layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, poll_timeout)))
+        .route(
+            "/v1/agent/poll",
+            get(agent::poll).layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                poll_timeout,
+            )),
+        )
         .merge(
             Router::new()
                 .route("/v1/enroll", post(agent::enroll))
                 .route("/v1/agent/session", post(agent::session))
                 .route("/v1/agent/lease", post(agent::lease))
                 .route("/v1/agent/reports", post(agent::reports))
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                )),
         )
 }
 
@@ -46,10 +55,22 @@ pub fn operator_router(app: &AppState) -> Router<AppState> {
     use operator::*;
     let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
     Router::new()
-        .route("/v1/enrollment-tokens", post(create_enrollment_token).get(list_enrollment_tokens))
-        .route("/v1/enrollment-tokens/{id}/revoke", post(revoke_enrollment_token))
-        .route("/v1/operator-tokens", post(create_operator_token).get(list_operator_tokens))
-        .route("/v1/operator-tokens/{id}/revoke", post(revoke_operator_token))
+        .route(
+            "/v1/enrollment-tokens",
+            post(create_enrollment_token).get(list_enrollment_tokens),
+        )
+        .route(
+            "/v1/enrollment-tokens/{id}/revoke",
+            post(revoke_enrollment_token),
+        )
+        .route(
+            "/v1/operator-tokens",
+            post(create_operator_token).get(list_operator_tokens),
+        )
+        .route(
+            "/v1/operator-tokens/{id}/revoke",
+            post(revoke_operator_token),
+        )
         .route("/v1/sites", get(list_sites))
         .route("/v1/sites/{id}", get(get_site))
         .route("/v1/sites/{id}/labels", post(relabel_site))
@@ -68,16 +89,27 @@ pub fn operator_router(app: &AppState) -> Router<AppState> {
         .route("/v1/rollouts/{id}/rollback", post(rollback_rollout))
         .route("/v1/rollouts/{id}/skip", post(skip_site))
         .route("/v1/audit", get(list_audit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
 }
 
 /// Artifact routes: their own (large) body limit and timeout.
 pub fn artifact_router(app: &AppState) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
     Router::new()
-        .route("/v1/artifacts/{sha256}", put(artifacts::upload).get(artifacts::download).head(artifacts::download))
+        .route(
+            "/v1/artifacts/{sha256}",
+            put(artifacts::upload)
+                .get(artifacts::download)
+                .head(artifacts::download),
+        )
         .layer(DefaultBodyLimit::disable())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
 }
 
 /// Health, readiness, metrics, OpenAPI: never shed, never authenticated.
@@ -90,17 +122,30 @@ pub fn meta_router() -> Router<AppState> {
 }
 
 async fn overloaded(_: tower::BoxError) -> Response {
-    error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the coordinator is at its concurrent request limit; retry after the Retry-After delay", Some(1))
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the coordinator is at its concurrent request limit; retry after the Retry-After delay",
+        Some(1),
+    )
 }
 
 async fn record_latency(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let res = next.run(req).await;
     app.metrics
         .requests
-        .get_or_create(&RequestLabels { method, route, status: res.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
         .observe(start.elapsed().as_secs_f64());
     res
 }

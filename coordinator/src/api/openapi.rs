@@ -2,7 +2,9 @@
 //! (their `ToSchema` derives) and one table of routes, so that the routes, their schemas
 //! and the error shape cannot drift apart silently. Pure.
 
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ComponentsBuilder, Ref};
@@ -34,6 +36,7 @@ struct Route {
     errors: &'static [&'static str],
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn r(
     method: HttpMethod,
     path: &'static str,
@@ -44,7 +47,16 @@ const fn r(
     response: Option<&'static str>,
     errors: &'static [&'static str],
 ) -> Route {
-    Route { method, path, summary, auth, request, status, response, errors }
+    Route {
+        method,
+        path,
+        summary,
+        auth,
+        request,
+        status,
+        response,
+        errors,
+    }
 }
 
 use HttpMethod::{Get, Head, Post, Put};
@@ -53,41 +65,356 @@ const COMMON: &[&str] = &["400", "401", "403", "413", "429", "503"];
 
 fn routes() -> Vec<Route> {
     vec![
-        r(Post, "/v1/enroll", "Enroll a site with a one-time token and its device key", Auth::Enroll, Some("EnrollRequest"), "200", Some("EnrollResponse"), COMMON),
-        r(Post, "/v1/agent/session", "Open an agent session with a signed, replay-protected handshake", Auth::Enroll, Some("SessionRequest"), "200", Some("SessionResponse"), COMMON),
-        r(Get, "/v1/agent/poll", "The site's signed assignment and release, or nothing (ETag, long poll)", Auth::Agent, None, "200", Some("PollResponse"), &["304", "400", "401", "403", "429", "503"]),
-        r(Post, "/v1/agent/lease", "Ask permission to start installing now", Auth::Agent, Some("LeaseRequest"), "200", Some("LeaseGrant"), &["400", "401", "403", "409", "503"]),
-        r(Post, "/v1/agent/reports", "Deliver a batch of events (applied at most once each)", Auth::Agent, Some("ReportBatch"), "200", Some("ReportAck"), COMMON),
-        r(Put, "/v1/artifacts/{sha256}", "Upload an artifact (raw bytes; name = SHA-256)", Auth::Operator("release_manager"), None, "201", Some("ArtifactInfo"), &["400", "401", "403", "413", "422", "503"]),
-        r(Get, "/v1/artifacts/{sha256}", "Download an artifact (Range supported)", Auth::AgentOrOperator, None, "200", None, &["400", "401", "403", "404", "416"]),
-        r(Head, "/v1/artifacts/{sha256}", "Artifact length and ETag", Auth::AgentOrOperator, None, "200", None, &["400", "401", "403", "404"]),
-        r(Post, "/v1/enrollment-tokens", "Create an enrollment token", Auth::Operator("operator"), Some("CreateEnrollmentToken"), "201", Some("EnrollmentTokenCreated"), COMMON),
-        r(Get, "/v1/enrollment-tokens", "List enrollment tokens", Auth::Operator("viewer"), None, "200", Some("EnrollmentTokenList"), COMMON),
-        r(Post, "/v1/enrollment-tokens/{id}/revoke", "Revoke an enrollment token", Auth::Operator("operator"), None, "204", None, &["401", "403", "404"]),
-        r(Post, "/v1/operator-tokens", "Create an operator token", Auth::Operator("admin"), Some("CreateOperatorToken"), "201", Some("OperatorTokenCreated"), COMMON),
-        r(Get, "/v1/operator-tokens", "List operator tokens", Auth::Operator("admin"), None, "200", Some("OperatorTokenList"), COMMON),
-        r(Post, "/v1/operator-tokens/{id}/revoke", "Revoke an operator token", Auth::Operator("admin"), None, "204", None, &["401", "403", "404", "409"]),
-        r(Get, "/v1/sites", "List sites (filter by label, state, version; paginated)", Auth::Operator("viewer"), None, "200", Some("SiteList"), COMMON),
-        r(Get, "/v1/sites/{id}", "One site", Auth::Operator("viewer"), None, "200", Some("SiteInfo"), &["401", "403", "404"]),
-        r(Post, "/v1/sites/{id}/labels", "Set and remove labels", Auth::Operator("operator"), Some("RelabelSite"), "200", Some("SiteInfo"), &["400", "401", "403", "404"]),
-        r(Post, "/v1/sites/{id}/decommission", "Decommission a site (refused at once)", Auth::Operator("operator"), None, "200", Some("SiteInfo"), &["401", "403", "404"]),
-        r(Post, "/v1/sites/{id}/reenable", "Re-enable a decommissioned site", Auth::Operator("operator"), None, "200", Some("SiteInfo"), &["401", "403", "404"]),
-        r(Post, "/v1/releases", "Publish a signed release envelope", Auth::Operator("release_manager"), Some("Envelope"), "201", Some("ReleaseInfo"), &["400", "401", "403", "409", "422"]),
-        r(Get, "/v1/releases", "List releases", Auth::Operator("viewer"), None, "200", Some("ReleaseList"), COMMON),
-        r(Get, "/v1/releases/{id}", "One release", Auth::Operator("viewer"), None, "200", Some("ReleaseInfo"), &["401", "403", "404"]),
-        r(Post, "/v1/roots", "Publish the next root version (rotation)", Auth::Operator("admin"), Some("Envelope"), "201", Some("RootInfo"), &["400", "401", "403", "409", "422"]),
-        r(Get, "/v1/roots", "List root versions", Auth::Operator("viewer"), None, "200", Some("RootList"), COMMON),
-        r(Post, "/v1/rollouts", "Create a rollout from a plan (TOML or JSON)", Auth::Operator("operator"), Some("CreateRollout"), "201", Some("RolloutView"), &["400", "401", "403", "409", "422"]),
-        r(Get, "/v1/rollouts", "List rollouts", Auth::Operator("viewer"), None, "200", Some("RolloutList"), COMMON),
-        r(Get, "/v1/rollouts/{id}", "Rollout status: waves, tallies, gates, sites, timeline", Auth::Operator("viewer"), None, "200", Some("RolloutView"), &["401", "403", "404"]),
-        r(Post, "/v1/rollouts/{id}/start", "Start a pending rollout", Auth::Operator("operator"), None, "200", Some("RolloutView"), &["401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/pause", "Pause a running rollout", Auth::Operator("operator"), Some("ActionReason"), "200", Some("RolloutView"), &["401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/resume", "Resume a paused or halted rollout", Auth::Operator("operator"), None, "200", Some("RolloutView"), &["401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/approve", "Approve a wave", Auth::Operator("operator"), Some("ApproveWave"), "200", Some("RolloutView"), &["400", "401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/abort", "Abort a rollout", Auth::Operator("operator"), Some("ActionReason"), "200", Some("RolloutView"), &["401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/rollback", "Send the rollout's sites back to their previous release", Auth::Operator("operator"), Some("ActionReason"), "200", Some("RolloutView"), &["401", "403", "404", "409"]),
-        r(Post, "/v1/rollouts/{id}/skip", "Skip a site (left out of its gate)", Auth::Operator("operator"), Some("SkipSite"), "200", Some("RolloutView"), &["400", "401", "403", "404", "409"]),
-        r(Get, "/v1/audit", "The audit log, newest first", Auth::Operator("viewer"), None, "200", Some("AuditList"), COMMON),
+        r(
+            Post,
+            "/v1/enroll",
+            "Enroll a site with a one-time token and its device key",
+            Auth::Enroll,
+            Some("EnrollRequest"),
+            "200",
+            Some("EnrollResponse"),
+            COMMON,
+        ),
+        r(
+            Post,
+            "/v1/agent/session",
+            "Open an agent session with a signed, replay-protected handshake",
+            Auth::Enroll,
+            Some("SessionRequest"),
+            "200",
+            Some("SessionResponse"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/agent/poll",
+            "The site's signed assignment and release, or nothing (ETag, long poll)",
+            Auth::Agent,
+            None,
+            "200",
+            Some("PollResponse"),
+            &["304", "400", "401", "403", "429", "503"],
+        ),
+        r(
+            Post,
+            "/v1/agent/lease",
+            "Ask permission to start installing now",
+            Auth::Agent,
+            Some("LeaseRequest"),
+            "200",
+            Some("LeaseGrant"),
+            &["400", "401", "403", "409", "503"],
+        ),
+        r(
+            Post,
+            "/v1/agent/reports",
+            "Deliver a batch of events (applied at most once each)",
+            Auth::Agent,
+            Some("ReportBatch"),
+            "200",
+            Some("ReportAck"),
+            COMMON,
+        ),
+        r(
+            Put,
+            "/v1/artifacts/{sha256}",
+            "Upload an artifact (raw bytes; name = SHA-256)",
+            Auth::Operator("release_manager"),
+            None,
+            "201",
+            Some("ArtifactInfo"),
+            &["400", "401", "403", "413", "422", "503"],
+        ),
+        r(
+            Get,
+            "/v1/artifacts/{sha256}",
+            "Download an artifact (Range supported)",
+            Auth::AgentOrOperator,
+            None,
+            "200",
+            None,
+            &["400", "401", "403", "404", "416"],
+        ),
+        r(
+            Head,
+            "/v1/artifacts/{sha256}",
+            "Artifact length and ETag",
+            Auth::AgentOrOperator,
+            None,
+            "200",
+            None,
+            &["400", "401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/enrollment-tokens",
+            "Create an enrollment token",
+            Auth::Operator("operator"),
+            Some("CreateEnrollmentToken"),
+            "201",
+            Some("EnrollmentTokenCreated"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/enrollment-tokens",
+            "List enrollment tokens",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("EnrollmentTokenList"),
+            COMMON,
+        ),
+        r(
+            Post,
+            "/v1/enrollment-tokens/{id}/revoke",
+            "Revoke an enrollment token",
+            Auth::Operator("operator"),
+            None,
+            "204",
+            None,
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/operator-tokens",
+            "Create an operator token",
+            Auth::Operator("admin"),
+            Some("CreateOperatorToken"),
+            "201",
+            Some("OperatorTokenCreated"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/operator-tokens",
+            "List operator tokens",
+            Auth::Operator("admin"),
+            None,
+            "200",
+            Some("OperatorTokenList"),
+            COMMON,
+        ),
+        r(
+            Post,
+            "/v1/operator-tokens/{id}/revoke",
+            "Revoke an operator token",
+            Auth::Operator("admin"),
+            None,
+            "204",
+            None,
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Get,
+            "/v1/sites",
+            "List sites (filter by label, state, version; paginated)",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("SiteList"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/sites/{id}",
+            "One site",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("SiteInfo"),
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/sites/{id}/labels",
+            "Set and remove labels",
+            Auth::Operator("operator"),
+            Some("RelabelSite"),
+            "200",
+            Some("SiteInfo"),
+            &["400", "401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/sites/{id}/decommission",
+            "Decommission a site (refused at once)",
+            Auth::Operator("operator"),
+            None,
+            "200",
+            Some("SiteInfo"),
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/sites/{id}/reenable",
+            "Re-enable a decommissioned site",
+            Auth::Operator("operator"),
+            None,
+            "200",
+            Some("SiteInfo"),
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/releases",
+            "Publish a signed release envelope",
+            Auth::Operator("release_manager"),
+            Some("Envelope"),
+            "201",
+            Some("ReleaseInfo"),
+            &["400", "401", "403", "409", "422"],
+        ),
+        r(
+            Get,
+            "/v1/releases",
+            "List releases",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("ReleaseList"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/releases/{id}",
+            "One release",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("ReleaseInfo"),
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/roots",
+            "Publish the next root version (rotation)",
+            Auth::Operator("admin"),
+            Some("Envelope"),
+            "201",
+            Some("RootInfo"),
+            &["400", "401", "403", "409", "422"],
+        ),
+        r(
+            Get,
+            "/v1/roots",
+            "List root versions",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("RootList"),
+            COMMON,
+        ),
+        r(
+            Post,
+            "/v1/rollouts",
+            "Create a rollout from a plan (TOML or JSON)",
+            Auth::Operator("operator"),
+            Some("CreateRollout"),
+            "201",
+            Some("RolloutView"),
+            &["400", "401", "403", "409", "422"],
+        ),
+        r(
+            Get,
+            "/v1/rollouts",
+            "List rollouts",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("RolloutList"),
+            COMMON,
+        ),
+        r(
+            Get,
+            "/v1/rollouts/{id}",
+            "Rollout status: waves, tallies, gates, sites, timeline",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/start",
+            "Start a pending rollout",
+            Auth::Operator("operator"),
+            None,
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/pause",
+            "Pause a running rollout",
+            Auth::Operator("operator"),
+            Some("ActionReason"),
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/resume",
+            "Resume a paused or halted rollout",
+            Auth::Operator("operator"),
+            None,
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/approve",
+            "Approve a wave",
+            Auth::Operator("operator"),
+            Some("ApproveWave"),
+            "200",
+            Some("RolloutView"),
+            &["400", "401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/abort",
+            "Abort a rollout",
+            Auth::Operator("operator"),
+            Some("ActionReason"),
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/rollback",
+            "Send the rollout's sites back to their previous release",
+            Auth::Operator("operator"),
+            Some("ActionReason"),
+            "200",
+            Some("RolloutView"),
+            &["401", "403", "404", "409"],
+        ),
+        r(
+            Post,
+            "/v1/rollouts/{id}/skip",
+            "Skip a site (left out of its gate)",
+            Auth::Operator("operator"),
+            Some("SkipSite"),
+            "200",
+            Some("RolloutView"),
+            &["400", "401", "403", "404", "409"],
+        ),
+        r(
+            Get,
+            "/v1/audit",
+            "The audit log, newest first",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("AuditList"),
+            COMMON,
+        ),
     ]
 }
 
@@ -115,7 +442,9 @@ fn error_text(status: &str) -> &'static str {
         "401" => "Missing, unknown or expired credentials",
         "403" => "Role not allowed, or site decommissioned",
         "404" => "No such object",
-        "409" => "Conflict (state does not allow it, counter not above the stream's, lease denied with Retry-After)",
+        "409" => {
+            "Conflict (state does not allow it, counter not above the stream's, lease denied with Retry-After)"
+        }
         "413" => "Body over the size limit",
         "416" => "Range not satisfiable",
         "422" => "Well-formed but refused (signature, plan validation, hash mismatch)",
@@ -129,11 +458,16 @@ fn error_text(status: &str) -> &'static str {
 pub fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
     for route in routes() {
-        let mut op = OperationBuilder::new().summary(Some(route.summary)).operation_id(Some(format!(
-            "{}_{}",
-            method_name(&route.method).to_lowercase(),
-            route.path.trim_start_matches("/v1/").replace(['/', '{', '}', '-'], "_")
-        )));
+        let mut op = OperationBuilder::new()
+            .summary(Some(route.summary))
+            .operation_id(Some(format!(
+                "{}_{}",
+                method_name(&route.method).to_lowercase(),
+                route
+                    .path
+                    .trim_start_matches("/v1/")
+                    .replace(['/', '{', '}', '-'], "_")
+            )));
         let ok = ResponseBuilder::new().description("Success");
         let ok = match route.response {
             Some(s) => ok.content("application/json", json(s)),
@@ -144,21 +478,46 @@ pub fn document() -> OpenApi {
         };
         op = op.response(route.status, ok.build());
         if route.path.starts_with("/v1/artifacts") && matches!(route.method, Get) {
-            op = op.response("206", ResponseBuilder::new().description("Partial content (Range)").build());
+            op = op.response(
+                "206",
+                ResponseBuilder::new()
+                    .description("Partial content (Range)")
+                    .build(),
+            );
         }
         for status in route.errors {
             let b = ResponseBuilder::new().description(error_text(status));
-            let b = if *status == "304" { b } else { b.content("application/json", json("ErrorBody")) };
+            let b = if *status == "304" {
+                b
+            } else {
+                b.content("application/json", json("ErrorBody"))
+            };
             op = op.response(*status, b.build());
         }
         if let Some(req) = route.request {
-            op = op.request_body(Some(RequestBodyBuilder::new().content("application/json", json(req)).required(Some(Required::True)).build()));
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", json(req))
+                    .required(Some(Required::True))
+                    .build(),
+            ));
         } else if matches!(route.method, Put) {
-            op = op.request_body(Some(RequestBodyBuilder::new().content("application/octet-stream", Content::new(None::<Ref>)).required(Some(Required::True)).build()));
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/octet-stream", Content::new(None::<Ref>))
+                    .required(Some(Required::True))
+                    .build(),
+            ));
         }
         for name in ["id", "sha256"] {
             if route.path.contains(&format!("{{{name}}}")) {
-                op = op.parameter(ParameterBuilder::new().name(name).parameter_in(ParameterIn::Path).required(Required::True).build());
+                op = op.parameter(
+                    ParameterBuilder::new()
+                        .name(name)
+                        .parameter_in(ParameterIn::Path)
+                        .required(Required::True)
+                        .build(),
+                );
             }
         }
         let queries: &[&str] = match route.path {
@@ -168,19 +527,41 @@ pub fn document() -> OpenApi {
             _ => &[],
         };
         for q in queries {
-            op = op.parameter(ParameterBuilder::new().name(*q).parameter_in(ParameterIn::Query).required(Required::False).build());
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name(*q)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .build(),
+            );
         }
         match route.auth {
             Auth::Enroll => {}
-            Auth::Agent => op = op.security(SecurityRequirement::new("agent_session", Vec::<String>::new())),
+            Auth::Agent => {
+                op = op.security(SecurityRequirement::new(
+                    "agent_session",
+                    Vec::<String>::new(),
+                ))
+            }
             Auth::Operator(role) => {
-                op = op.security(SecurityRequirement::new("operator_token", Vec::<String>::new()));
-                op = op.description(Some(format!("Needs an operator token with role {role} (or admin).")));
+                op = op.security(SecurityRequirement::new(
+                    "operator_token",
+                    Vec::<String>::new(),
+                ));
+                op = op.description(Some(format!(
+                    "Needs an operator token with role {role} (or admin)."
+                )));
             }
             Auth::AgentOrOperator => {
                 op = op
-                    .security(SecurityRequirement::new("agent_session", Vec::<String>::new()))
-                    .security(SecurityRequirement::new("operator_token", Vec::<String>::new()));
+                    .security(SecurityRequirement::new(
+                        "agent_session",
+                        Vec::<String>::new(),
+                    ))
+                    .security(SecurityRequirement::new(
+                        "operator_token",
+                        Vec::<String>::new(),
+                    ));
             }
         }
         paths = paths.path(route.path, PathItem::new(route.method, op.build()));
@@ -243,7 +624,15 @@ pub fn document() -> OpenApi {
         .schema_from::<AuditList>()
         .build();
     OpenApiBuilder::new()
-        .info(InfoBuilder::new().title("fleetwave coordinator API").version(env!("CARGO_PKG_VERSION")).description(Some("Agent and operator API. Every error is {\"error\": {\"code\", \"message\"}}.")).build())
+        .info(
+            InfoBuilder::new()
+                .title("fleetwave coordinator API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Agent and operator API. Every error is {\"error\": {\"code\", \"message\"}}.",
+                ))
+                .build(),
+        )
         .paths(paths.build())
         .components(Some(components))
         .build()
@@ -251,5 +640,8 @@ pub fn document() -> OpenApi {
 
 /// Every `(METHOD, path)` the document describes (for tests that compare with the router).
 pub fn documented_routes() -> Vec<(String, String)> {
-    routes().into_iter().map(|r| (method_name(&r.method).to_string(), r.path.to_string())).collect()
+    routes()
+        .into_iter()
+        .map(|r| (method_name(&r.method).to_string(), r.path.to_string()))
+        .collect()
 }

@@ -35,24 +35,37 @@ fn enrollment_info(t: EnrollmentTokenRecord) -> EnrollmentTokenInfo {
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in labels {
-        let ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        let ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !ok {
-            return Err(ApiError::bad_request(format!("label key {k:?} must be 1-63 characters of [A-Za-z0-9._/-]")));
+            return Err(ApiError::bad_request(format!(
+                "label key {k:?} must be 1-63 characters of [A-Za-z0-9._/-]"
+            )));
         }
         if v.len() > 255 || v.contains(',') || v.contains('=') {
-            return Err(ApiError::bad_request(format!("label {k}: value {v:?} must be at most 255 characters without ',' or '='")));
+            return Err(ApiError::bad_request(format!(
+                "label {k}: value {v:?} must be at most 255 characters without ',' or '='"
+            )));
         }
     }
     Ok(())
 }
 
-pub async fn create_enrollment_token(State(app): State<AppState>, op: Operator, ApiJson(req): ApiJson<CreateEnrollmentToken>) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+pub async fn create_enrollment_token(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     op.require(Permission::Operate)?;
     check_labels(&req.labels)?;
     if let Some(site) = &req.site_id
         && !super::agent::valid_site_id(site)
     {
-        return Err(ApiError::bad_request(format!("site_id {site:?} must match [a-z0-9][a-z0-9._-]{{0,62}}")));
+        return Err(ApiError::bad_request(format!(
+            "site_id {site:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"
+        )));
     }
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > 100_000 {
@@ -60,7 +73,9 @@ pub async fn create_enrollment_token(State(app): State<AppState>, op: Operator, 
     }
     let secs = req.expires_in_secs.unwrap_or(86_400);
     if secs == 0 || secs > 365 * 86_400 {
-        return Err(ApiError::bad_request("expires_in_secs must be between 1 and 31536000 (a year)"));
+        return Err(ApiError::bad_request(
+            "expires_in_secs must be between 1 and 31536000 (a year)",
+        ));
     }
     let now = Timestamp::now();
     let token = format!("fwe_{}", random_hex(24));
@@ -76,18 +91,46 @@ pub async fn create_enrollment_token(State(app): State<AppState>, op: Operator, 
         created_by: op.actor(),
     };
     let (hash, r) = (token_hash(&token), record.clone());
-    app.db.run(move |s| s.create_enrollment_token(&hash, &r)).await?;
-    op.audit(&app, "enrollment_token.create", &record.id, format!("uses {uses}, expires {}, labels {:?}, site {:?}", record.expires_at, record.labels, record.site_id)).await?;
-    Ok((StatusCode::CREATED, Json(EnrollmentTokenCreated { id: record.id, token, expires_at: record.expires_at, uses })))
+    app.db
+        .run(move |s| s.create_enrollment_token(&hash, &r))
+        .await?;
+    op.audit(
+        &app,
+        "enrollment_token.create",
+        &record.id,
+        format!(
+            "uses {uses}, expires {}, labels {:?}, site {:?}",
+            record.expires_at, record.labels, record.site_id
+        ),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenCreated {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+            uses,
+        }),
+    ))
 }
 
-pub async fn list_enrollment_tokens(State(app): State<AppState>, op: Operator) -> Result<Json<EnrollmentTokenList>, ApiError> {
+pub async fn list_enrollment_tokens(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<EnrollmentTokenList>, ApiError> {
     op.require(Permission::Read)?;
     let tokens = app.db.run(|s| s.list_enrollment_tokens()).await?;
-    Ok(Json(EnrollmentTokenList { tokens: tokens.into_iter().map(enrollment_info).collect() }))
+    Ok(Json(EnrollmentTokenList {
+        tokens: tokens.into_iter().map(enrollment_info).collect(),
+    }))
 }
 
-pub async fn revoke_enrollment_token(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_enrollment_token(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     op.require(Permission::Operate)?;
     let i = id.clone();
     app.db.run(move |s| s.revoke_enrollment_token(&i)).await?;
@@ -96,10 +139,21 @@ pub async fn revoke_enrollment_token(State(app): State<AppState>, op: Operator, 
 }
 
 fn op_info(t: OperatorTokenRecord) -> OperatorTokenInfo {
-    OperatorTokenInfo { id: t.id, name: t.name, role: t.role, created_at: t.created_at, created_by: t.created_by, revoked: t.revoked }
+    OperatorTokenInfo {
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        created_at: t.created_at,
+        created_by: t.created_by,
+        revoked: t.revoked,
+    }
 }
 
-pub async fn create_operator_token(State(app): State<AppState>, op: Operator, ApiJson(req): ApiJson<CreateOperatorToken>) -> Result<(StatusCode, Json<OperatorTokenCreated>), ApiError> {
+pub async fn create_operator_token(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<CreateOperatorToken>,
+) -> Result<(StatusCode, Json<OperatorTokenCreated>), ApiError> {
     op.require(Permission::Admin)?;
     if req.name.trim().is_empty() || req.name.len() > 100 {
         return Err(ApiError::bad_request("name must be 1 to 100 characters"));
@@ -114,21 +168,49 @@ pub async fn create_operator_token(State(app): State<AppState>, op: Operator, Ap
         revoked: false,
     };
     let (hash, r) = (token_hash(&token), record.clone());
-    app.db.run(move |s| s.create_operator_token(&hash, &r)).await?;
-    op.audit(&app, "operator_token.create", &record.id, format!("name {:?}, role {}", record.name, record.role.as_str())).await?;
-    Ok((StatusCode::CREATED, Json(OperatorTokenCreated { id: record.id, token, name: record.name, role: record.role })))
+    app.db
+        .run(move |s| s.create_operator_token(&hash, &r))
+        .await?;
+    op.audit(
+        &app,
+        "operator_token.create",
+        &record.id,
+        format!("name {:?}, role {}", record.name, record.role.as_str()),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(OperatorTokenCreated {
+            id: record.id,
+            token,
+            name: record.name,
+            role: record.role,
+        }),
+    ))
 }
 
-pub async fn list_operator_tokens(State(app): State<AppState>, op: Operator) -> Result<Json<OperatorTokenList>, ApiError> {
+pub async fn list_operator_tokens(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<OperatorTokenList>, ApiError> {
     op.require(Permission::Admin)?;
     let tokens = app.db.run(|s| s.list_operator_tokens()).await?;
-    Ok(Json(OperatorTokenList { tokens: tokens.into_iter().map(op_info).collect() }))
+    Ok(Json(OperatorTokenList {
+        tokens: tokens.into_iter().map(op_info).collect(),
+    }))
 }
 
-pub async fn revoke_operator_token(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_operator_token(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     op.require(Permission::Admin)?;
     if id == op.token.id {
-        return Err(ApiError::conflict("conflict", "an operator token cannot revoke itself"));
+        return Err(ApiError::conflict(
+            "conflict",
+            "an operator token cannot revoke itself",
+        ));
     }
     let i = id.clone();
     app.db.run(move |s| s.revoke_operator_token(&i)).await?;
@@ -148,7 +230,17 @@ fn site_info(s: SiteRecord, rollout_id: Option<String>) -> SiteInfo {
         installed: s
             .installed
             .into_iter()
-            .map(|(k, v)| (k, InstalledInfo { release_id: v.release_id, version: v.version, previous_release_id: v.previous_release_id, at: v.at }))
+            .map(|(k, v)| {
+                (
+                    k,
+                    InstalledInfo {
+                        release_id: v.release_id,
+                        version: v.version,
+                        previous_release_id: v.previous_release_id,
+                        at: v.at,
+                    },
+                )
+            })
             .collect(),
         healthy: s.healthy,
         health_at: s.health_at,
@@ -157,36 +249,61 @@ fn site_info(s: SiteRecord, rollout_id: Option<String>) -> SiteInfo {
     }
 }
 
-pub async fn list_sites(State(app): State<AppState>, op: Operator, ApiQuery(q): ApiQuery<SiteListQuery>) -> Result<Json<SiteList>, ApiError> {
+pub async fn list_sites(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiQuery(q): ApiQuery<SiteListQuery>,
+) -> Result<Json<SiteList>, ApiError> {
     op.require(Permission::Read)?;
-    let mut filter = SiteFilter { limit: q.limit.unwrap_or(100).clamp(1, 1000) as usize, after: q.after.clone(), version: q.version.clone(), ..Default::default() };
+    let mut filter = SiteFilter {
+        limit: q.limit.unwrap_or(100).clamp(1, 1000) as usize,
+        after: q.after.clone(),
+        version: q.version.clone(),
+        ..Default::default()
+    };
     if let Some(state) = &q.state {
-        filter.state = Some(SiteState::parse(state).ok_or_else(|| ApiError::bad_request(format!("state {state:?} must be active or decommissioned")))?);
+        filter.state = Some(SiteState::parse(state).ok_or_else(|| {
+            ApiError::bad_request(format!("state {state:?} must be active or decommissioned"))
+        })?);
     }
     if let Some(labels) = &q.label {
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| ApiError::bad_request(format!("label filter {pair:?} must be key=value")))?;
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ApiError::bad_request(format!("label filter {pair:?} must be key=value"))
+            })?;
             filter.labels.insert(k.to_string(), v.to_string());
         }
     }
     let limit = filter.limit;
     let sites = app.db.run(move |s| s.list_sites(&filter)).await?;
-    let next_after = (sites.len() == limit).then(|| sites.last().map(|s| s.id.clone())).flatten();
+    let next_after = (sites.len() == limit)
+        .then(|| sites.last().map(|s| s.id.clone()))
+        .flatten();
     let mut out = Vec::with_capacity(sites.len());
     for s in sites {
         let id = s.id.clone();
         let rollout = app.db.run(move |st| st.active_rollout_of_site(&id)).await?;
         out.push(site_info(s, rollout));
     }
-    Ok(Json(SiteList { sites: out, next_after }))
+    Ok(Json(SiteList {
+        sites: out,
+        next_after,
+    }))
 }
 
 async fn load_site(app: &AppState, id: &str) -> Result<SiteRecord, ApiError> {
     let i = id.to_string();
-    app.db.run(move |s| s.site(&i)).await?.ok_or_else(|| ApiError::not_found(format!("no site {id}")))
+    app.db
+        .run(move |s| s.site(&i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no site {id}")))
 }
 
-pub async fn get_site(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<SiteInfo>, ApiError> {
+pub async fn get_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Read)?;
     let site = load_site(&app, &id).await?;
     let i = id.clone();
@@ -194,7 +311,12 @@ pub async fn get_site(State(app): State<AppState>, op: Operator, ApiPath(id): Ap
     Ok(Json(site_info(site, rollout)))
 }
 
-pub async fn relabel_site(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<RelabelSite>) -> Result<Json<SiteInfo>, ApiError> {
+pub async fn relabel_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RelabelSite>,
+) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Operate)?;
     check_labels(&req.set)?;
     let mut site = load_site(&app, &id).await?;
@@ -204,29 +326,48 @@ pub async fn relabel_site(State(app): State<AppState>, op: Operator, ApiPath(id)
     site.labels.extend(req.set.clone());
     let (i, labels) = (id.clone(), site.labels.clone());
     app.db.run(move |s| s.set_site_labels(&i, &labels)).await?;
-    op.audit(&app, "site.relabel", &id, format!("set {:?}, remove {:?}", req.set, req.remove)).await?;
+    op.audit(
+        &app,
+        "site.relabel",
+        &id,
+        format!("set {:?}, remove {:?}", req.set, req.remove),
+    )
+    .await?;
     app.join_rollouts(&id).await?;
     let i = id.clone();
     let rollout = app.db.run(move |s| s.active_rollout_of_site(&i)).await?;
     Ok(Json(site_info(site, rollout)))
 }
 
-pub async fn decommission_site(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<SiteInfo>, ApiError> {
+pub async fn decommission_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Operate)?;
     load_site(&app, &id).await?;
     let i = id.clone();
-    app.db.run(move |s| s.set_site_state(&i, SiteState::Decommissioned)).await?;
+    app.db
+        .run(move |s| s.set_site_state(&i, SiteState::Decommissioned))
+        .await?;
     // Its sessions are refused from now on (403 site_decommissioned) and dropped on use.
     app.sites.set_active(&id, false);
-    op.audit(&app, "site.decommission", &id, "sessions refused").await?;
+    op.audit(&app, "site.decommission", &id, "sessions refused")
+        .await?;
     get_site(State(app), op, ApiPath(id)).await
 }
 
-pub async fn reenable_site(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<SiteInfo>, ApiError> {
+pub async fn reenable_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Operate)?;
     load_site(&app, &id).await?;
     let i = id.clone();
-    app.db.run(move |s| s.set_site_state(&i, SiteState::Active)).await?;
+    app.db
+        .run(move |s| s.set_site_state(&i, SiteState::Active))
+        .await?;
     app.sites.set_active(&id, true);
     op.audit(&app, "site.reenable", &id, "").await?;
     app.join_rollouts(&id).await?;
@@ -247,14 +388,24 @@ fn release_info(r: ReleaseRecord) -> ReleaseInfo {
     }
 }
 
-pub async fn publish_release(State(app): State<AppState>, op: Operator, ApiJson(envelope): ApiJson<Envelope>) -> Result<(StatusCode, Json<ReleaseInfo>), ApiError> {
+pub async fn publish_release(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(envelope): ApiJson<Envelope>,
+) -> Result<(StatusCode, Json<ReleaseInfo>), ApiError> {
     op.require(Permission::Publish)?;
     let now = Timestamp::now();
     let verified = {
         let trust = app.trust.read().unwrap_or_else(|e| e.into_inner());
         verify_release(&trust.current, &envelope, now)
     }
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "release_refused", format!("{} ({})", e, e.code())))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "release_refused",
+            format!("{} ({})", e, e.code()),
+        )
+    })?;
     let record = ReleaseRecord {
         id: verified.id.clone(),
         digest: verified.digest().to_string(),
@@ -267,77 +418,160 @@ pub async fn publish_release(State(app): State<AppState>, op: Operator, ApiJson(
         published_by: op.actor(),
     };
     let r = record.clone();
-    app.db.run(move |s| s.publish_release(&r)).await.map_err(|e| match e {
-        StoreError::Conflict(m) => ApiError::conflict("release_conflict", m),
-        other => other.into(),
-    })?;
-    op.audit(&app, "release.publish", &record.id, format!("stream {:?}, version {}, counter {}, digest {}", record.name, record.version, record.counter, record.digest)).await?;
+    app.db
+        .run(move |s| s.publish_release(&r))
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::conflict("release_conflict", m),
+            other => other.into(),
+        })?;
+    op.audit(
+        &app,
+        "release.publish",
+        &record.id,
+        format!(
+            "stream {:?}, version {}, counter {}, digest {}",
+            record.name, record.version, record.counter, record.digest
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(release_info(record))))
 }
 
-pub async fn list_releases(State(app): State<AppState>, op: Operator) -> Result<Json<ReleaseList>, ApiError> {
+pub async fn list_releases(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<ReleaseList>, ApiError> {
     op.require(Permission::Read)?;
     let releases = app.db.run(|s| s.list_releases()).await?;
-    Ok(Json(ReleaseList { releases: releases.into_iter().map(release_info).collect() }))
+    Ok(Json(ReleaseList {
+        releases: releases.into_iter().map(release_info).collect(),
+    }))
 }
 
-pub async fn get_release(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<ReleaseInfo>, ApiError> {
+pub async fn get_release(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReleaseInfo>, ApiError> {
     op.require(Permission::Read)?;
     let i = id.clone();
-    let r = app.db.run(move |s| s.release(&i)).await?.ok_or_else(|| ApiError::not_found(format!("no release {id}")))?;
+    let r = app
+        .db
+        .run(move |s| s.release(&i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no release {id}")))?;
     Ok(Json(release_info(r)))
 }
 
-pub async fn list_roots(State(app): State<AppState>, op: Operator) -> Result<Json<RootList>, ApiError> {
+pub async fn list_roots(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<RootList>, ApiError> {
     op.require(Permission::Read)?;
     let t = app.trust.read().unwrap_or_else(|e| e.into_inner());
     let mut roots = Vec::new();
     for env in &t.envelopes {
         if let Ok(v) = fleetwave_shared::verify::verify_root_anchor(env) {
-            roots.push(RootInfo { version: v.version, expires: v.expires });
+            roots.push(RootInfo {
+                version: v.version,
+                expires: v.expires,
+            });
         }
     }
     Ok(Json(RootList { roots }))
 }
 
-pub async fn publish_root(State(app): State<AppState>, op: Operator, ApiJson(envelope): ApiJson<Envelope>) -> Result<(StatusCode, Json<RootInfo>), ApiError> {
+pub async fn publish_root(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(envelope): ApiJson<Envelope>,
+) -> Result<(StatusCode, Json<RootInfo>), ApiError> {
     op.require(Permission::Admin)?;
     let rotated = {
         let trust = app.trust.read().unwrap_or_else(|e| e.into_inner());
         verify_root_rotation(&trust.current, &envelope)
     }
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "root_refused", format!("{} ({})", e, e.code())))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "root_refused",
+            format!("{} ({})", e, e.code()),
+        )
+    })?;
     let version = rotated.version;
     let env = envelope.clone();
-    app.db.run(move |s| s.add_root(version, &env, Timestamp::now())).await.map_err(|e| match e {
-        StoreError::Conflict(m) => ApiError::conflict("root_conflict", m),
-        other => other.into(),
-    })?;
+    app.db
+        .run(move |s| s.add_root(version, &env, Timestamp::now()))
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::conflict("root_conflict", m),
+            other => other.into(),
+        })?;
     {
         let mut trust = app.trust.write().unwrap_or_else(|e| e.into_inner());
         trust.envelopes.push(envelope);
         trust.current = rotated.clone();
     }
     app.roots_changed.send_modify(|n| *n += 1);
-    op.audit(&app, "root.publish", &format!("root v{version}"), format!("expires {}", rotated.expires)).await?;
-    Ok((StatusCode::CREATED, Json(RootInfo { version, expires: rotated.expires })))
+    op.audit(
+        &app,
+        "root.publish",
+        &format!("root v{version}"),
+        format!("expires {}", rotated.expires),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RootInfo {
+            version,
+            expires: rotated.expires,
+        }),
+    ))
 }
 
 fn summary(r: &RolloutRecord) -> RolloutSummary {
-    RolloutSummary { id: r.id.clone(), release_id: r.release_id.clone(), status: r.status, status_reason: r.status_reason.clone(), created_at: r.created_at, updated_at: r.updated_at }
+    RolloutSummary {
+        id: r.id.clone(),
+        release_id: r.release_id.clone(),
+        status: r.status,
+        status_reason: r.status_reason.clone(),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
 }
 
-pub async fn create_rollout(State(app): State<AppState>, op: Operator, ApiJson(req): ApiJson<CreateRollout>) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+pub async fn create_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     op.require(Permission::Operate)?;
-    let record = app.create_rollout(req.plan, req.format, &op.actor()).await?;
-    op.audit(&app, "rollout.create", &record.id, format!("release {}", record.release_id)).await?;
-    Ok((StatusCode::CREATED, Json(rollout_view(&app, &record.id).await?)))
+    let record = app
+        .create_rollout(req.plan, req.format, &op.actor())
+        .await?;
+    op.audit(
+        &app,
+        "rollout.create",
+        &record.id,
+        format!("release {}", record.release_id),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(rollout_view(&app, &record.id).await?),
+    ))
 }
 
-pub async fn list_rollouts(State(app): State<AppState>, op: Operator) -> Result<Json<RolloutList>, ApiError> {
+pub async fn list_rollouts(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<RolloutList>, ApiError> {
     op.require(Permission::Read)?;
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
-    Ok(Json(RolloutList { rollouts: rollouts.iter().map(summary).collect() }))
+    Ok(Json(RolloutList {
+        rollouts: rollouts.iter().map(summary).collect(),
+    }))
 }
 
 /// The full status of a rollout: waves with tallies and gate standing, sites, timeline.
@@ -351,7 +585,10 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
     for (i, plan_wave) in l.plan.waves.iter().enumerate() {
         let wv = view.waves.get(i).cloned().unwrap_or_default();
         let rec = l.record.waves.get(i).cloned().unwrap_or_default();
-        let mut tally = WaveTally { sites: wv.sites.len() as u32, ..Default::default() };
+        let mut tally = WaveTally {
+            sites: wv.sites.len() as u32,
+            ..Default::default()
+        };
         for f in &wv.sites {
             let stored = l.sites.iter().find(|s| s.site_id == f.site_id);
             let rolled_back = stored.is_some_and(|s| s.rollback_sequence.is_some());
@@ -363,7 +600,11 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
                 None if f.skipped => ("skipped".to_string(), None),
                 None => ("pending".to_string(), Some("wave not open yet".to_string())),
             };
-            let state = if rolled_back { "rolled_back".to_string() } else { state };
+            let state = if rolled_back {
+                "rolled_back".to_string()
+            } else {
+                state
+            };
             match state.as_str() {
                 "pending" | "deferred" => tally.pending += 1,
                 "in_progress" => tally.in_progress += 1,
@@ -375,7 +616,13 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
                 _ => {}
             }
             let _ = S::Pending;
-            site_views.push(RolloutSiteView { site_id: f.site_id.clone(), wave: i as u32, state, phase: f.last_phase.map(|p| p.as_str().to_string()), detail });
+            site_views.push(RolloutSiteView {
+                site_id: f.site_id.clone(),
+                wave: i as u32,
+                state,
+                phase: f.last_phase.map(|p| p.as_str().to_string()),
+                detail,
+            });
         }
         let gate = match controller::wave_verdict(&view, i as u32, now) {
             Some(v) => v.reason().to_string(),
@@ -404,18 +651,40 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
         updated_at: l.record.updated_at,
         waves,
         sites: site_views,
-        decisions: decisions.into_iter().map(|d| DecisionView { at: d.at, kind: d.kind, wave: d.wave, reason: d.reason }).collect(),
+        decisions: decisions
+            .into_iter()
+            .map(|d| DecisionView {
+                at: d.at,
+                kind: d.kind,
+                wave: d.wave,
+                reason: d.reason,
+            })
+            .collect(),
         plan: l.record.plan_source.clone(),
-        plan_format: if l.record.plan_format == "json" { PlanFormat::Json } else { PlanFormat::Toml },
+        plan_format: if l.record.plan_format == "json" {
+            PlanFormat::Json
+        } else {
+            PlanFormat::Toml
+        },
     })
 }
 
-pub async fn get_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn get_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::Read)?;
     Ok(Json(rollout_view(&app, &id).await?))
 }
 
-async fn act(app: AppState, op: Operator, id: String, action: Action, name: &str) -> Result<Json<RolloutView>, ApiError> {
+async fn act(
+    app: AppState,
+    op: Operator,
+    id: String,
+    action: Action,
+    name: &str,
+) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::Operate)?;
     let detail = format!("{action:?}");
     app.rollout_action(&id, action, &op.actor()).await?;
@@ -423,44 +692,98 @@ async fn act(app: AppState, op: Operator, id: String, action: Action, name: &str
     Ok(Json(rollout_view(&app, &id).await?))
 }
 
-pub async fn start_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn start_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Start, "rollout.start").await
 }
 
-pub async fn pause_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<RolloutView>, ApiError> {
+pub async fn pause_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Pause(reason(&body)?), "rollout.pause").await
 }
 
-pub async fn resume_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn resume_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Resume, "rollout.resume").await
 }
 
-pub async fn approve_wave(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<ApproveWave>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn approve_wave(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ApproveWave>,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Approve(req.wave), "rollout.approve").await
 }
 
-pub async fn abort_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<RolloutView>, ApiError> {
+pub async fn abort_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Abort(reason(&body)?), "rollout.abort").await
 }
 
-pub async fn rollback_rollout(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<RolloutView>, ApiError> {
-    act(app, op, id, Action::Rollback(reason(&body)?), "rollout.rollback").await
+pub async fn rollback_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(
+        app,
+        op,
+        id,
+        Action::Rollback(reason(&body)?),
+        "rollout.rollback",
+    )
+    .await
 }
 
-pub async fn skip_site(State(app): State<AppState>, op: Operator, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<SkipSite>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn skip_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<SkipSite>,
+) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Skip(req.site_id), "rollout.skip").await
 }
 
-pub async fn list_audit(State(app): State<AppState>, op: Operator, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditList>, ApiError> {
+pub async fn list_audit(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
     op.require(Permission::Read)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
     let before = q.before;
     let entries = app.db.run(move |s| s.list_audit(before, limit)).await?;
-    let next_before = (entries.len() == limit).then(|| entries.last().map(|e| e.id)).flatten();
+    let next_before = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
     Ok(Json(AuditList {
         entries: entries
             .into_iter()
-            .map(|e| AuditEntry { id: e.id, at: e.at, actor: e.actor, action: e.action, target: e.target, detail: e.detail, remote: e.remote })
+            .map(|e| AuditEntry {
+                id: e.id,
+                at: e.at,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                detail: e.detail,
+                remote: e.remote,
+            })
             .collect(),
         next_before,
     }))

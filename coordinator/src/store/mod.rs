@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fleetwave_shared::Envelope;
-use fleetwave_shared::protocol::{Event, Phase};
 use fleetwave_shared::protocol::operator::{OperatorRole, RolloutStatus, SiteState};
+use fleetwave_shared::protocol::{Event, Phase};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -272,23 +272,39 @@ pub trait Store: Send + Sync + 'static {
     fn add_root(&self, version: u64, envelope: &Envelope, at: Timestamp) -> StoreResult<()>;
 
     // Operator tokens
-    fn create_operator_token(&self, token_hash: &str, record: &OperatorTokenRecord) -> StoreResult<()>;
+    fn create_operator_token(
+        &self,
+        token_hash: &str,
+        record: &OperatorTokenRecord,
+    ) -> StoreResult<()>;
     fn operator_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<OperatorTokenRecord>>;
     fn list_operator_tokens(&self) -> StoreResult<Vec<OperatorTokenRecord>>;
     fn revoke_operator_token(&self, id: &str) -> StoreResult<()>;
 
     // Enrollment
-    fn create_enrollment_token(&self, token_hash: &str, record: &EnrollmentTokenRecord) -> StoreResult<()>;
+    fn create_enrollment_token(
+        &self,
+        token_hash: &str,
+        record: &EnrollmentTokenRecord,
+    ) -> StoreResult<()>;
     fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentTokenRecord>>;
     fn revoke_enrollment_token(&self, id: &str) -> StoreResult<()>;
     /// Looks the token up (for its fixed site id and labels) without using it.
-    fn enrollment_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<EnrollmentTokenRecord>>;
+    fn enrollment_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<EnrollmentTokenRecord>>;
     /// Uses one of the token's uses and creates or re-keys the site, in one transaction.
     /// Refuses (Conflict) a token that is used up, revoked or expired at `enrollment.at`,
     /// and a decommissioned site.
     fn enroll(&self, enrollment: &Enrollment) -> StoreResult<SiteRecord>;
     /// Records a session nonce; false if the site already used it (a replay).
-    fn record_session_nonce(&self, site_id: &str, nonce: &str, expires_at: Timestamp) -> StoreResult<bool>;
+    fn record_session_nonce(
+        &self,
+        site_id: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool>;
 
     // Sites
     fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>>;
@@ -310,7 +326,11 @@ pub trait Store: Send + Sync + 'static {
     // Rollouts
     /// Creates the rollout and its member sites; refuses (Conflict) sites that already
     /// belong to an active rollout.
-    fn create_rollout(&self, rollout: &RolloutRecord, members: &[RolloutSiteRecord]) -> StoreResult<()>;
+    fn create_rollout(
+        &self,
+        rollout: &RolloutRecord,
+        members: &[RolloutSiteRecord],
+    ) -> StoreResult<()>;
     fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
     fn update_rollout(&self, rollout: &RolloutRecord) -> StoreResult<()>;
@@ -341,7 +361,12 @@ pub trait Store: Send + Sync + 'static {
     // Reports
     /// Applies each new event once (by site and event id) and updates the facts, in one
     /// transaction. Facts follow the events' `at` and never go backwards.
-    fn apply_reports(&self, site_id: &str, events: &[Event], received_at: Timestamp) -> StoreResult<ReportOutcome>;
+    fn apply_reports(
+        &self,
+        site_id: &str,
+        events: &[Event],
+        received_at: Timestamp,
+    ) -> StoreResult<ReportOutcome>;
 
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;

@@ -5,6 +5,9 @@
 //! returns. It must never be called from an async worker thread directly: go through
 //! [`super::Db`].
 
+// Rows are read as plain tuples, then converted with a named function per table.
+#![allow(clippy::type_complexity)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -49,7 +52,8 @@ impl SqliteStore {
             })?;
         }
         let mut writer = Connection::open(path)?;
-        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Migration(format!(
                 "{} does not support WAL mode (got {mode})",
@@ -132,18 +136,70 @@ fn parse_phase(s: &str) -> Option<Phase> {
 
 const SITE_COLS: &str = "id, device_key, labels, state, agent_version, enrolled_at, last_seen, installed, healthy, health_at, deferred_until";
 
-fn site_row(r: &Row) -> rusqlite::Result<(String, String, String, String, String, i64, Option<i64>, String, Option<bool>, Option<i64>, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?))
+fn site_row(
+    r: &Row,
+) -> rusqlite::Result<(
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
 fn site_record(
-    (id, device_key, labels, state, agent_version, enrolled_at, last_seen, installed, healthy, health_at, deferred_until): (String, String, String, String, String, i64, Option<i64>, String, Option<bool>, Option<i64>, Option<i64>),
+    (
+        id,
+        device_key,
+        labels,
+        state,
+        agent_version,
+        enrolled_at,
+        last_seen,
+        installed,
+        healthy,
+        health_at,
+        deferred_until,
+    ): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+        String,
+        Option<bool>,
+        Option<i64>,
+        Option<i64>,
+    ),
 ) -> StoreResult<SiteRecord> {
     Ok(SiteRecord {
         labels: json_map(&labels)?,
-        state: SiteState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("site {id}: state {state}")))?,
-        installed: serde_json::from_str(&installed).map_err(|e| StoreError::Corrupt(format!("site {id}: installed: {e}")))?,
+        state: SiteState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("site {id}: state {state}")))?,
+        installed: serde_json::from_str(&installed)
+            .map_err(|e| StoreError::Corrupt(format!("site {id}: installed: {e}")))?,
         id,
         device_key,
         agent_version,
@@ -157,20 +213,57 @@ fn site_record(
 
 fn get_site(conn: &Connection, id: &str) -> StoreResult<Option<SiteRecord>> {
     let row = conn
-        .query_row(&format!("SELECT {SITE_COLS} FROM sites WHERE id = ?1"), [id], site_row)
+        .query_row(
+            &format!("SELECT {SITE_COLS} FROM sites WHERE id = ?1"),
+            [id],
+            site_row,
+        )
         .optional()?;
     row.map(site_record).transpose()
 }
 
-const ENROLL_COLS: &str = "id, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by";
+const ENROLL_COLS: &str =
+    "id, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by";
 
-fn enroll_token(r: &Row) -> rusqlite::Result<(String, String, Option<String>, i64, u32, u32, bool, i64, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+fn enroll_token(
+    r: &Row,
+) -> rusqlite::Result<(
+    String,
+    String,
+    Option<String>,
+    i64,
+    u32,
+    u32,
+    bool,
+    i64,
+    String,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
 fn enroll_record(
-    (id, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by): (String, String, Option<String>, i64, u32, u32, bool, i64, String),
+    (id, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by): (
+        String,
+        String,
+        Option<String>,
+        i64,
+        u32,
+        u32,
+        bool,
+        i64,
+        String,
+    ),
 ) -> StoreResult<EnrollmentTokenRecord> {
     Ok(EnrollmentTokenRecord {
         id,
@@ -188,12 +281,22 @@ fn enroll_record(
 const OP_COLS: &str = "id, name, role, created_at, created_by, revoked";
 
 fn op_record(r: &Row) -> rusqlite::Result<(String, String, String, i64, String, bool)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
-fn op_token((id, name, role, created_at, created_by, revoked): (String, String, String, i64, String, bool)) -> StoreResult<OperatorTokenRecord> {
+fn op_token(
+    (id, name, role, created_at, created_by, revoked): (String, String, String, i64, String, bool),
+) -> StoreResult<OperatorTokenRecord> {
     Ok(OperatorTokenRecord {
-        role: OperatorRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("operator token {id}: role {role}")))?,
+        role: OperatorRole::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("operator token {id}: role {role}")))?,
         id,
         name,
         created_at: from_millis(created_at)?,
@@ -202,14 +305,49 @@ fn op_token((id, name, role, created_at, created_by, revoked): (String, String, 
     })
 }
 
-const RELEASE_COLS: &str = "id, digest, name, version, kind, counter, envelope, published_at, published_by";
+const RELEASE_COLS: &str =
+    "id, digest, name, version, kind, counter, envelope, published_at, published_by";
 
-fn release_row(r: &Row) -> rusqlite::Result<(String, String, String, String, String, i64, String, i64, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+fn release_row(
+    r: &Row,
+) -> rusqlite::Result<(
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    String,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
-fn release_record((id, digest, name, version, kind, counter, env, published_at, published_by): (String, String, String, String, String, i64, String, i64, String)) -> StoreResult<ReleaseRecord> {
+fn release_record(
+    (id, digest, name, version, kind, counter, env, published_at, published_by): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+    ),
+) -> StoreResult<ReleaseRecord> {
     Ok(ReleaseRecord {
         id,
         digest,
@@ -226,15 +364,65 @@ fn release_record((id, digest, name, version, kind, counter, env, published_at, 
 const ROLLOUT_COLS: &str = "id, release_id, plan_source, plan_format, status, status_reason, waves, created_at, created_by, updated_at";
 
 #[allow(clippy::type_complexity)]
-fn rollout_row(r: &Row) -> rusqlite::Result<(String, String, String, String, String, Option<String>, String, i64, String, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+fn rollout_row(
+    r: &Row,
+) -> rusqlite::Result<(
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    String,
+    i64,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
-fn rollout_record((id, release_id, plan_source, plan_format, status, status_reason, waves, created_at, created_by, updated_at): (String, String, String, String, String, Option<String>, String, i64, String, i64)) -> StoreResult<RolloutRecord> {
+fn rollout_record(
+    (
+        id,
+        release_id,
+        plan_source,
+        plan_format,
+        status,
+        status_reason,
+        waves,
+        created_at,
+        created_by,
+        updated_at,
+    ): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        i64,
+        String,
+        i64,
+    ),
+) -> StoreResult<RolloutRecord> {
     Ok(RolloutRecord {
-        status: RolloutStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("rollout {id}: status {status}")))?,
-        waves: serde_json::from_str(&waves).map_err(|e| StoreError::Corrupt(format!("rollout {id}: waves: {e}")))?,
+        status: RolloutStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("rollout {id}: status {status}")))?,
+        waves: serde_json::from_str(&waves)
+            .map_err(|e| StoreError::Corrupt(format!("rollout {id}: waves: {e}")))?,
         id,
         release_id,
         plan_source,
@@ -280,12 +468,60 @@ fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
 const ASSIGN_COLS: &str = "site_id, sequence, rollout_id, wave, release_id, release_digest, rollback, envelope, issued_at, expires";
 
 #[allow(clippy::type_complexity)]
-fn assign_row(r: &Row) -> rusqlite::Result<(String, i64, String, u32, String, String, bool, String, i64, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+fn assign_row(
+    r: &Row,
+) -> rusqlite::Result<(
+    String,
+    i64,
+    String,
+    u32,
+    String,
+    String,
+    bool,
+    String,
+    i64,
+    i64,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
-fn assign_record((site_id, sequence, rollout_id, wave, release_id, release_digest, rollback, env, issued_at, expires): (String, i64, String, u32, String, String, bool, String, i64, i64)) -> StoreResult<AssignmentRecord> {
+fn assign_record(
+    (
+        site_id,
+        sequence,
+        rollout_id,
+        wave,
+        release_id,
+        release_digest,
+        rollback,
+        env,
+        issued_at,
+        expires,
+    ): (
+        String,
+        i64,
+        String,
+        u32,
+        String,
+        String,
+        bool,
+        String,
+        i64,
+        i64,
+    ),
+) -> StoreResult<AssignmentRecord> {
     Ok(AssignmentRecord {
         site_id,
         sequence: sequence as u64,
@@ -300,7 +536,10 @@ fn assign_record((site_id, sequence, rollout_id, wave, release_id, release_diges
     })
 }
 
-fn collect<T, R>(rows: impl Iterator<Item = rusqlite::Result<R>>, f: impl Fn(R) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+fn collect<T, R>(
+    rows: impl Iterator<Item = rusqlite::Result<R>>,
+    f: impl Fn(R) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
     let mut out = Vec::new();
     for row in rows {
         out.push(f(row?)?);
@@ -310,7 +549,10 @@ fn collect<T, R>(rows: impl Iterator<Item = rusqlite::Result<R>>, f: impl Fn(R) 
 
 impl Store for SqliteStore {
     fn ping(&self) -> StoreResult<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
     }
 
     fn roots(&self) -> StoreResult<Vec<Envelope>> {
@@ -323,7 +565,8 @@ impl Store for SqliteStore {
 
     fn add_root(&self, version: u64, env: &Envelope, at: Timestamp) -> StoreResult<()> {
         self.write(|tx| {
-            let latest: Option<i64> = tx.query_row("SELECT MAX(version) FROM roots", [], |r| r.get(0))?;
+            let latest: Option<i64> =
+                tx.query_row("SELECT MAX(version) FROM roots", [], |r| r.get(0))?;
             let expected = latest.map_or(1, |v| v + 1);
             if version as i64 != expected {
                 return Err(StoreError::Conflict(format!(
@@ -351,7 +594,11 @@ impl Store for SqliteStore {
     fn operator_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<OperatorTokenRecord>> {
         self.read(|c| {
             let row = c
-                .query_row(&format!("SELECT {OP_COLS} FROM operator_tokens WHERE token_hash = ?1"), [token_hash], op_record)
+                .query_row(
+                    &format!("SELECT {OP_COLS} FROM operator_tokens WHERE token_hash = ?1"),
+                    [token_hash],
+                    op_record,
+                )
                 .optional()?;
             row.map(op_token).transpose()
         })
@@ -359,7 +606,9 @@ impl Store for SqliteStore {
 
     fn list_operator_tokens(&self) -> StoreResult<Vec<OperatorTokenRecord>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {OP_COLS} FROM operator_tokens ORDER BY created_at, id"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {OP_COLS} FROM operator_tokens ORDER BY created_at, id"
+            ))?;
             let rows = st.query_map([], op_record)?;
             collect(rows, op_token)
         })
@@ -375,7 +624,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_enrollment_token(&self, token_hash: &str, t: &EnrollmentTokenRecord) -> StoreResult<()> {
+    fn create_enrollment_token(
+        &self,
+        token_hash: &str,
+        t: &EnrollmentTokenRecord,
+    ) -> StoreResult<()> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO enrollment_tokens (id, token_hash, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by) VALUES (?1,?2,?3,?4,?5,?6,?7,0,?8,?9)",
@@ -387,7 +640,9 @@ impl Store for SqliteStore {
 
     fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentTokenRecord>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {ENROLL_COLS} FROM enrollment_tokens ORDER BY created_at, id"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {ENROLL_COLS} FROM enrollment_tokens ORDER BY created_at, id"
+            ))?;
             let rows = st.query_map([], enroll_token)?;
             collect(rows, enroll_record)
         })
@@ -395,7 +650,10 @@ impl Store for SqliteStore {
 
     fn revoke_enrollment_token(&self, id: &str) -> StoreResult<()> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1", [id])?;
+            let n = tx.execute(
+                "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1",
+                [id],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no enrollment token {id}")));
             }
@@ -403,10 +661,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn enrollment_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<EnrollmentTokenRecord>> {
+    fn enrollment_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<EnrollmentTokenRecord>> {
         self.read(|c| {
             let row = c
-                .query_row(&format!("SELECT {ENROLL_COLS} FROM enrollment_tokens WHERE token_hash = ?1"), [token_hash], enroll_token)
+                .query_row(
+                    &format!("SELECT {ENROLL_COLS} FROM enrollment_tokens WHERE token_hash = ?1"),
+                    [token_hash],
+                    enroll_token,
+                )
                 .optional()?;
             row.map(enroll_record).transpose()
         })
@@ -454,7 +719,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn record_session_nonce(&self, site_id: &str, nonce: &str, expires_at: Timestamp) -> StoreResult<bool> {
+    fn record_session_nonce(
+        &self,
+        site_id: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool> {
         self.write(|tx| {
             tx.execute("DELETE FROM session_nonces WHERE site_id = ?1 AND expires_at < ?2", params![site_id, ms(Timestamp::now())])?;
             let n = tx.execute(
@@ -499,7 +769,10 @@ impl Store for SqliteStore {
 
     fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE sites SET labels = ?2 WHERE id = ?1", params![id, to_json(labels)])?;
+            let n = tx.execute(
+                "UPDATE sites SET labels = ?2 WHERE id = ?1",
+                params![id, to_json(labels)],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no site {id}")));
             }
@@ -509,7 +782,10 @@ impl Store for SqliteStore {
 
     fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE sites SET state = ?2 WHERE id = ?1", params![id, state.as_str()])?;
+            let n = tx.execute(
+                "UPDATE sites SET state = ?2 WHERE id = ?1",
+                params![id, state.as_str()],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no site {id}")));
             }
@@ -522,7 +798,9 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write(|tx| {
-            let mut st = tx.prepare_cached("UPDATE sites SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE id = ?1")?;
+            let mut st = tx.prepare_cached(
+                "UPDATE sites SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE id = ?1",
+            )?;
             for (id, at) in seen {
                 st.execute(params![id, ms(*at)])?;
             }
@@ -535,7 +813,11 @@ impl Store for SqliteStore {
             let mut st = c.prepare("SELECT state, COUNT(*) FROM sites GROUP BY state")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             collect(rows, |(s, n)| {
-                Ok((SiteState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("site state {s}")))?, n as u64))
+                Ok((
+                    SiteState::parse(&s)
+                        .ok_or_else(|| StoreError::Corrupt(format!("site state {s}")))?,
+                    n as u64,
+                ))
             })
         })
     }
@@ -564,14 +846,22 @@ impl Store for SqliteStore {
 
     fn release(&self, id: &str) -> StoreResult<Option<ReleaseRecord>> {
         self.read(|c| {
-            let row = c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE id = ?1"), [id], release_row).optional()?;
+            let row = c
+                .query_row(
+                    &format!("SELECT {RELEASE_COLS} FROM releases WHERE id = ?1"),
+                    [id],
+                    release_row,
+                )
+                .optional()?;
             row.map(release_record).transpose()
         })
     }
 
     fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {RELEASE_COLS} FROM releases ORDER BY published_at, id"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {RELEASE_COLS} FROM releases ORDER BY published_at, id"
+            ))?;
             let rows = st.query_map([], release_row)?;
             collect(rows, release_record)
         })
@@ -634,14 +924,22 @@ impl Store for SqliteStore {
 
     fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
         self.read(|c| {
-            let row = c.query_row(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = ?1"), [id], rollout_row).optional()?;
+            let row = c
+                .query_row(
+                    &format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = ?1"),
+                    [id],
+                    rollout_row,
+                )
+                .optional()?;
             row.map(rollout_record).transpose()
         })
     }
 
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {ROLLOUT_COLS} FROM rollouts ORDER BY created_at, id"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {ROLLOUT_COLS} FROM rollouts ORDER BY created_at, id"
+            ))?;
             let rows = st.query_map([], rollout_row)?;
             collect(rows, rollout_record)
         })
@@ -695,17 +993,26 @@ impl Store for SqliteStore {
                 params![rollout_id, site_id],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("site {site_id} is not part of rollout {rollout_id}")));
+                return Err(StoreError::NotFound(format!(
+                    "site {site_id} is not part of rollout {rollout_id}"
+                )));
             }
-            tx.execute("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2", params![rollout_id, site_id])?;
+            tx.execute(
+                "DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2",
+                params![rollout_id, site_id],
+            )?;
             Ok(())
         })
     }
 
     fn active_rollout_of_site(&self, site_id: &str) -> StoreResult<Option<String>> {
         self.read(|c| {
-            Ok(c.query_row("SELECT rollout_id FROM rollout_sites WHERE site_id = ?1 AND active = 1", [site_id], |r| r.get(0))
-                .optional()?)
+            Ok(c.query_row(
+                "SELECT rollout_id FROM rollout_sites WHERE site_id = ?1 AND active = 1",
+                [site_id],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
     }
 
@@ -798,7 +1105,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn apply_reports(&self, site_id: &str, events: &[Event], received_at: Timestamp) -> StoreResult<ReportOutcome> {
+    fn apply_reports(
+        &self,
+        site_id: &str,
+        events: &[Event],
+        received_at: Timestamp,
+    ) -> StoreResult<ReportOutcome> {
         self.write(|tx| {
             let mut outcome = ReportOutcome::default();
             for event in events {
@@ -875,7 +1187,12 @@ fn insert_members(tx: &rusqlite::Transaction, members: &[RolloutSiteRecord]) -> 
         "INSERT INTO rollout_sites (rollout_id, site_id, wave, active, skipped, previous_release_id) VALUES (?1,?2,?3,1,0,?4)",
     )?;
     for m in members {
-        st.execute(params![m.rollout_id, m.site_id, m.wave, m.previous_release_id])?;
+        st.execute(params![
+            m.rollout_id,
+            m.site_id,
+            m.wave,
+            m.previous_release_id
+        ])?;
     }
     Ok(())
 }
@@ -891,7 +1208,11 @@ fn event_kind(body: &EventBody) -> &'static str {
 }
 
 /// The site's row in its active rollout (or in `rollout_id`), with that rollout's release.
-fn rollout_row_for(tx: &rusqlite::Transaction, site_id: &str, rollout_id: Option<&str>) -> StoreResult<Option<(String, String)>> {
+fn rollout_row_for(
+    tx: &rusqlite::Transaction,
+    site_id: &str,
+    rollout_id: Option<&str>,
+) -> StoreResult<Option<(String, String)>> {
     let row = match rollout_id {
         Some(id) => tx
             .query_row(
@@ -913,11 +1234,21 @@ fn rollout_row_for(tx: &rusqlite::Transaction, site_id: &str, rollout_id: Option
 
 /// Applies one new event's facts. Every fact follows the event's own `at`, so a late event
 /// never moves a fact backwards. Returns the rollout whose facts changed.
-fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> StoreResult<Option<String>> {
+fn apply_event(
+    tx: &rusqlite::Transaction,
+    site_id: &str,
+    event: &Event,
+) -> StoreResult<Option<String>> {
     let at = ms(event.at);
     match &event.body {
-        EventBody::Phase { rollout_id, release_id, phase, detail } => {
-            let Some((rollout, target)) = rollout_row_for(tx, site_id, rollout_id.as_deref())? else {
+        EventBody::Phase {
+            rollout_id,
+            release_id,
+            phase,
+            detail,
+        } => {
+            let Some((rollout, target)) = rollout_row_for(tx, site_id, rollout_id.as_deref())?
+            else {
                 return Ok(None);
             };
             let key = params![rollout, site_id, at, phase_str(*phase), detail];
@@ -952,7 +1283,10 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
                 _ => {}
             }
             if matches!(phase, Phase::Committed | Phase::Failed | Phase::RolledBack) {
-                tx.execute("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2", params![rollout, site_id])?;
+                tx.execute(
+                    "DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2",
+                    params![rollout, site_id],
+                )?;
             }
             Ok(Some(rollout))
         }
@@ -990,13 +1324,22 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
             }
             Ok(rollout)
         }
-        EventBody::Installed { name, release_id, version, previous_release_id } => {
+        EventBody::Installed {
+            name,
+            release_id,
+            version,
+            previous_release_id,
+        } => {
             let installed: String = tx
-                .query_row("SELECT installed FROM sites WHERE id = ?1", [site_id], |r| r.get(0))
+                .query_row(
+                    "SELECT installed FROM sites WHERE id = ?1",
+                    [site_id],
+                    |r| r.get(0),
+                )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("no site {site_id}")))?;
-            let mut map: BTreeMap<String, InstalledRelease> =
-                serde_json::from_str(&installed).map_err(|e| StoreError::Corrupt(format!("site {site_id}: installed: {e}")))?;
+            let mut map: BTreeMap<String, InstalledRelease> = serde_json::from_str(&installed)
+                .map_err(|e| StoreError::Corrupt(format!("site {site_id}: installed: {e}")))?;
             if map.get(name).is_none_or(|old| old.at <= event.at) {
                 map.insert(
                     name.clone(),
@@ -1007,7 +1350,10 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
                         at: event.at,
                     },
                 );
-                tx.execute("UPDATE sites SET installed = ?2 WHERE id = ?1", params![site_id, to_json(&map)])?;
+                tx.execute(
+                    "UPDATE sites SET installed = ?2 WHERE id = ?1",
+                    params![site_id, to_json(&map)],
+                )?;
             }
             let Some((rollout, target)) = rollout_row_for(tx, site_id, None)? else {
                 return Ok(None);
@@ -1030,7 +1376,12 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
             touch_report(tx, &rollout, site_id, at)?;
             Ok(Some(rollout))
         }
-        EventBody::Refusal { rollout_id, code, message, .. } => {
+        EventBody::Refusal {
+            rollout_id,
+            code,
+            message,
+            ..
+        } => {
             let Some((rollout, _)) = rollout_row_for(tx, site_id, rollout_id.as_deref())? else {
                 return Ok(None);
             };
@@ -1044,7 +1395,12 @@ fn apply_event(tx: &rusqlite::Transaction, site_id: &str, event: &Event) -> Stor
     }
 }
 
-fn touch_report(tx: &rusqlite::Transaction, rollout: &str, site_id: &str, at: i64) -> StoreResult<()> {
+fn touch_report(
+    tx: &rusqlite::Transaction,
+    rollout: &str,
+    site_id: &str,
+    at: i64,
+) -> StoreResult<()> {
     tx.execute(
         "UPDATE rollout_sites SET last_report_at = MAX(COALESCE(last_report_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
         params![rollout, site_id, at],
@@ -1055,7 +1411,12 @@ fn touch_report(tx: &rusqlite::Transaction, rollout: &str, site_id: &str, at: i6
 /// A commit of the target release at `at`: the latest commit counts, and the first
 /// unhealthy heartbeat after it is recomputed from the stored reports (which may have
 /// arrived before the commit did).
-fn record_commit(tx: &rusqlite::Transaction, rollout: &str, site_id: &str, at: i64) -> StoreResult<()> {
+fn record_commit(
+    tx: &rusqlite::Transaction,
+    rollout: &str,
+    site_id: &str,
+    at: i64,
+) -> StoreResult<()> {
     let committed: Option<i64> = tx.query_row(
         "SELECT committed_at FROM rollout_sites WHERE rollout_id = ?1 AND site_id = ?2",
         params![rollout, site_id],
