@@ -518,6 +518,36 @@ command_timeout_secs = 60
     }
 }
 
+impl Fleet {
+    /// Publishes `release` and rolls it out to every site in one wave; waits until the
+    /// rollout completed and every site runs it. For the baseline a scenario starts from.
+    pub fn baseline(&self, release: &DemoRelease) -> Result<String> {
+        self.publish(release)?;
+        let plan = PlanSpec::new(
+            &format!("baseline {}", release.id),
+            &release.id,
+            vec![crate::plan::WaveSpec::new("everyone").gate(|g| g.bake_secs = 1)],
+        );
+        let id = self.rollout(&plan)?;
+        self.wait_rollout_status(&id, RolloutStatus::Completed)?;
+        for site in self.sites.keys() {
+            self.wait_version(site, &release.version)?;
+        }
+        Ok(id)
+    }
+
+    /// The coordinator's stored `phase` reports of `site` for `release_id`, in order.
+    pub fn phases(&self, site: &str, release_id: &str) -> Result<Vec<String>> {
+        let db = crate::inspect::CoordinatorDb::new(self.coordinator.database());
+        Ok(db
+            .reports(site)?
+            .into_iter()
+            .filter(|r| r.body["release_id"] == release_id && r.body["kind"] == "phase")
+            .filter_map(|r| r.body["phase"].as_str().map(str::to_string))
+            .collect())
+    }
+}
+
 /// One line per wave: name, tally and gate standing.
 pub fn describe_waves(view: &api::RolloutView) -> String {
     view.waves
