@@ -332,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_parses_with_the_defaults() {
+        let text = include_str!("../../deploy/examples/coordinator.toml");
+        let c = Config::parse(text).unwrap();
+        let d = Config::parse("signing_key = \"k\"\n").unwrap();
+        assert_eq!(c.limits.max_body_bytes, d.limits.max_body_bytes);
+        assert_eq!(c.limits.max_artifact_bytes, d.limits.max_artifact_bytes);
+        assert_eq!(c.limits.request_timeout_secs, d.limits.request_timeout_secs);
+        assert_eq!(c.poll.interval_secs, d.poll.interval_secs);
+        assert_eq!(c.sessions.ttl_secs, d.sessions.ttl_secs);
+        assert_eq!(c.assignments.ttl_secs, d.assignments.ttl_secs);
+        assert_eq!(c.assignments.lease_ttl_secs, d.assignments.lease_ttl_secs);
+        assert_eq!(c.controller.tick_millis, d.controller.tick_millis);
+        assert_eq!(c.listen, d.listen);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::parse("signing_key = \"k\"\nlisten_addr = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
