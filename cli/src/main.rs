@@ -1,15 +1,20 @@
 //! `fleetwave`, the operator CLI: the clap command tree, dispatch, and exit codes.
 //!
-//! Each area (`key`, `envelope`, `root`, `release`, ...) is one subcommand enum here; the
-//! work is done in a module per concern (`trust_cmds` for keys, signing and verification).
+//! Each area (`key`, `envelope`, `root`, `release`, `site`, `rollout`, ...) is one
+//! subcommand enum here; the work is done in a module per concern (`trust_cmds` for keys,
+//! signing and verification offline, `api` for the commands that talk to a coordinator,
+//! `demo` for the one-command quickstart).
 //! To add an area or a command: add a variant to the area's enum (or a new area to
 //! [`Command`]) pointing at an `Args` struct in its module, and one line in [`dispatch`].
 //!
-//! Exit codes mean the same everywhere: 0 done, 1 a signature or document was checked and
-//! refused (the reason, naming the file, is one line on stderr), 2 anything else (bad
-//! usage, a file that cannot be read or written, an invalid manifest). This module must
+//! Exit codes mean the same everywhere: 0 done, 1 refused (a signature or document was
+//! checked and refused, or the coordinator refused the request; one line on stderr names
+//! the file or the server's code and message), 2 anything else (bad usage, a file that
+//! cannot be read or written, an invalid manifest, no connection). This module must
 //! never print secrets: private key material is only ever read by `trust_cmds`.
 
+mod api;
+mod demo;
 mod manifest;
 mod trust_cmds;
 
@@ -17,8 +22,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const ABOUT: &str = "fleetwave operator CLI: keys, signing and verification of the fleet's \
-                     signed documents";
+const ABOUT: &str = "fleetwave operator CLI: keys and signing, publishing, sites, rollouts, \
+                     and a one-command demo";
 
 const LONG_ABOUT: &str = "\
 fleetwave operator CLI.
@@ -32,10 +37,26 @@ keys and signatures, and checks them exactly as an agent does:
   release    sign a release from a TOML or JSON manifest
   verify     check a release or an assignment against a root, as an agent would
 
-Exit codes: 0 done; 1 refused (a signature or document did not pass; one line on stderr
-names the file and the reason); 2 usage or I/O error.
+Talking to a coordinator (HTTPS pinned to the fleet CA):
 
-See docs/trust-model.md for the model behind these commands.";
+  site       list, show, label, decommission and re-enable sites
+  token      enrollment tokens for agents, operator tokens for people and CI
+  release    publish signed releases, list and show them
+  artifact   upload artifacts (content-addressed by SHA-256)
+  root       publish a root rotation
+  rollout    create, start, pause, resume, approve, abort, roll back, skip, status
+  audit      who changed what, when, from where
+  demo       a coordinator and a dozen real agents on this machine, two rollouts
+
+The coordinator, token and CA come from --url/--token/--ca, else FLEETWAVE_URL,
+FLEETWAVE_TOKEN, FLEETWAVE_CA, else ~/.config/fleetwave/cli.toml (url, token or
+token_file, ca). Human output by default; --json for scripts.
+
+Exit codes: 0 done; 1 refused (a signature or document did not pass, or the coordinator
+refused the request; one line on stderr names the file, or the server's status, code and
+message); 2 usage, I/O or connection error.
+
+See docs/cli.md for every command, docs/trust-model.md for the model behind them.";
 
 const EXAMPLES: &str = "\
 Examples (a new fleet, offline):
@@ -47,7 +68,14 @@ Examples (a new fleet, offline):
   fleetwave root sign --key root-1.key --out root-v1.envelope.json root.json
   fleetwave root verify root-v1.envelope.json
   fleetwave release sign --key release-1.key release.toml --out pos-2.4.0.envelope.json
-  fleetwave verify --root root-v1.envelope.json --release pos-2.4.0.envelope.json";
+  fleetwave verify --root root-v1.envelope.json --release pos-2.4.0.envelope.json
+
+Examples (online):
+  export FLEETWAVE_URL=https://fleet.example.com:8443 FLEETWAVE_CA=fleet-ca.pem FLEETWAVE_TOKEN=fwo_...
+  fleetwave artifact upload dist/pos-2.4.0.tar.gz
+  fleetwave release publish pos-2.4.0.envelope.json
+  fleetwave rollout create rollout.toml --start
+  fleetwave rollout status ro-1a2b3c --watch";
 
 /// The operator CLI.
 #[derive(Debug, Parser)]
@@ -75,9 +103,29 @@ enum Command {
     /// Create, sign and verify the fleet's root of trust (and its rotations).
     #[command(subcommand)]
     Root(RootCommand),
-    /// Sign releases.
+    /// Sign releases offline; publish, list and show them on the coordinator.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Upload artifacts to the coordinator's content-addressed store.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+    /// Sites: list, show, label, decommission, re-enable.
+    #[command(subcommand)]
+    Site(api::sites::SiteCommand),
+    /// Enrollment tokens (agents) and operator tokens (people, CI).
+    #[command(subcommand)]
+    Token(api::sites::TokenCommand),
+    /// Rollouts: one release through its waves.
+    #[command(subcommand)]
+    Rollout(api::rollouts::RolloutCommand),
+    /// The audit log: every change, who made it, when, from where.
+    Audit(api::sites::AuditArgs),
+    /// Run a whole demo fleet on this machine: a coordinator, real agents, two rollouts.
+    #[command(long_about = demo::LONG_ABOUT)]
+    Demo(demo::DemoArgs),
+    /// Internal: stops a demo's apps when the demo process ends, however it ends.
+    #[command(hide = true)]
+    DemoGuard(demo::GuardArgs),
     /// Check a release, or an assignment and its release, against a root, as an agent would.
     #[command(
         long_about = trust_cmds::VERIFY_LONG_ABOUT,
@@ -132,6 +180,10 @@ enum RootCommand {
         after_help = trust_cmds::ROOT_VERIFY_EXAMPLES
     )]
     Verify(trust_cmds::RootVerifyArgs),
+    /// Publish a signed root (a rotation) to the coordinator; agents follow the chain.
+    Publish(api::releases::EnvelopeFileArgs),
+    /// List the root versions the coordinator holds.
+    List(api::releases::ListArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +194,18 @@ enum ReleaseCommand {
         after_help = trust_cmds::RELEASE_SIGN_EXAMPLES
     )]
     Sign(trust_cmds::ReleaseSignArgs),
+    /// Publish a signed release envelope; the coordinator verifies it against the root.
+    Publish(api::releases::EnvelopeFileArgs),
+    /// List published releases.
+    List(api::releases::ListArgs),
+    /// Show one release: stream, version, counter, digest, artifacts.
+    Show(api::releases::ReleaseShowArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactCommand {
+    /// Upload a file (streamed); prints its sha256, length and the URL for a manifest.
+    Upload(api::releases::ArtifactUploadArgs),
 }
 
 /// A signature or document was checked and refused: exit code 1. The message is one line
@@ -166,6 +230,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Root(RootCommand::Verify(args)) => trust_cmds::root_verify(args),
         Command::Release(ReleaseCommand::Sign(args)) => trust_cmds::release_sign(args),
         Command::Verify(args) => trust_cmds::verify(args),
+        Command::Root(RootCommand::Publish(args)) => api::releases::root_publish(args),
+        Command::Root(RootCommand::List(args)) => api::releases::root_list(args),
+        Command::Release(ReleaseCommand::Publish(args)) => api::releases::release_publish(args),
+        Command::Release(ReleaseCommand::List(args)) => api::releases::release_list(args),
+        Command::Release(ReleaseCommand::Show(args)) => api::releases::release_show(args),
+        Command::Artifact(ArtifactCommand::Upload(args)) => api::releases::artifact_upload(args),
+        Command::Site(command) => api::sites::site(command),
+        Command::Token(command) => api::sites::token(command),
+        Command::Rollout(command) => api::rollouts::rollout(command),
+        Command::Audit(args) => api::sites::audit(args),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoGuard(args) => demo::guard(args),
     }
 }
 
@@ -184,6 +260,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else if let Some(refused) = err.downcast_ref::<Refused>() {
                 eprintln!("refused: {refused}");
+                ExitCode::from(1)
+            } else if let Some(refused) = err.downcast_ref::<api::ServerRefused>() {
+                eprintln!("refused: {refused}");
+                ExitCode::from(1)
+            } else if let Some(failed) = err.downcast_ref::<demo::StoryFailed>() {
+                eprintln!("demo: {failed}");
                 ExitCode::from(1)
             } else {
                 eprintln!("error: {err:#}");

@@ -1,0 +1,423 @@
+//! `rollout create|start|pause|resume|approve|abort|rollback|skip|status|list`: one release
+//! through its waves, and what the operator sees of it — the waves with their counts and
+//! gate standing, and the decision timeline with reasons.
+//!
+//! [`render_status`] and [`Progress`] are shared with `fleetwave demo`. The plan file is
+//! sent as written; the coordinator validates it and names the line and field at fault.
+//! This module never decides anything about a rollout itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use fleetwave_shared::protocol::operator::{self as api, paths};
+
+use super::output::{self, Table};
+use super::{Client, ConnectArgs, encode};
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Create a rollout from a plan file (.toml, or .json); it starts with `rollout start`.
+    Create(CreateArgs),
+    /// Start a created rollout: its first wave opens.
+    Start(IdArgs),
+    /// Pause: no new wave opens and no new lease is granted.
+    Pause(ReasonArgs),
+    /// Resume a paused (or halted) rollout.
+    Resume(IdArgs),
+    /// Approve a wave whose gate asks for a person's approval.
+    Approve(ApproveArgs),
+    /// Abort for good: nothing new starts; installed sites keep what they have.
+    Abort(ReasonArgs),
+    /// Send the rollout's sites back to their previous release.
+    Rollback(ReasonArgs),
+    /// Leave one site out of its wave's gate.
+    Skip(SkipArgs),
+    /// Waves with counts and gate standing, the decision timeline, and (--sites) every site.
+    Status(StatusArgs),
+    /// Every rollout, newest first.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The plan: TOML, or JSON when the name ends in .json (see docs/waves.md).
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// Start it at once.
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The rollout id.
+    pub rollout: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonArgs {
+    /// The rollout id.
+    pub rollout: String,
+    /// Why (kept in the timeline and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The rollout id.
+    pub rollout: String,
+    /// The wave to approve, as numbered by `rollout status` (the first wave is 0).
+    #[arg(long)]
+    pub wave: u32,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SkipArgs {
+    /// The rollout id.
+    pub rollout: String,
+    /// The site to leave out.
+    #[arg(long)]
+    pub site: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The rollout id.
+    pub rollout: String,
+    /// Also list every site with its wave, state and phase.
+    #[arg(long)]
+    pub sites: bool,
+    /// Keep printing decisions and wave counts as they change, until the rollout ends.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub fn rollout(command: RolloutCommand) -> Result<()> {
+    match command {
+        RolloutCommand::Create(args) => create(args),
+        RolloutCommand::Start(a) => act(&a.connect, &a.rollout, "start", None, false),
+        RolloutCommand::Pause(a) => act(&a.connect, &a.rollout, "pause", reason(&a), false),
+        RolloutCommand::Resume(a) => act(&a.connect, &a.rollout, "resume", None, false),
+        RolloutCommand::Abort(a) => act(&a.connect, &a.rollout, "abort", reason(&a), false),
+        RolloutCommand::Rollback(a) => {
+            act(&a.connect, &a.rollout, "rollback", reason(&a), false)
+        }
+        RolloutCommand::Approve(a) => act(
+            &a.connect,
+            &a.rollout,
+            "approve",
+            Some(serde_json::to_value(api::ApproveWave { wave: a.wave })?),
+            false,
+        ),
+        RolloutCommand::Skip(a) => act(
+            &a.connect,
+            &a.rollout,
+            "skip",
+            Some(serde_json::to_value(api::SkipSite {
+                site_id: a.site.clone(),
+            })?),
+            false,
+        ),
+        RolloutCommand::Status(args) => status(args),
+        RolloutCommand::List(args) => list(args),
+    }
+}
+
+fn reason(a: &ReasonArgs) -> Option<serde_json::Value> {
+    a.reason.as_ref().map(|r| {
+        serde_json::to_value(api::ActionReason {
+            reason: Some(r.clone()),
+        })
+        .expect("serializes")
+    })
+}
+
+/// Reads a plan file and sends it: `POST /v1/rollouts`.
+pub fn create_from_file(client: &Client, plan: &std::path::Path) -> Result<api::RolloutView> {
+    let text = std::fs::read_to_string(plan)
+        .with_context(|| format!("cannot read the plan {}", plan.display()))?;
+    let format = if plan
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        api::PlanFormat::Json
+    } else {
+        api::PlanFormat::Toml
+    };
+    client.post(paths::ROLLOUTS, &api::CreateRollout { plan: text, format })
+}
+
+fn create(args: CreateArgs) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let mut view = create_from_file(&client, &args.plan)?;
+    if args.start {
+        view = client.post(
+            &format!("{}/{}/start", paths::ROLLOUTS, encode(&view.id)),
+            &serde_json::json!({}),
+        )?;
+    }
+    if args.connect.json {
+        return output::json(&view);
+    }
+    print!("{}", render_status(&view, false));
+    if !args.start {
+        output::line(format!("start it with: fleetwave rollout start {}", view.id))?;
+    }
+    Ok(())
+}
+
+fn act(
+    connect: &ConnectArgs,
+    id: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+    sites: bool,
+) -> Result<()> {
+    let client = Client::connect(connect)?;
+    let view: api::RolloutView = client.post(
+        &format!("{}/{}/{action}", paths::ROLLOUTS, encode(id)),
+        &body.unwrap_or_else(|| serde_json::json!({})),
+    )?;
+    if connect.json {
+        return output::json(&view);
+    }
+    print!("{}", render_status(&view, sites));
+    Ok(())
+}
+
+fn get_view(client: &Client, id: &str) -> Result<api::RolloutView> {
+    client.get(&format!("{}/{}", paths::ROLLOUTS, encode(id)))
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let view = get_view(&client, &args.rollout)?;
+    if args.connect.json {
+        return output::json(&view);
+    }
+    print!("{}", render_status(&view, args.sites));
+    if !args.watch {
+        return Ok(());
+    }
+    let mut progress = Progress::default();
+    progress.update(&view); // already printed above
+    let mut last = view;
+    while matches!(
+        last.status,
+        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused
+    ) {
+        std::thread::sleep(Duration::from_secs(1));
+        last = get_view(&client, &args.rollout)?;
+        for line in progress.update(&last) {
+            output::line(line)?;
+        }
+    }
+    output::line(format!(
+        "rollout {} is {}{}",
+        last.id,
+        last.status.as_str(),
+        last.status_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    ))
+}
+
+fn list(args: ListArgs) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let mut list: api::RolloutList = client.get(paths::ROLLOUTS)?;
+    list.rollouts.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    if args.connect.json {
+        return output::json(&list);
+    }
+    let mut t = Table::new(&["ROLLOUT", "RELEASE", "STATUS", "CREATED", "UPDATED", "REASON"]);
+    for r in &list.rollouts {
+        t.row(vec![
+            r.id.clone(),
+            r.release_id.clone(),
+            r.status.as_str().into(),
+            output::time(r.created_at),
+            output::time(r.updated_at),
+            r.status_reason.clone().unwrap_or_default(),
+        ]);
+    }
+    t.print()
+}
+
+/// One wave's counts in a few words: `2/2 succeeded` plus whatever else is non-zero.
+pub fn tally_words(t: &api::WaveTally) -> String {
+    let mut parts = vec![format!("{}/{} succeeded", t.succeeded, t.sites)];
+    for (n, word) in [
+        (t.in_progress, "in progress"),
+        (t.pending, "pending"),
+        (t.failed, "failed"),
+        (t.silent, "silent"),
+        (t.skipped, "skipped"),
+        (t.rolled_back, "rolled back"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The human view of a rollout: header, waves table, timeline, optionally every site.
+pub fn render_status(v: &api::RolloutView, sites: bool) -> String {
+    let mut out = format!(
+        "rollout {}  release {}  status {}{}\n  created {} by {}, updated {}\n",
+        v.id,
+        v.release_id,
+        v.status.as_str().to_uppercase(),
+        v.status_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        output::time(v.created_at),
+        v.created_by,
+        output::time(v.updated_at),
+    );
+    let mut t = Table::new(&[
+        "WAVE", "NAME", "SITES", "OK", "PROG", "PEND", "FAIL", "SILENT", "RB", "OPENED", "GATE",
+    ]);
+    for w in &v.waves {
+        let gate = match (w.approval_required, w.approved_at) {
+            (true, None) => format!("{} [needs approval]", w.gate),
+            (true, Some(_)) => format!("{} [approved]", w.gate),
+            _ => w.gate.clone(),
+        };
+        t.row(vec![
+            w.index.to_string(),
+            w.name.clone(),
+            w.tally.sites.to_string(),
+            w.tally.succeeded.to_string(),
+            w.tally.in_progress.to_string(),
+            w.tally.pending.to_string(),
+            w.tally.failed.to_string(),
+            w.tally.silent.to_string(),
+            w.tally.rolled_back.to_string(),
+            w.opened_at
+                .map(|t| t.strftime("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            gate,
+        ]);
+    }
+    out.push_str(&t.render("  "));
+    if sites {
+        let mut s = Table::new(&["SITE", "WAVE", "STATE", "PHASE", "DETAIL"]);
+        let mut sorted: Vec<&api::RolloutSiteView> = v.sites.iter().collect();
+        sorted.sort_by(|a, b| (a.wave, &a.site_id).cmp(&(b.wave, &b.site_id)));
+        for site in sorted {
+            s.row(vec![
+                site.site_id.clone(),
+                site.wave.to_string(),
+                site.state.clone(),
+                site.phase.clone().unwrap_or_else(|| "-".into()),
+                site.detail.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str("sites:\n");
+        out.push_str(&s.render("  "));
+    }
+    out.push_str("timeline:\n");
+    if v.decisions.is_empty() {
+        out.push_str("  (no decisions yet)\n");
+    }
+    for d in &v.decisions {
+        out.push_str(&format!("  {}\n", decision_line(d)));
+    }
+    out
+}
+
+/// `12:00:03  open_wave   wave 1  reason`.
+pub fn decision_line(d: &api::DecisionView) -> String {
+    format!(
+        "{}  {:<10}{}  {}",
+        d.at.strftime("%H:%M:%S"),
+        d.kind,
+        d.wave.map(|w| format!("  wave {w}")).unwrap_or_default(),
+        d.reason
+    )
+}
+
+/// Turns successive views of one rollout into the lines that say what changed: new
+/// decisions (with reasons), wave counts that moved, a status change.
+#[derive(Debug, Default)]
+pub struct Progress {
+    decisions_seen: usize,
+    tallies: BTreeMap<u32, api::WaveTally>,
+    status: Option<api::RolloutStatus>,
+}
+
+impl Progress {
+    pub fn update(&mut self, v: &api::RolloutView) -> Vec<String> {
+        let mut lines = Vec::new();
+        for d in v.decisions.iter().skip(self.decisions_seen) {
+            // "waiting" notes repeat the gate's standing; the wave lines below carry it.
+            if d.kind != "waiting" {
+                lines.push(format!(
+                    "decision  {}{}: {}",
+                    d.kind,
+                    d.wave
+                        .and_then(|w| v.waves.get(w as usize))
+                        .map(|w| format!(" (wave {} {})", w.index, w.name))
+                        .unwrap_or_default(),
+                    d.reason
+                ));
+            }
+        }
+        self.decisions_seen = v.decisions.len();
+        for w in &v.waves {
+            if w.opened_at.is_none() && w.tally.rolled_back == 0 {
+                continue;
+            }
+            if self.tallies.get(&w.index) != Some(&w.tally) {
+                lines.push(format!(
+                    "wave {} {:<12} {}  | gate: {}",
+                    w.index,
+                    w.name,
+                    tally_words(&w.tally),
+                    w.gate
+                ));
+                self.tallies.insert(w.index, w.tally.clone());
+            }
+        }
+        if self.status != Some(v.status) {
+            if self.status.is_some() {
+                lines.push(format!(
+                    "rollout   {} is now {}{}",
+                    v.id,
+                    v.status.as_str(),
+                    v.status_reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+            }
+            self.status = Some(v.status);
+        }
+        lines
+    }
+}

@@ -1,0 +1,512 @@
+//! `site list|show|label|decommission|enable`, `token enroll create|list|revoke`,
+//! `token operator create|list|revoke` and `audit`: the fleet's members, who may join it,
+//! who may operate it, and what was done.
+//!
+//! Requests and printing only; every rule (roles, label syntax, token limits) is the
+//! coordinator's. Never prints a token except the one just created.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use fleetwave_shared::protocol::operator::{self as api, paths};
+use jiff::Timestamp;
+
+use super::output::{self, Table};
+use super::{Client, ConnectArgs, encode};
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// List sites (filter by labels, state, installed version).
+    List(SiteListArgs),
+    /// Show one site: labels, versions installed per stream, health, rollout.
+    Show(SiteIdArgs),
+    /// Set or remove labels of a site (KEY=VALUE sets, KEY- removes).
+    Label(SiteLabelArgs),
+    /// Decommission a site: refused at once, sessions dropped.
+    Decommission(SiteIdArgs),
+    /// Re-enable a decommissioned site.
+    Enable(SiteIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SiteListArgs {
+    /// Only sites with these labels, e.g. --label cohort=pig --label region=eu.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// active or decommissioned.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only sites that report this version installed.
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SiteIdArgs {
+    /// The site id.
+    pub site: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SiteLabelArgs {
+    /// The site id.
+    pub site: String,
+    /// KEY=VALUE to set a label, KEY- to remove it.
+    #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+    pub changes: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub fn site(command: SiteCommand) -> Result<()> {
+    match command {
+        SiteCommand::List(args) => site_list(args),
+        SiteCommand::Show(args) => {
+            let client = Client::connect(&args.connect)?;
+            let site: api::SiteInfo =
+                client.get(&format!("{}/{}", paths::SITES, encode(&args.site)))?;
+            print_site(&site, args.connect.json)
+        }
+        SiteCommand::Label(args) => {
+            let mut change = api::RelabelSite::default();
+            for c in &args.changes {
+                if let Some((k, v)) = c.split_once('=') {
+                    change.set.insert(k.to_string(), v.to_string());
+                } else if let Some(k) = c.strip_suffix('-') {
+                    change.remove.push(k.to_string());
+                } else {
+                    bail!("label change {c:?} must be KEY=VALUE (set) or KEY- (remove)");
+                }
+            }
+            let client = Client::connect(&args.connect)?;
+            let site: api::SiteInfo = client.post(
+                &format!("{}/{}/labels", paths::SITES, encode(&args.site)),
+                &change,
+            )?;
+            print_site(&site, args.connect.json)
+        }
+        SiteCommand::Decommission(args) => site_state(args, "decommission"),
+        SiteCommand::Enable(args) => site_state(args, "reenable"),
+    }
+}
+
+fn site_state(args: SiteIdArgs, action: &str) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let site: api::SiteInfo = client.post(
+        &format!("{}/{}/{action}", paths::SITES, encode(&args.site)),
+        &serde_json::json!({}),
+    )?;
+    if args.connect.json {
+        return output::json(&site);
+    }
+    output::line(format!("site {} is now {}", site.id, site.state.as_str()))
+}
+
+fn site_list(args: SiteListArgs) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let mut query = Vec::new();
+    if !args.labels.is_empty() {
+        for l in &args.labels {
+            if !l.contains('=') {
+                bail!("--label {l:?} must be KEY=VALUE");
+            }
+        }
+        query.push(format!("label={}", encode(&args.labels.join(","))));
+    }
+    if let Some(s) = &args.state {
+        query.push(format!("state={}", encode(s)));
+    }
+    if let Some(v) = &args.version {
+        query.push(format!("version={}", encode(v)));
+    }
+    query.push("limit=1000".to_string());
+    let mut sites = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = query.clone();
+        if let Some(a) = &after {
+            q.push(format!("after={}", encode(a)));
+        }
+        let page: api::SiteList = client.get(&format!("{}?{}", paths::SITES, q.join("&")))?;
+        sites.extend(page.sites);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if args.connect.json {
+        return output::json(&sites);
+    }
+    let now = Timestamp::now();
+    let mut table = Table::new(&[
+        "SITE", "STATE", "VERSIONS", "HEALTH", "SEEN", "ROLLOUT", "LABELS",
+    ]);
+    for s in &sites {
+        table.row(vec![
+            s.id.clone(),
+            s.state.as_str().to_string(),
+            versions(&s.installed),
+            health(s.healthy).to_string(),
+            output::ago(s.last_seen, now),
+            s.rollout_id.clone().unwrap_or_else(|| "-".into()),
+            output::labels(&s.labels),
+        ]);
+    }
+    table.print()?;
+    output::line(format!("{} site(s)", sites.len()))
+}
+
+/// `demo=1.1.0 pos=2.4.0`, or `-`.
+pub fn versions(installed: &BTreeMap<String, api::InstalledInfo>) -> String {
+    if installed.is_empty() {
+        return "-".to_string();
+    }
+    installed
+        .iter()
+        .map(|(stream, i)| format!("{stream}={}", i.version.as_deref().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn health(h: Option<bool>) -> &'static str {
+    match h {
+        Some(true) => "healthy",
+        Some(false) => "UNHEALTHY",
+        None => "-",
+    }
+}
+
+fn print_site(s: &api::SiteInfo, json: bool) -> Result<()> {
+    if json {
+        return output::json(s);
+    }
+    let now = Timestamp::now();
+    let mut text = format!(
+        "site {}\n  state:       {}\n  labels:      {}\n  agent:       {}\n  enrolled:    {}\n  last seen:   {} ({})\n  health:      {}{}\n",
+        s.id,
+        s.state.as_str(),
+        output::labels(&s.labels),
+        s.agent_version,
+        output::time(s.enrolled_at),
+        output::opt_time(s.last_seen),
+        output::ago(s.last_seen, now),
+        health(s.healthy),
+        s.health_at
+            .map(|t| format!(" (at {})", output::time(t)))
+            .unwrap_or_default(),
+    );
+    if let Some(d) = s.deferred_until {
+        text.push_str(&format!("  deferred:    until {}\n", output::time(d)));
+    }
+    text.push_str(&format!(
+        "  rollout:     {}\n  device key:  {}\n  installed:\n",
+        s.rollout_id.as_deref().unwrap_or("-"),
+        s.device_key
+    ));
+    if s.installed.is_empty() {
+        text.push_str("    nothing reported yet\n");
+    }
+    for (stream, i) in &s.installed {
+        text.push_str(&format!(
+            "    {stream}: {} (release {}, previous {}, at {})\n",
+            i.version.as_deref().unwrap_or("?"),
+            i.release_id.as_deref().unwrap_or("-"),
+            i.previous_release_id.as_deref().unwrap_or("-"),
+            output::time(i.at)
+        ));
+    }
+    print!("{text}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// tokens
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// One-time enrollment tokens that let agents join the fleet.
+    #[command(subcommand)]
+    Enroll(EnrollTokenCommand),
+    /// Operator tokens (admin only).
+    #[command(subcommand)]
+    Operator(OperatorTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokenCommand {
+    /// Create an enrollment token; prints the secret once.
+    Create(EnrollCreateArgs),
+    /// List enrollment tokens (never their secrets).
+    List(ConnectOnly),
+    /// Revoke an enrollment token by id.
+    Revoke(TokenIdArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorTokenCommand {
+    /// Create an operator token with a role; prints the secret once.
+    Create(OperatorCreateArgs),
+    /// List operator tokens (never their secrets).
+    List(ConnectOnly),
+    /// Revoke an operator token by id.
+    Revoke(TokenIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectOnly {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenIdArgs {
+    /// The token id (et-... or ot-...), not the secret.
+    pub id: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollCreateArgs {
+    /// A label every site enrolled with this token gets; repeat.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Only this site id may enroll with the token.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// How many enrollments the token allows.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// Validity, e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub expires_in: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorCreateArgs {
+    /// Who or what uses the token (shown in the audit log), e.g. ci-deploy.
+    #[arg(long)]
+    pub name: String,
+    /// viewer, operator, release_manager or admin.
+    #[arg(long, value_parser = parse_role)]
+    pub role: api::OperatorRole,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn parse_role(s: &str) -> std::result::Result<api::OperatorRole, String> {
+    api::OperatorRole::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a role: viewer, operator, release_manager or admin"))
+}
+
+/// `30s`, `10m`, `24h`, `7d` → seconds.
+pub fn parse_secs(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a duration; write it like 30m, 24h or 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("{s:?} is not a duration; write it like 30m, 24h or 7d"),
+    };
+    Ok(n * mult)
+}
+
+pub fn parse_labels(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--label {p:?} must be KEY=VALUE");
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
+pub fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Enroll(EnrollTokenCommand::Create(args)) => {
+            let req = api::CreateEnrollmentToken {
+                labels: parse_labels(&args.labels)?,
+                site_id: args.site.clone(),
+                expires_in_secs: Some(parse_secs(&args.expires_in)?),
+                uses: Some(args.uses),
+            };
+            let client = Client::connect(&args.connect)?;
+            let created: api::EnrollmentTokenCreated =
+                client.post(paths::ENROLLMENT_TOKENS, &req)?;
+            if args.connect.json {
+                return output::json(&created);
+            }
+            output::line(&created.token)?;
+            eprintln!(
+                "enrollment token {} ({} use(s), expires {}): give the line above to `fleetwave-agent enroll --token`; it is not shown again",
+                created.id,
+                created.uses,
+                output::time(created.expires_at)
+            );
+            Ok(())
+        }
+        TokenCommand::Enroll(EnrollTokenCommand::List(args)) => {
+            let client = Client::connect(&args.connect)?;
+            let list: api::EnrollmentTokenList = client.get(paths::ENROLLMENT_TOKENS)?;
+            if args.connect.json {
+                return output::json(&list);
+            }
+            let now = Timestamp::now();
+            let mut t = Table::new(&["ID", "STATE", "USES LEFT", "EXPIRES", "SITE", "LABELS"]);
+            for tok in &list.tokens {
+                let state = if tok.revoked {
+                    "revoked"
+                } else if tok.expires_at <= now {
+                    "expired"
+                } else if tok.uses_left == 0 {
+                    "used up"
+                } else {
+                    "usable"
+                };
+                t.row(vec![
+                    tok.id.clone(),
+                    state.into(),
+                    format!("{}/{}", tok.uses_left, tok.uses_total),
+                    output::time(tok.expires_at),
+                    tok.site_id.clone().unwrap_or_else(|| "any".into()),
+                    output::labels(&tok.labels),
+                ]);
+            }
+            t.print()
+        }
+        TokenCommand::Enroll(EnrollTokenCommand::Revoke(args)) => {
+            let client = Client::connect(&args.connect)?;
+            client.post_empty::<()>(
+                &format!("{}/{}/revoke", paths::ENROLLMENT_TOKENS, encode(&args.id)),
+                None,
+            )?;
+            revoked(&args)
+        }
+        TokenCommand::Operator(OperatorTokenCommand::Create(args)) => {
+            let req = api::CreateOperatorToken {
+                name: args.name.clone(),
+                role: args.role,
+            };
+            let client = Client::connect(&args.connect)?;
+            let created: api::OperatorTokenCreated = client.post(paths::OPERATOR_TOKENS, &req)?;
+            if args.connect.json {
+                return output::json(&created);
+            }
+            output::line(&created.token)?;
+            eprintln!(
+                "operator token {} for {:?} with role {}: it is not shown again",
+                created.id,
+                created.name,
+                created.role.as_str()
+            );
+            Ok(())
+        }
+        TokenCommand::Operator(OperatorTokenCommand::List(args)) => {
+            let client = Client::connect(&args.connect)?;
+            let list: api::OperatorTokenList = client.get(paths::OPERATOR_TOKENS)?;
+            if args.connect.json {
+                return output::json(&list);
+            }
+            let mut t = Table::new(&["ID", "NAME", "ROLE", "STATE", "CREATED", "BY"]);
+            for tok in &list.tokens {
+                t.row(vec![
+                    tok.id.clone(),
+                    tok.name.clone(),
+                    tok.role.as_str().into(),
+                    if tok.revoked { "revoked" } else { "active" }.into(),
+                    output::time(tok.created_at),
+                    tok.created_by.clone(),
+                ]);
+            }
+            t.print()
+        }
+        TokenCommand::Operator(OperatorTokenCommand::Revoke(args)) => {
+            let client = Client::connect(&args.connect)?;
+            client.post_empty::<()>(
+                &format!("{}/{}/revoke", paths::OPERATOR_TOKENS, encode(&args.id)),
+                None,
+            )?;
+            revoked(&args)
+        }
+    }
+}
+
+fn revoked(args: &TokenIdArgs) -> Result<()> {
+    if args.connect.json {
+        return output::json(&serde_json::json!({ "id": args.id, "revoked": true }));
+    }
+    output::line(format!("revoked {}", args.id))
+}
+
+// ---------------------------------------------------------------------------------------
+// audit
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// How many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only entries older than this entry id (paging).
+    #[arg(long)]
+    pub before: Option<i64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub fn audit(args: AuditArgs) -> Result<()> {
+    let client = Client::connect(&args.connect)?;
+    let mut path = format!("{}?limit={}", paths::AUDIT, args.limit.clamp(1, 1000));
+    if let Some(b) = args.before {
+        path.push_str(&format!("&before={b}"));
+    }
+    let list: api::AuditList = client.get(&path)?;
+    if args.connect.json {
+        return output::json(&list);
+    }
+    let mut t = Table::new(&["ID", "AT", "ACTOR", "ACTION", "TARGET", "FROM", "DETAIL"]);
+    for e in &list.entries {
+        t.row(vec![
+            e.id.to_string(),
+            output::time(e.at),
+            e.actor.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            e.remote.clone(),
+            e.detail.clone(),
+        ]);
+    }
+    t.print()?;
+    if let Some(next) = list.next_before {
+        output::line(format!("older entries: --before {next}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_secs("30m").unwrap(), 1800);
+        assert_eq!(parse_secs("7d").unwrap(), 604800);
+        assert!(parse_secs("ten").unwrap_err().to_string().contains("24h"));
+        assert!(parse_secs("5").is_err());
+        let l = parse_labels(&["cohort=pig".into(), "city=tulsa".into()]).unwrap();
+        assert_eq!(l["cohort"], "pig");
+        assert!(parse_labels(&["cohort".into()]).is_err());
+    }
+}

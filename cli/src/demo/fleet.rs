@@ -1,0 +1,394 @@
+//! What the demo fleet is made of, as data and files: the sites and their labels, each
+//! agent's configuration, the demo app's artifacts and release manifests, and the two
+//! rollout plans. Pure builders: this module writes files when asked and starts nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+/// The release stream (release `name`) of the demo app.
+pub const STREAM: &str = "demo";
+
+/// The city whose sites form the canary wave.
+pub const CANARY_CITY: &str = "lyon";
+
+/// Where non-canary sites are: (region, city, IANA zone), round robin.
+const PLACES: &[(&str, &str, &str)] = &[
+    ("us-east", "boston", "America/New_York"),
+    ("us-central", "tulsa", "America/Chicago"),
+    ("us-west", "portland", "America/Los_Angeles"),
+    ("eu-west", "dublin", "Europe/Dublin"),
+    ("ap-northeast", "osaka", "Asia/Tokyo"),
+];
+
+/// One demo site.
+#[derive(Debug, Clone)]
+pub struct SiteSpec {
+    pub id: String,
+    pub cohort: &'static str,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How many pigs, canaries, generals and dogs `n` sites get: about a sixth pigs, a sixth
+/// dogs, a quarter in the canary city, the rest general (at least one of each).
+pub fn cohort_counts(n: usize) -> [(&'static str, usize); 4] {
+    let pigs = (n / 6).max(1);
+    let dogs = (n / 6).max(1);
+    let canary = (n / 4).max(1);
+    let general = n.saturating_sub(pigs + dogs + canary).max(1);
+    [
+        ("pig", pigs),
+        ("canary", canary),
+        ("general", general),
+        ("dog", dogs),
+    ]
+}
+
+/// The sites of an `n`-site demo (n >= 4): `pig-1`, `canary-1`, `general-1`, ... `dog-1`.
+pub fn sites(n: usize) -> Vec<SiteSpec> {
+    let mut out = Vec::new();
+    let mut spread = 0usize;
+    for (cohort, count) in cohort_counts(n) {
+        for i in 1..=count {
+            let (region, city, tz) = if cohort == "canary" {
+                ("eu-west", CANARY_CITY, "Europe/Paris")
+            } else {
+                let p = PLACES[spread % PLACES.len()];
+                spread += 1;
+                p
+            };
+            let labels = BTreeMap::from([
+                ("cohort".to_string(), cohort.to_string()),
+                ("region".to_string(), region.to_string()),
+                ("city".to_string(), city.to_string()),
+                ("tz".to_string(), tz.to_string()),
+                ("format".to_string(), "store".to_string()),
+            ]);
+            out.push(SiteSpec {
+                id: format!("{cohort}-{i}"),
+                cohort,
+                labels,
+            });
+        }
+    }
+    out
+}
+
+/// The files of one site under the demo dir.
+#[derive(Debug, Clone)]
+pub struct SiteDirs {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub apps: PathBuf,
+    pub staging: PathBuf,
+    pub seed: PathBuf,
+    pub config: PathBuf,
+    pub pid_file: PathBuf,
+    pub app_log: PathBuf,
+}
+
+impl SiteDirs {
+    pub fn new(demo_dir: &Path, id: &str) -> SiteDirs {
+        let root = demo_dir.join("sites").join(id);
+        SiteDirs {
+            state: root.join("state"),
+            apps: root.join("apps"),
+            staging: root.join("staging"),
+            seed: root.join("seed-app"),
+            config: root.join("agent.toml"),
+            pid_file: root.join("demo-app.pid"),
+            app_log: root.join("demo-app.log"),
+            root,
+        }
+    }
+
+    /// Where the app executor points `current` for the demo stream.
+    pub fn current(&self) -> PathBuf {
+        self.apps.join(STREAM).join("current")
+    }
+}
+
+fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn q_path(p: &Path) -> String {
+    q(&p.display().to_string())
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Everything an agent's configuration needs to know.
+pub struct AgentSetup<'a> {
+    pub site: &'a SiteSpec,
+    pub dirs: &'a SiteDirs,
+    pub url: &'a str,
+    pub ca: &'a Path,
+    pub root: &'a Path,
+    pub demo_app: &'a Path,
+    pub app_addr: SocketAddr,
+}
+
+/// The agent's TOML configuration: a short poll interval, the demo app's health probe, and
+/// the demo app as the `app` executor's managed application.
+pub fn agent_config(s: &AgentSetup<'_>) -> String {
+    let app = s.demo_app.display().to_string();
+    let restart = [
+        app.clone(),
+        "restart".into(),
+        "--dir".into(),
+        s.dirs.current().display().to_string(),
+        "--listen".into(),
+        s.app_addr.to_string(),
+        "--pid-file".into(),
+        s.dirs.pid_file.display().to_string(),
+        "--log".into(),
+        s.dirs.app_log.display().to_string(),
+    ];
+    let stop = [
+        app,
+        "stop".into(),
+        "--pid-file".into(),
+        s.dirs.pid_file.display().to_string(),
+    ];
+    let tz = s.site.labels.get("tz").map(String::as_str).unwrap_or("UTC");
+    format!(
+        r#"# fleetwave-agent configuration written by `fleetwave demo` for site {id}.
+# Every key is documented in docs/agent.md.
+
+[coordinator]
+url = {url}
+ca_file = {ca}
+request_timeout_secs = 10
+
+[agent]
+state_dir = {state}
+site_id = {id_q}
+root_file = {root}
+site_time_zone = {tz}
+
+[poll]
+interval_secs = 1
+wait_secs = 5
+jitter = 0.1
+backoff_min_secs = 1
+backoff_max_secs = 5
+
+[health]
+interval_secs = 1
+min_free_disk_bytes = 1048576
+disk_margin = 1.0
+min_mem_available_bytes = 0
+max_load_per_cpu = 0.0
+probe_timeout_secs = 5
+
+# After an install the app must stay healthy for 3 s (checked every second; two failed
+# checks in a row roll it back).
+[health.verify]
+period_secs = 3
+interval_secs = 1
+fail_after = 2
+
+[[health.probes]]
+type = "http"
+name = "demo-app"
+url = {probe}
+
+[executor]
+staging_dir = {staging}
+apps_dir = {apps}
+
+[executor.app]
+restart_command = {restart}
+stop_command = {stop}
+command_timeout_secs = 60
+"#,
+        id = s.site.id,
+        id_q = q(&s.site.id),
+        url = q(s.url),
+        ca = q_path(s.ca),
+        state = q_path(&s.dirs.state),
+        root = q_path(s.root),
+        tz = q(tz),
+        probe = q(&format!("http://{}/healthz", s.app_addr)),
+        staging = q_path(&s.dirs.staging),
+        apps = q_path(&s.dirs.apps),
+        restart = list(&restart),
+        stop = list(&stop),
+    )
+}
+
+/// One version of the demo app.
+#[derive(Debug, Clone)]
+pub struct DemoVersion {
+    pub version: &'static str,
+    pub counter: u64,
+    pub healthy: bool,
+}
+
+impl DemoVersion {
+    pub fn release_id(&self) -> String {
+        format!("{STREAM}-{}", self.version)
+    }
+
+    /// The `app.toml` the demo app reads.
+    pub fn app_toml(&self) -> String {
+        format!(
+            "version = {}\nhealthy = {}\n",
+            q(self.version),
+            self.healthy
+        )
+    }
+
+    /// Writes `<dir>/demo-<version>.tar.gz` holding `app.toml`.
+    pub fn write_artifact(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(format!("{}.tar.gz", self.release_id()));
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let body = self.app_toml();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "app.toml", body.as_bytes())?;
+        tar.into_inner()?.finish()?.sync_all()?;
+        Ok(path)
+    }
+
+    /// The release manifest, as an operator would write it for `fleetwave release sign`.
+    pub fn manifest(&self, artifact: &Path) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "id = {}", q(&self.release_id()));
+        let _ = writeln!(out, "name = {}", q(STREAM));
+        let _ = writeln!(out, "version = {}", q(self.version));
+        let _ = writeln!(out, "kind = \"app\"");
+        let _ = writeln!(out, "counter = {}", self.counter);
+        let _ = writeln!(out, "expires_in = \"30d\"");
+        let _ = writeln!(out, "\n[install]\nformat = \"tar.gz\"");
+        let _ = writeln!(out, "\n[[artifacts]]");
+        let _ = writeln!(out, "name = \"app.tar.gz\"");
+        let _ = writeln!(out, "url = \"/v1/artifacts/{{sha256}}\"");
+        let _ = writeln!(out, "file = {}", q_path(artifact));
+        out
+    }
+}
+
+/// 1.0.0 (what the sites run at the start), 1.1.0 (good), 1.2.0 (fails its health check).
+pub fn versions() -> [DemoVersion; 3] {
+    [
+        DemoVersion {
+            version: "1.0.0",
+            counter: 1,
+            healthy: true,
+        },
+        DemoVersion {
+            version: "1.1.0",
+            counter: 2,
+            healthy: true,
+        },
+        DemoVersion {
+            version: "1.2.0",
+            counter: 3,
+            healthy: false,
+        },
+    ]
+}
+
+/// The wave plan: pigs, the canary city, 25% of the rest, the rest, dogs last. Bake times
+/// of a few seconds so the demo finishes in a minute or two.
+pub fn plan(release_id: &str, title: &str) -> String {
+    let gate = "{ success_ratio = 1.0, failure_budget = 0, bake = \"3s\", report_deadline = \"2m\", on_silent = \"fail\" }";
+    format!(
+        r#"# Rollout plan written by `fleetwave demo`; the format is in docs/waves.md.
+name = {title}
+release = {release}
+selector = {{ format = "store" }}
+auto_rollback = true
+assignment_ttl = "1h"
+
+[[waves]]
+name = "pigs"
+selector = {{ cohort = "pig" }}
+gate = {gate}
+
+[[waves]]
+name = "canary city"
+selector = {{ city = {city}, cohort = {{ not = ["dog", "pig"] }} }}
+gate = {gate}
+
+[[waves]]
+name = "25%"
+share = 25
+selector = {{ cohort = {{ not = "dog" }} }}
+gate = {gate}
+
+[[waves]]
+name = "the rest"
+selector = {{ cohort = {{ not = "dog" }} }}
+gate = {gate}
+
+# The last wave takes every site left: the dogs.
+[[waves]]
+name = "dogs"
+gate = {gate}
+"#,
+        title = q(title),
+        release = q(release_id),
+        city = q(CANARY_CITY),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dozen_sites_spread_over_every_cohort() {
+        let s = sites(12);
+        assert_eq!(s.len(), 12);
+        let count = |c: &str| s.iter().filter(|x| x.cohort == c).count();
+        assert_eq!(
+            (count("pig"), count("canary"), count("general"), count("dog")),
+            (2, 3, 5, 2)
+        );
+        assert!(
+            s.iter()
+                .filter(|x| x.cohort == "canary")
+                .all(|x| x.labels["city"] == CANARY_CITY)
+        );
+        for site in &s {
+            jiff::tz::TimeZone::get(&site.labels["tz"]).expect("a real IANA zone");
+        }
+        let small = sites(4);
+        assert_eq!(small.len(), 4);
+        assert_eq!(sites(6).len(), 6);
+    }
+
+    #[test]
+    fn the_plan_is_valid_toml_with_five_waves_and_the_dogs_last() {
+        let text = plan("demo-1.1.0", "demo 1.1.0");
+        let v: toml::Value = toml::from_str(&text).expect(&text);
+        let waves = v["waves"].as_array().unwrap();
+        assert_eq!(waves.len(), 5);
+        assert_eq!(waves[4]["name"].as_str(), Some("dogs"));
+        assert!(waves[4].get("selector").is_none());
+        assert_eq!(v["release"].as_str(), Some("demo-1.1.0"));
+    }
+
+    #[test]
+    fn the_manifest_names_the_artifact_file() {
+        let m = versions()[2].manifest(Path::new("/x/demo-1.2.0.tar.gz"));
+        let v: toml::Value = toml::from_str(&m).expect(&m);
+        assert_eq!(v["id"].as_str(), Some("demo-1.2.0"));
+        assert_eq!(v["counter"].as_integer(), Some(3));
+    }
+}
