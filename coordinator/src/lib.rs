@@ -14,5 +14,6 @@ pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod controller;
+pub mod dashboard;
 pub mod plan;
 pub mod store;

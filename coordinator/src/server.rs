@@ -222,7 +222,7 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = build_app(config, shutdown_rx.clone()).await?;
     let local_addr = listener.local_addr()?;
-    let router = crate::api::router(app.clone());
+    let router = crate::api::router(app.clone()).merge(crate::dashboard::router(app.clone()));
     let max_header = app.config.limits.max_header_bytes;
 
     let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
