@@ -980,3 +980,241 @@ async fn bad_input_gets_clear_json_errors_never_500() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["paths"]["/v1/rollouts/{id}/approve"]["post"]["requestBody"].is_object());
 }
+
+#[tokio::test]
+async fn auto_rollback_manual_rollback_sites_tokens_and_root_rotation() {
+    let h = Harness::new().await;
+    let a = agent(&h, "site-a", json!({"cohort": "pig", "region": "eu"})).await;
+    let _b = agent(&h, "site-b", json!({"cohort": "dog", "region": "eu"})).await;
+    // The site says what it runs before the rollout: that is where a rollback goes.
+    let (s, _) = h.post("/v1/agent/reports", &a.token, json!({"events": [event("i0", Timestamp::now(), json!({"kind": "installed", "name": "pos", "release_id": "pos-2.3.0", "version": "2.3.0"}))]})).await;
+    assert_eq!(s, StatusCode::OK);
+    let artifact = b"tarball".to_vec();
+    let old = h.release("pos-2.3.0", 4, &artifact);
+    for env in [
+        &old,
+        &h.release("pos-2.4.0", 5, &artifact),
+        &h.release("pos-2.5.0", 6, &artifact),
+    ] {
+        assert_eq!(h.publish(env).await.0, StatusCode::CREATED);
+    }
+
+    // Sites: relabel, filter, paginate.
+    let (s, v) = h
+        .post(
+            "/v1/sites/site-b/labels",
+            &h.admin,
+            json!({"set": {"region": "us"}, "remove": ["cohort"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["labels"], json!({"region": "us"}));
+    let (_, v) = h
+        .get("/v1/sites?label=region=eu&state=active", &h.admin)
+        .await;
+    let ids: Vec<&str> = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["site-a"]);
+    let (_, v) = h.get("/v1/sites?limit=1", &h.admin).await;
+    assert_eq!(v["next_after"], "site-a");
+    let (_, v) = h.get("/v1/sites?limit=1&after=site-a", &h.admin).await;
+    assert_eq!(v["sites"][0]["id"], "site-b");
+
+    // Enrollment tokens: list and revoke.
+    let t = h.enrollment_token(json!({}), 5, 3600).await;
+    let (_, list) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    let id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["uses_left"] == 5)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = h
+        .post(
+            &format!("/v1/enrollment-tokens/{id}/revoke"),
+            &h.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("site-c", &t, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "invalid_token"),
+        "{v}"
+    );
+
+    // Failure budget 0: one failure halts the rollout and auto_rollback sends the site back.
+    let plan = r#"
+name = "risky"
+release = "pos-2.4.0"
+auto_rollback = true
+selector = { cohort = "pig" }
+
+[[waves]]
+name = "all"
+gate = { bake = "1h", failure_budget = 0 }
+"#;
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": plan, "format": "toml"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["sites"].as_array().unwrap().len(), 1, "{v}");
+    h.post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    let (_, _, body) = poll(&h, &a, None, 0).await;
+    assert!(body["assignment"].is_object());
+    let (s, _) = h.post("/v1/agent/reports", &a.token, json!({"events": [event("f1", Timestamp::now(), json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": "failed", "detail": "health check failed"}))]})).await;
+    assert_eq!(s, StatusCode::OK);
+    eventually("the rollout to halt and roll back", || {
+        let (h, id) = (&h, id.clone());
+        async move { (rollout_status(h, &id).await["status"] == "rolled_back").then_some(()) }
+    })
+    .await;
+    let view = rollout_status(&h, &id).await;
+    let kinds: Vec<&str> = view["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"halt") && kinds.contains(&"rollback"),
+        "{kinds:?}"
+    );
+    let (_, _, body) = poll(&h, &a, None, 0).await;
+    let body: PollResponse = serde_json::from_value(body).unwrap();
+    let trust = fleetwave_shared::verify::verify_root_anchor(
+        &Envelope::from_json(&std::fs::read(h.dir.path().join("root.1.json")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let rollback = fleetwave_shared::verify::verify_assignment(
+        &trust,
+        body.assignment.as_ref().unwrap(),
+        Timestamp::now(),
+    )
+    .unwrap();
+    assert!(rollback.rollback);
+    assert_eq!(body.release.as_ref().unwrap(), &old);
+    assert_eq!(rollback.release_sha256, old.digest());
+
+    // The rolled-back rollout freed the site: a new rollout may take it; roll it back by hand.
+    let plan2 = plan
+        .replace("pos-2.4.0", "pos-2.5.0")
+        .replace("risky", "second");
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": plan2, "format": "toml"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id2 = v["id"].as_str().unwrap().to_string();
+    h.post(&format!("/v1/rollouts/{id2}/start"), &h.admin, json!({}))
+        .await;
+    let (_, _, body) = poll(&h, &a, None, 0).await;
+    let seq: u64 = {
+        let env: Envelope = serde_json::from_value(body["assignment"].clone()).unwrap();
+        fleetwave_shared::verify::verify_assignment(&trust, &env, Timestamp::now())
+            .unwrap()
+            .sequence
+    };
+    assert!(seq > rollback.sequence, "sequences go up per site");
+    let (s, v) = h
+        .post(
+            "/v1/agent/lease",
+            &a.token,
+            json!({"rollout_id": id2, "sequence": seq}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{id2}/rollback"),
+            &h.admin,
+            json!({"reason": "bad smell"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("rolled_back")),
+        "{v}"
+    );
+    assert!(
+        v["status_reason"].as_str().unwrap().contains("1 site(s)"),
+        "{v}"
+    );
+    let (_, _, body) = poll(&h, &a, None, 0).await;
+    assert_eq!(body["release"], serde_json::to_value(&old).unwrap());
+
+    // Root rotation: the next version, signed by the root key, reaches agents; a gap is refused.
+    use base64::Engine as _;
+    let root_env =
+        Envelope::from_json(&std::fs::read(h.dir.path().join("root.1.json")).unwrap()).unwrap();
+    let mut root: fleetwave_shared::Root = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(&root_env.payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let root_key = h.offline_key("root.key");
+    root.version = 3;
+    let gap = Envelope::sign(
+        fleetwave_shared::docs::ROOT_TYPE,
+        &serde_json::to_vec(&root).unwrap(),
+        &[&root_key],
+    );
+    let (s, v) = h
+        .post("/v1/roots", &h.admin, serde_json::to_value(&gap).unwrap())
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "root_refused"),
+        "{v}"
+    );
+    root.version = 2;
+    let next = Envelope::sign(
+        fleetwave_shared::docs::ROOT_TYPE,
+        &serde_json::to_vec(&root).unwrap(),
+        &[&root_key],
+    );
+    let viewer = h.token("viewer").await;
+    let (s, _) = h
+        .post("/v1/roots", &viewer, serde_json::to_value(&next).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = h
+        .post("/v1/roots", &h.admin, serde_json::to_value(&next).unwrap())
+        .await;
+    assert_eq!(
+        (s, v["version"].as_u64()),
+        (StatusCode::CREATED, Some(2)),
+        "{v}"
+    );
+    let (_, _, body) = poll(&h, &a, None, 0).await;
+    assert_eq!(
+        body["roots"].as_array().unwrap().len(),
+        1,
+        "roots newer than version 1"
+    );
+    assert_eq!(body["roots"][0], serde_json::to_value(&next).unwrap());
+}
