@@ -1,0 +1,146 @@
+//! The agent against a real coordinator over TLS on 127.0.0.1: enrollment, session and
+//! poll; a full install of the demo app; a failing health check that rolls back; a
+//! tampered artifact refused and reported.
+//!
+//! Needs `fleetwave-demo-app` built: `cargo build -p fleetwave-e2e --bin fleetwave-demo-app`.
+
+mod common;
+
+use common::{Coordinator, Site, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_opens_a_session_polls_and_reports() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-1", &coordinator);
+    site.enroll(&coordinator).await;
+    let key = site.dir.path().join("state/device.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let status = site.status().await;
+    assert_eq!(status["site_id"], "store-1");
+    assert_eq!(status["root_version"], 1);
+
+    // Enrolling again is refused and says why.
+    let (code, _, err) = site
+        .cli(&["enroll", "--token", "x", "--site", "store-1"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("already enrolled"), "{err}");
+
+    let mut agent = site.run(&[]);
+    // The coordinator sees the site poll and receives its health heartbeat.
+    eventually(
+        "the coordinator records a poll and a health report",
+        || async {
+            let info = coordinator.site("store-1").await;
+            (info.last_seen.is_some() && info.healthy.is_some()).then_some(())
+        },
+    )
+    .await;
+    eventually("the outbox drains", || async {
+        let s = site.status().await;
+        (s["last_contact"].is_string() && s["queued_reports"]["total"] == 0).then_some(())
+    })
+    .await;
+    agent.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_the_demo_app_then_rolls_back_an_unhealthy_release() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-2", &coordinator);
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[]);
+
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    let first = coordinator.rollout("demo-1.0.0").await;
+    eventually("demo 1.0.0 committed", || async {
+        let s = site.status().await;
+        let ok = s["installed"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|r| r["release_id"] == "demo-1.0.0"));
+        ok.then_some(())
+    })
+    .await;
+    assert_eq!(
+        site.app_version().await.as_deref(),
+        Some("1.0.0"),
+        "{}",
+        site.logs()
+    );
+    eventually("the coordinator knows demo 1.0.0 is installed", || async {
+        let info = coordinator.site("store-2").await;
+        info.installed
+            .get("demo")
+            .is_some_and(|i| i.release_id.as_deref() == Some("demo-1.0.0"))
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        coordinator.rollout_finished(&first).await,
+        fleetwave_shared::protocol::operator::RolloutStatus::Completed
+    );
+
+    // 2.0.0 fails its health check after the switch: the agent switches back.
+    coordinator
+        .publish_demo("2.0.0", 2, false, false, &site)
+        .await;
+    coordinator.rollout("demo-2.0.0").await;
+    let last = eventually("the 2.0.0 install ends", || async {
+        let s = site.status().await;
+        let last = s["last_install"].clone();
+        (last["release_id"] == "demo-2.0.0" && last["outcome"].is_string()).then_some(last)
+    })
+    .await;
+    assert_eq!(last["outcome"], "rolled_back", "{}", site.logs());
+    let s = site.status().await;
+    assert_eq!(s["installed"][0]["release_id"], "demo-1.0.0");
+    eventually("the old version runs again", || async {
+        (site.app_version().await.as_deref() == Some("1.0.0")).then_some(())
+    })
+    .await;
+    agent.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_artifact_is_refused_and_reported() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-3", &coordinator);
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[]);
+    coordinator
+        .publish_demo("1.0.0", 1, true, true, &site)
+        .await;
+    coordinator.rollout("demo-1.0.0").await;
+    let last = eventually("the install attempt ends", || async {
+        let s = site.status().await;
+        let last = s["last_install"].clone();
+        last["outcome"].is_string().then_some(last)
+    })
+    .await;
+    assert_eq!(last["outcome"], "abandoned", "{}", site.logs());
+    assert!(
+        last["detail"].as_str().unwrap_or("").contains("artifact"),
+        "{last}"
+    );
+    let s = site.status().await;
+    assert_eq!(
+        s["installed"],
+        serde_json::json!([]),
+        "nothing was installed"
+    );
+    // Nothing was unpacked.
+    assert!(!site.dir.path().join("apps/demo/1.0.0").exists());
+    // The refusal reached the coordinator (the outbox drained after it was queued).
+    eventually("reports delivered", || async {
+        (site.status().await["queued_reports"]["total"] == 0).then_some(())
+    })
+    .await;
+    agent.kill().await.unwrap();
+}
