@@ -90,8 +90,8 @@ fn load_profile() -> Result<(Profile, Option<PathBuf>)> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let profile: Profile =
-        toml::from_str(&text).with_context(|| format!("profile {} is not valid", path.display()))?;
+    let profile: Profile = toml::from_str(&text)
+        .with_context(|| format!("profile {} is not valid", path.display()))?;
     Ok((profile, Some(path)))
 }
 
@@ -134,7 +134,9 @@ impl Client {
         let base = base_url.trim_end_matches('/').to_string();
         let https = base.starts_with("https://");
         if !https && !base.starts_with("http://") {
-            bail!("coordinator URL {base:?} must start with https:// (or http:// for a plain-HTTP development server)");
+            bail!(
+                "coordinator URL {base:?} must start with https:// (or http:// for a plain-HTTP development server)"
+            );
         }
         let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -159,10 +161,6 @@ impl Client {
             token: token.trim().to_string(),
             http,
         })
-    }
-
-    pub fn base_url(&self) -> &str {
-        &self.base
     }
 
     fn send(
@@ -193,7 +191,12 @@ impl Client {
                     .unwrap_or("error")
                     .to_lowercase()
                     .replace(' ', "_"),
-                text.lines().next().unwrap_or("").chars().take(300).collect(),
+                text.lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect(),
             ),
         };
         Err(ServerRefused {
@@ -240,8 +243,8 @@ impl Client {
 
     /// Streams `file` to `PUT path` with its length.
     pub fn put_file<T: DeserializeOwned>(&self, path: &str, file: &Path) -> Result<T> {
-        let f = std::fs::File::open(file)
-            .with_context(|| format!("cannot open {}", file.display()))?;
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         let len = f
             .metadata()
             .with_context(|| format!("cannot read {}", file.display()))?

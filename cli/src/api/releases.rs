@@ -52,8 +52,7 @@ pub struct ArtifactUploadArgs {
 }
 
 fn read_envelope(path: &PathBuf) -> Result<Envelope> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Envelope::from_json(&bytes)
         .with_context(|| format!("{} is not a DSSE envelope", path.display()))
 }
@@ -123,7 +122,10 @@ pub fn release_show(args: ReleaseShowArgs) -> Result<()> {
     if let Ok(payload) = STANDARD.decode(&r.envelope.payload)
         && let Ok(doc) = serde_json::from_slice::<fleetwave_shared::docs::Release>(&payload)
     {
-        text.push_str(&format!("  expires:    {}\n  artifacts:\n", output::time(doc.expires)));
+        text.push_str(&format!(
+            "  expires:    {}\n  artifacts:\n",
+            output::time(doc.expires)
+        ));
         for a in &doc.artifacts {
             text.push_str(&format!(
                 "    {}  {} bytes  sha256 {}  {}\n",
@@ -139,7 +141,7 @@ pub fn release_show(args: ReleaseShowArgs) -> Result<()> {
 }
 
 pub fn artifact_upload(args: ArtifactUploadArgs) -> Result<()> {
-    let (length, sha256) = crate::manifest::hash_file(&args.file)
+    let (_, sha256) = crate::manifest::hash_file(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let client = Client::connect(&args.connect)?;
     let info: api::ArtifactInfo =

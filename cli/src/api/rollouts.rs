@@ -121,9 +121,7 @@ pub fn rollout(command: RolloutCommand) -> Result<()> {
         RolloutCommand::Pause(a) => act(&a.connect, &a.rollout, "pause", reason(&a), false),
         RolloutCommand::Resume(a) => act(&a.connect, &a.rollout, "resume", None, false),
         RolloutCommand::Abort(a) => act(&a.connect, &a.rollout, "abort", reason(&a), false),
-        RolloutCommand::Rollback(a) => {
-            act(&a.connect, &a.rollout, "rollback", reason(&a), false)
-        }
+        RolloutCommand::Rollback(a) => act(&a.connect, &a.rollout, "rollback", reason(&a), false),
         RolloutCommand::Approve(a) => act(
             &a.connect,
             &a.rollout,
@@ -183,7 +181,10 @@ fn create(args: CreateArgs) -> Result<()> {
     }
     print!("{}", render_status(&view, false));
     if !args.start {
-        output::line(format!("start it with: fleetwave rollout start {}", view.id))?;
+        output::line(format!(
+            "start it with: fleetwave rollout start {}",
+            view.id
+        ))?;
     }
     Ok(())
 }
@@ -248,11 +249,14 @@ fn status(args: StatusArgs) -> Result<()> {
 fn list(args: ListArgs) -> Result<()> {
     let client = Client::connect(&args.connect)?;
     let mut list: api::RolloutList = client.get(paths::ROLLOUTS)?;
-    list.rollouts.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    list.rollouts
+        .sort_by_key(|r| std::cmp::Reverse(r.created_at));
     if args.connect.json {
         return output::json(&list);
     }
-    let mut t = Table::new(&["ROLLOUT", "RELEASE", "STATUS", "CREATED", "UPDATED", "REASON"]);
+    let mut t = Table::new(&[
+        "ROLLOUT", "RELEASE", "STATUS", "CREATED", "UPDATED", "REASON",
+    ]);
     for r in &list.rollouts {
         t.row(vec![
             r.id.clone(),
@@ -368,6 +372,7 @@ pub fn decision_line(d: &api::DecisionView) -> String {
 pub struct Progress {
     decisions_seen: usize,
     tallies: BTreeMap<u32, api::WaveTally>,
+    site_states: BTreeMap<String, String>,
     status: Option<api::RolloutStatus>,
 }
 
@@ -403,6 +408,31 @@ impl Progress {
                 ));
                 self.tallies.insert(w.index, w.tally.clone());
             }
+        }
+        // Sites that went wrong (or came back) are named, with the agent's own words.
+        for site in &v.sites {
+            if self.site_states.get(&site.site_id) == Some(&site.state) {
+                continue;
+            }
+            if matches!(site.state.as_str(), "failed" | "silent" | "rolled_back") {
+                lines.push(format!(
+                    "site      {} (wave {}) {}{}{}",
+                    site.site_id,
+                    site.wave,
+                    site.state.replace('_', " "),
+                    site.phase
+                        .as_deref()
+                        .map(|p| format!(", last phase {p}"))
+                        .unwrap_or_default(),
+                    site.detail
+                        .as_deref()
+                        .filter(|d| !d.is_empty())
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ));
+            }
+            self.site_states
+                .insert(site.site_id.clone(), site.state.clone());
         }
         if self.status != Some(v.status) {
             if self.status.is_some() {

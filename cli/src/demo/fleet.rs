@@ -28,7 +28,6 @@ const PLACES: &[(&str, &str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct SiteSpec {
     pub id: String,
-    pub cohort: &'static str,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -69,7 +68,6 @@ pub fn sites(n: usize) -> Vec<SiteSpec> {
             ]);
             out.push(SiteSpec {
                 id: format!("{cohort}-{i}"),
-                cohort,
                 labels,
             });
         }
@@ -355,14 +353,19 @@ mod tests {
     fn a_dozen_sites_spread_over_every_cohort() {
         let s = sites(12);
         assert_eq!(s.len(), 12);
-        let count = |c: &str| s.iter().filter(|x| x.cohort == c).count();
+        let count = |c: &str| s.iter().filter(|x| x.labels["cohort"] == c).count();
         assert_eq!(
-            (count("pig"), count("canary"), count("general"), count("dog")),
+            (
+                count("pig"),
+                count("canary"),
+                count("general"),
+                count("dog")
+            ),
             (2, 3, 5, 2)
         );
         assert!(
             s.iter()
-                .filter(|x| x.cohort == "canary")
+                .filter(|x| x.labels["cohort"] == "canary")
                 .all(|x| x.labels["city"] == CANARY_CITY)
         );
         for site in &s {

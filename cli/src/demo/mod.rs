@@ -95,7 +95,9 @@ struct Bins {
 
 fn find_bins() -> Result<Bins> {
     let exe = std::env::current_exe().context("cannot find the fleetwave executable")?;
-    let dir = exe.parent().context("the fleetwave executable has no directory")?;
+    let dir = exe
+        .parent()
+        .context("the fleetwave executable has no directory")?;
     let find = |name: &str| -> Result<PathBuf> {
         let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         if p.is_file() {
@@ -183,7 +185,6 @@ impl Say {
 
 struct Site {
     spec: SiteSpec,
-    dirs: SiteDirs,
     app_addr: SocketAddr,
     agent: Option<Proc>,
 }
@@ -216,7 +217,11 @@ impl Demo {
     /// Stops agents (SIGTERM, then SIGKILL after a grace period), the demo apps, then the
     /// coordinator; then lets the guard go. Idempotent.
     fn shutdown(&mut self) {
-        let agents: Vec<&mut Proc> = self.sites.iter_mut().filter_map(|s| s.agent.as_mut()).collect();
+        let agents: Vec<&mut Proc> = self
+            .sites
+            .iter_mut()
+            .filter_map(|s| s.agent.as_mut())
+            .collect();
         if agents.is_empty() && self.coordinator.is_none() && self.guard.is_none() {
             return;
         }
@@ -281,6 +286,14 @@ impl Demo {
             .arg(format!("127.0.0.1:{port}"));
         procs::run_logged("fleetwave-coordinator init", init, &log)?;
         let config = cdir.join("coordinator.toml");
+        // A demo-sized fleet on one machine: agents come back every second (their long
+        // polls still hear of a new wave at once) and the controller ticks twice a second.
+        let mut text = std::fs::read_to_string(&config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        text.push_str(
+            "\n# Added by `fleetwave demo`: a small fleet that moves fast.\n[poll]\ninterval_secs = 1\njitter_percent = 20\n\n[controller]\ntick_millis = 500\n",
+        );
+        std::fs::write(&config, text)?;
         let mut cmd = Command::new(&self.bins.coordinator);
         cmd.arg("serve")
             .arg("--config")
@@ -298,7 +311,10 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.check_coordinator()?;
-            match self.client().get::<api::SiteList>(&format!("{}?limit=1", paths::SITES)) {
+            match self
+                .client()
+                .get::<api::SiteList>(&format!("{}?limit=1", paths::SITES))
+            {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => {
                     bail!("the coordinator did not answer within 60 s: {e:#}")
@@ -406,7 +422,11 @@ impl Demo {
                 .arg("--token")
                 .arg(&token.token)
                 .current_dir(&dirs.root);
-            procs::run_logged(&format!("fleetwave-agent enroll ({})", spec.id), enroll, &log)?;
+            procs::run_logged(
+                &format!("fleetwave-agent enroll ({})", spec.id),
+                enroll,
+                &log,
+            )?;
             let mut run = Command::new(&self.bins.agent);
             run.arg("--config")
                 .arg(&dirs.config)
@@ -423,7 +443,6 @@ impl Demo {
             ));
             self.sites.push(Site {
                 spec,
-                dirs,
                 app_addr,
                 agent: Some(agent),
             });
@@ -432,9 +451,7 @@ impl Demo {
     }
 
     fn all_sites(&self) -> Result<Vec<api::SiteInfo>> {
-        let list: api::SiteList = self
-            .client()
-            .get(&format!("{}?limit=1000", paths::SITES))?;
+        let list: api::SiteList = self.client().get(&format!("{}?limit=1000", paths::SITES))?;
         Ok(list.sites)
     }
 
@@ -443,7 +460,11 @@ impl Demo {
         let sites = self.all_sites()?;
         let mut changes = Vec::new();
         for s in &sites {
-            let Some(v) = s.installed.get(fleet::STREAM).and_then(|i| i.version.clone()) else {
+            let Some(v) = s
+                .installed
+                .get(fleet::STREAM)
+                .and_then(|i| i.version.clone())
+            else {
                 continue;
             };
             self.seen_versions
@@ -607,7 +628,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let result = story(&mut demo, &args);
     match result {
         Ok(Outcome::Interrupted) => {
-            demo.say.line("interrupted: stopping every agent, app and the coordinator");
+            demo.say
+                .line("interrupted: stopping every agent, app and the coordinator");
             demo.shutdown();
             demo.say.line("stopped");
             Ok(())
@@ -629,7 +651,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 }
                 demo.check_agents();
             }
-            demo.say.line("Ctrl-C: stopping every agent, app and the coordinator");
+            demo.say
+                .line("Ctrl-C: stopping every agent, app and the coordinator");
             demo.shutdown();
             demo.say.line("stopped");
             Ok(())
@@ -675,9 +698,15 @@ fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
         ),
     )?;
     println!();
-    println!("  dashboard:       {url}/   (the browser must trust {})", ca.display());
+    println!(
+        "  dashboard:       {url}/   (the browser must trust {})",
+        ca.display()
+    );
     println!("  operator token:  {token}   (admin)");
-    println!("  CLI:             export FLEETWAVE_PROFILE={}", profile.display());
+    println!(
+        "  CLI:             export FLEETWAVE_PROFILE={}",
+        profile.display()
+    );
     println!("                   fleetwave site list; fleetwave rollout list");
     println!("  logs:            {}", demo.dir.join("logs").display());
     println!("  stop:            Ctrl-C");
@@ -729,7 +758,10 @@ fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
     let good_plan = plans.join(format!("rollout-{}.toml", good.version));
     std::fs::write(
         &good_plan,
-        fleet::plan(&good.release_id(), &format!("demo {} to every store", good.version)),
+        fleet::plan(
+            &good.release_id(),
+            &format!("demo {} to every store", good.version),
+        ),
     )?;
     demo.say.blank();
     demo.say.line(format!(
@@ -747,7 +779,10 @@ fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
     let bad_plan = plans.join(format!("rollout-{}.toml", bad.version));
     std::fs::write(
         &bad_plan,
-        fleet::plan(&bad.release_id(), &format!("demo {} to every store", bad.version)),
+        fleet::plan(
+            &bad.release_id(),
+            &format!("demo {} to every store", bad.version),
+        ),
     )?;
     demo.say.blank();
     demo.say.line(format!(
@@ -757,7 +792,8 @@ fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
     let Some(bad_view) = demo.run_rollout(&bad_plan, Duration::from_secs(300))? else {
         return Ok(Outcome::Interrupted);
     };
-    demo.say.line("waiting for the first wave's sites to be back on 1.1.0");
+    demo.say
+        .line("waiting for the first wave's sites to be back on 1.1.0");
     let Some(back) = demo.settle(good.version, Duration::from_secs(120))? else {
         return Ok(Outcome::Interrupted);
     };
@@ -845,7 +881,10 @@ fn judge(
             .get(&s.site_id)
             .is_some_and(|v| v.contains(bad_version))
         {
-            wrong.push(format!("{} (wave {}) installed {bad_version}", s.site_id, s.wave));
+            wrong.push(format!(
+                "{} (wave {}) installed {bad_version}",
+                s.site_id, s.wave
+            ));
         }
     }
     if !back {
@@ -897,17 +936,27 @@ fn summary(
                 if w.opened_at.is_some() {
                     tally_words(&w.tally)
                 } else {
-                    format!("never opened ({} sites never saw the release)", w.tally.sites)
+                    format!(
+                        "never opened ({} sites never saw the release)",
+                        w.tally.sites
+                    )
                 }
             ));
         }
     }
     let mut by_version: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (site, v) in served {
-        by_version.entry(v.as_str()).or_default().push(site.as_str());
+        by_version
+            .entry(v.as_str())
+            .or_default()
+            .push(site.as_str());
     }
     for (v, sites) in &by_version {
-        say.line(format!("apps serving {v}: {} ({})", sites.len(), sites.join(" ")));
+        say.line(format!(
+            "apps serving {v}: {} ({})",
+            sites.len(),
+            sites.join(" ")
+        ));
     }
     match verdict {
         Ok(()) => say.line(

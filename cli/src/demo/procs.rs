@@ -72,7 +72,6 @@ fn detach_and_tie(cmd: &mut Command) {
 
 /// A running child, its name and its log file.
 pub struct Proc {
-    pub name: String,
     pub log: PathBuf,
     child: Child,
 }
@@ -92,7 +91,6 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         Ok(Proc {
-            name: name.to_string(),
             log: log.to_path_buf(),
             child,
         })
