@@ -255,6 +255,8 @@ pub struct Daemon {
     health: Arc<Health>,
     etag: Option<String>,
     last_wait: Option<String>,
+    /// Detail for the next `committed` phase event (set by recovery).
+    note: Option<String>,
 }
 
 impl Daemon {
@@ -270,6 +272,7 @@ impl Daemon {
             health,
             etag: None,
             last_wait: None,
+            note: None,
         })
     }
 
@@ -490,7 +493,10 @@ impl Daemon {
                 )?;
                 self.run_steps(&entry, Step::Verify).await
             }
-            Recovery::FinishCommit => self.run_steps(&entry, Step::Commit).await,
+            Recovery::FinishCommit => {
+                self.note = Some(detail("finishing the commit"));
+                self.run_steps(&entry, Step::Commit).await
+            }
         }
     }
 
@@ -900,11 +906,12 @@ impl Daemon {
         self.ctx
             .store
             .journal_finish(entry.id, Outcome::Committed, None, Timestamp::now())?;
+        let note = self.note.take();
         self.ctx.phase(
             Some(&entry.rollout_id),
             &entry.release_id,
             Phase::Committed,
-            None,
+            note,
         )?;
         let installed = self.ctx.store.installed_stream(&release.name)?;
         self.ctx.report(EventBody::Installed {
