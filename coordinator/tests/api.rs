@@ -33,6 +33,11 @@ async fn boot(dir: &Path) -> Running {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with_config("").await
+    }
+
+    /// A harness whose config file gets `extra` TOML appended.
+    async fn with_config(extra: &str) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let out = init(&InitOptions {
@@ -43,6 +48,11 @@ impl Harness {
             listen: "127.0.0.1:0".into(),
         })
         .unwrap();
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&out.config).unwrap();
+            text.push_str(extra);
+            std::fs::write(&out.config, text).unwrap();
+        }
         let running = boot(dir.path()).await;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&out.ca_cert).unwrap()).unwrap();
         let http = reqwest::Client::builder()
@@ -1217,4 +1227,51 @@ gate = { bake = "1h", failure_budget = 0 }
         "roots newer than version 1"
     );
     assert_eq!(body["roots"][0], serde_json::to_value(&next).unwrap());
+}
+
+#[tokio::test]
+async fn overload_is_answered_with_503_and_retry_after() {
+    let h = Harness::with_config("\n[limits]\nmax_concurrent_requests = 1\n").await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let (_, etag, _) = poll(&h, &a, None, 0).await;
+    // A long poll with a matching ETag holds the only request slot...
+    let holder = {
+        let (http, url, token, etag) = (
+            h.http.clone(),
+            h.url("/v1/agent/poll?wait=60&root_version=1"),
+            a.token.clone(),
+            etag.unwrap(),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // ...so another request is shed with 503 and Retry-After once the slot is taken.
+    let res = eventually("a request to be shed", || {
+        let h = &h;
+        async move {
+            let res = h
+                .http
+                .get(h.url("/v1/sites"))
+                .bearer_auth(&h.admin)
+                .send()
+                .await
+                .unwrap();
+            (res.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+        }
+    })
+    .await;
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(error_code(&v), "overloaded");
+    // Health and readiness are never shed.
+    let res = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    holder.abort();
 }

@@ -160,7 +160,10 @@ pub fn router(app: AppState) -> Router {
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
-        .concurrency_limit(app.config.limits.max_concurrent_requests);
+        // Global: one semaphore shared by every route (axum layers each route separately).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            app.config.limits.max_concurrent_requests,
+        ));
     let v1 = Router::new()
         .merge(agent_router(&app).layer(DefaultBodyLimit::max(body_limit)))
         .merge(operator_router(&app).layer(DefaultBodyLimit::max(body_limit)))
