@@ -206,13 +206,27 @@ impl Coordinator {
         site: &Site,
     ) -> Envelope {
         let good = demo_artifact(version, healthy);
-        let sha_good = self.upload(good.clone()).await;
+        self.upload(good.clone()).await;
         let url_sha = if tamper {
             self.upload(demo_artifact(&format!("{version}-evil"), healthy))
                 .await
         } else {
-            sha_good.clone()
+            fleetwave_shared::sha256_hex(&good)
         };
+        let env = self.sign_demo_release(version, counter, &good, &url_sha, site);
+        let _: serde_json::Value = self.post(api::paths::RELEASES, &env).await;
+        env
+    }
+
+    /// A signed demo release describing `artifact`, served from `/v1/artifacts/<url_sha>`.
+    pub fn sign_demo_release(
+        &self,
+        version: &str,
+        counter: u64,
+        artifact: &[u8],
+        url_sha: &str,
+        site: &Site,
+    ) -> Envelope {
         let release = Release {
             id: format!("demo-{version}"),
             name: "demo".into(),
@@ -224,8 +238,8 @@ impl Coordinator {
             artifacts: vec![Artifact {
                 name: "app.tar.gz".into(),
                 url: format!("/v1/artifacts/{url_sha}"),
-                length: good.len() as u64,
-                sha256: sha_good,
+                length: artifact.len() as u64,
+                sha256: fleetwave_shared::sha256_hex(artifact),
             }],
             install: [
                 ("format".to_string(), serde_json::json!("tar.gz")),
@@ -238,13 +252,11 @@ impl Coordinator {
             .into(),
             min_agent_version: None,
         };
-        let env = Envelope::sign(
+        Envelope::sign(
             RELEASE_TYPE,
             &serde_json::to_vec(&release).unwrap(),
             &[&self.release_key()],
-        );
-        let _: serde_json::Value = self.post(api::paths::RELEASES, &env).await;
-        env
+        )
     }
 
     /// Creates and starts a one-wave rollout of `release_id` to the pig cohort.
