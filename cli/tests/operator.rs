@@ -1,0 +1,527 @@
+//! The online `fleetwave` commands against a real `fleetwave-coordinator` process (real TLS,
+//! real SQLite file, in a temp dir on 127.0.0.1): every command group once, its human and
+//! JSON output, and its error paths (a refusal by the server is exit 1 with one line naming
+//! the status and code; a connection or usage problem is exit 2).
+//!
+//! The coordinator and agent binaries are taken from next to the `fleetwave` binary under
+//! test: build them first with `cargo build --workspace --bins`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetwave");
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(BIN).parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A coordinator made by `init --dev-root`, serving on a free port; killed on drop.
+struct Coordinator {
+    dir: tempfile::TempDir,
+    url: String,
+    token: String,
+    child: Child,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    fn start() -> Coordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cdir = dir.path().join("coordinator");
+        let init = Command::new(sibling("fleetwave-coordinator"))
+            .args([
+                "init",
+                "--dev-root",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--dir")
+            .arg(&cdir)
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "init: {init:?}");
+        let log = std::fs::File::create(dir.path().join("coordinator.log")).unwrap();
+        let child = Command::new(sibling("fleetwave-coordinator"))
+            .arg("serve")
+            .arg("--config")
+            .arg(cdir.join("coordinator.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let token = std::fs::read_to_string(cdir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let c = Coordinator {
+            dir,
+            url: format!("https://127.0.0.1:{port}"),
+            token,
+            child,
+        };
+        let start = Instant::now();
+        loop {
+            let out = c.run(&["site", "list"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "the coordinator did not answer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn cdir(&self) -> PathBuf {
+        self.dir.path().join("coordinator")
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.cdir().join("tls").join("ca.pem")
+    }
+
+    /// `fleetwave ARGS` with the URL, CA and admin token in the environment.
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_as(&self.token, args)
+    }
+
+    fn run_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("FLEETWAVE_URL", &self.url)
+            .env("FLEETWAVE_CA", self.ca())
+            .env("FLEETWAVE_TOKEN", token)
+            .env("FLEETWAVE_PROFILE", self.dir.path().join("no-profile.toml"))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "fleetwave {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Enrolls site `id` with `fleetwave-agent enroll` and a token made by the CLI.
+    fn enroll(&self, id: &str, labels: &[&str]) {
+        let mut args = vec!["token", "enroll", "create", "--site", id];
+        for l in labels {
+            args.push("--label");
+            args.push(l);
+        }
+        let token = self.ok(&args).trim().to_string();
+        assert!(token.starts_with("fwe_"), "{token}");
+        let site = self.dir.path().join(id);
+        std::fs::create_dir_all(&site).unwrap();
+        let config = site.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[coordinator]\nurl = {:?}\nca_file = {:?}\n\n[agent]\nstate_dir = {:?}\nsite_id = {id:?}\nroot_file = {:?}\n",
+                self.url,
+                self.ca().display().to_string(),
+                site.join("state").display().to_string(),
+                self.cdir().join("root.1.json").display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(sibling("fleetwave-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(["enroll", "--token", &token])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "enroll {id}: {out:?}");
+    }
+}
+
+/// Requires exit `code` and exactly one line on stderr; returns it.
+fn fails(out: Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout {} stderr {err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    err
+}
+
+#[test]
+fn sites_tokens_and_audit() {
+    let c = Coordinator::start();
+    c.enroll("store-1", &["cohort=pig", "region=eu"]);
+    c.enroll("store-2", &["cohort=dog", "region=us"]);
+
+    // site list: a table for people, JSON for scripts, filters by label.
+    let table = c.ok(&["site", "list"]);
+    assert!(table.starts_with("SITE"), "{table}");
+    assert!(
+        table.contains("store-1") && table.contains("cohort=pig"),
+        "{table}"
+    );
+    assert!(table.contains("2 site(s)"), "{table}");
+    let pigs = c.json(&["site", "list", "--label", "cohort=pig"]);
+    let ids: Vec<&str> = pigs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["store-1"]);
+
+    // site label / show / decommission / enable.
+    c.ok(&["site", "label", "store-1", "city=lyon", "region-"]);
+    let shown = c.json(&["site", "show", "store-1"]);
+    assert_eq!(shown["labels"]["city"], "lyon");
+    assert!(shown["labels"].get("region").is_none(), "{shown}");
+    let text = c.ok(&["site", "show", "store-1"]);
+    assert!(
+        text.contains("site store-1") && text.contains("city=lyon"),
+        "{text}"
+    );
+    let text = c.ok(&["site", "decommission", "store-2"]);
+    assert!(text.contains("store-2 is now decommissioned"), "{text}");
+    assert_eq!(
+        c.json(&["site", "show", "store-2"])["state"],
+        "decommissioned"
+    );
+    c.ok(&["site", "enable", "store-2"]);
+    assert_eq!(c.json(&["site", "show", "store-2"])["state"], "active");
+    let err = fails(c.run(&["site", "show", "no-such-site"]), 1);
+    assert!(err.contains("404") && err.contains("not_found"), "{err}");
+    let err = fails(c.run(&["site", "label", "store-1", "oops"]), 2);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+
+    // token enroll create / list / revoke.
+    let created = c.json(&[
+        "token",
+        "enroll",
+        "create",
+        "--uses",
+        "3",
+        "--expires-in",
+        "2h",
+    ]);
+    let id = created["id"].as_str().unwrap().to_string();
+    let list = c.ok(&["token", "enroll", "list"]);
+    assert!(
+        list.contains(&id) && list.contains("3/3") && list.contains("usable"),
+        "{list}"
+    );
+    assert!(
+        !list.contains(created["token"].as_str().unwrap()),
+        "secrets are never listed"
+    );
+    c.ok(&["token", "enroll", "revoke", &id]);
+    let list = c.json(&["token", "enroll", "list"]);
+    let revoked = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(revoked["revoked"], true);
+
+    // token operator create: a viewer may read but not change anything.
+    let viewer = c.ok(&[
+        "token", "operator", "create", "--name", "ci-read", "--role", "viewer",
+    ]);
+    let viewer = viewer.trim();
+    assert!(viewer.starts_with("fwo_"), "{viewer}");
+    assert!(c.run_as(viewer, &["site", "list"]).status.success());
+    let err = fails(c.run_as(viewer, &["token", "enroll", "create"]), 1);
+    assert!(err.starts_with("refused: ") && err.contains("403"), "{err}");
+    let ops = c.ok(&["token", "operator", "list"]);
+    assert!(ops.contains("ci-read") && ops.contains("viewer"), "{ops}");
+    // A usage error is clap's (a few lines with a hint), exit 2.
+    let out = c.run(&[
+        "token", "operator", "create", "--name", "x", "--role", "god",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("release_manager"));
+
+    // A wrong token and a wrong CA: a refusal (1) and a connection error (2).
+    let err = fails(c.run_as("fwo_wrong", &["site", "list"]), 1);
+    assert!(err.contains("401"), "{err}");
+    let other_ca = tempfile::tempdir().unwrap();
+    let init = Command::new(sibling("fleetwave-coordinator"))
+        .args(["init", "--dev-root", "--dir"])
+        .arg(other_ca.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let out = Command::new(BIN)
+        .args(["site", "list", "--url", &c.url, "--token", &c.token, "--ca"])
+        .arg(other_ca.path().join("c/tls/ca.pem"))
+        .env("FLEETWAVE_PROFILE", c.dir.path().join("no-profile.toml"))
+        .output()
+        .unwrap();
+    let err = fails(out, 2);
+    assert!(err.contains(&c.url), "{err}");
+    let out = Command::new(BIN)
+        .args(["site", "list"])
+        .env_remove("FLEETWAVE_URL")
+        .env("FLEETWAVE_PROFILE", c.dir.path().join("no-profile.toml"))
+        .output()
+        .unwrap();
+    let err = fails(out, 2);
+    assert!(err.contains("FLEETWAVE_URL"), "{err}");
+
+    // The profile file works instead of flags and environment.
+    let profile = c.dir.path().join("cli.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "url = {:?}\ntoken_file = \"coordinator/admin.token\"\nca = \"coordinator/tls/ca.pem\"\n",
+            c.url
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["site", "list", "--json"])
+        .env_remove("FLEETWAVE_URL")
+        .env_remove("FLEETWAVE_TOKEN")
+        .env_remove("FLEETWAVE_CA")
+        .env("FLEETWAVE_PROFILE", &profile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // audit: every change above, newest first, with who did it.
+    let audit = c.json(&["audit", "--limit", "200"]);
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "site.relabel",
+        "site.decommission",
+        "site.reenable",
+        "enrollment_token.revoke",
+        "operator_token.create",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let text = c.ok(&["audit"]);
+    assert!(
+        text.contains("site.decommission") && text.contains("store-2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn releases_artifacts_roots_and_rollouts() {
+    let c = Coordinator::start();
+    c.enroll("store-1", &["cohort=pig"]);
+    c.enroll("store-2", &["cohort=general"]);
+    let work = c.dir.path();
+
+    // artifact upload: prints the sha256 and the URL for a manifest.
+    std::fs::write(work.join("app.tar.gz"), b"not really a tarball, but bytes").unwrap();
+    let up = c.ok(&["artifact", "upload", "app.tar.gz"]);
+    let sha = up
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 "))
+        .unwrap()
+        .to_string();
+    assert_eq!(sha.len(), 64);
+    assert!(up.contains(&format!("/v1/artifacts/{sha}")), "{up}");
+    let err = fails(c.run(&["artifact", "upload", "missing.tar.gz"]), 2);
+    assert!(err.contains("missing.tar.gz"), "{err}");
+
+    // release sign (offline) then publish, list, show.
+    std::fs::write(
+        work.join("release.toml"),
+        "id = \"app-1.0.0\"\nname = \"app\"\nversion = \"1.0.0\"\nkind = \"app\"\ncounter = 1\nexpires_in = \"30d\"\n\n[install]\nformat = \"tar.gz\"\n\n[[artifacts]]\nname = \"app.tar.gz\"\nurl = \"/v1/artifacts/{sha256}\"\nfile = \"app.tar.gz\"\n",
+    )
+    .unwrap();
+    let key = c.cdir().join("offline-keys/release.key");
+    c.ok(&[
+        "release",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "release.toml",
+        "--out",
+        "r.json",
+    ]);
+    let published = c.ok(&["release", "publish", "r.json"]);
+    assert!(
+        published.contains("published release app-1.0.0"),
+        "{published}"
+    );
+    let err = fails(c.run(&["release", "publish", "r.json"]), 1);
+    assert!(err.contains("409"), "publishing twice is a conflict: {err}");
+    // Signed by a key the root does not list under release: refused, exit 1.
+    let rogue = c.cdir().join("offline-keys/root.key");
+    c.ok(&[
+        "release",
+        "sign",
+        "--key",
+        rogue.to_str().unwrap(),
+        "release.toml",
+        "--out",
+        "rogue.json",
+    ]);
+    let err = fails(c.run(&["release", "publish", "rogue.json"]), 1);
+    assert!(
+        err.contains("422") && err.contains("release_refused"),
+        "{err}"
+    );
+    let list = c.ok(&["release", "list"]);
+    assert!(
+        list.contains("app-1.0.0") && list.contains("1.0.0"),
+        "{list}"
+    );
+    let show = c.ok(&["release", "show", "app-1.0.0"]);
+    assert!(
+        show.contains(&sha) && show.contains("counter:    1"),
+        "{show}"
+    );
+
+    // root publish: version 2 of the root, signed by the version-1 root key.
+    let keys = c.cdir().join("offline-keys");
+    c.ok(&[
+        "root",
+        "init",
+        "--root-key",
+        keys.join("root.key.pub").to_str().unwrap(),
+        "--release-key",
+        keys.join("release.key.pub").to_str().unwrap(),
+        "--coordinator-key",
+        c.cdir().join("coordinator.key.pub").to_str().unwrap(),
+        "--version",
+        "2",
+        "--out",
+        "root2.json",
+    ]);
+    c.ok(&[
+        "root",
+        "sign",
+        "--key",
+        keys.join("root.key").to_str().unwrap(),
+        "--out",
+        "root2.env.json",
+        "root2.json",
+    ]);
+    let out = c.ok(&["root", "publish", "root2.env.json"]);
+    assert!(out.contains("published root version 2"), "{out}");
+    let err = fails(c.run(&["root", "publish", "root2.env.json"]), 1);
+    assert!(err.contains("root"), "{err}");
+    let roots = c.json(&["root", "list"]);
+    assert_eq!(roots["roots"].as_array().unwrap().len(), 2, "{roots}");
+
+    // rollout create (a plan with a bad field names it), start, pause, resume, skip,
+    // approve (error path), status, list, abort; then rollback of a second rollout.
+    std::fs::write(
+        work.join("bad-plan.toml"),
+        "name = \"x\"\nrelease = \"app-1.0.0\"\n[[waves]]\nname = \"all\"\ngate = { sucess_ratio = 1.0 }\n",
+    )
+    .unwrap();
+    let err = fails(c.run(&["rollout", "create", "bad-plan.toml"]), 1);
+    assert!(err.contains("sucess_ratio"), "{err}");
+    std::fs::write(
+        work.join("plan.toml"),
+        "name = \"app 1.0.0\"\nrelease = \"app-1.0.0\"\n\n[[waves]]\nname = \"pigs\"\nselector = { cohort = \"pig\" }\ngate = { bake = \"1h\" }\n\n[[waves]]\nname = \"rest\"\n",
+    )
+    .unwrap();
+    let created = c.json(&["rollout", "create", "plan.toml"]);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["waves"].as_array().unwrap().len(), 2);
+    let started = c.ok(&["rollout", "start", &id]);
+    assert!(started.contains("RUNNING"), "{started}");
+    assert!(
+        started.contains("pigs") && started.contains("timeline:"),
+        "{started}"
+    );
+    assert_eq!(
+        c.json(&["rollout", "pause", &id, "--reason", "lunch"])["status"],
+        "paused"
+    );
+    assert_eq!(c.json(&["rollout", "resume", &id])["status"], "running");
+    let skipped = c.json(&["rollout", "skip", &id, "--site", "store-1"]);
+    let store1 = skipped["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site_id"] == "store-1")
+        .unwrap()
+        .clone();
+    assert_eq!(store1["state"], "skipped", "{skipped}");
+    let err = fails(c.run(&["rollout", "approve", &id, "--wave", "7"]), 1);
+    assert!(err.contains("wave 7"), "{err}");
+    let status = c.ok(&["rollout", "status", &id, "--sites"]);
+    for word in ["WAVE", "GATE", "store-1", "skipped", "paused by", "started"] {
+        assert!(status.contains(word), "{word} missing from:\n{status}");
+    }
+    let list = c.ok(&["rollout", "list"]);
+    assert!(list.contains(&id), "{list}");
+    let aborted = c.json(&["rollout", "abort", &id, "--reason", "demo over"]);
+    assert_eq!(aborted["status"], "aborted");
+    let err = fails(c.run(&["rollout", "resume", &id]), 1);
+    assert!(
+        err.contains("409"),
+        "an aborted rollout cannot resume: {err}"
+    );
+
+    let second = c.json(&["rollout", "create", "plan.toml", "--start"]);
+    let id2 = second["id"].as_str().unwrap().to_string();
+    assert_eq!(second["status"], "running");
+    let rolled = c.json(&["rollout", "rollback", &id2, "--reason", "changed our mind"]);
+    assert_eq!(rolled["status"], "rolled_back", "{rolled}");
+
+    let audit = c.ok(&["audit", "--limit", "100"]);
+    for a in [
+        "artifact.upload",
+        "release.publish",
+        "root.publish",
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.abort",
+        "rollout.rollback",
+    ] {
+        assert!(audit.contains(a), "{a} missing from:\n{audit}");
+    }
+}
