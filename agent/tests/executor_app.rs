@@ -30,9 +30,11 @@ struct Site {
 impl Site {
     async fn new() -> Site {
         let tmp = tempfile::tempdir().unwrap();
-        let mut config = ExecutorConfig::default();
-        config.apps_dir = tmp.path().join("apps");
-        config.staging_dir = tmp.path().join("staging");
+        let config = ExecutorConfig {
+            apps_dir: tmp.path().join("apps"),
+            staging_dir: tmp.path().join("staging"),
+            ..ExecutorConfig::default()
+        };
         let health = Health::new(support::quiet_health(2, 2), &config.staging_dir).unwrap();
         let server = FileServer::start().await;
         let client = server.client();
@@ -153,15 +155,29 @@ async fn app_install_of_the_demo_app_restarts_it_checks_health_and_commits() {
     e2.prepare(&site.source()).await.unwrap();
     e2.install().await.unwrap();
     let last = e2.verify(&site.health, |_| samples += 1).await.unwrap();
-    assert!(samples >= 2, "sampled at the start and the end of the period");
-    assert!(last.checks.iter().any(|c| c.name == "http:demo" && c.passed));
+    assert!(
+        samples >= 2,
+        "sampled at the start and the end of the period"
+    );
+    assert!(
+        last.checks
+            .iter()
+            .any(|c| c.name == "http:demo" && c.passed)
+    );
     e2.commit().await.unwrap();
     assert_eq!(site.running_version().await.as_deref(), Some("2.0.0"));
-    assert_ne!(support::read_pid(&site.pid_file).unwrap(), first_pid, "a new process runs");
+    assert_ne!(
+        support::read_pid(&site.pid_file).unwrap(),
+        first_pid,
+        "a new process runs"
+    );
     assert_eq!(site.link("current").as_deref(), Some("2.0.0"));
     assert_eq!(site.link("previous").as_deref(), Some("1.0.0"));
     let installed = e2.installed().await.unwrap().unwrap();
-    assert_eq!((installed.version.as_str(), installed.previous.as_deref()), ("2.0.0", Some("1.0.0")));
+    assert_eq!(
+        (installed.version.as_str(), installed.previous.as_deref()),
+        ("2.0.0", Some("1.0.0"))
+    );
 
     // The third commit keeps current and previous only; staging is emptied.
     let v3 = site.release("3.0.0", true);
@@ -208,12 +224,20 @@ async fn each_app_step_is_idempotent_when_called_twice() {
     e.prepare(&site.source()).await.unwrap();
     let requests = site.server.seen().len();
     e.prepare(&site.source()).await.unwrap();
-    assert_eq!(site.server.seen().len(), requests, "a prepared version is not fetched again");
+    assert_eq!(
+        site.server.seen().len(),
+        requests,
+        "a prepared version is not fetched again"
+    );
 
     e.install().await.unwrap();
     e.install().await.unwrap();
     assert_eq!(site.link("current").as_deref(), Some("2.0.0"));
-    assert_eq!(site.link("previous").as_deref(), Some("1.0.0"), "previous is not overwritten");
+    assert_eq!(
+        site.link("previous").as_deref(),
+        Some("1.0.0"),
+        "previous is not overwritten"
+    );
     assert_eq!(site.running_version().await.as_deref(), Some("2.0.0"));
 
     e.verify(&site.health, |_| {}).await.unwrap();
@@ -270,7 +294,10 @@ async fn rolling_back_a_first_install_stops_the_app_and_removes_current() {
     assert!(e.verify(&site.health, |_| {}).await.is_err());
     e.rollback().await.unwrap();
     assert!(site.link("current").is_none());
-    assert!(site.running_version().await.is_none(), "the app was stopped");
+    assert!(
+        site.running_version().await.is_none(),
+        "the app was stopped"
+    );
     assert!(e.installed().await.unwrap().is_none());
     e.rollback().await.unwrap();
 }

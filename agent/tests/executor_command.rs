@@ -47,9 +47,11 @@ async fn setup() -> Setup {
     let dir = tmp.path().to_path_buf();
     let log = dir.join("log");
     let script = logging_script(&dir, &log);
-    let mut config = ExecutorConfig::default();
-    config.staging_dir = dir.join("staging");
-    config.apps_dir = dir.join("apps");
+    let mut config = ExecutorConfig {
+        apps_dir: dir.join("apps"),
+        staging_dir: dir.join("staging"),
+        ..ExecutorConfig::default()
+    };
     // Defaults from the agent config; the release overrides `install`.
     config.command.prepare = Some(fleetwave_agent::readiness::CommandLine::argv(&[&script]));
     config.command.install = Some(fleetwave_agent::readiness::CommandLine::argv(&["false"]));
@@ -116,7 +118,11 @@ async fn command_executor_runs_every_step_with_exit_code_0_and_passes_the_releas
         "{}",
         lines[1]
     );
-    assert!(lines[1].contains("staging/work/edge-stack-2.0.0"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("staging/work/edge-stack-2.0.0"),
+        "{}",
+        lines[1]
+    );
     let installed = e.installed().await.unwrap().unwrap();
     assert_eq!(installed.version, "2.0.0");
 }
@@ -130,7 +136,11 @@ async fn command_executor_exit_code_1_fails_the_step_and_rollback_runs_the_rollb
     let err = e.install().await.unwrap_err();
     assert_eq!(err.code(), "command_failed");
     assert!(!err.is_retryable());
-    assert!(err.to_string().contains("exit code 1: step install exits 1"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("exit code 1: step install exits 1"),
+        "{err}"
+    );
     e.rollback().await.unwrap();
     let steps: Vec<String> = s
         .log_lines()

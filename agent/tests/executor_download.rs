@@ -57,7 +57,9 @@ async fn a_cut_connection_keeps_the_partial_file_and_the_next_call_resumes_it() 
         base_url: &server.base_url,
         bearer_token: None,
     };
-    let err = download::fetch(&src, &art, staging.path()).await.unwrap_err();
+    let err = download::fetch(&src, &art, staging.path())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "download_failed", "{err}");
     assert!(err.is_retryable());
     let part = download::part_path(staging.path(), &art.sha256);
@@ -68,7 +70,10 @@ async fn a_cut_connection_keeps_the_partial_file_and_the_next_call_resumes_it() 
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
     let seen = server.seen();
-    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={kept}-").as_str()));
+    assert_eq!(
+        seen[1].range.as_deref(),
+        Some(format!("bytes={kept}-").as_str())
+    );
 }
 
 #[tokio::test]
@@ -106,7 +111,9 @@ async fn a_tampered_artifact_is_refused_and_deleted() {
         base_url: &server.base_url,
         bearer_token: None,
     };
-    let err = download::fetch(&src, &art, staging.path()).await.unwrap_err();
+    let err = download::fetch(&src, &art, staging.path())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "artifact_mismatch", "{err}");
     assert!(err.to_string().contains("sha256"), "{err}");
     assert!(!download::part_path(staging.path(), &art.sha256).exists());
@@ -115,7 +122,10 @@ async fn a_tampered_artifact_is_refused_and_deleted() {
 
 #[tokio::test]
 async fn more_bytes_than_the_signed_length_are_refused() {
-    for behaviour in [Behaviour::ExtraBytes(10), Behaviour::ExtraBytesNoLength(70_000)] {
+    for behaviour in [
+        Behaviour::ExtraBytes(10),
+        Behaviour::ExtraBytesNoLength(70_000),
+    ] {
         let server = FileServer::start().await;
         let bytes = payload(20_000);
         server.put("/art", bytes.clone(), behaviour);
@@ -127,7 +137,9 @@ async fn more_bytes_than_the_signed_length_are_refused() {
             base_url: &server.base_url,
             bearer_token: None,
         };
-        let err = download::fetch(&src, &art, staging.path()).await.unwrap_err();
+        let err = download::fetch(&src, &art, staging.path())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "artifact_too_large", "{behaviour:?}: {err}");
         assert!(!download::part_path(staging.path(), &art.sha256).exists());
         assert!(!download::staged_path(staging.path(), &art.sha256).exists());
@@ -145,7 +157,9 @@ async fn a_missing_artifact_is_a_download_failure_naming_the_status() {
         base_url: &server.base_url,
         bearer_token: None,
     };
-    let err = download::fetch(&src, &art, staging.path()).await.unwrap_err();
+    let err = download::fetch(&src, &art, staging.path())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "download_failed");
     assert!(err.to_string().contains("404"), "{err}");
     assert!(err.to_string().contains("no such artifact"), "{err}");

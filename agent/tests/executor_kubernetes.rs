@@ -44,14 +44,24 @@ impl Cluster {
             ),
         );
         let kubectl = bin_dir.join("kubectl");
-        write_script(&kubectl, &render_fixture("kubernetes/kubectl.in", &[("STATE", st)]));
+        write_script(
+            &kubectl,
+            &render_fixture("kubernetes/kubectl.in", &[("STATE", st)]),
+        );
         // The cluster is up on the current version.
-        assert!(std::process::Command::new(&restart).status().unwrap().success());
+        assert!(
+            std::process::Command::new(&restart)
+                .status()
+                .unwrap()
+                .success()
+        );
         std::fs::remove_file(state.join("restarts")).unwrap();
 
-        let mut config = ExecutorConfig::default();
-        config.staging_dir = tmp.path().join("staging");
-        config.apps_dir = tmp.path().join("apps");
+        let mut config = ExecutorConfig {
+            apps_dir: tmp.path().join("apps"),
+            staging_dir: tmp.path().join("staging"),
+            ..ExecutorConfig::default()
+        };
         let k = &mut config.kubernetes;
         k.binary = binary.clone();
         k.restart_command = CommandLine::Argv(vec![restart.to_str().unwrap().into()]);
@@ -80,7 +90,13 @@ impl Cluster {
         let path = format!("/v1/artifacts/k3s-{version}-{health}");
         let art = artifact("k3s", &path, &bytes);
         self.server.put(&path, bytes, Behaviour::Normal);
-        release("k3s", version, ReleaseKind::Kubernetes, vec![art], json!({"verify_period_secs": 1}))
+        release(
+            "k3s",
+            version,
+            ReleaseKind::Kubernetes,
+            vec![art],
+            json!({"verify_period_secs": 1}),
+        )
     }
 
     fn executor(&self, r: &Release, rollback: bool) -> Executor {
@@ -96,7 +112,10 @@ impl Cluster {
     }
 
     fn binary_version(&self, path: &std::path::Path) -> String {
-        let out = std::process::Command::new(path).arg("--version").output().unwrap();
+        let out = std::process::Command::new(path)
+            .arg("--version")
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .nth(2)
@@ -137,16 +156,27 @@ async fn kubernetes_executor_with_stand_in_k3s_scripts_upgrades_one_minor_versio
     let r = c.release("v1.31.2+k3s1", "ready");
     let e = c.executor(&r, false);
     e.prepare(&c.source()).await.unwrap();
-    assert_eq!(c.binary_version(&c.binary), "v1.30.4+k3s1", "prepare changes nothing");
+    assert_eq!(
+        c.binary_version(&c.binary),
+        "v1.30.4+k3s1",
+        "prepare changes nothing"
+    );
     e.install().await.unwrap();
     assert_eq!(c.binary_version(&c.binary), "v1.31.2+k3s1");
     assert_eq!(c.binary_version(&c.previous()), "v1.30.4+k3s1");
-    assert_eq!(c.lines("snapshots"), 1, "a datastore snapshot before the swap");
+    assert_eq!(
+        c.lines("snapshots"),
+        1,
+        "a datastore snapshot before the swap"
+    );
     assert_eq!(c.lines("restarts"), 1);
     assert_eq!(c.running_version(), "v1.31.2+k3s1");
     let last = e.verify(&c.health, |_| {}).await.unwrap();
     for name in ["kube:api", "kube:node", "kube:pods"] {
-        assert!(last.checks.iter().any(|k| k.name == name && k.passed), "{name}: {last:?}");
+        assert!(
+            last.checks.iter().any(|k| k.name == name && k.passed),
+            "{name}: {last:?}"
+        );
     }
     e.commit().await.unwrap();
     let installed = e.installed().await.unwrap().unwrap();
@@ -159,19 +189,33 @@ async fn kubernetes_executor_with_stand_in_k3s_scripts_upgrades_one_minor_versio
 async fn kubernetes_executor_with_stand_in_k3s_scripts_refuses_a_skipped_minor_version() {
     let c = Cluster::running("v1.30.4+k3s1").await;
     let r = c.release("v1.32.0+k3s1", "ready");
-    let err = c.executor(&r, false).prepare(&c.source()).await.unwrap_err();
+    let err = c
+        .executor(&r, false)
+        .prepare(&c.source())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "preflight_refused", "{err}");
-    assert!(err.to_string().contains("skips minor version 1.31"), "{err}");
+    assert!(
+        err.to_string().contains("skips minor version 1.31"),
+        "{err}"
+    );
     assert_eq!(c.binary_version(&c.binary), "v1.30.4+k3s1");
     assert_eq!(c.lines("snapshots"), 0);
-    assert!(c.server.seen().is_empty(), "nothing downloaded after a refused pre-flight");
+    assert!(
+        c.server.seen().is_empty(),
+        "nothing downloaded after a refused pre-flight"
+    );
 }
 
 #[tokio::test]
 async fn kubernetes_executor_with_stand_in_k3s_scripts_downgrades_only_for_a_rollback_assignment() {
     let c = Cluster::running("v1.31.2+k3s1").await;
     let r = c.release("v1.30.4+k3s1", "ready");
-    let err = c.executor(&r, false).prepare(&c.source()).await.unwrap_err();
+    let err = c
+        .executor(&r, false)
+        .prepare(&c.source())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "preflight_refused");
     assert!(err.to_string().contains("downgrade"), "{err}");
     let e = c.executor(&r, true);
@@ -197,11 +241,18 @@ async fn kubernetes_executor_with_stand_in_k3s_scripts_restores_the_binary_when_
     e.rollback().await.unwrap();
     assert_eq!(c.binary_version(&c.binary), "v1.30.4+k3s1");
     assert_eq!(c.running_version(), "v1.30.4+k3s1");
-    assert_eq!(c.lines("restarts"), 2, "restarted on the new, then on the restored binary");
+    assert_eq!(
+        c.lines("restarts"),
+        2,
+        "restarted on the new, then on the restored binary"
+    );
     // Recovery calls rollback again: nothing more happens.
     e.rollback().await.unwrap();
     assert_eq!(c.lines("restarts"), 2);
-    assert_eq!(e.installed().await.unwrap().unwrap().version, "v1.30.4+k3s1");
+    assert_eq!(
+        e.installed().await.unwrap().unwrap().version,
+        "v1.30.4+k3s1"
+    );
 }
 
 #[tokio::test]
@@ -213,15 +264,24 @@ async fn kubernetes_executor_with_stand_in_k3s_scripts_install_is_idempotent() {
     e.prepare(&c.source()).await.unwrap();
     e.install().await.unwrap();
     e.install().await.unwrap();
-    assert_eq!(c.lines("snapshots"), 1, "no second snapshot once the binary is swapped");
-    assert_eq!(c.binary_version(&c.previous()), "v1.30.4+k3s1", "previous kept");
+    assert_eq!(
+        c.lines("snapshots"),
+        1,
+        "no second snapshot once the binary is swapped"
+    );
+    assert_eq!(
+        c.binary_version(&c.previous()),
+        "v1.30.4+k3s1",
+        "previous kept"
+    );
     e.verify(&c.health, |_| {}).await.unwrap();
     e.commit().await.unwrap();
     e.commit().await.unwrap();
 }
 
 #[tokio::test]
-async fn kubernetes_executor_with_stand_in_k3s_scripts_reports_a_failed_snapshot_before_any_change() {
+async fn kubernetes_executor_with_stand_in_k3s_scripts_reports_a_failed_snapshot_before_any_change()
+{
     let mut c = Cluster::running("v1.30.4+k3s1").await;
     c.config.kubernetes.snapshot_command = Some(CommandLine::Shell(
         "echo 'etcd: no space left' >&2; exit 1".into(),

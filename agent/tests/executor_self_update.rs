@@ -36,11 +36,15 @@ async fn a_box() -> Box_ {
     let binary = tmp.path().join("fleetwave-agent");
     write_script(&binary, &stand_in_agent("0.1.0"));
     let restarts = tmp.path().join("restarts");
-    let mut config = ExecutorConfig::default();
-    config.staging_dir = tmp.path().join("staging");
-    config.self_update.binary = binary.clone();
-    config.self_update.restart_command =
-        CommandLine::Shell(format!("echo restart >> {}", restarts.display()));
+    let config = ExecutorConfig {
+        staging_dir: tmp.path().join("staging"),
+        self_update: self_update::SelfUpdateConfig {
+            binary: binary.clone(),
+            restart_command: CommandLine::Shell(format!("echo restart >> {}", restarts.display())),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let health = Health::new(support::quiet_health(0, 1), &config.staging_dir).unwrap();
     let server = FileServer::start().await;
     Box_ {
@@ -60,7 +64,13 @@ impl Box_ {
         let path = format!("/agent-{version}-{reports}");
         let art = artifact("fleetwave-agent", &path, &bytes);
         self.server.put(&path, bytes, Behaviour::Normal);
-        release("fleetwave-agent", version, ReleaseKind::App, vec![art], json!({"target": "agent"}))
+        release(
+            "fleetwave-agent",
+            version,
+            ReleaseKind::App,
+            vec![art],
+            json!({"target": "agent"}),
+        )
     }
 
     fn source(&self) -> ArtifactSource<'_> {
@@ -72,7 +82,10 @@ impl Box_ {
     }
 
     fn version_of(&self, path: &Path) -> String {
-        let out = std::process::Command::new(path).arg("--version").output().unwrap();
+        let out = std::process::Command::new(path)
+            .arg("--version")
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -90,7 +103,11 @@ async fn self_update_swaps_the_binary_keeping_the_previous_and_asks_the_daemon_t
     let e = Executor::for_release(&b.config, &r, false).unwrap();
     assert_eq!(e.kind_name(), "agent");
     e.prepare(&b.source()).await.unwrap();
-    assert_eq!(b.version_of(&b.binary), "fleetwave-agent 0.1.0", "prepare only stages");
+    assert_eq!(
+        b.version_of(&b.binary),
+        "fleetwave-agent 0.1.0",
+        "prepare only stages"
+    );
     assert_eq!(e.install().await.unwrap(), InstallOutcome::RestartAgent);
     assert_eq!(e.install().await.unwrap(), InstallOutcome::RestartAgent);
     assert_eq!(b.version_of(&b.binary), "fleetwave-agent 0.2.0");
@@ -98,7 +115,11 @@ async fn self_update_swaps_the_binary_keeping_the_previous_and_asks_the_daemon_t
         b.version_of(&b.config.self_update.guard_binary()),
         "fleetwave-agent 0.1.0"
     );
-    assert_eq!(b.restarts(), 0, "the daemon restarts itself, not the executor");
+    assert_eq!(
+        b.restarts(),
+        0,
+        "the daemon restarts itself, not the executor"
+    );
     // The new agent, after its restart:
     e.verify(&b.health, |_| {}).await.unwrap();
     e.commit().await.unwrap();
@@ -204,15 +225,25 @@ fn spawn_guard_starts_the_previous_binary_detached() {
     let previous = tmp.path().join("fleetwave-agent.previous");
     write_script(
         &previous,
-        &format!("#!/bin/sh\necho \"$@\" > {}.tmp && mv {0}.tmp {0}\n", marker.display()),
+        &format!(
+            "#!/bin/sh\necho \"$@\" > {}.tmp && mv {0}.tmp {0}\n",
+            marker.display()
+        ),
     );
     let config = self_update::SelfUpdateConfig {
         binary,
         guard_launcher: vec![],
         ..Default::default()
     };
-    self_update::spawn_guard(&config, &["self-update-guard".into(), "--config".into(), "a.toml".into()])
-        .unwrap();
+    self_update::spawn_guard(
+        &config,
+        &[
+            "self-update-guard".into(),
+            "--config".into(),
+            "a.toml".into(),
+        ],
+    )
+    .unwrap();
     // Wait for the detached process to leave its mark (bounded; not a timing assertion).
     for _ in 0..500 {
         if marker.exists() {

@@ -24,7 +24,11 @@ fn unpack_refused(archive: Vec<u8>) -> String {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(beside, vec![std::ffi::OsString::from("dest")], "wrote outside dest");
+    assert_eq!(
+        beside,
+        vec![std::ffi::OsString::from("dest")],
+        "wrote outside dest"
+    );
     assert!(!Path::new("/tmp/fleetwave-escape-canary").exists());
     err.to_string()
 }
@@ -82,7 +86,11 @@ fn hard_links_outside_or_to_missing_files_are_refused() {
 
 #[test]
 fn device_files_and_fifos_are_refused() {
-    for kind in [tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
+    for kind in [
+        tar::EntryType::Char,
+        tar::EntryType::Block,
+        tar::EntryType::Fifo,
+    ] {
         let mut b = TarBuilder::new();
         b.special("dev", kind);
         assert!(unpack_refused(b.finish()).contains("device file or FIFO"));
@@ -111,8 +119,14 @@ fn a_well_formed_archive_with_inside_links_unpacks() {
     let file = tmp.path().join("a.tar.gz");
     std::fs::write(&file, b.finish()).unwrap();
     unpack_tar_gz(&file, &dest, "a.tar.gz").unwrap();
-    assert_eq!(std::fs::read(dest.join("bin/app")).unwrap(), b"#!/bin/sh\necho hi\n");
+    assert_eq!(
+        std::fs::read(dest.join("bin/app")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
     assert_eq!(std::fs::read(dest.join("lib/libx.so")).unwrap(), b"lib");
-    assert_eq!(std::fs::read(dest.join("bin/lib/libx.so.1")).unwrap(), b"lib");
+    assert_eq!(
+        std::fs::read(dest.join("bin/lib/libx.so.1")).unwrap(),
+        b"lib"
+    );
     assert_eq!(std::fs::read(dest.join("lib/copy")).unwrap(), b"lib");
 }

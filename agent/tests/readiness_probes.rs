@@ -18,7 +18,10 @@ fn health(probes: &str) -> (Health, tempfile::TempDir) {
     (Health::new(cfg, tmp.path()).unwrap(), tmp)
 }
 
-fn check<'a>(s: &'a fleetwave_agent::readiness::HealthSample, name: &str) -> &'a fleetwave_agent::readiness::CheckResult {
+fn check<'a>(
+    s: &'a fleetwave_agent::readiness::HealthSample,
+    name: &str,
+) -> &'a fleetwave_agent::readiness::CheckResult {
     s.checks
         .iter()
         .find(|c| c.name == name)
@@ -64,15 +67,29 @@ async fn http_probes_pass_and_fail_on_status_body_and_connection() {
     assert!(check(&s, "http:ok").passed);
     assert!(check(&s, "http:expect404").passed);
     let body = check(&s, "http:body");
-    assert!(!body.passed && body.reason.contains("body lacks"), "{body:?}");
+    assert!(
+        !body.passed && body.reason.contains("body lacks"),
+        "{body:?}"
+    );
     let status = check(&s, "http:status");
-    assert!(!status.passed && status.reason.contains("status 404"), "{status:?}");
+    assert!(
+        !status.passed && status.reason.contains("status 404"),
+        "{status:?}"
+    );
     let closed = check(&s, "http:closed");
-    assert!(!closed.passed && closed.reason.contains("connection"), "{closed:?}");
+    assert!(
+        !closed.passed && closed.reason.contains("connection"),
+        "{closed:?}"
+    );
     assert!(!s.healthy());
     let summary = s.summary();
     assert_eq!(summary.failed, 3);
-    assert!(summary.failing.iter().any(|f| f.starts_with("http:status: status 404")));
+    assert!(
+        summary
+            .failing
+            .iter()
+            .any(|f| f.starts_with("http:status: status 404"))
+    );
 }
 
 #[tokio::test]
@@ -80,10 +97,16 @@ async fn an_http_probe_follows_the_demo_app_health() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app");
     std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(app.join("app.json"), r#"{"version": "1.2.3", "healthy": false}"#).unwrap();
+    std::fs::write(
+        app.join("app.json"),
+        r#"{"version": "1.2.3", "healthy": false}"#,
+    )
+    .unwrap();
     let port = support::free_port();
     let pid_file = dir.path().join("pid");
-    let _guard = DemoAppGuard { pid_file: pid_file.clone() };
+    let _guard = DemoAppGuard {
+        pid_file: pid_file.clone(),
+    };
     let restart = || {
         std::process::Command::new(support::demo_app())
             .args(["restart", "--dir", app.to_str().unwrap(), "--listen"])
@@ -99,7 +122,11 @@ async fn an_http_probe_follows_the_demo_app_health() {
     ));
     let s = h.sample().await;
     assert_eq!(check(&s, "http:app").reason, "status 500, expected 200");
-    std::fs::write(app.join("app.json"), r#"{"version": "1.2.3", "healthy": true}"#).unwrap();
+    std::fs::write(
+        app.join("app.json"),
+        r#"{"version": "1.2.3", "healthy": true}"#,
+    )
+    .unwrap();
     assert!(restart().success());
     assert!(h.sample().await.healthy());
 }
@@ -130,7 +157,10 @@ async fn command_probes_pass_on_exit_0_and_fail_with_the_last_output_line_or_tim
         "exit code 4: filesystem is read-only"
     );
     let slow = check(&s, "command:slow");
-    assert!(!slow.passed && slow.reason.contains("did not finish within 1 s"), "{slow:?}");
+    assert!(
+        !slow.passed && slow.reason.contains("did not finish within 1 s"),
+        "{slow:?}"
+    );
 }
 
 #[tokio::test]
@@ -159,7 +189,10 @@ async fn systemd_probe_asks_systemctl_is_active() {
     ));
     let sample = h.sample().await;
     assert!(check(&sample, "systemd:pos").passed);
-    assert_eq!(check(&sample, "systemd:printer").reason, "printer.service failed");
+    assert_eq!(
+        check(&sample, "systemd:printer").reason,
+        "printer.service failed"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +203,10 @@ async fn kube_probes_read_node_and_pods_through_a_stand_in_kubectl() {
     let kubectl = tmp.path().join("kubectl");
     write_script(
         &kubectl,
-        &render_fixture("kubernetes/kubectl.in", &[("STATE", state.to_str().unwrap())]),
+        &render_fixture(
+            "kubernetes/kubectl.in",
+            &[("STATE", state.to_str().unwrap())],
+        ),
     );
     let k = kubectl.to_str().unwrap();
     let (h, _t) = health(&format!(
@@ -188,19 +224,32 @@ async fn kube_probes_read_node_and_pods_through_a_stand_in_kubectl() {
     ));
     // API server down: both fail with kubectl's message.
     let s = h.sample().await;
-    assert!(check(&s, "kube_node:node").reason.contains("connection to the server"));
+    assert!(
+        check(&s, "kube_node:node")
+            .reason
+            .contains("connection to the server")
+    );
     assert!(!check(&s, "kube_system_pods:system").passed);
 
     std::fs::write(state.join("running"), "v1.31.2+k3s1\n").unwrap();
     std::fs::write(state.join("node-health"), "broken\n").unwrap();
     let s = h.sample().await;
     let node = check(&s, "kube_node:node");
-    assert!(!node.passed && node.reason.contains("Ready=False"), "{node:?}");
-    assert_eq!(check(&s, "kube_system_pods:system").reason, "2 pods ready in kube-system");
+    assert!(
+        !node.passed && node.reason.contains("Ready=False"),
+        "{node:?}"
+    );
+    assert_eq!(
+        check(&s, "kube_system_pods:system").reason,
+        "2 pods ready in kube-system"
+    );
 
     std::fs::write(state.join("node-health"), "ready\n").unwrap();
     let s = h.sample().await;
-    assert_eq!(check(&s, "kube_node:node").reason, "node edge-1 Ready (v1.31.2+k3s1)");
+    assert_eq!(
+        check(&s, "kube_node:node").reason,
+        "node edge-1 Ready (v1.31.2+k3s1)"
+    );
     assert!(s.healthy());
 }
 
@@ -225,5 +274,8 @@ fn a_ca_file_that_does_not_exist_is_a_clear_start_up_error() {
     )
     .unwrap();
     let err = Health::new(cfg, tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("http:a") && err.contains("/nonexistent/ca.pem"), "{err}");
+    assert!(
+        err.contains("http:a") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }

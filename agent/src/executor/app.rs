@@ -81,10 +81,14 @@ pub(crate) fn pick_artifact(release: &Release, params: &Params<'_>) -> Result<Ar
                 key: "artifact".into(),
                 message: format!("the release has no artifact named {name:?}"),
             }),
-        None => release.artifacts.first().cloned().ok_or_else(|| ExecError::BadParams {
-            key: "artifacts".into(),
-            message: "the release has no artifact".into(),
-        }),
+        None => release
+            .artifacts
+            .first()
+            .cloned()
+            .ok_or_else(|| ExecError::BadParams {
+                key: "artifacts".into(),
+                message: "the release has no artifact".into(),
+            }),
     }
 }
 
@@ -111,7 +115,10 @@ impl AppExecutor {
         safe_component("version", &release.version)?;
         let artifact = pick_artifact(release, &params)?;
         let format = Format::pick(params.str("format")?, &artifact.name)?;
-        let file_name = params.str("file_name")?.unwrap_or(&artifact.name).to_string();
+        let file_name = params
+            .str("file_name")?
+            .unwrap_or(&artifact.name)
+            .to_string();
         safe_component("file_name", &file_name)?;
         let file_mode = parse_mode(&params, "file_mode", 0o755)?;
         let restart = match params.command("restart_command")? {
@@ -161,7 +168,9 @@ impl AppExecutor {
     }
 
     fn marker(&self, version: &str) -> PathBuf {
-        self.root.join(".fleetwave").join(format!("{version}.sha256"))
+        self.root
+            .join(".fleetwave")
+            .join(format!("{version}.sha256"))
     }
 
     /// Download, verify, unpack into `<name>/.tmp-<version>`, then rename to
@@ -393,8 +402,14 @@ impl AppExecutor {
         let mut env = super::release_env(&self.release, step);
         env.push(("FLEETWAVE_APP_NAME".into(), self.release.name.clone()));
         env.push(("FLEETWAVE_APP_ROOT".into(), path_str(&self.root)));
-        env.push(("FLEETWAVE_APP_CURRENT".into(), path_str(&self.root.join("current"))));
-        env.push(("FLEETWAVE_APP_VERSION_DIR".into(), path_str(&self.version_dir())));
+        env.push((
+            "FLEETWAVE_APP_CURRENT".into(),
+            path_str(&self.root.join("current")),
+        ));
+        env.push((
+            "FLEETWAVE_APP_VERSION_DIR".into(),
+            path_str(&self.version_dir()),
+        ));
         if let Some(prev) = self.link("previous").await {
             env.push(("FLEETWAVE_PREVIOUS_VERSION".into(), prev));
         }
@@ -438,9 +453,7 @@ pub(crate) async fn run_checked(
 /// Reads a version symlink (`current`, `previous`): its target's last component.
 pub(crate) async fn read_version_link(link: &Path) -> Option<String> {
     let target = tokio::fs::read_link(link).await.ok()?;
-    target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// Atomically points `<dir>/<link>` at `<target>` (relative): new link beside, rename over.

@@ -87,7 +87,10 @@ pub async fn replace(binary: &Path, sha256: &str, step: Step) -> Result<bool, Ex
     if file_sha256(&staged).await.as_deref() != Some(sha256) {
         return Err(ExecError::Failed {
             step,
-            message: format!("{} is missing or not the verified artifact; run prepare", staged.display()),
+            message: format!(
+                "{} is missing or not the verified artifact; run prepare",
+                staged.display()
+            ),
         });
     }
     let previous = previous_path(binary);

@@ -77,9 +77,10 @@ impl CommandExecutor {
         let params = Params::new(&release.install);
         safe_component("name", &release.name)?;
         params.u64("verify_period_secs")?;
-        let pick = |key: &str, fallback: &Option<CommandLine>| -> Result<Option<CommandLine>, ExecError> {
-            Ok(params.command(key)?.or_else(|| fallback.clone()))
-        };
+        let pick =
+            |key: &str, fallback: &Option<CommandLine>| -> Result<Option<CommandLine>, ExecError> {
+                Ok(params.command(key)?.or_else(|| fallback.clone()))
+            };
         let c = &config.command;
         let scripts = CommandConfig {
             prepare: pick("prepare", &c.prepare)?,
@@ -133,7 +134,13 @@ impl CommandExecutor {
             let key: String = a
                 .name
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             env.push((format!("FLEETWAVE_ARTIFACT_{key}"), p.clone()));
         }
@@ -178,7 +185,8 @@ impl CommandExecutor {
         for a in &self.release.artifacts {
             download::fetch(source, a, &self.staging_dir).await?;
         }
-        self.run_step(Step::Prepare, self.scripts.prepare.as_ref()).await
+        self.run_step(Step::Prepare, self.scripts.prepare.as_ref())
+            .await
     }
 
     /// Run the install script.

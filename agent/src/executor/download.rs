@@ -72,8 +72,8 @@ fn check_digest_form(artifact: &Artifact) -> Result<(), ExecError> {
 pub fn resolve_url(base_url: &str, url: &str) -> Result<(String, bool), ExecError> {
     let base = base_url.trim_end_matches('/');
     if url.starts_with("https://") || url.starts_with("http://") {
-        let on_coordinator = !base.is_empty()
-            && (url == base || url.starts_with(&format!("{base}/")));
+        let on_coordinator =
+            !base.is_empty() && (url == base || url.starts_with(&format!("{base}/")));
         Ok((url.to_string(), on_coordinator))
     } else if url.starts_with('/') {
         if base.is_empty() {
@@ -362,7 +362,9 @@ fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 async fn read_error_body(resp: reqwest::Response) -> String {
     let mut stream = resp.bytes_stream();
     let mut body = Vec::new();
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+    {
         body.extend_from_slice(&chunk);
         if body.len() > 4096 {
             break;
@@ -397,15 +399,13 @@ mod tests {
             resolve_url(base, "/v1/artifacts/ab").unwrap(),
             ("https://coord:8443/v1/artifacts/ab".to_string(), true)
         );
-        assert_eq!(
-            resolve_url(base, "https://coord:8443/v1/artifacts/ab").unwrap().1,
-            true
+        assert!(
+            resolve_url(base, "https://coord:8443/v1/artifacts/ab")
+                .unwrap()
+                .1
         );
-        assert_eq!(
-            resolve_url(base, "https://coord:84430/x").unwrap().1,
-            false
-        );
-        assert_eq!(resolve_url(base, "https://mirror/x").unwrap().1, false);
+        assert!(!resolve_url(base, "https://coord:84430/x").unwrap().1);
+        assert!(!resolve_url(base, "https://mirror/x").unwrap().1);
         assert!(resolve_url(base, "ftp://x").is_err());
         assert!(resolve_url("", "/v1/x").is_err());
     }

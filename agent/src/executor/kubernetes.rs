@@ -132,7 +132,11 @@ impl KubeVersion {
 }
 
 /// The skew policy: may a box running `current` move to `target`?
-pub fn skew_check(current: &KubeVersion, target: &KubeVersion, rollback: bool) -> Result<(), String> {
+pub fn skew_check(
+    current: &KubeVersion,
+    target: &KubeVersion,
+    rollback: bool,
+) -> Result<(), String> {
     if target.major != current.major {
         return Err(format!(
             "{} → {}: the major version may not change",
@@ -289,8 +293,14 @@ impl KubernetesExecutor {
                         "save".into(),
                     ])
                 });
-                run_checked(Step::Install, &snap, self.timeout(), self.env(Step::Install), None)
-                    .await?;
+                run_checked(
+                    Step::Install,
+                    &snap,
+                    self.timeout(),
+                    self.env(Step::Install),
+                    None,
+                )
+                .await?;
             }
             binary::replace(&self.config.binary, &self.artifact.sha256, Step::Install).await?;
         }
@@ -318,7 +328,11 @@ impl KubernetesExecutor {
 
     /// The cluster checks: API server, this node Ready (running `want` when given), system
     /// pods ready.
-    async fn cluster_checks(&self, health: &Health, want: Option<&KubeVersion>) -> Vec<CheckResult> {
+    async fn cluster_checks(
+        &self,
+        health: &Health,
+        want: Option<&KubeVersion>,
+    ) -> Vec<CheckResult> {
         let t = Duration::from_secs(health.config().probe_timeout_secs.max(1));
         let mut out = vec![kube::api_ready("kube:api", &self.kubectl, t).await];
         out.push(match self.node() {
@@ -449,7 +463,9 @@ impl KubernetesExecutor {
 
     /// The running version and, when readable, the version of `<binary>.previous`.
     pub async fn installed(&self) -> Result<Option<InstalledVersion>, ExecError> {
-        if !tokio::fs::try_exists(&self.config.binary).await.unwrap_or(false)
+        if !tokio::fs::try_exists(&self.config.binary)
+            .await
+            .unwrap_or(false)
             && self.config.version_command.is_none()
         {
             return Ok(None);

@@ -282,11 +282,16 @@ impl ExecError {
 
 /// ENOSPC or EDQUOT.
 pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
-        || matches!(e.raw_os_error(), Some(28) | Some(122))
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 /// The executor for one release, by kind.
+// One executor exists per install at a time: the size difference between variants costs
+// nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Executor {
     /// `kind = "app"`: versioned directory and `current` symlink.
@@ -311,20 +316,20 @@ impl Executor {
         let params = Params::new(&release.install);
         Ok(match release.kind {
             ReleaseKind::App => match params.str("target")? {
-                Some("agent") => {
-                    Executor::Agent(self_update::AgentExecutor::new(config, release)?)
-                }
+                Some("agent") => Executor::Agent(self_update::AgentExecutor::new(config, release)?),
                 Some("app") | None => Executor::App(app::AppExecutor::new(config, release)?),
                 Some(other) => {
                     return Err(ExecError::BadParams {
                         key: "target".into(),
-                        message: format!("unknown target {other:?} (expected \"app\" or \"agent\")"),
+                        message: format!(
+                            "unknown target {other:?} (expected \"app\" or \"agent\")"
+                        ),
                     });
                 }
             },
-            ReleaseKind::Kubernetes => Executor::Kubernetes(
-                kubernetes::KubernetesExecutor::new(config, release, rollback)?,
-            ),
+            ReleaseKind::Kubernetes => Executor::Kubernetes(kubernetes::KubernetesExecutor::new(
+                config, release, rollback,
+            )?),
             ReleaseKind::Command => {
                 Executor::Command(command::CommandExecutor::new(config, release, rollback)?)
             }
@@ -447,7 +452,10 @@ pub(crate) fn release_env(release: &Release, step: Step) -> Vec<(String, String)
         ("FLEETWAVE_RELEASE_ID".into(), release.id.clone()),
         ("FLEETWAVE_RELEASE_NAME".into(), release.name.clone()),
         ("FLEETWAVE_VERSION".into(), release.version.clone()),
-        ("FLEETWAVE_RELEASE_COUNTER".into(), release.counter.to_string()),
+        (
+            "FLEETWAVE_RELEASE_COUNTER".into(),
+            release.counter.to_string(),
+        ),
         ("FLEETWAVE_STEP".into(), step.as_str().into()),
     ]
 }

@@ -80,7 +80,12 @@ pub async fn binary_version(bin: &std::path::Path, timeout: Duration) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     if !out.success() {
-        return Err(format!("`{}`: {} {}", cmd.display(), out.status_text(), out.brief()));
+        return Err(format!(
+            "`{}`: {} {}",
+            cmd.display(),
+            out.status_text(),
+            out.brief()
+        ));
     }
     out.stdout
         .split_whitespace()
@@ -169,7 +174,11 @@ impl AgentExecutor {
 
     /// Run by the new agent after its restart: the binary on disk is the target and a
     /// health sample passes. (The verify period itself is the guard's.)
-    pub async fn verify<F>(&self, health: &Health, mut on_sample: F) -> Result<HealthSample, ExecError>
+    pub async fn verify<F>(
+        &self,
+        health: &Health,
+        mut on_sample: F,
+    ) -> Result<HealthSample, ExecError>
     where
         F: FnMut(&HealthSample) + Send,
     {
@@ -217,7 +226,10 @@ impl AgentExecutor {
 
     /// The version the agent binary on disk reports.
     pub async fn installed(&self) -> Result<Option<InstalledVersion>, ExecError> {
-        if !tokio::fs::try_exists(&self.config.binary).await.unwrap_or(false) {
+        if !tokio::fs::try_exists(&self.config.binary)
+            .await
+            .unwrap_or(false)
+        {
             return Ok(None);
         }
         let version = binary_version(&self.config.binary, self.config.timeout())

@@ -137,7 +137,9 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path, artifact: &str) -> Result<(), 
                 let target = entry
                     .link_name()
                     .map_err(|e| corrupt(artifact, e))?
-                    .ok_or_else(|| unsafe_entry(artifact, &shown, "is a symlink without a target"))?;
+                    .ok_or_else(|| {
+                        unsafe_entry(artifact, &shown, "is a symlink without a target")
+                    })?;
                 check_symlink_target(&rel, &target).map_err(|m| {
                     unsafe_entry(artifact, &shown, format!("{m} ({})", target.display()))
                 })?;
@@ -146,17 +148,26 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path, artifact: &str) -> Result<(), 
                 let target = entry
                     .link_name()
                     .map_err(|e| corrupt(artifact, e))?
-                    .ok_or_else(|| unsafe_entry(artifact, &shown, "is a hard link without a target"))?;
-                let trel = safe_relative(&target).map_err(|m| {
-                    unsafe_entry(artifact, &shown, format!("hard link target {m}"))
-                })?;
+                    .ok_or_else(|| {
+                        unsafe_entry(artifact, &shown, "is a hard link without a target")
+                    })?;
+                let trel = safe_relative(&target)
+                    .map_err(|m| unsafe_entry(artifact, &shown, format!("hard link target {m}")))?;
                 check_no_symlink_ancestor(dest, &trel)
                     .map_err(|m| unsafe_entry(artifact, &shown, format!("hard link target {m}")))?;
                 let meta = fs::symlink_metadata(dest.join(&trel)).map_err(|_| {
-                    unsafe_entry(artifact, &shown, "is a hard link to a file not in the archive")
+                    unsafe_entry(
+                        artifact,
+                        &shown,
+                        "is a hard link to a file not in the archive",
+                    )
                 })?;
                 if !meta.is_file() {
-                    return Err(unsafe_entry(artifact, &shown, "is a hard link to a non-file"));
+                    return Err(unsafe_entry(
+                        artifact,
+                        &shown,
+                        "is a hard link to a non-file",
+                    ));
                 }
             }
             T::Char | T::Block | T::Fifo => {
@@ -183,7 +194,11 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path, artifact: &str) -> Result<(), 
                         message: e.to_string(),
                     });
                 }
-                return Err(unsafe_entry(artifact, &shown, format!("cannot be unpacked: {e}")));
+                return Err(unsafe_entry(
+                    artifact,
+                    &shown,
+                    format!("cannot be unpacked: {e}"),
+                ));
             }
         }
     }

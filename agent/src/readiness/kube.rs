@@ -66,7 +66,11 @@ pub async fn node_ready(
 }
 
 /// The node's kubelet version when it is `Ready`; otherwise why not.
-pub async fn node_status(k: &KubectlConfig, node: &str, timeout: Duration) -> Result<String, String> {
+pub async fn node_status(
+    k: &KubectlConfig,
+    node: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     match kubectl(k, &["get", "node", node, "-o", "json"], timeout).await {
         Ok(out) => node_ready_from_json(&out).map_err(|e| format!("node {node}: {e}")),
         Err(e) => Err(process::truncate_chars(&e, 200)),

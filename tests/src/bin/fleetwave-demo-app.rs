@@ -128,7 +128,8 @@ fn serve(args: &Args) -> Result<(), String> {
     let dir = args.dir.as_ref().ok_or("serve needs --dir")?;
     let listen = args.listen.as_ref().ok_or("serve needs --listen")?;
     let app = read_app_file(dir)?;
-    let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     if let Some(pf) = &args.pid_file {
         let tmp = pf.with_extension("tmp");
         std::fs::write(&tmp, format!("{}\n", std::process::id()))
@@ -277,7 +278,9 @@ fn restart(args: &Args) -> Result<(), String> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start serve: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start serve: {e}"))?;
     let pid = child.id() as i32;
     let addr: SocketAddr = listen
         .parse()
@@ -294,13 +297,19 @@ fn restart(args: &Args) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("the new process did not answer on {listen} within 10 s"))
+    Err(format!(
+        "the new process did not answer on {listen} within 10 s"
+    ))
 }
 
 fn get_version(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     resp.starts_with("HTTP/1.1 200")
