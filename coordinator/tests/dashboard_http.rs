@@ -1,0 +1,306 @@
+//! The dashboard's security and pages over plain HTTP requests (no browser): sign-in,
+//! cookies, headers, CSRF refusals, role refusals, sign-out and revocation, server-side
+//! filtering and pagination, and the live stream.
+
+#[path = "dashboard_common.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use serde_json::json;
+
+const PLAN: &str = r#"
+name = "pos 2.5"
+release = "pos-2.5.0"
+
+[[waves]]
+name = "all"
+gate = { bake = "10m" }
+"#;
+
+#[tokio::test]
+async fn sign_in_sessions_headers_csrf_and_roles() {
+    let h = Harness::new().await;
+    let alice = h.token("alice", "operator").await;
+    let victor = h.token("victor", "viewer").await;
+    h.publish("2.5.0", 25).await;
+    Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    let id = h.create_rollout(PLAN).await;
+    let (s, _) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Not signed in: pages send to the sign-in page, streams too; headers everywhere.
+    let mut web = WebClient::new(&h);
+    for path in [
+        "/ui/",
+        &format!("/ui/rollouts/{id}"),
+        "/ui/live/overview",
+        "/ui/sites",
+    ] {
+        let (s, headers, _) = web.get(path).await;
+        assert_eq!(s, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(headers["location"], "/ui/login", "{path}");
+    }
+    let (s, headers, page) = web.get("/ui/login").await;
+    assert_eq!(s, StatusCode::OK);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(!page.contains("<script>") && !page.contains("style=\""));
+
+    // A wrong token is refused; the login form's own CSRF token is checked too.
+    let csrf = hidden(&page, "csrf");
+    let (s, _, page) = web
+        .post(
+            "/ui/login",
+            &[("token", "fwo_not-a-token"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("unknown or revoked") && !page.contains("fwo_not-a-token"));
+    let mut stranger = WebClient::new(&h);
+    let (s, _, _) = stranger
+        .post("/ui/login", &[("token", &alice), ("csrf", "forged")])
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a login without the form's cookie"
+    );
+    assert!(stranger.cookies.get("__Host-fleetwave-session").is_none());
+
+    // Sign in: the session cookie is HttpOnly, Secure, SameSite=Strict, host-only.
+    let (_, _, page) = web.get("/ui/login").await;
+    let csrf = hidden(&page, "csrf");
+    let (s, headers, _) = web
+        .post("/ui/login", &[("token", &alice), ("csrf", &csrf)])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let set: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("__Host-fleetwave-session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(flag), "{session} lacks {flag}");
+    }
+    assert!(!session.contains(&alice) && !session.contains("Domain"));
+    let (s, _, page) = web.get("/ui/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        !page.contains(&alice),
+        "the token must never appear in a page"
+    );
+    let csrf = hidden(&page, "csrf");
+
+    // CSRF: an action without the token, or with another one, is refused and changes nothing.
+    let pause = format!("/ui/rollouts/{id}/actions/pause");
+    let (s, _, page) = web.post(&pause, &[("reason", "x")]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(page.contains("CSRF"));
+    let (s, _, _) = web
+        .post(&pause, &[("csrf", &"0".repeat(64)), ("reason", "x")])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(h.rollout(&id).await["status"], "running");
+
+    // A viewer's session with its own valid CSRF token is refused by role.
+    let mut viewer = WebClient::new(&h);
+    let viewer_csrf = viewer.login(&victor).await;
+    let (s, _, page) = viewer
+        .post(&pause, &[("csrf", &viewer_csrf), ("reason", "x")])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(page.contains("has role viewer"), "{page}");
+    let (s, _, _) = viewer
+        .get(&format!("/ui/rollouts/{id}/confirm/pause"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, _, page) = viewer.get(&format!("/ui/rollouts/{id}")).await;
+    assert!(page.contains("id=\"read-only\"") && !page.contains("id=\"control-pause\""));
+    assert_eq!(h.rollout(&id).await["status"], "running");
+    // One session's token does not work for another session.
+    let (s, _, _) = web
+        .post(&pause, &[("csrf", &viewer_csrf), ("reason", "x")])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The operator with the right token pauses it: through the engine and the audit log.
+    let (s, headers, _) = web
+        .post(&pause, &[("csrf", &csrf), ("reason", "lunch rush")])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], format!("/ui/rollouts/{id}"));
+    let r = h.rollout(&id).await;
+    assert_eq!(r["status"], "paused");
+    assert!(r["status_reason"].as_str().unwrap().contains("lunch rush"));
+    let (_, audit) = h.get("/v1/audit", &h.admin).await;
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["action"], "rollout.pause");
+    assert!(
+        entry["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("alice (operator")
+    );
+    // An action the status does not allow answers the engine's own refusal.
+    let (s, _, page) = web
+        .post(&pause, &[("csrf", &csrf), ("reason", "again")])
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(page.contains("cannot pause"), "{page}");
+
+    // The live stream: an event-stream whose first message carries the page's numbers.
+    let res = web
+        .http
+        .get(format!("{}/ui/live/rollouts/{id}", h.base))
+        .header(
+            "cookie",
+            format!(
+                "__Host-fleetwave-session={}",
+                web.cookies["__Host-fleetwave-session"]
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = res.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("a first live message within 10 s")
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.starts_with("event: update"), "{first}");
+    assert!(first.contains("\"w0.pending\"") && first.contains("\"status\":\"paused\""));
+    drop(body);
+
+    // Revoking the token signs its sessions out; signing out ends the session.
+    let (_, tokens) = h.get("/v1/operator-tokens", &h.admin).await;
+    let victor_id = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "victor")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = h
+        .post(
+            &format!("/v1/operator-tokens/{victor_id}/revoke"),
+            &h.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = viewer.get("/ui/").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (s, _, _) = web.post("/ui/logout", &[("csrf", "wrong")]).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "sign-out needs the CSRF token too"
+    );
+    let (s, _, _) = web.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (s, _, _) = web.get("/ui/").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn sites_filter_paginate_and_grid_on_the_server_without_scripts() {
+    let h = Harness::new().await;
+    let mut agents = Vec::new();
+    for i in 0..60 {
+        let region = ["eu", "us", "apac"][i % 3];
+        let mut a = Agent::enroll(&h, &format!("site-{i:03}"), json!({"region": region})).await;
+        let version = if i < 10 { "2.5.0" } else { "2.4.0" };
+        a.installed(&h, &format!("pos-{version}"), version).await;
+        a.health(&h, i % 7 != 0).await;
+        agents.push(a);
+    }
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    // Last-contact times are written in batches about once a second.
+    let web = std::sync::Arc::new(tokio::sync::Mutex::new(web));
+    eventually("every site's last contact to be stored", || {
+        let web = web.clone();
+        async move {
+            let (_, _, page) = web.lock().await.get("/ui/").await;
+            page.contains("data-live=\"fleet.stale\">0<").then_some(())
+        }
+    })
+    .await;
+    let mut web = std::sync::Arc::try_unwrap(web).ok().unwrap().into_inner();
+    let (s, _, page) = web.get("/ui/sites").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("1–50 of <b>60</b> sites"),
+        "server-side pages of 50"
+    );
+    assert!(page.contains("rel=\"next\""));
+    let (_, _, page) = web.get("/ui/sites?page=2").await;
+    assert!(page.contains("51–60 of <b>60</b>") && page.contains("site-059"));
+    let (_, _, page) = web.get("/ui/sites?label=region%3Deu").await;
+    assert!(page.contains("of <b>20</b> sites"));
+    let (_, _, page) = web.get("/ui/sites?label=region%3Deu&version=2.5.0").await;
+    assert!(
+        page.contains("of <b>4</b> sites"),
+        "eu sites on 2.5.0: 0,3,6,9"
+    );
+    let (_, _, page) = web.get("/ui/sites?q=site-05").await;
+    assert!(page.contains("of <b>10</b> sites"));
+    let (s, _, page) = web.get("/ui/sites?label=nonsense").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(page.contains("must be key=value"));
+    let (_, _, page) = web.get("/ui/sites/grid?label=region%3Dus").await;
+    assert_eq!(page.matches("href=\"/ui/sites/site-").count(), 20);
+    let (_, _, page) = web.get("/ui/sites/grid").await;
+    assert_eq!(
+        page.matches("class=k-bad ").count(),
+        9,
+        "sites 0,7,..,56 unhealthy"
+    );
+    let (_, _, page) = web.get("/ui/").await;
+    assert!(page.contains("data-live=\"fleet.unhealthy\">9<"));
+    assert!(page.contains("data-live=\"version.pos.2.5.0\">10<"));
+    let (s, _, page) = web.get("/ui/sites/site-013").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("region=us") && page.contains("2.4.0 (pos-2.4.0)"),
+        "{page}"
+    );
+    let (s, _, _) = web.get("/ui/sites/no-such-site").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, headers, js) = web.get("/ui/assets/dashboard.js").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.contains("EventSource") && !js.contains("innerHTML"));
+    h.stop().await;
+}
