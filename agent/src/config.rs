@@ -388,8 +388,11 @@ mod tests {
     fn example_config_is_valid_and_shows_the_defaults() {
         let text = include_str!("../../deploy/examples/agent.toml");
         let example = Config::parse(text, "deploy/examples/agent.toml").unwrap();
-        let minimal =
-            Config::parse("[coordinator]\nurl = \"https://fleet.example.com:8443\"\n", "t").unwrap();
+        let minimal = Config::parse(
+            "[coordinator]\nurl = \"https://fleet.example.com:8443\"\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(example.coordinator, minimal.coordinator);
         assert_eq!(example.agent, minimal.agent);
         assert_eq!(example.poll, minimal.poll);
