@@ -1,0 +1,162 @@
+//! `fleetwave demo --exit-when-done`, run for real twice in a row in the same directory:
+//! the whole story (the good release on every site through five waves; the bad one halted
+//! in its first wave and rolled back; no later-wave site ever installing it) must happen
+//! both times, the second run proving that a rerun wipes and recreates the demo dir. Also:
+//! a port in use and a foreign directory are refused with a clear message.
+//!
+//! Needs `fleetwave-coordinator`, `fleetwave-agent` and `fleetwave-demo-app` next to the
+//! `fleetwave` binary: `cargo build --workspace --bins` first.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetwave");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the demo with a generous deadline (a slow machine makes it slower, not red).
+fn run_demo(dir: &Path, port: u16) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--sites", "6", "--exit-when-done", "--port"])
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    // Drain the pipes on threads so the demo never blocks on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut s).unwrap();
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut s).unwrap();
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SIGTERM: the demo stops its children cleanly.
+            unsafe_term(child.id());
+            let status = child.wait().unwrap();
+            panic!("the demo did not finish within 15 minutes ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn unsafe_term(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+fn no_process_mentions(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_tells_its_story_twice_in_a_row() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("demo");
+    for run in 1..=2 {
+        let port = free_port();
+        let out = run_demo(&dir, port);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "run {run} failed ({:?}):\n{stdout}\n{stderr}",
+            out.status.code()
+        );
+        for expected in [
+            &format!("dashboard:       https://127.0.0.1:{port}/"),
+            "operator token:  fwo_",
+            "=== act 1: demo-1.1.0",
+            "open_wave (wave 4 dogs)",
+            "=== act 2: demo-1.2.0",
+            "halt (wave 0 pigs)",
+            "wave 1 canary city  never opened",
+            "apps serving 1.1.0: 6",
+            "as expected:",
+        ] {
+            assert!(
+                stdout.contains(expected),
+                "run {run}: {expected:?} missing from:\n{stdout}"
+            );
+        }
+        assert!(dir.join(".fleetwave-demo").is_file());
+        // Nothing the demo started outlives it.
+        let left = no_process_mentions(&dir);
+        assert!(left.is_empty(), "run {run} left processes: {left:?}");
+    }
+}
+
+#[test]
+fn a_port_in_use_and_a_foreign_directory_are_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .args(["demo", "--port", &port.to_string(), "--dir"])
+        .arg(temp.path().join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("--port"),
+        "{err}"
+    );
+    assert!(!temp.path().join("d").exists(), "nothing is created");
+
+    // A directory with someone else's files is never wiped.
+    let foreign = temp.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--port", &free_port().to_string(), "--dir"])
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not created by `fleetwave demo`"), "{err}");
+    assert!(foreign.join("precious.txt").is_file());
+}
