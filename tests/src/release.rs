@@ -27,6 +27,9 @@ pub struct DemoRelease {
     pub expires_in: String,
     /// Extra `install` parameters (e.g. `verify_period_secs`).
     pub install: BTreeMap<String, serde_json::Value>,
+    /// Incompressible filler added to the artifact (`padding.bin`), to make a download
+    /// take a while behind a slowed link.
+    pub padding: usize,
 }
 
 impl DemoRelease {
@@ -39,6 +42,7 @@ impl DemoRelease {
             healthy: true,
             expires_in: "1d".to_string(),
             install: BTreeMap::new(),
+            padding: 0,
         }
     }
 
@@ -79,6 +83,25 @@ impl DemoRelease {
         header.set_cksum();
         tar.append_data(&mut header, "app.toml", body.as_bytes())
             .map_err(io)?;
+        if self.padding > 0 {
+            // xorshift: incompressible, deterministic, no extra dependency.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ self.counter;
+            let filler: Vec<u8> = (0..self.padding)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let mut header = tar::Header::new_gnu();
+            header.set_size(filler.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(&mut header, "padding.bin", filler.as_slice())
+                .map_err(io)?;
+        }
         tar.into_inner().map_err(io)?.finish().map_err(io)?;
         Ok(path)
     }
