@@ -1,0 +1,361 @@
+//! The coordinator under test: a real `fleetwave-coordinator serve` process on 127.0.0.1
+//! with the setup `fleetwave-coordinator init --dev-root` creates (local CA, TLS, SQLite
+//! file in its data directory), plus the operator calls a benchmark needs (enrollment
+//! token, release, rollout).
+//!
+//! Running it as its own process keeps its RSS and CPU apart from the load generator's.
+//! This module never changes the coordinator's code paths: it only talks HTTPS to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ed25519_dalek::SigningKey;
+use fleetwave_coordinator::init::{InitOptions, init};
+use fleetwave_shared::docs::{Artifact, RELEASE_TYPE, Release, ReleaseKind};
+use fleetwave_shared::{Envelope, keys};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+/// Finds a fleetwave binary: the explicit path, else next to this executable.
+pub fn find_binary(explicit: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("{} does not exist", p.display());
+    }
+    let me = std::env::current_exe().context("cannot find this executable's path")?;
+    let sibling = me.with_file_name(name);
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    bail!(
+        "{} not found next to {}: build it in the same profile (e.g. `cargo build --release -p fleetwave-coordinator -p fleetwave-sim`) or pass its path",
+        name,
+        me.display()
+    )
+}
+
+/// A prepared coordinator directory (kept between runs with `--dir`).
+pub struct Setup {
+    pub dir: PathBuf,
+    pub admin_token: String,
+    pub ca_pem: Vec<u8>,
+    pub release_key: SigningKey,
+}
+
+impl Setup {
+    /// Creates the setup in `dir/coordinator` unless it is already there.
+    pub fn open_or_create(dir: &Path) -> anyhow::Result<Setup> {
+        let cdir = dir.join("coordinator");
+        if !cdir.join("coordinator.toml").is_file() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            init(&InitOptions {
+                dir: cdir.clone(),
+                root: None,
+                coordinator_key: None,
+                dev_root: true,
+                listen: "127.0.0.1:0".into(),
+            })?;
+        }
+        let admin_token = std::fs::read_to_string(cdir.join("admin.token"))
+            .context("reading the admin token")?
+            .trim()
+            .to_string();
+        let ca_pem = std::fs::read(cdir.join("tls/ca.pem")).context("reading tls/ca.pem")?;
+        let release_key = keys::read_private_key(&cdir.join("offline-keys/release.key"))
+            .context("reading offline-keys/release.key")?;
+        Ok(Setup {
+            dir: cdir,
+            admin_token,
+            ca_pem,
+            release_key,
+        })
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("data/coordinator.db")
+    }
+}
+
+/// Knobs of the coordinator's configuration a benchmark sets.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub poll_interval_secs: u32,
+    pub max_concurrent_requests: Option<usize>,
+    pub tick_millis: u64,
+}
+
+/// A running coordinator process.
+pub struct Coordinator {
+    child: Child,
+    pub pid: u32,
+    pub base: String,
+    pub admin: reqwest::Client,
+    token: String,
+}
+
+/// An HTTPS client trusting the setup's CA: HTTP/1.1 with a shared keep-alive pool, or
+/// (`fresh_connections`) a new TCP + TLS connection per request, as agents polling less
+/// often than the coordinator keeps idle connections open do.
+pub fn client(
+    ca_pem: &[u8],
+    timeout: Duration,
+    fresh_connections: bool,
+) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem).context("tls/ca.pem is not a certificate")?;
+    Ok(reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(if fresh_connections { 0 } else { usize::MAX })
+        // The coordinator's header read timeout (10 s) also closes idle keep-alive
+        // connections: stay below it, so that a reused connection is never one the server
+        // is closing at that moment.
+        .pool_idle_timeout(Duration::from_secs(8))
+        .timeout(timeout)
+        .build()?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Coordinator {
+    /// Starts `bin serve` on a free loopback port and waits until `/readyz` answers.
+    pub async fn start(bin: &Path, setup: &Setup, tuning: &Tuning) -> anyhow::Result<Self> {
+        let mut text = std::fs::read_to_string(setup.dir.join("coordinator.toml"))?;
+        text.push_str(&format!(
+            "\n[poll]\ninterval_secs = {}\njitter_percent = 0\n\n[controller]\ntick_millis = {}\n",
+            tuning.poll_interval_secs, tuning.tick_millis
+        ));
+        if let Some(n) = tuning.max_concurrent_requests {
+            text.push_str(&format!("\n[limits]\nmax_concurrent_requests = {n}\n"));
+        }
+        let config = setup.dir.join("sim.toml");
+        std::fs::write(&config, text)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(setup.dir.join("coordinator.log"))?;
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("FLEETWAVE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let pid = child.id();
+        let mut c = Coordinator {
+            child,
+            pid,
+            base: format!("https://localhost:{port}"),
+            admin: client(&setup.ca_pem, Duration::from_secs(600), false)?,
+            token: setup.admin_token.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(status) = c.child.try_wait()? {
+                bail!(
+                    "the coordinator exited at start-up ({status}); see {}",
+                    setup.dir.join("coordinator.log").display()
+                );
+            }
+            if let Ok(r) = c.admin.get(format!("{}/readyz", c.base)).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                c.stop();
+                bail!("the coordinator did not become ready within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(c)
+    }
+
+    /// SIGTERM, then wait for the graceful shutdown.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An operator call; fails on a non-2xx answer with the coordinator's message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .admin
+            .request(method.clone(), self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = res.status();
+        let text = res.text().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A multi-use enrollment token for the simulated sites.
+    pub async fn enrollment_token(&self, uses: u32) -> anyhow::Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/enrollment-tokens",
+                Some(json!({"labels": {"sim": "1"}, "uses": uses, "expires_in_secs": 86400})),
+            )
+            .await?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("enrollment token answer without token")
+    }
+
+    /// Publishes a new release of stream `sim-app` signed by the setup's release key.
+    pub async fn publish_release(&self, setup: &Setup) -> anyhow::Result<(String, Envelope)> {
+        let counter = Timestamp::now().as_millisecond() as u64;
+        let id = format!("sim-app-{counter}");
+        let bytes = format!("simulated artifact {counter}");
+        let sha = fleetwave_shared::sha256_hex(bytes.as_bytes());
+        let release = Release {
+            id: id.clone(),
+            name: "sim-app".into(),
+            version: format!("1.0.{counter}"),
+            kind: ReleaseKind::App,
+            counter,
+            issued_at: Timestamp::now(),
+            expires: Timestamp::now() + SignedDuration::from_hours(24 * 30),
+            artifacts: vec![Artifact {
+                name: "app.tar.gz".into(),
+                url: format!("/v1/artifacts/{sha}"),
+                length: bytes.len() as u64,
+                sha256: sha,
+            }],
+            install: Default::default(),
+            min_agent_version: None,
+        };
+        let env = Envelope::sign(
+            RELEASE_TYPE,
+            &serde_json::to_vec(&release)?,
+            &[&setup.release_key],
+        );
+        self.call(
+            reqwest::Method::POST,
+            "/v1/releases",
+            Some(serde_json::to_value(&env)?),
+        )
+        .await?;
+        Ok((id, env))
+    }
+
+    /// Creates a rollout from TOML and returns its id.
+    pub async fn create_rollout(&self, plan: &str) -> anyhow::Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/rollouts",
+                Some(json!({"plan": plan, "format": "toml"})),
+            )
+            .await?;
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("rollout answer without id")
+    }
+
+    pub async fn start_rollout(&self, id: &str) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/rollouts/{id}/start"),
+            Some(json!({})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The rollout's status word (`running`, `completed`, `halted`...).
+    pub async fn rollout_status(&self, id: &str) -> anyhow::Result<String> {
+        let v = self
+            .call(reqwest::Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await?;
+        Ok(v["status"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    /// One counter of `/metrics` (sum over its label sets matching `label`).
+    pub async fn metric(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let text = self
+            .admin
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A four-wave plan over every simulated site: 1%, 10%, 50%, the rest; no bake, so the
+/// figure measured is the fleet's reaction time, not a configured wait.
+pub fn four_wave_plan(release_id: &str, failure_rate: f64) -> String {
+    let ratio = (1.0 - failure_rate * 3.0).clamp(0.0, 1.0);
+    let gate = format!(
+        "gate = {{ success_ratio = {ratio:.3}, min_sample = 1, bake = \"0s\", report_deadline = \"2h\" }}"
+    );
+    format!(
+        "name = \"sim four waves\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"canary\"\nshare = 1\n{gate}\n\n\
+         [[waves]]\nname = \"early\"\nshare = 10\n{gate}\n\n\
+         [[waves]]\nname = \"broad\"\nshare = 50\n{gate}\n\n\
+         [[waves]]\nname = \"rest\"\n{gate}\n"
+    )
+}
+
+/// One wave with every simulated site (the long-poll wake-up test).
+pub fn one_wave_plan(release_id: &str) -> String {
+    format!(
+        "name = \"sim one wave\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 0.5, bake = \"0s\" }}\n"
+    )
+}

@@ -1,0 +1,357 @@
+//! `fleetwave-sim`: the fleet simulator and benchmarks. Runs N simulated sites against a
+//! real coordinator process over HTTPS on loopback and prints what it measured; measures
+//! the agent's idle cost. See docs/benchmarks.md for the commands and the figures.
+//!
+//! It prints figures and never asserts a time. Exit status: 0 when the run worked
+//! (no protocol errors; the rollout completed; reports applied exactly once), 1 otherwise.
+
+mod agent_idle;
+mod coordinator;
+mod fleet;
+mod procstat;
+mod ratio;
+mod site;
+mod stats;
+mod tick;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::coordinator::{Tuning, find_binary};
+use crate::fleet::Fleet;
+use crate::site::Executor;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetwave-sim",
+    version,
+    about = "fleetwave fleet simulator and benchmarks: simulated sites against a real coordinator over HTTPS on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Number of simulated sites.
+    #[arg(long, default_value_t = 1000)]
+    sites: usize,
+    /// Directory for the coordinator setup and its SQLite file. Kept, so that a large
+    /// fleet is enrolled once and reused by later runs. Default: a temp dir, removed.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `fleetwave-coordinator` binary (default: next to this one).
+    #[arg(long)]
+    coordinator_bin: Option<PathBuf>,
+    /// Override the coordinator's `limits.max_concurrent_requests`.
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// Open a new TCP + TLS connection for every request instead of sharing a keep-alive
+    /// pool (what agents polling every 30 s or more do: the coordinator closes
+    /// connections idle for 10 s).
+    #[arg(long)]
+    fresh_connections: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Steady polling at an interval (spread evenly over the sites) with health reports,
+    /// then a four-wave rollout to every site.
+    Fleet {
+        #[command(flatten)]
+        common: Common,
+        /// Time between two polls of a site, e.g. 60s.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        poll_interval: Duration,
+        /// Long-poll wait in seconds (0: short polls at the interval).
+        #[arg(long, default_value_t = 0)]
+        wait: u32,
+        /// How long to measure steady polling after one warm-up interval.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        duration: Duration,
+        /// A health heartbeat every this many polls (0: none).
+        #[arg(long, default_value_t = 5)]
+        health_every: u32,
+        /// Simulated install duration.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        install: Duration,
+        /// Share of simulated installs that fail (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        failure_rate: f64,
+        /// Skip the rollout (steady polling only).
+        #[arg(long)]
+        no_rollout: bool,
+        /// Give up on the rollout after this long.
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        rollout_timeout: Duration,
+    },
+    /// Long-poll wake-up: every site waits in a long poll, a wave opens, time until each
+    /// site holds its assignment.
+    LongPoll {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 60)]
+        wait: u32,
+    },
+    /// Report ingestion with an exactly-once check (every batch is sent twice).
+    Reports {
+        #[command(flatten)]
+        common: Common,
+        /// Events per batch (at most 500).
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Batches per site.
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
+        /// Posts in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Poll throughput against a minimal axum server answering the same bytes over the
+    /// same TLS and keep-alive.
+    PollRatio {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent keep-alive request loops.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Poll without If-None-Match (a 200 with the full body) instead of the usual 304.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Controller tick time over a large rollout (pure controller and engine pass).
+    Tick {
+        #[arg(long, default_value_t = 100_000)]
+        sites: usize,
+        #[arg(long, default_value_t = 10)]
+        passes: usize,
+        /// Directory for the database (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The agent's idle RSS and CPU at a 30 s poll interval, and its binary size.
+    AgentIdle {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        /// The agent binary (default: target/agent-release/fleetwave-agent if built,
+        /// else next to this binary).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+        #[arg(long)]
+        coordinator_bin: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `500ms`, `2s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The working directory: the one given, or a temp dir removed at the end.
+fn workdir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => Ok((d, None)),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("fleetwave-sim-")
+                .tempdir()?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+async fn fleet_up(
+    common: &Common,
+    dir: &Path,
+    interval_secs: u32,
+    client_timeout: Duration,
+) -> anyhow::Result<Fleet> {
+    let bin = find_binary(common.coordinator_bin.as_deref(), "fleetwave-coordinator")?;
+    Fleet::up(
+        dir,
+        &bin,
+        common.sites,
+        &Tuning {
+            poll_interval_secs: interval_secs.max(1),
+            max_concurrent_requests: common.max_concurrent_requests,
+            tick_millis: 200,
+        },
+        client_timeout,
+        common.fresh_connections,
+    )
+    .await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    fleet::print_machine();
+    match cli.command {
+        Cmd::Fleet {
+            common,
+            poll_interval,
+            wait,
+            duration,
+            health_every,
+            install,
+            failure_rate,
+            no_rollout,
+            rollout_timeout,
+        } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(
+                &common,
+                &dir,
+                poll_interval.as_secs() as u32,
+                Duration::from_secs(wait as u64 + 60),
+            )
+            .await?;
+            let r = fleet::steady(
+                fleet,
+                fleet::SteadyOptions {
+                    interval: poll_interval,
+                    wait,
+                    duration,
+                    health_every,
+                    executor: Executor {
+                        install,
+                        failure_rate,
+                    },
+                    rollout: !no_rollout,
+                    rollout_timeout,
+                },
+            )
+            .await?;
+            Ok(r.errors == 0 && r.rollout_completed)
+        }
+        Cmd::LongPoll { common, wait } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(wait as u64 + 60)).await?;
+            Ok(fleet::long_poll(fleet, wait).await? == 0)
+        }
+        Cmd::Reports {
+            common,
+            batch,
+            batches,
+            concurrency,
+        } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(120)).await?;
+            fleet::reports(fleet, batch, batches, concurrency).await
+        }
+        Cmd::PollRatio {
+            common,
+            workers,
+            seconds,
+            full,
+        } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            ratio::poll_ratio(fleet, workers, seconds, !full).await?;
+            Ok(true)
+        }
+        Cmd::Tick { sites, passes, dir } => {
+            let (dir, _tmp) = workdir(dir)?;
+            tick::pure(sites, passes)?;
+            tick::engine(&dir, sites, passes).await?;
+            Ok(true)
+        }
+        Cmd::AgentIdle {
+            minutes,
+            interval,
+            agent_bin,
+            coordinator_bin,
+            dir,
+        } => {
+            let (dir, _tmp) = workdir(dir)?;
+            let coordinator = find_binary(coordinator_bin.as_deref(), "fleetwave-coordinator")?;
+            let agent = match agent_bin {
+                Some(p) => p,
+                None => {
+                    let me = std::env::current_exe()?;
+                    let release = me
+                        .parent()
+                        .and_then(Path::parent)
+                        .map(|t| t.join("agent-release/fleetwave-agent"))
+                        .filter(|p| p.is_file());
+                    match release {
+                        Some(p) => p,
+                        None => find_binary(None, "fleetwave-agent").context(
+                            "build it: cargo build --profile agent-release -p fleetwave-agent",
+                        )?,
+                    }
+                }
+            };
+            agent_idle::agent_idle(&dir, &coordinator, &agent, minutes, interval).await?;
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(Cli::parse())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("fleetwave-sim: the run saw errors (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("60").unwrap_err().contains("unit"));
+        assert!(parse_duration("6d").unwrap_err().contains("unknown unit"));
+    }
+}
