@@ -144,3 +144,51 @@ async fn tampered_artifact_is_refused_and_reported() {
     .await;
     agent.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_assignment_switches_back_to_the_previous_release() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-4", &coordinator);
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[]);
+    let committed = |release: &'static str| {
+        let site = &site;
+        async move {
+            eventually(&format!("{release} committed"), || async {
+                let s = site.status().await;
+                s["installed"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|r| r["release_id"] == release))
+                    .then_some(s)
+            })
+            .await
+        }
+    };
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    let first = coordinator.rollout("demo-1.0.0").await;
+    committed("demo-1.0.0").await;
+    coordinator.rollout_finished(&first).await;
+    coordinator
+        .publish_demo("2.0.0", 2, true, false, &site)
+        .await;
+    let second = coordinator.rollout("demo-2.0.0").await;
+    committed("demo-2.0.0").await;
+
+    // The operator rolls the rollout back: a signed rollback assignment to 1.0.0.
+    let _: serde_json::Value = coordinator
+        .post(
+            &format!("/v1/rollouts/{second}/rollback"),
+            &serde_json::json!({"reason": "test"}),
+        )
+        .await;
+    let status = committed("demo-1.0.0").await;
+    assert_eq!(status["installed"][0]["previous_release_id"], "demo-2.0.0");
+    assert_eq!(status["assignment"]["rollback"], true, "{status}");
+    eventually("demo 1.0.0 answers again", || async {
+        (site.app_version().await.as_deref() == Some("1.0.0")).then_some(())
+    })
+    .await;
+    agent.kill().await.unwrap();
+}
