@@ -630,6 +630,20 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     let (_, _, other_body) = poll(&h, &other, None, 0).await;
     assert!(other_body["assignment"].is_null());
 
+    // A site that enrolls mid-rollout joins the wave its labels and seed give it, at once.
+    let late = agent(&h, "pig-2", json!({"cohort": "pig"})).await;
+    let (_, _, late_body) = poll(&h, &late, None, 0).await;
+    assert!(late_body["assignment"].is_object(), "{late_body}");
+    // Skipped, it no longer holds wave 0's gate (success_ratio 1.0) back.
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{id}/skip"),
+            &h.admin,
+            json!({"site_id": "pig-2"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
     // Lease, then reports: the same batch twice is applied once.
     let (s, v) = h
         .post(
@@ -1243,13 +1257,20 @@ async fn overload_is_answered_with_503_and_retry_after() {
             etag.unwrap(),
         );
         tokio::spawn(async move {
-            http.get(url)
-                .bearer_auth(token)
-                .header("if-none-match", etag)
-                .send()
-                .await
-                .unwrap()
-                .status()
+            // Shed itself if it arrives while a probe holds the slot: then try again.
+            loop {
+                let status = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .header("if-none-match", &etag)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                if status != StatusCode::SERVICE_UNAVAILABLE {
+                    return status;
+                }
+            }
         })
     };
     // ...so another request is shed with 503 and Retry-After once the slot is taken.
