@@ -255,7 +255,24 @@ async fn operator_watches_steers_and_filters_a_rollout_in_chromium() {
     assert_eq!(text(&c, "[data-live='w1.failed']").await, "2");
     c.refresh().await.unwrap();
     assert!(text(&c, "main").await.contains("migration 42 failed"));
+    c.set_window_size(1360, 1900).await.unwrap();
     screenshot(&c, "rollout-halted").await;
+    c.set_window_size(1360, 1000).await.unwrap();
+
+    c.goto(&format!("{}/ui/audit", h.base)).await.unwrap();
+    let audit = text(&c, "#audit").await;
+    for action in [
+        "rollout.start",
+        "rollout.approve",
+        "rollout.pause",
+        "rollout.resume",
+    ] {
+        assert!(
+            audit.contains(action),
+            "{action} missing from the audit log"
+        );
+    }
+    screenshot(&c, "audit").await;
 
     // Filter sites by label, then by state and version; the grid shows each site.
     c.goto(&format!("{}/ui/sites", h.base)).await.unwrap();
@@ -298,6 +315,27 @@ async fn operator_watches_steers_and_filters_a_rollout_in_chromium() {
     c.goto(&format!("{}/ui/sites/grid", h.base)).await.unwrap();
     let cells = c.find_all(Locator::Css("#grid a")).await.unwrap();
     assert_eq!(cells.len(), 6);
+    if screenshots() {
+        // A fuller fleet for the pictures: healthy, unhealthy, deferred, silent sites.
+        for i in 0..400 {
+            let mut a = Agent::enroll(&h, &format!("shop-{i:04}"), json!({"cohort": "dog"})).await;
+            match i % 23 {
+                0 | 7 => a.health(&h, false).await,
+                3 => {
+                    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(6);
+                    a.report(
+                        &h,
+                        json!({"kind": "deferral", "until": until, "reason": "sales day"}),
+                    )
+                    .await
+                }
+                5 => {}
+                _ => a.health(&h, true).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.goto(&format!("{}/ui/sites/grid", h.base)).await.unwrap();
+    }
     screenshot(&c, "grid").await;
     c.goto(&format!("{}/ui/sites/store-1", h.base))
         .await
@@ -308,20 +346,6 @@ async fn operator_watches_steers_and_filters_a_rollout_in_chromium() {
     screenshot(&c, "site").await;
     c.goto(&format!("{}/ui/", h.base)).await.unwrap();
     screenshot(&c, "overview").await;
-    c.goto(&format!("{}/ui/audit", h.base)).await.unwrap();
-    let audit = text(&c, "#audit").await;
-    for action in [
-        "rollout.start",
-        "rollout.approve",
-        "rollout.pause",
-        "rollout.resume",
-    ] {
-        assert!(
-            audit.contains(action),
-            "{action} missing from the audit log"
-        );
-    }
-    screenshot(&c, "audit").await;
     c.goto(&format!("{}/ui/releases", h.base)).await.unwrap();
     assert!(text(&c, "main").await.contains("pos-2.5.0"));
 

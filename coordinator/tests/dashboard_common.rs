@@ -554,9 +554,14 @@ pub async fn browser(driver: &Driver) -> fantoccini::Client {
         .expect("open a Chromium session through chromedriver")
 }
 
+/// Whether this run writes screenshots (FLEETWAVE_SCREENSHOTS=1).
+pub fn screenshots() -> bool {
+    std::env::var("FLEETWAVE_SCREENSHOTS").as_deref() == Ok("1")
+}
+
 /// Writes a screenshot to docs/screenshots when FLEETWAVE_SCREENSHOTS=1.
 pub async fn screenshot(c: &fantoccini::Client, name: &str) {
-    if std::env::var("FLEETWAVE_SCREENSHOTS").as_deref() != Ok("1") {
+    if !screenshots() {
         return;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");

@@ -141,7 +141,7 @@ pub struct RolloutModel {
     pub waves: Vec<WaveModel>,
     pub totals: Counts,
     pub total_segments: Vec<Segment>,
-    /// e.g. `wave 2 of 4 (general)`.
+    /// e.g. `current wave 2 (general) of waves 0–3`.
     pub current: String,
     pub decisions: Vec<DecisionRow>,
     pub attention: Vec<AttentionSite>,
@@ -306,11 +306,8 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
             (Some(_), None) => "open",
             (None, None) => "not open",
         };
-        if gate.approval
-            && rec.opened_at.is_some()
-            && rec.approved_at.is_none()
-            && rec.passed_at.is_none()
-        {
+        // The approve control shows when the gate passed and waits for an operator.
+        if awaiting_approval && rec.approved_at.is_none() {
             approve_wave = Some(i as u32);
         }
         let approval = if !gate.approval {
@@ -367,14 +364,13 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
     }
     let current = match l.current_wave() {
         Some(c) => format!(
-            "wave {} of {} ({})",
-            c + 1,
-            l.plan.waves.len(),
+            "current wave {c} ({}) of waves 0–{}",
             l.plan
                 .waves
                 .get(c as usize)
                 .map(|w| w.name.as_str())
-                .unwrap_or("?")
+                .unwrap_or("?"),
+            l.plan.waves.len().saturating_sub(1)
         ),
         None => format!("no wave open yet (of {})", l.plan.waves.len()),
     };
