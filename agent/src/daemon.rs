@@ -296,29 +296,21 @@ impl Daemon {
         let poll = &self.ctx.config.poll;
         let mut backoff = new_backoff(poll);
         loop {
-            self.deliver_reports().await;
-            let delay = match self.poll_once().await {
-                Ok(next) => {
-                    backoff = new_backoff(&self.ctx.config.poll);
-                    next
-                }
-                Err(e) => {
-                    let wait = e.retry_after().unwrap_or_else(|| {
-                        backoff
-                            .next()
-                            .unwrap_or(Duration::from_secs(self.ctx.config.poll.backoff_max_secs))
-                    });
-                    tracing::warn!(retry_in_secs = wait.as_secs(), "poll failed: {e}");
-                    status(&format!("coordinator unreachable: {e}"));
-                    wait
-                }
+            // Stopping drops an iteration wherever it is: the journal makes that as safe as
+            // a power cut (the next start finishes or rolls back), so a stop never waits for
+            // a verify period.
+            let delay = tokio::select! {
+                next = self.iteration(&mut backoff) => match next? {
+                    Some(delay) => delay,
+                    None => return Ok(()),
+                },
+                _ = &mut shutdown => Duration::ZERO,
             };
-            let delay = match self.work().await? {
-                Next::Exit => return Ok(()),
-                Next::RetryIn(d) => delay.min(d),
-                Next::Idle => delay,
-            };
-            self.deliver_reports().await;
+            if delay.is_zero() {
+                tracing::info!("stopping");
+                notify(&[sd_notify::NotifyState::Stopping]);
+                return Ok(());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => {
@@ -328,6 +320,38 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// One round: deliver reports, poll, work on the assignment, deliver again. Returns the
+    /// delay until the next round (never zero), or `None` when the agent must exit.
+    async fn iteration(
+        &mut self,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<Option<Duration>, DaemonError> {
+        self.deliver_reports().await;
+        let delay = match self.poll_once().await {
+            Ok(next) => {
+                *backoff = new_backoff(&self.ctx.config.poll);
+                next
+            }
+            Err(e) => {
+                let wait = e.retry_after().unwrap_or_else(|| {
+                    backoff
+                        .next()
+                        .unwrap_or(Duration::from_secs(self.ctx.config.poll.backoff_max_secs))
+                });
+                tracing::warn!(retry_in_secs = wait.as_secs(), "poll failed: {e}");
+                status(&format!("coordinator unreachable: {e}"));
+                wait
+            }
+        };
+        let delay = match self.work().await? {
+            Next::Exit => return Ok(None),
+            Next::RetryIn(d) => delay.min(d),
+            Next::Idle => delay,
+        };
+        self.deliver_reports().await;
+        Ok(Some(delay.max(Duration::from_millis(100))))
     }
 
     /// Polls once (long poll); accepts or refuses what came; returns the delay to the next

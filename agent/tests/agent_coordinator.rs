@@ -45,7 +45,15 @@ async fn enrolls_opens_a_session_polls_and_reports() {
         (s["last_contact"].is_string() && s["queued_reports"]["total"] == 0).then_some(())
     })
     .await;
-    agent.kill().await.unwrap();
+    // SIGTERM (what systemd sends) stops it cleanly, even in the middle of a long poll.
+    let pid = agent.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let exit = agent.wait().await.unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", site.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
