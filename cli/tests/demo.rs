@@ -112,7 +112,7 @@ fn the_demo_tells_its_story_twice_in_a_row() {
             "open_wave (wave 4 dogs)",
             "=== act 2: demo-1.2.0",
             "halt (wave 0 pigs)",
-            "wave 1 canary city  never opened",
+            "wave 1 canary city  never opened: its 1 site(s) never saw the release",
             "apps serving 1.1.0: 6",
             "as expected:",
         ] {

@@ -31,12 +31,12 @@ pub struct SiteSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How many pigs, canaries, generals and dogs `n` sites get: about a sixth pigs, a sixth
-/// dogs, a quarter in the canary city, the rest general (at least one of each).
+/// How many pigs, canaries, generals and dogs `n` sites get: about a sixth each of pigs,
+/// canary-city sites and dogs, the rest general (at least one of each).
 pub fn cohort_counts(n: usize) -> [(&'static str, usize); 4] {
     let pigs = (n / 6).max(1);
     let dogs = (n / 6).max(1);
-    let canary = (n / 4).max(1);
+    let canary = (n / 6).max(1);
     let general = n.saturating_sub(pigs + dogs + canary).max(1);
     [
         ("pig", pigs),
@@ -361,7 +361,7 @@ mod tests {
                 count("general"),
                 count("dog")
             ),
-            (2, 3, 5, 2)
+            (2, 2, 6, 2)
         );
         assert!(
             s.iter()

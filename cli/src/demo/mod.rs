@@ -933,13 +933,10 @@ fn summary(
                 "    wave {} {:<12} {}",
                 w.index,
                 w.name,
-                if w.opened_at.is_some() {
-                    tally_words(&w.tally)
-                } else {
-                    format!(
-                        "never opened ({} sites never saw the release)",
-                        w.tally.sites
-                    )
+                match (w.opened_at, w.tally.sites) {
+                    (Some(_), _) => tally_words(&w.tally),
+                    (None, 0) => "never opened".to_string(),
+                    (None, n) => format!("never opened: its {n} site(s) never saw the release"),
                 }
             ));
         }
