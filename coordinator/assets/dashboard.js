@@ -4,6 +4,14 @@
 // It never builds HTML from strings: text goes in through textContent.
 "use strict";
 (function () {
+  // Grid cells carry only their link: show the site id as a tooltip on hover.
+  var grid = document.getElementById("grid");
+  if (grid) {
+    grid.addEventListener("mouseover", function (ev) {
+      var a = ev.target;
+      if (a && a.tagName === "A" && !a.title) a.title = a.getAttribute("href");
+    });
+  }
   var url = document.body && document.body.getAttribute("data-live-url");
   if (!url || !window.EventSource) {
     return;

@@ -839,17 +839,19 @@ struct GridPage {
     list: String,
 }
 
-/// `GET /ui/sites/grid`: every matching site as one coloured cell.
+/// `GET /ui/sites/grid`: every matching site as one coloured cell (gzip-compressed when
+/// the browser accepts it: the page is large with a large fleet).
 pub async fn grid(
     State(dash): State<DashState>,
     who: SignedIn,
+    headers: HeaderMap,
     Query(f): Query<SitesQuery>,
 ) -> PageResult {
     let q = f.to_query()?;
     let cells = dash.read.run(move |r, c| r.grid(c, &q)).await?;
     let (html_cells, legend) = render_grid(&cells, Timestamp::now());
     let link = f.link();
-    html(GridPage {
+    let body = GridPage {
         nav: nav(&who, "sites"),
         total: cells.len(),
         cells: html_cells,
@@ -860,7 +862,41 @@ pub async fn grid(
             format!("/ui/sites?{link}")
         },
         f,
-    })
+    }
+    .render()?;
+    Ok(maybe_gzip(&headers, body))
+}
+
+/// Pages above this size are sent gzip-compressed to browsers that accept it.
+const GZIP_ABOVE: usize = 64 * 1024;
+
+/// An HTML answer, gzip-compressed (fast level) when large and accepted.
+fn maybe_gzip(headers: &HeaderMap, body: String) -> Response {
+    let accepts = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    if !accepts || body.len() <= GZIP_ABOVE {
+        return Html(body).into_response();
+    }
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    if gz.write_all(body.as_bytes()).is_err() {
+        return Html(body).into_response();
+    }
+    match gz.finish() {
+        Ok(bytes) => {
+            let mut res = Html(bytes).into_response();
+            let h = res.headers_mut();
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            res
+        }
+        Err(_) => Html(body).into_response(),
+    }
 }
 
 /// The grid's cells (one `<a>` per site) and the legend with counts.
@@ -889,11 +925,8 @@ pub fn render_grid(
         if let Some(i) = KINDS.iter().position(|(k, _)| *k == class) {
             counts[i] += 1;
         }
-        let id = esc(&c.id);
-        let _ = write!(
-            out,
-            "<a class={class} href=\"/ui/sites/{id}\" title=\"{id}\"></a>"
-        );
+        // Relative to /ui/sites/grid; the script adds the id as a tooltip on hover.
+        let _ = write!(out, "<a class={class} href=\"{}\"></a>", esc(&c.id));
     }
     let legend = KINDS
         .iter()

@@ -1,0 +1,194 @@
+//! How the dashboard does with 100,000 sites: server time and size of each main page.
+//! A measurement, not an assertion on time: ignored by default, run with
+//!
+//!     cargo test --release -p fleetwave-coordinator --test dashboard_scale -- --ignored --nocapture
+//!
+//! The sites are written straight into the coordinator's SQLite file (setting up 100,000
+//! enrollments through the API would measure enrollment, not the dashboard); the rollout
+//! over them is created and started through the API.
+
+#[path = "dashboard_common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleetwave_coordinator::config::Config;
+use jiff::Timestamp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+const SITES: usize = 100_000;
+
+fn seed_sites(db: &std::path::Path) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let tx = conn.transaction().unwrap();
+    let now = Timestamp::now();
+    let now_ms = now.as_millisecond();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at, last_seen, installed, healthy, health_at, deferred_until) \
+                 VALUES (?1, ?2, ?3, ?4, '0.1.0', ?5, ?6, ?7, ?8, ?5, ?9)",
+            )
+            .unwrap();
+        for i in 0..SITES {
+            let region = ["eu", "us", "apac", "latam"][i % 4];
+            let cohort = match i % 100 {
+                0 => "pig",
+                1..=4 => "canary",
+                95..=99 => "dog",
+                _ => "general",
+            };
+            let labels =
+                json!({"region": region, "cohort": cohort, "city": format!("city-{}", i % 500)});
+            let version = if i % 10 == 0 { "2.5.0" } else { "2.4.0" };
+            let installed = json!({"pos": {"release_id": format!("pos-{version}"), "version": version, "previous_release_id": null, "at": now.to_string()}});
+            let state = if i % 1000 == 999 {
+                "decommissioned"
+            } else {
+                "active"
+            };
+            let last_seen = if i % 50 == 7 {
+                now_ms - 3 * 3_600_000
+            } else {
+                now_ms - (i as i64 % 600) * 1000
+            };
+            let healthy = (i % 37 != 5) as i64;
+            let deferred = (i % 211 == 3).then_some(now_ms + 3_600_000);
+            st.execute(rusqlite::params![
+                format!("site-{i:06}"),
+                "00".repeat(32),
+                labels.to_string(),
+                state,
+                now_ms - 86_400_000,
+                last_seen,
+                installed.to_string(),
+                healthy,
+                deferred,
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+const PLAN: &str = r#"
+name = "pos 2.6 to 100k"
+release = "pos-2.6.0"
+
+[[waves]]
+name = "pigs"
+selector = { cohort = "pig" }
+gate = { bake = "10m", approval = true }
+
+[[waves]]
+name = "canaries"
+selector = { cohort = "canary" }
+gate = { bake = "30m" }
+
+[[waves]]
+name = "ten percent"
+share = 10.0
+gate = { bake = "1h" }
+
+[[waves]]
+name = "everyone else"
+gate = { bake = "1h" }
+"#;
+
+async fn measure(web: &mut WebClient, path: &str, gzip: bool) -> (Duration, usize, usize) {
+    let start = Instant::now();
+    let mut req = web.http.get(format!("{}{path}", web.base)).header(
+        "cookie",
+        format!(
+            "__Host-fleetwave-session={}",
+            web.cookies["__Host-fleetwave-session"]
+        ),
+    );
+    if gzip {
+        req = req.header("accept-encoding", "gzip");
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{path}");
+    let bytes = res.bytes().await.unwrap();
+    let took = start.elapsed();
+    let plain = if gzip && bytes.starts_with(&[0x1f, 0x8b]) {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        out.len()
+    } else {
+        bytes.len()
+    };
+    (took, bytes.len(), plain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement with 100,000 sites; run with --ignored --nocapture"]
+async fn dashboard_pages_with_100k_sites() {
+    let h = Harness::new().await;
+    let config = Config::load(&h.dir.path().join("coordinator.toml")).unwrap();
+    let t = Instant::now();
+    seed_sites(&config.database_path());
+    println!("seeded {SITES} sites in {:.1?}", t.elapsed());
+    h.publish("2.6.0", 26).await;
+    let t = Instant::now();
+    let id = h.create_rollout(PLAN).await;
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    println!(
+        "rollout over {SITES} sites created and started in {:.1?}",
+        t.elapsed()
+    );
+
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let pages = [
+        ("overview", "/ui/".to_string(), false),
+        ("rollout detail", format!("/ui/rollouts/{id}"), false),
+        ("sites list, page 1", "/ui/sites".to_string(), false),
+        (
+            "sites list, page 1000",
+            "/ui/sites?page=1000".to_string(),
+            false,
+        ),
+        (
+            "sites list, label+version filter",
+            "/ui/sites?label=region%3Deu%2Ccohort%3Dgeneral&version=2.5.0".to_string(),
+            false,
+        ),
+        (
+            "sites list, search",
+            "/ui/sites?q=site-0999".to_string(),
+            false,
+        ),
+        ("site detail", "/ui/sites/site-012345".to_string(), false),
+        ("grid, all sites", "/ui/sites/grid".to_string(), false),
+        ("grid, all sites, gzip", "/ui/sites/grid".to_string(), true),
+        (
+            "grid, region=eu, gzip",
+            "/ui/sites/grid?label=region%3Deu".to_string(),
+            true,
+        ),
+    ];
+    println!(
+        "{:<36} {:>10} {:>12} {:>12}",
+        "page", "server ms", "bytes sent", "html bytes"
+    );
+    for (name, path, gzip) in pages {
+        // Past the 1 s model cache: every figure is a fresh computation.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (took, sent, plain) = measure(&mut web, &path, gzip).await;
+        println!(
+            "{name:<36} {:>10.0} {sent:>12} {plain:>12}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    h.stop().await;
+}
