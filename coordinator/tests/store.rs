@@ -1,0 +1,229 @@
+//! The SQLite store on a real file: reports are applied at most once, facts follow each
+//! event's own time (out-of-order delivery never moves them backwards), and one active
+//! rollout per site holds across rollouts.
+
+use fleetwave_coordinator::store::*;
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
+use fleetwave_shared::protocol::{Event, EventBody, HealthSummary, Phase};
+use jiff::{SignedDuration, Timestamp};
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let at = ts("2026-01-01T00:00:00Z");
+    let token = EnrollmentTokenRecord {
+        id: "et-1".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: at + SignedDuration::from_hours(1),
+        uses_total: 2,
+        uses_left: 2,
+        revoked: false,
+        created_at: at,
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("hash", &token).unwrap();
+    for site in ["s1", "s2"] {
+        store
+            .enroll(&Enrollment {
+                token_hash: "hash".into(),
+                site_id: site.into(),
+                device_key: "00".repeat(32),
+                agent_version: "1".into(),
+                at,
+            })
+            .unwrap();
+    }
+    let env = Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
+    store
+        .publish_release(&ReleaseRecord {
+            id: "pos-2".into(),
+            digest: env.digest(),
+            name: "pos".into(),
+            version: "2".into(),
+            kind: "app".into(),
+            counter: 2,
+            envelope: env,
+            published_at: at,
+            published_by: "test".into(),
+        })
+        .unwrap();
+    (dir, store)
+}
+
+fn rollout(id: &str) -> RolloutRecord {
+    let at = ts("2026-01-01T00:00:00Z");
+    RolloutRecord {
+        id: id.into(),
+        release_id: "pos-2".into(),
+        plan_source: String::new(),
+        plan_format: "toml".into(),
+        status: RolloutStatus::Running,
+        waves: vec![WaveRecord::default()],
+        created_at: at,
+        created_by: "test".into(),
+        updated_at: at,
+        status_reason: None,
+    }
+}
+
+fn member(rollout: &str, site: &str) -> RolloutSiteRecord {
+    RolloutSiteRecord {
+        rollout_id: rollout.into(),
+        site_id: site.into(),
+        ..Default::default()
+    }
+}
+
+fn phase(id: &str, at: &str, phase: Phase) -> Event {
+    Event {
+        id: id.into(),
+        at: ts(at),
+        body: EventBody::Phase {
+            rollout_id: Some("r1".into()),
+            release_id: "pos-2".into(),
+            phase,
+            detail: None,
+        },
+    }
+}
+
+fn health(id: &str, at: &str, healthy: bool) -> Event {
+    Event {
+        id: id.into(),
+        at: ts(at),
+        body: EventBody::Health {
+            healthy,
+            summary: HealthSummary::default(),
+        },
+    }
+}
+
+#[test]
+fn out_of_order_reports_never_move_facts_backwards_and_apply_once() {
+    let (_dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let now = ts("2026-01-01T01:00:00Z");
+    // Delivered late: the commit arrives after a later health report.
+    let first = vec![
+        health("h2", "2026-01-01T00:20:00Z", false),
+        phase("p2", "2026-01-01T00:10:00Z", Phase::Committed),
+    ];
+    let out = store.apply_reports("s1", &first, now).unwrap();
+    assert_eq!((out.accepted, out.duplicates), (2, 0));
+    assert_eq!(out.rollouts_touched, vec!["r1".to_string()]);
+    // An older phase arriving last does not replace the newer one.
+    let second = vec![
+        phase("p1", "2026-01-01T00:05:00Z", Phase::Installing),
+        health("h2", "2026-01-01T00:20:00Z", false),
+    ];
+    let out = store.apply_reports("s1", &second, now).unwrap();
+    assert_eq!((out.accepted, out.duplicates), (1, 1));
+    let facts = store.rollout_sites("r1").unwrap().remove(0);
+    assert_eq!(facts.phase, Some(Phase::Committed));
+    assert_eq!(facts.phase_at, Some(ts("2026-01-01T00:10:00Z")));
+    assert_eq!(facts.committed_at, Some(ts("2026-01-01T00:10:00Z")));
+    // The unhealthy report after the commit is found although it arrived first.
+    assert_eq!(
+        facts.first_unhealthy_after_commit_at,
+        Some(ts("2026-01-01T00:20:00Z"))
+    );
+    assert_eq!(facts.last_report_at, Some(ts("2026-01-01T00:20:00Z")));
+    // The site's own health follows the newest report, not the last delivered.
+    store
+        .apply_reports("s1", &[health("h0", "2026-01-01T00:01:00Z", true)], now)
+        .unwrap();
+    let site = store.site("s1").unwrap().unwrap();
+    assert_eq!(
+        (site.healthy, site.health_at),
+        (Some(false), Some(ts("2026-01-01T00:20:00Z")))
+    );
+}
+
+#[test]
+fn one_active_rollout_per_site_and_counters_go_up() {
+    let (_dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let err = store
+        .create_rollout(&rollout("r2"), &[member("r2", "s1"), member("r2", "s2")])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("s1 (in r1)")),
+        "{err}"
+    );
+    // Late joiners already in an active rollout are left out.
+    assert!(
+        store
+            .add_rollout_sites(&[member("r3", "s1")])
+            .unwrap()
+            .is_empty()
+    );
+    // Once r1 is done, s1 is free.
+    let mut done = rollout("r1");
+    done.status = RolloutStatus::Completed;
+    store.update_rollout(&done).unwrap();
+    store
+        .create_rollout(&rollout("r2"), &[member("r2", "s1"), member("r2", "s2")])
+        .unwrap();
+    assert_eq!(
+        store.active_rollout_of_site("s1").unwrap().as_deref(),
+        Some("r2")
+    );
+
+    let mut again = store.release("pos-2").unwrap().unwrap();
+    again.id = "pos-1".into();
+    again.digest = "other".into();
+    again.counter = 2;
+    let err = store.publish_release(&again).unwrap_err();
+    assert!(err.to_string().contains("counters must go up"), "{err}");
+    assert_eq!(
+        store.count_sites_by_state().unwrap(),
+        vec![(SiteState::Active, 2)]
+    );
+}
+
+#[test]
+fn assignment_sequences_increase_per_site_and_survive_reopening() {
+    let dir = {
+        let (dir, store) = setup();
+        store
+            .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+            .unwrap();
+        let at = ts("2026-01-01T00:00:00Z");
+        let draft = AssignmentDraft {
+            site_id: "s1".into(),
+            rollout_id: "r1".into(),
+            wave: 0,
+            release_id: "pos-2".into(),
+            release_digest: "d".into(),
+            rollback: false,
+            not_before: at,
+            issued_at: at,
+            expires: at + SignedDuration::from_hours(1),
+            window: None,
+        };
+        let key = fleetwave_shared::keys::generate();
+        let sign = |d: &AssignmentDraft, seq: u64| {
+            Envelope::sign("a", format!("{}#{seq}", d.site_id).as_bytes(), &[&key])
+        };
+        let a = store
+            .issue_assignments(&[draft.clone(), draft], &sign)
+            .unwrap();
+        assert_eq!((a[0].sequence, a[1].sequence), (1, 2));
+        dir
+    };
+    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let current = store.current_assignments().unwrap();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0].sequence, 2);
+    assert!(store.rollout_sites("r1").unwrap()[0].assigned_at.is_some());
+}
