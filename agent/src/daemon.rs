@@ -1165,7 +1165,13 @@ pub fn accept_documents(
             })
         }
         Err(refusal) => {
-            ctx.refuse(&refusal, Some(assignment))?;
+            // The same document refused for the same reason is reported once, so that a
+            // coordinator serving it on every poll cannot fill the outbox.
+            let key = format!("{}:{}", assignment.digest(), refusal.code());
+            if ctx.store.meta("last_refusal")?.as_deref() != Some(key.as_str()) {
+                ctx.refuse(&refusal, Some(assignment))?;
+                ctx.store.set_meta("last_refusal", &key)?;
+            }
             Ok(Accepting::Refused {
                 code: refusal.code().into(),
                 message: refusal.to_string(),
