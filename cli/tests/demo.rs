@@ -7,9 +7,11 @@
 //! Needs `fleetwave-coordinator`, `fleetwave-agent` and `fleetwave-demo-app` next to the
 //! `fleetwave` binary: `cargo build --workspace --bins` first.
 
+use std::io::BufRead as _;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetwave");
@@ -159,4 +161,81 @@ fn a_port_in_use_and_a_foreign_directory_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not created by `fleetwave demo`"), "{err}");
     assert!(foreign.join("precious.txt").is_file());
+}
+
+/// Starts the demo (without --exit-when-done) and waits until every agent polls.
+fn start_until_polling(dir: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--sites", "4", "--port"])
+        .arg(free_port().to_string())
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("agents are polling") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the demo never said its agents are polling: {e}");
+            }
+        }
+    }
+    (child, rx)
+}
+
+/// Waits (generously) until no process names `dir` on its command line.
+fn wait_nothing_left(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = no_process_mentions(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived the demo: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sigterm_mid_story_stops_everything_and_exits_0() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("demo");
+    let (mut child, rx) = start_until_polling(&dir);
+    unsafe_term(child.id());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    let said: Vec<String> = rx.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("stopped")), "{said:?}");
+    wait_nothing_left(&dir);
+}
+
+#[test]
+fn nothing_outlives_a_demo_killed_with_sigkill() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("demo");
+    let (mut child, _rx) = start_until_polling(&dir);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The agents and the coordinator die with it (PDEATHSIG); the guard stops the apps.
+    wait_nothing_left(&dir);
 }

@@ -255,5 +255,9 @@ pub fn guard_main(dir: &Path, demo_app: &Path) -> Result<()> {
         }
     }
     stop_demo_apps(dir, demo_app);
+    // An agent stopping at the same moment may have been restarting its app: once more,
+    // after the agents (tied to the demo by PDEATHSIG) are surely gone.
+    std::thread::sleep(Duration::from_secs(2));
+    stop_demo_apps(dir, demo_app);
     Ok(())
 }
