@@ -1305,3 +1305,166 @@ pub fn record_sample(store: &Store, sample: &HealthSample, max_events: u64) {
         tracing::error!("cannot queue a health heartbeat: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetwave_shared::docs::{ASSIGNMENT_TYPE, RELEASE_TYPE, ROOT_TYPE, RoleKeys, Roles, Root};
+    use fleetwave_shared::keys::{PublicKeyFile, generate};
+    use fleetwave_shared::{Assignment, KeyId, Release, ReleaseKind};
+    use jiff::SignedDuration;
+
+    struct Fleet {
+        root: Envelope,
+        release: ed25519_dalek::SigningKey,
+        coordinator: ed25519_dalek::SigningKey,
+    }
+
+    fn fleet() -> Fleet {
+        let (root_key, release, coordinator) = (generate(), generate(), generate());
+        let mut keys = std::collections::BTreeMap::new();
+        let mut id = |k: &ed25519_dalek::SigningKey| {
+            let id = KeyId::of(&k.verifying_key()).0;
+            keys.insert(id.clone(), PublicKeyFile::from_key(&k.verifying_key()));
+            RoleKeys {
+                keyids: vec![id],
+                threshold: 1,
+            }
+        };
+        let roles = Roles {
+            root: id(&root_key),
+            release: id(&release),
+            coordinator: id(&coordinator),
+        };
+        let root = Root {
+            version: 1,
+            expires: Timestamp::now() + SignedDuration::from_hours(24),
+            keys,
+            roles,
+        };
+        Fleet {
+            root: Envelope::sign(ROOT_TYPE, &serde_json::to_vec(&root).unwrap(), &[&root_key]),
+            release,
+            coordinator,
+        }
+    }
+
+    fn context(fleet: &Fleet, dir: &std::path::Path) -> Context {
+        let config = Config::parse(
+            &format!(
+                "[coordinator]\nurl = \"\"\n[agent]\nstate_dir = {:?}\nsite_id = \"s1\"\n",
+                dir.display().to_string()
+            ),
+            "test",
+        )
+        .unwrap();
+        let store = Store::open(dir).unwrap();
+        let trust = TrustState::from_anchor(&fleet.root).unwrap();
+        store.save_trust(&trust.persisted()).unwrap();
+        Context::open(config).unwrap()
+    }
+
+    fn documents(fleet: &Fleet, sequence: u64, expires_in: SignedDuration) -> (Envelope, Envelope) {
+        let now = Timestamp::now();
+        let release = Release {
+            id: "pos-1".into(),
+            name: "pos".into(),
+            version: "1".into(),
+            kind: ReleaseKind::App,
+            counter: 1,
+            issued_at: now - SignedDuration::from_mins(1),
+            expires: now + SignedDuration::from_hours(1),
+            artifacts: vec![],
+            install: Default::default(),
+            min_agent_version: None,
+        };
+        let release = Envelope::sign(
+            RELEASE_TYPE,
+            &serde_json::to_vec(&release).unwrap(),
+            &[&fleet.release],
+        );
+        let assignment = Assignment {
+            site_id: "s1".into(),
+            rollout_id: format!("r{sequence}"),
+            wave: 0,
+            release_sha256: release.digest(),
+            sequence,
+            not_before: now,
+            issued_at: now - SignedDuration::from_mins(1),
+            expires: now + expires_in,
+            rollback: false,
+            window: None,
+        };
+        let assignment = Envelope::sign(
+            ASSIGNMENT_TYPE,
+            &serde_json::to_vec(&assignment).unwrap(),
+            &[&fleet.coordinator],
+        );
+        (assignment, release)
+    }
+
+    fn refusals(ctx: &Context) -> Vec<String> {
+        ctx.store
+            .outbox_batch(100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                EventBody::Refusal { code, .. } => Some(code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accepts_once_then_refuses_replay_and_expiry_reporting_each_once() {
+        let fleet = fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = context(&fleet, dir.path());
+        let (a5, r) = documents(&fleet, 5, SignedDuration::from_hours(1));
+        assert!(matches!(
+            accept_documents(&mut ctx, &[], Some(&a5), Some(&r)).unwrap(),
+            Accepting::Accepted { sequence: 5, .. }
+        ));
+        // Persisted: a restarted agent still has it and its sequence.
+        assert_eq!(ctx.store.assignment().unwrap().unwrap().assignment, a5);
+        assert_eq!(ctx.store.trust().unwrap().unwrap().last_sequence, 5);
+        // Polled again: unchanged, not a replay.
+        assert_eq!(
+            accept_documents(&mut ctx, &[], Some(&a5), Some(&r)).unwrap(),
+            Accepting::Unchanged
+        );
+        // An older sequence is a replay; served twice, reported once.
+        let (a4, r4) = documents(&fleet, 4, SignedDuration::from_hours(1));
+        for _ in 0..2 {
+            assert!(matches!(
+                accept_documents(&mut ctx, &[], Some(&a4), Some(&r4)).unwrap(),
+                Accepting::Refused { ref code, .. } if code == "replay"
+            ));
+        }
+        // An expired assignment is refused even with a newer sequence.
+        let (a9, r9) = documents(&fleet, 9, SignedDuration::from_secs(-1));
+        assert!(matches!(
+            accept_documents(&mut ctx, &[], Some(&a9), Some(&r9)).unwrap(),
+            Accepting::Refused { ref code, .. } if code == "expired"
+        ));
+        assert_eq!(
+            refusals(&ctx),
+            vec!["replay".to_string(), "expired".to_string()]
+        );
+        // The refused documents changed nothing.
+        assert_eq!(ctx.store.assignment().unwrap().unwrap().assignment, a5);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bounds() {
+        let base = Duration::from_secs(100);
+        for _ in 0..200 {
+            let d = jittered(base, 0.2);
+            assert!(
+                d >= Duration::from_secs(80) && d <= Duration::from_secs(120),
+                "{d:?}"
+            );
+        }
+        assert_eq!(jittered(base, 0.0), base);
+    }
+}
