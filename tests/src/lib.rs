@@ -8,6 +8,9 @@
 //! - [`eventually`](mod@eventually): polling with generous deadlines instead of sleeps.
 //! - [`ports`]: free loopback ports.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy that can cut, blackhole or slow a link.
+//! - [`mitm`]: [`Mitm`], a compromised coordinator: a TLS man in the middle that can
+//!   replace or record an agent's poll answers, and [`Forger`](mitm::Forger) to sign with
+//!   the coordinator's key.
 //! - [`fleet`]: the data-driven description and directory layout of a test fleet.
 //! - [`inspect`]: read-only looks into the coordinator's and agents' SQLite files.
 //! - [`operator`]: the coordinator's operator API over HTTPS, for acting and observing.
@@ -24,6 +27,7 @@ pub mod eventually;
 pub mod fleet;
 pub mod inspect;
 pub mod logs;
+pub mod mitm;
 pub mod operator;
 pub mod plan;
 pub mod ports;
@@ -35,6 +39,7 @@ pub use cluster::{Fleet, FleetOptions};
 pub use error::{HarnessError, Result};
 pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};
 pub use fleet::{Cohort, FleetDirs, FleetSpec, SiteSpec};
+pub use mitm::Mitm;
 pub use plan::{GateSpec, PlanSpec, WaveSpec};
 pub use ports::{free_addr, free_port};
 pub use process::{Process, Spawn};
