@@ -119,3 +119,49 @@ async fn defer_is_bounded_check_reports_failures_and_status_reads_well() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_update_guard_stands_down_once_the_new_agent_committed() {
+    use fleetwave_agent::state::journal::{NewInstall, Outcome};
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("guard-1", &coordinator);
+    site.enroll(&coordinator).await;
+    // The new agent's journal: the self-update release committed.
+    let store = site.state();
+    let env = fleetwave_shared::Envelope {
+        payload: String::new(),
+        payload_type: "t".into(),
+        signatures: vec![],
+    };
+    let now = jiff::Timestamp::now();
+    let id = store
+        .journal_begin(
+            &NewInstall {
+                rollout_id: "r-agent",
+                sequence: 3,
+                release_id: "agent-0.2.0",
+                stream: "fleetwave-agent",
+                assignment: &env,
+                release: &env,
+                lease_id: None,
+            },
+            now,
+        )
+        .unwrap();
+    store
+        .journal_finish(id, Outcome::Committed, None, now)
+        .unwrap();
+    let (code, out, err) = site
+        .cli(&[
+            "self-update-guard",
+            "--sha256",
+            &"ab".repeat(32),
+            "--rollout",
+            "r-agent",
+            "--sequence",
+            "3",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("Confirmed"), "{err}");
+}
