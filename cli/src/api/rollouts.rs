@@ -231,8 +231,9 @@ fn status(args: StatusArgs) -> Result<()> {
     ) {
         std::thread::sleep(Duration::from_secs(1));
         last = get_view(&client, &args.rollout)?;
+        let now = jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
         for line in progress.update(&last) {
-            output::line(line)?;
+            output::line(format!("{now}  {line}"))?;
         }
     }
     output::line(format!(
