@@ -200,3 +200,57 @@ async fn rollback_assignment_switches_back_to_the_previous_release() {
     .await;
     agent.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_uses_etags_reopens_expired_sessions_and_pins_the_fleet_ca() {
+    use fleetwave_agent::client::{PollAnswer, Session, http_client};
+    use fleetwave_agent::config::Config;
+    use std::time::Duration;
+
+    let mut coordinator = Coordinator::start().await;
+    let site = Site::new("store-5", &coordinator);
+    site.enroll(&coordinator).await;
+    let config = Config::load(&site.config).unwrap();
+    let key = fleetwave_shared::keys::read_private_key(&site.dir.path().join("state/device.key"))
+        .unwrap();
+    let session = Session::new(
+        http_client(&config.coordinator).unwrap(),
+        &coordinator.url,
+        "store-5",
+        key.clone(),
+    );
+    let timeout = Duration::from_secs(10);
+    let PollAnswer::Changed { response, etag, .. } =
+        session.poll(0, 1, None, timeout).await.unwrap()
+    else {
+        panic!("the first poll has no ETag to match");
+    };
+    assert!(response.assignment.is_none());
+    let etag = etag.expect("the coordinator sends an ETag");
+    assert!(matches!(
+        session.poll(0, 1, Some(&etag), timeout).await.unwrap(),
+        PollAnswer::NotModified { .. }
+    ));
+
+    // Sessions live in the coordinator's memory: after a restart the old token gets 401
+    // and the client opens a new session by itself.
+    coordinator.restart().await;
+    session.poll(0, 1, None, timeout).await.unwrap();
+
+    // A CA other than the fleet's is not trusted, even for the right server.
+    let other = Coordinator::start().await;
+    let mut pinned_elsewhere = config.coordinator.clone();
+    pinned_elsewhere.ca_file = other.ca.clone();
+    let stranger = Session::new(
+        http_client(&pinned_elsewhere).unwrap(),
+        &coordinator.url,
+        "store-5",
+        key,
+    );
+    let err = stranger.poll(0, 1, None, timeout).await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
