@@ -420,6 +420,98 @@ pub fn poll_answer(assignment: Envelope, release: Envelope) -> PollResponse {
     }
 }
 
+/// An assignment's fields, read without verifying its signatures (to name a recorded one).
+pub fn read_assignment(envelope: &Envelope) -> Result<Assignment> {
+    use base64::Engine as _;
+    let bad = |e: String| HarnessError::Fleet(format!("not an assignment envelope: {e}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// Waits until the coordinator stored a `refusal` report from `site` with `code` about the
+/// assignment of `rollout_id` and `sequence`; returns the report's body.
+pub fn wait_refusal(
+    fleet: &Fleet,
+    site: &str,
+    code: &str,
+    rollout_id: &str,
+    sequence: u64,
+) -> Result<serde_json::Value> {
+    let db = crate::inspect::CoordinatorDb::new(fleet.coordinator.database());
+    crate::eventually_default(
+        &format!("{site} to report a {code} refusal of {rollout_id}#{sequence}"),
+        || {
+            let refusals: Vec<serde_json::Value> = db
+                .reports(site)?
+                .into_iter()
+                .filter(|r| r.body["kind"] == "refusal")
+                .map(|r| r.body)
+                .collect();
+            refusals
+                .iter()
+                .find(|b| {
+                    b["code"] == code && b["rollout_id"] == rollout_id && b["sequence"] == sequence
+                })
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("refusals reported so far: {refusals:?}"))
+        },
+    )
+}
+
+/// Checks that `release` left no trace at `site`: not on disk, not served, not installed
+/// or assigned in the agent's `status --json`, no install phase reported. `on_disk` is the
+/// version the site must still run (None: nothing ever installed).
+pub fn assert_untouched(
+    fleet: &Fleet,
+    site: &str,
+    release: &crate::release::DemoRelease,
+    on_disk: Option<&str>,
+) -> Result<()> {
+    let s = fleet.site(site)?;
+    let fail = |what: String| Err(HarnessError::Fleet(format!("{site}: {what}")));
+    let disk = s.version_on_disk()?;
+    if disk.as_deref() != on_disk {
+        return fail(format!("runs {disk:?} on disk, expected {on_disk:?}"));
+    }
+    if let Some(version) = on_disk {
+        let served = s.version_served()?;
+        if served != version {
+            return fail(format!("the app serves {served:?}, expected {version:?}"));
+        }
+    }
+    let unpacked = s
+        .dirs
+        .app
+        .join(crate::release::DEMO_STREAM)
+        .join(&release.version);
+    if unpacked.exists() {
+        return fail(format!("{} was unpacked", unpacked.display()));
+    }
+    let out = fleet.agent_cli(site, &["status", "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| HarnessError::Fleet(format!("status --json is not JSON ({e}): {out}")))?;
+    let installed = status["installed"].as_array().cloned().unwrap_or_default();
+    if installed
+        .iter()
+        .any(|i| i["release_id"] == release.id.as_str())
+    {
+        return fail(format!("status shows {} installed: {out}", release.id));
+    }
+    if status["assignment"]["release_id"] == release.id.as_str() {
+        return fail(format!("status shows {} assigned: {out}", release.id));
+    }
+    if status["last_install"]["release_id"] == release.id.as_str() {
+        return fail(format!("status shows an install of {}: {out}", release.id));
+    }
+    let phases = fleet.phases(site, &release.id)?;
+    if !phases.is_empty() {
+        return fail(format!("reported phases {phases:?} for {}", release.id));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
