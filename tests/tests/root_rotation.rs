@@ -5,8 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+use fleetwave_e2e::mitm::{Forger, assert_untouched, assignment_for, poll_answer, wait_refusal};
 use fleetwave_e2e::release::DemoRelease;
-use fleetwave_e2e::{Fleet, FleetSpec, PlanSpec, Spawn, bins, eventually_default};
+use fleetwave_e2e::{
+    Fleet, FleetOptions, FleetSpec, Mitm, PlanSpec, Spawn, bins, eventually_default,
+};
 use fleetwave_shared::protocol::operator::RolloutStatus;
 
 fn cli(fleet: &Fleet, label: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> anyhow::Result<String> {
@@ -23,7 +26,13 @@ fn pubfile(key: &Path) -> PathBuf {
 
 #[test]
 fn agents_follow_a_root_rotation_and_the_retired_release_key_is_refused() -> anyhow::Result<()> {
-    let fleet = Fleet::start(FleetSpec::cohorts(1, 0, 1, 0))?;
+    // pig-1 reaches the coordinator through a man in the middle, general-1 directly.
+    let options = FleetOptions {
+        not_started: ["pig-1".to_string()].into(),
+        ..FleetOptions::default()
+    };
+    let mut fleet = Fleet::start_with(FleetSpec::cohorts(1, 0, 1, 0), options)?;
+    let mitm = Mitm::front(&mut fleet, "pig-1")?;
     fleet.baseline(&DemoRelease::good("1.0.0", 1))?;
 
     // New root and release keys, and root version 2 signed by the old and new root keys.
@@ -115,6 +124,31 @@ fn agents_follow_a_root_rotation_and_the_retired_release_key_is_refused() -> any
             Some("1.0.0")
         );
     }
+
+    // A compromised coordinator (its online key is still in root version 2) assigns it
+    // anyway: the agent refuses the release, reports it, and installs nothing.
+    let forger = Forger::coordinator(&fleet.coordinator)?;
+    let assignment = assignment_for("pig-1", &envelope, 1_000_001);
+    mitm.serve(poll_answer(
+        forger.assignment(&assignment),
+        envelope.clone(),
+    ));
+    let refusal = wait_refusal(
+        &fleet,
+        "pig-1",
+        "threshold_not_met",
+        &assignment.rollout_id,
+        assignment.sequence,
+    )?;
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("release"),
+        "{refusal}"
+    );
+    assert_untouched(&fleet, "pig-1", &stale, Some("1.0.0"))?;
+    mitm.pass();
 
     // A release signed by the new release key installs everywhere.
     let fresh = DemoRelease::good("3.0.0", 3);
