@@ -137,7 +137,8 @@ fn a_replayed_old_assignment_is_refused_and_reported() -> anyhow::Result<()> {
             .expect("recorded with an assignment"),
     )?;
     // ...and serves it again once the site moved on to 2.0.0 (a newer sequence).
-    fleet.baseline(&DemoRelease::good("2.0.0", 2))?;
+    let current = DemoRelease::good("2.0.0", 2);
+    fleet.baseline(&current)?;
     mitm.serve(replayed);
     wait_refusal(
         &fleet,
@@ -157,6 +158,18 @@ fn a_replayed_old_assignment_is_refused_and_reported() -> anyhow::Result<()> {
         "1.0.0 accepted again: {phases:?}"
     );
     assert!(!phases.iter().any(|p| p == "rolled_back"), "{phases:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&fleet.agent_cli("pig-1", &["status", "--json"])?)?;
+    assert_eq!(
+        status["installed"][0]["release_id"],
+        current.id.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["assignment"]["release_id"],
+        current.id.as_str(),
+        "{status}"
+    );
     Ok(())
 }
 
