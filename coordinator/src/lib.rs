@@ -7,13 +7,13 @@
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup.
 pub mod api;
 pub mod config;
+pub mod controller;
+pub mod dashboard;
 pub mod error;
 pub mod init;
 pub mod metrics;
+pub mod plan;
 pub mod rollouts;
 pub mod server;
 pub mod state;
-pub mod controller;
-pub mod dashboard;
-pub mod plan;
 pub mod store;
