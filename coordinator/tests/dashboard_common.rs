@@ -508,24 +508,28 @@ pub async fn chromedriver() -> Driver {
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromedriver");
-    let url = format!("http://127.0.0.1:{port}");
+    // Owned at once: dropped (killed and waited for) on every path, panics included.
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        profile: tempfile::tempdir().unwrap(),
+    };
     let probe = reqwest::Client::new();
     for _ in 0..100 {
         if probe
-            .get(format!("{url}/status"))
+            .get(format!("{}/status", driver.url))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return Driver {
-                child,
-                url,
-                profile: tempfile::tempdir().unwrap(),
-            };
+            return driver;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("chromedriver did not answer on {url}/status within 10 s");
+    panic!(
+        "chromedriver did not answer on {}/status within 10 s",
+        driver.url
+    );
 }
 
 /// A headless Chromium session (fresh profile) driven through `driver`.

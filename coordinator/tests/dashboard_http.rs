@@ -75,7 +75,7 @@ async fn sign_in_sessions_headers_csrf_and_roles() {
         StatusCode::FORBIDDEN,
         "a login without the form's cookie"
     );
-    assert!(stranger.cookies.get("__Host-fleetwave-session").is_none());
+    assert!(!stranger.cookies.contains_key("__Host-fleetwave-session"));
 
     // Sign in: the session cookie is HttpOnly, Secure, SameSite=Strict, host-only.
     let (_, _, page) = web.get("/ui/login").await;

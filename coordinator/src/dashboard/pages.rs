@@ -349,7 +349,7 @@ struct RolloutsPage {
 /// `GET /ui/rollouts`
 pub async fn rollouts(State(dash): State<DashState>, who: SignedIn) -> PageResult {
     let mut all = dash.app.db.run(|s| s.list_rollouts()).await?;
-    all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     html(RolloutsPage {
         nav: nav(&who, "rollouts"),
         rows: all
@@ -1174,7 +1174,7 @@ struct ReleasesPage {
 /// `GET /ui/releases`
 pub async fn releases(State(dash): State<DashState>, who: SignedIn) -> PageResult {
     let mut all = dash.app.db.run(|s| s.list_releases()).await?;
-    all.sort_by(|a, b| b.published_at.cmp(&a.published_at));
+    all.sort_by_key(|r| std::cmp::Reverse(r.published_at));
     html(ReleasesPage {
         nav: nav(&who, "releases"),
         rows: all
