@@ -201,6 +201,8 @@ struct Demo {
     /// Versions each site reported installed, ever (site → versions).
     seen_versions: BTreeMap<String, BTreeSet<String>>,
     last_versions: BTreeMap<String, String>,
+    /// The rollout whose progress is printed while the demo waits, and its printer.
+    watching: Option<(String, Progress)>,
 }
 
 impl Drop for Demo {
@@ -501,6 +503,21 @@ impl Demo {
         Ok(())
     }
 
+    /// Prints what changed in the rollout being watched, if any.
+    fn watch_rollout(&mut self) -> Result<()> {
+        let Some((id, mut progress)) = self.watching.take() else {
+            return Ok(());
+        };
+        let view = self.rollout_view(&id);
+        if let Ok(view) = &view {
+            for line in progress.update(view) {
+                self.say.line(line);
+            }
+        }
+        self.watching = Some((id, progress));
+        view.map(|_| ())
+    }
+
     fn rollout_view(&self, id: &str) -> Result<api::RolloutView> {
         self.client().get(&format!("{}/{id}", paths::ROLLOUTS))
     }
@@ -529,15 +546,13 @@ impl Demo {
             &format!("{}/{}/start", paths::ROLLOUTS, created.id),
             &serde_json::json!({}),
         )?;
-        let mut progress = Progress::default();
+        self.watching = Some((created.id.clone(), Progress::default()));
         let end = Instant::now() + deadline;
         loop {
             self.check_coordinator()?;
             self.check_agents();
+            self.watch_rollout()?;
             let view = self.rollout_view(&created.id)?;
-            for line in progress.update(&view) {
-                self.say.line(line);
-            }
             self.observe_versions()?;
             let done = !matches!(
                 view.status,
@@ -558,11 +573,14 @@ impl Demo {
         loop {
             self.check_coordinator()?;
             self.observe_versions()?;
-            let all = self
+            self.watch_rollout()?;
+            // Done when every site reports it and every app really serves it (an app may
+            // still be serving a release its agent is about to roll back).
+            let reported = self
                 .sites
                 .iter()
                 .all(|s| self.last_versions.get(&s.spec.id).map(String::as_str) == Some(version));
-            if all {
+            if reported && self.served_versions().values().all(|v| v == version) {
                 return Ok(Some(true));
             }
             if Instant::now() > end {
@@ -624,6 +642,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         },
         seen_versions: BTreeMap::new(),
         last_versions: BTreeMap::new(),
+        watching: None,
     };
     let result = story(&mut demo, &args);
     match result {
@@ -797,21 +816,7 @@ fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
     let Some(back) = demo.settle(good.version, Duration::from_secs(120))? else {
         return Ok(Outcome::Interrupted);
     };
-    // Let the rollback finish in the coordinator's view as well.
-    let mut bad_view = bad_view;
-    let end = Instant::now() + Duration::from_secs(60);
-    while bad_view.status == api::RolloutStatus::Halted
-        && bad_view
-            .sites
-            .iter()
-            .any(|s| s.wave == 0 && s.state != "rolled_back" && s.state != "failed")
-        && Instant::now() < end
-    {
-        if nap(Duration::from_millis(700)) {
-            return Ok(Outcome::Interrupted);
-        }
-        bad_view = demo.rollout_view(&bad_view.id)?;
-    }
+    let bad_view = demo.rollout_view(&bad_view.id)?;
     let served = demo.served_versions();
     let verdict = judge(
         demo,
