@@ -576,9 +576,17 @@ pub async fn list_rollouts(
 
 /// The full status of a rollout: waves with tallies and gate standing, sites, timeline.
 pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
-    use crate::controller::{self, SiteState as S};
+    use crate::controller;
     let l = app.load_rollout(id).await?;
     let view = l.view();
+    // One pass over the stored sites, not one search per site: this view is rendered for
+    // every create/start answer, and rollouts reach 100,000 sites.
+    let rolled_back_sites: std::collections::HashSet<&str> = l
+        .sites
+        .iter()
+        .filter(|s| s.rollback_sequence.is_some())
+        .map(|s| s.site_id.as_str())
+        .collect();
     let now = Timestamp::now();
     let mut waves = Vec::new();
     let mut site_views = Vec::new();
@@ -590,8 +598,7 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
             ..Default::default()
         };
         for f in &wv.sites {
-            let stored = l.sites.iter().find(|s| s.site_id == f.site_id);
-            let rolled_back = stored.is_some_and(|s| s.rollback_sequence.is_some());
+            let rolled_back = rolled_back_sites.contains(f.site_id.as_str());
             let (state, detail) = match wv.opened_at {
                 Some(opened) => {
                     let st = controller::site_status(&plan_wave.gate, opened, f, now);
@@ -615,7 +622,6 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
                 "rolled_back" => tally.rolled_back += 1,
                 _ => {}
             }
-            let _ = S::Pending;
             site_views.push(RolloutSiteView {
                 site_id: f.site_id.clone(),
                 wave: i as u32,
