@@ -38,6 +38,9 @@ pub struct SqliteStore {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Room for every statement of the report and assignment paths (rusqlite's default 16
+    // would evict them in turn and prepare each statement again).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
@@ -1026,30 +1029,32 @@ impl Store for SqliteStore {
         }
         self.write(|tx| {
             let mut out = Vec::with_capacity(drafts.len());
+            // Prepared once per batch: a wave may issue thousands of assignments.
+            let mut next_sequence = tx.prepare_cached(
+                "UPDATE sites SET last_sequence = last_sequence + 1 WHERE id = ?1 RETURNING last_sequence",
+            )?;
+            let insert_sql =
+                format!("INSERT INTO assignments ({ASSIGN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)");
+            let mut insert = tx.prepare_cached(&insert_sql)?;
+            let mut mark_rollback = tx.prepare_cached(
+                "UPDATE rollout_sites SET rollback_sequence = ?3 WHERE rollout_id = ?1 AND site_id = ?2",
+            )?;
+            let mut mark_assigned = tx.prepare_cached(
+                "UPDATE rollout_sites SET assigned_at = COALESCE(assigned_at, ?3) WHERE rollout_id = ?1 AND site_id = ?2",
+            )?;
             for d in drafts {
-                let sequence: i64 = tx
-                    .query_row(
-                        "UPDATE sites SET last_sequence = last_sequence + 1 WHERE id = ?1 RETURNING last_sequence",
-                        [&d.site_id],
-                        |r| r.get(0),
-                    )
+                let sequence: i64 = next_sequence
+                    .query_row([&d.site_id], |r| r.get(0))
                     .optional()?
                     .ok_or_else(|| StoreError::NotFound(format!("no site {}", d.site_id)))?;
                 let env = sign(d, sequence as u64);
-                tx.execute(
-                    &format!("INSERT INTO assignments ({ASSIGN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                insert.execute(
                     params![d.site_id, sequence, d.rollout_id, d.wave, d.release_id, d.release_digest, d.rollback, to_json(&env), ms(d.issued_at), ms(d.expires)],
                 )?;
                 if d.rollback {
-                    tx.execute(
-                        "UPDATE rollout_sites SET rollback_sequence = ?3 WHERE rollout_id = ?1 AND site_id = ?2",
-                        params![d.rollout_id, d.site_id, sequence],
-                    )?;
+                    mark_rollback.execute(params![d.rollout_id, d.site_id, sequence])?;
                 } else {
-                    tx.execute(
-                        "UPDATE rollout_sites SET assigned_at = COALESCE(assigned_at, ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                        params![d.rollout_id, d.site_id, ms(d.issued_at)],
-                    )?;
+                    mark_assigned.execute(params![d.rollout_id, d.site_id, ms(d.issued_at)])?;
                 }
                 out.push(AssignmentRecord {
                     site_id: d.site_id.clone(),
@@ -1115,10 +1120,11 @@ impl Store for SqliteStore {
             let mut outcome = ReportOutcome::default();
             for event in events {
                 let kind = event_kind(&event.body);
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO reports (site_id, event_id, at, kind, body, received_at) VALUES (?1,?2,?3,?4,?5,?6)",
-                    params![site_id, event.id, ms(event.at), kind, to_json(event), ms(received_at)],
-                )?;
+                let n = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO reports (site_id, event_id, at, kind, body, received_at) VALUES (?1,?2,?3,?4,?5,?6)",
+                    )?
+                    .execute(params![site_id, event.id, ms(event.at), kind, to_json(event), ms(received_at)])?;
                 if n == 0 {
                     outcome.duplicates += 1;
                     continue;
@@ -1215,15 +1221,15 @@ fn rollout_row_for(
 ) -> StoreResult<Option<(String, String)>> {
     let row = match rollout_id {
         Some(id) => tx
+            .prepare_cached("SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.rollout_id = ?2")?
             .query_row(
-                "SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.rollout_id = ?2",
                 params![site_id, id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?,
         None => tx
+            .prepare_cached("SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.active = 1")?
             .query_row(
-                "SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.active = 1",
                 [site_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -1252,8 +1258,10 @@ fn apply_event(
                 return Ok(None);
             };
             let key = params![rollout, site_id, at, phase_str(*phase), detail];
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE rollout_sites SET phase = ?4, phase_at = ?3, detail = ?5 WHERE rollout_id = ?1 AND site_id = ?2 AND (phase_at IS NULL OR phase_at <= ?3)",
+            )?
+            .execute(
                 key,
             )?;
             touch_report(tx, &rollout, site_id, at)?;
@@ -1261,52 +1269,62 @@ fn apply_event(
             match phase {
                 Phase::Committed if target_release => record_commit(tx, &rollout, site_id, at)?,
                 Phase::Failed if target_release => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE rollout_sites SET failed_at = MAX(COALESCE(failed_at, ?3), ?3),
                            failure = CASE WHEN failed_at IS NULL OR failed_at <= ?3 THEN ?4 ELSE failure END
                          WHERE rollout_id = ?1 AND site_id = ?2",
+                    )?
+                    .execute(
                         params![rollout, site_id, at, detail],
                     )?;
                 }
                 Phase::RolledBack if target_release => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE rollout_sites SET rolled_back = 1 WHERE rollout_id = ?1 AND site_id = ?2",
+                    )?
+                    .execute(
                         params![rollout, site_id],
                     )?;
                 }
                 Phase::Leased => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE rollout_sites SET leased_at = MAX(COALESCE(leased_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
+                    )?
+                    .execute(
                         params![rollout, site_id, at],
                     )?;
                 }
                 _ => {}
             }
             if matches!(phase, Phase::Committed | Phase::Failed | Phase::RolledBack) {
-                tx.execute(
-                    "DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2",
-                    params![rollout, site_id],
-                )?;
+                tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?
+                    .execute(params![rollout, site_id])?;
             }
             Ok(Some(rollout))
         }
         EventBody::Health { healthy, .. } => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE sites SET healthy = ?2, health_at = ?3 WHERE id = ?1 AND (health_at IS NULL OR health_at <= ?3)",
+            )?
+            .execute(
                 params![site_id, healthy, at],
             )?;
             let Some((rollout, _)) = rollout_row_for(tx, site_id, None)? else {
                 return Ok(None);
             };
             if *healthy {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE rollout_sites SET last_healthy_at = MAX(COALESCE(last_healthy_at, ?3), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
+                )?
+                .execute(
                     params![rollout, site_id, at],
                 )?;
             } else {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE rollout_sites SET first_unhealthy_after_commit_at = MIN(COALESCE(first_unhealthy_after_commit_at, ?3), ?3)
                      WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NOT NULL AND committed_at <= ?3",
+                )?
+                .execute(
                     params![rollout, site_id, at],
                 )?;
             }
@@ -1314,8 +1332,10 @@ fn apply_event(
             Ok(Some(rollout))
         }
         EventBody::Deferral { until, .. } => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE sites SET deferred_until = ?2, deferral_at = ?3 WHERE id = ?1 AND (deferral_at IS NULL OR deferral_at <= ?3)",
+            )?
+            .execute(
                 params![site_id, until.map(ms), at],
             )?;
             let rollout = rollout_row_for(tx, site_id, None)?.map(|(r, _)| r);
@@ -1331,11 +1351,8 @@ fn apply_event(
             previous_release_id,
         } => {
             let installed: String = tx
-                .query_row(
-                    "SELECT installed FROM sites WHERE id = ?1",
-                    [site_id],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT installed FROM sites WHERE id = ?1")?
+                .query_row([site_id], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("no site {site_id}")))?;
             let mut map: BTreeMap<String, InstalledRelease> = serde_json::from_str(&installed)
@@ -1350,10 +1367,8 @@ fn apply_event(
                         at: event.at,
                     },
                 );
-                tx.execute(
-                    "UPDATE sites SET installed = ?2 WHERE id = ?1",
-                    params![site_id, to_json(&map)],
-                )?;
+                tx.prepare_cached("UPDATE sites SET installed = ?2 WHERE id = ?1")?
+                    .execute(params![site_id, to_json(&map)])?;
             }
             let Some((rollout, target)) = rollout_row_for(tx, site_id, None)? else {
                 return Ok(None);
@@ -1368,8 +1383,10 @@ fn apply_event(
                 record_commit(tx, &rollout, site_id, at)?;
             }
             if let Some(previous) = previous.filter(|p| *p != target) {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE rollout_sites SET previous_release_id = ?3 WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NULL",
+                )?
+                .execute(
                     params![rollout, site_id, previous],
                 )?;
             }
@@ -1385,8 +1402,10 @@ fn apply_event(
             let Some((rollout, _)) = rollout_row_for(tx, site_id, rollout_id.as_deref())? else {
                 return Ok(None);
             };
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE rollout_sites SET detail = ?4 WHERE rollout_id = ?1 AND site_id = ?2 AND (phase_at IS NULL OR phase_at <= ?3)",
+            )?
+            .execute(
                 params![rollout, site_id, at, format!("refused: {code}: {message}")],
             )?;
             touch_report(tx, &rollout, site_id, at)?;
@@ -1401,8 +1420,10 @@ fn touch_report(
     site_id: &str,
     at: i64,
 ) -> StoreResult<()> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE rollout_sites SET last_report_at = MAX(COALESCE(last_report_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
+    )?
+    .execute(
         params![rollout, site_id, at],
     )?;
     Ok(())
@@ -1417,21 +1438,25 @@ fn record_commit(
     site_id: &str,
     at: i64,
 ) -> StoreResult<()> {
-    let committed: Option<i64> = tx.query_row(
-        "SELECT committed_at FROM rollout_sites WHERE rollout_id = ?1 AND site_id = ?2",
-        params![rollout, site_id],
-        |r| r.get(0),
-    )?;
+    let committed: Option<i64> = tx
+        .prepare_cached(
+            "SELECT committed_at FROM rollout_sites WHERE rollout_id = ?1 AND site_id = ?2",
+        )?
+        .query_row(params![rollout, site_id], |r| r.get(0))?;
     if committed.is_some_and(|c| c >= at) {
         return Ok(());
     }
-    let first_unhealthy: Option<i64> = tx.query_row(
+    let first_unhealthy: Option<i64> = tx.prepare_cached(
         "SELECT MIN(at) FROM reports WHERE site_id = ?1 AND kind = 'health' AND at >= ?2 AND json_extract(body, '$.healthy') = 0",
+    )?
+    .query_row(
         params![site_id, at],
         |r| r.get(0),
     )?;
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE rollout_sites SET committed_at = ?3, first_unhealthy_after_commit_at = ?4 WHERE rollout_id = ?1 AND site_id = ?2",
+    )?
+    .execute(
         params![rollout, site_id, at, first_unhealthy],
     )?;
     Ok(())
