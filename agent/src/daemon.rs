@@ -362,6 +362,11 @@ impl Daemon {
         let Some(session) = &self.session else {
             return Ok(default);
         };
+        // The suggested interval counts from the start of this poll: a long poll that the
+        // coordinator held open for `wait_secs` has already spent that part of it, so the
+        // agent is back in a long poll soon and a newly opened wave reaches it within
+        // seconds instead of after a full extra interval.
+        let started = std::time::Instant::now();
         let answer = session
             .poll(
                 cfg.poll.wait_secs,
@@ -379,7 +384,9 @@ impl Daemon {
                 .unwrap_or(default)
         };
         match answer {
-            PollAnswer::NotModified { next_poll_secs } => Ok(suggested(next_poll_secs)),
+            PollAnswer::NotModified { next_poll_secs } => {
+                Ok(suggested(next_poll_secs).saturating_sub(started.elapsed()))
+            }
             PollAnswer::Changed {
                 response,
                 etag,
@@ -395,7 +402,7 @@ impl Daemon {
                     return Ok(next);
                 }
                 self.etag = etag;
-                Ok(next)
+                Ok(next.saturating_sub(started.elapsed()))
             }
         }
     }
