@@ -303,6 +303,30 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Aborts every rollout an earlier run left active (a site takes part in one active
+    /// rollout at a time); returns how many.
+    pub async fn abort_leftover_rollouts(&self) -> anyhow::Result<usize> {
+        let v = self
+            .call(reqwest::Method::GET, "/v1/rollouts", None)
+            .await?;
+        let mut n = 0;
+        for r in v["rollouts"].as_array().into_iter().flatten() {
+            let status = r["status"].as_str().unwrap_or("");
+            if matches!(status, "pending" | "running" | "paused" | "halted")
+                && let Some(id) = r["id"].as_str()
+            {
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/v1/rollouts/{id}/abort"),
+                    Some(json!({"reason": "left over by an earlier fleetwave-sim run"})),
+                )
+                .await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The rollout's status word (`running`, `completed`, `halted`...).
     pub async fn rollout_status(&self, id: &str) -> anyhow::Result<String> {
         let v = self

@@ -92,6 +92,10 @@ impl Fleet {
             coordinator.base,
             setup.database().display()
         );
+        let aborted = coordinator.abort_leftover_rollouts().await?;
+        if aborted > 0 {
+            println!("aborted {aborted} rollout(s) an earlier run left active");
+        }
         let net = Net::new(
             client(&setup.ca_pem, client_timeout, fresh_connections)?,
             coordinator.base.clone(),
@@ -112,10 +116,10 @@ impl Fleet {
             let done = for_each_site(todo, 64, |site| {
                 let (net, token, failures) = (net.clone(), token.clone(), failures.clone());
                 async move {
-                    if let Err(e) = site.enroll(&net, &token).await {
-                        if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("enroll {}: {e}", site.id);
-                        }
+                    if let Err(e) = site.enroll(&net, &token).await
+                        && failures.fetch_add(1, Ordering::Relaxed) < 3
+                    {
+                        eprintln!("enroll {}: {e}", site.id);
                     }
                     site
                 }
@@ -249,7 +253,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
                     Err(e) => net.errors.add(e.kind()),
                 }
                 round += 1;
-                if health_every > 0 && round % health_every == 0 {
+                if health_every > 0 && round.is_multiple_of(health_every) {
                     let ev = site.health();
                     if let Err(e) = site.report(&net, &[ev]).await {
                         net.errors.add(e.kind());
