@@ -166,6 +166,7 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
         rel.id
     };
     let plan = four_wave_plan(&release, 0.0);
+    let started = Instant::now();
     let rollout = app
         .create_rollout(
             plan,
@@ -174,6 +175,11 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
         )
         .await
         .map_err(|e| anyhow::anyhow!("create rollout: {}", e.message))?;
+    println!(
+        "  (rollout {} created over {n} sites in {:.0} ms)",
+        rollout.id,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     let started = Instant::now();
     app.rollout_action(
         &rollout.id,
