@@ -27,7 +27,10 @@ const READERS: usize = 4;
 
 /// The migrations, in order. Never edit a released one: add the next.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema.sql")),
+        M::up(include_str!("schema_v2.sql")),
+    ])
 }
 
 pub struct SqliteStore {
