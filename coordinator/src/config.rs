@@ -91,8 +91,19 @@ pub struct Limits {
     pub artifact_timeout_secs: u64,
     /// Longest long-poll `wait` honoured.
     pub long_poll_cap_secs: u32,
-    /// Requests handled at once; beyond that the answer is 503 with `Retry-After`.
+    /// Requests handled at once, long polls excepted; beyond that the answer is 503 with
+    /// `Retry-After`.
     pub max_concurrent_requests: usize,
+    /// Long polls parked at once (their own limit: waiting agents never take the slots of
+    /// reports, leases or operator actions); beyond that a poll gets 503 with `Retry-After`.
+    pub max_long_polls: usize,
+    /// Open client connections at once; beyond that new connections wait in the listen
+    /// backlog. The process's open-file limit must be higher (the unit sets 262144).
+    pub max_connections: usize,
+    /// How long a keep-alive connection may sit idle, and how long a client may take to
+    /// send a request head. Longer than the poll interval plus jitter, so a polling agent
+    /// keeps its TLS connection instead of a handshake per poll.
+    pub keepalive_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -105,6 +116,9 @@ impl Default for Limits {
             artifact_timeout_secs: 3600,
             long_poll_cap_secs: fleetwave_shared::protocol::MAX_POLL_WAIT_SECS,
             max_concurrent_requests: 4096,
+            max_long_polls: 100_000,
+            max_connections: 200_000,
+            keepalive_idle_secs: 90,
         }
     }
 }
@@ -267,6 +281,18 @@ impl Config {
             return Err(invalid(
                 "limits.max_concurrent_requests",
                 "must be at least 1",
+            ));
+        }
+        if l.max_long_polls == 0 {
+            return Err(invalid("limits.max_long_polls", "must be at least 1"));
+        }
+        if l.max_connections < 2 {
+            return Err(invalid("limits.max_connections", "must be at least 2"));
+        }
+        if !(5..=3600).contains(&l.keepalive_idle_secs) {
+            return Err(invalid(
+                "limits.keepalive_idle_secs",
+                "must be between 5 and 3600",
             ));
         }
         if self.poll.interval_secs == 0 {

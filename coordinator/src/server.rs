@@ -224,6 +224,10 @@ pub async fn start(
     let local_addr = listener.local_addr()?;
     let router = crate::api::router(app.clone()).merge(crate::dashboard::router(app.clone()));
     let max_header = app.config.limits.max_header_bytes;
+    let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        app.config.limits.max_connections,
+    ));
 
     let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
     let flusher = {
@@ -247,6 +251,14 @@ pub async fn start(
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut stop = shutdown_rx.clone();
         loop {
+            // At the connection limit, new connections wait in the listen backlog.
+            let permit = tokio::select! {
+                p = connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stop.changed() => break,
+            };
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -271,11 +283,14 @@ pub async fn start(
                 .http1()
                 .max_buf_size(max_header.max(8192))
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                // hyper's header read timeout also bounds the idle time between requests
+                // on a keep-alive connection: it must outlast the poll interval.
+                .header_read_timeout(idle);
             let builder = builder.http1_only();
             let acceptor = acceptor.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                let _permit = permit;
                 let svc = TowerToHyperService::new(svc);
                 match acceptor {
                     Some(acceptor) => {

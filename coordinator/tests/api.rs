@@ -1,6 +1,7 @@
 //! API tests over real TLS against a real SQLite file: the coordinator runs in-process on
 //! 127.0.0.1:0 with the setup `fleetwave-coordinator init --dev-root` creates.
 
+use futures_util::StreamExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -1247,30 +1248,21 @@ gate = { bake = "1h", failure_budget = 0 }
 async fn overload_is_answered_with_503_and_retry_after() {
     let h = Harness::with_config("\n[limits]\nmax_concurrent_requests = 1\n").await;
     let a = agent(&h, "site-a", json!({})).await;
-    let (_, etag, _) = poll(&h, &a, None, 0).await;
-    // A long poll with a matching ETag holds the only request slot...
+    // A report whose body never finishes holds the only request slot...
     let holder = {
-        let (http, url, token, etag) = (
-            h.http.clone(),
-            h.url("/v1/agent/poll?wait=60&root_version=1"),
-            a.token.clone(),
-            etag.unwrap(),
-        );
+        let (http, url, token) = (h.http.clone(), h.url("/v1/agent/reports"), a.token.clone());
         tokio::spawn(async move {
-            // Shed itself if it arrives while a probe holds the slot: then try again.
-            loop {
-                let status = http
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .header("if-none-match", &etag)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                if status != StatusCode::SERVICE_UNAVAILABLE {
-                    return status;
-                }
-            }
+            let body = futures_util::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"events\": ["))
+            })
+            .chain(futures_util::stream::pending());
+            let _ = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await;
         })
     };
     // ...so another request is shed with 503 and Retry-After once the slot is taken.
@@ -1295,4 +1287,64 @@ async fn overload_is_answered_with_503_and_retry_after() {
     let res = h.http.get(h.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     holder.abort();
+}
+
+#[tokio::test]
+async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
+    let h =
+        Harness::with_config("\n[limits]\nmax_concurrent_requests = 1\nmax_long_polls = 1\n").await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let b = agent(&h, "site-b", json!({})).await;
+    let (_, etag, _) = poll(&h, &a, None, 0).await;
+    // A long poll with a matching ETag parks in the only long-poll slot...
+    let parked = {
+        let (http, url, token, etag) = (
+            h.http.clone(),
+            h.url("/v1/agent/poll?wait=60&root_version=1"),
+            a.token.clone(),
+            etag.unwrap(),
+        );
+        tokio::spawn(async move {
+            let _ = http
+                .get(&url)
+                .bearer_auth(&token)
+                .header("if-none-match", &etag)
+                .send()
+                .await;
+        })
+    };
+    // ...so a second poll is shed with 503 and Retry-After...
+    let res = eventually("a second long poll to be shed", || {
+        let (h, b) = (&h, &b);
+        async move {
+            let res = h
+                .http
+                .get(h.url("/v1/agent/poll?wait=0&root_version=1"))
+                .bearer_auth(&b.token)
+                .send()
+                .await
+                .unwrap();
+            (res.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+        }
+    })
+    .await;
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(error_code(&v), "overloaded");
+    // ...while the one request slot stays free for operators and reports.
+    for _ in 0..3 {
+        let res = h
+            .http
+            .get(h.url("/v1/sites"))
+            .bearer_auth(&h.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "operator request while a poll waits"
+        );
+    }
+    parked.abort();
 }

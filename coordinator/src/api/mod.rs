@@ -25,29 +25,40 @@ use crate::error::{error_response, json_errors};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
 
-/// Agent routes (enroll, session, poll, lease, reports).
-pub fn agent_router(app: &AppState) -> Router<AppState> {
+/// The long-poll route, with its own load shedding: parked polls count against
+/// `limits.max_long_polls`, never against the request slots of everything else.
+pub fn poll_router(app: &AppState) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
     let poll_timeout = timeout + Duration::from_secs(app.config.limits.long_poll_cap_secs as u64);
-    Router::new()
-        .route(
-            "/v1/agent/poll",
-            get(agent::poll).layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                poll_timeout,
-            )),
-        )
-        .merge(
-            Router::new()
-                .route("/v1/enroll", post(agent::enroll))
-                .route("/v1/agent/session", post(agent::session))
-                .route("/v1/agent/lease", post(agent::lease))
-                .route("/v1/agent/reports", post(agent::reports))
+    Router::new().route(
+        "/v1/agent/poll",
+        get(agent::poll).layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    app.config.limits.max_long_polls,
+                ))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
-                    timeout,
+                    poll_timeout,
                 )),
-        )
+        ),
+    )
+}
+
+/// Agent routes besides the poll (enroll, session, lease, reports).
+pub fn agent_router(app: &AppState) -> Router<AppState> {
+    let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
+    Router::new()
+        .route("/v1/enroll", post(agent::enroll))
+        .route("/v1/agent/session", post(agent::session))
+        .route("/v1/agent/lease", post(agent::lease))
+        .route("/v1/agent/reports", post(agent::reports))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
 }
 
 /// Operator routes.
@@ -171,6 +182,7 @@ pub fn router(app: AppState) -> Router {
         .layer(shed);
     Router::new()
         .merge(v1)
+        .merge(poll_router(&app))
         .merge(meta_router())
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(app.clone(), record_latency))
