@@ -370,6 +370,9 @@ mod tests {
         assert_eq!(c.assignments.ttl_secs, d.assignments.ttl_secs);
         assert_eq!(c.assignments.lease_ttl_secs, d.assignments.lease_ttl_secs);
         assert_eq!(c.controller.tick_millis, d.controller.tick_millis);
+        assert_eq!(c.limits.max_long_polls, d.limits.max_long_polls);
+        assert_eq!(c.limits.max_connections, d.limits.max_connections);
+        assert_eq!(c.limits.keepalive_idle_secs, d.limits.keepalive_idle_secs);
         assert_eq!(c.listen, d.listen);
     }
 
@@ -383,5 +386,19 @@ mod tests {
     fn bad_value_names_the_key() {
         let err = Config::parse("signing_key = \"k\"\n[poll]\njitter_percent = 300\n").unwrap_err();
         assert!(err.to_string().contains("poll.jitter_percent"), "{err}");
+    }
+
+    #[test]
+    fn keep_alive_must_outlast_a_request_head_but_stay_bounded() {
+        for bad in ["0", "4", "3601"] {
+            let text = format!("signing_key = \"k\"\n[limits]\nkeepalive_idle_secs = {bad}\n");
+            let err = Config::parse(&text).unwrap_err();
+            assert!(
+                err.to_string().contains("limits.keepalive_idle_secs"),
+                "{err}"
+            );
+        }
+        let err = Config::parse("signing_key = \"k\"\n[limits]\nmax_long_polls = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_long_polls"), "{err}");
     }
 }
