@@ -4,8 +4,10 @@
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
 //! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
-//!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup.
+//!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
+//!   [`backup`]: consistent backups and safe restores.
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod controller;
 pub mod dashboard;

@@ -1,9 +1,10 @@
-//! `fleetwave-coordinator`: serve, check a config, or create a local setup.
+//! `fleetwave-coordinator`: serve, check a config, create a local setup, back up, restore.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleetwave_coordinator::backup;
 use fleetwave_coordinator::config::Config;
 use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_coordinator::server::{Transport, serve};
@@ -37,6 +38,27 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Write a consistent copy of the database (safe while serving) and the artifacts into
+    /// a backup directory.
+    Backup {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory for `coordinator-<time>.db` and `artifacts/` (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup in place of the database (the coordinator must be stopped). The old
+    /// files move to `pre-restore-<time>/`; every site's assignment sequence moves ahead.
+    Restore {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The `coordinator-<time>.db` file a backup wrote.
+        #[arg(long)]
+        from: PathBuf,
+        /// The backup's `artifacts/` directory: missing artifacts are copied (verified).
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
     },
     /// Create a ready-to-run local setup (CA, server certificate, keys, admin token, config).
     Init {
@@ -109,6 +131,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Backup { config, out } => {
+            let config = Config::load(&config)?;
+            let r = backup::backup(&config, &out, jiff::Timestamp::now())?;
+            println!("database:  {} (integrity check: ok)", r.database.display());
+            println!(
+                "artifacts: {} copied, {} already in {}",
+                r.artifacts_copied,
+                r.artifacts_already_there,
+                out.join("artifacts").display()
+            );
+            println!(
+                "also keep a copy of the configuration directory (keys, TLS): it is not in the backup"
+            );
+            Ok(())
+        }
+        Command::Restore {
+            config,
+            from,
+            artifacts,
+        } => {
+            let config = Config::load(&config)?;
+            let r = backup::restore(&config, &from, artifacts.as_deref(), jiff::Timestamp::now())?;
+            println!(
+                "restored {} into {}",
+                from.display(),
+                config.database_path().display()
+            );
+            if let Some(p) = &r.previous {
+                println!("previous database files kept in {}", p.display());
+            }
+            println!(
+                "{} site(s): assignment sequences moved {} ahead; {} artifact(s) copied",
+                r.sites,
+                backup::SEQUENCE_JUMP,
+                r.artifacts_copied
+            );
             Ok(())
         }
         Command::Init {
