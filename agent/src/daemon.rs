@@ -498,37 +498,55 @@ impl Daemon {
                 if let Some(next) = self.renew_lease(&entry).await? {
                     return Ok(next);
                 }
-                self.ctx.phase(
-                    Some(&entry.rollout_id),
-                    &entry.release_id,
+                self.resume_at(
+                    &entry,
                     Phase::Downloading,
-                    Some(detail("resuming")),
-                )?;
-                self.run_steps(&entry, Step::Prepare).await
+                    detail("resuming"),
+                    Step::Prepare,
+                )
+                .await
             }
             Recovery::Reinstall => {
-                self.ctx.phase(
-                    Some(&entry.rollout_id),
-                    &entry.release_id,
+                self.resume_at(
+                    &entry,
                     Phase::Installing,
-                    Some(detail("installing again")),
-                )?;
-                self.run_steps(&entry, Step::Install).await
+                    detail("installing again"),
+                    Step::Install,
+                )
+                .await
             }
             Recovery::Reverify => {
-                self.ctx.phase(
-                    Some(&entry.rollout_id),
-                    &entry.release_id,
+                self.resume_at(
+                    &entry,
                     Phase::Verifying,
-                    Some(detail("verifying again")),
-                )?;
-                self.run_steps(&entry, Step::Verify).await
+                    detail("verifying again"),
+                    Step::Verify,
+                )
+                .await
             }
             Recovery::FinishCommit => {
                 self.note = Some(detail("finishing the commit"));
                 self.run_steps(&entry, Step::Commit).await
             }
         }
+    }
+
+    /// Recovery that goes on with the install: reports `phase` with the recovery `detail`,
+    /// then runs the executor steps from `from`.
+    async fn resume_at(
+        &mut self,
+        entry: &JournalEntry,
+        phase: Phase,
+        detail: String,
+        from: Step,
+    ) -> Result<Next, DaemonError> {
+        self.ctx.phase(
+            Some(&entry.rollout_id),
+            &entry.release_id,
+            phase,
+            Some(detail),
+        )?;
+        self.run_steps(entry, from).await
     }
 
     /// Before resuming an install that changed nothing yet: asks for the lease again.
