@@ -1,6 +1,7 @@
 //! Crash safety and offline behaviour of a real `fleetwave-agent` process against a real
-//! coordinator: kill -9 at each journal step followed by a correct recovery, and reports
-//! queued while the coordinator is down delivered exactly once when it returns.
+//! coordinator: kill -9 at each journal step followed by a correct recovery, reports
+//! queued while the coordinator is down delivered exactly once when it returns, and
+//! `install.install_offline`: whether a leased install resumes while the coordinator is down.
 //!
 //! The kill points use `FLEETWAVE_TEST_PAUSE_AT=<step>` (compiled into debug builds only),
 //! which makes the agent stop right after it journalled the step as started.
@@ -164,5 +165,145 @@ async fn reports_queued_while_the_coordinator_is_down_are_delivered_exactly_once
         )
         .unwrap();
     assert_eq!(deferrals, 1, "the deferral was applied exactly once");
+    agent.kill().await.unwrap();
+}
+
+/// Appends `[install] install_offline = <value>` to the site's configuration.
+fn set_install_offline(site: &Site, value: bool) {
+    let mut text = std::fs::read_to_string(&site.config).unwrap();
+    text.push_str(&format!("\n[install]\ninstall_offline = {value}\n"));
+    std::fs::write(&site.config, text).unwrap();
+}
+
+/// An install holding a lease is cut by a power loss right after its download completed
+/// (the artifact is whole in `.part`, the journal still says `prepare` started), and the
+/// box comes back while the coordinator is down, so the lease cannot be renewed.
+/// Returns the coordinator (stopped), the site and the restarted agent.
+async fn leased_install_interrupted_then_coordinator_down(
+    name: &str,
+    install_offline: bool,
+) -> (Coordinator, Site, tokio::process::Child) {
+    let mut coordinator = Coordinator::start().await;
+    let site = Site::new(name, &coordinator);
+    set_install_offline(&site, install_offline);
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[("FLEETWAVE_TEST_PAUSE_AT", "prepare")]);
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    coordinator.rollout("demo-1.0.0").await;
+    kill_at(&site, &mut agent, "prepare").await;
+    let open = site
+        .state()
+        .journal_open()
+        .unwrap()
+        .expect("an open install");
+    assert_eq!(open.step.as_str(), "prepare");
+    assert!(open.lease_id.is_some(), "the install held a lease");
+
+    // The download had finished before the power cut; only `prepare done` was not recorded.
+    let artifact = common::demo_artifact("1.0.0", true);
+    let sha = fleetwave_shared::sha256_hex(&artifact);
+    let artifacts = site.dir.path().join("staging/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join(format!("{sha}.part")), &artifact).unwrap();
+
+    coordinator.stop().await;
+    let agent = site.run(&[]);
+    (coordinator, site, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_offline_true_finishes_a_leased_install_while_the_coordinator_is_down() {
+    let (_coordinator, site, mut agent) =
+        leased_install_interrupted_then_coordinator_down("offline-finish", true).await;
+    let last = last_outcome(&site, "demo-1.0.0").await;
+    assert_eq!(last["outcome"], "committed", "{}", site.logs());
+    eventually("demo 1.0.0 answers", || async {
+        (site.app_version().await.as_deref() == Some("1.0.0")).then_some(())
+    })
+    .await;
+    let logs = site.logs();
+    assert!(
+        logs.contains("continuing offline (install.install_offline = true)"),
+        "{logs}"
+    );
+    agent.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_offline_false_waits_for_the_coordinator_to_renew_the_lease() {
+    let (mut coordinator, site, mut agent) =
+        leased_install_interrupted_then_coordinator_down("offline-wait", false).await;
+    // The agent decides to wait, and still waits on its next rounds.
+    eventually("the agent waits for the coordinator twice", || async {
+        let logs = site.logs();
+        (logs
+            .matches("waiting for the coordinator (install.install_offline = false)")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let open = site.state().journal_open().unwrap().expect("still open");
+    assert_eq!(
+        (open.step.as_str(), open.state.as_str()),
+        ("prepare", "started"),
+        "nothing went on while the lease could not be renewed: {}",
+        site.logs()
+    );
+    assert_eq!(site.app_version().await, None, "nothing was installed");
+    assert!(!site.dir.path().join("apps/demo/current").exists());
+
+    // Once the coordinator renews the lease, the install goes on and commits.
+    coordinator.restart().await;
+    let last = last_outcome(&site, "demo-1.0.0").await;
+    assert_eq!(last["outcome"], "committed", "{}", site.logs());
+    eventually("demo 1.0.0 answers", || async {
+        (site.app_version().await.as_deref() == Some("1.0.0")).then_some(())
+    })
+    .await;
+    agent.kill().await.unwrap();
+}
+
+/// `install_offline` only lets an install that already holds a lease go on: an assignment
+/// the agent has stored but never got a lease for is not started while the coordinator is
+/// unreachable, even with the default `true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_assignment_without_a_lease_is_not_started_offline() {
+    let mut coordinator = Coordinator::start().await;
+    let site = Site::new("offline-no-lease", &coordinator);
+    set_install_offline(&site, true);
+    site.enroll(&coordinator).await;
+    let (code, out, err) = site.cli(&["defer", "2h", "--reason", "hold"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut agent = site.run(&[]);
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    coordinator.rollout("demo-1.0.0").await;
+    eventually(
+        "the assignment is stored and waits on the deferral",
+        || async {
+            let s = site.status().await;
+            (s["assignment"]["valid"] == true && site.logs().contains("deferred locally until"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    coordinator.stop().await;
+    let (code, out, err) = site.cli(&["resume"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("the agent fails to get a lease twice", || async {
+        (site.logs().matches("lease request failed").count() >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        site.state().journal_open().unwrap().is_none(),
+        "no install was started without a lease: {}",
+        site.logs()
+    );
+    assert_eq!(site.app_version().await, None, "nothing was installed");
     agent.kill().await.unwrap();
 }
