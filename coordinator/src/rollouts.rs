@@ -4,7 +4,14 @@
 //! storing every decision with its reason. Operator actions and leases go through here
 //! too, serialized by one lock so that no two changes to rollouts interleave.
 //!
+//! Each live rollout's facts are kept in memory ([`facts`]): loaded from SQLite once,
+//! then updated by every path that changes them right after its commit, so a tick reads
+//! memory. A wave's assignments are issued in chunks, each published to the poll cache
+//! (waking its long polls) as soon as it commits.
+//!
 //! It never decides a gate or a lease itself: that is the controller's job.
+
+pub mod facts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use crate::store::{
     AssignmentDraft, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord, RolloutSiteRecord,
     SiteFilter, StoreError,
 };
+use facts::Update;
 
 /// Controller status from the stored (wire) status.
 pub fn status_of(s: WireStatus) -> RolloutStatus {
@@ -56,7 +64,12 @@ pub fn plan_format(f: op::PlanFormat) -> PlanFormat {
     }
 }
 
+/// Assignments signed and stored per transaction when a wave opens: each chunk reaches
+/// the poll cache (and wakes its sites' long polls) as soon as it commits.
+pub const ISSUE_CHUNK: usize = 500;
+
 /// Everything known about one rollout, loaded for a tick or an action.
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub record: RolloutRecord,
     pub plan: Arc<RolloutPlan>,
@@ -100,6 +113,39 @@ impl Loaded {
     }
 }
 
+/// The parts of a rollout that its assignment drafts need.
+struct Head {
+    id: String,
+    plan: Arc<RolloutPlan>,
+    release: ReleaseRecord,
+}
+
+impl Head {
+    fn of(l: &Loaded) -> Head {
+        Head {
+            id: l.record.id.clone(),
+            plan: l.plan.clone(),
+            release: l.release.clone(),
+        }
+    }
+
+    fn draft(&self, site_id: &str, wave: u32, now: Timestamp) -> AssignmentDraft {
+        let ttl = self.plan.assignment_ttl.max(SignedDuration::from_secs(300));
+        AssignmentDraft {
+            site_id: site_id.to_string(),
+            rollout_id: self.id.clone(),
+            wave,
+            release_id: self.release.id.clone(),
+            release_digest: self.release.digest.clone(),
+            rollback: false,
+            not_before: now,
+            issued_at: now,
+            expires: now + ttl,
+            window: self.plan.window.clone(),
+        }
+    }
+}
+
 /// The controller's facts from a stored rollout site.
 pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
     SiteFacts {
@@ -120,11 +166,16 @@ pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
     }
 }
 
-/// The rollout engine's own state (plan cache, last informational decision per rollout).
+/// The rollout engine's own state (live rollouts' facts, plan cache, last informational
+/// decision per rollout, the report writer).
 #[derive(Default)]
 pub struct Engine {
     /// Serializes every change to rollouts, leases included.
     pub lock: tokio::sync::Mutex<()>,
+    /// Live rollouts' facts in memory.
+    pub facts: Arc<facts::FactsCache>,
+    /// Group commit of agents' report batches.
+    pub reports: crate::state::ReportWriter,
     plans: std::sync::Mutex<HashMap<String, Arc<RolloutPlan>>>,
     last_note: std::sync::Mutex<HashMap<String, DecisionKey>>,
 }
@@ -159,8 +210,40 @@ impl Engine {
 }
 
 impl App {
-    /// Loads a rollout with its plan, release and sites.
+    /// A copy of a rollout with its plan, release and sites (from memory when the rollout
+    /// is live).
     pub async fn load_rollout(&self, id: &str) -> Result<Loaded, ApiError> {
+        self.with_rollout(id, Loaded::clone).await
+    }
+
+    /// Runs `f` on a rollout's facts: in memory for a live rollout (loaded from SQLite on
+    /// first use), read from SQLite for a finished one.
+    pub async fn with_rollout<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Loaded) -> R,
+    ) -> Result<R, ApiError> {
+        let mut f = Some(f);
+        let cache = &self.engine.facts;
+        if let Some(r) = cache.with(id, |l| (f.take().expect("called once"))(l)) {
+            return Ok(r);
+        }
+        let _load = cache.load.lock().await;
+        if let Some(r) = cache.with(id, |l| (f.take().expect("called once"))(l)) {
+            return Ok(r);
+        }
+        cache.begin_load(id);
+        match self.read_rollout(id).await {
+            Ok(l) => Ok(cache.finish_load(l, f.take().expect("called once"))),
+            Err(e) => {
+                cache.abandon_load(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a rollout with its plan, release and sites from SQLite.
+    async fn read_rollout(&self, id: &str) -> Result<Loaded, ApiError> {
         let rid = id.to_string();
         let record = self
             .db
@@ -189,42 +272,44 @@ impl App {
         })
     }
 
-    fn draft(&self, l: &Loaded, site_id: &str, wave: u32, now: Timestamp) -> AssignmentDraft {
-        let ttl = l.plan.assignment_ttl.max(SignedDuration::from_secs(300));
-        AssignmentDraft {
-            site_id: site_id.to_string(),
-            rollout_id: l.record.id.clone(),
-            wave,
-            release_id: l.release.id.clone(),
-            release_digest: l.release.digest.clone(),
-            rollback: false,
-            not_before: now,
-            issued_at: now,
-            expires: now + ttl,
-            window: l.plan.window.clone(),
+    /// Issues `drafts` in chunks of [`ISSUE_CHUNK`], each published to the poll cache as
+    /// soon as it commits.
+    async fn issue_in_chunks(
+        &self,
+        drafts: Vec<AssignmentDraft>,
+        release: &fleetwave_shared::Envelope,
+    ) -> Result<(), ApiError> {
+        for chunk in drafts.chunks(ISSUE_CHUNK) {
+            self.issue_assignments(chunk.to_vec(), release.clone())
+                .await?;
         }
+        Ok(())
     }
 
-    /// Signs assignments for every non-skipped site of opened waves that has none yet.
-    async fn assign_open_waves(&self, l: &Loaded, now: Timestamp) -> Result<usize, ApiError> {
-        let Some(current) = l.current_wave() else {
+    /// Signs assignments for every non-skipped site of opened waves (as `record` says)
+    /// that has none yet.
+    async fn assign_open_waves(
+        &self,
+        head: &Head,
+        record: &RolloutRecord,
+        now: Timestamp,
+    ) -> Result<usize, ApiError> {
+        let opened: Vec<bool> = record.waves.iter().map(|w| w.opened_at.is_some()).collect();
+        if !opened.contains(&true) {
             return Ok(0);
-        };
-        let drafts: Vec<AssignmentDraft> = l
-            .sites
-            .iter()
-            .filter(|s| s.wave <= current && !s.skipped && s.assigned_at.is_none())
-            .filter(|s| {
-                l.record
-                    .waves
-                    .get(s.wave as usize)
-                    .is_some_and(|w| w.opened_at.is_some())
+        }
+        let drafts: Vec<AssignmentDraft> = self
+            .with_rollout(&record.id, |l| {
+                l.sites
+                    .iter()
+                    .filter(|s| !s.skipped && s.assigned_at.is_none())
+                    .filter(|s| opened.get(s.wave as usize) == Some(&true))
+                    .map(|s| head.draft(&s.site_id, s.wave, now))
+                    .collect()
             })
-            .map(|s| self.draft(l, &s.site_id, s.wave, now))
-            .collect();
-        let n = drafts.len();
-        self.issue_assignments(drafts, l.release.envelope.clone())
             .await?;
+        let n = drafts.len();
+        self.issue_in_chunks(drafts, &head.release.envelope).await?;
         Ok(n)
     }
 
@@ -232,24 +317,30 @@ impl App {
     /// Returns a sentence about sites that could not be rolled back.
     async fn roll_back(
         &self,
-        l: &Loaded,
+        head: &Head,
         sites: &[String],
         now: Timestamp,
     ) -> Result<(usize, Vec<String>), ApiError> {
         let mut by_release: BTreeMap<String, Vec<AssignmentDraft>> = BTreeMap::new();
         let mut missing = Vec::new();
-        for site_id in sites {
-            let Some(s) = l.sites.iter().find(|s| &s.site_id == site_id) else {
-                continue;
-            };
-            match &s.previous_release_id {
+        let members: Vec<(String, u32, Option<String>)> = self
+            .with_rollout(&head.id, |l| {
+                sites
+                    .iter()
+                    .filter_map(|id| l.site(id))
+                    .map(|s| (s.site_id.clone(), s.wave, s.previous_release_id.clone()))
+                    .collect()
+            })
+            .await?;
+        for (site_id, wave, previous) in members {
+            match previous {
                 Some(prev) => {
-                    let mut d = self.draft(l, site_id, s.wave, now);
+                    let mut d = head.draft(&site_id, wave, now);
                     d.rollback = true;
                     d.release_id = prev.clone();
-                    by_release.entry(prev.clone()).or_default().push(d);
+                    by_release.entry(prev).or_default().push(d);
                 }
-                None => missing.push(site_id.clone()),
+                None => missing.push(site_id),
             }
         }
         let mut issued = 0;
@@ -261,7 +352,7 @@ impl App {
                         d.release_digest = release.digest.clone();
                     }
                     issued += drafts.len();
-                    self.issue_assignments(drafts, release.envelope).await?;
+                    self.issue_in_chunks(drafts, &release.envelope).await?;
                 }
                 None => {
                     missing.extend(drafts.into_iter().map(|d| {
@@ -276,6 +367,9 @@ impl App {
     async fn save_rollout(&self, record: &RolloutRecord) -> Result<(), ApiError> {
         let r = record.clone();
         self.db.run(move |s| s.update_rollout(&r)).await?;
+        self.engine
+            .facts
+            .apply(&record.id, Update::Record(record.clone()));
         Ok(())
     }
 
@@ -309,8 +403,9 @@ impl App {
     /// Runs the controller once for one rollout and applies the outcome. Call with the
     /// engine lock held.
     pub async fn tick_rollout(&self, id: &str, now: Timestamp) -> Result<(), ApiError> {
-        let mut l = self.load_rollout(id).await?;
-        let view = l.view();
+        let (mut record, head, view) = self
+            .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
+            .await?;
         let outcome = controller::tick(&view, now);
         let mut to_store = Vec::new();
         let mut changed = false;
@@ -347,22 +442,22 @@ impl App {
             match decision {
                 Decision::OpenWave { wave, .. } => {
                     let w = *wave as usize;
-                    if l.record.waves.len() <= w {
-                        l.record.waves.resize(w + 1, Default::default());
+                    if record.waves.len() <= w {
+                        record.waves.resize(w + 1, Default::default());
                     }
-                    if l.record.waves[w].opened_at.is_none() {
-                        l.record.waves[w].opened_at = Some(now);
+                    if record.waves[w].opened_at.is_none() {
+                        record.waves[w].opened_at = Some(now);
                     }
-                    if w > 0 && l.record.waves[w - 1].passed_at.is_none() {
-                        l.record.waves[w - 1].passed_at = Some(now);
+                    if w > 0 && record.waves[w - 1].passed_at.is_none() {
+                        record.waves[w - 1].passed_at = Some(now);
                     }
                 }
                 Decision::Halt {
                     reason, rollback, ..
                 } => {
-                    l.record.status_reason = Some(reason.clone());
+                    record.status_reason = Some(reason.clone());
                     if !rollback.is_empty() {
-                        let (issued, missing) = self.roll_back(&l, rollback, now).await?;
+                        let (issued, missing) = self.roll_back(&head, rollback, now).await?;
                         let mut why = format!(
                             "auto_rollback: {issued} site(s) sent back to their previous release"
                         );
@@ -376,12 +471,12 @@ impl App {
                     }
                 }
                 Decision::Complete { reason } => {
-                    if let Some(last) = l.record.waves.last_mut()
+                    if let Some(last) = record.waves.last_mut()
                         && last.passed_at.is_none()
                     {
                         last.passed_at = Some(now);
                     }
-                    l.record.status_reason = Some(reason.clone());
+                    record.status_reason = Some(reason.clone());
                 }
                 _ => {}
             }
@@ -391,19 +486,19 @@ impl App {
             .iter()
             .any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
         if outcome.changes(&view) || changed {
-            l.record.status = if auto_rolled_back {
+            record.status = if auto_rolled_back {
                 WireStatus::RolledBack
             } else {
                 wire_status(outcome.status)
             };
-            l.record.updated_at = now;
+            record.updated_at = now;
         }
         // Assignments first: whoever sees the wave open also finds its assignments.
-        if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
-            self.assign_open_waves(&l, now).await?;
+        if matches!(record.status, WireStatus::Running | WireStatus::Paused) {
+            self.assign_open_waves(&head, &record, now).await?;
         }
         if outcome.changes(&view) || changed {
-            self.save_rollout(&l.record).await?;
+            self.save_rollout(&record).await?;
         }
         self.record_decisions(id, to_store, now).await?;
         Ok(())
@@ -537,11 +632,13 @@ impl App {
         let _guard = self.engine.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
-            let l = self.load_rollout(&r.id).await?;
-            if l.sites.iter().any(|s| s.site_id == site.id) {
+            let (member_already, head) = self
+                .with_rollout(&r.id, |l| (l.site(&site.id).is_some(), Head::of(l)))
+                .await?;
+            if member_already {
                 continue;
             }
-            let Some(wave) = controller::wave_for_site(&l.plan, &r.id, &site.id, &site.labels)
+            let Some(wave) = controller::wave_for_site(&head.plan, &r.id, &site.id, &site.labels)
             else {
                 continue;
             };
@@ -549,13 +646,16 @@ impl App {
                 rollout_id: r.id.clone(),
                 site_id: site.id.clone(),
                 wave,
-                previous_release_id: previous_release(&site, &l.release),
+                previous_release_id: previous_release(&site, &head.release),
+                deferred_until: site.deferred_until,
                 ..RolloutSiteRecord::default()
             };
-            let added = self.db.run(move |s| s.add_rollout_sites(&[member])).await?;
+            let m = member.clone();
+            let added = self.db.run(move |s| s.add_rollout_sites(&[m])).await?;
             if added.is_empty() {
                 continue;
             }
+            self.engine.facts.apply(&r.id, Update::Joined(member));
             let now = Timestamp::now();
             self.record_decisions(
                 &r.id,
@@ -568,8 +668,8 @@ impl App {
             )
             .await?;
             if matches!(r.status, WireStatus::Running | WireStatus::Paused) {
-                let l = self.load_rollout(&r.id).await?;
-                self.assign_open_waves(&l, now).await?;
+                let record = self.with_rollout(&r.id, |l| l.record.clone()).await?;
+                self.assign_open_waves(&head, &record, now).await?;
             }
             break;
         }
@@ -683,7 +783,7 @@ impl App {
                     return Err(conflict("roll it back"));
                 }
                 let sites = controller::sites_to_roll_back(&l.view());
-                let (issued, missing) = self.roll_back(&l, &sites, now).await?;
+                let (issued, missing) = self.roll_back(&Head::of(&l), &sites, now).await?;
                 l.record.status = WireStatus::RolledBack;
                 let mut why = format!(
                     "rolled back by {actor}{}: {issued} site(s) sent back to their previous release",
@@ -706,6 +806,12 @@ impl App {
                 self.db
                     .run(move |s| s.set_rollout_site_skipped(&rid, &sid))
                     .await?;
+                self.engine.facts.apply(
+                    id,
+                    Update::Skipped {
+                        site_id: site_id.clone(),
+                    },
+                );
                 note = Some((
                     "skipped".into(),
                     None,
@@ -736,8 +842,18 @@ impl App {
             crate::metrics::Metrics::count(&self.metrics.leases, d.reason.as_str(), 1);
             ApiError::conflict("lease_denied", d.to_string()).with_retry_after(d.retry_after_secs)
         };
-        let l = match self.load_rollout(&req.rollout_id).await {
-            Ok(l) => l,
+        let facts = self
+            .with_rollout(&req.rollout_id, |l| {
+                (
+                    Head::of(l),
+                    status_of(l.record.status),
+                    l.current_wave(),
+                    l.site(site_id).map(|m| (m.wave, m.skipped)),
+                )
+            })
+            .await;
+        let (head, status, current_wave, me) = match facts {
+            Ok(f) => f,
             Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
                 return Err(deny(controller::LeaseDenial {
                     reason: controller::LeaseDenialReason::NotAssigned,
@@ -747,7 +863,6 @@ impl App {
             }
             Err(e) => return Err(e),
         };
-        let me = l.sites.iter().find(|s| s.site_id == site_id);
         let current = self
             .sites
             .get(site_id)
@@ -758,7 +873,9 @@ impl App {
             && a.record.rollback
             && a.record.sequence == req.sequence
         {
-            return self.grant(site_id, &l, me.map_or(0, |m| m.wave), now).await;
+            return self
+                .grant(site_id, &head.id, me.map_or(0, |m| m.0), now)
+                .await;
         }
         let site_rec = {
             let sid = site_id.to_string();
@@ -771,7 +888,7 @@ impl App {
             let rid = req.rollout_id.clone();
             self.db.run(move |s| s.active_leases(&rid, now)).await?
         };
-        let site_wave = me.map(|m| m.wave);
+        let site_wave = me.map(|m| m.0);
         let holds_lease = leases.iter().any(|x| x.site_id == site_id);
         let wave_active = leases
             .iter()
@@ -780,7 +897,7 @@ impl App {
         let (mut comp_active, mut comp_sites) = (0u32, 0u32);
         if let Some(w) = site_wave
             && let Some((label, value)) =
-                controller::leases::compartment_of(&l.plan, w, &site_rec.labels)
+                controller::leases::compartment_of(&head.plan, w, &site_rec.labels)
         {
             let label = label.to_string();
             let all = self
@@ -800,21 +917,24 @@ impl App {
                     .and_then(|m| m.get(&label).cloned())
                     .unwrap_or_default()
             };
-            comp_sites = l
-                .sites
-                .iter()
-                .filter(|s| value_of(&s.site_id) == value)
-                .count() as u32;
+            comp_sites = self
+                .with_rollout(&req.rollout_id, |l| {
+                    l.sites
+                        .iter()
+                        .filter(|s| value_of(&s.site_id) == value)
+                        .count() as u32
+                })
+                .await?;
             comp_active = leases
                 .iter()
                 .filter(|x| x.site_id != site_id && value_of(&x.site_id) == value)
                 .count() as u32;
         }
         let ctx = controller::LeaseContext {
-            plan: &l.plan,
-            status: status_of(l.record.status),
-            current_wave: l.current_wave(),
-            site_wave: if me.is_some_and(|m| m.skipped) {
+            plan: &head.plan,
+            status,
+            current_wave,
+            site_wave: if me.is_some_and(|m| m.1) {
                 None
             } else {
                 site_wave
@@ -833,20 +953,21 @@ impl App {
             compartment_sites: comp_sites,
         };
         controller::lease_decision(&ctx, now).map_err(deny)?;
-        self.grant(site_id, &l, site_wave.unwrap_or(0), now).await
+        self.grant(site_id, &head.id, site_wave.unwrap_or(0), now)
+            .await
     }
 
     async fn grant(
         &self,
         site_id: &str,
-        l: &Loaded,
+        rollout_id: &str,
         wave: u32,
         now: Timestamp,
     ) -> Result<fleetwave_shared::protocol::LeaseGrant, ApiError> {
         let lease = LeaseRecord {
             id: format!("lease-{}", random_hex(12)),
             site_id: site_id.to_string(),
-            rollout_id: l.record.id.clone(),
+            rollout_id: rollout_id.to_string(),
             wave,
             granted_at: now,
             expires_at: now
@@ -854,6 +975,13 @@ impl App {
         };
         let rec = lease.clone();
         self.db.run(move |s| s.grant_lease(&rec)).await?;
+        self.engine.facts.apply(
+            rollout_id,
+            Update::Leased {
+                site_id: site_id.to_string(),
+                at: now,
+            },
+        );
         crate::metrics::Metrics::count(&self.metrics.leases, "granted", 1);
         self.wake_controller();
         Ok(fleetwave_shared::protocol::LeaseGrant {
@@ -881,12 +1009,14 @@ impl App {
             }
         }
         for (rollout_id, items) in due {
-            let l = self.load_rollout(&rollout_id).await?;
-            if matches!(l.record.status, WireStatus::Aborted | WireStatus::Pending) {
+            let (status, head) = self
+                .with_rollout(&rollout_id, |l| (l.record.status, Head::of(l)))
+                .await?;
+            if matches!(status, WireStatus::Aborted | WireStatus::Pending) {
                 continue;
             }
             for a in items {
-                let mut d = self.draft(&l, &a.record.site_id, a.record.wave, now);
+                let mut d = head.draft(&a.record.site_id, a.record.wave, now);
                 d.rollback = a.record.rollback;
                 d.release_id = a.record.release_id.clone();
                 d.release_digest = a.record.release_digest.clone();

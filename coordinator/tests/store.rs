@@ -227,3 +227,64 @@ fn assignment_sequences_increase_per_site_and_survive_reopening() {
     assert_eq!(current[0].sequence, 2);
     assert!(store.rollout_sites("r1").unwrap()[0].assigned_at.is_some());
 }
+
+#[test]
+fn a_report_group_commits_good_batches_around_a_failing_one() {
+    let (_dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let now = ts("2026-01-01T01:00:00Z");
+    let batch = |site: &str, events: Vec<Event>| ReportInput {
+        site_id: site.into(),
+        events,
+        received_at: now,
+    };
+    let out = store
+        .apply_report_group(&[
+            batch(
+                "s1",
+                vec![phase("p1", "2026-01-01T00:10:00Z", Phase::Committed)],
+            ),
+            // Not enrolled: the batch fails (after its first event was written) and is
+            // undone on its own.
+            batch("ghost", vec![health("g1", "2026-01-01T00:10:00Z", true)]),
+            batch(
+                "s2",
+                vec![
+                    health("h1", "2026-01-01T00:10:00Z", true),
+                    // The same event twice in one group: applied once.
+                    health("h1", "2026-01-01T00:10:00Z", true),
+                ],
+            ),
+        ])
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    let first = out[0].as_ref().expect("s1's batch applies");
+    assert_eq!(first.accepted, 1);
+    assert_eq!(first.facts.len(), 1, "the changed rollout row is read back");
+    assert_eq!(
+        first.facts[0].committed_at,
+        Some(ts("2026-01-01T00:10:00Z"))
+    );
+    assert!(out[1].is_err(), "the ghost site's batch fails");
+    let third = out[2].as_ref().expect("s2's batch applies");
+    assert_eq!((third.accepted, third.duplicates), (1, 1));
+    assert_eq!(
+        store.site("s2").unwrap().unwrap().healthy,
+        Some(true),
+        "the batch after the failing one committed"
+    );
+    assert_eq!(
+        store.rollout_sites("r1").unwrap()[0].committed_at,
+        Some(ts("2026-01-01T00:10:00Z"))
+    );
+    // Resent as a group: every event is a duplicate now.
+    let again = store
+        .apply_report_group(&[batch(
+            "s1",
+            vec![phase("p1", "2026-01-01T00:10:00Z", Phase::Committed)],
+        )])
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap().duplicates, 1);
+}

@@ -359,10 +359,12 @@ pub async fn reports(
             )));
         }
     }
-    let site = agent.site_id.clone();
     let outcome = app
-        .db
-        .run(move |s| s.apply_reports(&site, &batch.events, now))
+        .apply_reports(crate::store::ReportInput {
+            site_id: agent.site_id.clone(),
+            events: batch.events,
+            received_at: now,
+        })
         .await?;
     Metrics::count(
         &app.metrics.report_events,

@@ -254,12 +254,23 @@ pub struct AuditRecord {
 }
 
 /// Outcome of one report batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportOutcome {
     pub accepted: u32,
     pub duplicates: u32,
     /// Rollouts whose facts changed (the controller should look at them now).
     pub rollouts_touched: Vec<String>,
+    /// The rollout-site rows the batch changed, as committed (read back in the same
+    /// transaction): what the engine's in-memory facts take over.
+    pub facts: Vec<RolloutSiteRecord>,
+}
+
+/// One agent's report batch, as [`Store::apply_report_group`] takes it.
+#[derive(Debug, Clone)]
+pub struct ReportInput {
+    pub site_id: String,
+    pub events: Vec<Event>,
+    pub received_at: Timestamp,
 }
 
 /// All of fleetwave's persistent state. Every method is blocking; call through [`Db::run`].
@@ -366,7 +377,24 @@ pub trait Store: Send + Sync + 'static {
         site_id: &str,
         events: &[Event],
         received_at: Timestamp,
-    ) -> StoreResult<ReportOutcome>;
+    ) -> StoreResult<ReportOutcome> {
+        let input = ReportInput {
+            site_id: site_id.to_string(),
+            events: events.to_vec(),
+            received_at,
+        };
+        self.apply_report_group(std::slice::from_ref(&input))?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Task("no outcome for the report batch".into())))
+    }
+    /// Group commit: applies several sites' batches in one transaction, each batch as
+    /// [`Store::apply_reports`] would. A batch that fails is undone on its own (the others
+    /// still apply) and answered with its error, in the order of `batches`. `Err` means
+    /// the transaction itself failed and nothing was applied.
+    fn apply_report_group(
+        &self,
+        batches: &[ReportInput],
+    ) -> StoreResult<Vec<StoreResult<ReportOutcome>>>;
 
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;

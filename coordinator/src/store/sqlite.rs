@@ -1113,33 +1113,27 @@ impl Store for SqliteStore {
         })
     }
 
-    fn apply_reports(
+    fn apply_report_group(
         &self,
-        site_id: &str,
-        events: &[Event],
-        received_at: Timestamp,
-    ) -> StoreResult<ReportOutcome> {
+        batches: &[ReportInput],
+    ) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
         self.write(|tx| {
-            let mut outcome = ReportOutcome::default();
-            for event in events {
-                let kind = event_kind(&event.body);
-                let n = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO reports (site_id, event_id, at, kind, body, received_at) VALUES (?1,?2,?3,?4,?5,?6)",
-                    )?
-                    .execute(params![site_id, event.id, ms(event.at), kind, to_json(event), ms(received_at)])?;
-                if n == 0 {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                outcome.accepted += 1;
-                if let Some(rollout) = apply_event(tx, site_id, event)?
-                    && !outcome.rollouts_touched.contains(&rollout)
-                {
-                    outcome.rollouts_touched.push(rollout);
+            let mut out = Vec::with_capacity(batches.len());
+            for b in batches {
+                // Each batch under its own savepoint: a failing one is undone alone.
+                tx.execute_batch("SAVEPOINT report_batch")?;
+                match apply_batch(tx, &b.site_id, &b.events, b.received_at) {
+                    Ok(outcome) => {
+                        tx.execute_batch("RELEASE report_batch")?;
+                        out.push(Ok(outcome));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO report_batch; RELEASE report_batch")?;
+                        out.push(Err(e));
+                    }
                 }
             }
-            Ok(outcome)
+            Ok(out)
         })
     }
 
@@ -1189,6 +1183,46 @@ impl Store for SqliteStore {
             })
         })
     }
+}
+
+/// One site's batch inside the caller's transaction (see [`Store::apply_reports`]).
+fn apply_batch(
+    tx: &rusqlite::Transaction,
+    site_id: &str,
+    events: &[Event],
+    received_at: Timestamp,
+) -> StoreResult<ReportOutcome> {
+    let mut outcome = ReportOutcome::default();
+    for event in events {
+        let kind = event_kind(&event.body);
+        let n = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reports (site_id, event_id, at, kind, body, received_at) VALUES (?1,?2,?3,?4,?5,?6)",
+            )?
+            .execute(params![site_id, event.id, ms(event.at), kind, to_json(event), ms(received_at)])?;
+        if n == 0 {
+            outcome.duplicates += 1;
+            continue;
+        }
+        outcome.accepted += 1;
+        if let Some(rollout) = apply_event(tx, site_id, event)?
+            && !outcome.rollouts_touched.contains(&rollout)
+        {
+            outcome.rollouts_touched.push(rollout);
+        }
+    }
+    let mut read_back = tx.prepare_cached(&format!(
+        "SELECT {RS_COLS} FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id WHERE rs.rollout_id = ?1 AND rs.site_id = ?2"
+    ))?;
+    for rollout in &outcome.rollouts_touched {
+        if let Some(row) = read_back
+            .query_row(params![rollout, site_id], rs_record)
+            .optional()?
+        {
+            outcome.facts.push(row);
+        }
+    }
+    Ok(outcome)
 }
 
 fn insert_members(tx: &rusqlite::Transaction, members: &[RolloutSiteRecord]) -> StoreResult<()> {

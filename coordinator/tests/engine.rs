@@ -1,0 +1,384 @@
+//! The rollout engine in-process over a real SQLite file: report group commit (each event
+//! applied once under concurrent duplicate submissions, acknowledged only once committed),
+//! the in-memory facts of live rollouts (always equal to the SQLite rows, and rebuilt from
+//! them as after a restart), and a wave larger than one issuing chunk.
+
+use std::sync::Arc;
+
+use fleetwave_coordinator::config::Config;
+use fleetwave_coordinator::init::{InitOptions, init};
+use fleetwave_coordinator::rollouts::{Action, ISSUE_CHUNK};
+use fleetwave_coordinator::state::App;
+use fleetwave_coordinator::store::{ReleaseRecord, ReportInput};
+use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
+use fleetwave_shared::protocol::{Event, LeaseRequest};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    app: Arc<App>,
+    release: String,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Setup {
+    fn db_path(&self) -> std::path::PathBuf {
+        Config::load(&self.dir.path().join("coordinator.toml"))
+            .unwrap()
+            .database_path()
+    }
+
+    /// A fresh connection to the database file (sees only committed data).
+    fn conn(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+}
+
+fn site_id(i: usize) -> String {
+    format!("site-{i:05}")
+}
+
+/// Writes `ids` as active sites labelled `sim=1` in one transaction.
+fn add_sites(db: &std::path::Path, ids: &[String]) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES (?1, ?2, '{\"sim\":\"1\"}', 'active', '0.1.0', ?3)",
+            )
+            .unwrap();
+        for id in ids {
+            st.execute(rusqlite::params![
+                id,
+                "00".repeat(32),
+                Timestamp::now().as_millisecond()
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+async fn setup(sites: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    init(&InitOptions {
+        dir: dir.path().to_path_buf(),
+        root: None,
+        coordinator_key: None,
+        dev_root: true,
+        listen: "127.0.0.1:0".into(),
+    })
+    .unwrap();
+    let config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
+    let db = config.database_path();
+    drop(fleetwave_coordinator::store::SqliteStore::open(&db).unwrap());
+    add_sites(&db, &(0..sites).map(site_id).collect::<Vec<_>>());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let app = fleetwave_coordinator::server::build_app(config, stop_rx)
+        .await
+        .unwrap();
+    let env = fleetwave_shared::Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
+    let release = ReleaseRecord {
+        id: "app-2".into(),
+        digest: env.digest(),
+        name: "app".into(),
+        version: "2".into(),
+        kind: "app".into(),
+        counter: 2,
+        envelope: env,
+        published_at: Timestamp::now(),
+        published_by: "test".into(),
+    };
+    app.db
+        .run(move |s| s.publish_release(&release))
+        .await
+        .unwrap();
+    Setup {
+        dir,
+        app,
+        release: "app-2".into(),
+        _stop: stop,
+    }
+}
+
+fn event(id: &str, body: serde_json::Value) -> Event {
+    let mut e = body;
+    e["id"] = json!(id);
+    e["at"] = json!(Timestamp::now());
+    serde_json::from_value(e).unwrap()
+}
+
+fn health(id: &str) -> Event {
+    event(
+        id,
+        json!({"kind": "health", "healthy": true, "summary": {"passed": 1, "failed": 0, "failing": []}}),
+    )
+}
+
+fn input(site: &str, events: Vec<Event>) -> ReportInput {
+    ReportInput {
+        site_id: site.into(),
+        events,
+        received_at: Timestamp::now(),
+    }
+}
+
+fn report_rows(s: &Setup) -> i64 {
+    s.conn()
+        .query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_report_batches_apply_each_event_exactly_once() {
+    let s = setup(8).await;
+    // 8 sites x 5 batches of 10 events, each batch submitted 4 times at once.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        for b in 0..5 {
+            let events: Vec<Event> = (0..10)
+                .map(|e| health(&format!("{}-b{b}-e{e}", site_id(i))))
+                .collect();
+            for _ in 0..4 {
+                let app = s.app.clone();
+                let inp = input(&site_id(i), events.clone());
+                tasks.push(tokio::spawn(async move { app.apply_reports(inp).await }));
+            }
+        }
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    for t in tasks {
+        let out = t.await.unwrap().expect("every batch is acknowledged");
+        accepted += out.accepted;
+        duplicates += out.duplicates;
+    }
+    assert_eq!(accepted, 8 * 5 * 10, "each event accepted once");
+    assert_eq!(duplicates, 3 * 8 * 5 * 10, "every resend is a duplicate");
+    assert_eq!(report_rows(&s), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_batch_fails_alone_and_acks_follow_the_commit() {
+    let s = setup(4).await;
+    let mut tasks = Vec::new();
+    for round in 0..20 {
+        for i in 0..4 {
+            let app = s.app.clone();
+            let inp = input(&site_id(i), vec![health(&format!("r{round}-s{i}"))]);
+            tasks.push((
+                true,
+                tokio::spawn(async move { app.apply_reports(inp).await }),
+            ));
+        }
+        // Not enrolled: its events cannot be stored (the reports refer to the site).
+        let app = s.app.clone();
+        let inp = input("ghost", vec![health(&format!("r{round}-ghost"))]);
+        tasks.push((
+            false,
+            tokio::spawn(async move { app.apply_reports(inp).await }),
+        ));
+    }
+    let mut acked = 0;
+    for (good, t) in tasks {
+        let out = t.await.unwrap();
+        if good {
+            let out = out.expect("a good batch is acknowledged");
+            assert_eq!(out.accepted, 1);
+            acked += 1;
+            // Acknowledged means committed: a fresh connection already sees the rows.
+            assert!(report_rows(&s) >= acked);
+        } else {
+            assert!(out.is_err(), "the ghost site's batch must fail");
+        }
+    }
+    assert_eq!(report_rows(&s), 80);
+    let ghost: i64 = s
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM reports WHERE site_id = 'ghost'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ghost, 0);
+}
+
+fn two_wave_plan(release: &str) -> String {
+    format!(
+        "name = \"engine test\"\nrelease = \"{release}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"first\"\nshare = 50\ngate = {{ success_ratio = 1.0, min_sample = 1, bake = \"0s\", report_deadline = \"2h\" }}\n\n\
+         [[waves]]\nname = \"rest\"\ngate = {{ success_ratio = 1.0, bake = \"0s\" }}\n"
+    )
+}
+
+/// The engine's view of the rollout's sites must be exactly what SQLite holds.
+async fn assert_memory_matches_sqlite(app: &App, id: &str) {
+    let memory = app.load_rollout(id).await.unwrap().sites;
+    let rid = id.to_string();
+    let stored = app.db.run(move |s| s.rollout_sites(&rid)).await.unwrap();
+    assert_eq!(memory.len(), stored.len());
+    for (m, s) in memory.iter().zip(&stored) {
+        assert_eq!(m, s, "memory and SQLite differ for {}", s.site_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
+    let s = setup(30).await;
+    let app = &s.app;
+    let r = app
+        .create_rollout(two_wave_plan(&s.release), PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    app.rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    let l = app.load_rollout(&r.id).await.unwrap();
+    let wave0: Vec<String> = l
+        .sites
+        .iter()
+        .filter(|m| m.wave == 0)
+        .map(|m| m.site_id.clone())
+        .collect();
+    assert!(wave0.len() >= 2, "the plan puts some sites in wave 0");
+    assert!(
+        l.sites
+            .iter()
+            .all(|m| (m.wave == 0) == m.assigned_at.is_some()),
+        "wave 0 assigned, wave 1 not yet"
+    );
+    // A lease, then reports that move the first site to committed and healthy.
+    let first = &wave0[0];
+    let seq = app
+        .sites
+        .get(first)
+        .and_then(|slot| slot.view().assignment)
+        .expect("assigned")
+        .record
+        .sequence;
+    app.lease(
+        first,
+        &LeaseRequest {
+            rollout_id: r.id.clone(),
+            sequence: seq,
+        },
+    )
+    .await
+    .unwrap();
+    let phase = |id: &str, p: &str| {
+        event(
+            id,
+            json!({"kind": "phase", "rollout_id": r.id, "release_id": s.release, "phase": p}),
+        )
+    };
+    let out = app
+        .apply_reports(input(
+            first,
+            vec![
+                event(
+                    "e0",
+                    json!({"kind": "installed", "name": "app", "release_id": "app-1", "version": "1"}),
+                ),
+                phase("e1", "leased"),
+                phase("e2", "installing"),
+                phase("e3", "committed"),
+                health("e4"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.accepted, 5);
+    // Another wave-0 site fails; one is skipped by an operator.
+    let second = &wave0[1];
+    app.apply_reports(input(
+        second,
+        vec![event(
+            "f1",
+            json!({"kind": "phase", "rollout_id": r.id, "release_id": s.release, "phase": "failed", "detail": "disk full"}),
+        )],
+    ))
+    .await
+    .unwrap();
+    let last = l.sites.last().unwrap().site_id.clone();
+    app.rollout_action(&r.id, Action::Skip(last.clone()), "test")
+        .await
+        .unwrap();
+    // A site enrolled late joins.
+    add_sites(&s.db_path(), &["site-late".to_string()]);
+    app.join_rollouts("site-late").await.unwrap();
+    app.tick_all().await.unwrap();
+
+    let l = app.load_rollout(&r.id).await.unwrap();
+    let f = l.site(first).unwrap();
+    assert!(f.leased_at.is_some() && f.committed_at.is_some() && f.last_healthy_at.is_some());
+    assert_eq!(f.previous_release_id.as_deref(), Some("app-1"));
+    assert_eq!(
+        l.site(second).unwrap().failure.as_deref(),
+        Some("disk full")
+    );
+    assert!(l.site(&last).unwrap().skipped);
+    assert!(l.site("site-late").is_some());
+    assert_memory_matches_sqlite(app, &r.id).await;
+
+    // As after a restart: memory forgotten, rebuilt from SQLite, still equal.
+    app.engine.facts.clear();
+    assert_memory_matches_sqlite(app, &r.id).await;
+
+    // A finished rollout leaves memory; its view still reads (from SQLite).
+    app.rollout_action(&r.id, Action::Abort(None), "test")
+        .await
+        .unwrap();
+    assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
+    let l = app.load_rollout(&r.id).await.unwrap();
+    assert_eq!(l.record.status, RolloutStatus::Aborted);
+    assert_eq!(l.sites.len(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
+    let n = 2 * ISSUE_CHUNK + 37;
+    let s = setup(n).await;
+    let app = &s.app;
+    let plan = format!(
+        "name = \"big\"\nrelease = \"{}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 1.0, bake = \"0s\" }}\n",
+        s.release
+    );
+    let r = app
+        .create_rollout(plan, PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    app.rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    for i in 0..n {
+        let a = app
+            .sites
+            .get(&site_id(i))
+            .and_then(|slot| slot.view().assignment)
+            .unwrap_or_else(|| panic!("{} has no assignment", site_id(i)));
+        assert_eq!(a.record.rollout_id, r.id);
+        assert_eq!(a.record.sequence, 1);
+        assert!(
+            a.record.expires > Timestamp::now() + SignedDuration::from_hours(20),
+            "the plan's assignment_ttl applies"
+        );
+    }
+    let rows: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM assignments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, n, "one assignment per site");
+    let l = app.load_rollout(&r.id).await.unwrap();
+    assert!(l.record.waves[0].opened_at.is_some());
+    assert!(l.sites.iter().all(|m| m.assigned_at.is_some()));
+    // A second pass issues nothing more.
+    app.tick_all().await.unwrap();
+    let rows: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM assignments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, n);
+}
