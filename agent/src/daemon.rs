@@ -220,6 +220,29 @@ pub fn jittered(base: Duration, jitter: f64) -> Duration {
     base.mul_f64(factor.max(0.0))
 }
 
+/// `base × (1 + jitter × u)` with `u` uniform in [0, 1): spread upward only, so a delay
+/// the coordinator asked for is never cut short, yet boxes told the same delay do not come
+/// back in step.
+pub fn spread_up(base: Duration, jitter: f64) -> Duration {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let unit = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    base.mul_f64(1.0 + jitter.max(0.0) * unit)
+}
+
+/// The delay before trying the coordinator again after a failed request: the next step of
+/// the exponential back-off (`backoff_next`, already jittered), but never shorter than the
+/// coordinator's `Retry-After`, itself spread upward by `jitter`. A coordinator that keeps
+/// answering `503` with `Retry-After: 1` (its long-poll limit is full) therefore sees each
+/// box back off further on every refusal, at a random offset, instead of every box coming
+/// back exactly one second later.
+pub fn retry_delay(retry_after: Option<Duration>, backoff_next: Duration, jitter: f64) -> Duration {
+    match retry_after {
+        Some(asked) => backoff_next.max(spread_up(asked, jitter)),
+        None => backoff_next,
+    }
+}
+
 /// Test-only: `FLEETWAVE_TEST_PAUSE_AT=<step>` (debug builds only) makes the daemon stop
 /// right after recording that step as started, so a test can kill it there.
 #[cfg(debug_assertions)]
@@ -243,6 +266,9 @@ enum Next {
     Idle,
     /// Try again after this delay (retryable failure, lease denied, waiting).
     RetryIn(Duration),
+    /// A request to the coordinator failed: try again after the poll back-off (the
+    /// coordinator's `Retry-After`, if it sent one, is the least delay).
+    CoordinatorFailed { retry_after: Option<Duration> },
     /// The agent replaced itself and must exit so its service restarts it.
     Exit,
 }
@@ -329,25 +355,29 @@ impl Daemon {
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<Option<Duration>, DaemonError> {
         self.deliver_reports().await;
-        let delay = match self.poll_once().await {
+        let poll = self.ctx.config.poll.clone();
+        let (delay, poll_failed) = match self.poll_once().await {
             Ok(next) => {
-                *backoff = new_backoff(&self.ctx.config.poll);
-                next
+                *backoff = new_backoff(&poll);
+                (next, false)
             }
             Err(e) => {
-                let wait = e.retry_after().unwrap_or_else(|| {
-                    backoff
-                        .next()
-                        .unwrap_or(Duration::from_secs(self.ctx.config.poll.backoff_max_secs))
-                });
-                tracing::warn!(retry_in_secs = wait.as_secs(), "poll failed: {e}");
+                let wait = backoff_delay(backoff, &poll, e.retry_after());
+                tracing::warn!(retry_in_secs = wait.as_secs_f64(), "poll failed: {e}");
                 status(&format!("coordinator unreachable: {e}"));
-                wait
+                (wait, true)
             }
         };
         let delay = match self.work().await? {
             Next::Exit => return Ok(None),
             Next::RetryIn(d) => delay.min(d),
+            // The poll failed too: its back-off already covers this outage.
+            Next::CoordinatorFailed { retry_after } if poll_failed => {
+                delay.max(retry_after.unwrap_or_default())
+            }
+            Next::CoordinatorFailed { retry_after } => {
+                delay.min(backoff_delay(backoff, &poll, retry_after))
+            }
             Next::Idle => delay,
         };
         self.deliver_reports().await;
@@ -589,7 +619,7 @@ impl Daemon {
                     return Ok(Some(Next::Idle));
                 }
                 status(&format!("waiting: {detail}"));
-                Ok(Some(Next::RetryIn(retry_after.max(Duration::from_secs(1)))))
+                Ok(Some(self.after_denial(retry_after)))
             }
             Err(e) if self.ctx.config.install.install_offline => {
                 tracing::warn!(
@@ -601,11 +631,21 @@ impl Daemon {
                 tracing::warn!(
                     "cannot renew the lease ({e}); waiting for the coordinator (install.install_offline = false)"
                 );
-                Ok(Some(Next::RetryIn(e.retry_after().unwrap_or(
-                    Duration::from_secs(self.ctx.config.poll.backoff_min_secs.max(30)),
-                ))))
+                Ok(Some(Next::CoordinatorFailed {
+                    retry_after: e.retry_after(),
+                }))
             }
         }
+    }
+
+    /// After a lease denial: ask again when the coordinator said (at least a second later),
+    /// spread upward by the poll jitter so that the boxes it turned away do not all come
+    /// back at the same instant.
+    fn after_denial(&self, retry_after: Duration) -> Next {
+        Next::RetryIn(spread_up(
+            retry_after.max(Duration::from_secs(1)),
+            self.ctx.config.poll.jitter,
+        ))
     }
 
     /// Decides what to do with the stored assignment and does it.
@@ -724,13 +764,13 @@ impl Daemon {
                             )?;
                             self.last_wait = Some(detail);
                         }
-                        return Ok(Next::RetryIn(retry_after.max(Duration::from_secs(1))));
+                        return Ok(self.after_denial(retry_after));
                     }
                     Err(e) => {
                         tracing::warn!("lease request failed: {e}");
-                        return Ok(Next::RetryIn(e.retry_after().unwrap_or(
-                            Duration::from_secs(self.ctx.config.poll.backoff_min_secs),
-                        )));
+                        return Ok(Next::CoordinatorFailed {
+                            retry_after: e.retry_after(),
+                        });
                     }
                 }
             }
@@ -1253,6 +1293,18 @@ pub async fn deliver_reports(ctx: &Context, session: &Session) -> usize {
     }
 }
 
+/// The next back-off step, with the coordinator's `Retry-After` as the least delay.
+fn backoff_delay(
+    backoff: &mut backon::ExponentialBackoff,
+    poll: &crate::config::PollConfig,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let next = backoff
+        .next()
+        .unwrap_or(Duration::from_secs(poll.backoff_max_secs));
+    retry_delay(retry_after, next, poll.jitter)
+}
+
 fn new_backoff(poll: &crate::config::PollConfig) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder as _;
     backon::ExponentialBuilder::default()
@@ -1478,6 +1530,38 @@ mod tests {
         );
         // The refused documents changed nothing.
         assert_eq!(ctx.store.assignment().unwrap().unwrap().assignment, a5);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_spread_upward_and_the_backoff_still_grows() {
+        let secs = Duration::from_secs;
+        // `Retry-After: 1` (a full long-poll limit) never brings a box back sooner than
+        // its back-off says.
+        assert_eq!(retry_delay(Some(secs(1)), secs(5), 0.2), secs(5));
+        assert_eq!(retry_delay(None, secs(5), 0.2), secs(5));
+        // A longer Retry-After wins and is never cut short, but is spread upward.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let d = retry_delay(Some(secs(100)), secs(5), 0.2);
+            assert!(d >= secs(100) && d < secs(120), "{d:?}");
+            seen.insert(d.as_millis());
+        }
+        assert!(
+            seen.len() > 1,
+            "boxes told the same Retry-After come back at different times"
+        );
+        // Refused again and again with `Retry-After: 1`, a box backs off further each time.
+        let poll = crate::config::PollConfig {
+            backoff_min_secs: 1,
+            backoff_max_secs: 600,
+            ..Default::default()
+        };
+        let mut backoff = new_backoff(&poll);
+        let delays: Vec<Duration> = (0..6)
+            .map(|_| backoff_delay(&mut backoff, &poll, Some(secs(1))))
+            .collect();
+        assert!(delays.iter().all(|d| *d >= secs(1)), "{delays:?}");
+        assert!(delays[5] >= secs(32), "{delays:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The agent against a real coordinator over TLS on 127.0.0.1: enrollment, session and
 //! poll; a full install of the demo app; a failing health check that rolls back; a
-//! tampered artifact refused and reported.
+//! tampered artifact refused and reported; back-off when the long-poll limit is full.
 //!
 //! Needs `fleetwave-demo-app` built: `cargo build -p fleetwave-e2e --bin fleetwave-demo-app`.
 
@@ -253,4 +253,95 @@ async fn client_uses_etags_reopens_expired_sessions_and_pins_the_fleet_ca() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+/// The `retry_in_secs` values of the agent's "poll failed" log lines that name `code`.
+fn poll_retry_delays(logs: &str, code: &str) -> Vec<f64> {
+    logs.lines()
+        .filter(|l| l.contains("poll failed") && l.contains(code))
+        .filter_map(|l| {
+            let rest = &l[l.find("retry_in_secs=")? + "retry_in_secs=".len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect()
+}
+
+/// The coordinator's long-poll limit is full: it answers `503 overloaded` with
+/// `Retry-After: 1`. The agent honours that as the least delay but keeps backing off
+/// (2 s, 4 s, 8 s... with jitter) instead of coming back every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_long_poll_limit_makes_the_agent_back_off_not_hammer() {
+    use fleetwave_agent::client::{ClientError, PollAnswer, Session, http_client};
+    use fleetwave_agent::config::Config;
+    use std::time::Duration;
+
+    let coordinator = Coordinator::start_tuned(|c| c.limits.max_long_polls = 1).await;
+    let session_for = |site: &Site| {
+        let config = Config::load(&site.config).unwrap();
+        let key =
+            fleetwave_shared::keys::read_private_key(&site.dir.path().join("state/device.key"))
+                .unwrap();
+        Session::new(
+            http_client(&config.coordinator).unwrap(),
+            &coordinator.url,
+            &site.id,
+            key,
+        )
+    };
+    let timeout = Duration::from_secs(10);
+
+    // Another box holds the only long-poll slot, polling again as soon as it is answered.
+    let holder = Site::new("holder", &coordinator);
+    holder.enroll(&coordinator).await;
+    let held = session_for(&holder);
+    let PollAnswer::Changed { etag, .. } = held.poll(0, 1, None, timeout).await.unwrap() else {
+        panic!("the first poll has no ETag to match");
+    };
+    let etag = etag.expect("an ETag");
+    let holding = tokio::spawn(async move {
+        loop {
+            let _ = held.poll(60, 1, Some(&etag), timeout).await;
+        }
+    });
+
+    let site = Site::new("store-6", &coordinator);
+    site.enroll(&coordinator).await;
+    let probe = session_for(&site);
+    eventually("the long-poll limit is full", || async {
+        match probe.poll(0, 1, None, timeout).await {
+            Err(ClientError::Status {
+                status: 503,
+                retry_after,
+                ref code,
+                ..
+            }) => {
+                assert_eq!(code, "overloaded");
+                assert_eq!(retry_after, Some(Duration::from_secs(1)));
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+
+    let config = std::fs::read_to_string(&site.config).unwrap().replace(
+        "backoff_min_secs = 1\nbackoff_max_secs = 2",
+        "backoff_min_secs = 2\nbackoff_max_secs = 60",
+    );
+    std::fs::write(&site.config, config).unwrap();
+    let mut agent = site.run(&[]);
+    let delays = eventually("three polls refused as overloaded", || async {
+        let d = poll_retry_delays(&site.logs(), "overloaded");
+        (d.len() >= 3).then_some(d)
+    })
+    .await;
+    // Never back after Retry-After's 1 s alone: the back-off (from 2 s) is the floor ...
+    assert!(delays.iter().all(|d| *d >= 2.0), "{delays:?}");
+    // ... and it grows with every refusal (2-4 s, 4-8 s, 8-16 s).
+    assert!(delays[1] >= 4.0 && delays[2] >= 8.0, "{delays:?}");
+    agent.kill().await.unwrap();
+    holding.abort();
 }

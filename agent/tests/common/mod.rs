@@ -70,10 +70,17 @@ pub struct Coordinator {
     pub admin_token: String,
     running: Option<Running>,
     http: reqwest::Client,
+    /// Applied to the configuration at every start (limits for a test).
+    tune: fn(&mut CoordinatorConfig),
 }
 
 impl Coordinator {
     pub async fn start() -> Coordinator {
+        Self::start_tuned(|_| {}).await
+    }
+
+    /// Starts a coordinator whose configuration `tune` changed (kept across restarts).
+    pub async fn start_tuned(tune: fn(&mut CoordinatorConfig)) -> Coordinator {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let out = init(&InitOptions {
@@ -86,7 +93,7 @@ impl Coordinator {
         .expect("coordinator init");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let running = start(Self::config(dir.path()), Transport::Tls, listener)
+        let running = start(Self::config(dir.path(), tune), Transport::Tls, listener)
             .await
             .expect("coordinator starts");
         let pem = std::fs::read(&out.ca_cert).unwrap();
@@ -103,14 +110,16 @@ impl Coordinator {
             admin_token: out.admin_token,
             running: Some(running),
             http,
+            tune,
             dir,
         }
     }
 
-    fn config(dir: &Path) -> CoordinatorConfig {
+    fn config(dir: &Path, tune: fn(&mut CoordinatorConfig)) -> CoordinatorConfig {
         let mut config = CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
         config.poll.interval_secs = 1;
         config.controller.tick_millis = 200;
+        tune(&mut config);
         config
     }
 
@@ -126,9 +135,13 @@ impl Coordinator {
         self.stop().await;
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.running = Some(
-            start(Self::config(self.dir.path()), Transport::Tls, listener)
-                .await
-                .expect("coordinator restarts"),
+            start(
+                Self::config(self.dir.path(), self.tune),
+                Transport::Tls,
+                listener,
+            )
+            .await
+            .expect("coordinator restarts"),
         );
     }
 
