@@ -381,7 +381,9 @@ impl Daemon {
             Next::Idle => delay,
         };
         self.deliver_reports().await;
-        Ok(Some(delay.max(Duration::from_millis(100))))
+        let delay = delay.max(Duration::from_millis(100));
+        tracing::debug!(next_round_in_secs = delay.as_secs_f64(), "round done");
+        Ok(Some(delay))
     }
 
     /// Polls once (long poll); accepts or refuses what came; returns the delay to the next

@@ -168,6 +168,20 @@ async fn reports_queued_while_the_coordinator_is_down_are_delivered_exactly_once
     agent.kill().await.unwrap();
 }
 
+/// The `next_round_in_secs` values the daemon logged, in order.
+fn round_delays(logs: &str) -> Vec<f64> {
+    logs.lines()
+        .filter_map(|l| {
+            let key = "next_round_in_secs=";
+            let rest = &l[l.find(key)? + key.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect()
+}
+
 /// Appends `[install] install_offline = <value>` to the site's configuration.
 fn set_install_offline(site: &Site, value: bool) {
     let mut text = std::fs::read_to_string(&site.config).unwrap();
@@ -274,6 +288,11 @@ async fn a_stored_assignment_without_a_lease_is_not_started_offline() {
     let mut coordinator = Coordinator::start().await;
     let site = Site::new("offline-no-lease", &coordinator);
     set_install_offline(&site, true);
+    let config = std::fs::read_to_string(&site.config).unwrap().replace(
+        "backoff_min_secs = 1\nbackoff_max_secs = 2",
+        "backoff_min_secs = 1\nbackoff_max_secs = 60",
+    );
+    std::fs::write(&site.config, config).unwrap();
     site.enroll(&coordinator).await;
     let (code, out, err) = site.cli(&["defer", "2h", "--reason", "hold"]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -295,10 +314,16 @@ async fn a_stored_assignment_without_a_lease_is_not_started_offline() {
     coordinator.stop().await;
     let (code, out, err) = site.cli(&["resume"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    eventually("the agent fails to get a lease twice", || async {
-        (site.logs().matches("lease request failed").count() >= 2).then_some(())
+    // It keeps asking, backing off further each round (1-2 s, 2-4 s, 4-8 s, ...), not
+    // every `backoff_min_secs` for as long as the outage lasts.
+    let rounds = eventually("the agent fails to get a lease three times", || async {
+        let logs = site.logs();
+        let after = &logs[logs.find("lease request failed")?..];
+        let rounds = round_delays(after);
+        (after.matches("lease request failed").count() >= 3 && rounds.len() >= 3).then_some(rounds)
     })
     .await;
+    assert!(rounds[2] >= 4.0, "{rounds:?}\n{}", site.logs());
     assert!(
         site.state().journal_open().unwrap().is_none(),
         "no install was started without a lease: {}",
