@@ -29,6 +29,15 @@ use crate::config::CoordinatorConfig;
 pub const MAX_POLL_BYTES: usize = 8 * 1024 * 1024;
 /// Largest answer read from any other agent route.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// How long an idle connection to the coordinator is kept for the next request. Long polls
+/// are back-to-back (the next poll interval counts from the start of the previous poll), so
+/// at the coordinator's suggested interval (60 s by default) the gap between two polls is
+/// well under this and every poll reuses the same TLS connection. It matches the
+/// coordinator's default `limits.keepalive_idle_secs` (90 s): keeping a connection longer
+/// than the coordinator does would not save a handshake, only risk sending on a connection
+/// it is closing. (Also reqwest's default; set here so that a dependency update cannot
+/// change it.)
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// Why a request to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,7 @@ pub fn http_client(config: &CoordinatorConfig) -> Result<reqwest::Client, Client
         .read_timeout(Duration::from_secs(
             config.request_timeout_secs + u64::from(protocol::MAX_POLL_WAIT_SECS),
         ))
+        .pool_idle_timeout(POOL_IDLE)
         .user_agent(concat!("fleetwave-agent/", env!("CARGO_PKG_VERSION")))
         .https_only(true);
     let ca_exists = config.ca_file.exists();

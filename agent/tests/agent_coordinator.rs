@@ -345,3 +345,66 @@ async fn a_full_long_poll_limit_makes_the_agent_back_off_not_hammer() {
     agent.kill().await.unwrap();
     holding.abort();
 }
+
+/// A TCP relay on 127.0.0.1 in front of `to` that counts the connections it accepted.
+async fn counting_relay(
+    to: std::net::SocketAddr,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+/// Sessions that expire every few seconds (some while a long poll is parked): each `401`
+/// opens exactly one new session, and the agent keeps using one TLS connection for its
+/// polls, reports and handshakes instead of opening a new one per request or per 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_sessions_reopen_once_each_and_polls_reuse_one_connection() {
+    use std::sync::atomic::Ordering;
+
+    let coordinator = Coordinator::start_tuned(|c| c.sessions.ttl_secs = 3).await;
+    let site = Site::new("store-7", &coordinator);
+    site.enroll(&coordinator).await;
+    let (relay_url, connections) = counting_relay(coordinator.addr).await;
+    let config = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace(&coordinator.url, &relay_url);
+    std::fs::write(&site.config, config).unwrap();
+
+    let mut agent = site.run(&[]);
+    let count = |logs: &str, what: &str| logs.matches(what).count();
+    let logs = eventually("four sessions expired and were reopened", || async {
+        let logs = site.logs();
+        (count(&logs, "session no longer valid; opening a new one") >= 4
+            && count(&logs, "round done") >= 6)
+            .then_some(logs)
+    })
+    .await;
+    let expired = count(&logs, "session no longer valid; opening a new one");
+    let opened = count(&logs, "session opened");
+    // One handshake at start, then exactly one per 401 (the last may still be under way).
+    assert!(
+        opened >= expired && opened <= expired + 1,
+        "{expired} expired, {opened} opened\n{logs}"
+    );
+    assert!(!logs.contains("poll failed"), "{logs}");
+    // Every request of the daemon went over the connection it opened first.
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "{logs}");
+    agent.kill().await.unwrap();
+}
