@@ -279,9 +279,21 @@ impl App {
         drafts: Vec<AssignmentDraft>,
         release: &fleetwave_shared::Envelope,
     ) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
+        let mut first_published = None;
         for chunk in drafts.chunks(ISSUE_CHUNK) {
             self.issue_assignments(chunk.to_vec(), release.clone())
                 .await?;
+            first_published.get_or_insert_with(|| started.elapsed());
+        }
+        if let Some(first) = first_published {
+            tracing::info!(
+                assignments = drafts.len(),
+                chunks = drafts.len().div_ceil(ISSUE_CHUNK),
+                first_chunk_ms = first.as_millis() as u64,
+                all_ms = started.elapsed().as_millis() as u64,
+                "assignments issued and published"
+            );
         }
         Ok(())
     }
@@ -996,7 +1008,7 @@ impl App {
     pub async fn refresh_assignments(&self) -> Result<(), ApiError> {
         let _guard = self.engine.lock.lock().await;
         let now = Timestamp::now();
-        let mut due: BTreeMap<String, Vec<crate::state::CachedAssignment>> = BTreeMap::new();
+        let mut due: BTreeMap<String, Vec<Arc<crate::state::CachedAssignment>>> = BTreeMap::new();
         for (_, slot) in self.sites.all() {
             let v = slot.view();
             if let Some(a) = v.assignment

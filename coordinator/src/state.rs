@@ -122,13 +122,16 @@ impl Sessions {
 #[derive(Debug, Clone, Default)]
 pub struct SiteView {
     pub active: bool,
-    pub assignment: Option<CachedAssignment>,
+    /// Shared, so that copying the view (every poll) copies no envelope.
+    pub assignment: Option<Arc<CachedAssignment>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CachedAssignment {
     pub record: AssignmentRecord,
     pub release: Envelope,
+    /// `record.envelope.digest()`, computed once (the poll's ETag uses it).
+    pub digest: String,
 }
 
 pub struct SiteSlot {
@@ -147,6 +150,11 @@ impl SiteSlot {
 
     pub fn view(&self) -> SiteView {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the site is active (enrolled, not decommissioned), without copying the view.
+    pub fn active(&self) -> bool {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).active
     }
 
     pub fn update(&self, f: impl FnOnce(&mut SiteView)) {
@@ -197,7 +205,14 @@ impl SiteCache {
 
     pub fn set_assignment(&self, record: AssignmentRecord, release: Envelope) {
         let slot = self.slot(&record.site_id);
-        slot.update(|v| v.assignment = Some(CachedAssignment { record, release }));
+        let digest = record.envelope.digest();
+        slot.update(|v| {
+            v.assignment = Some(Arc::new(CachedAssignment {
+                record,
+                release,
+                digest,
+            }))
+        });
     }
 
     pub fn clear_assignment(&self, site_id: &str) {

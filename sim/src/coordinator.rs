@@ -144,7 +144,11 @@ impl Coordinator {
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FLEETWAVE_LOG", "warn")
+            // FLEETWAVE_SIM_COORDINATOR_LOG=info shows e.g. how long issuing a wave took.
+            .env(
+                "FLEETWAVE_LOG",
+                std::env::var("FLEETWAVE_SIM_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

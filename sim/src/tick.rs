@@ -1,9 +1,11 @@
 //! Controller tick time over a large rollout, measured two ways:
 //! - the pure controller ([`fleetwave_coordinator::controller::tick`]) on an in-memory
 //!   view of N sites in a four-wave rollout, the last wave half installed;
-//! - the coordinator's engine pass (`App::tick_all`: load the rollout and its N sites from
-//!   SQLite, run the controller, store the decisions), built in-process from the
-//!   coordinator library over a real SQLite file with N sites.
+//! - the coordinator's engine pass (`App::tick_all`: the rollout's facts from the engine's
+//!   memory, run the controller, apply and store the decisions), built in-process from
+//!   the coordinator library over a real SQLite file with N sites; and once more after
+//!   the engine forgot its memory, as after a restart (the pass then loads the rollout's
+//!   N sites from SQLite).
 //!
 //! The sites are written straight into the fresh database (one transaction, the store's
 //! own columns) because enrolling 100,000 sites over HTTP measures enrollment, not the
@@ -165,6 +167,18 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
         app.db.run(move |s| s.publish_release(&record)).await?;
         rel.id
     };
+    // A rollout an earlier run left active holds every site: abort it first.
+    let rollouts = app.db.run(|s| s.list_rollouts()).await?;
+    for r in rollouts.iter().filter(|r| r.status.is_active()) {
+        app.rollout_action(
+            &r.id,
+            fleetwave_coordinator::rollouts::Action::Abort(Some("fleetwave-sim tick".into())),
+            "fleetwave-sim",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("abort rollout {}: {}", r.id, e.message))?;
+        println!("  (aborted rollout {} an earlier run left active)", r.id);
+    }
     let plan = four_wave_plan(&release, 0.0);
     let started = Instant::now();
     let rollout = app
@@ -204,8 +218,17 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
     }
     let me1 = procstat::sample(std::process::id())?;
     println!(
-        "controller tick (engine pass: load {n} rollout sites from SQLite, run the controller, store decisions; in this process): {}",
+        "controller tick (engine pass: {n} rollout sites from the engine's memory, run the controller, apply and store decisions; in this process): {}",
         stats(times.clone())
+    );
+    app.engine.facts.clear();
+    let started = Instant::now();
+    app.tick_all()
+        .await
+        .map_err(|e| anyhow::anyhow!("tick: {}", e.message))?;
+    println!(
+        "  first pass after a restart (the engine loads the rollout's {n} sites from SQLite once): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
     );
     println!(
         "  this process: RSS {:.0} MiB (peak {:.0} MiB), CPU {:.1} s for the passes",

@@ -237,9 +237,7 @@ fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> (String, 
         &sha256_hex(
             format!(
                 "{}|{}|{}",
-                assignment
-                    .as_ref()
-                    .map_or("none".to_string(), |a| a.record.envelope.digest()),
+                assignment.as_ref().map_or("none", |a| a.digest.as_str()),
                 latest,
                 root_version.unwrap_or(0).min(latest)
             )
@@ -248,7 +246,7 @@ fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> (String, 
     );
     let body = PollResponse {
         release: assignment.as_ref().map(|a| a.release.clone()),
-        assignment: assignment.map(|a| a.record.envelope),
+        assignment: assignment.map(|a| a.record.envelope.clone()),
         roots,
         next_poll_secs: 0,
     };
