@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleetwave_coordinator::config::Config;
+use fleetwave_coordinator::dashboard::read::SiteQuery;
 use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -156,6 +157,87 @@ async fn dashboard_pages_with_100k_sites() {
         "rollout over {SITES} sites created and started in {:.1?}",
         t.elapsed()
     );
+
+    // Where the rollout pages' time goes: loading the rollout (the engine's
+    // `App::load_rollout`) against building the page model from it (the dashboard's).
+    for _ in 0..2 {
+        let t = Instant::now();
+        let loaded = app.load_rollout(&id).await.unwrap();
+        let load = t.elapsed();
+        let t = Instant::now();
+        let m = fleetwave_coordinator::dashboard::model::rollout_model(&loaded, Timestamp::now());
+        let model = t.elapsed();
+        println!(
+            "rollout of {} members: App::load_rollout {:.0} ms, dashboard model {:.0} ms",
+            m.totals.total,
+            load.as_secs_f64() * 1000.0,
+            model.as_secs_f64() * 1000.0
+        );
+    }
+
+    // The read model's query plans at this size.
+    let read = fleetwave_coordinator::dashboard::read::ReadModel::new(config.database_path());
+    let conn = rusqlite::Connection::open_with_flags(
+        config.database_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let queries = [
+        ("no filter", SiteQuery::default()),
+        (
+            "two labels and a version",
+            SiteQuery {
+                labels: [label("region", "eu"), label("cohort", "general")].into(),
+                version: Some("2.5.0".into()),
+                ..SiteQuery::default()
+            },
+        ),
+        (
+            "search",
+            SiteQuery {
+                search: Some("site-0999".into()),
+                ..SiteQuery::default()
+            },
+        ),
+        (
+            "search and a state",
+            SiteQuery {
+                search: Some("city-49".into()),
+                state: Some("active".into()),
+                ..SiteQuery::default()
+            },
+        ),
+        (
+            "decommissioned",
+            SiteQuery {
+                state: Some("decommissioned".into()),
+                ..SiteQuery::default()
+            },
+        ),
+    ];
+    for (name, q) in &queries {
+        println!("query plans, {name}:");
+        for (sql, plan) in read.query_plans(&conn, q).unwrap() {
+            println!("  {sql}");
+            for line in plan {
+                println!("    {line}");
+            }
+        }
+    }
+    let t = Instant::now();
+    let counts = read
+        .fleet_counts(
+            &conn,
+            Timestamp::now(),
+            Timestamp::now() - jiff::SignedDuration::from_hours(1),
+        )
+        .unwrap();
+    println!(
+        "fleet counts in {:.0} ms: {counts:?}",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(conn);
 
     let mut web = WebClient::new(&h);
     web.login(&h.admin).await;

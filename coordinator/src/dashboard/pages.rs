@@ -848,7 +848,7 @@ pub async fn grid(
     Query(f): Query<SitesQuery>,
 ) -> PageResult {
     let q = f.to_query()?;
-    let cells = dash.read.run(move |r, c| r.grid(c, &q)).await?;
+    let cells = dash.read.run(move |r, c| r.grid(c, &q, None)).await?;
     let (html_cells, legend) = render_grid(&cells, Timestamp::now());
     let link = f.link();
     let body = GridPage {

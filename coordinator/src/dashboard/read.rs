@@ -66,6 +66,8 @@ pub struct GridCell {
     pub healthy: Option<bool>,
     pub last_seen_ms: Option<i64>,
     pub deferred_until_ms: Option<i64>,
+    /// The site's version of the grid's chosen stream (when colouring by version).
+    pub version: Option<String>,
 }
 
 /// The fleet at a glance.
@@ -92,43 +94,268 @@ fn ts(ms: Option<i64>) -> Option<Timestamp> {
     ms.and_then(|m| Timestamp::from_millisecond(m).ok())
 }
 
-/// The WHERE clause and its arguments for a site query.
-fn site_where(q: &SiteQuery) -> (String, Vec<String>) {
-    let mut sql = String::from("1=1");
-    let mut args: Vec<String> = Vec::new();
-    if let Some(state) = &q.state {
-        args.push(state.clone());
-        sql.push_str(&format!(" AND state = ?{}", args.len()));
+/// At most this many distinct label pairs are walked one index seek at a time when a
+/// search looks for matching label values; past it, one scan of the label index is cheaper.
+const SKIP_SCAN_CAP: usize = 4096;
+
+/// A `LIKE` pattern that finds `text` anywhere (ASCII case-insensitive, as SQLite's LIKE).
+fn like_anywhere(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// One condition of a site query, as a set of site ids (to drive the query) or as a test
+/// of one site id (to filter what another condition drives). Both forms use the indexes of
+/// schema version 2: `site_labels_by_pair`, `site_versions_by_version`, `sites_by_state_id`.
+#[derive(Debug, Clone)]
+enum Cond {
+    Label(String, String),
+    Version(String),
+    State(String),
+    /// A `LIKE` pattern over the site id and every label value.
+    Search(String),
+}
+
+/// SQL text with its positional (`?`) arguments, in order.
+#[derive(Debug, Default, Clone)]
+struct Sql {
+    text: String,
+    args: Vec<String>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str, args: impl IntoIterator<Item = String>) {
+        self.text.push_str(text);
+        self.args.extend(args);
     }
+}
+
+impl Cond {
+    /// The condition as a test of the site id expression `x`.
+    fn probe(&self, x: &str, out: &mut Sql) {
+        match self {
+            Cond::Label(k, v) => out.push(
+                &format!(
+                    "EXISTS (SELECT 1 FROM site_labels WHERE site_id = {x} AND key = ? AND value = ?)"
+                ),
+                [k.clone(), v.clone()],
+            ),
+            Cond::Version(v) => out.push(
+                &format!(
+                    "EXISTS (SELECT 1 FROM site_versions WHERE site_id = {x} AND version = ?)"
+                ),
+                [v.clone()],
+            ),
+            Cond::State(s) => out.push(
+                &format!(
+                    "EXISTS (SELECT 1 FROM sites INDEXED BY sites_by_state_id WHERE state = ? AND id = {x})"
+                ),
+                [s.clone()],
+            ),
+            Cond::Search(p) => out.push(
+                &format!(
+                    "({x} LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM site_labels WHERE site_id = {x} AND value LIKE ? ESCAPE '\\'))"
+                ),
+                [p.clone(), p.clone()],
+            ),
+        }
+    }
+
+    /// How many sites the condition selects (an index range count), for choosing the
+    /// condition that drives a query; `None` when only running the query would tell.
+    fn size(&self, c: &Connection) -> Result<Option<u64>, ReadError> {
+        let n: i64 = match self {
+            Cond::Label(k, v) => c
+                .prepare_cached("SELECT COUNT(*) FROM site_labels WHERE key = ?1 AND value = ?2")?
+                .query_row([k, v], |r| r.get(0))?,
+            Cond::Version(v) => c
+                .prepare_cached("SELECT COUNT(*) FROM site_versions WHERE version = ?1")?
+                .query_row([v], |r| r.get(0))?,
+            Cond::State(s) => c
+                .prepare_cached("SELECT COUNT(*) FROM sites WHERE state = ?1")?
+                .query_row([s], |r| r.get(0))?,
+            Cond::Search(_) => return Ok(None),
+        };
+        Ok(Some(n as u64))
+    }
+}
+
+/// Every distinct (a, b) of an index whose leading columns are (a, b), one index seek per
+/// pair (SQLite has no skip scan without statistics); `None` past `cap` pairs.
+fn distinct_pairs(
+    c: &Connection,
+    table: &str,
+    a: &str,
+    b: &str,
+    cap: usize,
+) -> Result<Option<Vec<(String, String)>>, ReadError> {
+    let mut first = c.prepare_cached(&format!(
+        "SELECT {a}, {b} FROM {table} ORDER BY {a}, {b} LIMIT 1"
+    ))?;
+    let mut same = c.prepare_cached(&format!(
+        "SELECT {b} FROM {table} WHERE {a} = ?1 AND {b} > ?2 ORDER BY {b} LIMIT 1"
+    ))?;
+    let mut next = c.prepare_cached(&format!(
+        "SELECT {a}, {b} FROM {table} WHERE {a} > ?1 ORDER BY {a}, {b} LIMIT 1"
+    ))?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut at: Option<(String, String)> = first
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    while let Some((x, y)) = at {
+        if out.len() >= cap {
+            return Ok(None);
+        }
+        at = match same
+            .query_row([&x, &y], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(y2) => Some((x.clone(), y2)),
+            None => next
+                .query_row([&x], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        };
+        out.push((x, y));
+    }
+    Ok(Some(out))
+}
+
+/// A site query planned over the indexes: one condition drives (its set of site ids, as
+/// `m(site_id)`), the others test each of its ids.
+struct Planned {
+    /// `(...) AS m WHERE ...`: the FROM and WHERE of every query over the matches.
+    body: Sql,
+    /// `(...) AS m` alone, and the ` WHERE ...` alone (the grid joins in between).
+    from: Sql,
+    filter: Sql,
+    /// No condition: every site.
+    all: bool,
+}
+
+fn plan(c: &Connection, q: &SiteQuery) -> Result<Planned, ReadError> {
+    let mut conds: Vec<Cond> = Vec::new();
     for (k, v) in &q.labels {
-        args.push(format!("$.\"{}\"", k.replace('"', "")));
-        let kp = args.len();
-        args.push(v.clone());
-        sql.push_str(&format!(
-            " AND json_extract(labels, ?{kp}) = ?{}",
-            args.len()
-        ));
+        conds.push(Cond::Label(k.clone(), v.clone()));
     }
-    if let Some(version) = &q.version {
-        args.push(version.clone());
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM json_each(sites.installed) WHERE json_extract(value, '$.version') = ?{})",
-            args.len()
-        ));
+    if let Some(v) = &q.version {
+        conds.push(Cond::Version(v.clone()));
     }
-    if let Some(search) = q.search.as_ref().filter(|s| !s.is_empty()) {
-        let escaped = search
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        args.push(format!("%{escaped}%"));
-        let n = args.len();
-        sql.push_str(&format!(
-            " AND (lower(id) LIKE ?{n} ESCAPE '\\' OR EXISTS (SELECT 1 FROM json_each(sites.labels) WHERE lower(value) LIKE ?{n} ESCAPE '\\'))"
-        ));
+    if let Some(s) = q.search.as_ref().filter(|s| !s.is_empty()) {
+        conds.push(Cond::Search(like_anywhere(s)));
     }
-    (sql, args)
+    if let Some(s) = &q.state {
+        conds.push(Cond::State(s.clone()));
+    }
+    // The driver is the smallest indexed set. A search drives only when nothing but the
+    // state narrows the fleet (its size is known only by running it).
+    let driver = if conds.len() <= 1 {
+        conds.pop()
+    } else if !conds
+        .iter()
+        .any(|c| matches!(c, Cond::Label(..) | Cond::Version(_)))
+    {
+        let i = conds.iter().position(|c| matches!(c, Cond::Search(_)));
+        i.map(|i| conds.remove(i))
+    } else {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, cond) in conds.iter().enumerate() {
+            if let Some(n) = cond.size(c)?
+                && best.is_none_or(|(_, m)| n < m)
+            {
+                best = Some((i, n));
+            }
+        }
+        best.map(|(i, _)| conds.remove(i))
+    };
+    let mut body = Sql::default();
+    let all = driver.is_none();
+    match &driver {
+        None => body.push("(SELECT id AS site_id FROM sites) AS m", []),
+        Some(Cond::Label(k, v)) => body.push(
+            "(SELECT site_id FROM site_labels WHERE key = ? AND value = ?) AS m",
+            [k.clone(), v.clone()],
+        ),
+        Some(Cond::Version(v)) => body.push(
+            "(SELECT DISTINCT site_id FROM site_versions WHERE version = ?) AS m",
+            [v.clone()],
+        ),
+        Some(Cond::State(s)) => body.push(
+            "(SELECT id AS site_id FROM sites INDEXED BY sites_by_state_id WHERE state = ?) AS m",
+            [s.clone()],
+        ),
+        Some(Cond::Search(p)) => search_set(c, p, &mut body)?,
+    }
+    let from = body.clone();
+    let mut filter = Sql::default();
+    for (i, cond) in conds.iter().enumerate() {
+        filter.push(if i == 0 { " WHERE " } else { " AND " }, []);
+        cond.probe("m.site_id", &mut filter);
+    }
+    body.push(&filter.text, filter.args.iter().cloned());
+    Ok(Planned {
+        body,
+        from,
+        filter,
+        all,
+    })
+}
+
+/// The sites a search finds, as `(...) AS m`: ids containing the text, and the sites of
+/// every label pair whose value contains it (the distinct pairs are few in a real fleet:
+/// region, cohort, city; they are found first, then their sites through the pair index).
+fn search_set(c: &Connection, pattern: &str, out: &mut Sql) -> Result<(), ReadError> {
+    let hits: Vec<(String, String)> =
+        match distinct_pairs(c, "site_labels", "key", "value", SKIP_SCAN_CAP)? {
+            Some(pairs) => {
+                let mut test = c.prepare_cached("SELECT ?1 LIKE ?2 ESCAPE '\\'")?;
+                let mut hits = Vec::new();
+                for (k, v) in pairs {
+                    if test.query_row([&v, pattern], |r| r.get::<_, bool>(0))? {
+                        hits.push((k, v));
+                    }
+                }
+                hits
+            }
+            None => {
+                let mut st = c.prepare_cached(
+                    "SELECT DISTINCT key, value FROM site_labels WHERE value LIKE ?1 ESCAPE '\\'",
+                )?;
+                st.query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+    out.push(
+        "(SELECT id AS site_id FROM sites WHERE id LIKE ? ESCAPE '\\'",
+        [pattern.to_string()],
+    );
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in hits {
+        by_key.entry(k).or_default().push(v);
+    }
+    for (k, values) in by_key {
+        let marks = vec!["?"; values.len()].join(", ");
+        out.push(
+            &format!(" UNION SELECT site_id FROM site_labels WHERE key = ? AND value IN ({marks})"),
+            std::iter::once(k).chain(values),
+        );
+    }
+    out.push(") AS m", []);
+    Ok(())
+}
+
+fn grid_sql(p: &Planned, version: &str) -> String {
+    let cols = format!("s.id, s.state, s.healthy, s.last_seen, s.deferred_until, {version}");
+    if p.all {
+        format!("SELECT {cols} FROM sites AS s ORDER BY s.id")
+    } else {
+        format!(
+            "SELECT {cols} FROM {} JOIN sites AS s ON s.id = m.site_id{} ORDER BY m.site_id",
+            p.from.text, p.filter.text
+        )
+    }
 }
 
 fn versions_of(installed: &str) -> Result<Vec<String>, ReadError> {
@@ -187,6 +414,9 @@ impl ReadModel {
     }
 
     /// Counts for the overview. `stale_before`: sites not seen since then are stale.
+    ///
+    /// Every figure is an index range count or a scan of one covering index (schema
+    /// version 2), never a scan of the sites' JSON.
     pub fn fleet_counts(
         &self,
         c: &Connection,
@@ -196,56 +426,86 @@ impl ReadModel {
         let mut out = FleetCounts::default();
         let now_ms = now.as_millisecond();
         let stale_ms = stale_before.as_millisecond();
-        let mut st = c.prepare(
-            "SELECT state, COUNT(*), \
-                    SUM(CASE WHEN healthy = 1 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN healthy = 0 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN healthy IS NULL THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN deferred_until > ?1 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN last_seen IS NULL OR last_seen < ?2 THEN 1 ELSE 0 END) \
-             FROM sites GROUP BY state",
-        )?;
-        let mut rows = st.query(rusqlite::params![now_ms, stale_ms])?;
+        let mut st =
+            c.prepare_cached("SELECT state, healthy, COUNT(*) FROM sites GROUP BY state, healthy")?;
+        let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let state: String = r.get(0)?;
-            let n: i64 = r.get(1)?;
-            out.total += n as u64;
+            let healthy: Option<i64> = r.get(1)?;
+            let n = r.get::<_, i64>(2)? as u64;
+            out.total += n;
             if state == "active" {
-                out.active = n as u64;
-                out.healthy = r.get::<_, i64>(2)? as u64;
-                out.unhealthy = r.get::<_, i64>(3)? as u64;
-                out.health_unknown = r.get::<_, i64>(4)? as u64;
-                out.deferred = r.get::<_, i64>(5)? as u64;
-                out.stale = r.get::<_, i64>(6)? as u64;
+                out.active += n;
+                match healthy {
+                    Some(0) => out.unhealthy += n,
+                    Some(_) => out.healthy += n,
+                    None => out.health_unknown += n,
+                }
             } else {
-                out.decommissioned += n as u64;
+                out.decommissioned += n;
             }
         }
-        let mut st = c.prepare(
-            "SELECT j.key, json_extract(j.value, '$.version') AS v, COUNT(*) \
-             FROM sites, json_each(sites.installed) AS j \
-             WHERE sites.state = 'active' AND v IS NOT NULL \
-             GROUP BY j.key, v ORDER BY 3 DESC, 1, 2 LIMIT 50",
+        out.deferred = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM sites WHERE state = 'active' AND deferred_until > ?1",
+            )?
+            .query_row([now_ms], |r| r.get::<_, i64>(0))? as u64;
+        out.stale = c
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen IS NULL) \
+                      + (SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen < ?1)",
+            )?
+            .query_row([stale_ms], |r| r.get::<_, i64>(0))? as u64;
+        // Versions of active sites: those of every site, less those of decommissioned ones
+        // (few, and found through the state index).
+        let mut versions: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut st = c.prepare_cached(
+            "SELECT stream, version, COUNT(*) FROM site_versions GROUP BY version, stream",
         )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })?;
-        for row in rows {
-            out.versions.push(row?);
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            versions.insert((r.get(0)?, r.get(1)?), r.get(2)?);
         }
-        out.no_version = c.query_row(
-            "SELECT COUNT(*) FROM sites WHERE state = 'active' AND \
-             NOT EXISTS (SELECT 1 FROM json_each(sites.installed) WHERE json_extract(value, '$.version') IS NOT NULL)",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
-        let mut st = c.prepare(
+        let mut st = c.prepare_cached(
+            "SELECT v.stream, v.version, COUNT(*) FROM sites AS s INDEXED BY sites_by_state_id \
+             JOIN site_versions AS v ON v.site_id = s.id \
+             WHERE s.state = 'decommissioned' GROUP BY v.version, v.stream",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let n: i64 = r.get(2)?;
+            if let Some(all) = versions.get_mut(&(r.get(0)?, r.get(1)?)) {
+                *all -= n;
+            }
+        }
+        let mut versions: Vec<(String, String, u64)> = versions
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((s, v), n)| (s, v, n as u64))
+            .collect();
+        versions.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        versions.truncate(50);
+        out.versions = versions;
+        // Active sites that report some version: every site that does (the primary key is
+        // in site order, so DISTINCT needs no sort), less decommissioned ones.
+        let with_version: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM (SELECT DISTINCT site_id FROM site_versions)")?
+            .query_row([], |r| r.get(0))?;
+        let decommissioned_with_version: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM sites AS s INDEXED BY sites_by_state_id \
+                 WHERE s.state = 'decommissioned' \
+                 AND EXISTS (SELECT 1 FROM site_versions WHERE site_id = s.id)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        out.no_version = out
+            .active
+            .saturating_sub((with_version - decommissioned_with_version).max(0) as u64);
+        // The stalest: in last-seen order (never seen first) through the index, so the
+        // query stops after ten.
+        let mut st = c.prepare_cached(
             "SELECT id, last_seen FROM sites WHERE state = 'active' AND \
-             (last_seen IS NULL OR last_seen < ?1) ORDER BY COALESCE(last_seen, 0), id LIMIT 10",
+             (last_seen IS NULL OR last_seen < ?1) ORDER BY last_seen, id LIMIT 10",
         )?;
         let rows = st.query_map([stale_ms], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
@@ -257,14 +517,28 @@ impl ReadModel {
         Ok(out)
     }
 
+    /// Every (stream, version) some site reports, by version then stream (one index seek
+    /// each); at most 200.
+    pub fn version_pairs(&self, c: &Connection) -> Result<Vec<(String, String)>, ReadError> {
+        let pairs = distinct_pairs(c, "site_versions", "version", "stream", 200)?;
+        let pairs = match pairs {
+            Some(p) => p,
+            None => {
+                let mut st = c.prepare_cached(
+                    "SELECT DISTINCT version, stream FROM site_versions ORDER BY version, stream LIMIT 200",
+                )?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(pairs.into_iter().map(|(v, s)| (s, v)).collect())
+    }
+
     /// Every version some site reports (for the filter's choices).
     pub fn versions(&self, c: &Connection) -> Result<Vec<String>, ReadError> {
-        let mut st = c.prepare(
-            "SELECT DISTINCT json_extract(j.value, '$.version') AS v \
-             FROM sites, json_each(sites.installed) AS j WHERE v IS NOT NULL ORDER BY v LIMIT 200",
-        )?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out: Vec<String> = self.version_pairs(c)?.into_iter().map(|(_, v)| v).collect();
+        out.dedup();
+        Ok(out)
     }
 
     /// One page of sites (ordered by id) and how many match in all.
@@ -275,43 +549,74 @@ impl ReadModel {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<SiteRow>, u64), ReadError> {
-        let (clause, args) = site_where(q);
-        let total: i64 = c.query_row(
-            &format!("SELECT COUNT(*) FROM sites WHERE {clause}"),
-            rusqlite::params_from_iter(args.iter()),
-            |r| r.get(0),
-        )?;
-        let sql = format!(
+        let p = plan(c, q)?;
+        let total: i64 = c
+            .prepare_cached(&format!("SELECT COUNT(*) FROM {}", p.body.text))?
+            .query_row(rusqlite::params_from_iter(p.body.args.iter()), |r| r.get(0))?;
+        let mut st = c.prepare_cached(&format!(
+            "SELECT m.site_id FROM {} ORDER BY m.site_id LIMIT {limit} OFFSET {offset}",
+            p.body.text
+        ))?;
+        let ids: Vec<String> = st
+            .query_map(rusqlite::params_from_iter(p.body.args.iter()), |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut st = c.prepare_cached(
             "SELECT id, labels, state, last_seen, installed, healthy, deferred_until \
-             FROM sites WHERE {clause} ORDER BY id LIMIT {limit} OFFSET {offset}"
-        );
-        let mut st = c.prepare(&sql)?;
-        let mut rows = st.query(rusqlite::params_from_iter(args.iter()))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let labels: String = r.get(1)?;
-            let installed: String = r.get(4)?;
+             FROM sites WHERE id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let row = st
+                .query_row([id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
+                })
+                .optional()?;
+            // A site that went between the two reads is left out of this page.
+            let Some((id, labels, state, last_seen, installed, healthy, deferred)) = row else {
+                continue;
+            };
             out.push(SiteRow {
-                id: r.get(0)?,
+                id,
                 labels: serde_json::from_str(&labels)
                     .map_err(|e| ReadError::Corrupt(format!("sites.labels: {e}")))?,
-                state: r.get(2)?,
-                last_seen: ts(r.get(3)?),
+                state,
+                last_seen: ts(last_seen),
                 versions: versions_of(&installed)?,
-                healthy: r.get::<_, Option<i64>>(5)?.map(|h| h != 0),
-                deferred_until: ts(r.get(6)?),
+                healthy: healthy.map(|h| h != 0),
+                deferred_until: ts(deferred),
             });
         }
         Ok((out, total as u64))
     }
 
-    /// Every matching site as one grid cell, ordered by id.
-    pub fn grid(&self, c: &Connection, q: &SiteQuery) -> Result<Vec<GridCell>, ReadError> {
-        let (clause, args) = site_where(q);
-        let sql = format!(
-            "SELECT id, state, healthy, last_seen, deferred_until FROM sites WHERE {clause} ORDER BY id"
-        );
-        let mut st = c.prepare(&sql)?;
+    /// Every matching site as one grid cell, ordered by id. `stream`: also read each
+    /// site's version of that release stream.
+    pub fn grid(
+        &self,
+        c: &Connection,
+        q: &SiteQuery,
+        stream: Option<&str>,
+    ) -> Result<Vec<GridCell>, ReadError> {
+        let p = plan(c, q)?;
+        let mut args = Vec::new();
+        let version = match stream {
+            Some(s) => {
+                args.push(s.to_string());
+                "(SELECT version FROM site_versions WHERE site_id = s.id AND stream = ?)"
+            }
+            None => "NULL",
+        };
+        args.extend(p.body.args.iter().cloned());
+        let sql = grid_sql(&p, version);
+        let mut st = c.prepare_cached(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
             Ok(GridCell {
                 id: r.get(0)?,
@@ -319,9 +624,38 @@ impl ReadModel {
                 healthy: r.get::<_, Option<i64>>(2)?.map(|h| h != 0),
                 last_seen_ms: r.get(3)?,
                 deferred_until_ms: r.get(4)?,
+                version: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The SQL and SQLite's query plan of a site query's count, page and grid (for
+    /// checking the plans at scale).
+    pub fn query_plans(
+        &self,
+        c: &Connection,
+        q: &SiteQuery,
+    ) -> Result<Vec<(String, Vec<String>)>, ReadError> {
+        let p = plan(c, q)?;
+        let mut out = Vec::new();
+        for sql in [
+            format!("SELECT COUNT(*) FROM {}", p.body.text),
+            format!(
+                "SELECT m.site_id FROM {} ORDER BY m.site_id LIMIT 50 OFFSET 0",
+                p.body.text
+            ),
+            grid_sql(&p, "NULL"),
+        ] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let lines = st
+                .query_map(rusqlite::params_from_iter(p.body.args.iter()), |r| {
+                    r.get::<_, String>(3)
+                })?
+                .collect::<Result<_, _>>()?;
+            out.push((sql, lines));
+        }
+        Ok(out)
     }
 
     /// A site's newest reports (optionally of one kind), newest first.

@@ -18,6 +18,10 @@ CREATE TABLE site_versions (
 CREATE INDEX site_versions_by_version ON site_versions(version, stream, site_id);
 CREATE INDEX sites_by_state_health ON sites(state, healthy);
 CREATE INDEX sites_by_state_seen ON sites(state, last_seen);
+-- Site ids in order within a state (filtered pages, and the state check of other filters).
+CREATE INDEX sites_by_state_id ON sites(state, id);
+-- Sites deferred now (the overview's count).
+CREATE INDEX sites_by_state_deferral ON sites(state, deferred_until);
 
 CREATE TRIGGER site_facts_insert AFTER INSERT ON sites BEGIN
     INSERT INTO site_labels (site_id, key, value)
