@@ -1484,7 +1484,7 @@ mod tests {
 
     fn refusals(ctx: &Context) -> Vec<String> {
         ctx.store
-            .outbox_batch(100)
+            .outbox_peek(100)
             .unwrap()
             .into_iter()
             .filter_map(|e| match e.body {

@@ -43,8 +43,9 @@ pub enum StateError {
     Corrupt { what: &'static str, message: String },
 }
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    r#"
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -101,7 +102,17 @@ CREATE TABLE deferral (
     set_at TEXT NOT NULL
 );
 "#,
-)];
+    ),
+    // Events handed to the coordinator at least once are marked `sent`: the health
+    // compaction never merges them (the coordinator may already have counted them).
+    // Rows queued by an older agent may have been sent already, so they start marked.
+    M::up(
+        r#"
+ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET sent = 1;
+"#,
+    ),
+];
 
 /// The state database. Cheap to clone; all clones share one connection.
 #[derive(Clone)]

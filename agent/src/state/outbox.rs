@@ -8,7 +8,13 @@
 //! samples are merged into one summary (`samples` counts what it stands for; failing checks
 //! are kept, the worst disk, memory and load are kept). Phase, refusal, installed and
 //! deferral events are never dropped, so the outbox may exceed the limit by them alone.
-//! This module must never drop a non-health event.
+//!
+//! Compaction never touches an event that was handed out for sending
+//! ([`Store::outbox_batch`] marks it `sent`): the coordinator may already have applied it,
+//! and merging it into a new summary (with a new id) would make the coordinator count its
+//! samples twice. A sent event stays as it is until it is acknowledged.
+//!
+//! This module must never drop a non-health event, and never merge an event it handed out.
 
 use fleetwave_shared::protocol::{Event, EventBody, HealthSummary};
 use jiff::Timestamp;
@@ -73,7 +79,9 @@ impl Store {
         max_events: u64,
     ) -> Result<String, StateError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the count, the read of the health rows and their replacement see one
+        // state, even with another process (`fleetwave-agent defer`) sending at once.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let count: i64 = tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
         let mut event = Event {
             id: random_id(),
@@ -81,10 +89,11 @@ impl Store {
             body,
         };
         if count as u64 >= max_events {
-            // Compact: every queued health sample (and this one, if it is health) becomes
-            // one summary at the position of the newest.
-            let mut stmt =
-                tx.prepare("SELECT seq, event FROM outbox WHERE kind = 'health' ORDER BY seq")?;
+            // Compact: every queued health sample not yet handed out for sending (and this
+            // one, if it is health) becomes one summary at the position of the newest.
+            let mut stmt = tx.prepare(
+                "SELECT seq, event FROM outbox WHERE kind = 'health' AND sent = 0 ORDER BY seq",
+            )?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -104,7 +113,7 @@ impl Store {
                 samples.push((*healthy, summary.clone()));
             }
             if samples.len() > 1 || (incoming_health && !rows.is_empty()) {
-                tx.execute("DELETE FROM outbox WHERE kind = 'health'", [])?;
+                tx.execute("DELETE FROM outbox WHERE kind = 'health' AND sent = 0", [])?;
                 let (healthy, summary) = merge_health(&samples);
                 let merged = Event {
                     id: random_id(),
@@ -134,21 +143,37 @@ impl Store {
         Ok(std::mem::take(&mut event.id))
     }
 
-    /// The oldest `limit` events, in the order they were queued.
+    /// Hands out the oldest `limit` events for sending, in the order they were queued,
+    /// and marks them `sent` in the same transaction: from now on compaction leaves them
+    /// alone (see the module docs). The mark stays until the event is acknowledged.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<Event>, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let rows = {
+            let mut stmt = tx.prepare("SELECT seq, event FROM outbox ORDER BY seq LIMIT ?1")?;
+            stmt.query_map([limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        if let Some((last, _)) = rows.last() {
+            tx.execute(
+                "UPDATE outbox SET sent = 1 WHERE seq <= ?1 AND sent = 0",
+                [last],
+            )?;
+        }
+        tx.commit()?;
+        rows.iter().map(|(_, t)| parse_event(t)).collect()
+    }
+
+    /// The oldest `limit` queued events, without handing them out (for inspection).
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<Event>, StateError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT event FROM outbox ORDER BY seq LIMIT ?1")?;
         let rows = stmt
             .query_map([limit as i64], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
-        rows.iter()
-            .map(|t| {
-                serde_json::from_str(t).map_err(|e| StateError::Corrupt {
-                    what: "outbox event",
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        rows.iter().map(|t| parse_event(t)).collect()
     }
 
     /// Deletes events the coordinator acknowledged.
@@ -181,6 +206,13 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
         Ok(n as u64)
     }
+}
+
+fn parse_event(text: &str) -> Result<Event, StateError> {
+    serde_json::from_str(text).map_err(|e| StateError::Corrupt {
+        what: "outbox event",
+        message: e.to_string(),
+    })
 }
 
 fn rows_last_at(rows: &[(i64, String)]) -> Option<Timestamp> {
@@ -324,6 +356,63 @@ mod tests {
         assert!(healths.iter().any(|(ok, s)| !ok
             && s.failing == vec!["http:app: status 500".to_string()]
             && s.disk_free_bytes == Some(900)));
+    }
+
+    fn samples_of(events: &[Event]) -> u32 {
+        events
+            .iter()
+            .map(|e| match &e.body {
+                EventBody::Health { summary, .. } => summary.samples.max(1),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The health sampler fills the outbox while a batch of heartbeats is on its way to
+    /// the coordinator: compaction must leave the in-flight heartbeats alone, or the
+    /// coordinator (which applies the batch, then later the merged summary under a new id)
+    /// counts those samples twice.
+    #[test]
+    fn compaction_never_merges_events_of_an_in_flight_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let max = 10;
+        let mut t = 0;
+        for _ in 0..6 {
+            store
+                .outbox_push(health(true, &[], 900), at(t), max)
+                .unwrap();
+            t += 1;
+        }
+        // The daemon hands out a batch and sends it ...
+        let in_flight = store.outbox_batch(4).unwrap();
+        assert_eq!(in_flight.len(), 4);
+        let in_flight_ids: Vec<String> = in_flight.iter().map(|e| e.id.clone()).collect();
+        // ... while the sampler keeps queueing past the limit (compaction runs).
+        for _ in 0..10 {
+            store
+                .outbox_push(health(true, &[], 800), at(t), max)
+                .unwrap();
+            t += 1;
+        }
+        let queued = store.outbox_peek(1000).unwrap();
+        for id in &in_flight_ids {
+            assert!(
+                queued.iter().any(|e| &e.id == id),
+                "in-flight event {id} was compacted away"
+            );
+        }
+        assert!(
+            queued.len() < 16,
+            "the heartbeats not in flight were still compacted: {}",
+            queued.len()
+        );
+        // The coordinator acknowledges the batch; what it receives afterwards adds up to
+        // exactly the samples taken, none twice.
+        store.outbox_ack(&in_flight_ids).unwrap();
+        let rest = store.outbox_batch(1000).unwrap();
+        assert_eq!(samples_of(&in_flight) + samples_of(&rest), 16);
+        assert!(rest.iter().all(|e| !in_flight_ids.contains(&e.id)));
     }
 
     #[test]
