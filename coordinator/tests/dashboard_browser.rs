@@ -337,6 +337,54 @@ async fn operator_watches_steers_and_filters_a_rollout_in_chromium() {
         c.goto(&format!("{}/ui/sites/grid", h.base)).await.unwrap();
     }
     screenshot(&c, "grid").await;
+    // Colour the grid by version, then by state in the rollout: a plain form (it works
+    // with scripts blocked), the legend counts each colour.
+    c.find(Locator::Css("#g-colour"))
+        .await
+        .unwrap()
+        .select_by_value("version")
+        .await
+        .unwrap();
+    click(&c, "#g-apply").await;
+    wait_text(&c, "#grid-coloured-by", "colours by version", |t| {
+        t.contains("version of pos")
+    })
+    .await;
+    let legend = text(&c, "#grid-legend").await;
+    assert!(
+        legend.contains("2.4.0 4") && legend.contains("2.5.0 2"),
+        "{legend}"
+    );
+    let class = |c: &fantoccini::Client, site: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Css(&format!("#grid a[href='{site}']")))
+                .await
+                .unwrap()
+                .attr("class")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(class(&c, "pig-1").await, "v1", "2.5.0, the less common");
+    assert_eq!(class(&c, "store-1").await, "v0", "2.4.0, the most common");
+    c.find(Locator::Css("#g-colour"))
+        .await
+        .unwrap()
+        .select_by_value("rollout")
+        .await
+        .unwrap();
+    click(&c, "#g-apply").await;
+    wait_text(&c, "#grid-coloured-by", "colours by rollout state", |t| {
+        t.contains(&format!("state in rollout {id}"))
+    })
+    .await;
+    let legend = text(&c, "#grid-legend").await;
+    assert!(legend.contains("failed 2"), "{legend}");
+    assert_eq!(class(&c, "store-1").await, "r-failed");
+    assert_eq!(class(&c, "store-2").await, "r-failed");
+    screenshot(&c, "grid-rollout").await;
     c.goto(&format!("{}/ui/sites/store-1", h.base))
         .await
         .unwrap();

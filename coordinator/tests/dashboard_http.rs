@@ -304,3 +304,113 @@ async fn sites_filter_paginate_and_grid_on_the_server_without_scripts() {
     assert!(js.contains("EventSource") && !js.contains("innerHTML"));
     h.stop().await;
 }
+
+/// The dashboard's filters read `site_labels` and `site_versions`, which only the store's
+/// triggers maintain: a relabel through the API, an Installed report through the agent
+/// API and a decommission must move a site between the dashboard's filters at once.
+#[tokio::test]
+async fn relabel_installed_reports_and_decommission_move_sites_between_filters() {
+    let h = Harness::new().await;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let mut a = Agent::enroll(
+            &h,
+            &format!("site-{i:03}"),
+            json!({"region": "eu", "shop": format!("shop-{i}")}),
+        )
+        .await;
+        a.installed(&h, "pos-2.4.0", "2.4.0").await;
+        agents.push(a);
+    }
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let total = |page: &str| {
+        let at = page.find(" of <b>").expect("the site count");
+        let rest = &page[at + 7..];
+        rest[..rest.find('<').unwrap()].parse::<u64>().unwrap()
+    };
+    let (_, _, page) = web.get("/ui/sites?label=region%3Deu").await;
+    assert_eq!(total(&page), 3);
+
+    // Relabel site-001 through the operator API: found under the new value only.
+    let (s, v) = h
+        .post(
+            "/v1/sites/site-001/labels",
+            &h.admin,
+            json!({"set": {"region": "us"}, "remove": ["shop"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, _, page) = web.get("/ui/sites?label=region%3Dus").await;
+    assert_eq!(total(&page), 1);
+    assert!(page.contains("href=\"/ui/sites/site-001\""));
+    let (_, _, page) = web.get("/ui/sites?label=region%3Deu").await;
+    assert_eq!(total(&page), 2);
+    assert!(!page.contains("href=\"/ui/sites/site-001\""));
+    let (_, _, page) = web.get("/ui/sites?label=shop%3Dshop-1").await;
+    assert_eq!(total(&page), 0, "the removed label is gone");
+    // Search over label values follows too (the old value no longer finds it).
+    let (_, _, page) = web.get("/ui/sites?q=shop-1").await;
+    assert_eq!(total(&page), 0);
+    let (_, _, page) = web.get("/ui/sites?q=shop-2").await;
+    assert_eq!(total(&page), 1);
+    assert!(page.contains("href=\"/ui/sites/site-002\""));
+
+    // An Installed report replaces the version the site had for that stream.
+    agents[0].installed(&h, "pos-2.5.0", "2.5.0").await;
+    let (_, _, page) = web.get("/ui/sites?version=2.5.0").await;
+    assert_eq!(total(&page), 1);
+    assert!(page.contains("href=\"/ui/sites/site-000\""));
+    let (_, _, page) = web.get("/ui/sites?version=2.4.0").await;
+    assert_eq!(total(&page), 2);
+    assert!(!page.contains("href=\"/ui/sites/site-000\""));
+    let (_, _, page) = web.get("/ui/sites?version=2.5.0&label=region%3Deu").await;
+    assert_eq!(total(&page), 1);
+    // The grid coloured by version: one colour per version of the stream, most common
+    // first; without scripts, through the query string.
+    let (s, _, page) = web.get("/ui/sites/grid?colour=version&stream=pos").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("coloured by version of pos"));
+    assert_eq!(
+        page.matches("class=v0 ").count(),
+        2,
+        "2.4.0: site-001, site-002"
+    );
+    assert_eq!(page.matches("class=v1 ").count(), 1, "2.5.0: site-000");
+    let (s, _, page) = web.get("/ui/sites/grid?colour=rollout").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(page.contains("no rollout to colour the grid by"));
+    let (s, _, page) = web.get("/ui/sites/grid?colour=nonsense").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(page.contains("must be health, version or rollout"));
+
+    // Decommissioned sites leave the overview's version counts and the active filter.
+    let (s, v) = h
+        .post("/v1/sites/site-002/decommission", &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, _, page) = web.get("/ui/sites?state=decommissioned").await;
+    assert_eq!(total(&page), 1);
+    assert!(page.contains("href=\"/ui/sites/site-002\""));
+    let (_, _, page) = web.get("/ui/sites?state=active&label=region%3Deu").await;
+    assert_eq!(total(&page), 1, "site-000 only");
+    let (_, _, page) = web.get("/ui/sites?state=active&q=shop").await;
+    assert_eq!(
+        total(&page),
+        1,
+        "site-000 only: site-001 lost its shop label"
+    );
+    // The overview is cached for a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, _, page) = web.get("/ui/").await;
+    assert!(
+        page.contains("data-live=\"version.pos.2.5.0\">1<"),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-live=\"version.pos.2.4.0\">1<"),
+        "site-001 only: site-002 is decommissioned"
+    );
+    assert!(page.contains("data-live=\"fleet.decommissioned\">1<"));
+    h.stop().await;
+}

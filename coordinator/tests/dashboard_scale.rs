@@ -237,6 +237,15 @@ async fn dashboard_pages_with_100k_sites() {
         "fleet counts in {:.0} ms: {counts:?}",
         t.elapsed().as_secs_f64() * 1000.0
     );
+    for stream in [None, Some("pos")] {
+        let t = Instant::now();
+        let cells = read.grid(&conn, &SiteQuery::default(), stream).unwrap();
+        println!(
+            "grid query, every site, version of {stream:?}: {} cells in {:.0} ms",
+            cells.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     drop(conn);
 
     let mut web = WebClient::new(&h);

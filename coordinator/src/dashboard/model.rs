@@ -5,7 +5,7 @@
 //! Pure: a loaded rollout and the time in, numbers and sentences out. The same model
 //! renders the page and feeds its live updates. It never decides anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use fleetwave_shared::protocol::operator::RolloutStatus;
 use jiff::{SignedDuration, Timestamp};
@@ -206,6 +206,48 @@ pub fn allowed_controls(status: RolloutStatus, approve: bool) -> Vec<&'static st
     out
 }
 
+/// Where one member of a rollout stands: its bar state (a [`SEGMENTS`] key) and the
+/// controller's status once its wave is open (which carries the reason in words).
+fn member_state(
+    gate: &crate::plan::Gate,
+    opened_at: Option<Timestamp>,
+    s: &crate::store::RolloutSiteRecord,
+    now: Timestamp,
+) -> (&'static str, Option<controller::SiteStatus>) {
+    let f = facts(s);
+    let (state, status) = match opened_at {
+        Some(opened) => {
+            let st = controller::site_status(gate, opened, &f, now);
+            (state_name(st.state), Some(st))
+        }
+        None if f.skipped => ("skipped", None),
+        None => ("pending", None),
+    };
+    if s.rollback_sequence.is_some() {
+        ("rolled_back", status)
+    } else {
+        (state, status)
+    }
+}
+
+/// Every member's bar state, by site id (the grid's colours by rollout state).
+pub fn member_states(l: &Loaded, now: Timestamp) -> HashMap<String, &'static str> {
+    let mut out = HashMap::with_capacity(l.sites.len());
+    for s in &l.sites {
+        let Some(wave) = l.plan.waves.get(s.wave as usize) else {
+            continue;
+        };
+        let opened = l
+            .record
+            .waves
+            .get(s.wave as usize)
+            .and_then(|w| w.opened_at);
+        let (state, _) = member_state(&wave.gate, opened, s, now);
+        out.insert(s.site_id.clone(), state);
+    }
+    out
+}
+
 /// Builds the page model of a loaded rollout at `now`.
 pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
     let view = l.view();
@@ -227,28 +269,22 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
         let mut counts = Counts::default();
         let mut tally = controller::WaveTally::default();
         for s in &by_wave[i] {
-            let f = facts(s);
-            let (state, detail) = match rec.opened_at {
-                Some(opened) => {
-                    let st = controller::site_status(gate, opened, &f, now);
+            let (state, status) = member_state(gate, rec.opened_at, s, now);
+            let detail = match status {
+                Some(st) => {
                     tally.add(&st);
-                    (state_name(st.state), st.detail)
-                }
-                None if f.skipped => {
-                    tally.skipped += 1;
-                    tally.total += 1;
-                    ("skipped", "skipped by an operator".to_string())
+                    st.detail
                 }
                 None => {
-                    tally.pending += 1;
                     tally.total += 1;
-                    ("pending", "wave not open yet".to_string())
+                    if s.skipped {
+                        tally.skipped += 1;
+                        "skipped by an operator".to_string()
+                    } else {
+                        tally.pending += 1;
+                        "wave not open yet".to_string()
+                    }
                 }
-            };
-            let state = if s.rollback_sequence.is_some() {
-                "rolled_back"
-            } else {
-                state
             };
             counts.add(state);
             if matches!(state, "failed" | "silent" | "rolled_back") {

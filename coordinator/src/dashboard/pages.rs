@@ -6,7 +6,7 @@
 //! Handlers never build HTML by hand except the bars and grid cells, whose every value is
 //! escaped here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -623,6 +623,15 @@ pub struct SitesQuery {
     version: String,
     #[serde(default)]
     page: Option<u64>,
+    /// The grid's colours: `health` (the default), `version` or `rollout`.
+    #[serde(default)]
+    colour: String,
+    /// Colouring by version: the release stream.
+    #[serde(default)]
+    stream: String,
+    /// Colouring by rollout state: the rollout.
+    #[serde(default)]
+    rollout: String,
 }
 
 impl SitesQuery {
@@ -837,10 +846,33 @@ struct GridPage {
     total: usize,
     legend: Vec<(String, String, usize)>,
     list: String,
+    /// `health`, `version` or `rollout`.
+    colour: &'static str,
+    /// What the colours show, in words.
+    coloured_by: String,
+    streams: Vec<String>,
+    stream: String,
+    /// (id, "id (status)") of every rollout, newest first.
+    rollouts: Vec<(String, String)>,
+    rollout: String,
 }
 
-/// `GET /ui/sites/grid`: every matching site as one coloured cell (gzip-compressed when
-/// the browser accepts it: the page is large with a large fleet).
+/// How the grid colours its cells.
+enum GridColour {
+    Health,
+    /// One colour per version of this stream.
+    Version(String),
+    /// Each member's state in this rollout.
+    Rollout(String, HashMap<String, &'static str>),
+}
+
+/// Version colours: the most common versions get one each, the rest share one.
+const VERSION_COLOURS: usize = 8;
+
+/// `GET /ui/sites/grid`: every matching site as one coloured cell, coloured by health, by
+/// version of a stream, or by state in a rollout (`colour=health|version|rollout`, with
+/// `stream=` or `rollout=`; a plain form, so it works with scripts blocked). Sent
+/// gzip-compressed when the browser accepts it: the page is large with a large fleet.
 pub async fn grid(
     State(dash): State<DashState>,
     who: SignedIn,
@@ -848,9 +880,71 @@ pub async fn grid(
     Query(f): Query<SitesQuery>,
 ) -> PageResult {
     let q = f.to_query()?;
-    let cells = dash.read.run(move |r, c| r.grid(c, &q, None)).await?;
-    let (html_cells, legend) = render_grid(&cells, Timestamp::now());
+    let now = Timestamp::now();
+    let streams: Vec<String> = {
+        let pairs = dash.read.run(|r, c| r.version_pairs(c)).await?;
+        let mut s: Vec<String> = pairs.into_iter().map(|(s, _)| s).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let mut rollouts = dash.app.db.run(|s| s.list_rollouts()).await?;
+    rollouts.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    let colour = match f.colour.as_str() {
+        "" | "health" => GridColour::Health,
+        "version" => {
+            let stream = Some(f.stream.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .or_else(|| streams.first().cloned())
+                .unwrap_or_default();
+            GridColour::Version(stream)
+        }
+        "rollout" => {
+            let id = Some(f.rollout.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .or_else(|| {
+                    rollouts
+                        .iter()
+                        .find(|r| r.status.is_active())
+                        .or(rollouts.first())
+                        .map(|r| r.id.clone())
+                })
+                .ok_or_else(|| ApiError::not_found("there is no rollout to colour the grid by"))?;
+            let loaded = dash.app.load_rollout(&id).await?;
+            GridColour::Rollout(id, model::member_states(&loaded, now))
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "colour {other:?} must be health, version or rollout"
+            ))
+            .into());
+        }
+    };
+    let stream = match &colour {
+        GridColour::Version(s) => Some(s.clone()),
+        _ => None,
+    };
+    let cells = dash
+        .read
+        .run(move |r, c| r.grid(c, &q, stream.as_deref()))
+        .await?;
+    let (html_cells, legend) = render_grid(&cells, &colour, now);
     let link = f.link();
+    let (colour_name, coloured_by, stream, rollout) = match &colour {
+        GridColour::Health => ("health", "health".to_string(), String::new(), String::new()),
+        GridColour::Version(s) => (
+            "version",
+            format!("version of {s}"),
+            s.clone(),
+            String::new(),
+        ),
+        GridColour::Rollout(id, _) => (
+            "rollout",
+            format!("state in rollout {id}"),
+            String::new(),
+            id.clone(),
+        ),
+    };
     let body = GridPage {
         nav: nav(&who, "sites"),
         total: cells.len(),
@@ -861,6 +955,15 @@ pub async fn grid(
         } else {
             format!("/ui/sites?{link}")
         },
+        colour: colour_name,
+        coloured_by,
+        streams,
+        stream,
+        rollouts: rollouts
+            .iter()
+            .map(|r| (r.id.clone(), format!("{} ({})", r.id, r.status.as_str())))
+            .collect(),
+        rollout,
         f,
     }
     .render()?;
@@ -899,40 +1002,106 @@ fn maybe_gzip(headers: &HeaderMap, body: String) -> Response {
     }
 }
 
-/// The grid's cells (one `<a>` per site) and the legend with counts.
-pub fn render_grid(
+/// The health colours: (class, legend label).
+const HEALTH_KINDS: [(&str, &str); 6] = [
+    ("k-ok", "healthy"),
+    ("k-bad", "unhealthy"),
+    ("k-def", "deferred"),
+    ("k-unk", "health unknown"),
+    ("k-stale", "not seen recently"),
+    ("k-off", "decommissioned"),
+];
+
+/// The grid's cells (one `<a>` per site) and the legend: (class, label, count), in the
+/// legend's order.
+fn render_grid(
     cells: &[super::read::GridCell],
+    colour: &GridColour,
     now: Timestamp,
 ) -> (String, Vec<(String, String, usize)>) {
-    const KINDS: [(&str, &str); 6] = [
-        ("k-ok", "healthy"),
-        ("k-bad", "unhealthy"),
-        ("k-def", "deferred"),
-        ("k-unk", "health unknown"),
-        ("k-stale", "not seen recently"),
-        ("k-off", "decommissioned"),
-    ];
-    let mut counts = [0usize; 6];
-    let mut out = String::with_capacity(cells.len() * 48);
-    for c in cells {
-        let class = cell_class(
-            &c.state,
-            c.healthy,
-            c.last_seen_ms,
-            c.deferred_until_ms,
-            now,
-        );
-        if let Some(i) = KINDS.iter().position(|(k, _)| *k == class) {
-            counts[i] += 1;
+    // The legend's entries, and for each cell the index of its entry.
+    let mut legend: Vec<(String, String, usize)> = Vec::new();
+    let mut kind_of: Vec<usize> = Vec::with_capacity(cells.len());
+    match colour {
+        GridColour::Health => {
+            legend.extend(
+                HEALTH_KINDS
+                    .iter()
+                    .map(|(k, l)| (k.to_string(), l.to_string(), 0)),
+            );
+            for c in cells {
+                let class = cell_class(
+                    &c.state,
+                    c.healthy,
+                    c.last_seen_ms,
+                    c.deferred_until_ms,
+                    now,
+                );
+                kind_of.push(
+                    HEALTH_KINDS
+                        .iter()
+                        .position(|(k, _)| *k == class)
+                        .unwrap_or(3),
+                );
+            }
         }
-        // Relative to /ui/sites/grid; the script adds the id as a tooltip on hover.
-        let _ = write!(out, "<a class={class} href=\"{}\"></a>", esc(&c.id));
+        GridColour::Version(stream) => {
+            let mut by_version: HashMap<&str, usize> = HashMap::new();
+            for c in cells {
+                if let Some(v) = c.version.as_deref() {
+                    *by_version.entry(v).or_default() += 1;
+                }
+            }
+            let mut versions: Vec<(&str, usize)> = by_version.into_iter().collect();
+            versions.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            let shown: HashMap<&str, usize> = versions
+                .iter()
+                .take(VERSION_COLOURS)
+                .enumerate()
+                .map(|(i, (v, _))| (*v, i))
+                .collect();
+            for (i, (v, _)) in versions.iter().take(VERSION_COLOURS).enumerate() {
+                legend.push((format!("v{i}"), v.to_string(), 0));
+            }
+            let other = legend.len();
+            legend.push(("v-other".into(), "other versions".into(), 0));
+            let none = legend.len();
+            legend.push(("v-none".into(), format!("no version of {stream}"), 0));
+            for c in cells {
+                kind_of.push(match c.version.as_deref() {
+                    Some(v) => shown.get(v).copied().unwrap_or(other),
+                    None => none,
+                });
+            }
+        }
+        GridColour::Rollout(_, states) => {
+            legend.extend(
+                model::SEGMENTS
+                    .iter()
+                    .map(|(s, l)| (format!("r-{s}"), l.to_string(), 0)),
+            );
+            let none = legend.len();
+            legend.push(("r-none".into(), "not in the rollout".into(), 0));
+            for c in cells {
+                kind_of.push(
+                    states
+                        .get(&c.id)
+                        .and_then(|s| model::SEGMENTS.iter().position(|(k, _)| k == s))
+                        .unwrap_or(none),
+                );
+            }
+        }
     }
-    let legend = KINDS
-        .iter()
-        .zip(counts)
-        .map(|((k, l), n)| (k.to_string(), l.to_string(), n))
-        .collect();
+    let mut out = String::with_capacity(cells.len() * 48);
+    for (c, &k) in cells.iter().zip(&kind_of) {
+        legend[k].2 += 1;
+        // Relative to /ui/sites/grid; the script adds the id as a tooltip on hover.
+        let _ = write!(out, "<a class={} href=\"{}\"></a>", legend[k].0, esc(&c.id));
+    }
+    // Versions that no cell shows, and the catch-alls when empty, stay out of the legend.
+    if matches!(colour, GridColour::Version(_)) {
+        legend.retain(|(_, _, n)| *n > 0);
+    }
     (out, legend)
 }
 

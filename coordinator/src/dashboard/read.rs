@@ -164,19 +164,27 @@ impl Cond {
         }
     }
 
-    /// How many sites the condition selects (an index range count), for choosing the
-    /// condition that drives a query; `None` when only running the query would tell.
-    fn size(&self, c: &Connection) -> Result<Option<u64>, ReadError> {
+    /// How many sites the condition selects, counted up to `cap` (an index range), for
+    /// choosing the condition that drives a query; `None` when only running the query
+    /// would tell.
+    fn size(&self, c: &Connection, cap: u64) -> Result<Option<u64>, ReadError> {
+        let cap = cap.min(i64::MAX as u64) as i64;
         let n: i64 = match self {
             Cond::Label(k, v) => c
-                .prepare_cached("SELECT COUNT(*) FROM site_labels WHERE key = ?1 AND value = ?2")?
-                .query_row([k, v], |r| r.get(0))?,
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM site_labels WHERE key = ?1 AND value = ?2 LIMIT ?3)",
+                )?
+                .query_row(rusqlite::params![k, v, cap], |r| r.get(0))?,
             Cond::Version(v) => c
-                .prepare_cached("SELECT COUNT(*) FROM site_versions WHERE version = ?1")?
-                .query_row([v], |r| r.get(0))?,
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM site_versions WHERE version = ?1 LIMIT ?2)",
+                )?
+                .query_row(rusqlite::params![v, cap], |r| r.get(0))?,
             Cond::State(s) => c
-                .prepare_cached("SELECT COUNT(*) FROM sites WHERE state = ?1")?
-                .query_row([s], |r| r.get(0))?,
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM sites WHERE state = ?1 LIMIT ?2)",
+                )?
+                .query_row(rusqlite::params![s, cap], |r| r.get(0))?,
             Cond::Search(_) => return Ok(None),
         };
         Ok(Some(n as u64))
@@ -262,7 +270,9 @@ fn plan(c: &Connection, q: &SiteQuery) -> Result<Planned, ReadError> {
     } else {
         let mut best: Option<(usize, u64)> = None;
         for (i, cond) in conds.iter().enumerate() {
-            if let Some(n) = cond.size(c)?
+            // Counting stops at the smallest size so far: a larger set need not be counted.
+            let cap = best.map_or(u64::MAX, |(_, m)| m);
+            if let Some(n) = cond.size(c, cap)?
                 && best.is_none_or(|(_, m)| n < m)
             {
                 best = Some((i, n));
@@ -349,7 +359,9 @@ fn search_set(c: &Connection, pattern: &str, out: &mut Sql) -> Result<(), ReadEr
 fn grid_sql(p: &Planned, version: &str) -> String {
     let cols = format!("s.id, s.state, s.healthy, s.last_seen, s.deferred_until, {version}");
     if p.all {
-        format!("SELECT {cols} FROM sites AS s ORDER BY s.id")
+        // In table order, sorted by id afterwards: one sequential pass over the table
+        // instead of a seek per site through the id index.
+        format!("SELECT {cols} FROM sites AS s")
     } else {
         format!(
             "SELECT {cols} FROM {} JOIN sites AS s ON s.id = m.site_id{} ORDER BY m.site_id",
@@ -550,16 +562,32 @@ impl ReadModel {
         limit: u64,
     ) -> Result<(Vec<SiteRow>, u64), ReadError> {
         let p = plan(c, q)?;
-        let total: i64 = c
-            .prepare_cached(&format!("SELECT COUNT(*) FROM {}", p.body.text))?
-            .query_row(rusqlite::params_from_iter(p.body.args.iter()), |r| r.get(0))?;
-        let mut st = c.prepare_cached(&format!(
-            "SELECT m.site_id FROM {} ORDER BY m.site_id LIMIT {limit} OFFSET {offset}",
-            p.body.text
-        ))?;
-        let ids: Vec<String> = st
-            .query_map(rusqlite::params_from_iter(p.body.args.iter()), |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let (ids, total): (Vec<String>, u64) = if p.all {
+            // Every site: the id index counts and pages without reading any row.
+            let total: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM sites")?
+                .query_row([], |r| r.get(0))?;
+            let mut st = c.prepare_cached("SELECT id FROM sites ORDER BY id LIMIT ?1 OFFSET ?2")?;
+            let ids = st
+                .query_map(rusqlite::params![limit as i64, offset as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            (ids, total as u64)
+        } else {
+            // A filter: one pass over the matches gives both the total and the page.
+            let mut st = c.prepare_cached(&format!(
+                "SELECT m.site_id FROM {} ORDER BY m.site_id",
+                p.body.text
+            ))?;
+            let mut rows = st.query(rusqlite::params_from_iter(p.body.args.iter()))?;
+            let (mut ids, mut total) = (Vec::new(), 0u64);
+            while let Some(r) = rows.next()? {
+                if total >= offset && (ids.len() as u64) < limit {
+                    ids.push(r.get(0)?);
+                }
+                total += 1;
+            }
+            (ids, total)
+        };
         let mut st = c.prepare_cached(
             "SELECT id, labels, state, last_seen, installed, healthy, deferred_until \
              FROM sites WHERE id = ?1",
@@ -627,7 +655,11 @@ impl ReadModel {
                 version: r.get(5)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut cells: Vec<GridCell> = rows.collect::<Result<_, _>>()?;
+        if p.all {
+            cells.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(cells)
     }
 
     /// The SQL and SQLite's query plan of a site query's count, page and grid (for
