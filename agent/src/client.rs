@@ -83,6 +83,28 @@ impl ClientError {
         }
     }
 
+    /// The coordinator refused what was sent, not the request as such: `413` (over its
+    /// body or batch limit), or `400` with its own JSON error (a `400` without it comes
+    /// from something in between, and says nothing about the content). Sending the same
+    /// bytes again cannot succeed; sending less (a smaller batch) may.
+    pub fn refuses_content(&self) -> Option<crate::state::outbox::Refused> {
+        match self {
+            ClientError::Status {
+                status,
+                code,
+                message,
+                ..
+            } if *status == 413 || (*status == 400 && code != "http_error") => {
+                Some(crate::state::outbox::Refused {
+                    status: *status,
+                    code: code.clone(),
+                    message: message.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// True for failures of reaching the coordinator at all (worth retrying later).
     pub fn is_unreachable(&self) -> bool {
         match self {
@@ -507,6 +529,44 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
         h.insert(header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn only_413_and_the_coordinators_own_400_refuse_the_content() {
+        let status = |status: u16, code: &str| ClientError::Status {
+            path: paths::REPORTS,
+            status,
+            code: code.into(),
+            message: "m".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            status(413, "payload_too_large")
+                .refuses_content()
+                .map(|r| r.status),
+            Some(413)
+        );
+        assert_eq!(
+            status(400, "bad_request").refuses_content().map(|r| r.code),
+            Some("bad_request".to_string())
+        );
+        // A 400 without the coordinator's JSON error came from something in between.
+        assert!(status(400, "http_error").refuses_content().is_none());
+        for (s, code) in [
+            (401, "session_expired"),
+            (403, "forbidden"),
+            (408, "timeout"),
+            (415, "unsupported_media_type"),
+            (429, "too_many_requests"),
+            (503, "overloaded"),
+        ] {
+            assert!(status(s, code).refuses_content().is_none(), "{s}");
+        }
+        let unreachable = ClientError::Transport {
+            url: "https://x".into(),
+            message: "connection refused".into(),
+        };
+        assert!(unreachable.refuses_content().is_none());
     }
 
     #[test]

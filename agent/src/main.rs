@@ -426,6 +426,9 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
     let counts = ctx.store.outbox_counts()?;
     let queued: u64 = counts.iter().map(|(_, n)| n).sum();
     let deferral = ctx.store.deferral()?.filter(|d| d.until > Timestamp::now());
+    let dead_counts = ctx.store.dead_letter_counts()?;
+    let dead_total: u64 = dead_counts.iter().map(|(_, n)| n).sum();
+    let dead_recent = ctx.store.dead_letters(10)?;
     let value = json!({
         "site_id": ctx.site_id,
         "agent_version": AGENT_VERSION,
@@ -437,6 +440,11 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
         "deferral": deferral,
         "health": health,
         "queued_reports": {"total": queued, "by_kind": counts.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
+        "dead_letters": {
+            "total": dead_total,
+            "by_kind": dead_counts.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "recent": dead_recent,
+        },
     });
     if json_out {
         println!(
@@ -546,6 +554,22 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
             format!(": {}", kinds.join(", "))
         }
     );
+    if dead_total > 0 {
+        let kinds: Vec<String> = dead_counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!(
+            "dead letters  {dead_total} report(s) the coordinator refused, kept in agent.db: {}",
+            kinds.join(", ")
+        );
+        for d in &dead_recent {
+            println!(
+                "              {} {} at {}: {} {}: {}",
+                d.kind, d.id, d.refused_at, d.refused.status, d.refused.code, d.refused.message
+            );
+        }
+    }
     Ok(0)
 }
 

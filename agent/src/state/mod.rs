@@ -1,7 +1,8 @@
 //! The agent's durable state: one SQLite file (`agent.db`) in the state directory.
 //!
 //! It holds the trust state, the verified assignment being worked on, the current and
-//! previous release per stream, the install [`journal`], the report [`outbox`], the local
+//! previous release per stream, the install [`journal`], the report [`outbox`] and its
+//! dead letters (reports the coordinator refused, kept for the operator), the local
 //! deferral and a few facts (site id, last contact). The database runs in WAL mode with
 //! `synchronous=FULL` for every table, so a write that returned survives a power cut;
 //! schema changes go through versioned migrations. This module must never decide anything:
@@ -110,6 +111,23 @@ CREATE TABLE deferral (
         r#"
 ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
 UPDATE outbox SET sent = 1;
+"#,
+    ),
+    // Reports the coordinator refused for their content (a poison event): kept, never
+    // deleted, shown by `fleetwave-agent status`. See `outbox`.
+    M::up(
+        r#"
+CREATE TABLE dead_letter (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    code       TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    refused_at TEXT NOT NULL
+);
+CREATE INDEX dead_letter_kind ON dead_letter (kind);
 "#,
     ),
 ];

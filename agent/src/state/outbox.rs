@@ -14,18 +14,51 @@
 //! and merging it into a new summary (with a new id) would make the coordinator count its
 //! samples twice. A sent event stays as it is until it is acknowledged.
 //!
-//! This module must never drop a non-health event, and never merge an event it handed out.
+//! Dead letters: an event the coordinator refuses for its content (`400` for that event
+//! alone, or `413` because it alone is over the coordinator's body limit) can never be
+//! delivered as it is. [`Store::outbox_dead_letter`] moves it, unchanged, to the
+//! `dead_letter` table with the coordinator's status, error code and message, so that it
+//! no longer holds back the events queued after it. So does a queued row that this agent
+//! cannot read back (written by a newer agent before a self-update was rolled back).
+//! Dead letters are never deleted by the agent and are shown by `fleetwave-agent status`.
+//!
+//! This module must never drop a non-health event, never merge an event it handed out,
+//! and never delete a dead letter.
 
 use fleetwave_shared::protocol::{Event, EventBody, HealthSummary};
 use jiff::Timestamp;
-use rusqlite::params;
+use rusqlite::{OptionalExtension as _, params};
+use serde::Serialize;
 
 use super::{StateError, Store, random_id};
 
 /// Most failing-check names a compacted health summary keeps.
 pub const MAX_FAILING_KEPT: usize = 32;
 
-fn kind(body: &EventBody) -> &'static str {
+/// Why the coordinator refused an event (what a dead letter records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// The HTTP status (`0`: the agent could not read the queued row back).
+    pub status: u16,
+    /// The coordinator's error code (`bad_request`, `payload_too_large`, ...).
+    pub code: String,
+    pub message: String,
+}
+
+/// An event the coordinator refused, kept for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub kind: String,
+    /// The event as it was queued (JSON), or the raw row when it does not parse.
+    pub event: serde_json::Value,
+    #[serde(flatten)]
+    pub refused: Refused,
+    pub refused_at: Timestamp,
+}
+
+/// The kind of an event, as stored and counted (`phase`, `health`, ...).
+pub fn kind(body: &EventBody) -> &'static str {
     match body {
         EventBody::Phase { .. } => "phase",
         EventBody::Health { .. } => "health",
@@ -162,8 +195,93 @@ impl Store {
                 [last],
             )?;
         }
+        let mut events = Vec::with_capacity(rows.len());
+        for (seq, text) in &rows {
+            match parse_event(text) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    // A row this agent cannot read would block every event behind it.
+                    let refused = Refused {
+                        status: 0,
+                        code: "unreadable".into(),
+                        message: e.to_string(),
+                    };
+                    tracing::warn!(
+                        seq,
+                        "a queued report cannot be read ({e}); moved to the dead letters \
+                         (see `fleetwave-agent status`)"
+                    );
+                    move_to_dead_letter(&tx, "seq", &seq.to_string(), &refused, Timestamp::now())?;
+                }
+            }
+        }
         tx.commit()?;
-        rows.iter().map(|(_, t)| parse_event(t)).collect()
+        Ok(events)
+    }
+
+    /// Moves a queued event the coordinator refused to the dead letters (unchanged, with
+    /// why). Returns false if it was no longer queued (acknowledged or moved meanwhile).
+    pub fn outbox_dead_letter(
+        &self,
+        id: &str,
+        refused: &Refused,
+        at: Timestamp,
+    ) -> Result<bool, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let moved = move_to_dead_letter(&tx, "id", id, refused, at)?;
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// The most recent `limit` dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, event, status, code, message, refused_at FROM dead_letter
+             ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, kind, event, status, code, message, at)| {
+                Ok(DeadLetter {
+                    id,
+                    kind,
+                    event: serde_json::from_str(&event).unwrap_or(serde_json::Value::String(event)),
+                    refused: Refused {
+                        status: u16::try_from(status).unwrap_or(0),
+                        code,
+                        message,
+                    },
+                    refused_at: super::ts(at, "dead letter refused_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Dead letters, per kind.
+    pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT kind, COUNT(*) FROM dead_letter GROUP BY kind ORDER BY kind")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// The oldest `limit` queued events, without handing them out (for inspection).
@@ -206,6 +324,41 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
         Ok(n as u64)
     }
+}
+
+/// Moves the outbox row whose `column` (`id` or `seq`) is `value` to the dead letters.
+fn move_to_dead_letter(
+    tx: &rusqlite::Transaction<'_>,
+    column: &str,
+    value: &str,
+    refused: &Refused,
+    at: Timestamp,
+) -> Result<bool, StateError> {
+    let sql = match column {
+        "seq" => "SELECT id, kind, event FROM outbox WHERE seq = CAST(?1 AS INTEGER)",
+        _ => "SELECT id, kind, event FROM outbox WHERE id = ?1",
+    };
+    let row: Option<(String, String, String)> = tx
+        .query_row(sql, [value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((id, kind, event)) = row else {
+        return Ok(false);
+    };
+    tx.execute(
+        "INSERT OR IGNORE INTO dead_letter (id, kind, event, status, code, message, refused_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            kind,
+            event,
+            refused.status,
+            refused.code,
+            refused.message,
+            at.to_string()
+        ],
+    )?;
+    tx.execute("DELETE FROM outbox WHERE id = ?1", [&id])?;
+    Ok(true)
 }
 
 fn parse_event(text: &str) -> Result<Event, StateError> {
@@ -413,6 +566,53 @@ mod tests {
         let rest = store.outbox_batch(1000).unwrap();
         assert_eq!(samples_of(&in_flight) + samples_of(&rest), 16);
         assert!(rest.iter().all(|e| !in_flight_ids.contains(&e.id)));
+    }
+
+    #[test]
+    fn refused_and_unreadable_events_become_dead_letters_and_stop_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store
+            .outbox_push(phase(Phase::Accepted), at(0), 100)
+            .unwrap();
+        let b = store.outbox_push(phase(Phase::Leased), at(1), 100).unwrap();
+        // A row this agent cannot read (an event kind from a newer agent).
+        store
+            .conn()
+            .execute(
+                "INSERT INTO outbox (id, kind, event) VALUES ('future', 'telemetry', '{\"id\":\"future\",\"kind\":\"telemetry\"}')",
+                [],
+            )
+            .unwrap();
+        let c = store
+            .outbox_push(phase(Phase::Downloading), at(2), 100)
+            .unwrap();
+        let refused = Refused {
+            status: 400,
+            code: "bad_request".into(),
+            message: "events[0].id must be 1 to 64 printable ASCII characters".into(),
+        };
+        assert!(store.outbox_dead_letter(&b, &refused, at(3)).unwrap());
+        assert!(!store.outbox_dead_letter(&b, &refused, at(3)).unwrap());
+        // The unreadable row is moved aside when handed out; the rest comes in order.
+        let batch: Vec<String> = store
+            .outbox_batch(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(batch, vec![a, c]);
+        let dead = store.dead_letters(10).unwrap();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].id, "future");
+        assert_eq!(dead[0].refused.code, "unreadable");
+        assert_eq!(dead[1].id, b);
+        assert_eq!(dead[1].refused, refused);
+        assert_eq!(dead[1].event["phase"], "leased", "kept unchanged");
+        assert_eq!(
+            store.dead_letter_counts().unwrap(),
+            vec![("phase".to_string(), 1), ("telemetry".to_string(), 1)]
+        );
     }
 
     #[test]
