@@ -414,3 +414,91 @@ async fn relabel_installed_reports_and_decommission_move_sites_between_filters()
     assert!(page.contains("data-live=\"fleet.decommissioned\">1<"));
     h.stop().await;
 }
+
+/// Decommission and re-enable from a site's page: a confirmation step, the CSRF token and
+/// the role are checked, and the change goes through the operator API's own handler (the
+/// store, the agent's sessions, the audit log).
+#[tokio::test]
+async fn site_decommission_and_reenable_with_confirmation_csrf_and_role() {
+    let h = Harness::new().await;
+    let victor = h.token("victor", "viewer").await;
+    let _agent = Agent::enroll(&h, "site-000", json!({"region": "eu"})).await;
+    async fn state(h: &Harness) -> String {
+        let (s, v) = h.get("/v1/sites/site-000", &h.admin).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    // A viewer sees no control and is refused the confirmation and the action.
+    let mut viewer = WebClient::new(&h);
+    let viewer_csrf = viewer.login(&victor).await;
+    let (s, _, page) = viewer.get("/ui/sites/site-000").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!page.contains("control-decommission"));
+    let (s, _, _) = viewer.get("/ui/sites/site-000/confirm/decommission").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = viewer
+        .post(
+            "/ui/sites/site-000/actions/decommission",
+            &[("csrf", &viewer_csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(state(&h).await, "active");
+
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (_, _, page) = web.get("/ui/sites/site-000").await;
+    assert!(page.contains("href=\"/ui/sites/site-000/confirm/decommission\""));
+    let (s, _, page) = web.get("/ui/sites/site-000/confirm/decommission").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("Decommission site site-000?"), "{page}");
+    assert!(page.contains("action=\"/ui/sites/site-000/actions/decommission\""));
+    let csrf = hidden(&page, "csrf");
+    // Without the session's CSRF token, nothing changes.
+    let (s, _, _) = web
+        .post("/ui/sites/site-000/actions/decommission", &[])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = web
+        .post(
+            "/ui/sites/site-000/actions/decommission",
+            &[("csrf", &viewer_csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another session's token");
+    assert_eq!(state(&h).await, "active");
+    let (s, headers, _) = web
+        .post(
+            "/ui/sites/site-000/actions/decommission",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/sites/site-000");
+    assert_eq!(state(&h).await, "decommissioned");
+    let (_, _, page) = web.get("/ui/sites/site-000").await;
+    assert!(page.contains("href=\"/ui/sites/site-000/confirm/reenable\""));
+    let (_, _, page) = web.get("/ui/sites?state=decommissioned").await;
+    assert!(page.contains("href=\"/ui/sites/site-000\""));
+    let (s, v) = h.get("/v1/audit", &h.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.to_string().contains("site.decommission"), "{v}");
+
+    let (s, _, page) = web.get("/ui/sites/site-000/confirm/reenable").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = web
+        .post(
+            "/ui/sites/site-000/actions/reenable",
+            &[("csrf", &hidden(&page, "csrf"))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(state(&h).await, "active");
+    let (s, v) = h.get("/v1/audit", &h.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.to_string().contains("site.reenable"), "{v}");
+    let (s, _, _) = web.get("/ui/sites/site-000/confirm/explode").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    h.stop().await;
+}

@@ -87,6 +87,11 @@ impl Dash {
         Ok(m)
     }
 
+    /// Forgets the overview's cached model (after a site changed state).
+    pub async fn invalidate_overview(&self) {
+        *self.live.overview.lock().await = None;
+    }
+
     /// Forgets a rollout's cached model (after an action) and the overview's.
     pub async fn invalidate(&self, id: &str) {
         self.live.rollouts.lock().await.remove(id);

@@ -210,6 +210,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/sites", get(pages::sites))
         .route("/ui/sites/grid", get(pages::grid))
         .route("/ui/sites/{id}", get(pages::site))
+        .route("/ui/sites/{id}/confirm/{action}", get(pages::site_confirm))
+        .route("/ui/sites/{id}/actions/{action}", post(pages::site_act))
         .route("/ui/releases", get(pages::releases))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/live/overview", get(live::overview))

@@ -454,8 +454,9 @@ pub struct ConfirmQuery {
 #[template(path = "confirm.html")]
 struct ConfirmPage {
     nav: Nav,
-    id: String,
-    action: String,
+    /// Where the form posts, and where Cancel goes.
+    post_to: String,
+    cancel: String,
     label: String,
     question: String,
     wave: String,
@@ -529,8 +530,8 @@ pub async fn confirm(
     };
     html(ConfirmPage {
         nav: nav(&who, "rollouts"),
-        id: m.id.clone(),
-        action,
+        post_to: format!("/ui/rollouts/{}/actions/{action}", m.id),
+        cancel: format!("/ui/rollouts/{}", m.id),
         label: label.to_string(),
         question,
         wave: q.wave.map(|w| w.to_string()).unwrap_or_default(),
@@ -1207,6 +1208,7 @@ struct SitePage {
     rollout: String,
     events: Vec<EventRow>,
     health_history: Vec<EventRow>,
+    can_operate: bool,
 }
 
 /// `GET /ui/sites/{id}`
@@ -1317,8 +1319,84 @@ pub async fn site(
         rollout: rollout.unwrap_or_default(),
         events: rows(&events),
         health_history: rows(&health),
+        can_operate: who.can_operate(),
         id: site.id,
     })
+}
+
+/// `GET /ui/sites/{id}/confirm/{action}`: the confirmation step before decommissioning
+/// or re-enabling a site.
+pub async fn site_confirm(
+    State(dash): State<DashState>,
+    who: SignedIn,
+    Path((id, action)): Path<(String, String)>,
+) -> PageResult {
+    who.op.require(Permission::Operate)?;
+    let i = id.clone();
+    let site = dash
+        .app
+        .db
+        .run(move |s| s.site(&i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no site {id}")))?;
+    let (label, question, danger) = match action.as_str() {
+        "decommission" => (
+            "Decommission the site",
+            format!(
+                "Decommission site {}? The coordinator refuses its agent from now on (no polls, leases or reports) until it is re-enabled; it leaves the fleet's counts. It is {} now.",
+                site.id,
+                site.state.as_str()
+            ),
+            true,
+        ),
+        "reenable" => (
+            "Re-enable the site",
+            format!(
+                "Re-enable site {}? Its agent is served again and it joins the active rollouts its labels select. It is {} now.",
+                site.id,
+                site.state.as_str()
+            ),
+            false,
+        ),
+        other => return Err(ApiError::not_found(format!("no site action {other:?}")).into()),
+    };
+    html(ConfirmPage {
+        nav: nav(&who, "sites"),
+        post_to: format!("/ui/sites/{}/actions/{action}", urlencode(&site.id)),
+        cancel: format!("/ui/sites/{}", urlencode(&site.id)),
+        label: label.to_string(),
+        question,
+        wave: String::new(),
+        site: site.id,
+        takes_reason: false,
+        danger,
+    })
+}
+
+/// `POST /ui/sites/{id}/actions/{action}`: CSRF, role, then the operator API's own handler
+/// (`POST /v1/sites/{id}/decommission` or `/reenable`): the same store change, session
+/// refusal, rollout joining and audit entry.
+pub async fn site_act(
+    State(dash): State<DashState>,
+    who: SignedIn,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    who.check_csrf(&form.csrf)?;
+    who.op.require(Permission::Operate)?;
+    let app = State(dash.app.clone());
+    let path = crate::error::ApiPath(id.clone());
+    match action.as_str() {
+        "decommission" => {
+            let _site = crate::api::operator::decommission_site(app, who.op.clone(), path).await?;
+        }
+        "reenable" => {
+            let _site = crate::api::operator::reenable_site(app, who.op.clone(), path).await?;
+        }
+        other => return Err(ApiError::not_found(format!("no site action {other:?}")).into()),
+    }
+    dash.invalidate_overview().await;
+    Ok(Redirect::to(&format!("/ui/sites/{}", urlencode(&id))).into_response())
 }
 
 // ---------------------------------------------------------------- releases, audit
