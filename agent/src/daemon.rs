@@ -243,6 +243,58 @@ pub fn retry_delay(retry_after: Option<Duration>, backoff_next: Duration, jitter
     }
 }
 
+/// When the download (`prepare`) of an open install may be tried again after a retryable
+/// failure (coordinator unreachable, artifact not there yet): the poll back-off
+/// (`poll.backoff_min_secs` doubling with jitter up to `poll.backoff_max_secs`), kept per
+/// install and forgotten when a download succeeds or another install is open. Polls go on
+/// meanwhile; only the download waits.
+pub struct DownloadPacer {
+    poll: crate::config::PollConfig,
+    /// The journal entry the back-off belongs to, its state and the earliest next try.
+    pending: Option<(i64, backon::ExponentialBackoff, std::time::Instant)>,
+}
+
+impl DownloadPacer {
+    pub fn new(poll: &crate::config::PollConfig) -> DownloadPacer {
+        DownloadPacer {
+            poll: poll.clone(),
+            pending: None,
+        }
+    }
+
+    /// The download of install `entry` failed at `now`: returns the delay before the next
+    /// try (the next back-off step; a new back-off for a different install).
+    pub fn failed(&mut self, entry: i64, now: std::time::Instant) -> Duration {
+        let mut backoff = match self.pending.take() {
+            Some((id, backoff, _)) if id == entry => backoff,
+            _ => new_backoff(&self.poll),
+        };
+        let delay = backoff_delay(&mut backoff, &self.poll, None);
+        self.pending = Some((entry, backoff, now + delay));
+        delay
+    }
+
+    /// How long install `entry` must still wait before its download is tried again, if
+    /// it must. A back-off of another install is forgotten.
+    pub fn wait(&mut self, entry: Option<i64>, now: std::time::Instant) -> Option<Duration> {
+        match &self.pending {
+            Some((id, _, at)) if Some(*id) == entry => {
+                (*at > now).then(|| at.saturating_duration_since(now))
+            }
+            Some(_) => {
+                self.pending = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A download succeeded: the next failure starts from `backoff_min_secs` again.
+    pub fn succeeded(&mut self) {
+        self.pending = None;
+    }
+}
+
 /// Test-only: `FLEETWAVE_TEST_PAUSE_AT=<step>` (debug builds only) makes the daemon stop
 /// right after recording that step as started, so a test can kill it there.
 #[cfg(debug_assertions)]
@@ -283,12 +335,15 @@ pub struct Daemon {
     last_wait: Option<String>,
     /// Detail for the next `committed` phase event (set by recovery).
     note: Option<String>,
+    /// Back-off of a download that failed in a retryable way.
+    downloads: DownloadPacer,
 }
 
 impl Daemon {
     /// `config_path` is passed on to the self-update guard.
     pub fn new(config: Config, config_path: &std::path::Path) -> Result<Daemon, DaemonError> {
         let ctx = Context::open(config)?;
+        let ctx_poll = ctx.config.poll.clone();
         let session = ctx.session()?;
         let health = Arc::new(ctx.health()?);
         Ok(Daemon {
@@ -299,6 +354,7 @@ impl Daemon {
             etag: None,
             last_wait: None,
             note: None,
+            downloads: DownloadPacer::new(&ctx_poll),
         })
     }
 
@@ -652,7 +708,15 @@ impl Daemon {
 
     /// Decides what to do with the stored assignment and does it.
     async fn work(&mut self) -> Result<Next, DaemonError> {
-        if self.ctx.store.journal_open()?.is_some() {
+        let open = self.ctx.store.journal_open()?;
+        if let Some(wait) = self
+            .downloads
+            .wait(open.as_ref().map(|e| e.id), std::time::Instant::now())
+        {
+            // The download failed lately: it waits out its back-off (polls go on).
+            return Ok(Next::RetryIn(wait));
+        }
+        if open.is_some() {
             // A retryable failure left an install open: resume it.
             return self.recover().await;
         }
@@ -865,15 +929,23 @@ impl Daemon {
             };
             if let Err(e) = executor.prepare(&source).await {
                 if e.is_retryable() {
-                    // The journal stays at `prepare`: the next loop resumes it (renewing the
-                    // lease first; see `recover`).
-                    tracing::warn!("prepare failed, will retry: {e}");
-                    return Ok(Next::RetryIn(Duration::from_secs(
-                        self.ctx.config.poll.backoff_min_secs.max(30),
-                    )));
+                    // The journal stays at `prepare`: a later round resumes it (renewing
+                    // the lease first; see `recover`) once the back-off has run.
+                    let wait = self.downloads.failed(entry.id, std::time::Instant::now());
+                    tracing::warn!(
+                        retry_in_secs = wait.as_secs_f64(),
+                        "prepare failed, will retry: {e}"
+                    );
+                    status(&format!(
+                        "download failing, next try in {} s: {e}",
+                        wait.as_secs()
+                    ));
+                    return Ok(Next::RetryIn(wait));
                 }
+                self.downloads.succeeded();
                 return self.fail_unchanged(entry, &e).await;
             }
+            self.downloads.succeeded();
             self.step(entry, Step::Prepare, StepState::Done).await?;
         }
         if matches!(from, Step::Prepare | Step::Install) {
@@ -1627,6 +1699,35 @@ mod tests {
             .collect();
         assert!(delays.iter().all(|d| *d >= secs(1)), "{delays:?}");
         assert!(delays[5] >= secs(32), "{delays:?}");
+    }
+
+    #[test]
+    fn download_retries_back_off_per_install_and_reset_on_success() {
+        let poll = crate::config::PollConfig {
+            backoff_min_secs: 2,
+            backoff_max_secs: 60,
+            ..Default::default()
+        };
+        let secs = Duration::from_secs;
+        let t0 = std::time::Instant::now();
+        let mut pacer = DownloadPacer::new(&poll);
+        assert_eq!(pacer.wait(Some(7), t0), None, "nothing failed yet");
+        let delays: Vec<Duration> = (0..5).map(|_| pacer.failed(7, t0)).collect();
+        assert!(delays[0] >= secs(2) && delays[0] < secs(4), "{delays:?}");
+        assert!(delays[2] >= secs(8), "it grows: {delays:?}");
+        assert!(delays[4] >= secs(32), "{delays:?}");
+        // The install waits until its back-off has run, not after.
+        let last = delays[4];
+        assert_eq!(pacer.wait(Some(7), t0), Some(last));
+        assert_eq!(pacer.wait(Some(7), t0 + last), None);
+        // A different install starts from the minimum; so does a retry after a success.
+        assert!(pacer.failed(8, t0) < secs(4));
+        pacer.succeeded();
+        assert_eq!(pacer.wait(Some(8), t0), None);
+        assert!(pacer.failed(8, t0) < secs(4));
+        // Another open install (or none) forgets the old back-off.
+        assert_eq!(pacer.wait(None, t0), None);
+        assert_eq!(pacer.wait(Some(8), t0), None);
     }
 
     #[test]
