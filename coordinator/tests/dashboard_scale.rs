@@ -277,6 +277,26 @@ async fn dashboard_pages_with_100k_sites() {
             "/ui/sites/grid?label=region%3Deu".to_string(),
             true,
         ),
+        (
+            "grid by version of pos, gzip",
+            "/ui/sites/grid?colour=version&stream=pos".to_string(),
+            true,
+        ),
+        (
+            "grid by rollout state, gzip",
+            "/ui/sites/grid?colour=rollout".to_string(),
+            true,
+        ),
+        (
+            "sites list, decommissioned",
+            "/ui/sites?state=decommissioned".to_string(),
+            false,
+        ),
+        (
+            "sites list, search and state",
+            "/ui/sites?q=city-49&state=active".to_string(),
+            false,
+        ),
     ];
     println!(
         "{:<36} {:>10} {:>12} {:>12}",

@@ -356,8 +356,8 @@ fn search_set(c: &Connection, pattern: &str, out: &mut Sql) -> Result<(), ReadEr
     Ok(())
 }
 
-fn grid_sql(p: &Planned, version: &str) -> String {
-    let cols = format!("s.id, s.state, s.healthy, s.last_seen, s.deferred_until, {version}");
+fn grid_sql(p: &Planned) -> String {
+    let cols = "s.id, s.state, s.healthy, s.last_seen, s.deferred_until";
     if p.all {
         // In table order, sorted by id afterwards: one sequential pass over the table
         // instead of a seek per site through the id index.
@@ -622,7 +622,7 @@ impl ReadModel {
                 deferred_until: ts(deferred),
             });
         }
-        Ok((out, total as u64))
+        Ok((out, total))
     }
 
     /// Every matching site as one grid cell, ordered by id. `stream`: also read each
@@ -634,30 +634,42 @@ impl ReadModel {
         stream: Option<&str>,
     ) -> Result<Vec<GridCell>, ReadError> {
         let p = plan(c, q)?;
-        let mut args = Vec::new();
-        let version = match stream {
-            Some(s) => {
-                args.push(s.to_string());
-                "(SELECT version FROM site_versions WHERE site_id = s.id AND stream = ?)"
-            }
-            None => "NULL",
-        };
-        args.extend(p.body.args.iter().cloned());
-        let sql = grid_sql(&p, version);
+        let sql = grid_sql(&p);
         let mut st = c.prepare_cached(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+        let rows = st.query_map(rusqlite::params_from_iter(p.body.args.iter()), |r| {
             Ok(GridCell {
                 id: r.get(0)?,
                 state: r.get(1)?,
                 healthy: r.get::<_, Option<i64>>(2)?.map(|h| h != 0),
                 last_seen_ms: r.get(3)?,
                 deferred_until_ms: r.get(4)?,
-                version: r.get(5)?,
+                version: None,
             })
         })?;
         let mut cells: Vec<GridCell> = rows.collect::<Result<_, _>>()?;
         if p.all {
             cells.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
+        if let Some(stream) = stream {
+            // Merged in site order with one pass over site_versions' primary key (site
+            // order too), rather than one lookup per cell.
+            let mut st = c.prepare_cached(
+                "SELECT site_id, version FROM site_versions WHERE stream = ?1 ORDER BY site_id",
+            )?;
+            let mut rows = st.query([stream])?;
+            let mut i = 0;
+            while let Some(r) = rows.next()? {
+                let site: String = r.get(0)?;
+                while i < cells.len() && cells[i].id < site {
+                    i += 1;
+                }
+                if i == cells.len() {
+                    break;
+                }
+                if cells[i].id == site {
+                    cells[i].version = Some(r.get(1)?);
+                }
+            }
         }
         Ok(cells)
     }
@@ -677,7 +689,7 @@ impl ReadModel {
                 "SELECT m.site_id FROM {} ORDER BY m.site_id LIMIT 50 OFFSET 0",
                 p.body.text
             ),
-            grid_sql(&p, "NULL"),
+            grid_sql(&p),
         ] {
             let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
             let lines = st
