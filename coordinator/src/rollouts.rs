@@ -896,11 +896,19 @@ impl App {
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("no site {site_id}")))?
         };
-        let leases = {
+        let site_wave = me.map(|m| m.0);
+        // Active leases only count against a wave's or compartment's limit: without one,
+        // reading them (thousands while a large wave installs) for every lease would make
+        // granting a wave's leases quadratic.
+        let limited = site_wave
+            .and_then(|w| head.plan.wave(w))
+            .is_some_and(|w| w.max_concurrent.is_some() || w.compartment.is_some());
+        let leases = if limited {
             let rid = req.rollout_id.clone();
             self.db.run(move |s| s.active_leases(&rid, now)).await?
+        } else {
+            Vec::new()
         };
-        let site_wave = me.map(|m| m.0);
         let holds_lease = leases.iter().any(|x| x.site_id == site_id);
         let wave_active = leases
             .iter()
