@@ -72,16 +72,24 @@ impl Dash {
             return Ok(m.clone());
         }
         let now = Timestamp::now();
+        // The fleet's counts (SQL on the blocking pool) and the active rollouts' models
+        // are independent: computed side by side.
         let counts = self
             .read
-            .run(move |r, c| r.fleet_counts(c, now, now - STALE_AFTER))
-            .await?;
-        let all = self.app.db.run(|s| s.list_rollouts()).await?;
-        let mut rollouts = Vec::new();
-        for r in all.iter().filter(|r| r.status.is_active()) {
-            let loaded = self.app.load_rollout(&r.id).await?;
-            rollouts.push(model::rollout_model(&loaded, now));
-        }
+            .run(move |r, c| r.fleet_counts(c, now, now - STALE_AFTER));
+        let rollouts = async {
+            let all = self.app.db.run(|s| s.list_rollouts()).await?;
+            let mut rollouts = Vec::new();
+            for r in all.iter().filter(|r| r.status.is_active()) {
+                // Shared with the rollout's own page: computed once a second for both.
+                rollouts.push(RolloutModel::clone(
+                    &*self.rollout_model(&r.id, false).await?,
+                ));
+            }
+            Ok::<_, DashboardError>(rollouts)
+        };
+        let (counts, rollouts) = tokio::join!(counts, rollouts);
+        let (counts, rollouts) = (counts?, rollouts?);
         let m = Arc::new(OverviewModel { counts, rollouts });
         *cache = Some((Instant::now(), m.clone()));
         Ok(m)

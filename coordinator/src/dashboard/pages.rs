@@ -891,17 +891,10 @@ pub async fn grid(
     };
     let mut rollouts = dash.app.db.run(|s| s.list_rollouts()).await?;
     rollouts.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-    let colour = match f.colour.as_str() {
-        "" | "health" => GridColour::Health,
-        "version" => {
-            let stream = Some(f.stream.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .or_else(|| streams.first().cloned())
-                .unwrap_or_default();
-            GridColour::Version(stream)
-        }
-        "rollout" => {
-            let id = Some(f.rollout.trim().to_string())
+    // The rollout (for colouring by its state) loads while the grid's query runs.
+    let rollout_id = match f.colour.as_str() {
+        "rollout" => Some(
+            Some(f.rollout.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .or_else(|| {
                     rollouts
@@ -910,10 +903,9 @@ pub async fn grid(
                         .or(rollouts.first())
                         .map(|r| r.id.clone())
                 })
-                .ok_or_else(|| ApiError::not_found("there is no rollout to colour the grid by"))?;
-            let loaded = dash.app.load_rollout(&id).await?;
-            GridColour::Rollout(id, model::member_states(&loaded, now))
-        }
+                .ok_or_else(|| ApiError::not_found("there is no rollout to colour the grid by"))?,
+        ),
+        "" | "health" | "version" => None,
         other => {
             return Err(ApiError::bad_request(format!(
                 "colour {other:?} must be health, version or rollout"
@@ -921,14 +913,27 @@ pub async fn grid(
             .into());
         }
     };
-    let stream = match &colour {
-        GridColour::Version(s) => Some(s.clone()),
-        _ => None,
+    let stream = (f.colour == "version").then(|| {
+        Some(f.stream.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| streams.first().cloned())
+            .unwrap_or_default()
+    });
+    let s = stream.clone();
+    let cells = dash.read.run(move |r, c| r.grid(c, &q, s.as_deref()));
+    let loaded = async {
+        match &rollout_id {
+            Some(id) => Ok::<_, ApiError>(Some(dash.app.load_rollout(id).await?)),
+            None => Ok(None),
+        }
     };
-    let cells = dash
-        .read
-        .run(move |r, c| r.grid(c, &q, stream.as_deref()))
-        .await?;
+    let (cells, loaded) = tokio::join!(cells, loaded);
+    let (cells, loaded) = (cells?, loaded?);
+    let colour = match (stream, rollout_id, loaded) {
+        (Some(stream), _, _) => GridColour::Version(stream),
+        (None, Some(id), Some(l)) => GridColour::Rollout(id, model::member_states(&l, now)),
+        _ => GridColour::Health,
+    };
     let (html_cells, legend) = render_grid(&cells, &colour, now);
     let link = f.link();
     let (colour_name, coloured_by, stream, rollout) = match &colour {
