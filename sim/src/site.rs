@@ -344,11 +344,15 @@ impl Site {
         })
     }
 
-    /// A new event with a per-site unique id.
+    /// A new event with an id unique per site and per run (a later run over the same
+    /// `--dir` must not resend ids the coordinator already holds: it would take them for
+    /// duplicates and apply nothing).
     pub fn event(&mut self, body: EventBody) -> Event {
+        static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let run = RUN.get_or_init(|| format!("{:x}", Timestamp::now().as_millisecond()));
         self.next_event += 1;
         Event {
-            id: format!("{}-{}", self.id, self.next_event),
+            id: format!("{}-{run}-{}", self.id, self.next_event),
             at: Timestamp::now(),
             body,
         }
