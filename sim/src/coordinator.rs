@@ -112,10 +112,11 @@ pub fn client(
         .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(if fresh_connections { 0 } else { usize::MAX })
-        // The coordinator's header read timeout (10 s) also closes idle keep-alive
-        // connections: stay below it, so that a reused connection is never one the server
-        // is closing at that moment.
-        .pool_idle_timeout(Duration::from_secs(8))
+        // The coordinator closes keep-alive connections idle for `limits.keepalive_idle_secs`
+        // (90 s by default): stay below it, so that a reused connection is never one the
+        // server is closing at that moment. Above the 60 s poll interval plus jitter, so a
+        // site polling every minute keeps its TLS connection, as an agent does.
+        .pool_idle_timeout(Duration::from_secs(80))
         .timeout(timeout)
         .build()?)
 }

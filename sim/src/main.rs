@@ -52,8 +52,8 @@ struct Common {
     #[arg(long)]
     max_concurrent_requests: Option<usize>,
     /// Open a new TCP + TLS connection for every request instead of sharing a keep-alive
-    /// pool (what agents polling every 30 s or more do: the coordinator closes
-    /// connections idle for 10 s).
+    /// pool (what agents polling less often than `limits.keepalive_idle_secs`, 90 s by
+    /// default, do).
     #[arg(long)]
     fresh_connections: bool,
 }
