@@ -126,6 +126,29 @@ fn transport(step: &'static str) -> impl Fn(reqwest::Error) -> SiteError {
     move |source| SiteError::Transport { step, source }
 }
 
+/// Failures an agent retries instead of giving up: the coordinator shed the request
+/// (408, 429, 503) or could not be reached.
+fn retryable(e: &SiteError) -> bool {
+    match e {
+        SiteError::Transport { .. } => true,
+        SiteError::Status { status, .. } => matches!(status, 408 | 429 | 503),
+        _ => false,
+    }
+}
+
+/// Retries of one lease or report after shed or failed requests, before the site gives up.
+const RETRIES: u32 = 20;
+
+/// The agent's back-off after the `n`th failure in a row (from 0): 1 s doubling up to
+/// 30 s, spread upward by up to half with jitter so a shed crowd does not return at once.
+fn backoff(n: u32) -> Duration {
+    let base = (1u64 << n.min(5)).min(30) as f64;
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).expect("random");
+    let spread = u16::from_le_bytes(b) as f64 / u16::MAX as f64 * 0.5;
+    Duration::from_secs_f64(base * (1.0 + spread))
+}
+
 /// What a poll brought.
 pub enum PollOutcome {
     /// 304: nothing changed.
@@ -305,7 +328,9 @@ impl Site {
         Ok(PollOutcome::New(Box::new(accepted)))
     }
 
-    /// `POST /v1/agent/lease`, retrying after a denial's `Retry-After` (at most `tries`).
+    /// `POST /v1/agent/lease`, retrying after a denial's `Retry-After` (at most `tries`)
+    /// and, as an agent does, after shed or failed requests with back-off (each such
+    /// failure is counted in the run's errors).
     pub async fn lease(
         &self,
         net: &Net,
@@ -313,30 +338,40 @@ impl Site {
         sequence: u64,
         tries: u32,
     ) -> Result<LeaseGrant, SiteError> {
-        for _ in 0..tries {
-            let res = net
+        let (mut denials, mut failures) = (0, 0);
+        while denials < tries {
+            let sent = net
                 .http
                 .post(net.url(paths::LEASE))
                 .bearer_auth(self.bearer())
                 .json(&json!({"rollout_id": rollout_id, "sequence": sequence}))
                 .send()
-                .await
-                .map_err(transport("lease"))?;
-            if res.status().is_success() {
-                return res.json().await.map_err(transport("lease"));
+                .await;
+            let failure = match sent {
+                Ok(res) if res.status().is_success() => {
+                    return res.json().await.map_err(transport("lease"));
+                }
+                Ok(res) if res.status() == StatusCode::CONFLICT => {
+                    let retry = res
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(5)
+                        .clamp(1, 30);
+                    tokio::time::sleep(Duration::from_secs(retry)).await;
+                    denials += 1;
+                    continue;
+                }
+                Ok(res) => error_of("lease", res).await,
+                Err(e) => transport("lease")(e),
+            };
+            if !retryable(&failure) || failures >= RETRIES {
+                return Err(failure);
             }
-            if res.status() == StatusCode::CONFLICT {
-                let retry = res
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(5)
-                    .clamp(1, 30);
-                tokio::time::sleep(Duration::from_secs(retry)).await;
-                continue;
-            }
-            return Err(error_of("lease", res).await);
+            net.errors.add(failure.kind());
+            tokio::time::sleep(backoff(failures)).await;
+            failures += 1;
         }
         Err(SiteError::Protocol {
             step: "lease",
@@ -370,8 +405,24 @@ impl Site {
         })
     }
 
-    /// `POST /v1/agent/reports`.
+    /// `POST /v1/agent/reports`, retrying shed or failed requests with back-off as an
+    /// agent's outbox does (each such failure is counted in the run's errors). The event
+    /// ids make a retry of a batch the coordinator did apply harmless.
     pub async fn report(&self, net: &Net, events: &[Event]) -> Result<ReportAck, SiteError> {
+        let mut failures = 0;
+        loop {
+            match self.report_once(net, events).await {
+                Err(e) if retryable(&e) && failures < RETRIES => {
+                    net.errors.add(e.kind());
+                    tokio::time::sleep(backoff(failures)).await;
+                    failures += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    pub async fn report_once(&self, net: &Net, events: &[Event]) -> Result<ReportAck, SiteError> {
         let started = Instant::now();
         let res = net
             .http
