@@ -1252,17 +1252,23 @@ async fn overload_is_answered_with_503_and_retry_after() {
     let holder = {
         let (http, url, token) = (h.http.clone(), h.url("/v1/agent/reports"), a.token.clone());
         tokio::spawn(async move {
-            let body = futures_util::stream::once(async {
-                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"events\": ["))
-            })
-            .chain(futures_util::stream::pending());
-            let _ = http
-                .post(&url)
-                .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(reqwest::Body::wrap_stream(body))
-                .send()
-                .await;
+            // Shed itself if it arrives while a probe holds the slot: then try again.
+            loop {
+                let body = futures_util::stream::once(async {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"events\": ["))
+                })
+                .chain(futures_util::stream::pending());
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await;
+                if !matches!(&res, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE) {
+                    return;
+                }
+            }
         })
     };
     // ...so another request is shed with 503 and Retry-After once the slot is taken.
@@ -1305,12 +1311,18 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
             etag.unwrap(),
         );
         tokio::spawn(async move {
-            let _ = http
-                .get(&url)
-                .bearer_auth(&token)
-                .header("if-none-match", &etag)
-                .send()
-                .await;
+            // Shed itself if it arrives while a probe holds the slot: then try again.
+            loop {
+                let res = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .header("if-none-match", &etag)
+                    .send()
+                    .await;
+                if !matches!(&res, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE) {
+                    return;
+                }
+            }
         })
     };
     // ...so a second poll is shed with 503 and Retry-After...
