@@ -273,15 +273,7 @@ impl Store {
 
     /// Dead letters, per kind.
     pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT kind, COUNT(*) FROM dead_letter GROUP BY kind ORDER BY kind")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.counts_by_kind("SELECT kind, COUNT(*) FROM dead_letter GROUP BY kind ORDER BY kind")
     }
 
     /// The oldest `limit` queued events, without handing them out (for inspection).
@@ -307,9 +299,13 @@ impl Store {
 
     /// Queued events, per kind (`phase`, `health`, ...).
     pub fn outbox_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        self.counts_by_kind("SELECT kind, COUNT(*) FROM outbox GROUP BY kind ORDER BY kind")
+    }
+
+    /// Runs a `SELECT kind, COUNT(*) ... GROUP BY kind` query.
+    fn counts_by_kind(&self, sql: &str) -> Result<Vec<(String, u64)>, StateError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT kind, COUNT(*) FROM outbox GROUP BY kind ORDER BY kind")?;
+        let mut stmt = conn.prepare(sql)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
