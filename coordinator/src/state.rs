@@ -132,6 +132,10 @@ pub struct CachedAssignment {
     pub release: Envelope,
     /// `record.envelope.digest()`, computed once (the poll's ETag uses it).
     pub digest: String,
+    /// The poll's 200 body up to its roots, `{"assignment":…,"release":…,"roots":`,
+    /// serialized once here so that no poll serializes or copies an envelope
+    /// (see [`crate::api::agent::poll_head`]).
+    pub poll_head: bytes::Bytes,
 }
 
 pub struct SiteSlot {
@@ -205,12 +209,15 @@ impl SiteCache {
 
     pub fn set_assignment(&self, record: AssignmentRecord, release: Envelope) {
         let slot = self.slot(&record.site_id);
-        let digest = record.envelope.digest();
+        let assignment_json = record.envelope.to_json();
+        let digest = sha256_hex(&assignment_json);
+        let poll_head = crate::api::agent::poll_head(&assignment_json, &release.to_json());
         slot.update(|v| {
             v.assignment = Some(Arc::new(CachedAssignment {
                 record,
                 release,
                 digest,
+                poll_head,
             }))
         });
     }

@@ -452,7 +452,30 @@ async fn poll(
         .headers()
         .get("etag")
         .map(|v| v.to_str().unwrap().to_string());
-    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    if status != StatusCode::OK {
+        return (status, etag, Value::Null);
+    }
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
+    let bytes = res.bytes().await.unwrap();
+    // The coordinator writes this body from cached JSON, not through `PollResponse`: it must
+    // still be exactly what serializing the `PollResponse` it reads as gives.
+    let typed: PollResponse = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "poll body is not a PollResponse ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    assert_eq!(
+        &bytes[..],
+        &serde_json::to_vec(&typed).unwrap()[..],
+        "poll body drifted from PollResponse's wire format"
+    );
+    let body = serde_json::from_slice::<Value>(&bytes).unwrap();
     (status, etag, body)
 }
 

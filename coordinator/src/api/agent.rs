@@ -4,6 +4,9 @@
 //! takes the site from the authenticated session, never from the request. The poll path
 //! reads memory only and verifies no signature.
 
+use std::io::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -11,21 +14,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use bytes::Bytes;
 use ed25519_dalek::Signature;
 use fleetwave_shared::keys::parse_public_key;
 use fleetwave_shared::protocol::operator::SiteState;
 use fleetwave_shared::protocol::{
     EnrollRequest, EnrollResponse, LeaseRequest, MAX_EVENT_ID_LEN, MAX_REPORT_EVENTS,
-    NEXT_POLL_HEADER, PollQuery, PollResponse, ReportAck, ReportBatch, SESSION_SKEW_SECS,
-    SessionRequest, SessionResponse, enroll_message, session_message,
+    NEXT_POLL_HEADER, PollQuery, ReportAck, ReportBatch, SESSION_SKEW_SECS, SessionRequest,
+    SessionResponse, enroll_message, session_message,
 };
-use fleetwave_shared::sha256_hex;
+use fleetwave_shared::{Envelope, sha256_hex};
 use jiff::{SignedDuration, Timestamp};
 
 use super::auth::{Agent, decommissioned, token_hash};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, CachedAssignment};
 use crate::store::{Enrollment, StoreError};
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`
@@ -224,13 +228,59 @@ fn next_poll_secs(app: &AppState) -> u32 {
     (base + r).max(1) as u32
 }
 
-fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> (String, PollResponse) {
-    let view = app.sites.get(site_id).map(|s| s.view()).unwrap_or_default();
+/// The start of a poll's 200 body when the site has nothing to do.
+const NOTHING_HEAD: &[u8] = br#"{"assignment":null,"release":null,"roots":"#;
+
+/// The start of a poll's 200 body for an assignment, `{"assignment":…,"release":…,"roots":`,
+/// from the compact JSON of both envelopes ([`Envelope::to_json`]). The site cache builds it
+/// once per assignment ([`crate::state::SiteCache::set_assignment`]); [`poll_body`] finishes
+/// it. Together they write what serializing a
+/// [`PollResponse`](fleetwave_shared::protocol::PollResponse) writes.
+pub fn poll_head(assignment_json: &[u8], release_json: &[u8]) -> Bytes {
+    const A: &[u8] = br#"{"assignment":"#;
+    const R: &[u8] = br#","release":"#;
+    const ROOTS: &[u8] = br#","roots":"#;
+    let mut head = Vec::with_capacity(
+        A.len() + assignment_json.len() + R.len() + release_json.len() + ROOTS.len(),
+    );
+    head.extend_from_slice(A);
+    head.extend_from_slice(assignment_json);
+    head.extend_from_slice(R);
+    head.extend_from_slice(release_json);
+    head.extend_from_slice(ROOTS);
+    Bytes::from(head)
+}
+
+/// A poll's 200 body: `head` (see [`poll_head`]), the roots and the jittered interval.
+fn poll_body(head: &[u8], roots: &[Envelope], next_poll_secs: u32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(head.len() + 64);
+    body.extend_from_slice(head);
+    serde_json::to_writer(&mut body, roots).expect("an envelope always serializes");
+    write!(body, r#","next_poll_secs":{next_poll_secs}}}"#).expect("writing to memory");
+    body
+}
+
+/// What a poll answers at one moment, without its body: the ETag and what the 200 body
+/// would hold. Building it copies no envelope.
+struct Answer {
+    etag: String,
+    assignment: Option<Arc<CachedAssignment>>,
+    /// The roots the body would carry: `TrustChain::envelopes[roots]`.
+    roots: Range<usize>,
+}
+
+fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> Answer {
     let now = Timestamp::now();
-    let assignment = view.assignment.filter(|a| a.record.expires > now);
+    let assignment = app
+        .sites
+        .get(site_id)
+        .and_then(|s| s.view().assignment)
+        .filter(|a| a.record.expires > now);
     let (roots, latest) = {
         let t = app.trust.read().unwrap_or_else(|e| e.into_inner());
-        (t.newer_than(root_version), t.latest_version())
+        let end = t.envelopes.len();
+        let start = usize::try_from(root_version.unwrap_or(0)).map_or(end, |v| v.min(end));
+        (start..end, t.latest_version())
     };
     let etag = format!(
         "\"{}\"",
@@ -244,13 +294,23 @@ fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> (String, 
             .as_bytes()
         )[..32]
     );
-    let body = PollResponse {
-        release: assignment.as_ref().map(|a| a.release.clone()),
-        assignment: assignment.map(|a| a.record.envelope.clone()),
+    Answer {
+        etag,
+        assignment,
         roots,
-        next_poll_secs: 0,
-    };
-    (etag, body)
+    }
+}
+
+/// The 200 body of `answer`: the cached head and the roots as they were when the ETag was
+/// computed (roots are only ever appended).
+fn render_body(app: &AppState, answer: &Answer, next_poll_secs: u32) -> Vec<u8> {
+    let head = answer
+        .assignment
+        .as_ref()
+        .map_or(NOTHING_HEAD, |a| &a.poll_head[..]);
+    let t = app.trust.read().unwrap_or_else(|e| e.into_inner());
+    let roots = t.envelopes.get(answer.roots.clone()).unwrap_or_default();
+    poll_body(head, roots, next_poll_secs)
 }
 
 pub async fn poll(
@@ -272,13 +332,13 @@ pub async fn poll(
     let mut site_rx = slot.changed.subscribe();
     let mut roots_rx = app.roots_changed.subscribe();
     let mut shutdown = app.shutdown.clone();
-    let (mut etag, mut body) = render(&app, &agent.site_id, q.root_version);
+    let mut answer = render(&app, &agent.site_id, q.root_version);
     let matches = |etag: &str| {
         if_none_match
             .as_deref()
             .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
     };
-    if matches(&etag) && wait > 0 {
+    if matches(&answer.etag) && wait > 0 {
         let deadline = tokio::time::sleep(Duration::from_secs(wait as u64));
         tokio::pin!(deadline);
         loop {
@@ -288,33 +348,39 @@ pub async fn poll(
                 _ = roots_rx.changed() => {}
                 _ = shutdown.changed() => break,
             }
-            (etag, body) = render(&app, &agent.site_id, q.root_version);
-            if !matches(&etag) {
+            answer = render(&app, &agent.site_id, q.root_version);
+            if !matches(&answer.etag) {
                 break;
             }
         }
     }
     let next = next_poll_secs(&app);
-    let mut res = if matches(&etag) {
+    let mut res = if matches(&answer.etag) {
         Metrics::count(&app.metrics.polls, "not_modified", 1);
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         Metrics::count(
             &app.metrics.polls,
-            if body.assignment.is_some() {
+            if answer.assignment.is_some() {
                 "assignment"
             } else {
                 "nothing"
             },
             1,
         );
-        body.next_poll_secs = next;
-        Json(body).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            render_body(&app, &answer, next),
+        )
+            .into_response()
     };
     let h = res.headers_mut();
     h.insert(
         header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex etag"),
+        HeaderValue::from_str(&answer.etag).expect("hex etag"),
     );
     h.insert(NEXT_POLL_HEADER, HeaderValue::from(next));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -381,4 +447,89 @@ pub async fn reports(
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetwave_shared::dsse::Signature;
+    use fleetwave_shared::protocol::PollResponse;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn envelope(payload_type: &str, payload: &str, keyids: &[&str]) -> Envelope {
+        Envelope {
+            payload: base64::engine::general_purpose::STANDARD.encode(payload),
+            payload_type: payload_type.into(),
+            signatures: keyids
+                .iter()
+                .map(|k| Signature {
+                    keyid: (*k).into(),
+                    sig: base64::engine::general_purpose::STANDARD.encode([7u8; 64]),
+                })
+                .collect(),
+        }
+    }
+
+    /// The fast body must be, byte for byte where it matters, what serializing a
+    /// `PollResponse` gives: the same JSON value, and it must read back as that response.
+    fn assert_same_wire(fast: &[u8], expected: PollResponse) {
+        let fast_value: Value = serde_json::from_slice(fast).unwrap_or_else(|e| {
+            panic!(
+                "fast poll body is not JSON ({e}): {}",
+                String::from_utf8_lossy(fast)
+            )
+        });
+        assert_eq!(fast_value, serde_json::to_value(&expected).unwrap());
+        assert_eq!(
+            serde_json::from_slice::<PollResponse>(fast).unwrap(),
+            expected
+        );
+        assert_eq!(fast, serde_json::to_vec(&expected).unwrap());
+    }
+
+    #[test]
+    fn fast_poll_body_matches_poll_response_wire_format() {
+        let assignment = envelope(
+            "application/vnd.fleetwave.assignment+json",
+            r#"{"site":"pig-1","quote":"\"x\"\n"}"#,
+            &["coordinator"],
+        );
+        let release = envelope(
+            "application/vnd.fleetwave.release+json",
+            r#"{"id":"pos-2.4.0"}"#,
+            &["rel-1", "rel-2"],
+        );
+        let roots = [
+            envelope("application/vnd.fleetwave.root+json", "{}", &["r1"]),
+            envelope(
+                "application/vnd.fleetwave.root+json",
+                "{\"v\":2}",
+                &["r1", "r2"],
+            ),
+        ];
+        let head = poll_head(&assignment.to_json(), &release.to_json());
+        for (roots, next) in [(&roots[..0], 30), (&roots[..1], 1), (&roots[..], u32::MAX)] {
+            // With an assignment, without and with roots.
+            assert_same_wire(
+                &poll_body(&head, roots, next),
+                PollResponse {
+                    assignment: Some(assignment.clone()),
+                    release: Some(release.clone()),
+                    roots: roots.to_vec(),
+                    next_poll_secs: next,
+                },
+            );
+            // Nothing to do.
+            assert_same_wire(
+                &poll_body(NOTHING_HEAD, roots, next),
+                PollResponse {
+                    assignment: None,
+                    release: None,
+                    roots: roots.to_vec(),
+                    next_poll_secs: next,
+                },
+            );
+        }
+    }
 }
