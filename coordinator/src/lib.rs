@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod dashboard;
 pub mod error;
+pub mod group_commit;
 pub mod init;
 pub mod metrics;
 pub mod plan;

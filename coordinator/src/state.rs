@@ -6,7 +6,7 @@
 //! decides policy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
 use fleetwave_shared::docs::{ASSIGNMENT_TYPE, Assignment, Root};
@@ -16,8 +16,9 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
+use crate::group_commit::{GroupLimits, GroupWriter, Weigh};
 use crate::metrics::Metrics;
-use crate::rollouts::facts::{FactsCache, Update};
+use crate::rollouts::facts::Update;
 use crate::store::{AssignmentDraft, AssignmentRecord, Db, ReportInput, ReportOutcome, StoreError};
 
 pub type AppState = Arc<App>;
@@ -233,78 +234,21 @@ impl SiteCache {
     }
 }
 
-/// At most this many report batches go into one transaction.
-pub const REPORT_GROUP_BATCHES: usize = 512;
-/// ... and at most about this many events.
-pub const REPORT_GROUP_EVENTS: usize = 10_000;
+/// At most this many report batches go into one transaction, and at most about this many
+/// events.
+pub const REPORT_GROUP: GroupLimits = GroupLimits {
+    max_items: 512,
+    max_weight: 10_000,
+};
 
-/// Group commit of agents' report batches. Requests queue here; one writer task takes
-/// every batch waiting at that moment, applies them in one transaction (each batch
-/// all-or-nothing on its own), takes the committed facts over into the engine's memory
-/// and only then answers each request. So an acknowledgement still means "committed",
-/// and one fsync serves many agents.
-#[derive(Default)]
-pub struct ReportWriter {
-    queue: OnceLock<tokio::sync::mpsc::Sender<ReportJob>>,
-}
+/// Group commit of agents' report batches: one transaction per group of waiting batches,
+/// each batch all-or-nothing on its own (see [`crate::group_commit`]). The committed facts
+/// are taken over into the engine's memory before any request is answered.
+pub type ReportWriter = GroupWriter<ReportInput, ReportOutcome>;
 
-struct ReportJob {
-    input: ReportInput,
-    reply: tokio::sync::oneshot::Sender<Result<ReportOutcome, StoreError>>,
-}
-
-impl ReportWriter {
-    /// The queue, starting its writer task on first use.
-    fn queue(&self, db: &Db, facts: &Arc<FactsCache>) -> &tokio::sync::mpsc::Sender<ReportJob> {
-        self.queue.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::channel(4 * REPORT_GROUP_BATCHES);
-            tokio::spawn(write_reports(db.clone(), facts.clone(), rx));
-            tx
-        })
-    }
-}
-
-/// The writer task: one transaction per group of waiting batches, until the queue closes.
-async fn write_reports(
-    db: Db,
-    facts: Arc<FactsCache>,
-    mut rx: tokio::sync::mpsc::Receiver<ReportJob>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut events = first.input.events.len();
-        let mut jobs = vec![first];
-        while jobs.len() < REPORT_GROUP_BATCHES && events < REPORT_GROUP_EVENTS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    events += job.input.events.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let (inputs, replies): (Vec<ReportInput>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
-        match db.run(move |s| s.apply_report_group(&inputs)).await {
-            Ok(outcomes) => {
-                for (mut outcome, reply) in outcomes.into_iter().zip(replies) {
-                    if let Ok(o) = &mut outcome {
-                        for row in std::mem::take(&mut o.facts) {
-                            let rollout = row.rollout_id.clone();
-                            facts.apply(&rollout, Update::Reported(row));
-                        }
-                    }
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                let why = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Task(format!(
-                        "the report transaction failed, nothing was applied: {why}"
-                    ))));
-                }
-            }
-        }
+impl Weigh for ReportInput {
+    fn weight(&self) -> usize {
+        self.events.len()
     }
 }
 
@@ -359,16 +303,25 @@ impl App {
     /// Applies one agent's report batch through the group-commit writer; answers after
     /// the transaction that holds it committed.
     pub async fn apply_reports(&self, input: ReportInput) -> Result<ReportOutcome, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (db, facts) = (self.db.clone(), self.engine.facts.clone());
         self.engine
             .reports
-            .queue(&self.db, &self.engine.facts)
-            .send(ReportJob { input, reply })
+            .submit(input, REPORT_GROUP, move || {
+                move |inputs: Vec<ReportInput>| {
+                    let (db, facts) = (db.clone(), facts.clone());
+                    async move {
+                        let mut outcomes = db.run(move |s| s.apply_report_group(&inputs)).await?;
+                        for o in outcomes.iter_mut().flatten() {
+                            for row in std::mem::take(&mut o.facts) {
+                                let rollout = row.rollout_id.clone();
+                                facts.apply(&rollout, Update::Reported(row));
+                            }
+                        }
+                        Ok(outcomes)
+                    }
+                }
+            })
             .await
-            .map_err(|_| StoreError::Task("the report writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Task("the report writer stopped before answering".into()))?
     }
 
     /// Notes that a site was seen (flushed in batches).

@@ -382,3 +382,163 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
         .unwrap();
     assert_eq!(rows as usize, n);
 }
+
+/// A one-wave plan over every site, with `extra` TOML lines in the wave.
+fn one_wave_plan(release: &str, extra: &str) -> String {
+    format!(
+        "name = \"lease test\"\nrelease = \"{release}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"all\"\n{extra}\ngate = {{ success_ratio = 1.0, bake = \"0s\" }}\n"
+    )
+}
+
+/// Starts a one-wave rollout and asks for a lease for every site at once; returns the
+/// rollout id and, per site, whether the lease was granted (a refusal must be a
+/// `lease_denied` conflict).
+async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool)>) {
+    let app = &s.app;
+    let r = app
+        .create_rollout(one_wave_plan(&s.release, extra), PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    app.rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    let sites: Vec<String> = app
+        .load_rollout(&r.id)
+        .await
+        .unwrap()
+        .sites
+        .iter()
+        .map(|m| m.site_id.clone())
+        .collect();
+    let mut tasks = Vec::new();
+    for site in sites {
+        let (app, rollout_id) = (app.clone(), r.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let sequence = app
+                .sites
+                .get(&site)
+                .and_then(|slot| slot.view().assignment)
+                .expect("every site of the only wave is assigned")
+                .record
+                .sequence;
+            let got = app
+                .lease(
+                    &site,
+                    &LeaseRequest {
+                        rollout_id,
+                        sequence,
+                    },
+                )
+                .await;
+            match got {
+                Ok(_) => (site, true),
+                Err(e) => {
+                    assert_eq!(e.code, "lease_denied", "{site}: {e:?}");
+                    (site, false)
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    (r.id, out)
+}
+
+fn lease_rows(s: &Setup, rollout: &str) -> Vec<String> {
+    let conn = s.conn();
+    let mut st = conn
+        .prepare("SELECT site_id FROM leases WHERE rollout_id = ?1 ORDER BY site_id")
+        .unwrap();
+    st.query_map([rollout], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_leases_is_granted_through_group_commit_each_exactly_once() {
+    let s = setup(1200).await;
+    let (id, got) = lease_all_at_once(&s, "").await;
+    assert_eq!(got.len(), 1200);
+    assert!(
+        got.iter().all(|(_, ok)| *ok),
+        "no limit: every lease granted"
+    );
+    let mut want: Vec<String> = got.into_iter().map(|(site, _)| site).collect();
+    want.sort();
+    assert_eq!(
+        lease_rows(&s, &id),
+        want,
+        "one committed lease row per site"
+    );
+    // Memory took every grant over, and agrees with SQLite.
+    let l = s.app.load_rollout(&id).await.unwrap();
+    assert!(l.sites.iter().all(|m| m.leased_at.is_some()));
+    assert_memory_matches_sqlite(&s.app, &id).await;
+    // A renewal replaces the site's lease instead of adding one.
+    let first = &want[0];
+    let sequence = s
+        .app
+        .sites
+        .get(first)
+        .unwrap()
+        .view()
+        .assignment
+        .unwrap()
+        .record
+        .sequence;
+    s.app
+        .lease(
+            first,
+            &LeaseRequest {
+                rollout_id: id.clone(),
+                sequence,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease_rows(&s, &id).len(), 1200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_never_exceed_a_wave_limit() {
+    let s = setup(60).await;
+    let (id, got) = lease_all_at_once(&s, "max_concurrent = 5").await;
+    let granted = got.iter().filter(|(_, ok)| *ok).count();
+    assert_eq!(
+        granted, 5,
+        "60 sites asked at once under max_concurrent = 5"
+    );
+    assert_eq!(lease_rows(&s, &id).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_never_exceed_a_compartment_limit() {
+    let s = setup(40).await;
+    // Sites 0..20 are in region north; the rest have no region (compartment "").
+    let conn = s.conn();
+    for i in 0..20 {
+        conn.execute(
+            "UPDATE sites SET labels = '{\"sim\":\"1\",\"region\":\"north\"}' WHERE id = ?1",
+            [site_id(i)],
+        )
+        .unwrap();
+    }
+    let (id, got) = lease_all_at_once(&s, "compartment = { label = \"region\", max = 2 }").await;
+    let north = |site: &String| site.as_str() < site_id(20).as_str();
+    let granted: Vec<&String> = got.iter().filter(|(_, ok)| *ok).map(|(s, _)| s).collect();
+    assert_eq!(
+        granted.iter().filter(|s| north(s)).count(),
+        2,
+        "region=north holds at most 2 leases: {granted:?}"
+    );
+    assert_eq!(
+        granted.iter().filter(|s| !north(s)).count(),
+        2,
+        "sites without a region hold at most 2 leases: {granted:?}"
+    );
+    assert_eq!(lease_rows(&s, &id).len(), 4);
+}

@@ -366,8 +366,20 @@ pub trait Store: Send + Sync + 'static {
 
     // Leases
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>>;
-    /// Stores a lease, replacing the site's earlier lease for the same rollout.
-    fn grant_lease(&self, lease: &LeaseRecord) -> StoreResult<()>;
+    /// Stores leases in one transaction, each replacing the site's earlier lease for the
+    /// same rollout; one result per lease (a failing lease is undone alone).
+    fn grant_leases(&self, leases: &[LeaseRecord]) -> StoreResult<Vec<StoreResult<()>>>;
+    /// A compartment of a rollout (sites whose `label` has `value`; `""`: sites without
+    /// it): how many member sites it has, and how many active leases other than
+    /// `except_site`'s.
+    fn compartment_counts(
+        &self,
+        rollout_id: &str,
+        label: &str,
+        value: &str,
+        except_site: &str,
+        now: Timestamp,
+    ) -> StoreResult<(u32, u32)>;
 
     // Reports
     /// Applies each new event once (by site and event id) and updates the facts, in one

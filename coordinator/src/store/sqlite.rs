@@ -1098,18 +1098,69 @@ impl Store for SqliteStore {
         })
     }
 
-    fn grant_lease(&self, l: &LeaseRecord) -> StoreResult<()> {
+    fn grant_leases(&self, leases: &[LeaseRecord]) -> StoreResult<Vec<StoreResult<()>>> {
         self.write(|tx| {
-            tx.execute("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2", params![l.rollout_id, l.site_id])?;
-            tx.execute(
-                "INSERT INTO leases (id, site_id, rollout_id, wave, granted_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6)",
-                params![l.id, l.site_id, l.rollout_id, l.wave, ms(l.granted_at), ms(l.expires_at)],
-            )?;
-            tx.execute(
-                "UPDATE rollout_sites SET leased_at = MAX(COALESCE(leased_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                params![l.rollout_id, l.site_id, ms(l.granted_at)],
-            )?;
-            Ok(())
+            let mut out = Vec::with_capacity(leases.len());
+            for l in leases {
+                // Each lease under its own savepoint: a failing one is undone alone.
+                tx.execute_batch("SAVEPOINT lease_grant")?;
+                match grant_lease(tx, l) {
+                    Ok(()) => {
+                        tx.execute_batch("RELEASE lease_grant")?;
+                        out.push(Ok(()));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO lease_grant; RELEASE lease_grant")?;
+                        out.push(Err(e));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn compartment_counts(
+        &self,
+        rollout_id: &str,
+        label: &str,
+        value: &str,
+        except_site: &str,
+        now: Timestamp,
+    ) -> StoreResult<(u32, u32)> {
+        self.read(|c| {
+            // Sites without the label share the value "": counted as all minus labelled.
+            let sites: i64 = if value.is_empty() {
+                let all: i64 = c
+                    .prepare_cached("SELECT COUNT(*) FROM rollout_sites WHERE rollout_id = ?1")?
+                    .query_row([rollout_id], |r| r.get(0))?;
+                let labelled: i64 = c
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
+                         ON rs.rollout_id = ?1 AND rs.site_id = sl.site_id \
+                         WHERE sl.key = ?2 AND sl.value <> ''",
+                    )?
+                    .query_row(params![rollout_id, label], |r| r.get(0))?;
+                all - labelled
+            } else {
+                c.prepare_cached(
+                    "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
+                     ON rs.rollout_id = ?1 AND rs.site_id = sl.site_id \
+                     WHERE sl.key = ?2 AND sl.value = ?3",
+                )?
+                .query_row(params![rollout_id, label, value], |r| r.get(0))?
+            };
+            let active: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM leases l \
+                     LEFT JOIN site_labels sl ON sl.site_id = l.site_id AND sl.key = ?2 \
+                     WHERE l.rollout_id = ?1 AND l.expires_at > ?4 AND l.site_id <> ?5 \
+                     AND COALESCE(sl.value, '') = ?3",
+                )?
+                .query_row(
+                    params![rollout_id, label, value, ms(now), except_site],
+                    |r| r.get(0),
+                )?;
+            Ok((sites.max(0) as u32, active.max(0) as u32))
         })
     }
 
@@ -1496,5 +1547,20 @@ fn record_commit(
     .execute(
         params![rollout, site_id, at, first_unhealthy],
     )?;
+    Ok(())
+}
+
+/// Stores one lease, replacing the site's earlier lease for the same rollout.
+fn grant_lease(tx: &rusqlite::Transaction, l: &LeaseRecord) -> StoreResult<()> {
+    tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?
+        .execute(params![l.rollout_id, l.site_id])?;
+    tx.prepare_cached(
+        "INSERT INTO leases (id, site_id, rollout_id, wave, granted_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6)",
+    )?
+    .execute(params![l.id, l.site_id, l.rollout_id, l.wave, ms(l.granted_at), ms(l.expires_at)])?;
+    tx.prepare_cached(
+        "UPDATE rollout_sites SET leased_at = MAX(COALESCE(leased_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
+    )?
+    .execute(params![l.rollout_id, l.site_id, ms(l.granted_at)])?;
     Ok(())
 }
