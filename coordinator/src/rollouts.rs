@@ -87,11 +87,7 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn current_wave(&self) -> Option<u32> {
-        self.record
-            .waves
-            .iter()
-            .rposition(|w| w.opened_at.is_some())
-            .map(|i| i as u32)
+        current_wave(&self.record)
     }
 
     pub fn view(&self) -> controller::RolloutView {
@@ -155,6 +151,35 @@ impl Head {
 }
 
 /// The controller's facts from a stored rollout site.
+/// The highest wave of a rollout that has opened.
+fn current_wave(record: &RolloutRecord) -> Option<u32> {
+    record
+        .waves
+        .iter()
+        .rposition(|w| w.opened_at.is_some())
+        .map(|i| i as u32)
+}
+
+/// What a lease decision reads of a rollout.
+struct LeaseFacts {
+    plan: Arc<RolloutPlan>,
+    status: RolloutStatus,
+    current_wave: Option<u32>,
+    /// The site's wave and whether it was skipped (None: not a member).
+    member: Option<(u32, bool)>,
+}
+
+impl LeaseFacts {
+    fn of(l: &Loaded, site_id: &str) -> LeaseFacts {
+        LeaseFacts {
+            plan: l.plan.clone(),
+            status: status_of(l.record.status),
+            current_wave: l.current_wave(),
+            member: l.site(site_id).map(|m| (m.wave, m.skipped)),
+        }
+    }
+}
+
 pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
     SiteFacts {
         site_id: s.site_id.clone(),
@@ -880,17 +905,7 @@ impl App {
             crate::metrics::Metrics::count(&self.metrics.leases, d.reason.as_str(), 1);
             ApiError::conflict("lease_denied", d.to_string()).with_retry_after(d.retry_after_secs)
         };
-        let facts = self
-            .with_rollout(&req.rollout_id, |l| {
-                (
-                    Head::of(l),
-                    status_of(l.record.status),
-                    l.current_wave(),
-                    l.site(site_id).map(|m| (m.wave, m.skipped)),
-                )
-            })
-            .await;
-        let (head, status, current_wave, me) = match facts {
+        let facts = match self.lease_facts(&req.rollout_id, site_id).await {
             Ok(f) => f,
             Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
                 return Err(deny(controller::LeaseDenial {
@@ -901,6 +916,9 @@ impl App {
             }
             Err(e) => return Err(e),
         };
+        let rollout_id = req.rollout_id.as_str();
+        let (plan, status, current_wave, me) =
+            (facts.plan, facts.status, facts.current_wave, facts.member);
         let current = self
             .sites
             .get(site_id)
@@ -913,7 +931,7 @@ impl App {
         {
             drop(guard);
             return self
-                .grant(site_id, &head.id, me.map_or(0, |m| m.0), now)
+                .grant(site_id, rollout_id, me.map_or(0, |m| m.0), now)
                 .await;
         }
         let site_wave = me.map(|m| m.0);
@@ -921,7 +939,7 @@ impl App {
         // reading them (thousands while a large wave installs) for every lease would make
         // granting a wave's leases quadratic.
         let limited = site_wave
-            .and_then(|w| head.plan.wave(w))
+            .and_then(|w| plan.wave(w))
             .is_some_and(|w| w.max_concurrent.is_some() || w.compartment.is_some());
         let leases = if limited {
             let rid = req.rollout_id.clone();
@@ -937,7 +955,7 @@ impl App {
         let (mut comp_active, mut comp_sites) = (0u32, 0u32);
         if let Some(w) = site_wave
             && let Some((label, value)) =
-                controller::leases::compartment_of(&head.plan, w, &site_rec.labels)
+                controller::leases::compartment_of(&plan, w, &site_rec.labels)
         {
             let (rid, label, sid) = (
                 req.rollout_id.clone(),
@@ -950,7 +968,7 @@ impl App {
                 .await?;
         }
         let ctx = controller::LeaseContext {
-            plan: &head.plan,
+            plan: &plan,
             status,
             current_wave,
             site_wave: if me.is_some_and(|m| m.1) {
@@ -974,7 +992,7 @@ impl App {
         controller::lease_decision(&ctx, now).map_err(deny)?;
         if limited {
             let granted = self
-                .grant(site_id, &head.id, site_wave.unwrap_or(0), now)
+                .grant(site_id, rollout_id, site_wave.unwrap_or(0), now)
                 .await;
             drop(guard);
             granted
@@ -983,9 +1001,37 @@ impl App {
             // the rollout end before the commit, the lease row is left behind inert: no
             // lease of a finished rollout is ever read.
             drop(guard);
-            self.grant(site_id, &head.id, site_wave.unwrap_or(0), now)
+            self.grant(site_id, rollout_id, site_wave.unwrap_or(0), now)
                 .await
         }
+    }
+
+    /// What a lease decision needs of a rollout: from memory for a live rollout. A
+    /// finished rollout is not kept in memory, yet a completed one still grants leases to
+    /// late sites: for it, read its record and this site's row only, never all its sites.
+    async fn lease_facts(&self, id: &str, site_id: &str) -> Result<LeaseFacts, ApiError> {
+        if let Some(f) = self.engine.facts.with(id, |l| LeaseFacts::of(l, site_id)) {
+            return Ok(f);
+        }
+        let rid = id.to_string();
+        let record = self
+            .db
+            .run(move |s| s.rollout(&rid))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?;
+        if record.status.is_active() {
+            // Live but not loaded yet (after a restart): load it into memory once.
+            return self.with_rollout(id, |l| LeaseFacts::of(l, site_id)).await;
+        }
+        let plan = self.engine.plan(&record)?;
+        let (rid, sid) = (id.to_string(), site_id.to_string());
+        let member = self.db.run(move |s| s.rollout_site(&rid, &sid)).await?;
+        Ok(LeaseFacts {
+            plan,
+            status: status_of(record.status),
+            current_wave: current_wave(&record),
+            member: member.map(|m| (m.wave, m.skipped)),
+        })
     }
 
     /// Writes a granted lease through the lease group commit, then notes it in the

@@ -331,6 +331,21 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         .await
         .unwrap();
     assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
+    // A lease against it is decided from its record and the site's row, and does not
+    // bring the whole rollout back into memory.
+    let refused = app
+        .lease(
+            first,
+            &LeaseRequest {
+                rollout_id: r.id.clone(),
+                sequence: seq,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, "lease_denied");
+    assert!(refused.message.contains("aborted"), "{}", refused.message);
+    assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
     let l = app.load_rollout(&r.id).await.unwrap();
     assert_eq!(l.record.status, RolloutStatus::Aborted);
     assert_eq!(l.sites.len(), 31);

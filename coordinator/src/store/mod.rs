@@ -346,6 +346,12 @@ pub trait Store: Send + Sync + 'static {
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
     fn update_rollout(&self, rollout: &RolloutRecord) -> StoreResult<()>;
     fn rollout_sites(&self, rollout_id: &str) -> StoreResult<Vec<RolloutSiteRecord>>;
+    /// One site's row of a rollout (None: the site is not a member).
+    fn rollout_site(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+    ) -> StoreResult<Option<RolloutSiteRecord>>;
     /// Adds late joiners; sites already in an active rollout are left out (returns the added).
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
     fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;

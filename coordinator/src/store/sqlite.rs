@@ -976,6 +976,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn rollout_site(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+    ) -> StoreResult<Option<RolloutSiteRecord>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!("SELECT {RS_COLS} FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id WHERE rs.rollout_id = ?1 AND rs.site_id = ?2"))?;
+            Ok(st.query_row([rollout_id, site_id], rs_record).optional()?)
+        })
+    }
+
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>> {
         self.write(|tx| {
             let mut free = Vec::new();
