@@ -208,6 +208,9 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(Counter::default());
     let failed = Arc::new(Counter::default());
+    // Only installs of the measured rollout count (a reused --dir may hold an older
+    // rollout whose assignments fresh simulated sites still install).
+    let measured: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -215,6 +218,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         let net = fleet.net.clone();
         let anchor = fleet.anchor.clone();
         let (committed, failed, stop) = (committed.clone(), failed.clone(), stop.clone());
+        let measured = measured.clone();
         let mut stop_rx = stop_rx.clone();
         let o_interval = o.interval;
         let (wait, health_every, executor) = (o.wait, o.health_every, o.executor);
@@ -243,9 +247,14 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
                 };
                 match poll {
                     Ok(PollOutcome::New(accepted)) => {
-                        match site.install(&net, &accepted, executor).await {
-                            Ok(true) => committed.add(1),
-                            Ok(false) => failed.add(1),
+                        let outcome = site.install(&net, &accepted, executor).await;
+                        let counts = measured
+                            .get()
+                            .is_some_and(|id| *id == accepted.assignment.rollout_id);
+                        match outcome {
+                            Ok(true) if counts => committed.add(1),
+                            Ok(false) if counts => failed.add(1),
+                            Ok(_) => {}
                             Err(e) => net.errors.add(e.kind()),
                         }
                     }
@@ -302,6 +311,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
     println!("  poll latency: {}", net.poll_latency.summary());
     println!("  report latency: {}", net.report_latency.summary());
     println!("  errors: {}", net.errors.summary());
+    println!("  shed and retried: {}", net.retried.summary());
     print_coordinator("steady", &s0, &s1);
     let mut rollout_completed = !o.rollout;
     if o.rollout {
@@ -309,6 +319,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         let (release_id, _) = c.publish_release(&fleet.setup).await?;
         let plan = crate::coordinator::four_wave_plan(&release_id, o.executor.failure_rate);
         let id = c.create_rollout(&plan).await?;
+        let _ = measured.set(id.clone());
         let s0 = fleet_sample(c)?;
         let t0 = Instant::now();
         c.start_rollout(&id).await?;
@@ -355,6 +366,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
             net.poll_latency.summary()
         );
         println!("  errors (whole run): {}", net.errors.summary());
+        println!("  shed and retried (whole run): {}", net.retried.summary());
         print_coordinator("rollout", &s0, &s1);
         rollout_completed = status == "completed";
     }

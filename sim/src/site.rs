@@ -73,7 +73,11 @@ pub struct Net {
     pub polls: Counter,
     pub report_posts: Counter,
     pub report_events: Counter,
+    /// Failures the run did not recover from.
     pub errors: Errors,
+    /// Requests shed (408, 429, 503) or failed and then retried with back-off, as an agent
+    /// does: the cost of a burst, not a failure.
+    pub retried: Errors,
 }
 
 impl Net {
@@ -87,6 +91,7 @@ impl Net {
             report_posts: Counter::default(),
             report_events: Counter::default(),
             errors: Errors::default(),
+            retried: Errors::default(),
         })
     }
 
@@ -330,7 +335,7 @@ impl Site {
 
     /// `POST /v1/agent/lease`, retrying after a denial's `Retry-After` (at most `tries`)
     /// and, as an agent does, after shed or failed requests with back-off (each such
-    /// failure is counted in the run's errors).
+    /// failure is counted in the run's retried requests; only giving up is an error).
     pub async fn lease(
         &self,
         net: &Net,
@@ -369,7 +374,7 @@ impl Site {
             if !retryable(&failure) || failures >= RETRIES {
                 return Err(failure);
             }
-            net.errors.add(failure.kind());
+            net.retried.add(failure.kind());
             tokio::time::sleep(backoff(failures)).await;
             failures += 1;
         }
@@ -406,14 +411,14 @@ impl Site {
     }
 
     /// `POST /v1/agent/reports`, retrying shed or failed requests with back-off as an
-    /// agent's outbox does (each such failure is counted in the run's errors). The event
+    /// agent's outbox does (each such failure is counted in the run's retried requests). The event
     /// ids make a retry of a batch the coordinator did apply harmless.
     pub async fn report(&self, net: &Net, events: &[Event]) -> Result<ReportAck, SiteError> {
         let mut failures = 0;
         loop {
             match self.report_once(net, events).await {
                 Err(e) if retryable(&e) && failures < RETRIES => {
-                    net.errors.add(e.kind());
+                    net.retried.add(e.kind());
                     tokio::time::sleep(backoff(failures)).await;
                     failures += 1;
                 }
