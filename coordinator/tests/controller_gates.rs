@@ -815,3 +815,72 @@ fn applying_an_outcome_and_ticking_again_changes_nothing_more() {
     assert!(!again.changes(&applied), "{again:?}");
     assert!(again.decisions.iter().all(|d| !d.changes_state()));
 }
+
+#[test]
+fn every_site_status_says_why_in_words_and_agrees_with_its_state() {
+    use fleetwave_coordinator::controller::site_status;
+    let g = gate("success_ratio = 1.0, bake = \"30m\", report_deadline = \"1h\"");
+    let mut deferred = assigned("d");
+    deferred.deferred_until = Some(at(90));
+    let mut skipped = assigned("s");
+    skipped.skipped = true;
+    let mut unhealthy = committed("u", 10, 10);
+    unhealthy.first_unhealthy_after_commit_at = Some(at(14));
+    let cases: Vec<(SiteFacts, Timestamp, SiteState, &str)> = vec![
+        (
+            assigned("a"),
+            at(5),
+            SiteState::Pending,
+            "assigned, not started",
+        ),
+        (
+            SiteFacts::new("n"),
+            at(5),
+            SiteState::Pending,
+            "not yet assigned",
+        ),
+        (
+            committed("b", 10, 20),
+            at(25),
+            SiteState::InProgress,
+            "committed, baking 15m of 30m",
+        ),
+        (
+            committed("c", 10, 45),
+            at(50),
+            SiteState::Succeeded,
+            "committed and healthy for the 30m bake",
+        ),
+        (failed("f", 12), at(20), SiteState::Failed, "install failed"),
+        (
+            unhealthy,
+            at(20),
+            SiteState::Failed,
+            "unhealthy 4m after committing (bake 30m)",
+        ),
+        (
+            assigned("q"),
+            at(70),
+            SiteState::Silent,
+            "silent: nothing heard for 1h 10m",
+        ),
+        (
+            deferred,
+            at(60),
+            SiteState::Deferred,
+            "deferred by the site until",
+        ),
+        (skipped, at(5), SiteState::Skipped, "skipped by an operator"),
+    ];
+    for (site, now, state, words) in cases {
+        let st = site_status(&g, t0(), &site, now);
+        assert_eq!(st.state, state, "{}: {}", site.site_id, st.detail);
+        assert_eq!(site_state(&g, t0(), &site, now), state, "{}", site.site_id);
+        assert!(
+            st.detail.contains(words),
+            "{}: {:?} lacks {words:?}",
+            site.site_id,
+            st.detail
+        );
+    }
+}

@@ -81,15 +81,23 @@ impl SiteFacts {
             )
     }
 
-    /// The failure that makes the site failed, if any: the latest of a failed install or
-    /// a self-rollback wins over an earlier commit, a later commit wins over both.
-    fn install_failure(&self) -> Option<String> {
-        let failed_after_commit = match (self.failed_at, self.committed_at) {
+    /// Whether a failed install or a self-rollback makes the site failed: the latest of
+    /// them wins over an earlier commit, a later commit wins over both.
+    fn install_failed(&self) -> bool {
+        self.failed_after_commit() || (self.rolled_back && self.committed_at.is_none())
+    }
+
+    fn failed_after_commit(&self) -> bool {
+        match (self.failed_at, self.committed_at) {
             (Some(f), Some(c)) => f >= c,
             (Some(_), None) => true,
             _ => false,
-        };
-        if failed_after_commit {
+        }
+    }
+
+    /// The failure that makes the site failed, in words (see [`Self::install_failed`]).
+    fn install_failure(&self) -> Option<String> {
+        if self.failed_after_commit() {
             return Some(match &self.failure {
                 Some(d) if !d.is_empty() => format!("install failed: {d}"),
                 _ => "install failed".to_string(),
@@ -153,7 +161,7 @@ pub fn site_state(
     site: &SiteFacts,
     now: Timestamp,
 ) -> SiteState {
-    site_status(gate, wave_opened_at, site, now).state
+    classify(gate, wave_opened_at, site, now).state
 }
 
 /// Like [`site_state`], with the reason in words.
@@ -163,42 +171,69 @@ pub fn site_status(
     site: &SiteFacts,
     now: Timestamp,
 ) -> SiteStatus {
-    let status = |state, detail: String| SiteStatus {
+    let c = classify(gate, wave_opened_at, site, now);
+    SiteStatus {
+        state: c.state,
+        detail: c.describe(gate, site),
+        baked: c.baked,
+    }
+}
+
+/// A site's state and the reason for it, without words: the controller classifies every
+/// site of every open wave on each pass (100,000 at scale), so words are only made for
+/// the views that show them ([`site_status`]).
+#[derive(Debug, Clone, Copy)]
+struct Classified {
+    state: SiteState,
+    /// For a committed site still baking: how long it has baked so far.
+    baked: Option<SignedDuration>,
+    why: Why,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    Skipped,
+    InstallFailed,
+    UnhealthyWithinBake { after_commit: SignedDuration },
+    BakedHealthy,
+    UnhealthyBeforeBakeClosed,
+    Silent { quiet_for: SignedDuration },
+    Baking,
+    Deferred { until: Timestamp },
+    Installing,
+    Pending,
+}
+
+fn classify(
+    gate: &Gate,
+    wave_opened_at: Timestamp,
+    site: &SiteFacts,
+    now: Timestamp,
+) -> Classified {
+    let is = |state, why| Classified {
         state,
-        detail,
         baked: None,
+        why,
     };
     if site.skipped {
-        return status(SiteState::Skipped, "skipped by an operator".into());
+        return is(SiteState::Skipped, Why::Skipped);
     }
-    if let Some(why) = site.install_failure() {
-        return status(SiteState::Failed, why);
+    if site.install_failed() {
+        return is(SiteState::Failed, Why::InstallFailed);
     }
     if let Some(committed) = site.committed_at {
         let bake_end = committed + gate.bake;
         if let Some(u) = site.first_unhealthy_after_commit_at
             && u < bake_end
         {
-            return status(
-                SiteState::Failed,
-                format!(
-                    "unhealthy {} after committing (bake {})",
-                    human(u.duration_since(committed)),
-                    human(gate.bake)
-                ),
-            );
+            let after_commit = u.duration_since(committed);
+            return is(SiteState::Failed, Why::UnhealthyWithinBake { after_commit });
         }
         if site.last_healthy_at.is_some_and(|h| h >= bake_end) {
-            return status(
-                SiteState::Succeeded,
-                format!("committed and healthy for the {} bake", human(gate.bake)),
-            );
+            return is(SiteState::Succeeded, Why::BakedHealthy);
         }
         if site.first_unhealthy_after_commit_at.is_some() {
-            return status(
-                SiteState::Failed,
-                "unhealthy after committing, before a healthy report closed its bake".into(),
-            );
+            return is(SiteState::Failed, Why::UnhealthyBeforeBakeClosed);
         }
         // Committed, baking: silent if it stops reporting, otherwise in progress.
         if let Some(s) = silence(gate, wave_opened_at, site, now) {
@@ -208,19 +243,16 @@ pub fn site_status(
             .duration_since(committed)
             .min(gate.bake)
             .max(SignedDuration::ZERO);
-        return SiteStatus {
+        return Classified {
             state: SiteState::InProgress,
-            detail: format!("committed, baking {} of {}", human(baked), human(gate.bake)),
             baked: Some(baked),
+            why: Why::Baking,
         };
     }
     if let Some(until) = site.deferred_until
         && until > now
     {
-        return status(
-            SiteState::Deferred,
-            format!("deferred by the site until {until}"),
-        );
+        return is(SiteState::Deferred, Why::Deferred { until });
     }
     if let Some(s) = silence(gate, wave_opened_at, site, now) {
         return s;
@@ -231,15 +263,49 @@ pub fn site_status(
             Some(Phase::Leased | Phase::Downloading | Phase::Installing | Phase::Verifying)
         );
     if started {
-        let phase = site.last_phase.map(Phase::as_str).unwrap_or("leased");
-        status(SiteState::InProgress, format!("installing ({phase})"))
+        is(SiteState::InProgress, Why::Installing)
     } else {
-        let detail = match (site.assigned_at, site.last_phase) {
-            (None, _) => "not yet assigned (the site has not polled since the wave opened)",
-            (Some(_), Some(Phase::Waiting)) => "waiting for readiness or its window",
-            (Some(_), _) => "assigned, not started",
-        };
-        status(SiteState::Pending, detail.into())
+        is(SiteState::Pending, Why::Pending)
+    }
+}
+
+impl Classified {
+    /// The reason in words, e.g. `committed, baking 4m of 10m`.
+    fn describe(&self, gate: &Gate, site: &SiteFacts) -> String {
+        match self.why {
+            Why::Skipped => "skipped by an operator".into(),
+            Why::InstallFailed => site.install_failure().unwrap_or_default(),
+            Why::UnhealthyWithinBake { after_commit } => format!(
+                "unhealthy {} after committing (bake {})",
+                human(after_commit),
+                human(gate.bake)
+            ),
+            Why::BakedHealthy => format!("committed and healthy for the {} bake", human(gate.bake)),
+            Why::UnhealthyBeforeBakeClosed => {
+                "unhealthy after committing, before a healthy report closed its bake".into()
+            }
+            Why::Silent { quiet_for } => format!(
+                "silent: nothing heard for {} (report deadline {})",
+                human(quiet_for),
+                human(gate.report_deadline)
+            ),
+            Why::Baking => format!(
+                "committed, baking {} of {}",
+                human(self.baked.unwrap_or_default()),
+                human(gate.bake)
+            ),
+            Why::Deferred { until } => format!("deferred by the site until {until}"),
+            Why::Installing => {
+                let phase = site.last_phase.map(Phase::as_str).unwrap_or("leased");
+                format!("installing ({phase})")
+            }
+            Why::Pending => match (site.assigned_at, site.last_phase) {
+                (None, _) => "not yet assigned (the site has not polled since the wave opened)",
+                (Some(_), Some(Phase::Waiting)) => "waiting for readiness or its window",
+                (Some(_), _) => "assigned, not started",
+            }
+            .into(),
+        }
     }
 }
 
@@ -250,7 +316,7 @@ fn silence(
     wave_opened_at: Timestamp,
     site: &SiteFacts,
     now: Timestamp,
-) -> Option<SiteStatus> {
+) -> Option<Classified> {
     let since = [
         site.assigned_at,
         site.leased_at,
@@ -264,14 +330,12 @@ fn silence(
     if now < since + gate.report_deadline {
         return None;
     }
-    Some(SiteStatus {
+    Some(Classified {
         state: SiteState::Silent,
-        detail: format!(
-            "silent: nothing heard for {} (report deadline {})",
-            human(now.duration_since(since)),
-            human(gate.report_deadline)
-        ),
         baked: None,
+        why: Why::Silent {
+            quiet_for: now.duration_since(since),
+        },
     })
 }
 
@@ -296,12 +360,17 @@ pub struct WaveTally {
 impl WaveTally {
     /// Adds one site's status.
     pub fn add(&mut self, s: &SiteStatus) {
+        self.add_state(s.state, s.baked);
+    }
+
+    /// Adds one site's state (`baked`: how long it has baked, if it is baking).
+    fn add_state(&mut self, state: SiteState, baked: Option<SignedDuration>) {
         self.total += 1;
-        match s.state {
+        match state {
             SiteState::Pending => self.pending += 1,
             SiteState::InProgress => {
                 self.in_progress += 1;
-                if let Some(b) = s.baked {
+                if let Some(b) = baked {
                     self.baking += 1;
                     self.furthest_bake = self.furthest_bake.max(b);
                 }
@@ -352,7 +421,8 @@ pub fn tally(
 ) -> WaveTally {
     let mut t = WaveTally::default();
     for site in sites {
-        t.add(&site_status(gate, wave_opened_at, site, now));
+        let c = classify(gate, wave_opened_at, site, now);
+        t.add_state(c.state, c.baked);
     }
     t
 }
