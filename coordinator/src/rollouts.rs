@@ -102,6 +102,17 @@ impl Loaded {
             })
             .collect();
         waves.resize(self.plan.waves.len(), WaveView::default());
+        // Sized first: growing a wave's list of 40,000 sites by doubling copied it over
+        // and over on every controller pass.
+        let mut sizes = vec![0usize; waves.len()];
+        for s in &self.sites {
+            if let Some(n) = sizes.get_mut(s.wave as usize) {
+                *n += 1;
+            }
+        }
+        for (w, n) in waves.iter_mut().zip(sizes) {
+            w.sites.reserve_exact(n);
+        }
         for s in &self.sites {
             if let Some(w) = waves.get_mut(s.wave as usize) {
                 w.sites.push(facts(s));

@@ -17,6 +17,10 @@ use fleetwave_shared::trust::TrustState;
 use futures_util::StreamExt as _;
 
 use crate::coordinator::{Coordinator, Setup, Tuning, client};
+
+/// The simulated sites share this many clients, each with its own connection pool (see
+/// [`Net::client`]).
+const CLIENT_SHARDS: usize = 256;
 use crate::procstat::{self, mib};
 use crate::site::{Executor, Net, PollOutcome, Site};
 use crate::stats::{Counter, Latencies};
@@ -96,10 +100,10 @@ impl Fleet {
         if aborted > 0 {
             println!("aborted {aborted} rollout(s) an earlier run left active");
         }
-        let net = Net::new(
-            client(&setup.ca_pem, client_timeout, fresh_connections)?,
-            coordinator.base.clone(),
-        );
+        let clients = (0..CLIENT_SHARDS.min(n.max(1)))
+            .map(|_| client(&setup.ca_pem, client_timeout, fresh_connections))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let net = Net::new(clients, coordinator.base.clone());
         let root = Envelope::from_json(
             &std::fs::read(setup.dir.join("root.1.json")).context("reading root.1.json")?,
         )?;

@@ -193,7 +193,7 @@ pub async fn poll_ratio(
     let url = fleet
         .coordinator
         .url("/v1/agent/poll?wait=0&root_version=1");
-    let http = fleet.net.http.clone();
+    let http = fleet.net.client(0).clone();
     let mut reqs = Vec::new();
     let mut canned = None;
     for site in &fleet.sites {

@@ -66,7 +66,8 @@ impl SiteError {
 
 /// Everything sites share: the client pool, the coordinator's address, the counters.
 pub struct Net {
-    pub http: reqwest::Client,
+    /// Clients by shard (see [`Net::client`]).
+    clients: Vec<reqwest::Client>,
     pub base: String,
     pub poll_latency: Latencies,
     pub report_latency: Latencies,
@@ -81,9 +82,11 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(http: reqwest::Client, base: String) -> Arc<Net> {
+    /// `clients` shards the sites' connection pools (at least one client).
+    pub fn new(clients: Vec<reqwest::Client>, base: String) -> Arc<Net> {
+        assert!(!clients.is_empty(), "a simulated fleet needs a client");
         Arc::new(Net {
-            http,
+            clients,
             base,
             poll_latency: Latencies::default(),
             report_latency: Latencies::default(),
@@ -93,6 +96,14 @@ impl Net {
             errors: Errors::default(),
             retried: Errors::default(),
         })
+    }
+
+    /// The client of simulated site `index`. Sites are spread over several clients, each
+    /// with its own connection pool, as real agents each have their own: one pool for
+    /// 100,000 sites made the client library itself the bottleneck (its pool walks its
+    /// queue of waiting requests on every returned connection, quadratic in a burst).
+    pub fn client(&self, index: usize) -> &reqwest::Client {
+        &self.clients[index % self.clients.len()]
     }
 
     fn url(&self, path: &str) -> String {
@@ -187,6 +198,7 @@ impl Executor {
 /// One simulated site.
 pub struct Site {
     pub id: String,
+    index: usize,
     key: SigningKey,
     token: Option<String>,
     etag: Option<String>,
@@ -200,6 +212,7 @@ impl Site {
     pub fn new(index: usize) -> Site {
         Site {
             id: site_id(index),
+            index,
             key: device_key(index),
             token: None,
             etag: None,
@@ -218,7 +231,7 @@ impl Site {
                 .to_bytes(),
         );
         let res = net
-            .http
+            .client(self.index)
             .post(net.url(paths::ENROLL))
             .json(
                 &json!({"token": token, "site_id": self.id, "device_key": device,
@@ -243,7 +256,7 @@ impl Site {
                 .to_bytes(),
         );
         let res = net
-            .http
+            .client(self.index)
             .post(net.url(paths::SESSION))
             .json(&json!({"site_id": self.id, "timestamp": at, "nonce": nonce, "signature": sig}))
             .send()
@@ -271,7 +284,7 @@ impl Site {
     ) -> Result<PollOutcome, SiteError> {
         let started = Instant::now();
         let mut req = net
-            .http
+            .client(self.index)
             .get(format!(
                 "{}?wait={wait}&root_version={}",
                 net.url(paths::POLL),
@@ -346,7 +359,7 @@ impl Site {
         let (mut denials, mut failures) = (0, 0);
         while denials < tries {
             let sent = net
-                .http
+                .client(self.index)
                 .post(net.url(paths::LEASE))
                 .bearer_auth(self.bearer())
                 .json(&json!({"rollout_id": rollout_id, "sequence": sequence}))
@@ -430,7 +443,7 @@ impl Site {
     pub async fn report_once(&self, net: &Net, events: &[Event]) -> Result<ReportAck, SiteError> {
         let started = Instant::now();
         let res = net
-            .http
+            .client(self.index)
             .post(net.url(paths::REPORTS))
             .bearer_auth(self.bearer())
             .json(&json!({ "events": events }))
