@@ -21,6 +21,12 @@ use crate::coordinator::{Coordinator, Setup, Tuning, client};
 /// The simulated sites share this many clients, each with its own connection pool (see
 /// [`Net::client`]).
 const CLIENT_SHARDS: usize = 256;
+
+/// The loopback source address of client shard `i`: 127.0.1.1, 127.0.1.2, ... (each
+/// with its own ephemeral ports, as each real site has its own address).
+fn shard_address(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 1 + (i / 254) as u8, (i % 254) as u8 + 1)
+}
 use crate::procstat::{self, mib};
 use crate::site::{Executor, Net, PollOutcome, Site};
 use crate::stats::{Counter, Latencies};
@@ -101,7 +107,14 @@ impl Fleet {
             println!("aborted {aborted} rollout(s) an earlier run left active");
         }
         let clients = (0..CLIENT_SHARDS.min(n.max(1)))
-            .map(|_| client(&setup.ca_pem, client_timeout, fresh_connections))
+            .map(|i| {
+                client(
+                    &setup.ca_pem,
+                    client_timeout,
+                    fresh_connections,
+                    Some(shard_address(i)),
+                )
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let net = Net::new(clients, coordinator.base.clone());
         let root = Envelope::from_json(
