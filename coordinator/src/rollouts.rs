@@ -327,6 +327,7 @@ impl App {
     ) -> Result<(), ApiError> {
         let started = std::time::Instant::now();
         let mut first_published = None;
+        let release = crate::state::ServedRelease::new(release.clone());
         for chunk in drafts.chunks(ISSUE_CHUNK) {
             self.issue_assignments(chunk.to_vec(), release.clone())
                 .await?;

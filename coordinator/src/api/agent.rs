@@ -232,9 +232,9 @@ fn next_poll_secs(app: &AppState) -> u32 {
 const NOTHING_HEAD: &[u8] = br#"{"assignment":null,"release":null,"roots":"#;
 
 /// The start of a poll's 200 body for an assignment, `{"assignment":…,"release":…,"roots":`,
-/// from the compact JSON of both envelopes ([`Envelope::to_json`]). The site cache builds it
-/// once per assignment ([`crate::state::SiteCache::set_assignment`]); [`poll_body`] finishes
-/// it. Together they write what serializing a
+/// from the compact JSON of both envelopes ([`Envelope::to_json`]), which the site cache
+/// serializes once per assignment and release ([`crate::state::SiteCache::set_assignment`]);
+/// [`poll_body`] finishes it. Together they write what serializing a
 /// [`PollResponse`](fleetwave_shared::protocol::PollResponse) writes.
 pub fn poll_head(assignment_json: &[u8], release_json: &[u8]) -> Bytes {
     const A: &[u8] = br#"{"assignment":"#;
@@ -307,10 +307,12 @@ fn render_body(app: &AppState, answer: &Answer, next_poll_secs: u32) -> Vec<u8> 
     let head = answer
         .assignment
         .as_ref()
-        .map_or(NOTHING_HEAD, |a| &a.poll_head[..]);
+        .map_or(Bytes::from_static(NOTHING_HEAD), |a| {
+            poll_head(&a.assignment_json, &a.release.json)
+        });
     let t = app.trust.read().unwrap_or_else(|e| e.into_inner());
     let roots = t.envelopes.get(answer.roots.clone()).unwrap_or_default();
-    poll_body(head, roots, next_poll_secs)
+    poll_body(&head, roots, next_poll_secs)
 }
 
 pub async fn poll(
