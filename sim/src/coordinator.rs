@@ -94,6 +94,8 @@ pub struct Coordinator {
     child: Child,
     pub pid: u32,
     pub base: String,
+    /// Where it listens (`localhost` in `base` names it, for the certificate).
+    pub addr: std::net::SocketAddr,
     pub admin: reqwest::Client,
     token: String,
 }
@@ -104,15 +106,19 @@ pub struct Coordinator {
 ///
 /// `local` binds its connections to a loopback source address: one address has only
 /// the ephemeral port range (about 28,000 ports) for all its connections to the
-/// coordinator, fewer than a 100,000-site fleet holds open.
+/// coordinator, fewer than a 100,000-site fleet holds open. `localhost` resolves to
+/// `coordinator` without asking the system resolver (which failed with EBUSY under the
+/// connection burst of a 100,000-site wave).
 pub fn client(
     ca_pem: &[u8],
     timeout: Duration,
     fresh_connections: bool,
     local: Option<std::net::Ipv4Addr>,
+    coordinator: std::net::SocketAddr,
 ) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(ca_pem).context("tls/ca.pem is not a certificate")?;
     Ok(reqwest::Client::builder()
+        .resolve("localhost", coordinator)
         .local_address(local.map(std::net::IpAddr::V4))
         .add_root_certificate(ca)
         .http1_only()
@@ -161,11 +167,13 @@ impl Coordinator {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut c = Coordinator {
             child,
             pid,
             base: format!("https://localhost:{port}"),
-            admin: client(&setup.ca_pem, Duration::from_secs(600), false, None)?,
+            addr,
+            admin: client(&setup.ca_pem, Duration::from_secs(600), false, None, addr)?,
             token: setup.admin_token.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(300);

@@ -113,6 +113,7 @@ impl Fleet {
                     client_timeout,
                     fresh_connections,
                     Some(shard_address(i)),
+                    coordinator.addr,
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
