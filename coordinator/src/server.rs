@@ -189,6 +189,8 @@ pub async fn build_app(
     }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;
+    let mut releases: std::collections::HashMap<String, Arc<crate::state::ServedRelease>> =
+        std::collections::HashMap::new();
     for a in assignments {
         let aborted = rollouts.iter().any(|r| {
             r.id == a.rollout_id
@@ -200,10 +202,20 @@ pub async fn build_app(
         if aborted && !a.rollback {
             continue;
         }
-        let rid = a.release_id.clone();
-        if let Some(release) = db.run(move |s| s.release(&rid)).await? {
-            app.sites.set_assignment(a, release.envelope);
-        }
+        // One shared copy per release, read once (not once per site).
+        let release = match releases.get(&a.release_id) {
+            Some(r) => r.clone(),
+            None => {
+                let rid = a.release_id.clone();
+                let Some(release) = db.run(move |s| s.release(&rid)).await? else {
+                    continue;
+                };
+                let served = crate::state::ServedRelease::new(release.envelope);
+                releases.insert(a.release_id.clone(), served.clone());
+                served
+            }
+        };
+        app.sites.set_assignment(a, release);
     }
     Ok(app)
 }
@@ -225,9 +237,9 @@ pub async fn start(
     let router = crate::api::router(app.clone()).merge(crate::dashboard::router(app.clone()));
     let max_header = app.config.limits.max_header_bytes;
     let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
-    let connections = Arc::new(tokio::sync::Semaphore::new(
+    let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(
         app.config.limits.max_connections,
-    ));
+    )));
 
     let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
     let flusher = {
@@ -373,4 +385,55 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
     }))
+}
+
+/// File descriptors kept back from connections: SQLite's database, WAL and temporary
+/// files, artifacts being served, the listener, logs.
+pub const FD_RESERVE: u64 = 1024;
+
+/// The connection limit this process can keep: `limits.max_connections`, lowered to what
+/// the open-file limit leaves after [`FD_RESERVE`] (the soft limit is raised to the hard
+/// one first). Past the open-file limit accept fails and SQLite cannot open its files, so
+/// every request fails with `storage_unavailable`; under it, extra connections wait in the
+/// listen backlog.
+fn connection_limit(configured: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return configured;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    // rlim_t is 32 bits wide on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let open_files = lim.rlim_cur as u64;
+    let effective = clamp_connections(configured, open_files);
+    if effective < configured {
+        tracing::warn!(
+            configured,
+            effective,
+            open_files,
+            "limits.max_connections is above what the open-file limit (LimitNOFILE, ulimit -n) \
+             leaves; using the lower figure. Raise the open-file limit to serve more connections"
+        );
+    }
+    effective
+}
+
+/// `configured`, at most the open-file limit `open_files` minus [`FD_RESERVE`] (never
+/// below 16).
+pub fn clamp_connections(configured: usize, open_files: u64) -> usize {
+    let room = open_files.saturating_sub(FD_RESERVE).max(16);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
