@@ -117,7 +117,18 @@ pub fn client(
     coordinator: std::net::SocketAddr,
 ) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(ca_pem).context("tls/ca.pem is not a certificate")?;
+    // A fresh connection per request asks the coordinator to close it after the answer,
+    // as a server whose keep-alive is shorter than the poll interval would: a socket left
+    // to linger until the server's idle timeout holds a file descriptor meanwhile.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if fresh_connections {
+        headers.insert(
+            reqwest::header::CONNECTION,
+            reqwest::header::HeaderValue::from_static("close"),
+        );
+    }
     Ok(reqwest::Client::builder()
+        .default_headers(headers)
         .resolve("localhost", coordinator)
         .local_address(local.map(std::net::IpAddr::V4))
         .add_root_certificate(ca)
