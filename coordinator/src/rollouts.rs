@@ -288,14 +288,18 @@ impl App {
         }
     }
 
-    /// Reads a rollout with its plan, release and sites from SQLite.
-    async fn read_rollout(&self, id: &str) -> Result<Loaded, ApiError> {
+    /// A rollout's stored record (404 when there is none).
+    async fn rollout_record(&self, id: &str) -> Result<RolloutRecord, ApiError> {
         let rid = id.to_string();
-        let record = self
-            .db
+        self.db
             .run(move |s| s.rollout(&rid))
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?;
+            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))
+    }
+
+    /// Reads a rollout with its plan, release and sites from SQLite.
+    async fn read_rollout(&self, id: &str) -> Result<Loaded, ApiError> {
+        let record = self.rollout_record(id).await?;
         let plan = self.engine.plan(&record)?;
         let release_id = record.release_id.clone();
         let release = self
@@ -1025,12 +1029,7 @@ impl App {
         if let Some(f) = self.engine.facts.with(id, |l| LeaseFacts::of(l, site_id)) {
             return Ok(f);
         }
-        let rid = id.to_string();
-        let record = self
-            .db
-            .run(move |s| s.rollout(&rid))
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?;
+        let record = self.rollout_record(id).await?;
         if record.status.is_active() {
             // Live but not loaded yet (after a restart): load it into memory once.
             return self.with_rollout(id, |l| LeaseFacts::of(l, site_id)).await;

@@ -474,7 +474,7 @@ fn lease_rows(s: &Setup, rollout: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_leases_is_granted_through_group_commit_each_exactly_once() {
+async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
     let s = setup(1200).await;
     let (id, got) = lease_all_at_once(&s, "").await;
     assert_eq!(got.len(), 1200);
