@@ -24,7 +24,7 @@ const CLIENT_SHARDS: usize = 256;
 
 /// The loopback source address of client shard `i`: 127.0.1.1, 127.0.1.2, ... (each
 /// with its own ephemeral ports, as each real site has its own address).
-fn shard_address(i: usize) -> std::net::Ipv4Addr {
+pub(crate) fn shard_address(i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 0, 1 + (i / 254) as u8, (i % 254) as u8 + 1)
 }
 use crate::procstat::{self, mib};

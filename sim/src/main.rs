@@ -6,6 +6,7 @@
 //! (no protocol errors; the rollout completed; reports applied exactly once), 1 otherwise.
 
 mod agent_idle;
+mod connections;
 mod coordinator;
 mod fleet;
 mod procstat;
@@ -126,6 +127,18 @@ enum Cmd {
         /// Poll without If-None-Match (a 200 with the full body) instead of the usual 304.
         #[arg(long)]
         full: bool,
+    },
+    /// Memory per idle keep-alive connection: one TLS connection per site, polled once
+    /// (200, then 304) and left open, the coordinator's RSS read after each step.
+    Connections {
+        #[command(flatten)]
+        common: Common,
+        /// Steps in which the connections are opened (RSS is read after each).
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// How long the connections stay open and idle after the last step.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        hold: Duration,
     },
     /// Controller tick time over a large rollout (pure controller and engine pass).
     Tick {
@@ -278,6 +291,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
             ratio::poll_ratio(fleet, workers, seconds, !full).await?;
             Ok(true)
+        }
+        Cmd::Connections {
+            common,
+            steps,
+            hold,
+        } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            let failed = connections::idle_connections(fleet, steps, hold).await?;
+            if failed > 0 {
+                eprintln!("{failed} connections failed to open");
+            }
+            Ok(failed == 0)
         }
         Cmd::Tick { sites, passes, dir } => {
             let (dir, _tmp) = workdir(dir)?;
