@@ -104,6 +104,11 @@ pub struct Limits {
     /// send a request head. Longer than the poll interval plus jitter, so a polling agent
     /// keeps its TLS connection instead of a handshake per poll.
     pub keepalive_idle_secs: u64,
+    /// Connections kept open between requests. While more connections than this are
+    /// open, each ends after its answer (`Connection: close`) and the agent reconnects
+    /// at its next poll, resuming its TLS session with a ticket. An idle keep-alive TLS
+    /// connection holds about 25 KiB of the coordinator's memory.
+    pub max_keepalive_connections: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +124,7 @@ impl Default for Limits {
             max_long_polls: 100_000,
             max_connections: 200_000,
             keepalive_idle_secs: 90,
+            max_keepalive_connections: 10_000,
         }
     }
 }

@@ -42,6 +42,13 @@ pub struct Metrics {
     pub gate_decisions: Family<KindLabel, Counter>,
     pub leases: Family<ResultLabel, Counter>,
     pub requests: Family<RequestLabels, Histogram>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Connections closed after their answer because more than
+    /// `limits.max_keepalive_connections` were open.
+    pub keepalive_declined: Counter,
+    /// TLS handshakes by kind: `full` or `resumed` (a session ticket).
+    pub tls_handshakes: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,8 +92,29 @@ impl Metrics {
             "HTTP request latency",
             requests.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let keepalive_declined = Counter::default();
+        registry.register(
+            "keepalive_declined",
+            "Connections closed after their answer because more than limits.max_keepalive_connections were open",
+            keepalive_declined.clone(),
+        );
+        let tls_handshakes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by result: full, or resumed with a session ticket",
+            tls_handshakes.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            keepalive_declined,
+            tls_handshakes,
             polls,
             report_events,
             rollouts,

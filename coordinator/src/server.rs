@@ -80,6 +80,15 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor
         .with_single_cert(certs, key)
         .context("tls.cert and tls.key do not form a usable certificate and key")?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless session tickets: an agent reconnecting (after the coordinator closed its
+    // idle connection, see `limits.max_keepalive_connections`) resumes its TLS session
+    // without a certificate signature on our side or a chain verification on its side,
+    // and the coordinator keeps no per-session state for it. Ticket keys live in memory
+    // and rotate; after a restart agents do one full handshake. Resumption still runs an
+    // ephemeral key exchange, so traffic keeps forward secrecy.
+    server.ticketer = rustls::crypto::ring::Ticketer::new()
+        .context("cannot create the TLS session ticket key")?;
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -240,6 +249,8 @@ pub async fn start(
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(
         app.config.limits.max_connections,
     )));
+    let keepalive_max =
+        i64::try_from(app.config.limits.max_keepalive_connections).unwrap_or(i64::MAX);
 
     let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
     let flusher = {
@@ -284,10 +295,26 @@ pub async fn start(
             };
             let _ = tcp.set_nodelay(true);
             let router = router.clone();
+            let app = task_app.clone();
             let svc = tower::service_fn(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(RemoteAddr(remote));
-                    router.clone().oneshot(req.map(axum::body::Body::new))
+                    let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                    let app = app.clone();
+                    async move {
+                        let mut res = answer.await?;
+                        if app.metrics.connections_open.get() > keepalive_max {
+                            // Over the keep-alive budget: this connection ends with its
+                            // answer and the agent reconnects (resuming its TLS session)
+                            // at its next poll, instead of holding ~25 KiB here meanwhile.
+                            res.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                            app.metrics.keepalive_declined.inc();
+                        }
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
                 },
             );
             let mut builder = Builder::new(TokioExecutor::new());
@@ -301,8 +328,10 @@ pub async fn start(
             let builder = builder.http1_only();
             let acceptor = acceptor.clone();
             let watcher = graceful.watcher();
+            let conn_app = task_app.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _open = OpenConnection::new(&conn_app.metrics);
                 let svc = TowerToHyperService::new(svc);
                 match acceptor {
                     Some(acceptor) => {
@@ -315,6 +344,11 @@ pub async fn start(
                             Ok(Ok(s)) => s,
                             _ => return,
                         };
+                        let kind = match tls.get_ref().1.handshake_kind() {
+                            Some(rustls::HandshakeKind::Resumed) => "resumed",
+                            _ => "full",
+                        };
+                        Metrics::count(&conn_app.metrics.tls_handshakes, kind, 1);
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
@@ -385,6 +419,22 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
     }))
+}
+
+/// Counts a connection in `connections_open` while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(metrics: &Metrics) -> OpenConnection {
+        metrics.connections_open.inc();
+        OpenConnection(metrics.connections_open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// File descriptors kept back from connections: SQLite's database, WAL and temporary

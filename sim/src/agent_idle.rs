@@ -41,6 +41,7 @@ pub async fn agent_idle(
         &Tuning {
             poll_interval_secs: interval_secs as u32,
             max_concurrent_requests: None,
+            max_keepalive_connections: None,
             tick_millis: 1000,
         },
     )

@@ -26,7 +26,7 @@ use crate::procstat::{self, mib};
 
 /// One open, idle connection: dropping it closes the connection.
 struct Idle {
-    _sender: SendRequest<Empty<Bytes>>,
+    _sender: Option<SendRequest<Empty<Bytes>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,6 +50,15 @@ fn tls_client(ca_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// What became of one connection.
+enum Opened {
+    /// Polled twice and left open.
+    Idle(Idle),
+    /// The coordinator answered the first poll with `Connection: close`: it was over its
+    /// `limits.max_keepalive_connections`.
+    Declined,
+}
+
 /// Opens a connection from `source`, polls twice over it (200, then 304 with the ETag)
 /// and returns it idle.
 async fn open(
@@ -58,7 +67,7 @@ async fn open(
     source: std::net::Ipv4Addr,
     path: &str,
     token: &str,
-) -> anyhow::Result<Idle> {
+) -> anyhow::Result<Opened> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind((source, 0).into())?;
     let tcp = socket.connect(coordinator).await.context("connect")?;
@@ -68,10 +77,13 @@ async fn open(
         .await
         .context("TLS handshake")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    // From here on, dropping `task` (inside `Idle`) on an error closes the connection.
+    let mut idle = Idle {
+        _sender: None,
+        task: tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    };
+    // From here on, dropping `idle` on an error closes the connection.
     let mut etag = None;
     for want in [200u16, 304] {
         let mut req = hyper::Request::get(path)
@@ -80,29 +92,26 @@ async fn open(
         if let Some(e) = &etag {
             req = req.header(hyper::header::IF_NONE_MATCH, e);
         }
-        if let Err(e) = sender.ready().await {
-            task.abort();
-            return Err(e).context("connection closed");
-        }
-        let res = match sender.send_request(req.body(Empty::<Bytes>::new())?).await {
-            Ok(r) => r,
-            Err(e) => {
-                task.abort();
-                return Err(e.into());
-            }
-        };
+        sender.ready().await.context("connection closed")?;
+        let res = sender
+            .send_request(req.body(Empty::<Bytes>::new())?)
+            .await?;
         let status = res.status().as_u16();
         etag = res.headers().get(hyper::header::ETAG).cloned();
-        let body = res.into_body().collect().await;
-        if status != want || body.is_err() {
-            task.abort();
+        let close = res
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        res.into_body().collect().await?;
+        if status != want {
             bail!("poll answered {status}, expected {want}");
         }
+        if close {
+            return Ok(Opened::Declined);
+        }
     }
-    Ok(Idle {
-        _sender: sender,
-        task,
-    })
+    idle._sender = Some(sender);
+    Ok(Opened::Idle(idle))
 }
 
 /// RSS of the coordinator after it settled for `settle`.
@@ -145,11 +154,11 @@ pub async fn idle_connections(fleet: Fleet, steps: usize, hold: Duration) -> any
         mib(base)
     );
     let mut open_now: Vec<Idle> = Vec::with_capacity(sites.len());
-    let mut failed = 0u64;
+    let (mut failed, mut declined) = (0u64, 0u64);
     let per_step = sites.len().div_ceil(steps.max(1));
     for chunk in sites.chunks(per_step) {
         let started = Instant::now();
-        let results: Vec<anyhow::Result<Idle>> =
+        let results: Vec<anyhow::Result<Opened>> =
             futures_util::stream::iter(chunk.iter().map(|(i, token)| {
                 let (tls, path) = (tls.clone(), path.clone());
                 async move { open(&tls, addr, shard_address(*i % 256), &path, token).await }
@@ -159,7 +168,8 @@ pub async fn idle_connections(fleet: Fleet, steps: usize, hold: Duration) -> any
             .await;
         for r in results {
             match r {
-                Ok(c) => open_now.push(c),
+                Ok(Opened::Idle(c)) => open_now.push(c),
+                Ok(Opened::Declined) => declined += 1,
                 Err(e) => {
                     if failed < 3 {
                         eprintln!("open connection: {e:#}");
@@ -172,7 +182,7 @@ pub async fn idle_connections(fleet: Fleet, steps: usize, hold: Duration) -> any
         let rss = settled_rss(pid, settle).await?;
         let per = (rss as f64 - base as f64) / open_now.len().max(1) as f64;
         println!(
-            "  {:>6} open: RSS {:.1} MiB, {:+.1} MiB over the baseline, {:.1} KiB per connection (step opened in {:.1} s)",
+            "  {:>6} open ({declined} closed by the coordinator after their answer): RSS {:.1} MiB, {:+.1} MiB over the baseline, {:.1} KiB per open connection (step opened in {:.1} s)",
             open_now.len(),
             mib(rss),
             (rss as f64 - base as f64) / 1048576.0,

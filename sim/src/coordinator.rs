@@ -86,6 +86,7 @@ impl Setup {
 pub struct Tuning {
     pub poll_interval_secs: u32,
     pub max_concurrent_requests: Option<usize>,
+    pub max_keepalive_connections: Option<usize>,
     pub tick_millis: u64,
 }
 
@@ -157,8 +158,15 @@ impl Coordinator {
             "\n[poll]\ninterval_secs = {}\njitter_percent = 0\n\n[controller]\ntick_millis = {}\n",
             tuning.poll_interval_secs, tuning.tick_millis
         ));
+        let mut limits = String::new();
         if let Some(n) = tuning.max_concurrent_requests {
-            text.push_str(&format!("\n[limits]\nmax_concurrent_requests = {n}\n"));
+            limits.push_str(&format!("max_concurrent_requests = {n}\n"));
+        }
+        if let Some(n) = tuning.max_keepalive_connections {
+            limits.push_str(&format!("max_keepalive_connections = {n}\n"));
+        }
+        if !limits.is_empty() {
+            text.push_str(&format!("\n[limits]\n{limits}"));
         }
         let config = setup.dir.join("sim.toml");
         std::fs::write(&config, text)?;

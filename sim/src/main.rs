@@ -52,6 +52,10 @@ struct Common {
     /// Override the coordinator's `limits.max_concurrent_requests`.
     #[arg(long)]
     max_concurrent_requests: Option<usize>,
+    /// Override the coordinator's `limits.max_keepalive_connections` (connections kept
+    /// open between requests; 10,000 by default).
+    #[arg(long)]
+    max_keepalive_connections: Option<usize>,
     /// Open a new TCP + TLS connection for every request instead of sharing a keep-alive
     /// pool (what agents polling less often than `limits.keepalive_idle_secs`, 90 s by
     /// default, do).
@@ -218,6 +222,7 @@ async fn fleet_up(
         &Tuning {
             poll_interval_secs: interval_secs.max(1),
             max_concurrent_requests: common.max_concurrent_requests,
+            max_keepalive_connections: common.max_keepalive_connections,
             tick_millis: 200,
         },
         client_timeout,

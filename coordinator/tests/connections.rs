@@ -1,0 +1,212 @@
+//! Connections over real TLS to an in-process coordinator: keep-alive within
+//! `limits.max_keepalive_connections`, connections over it end with their answer, and a
+//! client that reconnects resumes its TLS session from a stateless ticket.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetwave_coordinator::config::Config;
+use fleetwave_coordinator::init::{InitOptions, init};
+use fleetwave_coordinator::server::{Running, Transport, start};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+struct Coordinator {
+    _dir: tempfile::TempDir,
+    running: Running,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+async fn coordinator(extra: &str) -> Coordinator {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let out = init(&InitOptions {
+        dir: dir.path().to_path_buf(),
+        root: None,
+        coordinator_key: None,
+        dev_root: true,
+        listen: "127.0.0.1:0".into(),
+    })
+    .unwrap();
+    let mut text = std::fs::read_to_string(&out.config).unwrap();
+    text.push_str(extra);
+    std::fs::write(&out.config, text).unwrap();
+    let config = Config::load(&out.config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = start(config, Transport::Tls, listener).await.unwrap();
+    Coordinator {
+        tls: client_config(&out.ca_cert),
+        _dir: dir,
+        running,
+    }
+}
+
+/// A client configuration trusting the setup's CA; connections made with the same one
+/// share its TLS session cache, as an agent's do.
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+    resumed: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Coordinator {
+    async fn connect(&self) -> Connection {
+        let tcp = tokio::net::TcpStream::connect(self.running.local_addr)
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Connection {
+            sender,
+            task,
+            resumed,
+        }
+    }
+}
+
+impl Connection {
+    /// `GET path`; returns the status, the `Connection` header and the body.
+    async fn get(&mut self, path: &str) -> (u16, Option<String>, String) {
+        self.sender.ready().await.unwrap();
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        let connection = res
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            connection,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// Whether the coordinator closed this connection (within a few seconds).
+    async fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.task.is_finished() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{text}"))
+}
+
+#[tokio::test]
+async fn connections_over_the_keepalive_budget_end_with_their_answer() {
+    let c = coordinator("\n[limits]\nmax_keepalive_connections = 2\n").await;
+    let mut a = c.connect().await;
+    let mut b = c.connect().await;
+    assert_eq!(a.get("/healthz").await.1, None, "first connection is kept");
+    assert_eq!(b.get("/healthz").await.1, None, "second connection is kept");
+
+    // A third open connection is over the budget: its answer closes it.
+    let mut third = c.connect().await;
+    let (status, connection, _) = third.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(connection.as_deref(), Some("close"));
+    assert!(
+        third.closed().await,
+        "the coordinator closed the third connection"
+    );
+
+    // The kept connections still carry further requests.
+    assert_eq!(a.get("/healthz").await.0, 200);
+    let (_, connection, metrics) = b.get("/metrics").await;
+    assert_eq!(connection, None);
+    assert_eq!(metric(&metrics, "fleetwave_keepalive_declined_total "), 1.0);
+    assert_eq!(metric(&metrics, "fleetwave_connections_open "), 2.0);
+
+    // Once connections close, new ones are kept again.
+    drop(a);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut d = loop {
+        let mut d = c.connect().await;
+        let (_, _, metrics) = d.get("/metrics").await;
+        if metric(&metrics, "fleetwave_connections_open ") <= 2.0 {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d.get("/healthz").await.1, None);
+    assert!(!d.task.is_finished());
+    c.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_resumes_its_tls_session_from_a_ticket() {
+    let c = coordinator("").await;
+    let mut first = c.connect().await;
+    assert!(!first.resumed, "the first handshake is a full one");
+    // The answer carries the session ticket the client stores.
+    assert_eq!(first.get("/healthz").await.0, 200);
+    drop(first);
+
+    let mut second = c.connect().await;
+    assert!(second.resumed, "the second handshake resumes the session");
+    let (_, _, metrics) = second.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "fleetwave_tls_handshakes_total{result=\"full\"} "),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "fleetwave_tls_handshakes_total{result=\"resumed\"} "
+        ),
+        1.0
+    );
+    c.running.stop().await;
+}
