@@ -36,7 +36,9 @@ pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// coordinator's default `limits.keepalive_idle_secs` (90 s): keeping a connection longer
 /// than the coordinator does would not save a handshake, only risk sending on a connection
 /// it is closing. (Also reqwest's default; set here so that a dependency update cannot
-/// change it.)
+/// change it.) A coordinator over its `limits.max_keepalive_connections` closes the
+/// connection after the answer instead; the next request resumes the TLS session from the
+/// ticket it sent (rustls keeps it in the client's in-memory session cache).
 pub const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// Why a request to the coordinator failed.
