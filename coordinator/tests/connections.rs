@@ -64,6 +64,7 @@ struct Connection {
     sender: SendRequest<Empty<Bytes>>,
     task: tokio::task::JoinHandle<()>,
     resumed: bool,
+    suite: Option<rustls::CipherSuite>,
 }
 
 impl Drop for Connection {
@@ -82,6 +83,7 @@ impl Coordinator {
             .await
             .unwrap();
         let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .unwrap();
@@ -92,6 +94,7 @@ impl Coordinator {
             sender,
             task,
             resumed,
+            suite,
         }
     }
 }
@@ -190,6 +193,11 @@ async fn a_reconnecting_client_resumes_its_tls_session_from_a_ticket() {
     let c = coordinator("").await;
     let mut first = c.connect().await;
     assert!(!first.resumed, "the first handshake is a full one");
+    // The client asks for AES-256-GCM-SHA384 first; the coordinator's order wins.
+    assert_eq!(
+        first.suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     // The answer carries the session ticket the client stores.
     assert_eq!(first.get("/healthz").await.0, 200);
     drop(first);

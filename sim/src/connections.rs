@@ -208,3 +208,180 @@ pub async fn idle_connections(fleet: Fleet, steps: usize, hold: Duration) -> any
     );
     Ok(failed)
 }
+
+/// One poll over a sender: `GET path` with `If-None-Match` (a 304, the usual poll).
+async fn poll_304(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+    token: &str,
+    etag: &hyper::header::HeaderValue,
+) -> anyhow::Result<()> {
+    sender.ready().await.context("connection closed")?;
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(hyper::header::IF_NONE_MATCH, etag)
+        .body(Empty::<Bytes>::new())?;
+    let res = sender.send_request(req).await?;
+    let status = res.status().as_u16();
+    res.into_body().collect().await?;
+    if status != 304 {
+        bail!("poll answered {status}, expected 304");
+    }
+    Ok(())
+}
+
+/// A connection ready for requests, and the task driving it.
+async fn connect(
+    tls: &tokio_rustls::TlsConnector,
+    coordinator: std::net::SocketAddr,
+    source: std::net::Ipv4Addr,
+) -> anyhow::Result<(SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<()>)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let tcp = socket.connect(coordinator).await.context("connect")?;
+    tcp.set_nodelay(true)?;
+    let stream = tls
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, task))
+}
+
+/// The coordinator's cost of a poll on a kept connection against a poll on a new
+/// connection that resumes its TLS session (what an agent over the coordinator's
+/// `limits.max_keepalive_connections` does): `workers` loops poll for `seconds` each way;
+/// the coordinator's CPU time per poll comes from `/proc`, the handshake kinds from its
+/// metrics. Returns the count of failed polls.
+pub async fn handshake_cost(fleet: Fleet, workers: usize, seconds: f64) -> anyhow::Result<u64> {
+    let pid = fleet.coordinator.pid;
+    let tls = tls_client(&fleet.setup.ca_pem)?;
+    let addr = fleet.coordinator.addr;
+    let path = format!(
+        "{}?wait=0&root_version={}",
+        fleetwave_shared::protocol::paths::POLL,
+        fleet.anchor.root().version
+    );
+    // Each worker polls as one site; its first poll (a 200) gives the ETag.
+    let mut sites = Vec::new();
+    for (i, site) in fleet.sites.iter().take(workers).enumerate() {
+        let token = site.token().context("a site has no session")?.to_string();
+        let (mut sender, task) = connect(&tls, addr, shard_address(i % 256)).await?;
+        sender.ready().await?;
+        let res = sender
+            .send_request(
+                hyper::Request::get(&path)
+                    .header(hyper::header::HOST, "localhost")
+                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Empty::<Bytes>::new())?,
+            )
+            .await?;
+        let etag = res
+            .headers()
+            .get(hyper::header::ETAG)
+            .cloned()
+            .context("the poll answer has no ETag")?;
+        res.into_body().collect().await?;
+        task.abort();
+        sites.push((i, token, etag));
+    }
+    let failed = Arc::new(crate::stats::Counter::default());
+    for fresh in [false, true] {
+        let latency = Arc::new(crate::stats::Latencies::default());
+        let polls = Arc::new(crate::stats::Counter::default());
+        let handshakes_before = handshakes(&fleet).await?;
+        let from = procstat::sample(pid)?;
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let tasks: Vec<_> = sites
+            .iter()
+            .cloned()
+            .map(|(i, token, etag)| {
+                // Each loop has its own session cache, as each agent has.
+                let tls = tls_client(&fleet.setup.ca_pem);
+                let path = path.clone();
+                let (latency, polls, failed) = (latency.clone(), polls.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let tls = tls?;
+                    let source = shard_address(i % 256);
+                    let mut kept = None;
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let done = async {
+                            if kept.is_none() || fresh {
+                                kept = Some(connect(&tls, addr, source).await?);
+                            }
+                            let (sender, _) = kept.as_mut().expect("connected above");
+                            poll_304(sender, &path, &token, &etag).await
+                        }
+                        .await;
+                        if fresh && let Some((_, task)) = kept.take() {
+                            task.abort();
+                        }
+                        match done {
+                            Ok(()) => {
+                                latency.record(started.elapsed());
+                                polls.add(1);
+                            }
+                            Err(e) => {
+                                if failed.get() < 3 {
+                                    eprintln!("poll: {e:#}");
+                                }
+                                failed.add(1);
+                                kept = None;
+                            }
+                        }
+                    }
+                    if let Some((_, task)) = kept {
+                        task.abort();
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let to = procstat::sample(pid)?;
+        let (full, resumed) = handshakes(&fleet).await?;
+        let n = polls.get();
+        let cpu = procstat::cpu_secs(&from, &to);
+        println!(
+            "{}: {workers} loops for {seconds:.0} s",
+            if fresh {
+                "a new connection per poll (TLS resumed from a ticket)"
+            } else {
+                "polls on kept connections"
+            }
+        );
+        println!(
+            "  {:.0} polls/s, latency {}; handshakes: {} full, {} resumed",
+            n as f64 / to.at.duration_since(from.at).as_secs_f64(),
+            latency.summary(),
+            full - handshakes_before.0,
+            resumed - handshakes_before.1
+        );
+        println!(
+            "  coordinator: CPU {:.1}% of one core, {:.0} us of CPU per poll",
+            procstat::cpu_percent(&from, &to),
+            cpu * 1e6 / n.max(1) as f64
+        );
+    }
+    Ok(failed.get())
+}
+
+/// The coordinator's TLS handshakes so far: (full, resumed).
+async fn handshakes(fleet: &Fleet) -> anyhow::Result<(u64, u64)> {
+    let full = fleet
+        .coordinator
+        .metric("fleetwave_tls_handshakes_total", "result=\"full\"")
+        .await?;
+    let resumed = fleet
+        .coordinator
+        .metric("fleetwave_tls_handshakes_total", "result=\"resumed\"")
+        .await?;
+    Ok((full as u64, resumed as u64))
+}

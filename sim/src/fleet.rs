@@ -93,6 +93,7 @@ impl Fleet {
         tuning: &Tuning,
         client_timeout: Duration,
         fresh_connections: bool,
+        connections_per_client: usize,
     ) -> anyhow::Result<Fleet> {
         let setup = Setup::open_or_create(dir)?;
         let coordinator = Coordinator::start(bin, &setup, tuning).await?;
@@ -117,7 +118,7 @@ impl Fleet {
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let net = Net::new(clients, coordinator.base.clone());
+        let net = Net::new(clients, coordinator.base.clone(), connections_per_client);
         let root = Envelope::from_json(
             &std::fs::read(setup.dir.join("root.1.json")).context("reading root.1.json")?,
         )?;

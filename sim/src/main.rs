@@ -56,6 +56,12 @@ struct Common {
     /// open between requests; 10,000 by default).
     #[arg(long)]
     max_keepalive_connections: Option<usize>,
+    /// Requests in flight at once per simulated client (each of the 256 clients holds at
+    /// most this many connections). 32 × 256 = 8,192: under the coordinator's default
+    /// `limits.max_keepalive_connections` (10,000), so every connection is kept. Give 40
+    /// (10,240) for 10,000 sites in long polls at once.
+    #[arg(long, default_value_t = 32)]
+    connections_per_client: usize,
     /// Open a new TCP + TLS connection for every request instead of sharing a keep-alive
     /// pool (what agents polling less often than `limits.keepalive_idle_secs`, 90 s by
     /// default, do).
@@ -144,6 +150,19 @@ enum Cmd {
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         hold: Duration,
     },
+    /// The coordinator's CPU per poll on kept connections against a new connection per
+    /// poll that resumes its TLS session from a ticket (agents over the coordinator's
+    /// keep-alive budget).
+    Handshakes {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent poll loops, one site each (at most --sites).
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Controller tick time over a large rollout (pure controller and engine pass).
     Tick {
         #[arg(long, default_value_t = 100_000)]
@@ -227,6 +246,7 @@ async fn fleet_up(
         },
         client_timeout,
         common.fresh_connections,
+        common.connections_per_client,
     )
     .await
 }
@@ -307,6 +327,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let failed = connections::idle_connections(fleet, steps, hold).await?;
             if failed > 0 {
                 eprintln!("{failed} connections failed to open");
+            }
+            Ok(failed == 0)
+        }
+        Cmd::Handshakes {
+            common,
+            workers,
+            seconds,
+        } => {
+            let (dir, _tmp) = workdir(common.dir.clone())?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            let failed = connections::handshake_cost(fleet, workers, seconds).await?;
+            if failed > 0 {
+                eprintln!("{failed} polls failed");
             }
             Ok(failed == 0)
         }

@@ -68,6 +68,8 @@ impl SiteError {
 pub struct Net {
     /// Clients by shard (see [`Net::client`]).
     clients: Vec<reqwest::Client>,
+    /// Requests in flight per client shard (see [`Net::slot`]).
+    slots: Vec<tokio::sync::Semaphore>,
     pub base: String,
     pub poll_latency: Latencies,
     pub report_latency: Latencies,
@@ -83,9 +85,12 @@ pub struct Net {
 
 impl Net {
     /// `clients` shards the sites' connection pools (at least one client).
-    pub fn new(clients: Vec<reqwest::Client>, base: String) -> Arc<Net> {
+    pub fn new(clients: Vec<reqwest::Client>, base: String, per_client: usize) -> Arc<Net> {
         assert!(!clients.is_empty(), "a simulated fleet needs a client");
         Arc::new(Net {
+            slots: (0..clients.len())
+                .map(|_| tokio::sync::Semaphore::new(per_client.max(1)))
+                .collect(),
             clients,
             base,
             poll_latency: Latencies::default(),
@@ -104,6 +109,19 @@ impl Net {
     /// queue of waiting requests on every returned connection, quadratic in a burst).
     pub fn client(&self, index: usize) -> &reqwest::Client {
         &self.clients[index % self.clients.len()]
+    }
+
+    /// A turn to send a request on site `index`'s client: at most `per_client` requests
+    /// are in flight per client, so the simulator holds at most that many connections per
+    /// client, as a fleet of agents holds one each. A pool without this bound opens a
+    /// connection per waiting request whenever answers slow down (20,000 at 100,000
+    /// sites: more than the open-file limit and than real agents ever hold). Latencies are
+    /// measured from the turn on, so waiting for one is not counted as the coordinator's.
+    pub async fn slot(&self, index: usize) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots[index % self.slots.len()]
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     fn url(&self, path: &str) -> String {
@@ -230,6 +248,7 @@ impl Site {
                 .sign(&enroll_message(&self.id, token, &device))
                 .to_bytes(),
         );
+        let _slot = net.slot(self.index).await;
         let res = net
             .client(self.index)
             .post(net.url(paths::ENROLL))
@@ -255,6 +274,7 @@ impl Site {
                 .sign(&session_message(&self.id, at, &nonce))
                 .to_bytes(),
         );
+        let _slot = net.slot(self.index).await;
         let res = net
             .client(self.index)
             .post(net.url(paths::SESSION))
@@ -282,6 +302,7 @@ impl Site {
         wait: u32,
         anchor: &TrustState,
     ) -> Result<PollOutcome, SiteError> {
+        let _slot = net.slot(self.index).await;
         let started = Instant::now();
         let mut req = net
             .client(self.index)
@@ -358,6 +379,7 @@ impl Site {
     ) -> Result<LeaseGrant, SiteError> {
         let (mut denials, mut failures) = (0, 0);
         while denials < tries {
+            let slot = net.slot(self.index).await;
             let sent = net
                 .client(self.index)
                 .post(net.url(paths::LEASE))
@@ -370,6 +392,7 @@ impl Site {
                     return res.json().await.map_err(transport("lease"));
                 }
                 Ok(res) if res.status() == StatusCode::CONFLICT => {
+                    drop(slot);
                     let retry = res
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
@@ -384,6 +407,7 @@ impl Site {
                 Ok(res) => error_of("lease", res).await,
                 Err(e) => transport("lease")(e),
             };
+            drop(slot);
             if !retryable(&failure) || failures >= RETRIES {
                 return Err(failure);
             }
@@ -441,6 +465,7 @@ impl Site {
     }
 
     pub async fn report_once(&self, net: &Net, events: &[Event]) -> Result<ReportAck, SiteError> {
+        let _slot = net.slot(self.index).await;
         let started = Instant::now();
         let res = net
             .client(self.index)
