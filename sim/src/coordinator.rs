@@ -238,30 +238,48 @@ impl Coordinator {
         format!("{}{path}", self.base)
     }
 
-    /// An operator call; fails on a non-2xx answer with the coordinator's message.
+    /// An operator call; fails on a non-2xx answer with the coordinator's message. A
+    /// `503` (the coordinator shed it at its request limit, as it may while a large
+    /// fleet reports) is sent again after its `Retry-After`, up to 30 times, as an
+    /// operator would.
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .admin
-            .request(method.clone(), self.url(path))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+        let mut shed = 0;
+        loop {
+            let mut req = self
+                .admin
+                .request(method.clone(), self.url(path))
+                .bearer_auth(&self.token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let res = req
+                .send()
+                .await
+                .with_context(|| format!("{method} {path}"))?;
+            let status = res.status();
+            let retry = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 30);
+            let text = res.text().await?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && shed < 30 {
+                shed += 1;
+                tokio::time::sleep(Duration::from_secs(retry)).await;
+                continue;
+            }
+            if !status.is_success() {
+                bail!("{method} {path}: {status}: {text}");
+            }
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = res.status();
-        let text = res.text().await?;
-        if !status.is_success() {
-            bail!("{method} {path}: {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// A multi-use enrollment token for the simulated sites.
