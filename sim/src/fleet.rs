@@ -20,7 +20,7 @@ use crate::coordinator::{Coordinator, Setup, Tuning, client};
 
 /// The simulated sites share this many clients, each with its own connection pool (see
 /// [`Net::client`]).
-const CLIENT_SHARDS: usize = 256;
+pub const CLIENT_SHARDS: usize = 256;
 
 /// The loopback source address of client shard `i`: 127.0.1.1, 127.0.1.2, ... (each
 /// with its own ephemeral ports, as each real site has its own address).

@@ -58,8 +58,8 @@ struct Common {
     max_keepalive_connections: Option<usize>,
     /// Requests in flight at once per simulated client (each of the 256 clients holds at
     /// most this many connections). 32 × 256 = 8,192: under the coordinator's default
-    /// `limits.max_keepalive_connections` (10,000), so every connection is kept. Give 40
-    /// (10,240) for 10,000 sites in long polls at once.
+    /// `limits.max_keepalive_connections` (10,000). Scenarios with long polls raise it to
+    /// the sites per client, so that every site can wait at once.
     #[arg(long, default_value_t = 32)]
     connections_per_client: usize,
     /// Open a new TCP + TLS connection for every request instead of sharing a keep-alive
@@ -227,12 +227,22 @@ fn workdir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::Te
     }
 }
 
+/// `long_polls`: every site may wait in a long poll at once, so each client gets at least
+/// a turn per site it carries.
 async fn fleet_up(
     common: &Common,
     dir: &Path,
     interval_secs: u32,
     client_timeout: Duration,
+    long_polls: bool,
 ) -> anyhow::Result<Fleet> {
+    let per_client = if long_polls {
+        common
+            .connections_per_client
+            .max(common.sites.div_ceil(fleet::CLIENT_SHARDS))
+    } else {
+        common.connections_per_client
+    };
     let bin = find_binary(common.coordinator_bin.as_deref(), "fleetwave-coordinator")?;
     Fleet::up(
         dir,
@@ -246,7 +256,7 @@ async fn fleet_up(
         },
         client_timeout,
         common.fresh_connections,
-        common.connections_per_client,
+        per_client,
     )
     .await
 }
@@ -271,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 &dir,
                 poll_interval.as_secs() as u32,
                 Duration::from_secs(wait as u64 + 60),
+                wait > 0,
             )
             .await?;
             let r = fleet::steady(
@@ -293,7 +304,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Cmd::LongPoll { common, wait } => {
             let (dir, _tmp) = workdir(common.dir.clone())?;
-            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(wait as u64 + 60)).await?;
+            let fleet = fleet_up(
+                &common,
+                &dir,
+                60,
+                Duration::from_secs(wait as u64 + 60),
+                true,
+            )
+            .await?;
             Ok(fleet::long_poll(fleet, wait).await? == 0)
         }
         Cmd::Reports {
@@ -303,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             concurrency,
         } => {
             let (dir, _tmp) = workdir(common.dir.clone())?;
-            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(120)).await?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(120), false).await?;
             fleet::reports(fleet, batch, batches, concurrency).await
         }
         Cmd::PollRatio {
@@ -313,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             full,
         } => {
             let (dir, _tmp) = workdir(common.dir.clone())?;
-            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             ratio::poll_ratio(fleet, workers, seconds, !full).await?;
             Ok(true)
         }
@@ -323,7 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             hold,
         } => {
             let (dir, _tmp) = workdir(common.dir.clone())?;
-            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             let failed = connections::idle_connections(fleet, steps, hold).await?;
             if failed > 0 {
                 eprintln!("{failed} connections failed to open");
@@ -336,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             seconds,
         } => {
             let (dir, _tmp) = workdir(common.dir.clone())?;
-            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60)).await?;
+            let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             let failed = connections::handshake_cost(fleet, workers, seconds).await?;
             if failed > 0 {
                 eprintln!("{failed} polls failed");
