@@ -68,20 +68,10 @@ async fn open(
     path: &str,
     token: &str,
 ) -> anyhow::Result<Opened> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind((source, 0).into())?;
-    let tcp = socket.connect(coordinator).await.context("connect")?;
-    tcp.set_nodelay(true)?;
-    let stream = tls
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await
-        .context("TLS handshake")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, task) = connect(tls, coordinator, source).await?;
     let mut idle = Idle {
         _sender: None,
-        task: tokio::spawn(async move {
-            let _ = conn.await;
-        }),
+        task,
     };
     // From here on, dropping `idle` on an error closes the connection.
     let mut etag = None;

@@ -262,17 +262,11 @@ impl Coordinator {
                 .await
                 .with_context(|| format!("{method} {path}"))?;
             let status = res.status();
-            let retry = res
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(1)
-                .clamp(1, 30);
+            let retry = crate::site::retry_after(&res, 1);
             let text = res.text().await?;
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && shed < 30 {
                 shed += 1;
-                tokio::time::sleep(Duration::from_secs(retry)).await;
+                tokio::time::sleep(retry).await;
                 continue;
             }
             if !status.is_success() {

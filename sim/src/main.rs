@@ -261,6 +261,14 @@ async fn fleet_up(
     .await
 }
 
+/// Says how many `what` when some did; true when none did.
+fn none_failed(failed: u64, what: &str) -> bool {
+    if failed > 0 {
+        eprintln!("{failed} {what}");
+    }
+    failed == 0
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     fleet::print_machine();
     match cli.command {
@@ -343,10 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let (dir, _tmp) = workdir(common.dir.clone())?;
             let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             let failed = connections::idle_connections(fleet, steps, hold).await?;
-            if failed > 0 {
-                eprintln!("{failed} connections failed to open");
-            }
-            Ok(failed == 0)
+            Ok(none_failed(failed, "connections failed to open"))
         }
         Cmd::Handshakes {
             common,
@@ -356,10 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let (dir, _tmp) = workdir(common.dir.clone())?;
             let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             let failed = connections::handshake_cost(fleet, workers, seconds).await?;
-            if failed > 0 {
-                eprintln!("{failed} polls failed");
-            }
-            Ok(failed == 0)
+            Ok(none_failed(failed, "polls failed"))
         }
         Cmd::Tick { sites, passes, dir } => {
             let (dir, _tmp) = workdir(dir)?;

@@ -160,6 +160,18 @@ fn transport(step: &'static str) -> impl Fn(reqwest::Error) -> SiteError {
     move |source| SiteError::Transport { step, source }
 }
 
+/// The answer's `Retry-After` in seconds (`default` without one), kept within 1-30 s.
+pub fn retry_after(res: &reqwest::Response, default: u64) -> Duration {
+    let secs = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(default)
+        .clamp(1, 30);
+    Duration::from_secs(secs)
+}
+
 /// Failures an agent retries instead of giving up: the coordinator shed the request
 /// (408, 429, 503) or could not be reached.
 fn retryable(e: &SiteError) -> bool {
@@ -393,14 +405,7 @@ impl Site {
                 }
                 Ok(res) if res.status() == StatusCode::CONFLICT => {
                     drop(slot);
-                    let retry = res
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(5)
-                        .clamp(1, 30);
-                    tokio::time::sleep(Duration::from_secs(retry)).await;
+                    tokio::time::sleep(retry_after(&res, 5)).await;
                     denials += 1;
                     continue;
                 }
