@@ -107,7 +107,7 @@ pub struct Limits {
     /// Connections kept open between requests. While more connections than this are
     /// open, each ends after its answer (`Connection: close`) and the agent reconnects
     /// at its next poll, resuming its TLS session with a ticket. An idle keep-alive TLS
-    /// connection holds about 25 KiB of the coordinator's memory.
+    /// connection holds 25-27 KiB of the coordinator's memory (docs/benchmarks.md).
     pub max_keepalive_connections: usize,
 }
 

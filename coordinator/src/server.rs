@@ -322,7 +322,7 @@ pub async fn start(
                         if app.metrics.connections_open.get() > keepalive_max {
                             // Over the keep-alive budget: this connection ends with its
                             // answer and the agent reconnects (resuming its TLS session)
-                            // at its next poll, instead of holding ~25 KiB here meanwhile.
+                            // at its next poll, instead of holding 25-27 KiB here meanwhile.
                             res.headers_mut().insert(
                                 axum::http::header::CONNECTION,
                                 axum::http::HeaderValue::from_static("close"),
