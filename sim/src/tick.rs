@@ -179,6 +179,7 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
         .map_err(|e| anyhow::anyhow!("abort rollout {}: {}", r.id, e.message))?;
         println!("  (aborted rollout {} an earlier run left active)", r.id);
     }
+    let before = procstat::sample(std::process::id())?;
     let plan = four_wave_plan(&release, 0.0);
     let started = Instant::now();
     let rollout = app
@@ -207,8 +208,13 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
         rollout.id,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let mut times = Vec::with_capacity(passes);
     let me0 = procstat::sample(std::process::id())?;
+    println!(
+        "  this process: RSS {:.0} MiB with {n} sites loaded, {:.0} MiB once the rollout over them started",
+        procstat::mib(before.rss_bytes),
+        procstat::mib(me0.rss_bytes)
+    );
+    let mut times = Vec::with_capacity(passes);
     for _ in 0..passes {
         let started = Instant::now();
         app.tick_all()
