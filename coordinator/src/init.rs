@@ -26,6 +26,21 @@ pub struct InitOptions {
     pub listen: String,
 }
 
+impl InitOptions {
+    /// A throw-away local setup in `dir`: a development root (keys kept in the directory)
+    /// and a listen address on 127.0.0.1 with a port chosen at start: what tests and
+    /// the simulator use.
+    pub fn dev_loopback(dir: impl Into<PathBuf>) -> InitOptions {
+        InitOptions {
+            dir: dir.into(),
+            root: None,
+            coordinator_key: None,
+            dev_root: true,
+            listen: "127.0.0.1:0".into(),
+        }
+    }
+}
+
 /// What `init` created.
 #[derive(Debug)]
 pub struct InitOutput {

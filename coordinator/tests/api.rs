@@ -41,14 +41,7 @@ impl Harness {
     async fn with_config(extra: &str) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let out = init(&InitOptions {
-            dir: dir.path().to_path_buf(),
-            root: None,
-            coordinator_key: None,
-            dev_root: true,
-            listen: "127.0.0.1:0".into(),
-        })
-        .unwrap();
+        let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
         if !extra.is_empty() {
             let mut text = std::fs::read_to_string(&out.config).unwrap();
             text.push_str(extra);

@@ -13,14 +13,7 @@ use fleetwave_shared::protocol::operator::OperatorRole;
 use jiff::Timestamp;
 
 fn setup(dir: &Path) -> Config {
-    let out = init(&InitOptions {
-        dir: dir.to_path_buf(),
-        root: None,
-        coordinator_key: None,
-        dev_root: true,
-        listen: "127.0.0.1:0".into(),
-    })
-    .unwrap();
+    let out = init(&InitOptions::dev_loopback(dir.to_path_buf())).unwrap();
     Config::load(&out.config).unwrap()
 }
 

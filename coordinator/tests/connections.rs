@@ -25,14 +25,7 @@ struct Coordinator {
 async fn coordinator(extra: &str) -> Coordinator {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let out = init(&InitOptions {
-        dir: dir.path().to_path_buf(),
-        root: None,
-        coordinator_key: None,
-        dev_root: true,
-        listen: "127.0.0.1:0".into(),
-    })
-    .unwrap();
+    let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
     let mut text = std::fs::read_to_string(&out.config).unwrap();
     text.push_str(extra);
     std::fs::write(&out.config, text).unwrap();

@@ -33,14 +33,7 @@ impl Harness {
     pub async fn new() -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let out = init(&InitOptions {
-            dir: dir.path().to_path_buf(),
-            root: None,
-            coordinator_key: None,
-            dev_root: true,
-            listen: "127.0.0.1:0".into(),
-        })
-        .unwrap();
+        let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
         let mut config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
         config.controller.tick_millis = 100;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

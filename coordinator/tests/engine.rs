@@ -63,14 +63,7 @@ fn add_sites(db: &std::path::Path, ids: &[String]) {
 
 async fn setup(sites: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    init(&InitOptions {
-        dir: dir.path().to_path_buf(),
-        root: None,
-        coordinator_key: None,
-        dev_root: true,
-        listen: "127.0.0.1:0".into(),
-    })
-    .unwrap();
+    init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
     let config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
     let db = config.database_path();
     drop(fleetwave_coordinator::store::SqliteStore::open(&db).unwrap());

@@ -43,14 +43,7 @@ fn clamping_leaves_the_reserve_and_never_raises() {
 #[test]
 fn a_coordinator_with_few_file_descriptors_lowers_its_connection_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let out = init(&InitOptions {
-        dir: dir.path().to_path_buf(),
-        root: None,
-        coordinator_key: None,
-        dev_root: true,
-        listen: "127.0.0.1:0".into(),
-    })
-    .unwrap();
+    let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
     let open_files: u64 = 1100;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetwave-coordinator"));
     cmd.args(["serve", "--config"])

@@ -53,13 +53,7 @@ impl Setup {
         if !cdir.join("coordinator.toml").is_file() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            init(&InitOptions {
-                dir: cdir.clone(),
-                root: None,
-                coordinator_key: None,
-                dev_root: true,
-                listen: "127.0.0.1:0".into(),
-            })?;
+            init(&InitOptions::dev_loopback(cdir.clone()))?;
         }
         let admin_token = std::fs::read_to_string(cdir.join("admin.token"))
             .context("reading the admin token")?

@@ -83,14 +83,8 @@ impl Coordinator {
     pub async fn start_tuned(tune: fn(&mut CoordinatorConfig)) -> Coordinator {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let out = init(&InitOptions {
-            dir: dir.path().to_path_buf(),
-            root: None,
-            coordinator_key: None,
-            dev_root: true,
-            listen: "127.0.0.1:0".into(),
-        })
-        .expect("coordinator init");
+        let out =
+            init(&InitOptions::dev_loopback(dir.path().to_path_buf())).expect("coordinator init");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let running = start(Self::config(dir.path(), tune), Transport::Tls, listener)
