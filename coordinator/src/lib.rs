@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod error;
 pub mod group_commit;
 pub mod init;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod rollouts;

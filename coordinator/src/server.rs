@@ -285,6 +285,8 @@ pub async fn start(
         })
     };
 
+    let trimmer = crate::memory::spawn_trimmer(shutdown_rx.clone());
+
     let task_app = app.clone();
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -379,6 +381,7 @@ pub async fn start(
         let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
         let _ = controller.await;
         let _ = flusher.await;
+        let _ = trimmer.await;
         if let Err(e) = task_app.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }

@@ -129,7 +129,7 @@ pub struct SiteView {
 
 #[derive(Debug, Clone)]
 pub struct CachedAssignment {
-    pub record: AssignmentRecord,
+    pub record: AssignmentMeta,
     /// Shared by every site assigned the release.
     pub release: Arc<ServedRelease>,
     /// `record.envelope.digest()`, computed once (the poll's ETag uses it).
@@ -137,6 +137,21 @@ pub struct CachedAssignment {
     /// The assignment envelope's compact JSON, serialized once here so that no poll
     /// serializes an envelope (see [`crate::api::agent::poll_head`]).
     pub assignment_json: bytes::Bytes,
+}
+
+/// An [`AssignmentRecord`] without its envelope: the cache keeps the envelope only as the
+/// compact JSON that polls carry (keeping both cost about 0.8 KiB more per site).
+#[derive(Debug, Clone)]
+pub struct AssignmentMeta {
+    pub site_id: String,
+    pub sequence: u64,
+    pub rollout_id: String,
+    pub wave: u32,
+    pub release_id: String,
+    pub release_digest: String,
+    pub rollback: bool,
+    pub issued_at: Timestamp,
+    pub expires: Timestamp,
 }
 
 /// A release as the poll path serves it: one copy for every site it is assigned to (a
@@ -228,6 +243,29 @@ impl SiteCache {
         let slot = self.slot(&record.site_id);
         let assignment_json = record.envelope.to_json();
         let digest = sha256_hex(&assignment_json);
+        let AssignmentRecord {
+            site_id,
+            sequence,
+            rollout_id,
+            wave,
+            release_id,
+            release_digest,
+            rollback,
+            envelope: _,
+            issued_at,
+            expires,
+        } = record;
+        let record = AssignmentMeta {
+            site_id,
+            sequence,
+            rollout_id,
+            wave,
+            release_id,
+            release_digest,
+            rollback,
+            issued_at,
+            expires,
+        };
         slot.update(|v| {
             v.assignment = Some(Arc::new(CachedAssignment {
                 record,
