@@ -481,14 +481,31 @@ fn releases_artifacts_roots_and_rollouts() {
     );
     assert_eq!(c.json(&["rollout", "resume", &id])["status"], "running");
     let skipped = c.json(&["rollout", "skip", &id, "--site", "store-1"]);
-    let store1 = skipped["sites"]
+    // A skipped site needs no attention: the view counts it but does not list it.
+    assert!(
+        skipped["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["site_id"] != "store-1"),
+        "{skipped}"
+    );
+    assert!(skipped["sites_omitted"].as_u64().unwrap() >= 1, "{skipped}");
+    let every = c.json(&["rollout", "status", &id, "--sites"]);
+    assert_eq!(every["sites_omitted"], 0, "{every}");
+    let store1 = every["sites"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["site_id"] == "store-1")
         .unwrap()
         .clone();
-    assert_eq!(store1["state"], "skipped", "{skipped}");
+    assert_eq!(store1["state"], "skipped", "{every}");
+    let brief = c.ok(&["rollout", "status", &id]);
+    assert!(
+        brief.contains("sites not listed; --sites lists every site"),
+        "{brief}"
+    );
     let err = fails(c.run(&["rollout", "approve", &id, "--wave", "7"]), 1);
     assert!(err.contains("wave 7"), "{err}");
     let status = c.ok(&["rollout", "status", &id, "--sites"]);

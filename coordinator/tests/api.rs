@@ -1118,7 +1118,10 @@ gate = { bake = "1h", failure_budget = 0 }
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(v["sites"].as_array().unwrap().len(), 1, "{v}");
+    // Its one site is pending: counted in the tally, not listed as needing attention.
+    assert_eq!(v["waves"][0]["tally"]["sites"], 1, "{v}");
+    assert_eq!(v["sites"], json!([]), "{v}");
+    assert_eq!(v["sites_omitted"], 1, "{v}");
     h.post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
         .await;
     let (_, _, body) = poll(&h, &a, None, 0).await;
@@ -1375,4 +1378,209 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
         );
     }
     parked.abort();
+}
+
+/// Enrolls `site` with a shared enrollment token and opens its session.
+async fn enrolled(h: &Harness, site: String, token: &str) -> Agent {
+    let key = keys::generate();
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body(&site, token, &key))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{site}: {v}");
+    let token = session(h, &site, &key).await;
+    Agent { site, key, token }
+}
+
+/// Every site of a rollout through `GET /v1/rollouts/{id}/sites`, `limit` at a time, with
+/// `filter` (e.g. `&state=failed`) on every page.
+async fn page_through(h: &Harness, id: &str, filter: &str, limit: u32) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (s, v) = h
+            .get(
+                &format!("/v1/rollouts/{id}/sites?limit={limit}{filter}{after}"),
+                &h.admin,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let page = v["sites"].as_array().unwrap();
+        assert!(page.len() <= limit as usize, "{v}");
+        all.extend(page.iter().cloned());
+        match v["next_after"].as_str() {
+            Some(next) => {
+                assert_eq!(page.len(), limit as usize, "a page before the last is full");
+                assert_eq!(page.last().unwrap()["site_id"], next);
+                after = format!("&after={next}");
+            }
+            None => return all,
+        }
+    }
+}
+
+fn site_ids(sites: &[Value]) -> Vec<String> {
+    sites
+        .iter()
+        .map(|s| s["site_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn rollout_view_lists_only_sites_needing_attention_and_the_site_list_pages_through_all() {
+    use fleetwave_shared::protocol::operator::ROLLOUT_VIEW_SITES;
+    let h = Harness::new().await;
+    // More sites in the first wave than the view lists; ten more in a wave never opened.
+    let first = ROLLOUT_VIEW_SITES + 30;
+    let later = 10;
+    let id_of = |i: usize| format!("s-{i:03}");
+    let t_first = h
+        .enrollment_token(json!({"tier": "first"}), first as u32, 3600)
+        .await;
+    let t_later = h
+        .enrollment_token(json!({"tier": "later"}), later as u32, 3600)
+        .await;
+    let agents: Vec<Agent> = futures_util::stream::iter(0..first)
+        .map(|i| enrolled(&h, id_of(i), &t_first))
+        .buffered(8)
+        .collect()
+        .await;
+    for i in first..first + later {
+        enrolled(&h, id_of(i), &t_later).await;
+    }
+    let artifact = b"tarball".to_vec();
+    assert_eq!(
+        h.publish(&h.release("pos-2.4.0", 5, &artifact)).await.0,
+        StatusCode::CREATED
+    );
+    let plan = r#"
+name = "big"
+release = "pos-2.4.0"
+
+[[waves]]
+name = "first"
+selector = { tier = "first" }
+gate = { bake = "1h", failure_budget = 1000 }
+
+[[waves]]
+name = "later"
+"#;
+    let (s, v) = h
+        .post(
+            "/v1/rollouts",
+            &h.admin,
+            json!({"plan": plan, "format": "toml"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Every site is pending: none listed, all counted.
+    assert_eq!(v["sites"], json!([]), "{v}");
+    assert_eq!(v["sites_omitted"], (first + later) as u64);
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Five sites fail, the other first-wave sites but five are installing.
+    let failing = 5;
+    let installing = first - failing - 5;
+    for (i, a) in agents.iter().enumerate().take(failing + installing) {
+        let (phase, detail) = if i < failing {
+            ("failed", "disk full")
+        } else {
+            ("installing", "")
+        };
+        let (s, v) = h.post("/v1/agent/reports", &a.token, json!({"events": [event("p1", Timestamp::now(), json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": phase, "detail": detail}))]})).await;
+        assert_eq!(s, StatusCode::OK, "{}: {v}", a.site);
+    }
+    let view = eventually("the reports in the tallies", || {
+        let (h, id) = (&h, id.clone());
+        async move {
+            let v = rollout_status(h, &id).await;
+            let t = &v["waves"][0]["tally"];
+            (t["failed"] == failing && t["in_progress"] == installing).then_some(v)
+        }
+    })
+    .await;
+    let tally = &view["waves"][0]["tally"];
+    assert_eq!(tally["sites"], first as u64, "{tally}");
+    assert_eq!(tally["pending"], 5, "{tally}");
+    assert_eq!(view["waves"][1]["tally"]["pending"], later as u64);
+
+    // The view: failed sites first, then in-progress ones, by site id, at most the cap;
+    // everything else is counted as omitted.
+    let listed = view["sites"].as_array().unwrap();
+    assert_eq!(listed.len(), ROLLOUT_VIEW_SITES);
+    assert_eq!(
+        view["sites_omitted"],
+        (first + later - ROLLOUT_VIEW_SITES) as u64
+    );
+    let expected: Vec<String> = (0..ROLLOUT_VIEW_SITES).map(id_of).collect();
+    assert_eq!(site_ids(listed), expected);
+    for (i, s) in listed.iter().enumerate() {
+        let state = if i < failing { "failed" } else { "in_progress" };
+        assert_eq!(s["state"], state, "{s}");
+        assert_eq!(s["wave"], 0, "{s}");
+    }
+    assert_eq!(listed[0]["detail"], "install failed: disk full");
+    assert_eq!(listed[failing]["phase"], "installing");
+
+    // The site list: every site once, in site id order, whatever the page size.
+    let all_ids: Vec<String> = (0..first + later).map(id_of).collect();
+    for limit in [7, 1000] {
+        let all = page_through(&h, &id, "", limit).await;
+        assert_eq!(site_ids(&all), all_ids, "limit {limit}");
+    }
+    // Filtered by wave, by state, by both.
+    let wave1 = page_through(&h, &id, "&wave=1", 4).await;
+    assert_eq!(site_ids(&wave1), all_ids[first..]);
+    assert!(
+        wave1.iter().all(|s| s["state"] == "pending"
+            && s["detail"] == "wave not open yet"
+            && s["wave"] == 1)
+    );
+    let failed = page_through(&h, &id, "&state=failed", 2).await;
+    assert_eq!(site_ids(&failed), all_ids[..failing]);
+    let pending = page_through(&h, &id, "&state=pending&wave=0", 100).await;
+    assert_eq!(site_ids(&pending), all_ids[first - 5..first]);
+    assert!(
+        page_through(&h, &id, "&state=failed&wave=1", 100)
+            .await
+            .is_empty()
+    );
+    // The limit is clamped to 1..=1000, like the site list's.
+    let (s, v) = h
+        .get(&format!("/v1/rollouts/{id}/sites?limit=0"), &h.admin)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["sites"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["next_after"], "s-000", "{v}");
+    // A viewer may read it.
+    let viewer = h.token("viewer").await;
+    let (s, v) = h
+        .get(&format!("/v1/rollouts/{id}/sites?limit=1"), &viewer)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Bad input is named.
+    for (query, words) in [
+        (
+            "state=broken",
+            &["\"broken\"", "in_progress", "rolled_back"][..],
+        ),
+        ("wave=2", &["wave 2", "2 waves"][..]),
+        ("limit=lots", &["query string", "limit"][..]),
+        ("colour=red", &["query string", "colour"][..]),
+    ] {
+        let (s, v) = h
+            .get(&format!("/v1/rollouts/{id}/sites?{query}"), &h.admin)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        for w in words {
+            assert!(message.contains(w), "{query}: {w} not in {message}");
+        }
+    }
+    let (s, v) = h.get("/v1/rollouts/ro-unknown/sites", &h.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }

@@ -162,6 +162,25 @@ impl Operator {
         self.get(&format!("{}/{id}", paths::ROLLOUTS))
     }
 
+    /// Every site of a rollout, by site id (`GET /v1/rollouts/{id}/sites`, page by page):
+    /// the rollout's view lists only the sites that need attention.
+    pub fn rollout_sites(&self, id: &str) -> Result<Vec<api::RolloutSiteView>> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                None => format!("{}/{id}/sites?limit=1000", paths::ROLLOUTS),
+                Some(a) => format!("{}/{id}/sites?limit=1000&after={a}", paths::ROLLOUTS),
+            };
+            let page: api::RolloutSiteList = self.get(&path)?;
+            all.extend(page.sites);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// Uploads an artifact (`PUT /v1/artifacts/<sha256>`).
     pub fn upload_artifact(&self, bytes: Vec<u8>) -> Result<api::ArtifactInfo> {
         let sha = fleetwave_shared::sha256_hex(&bytes);

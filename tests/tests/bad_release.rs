@@ -51,13 +51,13 @@ fn a_bad_release_halts_in_the_first_wave_and_rolls_back() -> anyhow::Result<()> 
     );
 
     // The first wave's sites are back on 1.0.0: on disk, served, and as reported.
-    let pigs: Vec<String> = view
-        .sites
+    let sites = fleet.operator.rollout_sites(&id)?;
+    let pigs: Vec<String> = sites
         .iter()
         .filter(|s| s.wave == 0)
         .map(|s| s.site_id.clone())
         .collect();
-    assert_eq!(pigs.len(), 2, "{:?}", view.sites);
+    assert_eq!(pigs.len(), 2, "{sites:?}");
     for pig in &pigs {
         fleet.wait_version(pig, "1.0.0")?;
         fleet.wait_reported_version(pig, "1.0.0")?;

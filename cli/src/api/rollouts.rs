@@ -2,8 +2,10 @@
 //! through its waves, and what the operator sees of it — the waves with their counts and
 //! gate standing, and the decision timeline with reasons.
 //!
-//! [`render_status`] and [`Progress`] are shared with `fleetwave demo`. The plan file is
-//! sent as written; the coordinator validates it and names the line and field at fault.
+//! [`render_status`], [`all_sites`] and [`Progress`] are shared with `fleetwave demo`.
+//! The plan file is sent as written; the coordinator validates it and names the line and
+//! field at fault. A rollout's status lists only the sites that need attention (at most
+//! 200); every site is read page by page from `GET /v1/rollouts/{id}/sites`.
 //! This module never decides anything about a rollout itself.
 
 use std::collections::BTreeMap;
@@ -35,7 +37,8 @@ pub enum RolloutCommand {
     Rollback(ReasonArgs),
     /// Leave one site out of its wave's gate.
     Skip(SkipArgs),
-    /// Waves with counts and gate standing, the decision timeline, and (--sites) every site.
+    /// Waves with counts and gate standing, the sites that need attention, the decision
+    /// timeline; --sites lists every site.
     Status(StatusArgs),
     /// Every rollout, newest first.
     List(ListArgs),
@@ -98,7 +101,8 @@ pub struct SkipArgs {
 pub struct StatusArgs {
     /// The rollout id.
     pub rollout: String,
-    /// Also list every site with its wave, state and phase.
+    /// List every site with its wave, state and phase (read page by page; without it only
+    /// failed, silent, rolled-back and in-progress sites are listed, at most 200).
     #[arg(long)]
     pub sites: bool,
     /// Keep printing decisions and wave counts as they change, until the rollout ends.
@@ -117,17 +121,16 @@ pub struct ListArgs {
 pub fn rollout(command: RolloutCommand) -> Result<()> {
     match command {
         RolloutCommand::Create(args) => create(args),
-        RolloutCommand::Start(a) => act(&a.connect, &a.rollout, "start", None, false),
-        RolloutCommand::Pause(a) => act(&a.connect, &a.rollout, "pause", reason(&a), false),
-        RolloutCommand::Resume(a) => act(&a.connect, &a.rollout, "resume", None, false),
-        RolloutCommand::Abort(a) => act(&a.connect, &a.rollout, "abort", reason(&a), false),
-        RolloutCommand::Rollback(a) => act(&a.connect, &a.rollout, "rollback", reason(&a), false),
+        RolloutCommand::Start(a) => act(&a.connect, &a.rollout, "start", None),
+        RolloutCommand::Pause(a) => act(&a.connect, &a.rollout, "pause", reason(&a)),
+        RolloutCommand::Resume(a) => act(&a.connect, &a.rollout, "resume", None),
+        RolloutCommand::Abort(a) => act(&a.connect, &a.rollout, "abort", reason(&a)),
+        RolloutCommand::Rollback(a) => act(&a.connect, &a.rollout, "rollback", reason(&a)),
         RolloutCommand::Approve(a) => act(
             &a.connect,
             &a.rollout,
             "approve",
             Some(serde_json::to_value(api::ApproveWave { wave: a.wave })?),
-            false,
         ),
         RolloutCommand::Skip(a) => act(
             &a.connect,
@@ -136,7 +139,6 @@ pub fn rollout(command: RolloutCommand) -> Result<()> {
             Some(serde_json::to_value(api::SkipSite {
                 site_id: a.site.clone(),
             })?),
-            false,
         ),
         RolloutCommand::Status(args) => status(args),
         RolloutCommand::List(args) => list(args),
@@ -179,7 +181,7 @@ fn create(args: CreateArgs) -> Result<()> {
     if args.connect.json {
         return output::json(&view);
     }
-    print!("{}", render_status(&view, false));
+    print!("{}", render_status(&view, None));
     if !args.start {
         output::line(format!(
             "start it with: fleetwave rollout start {}",
@@ -194,7 +196,6 @@ fn act(
     id: &str,
     action: &str,
     body: Option<serde_json::Value>,
-    sites: bool,
 ) -> Result<()> {
     let client = Client::connect(connect)?;
     let view: api::RolloutView = client.post(
@@ -204,7 +205,7 @@ fn act(
     if connect.json {
         return output::json(&view);
     }
-    print!("{}", render_status(&view, sites));
+    print!("{}", render_status(&view, None));
     Ok(())
 }
 
@@ -212,13 +213,59 @@ fn get_view(client: &Client, id: &str) -> Result<api::RolloutView> {
     client.get(&format!("{}/{}", paths::ROLLOUTS, encode(id)))
 }
 
+/// Every site of a rollout (optionally of one wave, or in one state), by site id:
+/// `GET /v1/rollouts/{id}/sites`, page by page.
+pub fn all_sites(
+    client: &Client,
+    id: &str,
+    wave: Option<u32>,
+    state: Option<&str>,
+) -> Result<Vec<api::RolloutSiteView>> {
+    let mut query = vec!["limit=1000".to_string()];
+    if let Some(w) = wave {
+        query.push(format!("wave={w}"));
+    }
+    if let Some(s) = state {
+        query.push(format!("state={}", encode(s)));
+    }
+    let mut sites = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = query.clone();
+        if let Some(a) = &after {
+            q.push(format!("after={}", encode(a)));
+        }
+        let page: api::RolloutSiteList = client.get(&format!(
+            "{}/{}/sites?{}",
+            paths::ROLLOUTS,
+            encode(id),
+            q.join("&")
+        ))?;
+        sites.extend(page.sites);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(sites),
+        }
+    }
+}
+
 fn status(args: StatusArgs) -> Result<()> {
     let client = Client::connect(&args.connect)?;
-    let view = get_view(&client, &args.rollout)?;
+    let mut view = get_view(&client, &args.rollout)?;
+    let every = if args.sites {
+        Some(all_sites(&client, &args.rollout, None, None)?)
+    } else {
+        None
+    };
     if args.connect.json {
+        // With --sites, `sites` holds every site (by site id) and none is omitted.
+        if let Some(every) = every {
+            view.sites = every;
+            view.sites_omitted = 0;
+        }
         return output::json(&view);
     }
-    print!("{}", render_status(&view, args.sites));
+    print!("{}", render_status(&view, every.as_deref()));
     if !args.watch {
         return Ok(());
     }
@@ -289,8 +336,9 @@ pub fn tally_words(t: &api::WaveTally) -> String {
     parts.join(", ")
 }
 
-/// The human view of a rollout: header, waves table, timeline, optionally every site.
-pub fn render_status(v: &api::RolloutView, sites: bool) -> String {
+/// The human view of a rollout: header, waves table, the sites that need attention (or
+/// `every` site, when given), timeline.
+pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]>) -> String {
     let mut out = format!(
         "rollout {}  release {}  status {}{}\n  created {} by {}, updated {}\n",
         v.id,
@@ -330,21 +378,27 @@ pub fn render_status(v: &api::RolloutView, sites: bool) -> String {
         ]);
     }
     out.push_str(&t.render("  "));
-    if sites {
-        let mut s = Table::new(&["SITE", "WAVE", "STATE", "PHASE", "DETAIL"]);
-        let mut sorted: Vec<&api::RolloutSiteView> = v.sites.iter().collect();
-        sorted.sort_by(|a, b| (a.wave, &a.site_id).cmp(&(b.wave, &b.site_id)));
-        for site in sorted {
-            s.row(vec![
-                site.site_id.clone(),
-                site.wave.to_string(),
-                site.state.clone(),
-                site.phase.clone().unwrap_or_else(|| "-".into()),
-                site.detail.clone().unwrap_or_default(),
-            ]);
+    match every {
+        Some(all) => {
+            let mut sorted: Vec<&api::RolloutSiteView> = all.iter().collect();
+            sorted.sort_by(|a, b| (a.wave, &a.site_id).cmp(&(b.wave, &b.site_id)));
+            out.push_str("sites:\n");
+            out.push_str(&site_table(sorted));
         }
-        out.push_str("sites:\n");
-        out.push_str(&s.render("  "));
+        None => {
+            // Already in order: failed, silent, rolled back, in progress.
+            if !v.sites.is_empty() {
+                out.push_str("sites needing attention:\n");
+                out.push_str(&site_table(v.sites.iter().collect()));
+            }
+            if v.sites_omitted > 0 {
+                out.push_str(&format!(
+                    "  {} {}sites not listed; --sites lists every site\n",
+                    v.sites_omitted,
+                    if v.sites.is_empty() { "" } else { "more " },
+                ));
+            }
+        }
     }
     out.push_str("timeline:\n");
     if v.decisions.is_empty() {
@@ -354,6 +408,21 @@ pub fn render_status(v: &api::RolloutView, sites: bool) -> String {
         out.push_str(&format!("  {}\n", decision_line(d)));
     }
     out
+}
+
+/// Sites as a table: site, wave, state, phase, detail.
+fn site_table(sites: Vec<&api::RolloutSiteView>) -> String {
+    let mut s = Table::new(&["SITE", "WAVE", "STATE", "PHASE", "DETAIL"]);
+    for site in sites {
+        s.row(vec![
+            site.site_id.clone(),
+            site.wave.to_string(),
+            site.state.clone(),
+            site.phase.clone().unwrap_or_else(|| "-".into()),
+            site.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    s.render("  ")
 }
 
 /// `12:00:03  open_wave   wave 1  reason`.

@@ -874,7 +874,14 @@ fn judge(
             "the bad rollout opened later waves: {opened_later:?}"
         ));
     }
-    for s in bad.sites.iter().filter(|s| s.wave > 0) {
+    // The view lists only the sites that need attention: the later waves' sites (pending,
+    // as they must be) are read from the rollout's site list.
+    let bad_sites = crate::api::rollouts::all_sites(demo.client(), &bad.id, None, None)
+        .unwrap_or_else(|e| {
+            wrong.push(format!("cannot list the sites of {}: {e:#}", bad.id));
+            Vec::new()
+        });
+    for s in bad_sites.iter().filter(|s| s.wave > 0) {
         if s.phase.is_some() {
             wrong.push(format!(
                 "{} (wave {}) started on the bad release (phase {:?})",

@@ -92,6 +92,7 @@ pub fn operator_router(app: &AppState) -> Router<AppState> {
         .route("/v1/roots", post(publish_root).get(list_roots))
         .route("/v1/rollouts", post(create_rollout).get(list_rollouts))
         .route("/v1/rollouts/{id}", get(get_rollout))
+        .route("/v1/rollouts/{id}/sites", get(list_rollout_sites))
         .route("/v1/rollouts/{id}/start", post(start_rollout))
         .route("/v1/rollouts/{id}/pause", post(pause_rollout))
         .route("/v1/rollouts/{id}/resume", post(resume_rollout))

@@ -328,12 +328,22 @@ fn routes() -> Vec<Route> {
         r(
             Get,
             "/v1/rollouts/{id}",
-            "Rollout status: waves, tallies, gates, sites, timeline",
+            "Rollout status: waves, tallies, gates, the sites needing attention (at most 200), timeline",
             Auth::Operator("viewer"),
             None,
             "200",
             Some("RolloutView"),
             &["401", "403", "404"],
+        ),
+        r(
+            Get,
+            "/v1/rollouts/{id}/sites",
+            "Every site of a rollout by site id (filter by wave, state; paginated)",
+            Auth::Operator("viewer"),
+            None,
+            "200",
+            Some("RolloutSiteList"),
+            &["400", "401", "403", "404"],
         ),
         r(
             Post,
@@ -523,6 +533,7 @@ pub fn document() -> OpenApi {
         let queries: &[&str] = match route.path {
             "/v1/agent/poll" => &["wait", "root_version"],
             "/v1/sites" => &["label", "state", "version", "after", "limit"],
+            "/v1/rollouts/{id}/sites" => &["wave", "state", "after", "limit"],
             "/v1/audit" => &["before", "limit"],
             _ => &[],
         };
@@ -618,6 +629,7 @@ pub fn document() -> OpenApi {
         .schema_from::<DecisionView>()
         .schema_from::<RolloutSiteView>()
         .schema_from::<RolloutView>()
+        .schema_from::<RolloutSiteList>()
         .schema_from::<RolloutSummary>()
         .schema_from::<RolloutList>()
         .schema_from::<AuditEntry>()

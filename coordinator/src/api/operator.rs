@@ -3,7 +3,7 @@
 //! Every handler checks the caller's role first and writes an audit entry for every
 //! change before it answers. Shapes live in `fleetwave_shared::protocol::operator`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::extract::State;
@@ -14,8 +14,9 @@ use fleetwave_shared::verify::{verify_release, verify_root_rotation};
 use jiff::{SignedDuration, Timestamp};
 
 use super::auth::{Operator, token_hash};
+use crate::controller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::rollouts::Action;
+use crate::rollouts::{Action, Loaded};
 use crate::state::{AppState, random_hex};
 use crate::store::*;
 
@@ -574,62 +575,136 @@ pub async fn list_rollouts(
     }))
 }
 
-/// The full status of a rollout: waves with tallies and gate standing, sites, timeline.
-pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
-    use crate::controller;
-    let l = app.load_rollout(id).await?;
-    let view = l.view();
-    // One pass over the stored sites, not one search per site: this view is rendered for
-    // every create/start answer, and rollouts reach 100,000 sites.
-    let rolled_back_sites: std::collections::HashSet<&str> = l
+/// A site's state word in a rollout (one of [`ROLLOUT_SITE_STATES`]), without the words
+/// that describe it: those are made only for the sites an answer lists.
+fn site_state_word(
+    gate: &crate::plan::Gate,
+    opened_at: Option<Timestamp>,
+    site: &controller::SiteFacts,
+    rolled_back: bool,
+    now: Timestamp,
+) -> &'static str {
+    if rolled_back {
+        return "rolled_back";
+    }
+    match opened_at {
+        Some(opened) => controller::site_state(gate, opened, site, now).as_str(),
+        None if site.skipped => "skipped",
+        None => "pending",
+    }
+}
+
+/// Calls `each(wave, site, state)` for every site of the rollout, wave by wave: the one
+/// pass that both the status view and the site list read their states from. 100,000
+/// sites at scale: one set lookup per site, no search.
+fn for_each_site<'a>(
+    l: &Loaded,
+    view: &'a controller::RolloutView,
+    now: Timestamp,
+    mut each: impl FnMut(u32, &'a controller::SiteFacts, &'static str),
+) {
+    let rolled_back_sites: HashSet<&str> = l
         .sites
         .iter()
         .filter(|s| s.rollback_sequence.is_some())
         .map(|s| s.site_id.as_str())
         .collect();
-    let now = Timestamp::now();
-    let mut waves = Vec::new();
-    let mut site_views = Vec::new();
     for (i, plan_wave) in l.plan.waves.iter().enumerate() {
-        let wv = view.waves.get(i).cloned().unwrap_or_default();
-        let rec = l.record.waves.get(i).cloned().unwrap_or_default();
-        let mut tally = WaveTally {
-            sites: wv.sites.len() as u32,
-            ..Default::default()
+        let Some(wv) = view.waves.get(i) else {
+            continue;
         };
         for f in &wv.sites {
             let rolled_back = rolled_back_sites.contains(f.site_id.as_str());
-            let (state, detail) = match wv.opened_at {
-                Some(opened) => {
-                    let st = controller::site_status(&plan_wave.gate, opened, f, now);
-                    (st.state.as_str().to_string(), Some(st.detail))
-                }
-                None if f.skipped => ("skipped".to_string(), None),
-                None => ("pending".to_string(), Some("wave not open yet".to_string())),
-            };
-            let state = if rolled_back {
-                "rolled_back".to_string()
-            } else {
-                state
-            };
-            match state.as_str() {
-                "pending" | "deferred" => tally.pending += 1,
-                "in_progress" => tally.in_progress += 1,
-                "succeeded" => tally.succeeded += 1,
-                "failed" => tally.failed += 1,
-                "silent" => tally.silent += 1,
-                "skipped" => tally.skipped += 1,
-                "rolled_back" => tally.rolled_back += 1,
-                _ => {}
-            }
-            site_views.push(RolloutSiteView {
-                site_id: f.site_id.clone(),
-                wave: i as u32,
-                state,
-                phase: f.last_phase.map(|p| p.as_str().to_string()),
-                detail,
-            });
+            let state = site_state_word(&plan_wave.gate, wv.opened_at, f, rolled_back, now);
+            each(i as u32, f, state);
         }
+    }
+}
+
+/// One listed site, with its phase and the reason for its state in words.
+fn site_view(
+    l: &Loaded,
+    view: &controller::RolloutView,
+    wave: u32,
+    site: &controller::SiteFacts,
+    state: &'static str,
+    now: Timestamp,
+) -> RolloutSiteView {
+    let gate = &l.plan.waves[wave as usize].gate;
+    let detail = match view.waves[wave as usize].opened_at {
+        Some(opened) => Some(controller::site_status(gate, opened, site, now).detail),
+        None if state == "pending" => Some("wave not open yet".to_string()),
+        None => None,
+    };
+    RolloutSiteView {
+        site_id: site.site_id.clone(),
+        wave,
+        state: state.to_string(),
+        phase: site.last_phase.map(|p| p.as_str().to_string()),
+        detail,
+    }
+}
+
+/// Keeps the `n` smallest entries of `entries` by `key`, sorted: linear time, not a sort
+/// of every site of a 100,000-site rollout.
+fn smallest<T, K: Ord>(entries: &mut Vec<T>, n: usize, key: impl Fn(&T) -> K) {
+    if entries.len() > n && n > 0 {
+        entries.select_nth_unstable_by(n - 1, |a, b| key(a).cmp(&key(b)));
+    }
+    entries.truncate(n);
+    entries.sort_unstable_by_key(key);
+}
+
+/// Where a state stands in the status view's list of sites needing attention (None: not
+/// listed there).
+fn attention_rank(state: &str) -> Option<u8> {
+    match state {
+        "failed" => Some(0),
+        "silent" => Some(1),
+        "rolled_back" => Some(2),
+        "in_progress" => Some(3),
+        _ => None,
+    }
+}
+
+/// The status of a rollout: waves with complete tallies and gate standing, the sites that
+/// need attention (at most [`ROLLOUT_VIEW_SITES`]), the timeline.
+pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
+    let l = app.load_rollout(id).await?;
+    let view = l.view();
+    let now = Timestamp::now();
+    let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
+    let mut attention = Vec::new();
+    let mut total: u64 = 0;
+    // One pass over every site: every answer to a rollout action renders this view.
+    for_each_site(&l, &view, now, |wave, f, state| {
+        total += 1;
+        let tally = &mut tallies[wave as usize];
+        tally.sites += 1;
+        match state {
+            "pending" | "deferred" => tally.pending += 1,
+            "in_progress" => tally.in_progress += 1,
+            "succeeded" => tally.succeeded += 1,
+            "failed" => tally.failed += 1,
+            "silent" => tally.silent += 1,
+            "skipped" => tally.skipped += 1,
+            "rolled_back" => tally.rolled_back += 1,
+            _ => {}
+        }
+        if let Some(rank) = attention_rank(state) {
+            attention.push((rank, wave, f, state));
+        }
+    });
+    smallest(&mut attention, ROLLOUT_VIEW_SITES, |&(rank, wave, f, _)| {
+        (rank, wave, f.site_id.as_str())
+    });
+    let sites: Vec<RolloutSiteView> = attention
+        .iter()
+        .map(|&(_, wave, f, state)| site_view(&l, &view, wave, f, state, now))
+        .collect();
+    let mut waves = Vec::new();
+    for ((i, plan_wave), tally) in l.plan.waves.iter().enumerate().zip(tallies) {
+        let rec = l.record.waves.get(i).cloned().unwrap_or_default();
         let gate = match controller::wave_verdict(&view, i as u32, now) {
             Some(v) => v.reason().to_string(),
             None => "not open".to_string(),
@@ -656,7 +731,8 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
         created_by: l.record.created_by.clone(),
         updated_at: l.record.updated_at,
         waves,
-        sites: site_views,
+        sites_omitted: total - sites.len() as u64,
+        sites,
         decisions: decisions
             .into_iter()
             .map(|d| DecisionView {
@@ -673,6 +749,67 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
             PlanFormat::Toml
         },
     })
+}
+
+/// `GET /v1/rollouts/{id}/sites`: every site of a rollout, by site id, one page at a time,
+/// optionally only one wave's or one state's.
+pub async fn list_rollout_sites(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RolloutSiteQuery>,
+) -> Result<Json<RolloutSiteList>, ApiError> {
+    op.require(Permission::Read)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    let state: Option<&'static str> = match &q.state {
+        Some(s) => Some(
+            ROLLOUT_SITE_STATES
+                .iter()
+                .copied()
+                .find(|w| w == s)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "state {s:?} is not a site state: use one of {}",
+                        ROLLOUT_SITE_STATES.join(", ")
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let l = app.load_rollout(&id).await?;
+    let waves = l.plan.waves.len();
+    if let Some(w) = q.wave
+        && w as usize >= waves
+    {
+        return Err(ApiError::bad_request(format!(
+            "wave {w} is out of range: rollout {id} has {waves} waves, numbered 0 to {}",
+            waves.saturating_sub(1)
+        )));
+    }
+    let view = l.view();
+    let now = Timestamp::now();
+    let after = q.after.as_deref();
+    let mut page = Vec::new();
+    for_each_site(&l, &view, now, |wave, f, st| {
+        if q.wave.is_some_and(|w| w != wave)
+            || state.is_some_and(|s| s != st)
+            || after.is_some_and(|a| f.site_id.as_str() <= a)
+        {
+            return;
+        }
+        page.push((wave, f, st));
+    });
+    smallest(&mut page, limit, |&(_, f, _)| f.site_id.as_str());
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|(_, f, _)| f.site_id.clone()))
+        .flatten();
+    Ok(Json(RolloutSiteList {
+        sites: page
+            .iter()
+            .map(|&(wave, f, st)| site_view(&l, &view, wave, f, st, now))
+            .collect(),
+        next_after,
+    }))
 }
 
 pub async fn get_rollout(

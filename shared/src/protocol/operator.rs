@@ -444,18 +444,45 @@ pub struct DecisionView {
     pub reason: String,
 }
 
+/// The state words of a site in a rollout ([`RolloutSiteView::state`]), in the order a
+/// site usually passes through them. `deferred` counts as pending in a [`WaveTally`].
+pub const ROLLOUT_SITE_STATES: &[&str] = &[
+    "pending",
+    "deferred",
+    "in_progress",
+    "succeeded",
+    "failed",
+    "silent",
+    "skipped",
+    "rolled_back",
+];
+
+/// At most this many sites are listed in [`RolloutView::sites`]; the rest are counted in
+/// [`RolloutView::sites_omitted`] and listed by `GET /v1/rollouts/{id}/sites`.
+pub const ROLLOUT_VIEW_SITES: usize = 200;
+
 /// One site's standing in a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutSiteView {
     pub site_id: String,
     pub wave: u32,
-    /// `pending`, `in_progress`, `succeeded`, `failed`, `silent`, `skipped`, `rolled_back`.
+    /// `pending`, `deferred`, `in_progress`, `succeeded`, `failed`, `silent`, `skipped`,
+    /// `rolled_back` (see [`ROLLOUT_SITE_STATES`]).
     pub state: String,
     pub phase: Option<String>,
     pub detail: Option<String>,
 }
 
+/// A rollout's status: waves with complete tallies and gate standing, the sites that need
+/// attention, and the decision timeline.
+///
+/// `sites` is bounded so that the answer stays small at any fleet size: it lists only
+/// sites that are `failed`, `silent`, `rolled_back` or `in_progress`, in that order (within
+/// a state by wave, then site id), at most [`ROLLOUT_VIEW_SITES`] of them.
+/// `sites_omitted` counts the rollout's sites not listed (every pending, succeeded,
+/// deferred and skipped site, and attention sites beyond the cap); the wave tallies count
+/// every site. `GET /v1/rollouts/{id}/sites` ([`RolloutSiteList`]) pages through all of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutView {
@@ -467,11 +494,42 @@ pub struct RolloutView {
     pub created_by: String,
     pub updated_at: Timestamp,
     pub waves: Vec<WaveView>,
+    /// The sites that need attention (see above), at most [`ROLLOUT_VIEW_SITES`].
     pub sites: Vec<RolloutSiteView>,
+    /// How many of the rollout's sites are not in `sites`.
+    pub sites_omitted: u64,
     /// Every decision, oldest first.
     pub decisions: Vec<DecisionView>,
     pub plan: String,
     pub plan_format: PlanFormat,
+}
+
+/// `GET /v1/rollouts/{id}/sites?wave=N&state=S&after=ID&limit=N`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSiteQuery {
+    /// Only sites of this wave (zero-based index).
+    #[serde(default)]
+    pub wave: Option<u32>,
+    /// Only sites in this state (one of [`ROLLOUT_SITE_STATES`]).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Page: sites with ids after this one.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One page of a rollout's sites, ordered by site id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutSiteList {
+    pub sites: Vec<RolloutSiteView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
