@@ -1177,13 +1177,19 @@ fn rollout_id(name: &str) -> String {
     format!("{slug}-{}", random_hex(4))
 }
 
+/// The least time between the end of one controller pass and the next woken pass.
+/// Gates are about minutes (bakes, report deadlines); a quarter second later changes no
+/// decision, while woken passes back to back re-evaluated a 20,000-site wave about 40
+/// times a second during its reports.
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(250);
+
 /// How long a wake-up waits after a pass that took `took`: four times as long, so the
-/// controller holds the engine lock (which leases take too) at most a fifth of the time.
-/// Reports wake the controller all through a wave; at 100,000 sites a pass takes tens of
-/// milliseconds, and back-to-back passes took a core and let leases through at under one
-/// per second. With a few sites a pass takes microseconds and a wake-up acts at once.
-fn pass_gap(took: Duration) -> Duration {
-    took.saturating_mul(4)
+/// controller holds the engine lock (which leases take too) at most a fifth of the time,
+/// and at least [`MIN_PASS_GAP`]. Reports wake the controller all through a wave; at
+/// 100,000 sites a pass takes tens of milliseconds, and back-to-back passes took a core
+/// and let leases through at under one per second.
+pub fn pass_gap(took: Duration) -> Duration {
+    took.saturating_mul(4).max(MIN_PASS_GAP)
 }
 
 /// Runs the wave controller every tick and whenever woken (paced by [`pass_gap`]), until

@@ -550,3 +550,16 @@ async fn concurrent_leases_never_exceed_a_compartment_limit() {
     );
     assert_eq!(lease_rows(&s, &id).len(), 4);
 }
+
+/// Woken passes wait four times the last pass, and never less than the floor.
+#[test]
+fn controller_passes_are_paced_with_a_floor() {
+    use fleetwave_coordinator::rollouts::{MIN_PASS_GAP, pass_gap};
+    use std::time::Duration;
+    assert_eq!(pass_gap(Duration::from_micros(300)), MIN_PASS_GAP);
+    assert_eq!(pass_gap(Duration::from_millis(40)), MIN_PASS_GAP);
+    assert_eq!(
+        pass_gap(Duration::from_millis(100)),
+        Duration::from_millis(400)
+    );
+}
