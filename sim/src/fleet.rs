@@ -266,15 +266,22 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
                 };
                 match poll {
                     Ok(PollOutcome::New(accepted)) => {
-                        let outcome = site.install(&net, &accepted, executor).await;
                         let counts = measured
                             .get()
                             .is_some_and(|id| *id == accepted.assignment.rollout_id);
-                        match outcome {
-                            Ok(true) if counts => committed.add(1),
-                            Ok(false) if counts => failed.add(1),
-                            Ok(_) => {}
-                            Err(e) => net.errors.add(e.kind()),
+                        if !counts {
+                            // An assignment from a rollout that an earlier run finished
+                            // (leftovers still running were aborted at start): a real agent
+                            // restarts with its saved state and runs that release already.
+                            // Installing it again loaded the steady phase with 100,000
+                            // leases and installs.
+                            site.installed = Some(accepted.release.id.clone());
+                        } else {
+                            match site.install(&net, &accepted, executor).await {
+                                Ok(true) => committed.add(1),
+                                Ok(false) => failed.add(1),
+                                Err(e) => net.errors.add(e.kind()),
+                            }
                         }
                     }
                     Ok(_) => {}
