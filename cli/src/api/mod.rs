@@ -227,6 +227,32 @@ impl Client {
         Client::decode("GET", path, r)
     }
 
+    /// Every item of a paged list (`?after=ID&limit=N`, answered with `next_after`):
+    /// `query` is the list's filters, `split` takes a page apart into its items and the
+    /// next page's start.
+    pub fn get_all<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        query: &[String],
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = query.to_vec();
+            q.push("limit=1000".to_string());
+            if let Some(a) = &after {
+                q.push(format!("after={}", encode(a)));
+            }
+            let (page, next) = split(self.get(&format!("{path}?{}", q.join("&")))?);
+            items.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let r = self.send(reqwest::Method::POST, path, |b| b.json(body))?;
         Client::decode("POST", path, r)

@@ -221,32 +221,18 @@ pub fn all_sites(
     wave: Option<u32>,
     state: Option<&str>,
 ) -> Result<Vec<api::RolloutSiteView>> {
-    let mut query = vec!["limit=1000".to_string()];
+    let mut query = Vec::new();
     if let Some(w) = wave {
         query.push(format!("wave={w}"));
     }
     if let Some(s) = state {
         query.push(format!("state={}", encode(s)));
     }
-    let mut sites = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut q = query.clone();
-        if let Some(a) = &after {
-            q.push(format!("after={}", encode(a)));
-        }
-        let page: api::RolloutSiteList = client.get(&format!(
-            "{}/{}/sites?{}",
-            paths::ROLLOUTS,
-            encode(id),
-            q.join("&")
-        ))?;
-        sites.extend(page.sites);
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return Ok(sites),
-        }
-    }
+    client.get_all(
+        &format!("{}/{}/sites", paths::ROLLOUTS, encode(id)),
+        &query,
+        |page: api::RolloutSiteList| (page.sites, page.next_after),
+    )
 }
 
 fn status(args: StatusArgs) -> Result<()> {

@@ -124,21 +124,9 @@ fn site_list(args: SiteListArgs) -> Result<()> {
     if let Some(v) = &args.version {
         query.push(format!("version={}", encode(v)));
     }
-    query.push("limit=1000".to_string());
-    let mut sites = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut q = query.clone();
-        if let Some(a) = &after {
-            q.push(format!("after={}", encode(a)));
-        }
-        let page: api::SiteList = client.get(&format!("{}?{}", paths::SITES, q.join("&")))?;
-        sites.extend(page.sites);
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let sites = client.get_all(paths::SITES, &query, |page: api::SiteList| {
+        (page.sites, page.next_after)
+    })?;
     if args.connect.json {
         return output::json(&sites);
     }
