@@ -61,6 +61,8 @@ pub struct Config {
     pub assignments: AssignmentConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Fleet-wide freeze periods: no lease is granted inside them.
     #[serde(default)]
     pub freezes: Vec<Freeze>,
@@ -192,6 +194,30 @@ impl Default for ControllerConfig {
     }
 }
 
+/// `[retention]`: how long agents' reports are kept. A site's current state (health,
+/// installed releases, its place in each rollout) lives elsewhere and is never pruned;
+/// these rows are its history (the dashboard's site page) and the memory that makes a
+/// resent report count once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Health heartbeats are deleted this many hours after they arrived (0: never).
+    /// They are most of the rows: a site sends one every 5 minutes, 288 a day.
+    pub health_hours: u64,
+    /// Every other report (install phases, installed releases, deferrals, refusals) is
+    /// deleted this many days after it arrived (0: never).
+    pub reports_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            health_hours: 48,
+            reports_days: 90,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     "0.0.0.0:8443".parse().expect("valid address")
 }
@@ -319,6 +345,12 @@ impl Config {
         if self.controller.tick_millis < 50 {
             return Err(invalid("controller.tick_millis", "must be at least 50"));
         }
+        if self.retention.health_hours > 24 * 36_500 || self.retention.reports_days > 36_500 {
+            return Err(invalid(
+                "retention",
+                "at most 100 years; use 0 to keep reports forever",
+            ));
+        }
         for (i, f) in self.freezes.iter().enumerate() {
             if f.end <= f.start {
                 return Err(ConfigError::Invalid {
@@ -380,6 +412,26 @@ mod tests {
         assert_eq!(c.limits.max_connections, d.limits.max_connections);
         assert_eq!(c.limits.keepalive_idle_secs, d.limits.keepalive_idle_secs);
         assert_eq!(c.listen, d.listen);
+        assert_eq!(c.retention, d.retention);
+    }
+
+    #[test]
+    fn retention_defaults_and_bounds() {
+        let c = Config::parse("signing_key = \"k\"\n").unwrap();
+        assert_eq!(
+            (c.retention.health_hours, c.retention.reports_days),
+            (48, 90)
+        );
+        let c = Config::parse("signing_key = \"k\"\n[retention]\nhealth_hours = 0\n").unwrap();
+        assert_eq!(
+            (c.retention.health_hours, c.retention.reports_days),
+            (0, 90)
+        );
+        let err = Config::parse("signing_key = \"k\"\n[retention]\nreports_days = 99999999\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        let err = Config::parse("signing_key = \"k\"\n[retention]\nhealth_days = 2\n").unwrap_err();
+        assert!(err.to_string().contains("health_days"), "{err}");
     }
 
     #[test]

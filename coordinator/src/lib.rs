@@ -5,7 +5,7 @@
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
 //! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
-//!   [`backup`]: consistent backups and safe restores.
+//!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports.
 pub mod api;
 pub mod backup;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod init;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
+pub mod retention;
 pub mod rollouts;
 pub mod server;
 pub mod state;

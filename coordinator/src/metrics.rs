@@ -49,6 +49,8 @@ pub struct Metrics {
     pub keepalive_declined: Counter,
     /// TLS handshakes by kind: `full` or `resumed` (a session ticket).
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// Stored reports deleted past their retention period, by kind (`health`, `phase`, ...).
+    pub reports_pruned: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,8 +112,15 @@ impl Metrics {
             "TLS handshakes completed, by result: full, or resumed with a session ticket",
             tls_handshakes.clone(),
         );
+        let reports_pruned = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "reports_pruned",
+            "Stored agent reports deleted past their retention period ([retention]), by kind",
+            reports_pruned.clone(),
+        );
         Metrics {
             registry,
+            reports_pruned,
             connections_open,
             keepalive_declined,
             tls_handshakes,

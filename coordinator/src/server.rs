@@ -286,6 +286,7 @@ pub async fn start(
     };
 
     let trimmer = crate::memory::spawn_trimmer(shutdown_rx.clone());
+    let pruner = crate::retention::spawn_pruner(app.clone(), shutdown_rx.clone());
 
     let task_app = app.clone();
     let task = tokio::spawn(async move {
@@ -382,6 +383,7 @@ pub async fn start(
         let _ = controller.await;
         let _ = flusher.await;
         let _ = trimmer.await;
+        let _ = pruner.await;
         if let Err(e) = task_app.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }

@@ -288,3 +288,78 @@ fn a_report_group_commits_good_batches_around_a_failing_one() {
         .unwrap();
     assert_eq!(again[0].as_ref().unwrap().duplicates, 1);
 }
+
+/// Rows left in the reports table, by event id.
+fn stored_reports(dir: &tempfile::TempDir) -> Vec<String> {
+    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT event_id FROM reports ORDER BY event_id")
+        .unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing() {
+    let (dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let (old, recent) = (ts("2026-01-01T01:00:00Z"), ts("2026-01-03T01:00:00Z"));
+    let early = vec![
+        health("h1", "2026-01-01T00:05:00Z", true),
+        health("h2", "2026-01-01T00:06:00Z", true),
+        phase("p1", "2026-01-01T00:10:00Z", Phase::Committed),
+    ];
+    store.apply_reports("s1", &early, old).unwrap();
+    store
+        .apply_reports("s1", &[health("h3", "2026-01-03T00:00:00Z", true)], recent)
+        .unwrap();
+    let before = store.rollout_sites("r1").unwrap().remove(0);
+
+    // Oldest first and at most the limit.
+    let cut = ts("2026-01-02T00:00:00Z");
+    assert_eq!(store.prune_reports("health", cut, 1).unwrap(), 1);
+    assert_eq!(stored_reports(&dir), ["h2", "h3", "p1"]);
+    assert_eq!(store.prune_reports("health", cut, 100).unwrap(), 1);
+    // Other kinds and newer rows are left alone.
+    assert_eq!(stored_reports(&dir), ["h3", "p1"]);
+    assert_eq!(store.prune_reports("phase", old, 100).unwrap(), 0);
+    assert_eq!(store.prune_reports("phase", cut, 100).unwrap(), 1);
+    assert_eq!(stored_reports(&dir), ["h3"]);
+
+    // A report resent after pruning is stored again and changes nothing.
+    let out = store.apply_reports("s1", &early, recent).unwrap();
+    assert_eq!((out.accepted, out.duplicates), (3, 0));
+    assert_eq!(store.rollout_sites("r1").unwrap().remove(0), before);
+    let site = store.site("s1").unwrap().unwrap();
+    assert_eq!(site.health_at, Some(ts("2026-01-03T00:00:00Z")));
+    // ... and counts once again from then on.
+    let out = store.apply_reports("s1", &early, recent).unwrap();
+    assert_eq!((out.accepted, out.duplicates), (0, 3));
+}
+
+#[test]
+fn the_commit_and_pruning_queries_use_their_indexes() {
+    let (dir, _store) = setup();
+    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
+        let rows: Vec<String> = st
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join(" | ")
+    };
+    let commit = plan(sqlite::FIRST_UNHEALTHY_SQL);
+    assert!(commit.contains("USING INDEX reports_unhealthy"), "{commit}");
+    let prune = plan(sqlite::PRUNE_REPORTS_SQL);
+    assert!(
+        prune.contains("COVERING INDEX reports_by_kind_received"),
+        "{prune}"
+    );
+}

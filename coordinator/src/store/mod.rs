@@ -414,6 +414,12 @@ pub trait Store: Send + Sync + 'static {
         batches: &[ReportInput],
     ) -> StoreResult<Vec<StoreResult<ReportOutcome>>>;
 
+    /// Deletes at most `limit` stored reports of `kind` (see
+    /// [`sqlite::REPORT_KINDS`]) received before `before`, oldest first, in one
+    /// transaction; returns how many. Applying a report again later is harmless: every
+    /// report's effect is guarded by its time (see [`crate::retention`]).
+    fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize>;
+
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;
     fn decisions(&self, rollout_id: &str) -> StoreResult<Vec<DecisionRecord>>;

@@ -24,12 +24,24 @@ use rusqlite_migration::{M, Migrations};
 use super::*;
 
 const READERS: usize = 4;
+/// The writer connection's page cache in KiB (SQLite's default is 2,000 KiB per
+/// connection; readers keep it).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// A site's (?1) first unhealthy heartbeat at or after ?2: what a commit looks for. It
+/// must stay answerable from the partial index `reports_unhealthy` (schema v3).
+pub const FIRST_UNHEALTHY_SQL: &str = "SELECT MIN(at) FROM reports WHERE site_id = ?1 AND kind = 'health' AND at >= ?2 AND json_extract(body, '$.healthy') = 0";
+/// Deletes at most ?3 reports of kind ?1 received before ?2, oldest first, through the
+/// index `reports_by_kind_received` (schema v3).
+pub const PRUNE_REPORTS_SQL: &str = "DELETE FROM reports WHERE rowid IN (SELECT rowid FROM reports WHERE kind = ?1 AND received_at < ?2 ORDER BY received_at LIMIT ?3)";
+/// Every kind of stored report (`reports.kind`), as [`event_kind`] names them.
+pub const REPORT_KINDS: [&str; 5] = ["phase", "health", "deferral", "installed", "refusal"];
 
 /// The migrations, in order. Never edit a released one: add the next.
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("schema.sql")),
         M::up(include_str!("schema_v2.sql")),
+        M::up(include_str!("schema_v3.sql")),
     ])
 }
 
@@ -67,6 +79,10 @@ impl SqliteStore {
             )));
         }
         configure(&writer)?;
+        // The writer's page cache: the pages a wave's reports touch again and again
+        // (indexes of reports and rollout sites) stay in memory instead of being read
+        // through the kernel for every statement. Filled only as pages are used.
+        writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         migrations()
             .to_latest(&mut writer)
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -1212,6 +1228,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize> {
+        self.write(|tx| {
+            let n = tx.prepare_cached(PRUNE_REPORTS_SQL)?.execute(params![
+                kind,
+                ms(before),
+                limit as i64
+            ])?;
+            Ok(n)
+        })
+    }
+
     fn decisions(&self, rollout_id: &str) -> StoreResult<Vec<DecisionRecord>> {
         self.read(|c| {
             let mut st = c.prepare("SELECT id, rollout_id, at, kind, wave, reason FROM decisions WHERE rollout_id = ?1 ORDER BY id")?;
@@ -1545,13 +1572,9 @@ fn record_commit(
     if committed.is_some_and(|c| c >= at) {
         return Ok(());
     }
-    let first_unhealthy: Option<i64> = tx.prepare_cached(
-        "SELECT MIN(at) FROM reports WHERE site_id = ?1 AND kind = 'health' AND at >= ?2 AND json_extract(body, '$.healthy') = 0",
-    )?
-    .query_row(
-        params![site_id, at],
-        |r| r.get(0),
-    )?;
+    let first_unhealthy: Option<i64> = tx
+        .prepare_cached(FIRST_UNHEALTHY_SQL)?
+        .query_row(params![site_id, at], |r| r.get(0))?;
     tx.prepare_cached(
         "UPDATE rollout_sites SET committed_at = ?3, first_unhealthy_after_commit_at = ?4 WHERE rollout_id = ?1 AND site_id = ?2",
     )?
