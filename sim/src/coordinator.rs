@@ -359,13 +359,24 @@ impl Coordinator {
             if matches!(status, "pending" | "running" | "paused" | "halted")
                 && let Some(id) = r["id"].as_str()
             {
-                self.call(
-                    reqwest::Method::POST,
-                    &format!("/v1/rollouts/{id}/abort"),
-                    Some(json!({"reason": "left over by an earlier fleetwave-sim run"})),
-                )
-                .await?;
-                n += 1;
+                let aborted = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/rollouts/{id}/abort"),
+                        Some(json!({"reason": "left over by an earlier fleetwave-sim run"})),
+                    )
+                    .await;
+                match aborted {
+                    Ok(_) => n += 1,
+                    // It may have ended meanwhile (its last sites committed just before
+                    // the last run stopped): then there is nothing to abort.
+                    Err(e) => {
+                        let now = self.rollout_status(id).await?;
+                        if matches!(now.as_str(), "pending" | "running" | "paused" | "halted") {
+                            return Err(e);
+                        }
+                    }
+                }
             }
         }
         Ok(n)
