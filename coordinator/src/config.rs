@@ -94,7 +94,9 @@ pub struct Limits {
     /// Longest long-poll `wait` honoured.
     pub long_poll_cap_secs: u32,
     /// Requests handled at once, long polls excepted; beyond that the answer is 503 with
-    /// `Retry-After`.
+    /// `Retry-After`. Reports and lease requests spend most of their time waiting for a
+    /// group commit, where waiting is cheap and a retry is not: set this well above the
+    /// number of agents that report in the same few seconds.
     pub max_concurrent_requests: usize,
     /// Long polls parked at once (their own limit: waiting agents never take the slots of
     /// reports, leases or operator actions); beyond that a poll gets 503 with `Retry-After`.
@@ -122,7 +124,7 @@ impl Default for Limits {
             request_timeout_secs: 30,
             artifact_timeout_secs: 3600,
             long_poll_cap_secs: fleetwave_shared::protocol::MAX_POLL_WAIT_SECS,
-            max_concurrent_requests: 4096,
+            max_concurrent_requests: 16384,
             max_long_polls: 100_000,
             max_connections: 200_000,
             keepalive_idle_secs: 90,
