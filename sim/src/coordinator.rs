@@ -407,6 +407,135 @@ impl Coordinator {
     }
 }
 
+/// The coordinator's own latency histogram of one route (all statuses summed): the
+/// cumulative count at each bucket's upper bound, in seconds, `+Inf` last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram(pub Vec<(f64, f64)>);
+
+impl Histogram {
+    /// Reads `fleetwave_http_request_duration_seconds` for `route` from OpenMetrics text.
+    pub fn parse(text: &str, route: &str) -> Histogram {
+        let route = format!("route=\"{route}\"");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in text.lines() {
+            if !line.starts_with("fleetwave_http_request_duration_seconds_bucket{")
+                || !line.contains(&route)
+            {
+                continue;
+            }
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|v| match v {
+                    "+Inf" => Some(f64::INFINITY),
+                    v => v.parse::<f64>().ok(),
+                });
+            let count = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(le), Some(count)) = (le, count) {
+                match buckets.iter_mut().find(|(b, _)| *b == le) {
+                    Some((_, c)) => *c += count,
+                    None => buckets.push((le, count)),
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Histogram(buckets)
+    }
+
+    /// What was observed between `earlier` and `self`.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram(
+            self.0
+                .iter()
+                .map(|&(le, c)| {
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(b, _)| *b == le)
+                        .map_or(0.0, |x| x.1);
+                    (le, c - before)
+                })
+                .collect(),
+        )
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (None without samples).
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        self.0
+            .iter()
+            .find(|(_, c)| *c >= q * total)
+            .map(|&(le, _)| le)
+    }
+
+    /// "p50 ≤ …, p99 ≤ … (N requests)".
+    pub fn summary(&self) -> String {
+        let show = |q| match self.quantile_bound(q) {
+            Some(b) if b.is_finite() => format!("≤ {:.1} ms", b * 1e3),
+            Some(_) => "over the largest bucket".to_string(),
+            None => "no samples".to_string(),
+        };
+        format!(
+            "p50 {}, p99 {} ({} requests; bucket upper bounds)",
+            show(0.5),
+            show(0.99),
+            self.0.last().map_or(0.0, |x| x.1)
+        )
+    }
+}
+
+impl Coordinator {
+    /// The coordinator's latency histogram for `route` now.
+    pub async fn route_histogram(&self, route: &str) -> anyhow::Result<Histogram> {
+        let text = self
+            .admin
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(Histogram::parse(&text, route))
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::Histogram;
+
+    #[test]
+    fn buckets_of_every_status_add_up_and_quantiles_name_their_bucket() {
+        let text = r#"# TYPE fleetwave_http_request_duration_seconds histogram
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="304",le="0.001"} 90
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="304",le="0.002"} 98
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="304",le="+Inf"} 100
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="200",le="0.001"} 0
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="200",le="0.002"} 0
+fleetwave_http_request_duration_seconds_bucket{method="GET",route="/v1/agent/poll",status="200",le="+Inf"} 100
+fleetwave_http_request_duration_seconds_bucket{method="POST",route="/v1/agent/reports",status="200",le="0.001"} 7
+"#;
+        let h = Histogram::parse(text, "/v1/agent/poll");
+        assert_eq!(
+            h.0,
+            vec![(0.001, 90.0), (0.002, 98.0), (f64::INFINITY, 200.0)]
+        );
+        assert_eq!(h.quantile_bound(0.4), Some(0.001));
+        assert_eq!(h.quantile_bound(0.49), Some(0.002));
+        assert_eq!(h.quantile_bound(0.99), Some(f64::INFINITY));
+        let earlier = Histogram(vec![(0.001, 80.0), (0.002, 80.0), (f64::INFINITY, 80.0)]);
+        let d = h.since(&earlier);
+        assert_eq!(
+            d.0,
+            vec![(0.001, 10.0), (0.002, 18.0), (f64::INFINITY, 120.0)]
+        );
+        assert_eq!(d.quantile_bound(0.5), Some(f64::INFINITY));
+        assert_eq!(Histogram::default().quantile_bound(0.5), None);
+    }
+}
+
 impl Drop for Coordinator {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

@@ -347,6 +347,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         let id = c.create_rollout(&plan).await?;
         let _ = measured.set(id.clone());
         let s0 = fleet_sample(c)?;
+        let h0 = c.route_histogram("/v1/agent/poll").await?;
         let t0 = Instant::now();
         c.start_rollout(&id).await?;
         let deadline = t0 + o.rollout_timeout;
@@ -368,6 +369,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         }
         let end = t0.elapsed();
         let s1 = fleet_sample(c)?;
+        let inside = c.route_histogram("/v1/agent/poll").await?.since(&h0);
         println!(
             "four-wave rollout {id} (shares 1%, 10%, 50%, rest; bake 0s; install {:?}, failure rate {}):",
             o.executor.install, o.executor.failure_rate
@@ -390,6 +392,10 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         println!(
             "  poll latency during the rollout: {}",
             net.poll_latency.summary()
+        );
+        println!(
+            "  the same polls inside the coordinator (its own histogram, from routing to answer): {}",
+            inside.summary()
         );
         println!("  errors (whole run): {}", net.errors.summary());
         println!("  shed and retried (whole run): {}", net.retried.summary());
