@@ -502,6 +502,38 @@ impl Coordinator {
     }
 }
 
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A four-wave plan over every simulated site: 1%, 10%, 50%, the rest; no bake, so the
+/// figure measured is the fleet's reaction time, not a configured wait.
+pub fn four_wave_plan(release_id: &str, failure_rate: f64) -> String {
+    let ratio = (1.0 - failure_rate * 3.0).clamp(0.0, 1.0);
+    let gate = format!(
+        "gate = {{ success_ratio = {ratio:.3}, min_sample = 1, bake = \"0s\", report_deadline = \"2h\" }}"
+    );
+    format!(
+        "name = \"sim four waves\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"canary\"\nshare = 1\n{gate}\n\n\
+         [[waves]]\nname = \"early\"\nshare = 10\n{gate}\n\n\
+         [[waves]]\nname = \"broad\"\nshare = 50\n{gate}\n\n\
+         [[waves]]\nname = \"rest\"\n{gate}\n"
+    )
+}
+
+/// One wave with every simulated site (the long-poll wake-up test).
+pub fn one_wave_plan(release_id: &str) -> String {
+    format!(
+        "name = \"sim one wave\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 0.5, bake = \"0s\" }}\n"
+    )
+}
+
 #[cfg(test)]
 mod histogram_tests {
     use super::Histogram;
@@ -534,36 +566,4 @@ fleetwave_http_request_duration_seconds_bucket{method="POST",route="/v1/agent/re
         assert_eq!(d.quantile_bound(0.5), Some(f64::INFINITY));
         assert_eq!(Histogram::default().quantile_bound(0.5), None);
     }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
-/// A four-wave plan over every simulated site: 1%, 10%, 50%, the rest; no bake, so the
-/// figure measured is the fleet's reaction time, not a configured wait.
-pub fn four_wave_plan(release_id: &str, failure_rate: f64) -> String {
-    let ratio = (1.0 - failure_rate * 3.0).clamp(0.0, 1.0);
-    let gate = format!(
-        "gate = {{ success_ratio = {ratio:.3}, min_sample = 1, bake = \"0s\", report_deadline = \"2h\" }}"
-    );
-    format!(
-        "name = \"sim four waves\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
-         [[waves]]\nname = \"canary\"\nshare = 1\n{gate}\n\n\
-         [[waves]]\nname = \"early\"\nshare = 10\n{gate}\n\n\
-         [[waves]]\nname = \"broad\"\nshare = 50\n{gate}\n\n\
-         [[waves]]\nname = \"rest\"\n{gate}\n"
-    )
-}
-
-/// One wave with every simulated site (the long-poll wake-up test).
-pub fn one_wave_plan(release_id: &str) -> String {
-    format!(
-        "name = \"sim one wave\"\nrelease = \"{release_id}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
-         [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 0.5, bake = \"0s\" }}\n"
-    )
 }
