@@ -8,8 +8,9 @@
 //! 100,000 sites add 28.8 million rows a day.
 //!
 //! Pruning deletes the oldest rows of one kind at a time, [`CHUNK`] rows per transaction
-//! on the writer connection, pausing between chunks so that report batches and lease
-//! grants wait for at most one chunk.
+//! on the writer connection, pausing after each chunk for as long as it took: report
+//! batches and lease grants wait for at most one chunk, and the writer never spends more
+//! than half of its time pruning.
 //!
 //! A report resent after its row was pruned is stored and applied again. That is safe:
 //! every effect of a report is guarded by the report's own time (a later report always
@@ -35,8 +36,9 @@ pub const CHUNK: usize = 2_000;
 /// At most this many chunks per kind and round (a backlog, e.g. after lowering the
 /// retention, is worked off over several rounds).
 pub const MAX_CHUNKS: usize = 250;
-/// The pause between two chunks, for the writer's other work.
-const PAUSE: Duration = Duration::from_millis(20);
+/// The least pause between two chunks, for the writer's other work (the pause is at least
+/// as long as the last chunk took).
+const MIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// The cut-off of each kind at `now`: rows received before it are due. Kinds kept
 /// forever (a retention of 0) are left out.
@@ -67,14 +69,16 @@ pub async fn prune_once(
     let mut deleted = Vec::new();
     for (kind, before) in cut_offs(&app.config.retention, now) {
         let mut total = 0u64;
-        for chunk in 0..MAX_CHUNKS {
-            if chunk > 0 {
-                tokio::time::sleep(PAUSE).await;
-            }
+        let mut pause = Duration::ZERO;
+        for _ in 0..MAX_CHUNKS {
+            tokio::time::sleep(pause).await;
+            let started = std::time::Instant::now();
             let n = app
                 .db
                 .run(move |s| s.prune_reports(kind, before, CHUNK))
                 .await?;
+            // The writer is pruning at most half of the time, however slow the disk.
+            pause = started.elapsed().max(MIN_PAUSE);
             total += n as u64;
             if n < CHUNK {
                 break;

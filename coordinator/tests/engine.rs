@@ -563,3 +563,60 @@ fn controller_passes_are_paced_with_a_floor() {
         Duration::from_millis(400)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() {
+    let s = setup(2).await;
+    let now = Timestamp::now();
+    // More old heartbeats than one chunk holds, a few new ones, and an old phase report
+    // (kept 90 days by default).
+    let old = now - SignedDuration::from_hours(72);
+    let n_old = fleetwave_coordinator::retention::CHUNK + 500;
+    let old_health: Vec<Event> = (0..n_old).map(|i| health(&format!("old-{i}"))).collect();
+    let phase = event(
+        "old-phase",
+        json!({"kind": "phase", "release_id": "app-2", "phase": "downloading"}),
+    );
+    let recent: Vec<Event> = (0..3).map(|i| health(&format!("new-{i}"))).collect();
+    for (events, received_at) in [(old_health, old), (vec![phase], old), (recent, now)] {
+        s.app
+            .apply_reports(ReportInput {
+                site_id: site_id(0),
+                events,
+                received_at,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(report_rows(&s), n_old as i64 + 4);
+
+    let deleted = fleetwave_coordinator::retention::prune_once(&s.app, now)
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![("health", n_old as u64)]);
+    let left: Vec<String> = {
+        let c = s.conn();
+        let mut st = c
+            .prepare("SELECT event_id FROM reports ORDER BY event_id")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(left, ["new-0", "new-1", "new-2", "old-phase"]);
+    let counted = s
+        .app
+        .metrics
+        .reports_pruned
+        .get_or_create(&fleetwave_coordinator::metrics::KindLabel {
+            kind: "health".into(),
+        })
+        .get();
+    assert_eq!(counted, n_old as u64);
+    // Nothing more is due.
+    let again = fleetwave_coordinator::retention::prune_once(&s.app, now)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
