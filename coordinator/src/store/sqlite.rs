@@ -1329,6 +1329,8 @@ fn insert_members(tx: &rusqlite::Transaction, members: &[RolloutSiteRecord]) -> 
     Ok(())
 }
 
+/// The `reports.kind` of an event (its `kind` on the wire). A new kind also goes into
+/// [`REPORT_KINDS`], or retention never prunes it.
 fn event_kind(body: &EventBody) -> &'static str {
     match body {
         EventBody::Phase { .. } => "phase",
@@ -1597,4 +1599,47 @@ fn grant_lease(tx: &rusqlite::Transaction, l: &LeaseRecord) -> StoreResult<()> {
     )?
     .execute(params![l.rollout_id, l.site_id, ms(l.granted_at)])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_kinds_name_every_event_kind() {
+        let samples = [
+            EventBody::Phase {
+                rollout_id: None,
+                release_id: "r".into(),
+                phase: Phase::Committed,
+                detail: None,
+            },
+            EventBody::Health {
+                healthy: true,
+                summary: Default::default(),
+            },
+            EventBody::Deferral {
+                until: None,
+                reason: None,
+            },
+            EventBody::Installed {
+                name: "app".into(),
+                release_id: None,
+                version: None,
+                previous_release_id: None,
+            },
+            EventBody::Refusal {
+                code: "c".into(),
+                message: "m".into(),
+                rollout_id: None,
+                sequence: None,
+            },
+        ];
+        let kinds: Vec<&str> = samples.iter().map(event_kind).collect();
+        assert_eq!(kinds, REPORT_KINDS);
+        // And each is the event's `kind` on the wire.
+        for (body, kind) in samples.iter().zip(REPORT_KINDS) {
+            assert_eq!(serde_json::to_value(body).unwrap()["kind"], kind);
+        }
+    }
 }
