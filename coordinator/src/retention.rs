@@ -96,7 +96,7 @@ pub async fn prune_once(
 }
 
 /// Runs [`prune_once`] a minute after start and then every [`PRUNE_EVERY`], until `stop`
-/// turns true.
+/// turns true (which also ends a round in progress).
 pub fn spawn_pruner(
     app: AppState,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -110,7 +110,13 @@ pub fn spawn_pruner(
             }
             wait = PRUNE_EVERY;
             let started = std::time::Instant::now();
-            match prune_once(&app, Timestamp::now()).await {
+            // A shutdown ends a round between two chunks (each chunk is one transaction,
+            // so it is either done or not).
+            let round = tokio::select! {
+                r = prune_once(&app, Timestamp::now()) => r,
+                _ = stop.changed() => break,
+            };
+            match round {
                 Ok(deleted) if !deleted.is_empty() => tracing::info!(
                     ?deleted,
                     took_ms = started.elapsed().as_millis() as u64,

@@ -390,20 +390,30 @@ impl Coordinator {
         Ok(v["status"].as_str().unwrap_or("unknown").to_string())
     }
 
-    /// One counter of `/metrics` (sum over its label sets matching `label`).
-    pub async fn metric(&self, name: &str, label: &str) -> anyhow::Result<f64> {
-        let text = self
+    /// The coordinator's `/metrics` text.
+    async fn metrics_text(&self) -> anyhow::Result<String> {
+        Ok(self
             .admin
             .get(self.url("/metrics"))
             .send()
             .await?
             .text()
-            .await?;
+            .await?)
+    }
+
+    /// One counter of `/metrics` (sum over its label sets matching `label`).
+    pub async fn metric(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let text = self.metrics_text().await?;
         Ok(text
             .lines()
             .filter(|l| l.starts_with(name) && l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// The coordinator's latency histogram for `route` now.
+    pub async fn route_histogram(&self, route: &str) -> anyhow::Result<Histogram> {
+        Ok(Histogram::parse(&self.metrics_text().await?, route))
     }
 }
 
@@ -485,20 +495,6 @@ impl Histogram {
             show(0.99),
             self.0.last().map_or(0.0, |x| x.1)
         )
-    }
-}
-
-impl Coordinator {
-    /// The coordinator's latency histogram for `route` now.
-    pub async fn route_histogram(&self, route: &str) -> anyhow::Result<Histogram> {
-        let text = self
-            .admin
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(Histogram::parse(&text, route))
     }
 }
 
