@@ -347,10 +347,16 @@ impl Config {
         if self.controller.tick_millis < 50 {
             return Err(invalid("controller.tick_millis", "must be at least 50"));
         }
-        if self.retention.health_hours > 24 * 36_500 || self.retention.reports_days > 36_500 {
+        if self.retention.health_hours > 24 * 36_500 {
             return Err(invalid(
-                "retention",
-                "at most 100 years; use 0 to keep reports forever",
+                "retention.health_hours",
+                "at most 876000 (100 years); use 0 to keep heartbeats forever",
+            ));
+        }
+        if self.retention.reports_days > 36_500 {
+            return Err(invalid(
+                "retention.reports_days",
+                "at most 36500 (100 years); use 0 to keep reports forever",
             ));
         }
         for (i, f) in self.freezes.iter().enumerate() {
@@ -431,7 +437,10 @@ mod tests {
         );
         let err = Config::parse("signing_key = \"k\"\n[retention]\nreports_days = 99999999\n")
             .unwrap_err();
-        assert!(err.to_string().contains("retention"), "{err}");
+        assert!(err.to_string().contains("retention.reports_days"), "{err}");
+        let err = Config::parse("signing_key = \"k\"\n[retention]\nhealth_hours = 99999999\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("retention.health_hours"), "{err}");
         let err = Config::parse("signing_key = \"k\"\n[retention]\nhealth_days = 2\n").unwrap_err();
         assert!(err.to_string().contains("health_days"), "{err}");
     }
