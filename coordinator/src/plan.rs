@@ -413,6 +413,11 @@ impl RolloutPlan {
 /// The most waves a plan may have.
 pub const MAX_WAVES: usize = 100;
 
+/// The longest `assignment_ttl`, `bake` and `report_deadline` a plan may set: a year.
+/// Longer values stall a rollout for longer than anyone will wait for it, and a time plus
+/// an unbounded duration overflows the calendar (docs/waves.md).
+pub const MAX_PLAN_DURATION: SignedDuration = SignedDuration::from_hours(365 * 24);
+
 /// Label holding a site's IANA time zone, used to read the plan's window.
 pub const TZ_LABEL: &str = "tz";
 
@@ -445,6 +450,17 @@ mod duration {
 
     pub fn serialize<S: Serializer>(d: &SignedDuration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{d:#}"))
+    }
+
+    /// Whole days as `"<n>d"` (as plans usually write long durations), anything else in
+    /// jiff's friendly format.
+    pub fn display(d: SignedDuration) -> String {
+        let secs = d.as_secs();
+        if secs != 0 && d.subsec_nanos() == 0 && secs % 86_400 == 0 {
+            format!("{}d", secs / 86_400)
+        } else {
+            format!("{d:#}")
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SignedDuration, D::Error> {
@@ -628,6 +644,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
             format!("must be at least 1m (got {:#})", plan.assignment_ttl),
         ));
     }
+    at_most_a_year(plan.assignment_ttl).map_err(|m| (top("assignment_ttl"), m))?;
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));
     }
@@ -762,6 +779,7 @@ fn validate_gate(g: &Gate, i: usize) -> Result<(), (Path, String)> {
             format!("must not be negative (got {:#})", g.bake),
         ));
     }
+    at_most_a_year(g.bake).map_err(|m| (p("bake"), m))?;
     if g.report_deadline < SignedDuration::from_mins(1) {
         return Err((
             p("report_deadline"),
@@ -771,7 +789,21 @@ fn validate_gate(g: &Gate, i: usize) -> Result<(), (Path, String)> {
             ),
         ));
     }
+    at_most_a_year(g.report_deadline).map_err(|m| (p("report_deadline"), m))?;
     Ok(())
+}
+
+/// Refuses a duration longer than [`MAX_PLAN_DURATION`], e.g.
+/// `100000000000d is longer than the maximum 365d`.
+fn at_most_a_year(d: SignedDuration) -> Result<(), String> {
+    if d <= MAX_PLAN_DURATION {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is longer than the maximum {}",
+        duration::display(d),
+        duration::display(MAX_PLAN_DURATION)
+    ))
 }
 
 /// Finds the line and column of the key at `path`, or of its nearest ancestor.
@@ -1168,6 +1200,52 @@ mod tests {
             assert_eq!(err.path(), path, "{tail}: {err}");
             assert!(err.line().is_some(), "{tail}: {err}");
         }
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_name_the_key() {
+        let base = "name = \"x\"\nrelease = \"r\"\n";
+        let cases = [
+            (
+                "assignment_ttl = \"1000000000d\"\n[[waves]]\nname = \"a\"\n",
+                "assignment_ttl",
+                "assignment_ttl: 1000000000d is longer than the maximum 365d",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\nshare = 5\n[[waves]]\nname = \"b\"\ngate = { bake = \"100000000000d\" }\n",
+                "waves[1].gate.bake",
+                "waves[1].gate.bake: 100000000000d is longer than the maximum 365d",
+            ),
+            (
+                "[[waves]]\nname = \"a\"\ngate = { report_deadline = \"9000h\" }\n",
+                "waves[0].gate.report_deadline",
+                "waves[0].gate.report_deadline: 375d is longer than the maximum 365d",
+            ),
+        ];
+        for (tail, path, message) in cases {
+            let err = toml_err(&format!("{base}{tail}"));
+            assert_eq!(err.path(), path, "{err}");
+            assert!(err.to_string().ends_with(message), "{err}");
+            assert!(err.line().is_some(), "{err}");
+        }
+        // A year is allowed, in any spelling.
+        for ok in ["365d", "8760h"] {
+            let text = format!(
+                "{base}assignment_ttl = \"{ok}\"\n[[waves]]\nname = \"a\"\ngate = {{ bake = \"{ok}\", report_deadline = \"{ok}\" }}\n"
+            );
+            let plan = parse_plan(&text, PlanFormat::Toml).unwrap();
+            assert_eq!(plan.assignment_ttl, MAX_PLAN_DURATION);
+            assert_eq!(plan.waves[0].gate.bake, MAX_PLAN_DURATION);
+        }
+        // JSON plans are held to the same bounds.
+        let err = json_err(
+            r#"{"name": "x", "release": "r", "waves": [{"name": "a", "gate": {"bake": "366d"}}]}"#,
+        );
+        assert_eq!(err.path(), "waves[0].gate.bake", "{err}");
+        assert!(
+            err.to_string()
+                .contains("366d is longer than the maximum 365d")
+        );
     }
 
     #[test]
