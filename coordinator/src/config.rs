@@ -220,6 +220,34 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The longest `limits.request_timeout_secs`: an hour.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+/// The longest `limits.artifact_timeout_secs`: a day (4 GiB at 1 Mbit/s takes 9.5 h).
+pub const MAX_ARTIFACT_TIMEOUT_SECS: u64 = 86_400;
+/// The longest `poll.interval_secs`: a day.
+pub const MAX_POLL_INTERVAL_SECS: u64 = 86_400;
+/// The longest `sessions.ttl_secs`: a week.
+pub const MAX_SESSION_TTL_SECS: u64 = 7 * 86_400;
+/// The longest `assignments.ttl_secs`: a year, as a plan's `assignment_ttl`.
+pub const MAX_ASSIGNMENT_TTL_SECS: u64 = 365 * 86_400;
+/// The longest `assignments.lease_ttl_secs`: a week.
+pub const MAX_LEASE_TTL_SECS: u64 = 7 * 86_400;
+/// The longest `controller.tick_millis`: a minute (`/readyz` expects a controller pass
+/// at least every ten ticks).
+pub const MAX_TICK_MILLIS: u64 = 60_000;
+
+/// Refuses `value` above `max`, naming the key: every duration in the file is bounded,
+/// so that no time plus a configured duration can overflow the calendar.
+fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!("must be at most {max} (got {value})"),
+        });
+    }
+    Ok(())
+}
+
 fn default_listen() -> SocketAddr {
     "0.0.0.0:8443".parse().expect("valid address")
 }
@@ -302,6 +330,16 @@ impl Config {
                 "timeouts must be at least 1 second",
             ));
         }
+        at_most(
+            "limits.request_timeout_secs",
+            l.request_timeout_secs,
+            MAX_REQUEST_TIMEOUT_SECS,
+        )?;
+        at_most(
+            "limits.artifact_timeout_secs",
+            l.artifact_timeout_secs,
+            MAX_ARTIFACT_TIMEOUT_SECS,
+        )?;
         if l.long_poll_cap_secs > fleetwave_shared::protocol::MAX_POLL_WAIT_SECS {
             return Err(invalid(
                 "limits.long_poll_cap_secs",
@@ -332,21 +370,46 @@ impl Config {
         if self.poll.interval_secs == 0 {
             return Err(invalid("poll.interval_secs", "must be at least 1"));
         }
+        at_most(
+            "poll.interval_secs",
+            u64::from(self.poll.interval_secs),
+            MAX_POLL_INTERVAL_SECS,
+        )?;
         if self.poll.jitter_percent > 100 {
             return Err(invalid("poll.jitter_percent", "must be between 0 and 100"));
         }
         if self.sessions.ttl_secs < 60 {
             return Err(invalid("sessions.ttl_secs", "must be at least 60"));
         }
+        at_most(
+            "sessions.ttl_secs",
+            self.sessions.ttl_secs,
+            MAX_SESSION_TTL_SECS,
+        )?;
         if self.assignments.ttl_secs < 300 {
             return Err(invalid("assignments.ttl_secs", "must be at least 300"));
         }
+        at_most(
+            "assignments.ttl_secs",
+            self.assignments.ttl_secs,
+            MAX_ASSIGNMENT_TTL_SECS,
+        )?;
         if self.assignments.lease_ttl_secs < 30 {
             return Err(invalid("assignments.lease_ttl_secs", "must be at least 30"));
         }
+        at_most(
+            "assignments.lease_ttl_secs",
+            self.assignments.lease_ttl_secs,
+            MAX_LEASE_TTL_SECS,
+        )?;
         if self.controller.tick_millis < 50 {
             return Err(invalid("controller.tick_millis", "must be at least 50"));
         }
+        at_most(
+            "controller.tick_millis",
+            self.controller.tick_millis,
+            MAX_TICK_MILLIS,
+        )?;
         if self.retention.health_hours > 24 * 36_500 {
             return Err(invalid(
                 "retention.health_hours",
@@ -443,6 +506,54 @@ mod tests {
         assert!(err.to_string().contains("retention.health_hours"), "{err}");
         let err = Config::parse("signing_key = \"k\"\n[retention]\nhealth_days = 2\n").unwrap_err();
         assert!(err.to_string().contains("health_days"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_is_bounded_and_the_error_names_its_key() {
+        let cases = [
+            (
+                "[limits]\nrequest_timeout_secs",
+                "limits.request_timeout_secs",
+                3600,
+            ),
+            (
+                "[limits]\nartifact_timeout_secs",
+                "limits.artifact_timeout_secs",
+                86_400,
+            ),
+            ("[poll]\ninterval_secs", "poll.interval_secs", 86_400),
+            ("[sessions]\nttl_secs", "sessions.ttl_secs", 604_800),
+            (
+                "[assignments]\nttl_secs",
+                "assignments.ttl_secs",
+                31_536_000,
+            ),
+            (
+                "[assignments]\nlease_ttl_secs",
+                "assignments.lease_ttl_secs",
+                604_800,
+            ),
+            (
+                "[controller]\ntick_millis",
+                "controller.tick_millis",
+                60_000,
+            ),
+        ];
+        for (key, name, max) in cases {
+            let ok = format!("signing_key = \"k\"\n{key} = {max}\n");
+            Config::parse(&ok).unwrap_or_else(|e| panic!("{name} = {max}: {e}"));
+            let text = format!("signing_key = \"k\"\n{key} = {}\n", max + 1);
+            let err = Config::parse(&text).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("config key {name}: must be at most {max} (got {})", max + 1)
+            );
+        }
+        // The value that used to overflow a timestamp in every session handshake.
+        let err =
+            Config::parse("signing_key = \"k\"\n[sessions]\nttl_secs = 9223372036854775807\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("sessions.ttl_secs"), "{err}");
     }
 
     #[test]
