@@ -5,7 +5,8 @@
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
 //! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
-//!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports.
+//!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports;
+//!   [`time`]: checked time arithmetic.
 pub mod api;
 pub mod backup;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod time;

@@ -144,9 +144,14 @@ impl Head {
         }
     }
 
-    fn draft(&self, site_id: &str, wave: u32, now: Timestamp) -> AssignmentDraft {
+    fn draft(
+        &self,
+        site_id: &str,
+        wave: u32,
+        now: Timestamp,
+    ) -> Result<AssignmentDraft, crate::time::TimeOverflow> {
         let ttl = self.plan.assignment_ttl.max(SignedDuration::from_secs(300));
-        AssignmentDraft {
+        Ok(AssignmentDraft {
             site_id: site_id.to_string(),
             rollout_id: self.id.clone(),
             wave,
@@ -155,9 +160,13 @@ impl Head {
             rollback: false,
             not_before: now,
             issued_at: now,
-            expires: now + ttl,
+            expires: crate::time::later(
+                now,
+                ttl,
+                "the assignment's expiry (now + assignment_ttl)",
+            )?,
             window: self.plan.window.clone(),
-        }
+        })
     }
 }
 
@@ -368,9 +377,9 @@ impl App {
                     .filter(|s| !s.skipped && s.assigned_at.is_none())
                     .filter(|s| opened.get(s.wave as usize) == Some(&true))
                     .map(|s| head.draft(&s.site_id, s.wave, now))
-                    .collect()
+                    .collect::<Result<_, _>>()
             })
-            .await?;
+            .await??;
         let n = drafts.len();
         self.issue_in_chunks(drafts, &head.release.envelope).await?;
         Ok(n)
@@ -398,7 +407,7 @@ impl App {
         for (site_id, wave, previous) in members {
             match previous {
                 Some(prev) => {
-                    let mut d = head.draft(&site_id, wave, now);
+                    let mut d = head.draft(&site_id, wave, now)?;
                     d.rollback = true;
                     d.release_id = prev.clone();
                     by_release.entry(prev).or_default().push(d);
@@ -1060,8 +1069,13 @@ impl App {
             rollout_id: rollout_id.to_string(),
             wave,
             granted_at: now,
-            expires_at: now
-                + SignedDuration::from_secs(self.config.assignments.lease_ttl_secs as i64),
+            expires_at: crate::time::later(
+                now,
+                SignedDuration::from_secs(
+                    i64::try_from(self.config.assignments.lease_ttl_secs).unwrap_or(i64::MAX),
+                ),
+                "the lease's expiry (now + assignments.lease_ttl_secs)",
+            )?,
         };
         let (db, facts) = (self.db.clone(), self.engine.facts.clone());
         self.engine
@@ -1120,7 +1134,7 @@ impl App {
                 continue;
             }
             for a in items {
-                let mut d = head.draft(&a.record.site_id, a.record.wave, now);
+                let mut d = head.draft(&a.record.site_id, a.record.wave, now)?;
                 d.rollback = a.record.rollback;
                 d.release_id = a.record.release_id.clone();
                 d.release_digest = a.record.release_digest.clone();

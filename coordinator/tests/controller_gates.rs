@@ -884,3 +884,67 @@ fn every_site_status_says_why_in_words_and_agrees_with_its_state() {
         );
     }
 }
+
+/// Times past the end of the calendar: a site deferred to the year 9999, a commit dated
+/// there, a gate duration from an older, unbounded plan. Each used to panic the wave
+/// controller (`Timestamp + SignedDuration` overflowed); now the site counts as failed
+/// and the wave's gate fails, each with the reason in words.
+#[test]
+fn a_time_past_the_end_of_the_calendar_fails_the_site_instead_of_panicking() {
+    use fleetwave_coordinator::controller::site_status;
+    let g = gate("bake = \"30m\", report_deadline = \"1h\"");
+    // A committed site deferred "until forever": its last sign of life plus the report
+    // deadline overflows.
+    let forever = SiteFacts {
+        deferred_until: Some(Timestamp::MAX),
+        ..committed("deferred-forever", 10, 12)
+    };
+    let st = site_status(&g, t0(), &forever, at(20));
+    assert_eq!(st.state, SiteState::Failed, "{}", st.detail);
+    assert!(st.detail.contains("cannot be judged"), "{}", st.detail);
+    assert!(st.detail.contains("report deadline"), "{}", st.detail);
+
+    // A commit dated at the last representable instant: commit + bake overflows.
+    let future_commit = SiteFacts {
+        committed_at: Some(Timestamp::MAX),
+        ..committed("future-commit", 10, 12)
+    };
+    let st = site_status(&g, t0(), &future_commit, at(20));
+    assert_eq!(st.state, SiteState::Failed, "{}", st.detail);
+    assert!(st.detail.contains("bake end"), "{}", st.detail);
+
+    // Such sites are failures, never successes: the budget of 0 is crossed.
+    let strict = gate("success_ratio = 1.0, failure_budget = 0, bake = \"30m\"");
+    match verdict(&strict, &[forever, committed("ok", 1, 40)], at(50), false) {
+        GateVerdict::Fail { reason } => assert!(reason.contains("failure budget"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_wave_bake_past_the_end_of_the_calendar_halts_the_rollout_with_the_reason() {
+    // A plan stored by an older coordinator that did not bound durations.
+    let mut legacy = plan();
+    legacy.waves[0].gate.bake = SignedDuration::from_secs(100_000_000_000 * 86_400);
+    let v = RolloutView {
+        plan: legacy,
+        ..view(
+            RolloutStatus::Running,
+            Some(0),
+            vec![open(vec![assigned("pig0")])],
+        )
+    };
+    let out = tick(&v, at(30));
+    assert_eq!(out.status, RolloutStatus::Halted);
+    match &out.decisions[..] {
+        [
+            Decision::Halt {
+                wave: 0, reason, ..
+            },
+        ] => {
+            assert!(reason.contains("the gate cannot be judged"), "{reason}");
+            assert!(reason.contains("the wave's bake end"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -198,7 +198,11 @@ pub async fn session(
         )
     })?;
     let (sid, nonce) = (site.id.clone(), req.nonce.clone());
-    let keep_until = req.timestamp + SignedDuration::from_secs(2 * SESSION_SKEW_SECS);
+    let keep_until = crate::time::later(
+        req.timestamp,
+        SignedDuration::from_secs(2 * SESSION_SKEW_SECS),
+        "the session nonce's expiry",
+    )?;
     let fresh = app
         .db
         .run(move |s| s.record_session_nonce(&sid, &nonce, keep_until))
@@ -209,7 +213,11 @@ pub async fn session(
             "this session handshake (nonce) was already used; sign a new one",
         ));
     }
-    let expires_at = now + SignedDuration::from_secs(app.config.sessions.ttl_secs as i64);
+    let expires_at = crate::time::later(
+        now,
+        SignedDuration::from_secs(i64::try_from(app.config.sessions.ttl_secs).unwrap_or(i64::MAX)),
+        "the session's expiry (now + sessions.ttl_secs)",
+    )?;
     let token = app.sessions.open(&site.id, expires_at);
     app.sites.set_active(&site.id, true);
     app.saw(&site.id, now);

@@ -4,8 +4,10 @@
 //! succeeded only with evidence (the target release committed and a healthy report at
 //! least `bake` after the commit, with no unhealthy report before that); a site that
 //! reports nothing for `report_deadline` turns silent, and silent sites count as failures
-//! or are excluded but never as successes. Pure: facts and the time in, a verdict out;
-//! this module never reads a clock, a database or the network.
+//! or are excluded but never as successes. A time plus a gate duration that overflows is
+//! never a panic: such a site counts as failed, such a wave's gate fails, each with the
+//! reason. Pure: facts and the time in, a verdict out; this module never reads a clock, a
+//! database or the network.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use fleetwave_shared::protocol::Phase;
 
 use crate::plan::{Gate, OnSilent};
+use crate::time::{TimeOverflow, later};
 
 /// What the coordinator knows about one site of a wave, as stored from its reports and
 /// the coordinator's own actions. Every time is the coordinator's view of it (event
@@ -194,14 +197,23 @@ struct Classified {
 enum Why {
     Skipped,
     InstallFailed,
-    UnhealthyWithinBake { after_commit: SignedDuration },
+    UnhealthyWithinBake {
+        after_commit: SignedDuration,
+    },
     BakedHealthy,
     UnhealthyBeforeBakeClosed,
-    Silent { quiet_for: SignedDuration },
+    Silent {
+        quiet_for: SignedDuration,
+    },
     Baking,
-    Deferred { until: Timestamp },
+    Deferred {
+        until: Timestamp,
+    },
     Installing,
     Pending,
+    /// A time of the site plus a gate duration overflows: no verdict on the site is
+    /// sound, and a site that cannot be judged never counts as a success.
+    Unjudgeable(TimeOverflow),
 }
 
 fn classify(
@@ -222,7 +234,10 @@ fn classify(
         return is(SiteState::Failed, Why::InstallFailed);
     }
     if let Some(committed) = site.committed_at {
-        let bake_end = committed + gate.bake;
+        let bake_end = match later(committed, gate.bake, "the site's bake end (commit + bake)") {
+            Ok(t) => t,
+            Err(e) => return is(SiteState::Failed, Why::Unjudgeable(e)),
+        };
         if let Some(u) = site.first_unhealthy_after_commit_at
             && u < bake_end
         {
@@ -299,6 +314,7 @@ impl Classified {
                 let phase = site.last_phase.map(Phase::as_str).unwrap_or("leased");
                 format!("installing ({phase})")
             }
+            Why::Unjudgeable(e) => format!("cannot be judged, counted as failed: {e}"),
             Why::Pending => match (site.assigned_at, site.last_phase) {
                 (None, _) => "not yet assigned (the site has not polled since the wave opened)",
                 (Some(_), Some(Phase::Waiting)) => "waiting for readiness or its window",
@@ -310,7 +326,8 @@ impl Classified {
 }
 
 /// Silent: nothing heard for `report_deadline` since the latest of the wave opening, the
-/// assignment, the lease, the last report and the end of a deferral.
+/// assignment, the lease, the last report and the end of a deferral. Failed (cannot be
+/// judged) when that moment plus the deadline overflows.
 fn silence(
     gate: &Gate,
     wave_opened_at: Timestamp,
@@ -327,7 +344,21 @@ fn silence(
     .into_iter()
     .flatten()
     .fold(wave_opened_at, Timestamp::max);
-    if now < since + gate.report_deadline {
+    let silent_from = match later(
+        since,
+        gate.report_deadline,
+        "the site's report deadline (last sign of life + report_deadline)",
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            return Some(Classified {
+                state: SiteState::Failed,
+                baked: None,
+                why: Why::Unjudgeable(e),
+            });
+        }
+    };
+    if now < silent_from {
         return None;
     }
     Some(Classified {
@@ -550,7 +581,18 @@ pub fn evaluate_gate(
     }
     let min_req = gate.min_sample.min(counted);
     let finished = t.finished(on_silent);
-    let bake_end = wave.opened_at + gate.bake;
+    let bake_end = match later(
+        wave.opened_at,
+        gate.bake,
+        "the wave's bake end (opened + bake)",
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            return GateVerdict::Fail {
+                reason: format!("the gate cannot be judged: {e} ({summary})"),
+            };
+        }
+    };
     let (blocker, what) = if t.succeeded < need {
         (WaitBlocker::Successes, "waiting for sites to succeed")
     } else if finished < min_req {
