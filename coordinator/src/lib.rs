@@ -6,7 +6,7 @@
 //! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
 //!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports;
-//!   [`time`]: checked time arithmetic.
+//!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
 pub mod api;
 pub mod backup;
 pub mod config;
@@ -23,4 +23,5 @@ pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod supervisor;
 pub mod time;

@@ -1,5 +1,5 @@
 //! Prometheus metrics (`/metrics`, text format): polls, reports, rollouts and sites by
-//! state, gate decisions, request latency. Recording a metric must never fail a request.
+//! state, gate decisions, request latency, the wave controller's liveness. Recording a metric must never fail a request.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +51,14 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Stored reports deleted past their retention period, by kind (`health`, `phase`, ...).
     pub reports_pruned: Family<KindLabel, Counter>,
+    /// 1 while the wave controller runs and completes passes, 0 otherwise (set on every
+    /// scrape from [`crate::supervisor::Liveness`]).
+    pub controller_up: Gauge,
+    /// Restarts of the wave controller task after it died.
+    pub controller_restarts: Counter,
+    /// Rollouts halted because the controller could not evaluate them (an error or a
+    /// panic while evaluating that one rollout).
+    pub controller_rollout_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -118,9 +126,30 @@ impl Metrics {
             "Stored agent reports deleted past their retention period ([retention]), by kind",
             reports_pruned.clone(),
         );
+        let controller_up = Gauge::default();
+        registry.register(
+            "controller_up",
+            "1 while the wave controller runs and completes passes, 0 when it is not running or stuck",
+            controller_up.clone(),
+        );
+        let controller_restarts = Counter::default();
+        registry.register(
+            "controller_restarts",
+            "Restarts of the wave controller after it died (a panic or an unexpected return)",
+            controller_restarts.clone(),
+        );
+        let controller_rollout_failures = Counter::default();
+        registry.register(
+            "controller_rollout_failures",
+            "Rollouts halted because the wave controller could not evaluate them (an error or a panic)",
+            controller_rollout_failures.clone(),
+        );
         Metrics {
             registry,
             reports_pruned,
+            controller_up,
+            controller_restarts,
+            controller_rollout_failures,
             connections_open,
             keepalive_declined,
             tls_handshakes,

@@ -9,6 +9,10 @@
 //! memory. A wave's assignments are issued in chunks, each published to the poll cache
 //! (waking its long polls) as soon as it commits.
 //!
+//! A rollout whose evaluation fails (an error or a panic) is halted with the reason in its
+//! timeline, and the pass goes on with the others ([`App::tick_isolated`]); the
+//! controller task as a whole is kept alive by [`crate::supervisor`].
+//!
 //! It never decides a gate or a lease itself: that is the controller's job.
 
 pub mod facts;
@@ -233,6 +237,8 @@ pub struct Engine {
     pub leases: crate::group_commit::GroupWriter<LeaseRecord, ()>,
     plans: std::sync::Mutex<HashMap<String, Arc<RolloutPlan>>>,
     last_note: std::sync::Mutex<HashMap<String, DecisionKey>>,
+    /// Consecutive passes whose evaluation of a rollout failed with a storage error.
+    failed_passes: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Engine {
@@ -576,7 +582,8 @@ impl App {
         Ok(())
     }
 
-    /// One controller pass over every running or paused rollout.
+    /// One controller pass over every running or paused rollout. A rollout whose
+    /// evaluation fails is dealt with by [`App::tick_isolated`]; the others go on.
     pub async fn tick_all(&self) -> Result<(), ApiError> {
         let _guard = self.engine.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
@@ -585,10 +592,88 @@ impl App {
             .iter()
             .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused))
         {
-            if let Err(e) = self.tick_rollout(&r.id, now).await {
-                tracing::warn!(rollout = %r.id, error = %e, "wave controller tick failed");
-            }
+            self.tick_isolated(&r.id, now).await;
         }
+        Ok(())
+    }
+
+    /// [`App::tick_rollout`], with its failure kept to this one rollout. A panic, or an
+    /// error other than the storage being unavailable, halts the rollout at once with the
+    /// reason as a `halt` decision in its timeline; a storage error is retried on the
+    /// next passes and halts the rollout on the [`HALT_AFTER_FAILED_PASSES`]th in a row.
+    /// Call with the engine lock held.
+    pub async fn tick_isolated(&self, id: &str, now: Timestamp) {
+        use futures_util::FutureExt as _;
+        let outcome = std::panic::AssertUnwindSafe(self.tick_rollout(id, now))
+            .catch_unwind()
+            .await;
+        let why = match outcome {
+            Ok(Ok(())) => {
+                self.failed_passes().remove(id);
+                return;
+            }
+            Ok(Err(e)) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                let n = {
+                    let mut failed = self.failed_passes();
+                    let n = failed.entry(id.to_string()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                tracing::warn!(rollout = %id, error = %e, failed_passes = n, "wave controller tick failed");
+                if n < HALT_AFTER_FAILED_PASSES {
+                    return;
+                }
+                format!("{n} passes in a row failed, the last with: {}", e.message)
+            }
+            Ok(Err(e)) => e.message,
+            Err(panic) => format!(
+                "evaluating it panicked: {}",
+                crate::supervisor::panic_message(&*panic)
+            ),
+        };
+        self.failed_passes().remove(id);
+        // Memory may be what is wrong: the next use of the rollout reads SQLite again.
+        self.engine.facts.forget(id);
+        tracing::error!(rollout = %id, reason = %why, "the wave controller could not evaluate a rollout; halting it");
+        if let Err(e) = self.halt_unevaluable(id, &why, now).await {
+            tracing::error!(rollout = %id, error = %e, "could not halt a rollout the wave controller cannot evaluate; retrying on the next pass");
+        }
+    }
+
+    fn failed_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.engine
+            .failed_passes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Halts a running or paused rollout that the controller cannot evaluate, storing
+    /// why as a `halt` decision. Reads the stored record, not memory.
+    async fn halt_unevaluable(&self, id: &str, why: &str, now: Timestamp) -> Result<(), ApiError> {
+        let mut record = self.rollout_record(id).await?;
+        if !matches!(record.status, WireStatus::Running | WireStatus::Paused) {
+            return Ok(());
+        }
+        let reason = format!(
+            "halted: the wave controller could not evaluate this rollout: {why}. Nothing new \
+             starts; fix the cause, then resume or abort the rollout"
+        );
+        record.status = WireStatus::Halted;
+        record.status_reason = Some(reason.clone());
+        record.updated_at = now;
+        self.save_rollout(&record).await?;
+        self.engine
+            .last_note
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.record_decisions(
+            id,
+            vec![("halt".into(), current_wave(&record), reason)],
+            now,
+        )
+        .await?;
+        self.metrics.controller_rollout_failures.inc();
         Ok(())
     }
 
@@ -897,7 +982,7 @@ impl App {
             self.record_decisions(id, vec![n], now).await?;
         }
         if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
-            self.tick_rollout(id, now).await?;
+            self.tick_isolated(id, now).await;
         }
         Ok(())
     }
@@ -1191,6 +1276,10 @@ fn rollout_id(name: &str) -> String {
     format!("{slug}-{}", random_hex(4))
 }
 
+/// A rollout whose evaluation fails with a storage error on so many passes in a row is
+/// halted (other failures halt it at once).
+pub const HALT_AFTER_FAILED_PASSES: u32 = 3;
+
 /// The least time between the end of one controller pass and the next woken pass.
 /// Gates are about minutes (bakes, report deadlines); a quarter second later changes no
 /// decision, while woken passes back to back re-evaluated a 20,000-site wave about 40
@@ -1214,8 +1303,9 @@ pub async fn run_controller(app: Arc<App>) {
     let mut refresh_at = tokio::time::Instant::now();
     loop {
         let started = tokio::time::Instant::now();
-        if let Err(e) = app.tick_all().await {
-            tracing::warn!(error = %e, "wave controller pass failed");
+        match app.tick_all().await {
+            Ok(()) => app.controller.pass_completed(Timestamp::now()),
+            Err(e) => tracing::warn!(error = %e, "wave controller pass failed"),
         }
         let earliest = tokio::time::Instant::now() + pass_gap(started.elapsed());
         if tokio::time::Instant::now() >= refresh_at {

@@ -186,6 +186,8 @@ pub async fn build_app(
                 .await?;
         }
     }
+    let metrics = Metrics::new();
+    let controller = crate::supervisor::Liveness::new(&metrics);
     let app = Arc::new(App {
         db: db.clone(),
         signer,
@@ -193,7 +195,8 @@ pub async fn build_app(
         sites: SiteCache::default(),
         trust: RwLock::new(trust),
         roots_changed: watch::channel(0).0,
-        metrics: Metrics::new(),
+        metrics,
+        controller,
         controller_wake: Notify::new(),
         seen: Mutex::new(Default::default()),
         shutdown,
@@ -268,7 +271,11 @@ pub async fn start(
     let keepalive_max =
         i64::try_from(app.config.limits.max_keepalive_connections).unwrap_or(i64::MAX);
 
-    let controller = tokio::spawn(crate::rollouts::run_controller(app.clone()));
+    let controller = tokio::spawn(crate::supervisor::supervise(
+        app.clone(),
+        crate::rollouts::run_controller,
+        crate::supervisor::Backoff::DEFAULT,
+    ));
     let flusher = {
         let app = app.clone();
         let mut stop = shutdown_rx.clone();

@@ -41,6 +41,8 @@ pub struct App {
     /// Turns true when the server shuts down (ends long polls at once).
     pub shutdown: watch::Receiver<bool>,
     pub engine: crate::rollouts::Engine,
+    /// Whether the wave controller runs (`/readyz`, metrics, the dashboard's banner).
+    pub controller: crate::supervisor::Liveness,
 }
 
 /// The root chain, oldest first, and the newest root verified along it.

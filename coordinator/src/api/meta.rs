@@ -1,4 +1,7 @@
 //! Liveness, readiness, metrics and the OpenAPI document. Read-only.
+//!
+//! `/healthz` says the process answers; `/readyz` says it can do its job: the database
+//! answers and the wave controller runs (see [`crate::supervisor`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -22,6 +25,13 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
             format!("database is not reachable: {e}"),
         )
     })?;
+    if let Some(problem) = app.controller_problem() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_not_running",
+            problem,
+        ));
+    }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
@@ -57,6 +67,9 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             })
             .set(n as i64);
     }
+    app.metrics
+        .controller_up
+        .set(i64::from(app.controller_problem().is_none()));
     let mut res = app.metrics.encode().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -104,6 +104,8 @@ impl IntoResponse for DashboardError {
 pub struct SignedIn {
     pub op: Operator,
     pub csrf: String,
+    /// Why the wave controller is not running, shown as a banner on every page.
+    pub controller_problem: Option<String>,
 }
 
 impl SignedIn {
@@ -154,6 +156,7 @@ impl FromRequestParts<DashState> for SignedIn {
                 remote: remote(parts),
             },
             csrf: s.csrf,
+            controller_problem: dash.app.controller_problem(),
         })
     }
 }

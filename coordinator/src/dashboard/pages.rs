@@ -79,6 +79,8 @@ pub struct Nav {
     pub role: String,
     pub csrf: String,
     pub section: &'static str,
+    /// Why the wave controller is not running (a banner on every page), or None.
+    pub controller_problem: Option<String>,
 }
 
 fn nav(who: &SignedIn, section: &'static str) -> Nav {
@@ -87,6 +89,7 @@ fn nav(who: &SignedIn, section: &'static str) -> Nav {
         role: who.op.token.role.as_str().to_string(),
         csrf: who.csrf.clone(),
         section,
+        controller_problem: who.controller_problem.clone(),
     }
 }
 

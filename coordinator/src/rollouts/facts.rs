@@ -138,6 +138,15 @@ impl FactsCache {
         }
     }
 
+    /// Forgets one rollout's facts (its next use reloads them from SQLite): after its
+    /// evaluation failed, memory may be the part that is wrong.
+    pub fn forget(&self, id: &str) {
+        let mut map = self.lock();
+        if matches!(map.get(id), Some(Entry::Ready(_))) {
+            map.remove(id);
+        }
+    }
+
     /// Forgets everything (tests of the rebuild after a restart).
     pub fn clear(&self) {
         self.lock().clear();

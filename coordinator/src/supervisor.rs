@@ -1,0 +1,292 @@
+//! Keeps the wave controller running, and says whether it is.
+//!
+//! [`supervise`] runs the controller in a task of its own and starts it again, after a
+//! back-off, whenever it ends without a shutdown (a panic or an unexpected return).
+//! [`Liveness`] is what `/readyz`, `/metrics` (`fleetwave_controller_up`,
+//! `fleetwave_controller_restarts_total`) and the dashboard's banner report: not running,
+//! or no completed pass for [`stale_after`] the tick, is a problem in words.
+//!
+//! A rollout whose evaluation fails is the engine's business (it halts that rollout and
+//! goes on); this module sees only the controller as a whole and never decides anything
+//! about a rollout.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::state::{App, AppState};
+
+/// What is known about the controller task.
+#[derive(Debug, Clone)]
+pub struct ControllerStatus {
+    /// The task runs (false from its death until its restart).
+    pub running: bool,
+    /// When the task last (re)started.
+    pub started: Instant,
+    /// When it last completed a pass over every rollout (None: not since the start of
+    /// the process).
+    pub last_pass: Option<Instant>,
+    /// The same, as a time for people.
+    pub last_pass_at: Option<Timestamp>,
+    /// Why it last stopped, and when it restarts (None: it never stopped).
+    pub stopped: Option<String>,
+    /// How many times it was restarted.
+    pub restarts: u64,
+}
+
+impl ControllerStatus {
+    /// Why the controller is not doing its job at `now`, in words; None when it is: the
+    /// task runs and completed a pass within `stale_after` (counted from its start until
+    /// its first pass).
+    pub fn problem(&self, now: Instant, stale_after: Duration) -> Option<String> {
+        if !self.running {
+            return Some(format!(
+                "the wave controller is not running: {}; no rollout advances, halts or \
+                 completes until it is back",
+                self.stopped.as_deref().unwrap_or("it has stopped")
+            ));
+        }
+        let since = self.last_pass.unwrap_or(self.started).max(self.started);
+        let quiet = now.saturating_duration_since(since);
+        if quiet > stale_after {
+            let last = match self.last_pass_at {
+                Some(t) => format!("its last completed pass was at {t}"),
+                None => "it has not completed a pass since it started".to_string(),
+            };
+            return Some(format!(
+                "the wave controller has not completed a pass for {}s (expected at least \
+                 every {}s): {last}; it may be stuck on the database or the engine lock",
+                quiet.as_secs(),
+                stale_after.as_secs()
+            ));
+        }
+        None
+    }
+}
+
+/// The controller's liveness, shared by the supervisor, the controller and the readers.
+pub struct Liveness {
+    status: watch::Sender<ControllerStatus>,
+    up: Gauge,
+    restarts: Counter,
+}
+
+impl Liveness {
+    /// Running as of now (the server starts the controller with itself).
+    pub fn new(metrics: &Metrics) -> Liveness {
+        metrics.controller_up.set(1);
+        Liveness {
+            status: watch::Sender::new(ControllerStatus {
+                running: true,
+                started: Instant::now(),
+                last_pass: None,
+                last_pass_at: None,
+                stopped: None,
+                restarts: 0,
+            }),
+            up: metrics.controller_up.clone(),
+            restarts: metrics.controller_restarts.clone(),
+        }
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> ControllerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Every change of the status (for tests and watchers).
+    pub fn subscribe(&self) -> watch::Receiver<ControllerStatus> {
+        self.status.subscribe()
+    }
+
+    /// The controller completed a pass.
+    pub fn pass_completed(&self, at: Timestamp) {
+        self.status.send_modify(|s| {
+            s.last_pass = Some(Instant::now());
+            s.last_pass_at = Some(at);
+        });
+    }
+
+    /// The task ended without a shutdown, for `why`; it restarts after `delay`.
+    fn stopped(&self, why: String, delay: Duration) {
+        self.up.set(0);
+        self.status.send_modify(|s| {
+            s.running = false;
+            s.stopped = Some(format!(
+                "{why} (restart {} in {}s)",
+                s.restarts + 1,
+                delay.as_secs_f64().ceil() as u64
+            ));
+        });
+    }
+
+    /// The task was started again.
+    fn restarted(&self) {
+        self.restarts.inc();
+        self.up.set(1);
+        self.status.send_modify(|s| {
+            s.running = true;
+            s.started = Instant::now();
+            s.restarts += 1;
+        });
+    }
+}
+
+/// How long the controller may go without completing a pass before `/readyz` fails: ten
+/// ticks, and never less than a minute (a pass waits for the engine lock, which a wave
+/// opening on many sites holds while it signs their assignments).
+pub fn stale_after(tick: Duration) -> Duration {
+    tick.saturating_mul(10).max(Duration::from_secs(60))
+}
+
+impl App {
+    /// Why the wave controller is not doing its job now, or None (see [`Liveness`]).
+    pub fn controller_problem(&self) -> Option<String> {
+        let tick = Duration::from_millis(self.config.controller.tick_millis);
+        self.controller
+            .status()
+            .problem(Instant::now(), stale_after(tick))
+    }
+}
+
+/// Waits between a death of the controller and its restart: `first`, doubling up to
+/// `max`; back to `first` once a run lasted `reset_after`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Backoff {
+    pub const DEFAULT: Backoff = Backoff {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        reset_after: Duration::from_secs(300),
+    };
+}
+
+/// Runs `run(app)` in its own task until shutdown, starting it again after `backoff`
+/// whenever it ends otherwise (a panic or a return), and records all of it in
+/// `app.controller` and the log.
+pub async fn supervise<F, Fut>(app: AppState, run: F, backoff: Backoff)
+where
+    F: Fn(AppState) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut shutdown = app.shutdown.clone();
+    let mut delay = backoff.first;
+    loop {
+        let began = Instant::now();
+        let ended = tokio::spawn(run(app.clone())).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "it returned without a shutdown".to_string(),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                format!("it panicked: {}", panic_message(&*payload))
+            }
+            Err(e) => format!("its task ended: {e}"),
+        };
+        if began.elapsed() >= backoff.reset_after {
+            delay = backoff.first;
+        }
+        tracing::error!(
+            reason = %why,
+            restart_in_secs = delay.as_secs_f64(),
+            "the wave controller stopped; restarting it"
+        );
+        app.controller.stopped(why, delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = delay.saturating_mul(2).min(backoff.max);
+        app.controller.restarted();
+    }
+}
+
+/// The message a panic was raised with (`panic!("...")`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(running: bool, started: Instant, last_pass: Option<Instant>) -> ControllerStatus {
+        ControllerStatus {
+            running,
+            started,
+            last_pass,
+            last_pass_at: None,
+            stopped: (!running).then(|| "it panicked: boom (restart 1 in 1s)".to_string()),
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn a_controller_that_stopped_or_went_quiet_is_a_problem_in_words() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Running, passes completing: fine.
+        assert_eq!(
+            status(true, t0, Some(at(50))).problem(at(100), minute),
+            None
+        );
+        // Just started, no pass yet: fine for a while, then a problem.
+        assert_eq!(status(true, t0, None).problem(at(59), minute), None);
+        let p = status(true, t0, None).problem(at(61), minute).unwrap();
+        assert!(p.contains("has not completed a pass for 61s"), "{p}");
+        // Passes stopped completing (stuck).
+        let p = status(true, t0, Some(at(10)))
+            .problem(at(200), minute)
+            .unwrap();
+        assert!(p.contains("not completed a pass for 190s"), "{p}");
+        // A restart counts from the restart, not from a pass before the death.
+        assert_eq!(
+            status(true, at(300), Some(at(10))).problem(at(330), minute),
+            None
+        );
+        // Not running: a problem at once, with the reason.
+        let p = status(false, t0, Some(at(1)))
+            .problem(at(2), minute)
+            .unwrap();
+        assert!(p.starts_with("the wave controller is not running: it panicked: boom"));
+    }
+
+    #[test]
+    fn stale_after_is_ten_ticks_and_at_least_a_minute() {
+        assert_eq!(
+            stale_after(Duration::from_millis(1000)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            stale_after(Duration::from_secs(60)),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_str_and_string_payloads() {
+        let p = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(&*p), "static");
+        let p = std::panic::catch_unwind(|| panic!("formatted {}", 7)).unwrap_err();
+        assert_eq!(panic_message(&*p), "formatted 7");
+    }
+}
