@@ -16,6 +16,7 @@
 //! It never decides a gate or a lease itself: that is the controller's job.
 
 pub mod facts;
+mod placement;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -519,6 +520,9 @@ impl App {
             ));
             match decision {
                 Decision::OpenWave { wave, .. } => {
+                    if let Some(why) = self.place_from_wave(id, *wave).await? {
+                        to_store.push(("membership".into(), Some(*wave), why));
+                    }
                     let w = *wave as usize;
                     if record.waves.len() <= w {
                         record.waves.resize(w + 1, Default::default());
@@ -718,17 +722,23 @@ impl App {
                 })
             })
             .await?;
+        let candidates: Vec<controller::Candidate> = sites
+            .iter()
+            .map(|site| controller::Candidate {
+                site_id: &site.id,
+                labels: &site.labels,
+            })
+            .collect();
         let members: Vec<RolloutSiteRecord> = sites
             .iter()
-            .filter_map(|site| {
-                controller::wave_for_site(&plan, &id, &site.id, &site.labels).map(|wave| {
-                    RolloutSiteRecord {
-                        rollout_id: id.clone(),
-                        site_id: site.id.clone(),
-                        wave,
-                        previous_release_id: previous_release(site, &release),
-                        ..RolloutSiteRecord::default()
-                    }
+            .zip(controller::place(&plan, &id, 0, &candidates))
+            .filter_map(|(site, wave)| {
+                Some(RolloutSiteRecord {
+                    rollout_id: id.clone(),
+                    site_id: site.id.clone(),
+                    wave: wave?,
+                    previous_release_id: previous_release(site, &release),
+                    ..RolloutSiteRecord::default()
                 })
             })
             .collect();
@@ -776,8 +786,10 @@ impl App {
     }
 
     /// Adds a site that enrolled, was relabelled or re-enabled to every active rollout
-    /// that selects it, in the wave membership gives it; assigns it at once if that wave
-    /// is open.
+    /// that selects it, in the first wave that still takes it
+    /// ([`controller::wave_for_joiner`]: an opened share wave does not); assigns it at
+    /// once if that wave is open. A wave that has not opened places it again with the
+    /// others when it opens.
     pub async fn join_rollouts(&self, site_id: &str) -> Result<(), ApiError> {
         let sid = site_id.to_string();
         let Some(site) = self.db.run(move |s| s.site(&sid)).await? else {
@@ -789,14 +801,15 @@ impl App {
         let _guard = self.engine.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
-            let (member_already, head) = self
-                .with_rollout(&r.id, |l| (l.site(&site.id).is_some(), Head::of(l)))
+            let (member_already, head, opened) = self
+                .with_rollout(&r.id, |l| {
+                    (l.site(&site.id).is_some(), Head::of(l), l.current_wave())
+                })
                 .await?;
             if member_already {
                 continue;
             }
-            let Some(wave) = controller::wave_for_site(&head.plan, &r.id, &site.id, &site.labels)
-            else {
+            let Some(wave) = controller::wave_for_joiner(&head.plan, &site.labels, opened) else {
                 continue;
             };
             let member = RolloutSiteRecord {

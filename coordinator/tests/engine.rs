@@ -391,6 +391,88 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
     assert_eq!(rows as usize, n);
 }
 
+/// How many of the rollout's sites each wave holds (from the engine's memory).
+async fn wave_sizes(app: &App, id: &str, waves: usize) -> Vec<usize> {
+    let mut n = vec![0; waves];
+    for m in app.load_rollout(id).await.unwrap().sites {
+        n[m.wave as usize] += 1;
+    }
+    n
+}
+
+/// A share is a quota of the sites remaining, not a per-site probability: 40 sites with
+/// 25% then 50% then the rest are exactly 10, 15 and 15. Sites that enroll after a wave
+/// opened are placed with the others when the next wave opens (⌈50% × 34⌉ = 17), and no
+/// site of an opened wave ever changes wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_are_quotas_of_the_sites_known_when_each_wave_opens() {
+    let s = setup(40).await;
+    let app = &s.app;
+    let pass = "gate = { success_ratio = 0.0, min_sample = 0, bake = \"0s\" }";
+    let plan = format!(
+        "name = \"quotas\"\nrelease = \"{}\"\nselector = {{ sim = \"1\" }}\nassignment_ttl = \"1d\"\n\n\
+         [[waves]]\nname = \"quarter\"\nshare = 25\n{pass}\n\n\
+         [[waves]]\nname = \"half of the rest\"\nshare = 50\n{pass}\n\n\
+         [[waves]]\nname = \"rest\"\n{pass}\n",
+        s.release
+    );
+    let r = app
+        .create_rollout(plan, PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 15, 15]);
+    app.rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    let first: Vec<(String, u32)> = app
+        .load_rollout(&r.id)
+        .await
+        .unwrap()
+        .sites
+        .iter()
+        .filter(|m| m.wave == 0)
+        .map(|m| (m.site_id.clone(), m.wave))
+        .collect();
+    assert_eq!(first.len(), 10);
+
+    // Four sites enroll while wave 0 is open: they wait for wave 1, not wave 0.
+    let late: Vec<String> = (0..4).map(|i| format!("site-late-{i}")).collect();
+    add_sites(&s.db_path(), &late);
+    for id in &late {
+        app.join_rollouts(id).await.unwrap();
+    }
+    assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 19, 15]);
+
+    // Wave 0 passes and wave 1 opens: the 34 sites not in wave 0 are placed again.
+    app.tick_all().await.unwrap();
+    let l = app.load_rollout(&r.id).await.unwrap();
+    assert!(l.record.waves[1].opened_at.is_some());
+    assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 17, 17]);
+    for (id, wave) in &first {
+        let m = l.site(id).unwrap();
+        assert_eq!(m.wave, *wave, "{id} was assigned in wave 0 and stays there");
+        assert!(m.assigned_at.is_some());
+    }
+    assert!(
+        l.sites
+            .iter()
+            .all(|m| (m.wave <= 1) == m.assigned_at.is_some()),
+        "waves 0 and 1 assigned, wave 2 not yet"
+    );
+    let rid = r.id.clone();
+    let decisions = app.db.run(move |st| st.decisions(&rid)).await.unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.kind == "membership" && d.wave == Some(1)),
+        "{decisions:?}"
+    );
+    assert_memory_matches_sqlite(app, &r.id).await;
+    app.engine.facts.clear();
+    assert_memory_matches_sqlite(app, &r.id).await;
+    assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 17, 17]);
+}
+
 /// A one-wave plan over every site, with `extra` TOML lines in the wave.
 fn one_wave_plan(release: &str, extra: &str) -> String {
     format!(

@@ -47,10 +47,17 @@ pub fn pure(n: usize, passes: usize) -> anyhow::Result<Duration> {
     for (i, w) in waves.iter_mut().enumerate() {
         w.opened_at = Some(t(60 - 10 * i as i64));
     }
-    for i in 0..n {
-        let id = crate::site::site_id(i);
-        let wave = controller::wave_for_site(&plan, "sim-rollout", &id, &labels)
-            .context("the plan selects every simulated site")?;
+    let ids: Vec<String> = (0..n).map(crate::site::site_id).collect();
+    let candidates: Vec<controller::Candidate> = ids
+        .iter()
+        .map(|id| controller::Candidate {
+            site_id: id,
+            labels: &labels,
+        })
+        .collect();
+    let placed = controller::place(&plan, "sim-rollout", 0, &candidates);
+    for (i, (id, wave)) in ids.into_iter().zip(placed).enumerate() {
+        let wave = wave.context("the plan selects every simulated site")?;
         let done = wave < 3 || i % 2 == 0;
         waves[wave as usize].sites.push(SiteFacts {
             site_id: id,

@@ -24,7 +24,7 @@ pub use gate::{
     evaluate_gate, site_state, site_status, tally,
 };
 pub use leases::{LeaseContext, LeaseDenial, LeaseDenialReason, lease_decision};
-pub use membership::{seed, wave_for_site};
+pub use membership::{Candidate, place, seed, share_quota, wave_for_joiner};
 
 use crate::plan::RolloutPlan;
 
@@ -112,7 +112,7 @@ pub struct WaveView {
     pub opened_at: Option<Timestamp>,
     /// When an operator approved the wave (None: not approved).
     pub approved_at: Option<Timestamp>,
-    /// The facts of every site in the wave (as [`wave_for_site`] places them).
+    /// The facts of every site in the wave (as [`place`] and [`wave_for_joiner`] place them).
     pub sites: Vec<SiteFacts>,
 }
 

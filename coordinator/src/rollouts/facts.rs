@@ -37,6 +37,9 @@ pub enum Update {
     Skipped { site_id: String },
     /// The site joined the rollout (late enrollment, relabel, re-enable).
     Joined(RolloutSiteRecord),
+    /// The site was placed in another wave that has not opened (a wave opened and
+    /// membership ran again).
+    Moved { site_id: String, wave: u32 },
     /// The rollout's own record was saved.
     Record(RolloutRecord),
 }
@@ -227,6 +230,11 @@ fn apply(l: &mut Loaded, update: Update) {
                 .binary_search_by(|s| s.site_id.as_str().cmp(&row.site_id))
             {
                 l.sites.insert(i, row);
+            }
+        }
+        Update::Moved { site_id, wave } => {
+            if let Some(s) = l.site_mut(&site_id) {
+                s.wave = wave;
             }
         }
         Update::Record(record) => l.record = record,

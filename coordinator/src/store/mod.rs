@@ -355,6 +355,13 @@ pub trait Store: Send + Sync + 'static {
     /// Adds late joiners; sites already in an active rollout are left out (returns the added).
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
     fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;
+    /// Moves members to other waves (`(site id, wave)`), only those with no assignment and
+    /// no lease: a site that was assigned or leased keeps its wave. Returns the moved.
+    fn set_rollout_site_waves(
+        &self,
+        rollout_id: &str,
+        moves: &[(String, u32)],
+    ) -> StoreResult<Vec<String>>;
     /// The active (created, running, paused or halted) rollout a site belongs to.
     fn active_rollout_of_site(&self, site_id: &str) -> StoreResult<Option<String>>;
 

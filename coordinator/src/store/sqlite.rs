@@ -1038,6 +1038,26 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_rollout_site_waves(
+        &self,
+        rollout_id: &str,
+        moves: &[(String, u32)],
+    ) -> StoreResult<Vec<String>> {
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "UPDATE rollout_sites SET wave = ?3 WHERE rollout_id = ?1 AND site_id = ?2 \
+                 AND assigned_at IS NULL AND leased_at IS NULL",
+            )?;
+            let mut moved = Vec::new();
+            for (site_id, wave) in moves {
+                if st.execute(params![rollout_id, site_id, wave])? > 0 {
+                    moved.push(site_id.clone());
+                }
+            }
+            Ok(moved)
+        })
+    }
+
     fn active_rollout_of_site(&self, site_id: &str) -> StoreResult<Option<String>> {
         self.read(|c| {
             Ok(c.query_row(
