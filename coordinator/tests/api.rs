@@ -1380,6 +1380,63 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
     parked.abort();
 }
 
+#[tokio::test]
+async fn report_events_with_unknown_fields_are_refused_by_name() {
+    let h = Harness::new().await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let now = Timestamp::now();
+    let health = event(
+        "ev-health",
+        now,
+        json!({"kind": "health", "healthy": true, "summary": {"passed": 1, "failed": 0}}),
+    );
+    let mut phase = event(
+        "ev-phase",
+        now,
+        json!({"kind": "phase", "release_id": "pos-2.4.0", "phase": "accepted"}),
+    );
+    phase["colour"] = json!("red");
+    let (s, v) = h
+        .post(
+            "/v1/agent/reports",
+            &a.token,
+            json!({"events": [health.clone(), phase]}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    let mut summary = health.clone();
+    summary["summary"]["temperature"] = json!(41);
+    let (s, v) = h
+        .post("/v1/agent/reports", &a.token, json!({"events": [summary]}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temperature"),
+        "{v}"
+    );
+    // Nothing of a refused batch was applied: the valid event is new when sent alone.
+    let (s, v) = h
+        .post("/v1/agent/reports", &a.token, json!({"events": [health]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+}
+
 /// Enrolls `site` with a shared enrollment token and opens its session.
 async fn enrolled(h: &Harness, site: String, token: &str) -> Agent {
     let key = keys::generate();
