@@ -1380,6 +1380,90 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
     parked.abort();
 }
 
+/// Sends `body` as raw JSON text.
+async fn post_text(h: &Harness, path: &str, token: &str, body: &str) -> (StatusCode, Value) {
+    let res = h
+        .http
+        .post(h.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn request_bodies_must_be_json_objects_never_arrays_mapped_by_position() {
+    let h = Harness::new().await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let (_, before) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    let tokens_before = before["tokens"].as_array().unwrap().len();
+    let refused = |s: StatusCode, v: &Value, what: &str| {
+        assert_eq!(
+            (s, error_code(v)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{what}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("request body must be a JSON object"),
+            "{what}: {v}"
+        );
+    };
+    // The same fields as an array (serde maps them by position) are refused...
+    for (path, token, body) in [
+        (
+            "/v1/enrollment-tokens",
+            h.admin.as_str(),
+            r#"[{"region":"x"},"pig-1",60,5]"#,
+        ),
+        (
+            "/v1/operator-tokens",
+            h.admin.as_str(),
+            r#"["intruder","admin"]"#,
+        ),
+        (
+            "/v1/enroll",
+            "",
+            r#"["fwe_x","site-b","00","0.1.0","AA=="]"#,
+        ),
+        (
+            "/v1/agent/session",
+            "",
+            r#"["site-a","2026-06-01T00:00:00Z","00","AA=="]"#,
+        ),
+        ("/v1/agent/lease", a.token.as_str(), r#"["r-1", 1]"#),
+        ("/v1/agent/reports", a.token.as_str(), r#"[[]]"#),
+        ("/v1/rollouts/r-1/approve", h.admin.as_str(), r#"[0]"#),
+    ] {
+        let (s, v) = post_text(&h, path, token, body).await;
+        refused(s, &v, &format!("{path} {body}"));
+    }
+    // ...and so is any other JSON value that is not an object.
+    for body in [r#""x""#, "5", "null", "true", " \n [] "] {
+        let (s, v) = post_text(&h, "/v1/enrollment-tokens", &h.admin, body).await;
+        refused(s, &v, body);
+    }
+    let (_, after) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    assert_eq!(
+        after["tokens"].as_array().unwrap().len(),
+        tokens_before,
+        "{after}"
+    );
+    // An object after leading white space is still an object.
+    let (s, v) = post_text(
+        &h,
+        "/v1/enrollment-tokens",
+        &h.admin,
+        " \r\n\t{\"labels\": {\"region\": \"x\"}}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
 #[tokio::test]
 async fn report_events_with_unknown_fields_are_refused_by_name() {
     let h = Harness::new().await;
