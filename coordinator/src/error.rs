@@ -210,6 +210,37 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The code and message of an error answer made below the handlers (router, time, body
+/// and header limits, load shedding), which carries only its status.
+pub fn edge_error(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json for the API"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was cut off"),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is over the size limit",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request headers are over the size limit",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "overloaded",
+            "the coordinator is at its concurrent request limit; retry after the Retry-After delay",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "too_many_requests",
+            "too many requests; retry after the Retry-After delay",
+        ),
+        s if s.is_client_error() => ("bad_request", "the request was refused"),
+        _ => ("internal", "the coordinator failed to handle the request"),
+    }
+}
+
 /// Turns error answers that are not JSON yet (unknown route, wrong method, timeout, body
 /// or header limits from lower layers) into the JSON error shape.
 pub async fn json_errors(res: Response) -> Response {
@@ -231,32 +262,7 @@ pub async fn json_errors(res: Response) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let allow = res.headers().get(header::ALLOW).cloned();
-    let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json for the API"),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this route does not accept that method",
-        ),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was cut off"),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "payload_too_large",
-            "the request body is over the size limit",
-        ),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "headers_too_large",
-            "the request headers are over the size limit",
-        ),
-        StatusCode::SERVICE_UNAVAILABLE => (
-            "overloaded",
-            "the coordinator is busy; retry after the Retry-After delay",
-        ),
-        StatusCode::TOO_MANY_REQUESTS => (
-            "too_many_requests",
-            "too many requests; retry after the Retry-After delay",
-        ),
-        s if s.is_client_error() => ("bad_request", "the request was refused"),
-        _ => ("internal", "the coordinator failed to handle the request"),
-    };
+    let (code, message) = edge_error(status);
     let mut out = error_response(status, code, message, retry_after);
     if let Some(allow) = allow {
         out.headers_mut().insert(header::ALLOW, allow);
