@@ -260,7 +260,7 @@ pub async fn start(
     let app = build_app(config, shutdown_rx.clone()).await?;
     let local_addr = listener.local_addr()?;
     let router = crate::api::router(app.clone());
-    let head_buffer = crate::api::edge::Edge::new(&app.config.limits).head_buffer();
+    let head_buffer = crate::api::edge::head_buffer(&app.config.limits);
     let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(
         app.config.limits.max_connections,

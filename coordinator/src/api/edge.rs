@@ -107,13 +107,13 @@ impl Edge {
             ))
             .layer(middleware::from_fn_with_state(admission, admit))
     }
+}
 
-    /// The read buffer for a connection's request heads: twice `limits.max_header_bytes`,
-    /// so that a head over the limit still reaches [`limit_head`] and gets the JSON answer;
-    /// only a head over twice the limit is cut off by hyper with a bare 431.
-    pub fn head_buffer(&self) -> usize {
-        self.header_limit.saturating_mul(2).max(8192)
-    }
+/// hyper's read buffer for a connection's request heads: twice `limits.max_header_bytes`,
+/// so that a head over the limit still reaches [`limit_head`] and gets the JSON answer;
+/// only a head over twice the limit is cut off by hyper with a bare 431.
+pub fn head_buffer(limits: &Limits) -> usize {
+    limits.max_header_bytes.saturating_mul(2).max(8192)
 }
 
 #[derive(Clone)]
@@ -149,7 +149,7 @@ async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> 
 
 /// Refuses a request head (request line and header fields, as sent) over
 /// `limits.max_header_bytes` with 431 and the JSON error shape. hyper's own 431 (for heads
-/// over [`Edge::head_buffer`]) has no body.
+/// over [`head_buffer`]) has no body.
 pub async fn limit_head(State(limit): State<usize>, req: Request, next: Next) -> Response {
     if head_len(&req) > limit {
         return error_response(
