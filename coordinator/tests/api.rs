@@ -1642,7 +1642,9 @@ async fn the_dashboard_sign_in_has_the_request_time_and_body_limits() {
 #[tokio::test]
 async fn unauthenticated_requests_cannot_take_the_slots_of_agents_and_operators() {
     let h = Harness::with_config(
-        "\n[limits]\nmax_concurrent_requests = 2\nmax_unauthenticated_requests = 1\n",
+        // (A time limit far above the test's length: the held request must not end in 408.)
+        "\n[limits]\nmax_concurrent_requests = 2\nmax_unauthenticated_requests = 1\n\
+         request_timeout_secs = 600\n",
     )
     .await;
     let a = agent(&h, "site-a", json!({})).await;
