@@ -101,6 +101,11 @@ pub struct Limits {
     /// Long polls parked at once (their own limit: waiting agents never take the slots of
     /// reports, leases or operator actions); beyond that a poll gets 503 with `Retry-After`.
     pub max_long_polls: usize,
+    /// Requests without credentials, or to a route that reads a body before checking any
+    /// (enrollment, the session handshake, the dashboard's sign-in), handled at once. Their
+    /// own, smaller limit: a flood of them gets 503 with `Retry-After` while agents and
+    /// operators with credentials keep their `max_concurrent_requests` slots.
+    pub max_unauthenticated_requests: usize,
     /// Open client connections at once; beyond that new connections wait in the listen
     /// backlog. The process's open-file limit must be higher (the unit sets 262144).
     pub max_connections: usize,
@@ -126,6 +131,7 @@ impl Default for Limits {
             long_poll_cap_secs: fleetwave_shared::protocol::MAX_POLL_WAIT_SECS,
             max_concurrent_requests: 16384,
             max_long_polls: 100_000,
+            max_unauthenticated_requests: 1024,
             max_connections: 200_000,
             keepalive_idle_secs: 90,
             max_keepalive_connections: 10_000,
@@ -358,6 +364,12 @@ impl Config {
         if l.max_long_polls == 0 {
             return Err(invalid("limits.max_long_polls", "must be at least 1"));
         }
+        if l.max_unauthenticated_requests == 0 {
+            return Err(invalid(
+                "limits.max_unauthenticated_requests",
+                "must be at least 1",
+            ));
+        }
         if l.max_connections < 2 {
             return Err(invalid("limits.max_connections", "must be at least 2"));
         }
@@ -480,6 +492,10 @@ mod tests {
         assert_eq!(c.assignments.lease_ttl_secs, d.assignments.lease_ttl_secs);
         assert_eq!(c.controller.tick_millis, d.controller.tick_millis);
         assert_eq!(c.limits.max_long_polls, d.limits.max_long_polls);
+        assert_eq!(
+            c.limits.max_unauthenticated_requests,
+            d.limits.max_unauthenticated_requests
+        );
         assert_eq!(c.limits.max_connections, d.limits.max_connections);
         assert_eq!(c.limits.keepalive_idle_secs, d.limits.keepalive_idle_secs);
         assert_eq!(c.listen, d.listen);

@@ -4,10 +4,11 @@
 //! produced outside handlers (unknown route, wrong method, timeouts, limits) into the same
 //! shape. Bad input must never become a 500: only storage and internal failures do.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetwave_shared::protocol::{ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
@@ -112,18 +113,59 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s that name the problem.
+/// A JSON request body: `Content-Type: application/json` (or `application/*+json`), within
+/// the route's body limit, and a JSON **object**. serde would also fill a struct from an
+/// array, field by field in declaration order; a body's meaning never depends on that.
+/// Rejections are [`ApiError`]s that name the problem.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
         }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| json_rejection(r.into()))?;
+        let first = bytes
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(ApiError::bad_request(
+                "the request body is not valid: the request body must be a JSON object \
+                 (`{...}` with named members), not an array or another value",
+            ));
+        }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(v)| ApiJson(v))
+            .map_err(json_rejection)
     }
+}
+
+/// `application/json`, or any `application/<name>+json`, with or without parameters.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
@@ -131,11 +173,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "payload_too_large", text),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            status,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type(),
         _ => ApiError::bad_request(format!("the request body is not valid: {text}")),
     }
 }
@@ -172,6 +210,37 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The code and message of an error answer made below the handlers (router, time, body
+/// and header limits, load shedding), which carries only its status.
+pub fn edge_error(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json for the API"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was cut off"),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is over the size limit",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request headers are over the size limit",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "overloaded",
+            "the coordinator is at its concurrent request limit; retry after the Retry-After delay",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "too_many_requests",
+            "too many requests; retry after the Retry-After delay",
+        ),
+        s if s.is_client_error() => ("bad_request", "the request was refused"),
+        _ => ("internal", "the coordinator failed to handle the request"),
+    }
+}
+
 /// Turns error answers that are not JSON yet (unknown route, wrong method, timeout, body
 /// or header limits from lower layers) into the JSON error shape.
 pub async fn json_errors(res: Response) -> Response {
@@ -193,32 +262,7 @@ pub async fn json_errors(res: Response) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let allow = res.headers().get(header::ALLOW).cloned();
-    let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json for the API"),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this route does not accept that method",
-        ),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was cut off"),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "payload_too_large",
-            "the request body is over the size limit",
-        ),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "headers_too_large",
-            "the request headers are over the size limit",
-        ),
-        StatusCode::SERVICE_UNAVAILABLE => (
-            "overloaded",
-            "the coordinator is busy; retry after the Retry-After delay",
-        ),
-        StatusCode::TOO_MANY_REQUESTS => (
-            "too_many_requests",
-            "too many requests; retry after the Retry-After delay",
-        ),
-        s if s.is_client_error() => ("bad_request", "the request was refused"),
-        _ => ("internal", "the coordinator failed to handle the request"),
-    };
+    let (code, message) = edge_error(status);
     let mut out = error_response(status, code, message, retry_after);
     if let Some(allow) = allow {
         out.headers_mut().insert(header::ALLOW, allow);

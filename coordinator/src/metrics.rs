@@ -8,16 +8,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+// Every label value comes from a closed set chosen by the code, never from what a client
+// sent (a label per distinct value grows `/metrics` without bound): `&'static str` where
+// the type can say so.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
-    pub state: String,
+    pub state: &'static str,
 }
 
+/// A controller decision kind (`Decision::kind`, or one of the engine's own notes such as
+/// `created`) or a report kind: constants of the code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -25,7 +31,9 @@ pub struct KindLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// [`crate::api::edge::method_label`]: a known method or `other`.
+    pub method: &'static str,
+    /// The matched route's template (`/v1/sites/{id}`), never the path as sent.
     pub route: String,
     pub status: u16,
 }
@@ -163,12 +171,8 @@ impl Metrics {
         }
     }
 
-    pub fn count(family: &Family<ResultLabel, Counter>, result: &str, n: u64) {
-        family
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc_by(n);
+    pub fn count(family: &Family<ResultLabel, Counter>, result: &'static str, n: u64) {
+        family.get_or_create(&ResultLabel { result }).inc_by(n);
     }
 
     pub fn encode(&self) -> String {

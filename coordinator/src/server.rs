@@ -262,8 +262,8 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = build_app(config, shutdown_rx.clone()).await?;
     let local_addr = listener.local_addr()?;
-    let router = crate::api::router(app.clone()).merge(crate::dashboard::router(app.clone()));
-    let max_header = app.config.limits.max_header_bytes;
+    let router = crate::api::router(app.clone());
+    let head_buffer = crate::api::edge::head_buffer(&app.config.limits);
     let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(
         app.config.limits.max_connections,
@@ -346,7 +346,9 @@ pub async fn start(
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                .max_buf_size(max_header.max(8192))
+                // Above `limits.max_header_bytes`, which `api::edge::limit_head` enforces
+                // with a JSON answer; hyper's own 431 beyond this buffer has no body.
+                .max_buf_size(head_buffer)
                 .timer(hyper_util::rt::TokioTimer::new())
                 // hyper's header read timeout also bounds the idle time between requests
                 // on a keep-alive connection: it must outlast the poll interval.

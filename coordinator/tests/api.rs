@@ -1380,6 +1380,370 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
     parked.abort();
 }
 
+/// Sends `body` as raw JSON text.
+async fn post_text(h: &Harness, path: &str, token: &str, body: &str) -> (StatusCode, Value) {
+    let res = h
+        .http
+        .post(h.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn request_bodies_must_be_json_objects_never_arrays_mapped_by_position() {
+    let h = Harness::new().await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let (_, before) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    let tokens_before = before["tokens"].as_array().unwrap().len();
+    let refused = |s: StatusCode, v: &Value, what: &str| {
+        assert_eq!(
+            (s, error_code(v)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{what}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("request body must be a JSON object"),
+            "{what}: {v}"
+        );
+    };
+    // The same fields as an array (serde maps them by position) are refused...
+    for (path, token, body) in [
+        (
+            "/v1/enrollment-tokens",
+            h.admin.as_str(),
+            r#"[{"region":"x"},"pig-1",60,5]"#,
+        ),
+        (
+            "/v1/operator-tokens",
+            h.admin.as_str(),
+            r#"["intruder","admin"]"#,
+        ),
+        (
+            "/v1/enroll",
+            "",
+            r#"["fwe_x","site-b","00","0.1.0","AA=="]"#,
+        ),
+        (
+            "/v1/agent/session",
+            "",
+            r#"["site-a","2026-06-01T00:00:00Z","00","AA=="]"#,
+        ),
+        ("/v1/agent/lease", a.token.as_str(), r#"["r-1", 1]"#),
+        ("/v1/agent/reports", a.token.as_str(), r#"[[]]"#),
+        ("/v1/rollouts/r-1/approve", h.admin.as_str(), r#"[0]"#),
+    ] {
+        let (s, v) = post_text(&h, path, token, body).await;
+        refused(s, &v, &format!("{path} {body}"));
+    }
+    // ...and so is any other JSON value that is not an object.
+    for body in [r#""x""#, "5", "null", "true", " \n [] "] {
+        let (s, v) = post_text(&h, "/v1/enrollment-tokens", &h.admin, body).await;
+        refused(s, &v, body);
+    }
+    let (_, after) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    assert_eq!(
+        after["tokens"].as_array().unwrap().len(),
+        tokens_before,
+        "{after}"
+    );
+    // An object after leading white space is still an object.
+    let (s, v) = post_text(
+        &h,
+        "/v1/enrollment-tokens",
+        &h.admin,
+        " \r\n\t{\"labels\": {\"region\": \"x\"}}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test]
+async fn report_events_with_unknown_fields_are_refused_by_name() {
+    let h = Harness::new().await;
+    let a = agent(&h, "site-a", json!({})).await;
+    let now = Timestamp::now();
+    let health = event(
+        "ev-health",
+        now,
+        json!({"kind": "health", "healthy": true, "summary": {"passed": 1, "failed": 0}}),
+    );
+    let mut phase = event(
+        "ev-phase",
+        now,
+        json!({"kind": "phase", "release_id": "pos-2.4.0", "phase": "accepted"}),
+    );
+    phase["colour"] = json!("red");
+    let (s, v) = h
+        .post(
+            "/v1/agent/reports",
+            &a.token,
+            json!({"events": [health.clone(), phase]}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    let mut summary = health.clone();
+    summary["summary"]["temperature"] = json!(41);
+    let (s, v) = h
+        .post("/v1/agent/reports", &a.token, json!({"events": [summary]}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temperature"),
+        "{v}"
+    );
+    // Nothing of a refused batch was applied: the valid event is new when sent alone.
+    let (s, v) = h
+        .post("/v1/agent/reports", &a.token, json!({"events": [health]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+}
+
+async fn metrics_text(h: &Harness) -> String {
+    let res = h.http.get(h.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_labels_stay_bounded_whatever_clients_send() {
+    let h = Harness::new().await;
+    // Invented methods (long ones, as an attacker would send) on real routes, the API's
+    // and the dashboard's, and invented paths: the labels must not take them in.
+    let round = |n: usize| {
+        let h = &h;
+        async move {
+            for i in 0..8 {
+                let invented = format!("INVENTED{n}X{i}{}", "Q".repeat(2000));
+                let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+                for path in ["/v1/sites", "/healthz", "/v1/enroll", "/ui/login", "/ui/"] {
+                    let res = h
+                        .http
+                        .request(method.clone(), h.url(path))
+                        .bearer_auth(&h.admin)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(res.status().is_client_error(), "{path}: {}", res.status());
+                }
+                for path in [
+                    format!("/v1/nope-{n}-{i}"),
+                    format!("/ui/sites/nope-{n}-{i}"),
+                ] {
+                    h.http
+                        .get(h.url(&path))
+                        .bearer_auth(&h.admin)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    };
+    round(0).await;
+    // (The first fetch of /metrics is itself counted from the second on.)
+    metrics_text(&h).await;
+    let first = metrics_text(&h).await;
+    for n in 1..4 {
+        round(n).await;
+    }
+    let text = metrics_text(&h).await;
+    assert!(
+        !text.contains("INVENTED"),
+        "an invented method became a label"
+    );
+    assert!(!text.contains("nope-"), "a raw path became a label");
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(
+        text.contains(r#"route="/ui/sites/{id}""#),
+        "dashboard routes are labelled by their template: {text}"
+    );
+    // Three more rounds of new methods and paths add no series: only counts change.
+    let series = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(name, _)| name).to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (before, after) = (series(&first), series(&text));
+    assert_eq!(
+        after.difference(&before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "series added by invented methods and paths"
+    );
+    assert!(
+        text.len() < first.len() + 1024,
+        "{} -> {}",
+        first.len(),
+        text.len()
+    );
+}
+
+/// A body that sends `start` and then nothing, never ending.
+fn endless_body(start: &'static [u8]) -> reqwest::Body {
+    let body = futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(start))
+    })
+    .chain(futures_util::stream::pending());
+    reqwest::Body::wrap_stream(body)
+}
+
+#[tokio::test]
+async fn the_dashboard_sign_in_has_the_request_time_and_body_limits() {
+    let h =
+        Harness::with_config("\n[limits]\nrequest_timeout_secs = 1\nmax_body_bytes = 4096\n").await;
+    let form = "application/x-www-form-urlencoded";
+    // A body that never ends is cut off at limits.request_timeout_secs...
+    let answer = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.http
+            .post(h.url("/ui/login"))
+            .header("content-type", form)
+            .body(endless_body(b"csrf=x&token="))
+            .send(),
+    )
+    .await
+    .expect("a sign-in whose body never ends got no answer in 60 s");
+    assert_eq!(answer.unwrap().status(), StatusCode::REQUEST_TIMEOUT);
+    // ...and a body over limits.max_body_bytes is refused.
+    let res = h
+        .http
+        .post(h.url("/ui/login"))
+        .header("content-type", form)
+        .body(format!("csrf=x&token={}", "t".repeat(10_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_cannot_take_the_slots_of_agents_and_operators() {
+    let h = Harness::with_config(
+        // (A time limit far above the test's length: the held request must not end in 408.)
+        "\n[limits]\nmax_concurrent_requests = 2\nmax_unauthenticated_requests = 1\n\
+         request_timeout_secs = 600\n",
+    )
+    .await;
+    let a = agent(&h, "site-a", json!({})).await;
+    // Sign-ins and enrollments whose bodies never end, more of them than there are
+    // request slots; each tries again when it is shed.
+    let holders: Vec<_> = [
+        (
+            "/ui/login",
+            "application/x-www-form-urlencoded",
+            &b"csrf="[..],
+        ),
+        ("/v1/enroll", "application/json", &b"{\"token\": "[..]),
+        ("/v1/enroll", "application/json", &b"{\"token\": "[..]),
+    ]
+    .into_iter()
+    .map(|(path, content_type, start)| {
+        let (http, url) = (h.http.clone(), h.url(path));
+        tokio::spawn(async move {
+            loop {
+                let res = http
+                    .post(&url)
+                    .header("content-type", content_type)
+                    .body(endless_body(start))
+                    .send()
+                    .await;
+                if !matches!(&res, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    })
+    .collect();
+    // Once they hold the unauthenticated budget, one more is shed with 503...
+    let res = eventually("an unauthenticated request to be shed", || {
+        let h = &h;
+        async move {
+            let res = h.http.get(h.url("/ui/login")).send().await.unwrap();
+            (res.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+        }
+    })
+    .await;
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    let (s, v) = post_text(&h, "/v1/enroll", "", "{}").await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        "{v}"
+    );
+    // ...while operators and agents keep their request slots.
+    for _ in 0..3 {
+        let (s, v) = h.get("/v1/sites", &h.admin).await;
+        assert_eq!(s, StatusCode::OK, "operator request: {v}");
+        let health = event(
+            &nonce(),
+            Timestamp::now(),
+            json!({"kind": "health", "healthy": true, "summary": {"passed": 1, "failed": 0}}),
+        );
+        let (s, v) = h
+            .post("/v1/agent/reports", &a.token, json!({"events": [health]}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "agent report: {v}");
+    }
+    for holder in holders {
+        holder.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_the_json_error() {
+    let h = Harness::new().await;
+    let padded = |path: &str, n: usize| {
+        h.http
+            .get(h.url(path))
+            .bearer_auth(&h.admin)
+            .header("x-padding", "p".repeat(n))
+            .send()
+    };
+    // limits.max_header_bytes is 16 KiB by default.
+    for path in ["/v1/sites", "/ui/login", "/healthz"] {
+        let res = padded(path, 20_000).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{path}"
+        );
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(error_code(&v), "headers_too_large", "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limits.max_header_bytes")
+        );
+    }
+    let res = padded("/v1/sites", 12_000).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 /// Enrolls `site` with a shared enrollment token and opens its session.
 async fn enrolled(h: &Harness, site: String, token: &str) -> Agent {
     let key = keys::generate();

@@ -45,7 +45,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         app.metrics
             .sites
             .get_or_create(&StateLabel {
-                state: state.as_str().into(),
+                state: state.as_str(),
             })
             .set(n as i64);
     }
@@ -63,7 +63,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         app.metrics
             .rollouts
             .get_or_create(&StateLabel {
-                state: state.as_str().into(),
+                state: state.as_str(),
             })
             .set(n as i64);
     }

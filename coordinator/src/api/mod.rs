@@ -1,71 +1,64 @@
-//! The HTTP API: one composable router per area, merged in [`router`] with the limits,
-//! timeouts, load shedding, latency metrics and JSON errors that apply to every request.
-//! Later parts (the dashboard) merge their own router here.
+//! The HTTP API: one composable router per area, assembled with the dashboard in [`router`]
+//! behind the limits, timeouts, load shedding, latency metrics and error answers of
+//! [`edge`] that apply to every request.
 
 pub mod agent;
 pub mod artifacts;
 pub mod auth;
+pub mod edge;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::error::{error_response, json_errors};
-use crate::metrics::RequestLabels;
+use crate::error::json_errors;
 use crate::state::AppState;
+use edge::{Budget, Edge};
 
-/// The long-poll route, with its own load shedding: parked polls count against
-/// `limits.max_long_polls`, never against the request slots of everything else.
-pub fn poll_router(app: &AppState) -> Router<AppState> {
-    let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
-    let poll_timeout = timeout + Duration::from_secs(app.config.limits.long_poll_cap_secs as u64);
-    Router::new().route(
-        "/v1/agent/poll",
-        get(agent::poll).layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(overloaded))
-                .load_shed()
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    app.config.limits.max_long_polls,
-                ))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    poll_timeout,
-                )),
-        ),
+/// The long-poll route. Parked polls count against `limits.max_long_polls`, never against
+/// the request slots of everything else; their time limit is the request limit plus the
+/// longest wait.
+pub fn poll_router(app: &AppState, edge: &Edge) -> Router<AppState> {
+    let poll_timeout =
+        edge.timeout + Duration::from_secs(app.config.limits.long_poll_cap_secs as u64);
+    let routes = Router::new().route("/v1/agent/poll", get(agent::poll));
+    edge.guard_with(
+        routes,
+        Budget::LongPolls,
+        poll_timeout,
+        Some(edge.body_limit),
     )
 }
 
-/// Agent routes besides the poll (enroll, session, lease, reports).
-pub fn agent_router(app: &AppState) -> Router<AppState> {
-    let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
-    Router::new()
+/// Agent routes that read a body before any credential is checked: enrollment (a one-time
+/// token in the body) and the session handshake (a signature over the body).
+pub fn open_agent_router(edge: &Edge) -> Router<AppState> {
+    let routes = Router::new()
         .route("/v1/enroll", post(agent::enroll))
-        .route("/v1/agent/session", post(agent::session))
+        .route("/v1/agent/session", post(agent::session));
+    edge.guard(routes, Budget::Unauthenticated)
+}
+
+/// Agent routes with a session (lease, reports).
+pub fn agent_router(edge: &Edge) -> Router<AppState> {
+    let routes = Router::new()
         .route("/v1/agent/lease", post(agent::lease))
-        .route("/v1/agent/reports", post(agent::reports))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .route("/v1/agent/reports", post(agent::reports));
+    edge.guard(routes, Budget::Requests)
 }
 
 /// Operator routes.
-pub fn operator_router(app: &AppState) -> Router<AppState> {
+pub fn operator_router(edge: &Edge) -> Router<AppState> {
     use operator::*;
-    let timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/enrollment-tokens",
             post(create_enrollment_token).get(list_enrollment_tokens),
@@ -100,93 +93,57 @@ pub fn operator_router(app: &AppState) -> Router<AppState> {
         .route("/v1/rollouts/{id}/abort", post(abort_rollout))
         .route("/v1/rollouts/{id}/rollback", post(rollback_rollout))
         .route("/v1/rollouts/{id}/skip", post(skip_site))
-        .route("/v1/audit", get(list_audit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .route("/v1/audit", get(list_audit));
+    edge.guard(routes, Budget::Requests)
 }
 
-/// Artifact routes: their own (large) body limit and timeout.
-pub fn artifact_router(app: &AppState) -> Router<AppState> {
+/// Artifact routes: their own time limit, and no body limit here (uploads enforce
+/// `limits.max_artifact_bytes` themselves).
+pub fn artifact_router(app: &AppState, edge: &Edge) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
-    Router::new()
-        .route(
-            "/v1/artifacts/{sha256}",
-            put(artifacts::upload)
-                .get(artifacts::download)
-                .head(artifacts::download),
-        )
-        .layer(DefaultBodyLimit::disable())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+    let routes = Router::new().route(
+        "/v1/artifacts/{sha256}",
+        put(artifacts::upload)
+            .get(artifacts::download)
+            .head(artifacts::download),
+    );
+    edge.guard_with(routes, Budget::Requests, timeout, None)
 }
 
-/// Health, readiness, metrics, OpenAPI: never shed, never authenticated.
-pub fn meta_router() -> Router<AppState> {
+/// Health, readiness, metrics, OpenAPI: never shed, never authenticated, but timed.
+pub fn meta_router(edge: &Edge) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
         .route("/openapi.json", get(meta::openapi))
-}
-
-async fn overloaded(_: tower::BoxError) -> Response {
-    error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "the coordinator is at its concurrent request limit; retry after the Retry-After delay",
-        Some(1),
-    )
-}
-
-async fn record_latency(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let res = next.run(req).await;
-    app.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status: res.status().as_u16(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    res
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            edge.timeout,
+        ))
 }
 
 async fn not_found() -> Response {
     StatusCode::NOT_FOUND.into_response()
 }
 
-/// The whole API.
+/// Everything the coordinator serves: the API and the dashboard.
 pub fn router(app: AppState) -> Router {
-    let body_limit = app.config.limits.max_body_bytes;
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(overloaded))
-        .load_shed()
-        // Global: one semaphore shared by every route (axum layers each route separately).
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            app.config.limits.max_concurrent_requests,
-        ));
-    let v1 = Router::new()
-        .merge(agent_router(&app).layer(DefaultBodyLimit::max(body_limit)))
-        .merge(operator_router(&app).layer(DefaultBodyLimit::max(body_limit)))
-        .merge(artifact_router(&app))
-        .layer(shed);
-    Router::new()
-        .merge(v1)
-        .merge(poll_router(&app))
-        .merge(meta_router())
+    let edge = Edge::new(&app.config.limits);
+    let api = Router::new()
+        .merge(open_agent_router(&edge))
+        .merge(agent_router(&edge))
+        .merge(operator_router(&edge))
+        .merge(artifact_router(&app, &edge))
+        .merge(poll_router(&app, &edge))
+        .merge(meta_router(&edge))
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(app.clone(), record_latency))
         .layer(middleware::map_response(json_errors))
-        .with_state(app)
+        .with_state(app.clone());
+    api.merge(crate::dashboard::router(app.clone(), &edge))
+        .route_layer(middleware::from_fn_with_state(app, edge::record_latency))
+        .layer(middleware::from_fn_with_state(
+            edge.header_limit,
+            edge::limit_head,
+        ))
 }

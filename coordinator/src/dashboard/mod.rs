@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use jiff::Timestamp;
 
 use crate::api::auth::{Operator, remote};
+use crate::api::edge::{Budget, Edge};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -191,8 +192,29 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// The dashboard's routes (`/` redirects to `/ui/`). Merge into the server's router.
-pub fn router(app: AppState) -> Router {
+/// Gives error answers made below the handlers (time limit, body limit, load shedding,
+/// wrong method), which carry only a status, the dashboard's error page.
+async fn html_errors(res: Response) -> Response {
+    let status = res.status();
+    let bare = (status.is_client_error() || status.is_server_error())
+        && !res.headers().contains_key(header::CONTENT_TYPE);
+    if !bare {
+        return res;
+    }
+    let mut page = pages::error_page(status, crate::error::edge_error(status).1);
+    for name in [header::RETRY_AFTER, header::ALLOW] {
+        if let Some(v) = res.headers().get(&name) {
+            page.headers_mut().insert(name, v.clone());
+        }
+    }
+    page
+}
+
+/// The dashboard's routes (`/` redirects to `/ui/`), behind the same limits as the API
+/// ([`Edge`]). The sign-in form reads its body (the operator token) before any credential
+/// is checked, so it is admitted with the unauthenticated requests; every other route
+/// checks the session before it reads a body (or reads none).
+pub fn router(app: AppState, edge: &Edge) -> Router {
     let read = Arc::new(read::ReadModel::new(app.config.database_path()));
     let dash = Arc::new(Dash {
         app,
@@ -200,11 +222,11 @@ pub fn router(app: AppState) -> Router {
         read,
         live: live::Cache::default(),
     });
-    Router::new()
+    let sign_in = Router::new().route("/ui/login", get(pages::login_form).post(pages::login));
+    let others = Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(pages::overview))
-        .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/rollouts", get(pages::rollouts))
         .route("/ui/rollouts/{id}", get(pages::rollout))
@@ -219,7 +241,11 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/audit", get(pages::audit))
         .route("/ui/live/overview", get(live::overview))
         .route("/ui/live/rollouts/{id}", get(live::rollout))
-        .route("/ui/assets/{file}", get(pages::asset))
+        .route("/ui/assets/{file}", get(pages::asset));
+    Router::new()
+        .merge(edge.guard(sign_in, Budget::Unauthenticated))
+        .merge(edge.guard(others, Budget::Requests))
+        .layer(middleware::map_response(html_errors))
         .layer(middleware::from_fn(security_headers))
         .with_state(dash)
 }
