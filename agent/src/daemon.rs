@@ -62,7 +62,19 @@ impl Context {
         let saved = store.trust()?.ok_or_else(|| {
             DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
         })?;
-        let trust = TrustState::restore(saved).map_err(|e| DaemonError::Trust(e.to_string()))?;
+        let mut trust =
+            TrustState::restore(saved).map_err(|e| DaemonError::Trust(e.to_string()))?;
+        // State saved before the trust state remembered what ran: the releases committed
+        // here are in `installed` (only ever written after a verified commit).
+        for installed in store.installed()? {
+            if trust.ran_releases.contains_key(&installed.stream) {
+                continue;
+            }
+            let committed = [&installed.previous_release, &installed.release];
+            for release in committed.into_iter().flatten() {
+                trust.remember_ran(&installed.stream, &release.digest());
+            }
+        }
         let site_id = if config.agent.site_id.is_empty() {
             store.meta("site_id")?.ok_or_else(|| {
                 DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
@@ -1055,7 +1067,7 @@ impl Daemon {
     fn record_commit(
         &mut self,
         entry: &JournalEntry,
-        release: &fleetwave_shared::Release,
+        release: &fleetwave_shared::Verified<fleetwave_shared::Release>,
     ) -> Result<(), DaemonError> {
         self.ctx.trust.record_installed(release);
         self.ctx.store.record_commit(
@@ -1667,6 +1679,85 @@ mod tests {
         );
         // The refused documents changed nothing.
         assert_eq!(ctx.store.assignment().unwrap().unwrap().assignment, a5);
+    }
+
+    #[test]
+    fn an_agent_whose_state_predates_the_record_of_what_ran_learns_it_from_installed() {
+        let fleet = fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let release = |counter: u64, expires: Timestamp| {
+            let doc = Release {
+                id: format!("pos-{counter}"),
+                name: "pos".into(),
+                version: counter.to_string(),
+                kind: ReleaseKind::App,
+                counter,
+                issued_at: now - SignedDuration::from_hours(48),
+                expires,
+                artifacts: vec![],
+                install: Default::default(),
+                min_agent_version: None,
+            };
+            Envelope::sign(
+                RELEASE_TYPE,
+                &serde_json::to_vec(&doc).unwrap(),
+                &[&fleet.release],
+            )
+        };
+        // Release 1 expired an hour ago; the box committed 1, then 2, with an older agent
+        // whose trust state has no `ran_releases`.
+        let r1 = release(1, now - SignedDuration::from_hours(1));
+        let r2 = release(2, now + SignedDuration::from_hours(1));
+        drop(context(&fleet, dir.path()));
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = TrustState::from_anchor(&fleet.root).unwrap();
+        old.release_high_water.insert("pos".into(), 2);
+        old.rollback_floor.insert("pos".into(), 1);
+        for (r, id) in [(&r1, "pos-1"), (&r2, "pos-2")] {
+            store
+                .record_commit("pos", id, id, r, &old.persisted(), now)
+                .unwrap();
+        }
+        drop(store);
+
+        let mut ctx = Context::open(
+            Config::parse(
+                &format!(
+                    "[coordinator]\nurl = \"\"\n[agent]\nstate_dir = {:?}\nsite_id = \"s1\"\n",
+                    dir.path().display().to_string()
+                ),
+                "test",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            ctx.trust.ran_releases["pos"],
+            vec![r1.digest(), r2.digest()]
+        );
+        // So the coordinator's rollback to release 1 is accepted although 1 expired.
+        let rollback = Assignment {
+            site_id: "s1".into(),
+            rollout_id: "r-2".into(),
+            wave: 0,
+            release_sha256: r1.digest(),
+            sequence: 3,
+            not_before: now,
+            issued_at: now - SignedDuration::from_mins(1),
+            expires: now + SignedDuration::from_hours(1),
+            rollback: true,
+            window: None,
+        };
+        let rollback = Envelope::sign(
+            ASSIGNMENT_TYPE,
+            &serde_json::to_vec(&rollback).unwrap(),
+            &[&fleet.coordinator],
+        );
+        assert!(matches!(
+            accept_documents(&mut ctx, &[], Some(&rollback), Some(&r1)).unwrap(),
+            Accepting::Accepted { sequence: 3, .. }
+        ));
     }
 
     #[test]

@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::docs::{Assignment, Release, Root};
 use crate::dsse::Envelope;
 pub use crate::verify::Refusal;
-use crate::verify::{Verified, verify_assigned_release, verify_root_anchor, verify_root_rotation};
+use crate::verify::{
+    RanBefore, Verified, verify_assigned_release_ran_before, verify_root_anchor,
+    verify_root_rotation,
+};
+
+/// How many committed releases [`TrustState::ran_releases`] remembers per stream.
+pub const MAX_RAN_RELEASES: usize = 8;
 
 /// What the agent trusts and remembers between runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,10 @@ pub struct TrustState {
     pub last_assignment: Option<String>,
     /// Newest `issued_at` of any accepted document: the clock is never trusted below it.
     pub trusted_time: Option<Timestamp>,
+    /// Envelope SHA-256s of the releases committed on this box, per stream, oldest first
+    /// (at most [`MAX_RAN_RELEASES`]): an explicit rollback may go back to one of them after
+    /// it expired (see [`RanBefore`]).
+    pub ran_releases: BTreeMap<String, Vec<String>>,
 }
 
 /// The serializable form of [`TrustState`]; the root is kept as its envelope and verified
@@ -48,6 +58,8 @@ pub struct PersistedTrust {
     pub last_assignment: Option<String>,
     #[serde(default)]
     pub trusted_time: Option<Timestamp>,
+    #[serde(default)]
+    pub ran_releases: BTreeMap<String, Vec<String>>,
 }
 
 /// An assignment and its release that passed every check: what the agent may act on.
@@ -69,6 +81,7 @@ impl TrustState {
             last_sequence: 0,
             last_assignment: None,
             trusted_time: None,
+            ran_releases: BTreeMap::new(),
         })
     }
 
@@ -80,6 +93,7 @@ impl TrustState {
             last_sequence: saved.last_sequence,
             last_assignment: saved.last_assignment,
             trusted_time: saved.trusted_time,
+            ran_releases: saved.ran_releases,
         })
     }
 
@@ -91,6 +105,7 @@ impl TrustState {
             last_sequence: self.last_sequence,
             last_assignment: self.last_assignment.clone(),
             trusted_time: self.trusted_time,
+            ran_releases: self.ran_releases.clone(),
         }
     }
 
@@ -139,8 +154,14 @@ impl TrustState {
                 now,
             });
         }
-        let (assignment, release) =
-            verify_assigned_release(&self.root, assignment, release, now, Some(site_id))?;
+        let (assignment, release) = verify_assigned_release_ran_before(
+            &self.root,
+            assignment,
+            release,
+            now,
+            Some(site_id),
+            RanBefore::new(&self.ran_releases),
+        )?;
         let seen_before = self.last_assignment.as_deref() == Some(assignment.digest());
         if !seen_before && assignment.sequence <= self.last_sequence {
             return Err(Refusal::Replay {
@@ -211,8 +232,10 @@ impl TrustState {
     /// assignment and never below the floor) brings the mark down to the release now
     /// running, and leaves the floor where it is: so the next upgrade's floor is the release
     /// the site actually ran before it, and no sequence of rollbacks ever goes below a floor.
-    pub fn record_installed(&mut self, release: &Release) {
+    /// The release envelope is remembered as one this site ran ([`TrustState::ran_releases`]).
+    pub fn record_installed(&mut self, release: &Verified<Release>) {
         let stream = release.name.clone();
+        self.remember_ran(&stream, release.digest());
         match self.release_high_water.get(&stream).copied() {
             Some(high_water) if release.counter > high_water => {
                 self.rollback_floor.insert(stream.clone(), high_water);
@@ -225,6 +248,20 @@ impl TrustState {
             None => {
                 self.release_high_water.insert(stream, release.counter);
             }
+        }
+    }
+
+    /// Remembers the release envelope `digest` of `stream` as committed on this box (the
+    /// newest last; the oldest is forgotten past [`MAX_RAN_RELEASES`]). The caller vouches
+    /// that the envelope verified and was committed: [`TrustState::record_installed`] does,
+    /// and an agent whose state predates this record fills it from the releases its
+    /// database shows committed.
+    pub fn remember_ran(&mut self, stream: &str, digest: &str) {
+        let ran = self.ran_releases.entry(stream.to_string()).or_default();
+        ran.retain(|d| d != digest);
+        ran.push(digest.to_string());
+        if ran.len() > MAX_RAN_RELEASES {
+            ran.drain(..ran.len() - MAX_RAN_RELEASES);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! threshold and the payload parsed from the verified bytes. Pure logic: no I/O, and the
 //! current time is always an argument.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use jiff::Timestamp;
@@ -63,6 +63,16 @@ pub enum Refusal {
         now: Timestamp,
     },
     #[error(
+        "rollback to release {id} refused: it expired at {expires} (trusted time is {now}) and \
+         this site never committed it; after its expiry a release can only be gone back to by \
+         a site that ran it before"
+    )]
+    ExpiredRollback {
+        id: String,
+        expires: Timestamp,
+        now: Timestamp,
+    },
+    #[error(
         "root version {version} expired at {expires} (trusted time is {now}); a newer root is needed"
     )]
     RootExpired {
@@ -114,7 +124,7 @@ impl Refusal {
             Refusal::Signature { .. } => "threshold_not_met",
             Refusal::Payload { .. } => "bad_payload",
             Refusal::InvalidRoot { .. } => "invalid_root",
-            Refusal::Expired { .. } => "expired",
+            Refusal::Expired { .. } | Refusal::ExpiredRollback { .. } => "expired",
             Refusal::RootExpired { .. } => "root_expired",
             Refusal::RootVersion { .. } => "root_version",
             Refusal::WrongSite { .. } => "wrong_site",
@@ -340,19 +350,51 @@ pub fn verify_release(
     envelope: &Envelope,
     now: Timestamp,
 ) -> Result<Verified<Release>, Refusal> {
+    verify_release_expiring(root, envelope, now, Expiry::Enforced)
+}
+
+/// How [`verify_release_expiring`] treats a release past its `expires`.
+#[derive(Debug, Clone, Copy)]
+enum Expiry<'a> {
+    /// Refused (`expired`): every new install, every stateless check.
+    Enforced,
+    /// An explicit rollback: accepted when the site committed this very envelope before,
+    /// refused as [`Refusal::ExpiredRollback`] otherwise.
+    Rollback(RanBefore<'a>),
+}
+
+fn verify_release_expiring(
+    root: &Verified<Root>,
+    envelope: &Envelope,
+    now: Timestamp,
+    expiry: Expiry<'_>,
+) -> Result<Verified<Release>, Refusal> {
     let bytes = verify_with_role(DocKind::Release, envelope, root, Role::Release)?;
     let release: Release = parse(DocKind::Release, &bytes)?;
     check_release(&release)?;
+    let digest = envelope.digest();
     if release.expires <= now {
-        return Err(Refusal::Expired {
-            doc: DocKind::Release,
-            id: release.id.clone(),
-            expires: release.expires,
-            now,
-        });
+        match expiry {
+            Expiry::Rollback(ran) if ran.contains(&release.name, &digest) => {}
+            Expiry::Rollback(_) => {
+                return Err(Refusal::ExpiredRollback {
+                    id: release.id.clone(),
+                    expires: release.expires,
+                    now,
+                });
+            }
+            Expiry::Enforced => {
+                return Err(Refusal::Expired {
+                    doc: DocKind::Release,
+                    id: release.id.clone(),
+                    expires: release.expires,
+                    now,
+                });
+            }
+        }
     }
     Ok(Verified {
-        digest: envelope.digest(),
+        digest,
         doc: release,
         envelope: envelope.clone(),
     })
@@ -418,6 +460,38 @@ pub fn verify_assignment(
     })
 }
 
+/// The releases a site committed before, by the SHA-256 of their envelopes, per release
+/// stream: the releases an explicit rollback may go back to after they expired.
+///
+/// Expiry limits *new* installs. Going back to a release this site itself installed,
+/// verified healthy and committed is allowed past that release's `expires` (auto-rollback to
+/// a release signed 90 days ago must work), with every other check kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RanBefore<'a> {
+    by_stream: Option<&'a BTreeMap<String, Vec<String>>>,
+}
+
+impl<'a> RanBefore<'a> {
+    /// No release ran before: every expired release is refused.
+    pub fn none() -> RanBefore<'static> {
+        RanBefore { by_stream: None }
+    }
+
+    /// Envelope SHA-256s of committed releases, per stream (release `name`).
+    pub fn new(by_stream: &'a BTreeMap<String, Vec<String>>) -> RanBefore<'a> {
+        RanBefore {
+            by_stream: Some(by_stream),
+        }
+    }
+
+    /// Whether the release envelope `digest` of `stream` was committed before.
+    pub fn contains(&self, stream: &str, digest: &str) -> bool {
+        self.by_stream
+            .and_then(|m| m.get(stream))
+            .is_some_and(|digests| digests.iter().any(|d| d == digest))
+    }
+}
+
 /// Verifies an assignment and the release it names, as one pair: the assignment against
 /// the coordinator role, then (when `site_id` is given) that it names this site, then the
 /// release against the release role, then that the assignment names exactly this release
@@ -430,6 +504,22 @@ pub fn verify_assigned_release(
     now: Timestamp,
     site_id: Option<&str>,
 ) -> Result<(Verified<Assignment>, Verified<Release>), Refusal> {
+    verify_assigned_release_ran_before(root, assignment, release, now, site_id, RanBefore::none())
+}
+
+/// [`verify_assigned_release`] for a site that remembers what it ran: an explicit rollback
+/// assignment (`rollback = true`) may name a release past its `expires` when `ran_before`
+/// holds that release envelope's SHA-256 for its stream. Every other check is the same,
+/// and the assignment itself must not have expired. An expired release the site never ran
+/// is refused ([`Refusal::ExpiredRollback`], code `expired`).
+pub fn verify_assigned_release_ran_before(
+    root: &Verified<Root>,
+    assignment: &Envelope,
+    release: &Envelope,
+    now: Timestamp,
+    site_id: Option<&str>,
+    ran_before: RanBefore<'_>,
+) -> Result<(Verified<Assignment>, Verified<Release>), Refusal> {
     let assignment = verify_assignment(root, assignment, now)?;
     if let Some(site_id) = site_id
         && assignment.site_id != site_id
@@ -439,7 +529,12 @@ pub fn verify_assigned_release(
             got: assignment.site_id.clone(),
         });
     }
-    let release = verify_release(root, release, now)?;
+    let expiry = if assignment.rollback {
+        Expiry::Rollback(ran_before)
+    } else {
+        Expiry::Enforced
+    };
+    let release = verify_release_expiring(root, release, now, expiry)?;
     if release.digest() != assignment.release_sha256 {
         return Err(Refusal::ReleaseMismatch {
             expected: assignment.release_sha256.clone(),

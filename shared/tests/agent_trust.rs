@@ -410,3 +410,234 @@ fn persisted_state_restores_to_the_same_decisions() {
         "threshold_not_met"
     );
 }
+
+// ---- rollback to a release past its expiry ------------------------------------------------
+//
+// Expiry limits new installs. Going back (an explicit rollback assignment) to a release this
+// site itself committed before is allowed after that release expired; nothing else changes.
+
+/// Release `pos` counter `counter`, issued 2026-01-01, expiring 2026-04-01: valid when the
+/// site installed it in March, expired at `now()` (2026-06-01).
+fn expiring_release(fleet: &Fleet, counter: u64) -> Envelope {
+    let doc = release_doc(
+        "pos",
+        counter,
+        "2026-01-01T00:00:00Z",
+        "2026-04-01T00:00:00Z",
+    );
+    sign_release(&doc, &[&fleet.release_key])
+}
+
+/// Installs `release` on 2026-03-15, while it is still valid.
+fn install_in_march(fleet: &Fleet, state: &mut TrustState, release: &Envelope, sequence: u64) {
+    let doc = assignment_doc(
+        SITE,
+        release,
+        sequence,
+        "2026-03-01T00:00:00Z",
+        "2026-09-01T00:00:00Z",
+    );
+    let accepted = state
+        .evaluate(
+            SITE,
+            &fleet.sign_assignment(&doc),
+            release,
+            ts("2026-03-15T00:00:00Z"),
+            AGENT,
+        )
+        .unwrap();
+    state.accept(&accepted);
+    state.record_installed(&accepted.release);
+}
+
+#[test]
+fn rollback_to_an_expired_release_this_site_ran_is_allowed() {
+    let fleet = Fleet::new();
+    let mut state = state(&fleet);
+    let r1 = expiring_release(&fleet, 1);
+    install_in_march(&fleet, &mut state, &r1, 1);
+    let r2 = fleet.release(2);
+    install(&mut state, &fleet.assign(SITE, &r2, 2), &r2);
+    assert_eq!(state.ran_releases["pos"], vec![r1.digest(), r2.digest()]);
+
+    let rollback = fleet.rollback(SITE, &r1, 3);
+    let accepted = install(&mut state, &rollback, &r1);
+    assert_eq!(accepted.release.counter, 1);
+    assert!(accepted.release.expires <= now(), "the release has expired");
+    assert_eq!(state.release_high_water["pos"], 1);
+    // The same rollback assignment polled again is still fine.
+    assert!(
+        state
+            .evaluate(SITE, &rollback, &r1, now(), AGENT)
+            .is_ok_and(|a| !a.is_new)
+    );
+}
+
+#[test]
+fn rollback_to_an_expired_release_this_site_never_ran_is_refused() {
+    let fleet = Fleet::new();
+    let expired = expiring_release(&fleet, 1);
+    // A site that ran releases 1 and 2 of the stream, but another envelope of counter 1:
+    // what it ran is decided by the envelope's SHA-256, not by the counter or the id.
+    let mut state = state(&fleet);
+    let (r1, r2) = (fleet.release(1), fleet.release(2));
+    install(&mut state, &fleet.assign(SITE, &r1, 1), &r1);
+    install(&mut state, &fleet.assign(SITE, &r2, 2), &r2);
+    let refusal = state
+        .evaluate(
+            SITE,
+            &fleet.rollback(SITE, &expired, 3),
+            &expired,
+            now(),
+            AGENT,
+        )
+        .unwrap_err();
+    assert_eq!(
+        refusal,
+        Refusal::ExpiredRollback {
+            id: "pos-1.1.0".into(),
+            expires: ts("2026-04-01T00:00:00Z"),
+            now: now(),
+        }
+    );
+    assert_eq!(refusal.code(), "expired");
+    assert!(refusal.to_string().contains("never committed"), "{refusal}");
+
+    // A site that ran nothing of the stream.
+    let refusal = TrustState::from_anchor(&fleet.root_envelope)
+        .unwrap()
+        .evaluate(
+            SITE,
+            &fleet.rollback(SITE, &expired, 1),
+            &expired,
+            now(),
+            AGENT,
+        )
+        .unwrap_err();
+    assert_eq!(refusal.code(), "expired");
+
+    // Another site's record does not count: `ran_releases` of this box decides.
+    let mut other = TrustState::from_anchor(&fleet.root_envelope).unwrap();
+    install_in_march(&fleet, &mut other, &expired, 1);
+    assert!(other.ran_releases["pos"].contains(&expired.digest()));
+    assert!(!state.ran_releases["pos"].contains(&expired.digest()));
+}
+
+#[test]
+fn an_expired_release_that_ran_before_is_refused_without_a_rollback_assignment() {
+    let fleet = Fleet::new();
+    let mut state = state(&fleet);
+    let r1 = expiring_release(&fleet, 1);
+    install_in_march(&fleet, &mut state, &r1, 1);
+    let r2 = fleet.release(2);
+    install(&mut state, &fleet.assign(SITE, &r2, 2), &r2);
+    // An ordinary assignment is a new install: expiry applies (and the counter rule too,
+    // but expiry is checked first).
+    let refusal = state
+        .evaluate(SITE, &fleet.assign(SITE, &r1, 3), &r1, now(), AGENT)
+        .unwrap_err();
+    assert!(
+        matches!(
+            refusal,
+            Refusal::Expired {
+                doc: DocKind::Release,
+                ..
+            }
+        ),
+        "{refusal:?}"
+    );
+    // The stateless check (as the CLI and the coordinator make it) never allows it.
+    let rollback = fleet.rollback(SITE, &r1, 3);
+    assert_eq!(
+        fleetwave_shared::verify::verify_assigned_release(
+            state.root(),
+            &rollback,
+            &r1,
+            now(),
+            Some(SITE)
+        )
+        .unwrap_err()
+        .code(),
+        "expired"
+    );
+}
+
+#[test]
+fn rollback_to_an_expired_release_keeps_every_other_check() {
+    let fleet = Fleet::new();
+    let mut state = state(&fleet);
+    let r1 = expiring_release(&fleet, 1);
+    install_in_march(&fleet, &mut state, &r1, 1);
+    let r2 = fleet.release(2);
+    install(&mut state, &fleet.assign(SITE, &r2, 2), &r2);
+    fn code(state: &TrustState, assignment: &Envelope, release: &Envelope) -> &'static str {
+        state
+            .evaluate(SITE, assignment, release, now(), AGENT)
+            .map(|_| ())
+            .unwrap_err()
+            .code()
+    }
+
+    // The assignment itself must not have expired.
+    let mut doc = assignment_doc(SITE, &r1, 3, "2026-05-01T00:00:00Z", "2026-05-15T00:00:00Z");
+    doc.rollback = true;
+    assert_eq!(code(&state, &fleet.sign_assignment(&doc), &r1), "expired");
+    // For this site.
+    assert_eq!(
+        code(&state, &fleet.rollback("store-0043", &r1, 3), &r1),
+        "wrong_site"
+    );
+    // Naming this release envelope by its SHA-256.
+    assert_eq!(
+        code(&state, &fleet.rollback(SITE, &r2, 3), &r1),
+        "release_mismatch"
+    );
+    // Signed by the coordinator role.
+    let mut doc = assignment_doc(SITE, &r1, 3, "2026-05-01T00:00:00Z", "2026-09-01T00:00:00Z");
+    doc.rollback = true;
+    let forged = common::sign_assignment(&doc, &[&fleet.release_key]);
+    assert_eq!(code(&state, &forged, &r1), "threshold_not_met");
+    // The release still signed by the release role: a tampered copy is another envelope.
+    let mut tampered = r1.clone();
+    tampered.signatures[0].keyid = common::keyid(&key(12));
+    assert_eq!(
+        code(&state, &fleet.rollback(SITE, &tampered, 3), &tampered),
+        "threshold_not_met"
+    );
+    // A fresh sequence.
+    assert_eq!(code(&state, &fleet.rollback(SITE, &r1, 2), &r1), "replay");
+
+    // And never below the floor: after 1, 2, 3 the floor is 2.
+    let r3 = fleet.release(3);
+    install(&mut state, &fleet.assign(SITE, &r3, 3), &r3);
+    assert!(state.ran_releases["pos"].contains(&r1.digest()));
+    assert_eq!(
+        code(&state, &fleet.rollback(SITE, &r1, 4), &r1),
+        "rollback_too_far"
+    );
+}
+
+#[test]
+fn the_record_of_what_ran_is_bounded_and_survives_a_restart() {
+    let fleet = Fleet::new();
+    let mut state = state(&fleet);
+    let releases: Vec<Envelope> = (1..=10).map(|c| fleet.release(c)).collect();
+    for (i, r) in releases.iter().enumerate() {
+        install(&mut state, &fleet.assign(SITE, r, i as u64 + 1), r);
+    }
+    let expected: Vec<String> = releases[2..].iter().map(|r| r.digest()).collect();
+    assert_eq!(
+        state.ran_releases["pos"], expected,
+        "the last 8, oldest first"
+    );
+
+    let json = serde_json::to_string(&state.persisted()).unwrap();
+    let restored =
+        TrustState::restore(serde_json::from_str::<PersistedTrust>(&json).unwrap()).unwrap();
+    assert_eq!(restored.ran_releases, state.ran_releases);
+    // A state saved before the record existed restores with an empty one.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("ran_releases");
+    let restored = TrustState::restore(serde_json::from_value(old).unwrap()).unwrap();
+    assert!(restored.ran_releases.is_empty());
+}

@@ -85,6 +85,13 @@ fn generate() -> Vec<(&'static str, Envelope)> {
         "2026-04-15T00:00:00Z",
     ));
 
+    // Valid in March (when a site installed it), expired at `AT`; and the rollback to it.
+    let pos1_expired = sign_release(
+        &release_doc("pos", 1, "2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z"),
+        &[&fleet.release_key],
+    );
+    let rollback_to_expired = fleet.rollback(SITE, &pos1_expired, 3);
+
     vec![
         ("root-v1.json", fleet.root_envelope.clone()),
         ("root-v2.json", root_v2),
@@ -101,6 +108,11 @@ fn generate() -> Vec<(&'static str, Envelope)> {
         ("assignment-other-site.json", other_site),
         ("assignment-other-release.json", other_release),
         ("assignment-expired.json", expired_assignment),
+        ("release-pos-1-expired-in-april.json", pos1_expired),
+        (
+            "assignment-store-0042-rollback-to-pos-1-expired.json",
+            rollback_to_expired,
+        ),
     ]
 }
 
@@ -231,4 +243,70 @@ fn assignment_fixtures_have_their_documented_outcome() {
         )
         .unwrap();
     assert_eq!(accepted.release.id, "pos-1.2.0");
+}
+
+#[test]
+fn rollback_to_an_expired_release_needs_a_site_that_ran_it() {
+    let root = anchor();
+    let at = ts(AT);
+    let fleet = Fleet::new();
+    let expired = load("release-pos-1-expired-in-april.json");
+    let rollback = load("assignment-store-0042-rollback-to-pos-1-expired.json");
+    assert_eq!(code(verify_release(&root, &expired, at)), "expired");
+    // Stateless (the CLI's `verify`, the coordinator): an expired release is expired.
+    assert_eq!(
+        code(verify_assigned_release(
+            &root,
+            &rollback,
+            &expired,
+            at,
+            Some(SITE)
+        )),
+        "expired"
+    );
+
+    // A site that installed it in March (when it was valid), then pos-2: it may go back.
+    let march = ts("2026-03-15T00:00:00Z");
+    let pos2 = load("release-pos-2.json");
+    let mut ran_it = TrustState::from_anchor(&load("root-v1.json")).unwrap();
+    let first = fleet.sign_assignment(&common::assignment_doc(
+        SITE,
+        &expired,
+        1,
+        "2026-03-01T00:00:00Z",
+        "2026-09-01T00:00:00Z",
+    ));
+    for (assignment, release, clock) in [
+        (&first, &expired, march),
+        (&load("assignment-store-0042-pos-2.json"), &pos2, at),
+    ] {
+        let accepted = ran_it
+            .evaluate(SITE, assignment, release, clock, "0.1.0")
+            .unwrap();
+        ran_it.accept(&accepted);
+        ran_it.record_installed(&accepted.release);
+    }
+    assert_eq!(
+        code(ran_it.evaluate(SITE, &rollback, &expired, at, "0.1.0")),
+        "ok"
+    );
+
+    // A site that ran another envelope of counter 1 (release-pos-1.json), then pos-2: it
+    // never ran this one, so its expiry stands.
+    let pos1 = load("release-pos-1.json");
+    let mut ran_other = TrustState::from_anchor(&load("root-v1.json")).unwrap();
+    for (assignment, release) in [
+        (fleet.assign(SITE, &pos1, 1), &pos1),
+        (load("assignment-store-0042-pos-2.json"), &pos2),
+    ] {
+        let accepted = ran_other
+            .evaluate(SITE, &assignment, release, at, "0.1.0")
+            .unwrap();
+        ran_other.accept(&accepted);
+        ran_other.record_installed(&accepted.release);
+    }
+    assert_eq!(
+        code(ran_other.evaluate(SITE, &rollback, &expired, at, "0.1.0")),
+        "expired"
+    );
 }

@@ -282,7 +282,15 @@ impl Fleet {
             site.app_pid_file.display().to_string(),
             "--log".into(),
             site.dirs.root.join("demo-app.log").display().to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(
+            site.spec
+                .label_pairs()
+                .into_iter()
+                .flat_map(|l| ["--label".to_string(), l]),
+        )
+        .collect::<Vec<String>>();
         let stop = [
             demo_app.display().to_string(),
             "stop".into(),

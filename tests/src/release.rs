@@ -23,8 +23,15 @@ pub struct DemoRelease {
     pub counter: u64,
     /// Whether this version answers its health check with 200.
     pub healthy: bool,
-    /// How long the signed release stays valid, e.g. `1d`.
+    /// How long the signed release stays valid, e.g. `1d` (unless `expires` is set).
     pub expires_in: String,
+    /// When the release was signed (`issued_at`, RFC 3339); default: when it is signed.
+    pub issued_at: Option<String>,
+    /// The expiry as a time (RFC 3339); replaces `expires_in`.
+    pub expires: Option<String>,
+    /// Site labels (`label = value`) on which this otherwise healthy version fails its
+    /// health check: every pair must match the site's labels.
+    pub unhealthy_on: BTreeMap<String, String>,
     /// Extra `install` parameters (e.g. `verify_period_secs`).
     pub install: BTreeMap<String, serde_json::Value>,
     /// Incompressible filler added to the artifact (`padding.bin`), to make a download
@@ -41,6 +48,9 @@ impl DemoRelease {
             counter,
             healthy: true,
             expires_in: "1d".to_string(),
+            issued_at: None,
+            expires: None,
+            unhealthy_on: BTreeMap::new(),
             install: BTreeMap::new(),
             padding: 0,
         }
@@ -54,6 +64,25 @@ impl DemoRelease {
         }
     }
 
+    /// A release that is healthy except on sites labelled `label = value`.
+    pub fn unhealthy_on(mut self, label: &str, value: &str) -> DemoRelease {
+        self.unhealthy_on
+            .insert(label.to_string(), value.to_string());
+        self
+    }
+
+    /// Signed as issued at `issued_at` (RFC 3339) rather than when it is signed.
+    pub fn issued_at(mut self, issued_at: &str) -> DemoRelease {
+        self.issued_at = Some(issued_at.to_string());
+        self
+    }
+
+    /// Expires at `expires` (RFC 3339) rather than `expires_in` after it was issued.
+    pub fn expires(mut self, expires: &str) -> DemoRelease {
+        self.expires = Some(expires.to_string());
+        self
+    }
+
     pub fn install_param(mut self, key: &str, value: serde_json::Value) -> DemoRelease {
         self.install.insert(key.to_string(), value);
         self
@@ -61,11 +90,19 @@ impl DemoRelease {
 
     /// The `app.toml` the demo app reads.
     pub fn app_toml(&self) -> String {
-        format!(
+        let q = |s: &str| serde_json::to_string(s).expect("string");
+        let mut out = format!(
             "version = {}\nhealthy = {}\n",
-            serde_json::to_string(&self.version).expect("string"),
+            q(&self.version),
             self.healthy
-        )
+        );
+        if !self.unhealthy_on.is_empty() {
+            out.push_str("\n[unhealthy_on]\n");
+            for (label, value) in &self.unhealthy_on {
+                let _ = writeln!(out, "{} = {}", q(label), q(value));
+            }
+        }
+        out
     }
 
     /// Writes `<dir>/<id>.tar.gz` holding `app.toml`; returns its path.
@@ -116,7 +153,17 @@ impl DemoRelease {
         let _ = writeln!(out, "version = {}", q(&self.version));
         let _ = writeln!(out, "kind = \"app\"");
         let _ = writeln!(out, "counter = {}", self.counter);
-        let _ = writeln!(out, "expires_in = {}", q(&self.expires_in));
+        if let Some(issued_at) = &self.issued_at {
+            let _ = writeln!(out, "issued_at = {}", q(issued_at));
+        }
+        match &self.expires {
+            Some(expires) => {
+                let _ = writeln!(out, "expires = {}", q(expires));
+            }
+            None => {
+                let _ = writeln!(out, "expires_in = {}", q(&self.expires_in));
+            }
+        }
         let _ = writeln!(out, "\n[install]\nformat = \"tar.gz\"");
         for (k, v) in &self.install {
             let _ = writeln!(out, "{} = {}", q(k), toml_value(v));
@@ -157,6 +204,22 @@ mod tests {
         assert_eq!(value["version"].as_str(), Some("2.0.0"));
         assert_eq!(value["healthy"].as_bool(), Some(false));
         assert!(entries.next().is_none());
+    }
+
+    #[test]
+    fn a_release_can_fail_on_some_labels_and_carry_its_own_times() {
+        let release = DemoRelease::good("2.0.0", 2)
+            .unhealthy_on("hardware", "gen2")
+            .issued_at("2030-01-01T00:00:00Z")
+            .expires("2030-01-02T00:00:00Z");
+        let app: toml::Value = toml::from_str(&release.app_toml()).unwrap();
+        assert_eq!(app["healthy"].as_bool(), Some(true));
+        assert_eq!(app["unhealthy_on"]["hardware"].as_str(), Some("gen2"));
+        let manifest: toml::Value =
+            toml::from_str(&release.manifest_toml(Path::new("/tmp/x.tar.gz"))).unwrap();
+        assert_eq!(manifest["issued_at"].as_str(), Some("2030-01-01T00:00:00Z"));
+        assert_eq!(manifest["expires"].as_str(), Some("2030-01-02T00:00:00Z"));
+        assert!(manifest.get("expires_in").is_none());
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! and in `fleetwave demo`.
 //!
 //! ```text
-//! fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F]
-//! fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F]
+//! fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F] [--label K=V]...
+//! fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F] [--label K=V]...
 //! fleetwave-demo-app stop --pid-file F
 //! ```
 //!
 //! `serve` reads `APP_DIR/app.toml` (or `app.json`) with `version` (string) and `healthy`
 //! (bool) once at start and answers `GET /healthz` (200 `ok` or 500 `unhealthy`) and
-//! `GET /version` (the version). `restart` stops the process named in the pid file (SIGTERM,
+//! `GET /version` (the version). An optional `unhealthy_on` table (label → value) makes a
+//! version that is otherwise healthy unhealthy on a site whose `--label`s include every
+//! pair of it: a release that only breaks on some sites (one hardware, one store format). `restart` stops the process named in the pid file (SIGTERM,
 //! then SIGKILL), starts `serve` detached with the same arguments, and returns once the new
 //! process answers `/version`: usable as an `app` release's `restart_command`. `stop` only
 //! stops. Standard library only (plus libc for signals); never serves anything but those
@@ -28,11 +30,13 @@ struct Args {
     listen: Option<String>,
     pid_file: Option<PathBuf>,
     log: Option<PathBuf>,
+    /// The site's labels, `K=V`.
+    labels: Vec<String>,
 }
 
 const USAGE: &str = "usage:
-  fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F]
-  fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F]
+  fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F] [--label K=V]...
+  fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F] [--label K=V]...
   fleetwave-demo-app stop --pid-file F";
 
 fn parse_args() -> Result<Args, String> {
@@ -53,6 +57,13 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => args.listen = Some(value()?),
             "--pid-file" => args.pid_file = Some(PathBuf::from(value()?)),
             "--log" => args.log = Some(PathBuf::from(value()?)),
+            "--label" => {
+                let label = value()?;
+                if !label.contains('=') {
+                    return Err(format!("--label {label:?} must be KEY=VALUE"));
+                }
+                args.labels.push(label);
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -93,6 +104,17 @@ fn main() -> ExitCode {
 struct AppFile {
     version: String,
     healthy: bool,
+    /// Labels (`K=V`) that, all present on the site, make this version unhealthy.
+    unhealthy_on: Vec<String>,
+}
+
+impl AppFile {
+    /// Whether this version is healthy on a site with `labels`.
+    fn healthy_on(&self, labels: &[String]) -> bool {
+        self.healthy
+            && (self.unhealthy_on.is_empty()
+                || !self.unhealthy_on.iter().all(|pair| labels.contains(pair)))
+    }
 }
 
 fn read_app_file(dir: &Path) -> Result<AppFile, String> {
@@ -121,13 +143,30 @@ fn read_app_file(dir: &Path) -> Result<AppFile, String> {
     let healthy = value["healthy"]
         .as_bool()
         .ok_or("app file: `healthy` (true or false) is missing")?;
-    Ok(AppFile { version, healthy })
+    let unhealthy_on = match &value["unhealthy_on"] {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::Object(pairs) => pairs
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|v| format!("{k}={v}"))
+                    .ok_or("app file: `unhealthy_on` values must be strings")
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("app file: `unhealthy_on` must be a table of label = value".into()),
+    };
+    Ok(AppFile {
+        version,
+        healthy,
+        unhealthy_on,
+    })
 }
 
 fn serve(args: &Args) -> Result<(), String> {
     let dir = args.dir.as_ref().ok_or("serve needs --dir")?;
     let listen = args.listen.as_ref().ok_or("serve needs --listen")?;
-    let app = read_app_file(dir)?;
+    let mut app = read_app_file(dir)?;
+    app.healthy = app.healthy_on(&args.labels);
     let listener =
         TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     if let Some(pf) = &args.pid_file {
@@ -271,6 +310,7 @@ fn restart(args: &Args) -> Result<(), String> {
         .arg(listen)
         .arg("--pid-file")
         .arg(pid_file)
+        .args(args.labels.iter().flat_map(|l| ["--label", l.as_str()]))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
