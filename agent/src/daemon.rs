@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use crate::client::{self, ClientError, PollAnswer, Session};
 use crate::config::Config;
 use crate::decision::{self, Facts, Readiness};
-use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome};
+use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome, RetryPolicy};
 use crate::readiness::{DiskNeed, Health, HealthSample};
 use crate::state::journal::{self, JournalEntry, NewInstall, Outcome, Recovery, Step, StepState};
 use crate::state::{StateError, Store};
@@ -881,6 +881,66 @@ impl Daemon {
         Ok(())
     }
 
+    /// Runs one executor step (`run`) and runs it again while it asks to be retried later
+    /// (an operator script's exit code 21): at most `policy.max_retries` more times,
+    /// waiting the policy's back-off before each retry. Each retry is logged, shown in the
+    /// systemd status and reported as `phase` with the reason and the wait; the journal
+    /// stays at the step's `started`, so a restart meanwhile simply runs the step again.
+    /// Once the retries are used up, the step's last `retry_later` error says so and the
+    /// caller handles it as any failure of that step.
+    async fn retrying_later<T, F, Fut>(
+        &self,
+        entry: &JournalEntry,
+        phase: Phase,
+        policy: RetryPolicy,
+        mut run: F,
+    ) -> Result<Result<T, ExecError>, DaemonError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ExecError>>,
+    {
+        let mut retries = 0u32;
+        loop {
+            match run().await {
+                Err(e @ ExecError::RetryLater { .. }) if retries < policy.max_retries => {
+                    retries += 1;
+                    let wait = policy.delay_before(retries);
+                    let detail = format!(
+                        "{}: {e}; retry {retries} of {} in {} s",
+                        e.code(),
+                        policy.max_retries,
+                        wait.as_secs()
+                    );
+                    tracing::warn!(
+                        retry = retries,
+                        max_retries = policy.max_retries,
+                        retry_in_secs = wait.as_secs_f64(),
+                        "step asked to be retried later: {e}"
+                    );
+                    status(&format!("retrying later: {detail}"));
+                    self.ctx.phase(
+                        Some(&entry.rollout_id),
+                        &entry.release_id,
+                        phase,
+                        Some(detail),
+                    )?;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(ExecError::RetryLater { step, message }) => {
+                    let tries = retries + 1;
+                    return Ok(Err(ExecError::RetryLater {
+                        step,
+                        message: format!(
+                            "{message} (run {tries} time{}, no retry left)",
+                            if tries == 1 { "" } else { "s" }
+                        ),
+                    }));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Runs the executor steps from `from` to commit, rolling back on failure.
     async fn run_steps(&mut self, entry: &JournalEntry, from: Step) -> Result<Next, DaemonError> {
         let accepted = self.ctx.evaluate(&entry.assignment, &entry.release);
@@ -927,7 +987,12 @@ impl Daemon {
                 base_url: &self.ctx.config.coordinator.url,
                 bearer_token: bearer.as_deref(),
             };
-            if let Err(e) = executor.prepare(&source).await {
+            let prepared = self
+                .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {
+                    executor.prepare(&source)
+                })
+                .await?;
+            if let Err(e) = prepared {
                 if e.is_retryable() {
                     // The journal stays at `prepare`: a later round resumes it (renewing
                     // the lease first; see `recover`) once the back-off has run.
@@ -952,7 +1017,12 @@ impl Daemon {
             self.step(entry, Step::Install, StepState::Started).await?;
             self.ctx
                 .phase(Some(rid), &entry.release_id, Phase::Installing, None)?;
-            match executor.install().await {
+            let installed = self
+                .retrying_later(entry, Phase::Installing, executor.retry_policy(), || {
+                    executor.install()
+                })
+                .await?;
+            match installed {
                 Ok(InstallOutcome::Done) => {}
                 Ok(InstallOutcome::RestartAgent) => {
                     self.step(entry, Step::Install, StepState::Done).await?;
@@ -975,20 +1045,23 @@ impl Daemon {
             self.ctx
                 .phase(Some(rid), &entry.release_id, Phase::Verifying, None)?;
             self.deliver_reports().await;
-            let store = self.ctx.store.clone();
+            let store = &self.ctx.store;
             let max = self.ctx.config.outbox.max_events;
-            let result = executor
-                .verify(&self.health, move |s: &HealthSample| {
-                    let _ = store.outbox_push(
-                        EventBody::Health {
-                            healthy: s.healthy(),
-                            summary: s.summary(),
-                        },
-                        Timestamp::now(),
-                        max,
-                    );
+            let health = &self.health;
+            let result = self
+                .retrying_later(entry, Phase::Verifying, executor.retry_policy(), || {
+                    executor.verify(health, move |s: &HealthSample| {
+                        let _ = store.outbox_push(
+                            EventBody::Health {
+                                healthy: s.healthy(),
+                                summary: s.summary(),
+                            },
+                            Timestamp::now(),
+                            max,
+                        );
+                    })
                 })
-                .await;
+                .await?;
             if let Err(e) = result {
                 return self.fail_and_roll_back(entry, &e).await;
             }
