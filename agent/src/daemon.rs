@@ -295,23 +295,6 @@ impl DownloadPacer {
     }
 }
 
-/// Test-only: `FLEETWAVE_TEST_PAUSE_AT=<step>` (debug builds only) makes the daemon stop
-/// right after recording that step as started, so a test can kill it there.
-#[cfg(debug_assertions)]
-async fn test_pause(step: Step) {
-    if std::env::var("FLEETWAVE_TEST_PAUSE_AT").ok().as_deref() == Some(step.as_str()) {
-        tracing::warn!(
-            step = step.as_str(),
-            "FLEETWAVE_TEST_PAUSE_AT: pausing (test builds only)"
-        );
-        eprintln!("fleetwave-agent: paused at step {}", step.as_str());
-        std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(not(debug_assertions))]
-async fn test_pause(_step: Step) {}
-
 /// How the main loop goes on after an install attempt.
 enum Next {
     /// Nothing more to do now.
@@ -361,6 +344,7 @@ impl Daemon {
     /// Runs until SIGTERM or SIGINT.
     pub async fn run(mut self) -> Result<(), DaemonError> {
         tracing::info!(site = %self.ctx.site_id, version = AGENT_VERSION, "fleetwave-agent starting");
+        crate::test_hooks::announce();
         if let Next::Exit = self.recover().await? {
             return Ok(());
         }
@@ -876,7 +860,7 @@ impl Daemon {
             .store
             .journal_step(entry.id, step, state, Timestamp::now())?;
         if state == StepState::Started {
-            test_pause(step).await;
+            crate::test_hooks::pause(step.as_str()).await;
         }
         Ok(())
     }
