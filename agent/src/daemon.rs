@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use crate::client::{self, ClientError, PollAnswer, Session};
 use crate::config::Config;
 use crate::decision::{self, Facts, Readiness};
-use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome};
+use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome, RetryPolicy};
 use crate::readiness::{DiskNeed, Health, HealthSample};
 use crate::state::journal::{self, JournalEntry, NewInstall, Outcome, Recovery, Step, StepState};
 use crate::state::{StateError, Store};
@@ -307,23 +307,6 @@ impl DownloadPacer {
     }
 }
 
-/// Test-only: `FLEETWAVE_TEST_PAUSE_AT=<step>` (debug builds only) makes the daemon stop
-/// right after recording that step as started, so a test can kill it there.
-#[cfg(debug_assertions)]
-async fn test_pause(step: Step) {
-    if std::env::var("FLEETWAVE_TEST_PAUSE_AT").ok().as_deref() == Some(step.as_str()) {
-        tracing::warn!(
-            step = step.as_str(),
-            "FLEETWAVE_TEST_PAUSE_AT: pausing (test builds only)"
-        );
-        eprintln!("fleetwave-agent: paused at step {}", step.as_str());
-        std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(not(debug_assertions))]
-async fn test_pause(_step: Step) {}
-
 /// How the main loop goes on after an install attempt.
 enum Next {
     /// Nothing more to do now.
@@ -373,6 +356,7 @@ impl Daemon {
     /// Runs until SIGTERM or SIGINT.
     pub async fn run(mut self) -> Result<(), DaemonError> {
         tracing::info!(site = %self.ctx.site_id, version = AGENT_VERSION, "fleetwave-agent starting");
+        crate::test_hooks::announce();
         if let Next::Exit = self.recover().await? {
             return Ok(());
         }
@@ -888,9 +872,69 @@ impl Daemon {
             .store
             .journal_step(entry.id, step, state, Timestamp::now())?;
         if state == StepState::Started {
-            test_pause(step).await;
+            crate::test_hooks::pause(step.as_str()).await;
         }
         Ok(())
+    }
+
+    /// Runs one executor step (`run`) and runs it again while it asks to be retried later
+    /// (an operator script's exit code 21): at most `policy.max_retries` more times,
+    /// waiting the policy's back-off before each retry. Each retry is logged, shown in the
+    /// systemd status and reported as `phase` with the reason and the wait; the journal
+    /// stays at the step's `started`, so a restart meanwhile simply runs the step again.
+    /// Once the retries are used up, the step's last `retry_later` error says so and the
+    /// caller handles it as any failure of that step.
+    async fn retrying_later<T, F, Fut>(
+        &self,
+        entry: &JournalEntry,
+        phase: Phase,
+        policy: RetryPolicy,
+        mut run: F,
+    ) -> Result<Result<T, ExecError>, DaemonError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ExecError>>,
+    {
+        let mut retries = 0u32;
+        loop {
+            match run().await {
+                Err(e @ ExecError::RetryLater { .. }) if retries < policy.max_retries => {
+                    retries += 1;
+                    let wait = policy.delay_before(retries);
+                    let detail = format!(
+                        "{}: {e}; retry {retries} of {} in {} s",
+                        e.code(),
+                        policy.max_retries,
+                        wait.as_secs()
+                    );
+                    tracing::warn!(
+                        retry = retries,
+                        max_retries = policy.max_retries,
+                        retry_in_secs = wait.as_secs_f64(),
+                        "step asked to be retried later: {e}"
+                    );
+                    status(&format!("retrying later: {detail}"));
+                    self.ctx.phase(
+                        Some(&entry.rollout_id),
+                        &entry.release_id,
+                        phase,
+                        Some(detail),
+                    )?;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(ExecError::RetryLater { step, message }) => {
+                    let tries = retries + 1;
+                    return Ok(Err(ExecError::RetryLater {
+                        step,
+                        message: format!(
+                            "{message} (run {tries} time{}, no retry left)",
+                            if tries == 1 { "" } else { "s" }
+                        ),
+                    }));
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     /// Runs the executor steps from `from` to commit, rolling back on failure.
@@ -939,7 +983,12 @@ impl Daemon {
                 base_url: &self.ctx.config.coordinator.url,
                 bearer_token: bearer.as_deref(),
             };
-            if let Err(e) = executor.prepare(&source).await {
+            let prepared = self
+                .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {
+                    executor.prepare(&source)
+                })
+                .await?;
+            if let Err(e) = prepared {
                 if e.is_retryable() {
                     // The journal stays at `prepare`: a later round resumes it (renewing
                     // the lease first; see `recover`) once the back-off has run.
@@ -964,7 +1013,12 @@ impl Daemon {
             self.step(entry, Step::Install, StepState::Started).await?;
             self.ctx
                 .phase(Some(rid), &entry.release_id, Phase::Installing, None)?;
-            match executor.install().await {
+            let installed = self
+                .retrying_later(entry, Phase::Installing, executor.retry_policy(), || {
+                    executor.install()
+                })
+                .await?;
+            match installed {
                 Ok(InstallOutcome::Done) => {}
                 Ok(InstallOutcome::RestartAgent) => {
                     self.step(entry, Step::Install, StepState::Done).await?;
@@ -987,20 +1041,23 @@ impl Daemon {
             self.ctx
                 .phase(Some(rid), &entry.release_id, Phase::Verifying, None)?;
             self.deliver_reports().await;
-            let store = self.ctx.store.clone();
+            let store = &self.ctx.store;
             let max = self.ctx.config.outbox.max_events;
-            let result = executor
-                .verify(&self.health, move |s: &HealthSample| {
-                    let _ = store.outbox_push(
-                        EventBody::Health {
-                            healthy: s.healthy(),
-                            summary: s.summary(),
-                        },
-                        Timestamp::now(),
-                        max,
-                    );
+            let health = &self.health;
+            let result = self
+                .retrying_later(entry, Phase::Verifying, executor.retry_policy(), || {
+                    executor.verify(health, move |s: &HealthSample| {
+                        let _ = store.outbox_push(
+                            EventBody::Health {
+                                healthy: s.healthy(),
+                                summary: s.summary(),
+                            },
+                            Timestamp::now(),
+                            max,
+                        );
+                    })
                 })
-                .await;
+                .await?;
             if let Err(e) = result {
                 return self.fail_and_roll_back(entry, &e).await;
             }

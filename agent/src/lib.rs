@@ -13,3 +13,4 @@ pub mod decision;
 pub mod executor;
 pub mod readiness;
 pub mod state;
+pub mod test_hooks;

@@ -3,8 +3,9 @@
 //! queued while the coordinator is down delivered exactly once when it returns, and
 //! `install.install_offline`: whether a leased install resumes while the coordinator is down.
 //!
-//! The kill points use `FLEETWAVE_TEST_PAUSE_AT=<step>` (compiled into debug builds only),
-//! which makes the agent stop right after it journalled the step as started.
+//! The kill points use the agent's test hooks (`FLEETWAVE_TEST_HOOKS=1` with
+//! `FLEETWAVE_TEST_PAUSE_AT=<step>`), which make the agent stop right after it journalled
+//! the step as started.
 //! Needs `fleetwave-demo-app` built: `cargo build -p fleetwave-e2e --bin fleetwave-demo-app`.
 
 mod common;
@@ -35,7 +36,10 @@ async fn kill_during_install_then_recover(step: &str) {
     let coordinator = Coordinator::start().await;
     let site = Site::new(&format!("kill-{step}"), &coordinator);
     site.enroll(&coordinator).await;
-    let mut agent = site.run(&[("FLEETWAVE_TEST_PAUSE_AT", step)]);
+    let mut agent = site.run(&[
+        ("FLEETWAVE_TEST_HOOKS", "1"),
+        ("FLEETWAVE_TEST_PAUSE_AT", step),
+    ]);
     coordinator
         .publish_demo("1.0.0", 1, true, false, &site)
         .await;
@@ -86,7 +90,10 @@ async fn kill_9_during_rollback_finishes_the_rollback() {
     let coordinator = Coordinator::start().await;
     let site = Site::new("kill-rollback", &coordinator);
     site.enroll(&coordinator).await;
-    let mut agent = site.run(&[("FLEETWAVE_TEST_PAUSE_AT", "rollback")]);
+    let mut agent = site.run(&[
+        ("FLEETWAVE_TEST_HOOKS", "1"),
+        ("FLEETWAVE_TEST_PAUSE_AT", "rollback"),
+    ]);
     coordinator
         .publish_demo("1.0.0", 1, true, false, &site)
         .await;
@@ -201,7 +208,10 @@ async fn leased_install_interrupted_then_coordinator_down(
     let site = Site::new(name, &coordinator);
     set_install_offline(&site, install_offline);
     site.enroll(&coordinator).await;
-    let mut agent = site.run(&[("FLEETWAVE_TEST_PAUSE_AT", "prepare")]);
+    let mut agent = site.run(&[
+        ("FLEETWAVE_TEST_HOOKS", "1"),
+        ("FLEETWAVE_TEST_PAUSE_AT", "prepare"),
+    ]);
     coordinator
         .publish_demo("1.0.0", 1, true, false, &site)
         .await;

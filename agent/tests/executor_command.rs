@@ -158,7 +158,10 @@ async fn command_executor_exit_code_21_asks_to_retry_later() {
     let e = Executor::for_release(&s.config, &s.release, true).unwrap();
     let err = e.prepare(&s.source()).await.unwrap_err();
     assert_eq!(err.code(), "retry_later");
-    assert!(err.is_retryable());
+    // Not a download to retry with the poll back-off for ever: the daemon runs the step
+    // again at most `max_retries` times (see `agent_retry_later.rs`).
+    assert!(!err.is_retryable());
+    assert_eq!(e.retry_policy().max_retries, 5);
     assert!(s.log_lines()[0].contains("rollback=1"));
     // The retry succeeds once the script says so.
     s.exit("prepare", 0);

@@ -405,14 +405,56 @@ command_timeout_secs = 60
 
     /// Starts (or restarts) the agent of `site`.
     pub fn start_agent(&mut self, id: &str) -> Result<()> {
+        self.start_agent_with(id, &[])
+    }
+
+    /// Starts (or restarts) the agent of `site` with extra environment variables, e.g.
+    /// [`Fleet::pause_env`] (they reach the commands it runs, such as the demo app's
+    /// restart, too).
+    pub fn start_agent_with(&mut self, id: &str, env: &[(String, String)]) -> Result<()> {
         let spawn = {
             let site = self.site(id)?;
-            self.agent_command(site, "")?.arg("run")
+            let mut spawn = self.agent_command(site, "")?.arg("run");
+            for (k, v) in env {
+                spawn = spawn.env(k, v);
+            }
+            spawn
         };
         let site = self.site_mut(id)?;
         site.agent.take();
         site.agent = Some(spawn.start()?);
         Ok(())
+    }
+
+    /// The environment that arms a test pause point for `site`'s agent (and the commands
+    /// it runs): `FLEETWAVE_TEST_HOOKS=1`, `FLEETWAVE_TEST_PAUSE_AT=<point>` and
+    /// `FLEETWAVE_TEST_PAUSE_FILE=<site root>/paused`. See [`Fleet::wait_paused`].
+    pub fn pause_env(&self, site: &str, point: &str) -> Result<Vec<(String, String)>> {
+        let file = self.site(site)?.dirs.root.join("paused");
+        Ok(vec![
+            ("FLEETWAVE_TEST_HOOKS".into(), "1".into()),
+            ("FLEETWAVE_TEST_PAUSE_AT".into(), point.into()),
+            (
+                "FLEETWAVE_TEST_PAUSE_FILE".into(),
+                file.display().to_string(),
+            ),
+        ])
+    }
+
+    /// Waits until a process of `site` (its agent, or a command the agent ran) stands at
+    /// the pause point `point` armed by [`Fleet::pause_env`]; returns that process's pid.
+    pub fn wait_paused(&self, site: &str, point: &str) -> Result<libc::pid_t> {
+        let file = self.site(site)?.dirs.root.join("paused");
+        eventually_default(&format!("{site} to pause at {point}"), || {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let (at, pid) = text
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| anyhow::anyhow!("{text:?}"))?;
+            anyhow::ensure!(at == point, "paused at {at:?}");
+            Ok(pid.parse::<libc::pid_t>()?)
+        })
     }
 
     /// Waits until the coordinator has seen every site of `ids`.

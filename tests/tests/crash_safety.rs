@@ -1,11 +1,18 @@
 //! Scenario 5, crash safety: the agent is killed with SIGKILL (its whole process group, a
-//! power cut) during the download, right after the `current` symlink switch, and during
-//! the verify period. Each time, restarted, it recovers to a consistent version — the one
-//! on disk is the one the app serves and the one the coordinator is told — and the
-//! install finishes or is rolled back, never left half done.
+//! power cut) during the download, right after the `current` symlink switch, half-way
+//! through the app's restart (the restart helper is killed too, the new app it started
+//! survives and holds the port), and during the verify period. Each time, restarted, it
+//! recovers to a consistent version — the one on disk is the one the app serves and the
+//! one the coordinator is told — and the install finishes or is rolled back, never left
+//! half done.
+//!
+//! The kills happen at named pause points (`FLEETWAVE_TEST_HOOKS=1`,
+//! `FLEETWAVE_TEST_PAUSE_AT`), where the agent or the demo app's restart waits to be
+//! killed, never when a poll happens to see a file; the download is killed once its
+//! partial file and the bytes through the proxy show it under way.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleetwave_e2e::release::DemoRelease;
 use fleetwave_e2e::{
@@ -15,7 +22,24 @@ use fleetwave_e2e::{
 enum KillPoint {
     Download,
     AfterSwitch,
+    DuringRestart,
     Verify,
+}
+
+impl KillPoint {
+    /// The pause point armed in the agent's environment, if the kill waits for one.
+    fn pause_at(&self) -> Option<&'static str> {
+        match self {
+            KillPoint::Download => None,
+            // The agent: `current` points at 2.0.0, the restart has not run.
+            KillPoint::AfterSwitch => Some("after_switch"),
+            // The demo app's restart helper (run by the agent): the old app is stopped, the
+            // new one started, the restart not yet confirmed.
+            KillPoint::DuringRestart => Some("app_restart_spawned"),
+            // The agent: the verify step is journalled as started, 2.0.0 runs.
+            KillPoint::Verify => Some("verify"),
+        }
+    }
 }
 
 fn crash_and_recover(point: KillPoint) -> anyhow::Result<()> {
@@ -35,6 +59,10 @@ fn crash_and_recover(point: KillPoint) -> anyhow::Result<()> {
             .as_ref()
             .unwrap()
             .set_latency(Duration::from_millis(40));
+    }
+    if let Some(point) = point.pause_at() {
+        let env = fleet.pause_env("pig-1", point)?;
+        fleet.start_agent_with("pig-1", &env)?;
     }
     fleet.publish(&next)?;
     fleet.rollout(&PlanSpec::new(
@@ -63,25 +91,15 @@ fn crash_and_recover(point: KillPoint) -> anyhow::Result<()> {
                 Ok(())
             })?;
         }
-        KillPoint::AfterSwitch => {
-            // Poll the symlink tightly: the switch and the verify start close together.
-            let current = site.current_dir();
-            let deadline = Instant::now() + patience(Duration::from_secs(90));
-            loop {
-                let target = std::fs::read_link(&current).unwrap_or_default();
-                if target.to_string_lossy().contains("2.0.0") {
-                    break;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "current never switched to 2.0.0");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        KillPoint::AfterSwitch | KillPoint::Verify => {
+            fleet.wait_paused("pig-1", point.pause_at().unwrap_or_default())?;
         }
-        KillPoint::Verify => {
-            eventually_default("pig-1 to verify 2.0.0", || {
-                let phases = fleet.phases("pig-1", &next.id)?;
-                anyhow::ensure!(phases.iter().any(|p| p == "verifying"), "{phases:?}");
-                Ok(())
-            })?;
+        KillPoint::DuringRestart => {
+            let helper = fleet.wait_paused("pig-1", "app_restart_spawned")?;
+            // The helper runs in its own process group (the agent starts every command
+            // so); the power cut takes it too. The new app it started lives on.
+            // SAFETY: kill(2) on the process group of the helper that just paused.
+            unsafe { libc::kill(-helper, libc::SIGKILL) };
         }
     }
     let site = fleet.site_mut("pig-1")?;
@@ -133,6 +151,11 @@ fn sigkill_during_download_recovers() -> anyhow::Result<()> {
 #[test]
 fn sigkill_after_the_symlink_switch_recovers() -> anyhow::Result<()> {
     crash_and_recover(KillPoint::AfterSwitch)
+}
+
+#[test]
+fn sigkill_during_the_app_restart_recovers() -> anyhow::Result<()> {
+    crash_and_recover(KillPoint::DuringRestart)
 }
 
 #[test]

@@ -269,6 +269,7 @@ impl AppExecutor {
             }
             switch_link(&self.root, "current", self.version()).await?;
         }
+        crate::test_hooks::pause(crate::test_hooks::AFTER_SWITCH).await;
         if let Some(cmd) = &self.restart {
             self.run(Step::Install, cmd).await?;
         } else {

@@ -4,7 +4,9 @@
 //! Each step runs its script, if one is configured: the release's install parameter of the
 //! same name (`prepare`, `install`, `verify`, `commit`, `rollback`) or else the agent's
 //! `[executor.command]`. Exit codes: 0 = ok, 21 = retry this step later
-//! ([`RETRY_LATER_EXIT`]), anything else = failed (after install or verify: roll back).
+//! ([`RETRY_LATER_EXIT`]; the daemon runs the step again as [`CommandExecutor::retry_policy`]
+//! says, then counts it as failed), anything else = failed (after install or verify: roll
+//! back).
 //! Scripts must be idempotent themselves: after a power cut the same step runs again.
 //! The committed version is recorded in `<apps_dir>/<name>/.fleetwave/command-installed`.
 //! This module runs nothing of a release before its artifacts are verified.
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::app::{path_str, remove_staged, write_synced};
 use super::download::{self, ArtifactSource};
 use super::params::{Params, safe_component};
-use super::{ExecError, ExecutorConfig, InstallOutcome, InstalledVersion, Step};
+use super::{ExecError, ExecutorConfig, InstallOutcome, InstalledVersion, RetryPolicy, Step};
 use crate::readiness::process::{self, CommandLine, RunOptions};
 use crate::readiness::{Health, HealthSample};
 
@@ -41,6 +43,14 @@ pub struct CommandConfig {
     pub rollback: Option<CommandLine>,
     /// Timeout of each script, seconds. Default 1800.
     pub timeout_secs: u64,
+    /// How many more times a step whose script exits 21 is run before it counts as failed.
+    /// Default 5.
+    pub max_retries: u32,
+    /// Seconds before the first retry of a step that exited 21; doubled before each further
+    /// retry. Default 30.
+    pub retry_delay_secs: u64,
+    /// Longest wait between two retries, seconds. Default 600.
+    pub retry_max_delay_secs: u64,
 }
 
 impl Default for CommandConfig {
@@ -52,6 +62,9 @@ impl Default for CommandConfig {
             commit: None,
             rollback: None,
             timeout_secs: 1800,
+            max_retries: 5,
+            retry_delay_secs: 30,
+            retry_max_delay_secs: 600,
         }
     }
 }
@@ -68,7 +81,8 @@ pub struct CommandExecutor {
 
 impl CommandExecutor {
     /// Install parameters: `prepare`, `install`, `verify`, `commit`, `rollback` (each a
-    /// string for `/bin/sh -c` or a list), `verify_period_secs`.
+    /// string for `/bin/sh -c` or a list), `verify_period_secs`, and `max_retries`,
+    /// `retry_delay_secs`, `retry_max_delay_secs` (override `[executor.command]`).
     pub fn new(
         config: &ExecutorConfig,
         release: &Release,
@@ -82,6 +96,13 @@ impl CommandExecutor {
                 Ok(params.command(key)?.or_else(|| fallback.clone()))
             };
         let c = &config.command;
+        let max_retries = match params.u64("max_retries")? {
+            Some(n) => u32::try_from(n).map_err(|_| ExecError::BadParams {
+                key: "max_retries".into(),
+                message: format!("{n} is too large"),
+            })?,
+            None => c.max_retries,
+        };
         let scripts = CommandConfig {
             prepare: pick("prepare", &c.prepare)?,
             install: pick("install", &c.install)?,
@@ -89,6 +110,13 @@ impl CommandExecutor {
             commit: pick("commit", &c.commit)?,
             rollback: pick("rollback", &c.rollback)?,
             timeout_secs: c.timeout_secs.max(1),
+            max_retries,
+            retry_delay_secs: params
+                .u64("retry_delay_secs")?
+                .unwrap_or(c.retry_delay_secs),
+            retry_max_delay_secs: params
+                .u64("retry_max_delay_secs")?
+                .unwrap_or(c.retry_max_delay_secs),
         };
         if scripts.install.is_none() {
             return Err(ExecError::BadParams {
@@ -107,6 +135,17 @@ impl CommandExecutor {
 
     pub fn version(&self) -> &str {
         &self.release.version
+    }
+
+    /// How a step whose script exited 21 is run again: the release's `max_retries`,
+    /// `retry_delay_secs` and `retry_max_delay_secs`, else `[executor.command]`'s.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let delay = Duration::from_secs(self.scripts.retry_delay_secs);
+        RetryPolicy {
+            max_retries: self.scripts.max_retries,
+            delay,
+            max_delay: Duration::from_secs(self.scripts.retry_max_delay_secs).max(delay),
+        }
     }
 
     /// The per-release scratch directory handed to scripts (`FLEETWAVE_STAGING_DIR`).

@@ -20,9 +20,11 @@
 //! Every step is idempotent: calling it again after it finished, or after the agent was
 //! killed half-way through it (kill -9, power cut), does the right thing. So recovery is:
 //! call again the step the journal says was started ([`Step::resume`]); an interrupted
-//! verify starts its full period again. A step that fails with
-//! [`ExecError::is_retryable`] (network trouble, exit code 21 of an operator script) may be
-//! retried later; any other failure of install or verify leads to rollback.
+//! verify starts its full period again. A download that fails with
+//! [`ExecError::is_retryable`] (network trouble, a full disk) is retried later with the
+//! poll back-off; a step whose operator script exits 21 ([`ExecError::RetryLater`]) is run
+//! again by the daemon at most [`RetryPolicy::max_retries`] times, then fails; any other
+//! failure of install or verify leads to rollback.
 //!
 //! # Dispatch
 //!
@@ -251,14 +253,14 @@ impl ExecError {
         }
     }
 
-    /// Worth trying the same step again later (network trouble, a full disk, an operator
-    /// script's exit code 21) rather than rolling back.
+    /// A download worth trying again after the poll back-off, for as long as it takes
+    /// (network trouble, a full disk). An operator script's exit code 21
+    /// ([`ExecError::RetryLater`]) is not: the daemon runs that step again a bounded number
+    /// of times ([`RetryPolicy`]) and then treats it as failed.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ExecError::DownloadFailed { .. }
-                | ExecError::DiskFull { .. }
-                | ExecError::RetryLater { .. }
+            ExecError::DownloadFailed { .. } | ExecError::DiskFull { .. }
         )
     }
 
@@ -286,6 +288,34 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     ) || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
+/// How a step that asks to be retried later (an operator script's exit code 21) is run
+/// again: at most `max_retries` more times, waiting `delay` before the first retry and
+/// twice as long before each further one, at most `max_delay`. After the last retry the
+/// step has failed (`retry_later`) and the daemon goes on as for any failure of that step
+/// (after install or verify: roll back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries: for executors whose steps never ask to be retried later.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_retries: 0,
+        delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+    };
+
+    /// The wait before retry `n` (1 for the first retry): `delay × 2^(n-1)`, at most
+    /// `max_delay`.
+    pub fn delay_before(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(20);
+        self.delay.saturating_mul(factor).min(self.max_delay)
+    }
 }
 
 /// The executor for one release, by kind.
@@ -420,6 +450,15 @@ impl Executor {
             .is_some_and(|i| versions_equal(&i.version, target)))
     }
 
+    /// How a step that asks to be retried later is run again (only operator scripts of the
+    /// `command` executor ask; the other kinds never retry a step this way).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        match self {
+            Executor::Command(e) => e.retry_policy(),
+            Executor::App(_) | Executor::Agent(_) | Executor::Kubernetes(_) => RetryPolicy::NONE,
+        }
+    }
+
     /// The version this executor installs.
     pub fn target_version(&self) -> &str {
         match self {
@@ -458,4 +497,33 @@ pub(crate) fn release_env(release: &Release, step: Step) -> Vec<(String, String)
         ),
         ("FLEETWAVE_STEP".into(), step.as_str().into()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_later_waits_double_up_to_the_cap() {
+        let secs = Duration::from_secs;
+        let policy = RetryPolicy {
+            max_retries: 6,
+            delay: secs(30),
+            max_delay: secs(600),
+        };
+        let waits: Vec<Duration> = (1..=6).map(|n| policy.delay_before(n)).collect();
+        assert_eq!(
+            waits,
+            [
+                secs(30),
+                secs(60),
+                secs(120),
+                secs(240),
+                secs(480),
+                secs(600)
+            ]
+        );
+        // Far past the cap (and past any shift width) it stays at the cap.
+        assert_eq!(policy.delay_before(u32::MAX), secs(600));
+    }
 }

@@ -266,6 +266,18 @@ impl Coordinator {
         )
     }
 
+    /// Signs `release` with the offline release key and publishes it (its artifacts must
+    /// have been uploaded).
+    pub async fn publish_release(&self, release: &Release) -> Envelope {
+        let env = Envelope::sign(
+            RELEASE_TYPE,
+            &serde_json::to_vec(release).unwrap(),
+            &[&self.release_key()],
+        );
+        let _: serde_json::Value = self.post(api::paths::RELEASES, &env).await;
+        env
+    }
+
     /// Creates and starts a one-wave rollout of `release_id` to the pig cohort.
     pub async fn rollout(&self, release_id: &str) -> String {
         let plan = format!(

@@ -4,21 +4,43 @@
 //! ```text
 //! fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F] [--label K=V]...
 //! fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F] [--label K=V]...
-//! fleetwave-demo-app stop --pid-file F
+//! fleetwave-demo-app stop --pid-file F [--listen 127.0.0.1:PORT]
 //! ```
 //!
 //! `serve` reads `APP_DIR/app.toml` (or `app.json`) with `version` (string) and `healthy`
 //! (bool) once at start and answers `GET /healthz` (200 `ok` or 500 `unhealthy`) and
 //! `GET /version` (the version). An optional `unhealthy_on` table (label → value) makes a
 //! version that is otherwise healthy unhealthy on a site whose `--label`s include every
-//! pair of it: a release that only breaks on some sites (one hardware, one store format). `restart` stops the process named in the pid file (SIGTERM,
-//! then SIGKILL), starts `serve` detached with the same arguments, and returns once the new
-//! process answers `/version`: usable as an `app` release's `restart_command`. `stop` only
-//! stops. Standard library only (plus libc for signals); never serves anything but those
-//! two paths.
+//! pair of it: a release that only breaks on some sites (one hardware, one store format).
+//! It waits up to 10 s for its port while another process
+//! holds it, and writes the pid file only once it listens, so the pid file always names
+//! the process that owns the port. `restart` stops the old app, starts `serve` detached
+//! with the same arguments, and returns once the new process answers `/version`: usable as
+//! an `app` release's `restart_command`. `stop` only stops.
+//!
+//! A restart or stop must stay correct when an earlier one was killed half-way (a power
+//! cut, `kill -9` of the agent that ran it), or when two run at once:
+//! - restarts and stops of one pid file take turns: each holds an exclusive `flock` on
+//!   `F.lock` (released by the kernel when its holder dies), and says so when it waits
+//!   (at most 60 s);
+//! - stopping kills the demo app the pid file names and, with `--listen`, the demo app that
+//!   listens on that port whatever the pid file says (a restart killed after starting the
+//!   new app but before it wrote its pid file leaves such an app), then waits until the
+//!   port is free; a port held by a process that is not a demo app is an error, never
+//!   killed;
+//! - the pid file is removed only if it still names the process that was stopped.
+//!
+//! Test hooks (as the agent's): with `FLEETWAVE_TEST_HOOKS=1` and
+//! `FLEETWAVE_TEST_PAUSE_AT=app_restart_stopped` (the old app is stopped, the new one not
+//! started) or `app_restart_spawned` (the new app is started, not yet confirmed), `restart`
+//! writes `<point> <pid>` to `FLEETWAVE_TEST_PAUSE_FILE` and waits there to be killed.
+//!
+//! Standard library only (plus libc for signals and locks; Linux `/proc` to find a port's
+//! owner); never serves anything but those two paths.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +59,7 @@ struct Args {
 const USAGE: &str = "usage:
   fleetwave-demo-app [serve] --dir APP_DIR --listen 127.0.0.1:PORT [--pid-file F] [--label K=V]...
   fleetwave-demo-app restart --dir APP_DIR --listen 127.0.0.1:PORT --pid-file F [--log F] [--label K=V]...
-  fleetwave-demo-app stop --pid-file F";
+  fleetwave-demo-app stop --pid-file F [--listen 127.0.0.1:PORT]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -86,7 +108,7 @@ fn main() -> ExitCode {
         "serve" => serve(&args),
         "restart" => restart(&args),
         "stop" => match &args.pid_file {
-            Some(p) => stop(p),
+            Some(p) => lock(p).and_then(|_lock| stop(p, args.listen.as_deref())),
             None => Err("stop needs --pid-file".into()),
         },
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
@@ -167,8 +189,7 @@ fn serve(args: &Args) -> Result<(), String> {
     let listen = args.listen.as_ref().ok_or("serve needs --listen")?;
     let mut app = read_app_file(dir)?;
     app.healthy = app.healthy_on(&args.labels);
-    let listener =
-        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = bind_waiting(listen, PORT_WAIT)?;
     if let Some(pf) = &args.pid_file {
         let tmp = pf.with_extension("tmp");
         std::fs::write(&tmp, format!("{}\n", std::process::id()))
@@ -263,32 +284,229 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
     !alive(pid)
 }
 
-fn stop(pid_file: &Path) -> Result<(), String> {
-    let Some(pid) = read_pid(pid_file) else {
-        return Ok(());
-    };
-    if alive(pid) && is_demo_app(pid) {
-        // SAFETY: plain signal delivery to a pid we read from our own pid file.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+/// How long `serve` waits for its port, and `stop` for the port to be released.
+const PORT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a restart or stop waits for another one to finish (which itself is bounded:
+/// a stop waits at most 10 s per process and for the port, a restart 15 s for its app).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Binds `listen`, waiting up to `within` while another process holds the port.
+fn bind_waiting(listen: &str, within: Duration) -> Result<TcpListener, String> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        match TcpListener::bind(listen) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && start.elapsed() < within => {
+                if !said {
+                    eprintln!("fleetwave-demo-app: {listen} is in use; waiting for it");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("cannot listen on {listen}: {e}")),
+        }
+    }
+}
+
+/// The exclusive lock that makes restarts and stops of one pid file take turns. The kernel
+/// releases it when the holder exits or is killed; it is not inherited by `serve` (the
+/// file is opened close-on-exec).
+struct Lock {
+    _file: std::fs::File,
+}
+
+fn lock(pid_file: &Path) -> Result<Lock, String> {
+    let path = PathBuf::from(format!("{}.lock", pid_file.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let fd = file.as_raw_fd();
+    let start = Instant::now();
+    let mut said = false;
+    // SAFETY: flock on a file descriptor we own (non-blocking, so the wait is bounded).
+    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(format!("cannot lock {}: {e}", path.display()));
+        }
+        if start.elapsed() > LOCK_WAIT {
+            return Err(format!(
+                "another restart or stop has held {} for more than {} s",
+                path.display(),
+                LOCK_WAIT.as_secs()
+            ));
+        }
+        if !said {
+            eprintln!(
+                "fleetwave-demo-app: waiting for another restart or stop to finish (lock {})",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Lock { _file: file })
+}
+
+/// Kills `pid` (SIGTERM, then SIGKILL) and waits until it is gone.
+fn kill_and_wait(pid: i32) -> Result<(), String> {
+    // SAFETY: plain signal delivery to a demo app we identified by pid file or port.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if !wait_gone(pid, Duration::from_secs(5)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
         if !wait_gone(pid, Duration::from_secs(5)) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            if !wait_gone(pid, Duration::from_secs(5)) {
-                return Err(format!("process {pid} did not stop"));
+            return Err(format!("process {pid} did not stop"));
+        }
+    }
+    Ok(())
+}
+
+/// The inodes of the listening TCP sockets on `port` (Linux `/proc/net/tcp{,6}`).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // not LISTEN
+            }
+            let local_port = f[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port)
+                && let Ok(inode) = f[9].parse::<u64>()
+                && inode != 0
+            {
+                inodes.push(inode);
             }
         }
     }
-    let _ = std::fs::remove_file(pid_file);
+    inodes
+}
+
+/// The processes that hold a listening socket on `port` (those this user may inspect).
+fn port_owners(port: u16) -> Vec<i32> {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut owners = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return owners;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .map(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+                .unwrap_or(false)
+        });
+        if holds {
+            owners.push(pid);
+        }
+    }
+    owners
+}
+
+/// Stops the demo app named in the pid file and, with `listen`, any demo app listening on
+/// that port, then waits until the port is free. Call with the lock held.
+fn stop(pid_file: &Path, listen: Option<&str>) -> Result<(), String> {
+    let named = read_pid(pid_file);
+    if let Some(pid) = named
+        && alive(pid)
+        && is_demo_app(pid)
+    {
+        kill_and_wait(pid)?;
+    }
+    if let Some(listen) = listen {
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+        let start = Instant::now();
+        loop {
+            let owners: Vec<i32> = port_owners(addr.port())
+                .into_iter()
+                .filter(|p| *p != std::process::id() as i32)
+                .collect();
+            if owners.is_empty() && TcpListener::bind(addr).is_ok() {
+                break;
+            }
+            for pid in &owners {
+                if !is_demo_app(*pid) {
+                    return Err(format!(
+                        "{listen} is held by process {pid}, which is not a demo app; not \
+                         stopping it"
+                    ));
+                }
+                eprintln!(
+                    "fleetwave-demo-app: stopping demo app {pid}, which listens on {listen} \
+                     (not the one the pid file names)"
+                );
+                kill_and_wait(*pid)?;
+            }
+            if start.elapsed() > PORT_WAIT {
+                return Err(format!(
+                    "{listen} is still in use after {} s",
+                    PORT_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Only the pid file of the process stopped here goes (never a newer app's).
+    if read_pid(pid_file) == named {
+        let _ = std::fs::remove_file(pid_file);
+    }
     Ok(())
+}
+
+/// Test hook: stop at `point` and wait to be killed (see the module docs).
+fn pause(point: &str) {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if var("FLEETWAVE_TEST_HOOKS").as_deref() != Some("1")
+        || var("FLEETWAVE_TEST_PAUSE_AT").as_deref() != Some(point)
+    {
+        return;
+    }
+    eprintln!("fleetwave-demo-app: paused at {point}");
+    if let Some(path) = var("FLEETWAVE_TEST_PAUSE_FILE") {
+        let path = PathBuf::from(path);
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::write(&tmp, format!("{point} {}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 fn restart(args: &Args) -> Result<(), String> {
     let dir = args.dir.as_ref().ok_or("restart needs --dir")?;
     let listen = args.listen.as_ref().ok_or("restart needs --listen")?;
     let pid_file = args.pid_file.as_ref().ok_or("restart needs --pid-file")?;
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
     // Fail early (and leave the old process running) if the new version cannot start.
     read_app_file(dir)?;
-    stop(pid_file)?;
+    let _lock = lock(pid_file)?;
+    stop(pid_file, Some(listen))?;
+    pause("app_restart_stopped");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (out, err) = match &args.log {
         Some(log) => {
@@ -322,11 +540,9 @@ fn restart(args: &Args) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start serve: {e}"))?;
     let pid = child.id() as i32;
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    pause("app_restart_spawned");
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < PORT_WAIT + Duration::from_secs(5) {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the new process exited at once ({status})"));
         }
@@ -338,7 +554,8 @@ fn restart(args: &Args) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!(
-        "the new process did not answer on {listen} within 10 s"
+        "the new process did not answer on {listen} within {} s",
+        (PORT_WAIT + Duration::from_secs(5)).as_secs()
     ))
 }
 
