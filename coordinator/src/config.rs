@@ -242,6 +242,9 @@ pub const MAX_LEASE_TTL_SECS: u64 = 7 * 86_400;
 /// at least every ten ticks).
 pub const MAX_TICK_MILLIS: u64 = 60_000;
 
+/// The longest freeze: a year.
+pub const MAX_FREEZE_DAYS: i64 = 365;
+
 /// Refuses `value` above `max`, naming the key: every duration in the file is bounded,
 /// so that no time plus a configured duration can overflow the calendar.
 fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
@@ -441,6 +444,16 @@ impl Config {
                     message: format!("freezes[{i}]: end must be after start"),
                 });
             }
+            let days = f.end.duration_since(f.start).as_hours() / 24;
+            if days > MAX_FREEZE_DAYS {
+                return Err(ConfigError::Invalid {
+                    key: "freezes",
+                    message: format!(
+                        "freezes[{i}]: lasts {days} days, more than the maximum {MAX_FREEZE_DAYS} \
+                         (a typo in a year stops every install for good)"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -565,6 +578,18 @@ mod tests {
                 format!("config key {name}: must be at most {max} (got {})", max + 1)
             );
         }
+        let freeze = |end: &str| {
+            format!(
+                "signing_key = \"k\"\n[[freezes]]\nstart = \"2026-11-23T00:00:00Z\"\nend = \"{end}\"\nreason = \"thanksgiving\"\n"
+            )
+        };
+        Config::parse(&freeze("2027-11-23T00:00:00Z")).unwrap();
+        let err = Config::parse(&freeze("2206-11-30T00:00:00Z")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config key freezes: freezes[0]: lasts 65750 days"),
+            "{err}"
+        );
         // The value that used to overflow a timestamp in every session handshake.
         let err =
             Config::parse("signing_key = \"k\"\n[sessions]\nttl_secs = 9223372036854775807\n")

@@ -42,7 +42,8 @@ pub struct Metrics {
     registry: Registry,
     /// Polls by result: `assignment`, `nothing`, `not_modified`.
     pub polls: Family<ResultLabel, Counter>,
-    /// Report events by result: `accepted`, `duplicate`.
+    /// Report events received, by result: `accepted`, `duplicate`; `future_dated` (also
+    /// counted as one of those) for events dated more than 5 minutes after they arrived.
     pub report_events: Family<ResultLabel, Counter>,
     pub rollouts: Family<StateLabel, Gauge>,
     pub sites: Family<StateLabel, Gauge>,

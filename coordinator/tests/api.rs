@@ -720,14 +720,16 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     assert_eq!(v["duplicates"].as_u64(), Some(1), "{v}");
     assert_eq!(rollout_status(&h, &id).await["status"], "running");
 
-    // A healthy report after the bake makes wave 0 pass and wave 1 open for the other site.
-    let later = Timestamp::now() + SignedDuration::from_secs(2);
-    let (s, _) = h.post("/v1/agent/reports", &pig.token, json!({"events": [event("h1", later, json!({"kind": "health", "healthy": true, "summary": {"passed": 3, "failed": 0}}))]})).await;
-    assert_eq!(s, StatusCode::OK);
+    // Healthy heartbeats, as the agent sends them, close the bake once it has run (an
+    // event counts at its arrival at the latest, so none can be dated past the bake):
+    // wave 0 passes and wave 1 opens for the other site.
+    let beats = std::sync::atomic::AtomicU32::new(0);
     eventually("wave 1 to open", || {
-        let h = &h;
-        let id = id.clone();
+        let (h, id, pig, beats) = (&h, id.clone(), &pig, &beats);
         async move {
+            let n = beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (s, _) = h.post("/v1/agent/reports", &pig.token, json!({"events": [event(&format!("beat-{n}"), Timestamp::now(), json!({"kind": "health", "healthy": true, "summary": {"passed": 3, "failed": 0}}))]})).await;
+            assert_eq!(s, StatusCode::OK);
             rollout_status(h, &id).await["waves"][1]["opened_at"]
                 .is_string()
                 .then_some(())

@@ -433,6 +433,23 @@ pub async fn reports(
             )));
         }
     }
+    // An event dated after its arrival counts at its arrival (store::event_time); far
+    // ahead, the box's clock is wrong (or the agent lies): say so.
+    let skew = SignedDuration::from_secs(SESSION_SKEW_SECS);
+    let ahead = batch
+        .events
+        .iter()
+        .filter(|e| e.at.duration_since(now) > skew);
+    if let Some(furthest) = ahead.clone().map(|e| e.at).max() {
+        let n = ahead.count();
+        tracing::warn!(
+            site = %agent.site_id,
+            events = n,
+            furthest = %furthest,
+            "report events dated more than {SESSION_SKEW_SECS}s after they arrived (the box's clock runs ahead?): they count at their arrival time"
+        );
+        Metrics::count(&app.metrics.report_events, "future_dated", n as u64);
+    }
     let outcome = app
         .apply_reports(crate::store::ReportInput {
             site_id: agent.site_id.clone(),

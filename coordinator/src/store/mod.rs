@@ -265,6 +265,15 @@ pub struct ReportOutcome {
     pub facts: Vec<RolloutSiteRecord>,
 }
 
+/// The time a report event counts at in a site's facts: its own `at`, but never later
+/// than `received_at`, when the coordinator received it. Nothing happens after it is
+/// reported, so a later `at` is a clock running ahead (or a lie); since facts never go
+/// backwards, an event dated in the future would hide every real event until that date
+/// (a site's health frozen, a bake closed early). Every backend folds events at this time.
+pub fn event_time(at: Timestamp, received_at: Timestamp) -> Timestamp {
+    at.min(received_at)
+}
+
 /// One agent's report batch, as [`Store::apply_report_group`] takes it.
 #[derive(Debug, Clone)]
 pub struct ReportInput {
@@ -396,7 +405,8 @@ pub trait Store: Send + Sync + 'static {
 
     // Reports
     /// Applies each new event once (by site and event id) and updates the facts, in one
-    /// transaction. Facts follow the events' `at` and never go backwards.
+    /// transaction. Facts follow the events' times ([`event_time`]: the `at`, never later
+    /// than `received_at`) and never go backwards. The event is stored as sent.
     fn apply_reports(
         &self,
         site_id: &str,

@@ -1304,17 +1304,18 @@ fn apply_batch(
     let mut outcome = ReportOutcome::default();
     for event in events {
         let kind = event_kind(&event.body);
+        let at = super::event_time(event.at, received_at);
         let n = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO reports (site_id, event_id, at, kind, body, received_at) VALUES (?1,?2,?3,?4,?5,?6)",
             )?
-            .execute(params![site_id, event.id, ms(event.at), kind, to_json(event), ms(received_at)])?;
+            .execute(params![site_id, event.id, ms(at), kind, to_json(event), ms(received_at)])?;
         if n == 0 {
             outcome.duplicates += 1;
             continue;
         }
         outcome.accepted += 1;
-        if let Some(rollout) = apply_event(tx, site_id, event)?
+        if let Some(rollout) = apply_event(tx, site_id, event, at)?
             && !outcome.rollouts_touched.contains(&rollout)
         {
             outcome.rollouts_touched.push(rollout);
@@ -1386,14 +1387,16 @@ fn rollout_row_for(
     Ok(row)
 }
 
-/// Applies one new event's facts. Every fact follows the event's own `at`, so a late event
-/// never moves a fact backwards. Returns the rollout whose facts changed.
+/// Applies one new event's facts at `time` (the event's time as [`super::event_time`]
+/// bounds it). Every fact follows that time, so a late event never moves a fact
+/// backwards. Returns the rollout whose facts changed.
 fn apply_event(
     tx: &rusqlite::Transaction,
     site_id: &str,
     event: &Event,
+    time: Timestamp,
 ) -> StoreResult<Option<String>> {
-    let at = ms(event.at);
+    let at = ms(time);
     match &event.body {
         EventBody::Phase {
             rollout_id,
@@ -1505,14 +1508,14 @@ fn apply_event(
                 .ok_or_else(|| StoreError::NotFound(format!("no site {site_id}")))?;
             let mut map: BTreeMap<String, InstalledRelease> = serde_json::from_str(&installed)
                 .map_err(|e| StoreError::Corrupt(format!("site {site_id}: installed: {e}")))?;
-            if map.get(name).is_none_or(|old| old.at <= event.at) {
+            if map.get(name).is_none_or(|old| old.at <= time) {
                 map.insert(
                     name.clone(),
                     InstalledRelease {
                         release_id: release_id.clone(),
                         version: version.clone(),
                         previous_release_id: previous_release_id.clone(),
-                        at: event.at,
+                        at: time,
                     },
                 );
                 tx.prepare_cached("UPDATE sites SET installed = ?2 WHERE id = ?1")?
