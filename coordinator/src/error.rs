@@ -134,8 +134,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
         if first.is_some_and(|b| *b != b'{') {
             return Err(ApiError::bad_request(
-                "the request body is not valid: the request body must be a JSON object \
-                 (`{...}` with named members), not an array or another value",
+                "the request body must be a JSON object (`{...}` with named members), \
+                 not an array or another JSON value",
             ));
         }
         axum::Json::<T>::from_bytes(&bytes)

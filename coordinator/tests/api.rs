@@ -1715,6 +1715,50 @@ async fn unauthenticated_requests_cannot_take_the_slots_of_agents_and_operators(
     }
 }
 
+/// Requests that carry credentials take the slots agents and operators need, so a route
+/// counted that way must check the credentials before it reads a body: a made-up token and
+/// a body that never ends get their refusal at once, and the slot is free again.
+#[tokio::test]
+async fn credentials_are_checked_before_a_body_is_read() {
+    let h = Harness::with_config(
+        "\n[limits]\nmax_concurrent_requests = 1\nrequest_timeout_secs = 600\n",
+    )
+    .await;
+    let artifact = format!("/v1/artifacts/{}", "0".repeat(64));
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/agent/reports"),
+        (reqwest::Method::POST, "/v1/agent/lease"),
+        (reqwest::Method::POST, "/v1/enrollment-tokens"),
+        (reqwest::Method::POST, "/v1/rollouts/r-1/approve"),
+        (reqwest::Method::PUT, artifact.as_str()),
+        (reqwest::Method::POST, "/ui/logout"),
+        (reqwest::Method::POST, "/ui/rollouts/r-1/actions/pause"),
+        (reqwest::Method::POST, "/ui/sites/s-1/actions/hold"),
+    ] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            h.http
+                .request(method.clone(), h.url(path))
+                .bearer_auth("made-up")
+                .header("cookie", "__Host-fleetwave-session=made-up")
+                .header("content-type", "application/json")
+                .body(endless_body(b"{"))
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} read the body before the credentials"));
+        let res = answer.unwrap();
+        if path.starts_with("/ui/") {
+            // Sent to the sign-in page (the client follows the redirect).
+            assert_eq!(res.url().path(), "/ui/login", "{method} {path}");
+        } else {
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+        let (s, v) = h.get("/v1/sites", &h.admin).await;
+        assert_eq!(s, StatusCode::OK, "after {method} {path}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_request_head_gets_the_json_error() {
     let h = Harness::new().await;
