@@ -39,7 +39,7 @@ keys and signatures, and checks them exactly as an agent does:
 
 Talking to a coordinator (HTTPS pinned to the fleet CA):
 
-  site       list, show, label, decommission and re-enable sites
+  site       list, show, label, decommission, re-enable and rekey sites
   token      enrollment tokens for agents, operator tokens for people and CI
   release    publish signed releases, list and show them
   artifact   upload artifacts (content-addressed by SHA-256)
@@ -109,7 +109,7 @@ enum Command {
     /// Upload artifacts to the coordinator's content-addressed store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
-    /// Sites: list, show, label, decommission, re-enable.
+    /// Sites: list, show, label, decommission, re-enable, rekey (a re-imaged box).
     #[command(subcommand)]
     Site(api::sites::SiteCommand),
     /// Enrollment tokens (agents) and operator tokens (people, CI).

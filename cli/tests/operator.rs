@@ -146,7 +146,14 @@ impl Coordinator {
         }
         let token = self.ok(&args).trim().to_string();
         assert!(token.starts_with("fwe_"), "{token}");
-        let site = self.dir.path().join(id);
+        let out = self.agent_enroll(id, id, &token);
+        assert!(out.status.success(), "enroll {id}: {out:?}");
+    }
+
+    /// `fleetwave-agent enroll --token TOKEN` as site `id` from a fresh box whose state
+    /// lives in `<temp>/<machine>`.
+    fn agent_enroll(&self, id: &str, machine: &str, token: &str) -> Output {
+        let site = self.dir.path().join(machine);
         std::fs::create_dir_all(&site).unwrap();
         let config = site.join("agent.toml");
         std::fs::write(
@@ -160,14 +167,13 @@ impl Coordinator {
             ),
         )
         .unwrap();
-        let out = Command::new(sibling("fleetwave-agent"))
+        Command::new(sibling("fleetwave-agent"))
             .arg("--config")
             .arg(&config)
-            .args(["enroll", "--token", &token])
+            .args(["enroll", "--token", token])
             .stdin(Stdio::null())
             .output()
-            .unwrap();
-        assert!(out.status.success(), "enroll {id}: {out:?}");
+            .unwrap()
     }
 }
 
@@ -347,6 +353,84 @@ fn sites_tokens_and_audit() {
         text.contains("site.decommission") && text.contains("store-2"),
         "{text}"
     );
+}
+
+/// A re-imaged box: a batch token cannot take the enrolled site over (and says to use
+/// `site rekey`); `site rekey` prints a token bound to the site that enrolls the new box
+/// once, and the audit log says who asked for it.
+#[test]
+fn site_rekey_is_the_only_way_to_replace_an_enrolled_sites_key() {
+    let c = Coordinator::start();
+    c.enroll("store-1", &["cohort=pig"]);
+    let key_before = c.json(&["site", "show", "store-1"])["device_key"].clone();
+
+    // An installer's batch token creates new sites only.
+    let batch = c.ok(&["token", "enroll", "create", "--uses", "50"]);
+    let out = c.agent_enroll("store-1", "intruder", batch.trim());
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("site_exists") && err.contains("fleetwave site rekey store-1"),
+        "{err}"
+    );
+    assert_eq!(
+        c.json(&["site", "show", "store-1"])["device_key"],
+        key_before
+    );
+    // Nor does a token made for the site by `token enroll create --site`.
+    let err = fails(
+        c.run(&["token", "enroll", "create", "--site", "store-1"]),
+        1,
+    );
+    assert!(
+        err.contains("409") && err.contains("site_exists") && err.contains("site rekey"),
+        "{err}"
+    );
+
+    // site rekey: the secret on stdout (one line), what to do with it on stderr.
+    let out = c.run(&["site", "rekey", "store-1", "--expires-in", "1h"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("fwe_"), "{token}");
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        hint.contains("fleetwave-agent enroll --site store-1"),
+        "{hint}"
+    );
+    let out = c.agent_enroll("store-1", "reimaged", &token);
+    assert!(out.status.success(), "{out:?}");
+    let after = c.json(&["site", "show", "store-1"]);
+    assert_ne!(after["device_key"], key_before);
+    assert_eq!(after["labels"]["cohort"], "pig");
+    // Once only.
+    let out = c.agent_enroll("store-1", "again", &token);
+    assert!(!out.status.success(), "{out:?}");
+    // The token list shows it bound to the site and used up.
+    let list = c.json(&["token", "enroll", "list"]);
+    let bound: Vec<_> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["site_id"] == "store-1" && t["uses_total"] == 1)
+        .collect();
+    assert_eq!(
+        bound.len(),
+        2,
+        "the first enrollment's and the rekey's: {list}"
+    );
+    assert!(bound.iter().all(|t| t["uses_left"] == 0), "{list}");
+    // Audited.
+    let audit = c.json(&["audit"]);
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "site.rekey")
+        .unwrap_or_else(|| panic!("no site.rekey in {audit}"));
+    assert_eq!(entry["target"], "store-1");
+    // Unknown sites: 404, exit 1.
+    let err = fails(c.run(&["site", "rekey", "store-404"]), 1);
+    assert!(err.contains("404"), "{err}");
 }
 
 #[test]

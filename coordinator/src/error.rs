@@ -73,6 +73,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::conflict("conflict", m),
+            StoreError::SiteExists(site) => site_exists(&site),
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::new(
@@ -84,6 +85,20 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// 409 `site_exists`: an enrollment or token named a site that is already enrolled. Only a
+/// token from `fleetwave site rekey` replaces an enrolled site's device key.
+pub fn site_exists(site: &str) -> ApiError {
+    ApiError::conflict(
+        "site_exists",
+        format!(
+            "site {site} is already enrolled; a token without a site only creates new sites, and \
+             an enrolled site's device key is replaced only with a token from \
+             `fleetwave site rekey {site}` (for a re-imaged or replaced box); otherwise enroll \
+             under another site id"
+        ),
+    )
 }
 
 /// The JSON error response for `status`.

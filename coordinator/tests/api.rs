@@ -385,8 +385,13 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // A new device key for the site needs a token from `site rekey`.
     let new_key = keys::generate();
-    let t4 = h.enrollment_token(json!({"cohort": "dog"}), 1, 3600).await;
+    let (s, v) = h
+        .post(&format!("/v1/sites/{}/rekey", a.site), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let t4 = v["token"].as_str().unwrap().to_string();
     let (s, v) = h
         .post("/v1/enroll", "", enroll_body(&a.site, &t4, &new_key))
         .await;
@@ -401,8 +406,213 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     session(&h, &a.site, &new_key).await;
-    let (_, site) = h.get(&format!("/v1/sites/{}", a.site), &h.admin).await;
-    assert_eq!(site["labels"]["cohort"], "dog");
+}
+
+/// The device key of `site` as the coordinator has it.
+async fn device_key_of(h: &Harness, site: &str) -> String {
+    let (s, v) = h.get(&format!("/v1/sites/{site}"), &h.admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["device_key"].as_str().unwrap().to_string()
+}
+
+/// A batch token (no site) must not let anyone who holds it replace an enrolled site's
+/// device key: that would lock the real box out. Only `site rekey` makes a token that can.
+#[tokio::test]
+async fn an_unbound_token_cannot_take_over_an_enrolled_site() {
+    let h = Harness::new().await;
+    // An installer's batch token: 50 uses, no site.
+    let batch = h
+        .enrollment_token(json!({"cohort": "general"}), 50, 3600)
+        .await;
+    let real = keys::generate();
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body("store-1", &batch, &real))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let real_key = device_key_of(&h, "store-1").await;
+
+    // Someone else with the same batch token claims store-1: refused, nothing changes.
+    let intruder = keys::generate();
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body("store-1", &batch, &intruder))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "site_exists"),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("fleetwave site rekey store-1"),
+        "{message}"
+    );
+    assert_eq!(device_key_of(&h, "store-1").await, real_key);
+    session(&h, "store-1", &real).await;
+    let (s, _) = h
+        .post(
+            "/v1/agent/session",
+            "",
+            session_body("store-1", &intruder, Timestamp::now(), &nonce()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The refusal did not spend a use: 49 left after one enrollment.
+    let (_, list) = h.get("/v1/enrollment-tokens", &h.admin).await;
+    let uses: Vec<u64> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uses_left"].as_u64().unwrap())
+        .collect();
+    assert_eq!(uses, [49]);
+    // The batch token still creates new sites.
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-2", &batch, &keys::generate()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // A token bound to a site that was not enrolled yet, with uses to spare, cannot
+    // re-key the site once it has enrolled.
+    let (s, v) = h
+        .post(
+            "/v1/enrollment-tokens",
+            &h.admin,
+            json!({"site_id": "store-3", "uses": 2}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let early = v["token"].as_str().unwrap().to_string();
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-3", &early, &keys::generate()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-3", &early, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "site_exists"),
+        "{v}"
+    );
+    // Nor can an operator mint a site-bound token for an enrolled site by the token
+    // route: that is a rekey.
+    let (s, v) = h
+        .post(
+            "/v1/enrollment-tokens",
+            &h.admin,
+            json!({"site_id": "store-1"}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "site_exists"),
+        "{v}"
+    );
+
+    // `site rekey`: operators only, enrolled sites only, one use, audited.
+    let viewer = h.token("viewer").await;
+    let (s, _) = h.post("/v1/sites/store-1/rekey", &viewer, json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h
+        .post("/v1/sites/store-99/rekey", &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let operator = h.token("operator").await;
+    let (s, v) = h
+        .post(
+            "/v1/sites/store-1/rekey",
+            &operator,
+            json!({"expires_in_secs": 600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["uses"], 1);
+    let rekey = v["token"].as_str().unwrap().to_string();
+    let rekey_id = v["id"].as_str().unwrap().to_string();
+    // Bound to store-1: no other site enrolls with it.
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-4", &rekey, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::FORBIDDEN, "token_site_mismatch"),
+        "{v}"
+    );
+    // The re-imaged box enrolls its new key; the old one is locked out, labels stay.
+    let reimaged = keys::generate();
+    let (s, v) = h
+        .post("/v1/enroll", "", enroll_body("store-1", &rekey, &reimaged))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["labels"]["cohort"], "general");
+    assert_ne!(device_key_of(&h, "store-1").await, real_key);
+    session(&h, "store-1", &reimaged).await;
+    let (s, _) = h
+        .post(
+            "/v1/agent/session",
+            "",
+            session_body("store-1", &real, Timestamp::now(), &nonce()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Once only.
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-1", &rekey, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "invalid_token"),
+        "{v}"
+    );
+    // Audited: who asked for it, for which site, which token.
+    let (_, audit) = h.get("/v1/audit", &h.admin).await;
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "site.rekey")
+        .expect("a site.rekey audit entry");
+    assert_eq!(entry["target"], "store-1");
+    assert!(
+        entry["actor"].as_str().unwrap().contains("test-operator"),
+        "{entry}"
+    );
+    assert!(
+        entry["detail"].as_str().unwrap().contains(&rekey_id),
+        "{entry}"
+    );
+
+    // A decommissioned site is re-enabled before it is re-keyed.
+    let (s, _) = h
+        .post("/v1/sites/store-2/decommission", &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = h.post("/v1/sites/store-2/rekey", &h.admin, json!({})).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "site_decommissioned"),
+        "{v}"
+    );
 }
 
 const PLAN: &str = r#"

@@ -1,4 +1,4 @@
-//! `site list|show|label|decommission|enable`, `token enroll create|list|revoke`,
+//! `site list|show|label|decommission|enable|rekey`, `token enroll create|list|revoke`,
 //! `token operator create|list|revoke` and `audit`: the fleet's members, who may join it,
 //! who may operate it, and what was done.
 //!
@@ -27,6 +27,21 @@ pub enum SiteCommand {
     Decommission(SiteIdArgs),
     /// Re-enable a decommissioned site.
     Enable(SiteIdArgs),
+    /// Let a re-imaged or replaced box enroll a new device key for an enrolled site:
+    /// prints a one-use enrollment token bound to the site (only such a token can
+    /// replace a site's key; other tokens only create new sites).
+    Rekey(SiteRekeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SiteRekeyArgs {
+    /// The site id.
+    pub site: String,
+    /// Validity, e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub expires_in: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +107,30 @@ pub fn site(command: SiteCommand) -> Result<()> {
         }
         SiteCommand::Decommission(args) => site_state(args, "decommission"),
         SiteCommand::Enable(args) => site_state(args, "reenable"),
+        SiteCommand::Rekey(args) => {
+            let req = api::RekeySite {
+                expires_in_secs: Some(parse_secs(&args.expires_in)?),
+            };
+            let client = Client::connect(&args.connect)?;
+            let created: api::EnrollmentTokenCreated = client.post(
+                &format!("{}/{}/rekey", paths::SITES, encode(&args.site)),
+                &req,
+            )?;
+            if args.connect.json {
+                return output::json(&created);
+            }
+            output::line(&created.token)?;
+            eprintln!(
+                "enrollment token {} for site {} (one use, expires {}): on the new box run \
+                 `fleetwave-agent enroll --site {} --token <the line above>`; the site's current \
+                 device key works until then. It is not shown again",
+                created.id,
+                args.site,
+                output::time(created.expires_at),
+                args.site
+            );
+            Ok(())
+        }
     }
 }
 

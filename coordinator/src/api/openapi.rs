@@ -257,6 +257,16 @@ fn routes() -> Vec<Route> {
         ),
         r(
             Post,
+            "/v1/sites/{id}/rekey",
+            "One-use enrollment token bound to an enrolled site: its new device key",
+            Auth::Operator("operator"),
+            Some("RekeySite"),
+            "201",
+            Some("EnrollmentTokenCreated"),
+            &["400", "401", "403", "404", "409"],
+        ),
+        r(
+            Post,
             "/v1/releases",
             "Publish a signed release envelope",
             Auth::Operator("release_manager"),
@@ -614,6 +624,7 @@ pub fn document() -> OpenApi {
         .schema_from::<SiteInfo>()
         .schema_from::<SiteList>()
         .schema_from::<RelabelSite>()
+        .schema_from::<RekeySite>()
         .schema_from::<ReleaseInfo>()
         .schema_from::<ReleaseList>()
         .schema_from::<ArtifactInfo>()

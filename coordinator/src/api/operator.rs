@@ -61,40 +61,32 @@ pub async fn create_enrollment_token(
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     op.require(Permission::Operate)?;
     check_labels(&req.labels)?;
-    if let Some(site) = &req.site_id
-        && !super::agent::valid_site_id(site)
-    {
-        return Err(ApiError::bad_request(format!(
-            "site_id {site:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"
-        )));
+    if let Some(site) = &req.site_id {
+        if !super::agent::valid_site_id(site) {
+            return Err(ApiError::bad_request(format!(
+                "site_id {site:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"
+            )));
+        }
+        // A token for an enrolled site would replace its device key: that is a rekey,
+        // its own audited action.
+        let i = site.clone();
+        if app.db.run(move |s| s.site(&i)).await?.is_some() {
+            return Err(crate::error::site_exists(site));
+        }
     }
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > 100_000 {
         return Err(ApiError::bad_request("uses must be between 1 and 100000"));
     }
-    let secs = req.expires_in_secs.unwrap_or(86_400);
-    if secs == 0 || secs > 365 * 86_400 {
-        return Err(ApiError::bad_request(
-            "expires_in_secs must be between 1 and 31536000 (a year)",
-        ));
-    }
-    let now = Timestamp::now();
-    let token = format!("fwe_{}", random_hex(24));
-    let record = EnrollmentTokenRecord {
-        id: format!("et-{}", random_hex(6)),
-        labels: req.labels.clone(),
-        site_id: req.site_id.clone(),
-        expires_at: now + SignedDuration::from_secs(secs as i64),
-        uses_total: uses,
-        uses_left: uses,
-        revoked: false,
-        created_at: now,
-        created_by: op.actor(),
-    };
-    let (hash, r) = (token_hash(&token), record.clone());
-    app.db
-        .run(move |s| s.create_enrollment_token(&hash, &r))
-        .await?;
+    let (record, token) = mint_enrollment_token(
+        &app,
+        &op,
+        req.labels.clone(),
+        req.site_id.clone(),
+        uses,
+        req.expires_in_secs,
+    )
+    .await?;
     op.audit(
         &app,
         "enrollment_token.create",
@@ -112,6 +104,93 @@ pub async fn create_enrollment_token(
             token,
             expires_at: record.expires_at,
             uses,
+        }),
+    ))
+}
+
+/// Creates and stores an enrollment token; returns its record and its secret (which only
+/// the caller's answer shows). The caller checks labels and site id, and audits.
+async fn mint_enrollment_token(
+    app: &AppState,
+    op: &Operator,
+    labels: BTreeMap<String, String>,
+    site_id: Option<String>,
+    uses: u32,
+    expires_in_secs: Option<u64>,
+) -> Result<(EnrollmentTokenRecord, String), ApiError> {
+    let secs = expires_in_secs.unwrap_or(86_400);
+    if secs == 0 || secs > 365 * 86_400 {
+        return Err(ApiError::bad_request(
+            "expires_in_secs must be between 1 and 31536000 (a year)",
+        ));
+    }
+    let now = Timestamp::now();
+    let token = format!("fwe_{}", random_hex(24));
+    let record = EnrollmentTokenRecord {
+        id: format!("et-{}", random_hex(6)),
+        labels,
+        site_id,
+        expires_at: now + SignedDuration::from_secs(secs as i64),
+        uses_total: uses,
+        uses_left: uses,
+        revoked: false,
+        created_at: now,
+        created_by: op.actor(),
+    };
+    let (hash, r) = (token_hash(&token), record.clone());
+    app.db
+        .run(move |s| s.create_enrollment_token(&hash, &r))
+        .await?;
+    Ok((record, token))
+}
+
+/// `POST /v1/sites/{id}/rekey`: a one-use enrollment token bound to an enrolled site, so
+/// that a re-imaged or replaced box can enroll a new device key for it. The current key
+/// keeps working until the new one enrolls; the site keeps its labels and history.
+pub async fn rekey_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RekeySite>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+    op.require(Permission::Operate)?;
+    let site = load_site(&app, &id).await?;
+    if site.state == SiteState::Decommissioned {
+        return Err(ApiError::conflict(
+            "site_decommissioned",
+            format!(
+                "site {id} is decommissioned; re-enable it first (`fleetwave site enable {id}`), \
+                 then rekey it"
+            ),
+        ));
+    }
+    let (record, token) = mint_enrollment_token(
+        &app,
+        &op,
+        BTreeMap::new(),
+        Some(id.clone()),
+        1,
+        req.expires_in_secs,
+    )
+    .await?;
+    op.audit(
+        &app,
+        "site.rekey",
+        &id,
+        format!(
+            "enrollment token {} may enroll a new device key for this site once, until {}; \
+             the current key {} works until then",
+            record.id, record.expires_at, site.device_key
+        ),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenCreated {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+            uses: 1,
         }),
     ))
 }

@@ -30,6 +30,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An enrollment named a site that is already enrolled, with a token that may not
+    /// replace its device key (not bound to it, or issued before its current key).
+    #[error("site {0} is already enrolled")]
+    SiteExists(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database task failed: {0}")]
@@ -316,7 +320,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<EnrollmentTokenRecord>>;
     /// Uses one of the token's uses and creates or re-keys the site, in one transaction.
     /// Refuses (Conflict) a token that is used up, revoked or expired at `enrollment.at`,
-    /// and a decommissioned site.
+    /// and a decommissioned site. An existing site is re-keyed only with a token bound to
+    /// it and issued no earlier than its current enrollment (what a rekey issues);
+    /// otherwise SiteExists, and the token keeps its use: a batch token never takes over
+    /// an enrolled site.
     fn enroll(&self, enrollment: &Enrollment) -> StoreResult<SiteRecord>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(

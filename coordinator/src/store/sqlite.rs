@@ -722,6 +722,12 @@ impl Store for SqliteStore {
                     "site {} is decommissioned; an operator must re-enable it first",
                     e.site_id
                 ))),
+                Some(site)
+                    if token.site_id.as_deref() != Some(e.site_id.as_str())
+                        || token.created_at < site.enrolled_at =>
+                {
+                    Err(StoreError::SiteExists(e.site_id.clone()))
+                }
                 Some(mut site) => {
                     site.labels.extend(token.labels.clone());
                     tx.execute(

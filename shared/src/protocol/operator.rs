@@ -171,7 +171,9 @@ pub struct CreateEnrollmentToken {
     /// Labels given to sites that enroll with this token.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// If set, the token enrolls only this site id.
+    /// If set, the token enrolls only this site id, which must not be enrolled yet (an
+    /// enrolled site gets a new device key only with a token from
+    /// `POST /v1/sites/{id}/rekey`). Without it, the token only creates new sites.
     #[serde(default)]
     pub site_id: Option<String>,
     /// Seconds until the token expires (default 86400).
@@ -190,6 +192,18 @@ pub struct EnrollmentTokenCreated {
     pub token: String,
     pub expires_at: Timestamp,
     pub uses: u32,
+}
+
+/// `POST /v1/sites/{id}/rekey`: a one-use enrollment token bound to an existing site, the
+/// only kind that can replace its device key (a re-imaged or replaced box). Answered with
+/// [`EnrollmentTokenCreated`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RekeySite {
+    /// Seconds until the token expires (default 86400).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
