@@ -679,7 +679,9 @@ fn import_bundle(path: &Path, file: &Path, json_out: bool) -> Result<u8, Failure
             }
             Err(Failure::new(EXIT_REFUSED, e))
         }
-        Err(e @ BundleError::Malformed(_)) => Err(Failure::new(EXIT_REFUSED, e)),
+        Err(e @ (BundleError::Malformed(_) | BundleError::Unsafe(_))) => {
+            Err(Failure::new(EXIT_REFUSED, e))
+        }
         Err(e) => Err(Failure::new(EXIT_FAILURE, e)),
     }
 }
