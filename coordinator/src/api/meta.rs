@@ -72,6 +72,6 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     Ok(res)
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<serde_json::Value> {
     Json(super::openapi::document())
 }

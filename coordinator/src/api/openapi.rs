@@ -676,8 +676,40 @@ fn other_answer(route: &Route, status: &str) -> Option<Response> {
     }
 }
 
-/// The whole document.
-pub fn document() -> OpenApi {
+/// The whole document, as served.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(build()).expect("the document serializes");
+    unsigned_integers(&mut doc);
+    doc
+}
+
+/// utoipa 5 (`non_strict_integers`) writes the formats of unsigned integers as
+/// `u-int32`, `u-int64`...: say `uint32`, `uint64` as the OpenAPI format registry does,
+/// with the maximum serde accepts (without the feature, u32 would be `int32`, narrower
+/// than what the server reads).
+fn unsigned_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let max: Option<u64> = match m.get("format").and_then(|f| f.as_str()) {
+                Some("u-int8") => Some(u8::MAX.into()),
+                Some("u-int16") => Some(u16::MAX.into()),
+                Some("u-int32") => Some(u32::MAX.into()),
+                Some("u-int64") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(max) = max {
+                let format = m["format"].as_str().unwrap_or_default().replace('-', "");
+                m.insert("format".into(), format.into());
+                m.entry("maximum").or_insert(max.into());
+            }
+            m.values_mut().for_each(unsigned_integers);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(unsigned_integers),
+        _ => {}
+    }
+}
+
+fn build() -> OpenApi {
     let mut paths = PathsBuilder::new();
     for route in ROUTES {
         let mut op = OperationBuilder::new()
