@@ -248,6 +248,12 @@ pub async fn build_app(
     Ok(app)
 }
 
+/// Every route the server answers: the API and the dashboard. The OpenAPI tests read
+/// the routes from this router, so that the document covers what is really served.
+pub fn router(app: AppState) -> axum::Router {
+    crate::api::router(app)
+}
+
 /// Starts the server on `listener`.
 pub async fn start(
     config: Config,
@@ -262,7 +268,7 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = build_app(config, shutdown_rx.clone()).await?;
     let local_addr = listener.local_addr()?;
-    let router = crate::api::router(app.clone());
+    let router = router(app.clone());
     let head_buffer = crate::api::edge::head_buffer(&app.config.limits);
     let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(

@@ -13,11 +13,18 @@ use crate::error::ApiError;
 use crate::metrics::StateLabel;
 use crate::state::AppState;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ServiceStatus {
+    /// `ok` (alive) or `ready` (the database answers).
+    pub status: &'static str,
 }
 
-pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn healthz() -> Json<ServiceStatus> {
+    Json(ServiceStatus { status: "ok" })
+}
+
+pub async fn readyz(State(app): State<AppState>) -> Result<Json<ServiceStatus>, ApiError> {
     app.db.run(|s| s.ping()).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -32,7 +39,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
             problem,
         ));
     }
-    Ok(Json(serde_json::json!({"status": "ready"})))
+    Ok(Json(ServiceStatus { status: "ready" }))
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
@@ -78,6 +85,6 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     Ok(res)
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<serde_json::Value> {
     Json(super::openapi::document())
 }

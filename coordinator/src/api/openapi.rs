@@ -1,441 +1,576 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`, built from the shared API types
-//! (their `ToSchema` derives) and one table of routes, so that the routes, their schemas
-//! and the error shape cannot drift apart silently. Pure.
+//! (their `ToSchema` and `IntoParams` derives) and one table of routes, so that the
+//! routes, their schemas and the error shape cannot drift apart silently. Pure.
+//!
+//! The error statuses of an operation follow from the table: what the route reads (path,
+//! query, JSON or raw body), who may call it and where it is mounted; `errors` adds the
+//! ones its handler decides. `tests/openapi.rs` checks the document against the official
+//! OpenAPI 3.1 schema and against the real router, both ways; `scripts/fuzz-api` fuzzes
+//! the server from it.
 
-use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
-};
+use std::collections::BTreeSet;
+
+use utoipa::IntoParams;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ComponentsBuilder, Ref};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Required};
+use utoipa::openapi::{
+    Content, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, RefOr, Required,
+};
 
 use fleetwave_shared::dsse::{Envelope, Signature};
 use fleetwave_shared::protocol::operator::*;
 use fleetwave_shared::protocol::*;
 
+use super::meta::ServiceStatus;
+
 /// Who may call a route.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Auth {
+    /// Anyone: health, readiness, metrics, this document.
+    Public,
+    /// No bearer token: the body proves who is asking (enrollment token, device key).
     Enroll,
     Agent,
     Operator(&'static str),
     AgentOrOperator,
 }
 
-/// One documented route: method, path, auth, request schema, success status and schema.
+/// What a route reads besides its path.
+#[derive(Clone, Copy)]
+enum Input {
+    Nothing,
+    /// Query parameters, from the type the handler extracts.
+    Query(fn() -> Vec<Parameter>),
+    /// A JSON body with `Content-Type: application/json` (the schema's name).
+    Json(&'static str),
+    /// An optional JSON body: empty, or JSON whatever the Content-Type says.
+    OptionalJson(&'static str),
+    /// Raw bytes (an artifact).
+    Bytes,
+}
+
+/// What a route answers on success.
+#[derive(Clone, Copy)]
+enum Output {
+    Json(&'static str),
+    /// Any JSON object (this document).
+    JsonObject,
+    /// No body (204).
+    Empty,
+    /// Artifact bytes.
+    Bytes,
+    /// Prometheus / OpenMetrics text.
+    Metrics,
+}
+
+/// One documented route.
 struct Route {
     method: HttpMethod,
     path: &'static str,
     summary: &'static str,
     auth: Auth,
-    request: Option<&'static str>,
+    input: Input,
     status: &'static str,
-    response: Option<&'static str>,
+    output: Output,
+    /// Statuses the handler itself decides, beyond those [`error_statuses`] derives.
     errors: &'static [&'static str],
 }
 
-#[allow(clippy::too_many_arguments)]
-const fn r(
-    method: HttpMethod,
-    path: &'static str,
-    summary: &'static str,
-    auth: Auth,
-    request: Option<&'static str>,
-    status: &'static str,
-    response: Option<&'static str>,
-    errors: &'static [&'static str],
-) -> Route {
-    Route {
-        method,
-        path,
-        summary,
-        auth,
-        request,
-        status,
-        response,
-        errors,
+/// `{id}` in a path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct IdPath {
+    /// The id of the site, token, release or rollout.
+    #[param(min_length = 1)]
+    id: String,
+}
+
+/// `{sha256}` in a path: an artifact is named by its SHA-256.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct ArtifactPath {
+    /// The artifact's SHA-256, 64 lowercase hex characters.
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    sha256: String,
+}
+
+/// The query parameters of `T` (a type a handler extracts with `ApiQuery`).
+fn query<T: IntoParams>() -> Vec<Parameter> {
+    T::into_params(|| Some(ParameterIn::Query))
+}
+
+/// The parameters of a path template.
+fn path_params(path: &str) -> Vec<Parameter> {
+    let mut out = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "{id}" => out.extend(IdPath::into_params(|| None)),
+            "{sha256}" => out.extend(ArtifactPath::into_params(|| None)),
+            s if s.starts_with('{') => panic!("path parameter {s} of {path} has no type"),
+            _ => {}
+        }
     }
+    out
 }
 
 use HttpMethod::{Get, Head, Post, Put};
 
-const COMMON: &[&str] = &["400", "401", "403", "413", "429", "503"];
+/// A base to fill in: an operator GET of a JSON view, no handler-specific errors.
+const VIEW: Route = Route {
+    method: Get,
+    path: "",
+    summary: "",
+    auth: Auth::Operator("viewer"),
+    input: Input::Nothing,
+    status: "200",
+    output: Output::Json(""),
+    errors: &[],
+};
 
-fn routes() -> Vec<Route> {
-    vec![
-        r(
-            Post,
-            "/v1/enroll",
-            "Enroll a site with a one-time token and its device key",
-            Auth::Enroll,
-            Some("EnrollRequest"),
-            "200",
-            Some("EnrollResponse"),
-            COMMON,
-        ),
-        r(
-            Post,
-            "/v1/agent/session",
-            "Open an agent session with a signed, replay-protected handshake",
-            Auth::Enroll,
-            Some("SessionRequest"),
-            "200",
-            Some("SessionResponse"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/agent/poll",
-            "The site's signed assignment and release, or nothing (ETag, long poll)",
-            Auth::Agent,
-            None,
-            "200",
-            Some("PollResponse"),
-            &["304", "400", "401", "403", "429", "503"],
-        ),
-        r(
-            Post,
-            "/v1/agent/lease",
-            "Ask permission to start installing now",
-            Auth::Agent,
-            Some("LeaseRequest"),
-            "200",
-            Some("LeaseGrant"),
-            &["400", "401", "403", "409", "503"],
-        ),
-        r(
-            Post,
-            "/v1/agent/reports",
-            "Deliver a batch of events (applied at most once each)",
-            Auth::Agent,
-            Some("ReportBatch"),
-            "200",
-            Some("ReportAck"),
-            COMMON,
-        ),
-        r(
-            Put,
-            "/v1/artifacts/{sha256}",
-            "Upload an artifact (raw bytes; name = SHA-256)",
-            Auth::Operator("release_manager"),
-            None,
-            "201",
-            Some("ArtifactInfo"),
-            &["400", "401", "403", "413", "422", "503"],
-        ),
-        r(
-            Get,
-            "/v1/artifacts/{sha256}",
-            "Download an artifact (Range supported)",
-            Auth::AgentOrOperator,
-            None,
-            "200",
-            None,
-            &["400", "401", "403", "404", "416"],
-        ),
-        r(
-            Head,
-            "/v1/artifacts/{sha256}",
-            "Artifact length and ETag",
-            Auth::AgentOrOperator,
-            None,
-            "200",
-            None,
-            &["400", "401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/enrollment-tokens",
-            "Create an enrollment token",
-            Auth::Operator("operator"),
-            Some("CreateEnrollmentToken"),
-            "201",
-            Some("EnrollmentTokenCreated"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/enrollment-tokens",
-            "List enrollment tokens",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("EnrollmentTokenList"),
-            COMMON,
-        ),
-        r(
-            Post,
-            "/v1/enrollment-tokens/{id}/revoke",
-            "Revoke an enrollment token",
-            Auth::Operator("operator"),
-            None,
-            "204",
-            None,
-            &["401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/operator-tokens",
-            "Create an operator token",
-            Auth::Operator("admin"),
-            Some("CreateOperatorToken"),
-            "201",
-            Some("OperatorTokenCreated"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/operator-tokens",
-            "List operator tokens",
-            Auth::Operator("admin"),
-            None,
-            "200",
-            Some("OperatorTokenList"),
-            COMMON,
-        ),
-        r(
-            Post,
-            "/v1/operator-tokens/{id}/revoke",
-            "Revoke an operator token",
-            Auth::Operator("admin"),
-            None,
-            "204",
-            None,
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Get,
-            "/v1/sites",
-            "List sites (filter by label, state, version; paginated)",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("SiteList"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/sites/{id}",
-            "One site",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("SiteInfo"),
-            &["401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/sites/{id}/labels",
-            "Set and remove labels",
-            Auth::Operator("operator"),
-            Some("RelabelSite"),
-            "200",
-            Some("SiteInfo"),
-            &["400", "401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/sites/{id}/decommission",
-            "Decommission a site (refused at once)",
-            Auth::Operator("operator"),
-            None,
-            "200",
-            Some("SiteInfo"),
-            &["401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/sites/{id}/reenable",
-            "Re-enable a decommissioned site",
-            Auth::Operator("operator"),
-            None,
-            "200",
-            Some("SiteInfo"),
-            &["401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/sites/{id}/rekey",
-            "One-use enrollment token bound to an enrolled site: its new device key",
-            Auth::Operator("operator"),
-            Some("RekeySite"),
-            "201",
-            Some("EnrollmentTokenCreated"),
-            &["400", "401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/releases",
-            "Publish a signed release envelope",
-            Auth::Operator("release_manager"),
-            Some("Envelope"),
-            "201",
-            Some("ReleaseInfo"),
-            &["400", "401", "403", "409", "422"],
-        ),
-        r(
-            Get,
-            "/v1/releases",
-            "List releases",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("ReleaseList"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/releases/{id}",
-            "One release",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("ReleaseInfo"),
-            &["401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/roots",
-            "Publish the next root version (rotation)",
-            Auth::Operator("admin"),
-            Some("Envelope"),
-            "201",
-            Some("RootInfo"),
-            &["400", "401", "403", "409", "422"],
-        ),
-        r(
-            Get,
-            "/v1/roots",
-            "List root versions",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("RootList"),
-            COMMON,
-        ),
-        r(
-            Post,
-            "/v1/rollouts",
-            "Create a rollout from a plan (TOML or JSON)",
-            Auth::Operator("operator"),
-            Some("CreateRollout"),
-            "201",
-            Some("RolloutView"),
-            &["400", "401", "403", "409", "422"],
-        ),
-        r(
-            Get,
-            "/v1/rollouts",
-            "List rollouts",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("RolloutList"),
-            COMMON,
-        ),
-        r(
-            Get,
-            "/v1/rollouts/{id}",
-            "Rollout status: waves, tallies, gates, the sites needing attention (at most 200), timeline",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404"],
-        ),
-        r(
-            Get,
-            "/v1/rollouts/{id}/sites",
-            "Every site of a rollout by site id (filter by wave, state; paginated)",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("RolloutSiteList"),
-            &["400", "401", "403", "404"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/start",
-            "Start a pending rollout",
-            Auth::Operator("operator"),
-            None,
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/pause",
-            "Pause a running rollout",
-            Auth::Operator("operator"),
-            Some("ActionReason"),
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/resume",
-            "Resume a paused or halted rollout",
-            Auth::Operator("operator"),
-            None,
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/approve",
-            "Approve a wave",
-            Auth::Operator("operator"),
-            Some("ApproveWave"),
-            "200",
-            Some("RolloutView"),
-            &["400", "401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/abort",
-            "Abort a rollout",
-            Auth::Operator("operator"),
-            Some("ActionReason"),
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/rollback",
-            "Send the rollout's sites back to their previous release",
-            Auth::Operator("operator"),
-            Some("ActionReason"),
-            "200",
-            Some("RolloutView"),
-            &["401", "403", "404", "409"],
-        ),
-        r(
-            Post,
-            "/v1/rollouts/{id}/skip",
-            "Skip a site (left out of its gate)",
-            Auth::Operator("operator"),
-            Some("SkipSite"),
-            "200",
-            Some("RolloutView"),
-            &["400", "401", "403", "404", "409"],
-        ),
-        r(
-            Get,
-            "/v1/audit",
-            "The audit log, newest first",
-            Auth::Operator("viewer"),
-            None,
-            "200",
-            Some("AuditList"),
-            COMMON,
-        ),
-    ]
+const ROUTES: &[Route] = &[
+    Route {
+        method: Post,
+        path: "/v1/enroll",
+        summary: "Enroll a site with a one-time token and its device key",
+        auth: Auth::Enroll,
+        input: Input::Json("EnrollRequest"),
+        output: Output::Json("EnrollResponse"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/agent/session",
+        summary: "Open an agent session with a signed, replay-protected handshake",
+        auth: Auth::Enroll,
+        input: Input::Json("SessionRequest"),
+        output: Output::Json("SessionResponse"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/agent/poll",
+        summary: "The site's signed assignment and release, or nothing (ETag, long poll)",
+        auth: Auth::Agent,
+        input: Input::Query(query::<PollQuery>),
+        output: Output::Json("PollResponse"),
+        errors: &["304"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/agent/lease",
+        summary: "Ask permission to start installing now",
+        auth: Auth::Agent,
+        input: Input::Json("LeaseRequest"),
+        output: Output::Json("LeaseGrant"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/agent/reports",
+        summary: "Deliver a batch of events (applied at most once each)",
+        auth: Auth::Agent,
+        input: Input::Json("ReportBatch"),
+        output: Output::Json("ReportAck"),
+        ..VIEW
+    },
+    Route {
+        method: Put,
+        path: "/v1/artifacts/{sha256}",
+        summary: "Upload an artifact (raw bytes; name = SHA-256)",
+        auth: Auth::Operator("release_manager"),
+        input: Input::Bytes,
+        status: "201",
+        output: Output::Json("ArtifactInfo"),
+        errors: &["422"],
+    },
+    Route {
+        path: "/v1/artifacts/{sha256}",
+        summary: "Download an artifact (Range supported)",
+        auth: Auth::AgentOrOperator,
+        output: Output::Bytes,
+        errors: &["206", "416"],
+        ..VIEW
+    },
+    Route {
+        method: Head,
+        path: "/v1/artifacts/{sha256}",
+        summary: "Artifact length and ETag",
+        auth: Auth::AgentOrOperator,
+        output: Output::Bytes,
+        errors: &["206", "416"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/enrollment-tokens",
+        summary: "Create an enrollment token",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("CreateEnrollmentToken"),
+        status: "201",
+        output: Output::Json("EnrollmentTokenCreated"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/enrollment-tokens",
+        summary: "List enrollment tokens",
+        output: Output::Json("EnrollmentTokenList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/enrollment-tokens/{id}/revoke",
+        summary: "Revoke an enrollment token",
+        auth: Auth::Operator("operator"),
+        status: "204",
+        output: Output::Empty,
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/operator-tokens",
+        summary: "Create an operator token",
+        auth: Auth::Operator("admin"),
+        input: Input::Json("CreateOperatorToken"),
+        status: "201",
+        output: Output::Json("OperatorTokenCreated"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/operator-tokens",
+        summary: "List operator tokens",
+        auth: Auth::Operator("admin"),
+        output: Output::Json("OperatorTokenList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/operator-tokens/{id}/revoke",
+        summary: "Revoke an operator token",
+        auth: Auth::Operator("admin"),
+        status: "204",
+        output: Output::Empty,
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        path: "/v1/sites",
+        summary: "List sites (filter by label, state, version; paginated)",
+        input: Input::Query(query::<SiteListQuery>),
+        output: Output::Json("SiteList"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/sites/{id}",
+        summary: "One site",
+        output: Output::Json("SiteInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/sites/{id}/labels",
+        summary: "Set and remove labels",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("RelabelSite"),
+        output: Output::Json("SiteInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/sites/{id}/decommission",
+        summary: "Decommission a site (refused at once)",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("SiteInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/sites/{id}/reenable",
+        summary: "Re-enable a decommissioned site",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("SiteInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/sites/{id}/rekey",
+        summary: "One-use enrollment token bound to an enrolled site: its new device key",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("RekeySite"),
+        status: "201",
+        output: Output::Json("EnrollmentTokenCreated"),
+        errors: &["404", "409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/releases",
+        summary: "Publish a signed release envelope",
+        auth: Auth::Operator("release_manager"),
+        input: Input::Json("Envelope"),
+        status: "201",
+        output: Output::Json("ReleaseInfo"),
+        errors: &["409", "422"],
+    },
+    Route {
+        path: "/v1/releases",
+        summary: "List releases",
+        output: Output::Json("ReleaseList"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/releases/{id}",
+        summary: "One release",
+        output: Output::Json("ReleaseInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/roots",
+        summary: "Publish the next root version (rotation)",
+        auth: Auth::Operator("admin"),
+        input: Input::Json("Envelope"),
+        status: "201",
+        output: Output::Json("RootInfo"),
+        errors: &["409", "422"],
+    },
+    Route {
+        path: "/v1/roots",
+        summary: "List root versions",
+        output: Output::Json("RootList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts",
+        summary: "Create a rollout from a plan (TOML or JSON)",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("CreateRollout"),
+        status: "201",
+        output: Output::Json("RolloutView"),
+        errors: &["409", "422"],
+    },
+    Route {
+        path: "/v1/rollouts",
+        summary: "List rollouts",
+        output: Output::Json("RolloutList"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/rollouts/{id}",
+        summary: "Rollout status: waves, tallies, gates, the sites needing attention (at most 200), timeline",
+        output: Output::Json("RolloutView"),
+        ..VIEW
+    },
+    Route {
+        path: "/v1/rollouts/{id}/sites",
+        summary: "Every site of a rollout by site id (filter by wave, state; paginated)",
+        input: Input::Query(query::<RolloutSiteQuery>),
+        output: Output::Json("RolloutSiteList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/start",
+        summary: "Start a pending rollout",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/pause",
+        summary: "Pause a running rollout",
+        auth: Auth::Operator("operator"),
+        input: Input::OptionalJson("ActionReason"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/resume",
+        summary: "Resume a paused or halted rollout",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/approve",
+        summary: "Approve a wave",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("ApproveWave"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/abort",
+        summary: "Abort a rollout",
+        auth: Auth::Operator("operator"),
+        input: Input::OptionalJson("ActionReason"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/rollback",
+        summary: "Send the rollout's sites back to their previous release",
+        auth: Auth::Operator("operator"),
+        input: Input::OptionalJson("ActionReason"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/skip",
+        summary: "Skip a site (left out of its gate)",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("SkipSite"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        path: "/v1/audit",
+        summary: "The audit log, newest first",
+        input: Input::Query(query::<AuditQuery>),
+        output: Output::Json("AuditList"),
+        ..VIEW
+    },
+    Route {
+        path: "/healthz",
+        summary: "Liveness: the process answers",
+        auth: Auth::Public,
+        output: Output::Json("ServiceStatus"),
+        ..VIEW
+    },
+    Route {
+        path: "/readyz",
+        summary: "Readiness: the database answers (503 when it does not)",
+        auth: Auth::Public,
+        output: Output::Json("ServiceStatus"),
+        errors: &["503"],
+        ..VIEW
+    },
+    Route {
+        path: "/metrics",
+        summary: "Prometheus metrics (OpenMetrics text)",
+        auth: Auth::Public,
+        output: Output::Metrics,
+        errors: &["503"],
+        ..VIEW
+    },
+    Route {
+        path: "/openapi.json",
+        summary: "This document",
+        auth: Auth::Public,
+        output: Output::JsonObject,
+        ..VIEW
+    },
+];
+
+/// The error answers: status, response component, description. Each carries the JSON
+/// error body.
+const ERRORS: &[(&str, &str, &str)] = &[
+    (
+        "400",
+        "BadRequest",
+        "Malformed request (bad JSON, unknown field, invalid value, bad query or path); the message names it",
+    ),
+    (
+        "401",
+        "Unauthorized",
+        "Missing, unknown or expired credentials",
+    ),
+    (
+        "403",
+        "Forbidden",
+        "The role does not allow it, or the site is decommissioned",
+    ),
+    ("404", "NotFound", "No such object"),
+    (
+        "408",
+        "RequestTimeout",
+        "Cut off after `limits.request_timeout_secs` (artifacts: `limits.artifact_timeout_secs`)",
+    ),
+    (
+        "409",
+        "Conflict",
+        "The state does not allow it (rollout state, counter not above the stream's, already revoked), or the lease is denied (Retry-After)",
+    ),
+    (
+        "413",
+        "PayloadTooLarge",
+        "The body is over `limits.max_body_bytes` (artifacts: `limits.max_artifact_bytes`; reports: too many events)",
+    ),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "The body is not sent as `Content-Type: application/json`",
+    ),
+    (
+        "416",
+        "RangeNotSatisfiable",
+        "The Range is not one byte range inside the artifact (Content-Range: bytes */LENGTH)",
+    ),
+    (
+        "422",
+        "Unprocessable",
+        "Well-formed but refused (signature, plan validation, hash mismatch)",
+    ),
+    (
+        "431",
+        "HeadersTooLarge",
+        "The request headers are over `limits.max_header_bytes`",
+    ),
+    (
+        "503",
+        "Unavailable",
+        "Overloaded (`limits.max_concurrent_requests`, `limits.max_long_polls`) or storage unavailable; retry after Retry-After",
+    ),
+];
+
+/// Every error status `route` can answer.
+fn error_statuses(route: &Route) -> BTreeSet<&'static str> {
+    let mut out = BTreeSet::from(["431"]);
+    if route.path.starts_with("/v1/") {
+        // Timeout and load shedding on every API route.
+        out.extend(["408", "503"]);
+    }
+    if route.auth != Auth::Public {
+        out.extend(["401", "403"]);
+    }
+    if route.path.contains('{') {
+        out.extend(["400", "404"]);
+    }
+    match route.input {
+        Input::Nothing => {}
+        Input::Query(_) => {
+            out.insert("400");
+        }
+        Input::Json(_) => out.extend(["400", "413", "415"]),
+        Input::OptionalJson(_) | Input::Bytes => out.extend(["400", "413"]),
+    }
+    out.extend(
+        route
+            .errors
+            .iter()
+            .filter(|s| s.starts_with('4') || s.starts_with('5')),
+    );
+    out
 }
 
 fn method_name(m: &HttpMethod) -> &'static str {
@@ -455,29 +590,139 @@ fn json(schema: &str) -> Content {
     Content::new(Some(Ref::from_schema_name(schema)))
 }
 
-fn error_text(status: &str) -> &'static str {
+fn header(schema: Schema, description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(schema)
+        .description(Some(description))
+        .build()
+}
+
+fn string() -> Schema {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+
+fn integer() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .into()
+}
+
+/// The headers of a poll answer (200 and 304).
+fn poll_headers(b: ResponseBuilder) -> ResponseBuilder {
+    b.header(
+        "ETag",
+        header(
+            string(),
+            "The answer's version; send it back as If-None-Match",
+        ),
+    )
+    .header(
+        NEXT_POLL_HEADER,
+        header(integer(), "Suggested seconds until the next poll"),
+    )
+}
+
+/// The headers of an artifact answer (200 and 206).
+fn artifact_headers(b: ResponseBuilder) -> ResponseBuilder {
+    b.header("ETag", header(string(), "The artifact's SHA-256 in quotes"))
+        .header("Content-Length", header(integer(), "Bytes in this answer"))
+        .header("Accept-Ranges", header(string(), "`bytes`"))
+}
+
+fn bytes() -> Content {
+    Content::new(Some(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/octet-stream"),
+    ))
+}
+
+/// The success answer of `route`.
+fn success(route: &Route) -> Response {
+    let b = ResponseBuilder::new().description("Success");
+    let b = match route.output {
+        Output::Json(s) => b.content("application/json", json(s)),
+        Output::JsonObject => b.content(
+            "application/json",
+            Content::new(Some(ObjectBuilder::new().schema_type(Type::Object))),
+        ),
+        Output::Empty => b,
+        Output::Bytes => artifact_headers(b).content("application/octet-stream", bytes()),
+        Output::Metrics => b.content("application/openmetrics-text", Content::new(Some(string()))),
+    };
+    let b = if route.path == "/v1/agent/poll" {
+        poll_headers(b)
+    } else {
+        b
+    };
+    b.build()
+}
+
+/// The answers of `route` besides its success and its errors (304, 206).
+fn other_answer(route: &Route, status: &str) -> Option<Response> {
     match status {
-        "304" => "Not modified: the ETag still matches (carries ETag and x-fleetwave-next-poll)",
-        "400" => "Malformed request (bad JSON, unknown field, invalid value); the message names it",
-        "401" => "Missing, unknown or expired credentials",
-        "403" => "Role not allowed, or site decommissioned",
-        "404" => "No such object",
-        "409" => {
-            "Conflict (state does not allow it, counter not above the stream's, lease denied with Retry-After)"
-        }
-        "413" => "Body over the size limit",
-        "416" => "Range not satisfiable",
-        "422" => "Well-formed but refused (signature, plan validation, hash mismatch)",
-        "429" => "Too many requests (Retry-After)",
-        "503" => "Overloaded or storage unavailable (Retry-After)",
-        _ => "Error",
+        "304" => Some(
+            poll_headers(
+                ResponseBuilder::new()
+                    .description("Not modified: If-None-Match still matches; no body"),
+            )
+            .build(),
+        ),
+        "206" => Some(
+            artifact_headers(ResponseBuilder::new().description("Partial content (Range)"))
+                .header(
+                    "Content-Range",
+                    header(string(), "`bytes START-END/LENGTH`"),
+                )
+                .content("application/octet-stream", bytes())
+                .build(),
+        ),
+        s if s.starts_with('4') || s.starts_with('5') => None,
+        s => panic!(
+            "{} {}: no answer for {s}",
+            method_name(&route.method),
+            route.path
+        ),
     }
 }
 
-/// The whole document.
-pub fn document() -> OpenApi {
+/// The whole document, as served.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(build()).expect("the document serializes");
+    unsigned_integers(&mut doc);
+    doc
+}
+
+/// utoipa 5 (`non_strict_integers`) writes the formats of unsigned integers as
+/// `u-int32`, `u-int64`...: say `uint32`, `uint64` as the OpenAPI format registry does,
+/// with the maximum serde accepts (without the feature, u32 would be `int32`, narrower
+/// than what the server reads).
+fn unsigned_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let max: Option<u64> = match m.get("format").and_then(|f| f.as_str()) {
+                Some("u-int8") => Some(u8::MAX.into()),
+                Some("u-int16") => Some(u16::MAX.into()),
+                Some("u-int32") => Some(u32::MAX.into()),
+                Some("u-int64") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(max) = max {
+                let format = m["format"].as_str().unwrap_or_default().replace('-', "");
+                m.insert("format".into(), format.into());
+                m.entry("maximum").or_insert(max.into());
+            }
+            m.values_mut().for_each(unsigned_integers);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(unsigned_integers),
+        _ => {}
+    }
+}
+
+fn build() -> OpenApi {
     let mut paths = PathsBuilder::new();
-    for route in routes() {
+    for route in ROUTES {
         let mut op = OperationBuilder::new()
             .summary(Some(route.summary))
             .operation_id(Some(format!(
@@ -485,114 +730,85 @@ pub fn document() -> OpenApi {
                 method_name(&route.method).to_lowercase(),
                 route
                     .path
-                    .trim_start_matches("/v1/")
-                    .replace(['/', '{', '}', '-'], "_")
-            )));
-        let ok = ResponseBuilder::new().description("Success");
-        let ok = match route.response {
-            Some(s) => ok.content("application/json", json(s)),
-            None if route.path.starts_with("/v1/artifacts") && !matches!(route.method, Put) => {
-                ok.content("application/octet-stream", Content::new(None::<Ref>))
-            }
-            None => ok,
-        };
-        op = op.response(route.status, ok.build());
-        if route.path.starts_with("/v1/artifacts") && matches!(route.method, Get) {
-            op = op.response(
-                "206",
-                ResponseBuilder::new()
-                    .description("Partial content (Range)")
-                    .build(),
-            );
-        }
+                    .trim_start_matches('/')
+                    .trim_start_matches("v1/")
+                    .replace(['/', '{', '}', '-', '.'], "_")
+            )))
+            .response(route.status, success(route));
         for status in route.errors {
-            let b = ResponseBuilder::new().description(error_text(status));
-            let b = if *status == "304" {
-                b
-            } else {
-                b.content("application/json", json("ErrorBody"))
-            };
-            op = op.response(*status, b.build());
-        }
-        if let Some(req) = route.request {
-            op = op.request_body(Some(
-                RequestBodyBuilder::new()
-                    .content("application/json", json(req))
-                    .required(Some(Required::True))
-                    .build(),
-            ));
-        } else if matches!(route.method, Put) {
-            op = op.request_body(Some(
-                RequestBodyBuilder::new()
-                    .content("application/octet-stream", Content::new(None::<Ref>))
-                    .required(Some(Required::True))
-                    .build(),
-            ));
-        }
-        for name in ["id", "sha256"] {
-            if route.path.contains(&format!("{{{name}}}")) {
-                op = op.parameter(
-                    ParameterBuilder::new()
-                        .name(name)
-                        .parameter_in(ParameterIn::Path)
-                        .required(Required::True)
-                        .build(),
-                );
+            if let Some(answer) = other_answer(route, status) {
+                op = op.response(*status, answer);
             }
         }
-        let queries: &[&str] = match route.path {
-            "/v1/agent/poll" => &["wait", "root_version"],
-            "/v1/sites" => &["label", "state", "version", "after", "limit"],
-            "/v1/rollouts/{id}/sites" => &["wave", "state", "after", "limit"],
-            "/v1/audit" => &["before", "limit"],
-            _ => &[],
+        for status in error_statuses(route) {
+            let (_, name, _) = ERRORS
+                .iter()
+                .find(|(s, _, _)| *s == status)
+                .unwrap_or_else(|| panic!("no error response for {status}"));
+            op = op.response(status, Ref::from_response_name(*name));
+        }
+        let body = |content_type: &str, content: Content, required: Required| {
+            RequestBodyBuilder::new()
+                .content(content_type, content)
+                .required(Some(required))
+                .build()
         };
-        for q in queries {
-            op = op.parameter(
-                ParameterBuilder::new()
-                    .name(*q)
-                    .parameter_in(ParameterIn::Query)
-                    .required(Required::False)
-                    .build(),
-            );
-        }
-        match route.auth {
-            Auth::Enroll => {}
-            Auth::Agent => {
-                op = op.security(SecurityRequirement::new(
-                    "agent_session",
-                    Vec::<String>::new(),
-                ))
+        let mut params = path_params(route.path);
+        match route.input {
+            Input::Nothing => {}
+            Input::Query(q) => params.extend(q()),
+            Input::Json(s) => {
+                op = op.request_body(Some(body("application/json", json(s), Required::True)))
             }
-            Auth::Operator(role) => {
-                op = op.security(SecurityRequirement::new(
-                    "operator_token",
-                    Vec::<String>::new(),
-                ));
-                op = op.description(Some(format!(
-                    "Needs an operator token with role {role} (or admin)."
-                )));
+            Input::OptionalJson(s) => {
+                op = op.request_body(Some(body("application/json", json(s), Required::False)))
             }
-            Auth::AgentOrOperator => {
-                op = op
-                    .security(SecurityRequirement::new(
-                        "agent_session",
-                        Vec::<String>::new(),
-                    ))
-                    .security(SecurityRequirement::new(
-                        "operator_token",
-                        Vec::<String>::new(),
-                    ));
+            Input::Bytes => {
+                op = op.request_body(Some(body(
+                    "application/octet-stream",
+                    bytes(),
+                    Required::True,
+                )))
             }
         }
-        paths = paths.path(route.path, PathItem::new(route.method, op.build()));
+        for p in params {
+            op = op.parameter(p);
+        }
+        let agent = || SecurityRequirement::new("agent_session", Vec::<String>::new());
+        let operator = || SecurityRequirement::new("operator_token", Vec::<String>::new());
+        op = match route.auth {
+            Auth::Public | Auth::Enroll => op,
+            Auth::Agent => op.security(agent()),
+            Auth::Operator(role) => op.security(operator()).description(Some(format!(
+                "Needs an operator token with role {role} (or admin)."
+            ))),
+            Auth::AgentOrOperator => op.security(agent()).security(operator()),
+        };
+        paths = paths.path(route.path, PathItem::new(route.method.clone(), op.build()));
     }
     let bearer = || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
-    let components = ComponentsBuilder::new()
+    let mut components = ComponentsBuilder::new()
         .security_scheme("agent_session", bearer())
-        .security_scheme("operator_token", bearer())
+        .security_scheme("operator_token", bearer());
+    for (status, name, description) in ERRORS {
+        let mut b = ResponseBuilder::new()
+            .description(*description)
+            .content("application/json", json("ErrorBody"));
+        if matches!(*status, "409" | "503") {
+            b = b.header(
+                "Retry-After",
+                header(integer(), "Seconds to wait before retrying (when given)"),
+            );
+        }
+        if *status == "416" {
+            b = b.header("Content-Range", header(string(), "`bytes */LENGTH`"));
+        }
+        components = components.response(*name, RefOr::T(b.build()));
+    }
+    let components = components
         .schema_from::<ErrorBody>()
         .schema_from::<ErrorDetail>()
+        .schema_from::<ServiceStatus>()
         .schema_from::<Envelope>()
         .schema_from::<Signature>()
         .schema_from::<EnrollRequest>()
@@ -663,8 +879,8 @@ pub fn document() -> OpenApi {
 
 /// Every `(METHOD, path)` the document describes (for tests that compare with the router).
 pub fn documented_routes() -> Vec<(String, String)> {
-    routes()
-        .into_iter()
+    ROUTES
+        .iter()
         .map(|r| (method_name(&r.method).to_string(), r.path.to_string()))
         .collect()
 }

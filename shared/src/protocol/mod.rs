@@ -111,7 +111,7 @@ pub struct SessionResponse {
 
 /// `GET /v1/agent/poll?wait=SECS&root_version=N` with `If-None-Match`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
 pub struct PollQuery {
     /// Long-poll: hold the request up to this many seconds (capped at
     /// [`MAX_POLL_WAIT_SECS`]) until something changes.

@@ -273,6 +273,7 @@ pub struct SiteListQuery {
     pub label: Option<String>,
     /// `active` or `decommissioned`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", param(value_type = Option<SiteState>))]
     pub state: Option<String>,
     /// Sites that report this version installed.
     #[serde(default)]
