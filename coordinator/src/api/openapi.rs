@@ -306,7 +306,6 @@ const ROUTES: &[Route] = &[
         status: "201",
         output: Output::Json("EnrollmentTokenCreated"),
         errors: &["404", "409"],
-        ..VIEW
     },
     Route {
         method: Post,
