@@ -443,9 +443,17 @@ impl App {
         Ok((issued, missing))
     }
 
-    async fn save_rollout(&self, record: &RolloutRecord) -> Result<(), ApiError> {
+    /// Saves the rollout's record with `decisions`, in one transaction: whoever reads
+    /// the new status also finds the decision that set it.
+    async fn save_rollout(
+        &self,
+        record: &RolloutRecord,
+        decisions: Vec<(String, Option<u32>, String)>,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         let r = record.clone();
-        self.db.run(move |s| s.update_rollout(&r)).await?;
+        let records = self.decision_records(&record.id, decisions, now);
+        self.db.run(move |s| s.update_rollout(&r, &records)).await?;
         self.engine
             .facts
             .apply(&record.id, Update::Record(record.clone()));
@@ -458,13 +466,25 @@ impl App {
         decisions: Vec<(String, Option<u32>, String)>,
         now: Timestamp,
     ) -> Result<(), ApiError> {
+        let records = self.decision_records(rollout_id, decisions, now);
+        self.db.run(move |s| s.add_decisions(&records)).await?;
+        Ok(())
+    }
+
+    /// The timeline entries for `decisions`, counted in the decision metric.
+    fn decision_records(
+        &self,
+        rollout_id: &str,
+        decisions: Vec<(String, Option<u32>, String)>,
+        now: Timestamp,
+    ) -> Vec<DecisionRecord> {
         for (kind, _, _) in &decisions {
             self.metrics
                 .gate_decisions
                 .get_or_create(&crate::metrics::KindLabel { kind: kind.clone() })
                 .inc();
         }
-        let records: Vec<DecisionRecord> = decisions
+        decisions
             .into_iter()
             .map(|(kind, wave, reason)| DecisionRecord {
                 id: 0,
@@ -474,9 +494,7 @@ impl App {
                 wave,
                 reason,
             })
-            .collect();
-        self.db.run(move |s| s.add_decisions(&records)).await?;
-        Ok(())
+            .collect()
     }
 
     /// Runs the controller once for one rollout and applies the outcome. Call with the
@@ -580,9 +598,10 @@ impl App {
             self.assign_open_waves(&head, &record, now).await?;
         }
         if outcome.changes(&view) || changed {
-            self.save_rollout(&record).await?;
+            self.save_rollout(&record, to_store, now).await?;
+        } else {
+            self.record_decisions(id, to_store, now).await?;
         }
-        self.record_decisions(id, to_store, now).await?;
         Ok(())
     }
 
@@ -665,18 +684,13 @@ impl App {
         record.status = WireStatus::Halted;
         record.status_reason = Some(reason.clone());
         record.updated_at = now;
-        self.save_rollout(&record).await?;
+        let halt = vec![("halt".into(), current_wave(&record), reason)];
+        self.save_rollout(&record, halt, now).await?;
         self.engine
             .last_note
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        self.record_decisions(
-            id,
-            vec![("halt".into(), current_wave(&record), reason)],
-            now,
-        )
-        .await?;
         self.metrics.controller_rollout_failures.inc();
         Ok(())
     }
@@ -990,10 +1004,8 @@ impl App {
             }
         }
         l.record.updated_at = now;
-        self.save_rollout(&l.record).await?;
-        if let Some(n) = note {
-            self.record_decisions(id, vec![n], now).await?;
-        }
+        self.save_rollout(&l.record, note.into_iter().collect(), now)
+            .await?;
         if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
             self.tick_isolated(id, now).await;
         }

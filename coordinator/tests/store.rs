@@ -170,7 +170,7 @@ fn one_active_rollout_per_site_and_counters_go_up() {
     // Once r1 is done, s1 is free.
     let mut done = rollout("r1");
     done.status = RolloutStatus::Completed;
-    store.update_rollout(&done).unwrap();
+    store.update_rollout(&done, &[]).unwrap();
     store
         .create_rollout(&rollout("r2"), &[member("r2", "s1"), member("r2", "s2")])
         .unwrap();
@@ -362,4 +362,40 @@ fn the_commit_and_pruning_queries_use_their_indexes() {
         prune.contains("COVERING INDEX reports_by_kind_received"),
         "{prune}"
     );
+}
+
+#[test]
+fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
+    let (_dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let decision = |rollout_id: &str| DecisionRecord {
+        id: 0,
+        rollout_id: rollout_id.into(),
+        at: ts("2026-01-01T00:05:00Z"),
+        kind: "complete".into(),
+        wave: None,
+        reason: "every wave passed".into(),
+    };
+    let mut done = rollout("r1");
+    done.status = RolloutStatus::Completed;
+    store.update_rollout(&done, &[decision("r1")]).unwrap();
+    assert_eq!(
+        store.rollout("r1").unwrap().unwrap().status,
+        RolloutStatus::Completed
+    );
+    let kinds: Vec<String> = store
+        .decisions("r1")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.kind)
+        .collect();
+    assert_eq!(kinds, ["complete"]);
+
+    // One transaction: when the record cannot be saved, its decision is not kept either.
+    let mut ghost = rollout("r9");
+    ghost.status = RolloutStatus::Completed;
+    assert!(store.update_rollout(&ghost, &[decision("r9")]).is_err());
+    assert!(store.decisions("r9").unwrap().is_empty());
 }

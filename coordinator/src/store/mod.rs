@@ -360,7 +360,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
-    fn update_rollout(&self, rollout: &RolloutRecord) -> StoreResult<()>;
+    /// Saves the rollout's record and adds `decisions` to its timeline in one
+    /// transaction, so whoever sees the new status also sees the decision that set it.
+    fn update_rollout(
+        &self,
+        rollout: &RolloutRecord,
+        decisions: &[DecisionRecord],
+    ) -> StoreResult<()>;
     fn rollout_sites(&self, rollout_id: &str) -> StoreResult<Vec<RolloutSiteRecord>>;
     /// One site's row of a rollout (None: the site is not a member).
     fn rollout_site(

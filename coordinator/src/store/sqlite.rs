@@ -117,6 +117,16 @@ impl SqliteStore {
     }
 }
 
+fn insert_decisions(tx: &rusqlite::Transaction, decisions: &[DecisionRecord]) -> StoreResult<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO decisions (rollout_id, at, kind, wave, reason) VALUES (?1,?2,?3,?4,?5)",
+    )?;
+    for d in decisions {
+        st.execute(params![d.rollout_id, ms(d.at), d.kind, d.wave, d.reason])?;
+    }
+    Ok(())
+}
+
 fn ms(t: Timestamp) -> i64 {
     to_millis(t)
 }
@@ -973,7 +983,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_rollout(&self, ro: &RolloutRecord) -> StoreResult<()> {
+    fn update_rollout(&self, ro: &RolloutRecord, decisions: &[DecisionRecord]) -> StoreResult<()> {
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE rollouts SET status = ?2, status_reason = ?3, waves = ?4, updated_at = ?5 WHERE id = ?1",
@@ -986,7 +996,7 @@ impl Store for SqliteStore {
                 tx.execute("UPDATE rollout_sites SET active = 0 WHERE rollout_id = ?1", [&ro.id])?;
                 tx.execute("DELETE FROM leases WHERE rollout_id = ?1", [&ro.id])?;
             }
-            Ok(())
+            insert_decisions(tx, decisions)
         })
     }
 
@@ -1245,13 +1255,7 @@ impl Store for SqliteStore {
         if decisions.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
-            let mut st = tx.prepare_cached("INSERT INTO decisions (rollout_id, at, kind, wave, reason) VALUES (?1,?2,?3,?4,?5)")?;
-            for d in decisions {
-                st.execute(params![d.rollout_id, ms(d.at), d.kind, d.wave, d.reason])?;
-            }
-            Ok(())
-        })
+        self.write(|tx| insert_decisions(tx, decisions))
     }
 
     fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize> {
