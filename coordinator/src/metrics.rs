@@ -51,6 +51,8 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Stored reports deleted past their retention period, by kind (`health`, `phase`, ...).
     pub reports_pruned: Family<KindLabel, Counter>,
+    /// Sites whose agent gave up rolling back (newest phase `rollback_failed`).
+    pub sites_rollback_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,9 +120,16 @@ impl Metrics {
             "Stored agent reports deleted past their retention period ([retention]), by kind",
             reports_pruned.clone(),
         );
+        let sites_rollback_failed = Gauge::default();
+        registry.register(
+            "sites_rollback_failed",
+            "Sites whose agent gave up rolling back (newest install phase rollback_failed): each needs an operator",
+            sites_rollback_failed.clone(),
+        );
         Metrics {
             registry,
             reports_pruned,
+            sites_rollback_failed,
             connections_open,
             keepalive_declined,
             tls_handshakes,
