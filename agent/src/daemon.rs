@@ -971,6 +971,10 @@ impl Daemon {
                         phase,
                         Some(detail),
                     )?;
+                    // The coordinator hears of the wait now, not after it.
+                    if let Some(session) = &self.session {
+                        deliver_reports(&self.ctx, session).await;
+                    }
                     tokio::time::sleep(wait).await;
                 }
                 Err(ExecError::RetryLater { step, message }) => {

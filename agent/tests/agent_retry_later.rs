@@ -88,6 +88,20 @@ async fn an_install_script_that_exits_21_twice_is_retried_and_commits_without_ro
         "{logs}"
     );
     assert!(logs.contains("another operation is in progress"), "{logs}");
+    // The coordinator was told of each retry, with the wait.
+    let db =
+        rusqlite::Connection::open(coordinator.dir.path().join("data/coordinator.db")).unwrap();
+    let retries: Vec<i64> = db
+        .prepare(
+            "SELECT at FROM reports WHERE site_id = 'retry-later-ok' AND kind = 'phase' \
+             AND body LIKE '%retry_later%retry % of 3 in 1 s%' ORDER BY at",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(retries.len(), 2, "{retries:?}");
     agent.kill().await.unwrap();
 }
 
