@@ -108,6 +108,17 @@ pub struct InstallConfig {
     /// Longest local deferral `fleetwave-agent defer` accepts.
     #[serde(default = "default_max_defer")]
     pub max_defer_secs: u64,
+    /// How many times a rollback is tried before the agent gives up and reports
+    /// `rollback_failed` (the box then needs an operator).
+    #[serde(default = "default_rollback_attempts")]
+    pub rollback_attempts: u32,
+    /// Wait after the first failed rollback; it doubles (with jitter) after each further
+    /// failure...
+    #[serde(default = "default_rollback_retry_min")]
+    pub rollback_retry_min_secs: u64,
+    /// ...up to this.
+    #[serde(default = "default_rollback_retry_max")]
+    pub rollback_retry_max_secs: u64,
 }
 
 /// `[outbox]`: the local queue of reports.
@@ -159,6 +170,15 @@ fn default_true() -> bool {
 fn default_max_defer() -> u64 {
     72 * 3600
 }
+fn default_rollback_attempts() -> u32 {
+    8
+}
+fn default_rollback_retry_min() -> u64 {
+    10
+}
+fn default_rollback_retry_max() -> u64 {
+    600
+}
 fn default_outbox_max() -> u64 {
     10_000
 }
@@ -194,6 +214,9 @@ impl Default for InstallConfig {
         InstallConfig {
             install_offline: default_true(),
             max_defer_secs: default_max_defer(),
+            rollback_attempts: default_rollback_attempts(),
+            rollback_retry_min_secs: default_rollback_retry_min(),
+            rollback_retry_max_secs: default_rollback_retry_max(),
         }
     }
 }
@@ -307,6 +330,20 @@ impl Config {
         }
         if self.install.max_defer_secs == 0 {
             return Err(bad("install.max_defer_secs", "must be at least 1".into()));
+        }
+        if self.install.rollback_attempts == 0 {
+            return Err(bad(
+                "install.rollback_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.install.rollback_retry_min_secs == 0
+            || self.install.rollback_retry_min_secs > self.install.rollback_retry_max_secs
+        {
+            return Err(bad(
+                "install.rollback_retry_min_secs",
+                "must be at least 1 and not above install.rollback_retry_max_secs".into(),
+            ));
         }
         if let Err(message) = self.health.validate() {
             return Err(ConfigError::Section {

@@ -255,39 +255,58 @@ pub fn retry_delay(retry_after: Option<Duration>, backoff_next: Duration, jitter
     }
 }
 
-/// When the download (`prepare`) of an open install may be tried again after a retryable
-/// failure (coordinator unreachable, artifact not there yet): the poll back-off
-/// (`poll.backoff_min_secs` doubling with jitter up to `poll.backoff_max_secs`), kept per
-/// install and forgotten when a download succeeds or another install is open. Polls go on
-/// meanwhile; only the download waits.
-pub struct DownloadPacer {
-    poll: crate::config::PollConfig,
+/// When an install step that failed in a way worth retrying may be tried again: an
+/// exponential back-off (from `min`, doubling with jitter, up to `max`), kept per install
+/// and forgotten when the step succeeds or another install is open. Polls go on meanwhile;
+/// only the step waits. Downloads (`prepare`: coordinator unreachable, artifact not there
+/// yet) use the poll back-off (`poll.backoff_min_secs` .. `poll.backoff_max_secs`),
+/// rollbacks `install.rollback_retry_min_secs` .. `install.rollback_retry_max_secs`.
+pub struct StepPacer {
+    min: Duration,
+    max: Duration,
     /// The journal entry the back-off belongs to, its state and the earliest next try.
     pending: Option<(i64, backon::ExponentialBackoff, std::time::Instant)>,
 }
 
-impl DownloadPacer {
-    pub fn new(poll: &crate::config::PollConfig) -> DownloadPacer {
-        DownloadPacer {
-            poll: poll.clone(),
+impl StepPacer {
+    pub fn new(min: Duration, max: Duration) -> StepPacer {
+        StepPacer {
+            min,
+            max,
             pending: None,
         }
     }
 
-    /// The download of install `entry` failed at `now`: returns the delay before the next
-    /// try (the next back-off step; a new back-off for a different install).
+    /// The pacer of downloads: the poll back-off.
+    pub fn downloads(poll: &crate::config::PollConfig) -> StepPacer {
+        StepPacer::new(
+            Duration::from_secs(poll.backoff_min_secs),
+            Duration::from_secs(poll.backoff_max_secs),
+        )
+    }
+
+    /// The pacer of failed rollbacks: `install.rollback_retry_*`.
+    pub fn rollbacks(install: &crate::config::InstallConfig) -> StepPacer {
+        StepPacer::new(
+            Duration::from_secs(install.rollback_retry_min_secs),
+            Duration::from_secs(install.rollback_retry_max_secs),
+        )
+    }
+
+    /// The step of install `entry` failed at `now`: returns the delay before the next try
+    /// (the next back-off step; a new back-off for a different install).
     pub fn failed(&mut self, entry: i64, now: std::time::Instant) -> Duration {
         let mut backoff = match self.pending.take() {
             Some((id, backoff, _)) if id == entry => backoff,
-            _ => new_backoff(&self.poll),
+            _ => exponential(self.min, self.max),
         };
-        let delay = backoff_delay(&mut backoff, &self.poll, None);
+        let delay = backoff.next().unwrap_or(self.max);
         self.pending = Some((entry, backoff, now + delay));
         delay
     }
 
-    /// How long install `entry` must still wait before its download is tried again, if
-    /// it must. A back-off of another install is forgotten.
+    /// How long install `entry` must still wait before its step is tried again, if it
+    /// must. A back-off of another install is forgotten.
     pub fn wait(&mut self, entry: Option<i64>, now: std::time::Instant) -> Option<Duration> {
         match &self.pending {
             Some((id, _, at)) if Some(*id) == entry => {
@@ -301,9 +320,46 @@ impl DownloadPacer {
         }
     }
 
-    /// A download succeeded: the next failure starts from `backoff_min_secs` again.
+    /// The step succeeded: the next failure starts from `min` again.
     pub fn succeeded(&mut self) {
         self.pending = None;
+    }
+}
+
+/// A rollback that keeps failing, as `fleetwave-agent status` shows it: kept in `agent.db`
+/// (meta key [`RollbackFailing::META_KEY`]) so that the bound on attempts holds across
+/// restarts of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RollbackFailing {
+    /// The install (journal entry) being rolled back.
+    pub entry: i64,
+    pub release_id: String,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// After this many the agent gives up (`install.rollback_attempts`).
+    pub attempts: u32,
+    pub last_error: String,
+    /// The end of the failing command's output.
+    pub output: String,
+    pub failed_at: Timestamp,
+    /// When the next attempt runs (absent once the agent gave up).
+    pub next_try_at: Option<Timestamp>,
+}
+
+impl RollbackFailing {
+    pub const META_KEY: &'static str = "rollback_failing";
+
+    /// The record of `entry`'s failed rollbacks, if any.
+    pub fn load(store: &Store, entry: i64) -> Result<Option<RollbackFailing>, StateError> {
+        Ok(store
+            .meta(Self::META_KEY)?
+            .and_then(|t| serde_json::from_str::<RollbackFailing>(&t).ok())
+            .filter(|f| f.entry == entry))
+    }
+
+    fn save(&self, store: &Store) -> Result<(), StateError> {
+        let text = serde_json::to_string(self).expect("rollback record serializes");
+        store.set_meta(Self::META_KEY, &text)
     }
 }
 
@@ -331,7 +387,9 @@ pub struct Daemon {
     /// Detail for the next `committed` phase event (set by recovery).
     note: Option<String>,
     /// Back-off of a download that failed in a retryable way.
-    downloads: DownloadPacer,
+    downloads: StepPacer,
+    /// Back-off of a rollback that failed.
+    rollbacks: StepPacer,
 }
 
 impl Daemon {
@@ -339,6 +397,7 @@ impl Daemon {
     pub fn new(config: Config, config_path: &std::path::Path) -> Result<Daemon, DaemonError> {
         let ctx = Context::open(config)?;
         let ctx_poll = ctx.config.poll.clone();
+        let ctx_install = ctx.config.install.clone();
         let session = ctx.session()?;
         let health = Arc::new(ctx.health()?);
         Ok(Daemon {
@@ -349,7 +408,8 @@ impl Daemon {
             etag: None,
             last_wait: None,
             note: None,
-            downloads: DownloadPacer::new(&ctx_poll),
+            downloads: StepPacer::downloads(&ctx_poll),
+            rollbacks: StepPacer::rollbacks(&ctx_install),
         })
     }
 
@@ -705,11 +765,14 @@ impl Daemon {
     /// Decides what to do with the stored assignment and does it.
     async fn work(&mut self) -> Result<Next, DaemonError> {
         let open = self.ctx.store.journal_open()?;
-        if let Some(wait) = self
-            .downloads
-            .wait(open.as_ref().map(|e| e.id), std::time::Instant::now())
-        {
+        let open_id = open.as_ref().map(|e| e.id);
+        let now = std::time::Instant::now();
+        if let Some(wait) = self.downloads.wait(open_id, now) {
             // The download failed lately: it waits out its back-off (polls go on).
+            return Ok(Next::RetryIn(wait));
+        }
+        if let Some(wait) = self.rollbacks.wait(open_id, now) {
+            // So does a rollback that failed.
             return Ok(Next::RetryIn(wait));
         }
         if open.is_some() {
@@ -920,6 +983,10 @@ impl Daemon {
                         phase,
                         Some(detail),
                     )?;
+                    // The coordinator hears of the wait now, not after it.
+                    if let Some(session) = &self.session {
+                        deliver_reports(&self.ctx, session).await;
+                    }
                     tokio::time::sleep(wait).await;
                 }
                 Err(ExecError::RetryLater { step, message }) => {
@@ -1257,9 +1324,11 @@ impl Daemon {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            tracing::error!("rollback failed, will retry: {e}");
-            status(&format!("rollback failing: {e}"));
-            return Ok(Next::RetryIn(Duration::from_secs(60)));
+            return self.rollback_failed(entry, why, &e);
+        }
+        self.rollbacks.succeeded();
+        if RollbackFailing::load(&self.ctx.store, entry.id)?.is_some() {
+            self.ctx.store.delete_meta(RollbackFailing::META_KEY)?;
         }
         self.ctx.store.journal_finish(
             entry.id,
@@ -1284,6 +1353,95 @@ impl Daemon {
         Ok(Next::Idle)
     }
 }
+
+impl Daemon {
+    /// A rollback attempt failed: logs it with the end of the command's output and tries
+    /// again after the rollback back-off; after `install.rollback_attempts` failed attempts
+    /// (counted across restarts) it gives up: the install is closed as `rollback_failed`
+    /// and reported as phase `rollback_failed` with the error and output, and the agent
+    /// does not try again by itself (a new assignment, e.g. a rollback from the
+    /// coordinator, starts a new install).
+    fn rollback_failed(
+        &mut self,
+        entry: &JournalEntry,
+        why: &str,
+        e: &ExecError,
+    ) -> Result<Next, DaemonError> {
+        let attempts = self.ctx.config.install.rollback_attempts;
+        let now = Timestamp::now();
+        let output = e.output().unwrap_or_default().to_string();
+        let failures =
+            RollbackFailing::load(&self.ctx.store, entry.id)?.map_or(0, |f| f.failures) + 1;
+        let mut record = RollbackFailing {
+            entry: entry.id,
+            release_id: entry.release_id.clone(),
+            failures,
+            attempts,
+            last_error: e.to_string(),
+            output: output.clone(),
+            failed_at: now,
+            next_try_at: None,
+        };
+        let shown_output = if output.is_empty() {
+            "(none)"
+        } else {
+            output.as_str()
+        };
+        if failures >= attempts {
+            tracing::error!(
+                release = %entry.release_id,
+                attempt = failures,
+                attempts,
+                output = shown_output,
+                "rollback failed {failures} times; giving up: {e}. The box needs an operator: \
+                 it may run neither release."
+            );
+            let detail = crate::readiness::process::truncate_chars(
+                &format!(
+                    "{}: rollback failed {failures} times, giving up (rolling back because: \
+                     {why}): {e}; output: {shown_output}",
+                    e.code()
+                ),
+                ROLLBACK_FAILED_DETAIL_CHARS,
+            );
+            self.ctx
+                .store
+                .journal_finish(entry.id, Outcome::RollbackFailed, Some(&detail), now)?;
+            self.ctx.phase(
+                Some(&entry.rollout_id),
+                &entry.release_id,
+                Phase::RollbackFailed,
+                Some(detail),
+            )?;
+            self.rollbacks.succeeded();
+            record.save(&self.ctx.store)?;
+            status(&format!(
+                "rollback of {} failed {failures} times; gave up, needs an operator: {e}",
+                entry.release_id
+            ));
+            return Ok(Next::Idle);
+        }
+        let wait = self.rollbacks.failed(entry.id, std::time::Instant::now());
+        record.next_try_at = Some(now + wait);
+        record.save(&self.ctx.store)?;
+        tracing::error!(
+            release = %entry.release_id,
+            attempt = failures,
+            attempts,
+            retry_in_secs = wait.as_secs_f64(),
+            output = shown_output,
+            "rollback failed, will retry: {e}"
+        );
+        status(&format!(
+            "rollback failing (attempt {failures} of {attempts}), next try in {} s: {e}",
+            wait.as_secs()
+        ));
+        Ok(Next::RetryIn(wait))
+    }
+}
+
+/// Longest `detail` of a `rollback_failed` phase event (error and output included).
+const ROLLBACK_FAILED_DETAIL_CHARS: usize = 2048;
 
 /// The release document of an envelope without checking its signature: only used to
 /// pick the executor that rolls back an install which verified when it began.
@@ -1512,11 +1670,19 @@ fn backoff_delay(
 }
 
 fn new_backoff(poll: &crate::config::PollConfig) -> backon::ExponentialBackoff {
+    exponential(
+        Duration::from_secs(poll.backoff_min_secs),
+        Duration::from_secs(poll.backoff_max_secs),
+    )
+}
+
+/// Doubling from `min` with jitter, at most `max`, for ever.
+fn exponential(min: Duration, max: Duration) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder as _;
     backon::ExponentialBuilder::default()
         .with_jitter()
-        .with_min_delay(Duration::from_secs(poll.backoff_min_secs))
-        .with_max_delay(Duration::from_secs(poll.backoff_max_secs))
+        .with_min_delay(min)
+        .with_max_delay(max)
         .without_max_times()
         .build()
 }
@@ -1858,7 +2024,7 @@ mod tests {
         };
         let secs = Duration::from_secs;
         let t0 = std::time::Instant::now();
-        let mut pacer = DownloadPacer::new(&poll);
+        let mut pacer = StepPacer::downloads(&poll);
         assert_eq!(pacer.wait(Some(7), t0), None, "nothing failed yet");
         let delays: Vec<Duration> = (0..5).map(|_| pacer.failed(7, t0)).collect();
         assert!(delays[0] >= secs(2) && delays[0] < secs(4), "{delays:?}");

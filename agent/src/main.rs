@@ -411,7 +411,13 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
     let ctx = Context::open(config)?;
     let installed = ctx.store.installed()?;
     let assignment = describe_assignment(&ctx)?;
-    let install = ctx.store.journal_recent(1)?.into_iter().next().map(|e| {
+    let last = ctx.store.journal_recent(1)?.into_iter().next();
+    // A rollback of the newest install that failed: still being retried, or given up.
+    let rollback_failing = match &last {
+        Some(e) => daemon::RollbackFailing::load(&ctx.store, e.id)?,
+        None => None,
+    };
+    let install = last.map(|e| {
         json!({
             "rollout_id": e.rollout_id, "sequence": e.sequence, "release_id": e.release_id,
             "step": e.step.as_str(), "state": e.state.as_str(), "started_at": e.started_at,
@@ -437,6 +443,7 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
         "installed": installed,
         "assignment": assignment,
         "last_install": install,
+        "rollback_failing": rollback_failing,
         "deferral": deferral,
         "health": health,
         "queued_reports": {"total": queued, "by_kind": counts.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
@@ -509,6 +516,23 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
                 .map(|o| format!("outcome {o}"))
                 .unwrap_or_else(|| "in progress".into())
         );
+    }
+    if let Some(f) = &rollback_failing {
+        match f.next_try_at {
+            Some(next) => println!(
+                "rollback      FAILING: attempt {} of {} failed at {}; next try at {next}: {}",
+                f.failures, f.attempts, f.failed_at, f.last_error
+            ),
+            None => println!(
+                "rollback      FAILED {} times, gave up at {} (the box needs an operator): {}",
+                f.failures, f.failed_at, f.last_error
+            ),
+        }
+        if !f.output.is_empty() {
+            for line in f.output.lines() {
+                println!("              | {line}");
+            }
+        }
     }
     match &deferral {
         Some(d) => println!(

@@ -8,8 +8,6 @@ mod common;
 use std::path::Path;
 
 use common::{Coordinator, Site, eventually};
-use fleetwave_shared::{Artifact, Release, ReleaseKind};
-use jiff::{SignedDuration, Timestamp};
 
 /// A command release whose install script counts its runs in `<dir>/install-runs` and
 /// exits 21 for the first `retry_later_runs` runs (every run when `None`), then 0; its
@@ -20,8 +18,6 @@ async fn publish_command_release(
     retry_later_runs: Option<u32>,
     max_retries: u32,
 ) -> String {
-    let bytes = b"edge stack chart".to_vec();
-    let sha = coordinator.upload(bytes.clone()).await;
     let runs = dir.join("install-runs");
     let until = retry_later_runs.map_or("1000000".to_string(), |n| n.to_string());
     let install = format!(
@@ -31,33 +27,20 @@ async fn publish_command_release(
         runs = runs.display()
     );
     let rollback = format!("echo rollback >> '{}'", dir.join("rolled-back").display());
-    let release = Release {
-        id: "edge-stack-2.0.0".into(),
-        name: "edge-stack".into(),
-        version: "2.0.0".into(),
-        kind: ReleaseKind::Command,
-        counter: 1,
-        issued_at: Timestamp::now() - SignedDuration::from_secs(5),
-        expires: Timestamp::now() + SignedDuration::from_hours(24),
-        artifacts: vec![Artifact {
-            name: "chart.tgz".into(),
-            url: format!("/v1/artifacts/{sha}"),
-            length: bytes.len() as u64,
-            sha256: sha,
-        }],
-        install: [
-            ("install".to_string(), serde_json::json!(install)),
-            ("rollback".to_string(), serde_json::json!(rollback)),
-            ("verify_period_secs".to_string(), serde_json::json!(1)),
-            ("max_retries".to_string(), serde_json::json!(max_retries)),
-            ("retry_delay_secs".to_string(), serde_json::json!(1)),
-            ("retry_max_delay_secs".to_string(), serde_json::json!(1)),
-        ]
-        .into(),
-        min_agent_version: None,
-    };
-    coordinator.publish_release(&release).await;
-    release.id
+    coordinator
+        .publish_command(
+            "edge-stack",
+            "2.0.0",
+            serde_json::json!({
+                "install": install,
+                "rollback": rollback,
+                "verify_period_secs": 1,
+                "max_retries": max_retries,
+                "retry_delay_secs": 1,
+                "retry_max_delay_secs": 1,
+            }),
+        )
+        .await
 }
 
 async fn last_outcome(site: &Site, release_id: &str) -> serde_json::Value {
@@ -105,6 +88,20 @@ async fn an_install_script_that_exits_21_twice_is_retried_and_commits_without_ro
         "{logs}"
     );
     assert!(logs.contains("another operation is in progress"), "{logs}");
+    // The coordinator was told of each retry, with the wait.
+    let db =
+        rusqlite::Connection::open(coordinator.dir.path().join("data/coordinator.db")).unwrap();
+    let retries: Vec<i64> = db
+        .prepare(
+            "SELECT at FROM reports WHERE site_id = 'retry-later-ok' AND kind = 'phase' \
+             AND body LIKE '%retry_later%retry % of 3 in 1 s%' ORDER BY at",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(retries.len(), 2, "{retries:?}");
     agent.kill().await.unwrap();
 }
 

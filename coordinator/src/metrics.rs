@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Rollouts halted because the controller could not evaluate them (an error or a
     /// panic while evaluating that one rollout).
     pub controller_rollout_failures: Counter,
+    /// Sites whose agent gave up rolling back (newest phase `rollback_failed`).
+    pub sites_rollback_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -153,12 +155,19 @@ impl Metrics {
             "Rollouts halted because the wave controller could not evaluate them (an error or a panic)",
             controller_rollout_failures.clone(),
         );
+        let sites_rollback_failed = Gauge::default();
+        registry.register(
+            "sites_rollback_failed",
+            "Sites whose agent gave up rolling back (newest install phase rollback_failed): each needs an operator",
+            sites_rollback_failed.clone(),
+        );
         Metrics {
             registry,
             reports_pruned,
             controller_up,
             controller_restarts,
             controller_rollout_failures,
+            sites_rollback_failed,
             connections_open,
             keepalive_declined,
             tls_handshakes,

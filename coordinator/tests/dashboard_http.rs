@@ -502,3 +502,73 @@ async fn site_decommission_and_reenable_with_confirmation_csrf_and_role() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     h.stop().await;
 }
+
+/// A site whose agent gave up rolling back (phase `rollback_failed`) is shown for what it
+/// is: an alert with the agent's words on its page, a failed site whose rollback failed on
+/// the rollout page, and one more in `fleetwave_sites_rollback_failed`.
+#[tokio::test]
+async fn a_rollback_the_agent_gave_up_on_is_shown_on_the_site_and_rollout_pages_and_counted() {
+    let h = Harness::new().await;
+    h.publish("2.5.0", 25).await;
+    let mut agent = Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    let id = h.create_rollout(PLAN).await;
+    let (s, _) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let metric = |text: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with("fleetwave_sites_rollback_failed "))
+            .unwrap_or_else(|| panic!("no fleetwave_sites_rollback_failed in:\n{text}"))
+            .to_string()
+    };
+    let metrics = |h: &Harness| {
+        let http = h.http.clone();
+        let url = h.url("/metrics");
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(
+        metric(&metrics(&h).await),
+        "fleetwave_sites_rollback_failed 0"
+    );
+
+    agent
+        .failed(&h, &id, "pos-2.5.0", "unhealthy: http:pos: status 500")
+        .await;
+    agent
+        .report(
+            &h,
+            json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.5.0", "phase": "rollback_failed",
+                   "detail": "command_failed: rollback failed 8 times, giving up: restart exited 1; output: port 8080 in use"}),
+        )
+        .await;
+
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (s, _, page) = web.get("/ui/sites/store-1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("id=\"rollback-failed\"")
+            && page.contains("The agent gave up rolling back pos-2.5.0")
+            && page.contains("port 8080 in use"),
+        "{page}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+        if page.contains("its rollback failed") {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout page never showed the failed rollback:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(page.contains("port 8080 in use"), "{page}");
+    assert_eq!(
+        metric(&metrics(&h).await),
+        "fleetwave_sites_rollback_failed 1"
+    );
+    h.stop().await;
+}

@@ -702,3 +702,97 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
+
+/// A site whose agent gave up on its rollback (phase `rollback_failed`) is a failed site:
+/// the gate counts it against the failure budget (the rollout halts), the rollout's site
+/// list says its rollback failed with the agent's own words, and the store counts it for
+/// the `fleetwave_sites_rollback_failed` gauge until the site reports a newer phase.
+#[tokio::test]
+async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
+    let s = setup(3).await;
+    let app = &s.app;
+    let r = app
+        .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    app.rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    let site = site_id(0);
+    let phase = |id: &str, p: &str, detail: &str| {
+        event(
+            id,
+            json!({"kind": "phase", "rollout_id": r.id, "release_id": s.release, "phase": p, "detail": detail}),
+        )
+    };
+    // No `failed` phase first (e.g. a rollback after the assignment expired): the
+    // `rollback_failed` phase alone makes the site failed.
+    app.apply_reports(input(
+        &site,
+        vec![
+            phase("r1", "installing", ""),
+            phase(
+                "r2",
+                "rollback_failed",
+                "command_failed: rollback failed 8 times, giving up: restart exited 1; output: port 8080 in use",
+            ),
+        ],
+    ))
+    .await
+    .unwrap();
+    app.tick_all().await.unwrap();
+
+    let view = fleetwave_coordinator::api::operator::rollout_view(app, &r.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.status,
+        RolloutStatus::Halted,
+        "{:?}",
+        view.status_reason
+    );
+    assert_eq!(view.waves[0].tally.failed, 1);
+    let listed = view.sites.iter().find(|v| v.site_id == site).unwrap();
+    assert_eq!(listed.state, "failed");
+    assert_eq!(listed.phase.as_deref(), Some("rollback_failed"));
+    let detail = listed.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("its rollback failed") && detail.contains("port 8080 in use"),
+        "{detail}"
+    );
+    assert_eq!(
+        app.db
+            .run(|s| s.count_sites_rollback_failed())
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Fixed by hand and installed by a later rollout: no longer counted.
+    app.rollout_action(&r.id, Action::Abort(None), "test")
+        .await
+        .unwrap();
+    let r2 = app
+        .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
+        .await
+        .unwrap();
+    app.rollout_action(&r2.id, Action::Start, "test")
+        .await
+        .unwrap();
+    app.apply_reports(input(
+        &site,
+        vec![event(
+            "r3",
+            json!({"kind": "phase", "rollout_id": r2.id, "release_id": s.release, "phase": "committed"}),
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        app.db
+            .run(|s| s.count_sites_rollback_failed())
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -439,6 +439,7 @@ pub(crate) async fn run_checked(
             step,
             command: cmd.display(),
             message: e.to_string(),
+            output: String::new(),
         })?;
     if out.success() {
         Ok(())
@@ -447,6 +448,7 @@ pub(crate) async fn run_checked(
             step,
             command: cmd.display(),
             message: format!("{}: {}", out.status_text(), out.brief()),
+            output: out.tail(super::COMMAND_OUTPUT_KEPT),
         })
     }
 }

@@ -204,6 +204,7 @@ impl CommandExecutor {
                 step,
                 command: cmd.display(),
                 message: e.to_string(),
+                output: String::new(),
             })?;
         match out.code {
             Some(0) => Ok(()),
@@ -215,6 +216,7 @@ impl CommandExecutor {
                 step,
                 command: cmd.display(),
                 message: format!("{}: {}", out.status_text(), out.brief()),
+                output: out.tail(super::COMMAND_OUTPUT_KEPT),
             }),
         }
     }

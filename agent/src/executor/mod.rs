@@ -215,6 +215,9 @@ pub enum ExecError {
         step: Step,
         command: String,
         message: String,
+        /// The end of what the command printed ([`COMMAND_OUTPUT_KEPT`] characters at
+        /// most; empty if it printed nothing or never ran).
+        output: String,
     },
     #[error("{step}: asked to retry later: {message}")]
     RetryLater { step: Step, message: String },
@@ -264,6 +267,15 @@ impl ExecError {
         )
     }
 
+    /// What the failed command printed (its end), if this is a command failure and it
+    /// printed anything.
+    pub fn output(&self) -> Option<&str> {
+        match self {
+            ExecError::CommandFailed { output, .. } if !output.is_empty() => Some(output),
+            _ => None,
+        }
+    }
+
     /// An I/O error, turned into [`ExecError::DiskFull`] when the disk is full.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> ExecError {
         let path = path.into();
@@ -281,6 +293,9 @@ impl ExecError {
         }
     }
 }
+
+/// How much of a failed command's output an [`ExecError::CommandFailed`] keeps (its end).
+pub const COMMAND_OUTPUT_KEPT: usize = 1024;
 
 /// ENOSPC or EDQUOT.
 pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {

@@ -322,6 +322,7 @@ pub fn spawn_guard(config: &SelfUpdateConfig, args: &[String]) -> Result<(), Exe
         step: Step::Install,
         command: argv.join(" "),
         message: format!("cannot start the self-update guard: {e}"),
+        output: String::new(),
     })?;
     // Reap it in the background so it never lingers as a zombie while we run.
     std::thread::spawn(move || {

@@ -170,6 +170,23 @@ impl CommandOutput {
         truncate_chars(&line, 160)
     }
 
+    /// The end of what the command printed (stdout, then stderr), at most `max` characters:
+    /// for reports and logs that must stay small. Empty when it printed nothing.
+    pub fn tail(&self, max: usize) -> String {
+        let both: Vec<&str> = [self.stdout.trim(), self.stderr.trim()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        let text = both.join("\n");
+        let n = text.chars().count();
+        if n <= max {
+            return text;
+        }
+        let mut t = String::from("…");
+        t.extend(text.chars().skip(n - max.saturating_sub(1)));
+        t
+    }
+
     /// "exit code N" or "killed by a signal".
     pub fn status_text(&self) -> String {
         match self.code {

@@ -81,6 +81,9 @@ pub enum Outcome {
     RolledBack,
     /// Ended before anything on the box changed (e.g. the assignment expired meanwhile).
     Abandoned,
+    /// The rollback failed `install.rollback_attempts` times: the agent gave up; the box
+    /// needs an operator.
+    RollbackFailed,
 }
 
 impl Outcome {
@@ -89,6 +92,7 @@ impl Outcome {
             Outcome::Committed => "committed",
             Outcome::RolledBack => "rolled_back",
             Outcome::Abandoned => "abandoned",
+            Outcome::RollbackFailed => "rollback_failed",
         }
     }
 }

@@ -278,6 +278,37 @@ impl Coordinator {
         env
     }
 
+    /// Uploads a small artifact and publishes a `command` release `<name>-<version>` with
+    /// these install parameters (scripts and settings); returns its id.
+    pub async fn publish_command(
+        &self,
+        name: &str,
+        version: &str,
+        install: serde_json::Value,
+    ) -> String {
+        let bytes = format!("{name} {version} chart").into_bytes();
+        let sha = self.upload(bytes.clone()).await;
+        let release = Release {
+            id: format!("{name}-{version}"),
+            name: name.into(),
+            version: version.into(),
+            kind: ReleaseKind::Command,
+            counter: 1,
+            issued_at: Timestamp::now() - SignedDuration::from_secs(5),
+            expires: Timestamp::now() + SignedDuration::from_hours(24),
+            artifacts: vec![Artifact {
+                name: "chart.tgz".into(),
+                url: format!("/v1/artifacts/{sha}"),
+                length: bytes.len() as u64,
+                sha256: sha,
+            }],
+            install: serde_json::from_value(install).unwrap(),
+            min_agent_version: None,
+        };
+        self.publish_release(&release).await;
+        release.id
+    }
+
     /// Creates and starts a one-wave rollout of `release_id` to the pig cohort.
     pub async fn rollout(&self, release_id: &str) -> String {
         let plan = format!(
@@ -451,6 +482,14 @@ command_timeout_secs = 60
             .cli(&["enroll", "--token", &token, "--site", &self.id])
             .await;
         assert_eq!(code, 0, "enroll failed: {out}{err}");
+    }
+
+    /// Appends TOML (e.g. an `[install]` table) to the agent's configuration.
+    pub fn configure(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// Starts the daemon; its stderr goes to `<dir>/agent-N.log`.

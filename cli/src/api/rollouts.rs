@@ -364,6 +364,7 @@ pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]
         ]);
     }
     out.push_str(&t.render("  "));
+    out.push_str(&rollback_failed_note(every.unwrap_or(&v.sites)));
     match every {
         Some(all) => {
             let mut sorted: Vec<&api::RolloutSiteView> = all.iter().collect();
@@ -394,6 +395,26 @@ pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]
         out.push_str(&format!("  {}\n", decision_line(d)));
     }
     out
+}
+
+/// A warning naming the listed sites whose agent gave up rolling back (phase
+/// `rollback_failed`): those boxes may run neither release and need an operator. Empty
+/// when there are none.
+fn rollback_failed_note(sites: &[api::RolloutSiteView]) -> String {
+    let stuck: Vec<&str> = sites
+        .iter()
+        .filter(|s| s.phase.as_deref() == Some("rollback_failed"))
+        .map(|s| s.site_id.as_str())
+        .collect();
+    if stuck.is_empty() {
+        return String::new();
+    }
+    format!(
+        "ROLLBACK FAILED on {} site{} (the agent gave up; each box needs an operator): {}\n",
+        stuck.len(),
+        if stuck.len() == 1 { "" } else { "s" },
+        stuck.join(", ")
+    )
 }
 
 /// Sites as a table: site, wave, state, phase, detail.
@@ -505,5 +526,58 @@ impl Progress {
             self.status = Some(v.status);
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(id: &str, state: &str, phase: &str, detail: &str) -> api::RolloutSiteView {
+        api::RolloutSiteView {
+            site_id: id.into(),
+            wave: 0,
+            state: state.into(),
+            phase: Some(phase.into()),
+            detail: Some(detail.into()),
+        }
+    }
+
+    #[test]
+    fn status_names_the_sites_whose_rollback_failed_with_the_agents_words() {
+        let now = jiff::Timestamp::now();
+        let view = api::RolloutView {
+            id: "r-1".into(),
+            release_id: "demo-2".into(),
+            status: api::RolloutStatus::Halted,
+            status_reason: Some("wave 0: 2 of 3 sites failed".into()),
+            created_at: now,
+            created_by: "ops".into(),
+            updated_at: now,
+            waves: vec![],
+            sites: vec![
+                site(
+                    "store-1",
+                    "failed",
+                    "rollback_failed",
+                    "install failed and its rollback failed; the box needs an operator: \
+                     restart exited 1; output: port 8080 in use",
+                ),
+                site("store-2", "failed", "failed", "install failed: unhealthy"),
+            ],
+            sites_omitted: 1,
+            decisions: vec![],
+            plan: String::new(),
+            plan_format: api::PlanFormat::Toml,
+        };
+        let text = render_status(&view, None);
+        assert!(
+            text.contains("ROLLBACK FAILED on 1 site (the agent gave up; each box needs an operator): store-1\n"),
+            "{text}"
+        );
+        assert!(text.contains("rollback_failed"), "{text}");
+        assert!(text.contains("port 8080 in use"), "{text}");
+        // Nothing to say when no rollback failed.
+        assert_eq!(rollback_failed_note(&view.sites[1..]), "");
     }
 }

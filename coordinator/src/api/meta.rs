@@ -56,6 +56,8 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             })
             .set(n as i64);
     }
+    let stuck = app.db.run(|s| s.count_sites_rollback_failed()).await?;
+    app.metrics.sites_rollback_failed.set(stuck as i64);
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
     for state in [
         RolloutStatus::Pending,

@@ -80,6 +80,7 @@ impl SiteFacts {
                         | Phase::Committed
                         | Phase::Failed
                         | Phase::RolledBack
+                        | Phase::RollbackFailed
                 )
             )
     }
@@ -101,9 +102,14 @@ impl SiteFacts {
     /// The failure that makes the site failed, in words (see [`Self::install_failed`]).
     fn install_failure(&self) -> Option<String> {
         if self.failed_after_commit() {
+            let what = if self.last_phase == Some(Phase::RollbackFailed) {
+                "install failed and its rollback failed; the box needs an operator"
+            } else {
+                "install failed"
+            };
             return Some(match &self.failure {
-                Some(d) if !d.is_empty() => format!("install failed: {d}"),
-                _ => "install failed".to_string(),
+                Some(d) if !d.is_empty() => format!("{what}: {d}"),
+                _ => what.to_string(),
             });
         }
         if self.rolled_back && self.committed_at.is_none() {

@@ -1214,9 +1214,33 @@ struct SitePage {
     installed: Vec<InstalledRow>,
     assigned: String,
     rollout: String,
+    /// Set when the site's newest install phase is `rollback_failed`: what the agent said.
+    rollback_failed: String,
     events: Vec<EventRow>,
     health_history: Vec<EventRow>,
     can_operate: bool,
+}
+
+/// The agent's words when the newest phase among `events` (newest first) is
+/// `rollback_failed`: the agent gave up and the box needs an operator. Empty otherwise.
+fn rollback_failed_alert(events: &[Event]) -> String {
+    let newest_phase = events.iter().find_map(|e| match &e.body {
+        EventBody::Phase {
+            phase,
+            release_id,
+            detail,
+            ..
+        } => Some((*phase, release_id, detail)),
+        _ => None,
+    });
+    match newest_phase {
+        Some((fleetwave_shared::protocol::Phase::RollbackFailed, release_id, detail)) => format!(
+            "The agent gave up rolling back {release_id}: the box may run neither release and \
+             needs an operator. {}",
+            detail.as_deref().unwrap_or_default()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// `GET /ui/sites/{id}`
@@ -1325,6 +1349,7 @@ pub async fn site(
             .collect(),
         assigned,
         rollout: rollout.unwrap_or_default(),
+        rollback_failed: rollback_failed_alert(&events),
         events: rows(&events),
         health_history: rows(&health),
         can_operate: who.can_operate(),

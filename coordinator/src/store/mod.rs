@@ -340,6 +340,9 @@ pub trait Store: Send + Sync + 'static {
     fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()>;
     fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;
+    /// Sites whose newest reported install phase is `rollback_failed`: their agent gave up
+    /// rolling back and the box needs an operator.
+    fn count_sites_rollback_failed(&self) -> StoreResult<u64>;
 
     // Releases and artifacts
     /// Stores a verified release; refuses (Conflict) a counter not above the stream's

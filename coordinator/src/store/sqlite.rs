@@ -162,6 +162,7 @@ fn parse_phase(s: &str) -> Option<Phase> {
         "committed" => Phase::Committed,
         "failed" => Phase::Failed,
         "rolled_back" => Phase::RolledBack,
+        "rollback_failed" => Phase::RollbackFailed,
         _ => return None,
     })
 }
@@ -860,6 +861,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn count_sites_rollback_failed(&self) -> StoreResult<u64> {
+        // Only rows in `rollback_failed` are candidates (few); a newer phase of the same
+        // site in another rollout means it moved on.
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(DISTINCT rs.site_id) FROM rollout_sites rs WHERE rs.phase = 'rollback_failed'
+                   AND NOT EXISTS (SELECT 1 FROM rollout_sites later
+                                   WHERE later.site_id = rs.site_id AND later.phase_at > rs.phase_at)",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
+        })
+    }
+
     fn publish_release(&self, r: &ReleaseRecord) -> StoreResult<()> {
         self.write(|tx| {
             if tx.query_row("SELECT 1 FROM releases WHERE id = ?1", [&r.id], |_| Ok(())).optional()?.is_some() {
@@ -1429,7 +1445,8 @@ fn apply_event(
             let target_release = *release_id == target;
             match phase {
                 Phase::Committed if target_release => record_commit(tx, &rollout, site_id, at)?,
-                Phase::Failed if target_release => {
+                // A rollback the agent gave up on is a failure too (its detail says why).
+                Phase::Failed | Phase::RollbackFailed if target_release => {
                     tx.prepare_cached(
                         "UPDATE rollout_sites SET failed_at = MAX(COALESCE(failed_at, ?3), ?3),
                            failure = CASE WHEN failed_at IS NULL OR failed_at <= ?3 THEN ?4 ELSE failure END
@@ -1457,7 +1474,10 @@ fn apply_event(
                 }
                 _ => {}
             }
-            if matches!(phase, Phase::Committed | Phase::Failed | Phase::RolledBack) {
+            if matches!(
+                phase,
+                Phase::Committed | Phase::Failed | Phase::RolledBack | Phase::RollbackFailed
+            ) {
                 tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?
                     .execute(params![rollout, site_id])?;
             }

@@ -285,6 +285,10 @@ pub enum Phase {
     Failed,
     /// The box is back on the previous release.
     RolledBack,
+    /// The rollback failed again and again (`install.rollback_attempts` times) and the agent
+    /// gave up: the box runs neither release for sure and needs an operator. `detail` has
+    /// the last error and the end of the failing command's output. Counts as failed.
+    RollbackFailed,
 }
 
 impl Phase {
@@ -299,6 +303,7 @@ impl Phase {
             Phase::Committed => "committed",
             Phase::Failed => "failed",
             Phase::RolledBack => "rolled_back",
+            Phase::RollbackFailed => "rollback_failed",
         }
     }
 }
