@@ -324,11 +324,21 @@ pub async fn start(
             let svc = tower::service_fn(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(RemoteAddr(remote));
+                    let (req, body_read) = ReadToEnd::wrap(req);
                     let answer = router.clone().oneshot(req.map(axum::body::Body::new));
                     let app = app.clone();
                     async move {
                         let mut res = answer.await?;
-                        if app.metrics.connections_open.get() > keepalive_max {
+                        if !body_read.load(std::sync::atomic::Ordering::Relaxed) {
+                            // Answered before the body was read (a refusal by credentials,
+                            // type or size): hyper ends the connection rather than wait for
+                            // the rest, so say so, or the client sends its next request
+                            // into a closed connection.
+                            res.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                        } else if app.metrics.connections_open.get() > keepalive_max {
                             // Over the keep-alive budget: this connection ends with its
                             // answer and the agent reconnects (resuming its TLS session)
                             // at its next poll, instead of holding 25-27 KiB here meanwhile.
@@ -465,6 +475,52 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
 }
 
 /// Counts a connection in `connections_open` while it lives.
+/// A request body that records when it has been read to its end (or had none).
+struct ReadToEnd {
+    inner: hyper::body::Incoming,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReadToEnd {
+    fn wrap(
+        req: axum::extract::Request<hyper::body::Incoming>,
+    ) -> (
+        axum::extract::Request<ReadToEnd>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use hyper::body::Body as _;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(
+            req.body().is_end_stream(),
+        ));
+        let flag = done.clone();
+        (req.map(|inner| ReadToEnd { inner, done }), flag)
+    }
+}
+
+impl hyper::body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenConnection {
