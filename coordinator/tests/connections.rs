@@ -256,19 +256,32 @@ async fn post_then_reuse(c: &Coordinator, path: &str, body: String) -> (u16, Opt
 }
 
 /// An answer given before the request body was read (a refusal by credentials, type or
-/// size) ends the connection, since the rest of the body is still on the way: the answer
-/// says so, or a client would send its next request into a closed connection (the fuzz
-/// pass saw TLS EOF errors). A body that was read keeps the connection open.
+/// size) must not reset the connection under it while the client is still sending: the
+/// coordinator reads the rest past (up to `limits.max_body_bytes`) and the connection
+/// carries the next request. A body over that limit ends the connection, and the answer
+/// says so, or the client sends its next request into a closed connection (the fuzz pass
+/// saw TLS EOF errors on both).
 #[tokio::test]
-async fn an_answer_before_the_body_was_read_says_connection_close() {
+async fn an_answer_before_the_body_was_read_keeps_or_closes_the_connection_cleanly() {
     let c = coordinator("").await;
-    let big = format!("{{\"events\": [{}]}}", vec!["{}"; 30_000].join(","));
-    let (status, connection, _) = post_then_reuse(&c, "/v1/agent/reports", big.clone()).await;
+    let events = |n: usize| format!("{{\"events\": [{}]}}", vec!["{}"; n].join(","));
+    let (status, connection, reused) =
+        post_then_reuse(&c, "/v1/agent/reports", events(30_000)).await;
     assert_eq!(status, 401);
-    assert_eq!(connection.as_deref(), Some("close"), "unread body");
+    assert_eq!(connection, None, "the unread 90 KB are read past");
+    assert!(reused, "the connection carries the next request");
+
+    let over_limit = events(1_100_000); // 3.3 MB, over the 2 MiB body limit
+    let (status, connection, _) = post_then_reuse(&c, "/v1/agent/reports", over_limit).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        connection.as_deref(),
+        Some("close"),
+        "too much to read past"
+    );
 
     // /v1/enroll reads the whole body before it refuses it.
-    let (status, connection, reused) = post_then_reuse(&c, "/v1/enroll", big).await;
+    let (status, connection, reused) = post_then_reuse(&c, "/v1/enroll", events(30_000)).await;
     assert_eq!(status, 400);
     assert_eq!(connection, None, "the body was read");
     assert!(reused, "the connection carries the next request");
