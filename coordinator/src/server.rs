@@ -276,6 +276,10 @@ pub async fn start(
     )));
     let keepalive_max =
         i64::try_from(app.config.limits.max_keepalive_connections).unwrap_or(i64::MAX);
+    let drain = Drain {
+        max_bytes: app.config.limits.max_body_bytes as u64,
+        within: Duration::from_secs(app.config.limits.request_timeout_secs),
+    };
 
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
@@ -331,11 +335,21 @@ pub async fn start(
             let svc = tower::service_fn(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(RemoteAddr(remote));
+                    let (req, body) = RequestBody::wrap(req, drain);
                     let answer = router.clone().oneshot(req.map(axum::body::Body::new));
                     let app = app.clone();
                     async move {
                         let mut res = answer.await?;
-                        if app.metrics.connections_open.get() > keepalive_max {
+                        if body.abandoned() {
+                            // Answered before the body was read (a refusal by credentials,
+                            // type or size) and too much of it is left to read past: hyper
+                            // ends the connection, so say so, or the client sends its next
+                            // request into a closed connection.
+                            res.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                        } else if app.metrics.connections_open.get() > keepalive_max {
                             // Over the keep-alive budget: this connection ends with its
                             // answer and the agent reconnects (resuming its TLS session)
                             // at its next poll, instead of holding 25-27 KiB here meanwhile.
@@ -471,6 +485,130 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
     }))
+}
+
+/// How much of a request body the server reads past when its answer did not need it.
+#[derive(Clone, Copy)]
+struct Drain {
+    max_bytes: u64,
+    within: Duration,
+}
+
+const BODY_UNREAD: u8 = 0;
+const BODY_READ: u8 = 1;
+const BODY_DRAINING: u8 = 2;
+
+/// Whether a request body was read to its end, is being read past, or was abandoned.
+#[derive(Clone)]
+struct BodyState(Arc<std::sync::atomic::AtomicU8>);
+
+impl BodyState {
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The body was dropped before its end and is not being read past: hyper closes the
+    /// connection after the answer.
+    fn abandoned(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == BODY_UNREAD
+    }
+}
+
+/// A request body that records when it has been read to its end. Dropped before that (a
+/// handler answered without it), it reads the rest past in the background, up to
+/// `drain`: the client is still sending it, and closing on unread bytes would reset the
+/// connection under the answer (a client sees an EOF instead of the 401 or 413).
+struct RequestBody {
+    inner: Option<hyper::body::Incoming>,
+    state: BodyState,
+    drain: Drain,
+}
+
+impl RequestBody {
+    fn wrap(
+        req: axum::extract::Request<hyper::body::Incoming>,
+        drain: Drain,
+    ) -> (axum::extract::Request<RequestBody>, BodyState) {
+        use hyper::body::Body as _;
+        let state = BodyState(Arc::new(std::sync::atomic::AtomicU8::new(
+            if req.body().is_end_stream() {
+                BODY_READ
+            } else {
+                BODY_UNREAD
+            },
+        )));
+        let body_state = state.clone();
+        let req = req.map(|inner| RequestBody {
+            inner: Some(inner),
+            state,
+            drain,
+        });
+        (req, body_state)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(&mut *inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || inner.is_end_stream() {
+            self.state.set(BODY_READ);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            self.state.set(BODY_READ);
+            return;
+        }
+        if body.size_hint().lower() > self.drain.max_bytes {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.state.set(BODY_DRAINING);
+        let drain = self.drain;
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(drain.within, async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > drain.max_bytes {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }
 
 /// Counts a connection in `connections_open` while it lives.

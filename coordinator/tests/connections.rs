@@ -211,3 +211,79 @@ async fn a_reconnecting_client_resumes_its_tls_session_from_a_ticket() {
     );
     c.running.stop().await;
 }
+
+/// `POST path` with `body` on a fresh connection, then `GET /healthz` on the same one if
+/// the answer left it open. Returns the status, the `Connection` header, and whether the
+/// second request went through.
+async fn post_then_reuse(c: &Coordinator, path: &str, body: String) -> (u16, Option<String>, bool) {
+    use http_body_util::Full;
+    let tcp = tokio::net::TcpStream::connect(c.running.local_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(c.tls.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::AUTHORIZATION, "Bearer not-a-session")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let connection = res
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .map(|v| v.to_str().unwrap().to_string());
+    res.into_body().collect().await.unwrap();
+    let mut reused = false;
+    if connection.is_none() && sender.ready().await.is_ok() {
+        let req = hyper::Request::get("/healthz")
+            .header(hyper::header::HOST, "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        reused = sender.send_request(req).await.is_ok();
+    }
+    task.abort();
+    (status, connection, reused)
+}
+
+/// An answer given before the request body was read (a refusal by credentials, type or
+/// size) must not reset the connection under it while the client is still sending: the
+/// coordinator reads the rest past (up to `limits.max_body_bytes`) and the connection
+/// carries the next request. A body over that limit ends the connection, and the answer
+/// says so, or the client sends its next request into a closed connection (the fuzz pass
+/// saw TLS EOF errors on both).
+#[tokio::test]
+async fn an_answer_before_the_body_was_read_keeps_or_closes_the_connection_cleanly() {
+    let c = coordinator("").await;
+    let events = |n: usize| format!("{{\"events\": [{}]}}", vec!["{}"; n].join(","));
+    let (status, connection, reused) =
+        post_then_reuse(&c, "/v1/agent/reports", events(30_000)).await;
+    assert_eq!(status, 401);
+    assert_eq!(connection, None, "the unread 90 KB are read past");
+    assert!(reused, "the connection carries the next request");
+
+    let over_limit = events(1_100_000); // 3.3 MB, over the 2 MiB body limit
+    let (status, connection, _) = post_then_reuse(&c, "/v1/agent/reports", over_limit).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        connection.as_deref(),
+        Some("close"),
+        "too much to read past"
+    );
+
+    // /v1/enroll reads the whole body before it refuses it.
+    let (status, connection, reused) = post_then_reuse(&c, "/v1/enroll", events(30_000)).await;
+    assert_eq!(status, 400);
+    assert_eq!(connection, None, "the body was read");
+    assert!(reused, "the connection carries the next request");
+    c.running.stop().await;
+}
