@@ -517,7 +517,9 @@ impl BodyState {
 /// A request body that records when it has been read to its end. Dropped before that (a
 /// handler answered without it), it reads the rest past in the background, up to
 /// `drain`: the client is still sending it, and closing on unread bytes would reset the
-/// connection under the answer (a client sees an EOF instead of the 401 or 413).
+/// connection under the answer (a client sees an EOF instead of the 401 or 413). A body
+/// known to be over the limit is not read past (the answer says `Connection: close`); a
+/// chunked one found over it while read past ends the connection then.
 struct RequestBody {
     inner: Option<hyper::body::Incoming>,
     state: BodyState,
