@@ -539,6 +539,31 @@ command_timeout_secs = 60
         })
     }
 
+    /// Waits until the rollout has halted (with `auto_rollback` it may end rolled back)
+    /// and returns its view with its `halt` decision; panics if there is none.
+    pub fn wait_halted(&self, id: &str) -> Result<(api::RolloutView, api::DecisionView)> {
+        let view = eventually_default(&format!("rollout {id} to halt"), || {
+            let view = self.operator.rollout(id)?;
+            anyhow::ensure!(
+                matches!(
+                    view.status,
+                    RolloutStatus::Halted | RolloutStatus::RolledBack
+                ),
+                "rollout is {}: {}",
+                view.status.as_str(),
+                describe_waves(&view)
+            );
+            Ok(view)
+        })?;
+        let halt = view
+            .decisions
+            .iter()
+            .find(|d| d.kind == "halt")
+            .cloned()
+            .unwrap_or_else(|| panic!("no halt decision: {:#?}", view.decisions));
+        Ok((view, halt))
+    }
+
     /// Waits until `site` runs `version` on disk and the app serves it.
     pub fn wait_version(&self, site: &str, version: &str) -> Result<()> {
         let s = self.site(site)?;

@@ -3,7 +3,7 @@
 //! previous version; no site of a later wave ever installs it.
 
 use fleetwave_e2e::release::DemoRelease;
-use fleetwave_e2e::{Fleet, FleetSpec, PlanSpec, eventually_default};
+use fleetwave_e2e::{Fleet, FleetSpec, PlanSpec};
 
 #[test]
 fn a_bad_release_halts_in_the_first_wave_and_rolls_back() -> anyhow::Result<()> {
@@ -24,21 +24,7 @@ fn a_bad_release_halts_in_the_first_wave_and_rolls_back() -> anyhow::Result<()> 
     let id = fleet.rollout(&plan)?;
 
     // The rollout halts in wave 0 (and, with auto_rollback, may end rolled back).
-    let view = eventually_default("the rollout to halt", || {
-        let view = fleet.operator.rollout(&id)?;
-        let status = view.status.as_str();
-        anyhow::ensure!(
-            matches!(status, "halted" | "rolled_back"),
-            "rollout is {status}: {}",
-            fleetwave_e2e::cluster::describe_waves(&view)
-        );
-        Ok(view)
-    })?;
-    let halt = view
-        .decisions
-        .iter()
-        .find(|d| d.kind == "halt")
-        .unwrap_or_else(|| panic!("no halt decision: {:#?}", view.decisions));
+    let (view, halt) = fleet.wait_halted(&id)?;
     assert_eq!(halt.wave, Some(0), "{halt:?}");
     assert!(!halt.reason.trim().is_empty());
     assert!(

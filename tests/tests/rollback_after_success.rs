@@ -70,21 +70,7 @@ fn a_release_failing_in_a_later_wave_sends_the_sites_that_succeeded_back_too() -
     let id = fleet.rollout(&plan)?;
 
     // The rollout halts in wave 2, after waves 0 and 1 passed.
-    let view = eventually_default("the rollout to halt in wave 2", || {
-        let view = fleet.operator.rollout(&id)?;
-        let status = view.status.as_str();
-        anyhow::ensure!(
-            matches!(status, "halted" | "rolled_back"),
-            "rollout is {status}: {}",
-            fleetwave_e2e::cluster::describe_waves(&view)
-        );
-        Ok(view)
-    })?;
-    let halt = view
-        .decisions
-        .iter()
-        .find(|d| d.kind == "halt")
-        .unwrap_or_else(|| panic!("no halt decision: {:#?}", view.decisions));
+    let (view, halt) = fleet.wait_halted(&id)?;
     assert_eq!(halt.wave, Some(2), "{halt:?}");
     for wave in 0..=2 {
         assert!(
