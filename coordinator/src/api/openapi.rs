@@ -141,6 +141,7 @@ const ROUTES: &[Route] = &[
         auth: Auth::Enroll,
         input: Input::Json("EnrollRequest"),
         output: Output::Json("EnrollResponse"),
+        errors: &["409"],
         ..VIEW
     },
     Route {
@@ -215,6 +216,7 @@ const ROUTES: &[Route] = &[
         input: Input::Json("CreateEnrollmentToken"),
         status: "201",
         output: Output::Json("EnrollmentTokenCreated"),
+        errors: &["409"],
         ..VIEW
     },
     Route {
