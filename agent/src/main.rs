@@ -157,20 +157,31 @@ impl From<fleetwave_agent::state::StateError> for Failure {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("FLEETWAVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `FLEETWAVE_LOG` holds `target=level` directives (e.g. `info,fleetwave_agent=debug`);
+    // `Targets` parses them without a regex engine, which keeps the agent small.
+    let filter = std::env::var("FLEETWAVE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);
     if under_journald {
         // journald stamps every line itself.
-        builder.without_time().init();
+        let layer = layer.without_time();
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .init();
     }
 }
 

@@ -217,7 +217,6 @@ const ROUTES: &[Route] = &[
         status: "201",
         output: Output::Json("EnrollmentTokenCreated"),
         errors: &["409"],
-        ..VIEW
     },
     Route {
         path: "/v1/enrollment-tokens",
