@@ -15,8 +15,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 use fleetwave_shared::protocol::{
-    self, EnrollRequest, EnrollResponse, ErrorBody, LeaseGrant, LeaseRequest, NEXT_POLL_HEADER,
-    PollResponse, ReportAck, ReportBatch, SessionRequest, SessionResponse, paths,
+    self, EnrollRequest, EnrollResponse, ErrorBody, LeaseDenialReason, LeaseGrant, LeaseRequest,
+    NEXT_POLL_HEADER, PollResponse, ReportAck, ReportBatch, SessionRequest, SessionResponse, paths,
 };
 use jiff::Timestamp;
 use reqwest::{Method, StatusCode, header};
@@ -63,7 +63,7 @@ pub enum ClientError {
     #[error("lease denied for rollout {rollout_id}: {reason}: {message}")]
     LeaseDenied {
         rollout_id: String,
-        reason: String,
+        reason: LeaseDenialReason,
         message: String,
         retry_after: Duration,
     },
@@ -489,7 +489,12 @@ impl Session {
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let err = &value["error"];
             let text = |k: &str| err.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            let reason = text("reason").or_else(|| text("code")).unwrap_or_default();
+            // A reason this build does not know (or none) is `unknown`: wait and ask again.
+            let reason = err
+                .get("reason")
+                .cloned()
+                .and_then(|r| serde_json::from_value(r).ok())
+                .unwrap_or(LeaseDenialReason::Unknown);
             let retry = err
                 .get("retry_after_secs")
                 .and_then(|v| v.as_u64())

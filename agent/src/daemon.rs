@@ -16,6 +16,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::{EventBody, Phase, ReportBatch};
+use fleetwave_shared::service;
 use fleetwave_shared::trust::{Accepted, TrustState};
 use jiff::Timestamp;
 
@@ -215,12 +216,8 @@ fn peek_assignment(envelope: &Envelope) -> Option<fleetwave_shared::Assignment> 
 }
 
 /// systemd notifications (no-ops outside systemd).
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(false, state);
-}
-
 fn status(text: &str) {
-    notify(&[sd_notify::NotifyState::Status(text)]);
+    service::status(text);
 }
 
 /// `interval × (1 ± jitter)`, from the operating system's random generator.
@@ -421,9 +418,9 @@ impl Daemon {
             return Ok(());
         }
         self.ctx.report_installed()?;
-        notify(&[sd_notify::NotifyState::Ready]);
+        service::ready();
         status("running");
-        let _watchdog = spawn_watchdog();
+        let _watchdog = service::spawn_watchdog();
         let _sampler = spawn_sampler(
             self.ctx.store.clone(),
             self.health.clone(),
@@ -446,14 +443,14 @@ impl Daemon {
             };
             if delay.is_zero() {
                 tracing::info!("stopping");
-                notify(&[sd_notify::NotifyState::Stopping]);
+                service::stopping();
                 return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => {
                     tracing::info!("stopping");
-                    notify(&[sd_notify::NotifyState::Stopping]);
+                    service::stopping();
                     return Ok(());
                 }
             }
@@ -717,7 +714,7 @@ impl Daemon {
                 ..
             }) => {
                 let detail = format!("lease denied: {reason}: {message}");
-                if is_final_denial(&reason) {
+                if reason.is_final() {
                     self.ctx.phase(
                         Some(&entry.rollout_id),
                         &entry.release_id,
@@ -1548,13 +1545,6 @@ pub fn accept_documents(
 
 /// Lease denials after which waiting cannot help: the assignment is no longer the one to
 /// act on.
-fn is_final_denial(reason: &str) -> bool {
-    matches!(
-        reason,
-        "not_assigned" | "stale_assignment" | "rollout_halted"
-    )
-}
-
 /// Sends queued reports in batches until the outbox is empty or a send fails; returns how
 /// many were acknowledged.
 ///
@@ -1699,23 +1689,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Pings the systemd watchdog at half its timeout, if systemd set one.
-fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return None;
-    }
-    let every = Duration::from_micros(usec / 2);
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            notify(&[sd_notify::NotifyState::Watchdog]);
-        }
-    }))
 }
 
 /// Samples health every `health.interval_secs` and queues a heartbeat; the latest sample

@@ -37,31 +37,6 @@ use crate::store::{
 };
 use facts::Update;
 
-/// Controller status from the stored (wire) status.
-pub fn status_of(s: WireStatus) -> RolloutStatus {
-    match s {
-        WireStatus::Pending => RolloutStatus::Pending,
-        WireStatus::Running => RolloutStatus::Running,
-        WireStatus::Paused => RolloutStatus::Paused,
-        WireStatus::Halted => RolloutStatus::Halted,
-        WireStatus::Completed => RolloutStatus::Completed,
-        WireStatus::Aborted => RolloutStatus::Aborted,
-        WireStatus::RolledBack => RolloutStatus::RolledBack,
-    }
-}
-
-pub fn wire_status(s: RolloutStatus) -> WireStatus {
-    match s {
-        RolloutStatus::Pending => WireStatus::Pending,
-        RolloutStatus::Running => WireStatus::Running,
-        RolloutStatus::Paused => WireStatus::Paused,
-        RolloutStatus::Halted => WireStatus::Halted,
-        RolloutStatus::Completed => WireStatus::Completed,
-        RolloutStatus::Aborted => WireStatus::Aborted,
-        RolloutStatus::RolledBack => WireStatus::RolledBack,
-    }
-}
-
 pub fn plan_format(f: op::PlanFormat) -> PlanFormat {
     match f {
         op::PlanFormat::Toml => PlanFormat::Toml,
@@ -126,7 +101,7 @@ impl Loaded {
         controller::RolloutView {
             rollout_id: self.record.id.clone(),
             plan: (*self.plan).clone(),
-            status: status_of(self.record.status),
+            status: self.record.status,
             current_wave: self.current_wave(),
             waves,
         }
@@ -198,7 +173,7 @@ impl LeaseFacts {
     fn of(l: &Loaded, site_id: &str) -> LeaseFacts {
         LeaseFacts {
             plan: l.plan.clone(),
-            status: status_of(l.record.status),
+            status: l.record.status,
             current_wave: l.current_wave(),
             member: l.site(site_id).map(|m| (m.wave, m.skipped)),
         }
@@ -589,7 +564,7 @@ impl App {
             record.status = if auto_rolled_back {
                 WireStatus::RolledBack
             } else {
-                wire_status(outcome.status)
+                outcome.status
             };
             record.updated_at = now;
         }
@@ -871,25 +846,16 @@ impl App {
         let now = Timestamp::now();
         let mut l = self.load_rollout(id).await?;
         let status = l.record.status;
-        let conflict = |what: &str| {
-            ApiError::conflict(
-                "invalid_state",
-                format!("rollout {id} is {}: cannot {what}", status.as_str()),
-            )
-        };
+        status
+            .allows(action.kind())
+            .map_err(|refused| ApiError::conflict("invalid_state", refused.for_rollout(id)))?;
         let note: Option<(String, Option<u32>, String)>;
         match &action {
             Action::Start => {
-                if status != WireStatus::Pending {
-                    return Err(conflict("start it (only a pending rollout starts)"));
-                }
                 l.record.status = WireStatus::Running;
                 note = Some(("started".into(), None, format!("started by {actor}")));
             }
             Action::Pause(reason) => {
-                if status != WireStatus::Running {
-                    return Err(conflict("pause it (only a running rollout pauses)"));
-                }
                 l.record.status = WireStatus::Paused;
                 l.record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
                 note = Some((
@@ -899,19 +865,11 @@ impl App {
                 ));
             }
             Action::Resume => {
-                if !matches!(status, WireStatus::Paused | WireStatus::Halted) {
-                    return Err(conflict(
-                        "resume it (only a paused or halted rollout resumes)",
-                    ));
-                }
                 l.record.status = WireStatus::Running;
                 l.record.status_reason = None;
                 note = Some(("resumed".into(), None, format!("resumed by {actor}")));
             }
             Action::Approve(wave) => {
-                if !status.is_active() {
-                    return Err(conflict("approve a wave"));
-                }
                 let w = l.record.waves.get_mut(*wave as usize).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "wave {wave} does not exist: the plan has {} wave(s)",
@@ -935,9 +893,6 @@ impl App {
                 ));
             }
             Action::Abort(reason) => {
-                if !status.is_active() {
-                    return Err(conflict("abort it"));
-                }
                 l.record.status = WireStatus::Aborted;
                 l.record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
                 note = Some((
@@ -957,15 +912,6 @@ impl App {
                 }
             }
             Action::Rollback(reason) => {
-                if !matches!(
-                    status,
-                    WireStatus::Running
-                        | WireStatus::Paused
-                        | WireStatus::Halted
-                        | WireStatus::Completed
-                ) {
-                    return Err(conflict("roll it back"));
-                }
                 let sites = controller::sites_to_roll_back(&l.view());
                 let (issued, missing) = self.roll_back(&Head::of(&l), &sites, now).await?;
                 l.record.status = WireStatus::RolledBack;
@@ -983,9 +929,6 @@ impl App {
                 note = Some(("rollback".into(), None, why));
             }
             Action::Skip(site_id) => {
-                if !status.is_active() {
-                    return Err(conflict("skip a site"));
-                }
                 let (rid, sid) = (id.to_string(), site_id.clone());
                 self.db
                     .run(move |s| s.set_rollout_site_skipped(&rid, &sid))
@@ -1158,7 +1101,7 @@ impl App {
         let member = self.db.run(move |s| s.rollout_site(&rid, &sid)).await?;
         Ok(LeaseFacts {
             plan,
-            status: status_of(record.status),
+            status: record.status,
             current_wave: current_wave(&record),
             member: member.map(|m| (m.wave, m.skipped)),
         })
@@ -1265,6 +1208,21 @@ pub enum Action {
     Abort(Option<String>),
     Rollback(Option<String>),
     Skip(String),
+}
+
+impl Action {
+    /// The action without its arguments, as [`RolloutStatus::allows`] judges it.
+    pub fn kind(&self) -> op::ActionKind {
+        match self {
+            Action::Start => op::ActionKind::Start,
+            Action::Pause(_) => op::ActionKind::Pause,
+            Action::Resume => op::ActionKind::Resume,
+            Action::Approve(_) => op::ActionKind::Approve,
+            Action::Abort(_) => op::ActionKind::Abort,
+            Action::Rollback(_) => op::ActionKind::Rollback,
+            Action::Skip(_) => op::ActionKind::Skip,
+        }
+    }
 }
 
 fn reason_tail(reason: &Option<String>) -> String {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{OperatorRole, SiteState};
+use fleetwave_shared::service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -453,38 +454,20 @@ pub async fn serve(config: Config, transport: Transport) -> anyhow::Result<()> {
     }
     let running = start(config, transport, listener).await?;
     tracing::info!(addr = %running.local_addr, "fleetwave-coordinator listening");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let watchdog = spawn_watchdog();
+    service::ready();
+    let watchdog = service::spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    service::stopping();
     running.stop().await;
     if let Some(w) = watchdog {
         w.abort();
     }
     Ok(())
-}
-
-/// Pings the systemd watchdog at half its timeout when the unit sets `WatchdogSec=`
-/// (`WATCHDOG_USEC`): a runtime that stops scheduling tasks is killed and restarted.
-fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return None;
-    }
-    let every = Duration::from_micros(usec / 2);
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        }
-    }))
 }
 
 /// How much of a request body the server reads past when its answer did not need it.

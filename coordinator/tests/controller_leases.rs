@@ -239,7 +239,7 @@ fn rollout_state_assignment_and_deferral() {
         LeaseDenialReason::Deferred,
     );
     assert_eq!(d.retry_after_secs, 600);
-    assert_eq!(d.to_protocol().reason, "deferred");
+    assert_eq!(d.to_protocol().reason.as_str(), "deferred");
 
     // Stragglers of a completed rollout may still install.
     let mut c = ctx(&p, &l, &[]);

@@ -15,6 +15,8 @@ pub mod docs;
 pub mod dsse;
 pub mod keys;
 pub mod protocol;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod trust;
 pub mod verify;
 pub mod window;

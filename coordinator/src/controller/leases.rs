@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
 use fleetwave_shared::protocol::LeaseDenied;
 use fleetwave_shared::window::{Freeze, zone};
@@ -59,33 +58,7 @@ pub struct LeaseContext<'a> {
 }
 
 /// Why a lease was refused; `as_str` is the `reason` code agents receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseDenialReason {
-    OutsideWindow,
-    Frozen,
-    ConcurrencyLimit,
-    RolloutPaused,
-    RolloutHalted,
-    NotAssigned,
-    StaleAssignment,
-    Deferred,
-}
-
-impl LeaseDenialReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseDenialReason::OutsideWindow => "outside_window",
-            LeaseDenialReason::Frozen => "frozen",
-            LeaseDenialReason::ConcurrencyLimit => "concurrency_limit",
-            LeaseDenialReason::RolloutPaused => "rollout_paused",
-            LeaseDenialReason::RolloutHalted => "rollout_halted",
-            LeaseDenialReason::NotAssigned => "not_assigned",
-            LeaseDenialReason::StaleAssignment => "stale_assignment",
-            LeaseDenialReason::Deferred => "deferred",
-        }
-    }
-}
+pub use fleetwave_shared::protocol::LeaseDenialReason;
 
 /// A refused lease: the reason code, a sentence, and when to ask again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,7 +82,7 @@ impl LeaseDenial {
     /// The body agents receive (inside `error`, with `Retry-After`).
     pub fn to_protocol(&self) -> LeaseDenied {
         LeaseDenied {
-            reason: self.reason.as_str().to_string(),
+            reason: self.reason,
             message: self.message.clone(),
             retry_after_secs: self.retry_after_secs,
         }

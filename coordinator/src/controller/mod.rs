@@ -28,82 +28,8 @@ pub use membership::{Candidate, place, seed, share_quota, wave_for_joiner};
 
 use crate::plan::RolloutPlan;
 
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutStatus {
-    /// Created, not started.
-    Pending,
-    /// Waves open as their predecessors' gates pass.
-    Running,
-    /// Paused by an operator: no wave opens and no lease is granted; gates still halt.
-    Paused,
-    /// Stopped by a gate (failure budget crossed) or an operator; nothing new starts.
-    Halted,
-    /// Every wave passed its gate. Stragglers may still install.
-    Completed,
-    /// Stopped for good by an operator.
-    Aborted,
-    /// Its sites were sent back to the previous release.
-    RolledBack,
-}
-
-impl RolloutStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutStatus::Pending => "pending",
-            RolloutStatus::Running => "running",
-            RolloutStatus::Paused => "paused",
-            RolloutStatus::Halted => "halted",
-            RolloutStatus::Completed => "completed",
-            RolloutStatus::Aborted => "aborted",
-            RolloutStatus::RolledBack => "rolled_back",
-        }
-    }
-
-    /// Whether the rollout still holds its sites (one active rollout per site): pending,
-    /// running, paused or halted (a halted rollout waits for the operator's resume, abort
-    /// or rollback).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            RolloutStatus::Pending
-                | RolloutStatus::Running
-                | RolloutStatus::Paused
-                | RolloutStatus::Halted
-        )
-    }
-
-    /// Completed, aborted or rolled back: nothing will change any more.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RolloutStatus::Completed | RolloutStatus::Aborted | RolloutStatus::RolledBack
-        )
-    }
-}
-
-impl std::fmt::Display for RolloutStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for RolloutStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "pending" => RolloutStatus::Pending,
-            "running" => RolloutStatus::Running,
-            "paused" => RolloutStatus::Paused,
-            "halted" => RolloutStatus::Halted,
-            "completed" => RolloutStatus::Completed,
-            "aborted" => RolloutStatus::Aborted,
-            "rolled_back" => RolloutStatus::RolledBack,
-            other => return Err(format!("{other:?} is not a rollout status")),
-        })
-    }
-}
+/// Where a rollout stands (one definition, shared with the API, agent and CLI).
+pub use fleetwave_shared::protocol::RolloutStatus;
 
 /// One wave as the server knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -181,29 +181,21 @@ fn state_name(s: SiteState) -> &'static str {
     }
 }
 
-/// Which actions a rollout in `status` accepts (mirrors the engine's own checks).
+/// Which controls a rollout in `status` shows: the actions [`RolloutStatus::allows`]
+/// (the engine's own rule), approve only while a wave waits for approval, and skip
+/// (a per-site action) never here.
 pub fn allowed_controls(status: RolloutStatus, approve: bool) -> Vec<&'static str> {
-    use RolloutStatus::*;
-    let mut out = Vec::new();
-    if status == Pending {
-        out.push("start");
-    }
-    if status == Running {
-        out.push("pause");
-    }
-    if matches!(status, Paused | Halted) {
-        out.push("resume");
-    }
-    if approve && status.is_active() {
-        out.push("approve");
-    }
-    if status.is_active() {
-        out.push("abort");
-    }
-    if matches!(status, Running | Paused | Halted | Completed) {
-        out.push("rollback");
-    }
-    out
+    use fleetwave_shared::protocol::ActionKind;
+    status
+        .allowed_actions()
+        .into_iter()
+        .filter(|a| match a {
+            ActionKind::Approve => approve,
+            ActionKind::Skip => false,
+            _ => true,
+        })
+        .map(ActionKind::as_str)
+        .collect()
 }
 
 /// Where one member of a rollout stands: its bar state (a [`SEGMENTS`] key) and the

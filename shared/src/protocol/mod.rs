@@ -7,6 +7,9 @@
 //! Operator side: see [`operator`].
 
 pub mod operator;
+pub mod rollout;
+
+pub use rollout::{ActionKind, ActionRefused, LeaseDenialReason, RolloutStatus};
 
 use std::collections::BTreeMap;
 
@@ -160,9 +163,7 @@ pub struct LeaseGrant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseDenied {
-    /// `outside_window`, `frozen`, `concurrency_limit`, `rollout_paused`, `rollout_halted`,
-    /// `not_assigned`, `stale_assignment`, `deferred`.
-    pub reason: String,
+    pub reason: LeaseDenialReason,
     pub message: String,
     pub retry_after_secs: u32,
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use super::rollout::{ActionKind, ActionRefused, RolloutStatus};
+
 /// Operator route paths.
 pub mod paths {
     pub const ENROLLMENT_TOKENS: &str = "/v1/enrollment-tokens";
@@ -101,65 +103,6 @@ impl SiteState {
             "decommissioned" => Some(SiteState::Decommissioned),
             _ => None,
         }
-    }
-}
-
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutStatus {
-    /// Created, not started: no assignments yet.
-    Pending,
-    Running,
-    /// Paused by an operator: no new wave opens, no lease is granted.
-    Paused,
-    /// Stopped by its gate (or rolled back): nothing new starts.
-    Halted,
-    /// Every wave passed its gate.
-    Completed,
-    /// Stopped for good by an operator.
-    Aborted,
-    /// Its sites were sent back to the previous release.
-    RolledBack,
-}
-
-impl RolloutStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutStatus::Pending => "pending",
-            RolloutStatus::Running => "running",
-            RolloutStatus::Paused => "paused",
-            RolloutStatus::Halted => "halted",
-            RolloutStatus::Completed => "completed",
-            RolloutStatus::Aborted => "aborted",
-            RolloutStatus::RolledBack => "rolled_back",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RolloutStatus> {
-        Some(match s {
-            "pending" => RolloutStatus::Pending,
-            "running" => RolloutStatus::Running,
-            "paused" => RolloutStatus::Paused,
-            "halted" => RolloutStatus::Halted,
-            "completed" => RolloutStatus::Completed,
-            "aborted" => RolloutStatus::Aborted,
-            "rolled_back" => RolloutStatus::RolledBack,
-            _ => return None,
-        })
-    }
-
-    /// An active rollout (pending, running, paused, halted) holds its sites: no other
-    /// rollout may take them.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            RolloutStatus::Pending
-                | RolloutStatus::Running
-                | RolloutStatus::Paused
-                | RolloutStatus::Halted
-        )
     }
 }
 
