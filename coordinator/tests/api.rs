@@ -1,167 +1,21 @@
 //! API tests over real TLS against a real SQLite file: the coordinator runs in-process on
 //! 127.0.0.1:0 with the setup `fleetwave-coordinator init --dev-root` creates.
 
+mod common;
+
 use futures_util::StreamExt;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
-use fleetwave_coordinator::config::Config;
-use fleetwave_coordinator::init::{InitOptions, init};
-use fleetwave_coordinator::server::{Running, Transport, start};
-use fleetwave_shared::docs::{Artifact, RELEASE_TYPE, Release, ReleaseKind};
+use fleetwave_shared::docs::RELEASE_TYPE;
 use fleetwave_shared::protocol::*;
 use fleetwave_shared::{Envelope, keys};
 use jiff::{SignedDuration, Timestamp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-struct Harness {
-    dir: tempfile::TempDir,
-    running: Option<Running>,
-    base: String,
-    http: reqwest::Client,
-    admin: String,
-}
-
-async fn boot(dir: &Path) -> Running {
-    let mut config = Config::load(&dir.join("coordinator.toml")).unwrap();
-    config.controller.tick_millis = 100;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    start(config, Transport::Tls, listener).await.unwrap()
-}
-
-impl Harness {
-    async fn new() -> Harness {
-        Harness::with_config("").await
-    }
-
-    /// A harness whose config file gets `extra` TOML appended.
-    async fn with_config(extra: &str) -> Harness {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
-        if !extra.is_empty() {
-            let mut text = std::fs::read_to_string(&out.config).unwrap();
-            text.push_str(extra);
-            std::fs::write(&out.config, text).unwrap();
-        }
-        let running = boot(dir.path()).await;
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&out.ca_cert).unwrap()).unwrap();
-        let http = reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .build()
-            .unwrap();
-        let base = format!("https://localhost:{}", running.local_addr.port());
-        Harness {
-            dir,
-            running: Some(running),
-            base,
-            http,
-            admin: out.admin_token,
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.running.take().unwrap().stop().await;
-        let running = boot(self.dir.path()).await;
-        self.base = format!("https://localhost:{}", running.local_addr.port());
-        self.running = Some(running);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
-            .await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, token, None).await
-    }
-
-    fn offline_key(&self, name: &str) -> SigningKey {
-        keys::read_private_key(&self.dir.path().join("offline-keys").join(name)).unwrap()
-    }
-
-    async fn token(&self, role: &str) -> String {
-        let (s, v) = self
-            .post(
-                "/v1/operator-tokens",
-                &self.admin,
-                json!({"name": format!("test-{role}"), "role": role}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    async fn enrollment_token(&self, labels: Value, uses: u32, expires: u64) -> String {
-        let (s, v) = self
-            .post(
-                "/v1/enrollment-tokens",
-                &self.admin,
-                json!({"labels": labels, "uses": uses, "expires_in_secs": expires}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    fn release(&self, id: &str, counter: u64, artifact: &[u8]) -> Envelope {
-        let release = Release {
-            id: id.into(),
-            name: "pos".into(),
-            version: id.trim_start_matches("pos-").into(),
-            kind: ReleaseKind::App,
-            counter,
-            issued_at: Timestamp::now(),
-            expires: Timestamp::now() + SignedDuration::from_hours(24 * 30),
-            artifacts: vec![Artifact {
-                name: "pos.tar.gz".into(),
-                url: format!("/v1/artifacts/{}", fleetwave_shared::sha256_hex(artifact)),
-                length: artifact.len() as u64,
-                sha256: fleetwave_shared::sha256_hex(artifact),
-            }],
-            install: Default::default(),
-            min_agent_version: None,
-        };
-        Envelope::sign(
-            RELEASE_TYPE,
-            &serde_json::to_vec(&release).unwrap(),
-            &[&self.offline_key("release.key")],
-        )
-    }
-
-    async fn publish(&self, env: &Envelope) -> (StatusCode, Value) {
-        self.post(
-            "/v1/releases",
-            &self.admin,
-            serde_json::to_value(env).unwrap(),
-        )
-        .await
-    }
-}
+use common::{Harness, eventually};
 
 /// An agent as the protocol describes it.
 struct Agent {
@@ -190,7 +44,7 @@ fn nonce() -> String {
 }
 
 async fn agent(h: &Harness, site: &str, labels: Value) -> Agent {
-    let token = h.enrollment_token(labels, 1, 3600).await;
+    let token = h.enrollment_token_expiring(labels, 1, 3600).await;
     let key = keys::generate();
     let (s, v) = h
         .post("/v1/enroll", "", enroll_body(site, &token, &key))
@@ -216,25 +70,6 @@ async fn session(h: &Harness, site: &str, key: &SigningKey) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-/// Polls `check` until it returns Some, for at most 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<no error code>")
 }
@@ -244,7 +79,7 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
     let h = Harness::new().await;
     // A token with two uses enrolls two sites, then is used up.
     let token = h
-        .enrollment_token(json!({"region": "eu", "cohort": "pig"}), 2, 3600)
+        .enrollment_token_expiring(json!({"region": "eu", "cohort": "pig"}), 2, 3600)
         .await;
     for site in ["store-1", "store-2"] {
         let (s, v) = h
@@ -272,7 +107,7 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
     );
 
     // A proof signed by another key is refused.
-    let t2 = h.enrollment_token(json!({}), 1, 3600).await;
+    let t2 = h.enrollment_token_expiring(json!({}), 1, 3600).await;
     let mut body = enroll_body("store-4", &t2, &keys::generate());
     body["device_key"] = json!(hex::encode(keys::generate().verifying_key().as_bytes()));
     let (s, v) = h.post("/v1/enroll", "", body).await;
@@ -292,7 +127,7 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
     assert_eq!(s, StatusCode::OK);
 
     // An expired token is refused.
-    let t3 = h.enrollment_token(json!({}), 1, 1).await;
+    let t3 = h.enrollment_token_expiring(json!({}), 1, 1).await;
     let key = keys::generate();
     eventually("the token to expire", || {
         let body = enroll_body("store-5", &t3, &key);
@@ -422,7 +257,7 @@ async fn an_unbound_token_cannot_take_over_an_enrolled_site() {
     let h = Harness::new().await;
     // An installer's batch token: 50 uses, no site.
     let batch = h
-        .enrollment_token(json!({"cohort": "general"}), 50, 3600)
+        .enrollment_token_expiring(json!({"cohort": "general"}), 50, 3600)
         .await;
     let real = keys::generate();
     let (s, v) = h
@@ -522,14 +357,14 @@ async fn an_unbound_token_cannot_take_over_an_enrolled_site() {
     );
 
     // `site rekey`: operators only, enrolled sites only, one use, audited.
-    let viewer = h.token("viewer").await;
+    let viewer = h.token("test-viewer", "viewer").await;
     let (s, _) = h.post("/v1/sites/store-1/rekey", &viewer, json!({})).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = h
         .post("/v1/sites/store-99/rekey", &h.admin, json!({}))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let operator = h.token("operator").await;
+    let operator = h.token("test-operator", "operator").await;
     let (s, v) = h
         .post(
             "/v1/sites/store-1/rekey",
@@ -735,20 +570,22 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
     // Releases: bad signature and counters going back are refused.
-    let good = h.release("pos-2.4.0", 5, &artifact);
-    let mut forged = h.release("pos-2.4.1", 6, &artifact);
+    let good = h.release_envelope("pos-2.4.0", 5, &artifact);
+    let mut forged = h.release_envelope("pos-2.4.1", 6, &artifact);
     forged.signatures =
         Envelope::sign(RELEASE_TYPE, b"{}", &[&h.offline_key("root.key")]).signatures;
-    let (s, v) = h.publish(&forged).await;
+    let (s, v) = h.publish_envelope(&forged).await;
     assert_eq!(
         (s, error_code(&v)),
         (StatusCode::UNPROCESSABLE_ENTITY, "release_refused"),
         "{v}"
     );
-    let (s, v) = h.publish(&good).await;
+    let (s, v) = h.publish_envelope(&good).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["digest"], good.digest());
-    let (s, v) = h.publish(&h.release("pos-2.3.9", 5, &artifact)).await;
+    let (s, v) = h
+        .publish_envelope(&h.release_envelope("pos-2.3.9", 5, &artifact))
+        .await;
     assert_eq!(
         (s, error_code(&v)),
         (StatusCode::CONFLICT, "release_conflict"),
@@ -1035,9 +872,9 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
 #[tokio::test]
 async fn roles_are_enforced() {
     let h = Harness::new().await;
-    let viewer = h.token("viewer").await;
-    let operator = h.token("operator").await;
-    let release_manager = h.token("release_manager").await;
+    let viewer = h.token("test-viewer", "viewer").await;
+    let operator = h.token("test-operator", "operator").await;
+    let release_manager = h.token("test-release_manager", "release_manager").await;
     let artifact = b"x".to_vec();
     let (s, v) = h.post("/v1/enrollment-tokens", &viewer, json!({})).await;
     assert_eq!(
@@ -1051,7 +888,7 @@ async fn roles_are_enforced() {
         .post(
             "/v1/releases",
             &operator,
-            serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap(),
+            serde_json::to_value(h.release_envelope("pos-1", 1, &artifact)).unwrap(),
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -1059,7 +896,7 @@ async fn roles_are_enforced() {
         .post(
             "/v1/releases",
             &release_manager,
-            serde_json::to_value(h.release("pos-1", 1, &artifact)).unwrap(),
+            serde_json::to_value(h.release_envelope("pos-1", 1, &artifact)).unwrap(),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
@@ -1243,13 +1080,13 @@ async fn auto_rollback_manual_rollback_sites_tokens_and_root_rotation() {
     let (s, _) = h.post("/v1/agent/reports", &a.token, json!({"events": [event("i0", Timestamp::now(), json!({"kind": "installed", "name": "pos", "release_id": "pos-2.3.0", "version": "2.3.0"}))]})).await;
     assert_eq!(s, StatusCode::OK);
     let artifact = b"tarball".to_vec();
-    let old = h.release("pos-2.3.0", 4, &artifact);
+    let old = h.release_envelope("pos-2.3.0", 4, &artifact);
     for env in [
         &old,
-        &h.release("pos-2.4.0", 5, &artifact),
-        &h.release("pos-2.5.0", 6, &artifact),
+        &h.release_envelope("pos-2.4.0", 5, &artifact),
+        &h.release_envelope("pos-2.5.0", 6, &artifact),
     ] {
-        assert_eq!(h.publish(env).await.0, StatusCode::CREATED);
+        assert_eq!(h.publish_envelope(env).await.0, StatusCode::CREATED);
     }
 
     // Sites: relabel, filter, paginate.
@@ -1278,7 +1115,7 @@ async fn auto_rollback_manual_rollback_sites_tokens_and_root_rotation() {
     assert_eq!(v["sites"][0]["id"], "site-b");
 
     // Enrollment tokens: list and revoke.
-    let t = h.enrollment_token(json!({}), 5, 3600).await;
+    let t = h.enrollment_token_expiring(json!({}), 5, 3600).await;
     let (_, list) = h.get("/v1/enrollment-tokens", &h.admin).await;
     let id = list["tokens"]
         .as_array()
@@ -1453,7 +1290,7 @@ gate = { bake = "1h", failure_budget = 0 }
         &serde_json::to_vec(&root).unwrap(),
         &[&root_key],
     );
-    let viewer = h.token("viewer").await;
+    let viewer = h.token("test-viewer", "viewer").await;
     let (s, _) = h
         .post("/v1/roots", &viewer, serde_json::to_value(&next).unwrap())
         .await;
@@ -1959,8 +1796,14 @@ async fn credentials_are_checked_before_a_body_is_read() {
         .unwrap_or_else(|_| panic!("{method} {path} read the body before the credentials"));
         let res = answer.unwrap();
         if path.starts_with("/ui/") {
-            // Sent to the sign-in page (the client follows the redirect).
-            assert_eq!(res.url().path(), "/ui/login", "{method} {path}");
+            // Sent to the sign-in page (the harness's client does not follow redirects).
+            assert!(
+                res.status().is_redirection(),
+                "{method} {path}: {}",
+                res.status()
+            );
+            let to = res.headers().get("location").and_then(|l| l.to_str().ok());
+            assert_eq!(to, Some("/ui/login"), "{method} {path}");
         } else {
             assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
         }
@@ -2054,10 +1897,10 @@ async fn rollout_view_lists_only_sites_needing_attention_and_the_site_list_pages
     let later = 10;
     let id_of = |i: usize| format!("s-{i:03}");
     let t_first = h
-        .enrollment_token(json!({"tier": "first"}), first as u32, 3600)
+        .enrollment_token_expiring(json!({"tier": "first"}), first as u32, 3600)
         .await;
     let t_later = h
-        .enrollment_token(json!({"tier": "later"}), later as u32, 3600)
+        .enrollment_token_expiring(json!({"tier": "later"}), later as u32, 3600)
         .await;
     let agents: Vec<Agent> = futures_util::stream::iter(0..first)
         .map(|i| enrolled(&h, id_of(i), &t_first))
@@ -2069,7 +1912,9 @@ async fn rollout_view_lists_only_sites_needing_attention_and_the_site_list_pages
     }
     let artifact = b"tarball".to_vec();
     assert_eq!(
-        h.publish(&h.release("pos-2.4.0", 5, &artifact)).await.0,
+        h.publish_envelope(&h.release_envelope("pos-2.4.0", 5, &artifact))
+            .await
+            .0,
         StatusCode::CREATED
     );
     let plan = r#"
@@ -2176,7 +2021,7 @@ name = "later"
     assert_eq!(v["sites"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["next_after"], "s-000", "{v}");
     // A viewer may read it.
-    let viewer = h.token("viewer").await;
+    let viewer = h.token("test-viewer", "viewer").await;
     let (s, v) = h
         .get(&format!("/v1/rollouts/{id}/sites?limit=1"), &viewer)
         .await;

@@ -4,7 +4,6 @@
 //! that dies is restarted, and while it is down `/readyz`, `/metrics` and the dashboard
 //! say so. Nothing here waits for time to pass: tests wait for the state they expect.
 
-#[path = "dashboard_common.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,13 +13,10 @@ use std::time::Duration;
 
 use common::{Harness, WebClient};
 use fleetwave_coordinator::config::Config;
-use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_coordinator::rollouts::run_controller;
 use fleetwave_coordinator::state::App;
-use fleetwave_coordinator::store::ReleaseRecord;
 use fleetwave_coordinator::supervisor::{Backoff, ControllerStatus, supervise};
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
-use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -74,8 +70,8 @@ async fn a_plan_with_a_duration_longer_than_a_year_is_refused_with_422_naming_th
     h.stop().await;
 }
 
-/// A coordinator in-process (no listener, no controller task) over a fresh SQLite file
-/// with `sites` (id, group label) and release `app-2` published.
+/// A coordinator in-process (no listener, no controller task) with `sites` (id, group
+/// label) and release `app-2`: (dir, app, stop, admin token).
 async fn app_with_sites(
     sites: &[(&str, &str)],
 ) -> (
@@ -84,47 +80,12 @@ async fn app_with_sites(
     tokio::sync::watch::Sender<bool>,
     String,
 ) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
-    let config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
-    let db = config.database_path();
-    drop(fleetwave_coordinator::store::SqliteStore::open(&db).unwrap());
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    for (id, group) in sites {
-        conn.execute(
-            "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES (?1, ?2, ?3, 'active', '0.1.0', ?4)",
-            rusqlite::params![
-                id,
-                "00".repeat(32),
-                json!({"group": group}).to_string(),
-                Timestamp::now().as_millisecond()
-            ],
-        )
-        .unwrap();
-    }
-    drop(conn);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let app = fleetwave_coordinator::server::build_app(config, stop_rx)
-        .await
-        .unwrap();
-    let env = fleetwave_shared::Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
-    let release = ReleaseRecord {
-        id: "app-2".into(),
-        digest: env.digest(),
-        name: "app".into(),
-        version: "2".into(),
-        kind: "app".into(),
-        counter: 2,
-        envelope: env,
-        published_at: Timestamp::now(),
-        published_by: "test".into(),
-    };
-    app.db
-        .run(move |s| s.publish_release(&release))
-        .await
-        .unwrap();
-    (dir, app, stop, out.admin_token)
+    let sites: Vec<_> = sites
+        .iter()
+        .map(|(id, group)| (id.to_string(), json!({"group": group})))
+        .collect();
+    let p = common::InProcess::with_sites(&sites).await;
+    (p.dir, p.app, p.stop, p.admin)
 }
 
 fn plan(name: &str, group: &str, bake: &str) -> String {

@@ -4,7 +4,6 @@
 //!
 //! With FLEETWAVE_SCREENSHOTS=1 the test also writes docs/screenshots/*.png.
 
-#[path = "dashboard_common.rs"]
 mod common;
 
 use std::time::Duration;

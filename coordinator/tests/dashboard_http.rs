@@ -2,7 +2,6 @@
 //! cookies, headers, CSRF refusals, role refusals, sign-out and revocation, server-side
 //! filtering and pagination, and the live stream.
 
-#[path = "dashboard_common.rs"]
 mod common;
 
 use std::time::Duration;

@@ -7,7 +7,6 @@
 //! enrollments through the API would measure enrollment, not the dashboard); the rollout
 //! over them is created and started through the rollout engine in-process.
 
-#[path = "dashboard_common.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,97 +3,32 @@
 //! the in-memory facts of live rollouts (always equal to the SQLite rows, and rebuilt from
 //! them as after a restart), and a wave larger than one issuing chunk.
 
-use std::sync::Arc;
+mod common;
 
-use fleetwave_coordinator::config::Config;
-use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_coordinator::rollouts::{Action, ISSUE_CHUNK};
 use fleetwave_coordinator::state::App;
-use fleetwave_coordinator::store::{ReleaseRecord, ReportInput};
+use fleetwave_coordinator::store::ReportInput;
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
 use fleetwave_shared::protocol::{Event, LeaseRequest};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-struct Setup {
-    dir: tempfile::TempDir,
-    app: Arc<App>,
-    release: String,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Setup {
-    fn db_path(&self) -> std::path::PathBuf {
-        Config::load(&self.dir.path().join("coordinator.toml"))
-            .unwrap()
-            .database_path()
-    }
-
-    /// A fresh connection to the database file (sees only committed data).
-    fn conn(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.db_path()).unwrap()
-    }
-}
+use common::InProcess as Setup;
 
 fn site_id(i: usize) -> String {
     format!("site-{i:05}")
 }
 
-/// Writes `ids` as active sites labelled `sim=1` in one transaction.
-fn add_sites(db: &std::path::Path, ids: &[String]) {
-    let mut conn = rusqlite::Connection::open(db).unwrap();
-    let tx = conn.transaction().unwrap();
-    {
-        let mut st = tx
-            .prepare(
-                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES (?1, ?2, '{\"sim\":\"1\"}', 'active', '0.1.0', ?3)",
-            )
-            .unwrap();
-        for id in ids {
-            st.execute(rusqlite::params![
-                id,
-                "00".repeat(32),
-                Timestamp::now().as_millisecond()
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
+/// Sites labelled `sim=1`.
+fn sim(ids: &[String]) -> Vec<(String, serde_json::Value)> {
+    ids.iter()
+        .map(|id| (id.clone(), json!({"sim": "1"})))
+        .collect()
 }
 
+/// `sites` active sites `site-00000`... and release `app-2`.
 async fn setup(sites: usize) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
-    let config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
-    let db = config.database_path();
-    drop(fleetwave_coordinator::store::SqliteStore::open(&db).unwrap());
-    add_sites(&db, &(0..sites).map(site_id).collect::<Vec<_>>());
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let app = fleetwave_coordinator::server::build_app(config, stop_rx)
-        .await
-        .unwrap();
-    let env = fleetwave_shared::Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
-    let release = ReleaseRecord {
-        id: "app-2".into(),
-        digest: env.digest(),
-        name: "app".into(),
-        version: "2".into(),
-        kind: "app".into(),
-        counter: 2,
-        envelope: env,
-        published_at: Timestamp::now(),
-        published_by: "test".into(),
-    };
-    app.db
-        .run(move |s| s.publish_release(&release))
-        .await
-        .unwrap();
-    Setup {
-        dir,
-        app,
-        release: "app-2".into(),
-        _stop: stop,
-    }
+    Setup::with_sites(&sim(&(0..sites).map(site_id).collect::<Vec<_>>())).await
 }
 
 fn event(id: &str, body: serde_json::Value) -> Event {
@@ -299,7 +234,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         .await
         .unwrap();
     // A site enrolled late joins.
-    add_sites(&s.db_path(), &["site-late".to_string()]);
+    s.add_sites(&sim(&["site-late".to_string()]));
     app.join_rollouts("site-late").await.unwrap();
     app.tick_all().await.unwrap();
 
@@ -437,7 +372,7 @@ async fn shares_are_quotas_of_the_sites_known_when_each_wave_opens() {
 
     // Four sites enroll while wave 0 is open: they wait for wave 1, not wave 0.
     let late: Vec<String> = (0..4).map(|i| format!("site-late-{i}")).collect();
-    add_sites(&s.db_path(), &late);
+    s.add_sites(&sim(&late));
     for id in &late {
         app.join_rollouts(id).await.unwrap();
     }

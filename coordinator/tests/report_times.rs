@@ -4,7 +4,6 @@
 //! bake early. The event is still accepted (the agent's outbox moves on) and stored as
 //! sent.
 
-#[path = "dashboard_common.rs"]
 mod common;
 
 use common::{Agent, Harness};

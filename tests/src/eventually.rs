@@ -3,56 +3,30 @@
 //! [`eventually`] polls a closure until it returns `Ok` or the deadline passes; on timeout
 //! the error carries the description, the last error and the captured output of every live
 //! process of the test thread. A slow machine makes a scenario slower, never red: deadlines
-//! are generous and scaled by `FLEETWAVE_E2E_PATIENCE`. This module must never assert on how
+//! are generous and scaled by `FLEETWAVE_TEST_PATIENCE`. This module must never assert on how
 //! long something took.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{HarnessError, Result};
 
-/// The default deadline for a scenario step (before [`patience`] scaling).
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(90);
-
-/// Scales a deadline by `FLEETWAVE_E2E_PATIENCE` (a positive number, default 1), for very
-/// slow or very loaded machines.
-pub fn patience(deadline: Duration) -> Duration {
-    let factor = std::env::var("FLEETWAVE_E2E_PATIENCE")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|f| f.is_finite() && *f > 0.0)
-        .unwrap_or(1.0);
-    deadline.mul_f64(factor)
-}
+pub use fleetwave_testkit::{DEFAULT_DEADLINE, patience};
 
 /// Polls `check` until it returns `Ok(value)`, or fails with [`HarnessError::Timeout`] once
-/// `deadline` has passed. The pause between attempts grows from 20 ms to 250 ms.
+/// `deadline` has passed ([`fleetwave_testkit::wait_blocking`], the one waiting loop of
+/// every suite); the timeout carries the output of this thread's live processes.
 pub fn eventually<T>(
     description: &str,
     deadline: Duration,
-    mut check: impl FnMut() -> anyhow::Result<T>,
+    check: impl FnMut() -> anyhow::Result<T>,
 ) -> Result<T> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let last_error = match check() {
-            Ok(value) => return Ok(value),
-            Err(e) => e,
-        };
-        let elapsed = start.elapsed();
-        if elapsed >= deadline {
-            return Err(HarnessError::Timeout {
-                description: description.to_string(),
-                elapsed,
-                attempts,
-                last_error: format!("{last_error:#}"),
-                logs: crate::logs::live_logs(),
-            });
-        }
-        std::thread::sleep(pause.min(deadline - elapsed));
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
+    fleetwave_testkit::wait_blocking(deadline, check).map_err(|t| HarnessError::Timeout {
+        description: description.to_string(),
+        elapsed: t.elapsed,
+        attempts: t.attempts,
+        last_error: format!("{:#}", t.last),
+        logs: crate::logs::live_logs(),
+    })
 }
 
 /// [`eventually`] with [`DEFAULT_DEADLINE`] scaled by [`patience`].

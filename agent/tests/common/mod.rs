@@ -12,7 +12,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use fleetwave_coordinator::config::Config as CoordinatorConfig;
 use fleetwave_coordinator::init::{InitOptions, init};
@@ -24,26 +23,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Generous deadline for conditions that depend on polls and installs.
-pub const PATIENCE: Duration = Duration::from_secs(90);
-
-/// Polls `check` until it returns `Some`, or panics with `what` after `PATIENCE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("gave up waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// Awaits a condition: the one helper of every suite.
+pub use fleetwave_testkit::eventually;
 
 /// A built binary of the workspace, or a clear panic saying how to build it.
 pub fn workspace_binary(name: &str) -> PathBuf {

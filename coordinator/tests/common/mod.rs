@@ -1,6 +1,8 @@
-//! Shared by the dashboard tests (included with `#[path]`): a coordinator in-process over
-//! TLS with a temp SQLite file, agents that speak the real agent API, a plain-HTTP browser
-//! stand-in with a cookie jar, and headless Chromium through chromedriver.
+//! The one coordinator test harness (`mod common;` in each test file): a coordinator
+//! in-process over TLS with a temp SQLite file ([`Harness`]), or without a listener or
+//! controller task ([`InProcess`], for engine-level tests); agents that speak the real
+//! agent API; a plain-HTTP browser stand-in with a cookie jar; headless Chromium through
+//! chromedriver; and [`eventually`], the waiting helper of every suite.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -20,6 +22,14 @@ use jiff::{SignedDuration, Timestamp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// Starts the coordinator configured in `dir` on a free loopback port, over TLS.
+async fn boot(dir: &Path) -> Running {
+    let mut config = Config::load(&dir.join("coordinator.toml")).unwrap();
+    config.controller.tick_millis = 100;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start(config, Transport::Tls, listener).await.unwrap()
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
@@ -31,13 +41,20 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new() -> Harness {
+        Harness::with_config("").await
+    }
+
+    /// A harness whose config file gets `extra` TOML appended.
+    pub async fn with_config(extra: &str) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
-        let mut config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
-        config.controller.tick_millis = 100;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = start(config, Transport::Tls, listener).await.unwrap();
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&out.config).unwrap();
+            text.push_str(extra);
+            std::fs::write(&out.config, text).unwrap();
+        }
+        let running = boot(dir.path()).await;
         let http = client(&out.ca_cert);
         let base = format!("https://localhost:{}", running.local_addr.port());
         Harness {
@@ -48,6 +65,19 @@ impl Harness {
             admin: out.admin_token,
             ca: out.ca_cert.clone(),
         }
+    }
+
+    /// Stops the coordinator and starts it again on the same directory (a new port).
+    pub async fn restart(&mut self) {
+        self.running.take().unwrap().stop().await;
+        let running = boot(self.dir.path()).await;
+        self.base = format!("https://localhost:{}", running.local_addr.port());
+        self.running = Some(running);
+    }
+
+    /// An offline key written by `init` (e.g. `release.key`).
+    pub fn offline_key(&self, name: &str) -> SigningKey {
+        keys::read_private_key(&self.dir.path().join("offline-keys").join(name)).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -93,52 +123,68 @@ impl Harness {
     }
 
     pub async fn enrollment_token(&self, labels: Value, uses: u32) -> String {
+        self.enrollment_token_expiring(labels, uses, 3600).await
+    }
+
+    pub async fn enrollment_token_expiring(
+        &self,
+        labels: Value,
+        uses: u32,
+        expires: u64,
+    ) -> String {
         let (s, v) = self
             .post(
                 "/v1/enrollment-tokens",
                 &self.admin,
-                json!({"labels": labels, "uses": uses, "expires_in_secs": 3600}),
+                json!({"labels": labels, "uses": uses, "expires_in_secs": expires}),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
 
-    /// Publishes release `pos-{version}` (stream `pos`) signed with the offline key.
-    pub async fn publish(&self, version: &str, counter: u64) -> String {
-        let artifact = format!("pos {version}").into_bytes();
-        let id = format!("pos-{version}");
+    /// Release `id` of stream `pos` (version: `id` without `pos-`) with one artifact,
+    /// signed with the offline release key.
+    pub fn release_envelope(&self, id: &str, counter: u64, artifact: &[u8]) -> Envelope {
         let release = Release {
-            id: id.clone(),
+            id: id.into(),
             name: "pos".into(),
-            version: version.into(),
+            version: id.trim_start_matches("pos-").into(),
             kind: ReleaseKind::App,
             counter,
             issued_at: Timestamp::now(),
             expires: Timestamp::now() + SignedDuration::from_hours(24 * 30),
             artifacts: vec![Artifact {
                 name: "pos.tar.gz".into(),
-                url: format!("/v1/artifacts/{}", fleetwave_shared::sha256_hex(&artifact)),
+                url: format!("/v1/artifacts/{}", fleetwave_shared::sha256_hex(artifact)),
                 length: artifact.len() as u64,
-                sha256: fleetwave_shared::sha256_hex(&artifact),
+                sha256: fleetwave_shared::sha256_hex(artifact),
             }],
             install: Default::default(),
             min_agent_version: None,
         };
-        let key = keys::read_private_key(&self.dir.path().join("offline-keys").join("release.key"))
-            .unwrap();
-        let env = Envelope::sign(
+        Envelope::sign(
             RELEASE_TYPE,
             &serde_json::to_vec(&release).unwrap(),
-            &[&key],
-        );
-        let (s, v) = self
-            .post(
-                "/v1/releases",
-                &self.admin,
-                serde_json::to_value(&env).unwrap(),
-            )
-            .await;
+            &[&self.offline_key("release.key")],
+        )
+    }
+
+    /// Publishes an envelope as the admin; the answer as it came.
+    pub async fn publish_envelope(&self, env: &Envelope) -> (StatusCode, Value) {
+        self.post(
+            "/v1/releases",
+            &self.admin,
+            serde_json::to_value(env).unwrap(),
+        )
+        .await
+    }
+
+    /// Publishes release `pos-{version}` (stream `pos`) signed with the offline key.
+    pub async fn publish(&self, version: &str, counter: u64) -> String {
+        let id = format!("pos-{version}");
+        let env = self.release_envelope(&id, counter, format!("pos {version}").as_bytes());
+        let (s, v) = self.publish_envelope(&env).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         id
     }
@@ -332,24 +378,8 @@ impl Agent {
     }
 }
 
-/// Polls `check` until it returns Some, for at most 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+#[allow(unused_imports)] // not every test file waits
+pub use fleetwave_testkit::eventually;
 
 /// A browser stand-in over plain HTTP requests: a cookie jar and form posts.
 pub struct WebClient {
@@ -565,4 +595,94 @@ pub async fn screenshot(c: &fantoccini::Client, name: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let png = c.screenshot().await.unwrap();
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// A coordinator in-process without a listener or controller task, over a fresh SQLite
+/// file with sites written straight into it and release `app-2` published: for tests of
+/// the engine itself (passes, leases, reports) at sizes enrollment would make slow.
+pub struct InProcess {
+    pub dir: tempfile::TempDir,
+    pub app: std::sync::Arc<fleetwave_coordinator::state::App>,
+    pub release: String,
+    pub admin: String,
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl InProcess {
+    /// `sites`: (id, labels) of active sites.
+    pub async fn with_sites(sites: &[(String, Value)]) -> InProcess {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let out = init(&InitOptions::dev_loopback(dir.path().to_path_buf())).unwrap();
+        let config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
+        let db = config.database_path();
+        drop(fleetwave_coordinator::store::SqliteStore::open(&db).unwrap());
+        add_sites(&db, sites);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let app = fleetwave_coordinator::server::build_app(config, stop_rx)
+            .await
+            .unwrap();
+        let env = Envelope::sign("x", b"{}", &[&keys::generate()]);
+        let release = fleetwave_coordinator::store::ReleaseRecord {
+            id: "app-2".into(),
+            digest: env.digest(),
+            name: "app".into(),
+            version: "2".into(),
+            kind: "app".into(),
+            counter: 2,
+            envelope: env,
+            published_at: Timestamp::now(),
+            published_by: "test".into(),
+        };
+        app.db
+            .run(move |s| s.publish_release(&release))
+            .await
+            .unwrap();
+        InProcess {
+            dir,
+            app,
+            release: "app-2".into(),
+            admin: out.admin_token,
+            stop,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        Config::load(&self.dir.path().join("coordinator.toml"))
+            .unwrap()
+            .database_path()
+    }
+
+    /// A fresh connection to the database file (sees only committed data).
+    pub fn conn(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+
+    /// Writes more active sites, as if they had enrolled.
+    pub fn add_sites(&self, sites: &[(String, Value)]) {
+        add_sites(&self.db_path(), sites);
+    }
+}
+
+/// Writes `sites` (id, labels) as active sites in one transaction.
+fn add_sites(db: &Path, sites: &[(String, Value)]) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES (?1, ?2, ?3, 'active', '0.1.0', ?4)",
+            )
+            .unwrap();
+        for (id, labels) in sites {
+            st.execute(rusqlite::params![
+                id,
+                "00".repeat(32),
+                labels.to_string(),
+                Timestamp::now().as_millisecond()
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
 }
