@@ -42,6 +42,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The coordinator, agent and demo app, for the launch recipe shared with `fleetwave demo`.
+pub fn local_bins() -> Result<fleetwave_launch::Bins> {
+    Ok(fleetwave_launch::Bins {
+        coordinator: binary(COORDINATOR)?,
+        agent: binary(AGENT)?,
+        demo_app: binary(DEMO_APP)?,
+    })
+}
+
 /// The path of binary `name`, or [`HarnessError::MissingBinary`].
 pub fn binary(name: &str) -> Result<PathBuf> {
     let path = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));

@@ -22,6 +22,8 @@ use fleetwave_shared::protocol::operator::{self as api, RolloutStatus};
 
 use crate::bins;
 use crate::error::{HarnessError, Result};
+use fleetwave_launch::{AgentConfig, AgentTuning, LocalCoordinator, LocalSite};
+
 use crate::fleet::{FleetDirs, FleetSpec, SiteDirs, SiteSpec};
 use crate::operator::Operator;
 use crate::plan::PlanSpec;
@@ -93,6 +95,8 @@ pub struct Site {
     /// The demo app's pid file.
     pub app_pid_file: PathBuf,
     pub proxy: Option<FaultProxy>,
+    /// The launch recipe of this site (files, commands), shared with `fleetwave demo`.
+    pub local: LocalSite,
 }
 
 impl Site {
@@ -228,8 +232,12 @@ impl Fleet {
 
     fn add_site(&mut self, spec: &SiteSpec) -> Result<()> {
         let dirs = self.dirs.site(&spec.id)?.clone();
-        let app_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let app_pid_file = dirs.root.join("demo-app.pid");
+        let local = LocalSite {
+            id: spec.id.clone(),
+            labels: spec.labels.clone(),
+            root: dirs.root.clone(),
+            app_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
         let proxy = if self.options.proxied.contains(&spec.id) {
             Some(FaultProxy::start(self.coordinator.addr)?)
         } else {
@@ -243,12 +251,13 @@ impl Fleet {
             spec: spec.clone(),
             dirs,
             agent: None,
-            app_addr,
-            app_pid_file,
+            app_addr: local.app_addr,
+            app_pid_file: local.app_pid_file(),
             proxy,
+            local,
         };
         start_seed_app(&self.dirs, &site)?;
-        std::fs::write(&site.dirs.config, self.agent_config(&site, &url))
+        std::fs::write(&site.dirs.config, self.agent_config(&site, &url)?)
             .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
         let token = self
             .operator
@@ -258,9 +267,12 @@ impl Fleet {
                 expires_in_secs: Some(3600),
                 uses: Some(1),
             })?;
-        self.agent_command(&site, "enroll")?
-            .args(["enroll", "--token", &token.token])
-            .run()?;
+        Spawn::from_cmd(
+            format!("agent-{}-enroll", site.spec.id),
+            &site.local.enroll(&bins::local_bins()?, &token.token),
+            &self.dirs.logs,
+        )
+        .run()?;
         if !self.options.not_started.contains(&spec.id) {
             site.agent = Some(self.agent_command(&site, "")?.arg("run").start()?);
         }
@@ -268,101 +280,27 @@ impl Fleet {
         Ok(())
     }
 
-    /// The agent's configuration for `site`, talking to `url`.
-    fn agent_config(&self, site: &Site, url: &str) -> String {
-        let demo_app = bins::bin_dir().join(bins::DEMO_APP);
-        let restart = [
-            demo_app.display().to_string(),
-            "restart".into(),
-            "--dir".into(),
-            site.current_dir().display().to_string(),
-            "--listen".into(),
-            site.app_addr.to_string(),
-            "--pid-file".into(),
-            site.app_pid_file.display().to_string(),
-            "--log".into(),
-            site.dirs.root.join("demo-app.log").display().to_string(),
-        ]
-        .into_iter()
-        .chain(
-            site.spec
-                .label_pairs()
-                .into_iter()
-                .flat_map(|l| ["--label".to_string(), l]),
-        )
-        .collect::<Vec<String>>();
-        let stop = [
-            demo_app.display().to_string(),
-            "stop".into(),
-            "--pid-file".into(),
-            site.app_pid_file.display().to_string(),
-        ];
-        let q = |s: &str| serde_json::to_string(s).expect("string");
-        let list = |items: &[String]| {
-            let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
-            format!("[{}]", quoted.join(", "))
-        };
-        format!(
-            r#"# fleetwave-agent config written by the e2e harness for site {id}
-[coordinator]
-url = {url}
-ca_file = {ca}
-request_timeout_secs = 10
-
-[agent]
-state_dir = {state}
-site_id = {id_q}
-root_file = {root}
-site_time_zone = {tz}
-
-[poll]
-interval_secs = 1
-wait_secs = 2
-jitter = 0.0
-backoff_min_secs = 1
-backoff_max_secs = 2
-
-[health]
-interval_secs = 1
-min_free_disk_bytes = 1048576
-disk_margin = 1.0
-min_mem_available_bytes = 0
-max_load_per_cpu = 0.0
-probe_timeout_secs = 5
-
-[health.verify]
-period_secs = 3
-interval_secs = 1
-fail_after = 2
-
-[[health.probes]]
-type = "http"
-name = "demo"
-url = {probe}
-
-[executor]
-staging_dir = {staging}
-apps_dir = {apps}
-
-[executor.app]
-restart_command = {restart}
-stop_command = {stop}
-command_timeout_secs = 60
-{extra}"#,
-            id = site.spec.id,
-            id_q = q(&site.spec.id),
-            url = q(url),
-            ca = q(&self.coordinator.ca.display().to_string()),
-            state = q(&site.dirs.state.display().to_string()),
-            root = q(&self.coordinator.root.display().to_string()),
-            tz = q(site.spec.tz()),
-            probe = q(&format!("http://{}/healthz", site.app_addr)),
-            staging = q(&site.dirs.root.join("staging").display().to_string()),
-            apps = q(&site.dirs.app.display().to_string()),
-            restart = list(&restart),
-            stop = list(&stop),
-            extra = self.options.agent_extra,
-        )
+    /// The agent's configuration for `site`, talking to `url`: the shared recipe with the
+    /// harness's tuning (short long polls, no jitter, the app started with the site's
+    /// labels) and [`FleetOptions::agent_extra`].
+    fn agent_config(&self, site: &Site, url: &str) -> Result<String> {
+        Ok(site.local.agent_config(
+            &bins::local_bins()?,
+            &AgentConfig {
+                written_by: "the e2e harness",
+                url,
+                ca: &self.coordinator.ca,
+                root: &self.coordinator.root,
+                tuning: AgentTuning {
+                    wait_secs: 2,
+                    jitter: 0.0,
+                    backoff_max_secs: 2,
+                    probe_name: "demo",
+                },
+                app_labels: true,
+                extra: &self.options.agent_extra,
+            },
+        ))
     }
 
     /// `fleetwave-agent --config <site config>` (add the subcommand), logged as
@@ -373,13 +311,12 @@ command_timeout_secs = 60
         } else {
             format!("agent-{}-{suffix}", site.spec.id)
         };
-        Ok(
-            Spawn::new(name, bins::binary(bins::AGENT)?, &self.dirs.logs)
-                .arg("--config")
-                .arg(&site.dirs.config)
-                .env("FLEETWAVE_LOG", "info,fleetwave_agent=debug")
-                .cwd(&site.dirs.root),
+        Ok(Spawn::from_cmd(
+            name,
+            &site.local.agent(&bins::local_bins()?),
+            &self.dirs.logs,
         )
+        .env("FLEETWAVE_LOG", "info,fleetwave_agent=debug"))
     }
 
     /// Runs a local agent command for `site` (e.g. `["status", "--json"]`) and returns
@@ -652,72 +589,45 @@ fn read_envelope(path: &Path) -> Result<Envelope> {
 }
 
 fn start_coordinator(dirs: &FleetDirs) -> Result<Coordinator> {
-    let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let dir = dirs.coordinator.clone();
-    Spawn::new(
-        "coordinator-init",
-        bins::binary(bins::COORDINATOR)?,
+    let local = LocalCoordinator {
+        dir: dirs.coordinator.clone(),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+    };
+    let bins = bins::local_bins()?;
+    Spawn::from_cmd("coordinator-init", &local.init(&bins), &dirs.logs).run()?;
+    local
+        .tune(COORDINATOR_TUNING)
+        .map_err(|e| HarnessError::io(format!("tuning {}", local.config().display()), e))?;
+    let admin_token = local
+        .admin_token()
+        .map_err(|e| HarnessError::io("reading the admin token", e))?;
+    let process = Spawn::from_cmd(
+        "coordinator",
+        &local.serve(&bins, "info,fleetwave_coordinator=debug"),
         &dirs.logs,
     )
-    .args(["init", "--dev-root", "--listen", &addr.to_string(), "--dir"])
-    .arg(&dir)
-    .run()?;
-    let config = dir.join("coordinator.toml");
-    let mut text = std::fs::read_to_string(&config)
-        .map_err(|e| HarnessError::io(format!("reading {}", config.display()), e))?;
-    text.push_str(COORDINATOR_TUNING);
-    std::fs::write(&config, text)
-        .map_err(|e| HarnessError::io(format!("writing {}", config.display()), e))?;
-    let admin_token = std::fs::read_to_string(dir.join("admin.token"))
-        .map_err(|e| HarnessError::io("reading the admin token", e))?
-        .trim()
-        .to_string();
-    let process = Spawn::new("coordinator", bins::binary(bins::COORDINATOR)?, &dirs.logs)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("FLEETWAVE_LOG", "info,fleetwave_coordinator=debug")
-        .cwd(&dir)
-        .start()?;
+    .start()?;
     Ok(Coordinator {
         process,
-        addr,
-        url: format!("https://{addr}"),
-        ca: dir.join("tls").join("ca.pem"),
-        root: dir.join("root.1.json"),
-        release_key: dir.join("offline-keys").join("release.key"),
-        root_key: dir.join("offline-keys").join("root.key"),
-        config,
+        addr: local.addr,
+        url: local.url(),
+        ca: local.ca(),
+        root: local.root(),
+        release_key: local.offline_key("release.key"),
+        root_key: local.offline_key("root.key"),
+        config: local.config(),
         admin_token,
-        dir,
+        dir: local.dir,
     })
 }
 
 /// Starts the site's demo app at a seed version `0.0.0` (what the box ran before fleetwave
 /// managed it), so its health probe passes before the first install.
 fn start_seed_app(dirs: &FleetDirs, site: &Site) -> Result<()> {
-    let seed = site.dirs.root.join("seed-app");
-    std::fs::create_dir_all(&seed)
-        .map_err(|e| HarnessError::io(format!("creating {}", seed.display()), e))?;
-    std::fs::write(
-        seed.join("app.toml"),
-        "version = \"0.0.0\"\nhealthy = true\n",
-    )
-    .map_err(|e| HarnessError::io("writing the seed app.toml", e))?;
-    Spawn::new(
-        format!("demo-app-{}-seed", site.spec.id),
-        bins::binary(bins::DEMO_APP)?,
-        &dirs.logs,
-    )
-    .arg("restart")
-    .arg("--dir")
-    .arg(&seed)
-    .arg("--listen")
-    .arg(site.app_addr.to_string())
-    .arg("--pid-file")
-    .arg(&site.app_pid_file)
-    .arg("--log")
-    .arg(site.dirs.root.join("demo-app.log"))
-    .run()?;
+    let cmd = site
+        .local
+        .seed_app(&bins::local_bins()?, "0.0.0")
+        .map_err(|e| HarnessError::io("writing the seed app", e))?;
+    Spawn::from_cmd(format!("demo-app-{}-seed", site.spec.id), &cmd, &dirs.logs).run()?;
     Ok(())
 }

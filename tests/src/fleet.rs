@@ -221,7 +221,7 @@ impl FleetDirs {
             let site_root = root.join("sites").join(&site.id);
             let dirs = SiteDirs {
                 state: site_root.join("state"),
-                app: site_root.join("app"),
+                app: site_root.join("apps"),
                 config: site_root.join("agent.toml"),
                 root: site_root,
             };

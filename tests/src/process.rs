@@ -43,6 +43,23 @@ impl Spawn {
         }
     }
 
+    /// The command line of a [`fleetwave_launch::Cmd`] (the recipe shared with
+    /// `fleetwave demo`), run the harness's way.
+    pub fn from_cmd(
+        label: impl Into<String>,
+        cmd: &fleetwave_launch::Cmd,
+        log_dir: &Path,
+    ) -> Spawn {
+        let mut s = Spawn::new(label, &cmd.program, log_dir).args(cmd.args.iter().cloned());
+        for (k, v) in &cmd.env {
+            s = s.env(k.clone(), v.clone());
+        }
+        if let Some(d) = &cmd.cwd {
+            s = s.cwd(d.clone());
+        }
+        s
+    }
+
     pub fn arg(mut self, arg: impl Into<OsString>) -> Spawn {
         self.args.push(arg.into());
         self

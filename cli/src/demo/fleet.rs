@@ -1,16 +1,15 @@
-//! What the demo fleet is made of, as data and files: the sites and their labels, each
-//! agent's configuration, the demo app's artifacts and release manifests, and the two
-//! rollout plans. Pure builders: this module writes files when asked and starts nothing.
+//! What the demo fleet is made of, as data and files: the sites and their labels, the demo
+//! app's artifacts and release manifests, and the two rollout plans (each site's files and
+//! agent configuration come from `fleetwave_launch`, shared with the e2e harness). Pure builders: this module writes files when asked and starts nothing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
 /// The release stream (release `name`) of the demo app.
-pub const STREAM: &str = "demo";
+pub const STREAM: &str = fleetwave_launch::DEMO_STREAM;
 
 /// The city whose sites form the canary wave.
 pub const CANARY_CITY: &str = "lyon";
@@ -75,151 +74,12 @@ pub fn sites(n: usize) -> Vec<SiteSpec> {
     out
 }
 
-/// The files of one site under the demo dir.
-#[derive(Debug, Clone)]
-pub struct SiteDirs {
-    pub root: PathBuf,
-    pub state: PathBuf,
-    pub apps: PathBuf,
-    pub staging: PathBuf,
-    pub seed: PathBuf,
-    pub config: PathBuf,
-    pub pid_file: PathBuf,
-    pub app_log: PathBuf,
-}
-
-impl SiteDirs {
-    pub fn new(demo_dir: &Path, id: &str) -> SiteDirs {
-        let root = demo_dir.join("sites").join(id);
-        SiteDirs {
-            state: root.join("state"),
-            apps: root.join("apps"),
-            staging: root.join("staging"),
-            seed: root.join("seed-app"),
-            config: root.join("agent.toml"),
-            pid_file: root.join("demo-app.pid"),
-            app_log: root.join("demo-app.log"),
-            root,
-        }
-    }
-
-    /// Where the app executor points `current` for the demo stream.
-    pub fn current(&self) -> PathBuf {
-        self.apps.join(STREAM).join("current")
-    }
-}
-
 fn q(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
 fn q_path(p: &Path) -> String {
     q(&p.display().to_string())
-}
-
-fn list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-/// Everything an agent's configuration needs to know.
-pub struct AgentSetup<'a> {
-    pub site: &'a SiteSpec,
-    pub dirs: &'a SiteDirs,
-    pub url: &'a str,
-    pub ca: &'a Path,
-    pub root: &'a Path,
-    pub demo_app: &'a Path,
-    pub app_addr: SocketAddr,
-}
-
-/// The agent's TOML configuration: a short poll interval, the demo app's health probe, and
-/// the demo app as the `app` executor's managed application.
-pub fn agent_config(s: &AgentSetup<'_>) -> String {
-    let app = s.demo_app.display().to_string();
-    let restart = [
-        app.clone(),
-        "restart".into(),
-        "--dir".into(),
-        s.dirs.current().display().to_string(),
-        "--listen".into(),
-        s.app_addr.to_string(),
-        "--pid-file".into(),
-        s.dirs.pid_file.display().to_string(),
-        "--log".into(),
-        s.dirs.app_log.display().to_string(),
-    ];
-    let stop = [
-        app,
-        "stop".into(),
-        "--pid-file".into(),
-        s.dirs.pid_file.display().to_string(),
-    ];
-    let tz = s.site.labels.get("tz").map(String::as_str).unwrap_or("UTC");
-    format!(
-        r#"# fleetwave-agent configuration written by `fleetwave demo` for site {id}.
-# Every key is documented in docs/agent.md.
-
-[coordinator]
-url = {url}
-ca_file = {ca}
-request_timeout_secs = 10
-
-[agent]
-state_dir = {state}
-site_id = {id_q}
-root_file = {root}
-site_time_zone = {tz}
-
-[poll]
-interval_secs = 1
-wait_secs = 5
-jitter = 0.1
-backoff_min_secs = 1
-backoff_max_secs = 5
-
-[health]
-interval_secs = 1
-min_free_disk_bytes = 1048576
-disk_margin = 1.0
-min_mem_available_bytes = 0
-max_load_per_cpu = 0.0
-probe_timeout_secs = 5
-
-# After an install the app must stay healthy for 3 s (checked every second; two failed
-# checks in a row roll it back).
-[health.verify]
-period_secs = 3
-interval_secs = 1
-fail_after = 2
-
-[[health.probes]]
-type = "http"
-name = "demo-app"
-url = {probe}
-
-[executor]
-staging_dir = {staging}
-apps_dir = {apps}
-
-[executor.app]
-restart_command = {restart}
-stop_command = {stop}
-command_timeout_secs = 60
-"#,
-        id = s.site.id,
-        id_q = q(&s.site.id),
-        url = q(s.url),
-        ca = q_path(s.ca),
-        state = q_path(&s.dirs.state),
-        root = q_path(s.root),
-        tz = q(tz),
-        probe = q(&format!("http://{}/healthz", s.app_addr)),
-        staging = q_path(&s.dirs.staging),
-        apps = q_path(&s.dirs.apps),
-        restart = list(&restart),
-        stop = list(&stop),
-    )
 }
 
 /// One version of the demo app.

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -14,18 +13,16 @@ use fleetwave_shared::Envelope;
 use fleetwave_shared::docs::RELEASE_TYPE;
 use fleetwave_shared::protocol::operator::{self as api, paths};
 
-use super::fleet::{self, DemoVersion, SiteDirs, SiteSpec};
+use fleetwave_launch::{AgentConfig, AgentTuning, LocalCoordinator, LocalSite};
+
+use super::fleet::{self, DemoVersion, SiteSpec};
 use super::procs::{self, Guard, Proc, interrupted, nap};
 use super::{AGENT, COORDINATOR, DEMO_APP, MARKER, Say};
 use crate::api::Client;
 use crate::api::rollouts::Progress;
 
 /// The binaries the demo starts, next to this executable.
-pub(super) struct Bins {
-    pub(super) coordinator: PathBuf,
-    pub(super) agent: PathBuf,
-    pub(super) demo_app: PathBuf,
-}
+pub(super) use fleetwave_launch::Bins;
 
 pub(super) fn find_bins() -> Result<Bins> {
     let exe = std::env::current_exe().context("cannot find the fleetwave executable")?;
@@ -196,38 +193,32 @@ impl Demo {
         &mut self,
         port: u16,
     ) -> Result<(String, String, PathBuf, PathBuf)> {
-        let cdir = self.dir.join("coordinator");
+        let local = LocalCoordinator {
+            dir: self.dir.join("coordinator"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let cdir = local.dir.clone();
         let log = self.dir.join("logs").join("coordinator.log");
-        let mut init = Command::new(&self.bins.coordinator);
-        init.arg("init")
-            .arg("--dir")
-            .arg(&cdir)
-            .arg("--dev-root")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"));
-        procs::run_logged("fleetwave-coordinator init", init, &log)?;
-        let config = cdir.join("coordinator.toml");
+        procs::run_logged(
+            "fleetwave-coordinator init",
+            local.init(&self.bins).command(),
+            &log,
+        )?;
         // A demo-sized fleet on one machine: agents come back every second (their long
         // polls still hear of a new wave at once) and the controller ticks twice a second.
-        let mut text = std::fs::read_to_string(&config)
-            .with_context(|| format!("cannot read {}", config.display()))?;
-        text.push_str(
-            "\n# Added by `fleetwave demo`: a small fleet that moves fast.\n[poll]\ninterval_secs = 1\njitter_percent = 20\n\n[controller]\ntick_millis = 500\n",
-        );
-        std::fs::write(&config, text)?;
-        let mut cmd = Command::new(&self.bins.coordinator);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("FLEETWAVE_LOG", "info")
-            .current_dir(&cdir);
-        self.coordinator = Some(Proc::spawn("coordinator", cmd, &log)?);
-        let token = std::fs::read_to_string(cdir.join("admin.token"))
-            .context("cannot read the admin token init wrote")?
-            .trim()
-            .to_string();
-        let url = format!("https://127.0.0.1:{port}");
-        let ca = cdir.join("tls").join("ca.pem");
+        local
+            .tune("\n# Added by `fleetwave demo`: a small fleet that moves fast.\n[poll]\ninterval_secs = 1\njitter_percent = 20\n\n[controller]\ntick_millis = 500\n")
+            .with_context(|| format!("cannot tune {}", local.config().display()))?;
+        self.coordinator = Some(Proc::spawn(
+            "coordinator",
+            local.serve(&self.bins, "info").command(),
+            &log,
+        )?);
+        let token = local
+            .admin_token()
+            .context("cannot read the admin token init wrote")?;
+        let url = local.url();
+        let ca = local.ca();
         self.client = Some(Client::new(&url, &token, Some(&ca))?);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -299,40 +290,39 @@ impl Demo {
             if interrupted() {
                 return Ok(());
             }
-            let dirs = SiteDirs::new(&self.dir, &spec.id);
-            for d in [&dirs.state, &dirs.apps, &dirs.staging, &dirs.seed] {
-                std::fs::create_dir_all(d)?;
-            }
-            let app_addr = free_addr()?;
+            let site = LocalSite {
+                id: spec.id.clone(),
+                labels: spec.labels.clone(),
+                root: self.dir.join("sites").join(&spec.id),
+                app_addr: free_addr()?,
+            };
+            site.create_dirs()?;
+            let app_addr = site.app_addr;
             // The app the box ran before fleetwave managed it: 1.0.0, healthy.
-            std::fs::write(dirs.seed.join("app.toml"), seed.app_toml())?;
-            let mut start_app = Command::new(&self.bins.demo_app);
-            start_app
-                .arg("restart")
-                .arg("--dir")
-                .arg(&dirs.seed)
-                .arg("--listen")
-                .arg(app_addr.to_string())
-                .arg("--pid-file")
-                .arg(&dirs.pid_file)
-                .arg("--log")
-                .arg(&dirs.app_log);
             procs::run_logged(
                 &format!("the demo app of {}", spec.id),
-                start_app,
-                &dirs.app_log,
+                site.seed_app(&self.bins, seed.version)?.command(),
+                &site.app_log(),
             )?;
             std::fs::write(
-                &dirs.config,
-                fleet::agent_config(&fleet::AgentSetup {
-                    site: &spec,
-                    dirs: &dirs,
-                    url,
-                    ca,
-                    root,
-                    demo_app: &self.bins.demo_app,
-                    app_addr,
-                }),
+                site.config(),
+                site.agent_config(
+                    &self.bins,
+                    &AgentConfig {
+                        written_by: "`fleetwave demo`",
+                        url,
+                        ca,
+                        root,
+                        tuning: AgentTuning {
+                            wait_secs: 5,
+                            jitter: 0.1,
+                            backoff_max_secs: 5,
+                            probe_name: "demo-app",
+                        },
+                        app_labels: false,
+                        extra: "",
+                    },
+                ),
             )?;
             let token: api::EnrollmentTokenCreated = self.client().post(
                 paths::ENROLLMENT_TOKENS,
@@ -344,26 +334,16 @@ impl Demo {
                 },
             )?;
             let log = self.dir.join("logs").join(format!("agent-{}.log", spec.id));
-            let mut enroll = Command::new(&self.bins.agent);
-            enroll
-                .arg("--config")
-                .arg(&dirs.config)
-                .arg("enroll")
-                .arg("--token")
-                .arg(&token.token)
-                .current_dir(&dirs.root);
             procs::run_logged(
                 &format!("fleetwave-agent enroll ({})", spec.id),
-                enroll,
+                site.enroll(&self.bins, &token.token).command(),
                 &log,
             )?;
-            let mut run = Command::new(&self.bins.agent);
-            run.arg("--config")
-                .arg(&dirs.config)
-                .arg("run")
-                .env("FLEETWAVE_LOG", "info")
-                .current_dir(&dirs.root);
-            let agent = Proc::spawn(&format!("agent {}", spec.id), run, &log)?;
+            let agent = Proc::spawn(
+                &format!("agent {}", spec.id),
+                site.run(&self.bins, "info").command(),
+                &log,
+            )?;
             self.say.line(format!(
                 "site {:<10} enrolled, agent pid {:<7} app 1.0.0 on {}  ({})",
                 spec.id,
