@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleetwave_coordinator::config::Config;
 use fleetwave_coordinator::init::{InitOptions, init};
@@ -116,14 +116,13 @@ impl Connection {
 
     /// Whether the coordinator closed this connection (within a few seconds).
     async fn closed(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.task.is_finished() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        let task = &self.task;
+        fleetwave_testkit::wait(
+            fleetwave_testkit::patience(Duration::from_secs(10)),
+            || async { if task.is_finished() { Ok(()) } else { Err(()) } },
+        )
+        .await
+        .is_ok()
     }
 }
 
@@ -163,19 +162,12 @@ async fn connections_over_the_keepalive_budget_end_with_their_answer() {
     // Once connections close, new ones are kept again.
     drop(a);
     drop(b);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut d = loop {
+    let mut d = fleetwave_testkit::eventually("closed connections to leave the count", || async {
         let mut d = c.connect().await;
         let (_, _, metrics) = d.get("/metrics").await;
-        if metric(&metrics, "fleetwave_connections_open ") <= 2.0 {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "closed connections still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (metric(&metrics, "fleetwave_connections_open ") <= 2.0).then_some(d)
+    })
+    .await;
     assert_eq!(d.get("/healthz").await.1, None);
     assert!(!d.task.is_finished());
     c.running.stop().await;

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
@@ -294,15 +293,12 @@ impl Agent {
         ))
     }
 
-    /// Polls until assigned (at most 20 s).
+    /// Polls until assigned.
     pub async fn assignment(&self, h: &Harness) -> (String, u64) {
-        for _ in 0..200 {
-            if let Some(a) = self.poll(h).await {
-                return a;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{} got no assignment within 20 s", self.site);
+        eventually(&format!("{} to get an assignment", self.site), || {
+            self.poll(h)
+        })
+        .await
     }
 
     pub async fn lease(&self, h: &Harness, rollout: &str, sequence: u64) {
@@ -538,21 +534,17 @@ pub async fn chromedriver() -> Driver {
         profile: tempfile::tempdir().unwrap(),
     };
     let probe = reqwest::Client::new();
-    for _ in 0..100 {
-        if probe
-            .get(format!("{}/status", driver.url))
+    let status = format!("{}/status", driver.url);
+    eventually(&format!("chromedriver to answer on {status}"), || async {
+        probe
+            .get(&status)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
-        {
-            return driver;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "chromedriver did not answer on {}/status within 10 s",
-        driver.url
-    );
+            .then_some(())
+    })
+    .await;
+    driver
 }
 
 /// A headless Chromium session (fresh profile) driven through `driver`.
