@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use ed25519_dalek::SigningKey;
 use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_shared::docs::{Artifact, RELEASE_TYPE, Release, ReleaseKind};
+use fleetwave_shared::protocol::RolloutStatus;
 use fleetwave_shared::{Envelope, keys};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -355,10 +356,11 @@ impl Coordinator {
             .await?;
         let mut n = 0;
         for r in v["rollouts"].as_array().into_iter().flatten() {
-            let status = r["status"].as_str().unwrap_or("");
-            if matches!(status, "pending" | "running" | "paused" | "halted")
-                && let Some(id) = r["id"].as_str()
-            {
+            let active = r["status"]
+                .as_str()
+                .and_then(RolloutStatus::parse)
+                .is_some_and(RolloutStatus::is_active);
+            if active && let Some(id) = r["id"].as_str() {
                 let aborted = self
                     .call(
                         reqwest::Method::POST,
@@ -372,7 +374,7 @@ impl Coordinator {
                     // the last run stopped): then there is nothing to abort.
                     Err(e) => {
                         let now = self.rollout_status(id).await?;
-                        if matches!(now.as_str(), "pending" | "running" | "paused" | "halted") {
+                        if now.is_active() {
                             return Err(e);
                         }
                     }
@@ -383,11 +385,13 @@ impl Coordinator {
     }
 
     /// The rollout's status word (`running`, `completed`, `halted`...).
-    pub async fn rollout_status(&self, id: &str) -> anyhow::Result<String> {
+    pub async fn rollout_status(&self, id: &str) -> anyhow::Result<RolloutStatus> {
         let v = self
             .call(reqwest::Method::GET, &format!("/v1/rollouts/{id}"), None)
             .await?;
-        Ok(v["status"].as_str().unwrap_or("unknown").to_string())
+        let status = v["status"].as_str().unwrap_or("");
+        RolloutStatus::parse(status)
+            .ok_or_else(|| anyhow::anyhow!("rollout {id} has an unknown status {status:?}"))
     }
 
     /// The coordinator's `/metrics` text.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use fleetwave_shared::Envelope;
-use fleetwave_shared::protocol::{EventBody, Phase};
+use fleetwave_shared::protocol::{EventBody, Phase, RolloutStatus};
 use fleetwave_shared::trust::TrustState;
 use futures_util::StreamExt as _;
 
@@ -360,7 +360,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
             }
             if all_at.is_some() || Instant::now() > deadline {
                 let now = c.rollout_status(&id).await?;
-                if now != "running" || Instant::now() > deadline {
+                if now != RolloutStatus::Running || Instant::now() > deadline {
                     status = now;
                     break;
                 }
@@ -400,7 +400,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         println!("  errors (whole run): {}", net.errors.summary());
         println!("  shed and retried (whole run): {}", net.retried.summary());
         print_coordinator("rollout", &s0, &s1);
-        rollout_completed = status == "completed";
+        rollout_completed = status == RolloutStatus::Completed;
     }
     stop.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
