@@ -819,6 +819,7 @@ fn build() -> OpenApi {
         .schema_from::<LeaseRequest>()
         .schema_from::<LeaseGrant>()
         .schema_from::<LeaseDenied>()
+        .schema_from::<LeaseDenialReason>()
         .schema_from::<ReportBatch>()
         .schema_from::<ReportAck>()
         .schema_from::<Event>()
