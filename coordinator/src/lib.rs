@@ -9,17 +9,20 @@
 //!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
 pub mod api;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod dashboard;
+pub mod engine;
 pub mod error;
 pub mod group_commit;
+pub mod ids;
 pub mod init;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
+pub mod poll_cache;
 pub mod retention;
-pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;

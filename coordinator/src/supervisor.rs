@@ -213,15 +213,17 @@ where
     }
 }
 
-/// The message a panic was raised with (`panic!("...")`), or a placeholder.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic without a message)".to_string()
-    }
+pub use crate::engine::panic_message;
+
+/// Runs the engine's wave controller ([`crate::engine::Engine::run_controller`]) at the
+/// configured tick until shutdown, recording each completed pass in `app.controller`.
+pub async fn run_controller(app: AppState) {
+    let tick = Duration::from_millis(app.config.controller.tick_millis);
+    app.engine
+        .run_controller(tick, app.shutdown.clone(), |at| {
+            app.controller.pass_completed(at)
+        })
+        .await
 }
 
 #[cfg(test)]

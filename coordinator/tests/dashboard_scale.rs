@@ -141,7 +141,7 @@ async fn dashboard_pages_with_100k_sites() {
     // the whole rollout view, which is not what this measures.
     let t = Instant::now();
     let app = h.running.as_ref().unwrap().app.clone();
-    let record = app
+    let record = app.engine
         .create_rollout(
             PLAN.to_string(),
             fleetwave_shared::protocol::operator::PlanFormat::Toml,
@@ -150,7 +150,7 @@ async fn dashboard_pages_with_100k_sites() {
         .await
         .unwrap();
     let id = record.id;
-    app.rollout_action(&id, fleetwave_coordinator::rollouts::Action::Start, "bench")
+    app.engine.rollout_action(&id, fleetwave_coordinator::engine::Action::Start, "bench")
         .await
         .unwrap();
     println!(
@@ -162,7 +162,7 @@ async fn dashboard_pages_with_100k_sites() {
     // `App::load_rollout`) against building the page model from it (the dashboard's).
     for _ in 0..2 {
         let t = Instant::now();
-        let loaded = app.load_rollout(&id).await.unwrap();
+        let loaded = app.engine.load_rollout(&id).await.unwrap();
         let load = t.elapsed();
         let t = Instant::now();
         let m = fleetwave_coordinator::dashboard::model::rollout_model(&loaded, Timestamp::now());

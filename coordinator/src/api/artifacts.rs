@@ -121,7 +121,7 @@ pub async fn upload(
     let record = ArtifactRecord {
         sha256: sha.clone(),
         length,
-        uploaded_at: Timestamp::now(),
+        uploaded_at: app.now(),
         uploaded_by: op.actor(),
     };
     let r = record.clone();

@@ -83,7 +83,7 @@ impl Operator {
     ) -> Result<(), ApiError> {
         let entry = AuditRecord {
             id: 0,
-            at: Timestamp::now(),
+            at: app.now(),
             actor: self.actor(),
             action: action.to_string(),
             target: target.to_string(),
@@ -137,7 +137,7 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
     })?;
     let session = app
         .sessions
-        .lookup(token, Timestamp::now())
+        .lookup(token, app.now())
         .ok_or_else(|| {
             ApiError::unauthorized(
                 "session_expired",
@@ -145,6 +145,7 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
             )
         })?;
     let active = app
+        .engine
         .sites
         .get(&session.site_id)
         .is_some_and(|s| s.view().active);
