@@ -55,7 +55,8 @@ impl Clock {
             .offset
             .as_ref()
             .expect("only an adjustable clock (Clock::adjustable) can be moved");
-        let nanos = i64::try_from(by.as_nanos()).expect("a test advances the clock by less than 292 years");
+        let nanos =
+            i64::try_from(by.as_nanos()).expect("a test advances the clock by less than 292 years");
         offset.fetch_add(nanos, Ordering::Relaxed);
     }
 }

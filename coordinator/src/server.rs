@@ -15,7 +15,6 @@ use fleetwave_shared::service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use jiff::Timestamp;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -23,10 +22,10 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use crate::api::auth::{RemoteAddr, token_hash};
-use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::clock::Clock;
+use crate::config::Config;
 use crate::engine::{self, Engine};
+use crate::metrics::Metrics;
 use crate::poll_cache::ServedRelease;
 use crate::state::{App, AppState, Sessions, TrustChain, random_hex};
 use crate::store::{Db, OperatorTokenRecord, SiteFilter, SqliteStore};
@@ -230,7 +229,9 @@ pub async fn build_app_with_clock(
         })
         .await?;
     for s in &sites {
-        app.engine.sites.set_active(&s.id, s.state == SiteState::Active);
+        app.engine
+            .sites
+            .set_active(&s.id, s.state == SiteState::Active);
     }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;

@@ -15,9 +15,9 @@ use std::time::Duration;
 use common::{Harness, WebClient};
 use fleetwave_coordinator::config::Config;
 use fleetwave_coordinator::init::{InitOptions, init};
-use fleetwave_coordinator::supervisor::run_controller;
 use fleetwave_coordinator::state::App;
 use fleetwave_coordinator::store::ReleaseRecord;
+use fleetwave_coordinator::supervisor::run_controller;
 use fleetwave_coordinator::supervisor::{Backoff, ControllerStatus, supervise};
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
 use jiff::Timestamp;
@@ -137,12 +137,14 @@ fn plan(name: &str, group: &str, bake: &str) -> String {
 async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_while_another_advances()
 {
     let (dir, app, _stop, _) = app_with_sites(&[("a-1", "a"), ("a-2", "a"), ("b-1", "b")]).await;
-    let good = app.engine
+    let good = app
+        .engine
         .create_rollout(plan("good", "a", "10m"), PlanFormat::Toml, "test")
         .await
         .unwrap()
         .id;
-    let broken = app.engine
+    let broken = app
+        .engine
         .create_rollout(plan("broken", "b", "10m"), PlanFormat::Toml, "test")
         .await
         .unwrap()
@@ -179,7 +181,8 @@ async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_whil
     // The good rollout advanced: its wave opened and its sites were assigned.
     assert_eq!(good_record.status, RolloutStatus::Running);
     assert!(good_record.waves[0].opened_at.is_some());
-    let assigned = app.engine
+    let assigned = app
+        .engine
         .load_rollout(&good)
         .await
         .unwrap()

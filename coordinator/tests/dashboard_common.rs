@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
+use fleetwave_coordinator::clock::Clock;
 use fleetwave_coordinator::config::Config;
 use fleetwave_coordinator::init::{InitOptions, init};
-use fleetwave_coordinator::server::{Running, Transport, start};
+use fleetwave_coordinator::server::{Running, Transport, start_with_clock};
 use fleetwave_shared::docs::{Artifact, RELEASE_TYPE, Release, ReleaseKind};
 use fleetwave_shared::protocol::*;
 use fleetwave_shared::{Envelope, keys};
@@ -27,6 +28,9 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub admin: String,
     pub ca: PathBuf,
+    /// The coordinator's clock: tests move it instead of sleeping; agents date their
+    /// reports and sessions by it.
+    pub clock: Clock,
 }
 
 impl Harness {
@@ -37,7 +41,10 @@ impl Harness {
         let mut config = Config::load(&dir.path().join("coordinator.toml")).unwrap();
         config.controller.tick_millis = 100;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = start(config, Transport::Tls, listener).await.unwrap();
+        let clock = Clock::adjustable();
+        let running = start_with_clock(config, Transport::Tls, listener, clock.clone())
+            .await
+            .unwrap();
         let http = client(&out.ca_cert);
         let base = format!("https://localhost:{}", running.local_addr.port());
         Harness {
@@ -47,6 +54,7 @@ impl Harness {
             http,
             admin: out.admin_token,
             ca: out.ca_cert.clone(),
+            clock,
         }
     }
 
@@ -206,7 +214,7 @@ impl Agent {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        let at = Timestamp::now();
+        let at = h.clock.now();
         let n = nonce();
         let sig = base64::engine::general_purpose::STANDARD
             .encode(key.sign(&session_message(site, at, &n)).to_bytes());
@@ -274,7 +282,7 @@ impl Agent {
         self.seq += 1;
         let mut e = body;
         e["id"] = json!(format!("{}-e{}", self.site, self.seq));
-        e["at"] = json!(Timestamp::now());
+        e["at"] = json!(h.clock.now());
         let (s, v) = h
             .post("/v1/agent/reports", &self.token, json!({"events": [e]}))
             .await;

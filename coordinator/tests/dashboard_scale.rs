@@ -141,7 +141,8 @@ async fn dashboard_pages_with_100k_sites() {
     // the whole rollout view, which is not what this measures.
     let t = Instant::now();
     let app = h.running.as_ref().unwrap().app.clone();
-    let record = app.engine
+    let record = app
+        .engine
         .create_rollout(
             PLAN.to_string(),
             fleetwave_shared::protocol::operator::PlanFormat::Toml,
@@ -150,7 +151,8 @@ async fn dashboard_pages_with_100k_sites() {
         .await
         .unwrap();
     let id = record.id;
-    app.engine.rollout_action(&id, fleetwave_coordinator::engine::Action::Start, "bench")
+    app.engine
+        .rollout_action(&id, fleetwave_coordinator::engine::Action::Start, "bench")
         .await
         .unwrap();
     println!(
@@ -304,7 +306,7 @@ async fn dashboard_pages_with_100k_sites() {
     );
     for (name, path, gzip) in pages {
         // Past the 1 s model cache: every figure is a fresh computation.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        h.clock.advance(Duration::from_millis(1100));
         let (took, sent, plain) = measure(&mut web, &path, gzip).await;
         println!(
             "{name:<36} {:>10.0} {sent:>12} {plain:>12}",

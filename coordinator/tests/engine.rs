@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use fleetwave_coordinator::config::Config;
+use fleetwave_coordinator::engine::{Action, EngineError, ISSUE_CHUNK};
 use fleetwave_coordinator::init::{InitOptions, init};
-use fleetwave_coordinator::engine::{Action, ISSUE_CHUNK};
 use fleetwave_coordinator::state::App;
 use fleetwave_coordinator::store::{ReleaseRecord, ReportInput};
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
@@ -137,7 +137,9 @@ async fn concurrent_duplicate_report_batches_apply_each_event_exactly_once() {
             for _ in 0..4 {
                 let app = s.app.clone();
                 let inp = input(&site_id(i), events.clone());
-                tasks.push(tokio::spawn(async move { app.engine.apply_reports(inp).await }));
+                tasks.push(tokio::spawn(
+                    async move { app.engine.apply_reports(inp).await },
+                ));
             }
         }
     }
@@ -221,11 +223,13 @@ async fn assert_memory_matches_sqlite(app: &App, id: &str) {
 async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     let s = setup(30).await;
     let app = &s.app;
-    let r = app.engine
+    let r = app
+        .engine
         .create_rollout(two_wave_plan(&s.release), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.engine.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     let l = app.engine.load_rollout(&r.id).await.unwrap();
@@ -244,22 +248,24 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     );
     // A lease, then reports that move the first site to committed and healthy.
     let first = &wave0[0];
-    let seq = app.engine
+    let seq = app
+        .engine
         .sites
         .get(first)
         .and_then(|slot| slot.view().assignment)
         .expect("assigned")
         .record
         .sequence;
-    app.engine.lease(
-        first,
-        &LeaseRequest {
-            rollout_id: r.id.clone(),
-            sequence: seq,
-        },
-    )
-    .await
-    .unwrap();
+    app.engine
+        .lease(
+            first,
+            &LeaseRequest {
+                rollout_id: r.id.clone(),
+                sequence: seq,
+            },
+        )
+        .await
+        .unwrap();
     let phase = |id: &str, p: &str| {
         event(
             id,
@@ -295,7 +301,8 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     .await
     .unwrap();
     let last = l.sites.last().unwrap().site_id.clone();
-    app.engine.rollout_action(&r.id, Action::Skip(last.clone()), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Skip(last.clone()), "test")
         .await
         .unwrap();
     // A site enrolled late joins.
@@ -320,13 +327,15 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     assert_memory_matches_sqlite(app, &r.id).await;
 
     // A finished rollout leaves memory; its view still reads (from SQLite).
-    app.engine.rollout_action(&r.id, Action::Abort(None), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Abort(None), "test")
         .await
         .unwrap();
     assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
     // A lease against it is decided from its record and the site's row, and does not
     // bring the whole rollout back into memory.
-    let refused = app.engine
+    let refused = app
+        .engine
         .lease(
             first,
             &LeaseRequest {
@@ -336,8 +345,10 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         )
         .await
         .unwrap_err();
-    assert_eq!(refused.code, "lease_denied");
-    assert!(refused.message.contains("aborted"), "{}", refused.message);
+    let EngineError::LeaseDenied(denial) = refused else {
+        panic!("a lease denial, not {refused:?}");
+    };
+    assert!(denial.message.contains("aborted"), "{denial}");
     assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
     let l = app.engine.load_rollout(&r.id).await.unwrap();
     assert_eq!(l.record.status, RolloutStatus::Aborted);
@@ -354,15 +365,18 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
          [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 1.0, bake = \"0s\" }}\n",
         s.release
     );
-    let r = app.engine
+    let r = app
+        .engine
         .create_rollout(plan, PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.engine.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     for i in 0..n {
-        let a = app.engine
+        let a = app
+            .engine
             .sites
             .get(&site_id(i))
             .and_then(|slot| slot.view().assignment)
@@ -416,15 +430,18 @@ async fn shares_are_quotas_of_the_sites_known_when_each_wave_opens() {
          [[waves]]\nname = \"rest\"\n{pass}\n",
         s.release
     );
-    let r = app.engine
+    let r = app
+        .engine
         .create_rollout(plan, PlanFormat::Toml, "test")
         .await
         .unwrap();
     assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 15, 15]);
-    app.engine.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
-    let first: Vec<(String, u32)> = app.engine
+    let first: Vec<(String, u32)> = app
+        .engine
         .load_rollout(&r.id)
         .await
         .unwrap()
@@ -486,14 +503,17 @@ fn one_wave_plan(release: &str, extra: &str) -> String {
 /// `lease_denied` conflict).
 async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool)>) {
     let app = &s.app;
-    let r = app.engine
+    let r = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, extra), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.engine.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
-    let sites: Vec<String> = app.engine
+    let sites: Vec<String> = app
+        .engine
         .load_rollout(&r.id)
         .await
         .unwrap()
@@ -505,14 +525,16 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
     for site in sites {
         let (app, rollout_id) = (app.clone(), r.id.clone());
         tasks.push(tokio::spawn(async move {
-            let sequence = app.engine
+            let sequence = app
+                .engine
                 .sites
                 .get(&site)
                 .and_then(|slot| slot.view().assignment)
                 .expect("every site of the only wave is assigned")
                 .record
                 .sequence;
-            let got = app.engine
+            let got = app
+                .engine
                 .lease(
                     &site,
                     &LeaseRequest {
@@ -524,7 +546,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
             match got {
                 Ok(_) => (site, true),
                 Err(e) => {
-                    assert_eq!(e.code, "lease_denied", "{site}: {e:?}");
+                    assert!(matches!(e, EngineError::LeaseDenied(_)), "{site}: {e:?}");
                     (site, false)
                 }
             }
@@ -571,7 +593,8 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
     // A renewal replaces the site's lease instead of adding one.
     let first = &want[0];
     let sequence = s
-        .app.engine
+        .app
+        .engine
         .sites
         .get(first)
         .unwrap()
@@ -580,7 +603,8 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
         .unwrap()
         .record
         .sequence;
-    s.app.engine
+    s.app
+        .engine
         .lease(
             first,
             &LeaseRequest {
@@ -661,7 +685,8 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
     );
     let recent: Vec<Event> = (0..3).map(|i| health(&format!("new-{i}"))).collect();
     for (events, received_at) in [(old_health, old), (vec![phase], old), (recent, now)] {
-        s.app.engine
+        s.app
+            .engine
             .apply_reports(ReportInput {
                 site_id: site_id(0),
                 events,
@@ -711,11 +736,13 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
 async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     let s = setup(3).await;
     let app = &s.app;
-    let r = app.engine
+    let r = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.engine.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     let site = site_id(0);
@@ -769,14 +796,17 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     );
 
     // Fixed by hand and installed by a later rollout: no longer counted.
-    app.engine.rollout_action(&r.id, Action::Abort(None), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Abort(None), "test")
         .await
         .unwrap();
-    let r2 = app.engine
+    let r2 = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.engine.rollout_action(&r2.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r2.id, Action::Start, "test")
         .await
         .unwrap();
     app.engine.apply_reports(input(

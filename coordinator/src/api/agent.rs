@@ -24,7 +24,7 @@ use fleetwave_shared::protocol::{
     SessionResponse, enroll_message, session_message,
 };
 use fleetwave_shared::{Envelope, sha256_hex};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 
 use super::auth::{Agent, decommissioned, token_hash};
 use crate::error::{ApiError, ApiJson, ApiQuery};

@@ -15,8 +15,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::auth::{Operator, token_hash};
 use crate::controller;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::engine::{Action, Loaded};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::{AppState, random_hex};
 use crate::store::*;
 
@@ -581,8 +581,9 @@ pub async fn publish_root(
     })?;
     let version = rotated.version;
     let env = envelope.clone();
+    let now = app.now();
     app.db
-        .run(move |s| s.add_root(version, &env, app.now()))
+        .run(move |s| s.add_root(version, &env, now))
         .await
         .map_err(|e| match e {
             StoreError::Conflict(m) => ApiError::conflict("root_conflict", m),

@@ -27,7 +27,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use jiff::Timestamp;
 
 use crate::api::auth::{Operator, remote};
 use crate::api::edge::{Budget, Edge};

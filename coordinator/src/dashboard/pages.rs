@@ -27,8 +27,8 @@ use super::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{DashState, DashboardError, SignedIn};
 use crate::api::auth::Operator;
 use crate::controller::gate::human;
-use crate::error::ApiError;
 use crate::engine::Action;
+use crate::error::ApiError;
 use crate::state::random_hex;
 
 type PageResult = Result<Response, DashboardError>;
@@ -608,7 +608,10 @@ async fn perform(
 ) -> Result<(), ApiError> {
     op.require(Permission::Operate)?;
     let detail = format!("{action:?}");
-    dash.app.engine.rollout_action(id, action, &op.actor()).await?;
+    dash.app
+        .engine
+        .rollout_action(id, action, &op.actor())
+        .await?;
     op.audit(&dash.app, name, id, format!("{detail} (dashboard)"))
         .await
 }

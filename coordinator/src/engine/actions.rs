@@ -1,8 +1,6 @@
 //! Rollouts created from plans, operators' actions on them, and sites joining the
 //! active rollouts that select them.
 
-use std::collections::BTreeMap;
-
 use fleetwave_shared::protocol::operator::{
     self as op, RolloutStatus as WireStatus, SiteState as WireSiteState,
 };
@@ -23,7 +21,8 @@ impl Engine {
         format: op::PlanFormat,
         actor: &str,
     ) -> Result<RolloutRecord, EngineError> {
-        let plan = parse_plan(&plan_text, plan_format(format)).map_err(|e| EngineError::InvalidPlan(e.to_string()))?;
+        let plan = parse_plan(&plan_text, plan_format(format))
+            .map_err(|e| EngineError::InvalidPlan(e.to_string()))?;
         let release_id = plan.release.clone();
         let release = self
             .db
@@ -288,7 +287,6 @@ impl Engine {
         Ok(())
     }
 }
-
 
 /// An operator action on a rollout.
 #[derive(Debug, Clone)]

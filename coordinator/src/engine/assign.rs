@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use super::facts::Update;
 use super::{Engine, EngineError, Head, ISSUE_CHUNK};
 use crate::poll_cache::ServedRelease;
-use crate::store::{AssignmentDraft, AssignmentRecord, RolloutRecord};
+use crate::store::{AssignmentDraft, AssignmentRecord, RolloutRecord, StoreError};
 
 impl Engine {
     /// Signs an assignment draft with the coordinator key.
@@ -59,7 +59,7 @@ impl Engine {
 
     /// Issues `drafts` in chunks of [`ISSUE_CHUNK`], each published to the poll cache as
     /// soon as it commits.
-    async fn issue_in_chunks(
+    pub(super) async fn issue_in_chunks(
         &self,
         drafts: Vec<AssignmentDraft>,
         release: &fleetwave_shared::Envelope,
@@ -86,7 +86,7 @@ impl Engine {
 
     /// Signs assignments for every non-skipped site of opened waves (as `record` says)
     /// that has none yet.
-    async fn assign_open_waves(
+    pub(super) async fn assign_open_waves(
         &self,
         head: &Head,
         record: &RolloutRecord,
@@ -113,7 +113,7 @@ impl Engine {
 
     /// Signs rollback assignments sending `sites` back to the release each ran before.
     /// Returns a sentence about sites that could not be rolled back.
-    async fn roll_back(
+    pub(super) async fn roll_back(
         &self,
         head: &Head,
         sites: &[String],
@@ -167,7 +167,8 @@ impl Engine {
     pub async fn refresh_assignments(&self) -> Result<(), EngineError> {
         let _guard = self.lock.lock().await;
         let now = self.clock.now();
-        let mut due: BTreeMap<String, Vec<Arc<crate::poll_cache::CachedAssignment>>> = BTreeMap::new();
+        let mut due: BTreeMap<String, Vec<Arc<crate::poll_cache::CachedAssignment>>> =
+            BTreeMap::new();
         for (_, slot) in self.sites.all() {
             let v = slot.view();
             if let Some(a) = v.assignment

@@ -14,7 +14,6 @@ use crate::ids::random_hex;
 use crate::plan::RolloutPlan;
 use crate::store::LeaseRecord;
 
-
 /// At most this many lease grants go into one transaction.
 pub const LEASE_GROUP: crate::group_commit::GroupLimits = crate::group_commit::GroupLimits {
     max_items: 512,
@@ -22,7 +21,6 @@ pub const LEASE_GROUP: crate::group_commit::GroupLimits = crate::group_commit::G
 };
 
 impl crate::group_commit::Weigh for LeaseRecord {}
-
 
 /// What a lease decision reads of a rollout.
 struct LeaseFacts {
@@ -221,8 +219,7 @@ impl Engine {
             )?,
         };
         let (db, facts) = (self.db.clone(), self.facts.clone());
-        self
-            .leases
+        self.leases
             .submit(lease.clone(), LEASE_GROUP, move || {
                 move |leases: Vec<LeaseRecord>| {
                     let (db, facts) = (db.clone(), facts.clone());
@@ -251,5 +248,4 @@ impl Engine {
             expires_at: lease.expires_at,
         })
     }
-
 }

@@ -43,17 +43,18 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::config::Freeze;
 use crate::controller::{self, DecisionKey, LeaseDenial, SiteFacts, WaveView};
 use crate::group_commit::GroupWriter;
 use crate::metrics::Metrics;
 use crate::plan::{PlanFormat, RolloutPlan, parse_plan};
 use crate::poll_cache::SiteCache;
 use crate::store::{
-    Db, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord, RolloutSiteRecord, StoreError,
+    AssignmentDraft, Db, DecisionRecord, LeaseRecord, ReleaseRecord, RolloutRecord,
+    RolloutSiteRecord, StoreError,
 };
 use crate::time::TimeOverflow;
 use facts::Update;
+use fleetwave_shared::window::Freeze;
 
 pub use actions::Action;
 pub use leases::LEASE_GROUP;
@@ -307,9 +308,7 @@ impl Engine {
         let r = record.clone();
         let records = self.decision_records(&record.id, decisions, now);
         self.db.run(move |s| s.update_rollout(&r, &records)).await?;
-        self
-            .facts
-            .apply(&record.id, Update::Record(record.clone()));
+        self.facts.apply(&record.id, Update::Record(record.clone()));
         Ok(())
     }
 
@@ -349,9 +348,7 @@ impl Engine {
             })
             .collect()
     }
-
 }
-
 
 /// Everything known about one rollout, loaded for a tick or an action.
 #[derive(Debug, Clone)]
@@ -456,7 +453,6 @@ fn current_wave(record: &RolloutRecord) -> Option<u32> {
         .rposition(|w| w.opened_at.is_some())
         .map(|i| i as u32)
 }
-
 
 pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
     SiteFacts {

@@ -31,8 +31,7 @@ impl Engine {
     /// the transaction that holds it committed.
     pub async fn apply_reports(&self, input: ReportInput) -> Result<ReportOutcome, StoreError> {
         let (db, facts) = (self.db.clone(), self.facts.clone());
-        self
-            .reports
+        self.reports
             .submit(input, REPORT_GROUP, move || {
                 move |inputs: Vec<ReportInput>| {
                     let (db, facts) = (db.clone(), facts.clone());

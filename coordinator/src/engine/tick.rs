@@ -28,10 +28,7 @@ impl Engine {
         for decision in &outcome.decisions {
             if !decision.changes_state() {
                 let key = decision.key();
-                let mut notes = self
-                    .last_note
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut notes = self.last_note.lock().unwrap_or_else(|e| e.into_inner());
                 if notes.get(id) == Some(&key) {
                     continue;
                 }
@@ -43,8 +40,7 @@ impl Engine {
                 ));
                 continue;
             }
-            self
-                .last_note
+            self.last_note
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id);
@@ -167,10 +163,7 @@ impl Engine {
                 format!("{n} passes in a row failed, the last with: {e}")
             }
             Ok(Err(e)) => e.to_string(),
-            Err(panic) => format!(
-                "evaluating it panicked: {}",
-                panic_message(&*panic)
-            ),
+            Err(panic) => format!("evaluating it panicked: {}", panic_message(&*panic)),
         };
         self.failed_passes().remove(id);
         // Memory may be what is wrong: the next use of the rollout reads SQLite again.
@@ -181,16 +174,18 @@ impl Engine {
         }
     }
 
-    fn failed_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self
-            .failed_passes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    pub(super) fn failed_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failed_passes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Halts a running or paused rollout that the controller cannot evaluate, storing
     /// why as a `halt` decision. Reads the stored record, not memory.
-    async fn halt_unevaluable(&self, id: &str, why: &str, now: Timestamp) -> Result<(), EngineError> {
+    pub(super) async fn halt_unevaluable(
+        &self,
+        id: &str,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
         let mut record = self.rollout_record(id).await?;
         if !matches!(record.status, WireStatus::Running | WireStatus::Paused) {
             return Ok(());
@@ -204,17 +199,14 @@ impl Engine {
         record.updated_at = now;
         let halt = vec![("halt".into(), current_wave(&record), reason)];
         self.save_rollout(&record, halt, now).await?;
-        self
-            .last_note
+        self.last_note
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         self.metrics.controller_rollout_failures.inc();
         Ok(())
     }
-
 }
-
 
 /// A rollout whose evaluation fails with a storage error on so many passes in a row is
 /// halted (other failures halt it at once).
