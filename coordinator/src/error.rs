@@ -113,6 +113,12 @@ impl From<crate::engine::EngineError> for ApiError {
     }
 }
 
+impl From<crate::time::TimeOverflow> for ApiError {
+    fn from(e: crate::time::TimeOverflow) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
 /// 409 `site_exists`: an enrollment or token named a site that is already enrolled. Only a
 /// token from `fleetwave site rekey` replaces an enrolled site's device key.
 pub fn site_exists(site: &str) -> ApiError {

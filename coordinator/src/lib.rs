@@ -18,6 +18,7 @@ pub mod error;
 pub mod group_commit;
 pub mod ids;
 pub mod init;
+pub mod liveness;
 pub mod memory;
 pub mod metrics;
 pub mod plan;

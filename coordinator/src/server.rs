@@ -199,7 +199,7 @@ pub async fn build_app_with_clock(
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let controller = crate::supervisor::Liveness::new(&metrics);
+    let controller = crate::liveness::Liveness::new(&metrics);
     let engine = Engine::new(
         db.clone(),
         signer,

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::liveness::{Liveness, stale_after};
 use crate::metrics::Metrics;
 use crate::store::Db;
 
@@ -42,13 +43,21 @@ pub struct App {
     /// Where every "now" is read.
     pub clock: Clock,
     /// Whether the wave controller runs (`/readyz`, metrics, the dashboard's banner).
-    pub controller: crate::supervisor::Liveness,
+    pub controller: Liveness,
 }
 
 impl App {
     /// The time now, from the injected clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Why the wave controller is not doing its job now, or None (see [`Liveness`]).
+    pub fn controller_problem(&self) -> Option<String> {
+        let tick = std::time::Duration::from_millis(self.config.controller.tick_millis);
+        self.controller
+            .status()
+            .problem(std::time::Instant::now(), stale_after(tick))
     }
 }
 
