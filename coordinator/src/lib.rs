@@ -3,7 +3,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
-//! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
+//! - [`engine`]: applies the controller's decisions ([`clock`]: where "now" is read); [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
 //!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports;
 //!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
