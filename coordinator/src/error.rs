@@ -87,6 +87,38 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The one place where the engine's failures become HTTP answers (the dashboard shows
+/// the same answer as a page).
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> ApiError {
+        use crate::engine::EngineError as E;
+        let message = e.to_string();
+        match e {
+            E::Storage(store) => store.into(),
+            E::RolloutNotFound(_) | E::SiteNotFound(_) => ApiError::not_found(message),
+            E::Refused { .. } => ApiError::conflict("invalid_state", message),
+            E::NoSuchWave { .. } => ApiError::bad_request(message),
+            E::WaveNotOpen(_) => ApiError::conflict("wave_not_open", message),
+            E::InvalidPlan(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
+            }
+            E::RolloutConflict(_) => ApiError::conflict("rollout_conflict", message),
+            E::LeaseDenied(d) => {
+                ApiError::conflict("lease_denied", message).with_retry_after(d.retry_after_secs)
+            }
+            E::StoredPlan { .. } | E::ReleaseMissing { .. } | E::Time(_) => {
+                ApiError::internal(message)
+            }
+        }
+    }
+}
+
+impl From<crate::time::TimeOverflow> for ApiError {
+    fn from(e: crate::time::TimeOverflow) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
 /// 409 `site_exists`: an enrollment or token named a site that is already enrolled. Only a
 /// token from `fleetwave site rekey` replaces an enrolled site's device key.
 pub fn site_exists(site: &str) -> ApiError {

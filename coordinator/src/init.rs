@@ -16,7 +16,7 @@ use fleetwave_shared::keys::{self, PublicKeyFile};
 use fleetwave_shared::{Envelope, KeyId};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::state::random_hex;
+use crate::ids::random_hex;
 
 pub struct InitOptions {
     pub dir: PathBuf,

@@ -3,23 +3,27 @@
 //! - [`config`]: the TOML configuration.
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
-//! - [`rollouts`]: applies the controller's decisions; [`api`]: the HTTP API;
+//! - [`engine`]: applies the controller's decisions ([`clock`]: where "now" is read); [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
 //!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports;
 //!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
 pub mod api;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod dashboard;
+pub mod engine;
 pub mod error;
 pub mod group_commit;
+pub mod ids;
 pub mod init;
+pub mod liveness;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
+pub mod poll_cache;
 pub mod retention;
-pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;

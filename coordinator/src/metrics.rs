@@ -61,7 +61,7 @@ pub struct Metrics {
     /// Stored reports deleted past their retention period, by kind (`health`, `phase`, ...).
     pub reports_pruned: Family<KindLabel, Counter>,
     /// 1 while the wave controller runs and completes passes, 0 otherwise (set on every
-    /// scrape from [`crate::supervisor::Liveness`]).
+    /// scrape from [`crate::liveness::Liveness`]).
     pub controller_up: Gauge,
     /// Restarts of the wave controller task after it died.
     pub controller_restarts: Counter,

@@ -113,7 +113,7 @@ pub fn spawn_pruner(
             // A shutdown ends a round between two chunks (each chunk is one transaction,
             // so it is either done or not).
             let round = tokio::select! {
-                r = prune_once(&app, Timestamp::now()) => r,
+                r = prune_once(&app, app.now()) => r,
                 _ = stop.changed() => break,
             };
             match round {

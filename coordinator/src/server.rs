@@ -5,7 +5,7 @@
 //! Start-up errors name the file or key at fault. Nothing here handles a request.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,18 +15,19 @@ use fleetwave_shared::service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use jiff::Timestamp;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use crate::api::auth::{RemoteAddr, token_hash};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::engine::{self, Engine};
 use crate::metrics::Metrics;
-use crate::rollouts::Engine;
-use crate::state::{App, AppState, Sessions, SiteCache, TrustChain, random_hex};
+use crate::poll_cache::ServedRelease;
+use crate::state::{App, AppState, Sessions, TrustChain, random_hex};
 use crate::store::{Db, OperatorTokenRecord, SiteFilter, SqliteStore};
 
 /// How the server listens.
@@ -110,7 +111,7 @@ pub fn tls_provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// Loads the root chain: the stored roots, extended by configured root files.
-async fn load_trust(config: &Config, db: &Db) -> anyhow::Result<TrustChain> {
+async fn load_trust(config: &Config, db: &Db, clock: &Clock) -> anyhow::Result<TrustChain> {
     let stored = db.run(|s| s.roots()).await?;
     let mut chain = stored.clone();
     for (i, path) in config.roots.iter().enumerate() {
@@ -132,15 +133,25 @@ async fn load_trust(config: &Config, db: &Db) -> anyhow::Result<TrustChain> {
         .map_err(|e| anyhow::anyhow!("root chain does not verify: {e}"))?;
     for (i, env) in trust.envelopes.iter().enumerate().skip(stored.len()) {
         let (v, e) = ((i + 1) as u64, env.clone());
-        db.run(move |s| s.add_root(v, &e, Timestamp::now())).await?;
+        let now = clock.now();
+        db.run(move |s| s.add_root(v, &e, now)).await?;
     }
     Ok(trust)
 }
 
-/// Opens everything the server needs.
+/// Opens everything the server needs, on the system clock.
 pub async fn build_app(
     config: Config,
     shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<AppState> {
+    build_app_with_clock(config, shutdown, Clock::system()).await
+}
+
+/// Opens everything the server needs; every "now" is read from `clock`.
+pub async fn build_app_with_clock(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    clock: Clock,
 ) -> anyhow::Result<AppState> {
     let db_path = config.database_path();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
@@ -149,7 +160,7 @@ pub async fn build_app(
     let db = Db::new(Arc::new(store));
     let signer = fleetwave_shared::keys::read_private_key(&config.signing_key)
         .with_context(|| "config key signing_key")?;
-    let trust = load_trust(&config, &db).await?;
+    let trust = load_trust(&config, &db, &clock).await?;
     let keyid = fleetwave_shared::KeyId::of(&signer.verifying_key()).0;
     if !trust.current.roles.coordinator.keyids.contains(&keyid) {
         anyhow::bail!(
@@ -179,7 +190,7 @@ pub async fn build_app(
                 id: format!("ot-{}", random_hex(6)),
                 name: "bootstrap-admin".into(),
                 role: OperatorRole::Admin,
-                created_at: Timestamp::now(),
+                created_at: clock.now(),
                 created_by: "admin_token_file".into(),
                 revoked: false,
             };
@@ -187,21 +198,25 @@ pub async fn build_app(
                 .await?;
         }
     }
-    let metrics = Metrics::new();
-    let controller = crate::supervisor::Liveness::new(&metrics);
+    let metrics = Arc::new(Metrics::new());
+    let controller = crate::liveness::Liveness::new(&metrics);
+    let engine = Engine::new(
+        db.clone(),
+        signer,
+        metrics.clone(),
+        clock.clone(),
+        engine::Settings::of(&config),
+    );
     let app = Arc::new(App {
         db: db.clone(),
-        signer,
         sessions: Sessions::default(),
-        sites: SiteCache::default(),
         trust: RwLock::new(trust),
         roots_changed: watch::channel(0).0,
         metrics,
         controller,
-        controller_wake: Notify::new(),
-        seen: Mutex::new(Default::default()),
         shutdown,
-        engine: Engine::default(),
+        engine,
+        clock,
         config,
     });
     // Warm the poll cache: every site's state and newest assignment.
@@ -214,11 +229,13 @@ pub async fn build_app(
         })
         .await?;
     for s in &sites {
-        app.sites.set_active(&s.id, s.state == SiteState::Active);
+        app.engine
+            .sites
+            .set_active(&s.id, s.state == SiteState::Active);
     }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;
-    let mut releases: std::collections::HashMap<String, Arc<crate::state::ServedRelease>> =
+    let mut releases: std::collections::HashMap<String, Arc<ServedRelease>> =
         std::collections::HashMap::new();
     for a in assignments {
         let aborted = rollouts.iter().any(|r| {
@@ -239,12 +256,12 @@ pub async fn build_app(
                 let Some(release) = db.run(move |s| s.release(&rid)).await? else {
                     continue;
                 };
-                let served = crate::state::ServedRelease::new(release.envelope);
+                let served = ServedRelease::new(release.envelope);
                 releases.insert(a.release_id.clone(), served.clone());
                 served
             }
         };
-        app.sites.set_assignment(a, release);
+        app.engine.sites.set_assignment(a, release);
     }
     Ok(app)
 }
@@ -255,11 +272,22 @@ pub fn router(app: AppState) -> axum::Router {
     crate::api::router(app)
 }
 
-/// Starts the server on `listener`.
+/// Starts the server on `listener`, on the system clock.
 pub async fn start(
     config: Config,
     transport: Transport,
     listener: TcpListener,
+) -> anyhow::Result<Running> {
+    start_with_clock(config, transport, listener, Clock::system()).await
+}
+
+/// Starts the server on `listener`; every "now" is read from `clock` (tests pass an
+/// adjustable one and move it instead of sleeping).
+pub async fn start_with_clock(
+    config: Config,
+    transport: Transport,
+    listener: TcpListener,
+    clock: Clock,
 ) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let acceptor = match transport {
@@ -267,7 +295,7 @@ pub async fn start(
         Transport::InsecurePlainHttp => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = build_app(config, shutdown_rx.clone()).await?;
+    let app = build_app_with_clock(config, shutdown_rx.clone(), clock).await?;
     let local_addr = listener.local_addr()?;
     let router = router(app.clone());
     let head_buffer = crate::api::edge::head_buffer(&app.config.limits);
@@ -284,7 +312,7 @@ pub async fn start(
 
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
-        crate::rollouts::run_controller,
+        crate::supervisor::run_controller,
         crate::supervisor::Backoff::DEFAULT,
     ));
     let flusher = {
@@ -296,7 +324,7 @@ pub async fn start(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => break,
                 }
-                if let Err(e) = app.flush_seen().await {
+                if let Err(e) = app.engine.flush_seen().await {
                     tracing::warn!(error = %e, "flushing last-seen times failed");
                 }
             }
@@ -414,7 +442,7 @@ pub async fn start(
         let _ = flusher.await;
         let _ = trimmer.await;
         let _ = pruner.await;
-        if let Err(e) = task_app.flush_seen().await {
+        if let Err(e) = task_app.engine.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }
     });

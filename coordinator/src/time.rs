@@ -31,12 +31,6 @@ pub fn later(
         .map_err(|_| TimeOverflow { what, at, by })
 }
 
-impl From<TimeOverflow> for crate::error::ApiError {
-    fn from(e: TimeOverflow) -> Self {
-        crate::error::ApiError::internal(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

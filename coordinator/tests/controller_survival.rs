@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{Harness, WebClient};
 use fleetwave_coordinator::config::Config;
-use fleetwave_coordinator::rollouts::run_controller;
 use fleetwave_coordinator::state::App;
+use fleetwave_coordinator::supervisor::run_controller;
 use fleetwave_coordinator::supervisor::{Backoff, ControllerStatus, supervise};
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
 use reqwest::StatusCode;
@@ -99,11 +99,13 @@ async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_whil
 {
     let (dir, app, _stop, _) = app_with_sites(&[("a-1", "a"), ("a-2", "a"), ("b-1", "b")]).await;
     let good = app
+        .engine
         .create_rollout(plan("good", "a", "10m"), PlanFormat::Toml, "test")
         .await
         .unwrap()
         .id;
     let broken = app
+        .engine
         .create_rollout(plan("broken", "b", "10m"), PlanFormat::Toml, "test")
         .await
         .unwrap()
@@ -128,7 +130,7 @@ async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_whil
 
     // Two passes: the first opens the waves, the second judges their gates.
     for _ in 0..2 {
-        app.tick_all().await.expect("a pass completes");
+        app.engine.tick_all().await.expect("a pass completes");
     }
 
     let (g, b) = (good.clone(), broken.clone());
@@ -141,6 +143,7 @@ async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_whil
     assert_eq!(good_record.status, RolloutStatus::Running);
     assert!(good_record.waves[0].opened_at.is_some());
     let assigned = app
+        .engine
         .load_rollout(&good)
         .await
         .unwrap()

@@ -399,8 +399,8 @@ async fn relabel_installed_reports_and_decommission_move_sites_between_filters()
         1,
         "site-000 only: site-001 lost its shop label"
     );
-    // The overview is cached for a second.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The overview is cached for a second (of the coordinator's clock).
+    h.clock.advance(std::time::Duration::from_millis(1100));
     let (_, _, page) = web.get("/ui/").await;
     assert!(
         page.contains("data-live=\"version.pos.2.5.0\">1<"),

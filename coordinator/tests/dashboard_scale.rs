@@ -141,6 +141,7 @@ async fn dashboard_pages_with_100k_sites() {
     let t = Instant::now();
     let app = h.running.as_ref().unwrap().app.clone();
     let record = app
+        .engine
         .create_rollout(
             PLAN.to_string(),
             fleetwave_shared::protocol::operator::PlanFormat::Toml,
@@ -149,7 +150,8 @@ async fn dashboard_pages_with_100k_sites() {
         .await
         .unwrap();
     let id = record.id;
-    app.rollout_action(&id, fleetwave_coordinator::rollouts::Action::Start, "bench")
+    app.engine
+        .rollout_action(&id, fleetwave_coordinator::engine::Action::Start, "bench")
         .await
         .unwrap();
     println!(
@@ -161,7 +163,7 @@ async fn dashboard_pages_with_100k_sites() {
     // `App::load_rollout`) against building the page model from it (the dashboard's).
     for _ in 0..2 {
         let t = Instant::now();
-        let loaded = app.load_rollout(&id).await.unwrap();
+        let loaded = app.engine.load_rollout(&id).await.unwrap();
         let load = t.elapsed();
         let t = Instant::now();
         let m = fleetwave_coordinator::dashboard::model::rollout_model(&loaded, Timestamp::now());
@@ -303,7 +305,7 @@ async fn dashboard_pages_with_100k_sites() {
     );
     for (name, path, gzip) in pages {
         // Past the 1 s model cache: every figure is a fresh computation.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        h.clock.advance(Duration::from_millis(1100));
         let (took, sent, plain) = measure(&mut web, &path, gzip).await;
         println!(
             "{name:<36} {:>10.0} {sent:>12} {plain:>12}",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use fleetwave_coordinator::rollouts::{Action, ISSUE_CHUNK};
+use fleetwave_coordinator::engine::{Action, EngineError, ISSUE_CHUNK};
 use fleetwave_coordinator::state::App;
 use fleetwave_coordinator::store::ReportInput;
 use fleetwave_shared::protocol::operator::{PlanFormat, RolloutStatus};
@@ -72,7 +72,9 @@ async fn concurrent_duplicate_report_batches_apply_each_event_exactly_once() {
             for _ in 0..4 {
                 let app = s.app.clone();
                 let inp = input(&site_id(i), events.clone());
-                tasks.push(tokio::spawn(async move { app.apply_reports(inp).await }));
+                tasks.push(tokio::spawn(
+                    async move { app.engine.apply_reports(inp).await },
+                ));
             }
         }
     }
@@ -97,7 +99,7 @@ async fn a_failing_batch_fails_alone_and_acks_follow_the_commit() {
             let inp = input(&site_id(i), vec![health(&format!("r{round}-s{i}"))]);
             tasks.push((
                 true,
-                tokio::spawn(async move { app.apply_reports(inp).await }),
+                tokio::spawn(async move { app.engine.apply_reports(inp).await }),
             ));
         }
         // Not enrolled: its events cannot be stored (the reports refer to the site).
@@ -105,7 +107,7 @@ async fn a_failing_batch_fails_alone_and_acks_follow_the_commit() {
         let inp = input("ghost", vec![health(&format!("r{round}-ghost"))]);
         tasks.push((
             false,
-            tokio::spawn(async move { app.apply_reports(inp).await }),
+            tokio::spawn(async move { app.engine.apply_reports(inp).await }),
         ));
     }
     let mut acked = 0;
@@ -143,7 +145,7 @@ fn two_wave_plan(release: &str) -> String {
 
 /// The engine's view of the rollout's sites must be exactly what SQLite holds.
 async fn assert_memory_matches_sqlite(app: &App, id: &str) {
-    let memory = app.load_rollout(id).await.unwrap().sites;
+    let memory = app.engine.load_rollout(id).await.unwrap().sites;
     let rid = id.to_string();
     let stored = app.db.run(move |s| s.rollout_sites(&rid)).await.unwrap();
     assert_eq!(memory.len(), stored.len());
@@ -157,13 +159,15 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     let s = setup(30).await;
     let app = &s.app;
     let r = app
+        .engine
         .create_rollout(two_wave_plan(&s.release), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
-    let l = app.load_rollout(&r.id).await.unwrap();
+    let l = app.engine.load_rollout(&r.id).await.unwrap();
     let wave0: Vec<String> = l
         .sites
         .iter()
@@ -180,28 +184,30 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     // A lease, then reports that move the first site to committed and healthy.
     let first = &wave0[0];
     let seq = app
+        .engine
         .sites
         .get(first)
         .and_then(|slot| slot.view().assignment)
         .expect("assigned")
         .record
         .sequence;
-    app.lease(
-        first,
-        &LeaseRequest {
-            rollout_id: r.id.clone(),
-            sequence: seq,
-        },
-    )
-    .await
-    .unwrap();
+    app.engine
+        .lease(
+            first,
+            &LeaseRequest {
+                rollout_id: r.id.clone(),
+                sequence: seq,
+            },
+        )
+        .await
+        .unwrap();
     let phase = |id: &str, p: &str| {
         event(
             id,
             json!({"kind": "phase", "rollout_id": r.id, "release_id": s.release, "phase": p}),
         )
     };
-    let out = app
+    let out = app.engine
         .apply_reports(input(
             first,
             vec![
@@ -220,7 +226,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     assert_eq!(out.accepted, 5);
     // Another wave-0 site fails; one is skipped by an operator.
     let second = &wave0[1];
-    app.apply_reports(input(
+    app.engine.apply_reports(input(
         second,
         vec![event(
             "f1",
@@ -230,15 +236,16 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     .await
     .unwrap();
     let last = l.sites.last().unwrap().site_id.clone();
-    app.rollout_action(&r.id, Action::Skip(last.clone()), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Skip(last.clone()), "test")
         .await
         .unwrap();
     // A site enrolled late joins.
     s.add_sites(&sim(&["site-late".to_string()]));
-    app.join_rollouts("site-late").await.unwrap();
-    app.tick_all().await.unwrap();
+    app.engine.join_rollouts("site-late").await.unwrap();
+    app.engine.tick_all().await.unwrap();
 
-    let l = app.load_rollout(&r.id).await.unwrap();
+    let l = app.engine.load_rollout(&r.id).await.unwrap();
     let f = l.site(first).unwrap();
     assert!(f.leased_at.is_some() && f.committed_at.is_some() && f.last_healthy_at.is_some());
     assert_eq!(f.previous_release_id.as_deref(), Some("app-1"));
@@ -255,13 +262,15 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     assert_memory_matches_sqlite(app, &r.id).await;
 
     // A finished rollout leaves memory; its view still reads (from SQLite).
-    app.rollout_action(&r.id, Action::Abort(None), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Abort(None), "test")
         .await
         .unwrap();
     assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
     // A lease against it is decided from its record and the site's row, and does not
     // bring the whole rollout back into memory.
     let refused = app
+        .engine
         .lease(
             first,
             &LeaseRequest {
@@ -271,10 +280,12 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         )
         .await
         .unwrap_err();
-    assert_eq!(refused.code, "lease_denied");
-    assert!(refused.message.contains("aborted"), "{}", refused.message);
+    let EngineError::LeaseDenied(denial) = refused else {
+        panic!("a lease denial, not {refused:?}");
+    };
+    assert!(denial.message.contains("aborted"), "{denial}");
     assert!(app.engine.facts.with(&r.id, |_| ()).is_none());
-    let l = app.load_rollout(&r.id).await.unwrap();
+    let l = app.engine.load_rollout(&r.id).await.unwrap();
     assert_eq!(l.record.status, RolloutStatus::Aborted);
     assert_eq!(l.sites.len(), 31);
 }
@@ -290,14 +301,17 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
         s.release
     );
     let r = app
+        .engine
         .create_rollout(plan, PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     for i in 0..n {
         let a = app
+            .engine
             .sites
             .get(&site_id(i))
             .and_then(|slot| slot.view().assignment)
@@ -314,11 +328,11 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
         .query_row("SELECT COUNT(*) FROM assignments", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows as usize, n, "one assignment per site");
-    let l = app.load_rollout(&r.id).await.unwrap();
+    let l = app.engine.load_rollout(&r.id).await.unwrap();
     assert!(l.record.waves[0].opened_at.is_some());
     assert!(l.sites.iter().all(|m| m.assigned_at.is_some()));
     // A second pass issues nothing more.
-    app.tick_all().await.unwrap();
+    app.engine.tick_all().await.unwrap();
     let rows: i64 = s
         .conn()
         .query_row("SELECT COUNT(*) FROM assignments", [], |r| r.get(0))
@@ -329,7 +343,7 @@ async fn a_wave_larger_than_one_chunk_is_issued_completely_and_once() {
 /// How many of the rollout's sites each wave holds (from the engine's memory).
 async fn wave_sizes(app: &App, id: &str, waves: usize) -> Vec<usize> {
     let mut n = vec![0; waves];
-    for m in app.load_rollout(id).await.unwrap().sites {
+    for m in app.engine.load_rollout(id).await.unwrap().sites {
         n[m.wave as usize] += 1;
     }
     n
@@ -352,14 +366,17 @@ async fn shares_are_quotas_of_the_sites_known_when_each_wave_opens() {
         s.release
     );
     let r = app
+        .engine
         .create_rollout(plan, PlanFormat::Toml, "test")
         .await
         .unwrap();
     assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 15, 15]);
-    app.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     let first: Vec<(String, u32)> = app
+        .engine
         .load_rollout(&r.id)
         .await
         .unwrap()
@@ -374,13 +391,13 @@ async fn shares_are_quotas_of_the_sites_known_when_each_wave_opens() {
     let late: Vec<String> = (0..4).map(|i| format!("site-late-{i}")).collect();
     s.add_sites(&sim(&late));
     for id in &late {
-        app.join_rollouts(id).await.unwrap();
+        app.engine.join_rollouts(id).await.unwrap();
     }
     assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 19, 15]);
 
     // Wave 0 passes and wave 1 opens: the 34 sites not in wave 0 are placed again.
-    app.tick_all().await.unwrap();
-    let l = app.load_rollout(&r.id).await.unwrap();
+    app.engine.tick_all().await.unwrap();
+    let l = app.engine.load_rollout(&r.id).await.unwrap();
     assert!(l.record.waves[1].opened_at.is_some());
     assert_eq!(wave_sizes(app, &r.id, 3).await, [10, 17, 17]);
     for (id, wave) in &first {
@@ -422,13 +439,16 @@ fn one_wave_plan(release: &str, extra: &str) -> String {
 async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool)>) {
     let app = &s.app;
     let r = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, extra), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     let sites: Vec<String> = app
+        .engine
         .load_rollout(&r.id)
         .await
         .unwrap()
@@ -441,6 +461,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
         let (app, rollout_id) = (app.clone(), r.id.clone());
         tasks.push(tokio::spawn(async move {
             let sequence = app
+                .engine
                 .sites
                 .get(&site)
                 .and_then(|slot| slot.view().assignment)
@@ -448,6 +469,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
                 .record
                 .sequence;
             let got = app
+                .engine
                 .lease(
                     &site,
                     &LeaseRequest {
@@ -459,7 +481,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
             match got {
                 Ok(_) => (site, true),
                 Err(e) => {
-                    assert_eq!(e.code, "lease_denied", "{site}: {e:?}");
+                    assert!(matches!(e, EngineError::LeaseDenied(_)), "{site}: {e:?}");
                     (site, false)
                 }
             }
@@ -500,13 +522,14 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
         "one committed lease row per site"
     );
     // Memory took every grant over, and agrees with SQLite.
-    let l = s.app.load_rollout(&id).await.unwrap();
+    let l = s.app.engine.load_rollout(&id).await.unwrap();
     assert!(l.sites.iter().all(|m| m.leased_at.is_some()));
     assert_memory_matches_sqlite(&s.app, &id).await;
     // A renewal replaces the site's lease instead of adding one.
     let first = &want[0];
     let sequence = s
         .app
+        .engine
         .sites
         .get(first)
         .unwrap()
@@ -516,6 +539,7 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
         .record
         .sequence;
     s.app
+        .engine
         .lease(
             first,
             &LeaseRequest {
@@ -571,7 +595,7 @@ async fn concurrent_leases_never_exceed_a_compartment_limit() {
 /// Woken passes wait four times the last pass, and never less than the floor.
 #[test]
 fn controller_passes_are_paced_with_a_floor() {
-    use fleetwave_coordinator::rollouts::{MIN_PASS_GAP, pass_gap};
+    use fleetwave_coordinator::engine::{MIN_PASS_GAP, pass_gap};
     use std::time::Duration;
     assert_eq!(pass_gap(Duration::from_micros(300)), MIN_PASS_GAP);
     assert_eq!(pass_gap(Duration::from_millis(40)), MIN_PASS_GAP);
@@ -597,6 +621,7 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
     let recent: Vec<Event> = (0..3).map(|i| health(&format!("new-{i}"))).collect();
     for (events, received_at) in [(old_health, old), (vec![phase], old), (recent, now)] {
         s.app
+            .engine
             .apply_reports(ReportInput {
                 site_id: site_id(0),
                 events,
@@ -647,10 +672,12 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     let s = setup(3).await;
     let app = &s.app;
     let r = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.rollout_action(&r.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
         .await
         .unwrap();
     let site = site_id(0);
@@ -662,7 +689,7 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     };
     // No `failed` phase first (e.g. a rollback after the assignment expired): the
     // `rollback_failed` phase alone makes the site failed.
-    app.apply_reports(input(
+    app.engine.apply_reports(input(
         &site,
         vec![
             phase("r1", "installing", ""),
@@ -675,7 +702,7 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     ))
     .await
     .unwrap();
-    app.tick_all().await.unwrap();
+    app.engine.tick_all().await.unwrap();
 
     let view = fleetwave_coordinator::api::operator::rollout_view(app, &r.id)
         .await
@@ -704,17 +731,20 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
     );
 
     // Fixed by hand and installed by a later rollout: no longer counted.
-    app.rollout_action(&r.id, Action::Abort(None), "test")
+    app.engine
+        .rollout_action(&r.id, Action::Abort(None), "test")
         .await
         .unwrap();
     let r2 = app
+        .engine
         .create_rollout(one_wave_plan(&s.release, ""), PlanFormat::Toml, "test")
         .await
         .unwrap();
-    app.rollout_action(&r2.id, Action::Start, "test")
+    app.engine
+        .rollout_action(&r2.id, Action::Start, "test")
         .await
         .unwrap();
-    app.apply_reports(input(
+    app.engine.apply_reports(input(
         &site,
         vec![event(
             "r3",

@@ -177,39 +177,42 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
     // A rollout an earlier run left active holds every site: abort it first.
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
     for r in rollouts.iter().filter(|r| r.status.is_active()) {
-        app.rollout_action(
-            &r.id,
-            fleetwave_coordinator::rollouts::Action::Abort(Some("fleetwave-sim tick".into())),
-            "fleetwave-sim",
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("abort rollout {}: {}", r.id, e.message))?;
+        app.engine
+            .rollout_action(
+                &r.id,
+                fleetwave_coordinator::engine::Action::Abort(Some("fleetwave-sim tick".into())),
+                "fleetwave-sim",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("abort rollout {}: {}", r.id, e))?;
         println!("  (aborted rollout {} an earlier run left active)", r.id);
     }
     let before = procstat::sample(std::process::id())?;
     let plan = four_wave_plan(&release, 0.0);
     let started = Instant::now();
     let rollout = app
+        .engine
         .create_rollout(
             plan,
             fleetwave_shared::protocol::operator::PlanFormat::Toml,
             "fleetwave-sim",
         )
         .await
-        .map_err(|e| anyhow::anyhow!("create rollout: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("create rollout: {}", e))?;
     println!(
         "  (rollout {} created over {n} sites in {:.0} ms)",
         rollout.id,
         started.elapsed().as_secs_f64() * 1000.0
     );
     let started = Instant::now();
-    app.rollout_action(
-        &rollout.id,
-        fleetwave_coordinator::rollouts::Action::Start,
-        "fleetwave-sim",
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("start rollout: {}", e.message))?;
+    app.engine
+        .rollout_action(
+            &rollout.id,
+            fleetwave_coordinator::engine::Action::Start,
+            "fleetwave-sim",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("start rollout: {}", e))?;
     println!(
         "  (rollout {} started in {:.0} ms: wave 0 opened and its assignments signed)",
         rollout.id,
@@ -224,9 +227,10 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
     let mut times = Vec::with_capacity(passes);
     for _ in 0..passes {
         let started = Instant::now();
-        app.tick_all()
+        app.engine
+            .tick_all()
             .await
-            .map_err(|e| anyhow::anyhow!("tick: {}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("tick: {}", e))?;
         times.push(started.elapsed());
     }
     let me1 = procstat::sample(std::process::id())?;
@@ -236,9 +240,10 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
     );
     app.engine.facts.clear();
     let started = Instant::now();
-    app.tick_all()
+    app.engine
+        .tick_all()
         .await
-        .map_err(|e| anyhow::anyhow!("tick: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("tick: {}", e))?;
     println!(
         "  first pass after a restart (the engine loads the rollout's {n} sites from SQLite once): {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0

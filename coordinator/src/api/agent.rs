@@ -24,12 +24,13 @@ use fleetwave_shared::protocol::{
     SessionResponse, enroll_message, session_message,
 };
 use fleetwave_shared::{Envelope, sha256_hex};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 
 use super::auth::{Agent, decommissioned, token_hash};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::metrics::Metrics;
-use crate::state::{AppState, CachedAssignment};
+use crate::poll_cache::CachedAssignment;
+use crate::state::AppState;
 use crate::store::{Enrollment, StoreError};
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`
@@ -105,7 +106,7 @@ pub async fn enroll(
         site_id: req.site_id.clone(),
         device_key: req.device_key.clone(),
         agent_version: req.agent_version.clone(),
-        at: Timestamp::now(),
+        at: app.now(),
     };
     let site = app
         .db
@@ -118,10 +119,10 @@ pub async fn enroll(
             other => other.into(),
         })?;
     app.sessions.drop_site(&site.id);
-    app.sites.set_active(&site.id, true);
+    app.engine.sites.set_active(&site.id, true);
     let entry = crate::store::AuditRecord {
         id: 0,
-        at: Timestamp::now(),
+        at: app.now(),
         actor: format!("agent {}", site.id),
         action: "site.enroll".into(),
         target: site.id.clone(),
@@ -132,7 +133,7 @@ pub async fn enroll(
         remote: "agent".into(),
     };
     app.db.run(move |s| s.audit(&entry)).await?;
-    if let Err(e) = app.join_rollouts(&site.id).await {
+    if let Err(e) = app.engine.join_rollouts(&site.id).await {
         tracing::warn!(site = %site.id, error = %e, "could not place the enrolled site in its rollouts");
     }
     let roots = app
@@ -152,7 +153,7 @@ pub async fn session(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    let now = Timestamp::now();
+    let now = app.now();
     let skew = req.timestamp.duration_since(now).abs();
     if skew > SignedDuration::from_secs(SESSION_SKEW_SECS) {
         return Err(ApiError::unauthorized(
@@ -218,9 +219,9 @@ pub async fn session(
         SignedDuration::from_secs(i64::try_from(app.config.sessions.ttl_secs).unwrap_or(i64::MAX)),
         "the session's expiry (now + sessions.ttl_secs)",
     )?;
-    let token = app.sessions.open(&site.id, expires_at);
-    app.sites.set_active(&site.id, true);
-    app.saw(&site.id, now);
+    let token = app.sessions.open(&site.id, expires_at, now);
+    app.engine.sites.set_active(&site.id, true);
+    app.engine.saw(&site.id, now);
     Ok(Json(SessionResponse { token, expires_at }))
 }
 
@@ -241,7 +242,7 @@ const NOTHING_HEAD: &[u8] = br#"{"assignment":null,"release":null,"roots":"#;
 
 /// The start of a poll's 200 body for an assignment, `{"assignment":…,"release":…,"roots":`,
 /// from the compact JSON of both envelopes ([`Envelope::to_json`]), which the site cache
-/// serializes once per assignment and release ([`crate::state::SiteCache::set_assignment`]);
+/// serializes once per assignment and release ([`crate::poll_cache::SiteCache::set_assignment`]);
 /// [`poll_body`] finishes it. Together they write what serializing a
 /// [`PollResponse`](fleetwave_shared::protocol::PollResponse) writes.
 pub fn poll_head(assignment_json: &[u8], release_json: &[u8]) -> Bytes {
@@ -278,8 +279,9 @@ struct Answer {
 }
 
 fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> Answer {
-    let now = Timestamp::now();
+    let now = app.now();
     let assignment = app
+        .engine
         .sites
         .get(site_id)
         .and_then(|s| s.view().assignment)
@@ -329,7 +331,7 @@ pub async fn poll(
     ApiQuery(q): ApiQuery<PollQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.saw(&agent.site_id, Timestamp::now());
+    app.engine.saw(&agent.site_id, app.now());
     let wait = q
         .wait
         .unwrap_or(0)
@@ -338,7 +340,7 @@ pub async fn poll(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let slot = app.sites.slot(&agent.site_id);
+    let slot = app.engine.sites.slot(&agent.site_id);
     let mut site_rx = slot.changed.subscribe();
     let mut roots_rx = app.roots_changed.subscribe();
     let mut shutdown = app.shutdown.clone();
@@ -402,8 +404,8 @@ pub async fn lease(
     agent: Agent,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<fleetwave_shared::protocol::LeaseGrant>, ApiError> {
-    app.saw(&agent.site_id, Timestamp::now());
-    Ok(Json(app.lease(&agent.site_id, &req).await?))
+    app.engine.saw(&agent.site_id, app.now());
+    Ok(Json(app.engine.lease(&agent.site_id, &req).await?))
 }
 
 pub async fn reports(
@@ -411,8 +413,8 @@ pub async fn reports(
     agent: Agent,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<Json<ReportAck>, ApiError> {
-    let now = Timestamp::now();
-    app.saw(&agent.site_id, now);
+    let now = app.now();
+    app.engine.saw(&agent.site_id, now);
     if batch.events.len() > MAX_REPORT_EVENTS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -451,6 +453,7 @@ pub async fn reports(
         Metrics::count(&app.metrics.report_events, "future_dated", n as u64);
     }
     let outcome = app
+        .engine
         .apply_reports(crate::store::ReportInput {
             site_id: agent.site_id.clone(),
             events: batch.events,
@@ -468,7 +471,7 @@ pub async fn reports(
         outcome.duplicates as u64,
     );
     if !outcome.rollouts_touched.is_empty() {
-        app.wake_controller();
+        app.engine.wake_controller();
     }
     Ok(Json(ReportAck {
         accepted: outcome.accepted,

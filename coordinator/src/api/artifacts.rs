@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetwave_shared::protocol::operator::{ArtifactInfo, Permission};
 use futures_util::StreamExt as _;
-use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -121,7 +120,7 @@ pub async fn upload(
     let record = ArtifactRecord {
         sha256: sha.clone(),
         length,
-        uploaded_at: Timestamp::now(),
+        uploaded_at: app.now(),
         uploaded_by: op.actor(),
     };
     let r = record.clone();

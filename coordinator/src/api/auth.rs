@@ -9,7 +9,6 @@ use axum::http::header;
 use axum::http::request::Parts;
 use fleetwave_shared::protocol::operator::{OperatorRole, Permission, SiteState};
 use fleetwave_shared::sha256_hex;
-use jiff::Timestamp;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -83,7 +82,7 @@ impl Operator {
     ) -> Result<(), ApiError> {
         let entry = AuditRecord {
             id: 0,
-            at: Timestamp::now(),
+            at: app.now(),
             actor: self.actor(),
             action: action.to_string(),
             target: target.to_string(),
@@ -135,16 +134,14 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
     let token = bearer(parts).ok_or_else(|| {
         ApiError::unauthorized("unauthorized", "open a session (POST /v1/agent/session) and send its token as `Authorization: Bearer <token>`")
     })?;
-    let session = app
-        .sessions
-        .lookup(token, Timestamp::now())
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "session_expired",
-                "the session is unknown or expired; open a new one with POST /v1/agent/session",
-            )
-        })?;
+    let session = app.sessions.lookup(token, app.now()).ok_or_else(|| {
+        ApiError::unauthorized(
+            "session_expired",
+            "the session is unknown or expired; open a new one with POST /v1/agent/session",
+        )
+    })?;
     let active = app
+        .engine
         .sites
         .get(&session.site_id)
         .is_some_and(|s| s.view().active);

@@ -15,8 +15,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::auth::{Operator, token_hash};
 use crate::controller;
+use crate::engine::{Action, Loaded};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::rollouts::{Action, Loaded};
 use crate::state::{AppState, random_hex};
 use crate::store::*;
 
@@ -124,7 +124,7 @@ async fn mint_enrollment_token(
             "expires_in_secs must be between 1 and 31536000 (a year)",
         ));
     }
-    let now = Timestamp::now();
+    let now = app.now();
     let token = format!("fwe_{}", random_hex(24));
     let record = EnrollmentTokenRecord {
         id: format!("et-{}", random_hex(6)),
@@ -243,7 +243,7 @@ pub async fn create_operator_token(
         id: format!("ot-{}", random_hex(6)),
         name: req.name.clone(),
         role: req.role,
-        created_at: Timestamp::now(),
+        created_at: app.now(),
         created_by: op.actor(),
         revoked: false,
     };
@@ -413,7 +413,7 @@ pub async fn relabel_site(
         format!("set {:?}, remove {:?}", req.set, req.remove),
     )
     .await?;
-    app.join_rollouts(&id).await?;
+    app.engine.join_rollouts(&id).await?;
     let i = id.clone();
     let rollout = app.db.run(move |s| s.active_rollout_of_site(&i)).await?;
     Ok(Json(site_info(site, rollout)))
@@ -431,7 +431,7 @@ pub async fn decommission_site(
         .run(move |s| s.set_site_state(&i, SiteState::Decommissioned))
         .await?;
     // Its sessions are refused from now on (403 site_decommissioned) and dropped on use.
-    app.sites.set_active(&id, false);
+    app.engine.sites.set_active(&id, false);
     op.audit(&app, "site.decommission", &id, "sessions refused")
         .await?;
     get_site(State(app), op, ApiPath(id)).await
@@ -448,9 +448,9 @@ pub async fn reenable_site(
     app.db
         .run(move |s| s.set_site_state(&i, SiteState::Active))
         .await?;
-    app.sites.set_active(&id, true);
+    app.engine.sites.set_active(&id, true);
     op.audit(&app, "site.reenable", &id, "").await?;
-    app.join_rollouts(&id).await?;
+    app.engine.join_rollouts(&id).await?;
     get_site(State(app), op, ApiPath(id)).await
 }
 
@@ -474,7 +474,7 @@ pub async fn publish_release(
     ApiJson(envelope): ApiJson<Envelope>,
 ) -> Result<(StatusCode, Json<ReleaseInfo>), ApiError> {
     op.require(Permission::Publish)?;
-    let now = Timestamp::now();
+    let now = app.now();
     let verified = {
         let trust = app.trust.read().unwrap_or_else(|e| e.into_inner());
         verify_release(&trust.current, &envelope, now)
@@ -581,8 +581,9 @@ pub async fn publish_root(
     })?;
     let version = rotated.version;
     let env = envelope.clone();
+    let now = app.now();
     app.db
-        .run(move |s| s.add_root(version, &env, Timestamp::now()))
+        .run(move |s| s.add_root(version, &env, now))
         .await
         .map_err(|e| match e {
             StoreError::Conflict(m) => ApiError::conflict("root_conflict", m),
@@ -628,6 +629,7 @@ pub async fn create_rollout(
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     op.require(Permission::Operate)?;
     let record = app
+        .engine
         .create_rollout(req.plan, req.format, &op.actor())
         .await?;
     op.audit(
@@ -749,9 +751,9 @@ fn attention_rank(state: &str) -> Option<u8> {
 /// The status of a rollout: waves with complete tallies and gate standing, the sites that
 /// need attention (at most [`ROLLOUT_VIEW_SITES`]), the timeline.
 pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
-    let l = app.load_rollout(id).await?;
+    let l = app.engine.load_rollout(id).await?;
     let view = l.view();
-    let now = Timestamp::now();
+    let now = app.now();
     let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
     let mut attention = Vec::new();
     let mut total: u64 = 0;
@@ -855,7 +857,7 @@ pub async fn list_rollout_sites(
         ),
         None => None,
     };
-    let l = app.load_rollout(&id).await?;
+    let l = app.engine.load_rollout(&id).await?;
     let waves = l.plan.waves.len();
     if let Some(w) = q.wave
         && w as usize >= waves
@@ -866,7 +868,7 @@ pub async fn list_rollout_sites(
         )));
     }
     let view = l.view();
-    let now = Timestamp::now();
+    let now = app.now();
     let after = q.after.as_deref();
     let mut page = Vec::new();
     for_each_site(&l, &view, now, |wave, f, st| {
@@ -909,7 +911,7 @@ async fn act(
 ) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::Operate)?;
     let detail = format!("{action:?}");
-    app.rollout_action(&id, action, &op.actor()).await?;
+    app.engine.rollout_action(&id, action, &op.actor()).await?;
     op.audit(&app, name, &id, detail).await?;
     Ok(Json(rollout_view(&app, &id).await?))
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -34,8 +34,14 @@ pub struct OverviewModel {
 /// Models computed recently, shared by pages and streams.
 #[derive(Default)]
 pub struct Cache {
-    overview: tokio::sync::Mutex<Option<(Instant, Arc<OverviewModel>)>>,
-    rollouts: tokio::sync::Mutex<HashMap<String, (Instant, Arc<RolloutModel>)>>,
+    overview: tokio::sync::Mutex<Option<(Timestamp, Arc<OverviewModel>)>>,
+    rollouts: tokio::sync::Mutex<HashMap<String, (Timestamp, Arc<RolloutModel>)>>,
+}
+
+/// Whether something computed at `at` is younger than `than` at `now` (times from the
+/// coordinator's clock, so tests can move past a cache's freshness).
+fn younger(at: Timestamp, now: Timestamp, than: Duration) -> bool {
+    now.duration_since(at).as_secs_f64() < than.as_secs_f64()
 }
 
 impl Dash {
@@ -46,32 +52,33 @@ impl Dash {
         fresh: bool,
     ) -> Result<Arc<RolloutModel>, DashboardError> {
         let mut cache = self.live.rollouts.lock().await;
+        let now = self.app.now();
         if !fresh
             && let Some((at, m)) = cache.get(id)
-            && at.elapsed() < FRESH_FOR
+            && younger(*at, now, FRESH_FOR)
         {
             return Ok(m.clone());
         }
-        let loaded = self.app.load_rollout(id).await?;
-        let mut m = model::rollout_model(&loaded, Timestamp::now());
+        let loaded = self.app.engine.load_rollout(id).await?;
+        let mut m = model::rollout_model(&loaded, now);
         let rid = id.to_string();
         let decisions = self.app.db.run(move |s| s.decisions(&rid)).await?;
         m.decisions = model::decision_rows(&decisions, 200);
         let m = Arc::new(m);
-        cache.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(60));
-        cache.insert(id.to_string(), (Instant::now(), m.clone()));
+        cache.retain(|_, (at, _)| younger(*at, now, Duration::from_secs(60)));
+        cache.insert(id.to_string(), (now, m.clone()));
         Ok(m)
     }
 
     /// The overview's model, at most [`FRESH_FOR`] old.
     pub async fn overview_model(&self) -> Result<Arc<OverviewModel>, DashboardError> {
         let mut cache = self.live.overview.lock().await;
+        let now = self.app.now();
         if let Some((at, m)) = cache.as_ref()
-            && at.elapsed() < FRESH_FOR
+            && younger(*at, now, FRESH_FOR)
         {
             return Ok(m.clone());
         }
-        let now = Timestamp::now();
         // The fleet's counts (SQL on the blocking pool) and the active rollouts' models
         // are independent: computed side by side.
         let counts = self
@@ -91,7 +98,7 @@ impl Dash {
         let (counts, rollouts) = tokio::join!(counts, rollouts);
         let (counts, rollouts) = (counts?, rollouts?);
         let m = Arc::new(OverviewModel { counts, rollouts });
-        *cache = Some((Instant::now(), m.clone()));
+        *cache = Some((now, m.clone()));
         Ok(m)
     }
 
@@ -174,7 +181,7 @@ where
                         _ = stop.changed() => return None,
                     }
                 }
-                if *stop.borrow() || !dash.sessions.is_live(&sid, Timestamp::now()) {
+                if *stop.borrow() || !dash.sessions.is_live(&sid, dash.app.now()) {
                     return None;
                 }
                 let Some(json) = compute(dash.clone()).await else {

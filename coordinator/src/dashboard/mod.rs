@@ -9,7 +9,7 @@
 //! Content-Security-Policy without `'unsafe-inline'`, and framing refused.
 //!
 //! It must never take a second path for rollout logic (actions go through
-//! [`crate::state::App::rollout_action`]), never render or log a token, and never write to
+//! [`crate::engine::Engine::rollout_action`]), never render or log a token, and never write to
 //! the database except through the engine and the audit log.
 
 mod live;
@@ -27,7 +27,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use jiff::Timestamp;
 
 use crate::api::auth::{Operator, remote};
 use crate::api::edge::{Budget, Edge};
@@ -66,6 +65,12 @@ pub enum DashboardError {
 impl From<ApiError> for DashboardError {
     fn from(e: ApiError) -> Self {
         DashboardError::Api(e)
+    }
+}
+
+impl From<crate::engine::EngineError> for DashboardError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        DashboardError::Api(e.into())
     }
 }
 
@@ -138,7 +143,7 @@ impl FromRequestParts<DashState> for SignedIn {
             .ok_or(DashboardError::SignIn)?;
         let s = dash
             .sessions
-            .lookup(id, Timestamp::now())
+            .lookup(id, dash.app.now())
             .ok_or(DashboardError::SignIn)?;
         let hash = s.token_hash.clone();
         let token = dash

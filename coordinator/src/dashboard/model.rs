@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::controller::gate::{failure_budget, human, needed};
 use crate::controller::{self, SiteState};
+use crate::engine::{Loaded, facts};
 use crate::plan::OnSilent;
-use crate::rollouts::{Loaded, facts};
 
 /// The states a progress bar shows, in drawing order, with their labels.
 pub const SEGMENTS: [(&str, &str); 8] = [

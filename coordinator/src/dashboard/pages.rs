@@ -27,8 +27,8 @@ use super::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{DashState, DashboardError, SignedIn};
 use crate::api::auth::Operator;
 use crate::controller::gate::human;
+use crate::engine::Action;
 use crate::error::ApiError;
-use crate::rollouts::Action;
 use crate::state::random_hex;
 
 type PageResult = Result<Response, DashboardError>;
@@ -202,7 +202,7 @@ pub async fn login(
             "That operator token is unknown or revoked.",
         ));
     };
-    let id = dash.sessions.open(hash, Timestamp::now());
+    let id = dash.sessions.open(hash, dash.app.now());
     tracing::info!(operator = %token.name, role = token.role.as_str(), "dashboard sign-in");
     let mut res = Redirect::to("/ui/").into_response();
     let h = res.headers_mut();
@@ -298,7 +298,7 @@ struct OverviewPage {
 /// `GET /ui/`: the fleet at a glance.
 pub async fn overview(State(dash): State<DashState>, who: SignedIn) -> PageResult {
     let m = dash.overview_model().await?;
-    let now = Timestamp::now();
+    let now = dash.app.now();
     html(OverviewPage {
         nav: nav(&who, "overview"),
         rollouts: m.rollouts.iter().map(rollout_row).collect(),
@@ -608,7 +608,10 @@ async fn perform(
 ) -> Result<(), ApiError> {
     op.require(Permission::Operate)?;
     let detail = format!("{action:?}");
-    dash.app.rollout_action(id, action, &op.actor()).await?;
+    dash.app
+        .engine
+        .rollout_action(id, action, &op.actor())
+        .await?;
     op.audit(&dash.app, name, id, format!("{detail} (dashboard)"))
         .await
 }
@@ -742,7 +745,7 @@ pub async fn sites(
         .read
         .run(move |r, c| Ok((r.site_page(c, &q, offset, PAGE_SIZE)?, r.versions(c)?)))
         .await?;
-    let now = Timestamp::now();
+    let now = dash.app.now();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let link = f.link();
     let href = |p: u64| {
@@ -884,7 +887,7 @@ pub async fn grid(
     Query(f): Query<SitesQuery>,
 ) -> PageResult {
     let q = f.to_query()?;
-    let now = Timestamp::now();
+    let now = dash.app.now();
     let streams: Vec<String> = {
         let pairs = dash.read.run(|r, c| r.version_pairs(c)).await?;
         let mut s: Vec<String> = pairs.into_iter().map(|(s, _)| s).collect();
@@ -926,7 +929,7 @@ pub async fn grid(
     let cells = dash.read.run(move |r, c| r.grid(c, &q, s.as_deref()));
     let loaded = async {
         match &rollout_id {
-            Some(id) => Ok::<_, ApiError>(Some(dash.app.load_rollout(id).await?)),
+            Some(id) => Ok::<_, ApiError>(Some(dash.app.engine.load_rollout(id).await?)),
             None => Ok(None),
         }
     };
@@ -1290,7 +1293,7 @@ pub async fn site(
         }
         None => "nothing assigned".into(),
     };
-    let now = Timestamp::now();
+    let now = dash.app.now();
     let rows = |v: &[Event]| {
         v.iter()
             .map(|e| EventRow {

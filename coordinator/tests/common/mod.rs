@@ -11,9 +11,10 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
+use fleetwave_coordinator::clock::Clock;
 use fleetwave_coordinator::config::Config;
 use fleetwave_coordinator::init::{InitOptions, init};
-use fleetwave_coordinator::server::{Running, Transport, start};
+use fleetwave_coordinator::server::{Running, Transport, start_with_clock};
 use fleetwave_shared::docs::{Artifact, RELEASE_TYPE, Release, ReleaseKind};
 use fleetwave_shared::protocol::*;
 use fleetwave_shared::{Envelope, keys};
@@ -21,12 +22,15 @@ use jiff::{SignedDuration, Timestamp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// Starts the coordinator configured in `dir` on a free loopback port, over TLS.
-async fn boot(dir: &Path) -> Running {
+/// Starts the coordinator configured in `dir` on a free loopback port, over TLS, reading
+/// time from `clock`.
+async fn boot(dir: &Path, clock: &Clock) -> Running {
     let mut config = Config::load(&dir.join("coordinator.toml")).unwrap();
     config.controller.tick_millis = 100;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    start(config, Transport::Tls, listener).await.unwrap()
+    start_with_clock(config, Transport::Tls, listener, clock.clone())
+        .await
+        .unwrap()
 }
 
 pub struct Harness {
@@ -36,6 +40,9 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub admin: String,
     pub ca: PathBuf,
+    /// The coordinator's clock: tests move it instead of sleeping; agents date their
+    /// reports and sessions by it.
+    pub clock: Clock,
 }
 
 impl Harness {
@@ -53,7 +60,8 @@ impl Harness {
             text.push_str(extra);
             std::fs::write(&out.config, text).unwrap();
         }
-        let running = boot(dir.path()).await;
+        let clock = Clock::adjustable();
+        let running = boot(dir.path(), &clock).await;
         let http = client(&out.ca_cert);
         let base = format!("https://localhost:{}", running.local_addr.port());
         Harness {
@@ -63,13 +71,14 @@ impl Harness {
             http,
             admin: out.admin_token,
             ca: out.ca_cert.clone(),
+            clock,
         }
     }
 
     /// Stops the coordinator and starts it again on the same directory (a new port).
     pub async fn restart(&mut self) {
         self.running.take().unwrap().stop().await;
-        let running = boot(self.dir.path()).await;
+        let running = boot(self.dir.path(), &self.clock).await;
         self.base = format!("https://localhost:{}", running.local_addr.port());
         self.running = Some(running);
     }
@@ -251,7 +260,7 @@ impl Agent {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        let at = Timestamp::now();
+        let at = h.clock.now();
         let n = nonce();
         let sig = base64::engine::general_purpose::STANDARD
             .encode(key.sign(&session_message(site, at, &n)).to_bytes());
@@ -316,7 +325,7 @@ impl Agent {
         self.seq += 1;
         let mut e = body;
         e["id"] = json!(format!("{}-e{}", self.site, self.seq));
-        e["at"] = json!(Timestamp::now());
+        e["at"] = json!(h.clock.now());
         let (s, v) = h
             .post("/v1/agent/reports", &self.token, json!({"events": [e]}))
             .await;

@@ -13,12 +13,11 @@ use std::collections::HashMap;
 use fleetwave_shared::protocol::operator::SiteState;
 
 use super::facts::Update;
+use super::{Engine, EngineError};
 use crate::controller;
-use crate::error::ApiError;
-use crate::state::App;
 use crate::store::SiteFilter;
 
-impl App {
+impl Engine {
     /// Places again the sites of `rollout_id` in waves `from..` that may still move.
     /// Call with the engine lock held, when wave `from` opens and before its sites are
     /// assigned. Returns a sentence for the timeline when any site moved.
@@ -26,7 +25,7 @@ impl App {
         &self,
         rollout_id: &str,
         from: u32,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, EngineError> {
         let (plan, movable) = self
             .with_rollout(rollout_id, |l| {
                 let movable: Vec<(String, u32)> = l
@@ -88,7 +87,7 @@ impl App {
             .run(move |s| s.set_rollout_site_waves(&rid, &to_store))
             .await?;
         let wave_of: HashMap<&str, u32> = moves.iter().map(|(id, w)| (id.as_str(), *w)).collect();
-        self.engine.facts.apply_all(
+        self.facts.apply_all(
             rollout_id,
             moved.iter().map(|id| Update::Moved {
                 site_id: id.clone(),

@@ -1,0 +1,350 @@
+//! Rollouts created from plans, operators' actions on them, and sites joining the
+//! active rollouts that select them.
+
+use fleetwave_shared::protocol::operator::{
+    self as op, RolloutStatus as WireStatus, SiteState as WireSiteState,
+};
+
+use super::facts::Update;
+use super::{Engine, EngineError, Head, plan_format};
+use crate::controller;
+use crate::ids::random_hex;
+use crate::plan::parse_plan;
+use crate::store::{ReleaseRecord, RolloutRecord, RolloutSiteRecord, SiteFilter, StoreError};
+
+impl Engine {
+    /// Creates a rollout from a plan: validates it, computes every site's wave and refuses
+    /// sites that already belong to an active rollout.
+    pub async fn create_rollout(
+        &self,
+        plan_text: String,
+        format: op::PlanFormat,
+        actor: &str,
+    ) -> Result<RolloutRecord, EngineError> {
+        let plan = parse_plan(&plan_text, plan_format(format))
+            .map_err(|e| EngineError::InvalidPlan(e.to_string()))?;
+        let release_id = plan.release.clone();
+        let release = self
+            .db
+            .run(move |s| s.release(&release_id))
+            .await?
+            .ok_or_else(|| {
+                EngineError::InvalidPlan(format!(
+                    "release: release {:?} is not published on this coordinator",
+                    plan.release
+                ))
+            })?;
+        let id = rollout_id(&plan.name);
+        let sites = self
+            .db
+            .run(|s| {
+                s.list_sites(&SiteFilter {
+                    state: Some(WireSiteState::Active),
+                    limit: usize::MAX >> 1,
+                    ..SiteFilter::default()
+                })
+            })
+            .await?;
+        let candidates: Vec<controller::Candidate> = sites
+            .iter()
+            .map(|site| controller::Candidate {
+                site_id: &site.id,
+                labels: &site.labels,
+            })
+            .collect();
+        let members: Vec<RolloutSiteRecord> = sites
+            .iter()
+            .zip(controller::place(&plan, &id, 0, &candidates))
+            .filter_map(|(site, wave)| {
+                Some(RolloutSiteRecord {
+                    rollout_id: id.clone(),
+                    site_id: site.id.clone(),
+                    wave: wave?,
+                    previous_release_id: previous_release(site, &release),
+                    ..RolloutSiteRecord::default()
+                })
+            })
+            .collect();
+        let now = self.clock.now();
+        let record = RolloutRecord {
+            id: id.clone(),
+            release_id: release.id.clone(),
+            plan_source: plan_text,
+            plan_format: match format {
+                op::PlanFormat::Json => "json".into(),
+                op::PlanFormat::Toml => "toml".into(),
+            },
+            status: WireStatus::Pending,
+            waves: vec![Default::default(); plan.waves.len()],
+            created_at: now,
+            created_by: actor.to_string(),
+            updated_at: now,
+            status_reason: None,
+        };
+        let _guard = self.lock.lock().await;
+        let (r, m) = (record.clone(), members);
+        let n = m.len();
+        self.db
+            .run(move |s| s.create_rollout(&r, &m))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(msg) => EngineError::RolloutConflict(msg),
+                other => other.into(),
+            })?;
+        self.record_decisions(
+            &id,
+            vec![(
+                "created".into(),
+                None,
+                format!(
+                    "rollout created by {actor} for release {} with {n} site(s) in {} wave(s)",
+                    release.id,
+                    plan.waves.len()
+                ),
+            )],
+            now,
+        )
+        .await?;
+        Ok(record)
+    }
+
+    /// Adds a site that enrolled, was relabelled or re-enabled to every active rollout
+    /// that selects it, in the first wave that still takes it
+    /// ([`controller::wave_for_joiner`]: an opened share wave does not); assigns it at
+    /// once if that wave is open. A wave that has not opened places it again with the
+    /// others when it opens.
+    pub async fn join_rollouts(&self, site_id: &str) -> Result<(), EngineError> {
+        let sid = site_id.to_string();
+        let Some(site) = self.db.run(move |s| s.site(&sid)).await? else {
+            return Ok(());
+        };
+        if site.state != WireSiteState::Active {
+            return Ok(());
+        }
+        let _guard = self.lock.lock().await;
+        let rollouts = self.db.run(|s| s.list_rollouts()).await?;
+        for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
+            let (member_already, head, opened) = self
+                .with_rollout(&r.id, |l| {
+                    (l.site(&site.id).is_some(), Head::of(l), l.current_wave())
+                })
+                .await?;
+            if member_already {
+                continue;
+            }
+            let Some(wave) = controller::wave_for_joiner(&head.plan, &site.labels, opened) else {
+                continue;
+            };
+            let member = RolloutSiteRecord {
+                rollout_id: r.id.clone(),
+                site_id: site.id.clone(),
+                wave,
+                previous_release_id: previous_release(&site, &head.release),
+                deferred_until: site.deferred_until,
+                ..RolloutSiteRecord::default()
+            };
+            let m = member.clone();
+            let added = self.db.run(move |s| s.add_rollout_sites(&[m])).await?;
+            if added.is_empty() {
+                continue;
+            }
+            self.facts.apply(&r.id, Update::Joined(member));
+            let now = self.clock.now();
+            self.record_decisions(
+                &r.id,
+                vec![(
+                    "site_joined".into(),
+                    Some(wave),
+                    format!("site {} joined wave {wave}", site.id),
+                )],
+                now,
+            )
+            .await?;
+            if matches!(r.status, WireStatus::Running | WireStatus::Paused) {
+                let record = self.with_rollout(&r.id, |l| l.record.clone()).await?;
+                self.assign_open_waves(&head, &record, now).await?;
+            }
+            break;
+        }
+        Ok(())
+    }
+
+    /// Applies an operator action to a rollout. Returns the rollout after the action.
+    pub async fn rollout_action(
+        &self,
+        id: &str,
+        action: Action,
+        actor: &str,
+    ) -> Result<(), EngineError> {
+        let _guard = self.lock.lock().await;
+        let now = self.clock.now();
+        let mut l = self.load_rollout(id).await?;
+        let status = l.record.status;
+        status
+            .allows(action.kind())
+            .map_err(|refused| EngineError::Refused {
+                rollout: id.to_string(),
+                refused,
+            })?;
+        let note: Option<(String, Option<u32>, String)>;
+        match &action {
+            Action::Start => {
+                l.record.status = WireStatus::Running;
+                note = Some(("started".into(), None, format!("started by {actor}")));
+            }
+            Action::Pause(reason) => {
+                l.record.status = WireStatus::Paused;
+                l.record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
+                note = Some((
+                    "paused".into(),
+                    None,
+                    l.record.status_reason.clone().unwrap_or_default(),
+                ));
+            }
+            Action::Resume => {
+                l.record.status = WireStatus::Running;
+                l.record.status_reason = None;
+                note = Some(("resumed".into(), None, format!("resumed by {actor}")));
+            }
+            Action::Approve(wave) => {
+                let waves = l.plan.waves.len();
+                let w = l
+                    .record
+                    .waves
+                    .get_mut(*wave as usize)
+                    .ok_or(EngineError::NoSuchWave { wave: *wave, waves })?;
+                if w.opened_at.is_none() {
+                    return Err(EngineError::WaveNotOpen(*wave));
+                }
+                w.approved_at = Some(now);
+                w.approved_by = Some(actor.to_string());
+                note = Some((
+                    "approved".into(),
+                    Some(*wave),
+                    format!("wave {wave} approved by {actor}"),
+                ));
+            }
+            Action::Abort(reason) => {
+                l.record.status = WireStatus::Aborted;
+                l.record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
+                note = Some((
+                    "aborted".into(),
+                    None,
+                    l.record.status_reason.clone().unwrap_or_default(),
+                ));
+                for s in &l.sites {
+                    if let Some(slot) = self.sites.get(&s.site_id)
+                        && slot
+                            .view()
+                            .assignment
+                            .is_some_and(|a| a.record.rollout_id == id && !a.record.rollback)
+                    {
+                        self.sites.clear_assignment(&s.site_id);
+                    }
+                }
+            }
+            Action::Rollback(reason) => {
+                let sites = controller::sites_to_roll_back(&l.view());
+                let (issued, missing) = self.roll_back(&Head::of(&l), &sites, now).await?;
+                l.record.status = WireStatus::RolledBack;
+                let mut why = format!(
+                    "rolled back by {actor}{}: {issued} site(s) sent back to their previous release",
+                    reason_tail(reason)
+                );
+                if !missing.is_empty() {
+                    why.push_str(&format!(
+                        "; no previous release known for: {}",
+                        missing.join(", ")
+                    ));
+                }
+                l.record.status_reason = Some(why.clone());
+                note = Some(("rollback".into(), None, why));
+            }
+            Action::Skip(site_id) => {
+                let (rid, sid) = (id.to_string(), site_id.clone());
+                self.db
+                    .run(move |s| s.set_rollout_site_skipped(&rid, &sid))
+                    .await?;
+                self.facts.apply(
+                    id,
+                    Update::Skipped {
+                        site_id: site_id.clone(),
+                    },
+                );
+                note = Some((
+                    "skipped".into(),
+                    None,
+                    format!("site {site_id} skipped by {actor}"),
+                ));
+            }
+        }
+        l.record.updated_at = now;
+        self.save_rollout(&l.record, note.into_iter().collect(), now)
+            .await?;
+        if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
+            self.tick_isolated(id, now).await;
+        }
+        Ok(())
+    }
+}
+
+/// An operator action on a rollout.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Start,
+    Pause(Option<String>),
+    Resume,
+    Approve(u32),
+    Abort(Option<String>),
+    Rollback(Option<String>),
+    Skip(String),
+}
+
+impl Action {
+    /// The action without its arguments, as [`RolloutStatus::allows`] judges it.
+    pub fn kind(&self) -> op::ActionKind {
+        match self {
+            Action::Start => op::ActionKind::Start,
+            Action::Pause(_) => op::ActionKind::Pause,
+            Action::Resume => op::ActionKind::Resume,
+            Action::Approve(_) => op::ActionKind::Approve,
+            Action::Abort(_) => op::ActionKind::Abort,
+            Action::Rollback(_) => op::ActionKind::Rollback,
+            Action::Skip(_) => op::ActionKind::Skip,
+        }
+    }
+}
+
+fn reason_tail(reason: &Option<String>) -> String {
+    reason
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
+}
+
+/// The release a site ran in the rollout's stream before it, if it said.
+fn previous_release(site: &crate::store::SiteRecord, release: &ReleaseRecord) -> Option<String> {
+    site.installed
+        .get(&release.name)
+        .and_then(|i| i.release_id.clone())
+        .filter(|id| *id != release.id)
+}
+
+/// A rollout id from the plan's name: a slug plus a random suffix (unique).
+fn rollout_id(name: &str) -> String {
+    let mut slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.truncate(40);
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "rollout" } else { slug };
+    format!("{slug}-{}", random_hex(4))
+}

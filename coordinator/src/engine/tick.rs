@@ -1,0 +1,277 @@
+//! Controller passes: one rollout ([`Engine::tick_rollout`]), every live rollout
+//! ([`Engine::tick_all`]), a failure kept to one rollout ([`Engine::tick_isolated`]: a
+//! rollout whose evaluation fails, by an error or a panic, is halted with the reason in its
+//! timeline and the pass goes on with the others), and the controller loop
+//! ([`Engine::run_controller`]). The controller task as a whole is kept alive by
+//! [`crate::supervisor`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fleetwave_shared::protocol::operator::RolloutStatus as WireStatus;
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use super::{Engine, EngineError, Head, current_wave};
+use crate::controller::{self, Decision};
+
+impl Engine {
+    /// Runs the controller once for one rollout and applies the outcome. Call with the
+    /// engine lock held.
+    pub async fn tick_rollout(&self, id: &str, now: Timestamp) -> Result<(), EngineError> {
+        let (mut record, head, view) = self
+            .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
+            .await?;
+        let outcome = controller::tick(&view, now);
+        let mut to_store = Vec::new();
+        let mut changed = false;
+        for decision in &outcome.decisions {
+            if !decision.changes_state() {
+                let key = decision.key();
+                let mut notes = self.last_note.lock().unwrap_or_else(|e| e.into_inner());
+                if notes.get(id) == Some(&key) {
+                    continue;
+                }
+                notes.insert(id.to_string(), key);
+                to_store.push((
+                    decision.kind().to_string(),
+                    decision.wave(),
+                    decision.reason().to_string(),
+                ));
+                continue;
+            }
+            self.last_note
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            changed = true;
+            to_store.push((
+                decision.kind().to_string(),
+                decision.wave(),
+                decision.reason().to_string(),
+            ));
+            match decision {
+                Decision::OpenWave { wave, .. } => {
+                    if let Some(why) = self.place_from_wave(id, *wave).await? {
+                        to_store.push(("membership".into(), Some(*wave), why));
+                    }
+                    let w = *wave as usize;
+                    if record.waves.len() <= w {
+                        record.waves.resize(w + 1, Default::default());
+                    }
+                    if record.waves[w].opened_at.is_none() {
+                        record.waves[w].opened_at = Some(now);
+                    }
+                    if w > 0 && record.waves[w - 1].passed_at.is_none() {
+                        record.waves[w - 1].passed_at = Some(now);
+                    }
+                }
+                Decision::Halt {
+                    reason, rollback, ..
+                } => {
+                    record.status_reason = Some(reason.clone());
+                    if !rollback.is_empty() {
+                        let (issued, missing) = self.roll_back(&head, rollback, now).await?;
+                        let mut why = format!(
+                            "auto_rollback: {issued} site(s) sent back to their previous release"
+                        );
+                        if !missing.is_empty() {
+                            why.push_str(&format!(
+                                "; no previous release known for: {}",
+                                missing.join(", ")
+                            ));
+                        }
+                        to_store.push(("rollback".into(), None, why));
+                    }
+                }
+                Decision::Complete { reason } => {
+                    if let Some(last) = record.waves.last_mut()
+                        && last.passed_at.is_none()
+                    {
+                        last.passed_at = Some(now);
+                    }
+                    record.status_reason = Some(reason.clone());
+                }
+                _ => {}
+            }
+        }
+        let auto_rolled_back = outcome
+            .decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
+        if outcome.changes(&view) || changed {
+            record.status = if auto_rolled_back {
+                WireStatus::RolledBack
+            } else {
+                outcome.status
+            };
+            record.updated_at = now;
+        }
+        // Assignments first: whoever sees the wave open also finds its assignments.
+        if matches!(record.status, WireStatus::Running | WireStatus::Paused) {
+            self.assign_open_waves(&head, &record, now).await?;
+        }
+        if outcome.changes(&view) || changed {
+            self.save_rollout(&record, to_store, now).await?;
+        } else {
+            self.record_decisions(id, to_store, now).await?;
+        }
+        Ok(())
+    }
+
+    /// One controller pass over every running or paused rollout. A rollout whose
+    /// evaluation fails is dealt with by [`Engine::tick_isolated`]; the others go on.
+    pub async fn tick_all(&self) -> Result<(), EngineError> {
+        let _guard = self.lock.lock().await;
+        let rollouts = self.db.run(|s| s.list_rollouts()).await?;
+        let now = self.clock.now();
+        for r in rollouts
+            .iter()
+            .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused))
+        {
+            self.tick_isolated(&r.id, now).await;
+        }
+        Ok(())
+    }
+
+    /// [`Engine::tick_rollout`], with its failure kept to this one rollout. A panic, or an
+    /// error other than the storage being unavailable, halts the rollout at once with the
+    /// reason as a `halt` decision in its timeline; a storage error is retried on the
+    /// next passes and halts the rollout on the [`HALT_AFTER_FAILED_PASSES`]th in a row.
+    /// Call with the engine lock held.
+    pub async fn tick_isolated(&self, id: &str, now: Timestamp) {
+        use futures_util::FutureExt as _;
+        let outcome = std::panic::AssertUnwindSafe(self.tick_rollout(id, now))
+            .catch_unwind()
+            .await;
+        let why = match outcome {
+            Ok(Ok(())) => {
+                self.failed_passes().remove(id);
+                return;
+            }
+            Ok(Err(e)) if e.is_storage_unavailable() => {
+                let n = {
+                    let mut failed = self.failed_passes();
+                    let n = failed.entry(id.to_string()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                tracing::warn!(rollout = %id, error = %e, failed_passes = n, "wave controller tick failed");
+                if n < HALT_AFTER_FAILED_PASSES {
+                    return;
+                }
+                format!("{n} passes in a row failed, the last with: {e}")
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("evaluating it panicked: {}", panic_message(&*panic)),
+        };
+        self.failed_passes().remove(id);
+        // Memory may be what is wrong: the next use of the rollout reads SQLite again.
+        self.facts.forget(id);
+        tracing::error!(rollout = %id, reason = %why, "the wave controller could not evaluate a rollout; halting it");
+        if let Err(e) = self.halt_unevaluable(id, &why, now).await {
+            tracing::error!(rollout = %id, error = %e, "could not halt a rollout the wave controller cannot evaluate; retrying on the next pass");
+        }
+    }
+
+    pub(super) fn failed_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failed_passes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Halts a running or paused rollout that the controller cannot evaluate, storing
+    /// why as a `halt` decision. Reads the stored record, not memory.
+    pub(super) async fn halt_unevaluable(
+        &self,
+        id: &str,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let mut record = self.rollout_record(id).await?;
+        if !matches!(record.status, WireStatus::Running | WireStatus::Paused) {
+            return Ok(());
+        }
+        let reason = format!(
+            "halted: the wave controller could not evaluate this rollout: {why}. Nothing new \
+             starts; fix the cause, then resume or abort the rollout"
+        );
+        record.status = WireStatus::Halted;
+        record.status_reason = Some(reason.clone());
+        record.updated_at = now;
+        let halt = vec![("halt".into(), current_wave(&record), reason)];
+        self.save_rollout(&record, halt, now).await?;
+        self.last_note
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.metrics.controller_rollout_failures.inc();
+        Ok(())
+    }
+}
+
+/// A rollout whose evaluation fails with a storage error on so many passes in a row is
+/// halted (other failures halt it at once).
+pub const HALT_AFTER_FAILED_PASSES: u32 = 3;
+
+/// The least time between the end of one controller pass and the next woken pass.
+/// Gates are about minutes (bakes, report deadlines); a quarter second later changes no
+/// decision, while woken passes back to back re-evaluated a 20,000-site wave about 40
+/// times a second during its reports.
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(250);
+
+/// How long a wake-up waits after a pass that took `took`: four times as long, so the
+/// controller holds the engine lock (which leases take too) at most a fifth of the time,
+/// and at least [`MIN_PASS_GAP`]. Reports wake the controller all through a wave; at
+/// 100,000 sites a pass takes tens of milliseconds, and back-to-back passes took a core
+/// and let leases through at under one per second.
+pub fn pass_gap(took: Duration) -> Duration {
+    took.saturating_mul(4).max(MIN_PASS_GAP)
+}
+
+/// The message a panic was raised with (`panic!("...")`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a message)".to_string()
+    }
+}
+
+impl Engine {
+    /// Runs the wave controller every `tick` and whenever woken (paced by [`pass_gap`]),
+    /// until `shutdown` turns true; calls `pass_completed` with the time after each
+    /// completed pass.
+    pub async fn run_controller(
+        &self,
+        tick: Duration,
+        mut shutdown: watch::Receiver<bool>,
+        pass_completed: impl Fn(Timestamp),
+    ) {
+        let mut refresh_at = tokio::time::Instant::now();
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.tick_all().await {
+                Ok(()) => pass_completed(self.clock.now()),
+                Err(e) => tracing::warn!(error = %e, "wave controller pass failed"),
+            }
+            let earliest = tokio::time::Instant::now() + pass_gap(started.elapsed());
+            if tokio::time::Instant::now() >= refresh_at {
+                if let Err(e) = self.refresh_assignments().await {
+                    tracing::warn!(error = %e, "assignment refresh failed");
+                }
+                refresh_at = tokio::time::Instant::now() + Duration::from_secs(60);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.controller_wake.notified() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(earliest) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
