@@ -37,20 +37,19 @@ async fn text(c: &fantoccini::Client, css: &str) -> String {
 
 /// Waits until the element's text satisfies `ok` (the page patches itself; no reload).
 async fn wait_text(c: &fantoccini::Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let t = match c.find(Locator::Css(css)).await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if ok(&t) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {css} shows {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = fleetwave_testkit::wait(
+        fleetwave_testkit::patience(Duration::from_secs(30)),
+        || async {
+            let t = match c.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if ok(&t) { Ok(()) } else { Err(t) }
+        },
+    )
+    .await;
+    if let Err(t) = waited {
+        panic!("timed out waiting for {what}: {css} shows {:?}", t.last);
     }
 }
 
