@@ -22,8 +22,9 @@ pub use sqlite::SqliteStore;
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend failed (I/O, SQL, constraint...): its own error, kept as the source.
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("database migration failed: {0}")]
     Migration(String),
     #[error("{0}")]
