@@ -321,13 +321,16 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
 
     // Oldest first and at most the limit.
     let cut = ts("2026-01-02T00:00:00Z");
-    assert_eq!(store.prune_reports("health", cut, 1).unwrap(), 1);
+    assert_eq!(store.prune_reports(ReportKind::Health, cut, 1).unwrap(), 1);
     assert_eq!(stored_reports(&dir), ["h2", "h3", "p1"]);
-    assert_eq!(store.prune_reports("health", cut, 100).unwrap(), 1);
+    assert_eq!(
+        store.prune_reports(ReportKind::Health, cut, 100).unwrap(),
+        1
+    );
     // Other kinds and newer rows are left alone.
     assert_eq!(stored_reports(&dir), ["h3", "p1"]);
-    assert_eq!(store.prune_reports("phase", old, 100).unwrap(), 0);
-    assert_eq!(store.prune_reports("phase", cut, 100).unwrap(), 1);
+    assert_eq!(store.prune_reports(ReportKind::Phase, old, 100).unwrap(), 0);
+    assert_eq!(store.prune_reports(ReportKind::Phase, cut, 100).unwrap(), 1);
     assert_eq!(stored_reports(&dir), ["h3"]);
 
     // A report resent after pruning is stored again and changes nothing.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{OperatorRole, RolloutStatus, SiteState};
-use fleetwave_shared::protocol::{Event, Phase};
+use fleetwave_shared::protocol::{Event, EventBody, Phase};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +279,61 @@ pub fn event_time(at: Timestamp, received_at: Timestamp) -> Timestamp {
     at.min(received_at)
 }
 
+/// The kind of a stored report: one per [`EventBody`] variant (its `kind` on the wire).
+/// Backends store it with [`ReportKind::as_str`] and read it back with
+/// [`ReportKind::parse`]; everywhere else it is this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReportKind {
+    Phase,
+    Health,
+    Deferral,
+    Installed,
+    Refusal,
+}
+
+impl ReportKind {
+    /// Every kind (what retention walks).
+    pub const ALL: [ReportKind; 5] = [
+        ReportKind::Phase,
+        ReportKind::Health,
+        ReportKind::Deferral,
+        ReportKind::Installed,
+        ReportKind::Refusal,
+    ];
+
+    /// The kind of an event.
+    pub fn of(body: &EventBody) -> ReportKind {
+        match body {
+            EventBody::Phase { .. } => ReportKind::Phase,
+            EventBody::Health { .. } => ReportKind::Health,
+            EventBody::Deferral { .. } => ReportKind::Deferral,
+            EventBody::Installed { .. } => ReportKind::Installed,
+            EventBody::Refusal { .. } => ReportKind::Refusal,
+        }
+    }
+
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Phase => "phase",
+            ReportKind::Health => "health",
+            ReportKind::Deferral => "deferral",
+            ReportKind::Installed => "installed",
+            ReportKind::Refusal => "refusal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReportKind> {
+        ReportKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ReportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One agent's report batch, as [`Store::apply_report_group`] takes it.
 #[derive(Debug, Clone)]
 pub struct ReportInput {
@@ -448,11 +503,15 @@ pub trait Store: Send + Sync + 'static {
         batches: &[ReportInput],
     ) -> StoreResult<Vec<StoreResult<ReportOutcome>>>;
 
-    /// Deletes at most `limit` stored reports of `kind` (see
-    /// [`sqlite::REPORT_KINDS`]) received before `before`, oldest first, in one
-    /// transaction; returns how many. Applying a report again later is harmless: every
-    /// report's effect is guarded by its time (see [`crate::retention`]).
-    fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize>;
+    /// Deletes at most `limit` stored reports of `kind` received before `before`, oldest
+    /// first, in one transaction; returns how many. Applying a report again later is
+    /// harmless: every report's effect is guarded by its time (see [`crate::retention`]).
+    fn prune_reports(
+        &self,
+        kind: ReportKind,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize>;
 
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;

@@ -47,8 +47,6 @@ pub const FIRST_UNHEALTHY_SQL: &str = "SELECT MIN(at) FROM reports WHERE site_id
 /// Deletes at most ?3 reports of kind ?1 received before ?2, oldest first, through the
 /// index `reports_by_kind_received` (schema v3).
 pub const PRUNE_REPORTS_SQL: &str = "DELETE FROM reports WHERE rowid IN (SELECT rowid FROM reports WHERE kind = ?1 AND received_at < ?2 ORDER BY received_at LIMIT ?3)";
-/// Every kind of stored report (`reports.kind`), as [`event_kind`] names them.
-pub const REPORT_KINDS: [&str; 5] = ["phase", "health", "deferral", "installed", "refusal"];
 
 /// The migrations, in order. Never edit a released one: add the next.
 fn migrations() -> Migrations<'static> {

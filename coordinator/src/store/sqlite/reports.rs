@@ -15,7 +15,7 @@ pub(super) fn apply_batch(
 ) -> StoreResult<ReportOutcome> {
     let mut outcome = ReportOutcome::default();
     for event in events {
-        let kind = event_kind(&event.body);
+        let kind = ReportKind::of(&event.body).as_str();
         let at = super::event_time(event.at, received_at);
         let n = tx
             .prepare_cached(
@@ -45,18 +45,6 @@ pub(super) fn apply_batch(
         }
     }
     Ok(outcome)
-}
-
-/// The `reports.kind` of an event (its `kind` on the wire). A new kind also goes into
-/// [`REPORT_KINDS`], or retention never prunes it.
-pub(super) fn event_kind(body: &EventBody) -> &'static str {
-    match body {
-        EventBody::Phase { .. } => "phase",
-        EventBody::Health { .. } => "health",
-        EventBody::Deferral { .. } => "deferral",
-        EventBody::Installed { .. } => "installed",
-        EventBody::Refusal { .. } => "refusal",
-    }
 }
 
 /// The site's row in its active rollout (or in `rollout_id`), with that rollout's release.
@@ -344,11 +332,13 @@ mod tests {
                 sequence: None,
             },
         ];
-        let kinds: Vec<&str> = samples.iter().map(event_kind).collect();
-        assert_eq!(kinds, REPORT_KINDS);
-        // And each is the event's `kind` on the wire.
-        for (body, kind) in samples.iter().zip(REPORT_KINDS) {
-            assert_eq!(serde_json::to_value(body).unwrap()["kind"], kind);
+        let kinds: Vec<ReportKind> = samples.iter().map(ReportKind::of).collect();
+        assert_eq!(kinds, ReportKind::ALL);
+        // And each is the event's `kind` on the wire, and parses back.
+        for (body, kind) in samples.iter().zip(ReportKind::ALL) {
+            assert_eq!(serde_json::to_value(body).unwrap()["kind"], kind.as_str());
+            assert_eq!(ReportKind::parse(kind.as_str()), Some(kind));
         }
+        assert_eq!(ReportKind::parse("nope"), None);
     }
 }

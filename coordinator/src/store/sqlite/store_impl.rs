@@ -699,10 +699,15 @@ impl Store for SqliteStore {
         self.write(|tx| insert_decisions(tx, decisions))
     }
 
-    fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize> {
+    fn prune_reports(
+        &self,
+        kind: ReportKind,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize> {
         self.write(|tx| {
             let n = tx.prepare_cached(PRUNE_REPORTS_SQL)?.execute(params![
-                kind,
+                kind.as_str(),
                 ms(before),
                 limit as i64
             ])?;
