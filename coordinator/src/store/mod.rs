@@ -6,6 +6,7 @@
 //! returns only after its transaction committed: an `Ok` is an acknowledged, durable write.
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
+pub mod fold;
 pub mod read;
 pub mod sqlite;
 

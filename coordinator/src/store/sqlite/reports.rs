@@ -47,255 +47,158 @@ pub(super) fn apply_batch(
     Ok(outcome)
 }
 
-/// The site's row in its active rollout (or in `rollout_id`), with that rollout's release.
-pub(super) fn rollout_row_for(
+/// The site's row in the rollout `rollout_id` (or else in its active rollout), with that
+/// rollout's release.
+fn rollout_row_for(
     tx: &rusqlite::Transaction,
     site_id: &str,
     rollout_id: Option<&str>,
-) -> StoreResult<Option<(String, String)>> {
+) -> StoreResult<Option<(RolloutSiteRecord, String)>> {
+    let read = |r: &rusqlite::Row| Ok((rs_record(r)?, r.get::<_, String>(19)?));
     let row = match rollout_id {
         Some(id) => tx
-            .prepare_cached("SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.rollout_id = ?2")?
-            .query_row(
-                params![site_id, id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(&format!("SELECT {RS_COLS}, r.release_id FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.rollout_id = ?2"))?
+            .query_row(params![site_id, id], read)
             .optional()?,
         None => tx
-            .prepare_cached("SELECT rs.rollout_id, r.release_id FROM rollout_sites rs JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.active = 1")?
-            .query_row(
-                [site_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(&format!("SELECT {RS_COLS}, r.release_id FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.active = 1"))?
+            .query_row([site_id], read)
             .optional()?,
     };
     Ok(row)
 }
 
+/// Writes back the facts of a rollout site that [`fold::fold_rollout_site`] sets.
+fn write_rollout_row(tx: &rusqlite::Transaction, row: &RolloutSiteRecord) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE rollout_sites SET phase = ?3, phase_at = ?4, detail = ?5, committed_at = ?6, failed_at = ?7, failure = ?8,
+           rolled_back = ?9, leased_at = ?10, last_healthy_at = ?11, first_unhealthy_after_commit_at = ?12,
+           last_report_at = ?13, previous_release_id = ?14
+         WHERE rollout_id = ?1 AND site_id = ?2",
+    )?
+    .execute(params![
+        row.rollout_id,
+        row.site_id,
+        row.phase.map(phase_str),
+        row.phase_at.map(ms),
+        row.detail,
+        row.committed_at.map(ms),
+        row.failed_at.map(ms),
+        row.failure,
+        row.rolled_back,
+        row.leased_at.map(ms),
+        row.last_healthy_at.map(ms),
+        row.first_unhealthy_after_commit_at.map(ms),
+        row.last_report_at.map(ms),
+        row.previous_release_id,
+    ])?;
+    Ok(())
+}
+
+/// Folds a health or deferral event into the site's own facts (read, fold, write).
+fn apply_site_facts(
+    tx: &rusqlite::Transaction,
+    site_id: &str,
+    body: &EventBody,
+    time: Timestamp,
+) -> StoreResult<()> {
+    let row = tx
+        .prepare_cached(
+            "SELECT healthy, health_at, deferred_until, deferral_at FROM sites WHERE id = ?1",
+        )?
+        .query_row([site_id], |r| {
+            Ok((
+                r.get::<_, Option<bool>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((healthy, health_at, deferred_until, deferral_at)) = row else {
+        return Ok(());
+    };
+    let mut facts = fold::SiteFacts {
+        healthy,
+        health_at: opt_ts(health_at)?,
+        deferred_until: opt_ts(deferred_until)?,
+        deferral_at: opt_ts(deferral_at)?,
+    };
+    if fold::fold_site(&mut facts, body, time) {
+        tx.prepare_cached(
+            "UPDATE sites SET healthy = ?2, health_at = ?3, deferred_until = ?4, deferral_at = ?5 WHERE id = ?1",
+        )?
+        .execute(params![
+            site_id,
+            facts.healthy,
+            facts.health_at.map(ms),
+            facts.deferred_until.map(ms),
+            facts.deferral_at.map(ms),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Folds an `installed` event into what the site runs (read, fold, write).
+fn apply_installed(
+    tx: &rusqlite::Transaction,
+    site_id: &str,
+    body: &EventBody,
+    time: Timestamp,
+) -> StoreResult<()> {
+    let installed: String = tx
+        .prepare_cached("SELECT installed FROM sites WHERE id = ?1")?
+        .query_row([site_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no site {site_id}")))?;
+    let mut map: BTreeMap<String, InstalledRelease> = serde_json::from_str(&installed)
+        .map_err(|e| StoreError::Corrupt(format!("site {site_id}: installed: {e}")))?;
+    if fold::fold_installed(&mut map, body, time) {
+        tx.prepare_cached("UPDATE sites SET installed = ?2 WHERE id = ?1")?
+            .execute(params![site_id, to_json(&map)])?;
+    }
+    Ok(())
+}
+
 /// Applies one new event's facts at `time` (the event's time as [`super::event_time`]
-/// bounds it). Every fact follows that time, so a late event never moves a fact
-/// backwards. Returns the rollout whose facts changed.
+/// bounds it): reads the facts, folds the event in with [`fold`]'s rules (facts never go
+/// backwards; a terminal phase releases the lease) and writes them back. Returns the
+/// rollout whose facts changed.
 pub(super) fn apply_event(
     tx: &rusqlite::Transaction,
     site_id: &str,
     event: &Event,
     time: Timestamp,
 ) -> StoreResult<Option<String>> {
-    let at = ms(time);
+    // Facts are stored in milliseconds: fold at the time as stored, so that comparisons
+    // with stored times are exact.
+    let time = from_millis(ms(time))?;
     match &event.body {
-        EventBody::Phase {
-            rollout_id,
-            release_id,
-            phase,
-            detail,
-        } => {
-            let Some((rollout, target)) = rollout_row_for(tx, site_id, rollout_id.as_deref())?
-            else {
-                return Ok(None);
-            };
-            let key = params![rollout, site_id, at, phase_str(*phase), detail];
-            tx.prepare_cached(
-                "UPDATE rollout_sites SET phase = ?4, phase_at = ?3, detail = ?5 WHERE rollout_id = ?1 AND site_id = ?2 AND (phase_at IS NULL OR phase_at <= ?3)",
-            )?
-            .execute(
-                key,
-            )?;
-            touch_report(tx, &rollout, site_id, at)?;
-            let target_release = *release_id == target;
-            match phase {
-                Phase::Committed if target_release => record_commit(tx, &rollout, site_id, at)?,
-                // A rollback the agent gave up on is a failure too (its detail says why).
-                Phase::Failed | Phase::RollbackFailed if target_release => {
-                    tx.prepare_cached(
-                        "UPDATE rollout_sites SET failed_at = MAX(COALESCE(failed_at, ?3), ?3),
-                           failure = CASE WHEN failed_at IS NULL OR failed_at <= ?3 THEN ?4 ELSE failure END
-                         WHERE rollout_id = ?1 AND site_id = ?2",
-                    )?
-                    .execute(
-                        params![rollout, site_id, at, detail],
-                    )?;
-                }
-                Phase::RolledBack if target_release => {
-                    tx.prepare_cached(
-                        "UPDATE rollout_sites SET rolled_back = 1 WHERE rollout_id = ?1 AND site_id = ?2",
-                    )?
-                    .execute(
-                        params![rollout, site_id],
-                    )?;
-                }
-                Phase::Leased => {
-                    tx.prepare_cached(
-                        "UPDATE rollout_sites SET leased_at = MAX(COALESCE(leased_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                    )?
-                    .execute(
-                        params![rollout, site_id, at],
-                    )?;
-                }
-                _ => {}
-            }
-            if matches!(
-                phase,
-                Phase::Committed | Phase::Failed | Phase::RolledBack | Phase::RollbackFailed
-            ) {
-                tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?
-                    .execute(params![rollout, site_id])?;
-            }
-            Ok(Some(rollout))
+        EventBody::Health { .. } | EventBody::Deferral { .. } => {
+            apply_site_facts(tx, site_id, &event.body, time)?
         }
-        EventBody::Health { healthy, .. } => {
-            tx.prepare_cached(
-                "UPDATE sites SET healthy = ?2, health_at = ?3 WHERE id = ?1 AND (health_at IS NULL OR health_at <= ?3)",
-            )?
-            .execute(
-                params![site_id, healthy, at],
-            )?;
-            let Some((rollout, _)) = rollout_row_for(tx, site_id, None)? else {
-                return Ok(None);
-            };
-            if *healthy {
-                tx.prepare_cached(
-                    "UPDATE rollout_sites SET last_healthy_at = MAX(COALESCE(last_healthy_at, ?3), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-                )?
-                .execute(
-                    params![rollout, site_id, at],
-                )?;
-            } else {
-                tx.prepare_cached(
-                    "UPDATE rollout_sites SET first_unhealthy_after_commit_at = MIN(COALESCE(first_unhealthy_after_commit_at, ?3), ?3)
-                     WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NOT NULL AND committed_at <= ?3",
-                )?
-                .execute(
-                    params![rollout, site_id, at],
-                )?;
-            }
-            touch_report(tx, &rollout, site_id, at)?;
-            Ok(Some(rollout))
-        }
-        EventBody::Deferral { until, .. } => {
-            tx.prepare_cached(
-                "UPDATE sites SET deferred_until = ?2, deferral_at = ?3 WHERE id = ?1 AND (deferral_at IS NULL OR deferral_at <= ?3)",
-            )?
-            .execute(
-                params![site_id, until.map(ms), at],
-            )?;
-            let rollout = rollout_row_for(tx, site_id, None)?.map(|(r, _)| r);
-            if let Some(r) = &rollout {
-                touch_report(tx, r, site_id, at)?;
-            }
-            Ok(rollout)
-        }
-        EventBody::Installed {
-            name,
-            release_id,
-            version,
-            previous_release_id,
-        } => {
-            let installed: String = tx
-                .prepare_cached("SELECT installed FROM sites WHERE id = ?1")?
-                .query_row([site_id], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("no site {site_id}")))?;
-            let mut map: BTreeMap<String, InstalledRelease> = serde_json::from_str(&installed)
-                .map_err(|e| StoreError::Corrupt(format!("site {site_id}: installed: {e}")))?;
-            if map.get(name).is_none_or(|old| old.at <= time) {
-                map.insert(
-                    name.clone(),
-                    InstalledRelease {
-                        release_id: release_id.clone(),
-                        version: version.clone(),
-                        previous_release_id: previous_release_id.clone(),
-                        at: time,
-                    },
-                );
-                tx.prepare_cached("UPDATE sites SET installed = ?2 WHERE id = ?1")?
-                    .execute(params![site_id, to_json(&map)])?;
-            }
-            let Some((rollout, target)) = rollout_row_for(tx, site_id, None)? else {
-                return Ok(None);
-            };
-            // The release the site ran before this rollout: what a rollback goes back to.
-            let previous = if release_id.as_deref() == Some(target.as_str()) {
-                previous_release_id.clone()
-            } else {
-                release_id.clone()
-            };
-            if release_id.as_deref() == Some(target.as_str()) {
-                record_commit(tx, &rollout, site_id, at)?;
-            }
-            if let Some(previous) = previous.filter(|p| *p != target) {
-                tx.prepare_cached(
-                    "UPDATE rollout_sites SET previous_release_id = ?3 WHERE rollout_id = ?1 AND site_id = ?2 AND committed_at IS NULL",
-                )?
-                .execute(
-                    params![rollout, site_id, previous],
-                )?;
-            }
-            touch_report(tx, &rollout, site_id, at)?;
-            Ok(Some(rollout))
-        }
-        EventBody::Refusal {
-            rollout_id,
-            code,
-            message,
-            ..
-        } => {
-            let Some((rollout, _)) = rollout_row_for(tx, site_id, rollout_id.as_deref())? else {
-                return Ok(None);
-            };
-            tx.prepare_cached(
-                "UPDATE rollout_sites SET detail = ?4 WHERE rollout_id = ?1 AND site_id = ?2 AND (phase_at IS NULL OR phase_at <= ?3)",
-            )?
-            .execute(
-                params![rollout, site_id, at, format!("refused: {code}: {message}")],
-            )?;
-            touch_report(tx, &rollout, site_id, at)?;
-            Ok(Some(rollout))
-        }
+        EventBody::Installed { .. } => apply_installed(tx, site_id, &event.body, time)?,
+        EventBody::Phase { .. } | EventBody::Refusal { .. } => {}
     }
-}
-
-pub(super) fn touch_report(
-    tx: &rusqlite::Transaction,
-    rollout: &str,
-    site_id: &str,
-    at: i64,
-) -> StoreResult<()> {
-    tx.prepare_cached(
-        "UPDATE rollout_sites SET last_report_at = MAX(COALESCE(last_report_at, 0), ?3) WHERE rollout_id = ?1 AND site_id = ?2",
-    )?
-    .execute(
-        params![rollout, site_id, at],
-    )?;
-    Ok(())
-}
-
-/// A commit of the target release at `at`: the latest commit counts, and the first
-/// unhealthy heartbeat after it is recomputed from the stored reports (which may have
-/// arrived before the commit did).
-pub(super) fn record_commit(
-    tx: &rusqlite::Transaction,
-    rollout: &str,
-    site_id: &str,
-    at: i64,
-) -> StoreResult<()> {
-    let committed: Option<i64> = tx
-        .prepare_cached(
-            "SELECT committed_at FROM rollout_sites WHERE rollout_id = ?1 AND site_id = ?2",
-        )?
-        .query_row(params![rollout, site_id], |r| r.get(0))?;
-    if committed.is_some_and(|c| c >= at) {
-        return Ok(());
+    let Some((mut row, target)) = rollout_row_for(tx, site_id, fold::named_rollout(&event.body))?
+    else {
+        return Ok(None);
+    };
+    let before = row.clone();
+    let fold = fold::fold_rollout_site(&mut row, &target, &event.body, time, |since| {
+        let first: Option<i64> = tx
+            .prepare_cached(FIRST_UNHEALTHY_SQL)?
+            .query_row(params![site_id, ms(since)], |r| r.get(0))?;
+        opt_ts(first)
+    })?;
+    if row != before {
+        write_rollout_row(tx, &row)?;
     }
-    let first_unhealthy: Option<i64> = tx
-        .prepare_cached(FIRST_UNHEALTHY_SQL)?
-        .query_row(params![site_id, at], |r| r.get(0))?;
-    tx.prepare_cached(
-        "UPDATE rollout_sites SET committed_at = ?3, first_unhealthy_after_commit_at = ?4 WHERE rollout_id = ?1 AND site_id = ?2",
-    )?
-    .execute(
-        params![rollout, site_id, at, first_unhealthy],
-    )?;
-    Ok(())
+    if fold.release_lease {
+        tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?
+            .execute(params![row.rollout_id, site_id])?;
+    }
+    Ok(Some(row.rollout_id))
 }
 
 #[cfg(test)]
