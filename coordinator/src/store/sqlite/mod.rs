@@ -4,7 +4,7 @@
 //! Every write is one transaction committed with `synchronous=FULL` before the method
 //! returns. It must never be called from an async worker thread directly: go through
 //! [`super::Db`].
-
+//!
 //! Layout: this module holds the connections and migrations; [`rows`] maps rows to
 //! records, `store_impl` implements [`Store`], [`reports`] stores and folds agent reports
 //! (the rules themselves are [`super::fold`]'s), [`dashboard`] is the dashboard's read
