@@ -100,7 +100,8 @@ pub fn fold_installed(
     else {
         return false;
     };
-    if !installed.get(name).is_none_or(|old| old.at <= at) {
+    // Facts never go backwards: a newer report of the stream stays.
+    if installed.get(name).is_some_and(|old| old.at > at) {
         return false;
     }
     let new = InstalledRelease {
