@@ -521,6 +521,11 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, entry: &AuditRecord) -> StoreResult<()>;
     /// Audit entries with id below `before` (newest first), at most `limit`.
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    // The dashboard
+    /// The dashboard's read model over this store's data, on access that never blocks the
+    /// store's writer (see [`read`]).
+    fn dashboard_read(&self) -> Arc<dyn read::DashboardRead>;
 }
 
 /// The async face of a [`Store`]: runs each call on tokio's blocking pool so that the
@@ -544,6 +549,11 @@ impl Db {
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The store's [`read::DashboardRead`] (see [`Store::dashboard_read`]).
+    pub fn dashboard_read(&self) -> Arc<dyn read::DashboardRead> {
+        self.store.dashboard_read()
     }
 }
 

@@ -17,7 +17,7 @@ mod rows;
 mod store_impl;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -58,6 +58,8 @@ fn migrations() -> Migrations<'static> {
 }
 
 pub struct SqliteStore {
+    /// The database file (the dashboard's read model opens its own connections to it).
+    path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -108,6 +110,7 @@ impl SqliteStore {
             readers.push(Mutex::new(conn));
         }
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),

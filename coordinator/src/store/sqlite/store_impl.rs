@@ -6,6 +6,10 @@ use rusqlite::{OptionalExtension, params};
 use super::*;
 
 impl Store for SqliteStore {
+    fn dashboard_read(&self) -> Arc<dyn super::read::DashboardRead> {
+        Arc::new(dashboard::SqliteReadModel::new(self.path.clone()))
+    }
+
     fn ping(&self) -> StoreResult<()> {
         self.read(|c| {
             Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
