@@ -5,15 +5,22 @@
 //! returns. It must never be called from an async worker thread directly: go through
 //! [`super::Db`].
 //!
-//! Layout: this module holds the connections and migrations; [`rows`] maps rows to
-//! records, `store_impl` implements [`Store`], [`reports`] stores and folds agent reports
-//! (the rules themselves are [`super::fold`]'s), [`dashboard`] is the dashboard's read
-//! model and [`backup`] the backup and restore of the file.
+//! Layout: this module holds the connections and migrations; `rows` maps rows to
+//! records; `store_impl` implements [`Store`] by delegating to one module per area
+//! (`access`, `sites`, `releases`, `rollouts`, `assignments`, `reports`: the report
+//! path, which stores agent reports and folds them with [`super::fold`]'s rules);
+//! [`dashboard`] is the dashboard's read model and [`backup`] the backup and restore of
+//! the file.
 
+mod access;
+mod assignments;
 pub mod backup;
 pub mod dashboard;
+mod releases;
 mod reports;
+mod rollouts;
 mod rows;
+mod sites;
 mod store_impl;
 
 use std::collections::BTreeMap;
@@ -28,7 +35,6 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
 use super::*;
-use reports::*;
 use rows::*;
 
 impl From<rusqlite::Error> for StoreError {

@@ -201,6 +201,46 @@ pub(super) fn apply_event(
     Ok(Some(row.rollout_id))
 }
 
+pub(super) fn apply_report_group(
+    s: &SqliteStore,
+    batches: &[ReportInput],
+) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
+    s.write(|tx| {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            // Each batch under its own savepoint: a failing one is undone alone.
+            tx.execute_batch("SAVEPOINT report_batch")?;
+            match apply_batch(tx, &b.site_id, &b.events, b.received_at) {
+                Ok(outcome) => {
+                    tx.execute_batch("RELEASE report_batch")?;
+                    out.push(Ok(outcome));
+                }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO report_batch; RELEASE report_batch")?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub(super) fn prune_reports(
+    s: &SqliteStore,
+    kind: ReportKind,
+    before: Timestamp,
+    limit: usize,
+) -> StoreResult<usize> {
+    s.write(|tx| {
+        let n = tx.prepare_cached(PRUNE_REPORTS_SQL)?.execute(params![
+            kind.as_str(),
+            ms(before),
+            limit as i64
+        ])?;
+        Ok(n)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
