@@ -26,8 +26,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::config::RetentionConfig;
 use crate::metrics::KindLabel;
 use crate::state::AppState;
-use crate::store::StoreError;
-use crate::store::sqlite::REPORT_KINDS;
+use crate::store::{ReportKind, StoreError};
 
 /// How often a pruning round runs.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(300);
@@ -42,12 +41,12 @@ const MIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// The cut-off of each kind at `now`: rows received before it are due. Kinds kept
 /// forever (a retention of 0) are left out.
-pub fn cut_offs(config: &RetentionConfig, now: Timestamp) -> Vec<(&'static str, Timestamp)> {
+pub fn cut_offs(config: &RetentionConfig, now: Timestamp) -> Vec<(ReportKind, Timestamp)> {
     let hours = |h: u64| SignedDuration::from_hours(h as i64);
-    REPORT_KINDS
-        .iter()
-        .filter_map(|&kind| {
-            let keep = if kind == "health" {
+    ReportKind::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let keep = if kind == ReportKind::Health {
                 config.health_hours
             } else {
                 config.reports_days * 24
@@ -87,9 +86,11 @@ pub async fn prune_once(
         if total > 0 {
             app.metrics
                 .reports_pruned
-                .get_or_create(&KindLabel { kind: kind.into() })
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str().into(),
+                })
                 .inc_by(total);
-            deleted.push((kind, total));
+            deleted.push((kind.as_str(), total));
         }
     }
     Ok(deleted)
@@ -141,9 +142,9 @@ mod tests {
             reports_days: 90,
         };
         let cuts = cut_offs(&c, now);
-        assert_eq!(cuts.len(), REPORT_KINDS.len());
+        assert_eq!(cuts.len(), ReportKind::ALL.len());
         for (kind, at) in cuts {
-            let expected = if kind == "health" {
+            let expected = if kind == ReportKind::Health {
                 "2026-11-25T12:00:00Z"
             } else {
                 "2026-08-29T12:00:00Z"
@@ -155,7 +156,7 @@ mod tests {
             reports_days: 7,
         };
         let kinds: Vec<_> = cut_offs(&c, now).into_iter().map(|(k, _)| k).collect();
-        assert!(!kinds.contains(&"health") && kinds.len() == REPORT_KINDS.len() - 1);
+        assert!(!kinds.contains(&ReportKind::Health) && kinds.len() == ReportKind::ALL.len() - 1);
         let c = RetentionConfig {
             health_hours: 0,
             reports_days: 0,

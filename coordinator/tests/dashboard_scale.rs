@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleetwave_coordinator::config::Config;
-use fleetwave_coordinator::dashboard::read::SiteQuery;
+use fleetwave_coordinator::dashboard::read::{DashboardRead, SiteQuery};
+use fleetwave_coordinator::store::sqlite::dashboard::SqliteReadModel;
 use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -177,12 +178,7 @@ async fn dashboard_pages_with_100k_sites() {
     }
 
     // The read model's query plans at this size.
-    let read = fleetwave_coordinator::dashboard::read::ReadModel::new(config.database_path());
-    let conn = rusqlite::Connection::open_with_flags(
-        config.database_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let read = SqliteReadModel::new(config.database_path());
     let label = |k: &str, v: &str| (k.to_string(), v.to_string());
     let queries = [
         ("no filter", SiteQuery::default()),
@@ -219,7 +215,7 @@ async fn dashboard_pages_with_100k_sites() {
     ];
     for (name, q) in &queries {
         println!("query plans, {name}:");
-        for (sql, plan) in read.query_plans(&conn, q).unwrap() {
+        for (sql, plan) in read.query_plans(q).unwrap() {
             println!("  {sql}");
             for line in plan {
                 println!("    {line}");
@@ -229,7 +225,6 @@ async fn dashboard_pages_with_100k_sites() {
     let t = Instant::now();
     let counts = read
         .fleet_counts(
-            &conn,
             Timestamp::now(),
             Timestamp::now() - jiff::SignedDuration::from_hours(1),
         )
@@ -240,14 +235,14 @@ async fn dashboard_pages_with_100k_sites() {
     );
     for stream in [None, Some("pos")] {
         let t = Instant::now();
-        let cells = read.grid(&conn, &SiteQuery::default(), stream).unwrap();
+        let cells = read.grid(&SiteQuery::default(), stream).unwrap();
         println!(
             "grid query, every site, version of {stream:?}: {} cells in {:.0} ms",
             cells.len(),
             t.elapsed().as_secs_f64() * 1000.0
         );
     }
-    drop(conn);
+    drop(read);
 
     let mut web = WebClient::new(&h);
     web.login(&h.admin).await;

@@ -321,13 +321,16 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
 
     // Oldest first and at most the limit.
     let cut = ts("2026-01-02T00:00:00Z");
-    assert_eq!(store.prune_reports("health", cut, 1).unwrap(), 1);
+    assert_eq!(store.prune_reports(ReportKind::Health, cut, 1).unwrap(), 1);
     assert_eq!(stored_reports(&dir), ["h2", "h3", "p1"]);
-    assert_eq!(store.prune_reports("health", cut, 100).unwrap(), 1);
+    assert_eq!(
+        store.prune_reports(ReportKind::Health, cut, 100).unwrap(),
+        1
+    );
     // Other kinds and newer rows are left alone.
     assert_eq!(stored_reports(&dir), ["h3", "p1"]);
-    assert_eq!(store.prune_reports("phase", old, 100).unwrap(), 0);
-    assert_eq!(store.prune_reports("phase", cut, 100).unwrap(), 1);
+    assert_eq!(store.prune_reports(ReportKind::Phase, old, 100).unwrap(), 0);
+    assert_eq!(store.prune_reports(ReportKind::Phase, cut, 100).unwrap(), 1);
     assert_eq!(stored_reports(&dir), ["h3"]);
 
     // A report resent after pruning is stored again and changes nothing.
@@ -398,4 +401,48 @@ fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
     ghost.status = RolloutStatus::Completed;
     assert!(store.update_rollout(&ghost, &[decision("r9")]).is_err());
     assert!(store.decisions("r9").unwrap().is_empty());
+}
+
+/// The SQLite backend applies `store::fold`'s rules: a terminal phase releases the site's
+/// lease (even when it is older than the phase known), a non-terminal one keeps it.
+#[test]
+fn a_terminal_phase_releases_the_lease() {
+    let (_dir, store) = setup();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+        .unwrap();
+    let granted = ts("2026-01-01T00:01:00Z");
+    let lease = LeaseRecord {
+        id: "l1".into(),
+        site_id: "s1".into(),
+        rollout_id: "r1".into(),
+        wave: 0,
+        granted_at: granted,
+        expires_at: granted + SignedDuration::from_hours(1),
+    };
+    store.grant_leases(std::slice::from_ref(&lease)).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let now = ts("2026-01-01T00:30:00Z");
+    store
+        .apply_reports(
+            "s1",
+            &[phase("p1", "2026-01-01T00:10:00Z", Phase::Installing)],
+            now,
+        )
+        .unwrap();
+    assert_eq!(store.active_leases("r1", granted).unwrap(), vec![lease]);
+    let out = store
+        .apply_reports(
+            "s1",
+            &[phase("p0", "2026-01-01T00:05:00Z", Phase::Failed)],
+            now,
+        )
+        .unwrap();
+    assert!(store.active_leases("r1", granted).unwrap().is_empty());
+    // The older failure counts as a failure, but not as the newest phase.
+    let facts = &out.facts[0];
+    assert_eq!(facts.phase, Some(Phase::Installing));
+    assert_eq!(facts.failed_at, Some(ts("2026-01-01T00:05:00Z")));
+    assert_eq!(facts.leased_at, Some(granted));
 }

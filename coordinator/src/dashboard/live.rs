@@ -83,7 +83,7 @@ impl Dash {
         // are independent: computed side by side.
         let counts = self
             .read
-            .run(move |r, c| r.fleet_counts(c, now, now - STALE_AFTER));
+            .run(move |r| r.fleet_counts(now, now - STALE_AFTER));
         let rollouts = async {
             let all = self.app.db.run(|s| s.list_rollouts()).await?;
             let mut rollouts = Vec::new();

@@ -220,7 +220,7 @@ async fn html_errors(res: Response) -> Response {
 /// is checked, so it is admitted with the unauthenticated requests; every other route
 /// checks the session before it reads a body (or reads none).
 pub fn router(app: AppState, edge: &Edge) -> Router {
-    let read = Arc::new(read::ReadModel::new(app.config.database_path()));
+    let read = Arc::new(read::ReadModel::new(app.db.dashboard_read()));
     let dash = Arc::new(Dash {
         app,
         sessions: session::Sessions::default(),

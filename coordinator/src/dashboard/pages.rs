@@ -30,6 +30,7 @@ use crate::controller::gate::human;
 use crate::engine::Action;
 use crate::error::ApiError;
 use crate::state::random_hex;
+use crate::store::ReportKind;
 
 type PageResult = Result<Response, DashboardError>;
 
@@ -743,7 +744,7 @@ pub async fn sites(
     let offset = (page - 1) * PAGE_SIZE;
     let ((rows, total), versions) = dash
         .read
-        .run(move |r, c| Ok((r.site_page(c, &q, offset, PAGE_SIZE)?, r.versions(c)?)))
+        .run(move |r| Ok((r.site_page(&q, offset, PAGE_SIZE)?, r.versions()?)))
         .await?;
     let now = dash.app.now();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
@@ -889,7 +890,7 @@ pub async fn grid(
     let q = f.to_query()?;
     let now = dash.app.now();
     let streams: Vec<String> = {
-        let pairs = dash.read.run(|r, c| r.version_pairs(c)).await?;
+        let pairs = dash.read.run(|r| r.version_pairs()).await?;
         let mut s: Vec<String> = pairs.into_iter().map(|(s, _)| s).collect();
         s.sort();
         s.dedup();
@@ -926,7 +927,7 @@ pub async fn grid(
             .unwrap_or_default()
     });
     let s = stream.clone();
-    let cells = dash.read.run(move |r, c| r.grid(c, &q, s.as_deref()));
+    let cells = dash.read.run(move |r| r.grid(&q, s.as_deref()));
     let loaded = async {
         match &rollout_id {
             Some(id) => Ok::<_, ApiError>(Some(dash.app.engine.load_rollout(id).await?)),
@@ -1268,11 +1269,11 @@ pub async fn site(
     let i = id.clone();
     let (events, health, last_assignment) = dash
         .read
-        .run(move |r, c| {
+        .run(move |r| {
             Ok((
-                r.site_events(c, &i, None, 100)?,
-                r.site_events(c, &i, Some("health"), 30)?,
-                r.last_assignment(c, &i)?,
+                r.site_events(&i, None, 100)?,
+                r.site_events(&i, Some(ReportKind::Health), 30)?,
+                r.last_assignment(&i)?,
             ))
         })
         .await?;

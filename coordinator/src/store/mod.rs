@@ -6,6 +6,8 @@
 //! returns only after its transaction committed: an `Ok` is an acknowledged, durable write.
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
+pub mod fold;
+pub mod read;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{OperatorRole, RolloutStatus, SiteState};
-use fleetwave_shared::protocol::{Event, Phase};
+use fleetwave_shared::protocol::{Event, EventBody, Phase};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +24,9 @@ pub use sqlite::SqliteStore;
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend failed (I/O, SQL, constraint...): its own error, kept as the source.
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("database migration failed: {0}")]
     Migration(String),
     #[error("{0}")]
@@ -278,6 +281,61 @@ pub fn event_time(at: Timestamp, received_at: Timestamp) -> Timestamp {
     at.min(received_at)
 }
 
+/// The kind of a stored report: one per [`EventBody`] variant (its `kind` on the wire).
+/// Backends store it with [`ReportKind::as_str`] and read it back with
+/// [`ReportKind::parse`]; everywhere else it is this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReportKind {
+    Phase,
+    Health,
+    Deferral,
+    Installed,
+    Refusal,
+}
+
+impl ReportKind {
+    /// Every kind (what retention walks).
+    pub const ALL: [ReportKind; 5] = [
+        ReportKind::Phase,
+        ReportKind::Health,
+        ReportKind::Deferral,
+        ReportKind::Installed,
+        ReportKind::Refusal,
+    ];
+
+    /// The kind of an event.
+    pub fn of(body: &EventBody) -> ReportKind {
+        match body {
+            EventBody::Phase { .. } => ReportKind::Phase,
+            EventBody::Health { .. } => ReportKind::Health,
+            EventBody::Deferral { .. } => ReportKind::Deferral,
+            EventBody::Installed { .. } => ReportKind::Installed,
+            EventBody::Refusal { .. } => ReportKind::Refusal,
+        }
+    }
+
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Phase => "phase",
+            ReportKind::Health => "health",
+            ReportKind::Deferral => "deferral",
+            ReportKind::Installed => "installed",
+            ReportKind::Refusal => "refusal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReportKind> {
+        ReportKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ReportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One agent's report batch, as [`Store::apply_report_group`] takes it.
 #[derive(Debug, Clone)]
 pub struct ReportInput {
@@ -447,11 +505,15 @@ pub trait Store: Send + Sync + 'static {
         batches: &[ReportInput],
     ) -> StoreResult<Vec<StoreResult<ReportOutcome>>>;
 
-    /// Deletes at most `limit` stored reports of `kind` (see
-    /// [`sqlite::REPORT_KINDS`]) received before `before`, oldest first, in one
-    /// transaction; returns how many. Applying a report again later is harmless: every
-    /// report's effect is guarded by its time (see [`crate::retention`]).
-    fn prune_reports(&self, kind: &str, before: Timestamp, limit: usize) -> StoreResult<usize>;
+    /// Deletes at most `limit` stored reports of `kind` received before `before`, oldest
+    /// first, in one transaction; returns how many. Applying a report again later is
+    /// harmless: every report's effect is guarded by its time (see [`crate::retention`]).
+    fn prune_reports(
+        &self,
+        kind: ReportKind,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize>;
 
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;
@@ -459,6 +521,11 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, entry: &AuditRecord) -> StoreResult<()>;
     /// Audit entries with id below `before` (newest first), at most `limit`.
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    // The dashboard
+    /// The dashboard's read model over this store's data, on access that never blocks the
+    /// store's writer (see [`read`]).
+    fn dashboard_read(&self) -> Arc<dyn read::DashboardRead>;
 }
 
 /// The async face of a [`Store`]: runs each call on tokio's blocking pool so that the
@@ -482,6 +549,11 @@ impl Db {
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The store's [`read::DashboardRead`] (see [`Store::dashboard_read`]).
+    pub fn dashboard_read(&self) -> Arc<dyn read::DashboardRead> {
+        self.store.dashboard_read()
     }
 }
 

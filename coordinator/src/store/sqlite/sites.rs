@@ -1,0 +1,111 @@
+//! Sites: lookups, lists, labels, state, last-seen times and counts.
+
+use rusqlite::params;
+
+use super::*;
+
+pub(super) fn site(s: &SqliteStore, id: &str) -> StoreResult<Option<SiteRecord>> {
+    s.read(|c| get_site(c, id))
+}
+
+pub(super) fn list_sites(s: &SqliteStore, f: &SiteFilter) -> StoreResult<Vec<SiteRecord>> {
+    s.read(|c| {
+        let mut sql = format!("SELECT {SITE_COLS} FROM sites WHERE id > ?1");
+        let mut args: Vec<String> = vec![f.after.clone().unwrap_or_default()];
+        if let Some(state) = f.state {
+            args.push(state.as_str().to_string());
+            sql.push_str(&format!(" AND state = ?{}", args.len()));
+        }
+        for (k, v) in &f.labels {
+            args.push(format!("$.\"{}\"", k.replace('"', "")));
+            let kp = args.len();
+            args.push(v.clone());
+            sql.push_str(&format!(" AND json_extract(labels, ?{kp}) = ?{}", args.len()));
+        }
+        if let Some(version) = &f.version {
+            args.push(version.clone());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(sites.installed) WHERE json_extract(value, '$.version') = ?{})",
+                args.len()
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.max(1)));
+        let mut st = c.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), site_row)?;
+        collect(rows, site_record)
+    })
+}
+
+pub(super) fn set_site_labels(
+    s: &SqliteStore,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) -> StoreResult<()> {
+    s.write(|tx| {
+        let n = tx.execute(
+            "UPDATE sites SET labels = ?2 WHERE id = ?1",
+            params![id, to_json(labels)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no site {id}")));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn set_site_state(s: &SqliteStore, id: &str, state: SiteState) -> StoreResult<()> {
+    s.write(|tx| {
+        let n = tx.execute(
+            "UPDATE sites SET state = ?2 WHERE id = ?1",
+            params![id, state.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no site {id}")));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn touch_sites(s: &SqliteStore, seen: &[(String, Timestamp)]) -> StoreResult<()> {
+    if seen.is_empty() {
+        return Ok(());
+    }
+    s.write(|tx| {
+        let mut st = tx.prepare_cached(
+            "UPDATE sites SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE id = ?1",
+        )?;
+        for (id, at) in seen {
+            st.execute(params![id, ms(*at)])?;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn count_sites_by_state(s: &SqliteStore) -> StoreResult<Vec<(SiteState, u64)>> {
+    s.read(|c| {
+        let mut st = c.prepare("SELECT state, COUNT(*) FROM sites GROUP BY state")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        collect(rows, |(s, n)| {
+            Ok((
+                SiteState::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("site state {s}")))?,
+                n as u64,
+            ))
+        })
+    })
+}
+
+pub(super) fn count_sites_rollback_failed(s: &SqliteStore) -> StoreResult<u64> {
+    // Only rows in `rollback_failed` are candidates (few); a newer phase of the same
+    // site in another rollout means it moved on.
+    s.read(|c| {
+        let n: i64 = c.query_row(
+            "SELECT COUNT(DISTINCT rs.site_id) FROM rollout_sites rs WHERE rs.phase = 'rollback_failed'
+               AND NOT EXISTS (SELECT 1 FROM rollout_sites later
+                               WHERE later.site_id = rs.site_id AND later.phase_at > rs.phase_at)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    })
+}

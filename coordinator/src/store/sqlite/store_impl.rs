@@ -1,0 +1,235 @@
+//! The [`Store`] trait on SQLite: each method is one read on a reader connection or one
+//! write transaction on the writer, implemented by area: [`access`] (roots, tokens,
+//! enrollment, audit), [`sites`], [`releases`], [`rollouts`] (with their decisions),
+//! [`assignments`] (with leases) and [`reports`] (the report path).
+
+use super::*;
+
+impl Store for SqliteStore {
+    fn dashboard_read(&self) -> Arc<dyn super::read::DashboardRead> {
+        Arc::new(dashboard::SqliteReadModel::new(self.path.clone()))
+    }
+
+    fn ping(&self) -> StoreResult<()> {
+        access::ping(self)
+    }
+
+    fn roots(&self) -> StoreResult<Vec<Envelope>> {
+        access::roots(self)
+    }
+
+    fn add_root(&self, version: u64, env: &Envelope, at: Timestamp) -> StoreResult<()> {
+        access::add_root(self, version, env, at)
+    }
+
+    fn create_operator_token(&self, token_hash: &str, t: &OperatorTokenRecord) -> StoreResult<()> {
+        access::create_operator_token(self, token_hash, t)
+    }
+
+    fn operator_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<OperatorTokenRecord>> {
+        access::operator_token_by_hash(self, token_hash)
+    }
+
+    fn list_operator_tokens(&self) -> StoreResult<Vec<OperatorTokenRecord>> {
+        access::list_operator_tokens(self)
+    }
+
+    fn revoke_operator_token(&self, id: &str) -> StoreResult<()> {
+        access::revoke_operator_token(self, id)
+    }
+
+    fn create_enrollment_token(
+        &self,
+        token_hash: &str,
+        t: &EnrollmentTokenRecord,
+    ) -> StoreResult<()> {
+        access::create_enrollment_token(self, token_hash, t)
+    }
+
+    fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentTokenRecord>> {
+        access::list_enrollment_tokens(self)
+    }
+
+    fn revoke_enrollment_token(&self, id: &str) -> StoreResult<()> {
+        access::revoke_enrollment_token(self, id)
+    }
+
+    fn enrollment_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<EnrollmentTokenRecord>> {
+        access::enrollment_token_by_hash(self, token_hash)
+    }
+
+    fn enroll(&self, e: &Enrollment) -> StoreResult<SiteRecord> {
+        access::enroll(self, e)
+    }
+
+    fn record_session_nonce(
+        &self,
+        site_id: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool> {
+        access::record_session_nonce(self, site_id, nonce, expires_at)
+    }
+
+    fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>> {
+        sites::site(self, id)
+    }
+
+    fn list_sites(&self, f: &SiteFilter) -> StoreResult<Vec<SiteRecord>> {
+        sites::list_sites(self, f)
+    }
+
+    fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()> {
+        sites::set_site_labels(self, id, labels)
+    }
+
+    fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()> {
+        sites::set_site_state(self, id, state)
+    }
+
+    fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()> {
+        sites::touch_sites(self, seen)
+    }
+
+    fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>> {
+        sites::count_sites_by_state(self)
+    }
+
+    fn count_sites_rollback_failed(&self) -> StoreResult<u64> {
+        sites::count_sites_rollback_failed(self)
+    }
+
+    fn publish_release(&self, r: &ReleaseRecord) -> StoreResult<()> {
+        releases::publish_release(self, r)
+    }
+
+    fn release(&self, id: &str) -> StoreResult<Option<ReleaseRecord>> {
+        releases::release(self, id)
+    }
+
+    fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>> {
+        releases::list_releases(self)
+    }
+
+    fn add_artifact(&self, a: &ArtifactRecord) -> StoreResult<()> {
+        releases::add_artifact(self, a)
+    }
+
+    fn artifact(&self, sha256: &str) -> StoreResult<Option<ArtifactRecord>> {
+        releases::artifact(self, sha256)
+    }
+
+    fn create_rollout(&self, ro: &RolloutRecord, members: &[RolloutSiteRecord]) -> StoreResult<()> {
+        rollouts::create_rollout(self, ro, members)
+    }
+
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
+        rollouts::rollout(self, id)
+    }
+
+    fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
+        rollouts::list_rollouts(self)
+    }
+
+    fn update_rollout(&self, ro: &RolloutRecord, decisions: &[DecisionRecord]) -> StoreResult<()> {
+        rollouts::update_rollout(self, ro, decisions)
+    }
+
+    fn rollout_sites(&self, rollout_id: &str) -> StoreResult<Vec<RolloutSiteRecord>> {
+        rollouts::rollout_sites(self, rollout_id)
+    }
+
+    fn rollout_site(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+    ) -> StoreResult<Option<RolloutSiteRecord>> {
+        rollouts::rollout_site(self, rollout_id, site_id)
+    }
+
+    fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>> {
+        rollouts::add_rollout_sites(self, members)
+    }
+
+    fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()> {
+        rollouts::set_rollout_site_skipped(self, rollout_id, site_id)
+    }
+
+    fn set_rollout_site_waves(
+        &self,
+        rollout_id: &str,
+        moves: &[(String, u32)],
+    ) -> StoreResult<Vec<String>> {
+        rollouts::set_rollout_site_waves(self, rollout_id, moves)
+    }
+
+    fn active_rollout_of_site(&self, site_id: &str) -> StoreResult<Option<String>> {
+        rollouts::active_rollout_of_site(self, site_id)
+    }
+
+    fn issue_assignments(
+        &self,
+        drafts: &[AssignmentDraft],
+        sign: &(dyn Fn(&AssignmentDraft, u64) -> Envelope + Sync),
+    ) -> StoreResult<Vec<AssignmentRecord>> {
+        assignments::issue_assignments(self, drafts, sign)
+    }
+
+    fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>> {
+        assignments::current_assignments(self)
+    }
+
+    fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>> {
+        assignments::active_leases(self, rollout_id, now)
+    }
+
+    fn grant_leases(&self, leases: &[LeaseRecord]) -> StoreResult<Vec<StoreResult<()>>> {
+        assignments::grant_leases(self, leases)
+    }
+
+    fn compartment_counts(
+        &self,
+        rollout_id: &str,
+        label: &str,
+        value: &str,
+        except_site: &str,
+        now: Timestamp,
+    ) -> StoreResult<(u32, u32)> {
+        assignments::compartment_counts(self, rollout_id, label, value, except_site, now)
+    }
+
+    fn apply_report_group(
+        &self,
+        batches: &[ReportInput],
+    ) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
+        reports::apply_report_group(self, batches)
+    }
+
+    fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()> {
+        rollouts::add_decisions(self, decisions)
+    }
+
+    fn prune_reports(
+        &self,
+        kind: ReportKind,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        reports::prune_reports(self, kind, before, limit)
+    }
+
+    fn decisions(&self, rollout_id: &str) -> StoreResult<Vec<DecisionRecord>> {
+        rollouts::decisions(self, rollout_id)
+    }
+
+    fn audit(&self, a: &AuditRecord) -> StoreResult<()> {
+        access::audit(self, a)
+    }
+
+    fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        access::list_audit(self, before, limit)
+    }
+}
