@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod group_commit;
+pub mod http;
 pub mod ids;
 pub mod init;
 pub mod liveness;

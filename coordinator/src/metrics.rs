@@ -31,7 +31,7 @@ pub struct KindLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// [`crate::api::edge::method_label`]: a known method or `other`.
+    /// [`crate::http::edge::method_label`]: a known method or `other`.
     pub method: &'static str,
     /// The matched route's template (`/v1/sites/{id}`), never the path as sent.
     pub route: String,

@@ -21,10 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
-use crate::api::auth::{RemoteAddr, token_hash};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{self, Engine};
+use crate::http::auth::{RemoteAddr, token_hash};
 use crate::metrics::Metrics;
 use crate::poll_cache::ServedRelease;
 use crate::state::{App, AppState, Sessions, TrustChain, random_hex};
@@ -269,7 +269,10 @@ pub async fn build_app_with_clock(
 /// Every route the server answers: the API and the dashboard. The OpenAPI tests read
 /// the routes from this router, so that the document covers what is really served.
 pub fn router(app: AppState) -> axum::Router {
-    crate::api::router(app)
+    let edge = crate::http::edge::Edge::new(&app.config.limits);
+    let routes =
+        crate::api::router(app.clone(), &edge).merge(crate::dashboard::router(app.clone(), &edge));
+    crate::http::edge::outer_layers(routes, app, &edge)
 }
 
 /// Starts the server on `listener`, on the system clock.
@@ -298,7 +301,7 @@ pub async fn start_with_clock(
     let app = build_app_with_clock(config, shutdown_rx.clone(), clock).await?;
     let local_addr = listener.local_addr()?;
     let router = router(app.clone());
-    let head_buffer = crate::api::edge::head_buffer(&app.config.limits);
+    let head_buffer = crate::http::edge::head_buffer(&app.config.limits);
     let idle = Duration::from_secs(app.config.limits.keepalive_idle_secs);
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_limit(
         app.config.limits.max_connections,
@@ -395,7 +398,7 @@ pub async fn start_with_clock(
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                // Above `limits.max_header_bytes`, which `api::edge::limit_head` enforces
+                // Above `limits.max_header_bytes`, which `http::edge::limit_head` enforces
                 // with a JSON answer; hyper's own 431 beyond this buffer has no body.
                 .max_buf_size(head_buffer)
                 .timer(hyper_util::rt::TokioTimer::new())

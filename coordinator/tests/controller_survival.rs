@@ -184,7 +184,7 @@ async fn a_rollout_the_controller_cannot_evaluate_is_halted_with_the_reason_whil
 
 /// Serves the API and the dashboard of `app` over plain HTTP on a loopback port.
 async fn serve(app: Arc<App>) -> String {
-    let router = fleetwave_coordinator::api::router(app);
+    let router = fleetwave_coordinator::server::router(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

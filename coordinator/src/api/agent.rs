@@ -26,8 +26,8 @@ use fleetwave_shared::protocol::{
 use fleetwave_shared::{Envelope, sha256_hex};
 use jiff::SignedDuration;
 
-use super::auth::{Agent, decommissioned, token_hash};
 use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::http::auth::{Agent, decommissioned, token_hash};
 use crate::metrics::Metrics;
 use crate::poll_cache::CachedAssignment;
 use crate::state::AppState;

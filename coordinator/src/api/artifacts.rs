@@ -14,8 +14,8 @@ use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::auth::{Operator, Reader};
 use crate::error::{ApiError, ApiPath};
+use crate::http::auth::{Operator, Reader};
 use crate::state::{AppState, random_hex};
 use crate::store::ArtifactRecord;
 

@@ -1,11 +1,10 @@
-//! The HTTP API: one composable router per area, assembled with the dashboard in [`router`]
-//! behind the limits, timeouts, load shedding, latency metrics and error answers of
-//! [`edge`] that apply to every request.
+//! The HTTP API: one composable router per area, assembled in [`router`] behind the
+//! limits, timeouts, load shedding, latency metrics and error answers of
+//! [`crate::http::edge`] that apply to every request (the dashboard's routes included:
+//! [`crate::server`] merges them in and adds [`crate::http::edge::outer_layers`]).
 
 pub mod agent;
 pub mod artifacts;
-pub mod auth;
-pub mod edge;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
@@ -20,8 +19,8 @@ use axum::routing::{get, post, put};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::error::json_errors;
+use crate::http::edge::{Budget, Edge};
 use crate::state::AppState;
-use edge::{Budget, Edge};
 
 /// The long-poll route. Parked polls count against `limits.max_long_polls`, never against
 /// the request slots of everything else; their time limit is the request limit plus the
@@ -128,23 +127,17 @@ async fn not_found() -> Response {
     StatusCode::NOT_FOUND.into_response()
 }
 
-/// Everything the coordinator serves: the API and the dashboard.
-pub fn router(app: AppState) -> Router {
-    let edge = Edge::new(&app.config.limits);
-    let api = Router::new()
-        .merge(open_agent_router(&edge))
-        .merge(agent_router(&edge))
-        .merge(operator_router(&edge))
-        .merge(artifact_router(&app, &edge))
-        .merge(poll_router(&app, &edge))
-        .merge(meta_router(&edge))
+/// The API's routes with their error answers, for `edge` (the outer layers are
+/// [`crate::http::edge::outer_layers`]).
+pub fn router(app: AppState, edge: &Edge) -> Router {
+    Router::new()
+        .merge(open_agent_router(edge))
+        .merge(agent_router(edge))
+        .merge(operator_router(edge))
+        .merge(artifact_router(&app, edge))
+        .merge(poll_router(&app, edge))
+        .merge(meta_router(edge))
         .fallback(not_found)
         .layer(middleware::map_response(json_errors))
-        .with_state(app.clone());
-    api.merge(crate::dashboard::router(app.clone(), &edge))
-        .route_layer(middleware::from_fn_with_state(app, edge::record_latency))
-        .layer(middleware::from_fn_with_state(
-            edge.header_limit,
-            edge::limit_head,
-        ))
+        .with_state(app)
 }

@@ -13,10 +13,10 @@ use fleetwave_shared::protocol::operator::*;
 use fleetwave_shared::verify::{verify_release, verify_root_rotation};
 use jiff::{SignedDuration, Timestamp};
 
-use super::auth::{Operator, token_hash};
 use crate::controller;
 use crate::engine::{Action, Loaded};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::http::auth::{Operator, token_hash};
 use crate::state::{AppState, random_hex};
 use crate::store::*;
 
@@ -425,13 +425,7 @@ pub async fn decommission_site(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Operate)?;
-    load_site(&app, &id).await?;
-    let i = id.clone();
-    app.db
-        .run(move |s| s.set_site_state(&i, SiteState::Decommissioned))
-        .await?;
-    // Its sessions are refused from now on (403 site_decommissioned) and dropped on use.
-    app.engine.sites.set_active(&id, false);
+    app.engine.set_site_active(&id, false).await?;
     op.audit(&app, "site.decommission", &id, "sessions refused")
         .await?;
     get_site(State(app), op, ApiPath(id)).await
@@ -443,14 +437,8 @@ pub async fn reenable_site(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SiteInfo>, ApiError> {
     op.require(Permission::Operate)?;
-    load_site(&app, &id).await?;
-    let i = id.clone();
-    app.db
-        .run(move |s| s.set_site_state(&i, SiteState::Active))
-        .await?;
-    app.engine.sites.set_active(&id, true);
+    app.engine.set_site_active(&id, true).await?;
     op.audit(&app, "site.reenable", &id, "").await?;
-    app.engine.join_rollouts(&id).await?;
     get_site(State(app), op, ApiPath(id)).await
 }
 

@@ -28,9 +28,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::api::auth::{Operator, remote};
-use crate::api::edge::{Budget, Edge};
 use crate::error::ApiError;
+use crate::http::auth::{Operator, remote};
+use crate::http::edge::{Budget, Edge};
 use crate::state::AppState;
 
 /// The dashboard's shared state.

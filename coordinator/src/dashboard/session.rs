@@ -10,14 +10,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use axum::http::HeaderMap;
-use axum::http::header;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::state::random_hex;
 
-/// The session cookie (the `__Host-` prefix pins it to this host, path `/`, Secure).
-pub const SESSION_COOKIE: &str = "__Host-fleetwave-session";
+pub use crate::http::cookie::{SESSION_COOKIE, cookie};
+
 /// The pre-login cookie that ties the login form's CSRF token to the browser.
 pub const LOGIN_COOKIE: &str = "__Host-fleetwave-login";
 /// A session ends this long after sign-in, whatever happens.
@@ -102,19 +100,6 @@ impl Sessions {
     }
 }
 
-/// The value of cookie `name` in the request, if any.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
-}
-
 /// A `Set-Cookie` value for a secret cookie; `max_age` 0 deletes it.
 pub fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}")
@@ -150,9 +135,9 @@ mod tests {
 
     #[test]
     fn cookies_are_parsed_and_secrets_compared() {
-        let mut h = HeaderMap::new();
+        let mut h = axum::http::HeaderMap::new();
         h.insert(
-            header::COOKIE,
+            axum::http::header::COOKIE,
             "a=1; __Host-fleetwave-session=abc".parse().unwrap(),
         );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));

@@ -108,6 +108,28 @@ impl Engine {
         Ok(record)
     }
 
+    /// Decommissions (`active = false`) or re-enables a site: its stored state, its
+    /// sessions (refused from now on: 403 `site_decommissioned`, dropped on use) and, when
+    /// re-enabled, the active rollouts it matches. The caller writes the audit entry.
+    pub async fn set_site_active(&self, site_id: &str, active: bool) -> Result<(), EngineError> {
+        let sid = site_id.to_string();
+        if self.db.run(move |s| s.site(&sid)).await?.is_none() {
+            return Err(EngineError::SiteNotFound(site_id.to_string()));
+        }
+        let state = if active {
+            WireSiteState::Active
+        } else {
+            WireSiteState::Decommissioned
+        };
+        let sid = site_id.to_string();
+        self.db.run(move |s| s.set_site_state(&sid, state)).await?;
+        self.sites.set_active(site_id, active);
+        if active {
+            self.join_rollouts(site_id).await?;
+        }
+        Ok(())
+    }
+
     /// Adds a site that enrolled, was relabelled or re-enabled to every active rollout
     /// that selects it, in the first wave that still takes it
     /// ([`controller::wave_for_joiner`]: an opened share wave does not); assigns it at

@@ -51,7 +51,7 @@ pub async fn login(
             "The sign-in form expired or came from elsewhere; try again.",
         ));
     }
-    let hash = crate::api::auth::token_hash(form.token.trim());
+    let hash = crate::http::auth::token_hash(form.token.trim());
     let h = hash.clone();
     let token = dash
         .app

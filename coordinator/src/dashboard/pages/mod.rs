@@ -45,10 +45,10 @@ use super::model::{self, Segment, ago, when};
 use super::read::{FleetCounts, SiteQuery};
 use super::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{DashState, DashboardError, SignedIn};
-use crate::api::auth::Operator;
 use crate::controller::gate::human;
 use crate::engine::Action;
 use crate::error::ApiError;
+use crate::http::auth::Operator;
 use crate::state::random_hex;
 use crate::store::ReportKind;
 

@@ -294,9 +294,9 @@ pub async fn site_confirm(
     })
 }
 
-/// `POST /ui/sites/{id}/actions/{action}`: CSRF, role, then the operator API's own handler
-/// (`POST /v1/sites/{id}/decommission` or `/reenable`): the same store change, session
-/// refusal, rollout joining and audit entry.
+/// `POST /ui/sites/{id}/actions/{action}`: CSRF, role, then the engine and the audit log
+/// exactly as `POST /v1/sites/{id}/decommission` or `/reenable` do: the same store change,
+/// session refusal, rollout joining and audit entry.
 pub async fn site_act(
     State(dash): State<DashState>,
     who: SignedIn,
@@ -305,14 +305,23 @@ pub async fn site_act(
 ) -> PageResult {
     who.check_csrf(&form.csrf)?;
     who.op.require(Permission::Operate)?;
-    let app = State(dash.app.clone());
-    let path = crate::error::ApiPath(id.clone());
+    let app = &dash.app;
     match action.as_str() {
         "decommission" => {
-            let _site = crate::api::operator::decommission_site(app, who.op.clone(), path).await?;
+            app.engine
+                .set_site_active(&id, false)
+                .await
+                .map_err(ApiError::from)?;
+            who.op
+                .audit(app, "site.decommission", &id, "sessions refused")
+                .await?;
         }
         "reenable" => {
-            let _site = crate::api::operator::reenable_site(app, who.op.clone(), path).await?;
+            app.engine
+                .set_site_active(&id, true)
+                .await
+                .map_err(ApiError::from)?;
+            who.op.audit(app, "site.reenable", &id, "").await?;
         }
         other => return Err(ApiError::not_found(format!("no site action {other:?}")).into()),
     }

@@ -24,8 +24,8 @@ use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Limits;
-use crate::dashboard::session::{SESSION_COOKIE, cookie};
 use crate::error::error_response;
+use crate::http::cookie::{SESSION_COOKIE, cookie};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
 
@@ -212,6 +212,17 @@ pub async fn record_latency(State(app): State<AppState>, req: Request, next: Nex
         })
         .observe(start.elapsed().as_secs_f64());
     res
+}
+
+/// The layers every route of the coordinator gets, the API's and the dashboard's: latency
+/// metrics and the request-head limit.
+pub fn outer_layers(routes: axum::Router, app: AppState, edge: &Edge) -> axum::Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(app, record_latency))
+        .layer(axum::middleware::from_fn_with_state(
+            edge.header_limit,
+            limit_head,
+        ))
 }
 
 #[cfg(test)]
