@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decision;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::{EventBody, Phase};
-use jiff::Timestamp;
 
 use super::{Context, Daemon, jittered};
 use crate::client::{ClientError, PollAnswer};
@@ -25,7 +24,7 @@ impl Daemon {
         // coordinator held open for `wait_secs` has already spent that part of it, so the
         // agent is back in a long poll soon and a newly opened wave reaches it within
         // seconds instead of after a full extra interval.
-        let started = std::time::Instant::now();
+        let started = self.ctx.clock.instant();
         let answer = session
             .poll(
                 cfg.poll.wait_secs,
@@ -37,15 +36,14 @@ impl Daemon {
         let _ = self
             .ctx
             .store
-            .set_meta("last_contact", &Timestamp::now().to_string());
+            .set_meta("last_contact", &self.ctx.clock.now().to_string());
         let suggested = |s: Option<u32>| {
             s.map(|s| jittered(Duration::from_secs(u64::from(s)), cfg.poll.jitter))
                 .unwrap_or(default)
         };
         match answer {
-            PollAnswer::NotModified { next_poll_secs } => {
-                Ok(suggested(next_poll_secs).saturating_sub(started.elapsed()))
-            }
+            PollAnswer::NotModified { next_poll_secs } => Ok(suggested(next_poll_secs)
+                .saturating_sub(self.ctx.clock.instant().saturating_duration_since(started))),
             PollAnswer::Changed {
                 response,
                 etag,
@@ -61,7 +59,11 @@ impl Daemon {
                     return Ok(next);
                 }
                 self.etag = etag;
-                Ok(next.saturating_sub(started.elapsed()))
+                Ok(
+                    next.saturating_sub(
+                        self.ctx.clock.instant().saturating_duration_since(started),
+                    ),
+                )
             }
         }
     }
@@ -99,7 +101,7 @@ impl Daemon {
                 entry.id,
                 Outcome::Abandoned,
                 Some(why),
-                Timestamp::now(),
+                self.ctx.clock.now(),
             )?;
         }
         if self.ctx.store.assignment()?.is_some() {
@@ -212,7 +214,7 @@ mod tests {
     use fleetwave_shared::keys::{PublicKeyFile, generate};
     use fleetwave_shared::trust::TrustState;
     use fleetwave_shared::{Assignment, KeyId, Release, ReleaseKind};
-    use jiff::SignedDuration;
+    use jiff::{SignedDuration, Timestamp};
 
     struct Fleet {
         root: Envelope,
@@ -353,6 +355,28 @@ mod tests {
         );
         // The refused documents changed nothing.
         assert_eq!(ctx.store.assignment().unwrap().unwrap().assignment, a5);
+    }
+
+    #[test]
+    fn a_stored_assignment_stops_verifying_when_the_clock_passes_its_expiry() {
+        let fleet = fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let config = context(&fleet, dir.path()).config;
+        let clock = crate::clock::Clock::manual(Timestamp::now());
+        let mut ctx = Context::open_with_clock(config, clock.clone()).unwrap();
+        let (a, r) = documents(&fleet, 5, SignedDuration::from_hours(1));
+        assert!(matches!(
+            accept_documents(&mut ctx, &[], Some(&a), Some(&r)).unwrap(),
+            Accepting::Accepted { sequence: 5, .. }
+        ));
+        assert!(ctx.evaluate(&a, &r).is_ok());
+        // An hour and a minute later (no sleeping: the clock is moved), it has expired.
+        clock.advance(Duration::from_secs(61 * 60));
+        let refusal = ctx.evaluate(&a, &r).unwrap_err();
+        assert_eq!(refusal.code(), "expired");
+        // Reports are stamped with the clock's time.
+        let last = ctx.store.outbox_peek(100).unwrap().pop().unwrap();
+        assert!(last.at < clock.now());
     }
 
     #[test]

@@ -5,10 +5,10 @@ use ed25519_dalek::SigningKey;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::{EventBody, Phase};
 use fleetwave_shared::trust::{Accepted, TrustState};
-use jiff::Timestamp;
 
 use super::{AGENT_VERSION, DaemonError};
 use crate::client::{self, Session};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::readiness::Health;
 use crate::state::{StateError, Store};
@@ -19,11 +19,18 @@ pub struct Context {
     pub store: Store,
     pub trust: TrustState,
     pub site_id: String,
+    /// Where the time comes from (the system's, or a test's).
+    pub clock: Clock,
 }
 
 impl Context {
     /// Opens the state and restores the trust state (which verifies the stored root again).
     pub fn open(config: Config) -> Result<Context, DaemonError> {
+        Context::open_with_clock(config, Clock::system())
+    }
+
+    /// [`Context::open`] reading the time from `clock`.
+    pub fn open_with_clock(config: Config, clock: Clock) -> Result<Context, DaemonError> {
         let store = Store::open(&config.agent.state_dir)?;
         let saved = store.trust()?.ok_or_else(|| {
             DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
@@ -53,6 +60,7 @@ impl Context {
             store,
             trust,
             site_id,
+            clock,
         })
     }
 
@@ -70,12 +78,15 @@ impl Context {
             return Ok(None);
         }
         let http = client::http_client(&self.config.coordinator)?;
-        Ok(Some(Session::new(
-            http,
-            &self.config.coordinator.url,
-            &self.site_id,
-            self.device_key()?,
-        )))
+        Ok(Some(
+            Session::new(
+                http,
+                &self.config.coordinator.url,
+                &self.site_id,
+                self.device_key()?,
+            )
+            .with_clock(self.clock.clone()),
+        ))
     }
 
     pub fn health(&self) -> Result<Health, DaemonError> {
@@ -86,7 +97,7 @@ impl Context {
     /// Queues a report.
     pub fn report(&self, body: EventBody) -> Result<String, StateError> {
         self.store
-            .outbox_push(body, Timestamp::now(), self.config.outbox.max_events)
+            .outbox_push(body, self.clock.now(), self.config.outbox.max_events)
     }
 
     pub fn phase(
@@ -121,7 +132,7 @@ impl Context {
             &self.site_id,
             assignment,
             release,
-            Timestamp::now(),
+            self.clock.now(),
             AGENT_VERSION,
         )
     }
@@ -133,7 +144,7 @@ impl Context {
             accepted.assignment.envelope(),
             accepted.release.envelope(),
             &self.trust.persisted(),
-            Timestamp::now(),
+            self.clock.now(),
         )
     }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use fleetwave_shared::protocol::ReportBatch;
-use jiff::Timestamp;
 
 use super::{Context, Daemon};
 use crate::client::Session;
@@ -101,7 +100,7 @@ pub(super) fn dead_letter(
 ) -> Result<(), StateError> {
     let kind = crate::state::outbox::kind(&event.body);
     ctx.store
-        .outbox_dead_letter(&event.id, refused, Timestamp::now())?;
+        .outbox_dead_letter(&event.id, refused, ctx.clock.now())?;
     let what = if kind == "health" {
         "a health heartbeat"
     } else {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use fleetwave_shared::protocol::{EventBody, Phase};
 use fleetwave_shared::trust::Accepted;
-use jiff::Timestamp;
 
 use super::{Daemon, DaemonError, Next, deliver_reports, status};
 use crate::client::ClientError;
@@ -45,7 +44,7 @@ impl Daemon {
                     entry.id,
                     Outcome::Abandoned,
                     Some(&why),
-                    Timestamp::now(),
+                    self.ctx.clock.now(),
                 )?;
                 Ok(Next::Idle)
             }
@@ -145,7 +144,7 @@ impl Daemon {
                         entry.id,
                         Outcome::Abandoned,
                         Some(&detail),
-                        Timestamp::now(),
+                        self.ctx.clock.now(),
                     )?;
                     return Ok(Some(Next::Idle));
                 }
@@ -220,7 +219,7 @@ impl Daemon {
                 release: r.envelope(),
                 lease_id: lease_id.as_deref(),
             },
-            Timestamp::now(),
+            self.ctx.clock.now(),
         )?;
         self.ctx
             .phase(Some(&a.rollout_id), &r.id, Phase::Leased, lease_id.clone())?;
@@ -241,7 +240,7 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         self.ctx
             .store
-            .journal_step(entry.id, step, state, Timestamp::now())?;
+            .journal_step(entry.id, step, state, self.ctx.clock.now())?;
         if state == StepState::Started {
             crate::test_hooks::pause(step.as_str()).await;
         }
@@ -371,7 +370,7 @@ impl Daemon {
                 if e.is_retryable() {
                     // The journal stays at `prepare`: a later round resumes it (renewing
                     // the lease first; see `recover`) once the back-off has run.
-                    let wait = self.downloads.failed(entry.id, std::time::Instant::now());
+                    let wait = self.downloads.failed(entry.id, self.ctx.clock.instant());
                     tracing::warn!(
                         retry_in_secs = wait.as_secs_f64(),
                         "prepare failed, will retry: {e}"
@@ -423,6 +422,7 @@ impl Daemon {
             let store = &self.ctx.store;
             let max = self.ctx.config.outbox.max_events;
             let health = &self.health;
+            let clock = &self.ctx.clock;
             let result = self
                 .retrying_later(entry, Phase::Verifying, executor.retry_policy(), || {
                     executor.verify(health, move |s: &HealthSample| {
@@ -431,7 +431,7 @@ impl Daemon {
                                 healthy: s.healthy(),
                                 summary: s.summary(),
                             },
-                            Timestamp::now(),
+                            clock.now(),
                             max,
                         );
                     })
@@ -512,11 +512,11 @@ impl Daemon {
             &release.version,
             &entry.release,
             &self.ctx.trust.persisted(),
-            Timestamp::now(),
+            self.ctx.clock.now(),
         )?;
         self.ctx
             .store
-            .journal_finish(entry.id, Outcome::Committed, None, Timestamp::now())?;
+            .journal_finish(entry.id, Outcome::Committed, None, self.ctx.clock.now())?;
         let note = self.note.take();
         self.ctx.phase(
             Some(&entry.rollout_id),
@@ -544,7 +544,7 @@ impl Daemon {
         &mut self,
         entry: &JournalEntry,
     ) -> Result<Next, DaemonError> {
-        let now = self.ctx.trust.effective_now(Timestamp::now());
+        let now = self.ctx.trust.effective_now(self.ctx.clock.now());
         let release = match fleetwave_shared::verify::verify_release(
             self.ctx.trust.root(),
             &entry.release,
@@ -592,7 +592,7 @@ impl Daemon {
             entry.id,
             Outcome::Abandoned,
             Some(&e.to_string()),
-            Timestamp::now(),
+            self.ctx.clock.now(),
         )?;
         Ok(Next::Idle)
     }

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwave_shared::protocol::Phase;
-use jiff::Timestamp;
 
 use crate::client::{ClientError, Session};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::{self, Facts, Readiness};
 use crate::readiness::{DiskNeed, Health};
@@ -99,7 +99,16 @@ pub struct Daemon {
 impl Daemon {
     /// `config_path` is passed on to the self-update guard.
     pub fn new(config: Config, config_path: &std::path::Path) -> Result<Daemon, DaemonError> {
-        let ctx = Context::open(config)?;
+        Daemon::with_clock(config, config_path, Clock::system())
+    }
+
+    /// [`Daemon::new`] reading the time from `clock`.
+    pub fn with_clock(
+        config: Config,
+        config_path: &std::path::Path,
+        clock: Clock,
+    ) -> Result<Daemon, DaemonError> {
+        let ctx = Context::open_with_clock(config, clock)?;
         let ctx_poll = ctx.config.poll.clone();
         let ctx_install = ctx.config.install.clone();
         let session = ctx.session()?;
@@ -132,6 +141,7 @@ impl Daemon {
             self.ctx.store.clone(),
             self.health.clone(),
             &self.ctx.config,
+            self.ctx.clock.clone(),
         );
 
         let mut shutdown = Box::pin(shutdown_signal());
@@ -206,7 +216,7 @@ impl Daemon {
     async fn work(&mut self) -> Result<Next, DaemonError> {
         let open = self.ctx.store.journal_open()?;
         let open_id = open.as_ref().map(|e| e.id);
-        let now = std::time::Instant::now();
+        let now = self.ctx.clock.instant();
         if let Some(wait) = self.downloads.wait(open_id, now) {
             // The download failed lately: it waits out its back-off (polls go on).
             return Ok(Next::RetryIn(wait));
@@ -263,7 +273,7 @@ impl Daemon {
             .collect();
         let deferred_until = self.ctx.store.deferral()?.map(|d| d.until);
         let zone = self.ctx.config.time_zone();
-        let now = self.ctx.trust.effective_now(Timestamp::now());
+        let now = self.ctx.trust.effective_now(self.ctx.clock.now());
         let decision = decision::readiness(
             &Facts {
                 assignment: a,

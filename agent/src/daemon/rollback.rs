@@ -55,7 +55,7 @@ impl Daemon {
         why: &str,
     ) -> Result<Next, DaemonError> {
         self.step(entry, Step::Rollback, StepState::Started).await?;
-        let now = self.ctx.trust.effective_now(Timestamp::now());
+        let now = self.ctx.trust.effective_now(self.ctx.clock.now());
         // The release verified when the install began; its signature still decides which
         // executor handles it (expiry does not matter for going back).
         let release =
@@ -70,7 +70,7 @@ impl Daemon {
                 entry.id,
                 Outcome::RolledBack,
                 Some("release unreadable"),
-                Timestamp::now(),
+                self.ctx.clock.now(),
             )?;
             return Ok(Next::Idle);
         };
@@ -89,7 +89,7 @@ impl Daemon {
             entry.id,
             Outcome::RolledBack,
             Some(why),
-            Timestamp::now(),
+            self.ctx.clock.now(),
         )?;
         self.ctx.phase(
             Some(&entry.rollout_id),
@@ -121,7 +121,7 @@ impl Daemon {
         e: &ExecError,
     ) -> Result<Next, DaemonError> {
         let attempts = self.ctx.config.install.rollback_attempts;
-        let now = Timestamp::now();
+        let now = self.ctx.clock.now();
         let output = e.output().unwrap_or_default().to_string();
         let failures =
             RollbackFailing::load(&self.ctx.store, entry.id)?.map_or(0, |f| f.failures) + 1;
@@ -174,7 +174,7 @@ impl Daemon {
             ));
             return Ok(Next::Idle);
         }
-        let wait = self.rollbacks.failed(entry.id, std::time::Instant::now());
+        let wait = self.rollbacks.failed(entry.id, self.ctx.clock.instant());
         record.next_try_at = Some(now + wait);
         record.save(&self.ctx.store)?;
         tracing::error!(

@@ -7,6 +7,7 @@ use fleetwave_shared::protocol::EventBody;
 use fleetwave_shared::service;
 use jiff::Timestamp;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::readiness::{Health, HealthSample};
 use crate::state::Store;
@@ -36,6 +37,7 @@ pub(super) fn spawn_sampler(
     store: Store,
     health: Arc<Health>,
     config: &Config,
+    clock: Clock,
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_secs(config.health.interval_secs);
     let max = config.outbox.max_events;
@@ -45,13 +47,13 @@ pub(super) fn spawn_sampler(
         loop {
             tick.tick().await;
             let sample = health.sample().await;
-            record_sample(&store, &sample, max);
+            record_sample(&store, &sample, max, clock.now());
         }
     })
 }
 
-/// Queues a heartbeat and keeps the sample for `status`.
-pub fn record_sample(store: &Store, sample: &HealthSample, max_events: u64) {
+/// Queues a heartbeat (at `now`) and keeps the sample for `status`.
+pub fn record_sample(store: &Store, sample: &HealthSample, max_events: u64, now: Timestamp) {
     if let Ok(text) = serde_json::to_string(sample) {
         let _ = store.set_meta("last_health", &text);
     }
@@ -60,7 +62,7 @@ pub fn record_sample(store: &Store, sample: &HealthSample, max_events: u64) {
             healthy: sample.healthy(),
             summary: sample.summary(),
         },
-        Timestamp::now(),
+        now,
         max_events,
     ) {
         tracing::error!("cannot queue a health heartbeat: {e}");
