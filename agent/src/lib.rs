@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod decision;
 pub mod executor;
+pub mod lifecycle;
 pub mod readiness;
 pub mod state;
 pub mod test_hooks;

@@ -9,6 +9,7 @@ use fleetwave_shared::trust::Accepted;
 use super::{Daemon, DaemonError, Next, deliver_reports, status};
 use crate::client::ClientError;
 use crate::executor::{ArtifactSource, ExecError, Executor, InstallOutcome, RetryPolicy};
+use crate::lifecycle::{self, Action, Event, State};
 use crate::readiness::HealthSample;
 use crate::state::journal::{self, JournalEntry, NewInstall, Outcome, Recovery, Step, StepState};
 
@@ -311,12 +312,15 @@ impl Daemon {
         }
     }
 
-    /// Runs the executor steps from `from` to commit, rolling back on failure.
+    /// Runs the executor steps from `from` to commit, rolling back on failure. The install
+    /// state machine ([`lifecycle::next`]) decides what follows each step; this drives it:
+    /// runs the steps, writes the journal, reports.
     pub(super) async fn run_steps(
         &mut self,
         entry: &JournalEntry,
         from: Step,
     ) -> Result<Next, DaemonError> {
+        let mut state = State::at(from);
         let accepted = self.ctx.evaluate(&entry.assignment, &entry.release);
         // Recovery may finish a commit or roll back after expiry, but never starts work on
         // a document that no longer verifies.
@@ -330,6 +334,8 @@ impl Daemon {
             }
             (Err(refusal), _) => {
                 self.ctx.refuse(refusal, Some(&entry.assignment))?;
+                let t = lifecycle::next(state, Event::Refused, self.policy());
+                debug_assert!(matches!(t.state, State::Rollback { .. }));
                 return self
                     .rollback(entry, &format!("assignment no longer valid: {refusal}"))
                     .await;
@@ -339,35 +345,32 @@ impl Daemon {
             .as_ref()
             .map(|a| a.assignment.rollback)
             .unwrap_or(false);
-        let executor = match Executor::for_release(&self.ctx.config.executor, &release, rollback) {
-            Ok(e) => e,
-            Err(e) => return self.fail_unchanged(entry, &e).await,
-        };
-        let rid = entry.rollout_id.as_str();
-        if from == Step::Prepare {
-            self.step(entry, Step::Prepare, StepState::Started).await?;
-            self.ctx
-                .phase(Some(rid), &entry.release_id, Phase::Downloading, None)?;
-            let bearer = match &self.session {
-                Some(s) => s.bearer().await.ok(),
-                None => None,
+        let (executor, mut outcome) =
+            match Executor::for_release(&self.ctx.config.executor, &release, rollback) {
+                Ok(e) => (Some(e), None),
+                Err(e) => (None, Some((Event::NoExecutor, Some(e)))),
             };
-            let client = match &self.session {
-                Some(s) => s.http().clone(),
-                None => reqwest::Client::new(),
+        loop {
+            let (event, error) = match (outcome.take(), &executor) {
+                (Some(happened), _) => happened,
+                (None, Some(executor)) => self.run_step(entry, state, executor).await?,
+                (None, None) => unreachable!("no executor is the event NoExecutor"),
             };
-            let source = ArtifactSource {
-                client: &client,
-                base_url: &self.ctx.config.coordinator.url,
-                bearer_token: bearer.as_deref(),
-            };
-            let prepared = self
-                .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {
-                    executor.prepare(&source)
-                })
-                .await?;
-            if let Err(e) = prepared {
-                if e.is_retryable() {
+            let t = lifecycle::next(state, event, self.policy());
+            if state == State::Prepare && t.action != Action::RetryLater {
+                self.downloads.succeeded();
+            }
+            match (t.action, t.state, error) {
+                (Action::Run, State::Rollback { .. }, Some(e)) => {
+                    return self.fail_and_roll_back(entry, &e).await;
+                }
+                (Action::Run, next, _) => {
+                    if let Some(step) = state.step() {
+                        self.step(entry, step, StepState::Done).await?;
+                    }
+                    state = next;
+                }
+                (Action::RetryLater, State::Prepare, Some(e)) => {
                     // The journal stays at `prepare`: a later round resumes it (renewing
                     // the lease first; see `recover`) once the back-off has run.
                     let wait = self.downloads.failed(entry.id, self.ctx.clock.instant());
@@ -381,28 +384,16 @@ impl Daemon {
                     ));
                     return Ok(Next::RetryIn(wait));
                 }
-                self.downloads.succeeded();
-                return self.fail_unchanged(entry, &e).await;
-            }
-            self.downloads.succeeded();
-            self.step(entry, Step::Prepare, StepState::Done).await?;
-        }
-        if matches!(from, Step::Prepare | Step::Install) {
-            self.step(entry, Step::Install, StepState::Started).await?;
-            self.ctx
-                .phase(Some(rid), &entry.release_id, Phase::Installing, None)?;
-            let installed = self
-                .retrying_later(entry, Phase::Installing, executor.retry_policy(), || {
-                    executor.install()
-                })
-                .await?;
-            match installed {
-                Ok(InstallOutcome::Done) => {}
-                Ok(InstallOutcome::RestartAgent) => {
+                (Action::RetryLater, State::Commit, Some(e)) => {
+                    // Verified healthy; a failed bookkeeping step is retried, not rolled back.
+                    tracing::error!("commit failed, will retry: {e}");
+                    return Ok(Next::RetryIn(Duration::from_secs(60)));
+                }
+                (Action::Exit, _, _) => {
                     self.step(entry, Step::Install, StepState::Done).await?;
                     self.step(entry, Step::Verify, StepState::Started).await?;
                     self.ctx.phase(
-                        Some(rid),
+                        Some(&entry.rollout_id),
                         &entry.release_id,
                         Phase::Verifying,
                         Some("agent self-update: restarting into the new agent".into()),
@@ -410,46 +401,125 @@ impl Daemon {
                     self.deliver_reports().await;
                     return self.restart_into_new_agent(entry, &release).await;
                 }
-                Err(e) => return self.fail_and_roll_back(entry, &e).await,
+                (Action::Finish, State::Done(Outcome::Committed), _) => {
+                    self.record_commit(entry, &release)?;
+                    return Ok(Next::Idle);
+                }
+                (Action::Finish, State::Done(Outcome::Abandoned), Some(e)) => {
+                    return self.fail_unchanged(entry, &e).await;
+                }
+                (action, next, error) => unreachable!(
+                    "install state machine: {state:?} → {next:?} ({action:?}, error {error:?})"
+                ),
             }
-            self.step(entry, Step::Install, StepState::Done).await?;
         }
-        if matches!(from, Step::Prepare | Step::Install | Step::Verify) {
-            self.step(entry, Step::Verify, StepState::Started).await?;
-            self.ctx
-                .phase(Some(rid), &entry.release_id, Phase::Verifying, None)?;
-            self.deliver_reports().await;
-            let store = &self.ctx.store;
-            let max = self.ctx.config.outbox.max_events;
-            let health = &self.health;
-            let clock = &self.ctx.clock;
-            let result = self
-                .retrying_later(entry, Phase::Verifying, executor.retry_policy(), || {
-                    executor.verify(health, move |s: &HealthSample| {
-                        let _ = store.outbox_push(
-                            EventBody::Health {
-                                healthy: s.healthy(),
-                                summary: s.summary(),
-                            },
-                            clock.now(),
-                            max,
-                        );
+    }
+
+    /// What the install state machine depends on besides state and event.
+    pub(super) fn policy(&self) -> lifecycle::Policy {
+        lifecycle::Policy {
+            rollback_attempts: self.ctx.config.install.rollback_attempts,
+        }
+    }
+
+    /// Runs the step of `state` (journal `started` first) and says what happened.
+    async fn run_step(
+        &mut self,
+        entry: &JournalEntry,
+        state: State,
+        executor: &Executor,
+    ) -> Result<(Event, Option<ExecError>), DaemonError> {
+        let rid = entry.rollout_id.as_str();
+        let failed = |e: ExecError| {
+            (
+                Event::Failed {
+                    retryable: e.is_retryable(),
+                },
+                Some(e),
+            )
+        };
+        Ok(match state {
+            State::Prepare => {
+                self.step(entry, Step::Prepare, StepState::Started).await?;
+                self.ctx
+                    .phase(Some(rid), &entry.release_id, Phase::Downloading, None)?;
+                let bearer = match &self.session {
+                    Some(s) => s.bearer().await.ok(),
+                    None => None,
+                };
+                let client = match &self.session {
+                    Some(s) => s.http().clone(),
+                    None => reqwest::Client::new(),
+                };
+                let source = ArtifactSource {
+                    client: &client,
+                    base_url: &self.ctx.config.coordinator.url,
+                    bearer_token: bearer.as_deref(),
+                };
+                let prepared = self
+                    .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {
+                        executor.prepare(&source)
                     })
-                })
-                .await?;
-            if let Err(e) = result {
-                return self.fail_and_roll_back(entry, &e).await;
+                    .await?;
+                match prepared {
+                    Ok(()) => (Event::Succeeded, None),
+                    Err(e) => failed(e),
+                }
             }
-            self.step(entry, Step::Verify, StepState::Done).await?;
-        }
-        self.step(entry, Step::Commit, StepState::Started).await?;
-        if let Err(e) = executor.commit().await {
-            // Verified healthy; a failed bookkeeping step is retried, not rolled back.
-            tracing::error!("commit failed, will retry: {e}");
-            return Ok(Next::RetryIn(Duration::from_secs(60)));
-        }
-        self.record_commit(entry, &release)?;
-        Ok(Next::Idle)
+            State::Install => {
+                self.step(entry, Step::Install, StepState::Started).await?;
+                self.ctx
+                    .phase(Some(rid), &entry.release_id, Phase::Installing, None)?;
+                let installed = self
+                    .retrying_later(entry, Phase::Installing, executor.retry_policy(), || {
+                        executor.install()
+                    })
+                    .await?;
+                match installed {
+                    Ok(InstallOutcome::Done) => (Event::Succeeded, None),
+                    Ok(InstallOutcome::RestartAgent) => (Event::RestartAgent, None),
+                    Err(e) => failed(e),
+                }
+            }
+            State::Verify => {
+                self.step(entry, Step::Verify, StepState::Started).await?;
+                self.ctx
+                    .phase(Some(rid), &entry.release_id, Phase::Verifying, None)?;
+                self.deliver_reports().await;
+                let store = &self.ctx.store;
+                let max = self.ctx.config.outbox.max_events;
+                let health = &self.health;
+                let clock = &self.ctx.clock;
+                let result = self
+                    .retrying_later(entry, Phase::Verifying, executor.retry_policy(), || {
+                        executor.verify(health, move |s: &HealthSample| {
+                            let _ = store.outbox_push(
+                                EventBody::Health {
+                                    healthy: s.healthy(),
+                                    summary: s.summary(),
+                                },
+                                clock.now(),
+                                max,
+                            );
+                        })
+                    })
+                    .await?;
+                match result {
+                    Ok(_) => (Event::Succeeded, None),
+                    Err(e) => failed(e),
+                }
+            }
+            State::Commit => {
+                self.step(entry, Step::Commit, StepState::Started).await?;
+                match executor.commit().await {
+                    Ok(()) => (Event::Succeeded, None),
+                    Err(e) => (Event::Failed { retryable: true }, Some(e)),
+                }
+            }
+            State::Rollback { .. } | State::HandedOver | State::Done(_) => {
+                unreachable!("run_steps runs {state:?} through rollback() or not at all")
+            }
+        })
     }
 
     /// Agent self-update: starts the guard (which restores the old binary if the new agent

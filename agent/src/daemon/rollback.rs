@@ -1,12 +1,12 @@
 //! Going back: rolling an install back through the executor, and the bound on failed
 //! rollback attempts.
 
-use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::{EventBody, Phase};
 use jiff::Timestamp;
 
 use super::{Daemon, DaemonError, Next, status};
 use crate::executor::{ExecError, Executor};
+use crate::lifecycle::{self, Event, State};
 use crate::state::journal::{JournalEntry, Outcome, Step, StepState};
 use crate::state::{StateError, Store};
 
@@ -55,32 +55,44 @@ impl Daemon {
         why: &str,
     ) -> Result<Next, DaemonError> {
         self.step(entry, Step::Rollback, StepState::Started).await?;
-        let now = self.ctx.trust.effective_now(self.ctx.clock.now());
-        // The release verified when the install began; its signature still decides which
-        // executor handles it (expiry does not matter for going back).
-        let release =
-            fleetwave_shared::verify::verify_release(self.ctx.trust.root(), &entry.release, now)
-                .map(|r| r.into_inner())
-                .or_else(|_| peek_release(&entry.release).ok_or(()));
-        let Ok(release) = release else {
-            tracing::error!(
-                "cannot read the release of the interrupted install; nothing to roll back with"
-            );
-            self.ctx.store.journal_finish(
-                entry.id,
-                Outcome::RolledBack,
-                Some("release unreadable"),
-                self.ctx.clock.now(),
-            )?;
-            return Ok(Next::Idle);
+        // The attempts that failed before this one (kept across restarts).
+        let prior = RollbackFailing::load(&self.ctx.store, entry.id)?.map_or(0, |f| f.failures);
+        let release = self.release_to_roll_back(entry);
+        let (event, error) = match &release {
+            None => (Event::Refused, None),
+            Some(release) => {
+                match Executor::for_release(&self.ctx.config.executor, release, true) {
+                    Err(e) => (Event::NoExecutor, Some(e)),
+                    Ok(ex) => match ex.rollback().await {
+                        Ok(()) => (Event::Succeeded, None),
+                        Err(e) => (
+                            Event::Failed {
+                                retryable: e.is_retryable(),
+                            },
+                            Some(e),
+                        ),
+                    },
+                }
+            }
         };
-        let result = match Executor::for_release(&self.ctx.config.executor, &release, true) {
-            Ok(ex) => ex.rollback().await,
-            Err(e) => Err(e),
+        let t = lifecycle::next(State::Rollback { failures: prior }, event, self.policy());
+        let release = match (t.state, release, error) {
+            (State::Done(Outcome::RolledBack), Some(release), None) => release,
+            (State::Done(Outcome::RolledBack), None, _) => {
+                tracing::error!(
+                    "cannot read the release of the interrupted install; nothing to roll back with"
+                );
+                self.ctx.store.journal_finish(
+                    entry.id,
+                    Outcome::RolledBack,
+                    Some("release unreadable"),
+                    self.ctx.clock.now(),
+                )?;
+                return Ok(Next::Idle);
+            }
+            (next, _, Some(e)) => return self.rollback_failed(entry, why, &e, prior, next),
+            (next, _, None) => unreachable!("rollback: {next:?} without an error"),
         };
-        if let Err(e) = result {
-            return self.rollback_failed(entry, why, &e);
-        }
         self.rollbacks.succeeded();
         if RollbackFailing::load(&self.ctx.store, entry.id)?.is_some() {
             self.ctx.store.delete_meta(RollbackFailing::META_KEY)?;
@@ -108,7 +120,25 @@ impl Daemon {
         Ok(Next::Idle)
     }
 
-    /// A rollback attempt failed: logs it with the end of the command's output and tries
+    /// The release of the install being rolled back, verified again against the trusted
+    /// root: at the trusted time, or, once it has expired, as of when the install began (it
+    /// verified then, and expiry does not matter for going back). Its signature still
+    /// decides which executor handles it; nothing unverified reaches an executor.
+    fn release_to_roll_back(
+        &self,
+        entry: &JournalEntry,
+    ) -> Option<fleetwave_shared::Verified<fleetwave_shared::Release>> {
+        let root = self.ctx.trust.root();
+        let now = self.ctx.trust.effective_now(self.ctx.clock.now());
+        fleetwave_shared::verify::verify_release(root, &entry.release, now)
+            .or_else(|_| {
+                fleetwave_shared::verify::verify_release(root, &entry.release, entry.started_at)
+            })
+            .ok()
+    }
+
+    /// A rollback attempt failed (`prior` attempts failed before it; the state machine
+    /// moved to `next`): logs it with the end of the command's output and tries
     /// again after the rollback back-off; after `install.rollback_attempts` failed attempts
     /// (counted across restarts) it gives up: the install is closed as `rollback_failed`
     /// and reported as phase `rollback_failed` with the error and output, and the agent
@@ -119,12 +149,13 @@ impl Daemon {
         entry: &JournalEntry,
         why: &str,
         e: &ExecError,
+        prior: u32,
+        next: State,
     ) -> Result<Next, DaemonError> {
         let attempts = self.ctx.config.install.rollback_attempts;
         let now = self.ctx.clock.now();
         let output = e.output().unwrap_or_default().to_string();
-        let failures =
-            RollbackFailing::load(&self.ctx.store, entry.id)?.map_or(0, |f| f.failures) + 1;
+        let failures = prior + 1;
         let mut record = RollbackFailing {
             entry: entry.id,
             release_id: entry.release_id.clone(),
@@ -140,7 +171,7 @@ impl Daemon {
         } else {
             output.as_str()
         };
-        if failures >= attempts {
+        if next == State::Done(Outcome::RollbackFailed) {
             tracing::error!(
                 release = %entry.release_id,
                 attempt = failures,
@@ -195,13 +226,3 @@ impl Daemon {
 
 /// Longest `detail` of a `rollback_failed` phase event (error and output included).
 const ROLLBACK_FAILED_DETAIL_CHARS: usize = 2048;
-
-/// The release document of an envelope without checking its signature: only used to
-/// pick the executor that rolls back an install which verified when it began.
-pub(super) fn peek_release(envelope: &Envelope) -> Option<fleetwave_shared::Release> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&envelope.payload)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
