@@ -93,7 +93,7 @@ impl Site {
     }
 
     fn executor(&self, r: &Release) -> Executor {
-        Executor::for_release(&self.config, &support::verified(&r), false).unwrap()
+        Executor::for_release(&self.config, &support::verified(r), false).unwrap()
     }
 
     /// prepare → install → verify → commit.

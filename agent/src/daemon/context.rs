@@ -91,6 +91,7 @@ impl Context {
 
     pub fn health(&self) -> Result<Health, DaemonError> {
         Health::new(self.config.health.clone(), &self.config.staging_dir())
+            .map(|h| h.with_clock(self.clock.clone()))
             .map_err(|e| DaemonError::Health(e.to_string()))
     }
 

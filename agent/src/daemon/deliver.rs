@@ -30,7 +30,10 @@ pub async fn deliver_reports(ctx: &Context, session: &Session) -> usize {
     let timeout = Duration::from_secs(ctx.config.coordinator.request_timeout_secs);
     let mut delivered = 0;
     loop {
-        let batch = match ctx.store.outbox_batch(ctx.config.outbox.batch_size) {
+        let batch = match ctx
+            .store
+            .outbox_batch(ctx.config.outbox.batch_size, ctx.clock.now())
+        {
             Ok(b) if !b.is_empty() => b,
             Ok(_) => return delivered,
             Err(e) => {
