@@ -380,6 +380,54 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_gets_its_release_verified_again_even_after_it_expired() {
+        use crate::state::journal::NewInstall;
+        let fleet = fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let config = context(&fleet, dir.path()).config;
+        let clock = crate::clock::Clock::manual(Timestamp::now());
+        let daemon = super::super::Daemon::with_clock(config, dir.path(), clock.clone()).unwrap();
+        let (a, r) = documents(&fleet, 5, SignedDuration::from_hours(1));
+        let begin = |release: &Envelope| {
+            let id = daemon
+                .ctx
+                .store
+                .journal_begin(
+                    &NewInstall {
+                        rollout_id: "r5",
+                        sequence: 5,
+                        release_id: "pos-1",
+                        stream: "pos",
+                        assignment: &a,
+                        release,
+                        lease_id: None,
+                    },
+                    clock.now(),
+                )
+                .unwrap();
+            let entry = daemon.ctx.store.journal_open().unwrap().unwrap();
+            assert_eq!(entry.id, id);
+            entry
+        };
+        let entry = begin(&r);
+        assert!(daemon.release_to_roll_back(&entry).is_some());
+        // The release expires (in an hour); going back still verifies it, as of the start.
+        clock.advance(Duration::from_secs(2 * 3600));
+        let release = daemon.release_to_roll_back(&entry).unwrap();
+        assert_eq!(release.digest(), r.digest());
+        // A release the root never signed never reaches an executor.
+        daemon
+            .ctx
+            .store
+            .journal_finish(entry.id, Outcome::RolledBack, None, clock.now())
+            .unwrap();
+        let mut forged = r.clone();
+        forged.signatures.clear();
+        let entry = begin(&forged);
+        assert!(daemon.release_to_roll_back(&entry).is_none());
+    }
+
+    #[test]
     fn an_agent_whose_state_predates_the_record_of_what_ran_learns_it_from_installed() {
         let fleet = fleet();
         let dir = tempfile::tempdir().unwrap();

@@ -357,7 +357,11 @@ impl Daemon {
                 (None, None) => unreachable!("no executor is the event NoExecutor"),
             };
             let t = lifecycle::next(state, event, self.policy());
-            if state == State::Prepare && t.action != Action::RetryLater {
+            // A download that ran and did not ask to be retried: its back-off is over.
+            if state == State::Prepare
+                && event != Event::NoExecutor
+                && t.action != Action::RetryLater
+            {
                 self.downloads.succeeded();
             }
             match (t.action, t.state, error) {

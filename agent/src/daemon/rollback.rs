@@ -124,7 +124,7 @@ impl Daemon {
     /// root: at the trusted time, or, once it has expired, as of when the install began (it
     /// verified then, and expiry does not matter for going back). Its signature still
     /// decides which executor handles it; nothing unverified reaches an executor.
-    fn release_to_roll_back(
+    pub(super) fn release_to_roll_back(
         &self,
         entry: &JournalEntry,
     ) -> Option<fleetwave_shared::Verified<fleetwave_shared::Release>> {
