@@ -494,7 +494,7 @@ pub fn import(ctx: &mut Context, path: &Path) -> Result<Imported, BundleError> {
             &ctx.site_id,
             &assignment,
             &release,
-            jiff::Timestamp::now(),
+            ctx.clock.now(),
             crate::daemon::AGENT_VERSION,
         )
         .map_err(|r| refused(ctx, &r, Some(&assignment)))?;

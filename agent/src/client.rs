@@ -191,7 +191,8 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    // An HTTP date: how far in the future it is.
+    // An HTTP date: how far in the future it is. The date is the coordinator's wall clock,
+    // so it is compared with this box's real clock (never a test's manual one).
     let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let secs = at.as_second() - Timestamp::now().as_second();
     Some(Duration::from_secs(secs.max(0) as u64))
@@ -313,6 +314,8 @@ pub struct Session {
     site_id: String,
     key: SigningKey,
     token: Mutex<Option<String>>,
+    /// The time a session request is signed with.
+    clock: crate::clock::Clock,
 }
 
 impl Session {
@@ -323,7 +326,13 @@ impl Session {
             site_id: site_id.to_string(),
             key,
             token: Mutex::new(None),
+            clock: crate::clock::Clock::system(),
         }
+    }
+
+    /// The same session, signing its requests with the time of `clock`.
+    pub fn with_clock(self, clock: crate::clock::Clock) -> Session {
+        Session { clock, ..self }
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -344,7 +353,7 @@ impl Session {
 
     /// Opens a new session (signed, with a fresh nonce and the current time).
     pub async fn handshake(&self) -> Result<String, ClientError> {
-        let timestamp = Timestamp::now();
+        let timestamp = self.clock.now();
         let nonce = crate::state::random_id();
         let signature = self
             .key

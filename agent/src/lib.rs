@@ -7,10 +7,12 @@
 
 pub mod bundle;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decision;
 pub mod executor;
+pub mod lifecycle;
 pub mod readiness;
 pub mod state;
 pub mod test_hooks;

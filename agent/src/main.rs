@@ -18,7 +18,7 @@ use fleetwave_agent::state::{Deferral, Store};
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::EventBody;
 use fleetwave_shared::trust::TrustState;
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use serde_json::json;
 
 const EXIT_FAILURE: u8 = 1;
@@ -372,8 +372,10 @@ async fn enroll(
         "labels",
         &serde_json::to_string(&answer.labels).unwrap_or_default(),
     )?;
-    store.set_meta("enrolled_at", &Timestamp::now().to_string())?;
-    store.set_meta("last_contact", &Timestamp::now().to_string())?;
+    // Enrolling runs before there is a context: the system clock, read here.
+    let now = fleetwave_agent::clock::Clock::system().now();
+    store.set_meta("enrolled_at", &now.to_string())?;
+    store.set_meta("last_contact", &now.to_string())?;
     if json {
         println!(
             "{}",
@@ -442,7 +444,7 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
         .and_then(|t| serde_json::from_str(&t).ok());
     let counts = ctx.store.outbox_counts()?;
     let queued: u64 = counts.iter().map(|(_, n)| n).sum();
-    let deferral = ctx.store.deferral()?.filter(|d| d.until > Timestamp::now());
+    let deferral = ctx.store.deferral()?.filter(|d| d.until > ctx.clock.now());
     let dead_counts = ctx.store.dead_letter_counts()?;
     let dead_total: u64 = dead_counts.iter().map(|(_, n)| n).sum();
     let dead_recent = ctx.store.dead_letters(10)?;
@@ -630,7 +632,7 @@ async fn defer(
     let config = Config::load(path)?;
     let ctx = Context::open(config)?;
     let max = SignedDuration::from_secs(ctx.config.install.max_defer_secs as i64);
-    let now = Timestamp::now();
+    let now = ctx.clock.now();
     let until = decision::parse_duration(duration)
         .and_then(|d| decision::defer_until(now, d, max))
         .map_err(|e| Failure::new(EXIT_REFUSED, e))?;
@@ -739,7 +741,12 @@ async fn check(path: &Path, json_out: bool) -> Result<u8, Failure> {
             artifact_bytes,
         })
         .await;
-    daemon::record_sample(&ctx.store, &sample, ctx.config.outbox.max_events);
+    daemon::record_sample(
+        &ctx.store,
+        &sample,
+        ctx.config.outbox.max_events,
+        ctx.clock.now(),
+    );
     let failing: Vec<String> = sample
         .failing()
         .map(|c| format!("{}: {}", c.name, c.reason))
@@ -754,7 +761,7 @@ async fn check(path: &Path, json_out: bool) -> Result<u8, Failure> {
                 deferred_until,
                 failing_checks: &failing,
             },
-            ctx.trust.effective_now(Timestamp::now()),
+            ctx.trust.effective_now(ctx.clock.now()),
         )
     });
     let decision_text = match &decision {

@@ -93,7 +93,7 @@ impl Site {
     }
 
     fn executor(&self, r: &Release) -> Executor {
-        Executor::for_release(&self.config, r, false).unwrap()
+        Executor::for_release(&self.config, &support::verified(r), false).unwrap()
     }
 
     /// prepare → install → verify → commit.
@@ -337,10 +337,10 @@ fn bad_install_params_are_refused_naming_the_key() {
         (json!({"file_mode": "rwx"}), "file_mode"),
     ] {
         let r = release("demo", "1.0", ReleaseKind::App, vec![art.clone()], params);
-        let err = Executor::for_release(&config, &r, false).unwrap_err();
+        let err = Executor::for_release(&config, &support::verified(&r), false).unwrap_err();
         assert_eq!(err.code(), "bad_install_params");
         assert!(err.to_string().contains(key), "{err}");
     }
     let r = release("../etc", "1.0", ReleaseKind::App, vec![art], json!({}));
-    assert!(Executor::for_release(&config, &r, false).is_err());
+    assert!(Executor::for_release(&config, &support::verified(&r), false).is_err());
 }

@@ -105,7 +105,7 @@ impl Setup {
 #[tokio::test]
 async fn command_executor_runs_every_step_with_exit_code_0_and_passes_the_release_env() {
     let s = setup().await;
-    let e = Executor::for_release(&s.config, &s.release, false).unwrap();
+    let e = Executor::for_release(&s.config, &support::verified(&s.release), false).unwrap();
     e.prepare(&s.source()).await.unwrap();
     e.install().await.unwrap();
     e.verify(&s.health, |_| {}).await.unwrap();
@@ -131,7 +131,7 @@ async fn command_executor_runs_every_step_with_exit_code_0_and_passes_the_releas
 async fn command_executor_exit_code_1_fails_the_step_and_rollback_runs_the_rollback_script() {
     let s = setup().await;
     s.exit("install", 1);
-    let e = Executor::for_release(&s.config, &s.release, false).unwrap();
+    let e = Executor::for_release(&s.config, &support::verified(&s.release), false).unwrap();
     e.prepare(&s.source()).await.unwrap();
     let err = e.install().await.unwrap_err();
     assert_eq!(err.code(), "command_failed");
@@ -155,7 +155,7 @@ async fn command_executor_exit_code_1_fails_the_step_and_rollback_runs_the_rollb
 async fn command_executor_exit_code_21_asks_to_retry_later() {
     let s = setup().await;
     s.exit("prepare", 21);
-    let e = Executor::for_release(&s.config, &s.release, true).unwrap();
+    let e = Executor::for_release(&s.config, &support::verified(&s.release), true).unwrap();
     let err = e.prepare(&s.source()).await.unwrap_err();
     assert_eq!(err.code(), "retry_later");
     // Not a download to retry with the poll back-off for ever: the daemon runs the step
@@ -172,7 +172,7 @@ async fn command_executor_exit_code_21_asks_to_retry_later() {
 async fn command_executor_verify_script_failure_is_reported_before_the_watch() {
     let s = setup().await;
     s.exit("verify", 3);
-    let e = Executor::for_release(&s.config, &s.release, false).unwrap();
+    let e = Executor::for_release(&s.config, &support::verified(&s.release), false).unwrap();
     e.prepare(&s.source()).await.unwrap();
     e.install().await.unwrap();
     let err = e.verify(&s.health, |_| {}).await.unwrap_err();
@@ -184,7 +184,7 @@ async fn command_executor_verify_script_failure_is_reported_before_the_watch() {
 fn a_command_release_without_an_install_script_is_refused() {
     let config = ExecutorConfig::default();
     let r = release("x", "1", ReleaseKind::Command, vec![], json!({}));
-    let err = Executor::for_release(&config, &r, false).unwrap_err();
+    let err = Executor::for_release(&config, &support::verified(&r), false).unwrap_err();
     assert_eq!(err.code(), "bad_install_params");
     assert!(err.to_string().contains("install"), "{err}");
 }

@@ -100,7 +100,7 @@ impl Cluster {
     }
 
     fn executor(&self, r: &Release, rollback: bool) -> Executor {
-        Executor::for_release(&self.config, r, rollback).unwrap()
+        Executor::for_release(&self.config, &support::verified(r), rollback).unwrap()
     }
 
     fn source(&self) -> ArtifactSource<'_> {

@@ -100,7 +100,7 @@ impl Box_ {
 async fn self_update_swaps_the_binary_keeping_the_previous_and_asks_the_daemon_to_restart() {
     let b = a_box().await;
     let r = b.release("0.2.0", "0.2.0");
-    let e = Executor::for_release(&b.config, &r, false).unwrap();
+    let e = Executor::for_release(&b.config, &support::verified(&r), false).unwrap();
     assert_eq!(e.kind_name(), "agent");
     e.prepare(&b.source()).await.unwrap();
     assert_eq!(
@@ -132,7 +132,7 @@ async fn self_update_swaps_the_binary_keeping_the_previous_and_asks_the_daemon_t
 async fn self_update_refuses_a_binary_that_reports_another_version() {
     let b = a_box().await;
     let r = b.release("0.2.0", "0.1.9");
-    let e = Executor::for_release(&b.config, &r, false).unwrap();
+    let e = Executor::for_release(&b.config, &support::verified(&r), false).unwrap();
     let err = e.prepare(&b.source()).await.unwrap_err();
     assert_eq!(err.code(), "artifact_mismatch");
     assert!(err.to_string().contains("reports version 0.1.9"), "{err}");
@@ -142,7 +142,7 @@ async fn self_update_refuses_a_binary_that_reports_another_version() {
 async fn the_guard_restores_the_previous_binary_when_the_new_agent_never_checks_in() {
     let b = a_box().await;
     let r = b.release("0.2.0", "0.2.0");
-    let e = Executor::for_release(&b.config, &r, false).unwrap();
+    let e = Executor::for_release(&b.config, &support::verified(&r), false).unwrap();
     e.prepare(&b.source()).await.unwrap();
     e.install().await.unwrap();
     let sha = &r.artifacts[0].sha256;
@@ -183,7 +183,7 @@ async fn the_guard_restores_the_previous_binary_when_the_new_agent_never_checks_
 async fn the_guard_leaves_a_confirmed_update_alone() {
     let b = a_box().await;
     let r = b.release("0.2.0", "0.2.0");
-    let e = Executor::for_release(&b.config, &r, false).unwrap();
+    let e = Executor::for_release(&b.config, &support::verified(&r), false).unwrap();
     e.prepare(&b.source()).await.unwrap();
     e.install().await.unwrap();
     let mut calls = 0;
@@ -208,7 +208,7 @@ async fn the_guard_leaves_a_confirmed_update_alone() {
 async fn a_self_update_rollback_restores_and_restarts_once() {
     let b = a_box().await;
     let r = b.release("0.2.0", "0.2.0");
-    let e = Executor::for_release(&b.config, &r, false).unwrap();
+    let e = Executor::for_release(&b.config, &support::verified(&r), false).unwrap();
     e.prepare(&b.source()).await.unwrap();
     e.install().await.unwrap();
     e.rollback().await.unwrap();

@@ -48,7 +48,7 @@ pub mod unpack;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleetwave_shared::{Release, ReleaseKind};
+use fleetwave_shared::{Release, ReleaseKind, Verified};
 use serde::{Deserialize, Serialize};
 
 use crate::readiness::{Health, HealthSample, WatchFailure};
@@ -353,11 +353,15 @@ impl Executor {
     /// Picks and configures the executor for `release`. `rollback` is true when the
     /// assignment is an explicit rollback (the Kubernetes skew policy allows a downgrade
     /// only then). Fails on install parameters it cannot use (`bad_install_params`).
+    ///
+    /// Only a [`Verified`] release reaches an executor: one that the trust core checked
+    /// against the root (new installs, commits and rollbacks alike).
     pub fn for_release(
         config: &ExecutorConfig,
-        release: &Release,
+        release: &Verified<Release>,
         rollback: bool,
     ) -> Result<Executor, ExecError> {
+        let release: &Release = release;
         let params = Params::new(&release.install);
         Ok(match release.kind {
             ReleaseKind::App => match params.str("target")? {

@@ -70,10 +70,16 @@ pub struct HealthSample {
 }
 
 impl HealthSample {
-    /// An empty sample taken now (every check added with [`Self::push`]).
+    /// An empty sample taken now, by the system clock (every check added with
+    /// [`Self::push`]).
     pub fn new() -> HealthSample {
+        HealthSample::at(Timestamp::now())
+    }
+
+    /// An empty sample taken at `at`.
+    pub fn at(at: Timestamp) -> HealthSample {
         HealthSample {
-            at: Timestamp::now(),
+            at,
             checks: Vec::new(),
             disk_free_bytes: None,
             mem_available_bytes: None,
@@ -160,6 +166,8 @@ pub struct Health {
     disk_path: PathBuf,
     probes: probes::ProbeSet,
     system: Mutex<sysinfo::System>,
+    /// What samples are stamped with.
+    clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Health {
@@ -186,7 +194,13 @@ impl Health {
             disk_path,
             probes,
             system: Mutex::new(sysinfo::System::new()),
+            clock: crate::clock::Clock::system(),
         })
+    }
+
+    /// The same checker, stamping its samples with the time of `clock`.
+    pub fn with_clock(self, clock: crate::clock::Clock) -> Health {
+        Health { clock, ..self }
     }
 
     pub fn config(&self) -> &HealthConfig {
@@ -202,7 +216,7 @@ impl Health {
     /// Like [`Self::sample`], plus `extra` probes (an executor's own checks, e.g. the
     /// release's `health_url` or the Kubernetes checks during verify).
     pub async fn sample_with(&self, extra: &[ProbeConfig]) -> HealthSample {
-        let mut sample = HealthSample::new();
+        let mut sample = HealthSample::at(self.clock.now());
         self.builtin_checks(&mut sample, None).await;
         self.probes.run_all(&mut sample, extra).await;
         sample
@@ -211,7 +225,7 @@ impl Health {
     /// Readiness before asking for a lease: a full sample plus free disk for the artifact
     /// (`artifact_bytes × disk_margin + min_free_disk_bytes` on `need.path`'s filesystem).
     pub async fn readiness(&self, need: &DiskNeed) -> HealthSample {
-        let mut sample = HealthSample::new();
+        let mut sample = HealthSample::at(self.clock.now());
         self.builtin_checks(&mut sample, Some(need)).await;
         self.probes.run_all(&mut sample, &[]).await;
         sample

@@ -178,8 +178,9 @@ impl Store {
 
     /// Hands out the oldest `limit` events for sending, in the order they were queued,
     /// and marks them `sent` in the same transaction: from now on compaction leaves them
-    /// alone (see the module docs). The mark stays until the event is acknowledged.
-    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<Event>, StateError> {
+    /// alone (see the module docs). The mark stays until the event is acknowledged. A row
+    /// that cannot be read moves to the dead letters, stamped `now`.
+    pub fn outbox_batch(&self, limit: usize, now: Timestamp) -> Result<Vec<Event>, StateError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rows = {
@@ -211,7 +212,7 @@ impl Store {
                         "a queued report cannot be read ({e}); moved to the dead letters \
                          (see `fleetwave-agent status`)"
                     );
-                    move_to_dead_letter(&tx, "seq", &seq.to_string(), &refused, Timestamp::now())?;
+                    move_to_dead_letter(&tx, "seq", &seq.to_string(), &refused, now)?;
                 }
             }
         }
@@ -426,13 +427,13 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-        let batch = store.outbox_batch(10).unwrap();
+        let batch = store.outbox_batch(10, Timestamp::now()).unwrap();
         assert_eq!(
             batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             vec![a.clone(), b]
         );
         // The id is stable until acknowledged.
-        assert_eq!(store.outbox_batch(1).unwrap()[0].id, a);
+        assert_eq!(store.outbox_batch(1, Timestamp::now()).unwrap()[0].id, a);
         store.outbox_ack(&[a]).unwrap();
         assert_eq!(store.outbox_len().unwrap(), 1);
     }
@@ -470,7 +471,7 @@ mod tests {
             store.outbox_push(phase(p), at(t), max).unwrap();
             t += 1;
         }
-        let events = store.outbox_batch(1000).unwrap();
+        let events = store.outbox_batch(1000, Timestamp::now()).unwrap();
         let kept_phases: Vec<Phase> = events
             .iter()
             .filter_map(|e| match &e.body {
@@ -534,7 +535,7 @@ mod tests {
             t += 1;
         }
         // The daemon hands out a batch and sends it ...
-        let in_flight = store.outbox_batch(4).unwrap();
+        let in_flight = store.outbox_batch(4, Timestamp::now()).unwrap();
         assert_eq!(in_flight.len(), 4);
         let in_flight_ids: Vec<String> = in_flight.iter().map(|e| e.id.clone()).collect();
         // ... while the sampler keeps queueing past the limit (compaction runs).
@@ -559,7 +560,7 @@ mod tests {
         // The coordinator acknowledges the batch; what it receives afterwards adds up to
         // exactly the samples taken, none twice.
         store.outbox_ack(&in_flight_ids).unwrap();
-        let rest = store.outbox_batch(1000).unwrap();
+        let rest = store.outbox_batch(1000, Timestamp::now()).unwrap();
         assert_eq!(samples_of(&in_flight) + samples_of(&rest), 16);
         assert!(rest.iter().all(|e| !in_flight_ids.contains(&e.id)));
     }
@@ -592,7 +593,7 @@ mod tests {
         assert!(!store.outbox_dead_letter(&b, &refused, at(3)).unwrap());
         // The unreadable row is moved aside when handed out; the rest comes in order.
         let batch: Vec<String> = store
-            .outbox_batch(10)
+            .outbox_batch(10, Timestamp::now())
             .unwrap()
             .into_iter()
             .map(|e| e.id)
