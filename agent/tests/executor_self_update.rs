@@ -245,12 +245,10 @@ fn spawn_guard_starts_the_previous_binary_detached() {
     )
     .unwrap();
     // Wait for the detached process to leave its mark (bounded; not a timing assertion).
-    for _ in 0..500 {
-        if marker.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = fleetwave_testkit::wait_blocking(
+        fleetwave_testkit::patience(Duration::from_secs(5)),
+        || if marker.exists() { Ok(()) } else { Err(()) },
+    );
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap().trim(),
         "self-update-guard --config a.toml"

@@ -552,18 +552,17 @@ async fn a_rollback_the_agent_gave_up_on_is_shown_on_the_site_and_rollout_pages_
             && page.contains("port 8080 in use"),
         "{page}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let page = loop {
-        let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
-        if page.contains("its rollback failed") {
-            break page;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rollout page never showed the failed rollback:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // The browser stand-in keeps its cookie jar behind `&mut`: one attempt at a time.
+    let browser = tokio::sync::Mutex::new(&mut web);
+    let page = common::eventually("the rollout page to show the failed rollback", || async {
+        let (_, _, page) = browser
+            .lock()
+            .await
+            .get(&format!("/ui/rollouts/{id}"))
+            .await;
+        page.contains("its rollback failed").then_some(page)
+    })
+    .await;
     assert!(page.contains("port 8080 in use"), "{page}");
     assert_eq!(
         metric(&metrics(&h).await),
