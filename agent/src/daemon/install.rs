@@ -35,18 +35,8 @@ impl Daemon {
         match decision {
             Recovery::Abandon => {
                 let why = current.err().map(|r| r.to_string()).unwrap_or_default();
-                self.ctx.phase(
-                    Some(&entry.rollout_id),
-                    &entry.release_id,
-                    Phase::Failed,
-                    Some(detail(&format!("abandoned, nothing was changed: {why}"))),
-                )?;
-                self.ctx.store.journal_finish(
-                    entry.id,
-                    Outcome::Abandoned,
-                    Some(&why),
-                    self.ctx.clock.now(),
-                )?;
+                let reported = detail(&format!("abandoned, nothing was changed: {why}"));
+                self.abandon(&entry, &reported, &why)?;
                 Ok(Next::Idle)
             }
             Recovery::RollBack | Recovery::FinishRollback => {
@@ -135,18 +125,8 @@ impl Daemon {
             }) => {
                 let detail = format!("lease denied: {reason}: {message}");
                 if reason.is_final() {
-                    self.ctx.phase(
-                        Some(&entry.rollout_id),
-                        &entry.release_id,
-                        Phase::Failed,
-                        Some(format!("{detail}; abandoned, nothing was changed")),
-                    )?;
-                    self.ctx.store.journal_finish(
-                        entry.id,
-                        Outcome::Abandoned,
-                        Some(&detail),
-                        self.ctx.clock.now(),
-                    )?;
+                    let reported = format!("{detail}; abandoned, nothing was changed");
+                    self.abandon(entry, &reported, &detail)?;
                     return Ok(Some(Next::Idle));
                 }
                 status(&format!("waiting: {detail}"));
@@ -187,16 +167,7 @@ impl Daemon {
                         ..
                     }) => {
                         let detail = format!("lease denied: {reason}: {message}");
-                        status(&format!("waiting: {detail}"));
-                        if self.last_wait.as_deref() != Some(&detail) {
-                            self.ctx.phase(
-                                Some(&a.rollout_id),
-                                &r.id,
-                                Phase::Waiting,
-                                Some(detail.clone()),
-                            )?;
-                            self.last_wait = Some(detail);
-                        }
+                        self.waiting(&a.rollout_id, &r.id, detail)?;
                         return Ok(self.after_denial(retry_after));
                     }
                     Err(e) => {
@@ -656,19 +627,31 @@ impl Daemon {
             rollout_id: Some(entry.rollout_id.clone()),
             sequence: Some(entry.sequence),
         })?;
+        self.abandon(entry, &format!("{}: {e}", e.code()), &e.to_string())?;
+        Ok(Next::Idle)
+    }
+
+    /// Closes an install that changed nothing on the box: the `failed` phase with
+    /// `reported` (the operator's words), and the journal entry abandoned with `why`.
+    fn abandon(
+        &mut self,
+        entry: &JournalEntry,
+        reported: &str,
+        why: &str,
+    ) -> Result<(), DaemonError> {
         self.ctx.phase(
             Some(&entry.rollout_id),
             &entry.release_id,
             Phase::Failed,
-            Some(format!("{}: {e}", e.code())),
+            Some(reported.to_string()),
         )?;
         self.ctx.store.journal_finish(
             entry.id,
             Outcome::Abandoned,
-            Some(&e.to_string()),
+            Some(why),
             self.ctx.clock.now(),
         )?;
-        Ok(Next::Idle)
+        Ok(())
     }
 
     pub(super) async fn fail_and_roll_back(

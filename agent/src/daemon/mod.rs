@@ -290,17 +290,7 @@ impl Daemon {
                 Ok(Next::Idle)
             }
             Readiness::Wait(wait) => {
-                let detail = wait.detail();
-                status(&format!("waiting: {detail}"));
-                if self.last_wait.as_deref() != Some(&detail) {
-                    self.ctx.phase(
-                        Some(&a.rollout_id),
-                        &r.id,
-                        Phase::Waiting,
-                        Some(detail.clone()),
-                    )?;
-                    self.last_wait = Some(detail);
-                }
+                self.waiting(&a.rollout_id, &r.id, wait.detail())?;
                 let until = wait
                     .until()
                     .map(|u| Duration::from_secs(u.duration_since(now).as_secs().max(1) as u64))
@@ -312,6 +302,27 @@ impl Daemon {
                 self.lease_and_install(&accepted).await
             }
         }
+    }
+
+    /// Waiting to install (`detail` says for what): the systemd status line, and the
+    /// `waiting` phase reported once per distinct reason, not on every round.
+    fn waiting(
+        &mut self,
+        rollout_id: &str,
+        release_id: &str,
+        detail: String,
+    ) -> Result<(), DaemonError> {
+        status(&format!("waiting: {detail}"));
+        if self.last_wait.as_deref() != Some(&detail) {
+            self.ctx.phase(
+                Some(rollout_id),
+                release_id,
+                Phase::Waiting,
+                Some(detail.clone()),
+            )?;
+            self.last_wait = Some(detail);
+        }
+        Ok(())
     }
 
     /// After a lease denial: ask again when the coordinator said (at least a second later),
