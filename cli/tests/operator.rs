@@ -600,6 +600,45 @@ fn releases_artifacts_roots_and_rollouts() {
     assert!(list.contains(&id), "{list}");
     let aborted = c.json(&["rollout", "abort", &id, "--reason", "demo over"]);
     assert_eq!(aborted["status"], "aborted");
+
+    // The rollout as one file for a review, as JSON and as Markdown.
+    let x = c.json(&["rollout", "export", &id]);
+    assert_eq!(x["rollout"]["status"], "aborted", "{x}");
+    assert_eq!(x["release"]["id"], created["release_id"], "{x}");
+    let audited: Vec<&str> = x["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.abort",
+    ] {
+        assert!(
+            audited.contains(&a),
+            "{a} missing from the export's audit: {audited:?}"
+        );
+    }
+    c.ok(&["rollout", "export", &id, "--out", "review.md"]);
+    let md = std::fs::read_to_string(c.dir.path().join("review.md")).unwrap();
+    for word in [
+        &format!("# Rollout {id} — aborted"),
+        "## Waves",
+        "## Timeline",
+        "paused by",
+        "## Audit",
+        "`rollout.abort`",
+        "## Versions",
+        "## Plan",
+        "```toml",
+    ] {
+        assert!(md.contains(word), "{word} missing from:\n{md}");
+    }
+    let err = fails(c.run(&["rollout", "export", "no-such-rollout"]), 1);
+    assert!(err.contains("404"), "{err}");
     let err = fails(c.run(&["rollout", "resume", &id]), 1);
     assert!(
         err.contains("409"),

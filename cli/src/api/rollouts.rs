@@ -42,6 +42,10 @@ pub enum RolloutCommand {
     Status(StatusArgs),
     /// Every rollout, newest first.
     List(ListArgs),
+    /// One file for a post-incident review: the plan, the timeline with the gate's
+    /// numbers, every failed, silent or rolled-back site in the agent's own words with its
+    /// reports around the failure, the audit entries, versions before and now.
+    Export(super::export::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +146,7 @@ pub fn rollout(command: RolloutCommand) -> Result<()> {
         ),
         RolloutCommand::Status(args) => status(args),
         RolloutCommand::List(args) => list(args),
+        RolloutCommand::Export(args) => super::export::export(args),
     }
 }
 

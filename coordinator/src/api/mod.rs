@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
@@ -86,6 +87,7 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/rollouts", post(create_rollout).get(list_rollouts))
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/sites", get(list_rollout_sites))
+        .route("/v1/rollouts/{id}/export", get(export::export_rollout))
         .route("/v1/rollouts/{id}/start", post(start_rollout))
         .route("/v1/rollouts/{id}/pause", post(pause_rollout))
         .route("/v1/rollouts/{id}/resume", post(resume_rollout))

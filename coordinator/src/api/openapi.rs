@@ -369,6 +369,12 @@ const ROUTES: &[Route] = &[
         ..VIEW
     },
     Route {
+        path: "/v1/rollouts/{id}/export",
+        summary: "A rollout for a post-incident review: status, timeline, release, failed, silent and rolled-back sites with their reports, audit, versions before and now",
+        output: Output::Json("RolloutExport"),
+        ..VIEW
+    },
+    Route {
         path: "/v1/rollouts/{id}/sites",
         summary: "Every site of a rollout by site id (filter by wave, state; paginated)",
         input: Input::Query(query::<RolloutSiteQuery>),
@@ -829,6 +835,8 @@ fn build() -> OpenApi {
         .schema_from::<OperatorRole>()
         .schema_from::<SiteState>()
         .schema_from::<RolloutStatus>()
+        .schema_from::<fleetwave_shared::protocol::export::RolloutExport>()
+        .schema_from::<fleetwave_shared::protocol::export::ExportSite>()
         .schema_from::<CreateEnrollmentToken>()
         .schema_from::<EnrollmentTokenCreated>()
         .schema_from::<EnrollmentTokenInfo>()

@@ -442,7 +442,7 @@ pub async fn reenable_site(
     get_site(State(app), op, ApiPath(id)).await
 }
 
-fn release_info(r: ReleaseRecord) -> ReleaseInfo {
+pub(super) fn release_info(r: ReleaseRecord) -> ReleaseInfo {
     ReleaseInfo {
         id: r.id,
         digest: r.digest,
@@ -666,7 +666,7 @@ fn site_state_word(
 /// Calls `each(wave, site, state)` for every site of the rollout, wave by wave: the one
 /// pass that both the status view and the site list read their states from. 100,000
 /// sites at scale: one set lookup per site, no search.
-fn for_each_site<'a>(
+pub(super) fn for_each_site<'a>(
     l: &Loaded,
     view: &'a controller::RolloutView,
     now: Timestamp,
@@ -691,7 +691,7 @@ fn for_each_site<'a>(
 }
 
 /// One listed site, with its phase and the reason for its state in words.
-fn site_view(
+pub(super) fn site_view(
     l: &Loaded,
     view: &controller::RolloutView,
     wave: u32,
@@ -985,18 +985,7 @@ pub async fn list_audit(
         .then(|| entries.last().map(|e| e.id))
         .flatten();
     Ok(Json(AuditList {
-        entries: entries
-            .into_iter()
-            .map(|e| AuditEntry {
-                id: e.id,
-                at: e.at,
-                actor: e.actor,
-                action: e.action,
-                target: e.target,
-                detail: e.detail,
-                remote: e.remote,
-            })
-            .collect(),
+        entries: entries.into_iter().map(audit_entry).collect(),
         next_before,
     }))
 }
@@ -1009,4 +998,16 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     let r: ActionReason = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     Ok(r.reason)
+}
+
+pub(super) fn audit_entry(e: crate::store::AuditRecord) -> AuditEntry {
+    AuditEntry {
+        id: e.id,
+        at: e.at,
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        detail: e.detail,
+        remote: e.remote,
+    }
 }

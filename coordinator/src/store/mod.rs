@@ -521,6 +521,8 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, entry: &AuditRecord) -> StoreResult<()>;
     /// Audit entries with id below `before` (newest first), at most `limit`.
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// Audit entries about `target` (e.g. a rollout id), oldest first, at most `limit`.
+    fn audit_of(&self, target: &str, limit: usize) -> StoreResult<Vec<AuditRecord>>;
 
     // The dashboard
     /// The dashboard's read model over this store's data, on access that never blocks the

@@ -106,6 +106,16 @@ pub trait DashboardRead: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Event>>;
 
+    /// A site's reports around `at`, oldest first: the `before` newest at or before it and
+    /// the `after` oldest after it.
+    fn site_events_around(
+        &self,
+        site_id: &str,
+        at: Timestamp,
+        before: u32,
+        after: u32,
+    ) -> StoreResult<Vec<Event>>;
+
     /// When the site last got an assignment: (sequence, rollout, release, rollback).
     fn last_assignment(&self, site_id: &str) -> StoreResult<Option<(u64, String, String, bool)>>;
 }

@@ -237,3 +237,19 @@ pub(super) fn list_audit(
         })
     })
 }
+
+pub(super) fn audit_of(
+    s: &SqliteStore,
+    target: &str,
+    limit: usize,
+) -> StoreResult<Vec<AuditRecord>> {
+    s.read(|c| {
+        let mut st = c.prepare("SELECT id, at, actor, action, target, detail, remote FROM audit_log WHERE target = ?1 ORDER BY id LIMIT ?2")?;
+        let rows = st.query_map(params![target, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, String>(6)?))
+        })?;
+        collect(rows, |(id, at, actor, action, target, detail, remote)| {
+            Ok(AuditRecord { id, at: from_millis(at)?, actor, action, target, detail, remote })
+        })
+    })
+}

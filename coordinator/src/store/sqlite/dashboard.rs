@@ -90,6 +90,16 @@ impl DashboardRead for SqliteReadModel {
         self.with(|c| site_events(c, site_id, kind.map(ReportKind::as_str), limit))
     }
 
+    fn site_events_around(
+        &self,
+        site_id: &str,
+        at: Timestamp,
+        before: u32,
+        after: u32,
+    ) -> StoreResult<Vec<Event>> {
+        self.with(|c| site_events_around(c, site_id, at, before, after))
+    }
+
     fn last_assignment(&self, site_id: &str) -> StoreResult<Option<(u64, String, String, bool)>> {
         self.with(|c| last_assignment(c, site_id))
     }
@@ -669,6 +679,43 @@ fn site_events(
         );
     }
     Ok(out)
+}
+
+/// A site's reports around `at`, oldest first: the `before` newest at or before it and the
+/// `after` oldest after it.
+fn site_events_around(
+    c: &Connection,
+    site_id: &str,
+    at: Timestamp,
+    before: u32,
+    after: u32,
+) -> StoreResult<Vec<Event>> {
+    let at = at.as_millisecond();
+    let mut bodies: Vec<String> = Vec::new();
+    let mut st = c.prepare(
+        "SELECT body FROM reports WHERE site_id = ?1 AND at <= ?2 \
+         ORDER BY at DESC, event_id DESC LIMIT ?3",
+    )?;
+    let older = st.query_map(rusqlite::params![site_id, at, before], |r| r.get(0))?;
+    for b in older {
+        bodies.push(b?);
+    }
+    bodies.reverse();
+    let mut st = c.prepare(
+        "SELECT body FROM reports WHERE site_id = ?1 AND at > ?2 \
+         ORDER BY at, event_id LIMIT ?3",
+    )?;
+    let newer = st.query_map(rusqlite::params![site_id, at, after], |r| r.get(0))?;
+    for b in newer {
+        bodies.push(b?);
+    }
+    bodies
+        .iter()
+        .map(|body| {
+            serde_json::from_str(body)
+                .map_err(|e| StoreError::Corrupt(format!("reports.body of {site_id}: {e}")))
+        })
+        .collect()
 }
 
 /// When the site last got an assignment: (sequence, rollout, release, rollback).

@@ -232,4 +232,8 @@ impl Store for SqliteStore {
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         access::list_audit(self, before, limit)
     }
+
+    fn audit_of(&self, target: &str, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        access::audit_of(self, target, limit)
+    }
 }
