@@ -9,12 +9,14 @@
 //! This module never decides anything about a rollout itself.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use fleetwave_shared::protocol::operator::{self as api, paths};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::{self, Table};
 use super::{Client, ConnectArgs, encode};
@@ -38,7 +40,9 @@ pub enum RolloutCommand {
     /// Leave one site out of its wave's gate.
     Skip(SkipArgs),
     /// Waves with counts and gate standing, the sites that need attention, the decision
-    /// timeline; --sites lists every site.
+    /// timeline; --sites lists every site; --watch follows it until it ends, exit code
+    /// saying how (0 completed, 3 halted, 4 rolled back, 5 aborted, 6 --timeout).
+    #[command(after_help = STATUS_AFTER_HELP)]
     Status(StatusArgs),
     /// Every rollout, newest first.
     List(ListArgs),
@@ -105,12 +109,50 @@ pub struct StatusArgs {
     /// failed, silent, rolled-back and in-progress sites are listed, at most 200).
     #[arg(long)]
     pub sites: bool,
-    /// Keep printing decisions and wave counts as they change, until the rollout ends.
+    /// Follow the rollout until it ends: live bars per wave on a terminal, one line per
+    /// change otherwise; the exit code says how it ended (see below).
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+    /// With --watch: give up after this long (30s, 10m, 2h, 1d) with exit code 6.
+    #[arg(long, requires = "watch", value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
+
+/// `--timeout`: a duration above zero.
+fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    match super::sites::parse_secs(s) {
+        Ok(0) => Err("must be above zero (leave --timeout out to wait until the rollout ends)".into()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `rollout status --help`, after the options: what `--watch` does and its exit codes.
+pub const STATUS_AFTER_HELP: &str = "\
+With --watch, status follows the rollout until it ends. On a terminal it draws one bar
+per wave (sites done of the wave's sites, with succeeded, failed and in-progress counts)
+and prints decisions and failing sites above the bars; otherwise (a pipe, a CI log) it
+prints one plain line per change. A pending or paused rollout is still watched: it may
+be started or resumed. The exit code says how the rollout ended:
+
+  0  completed: every wave passed its gate
+  1  refused: no such rollout, or the token may not read it (one line on stderr)
+  2  usage, I/O or connection error
+  3  halted: a gate failed (or the controller stopped it); the fleet said no
+  4  rolled back: its sites were sent back to their previous release
+  5  aborted by an operator
+  6  --timeout passed before the rollout ended
+
+Without --watch, status prints the rollout once and exits 0.
+
+Examples:
+  fleetwave rollout status ro-1a2b3c --sites
+  fleetwave rollout status ro-1a2b3c --watch --timeout 2h
+  # CI: start a rollout, fail the job unless the fleet completes it
+  id=$(fleetwave rollout create rollout.toml --start --json | jq -r .id)
+  fleetwave rollout status \"$id\" --watch --timeout 4h";
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -255,20 +297,98 @@ fn status(args: StatusArgs) -> Result<()> {
     if !args.watch {
         return Ok(());
     }
-    let mut progress = Progress::default();
-    progress.update(&view); // already printed above
-    let mut last = view;
-    while matches!(
-        last.status,
-        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused
-    ) {
-        std::thread::sleep(Duration::from_secs(1));
-        last = get_view(&client, &args.rollout)?;
-        let now = jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
-        for line in progress.update(&last) {
-            output::line(format!("{now}  {line}"))?;
+    watch(&client, &args.rollout, view, args.timeout)
+}
+
+/// How often `--watch` reads the rollout.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// The exit codes of `rollout status --watch` beyond 0 (completed), 1 and 2 (errors).
+pub mod exit {
+    pub const HALTED: u8 = 3;
+    pub const ROLLED_BACK: u8 = 4;
+    pub const ABORTED: u8 = 5;
+    pub const TIMED_OUT: u8 = 6;
+}
+
+/// Whether `--watch` stops at this status, and with which exit code: `None` while the
+/// rollout may still move (pending, running, paused), `Some(0)` when it completed.
+pub fn watch_exit_code(status: api::RolloutStatus) -> Option<u8> {
+    match status {
+        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused => {
+            None
+        }
+        api::RolloutStatus::Completed => Some(0),
+        api::RolloutStatus::Halted => Some(exit::HALTED),
+        api::RolloutStatus::RolledBack => Some(exit::ROLLED_BACK),
+        api::RolloutStatus::Aborted => Some(exit::ABORTED),
+    }
+}
+
+/// A watched rollout that did not complete: `main` prints it as one line on stderr and
+/// exits with [`WatchEnded::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum WatchEnded {
+    #[error("rollout {id} did not complete: it is {status} (exit {})", watch_exit_code(*status).unwrap_or(1))]
+    Stopped {
+        id: String,
+        status: api::RolloutStatus,
+    },
+    #[error("rollout {id} is still {status} after --timeout {}s (exit {})", timeout.as_secs(), exit::TIMED_OUT)]
+    TimedOut {
+        id: String,
+        status: api::RolloutStatus,
+        timeout: Duration,
+    },
+}
+
+impl WatchEnded {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WatchEnded::Stopped { status, .. } => watch_exit_code(*status).unwrap_or(1),
+            WatchEnded::TimedOut { .. } => exit::TIMED_OUT,
         }
     }
+}
+
+/// `status --watch`: reads the rollout every [`WATCH_POLL`] and shows what changed, until
+/// its status ends the watch or `timeout` passes. `first` is already printed.
+fn watch(
+    client: &Client,
+    id: &str,
+    first: api::RolloutView,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut display = if std::io::stdout().is_terminal() {
+        WatchDisplay::bars(&first)
+    } else {
+        WatchDisplay::lines(&first)
+    };
+    let mut last = first;
+    let code = loop {
+        if let Some(code) = watch_exit_code(last.status) {
+            break code;
+        }
+        let now = Instant::now();
+        let nap = match deadline {
+            Some(d) if now >= d => {
+                display.finish();
+                return Err(WatchEnded::TimedOut {
+                    id: last.id,
+                    status: last.status,
+                    timeout: timeout.unwrap_or_default(),
+                }
+                .into());
+            }
+            Some(d) => (d - now).min(WATCH_POLL),
+            None => WATCH_POLL,
+        };
+        std::thread::sleep(nap);
+        last = get_view(client, id)?;
+        display.update(&last)?;
+    };
+    display.finish();
     output::line(format!(
         "rollout {} is {}{}",
         last.id,
@@ -277,7 +397,150 @@ fn status(args: StatusArgs) -> Result<()> {
             .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
-    ))
+    ))?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(WatchEnded::Stopped {
+            id: last.id,
+            status: last.status,
+        }
+        .into())
+    }
+}
+
+/// What `--watch` shows: plain time-stamped lines (a pipe, a log), or live bars (a
+/// terminal).
+enum WatchDisplay {
+    Lines(Progress),
+    Bars(Bars),
+}
+
+impl WatchDisplay {
+    fn lines(first: &api::RolloutView) -> WatchDisplay {
+        let mut progress = Progress::default();
+        progress.update(first); // already printed
+        WatchDisplay::Lines(progress)
+    }
+
+    fn bars(first: &api::RolloutView) -> WatchDisplay {
+        WatchDisplay::Bars(Bars::new(first))
+    }
+
+    fn update(&mut self, v: &api::RolloutView) -> Result<()> {
+        let now = jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
+        match self {
+            WatchDisplay::Lines(progress) => {
+                for line in progress.update(v) {
+                    output::line(format!("{now}  {line}"))?;
+                }
+            }
+            WatchDisplay::Bars(bars) => bars.update(v, &now)?,
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if let WatchDisplay::Bars(bars) = self {
+            bars.finish();
+        }
+    }
+}
+
+/// One progress bar per wave (sites done of the wave's sites), drawn on stdout; the
+/// decisions, failing sites and status changes are printed above them.
+struct Bars {
+    multi: MultiProgress,
+    waves: Vec<ProgressBar>,
+    progress: Progress,
+}
+
+impl Bars {
+    fn new(first: &api::RolloutView) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let mut progress = Progress::without_wave_lines();
+        progress.update(first); // already printed
+        let mut bars = Bars {
+            multi,
+            waves: Vec::new(),
+            progress,
+        };
+        bars.draw(first);
+        bars
+    }
+
+    fn style() -> ProgressStyle {
+        ProgressStyle::with_template("{prefix} [{bar:30.green/red}] {pos:>5}/{len:<5} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> ")
+    }
+
+    /// Sets each wave's bar from the view, adding bars for waves not seen yet.
+    fn draw(&mut self, v: &api::RolloutView) {
+        let width = v.waves.iter().map(|w| w.name.len()).max().unwrap_or(0);
+        for w in &v.waves {
+            let i = w.index as usize;
+            while self.waves.len() <= i {
+                let bar = self.multi.add(ProgressBar::new(0).with_style(Bars::style()));
+                self.waves.push(bar);
+            }
+            let bar = &self.waves[i];
+            bar.set_prefix(format!("wave {} {:<width$}", w.index, w.name));
+            bar.set_length(u64::from(w.tally.sites));
+            bar.set_position(u64::from(wave_done(&w.tally)));
+            bar.set_message(wave_words(w));
+        }
+    }
+
+    fn update(&mut self, v: &api::RolloutView, now: &str) -> Result<()> {
+        for line in self.progress.update(v) {
+            self.multi
+                .println(format!("{now}  {line}"))
+                .context("cannot write to stdout")?;
+        }
+        self.draw(v);
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        for bar in &self.waves {
+            bar.finish();
+        }
+    }
+}
+
+/// A wave's sites that are no longer pending or in progress.
+fn wave_done(t: &api::WaveTally) -> u32 {
+    t.sites.saturating_sub(t.pending + t.in_progress)
+}
+
+/// A bar's message: `2 succeeded, 1 failed, 3 in progress` (plus any other non-zero
+/// count) and whether the wave is open or passed.
+fn wave_words(w: &api::WaveView) -> String {
+    let t = &w.tally;
+    let mut parts = vec![
+        format!("{} succeeded", t.succeeded),
+        format!("{} failed", t.failed),
+        format!("{} in progress", t.in_progress),
+    ];
+    for (n, word) in [
+        (t.pending, "pending"),
+        (t.silent, "silent"),
+        (t.skipped, "skipped"),
+        (t.rolled_back, "rolled back"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    let state = if w.passed_at.is_some() {
+        "passed"
+    } else if w.opened_at.is_some() {
+        "open"
+    } else {
+        "not open"
+    };
+    format!("{}  [{state}]", parts.join(", "))
 }
 
 fn list(args: ListArgs) -> Result<()> {
@@ -447,6 +710,8 @@ pub fn decision_line(d: &api::DecisionView) -> String {
 /// decisions (with reasons), wave counts that moved, a status change.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Leave out the wave lines (the bars of `--watch` on a terminal show the counts).
+    no_wave_lines: bool,
     decisions_seen: usize,
     tallies: BTreeMap<u32, api::WaveTally>,
     site_states: BTreeMap<String, String>,
@@ -454,6 +719,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A printer without the wave-count lines.
+    pub fn without_wave_lines() -> Progress {
+        Progress {
+            no_wave_lines: true,
+            ..Progress::default()
+        }
+    }
+
     pub fn update(&mut self, v: &api::RolloutView) -> Vec<String> {
         let mut lines = Vec::new();
         for d in v.decisions.iter().skip(self.decisions_seen) {
@@ -471,7 +744,8 @@ impl Progress {
             }
         }
         self.decisions_seen = v.decisions.len();
-        for w in &v.waves {
+        let wave_lines = !self.no_wave_lines;
+        for w in v.waves.iter().filter(|_| wave_lines) {
             if w.opened_at.is_none() && w.tally.rolled_back == 0 {
                 continue;
             }
