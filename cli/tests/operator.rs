@@ -675,7 +675,10 @@ fn create_started(c: &Coordinator, plan: &str) -> String {
 /// bar's escape sequences.
 fn plain(out: &Output) -> String {
     let text = String::from_utf8(out.stdout.clone()).unwrap();
-    assert!(!text.contains('\x1b'), "no escape sequences in a pipe: {text:?}");
+    assert!(
+        !text.contains('\x1b'),
+        "no escape sequences in a pipe: {text:?}"
+    );
     text
 }
 
@@ -698,7 +701,9 @@ impl FakeAgent {
         let b64 = base64::engine::general_purpose::STANDARD;
         let label = format!("case={case}");
         let enroll_token = c
-            .ok(&["token", "enroll", "create", "--site", site, "--label", &label])
+            .ok(&[
+                "token", "enroll", "create", "--site", site, "--label", &label,
+            ])
             .trim()
             .to_string();
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -729,7 +734,11 @@ impl FakeAgent {
             .json(&serde_json::json!({"site_id": site, "timestamp": at, "nonce": nonce, "signature": signature}))
             .send()
             .unwrap();
-        assert!(res.status().is_success(), "session {site}: {:?}", res.text());
+        assert!(
+            res.status().is_success(),
+            "session {site}: {:?}",
+            res.text()
+        );
         let session: serde_json::Value = res.json().unwrap();
         FakeAgent {
             site: site.to_string(),
@@ -829,7 +838,13 @@ fn status_watch_exits_0_when_the_rollout_completes_and_3_when_the_fleet_halts_it
     let id = create_started(&c, &write_plan(&c, "good", "bake = \"0s\""));
     let rollout = good.install(
         &release,
-        &["leased", "downloading", "installing", "verifying", "committed"],
+        &[
+            "leased",
+            "downloading",
+            "installing",
+            "verifying",
+            "committed",
+        ],
     );
     assert_eq!(rollout, id);
     good.report(serde_json::json!({"kind": "installed", "name": "app", "release_id": release, "version": "1.0.0"}));

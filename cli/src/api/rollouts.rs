@@ -3,6 +3,8 @@
 //! gate standing, and the decision timeline with reasons.
 //!
 //! [`render_status`], [`all_sites`] and [`Progress`] are shared with `fleetwave demo`.
+//! `status --watch` follows a rollout until it ends (bars per wave on a terminal, plain
+//! lines otherwise) and says how it ended in its exit code ([`watch_exit_code`]).
 //! The plan file is sent as written; the coordinator validates it and names the line and
 //! field at fault. A rollout's status lists only the sites that need attention (at most
 //! 200); every site is read page by page from `GET /v1/rollouts/{id}/sites`.
@@ -123,7 +125,9 @@ pub struct StatusArgs {
 /// `--timeout`: a duration above zero.
 fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
     match super::sites::parse_secs(s) {
-        Ok(0) => Err("must be above zero (leave --timeout out to wait until the rollout ends)".into()),
+        Ok(0) => {
+            Err("must be above zero (leave --timeout out to wait until the rollout ends)".into())
+        }
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(e) => Err(e.to_string()),
     }
@@ -481,7 +485,9 @@ impl Bars {
         for w in &v.waves {
             let i = w.index as usize;
             while self.waves.len() <= i {
-                let bar = self.multi.add(ProgressBar::new(0).with_style(Bars::style()));
+                let bar = self
+                    .multi
+                    .add(ProgressBar::new(0).with_style(Bars::style()));
                 self.waves.push(bar);
             }
             let bar = &self.waves[i];
@@ -815,6 +821,137 @@ mod tests {
             phase: Some(phase.into()),
             detail: Some(detail.into()),
         }
+    }
+
+    #[test]
+    fn watch_exit_codes_follow_the_status_and_the_help_lists_each() {
+        use api::RolloutStatus as S;
+        for status in S::ALL {
+            let code = watch_exit_code(status);
+            match status {
+                S::Pending | S::Running | S::Paused => assert_eq!(code, None, "{status}"),
+                S::Completed => assert_eq!(code, Some(0)),
+                S::Halted | S::RolledBack | S::Aborted => {
+                    let code = code.unwrap();
+                    assert!(code > 2, "1 and 2 are errors: {status}");
+                    let word = status.as_str().replace('_', " ");
+                    assert!(
+                        STATUS_AFTER_HELP.contains(&format!("  {code}  {word}")),
+                        "{code} {word} missing from the help"
+                    );
+                }
+            }
+        }
+        assert!(STATUS_AFTER_HELP.contains(&format!("  {}  --timeout", exit::TIMED_OUT)));
+        let codes = [
+            exit::HALTED,
+            exit::ROLLED_BACK,
+            exit::ABORTED,
+            exit::TIMED_OUT,
+        ];
+        let distinct: std::collections::BTreeSet<u8> = codes.into_iter().collect();
+        assert_eq!(distinct.len(), codes.len());
+        let ended = WatchEnded::Stopped {
+            id: "r-1".into(),
+            status: S::Halted,
+        };
+        assert_eq!(ended.exit_code(), exit::HALTED);
+        assert_eq!(
+            ended.to_string(),
+            "rollout r-1 did not complete: it is halted (exit 3)"
+        );
+        let late = WatchEnded::TimedOut {
+            id: "r-1".into(),
+            status: S::Paused,
+            timeout: Duration::from_secs(90),
+        };
+        assert_eq!(late.exit_code(), exit::TIMED_OUT);
+        assert_eq!(
+            late.to_string(),
+            "rollout r-1 is still paused after --timeout 90s (exit 6)"
+        );
+    }
+
+    #[test]
+    fn timeout_is_a_duration_above_zero() {
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_timeout("0s").unwrap_err().contains("above zero"));
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    fn wave(index: u32, tally: api::WaveTally, opened: bool) -> api::WaveView {
+        api::WaveView {
+            index,
+            name: format!("w{index}"),
+            opened_at: opened.then(jiff::Timestamp::now),
+            passed_at: None,
+            approval_required: false,
+            approved_at: None,
+            tally,
+            gate: "waiting".into(),
+        }
+    }
+
+    #[test]
+    fn a_wave_bar_counts_the_sites_done_and_names_the_counts() {
+        let tally = api::WaveTally {
+            sites: 10,
+            pending: 2,
+            in_progress: 3,
+            succeeded: 4,
+            failed: 1,
+            ..Default::default()
+        };
+        assert_eq!(wave_done(&tally), 5);
+        assert_eq!(
+            wave_words(&wave(0, tally.clone(), true)),
+            "4 succeeded, 1 failed, 3 in progress, 2 pending  [open]"
+        );
+        assert!(wave_words(&wave(1, tally, false)).ends_with("[not open]"));
+    }
+
+    #[test]
+    fn progress_without_wave_lines_still_names_decisions_and_status() {
+        let now = jiff::Timestamp::now();
+        let mut view = api::RolloutView {
+            id: "r-1".into(),
+            release_id: "demo-2".into(),
+            status: api::RolloutStatus::Running,
+            status_reason: None,
+            created_at: now,
+            created_by: "ops".into(),
+            updated_at: now,
+            waves: vec![wave(0, api::WaveTally::default(), true)],
+            sites: vec![],
+            sites_omitted: 0,
+            decisions: vec![],
+            plan: String::new(),
+            plan_format: api::PlanFormat::Toml,
+        };
+        let mut with = Progress::default();
+        let mut without = Progress::without_wave_lines();
+        with.update(&view);
+        without.update(&view);
+        view.waves[0].tally.sites = 1;
+        view.waves[0].tally.failed = 1;
+        view.status = api::RolloutStatus::Halted;
+        view.decisions.push(api::DecisionView {
+            at: now,
+            kind: "halt".into(),
+            wave: Some(0),
+            reason: "failure budget crossed".into(),
+        });
+        let all = with.update(&view);
+        let some = without.update(&view);
+        assert!(all.iter().any(|l| l.starts_with("wave 0")), "{all:?}");
+        assert_eq!(
+            some,
+            [
+                "decision  halt (wave 0 w0): failure budget crossed",
+                "rollout   r-1 is now halted"
+            ]
+        );
     }
 
     #[test]
