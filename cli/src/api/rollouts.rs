@@ -42,8 +42,7 @@ pub enum RolloutCommand {
     /// Leave one site out of its wave's gate.
     Skip(SkipArgs),
     /// Waves with counts and gate standing, the sites that need attention, the decision
-    /// timeline; --sites lists every site; --watch follows it until it ends, exit code
-    /// saying how (0 completed, 3 halted, 4 rolled back, 5 aborted, 6 --timeout).
+    /// timeline; --sites lists every site; --watch follows it to its end (exit code: how).
     #[command(after_help = STATUS_AFTER_HELP)]
     Status(StatusArgs),
     /// Every rollout, newest first.
