@@ -867,6 +867,31 @@ fn status_watch_exits_0_when_the_rollout_completes_and_3_when_the_fleet_halts_it
         "{text}"
     );
 
+    // On a terminal (here a pseudo-terminal by `script`, where it exists) the waves are
+    // bars: sites done of the wave's sites, with the counts.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!("{BIN} rollout status {id} --watch"))
+            .arg("/dev/null")
+            .env("FLEETWAVE_URL", &c.url)
+            .env("FLEETWAVE_CA", c.ca())
+            .env("FLEETWAVE_TOKEN", &c.token)
+            .env("FLEETWAVE_PROFILE", c.dir.path().join("no-profile.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{screen}");
+        assert!(
+            screen.contains('\x1b')
+                && screen.contains("wave 0 all [")
+                && screen.contains("1/1")
+                && screen.contains("1 succeeded, 0 failed, 0 in progress  [passed]"),
+            "{screen}"
+        );
+    }
+
     // A site reports a failed install: its wave's gate fails and the rollout halts.
     let mut bad = FakeAgent::enroll(&c, "store-bad", "bad", 9);
     let id = create_started(&c, &write_plan(&c, "bad", "bake = \"0s\""));

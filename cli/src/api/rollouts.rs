@@ -481,19 +481,22 @@ impl Bars {
     /// Sets each wave's bar from the view, adding bars for waves not seen yet.
     fn draw(&mut self, v: &api::RolloutView) {
         let width = v.waves.iter().map(|w| w.name.len()).max().unwrap_or(0);
-        for w in &v.waves {
-            let i = w.index as usize;
-            while self.waves.len() <= i {
-                let bar = self
-                    .multi
-                    .add(ProgressBar::new(0).with_style(Bars::style()));
-                self.waves.push(bar);
-            }
-            let bar = &self.waves[i];
+        let set = |bar: &ProgressBar, w: &api::WaveView| {
             bar.set_prefix(format!("wave {} {:<width$}", w.index, w.name));
             bar.set_length(u64::from(w.tally.sites));
             bar.set_position(u64::from(wave_done(&w.tally)));
             bar.set_message(wave_words(w));
+        };
+        for (i, w) in v.waves.iter().enumerate() {
+            match self.waves.get(i) {
+                Some(bar) => set(bar, w),
+                None => {
+                    // Filled in before it is shown, so that it never flashes 0/0.
+                    let bar = ProgressBar::hidden().with_style(Bars::style());
+                    set(&bar, w);
+                    self.waves.push(self.multi.add(bar));
+                }
+            }
         }
     }
 
