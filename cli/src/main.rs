@@ -10,8 +10,10 @@
 //! Exit codes mean the same everywhere: 0 done, 1 refused (a signature or document was
 //! checked and refused, or the coordinator refused the request; one line on stderr names
 //! the file or the server's code and message), 2 anything else (bad usage, a file that
-//! cannot be read or written, an invalid manifest, no connection). This module must
-//! never print secrets: private key material is only ever read by `trust_cmds`.
+//! cannot be read or written, an invalid manifest, no connection). `rollout status
+//! --watch` adds how the watched rollout ended: 3 halted, 4 rolled back, 5 aborted,
+//! 6 its `--timeout` passed ([`api::rollouts::WatchEnded`]). This module must never
+//! print secrets: private key material is only ever read by `trust_cmds`.
 
 mod api;
 mod demo;
@@ -54,7 +56,8 @@ token_file, ca). Human output by default; --json for scripts.
 
 Exit codes: 0 done; 1 refused (a signature or document did not pass, or the coordinator
 refused the request; one line on stderr names the file, or the server's status, code and
-message); 2 usage, I/O or connection error.
+message); 2 usage, I/O or connection error. `rollout status --watch` also exits 3 when
+the rollout halted, 4 rolled back, 5 aborted, 6 when its --timeout passed.
 
 See docs/cli.md for every command, docs/trust-model.md for the model behind them.";
 
@@ -75,7 +78,7 @@ Examples (online):
   fleetwave artifact upload dist/pos-2.4.0.tar.gz
   fleetwave release publish pos-2.4.0.envelope.json
   fleetwave rollout create rollout.toml --start
-  fleetwave rollout status ro-1a2b3c --watch";
+  fleetwave rollout status ro-1a2b3c --watch --timeout 2h   # exit 0 only if it completes";
 
 /// The operator CLI.
 #[derive(Debug, Parser)]
@@ -264,6 +267,9 @@ fn main() -> ExitCode {
             } else if let Some(refused) = err.downcast_ref::<api::ServerRefused>() {
                 eprintln!("refused: {refused}");
                 ExitCode::from(1)
+            } else if let Some(ended) = err.downcast_ref::<api::rollouts::WatchEnded>() {
+                eprintln!("watch: {ended}");
+                ExitCode::from(ended.exit_code())
             } else if let Some(failed) = err.downcast_ref::<demo::StoryFailed>() {
                 eprintln!("demo: {failed}");
                 ExitCode::from(1)

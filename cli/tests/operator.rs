@@ -665,3 +665,370 @@ fn releases_artifacts_roots_and_rollouts() {
         assert!(audit.contains(a), "{a} missing from:\n{audit}");
     }
 }
+
+/// Signs and publishes release `app-1.0.0` (stream `app`) with the coordinator's offline
+/// release key, as an operator would; returns its id.
+fn publish_app_release(c: &Coordinator) -> String {
+    std::fs::write(c.dir.path().join("app.tar.gz"), b"app 1.0.0 bytes").unwrap();
+    c.ok(&["artifact", "upload", "app.tar.gz"]);
+    std::fs::write(
+        c.dir.path().join("release.toml"),
+        "id = \"app-1.0.0\"\nname = \"app\"\nversion = \"1.0.0\"\nkind = \"app\"\ncounter = 1\nexpires_in = \"30d\"\n\n[install]\nformat = \"tar.gz\"\n\n[[artifacts]]\nname = \"app.tar.gz\"\nurl = \"/v1/artifacts/{sha256}\"\nfile = \"app.tar.gz\"\n",
+    )
+    .unwrap();
+    let key = c.cdir().join("offline-keys/release.key");
+    c.ok(&[
+        "release",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "release.toml",
+        "--out",
+        "r.json",
+    ]);
+    c.ok(&["release", "publish", "r.json"]);
+    "app-1.0.0".to_string()
+}
+
+/// A one-wave plan for release `app-1.0.0` over the sites labelled `case=CASE`.
+fn write_plan(c: &Coordinator, case: &str, gate: &str) -> String {
+    let name = format!("plan-{case}.toml");
+    std::fs::write(
+        c.dir.path().join(&name),
+        format!(
+            "name = \"{case}\"\nrelease = \"app-1.0.0\"\nselector = {{ case = \"{case}\" }}\n\n[[waves]]\nname = \"all\"\ngate = {{ {gate} }}\n"
+        ),
+    )
+    .unwrap();
+    name
+}
+
+/// `rollout create PLAN --start`; returns the rollout id.
+fn create_started(c: &Coordinator, plan: &str) -> String {
+    let created = c.json(&["rollout", "create", plan, "--start"]);
+    assert_eq!(created["status"], "running", "{created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// The plain output of `status --watch` (stdout is a pipe here): lines, never a progress
+/// bar's escape sequences.
+fn plain(out: &Output) -> String {
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(
+        !text.contains('\x1b'),
+        "no escape sequences in a pipe: {text:?}"
+    );
+    text
+}
+
+/// A site that speaks the agent API itself (enroll, session, poll, lease, report), so a
+/// test decides what the site reports.
+struct FakeAgent {
+    site: String,
+    url: String,
+    token: String,
+    http: reqwest::blocking::Client,
+    events: u32,
+}
+
+impl FakeAgent {
+    /// Enrolls `site` labelled `case=CASE` with device key `[seed; 32]` and opens a session.
+    fn enroll(c: &Coordinator, site: &str, case: &str, seed: u8) -> FakeAgent {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        use fleetwave_shared::protocol::{enroll_message, session_message};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let label = format!("case={case}");
+        let enroll_token = c
+            .ok(&[
+                "token", "enroll", "create", "--site", site, "--label", &label,
+            ])
+            .trim()
+            .to_string();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(c.ca()).unwrap()).unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .tls_backend_rustls()
+            .tls_certs_only([ca])
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let device = hex::encode(key.verifying_key().as_bytes());
+        let proof = b64.encode(
+            key.sign(&enroll_message(site, &enroll_token, &device))
+                .to_bytes(),
+        );
+        let res = http
+            .post(format!("{}/v1/enroll", c.url))
+            .json(&serde_json::json!({"token": enroll_token, "site_id": site, "device_key": device, "agent_version": "0.1.0", "proof": proof}))
+            .send()
+            .unwrap();
+        assert!(res.status().is_success(), "enroll {site}: {:?}", res.text());
+        let at = jiff::Timestamp::now();
+        let nonce = format!("{:032x}", u128::from(seed));
+        let signature = b64.encode(key.sign(&session_message(site, at, &nonce)).to_bytes());
+        let res = http
+            .post(format!("{}/v1/agent/session", c.url))
+            .json(&serde_json::json!({"site_id": site, "timestamp": at, "nonce": nonce, "signature": signature}))
+            .send()
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "session {site}: {:?}",
+            res.text()
+        );
+        let session: serde_json::Value = res.json().unwrap();
+        FakeAgent {
+            site: site.to_string(),
+            url: c.url.clone(),
+            token: session["token"].as_str().unwrap().to_string(),
+            http,
+            events: 0,
+        }
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = res.status();
+        let text = res.text().unwrap();
+        assert!(status.is_success(), "{} {path}: {status} {text}", self.site);
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Long-polls until the site is assigned; returns (rollout id, assignment sequence).
+    fn assignment(&self) -> (String, u64) {
+        use base64::Engine as _;
+        let start = Instant::now();
+        loop {
+            let res = self
+                .http
+                .get(format!("{}/v1/agent/poll?wait=1&root_version=1", self.url))
+                .bearer_auth(&self.token)
+                .send()
+                .unwrap();
+            assert!(res.status().is_success(), "poll: {}", res.status());
+            if res.status() == reqwest::StatusCode::OK {
+                let body: fleetwave_shared::protocol::PollResponse = res.json().unwrap();
+                if let Some(env) = body.assignment {
+                    let payload: serde_json::Value = serde_json::from_slice(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(&env.payload)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                    return (
+                        payload["rollout_id"].as_str().unwrap().to_string(),
+                        payload["sequence"].as_u64().unwrap(),
+                    );
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{} was never assigned",
+                self.site
+            );
+        }
+    }
+
+    /// Asks for a lease and reports each of `phases` of the install of `release`.
+    fn install(&mut self, release: &str, phases: &[&str]) -> String {
+        let (rollout, sequence) = self.assignment();
+        self.post(
+            "/v1/agent/lease",
+            serde_json::json!({"rollout_id": rollout, "sequence": sequence}),
+        );
+        for phase in phases {
+            let mut event = serde_json::json!({"kind": "phase", "rollout_id": rollout, "release_id": release, "phase": phase});
+            if *phase == "failed" {
+                event["detail"] = "install failed: health check http:app: status 500".into();
+            }
+            self.report(event);
+        }
+        rollout
+    }
+
+    fn report(&mut self, mut event: serde_json::Value) {
+        self.events += 1;
+        event["id"] = format!("{}-e{}", self.site, self.events).into();
+        event["at"] = serde_json::to_value(jiff::Timestamp::now()).unwrap();
+        self.post(
+            "/v1/agent/reports",
+            serde_json::json!({ "events": [event] }),
+        );
+    }
+}
+
+/// `status --watch` follows a rollout to its end and exits 0 when it completed and 3 when
+/// a site's failure halted it; piped, it prints plain lines.
+#[test]
+fn status_watch_exits_0_when_the_rollout_completes_and_3_when_the_fleet_halts_it() {
+    let c = Coordinator::start();
+    let release = publish_app_release(&c);
+
+    // A site installs, commits and reports healthy: the wave passes, the rollout completes.
+    let mut good = FakeAgent::enroll(&c, "store-good", "good", 7);
+    let id = create_started(&c, &write_plan(&c, "good", "bake = \"0s\""));
+    let rollout = good.install(
+        &release,
+        &[
+            "leased",
+            "downloading",
+            "installing",
+            "verifying",
+            "committed",
+        ],
+    );
+    assert_eq!(rollout, id);
+    good.report(serde_json::json!({"kind": "installed", "name": "app", "release_id": release, "version": "1.0.0"}));
+    good.report(serde_json::json!({"kind": "health", "healthy": true, "summary": {"passed": 1, "failed": 0}}));
+    // A generous --timeout only keeps a broken coordinator from hanging the test.
+    let out = c.run(&["rollout", "status", &id, "--watch", "--timeout", "10m"]);
+    let text = plain(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("rollout {id} is completed")),
+        "{text}"
+    );
+
+    // On a terminal (here a pseudo-terminal by `script`, where it exists) the waves are
+    // bars: sites done of the wave's sites, with the counts.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!("{BIN} rollout status {id} --watch"))
+            .arg("/dev/null")
+            .env("FLEETWAVE_URL", &c.url)
+            .env("FLEETWAVE_CA", c.ca())
+            .env("FLEETWAVE_TOKEN", &c.token)
+            .env("FLEETWAVE_PROFILE", c.dir.path().join("no-profile.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{screen}");
+        assert!(
+            screen.contains('\x1b')
+                && screen.contains("wave 0 all [")
+                && screen.contains("1/1")
+                && screen.contains("1 succeeded, 0 failed, 0 in progress  [passed]"),
+            "{screen}"
+        );
+    }
+
+    // A site reports a failed install: its wave's gate fails and the rollout halts.
+    let mut bad = FakeAgent::enroll(&c, "store-bad", "bad", 9);
+    let id = create_started(&c, &write_plan(&c, "bad", "bake = \"0s\""));
+    bad.install(&release, &["leased", "downloading", "failed"]);
+    let out = c.run(&["rollout", "status", &id, "--watch", "--timeout", "10m"]);
+    let text = plain(&out);
+    let err = fails(out, 3);
+    assert!(
+        err.contains(&format!("rollout {id} did not complete: it is halted")),
+        "{err}"
+    );
+    assert!(
+        text.contains(&format!("rollout {id} is halted: ")),
+        "{text}"
+    );
+    // The failing site is named with the agent's words.
+    assert!(
+        text.contains("store-bad") && text.contains("status 500"),
+        "{text}"
+    );
+}
+
+/// The other ways a watch ends: `--timeout` (a paused rollout is still watched), an abort,
+/// a rollback; and the usage and lookup errors keep their codes.
+#[test]
+fn status_watch_exit_codes_for_timeout_pause_abort_and_rollback() {
+    let c = Coordinator::start();
+    publish_app_release(&c);
+    c.enroll("store-slow", &["case=slow"]);
+    c.enroll("store-back", &["case=back"]);
+
+    // The site never reports: the rollout cannot finish before its bake, so a tiny
+    // --timeout ends the watch with 6.
+    let id = create_started(&c, &write_plan(&c, "slow", "bake = \"1h\""));
+    let out = c.run(&["rollout", "status", &id, "--watch", "--timeout", "1s"]);
+    plain(&out);
+    let err = fails(out, 6);
+    assert!(
+        err.contains(&format!("rollout {id} is still running after --timeout 1s")),
+        "{err}"
+    );
+    // Paused is not an end: the watch goes on until its timeout.
+    c.ok(&["rollout", "pause", &id, "--reason", "lunch"]);
+    let err = fails(
+        c.run(&["rollout", "status", &id, "--watch", "--timeout", "1s"]),
+        6,
+    );
+    assert!(err.contains("is still paused"), "{err}");
+
+    // Aborted while watched: exit 5.
+    c.ok(&["rollout", "resume", &id]);
+    let watcher = Command::new(BIN)
+        .args(["rollout", "status", &id, "--watch", "--timeout", "10m"])
+        .env("FLEETWAVE_URL", &c.url)
+        .env("FLEETWAVE_CA", c.ca())
+        .env("FLEETWAVE_TOKEN", &c.token)
+        .env("FLEETWAVE_PROFILE", c.dir.path().join("no-profile.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.ok(&["rollout", "abort", &id, "--reason", "wrong build"]);
+    let out = watcher.wait_with_output().unwrap();
+    let text = plain(&out);
+    let err = fails(out, 5);
+    assert!(err.contains("it is aborted"), "{err}");
+    assert!(
+        text.contains(&format!("rollout {id} is aborted: ")),
+        "{text}"
+    );
+
+    // Rolled back: exit 4.
+    let id = create_started(&c, &write_plan(&c, "back", "bake = \"1h\""));
+    c.ok(&["rollout", "rollback", &id, "--reason", "changed our mind"]);
+    let out = c.run(&["rollout", "status", &id, "--watch"]);
+    plain(&out);
+    let err = fails(out, 4);
+    assert!(err.contains("it is rolled_back"), "{err}");
+
+    // Without --watch, status exits 0 whatever the rollout's status.
+    c.ok(&["rollout", "status", &id]);
+    // No such rollout: refused, 1. A --timeout without --watch, or of zero: usage, 2.
+    fails(c.run(&["rollout", "status", "no-such", "--watch"]), 1);
+    let out = c.run(&["rollout", "status", &id, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = c.run(&["rollout", "status", &id, "--watch", "--timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // `rollout status --help` documents the codes.
+    let help = c.ok(&["rollout", "status", "--help"]);
+    for line in [
+        "0  completed",
+        "3  halted",
+        "4  rolled back",
+        "5  aborted",
+        "6  --timeout",
+        "paused",
+    ] {
+        assert!(help.contains(line), "{line} missing from:\n{help}");
+    }
+}

@@ -3,18 +3,22 @@
 //! gate standing, and the decision timeline with reasons.
 //!
 //! [`render_status`], [`all_sites`] and [`Progress`] are shared with `fleetwave demo`.
+//! `status --watch` follows a rollout until it ends (bars per wave on a terminal, plain
+//! lines otherwise) and says how it ended in its exit code ([`watch_exit_code`]).
 //! The plan file is sent as written; the coordinator validates it and names the line and
 //! field at fault. A rollout's status lists only the sites that need attention (at most
 //! 200); every site is read page by page from `GET /v1/rollouts/{id}/sites`.
 //! This module never decides anything about a rollout itself.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use fleetwave_shared::protocol::operator::{self as api, paths};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::{self, Table};
 use super::{Client, ConnectArgs, encode};
@@ -38,7 +42,8 @@ pub enum RolloutCommand {
     /// Leave one site out of its wave's gate.
     Skip(SkipArgs),
     /// Waves with counts and gate standing, the sites that need attention, the decision
-    /// timeline; --sites lists every site.
+    /// timeline; --sites lists every site; --watch follows it to its end (exit code: how).
+    #[command(after_help = STATUS_AFTER_HELP)]
     Status(StatusArgs),
     /// Every rollout, newest first.
     List(ListArgs),
@@ -109,12 +114,52 @@ pub struct StatusArgs {
     /// failed, silent, rolled-back and in-progress sites are listed, at most 200).
     #[arg(long)]
     pub sites: bool,
-    /// Keep printing decisions and wave counts as they change, until the rollout ends.
+    /// Follow the rollout until it ends: live bars per wave on a terminal, one line per
+    /// change otherwise; the exit code says how it ended (see below).
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+    /// With --watch: give up after this long (30s, 10m, 2h, 1d) with exit code 6.
+    #[arg(long, requires = "watch", value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
+
+/// `--timeout`: a duration above zero.
+fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    match super::sites::parse_secs(s) {
+        Ok(0) => {
+            Err("must be above zero (leave --timeout out to wait until the rollout ends)".into())
+        }
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `rollout status --help`, after the options: what `--watch` does and its exit codes.
+pub const STATUS_AFTER_HELP: &str = "\
+With --watch, status follows the rollout until it ends. On a terminal it draws one bar
+per wave (sites done of the wave's sites, with succeeded, failed and in-progress counts)
+and prints decisions and failing sites above the bars; otherwise (a pipe, a CI log) it
+prints one plain line per change. A pending or paused rollout is still watched: it may
+be started or resumed. The exit code says how the rollout ended:
+
+  0  completed: every wave passed its gate
+  1  refused: no such rollout, or the token may not read it (one line on stderr)
+  2  usage, I/O or connection error
+  3  halted: a gate failed (or the controller stopped it); the fleet said no
+  4  rolled back: its sites were sent back to their previous release
+  5  aborted by an operator
+  6  --timeout passed before the rollout ended
+
+Without --watch, status prints the rollout once and exits 0.
+
+Examples:
+  fleetwave rollout status ro-1a2b3c --sites
+  fleetwave rollout status ro-1a2b3c --watch --timeout 2h
+  # CI: start a rollout, fail the job unless the fleet completes it
+  id=$(fleetwave rollout create rollout.toml --start --json | jq -r .id)
+  fleetwave rollout status \"$id\" --watch --timeout 4h";
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -260,20 +305,98 @@ fn status(args: StatusArgs) -> Result<()> {
     if !args.watch {
         return Ok(());
     }
-    let mut progress = Progress::default();
-    progress.update(&view); // already printed above
-    let mut last = view;
-    while matches!(
-        last.status,
-        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused
-    ) {
-        std::thread::sleep(Duration::from_secs(1));
-        last = get_view(&client, &args.rollout)?;
-        let now = jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
-        for line in progress.update(&last) {
-            output::line(format!("{now}  {line}"))?;
+    watch(&client, &args.rollout, view, args.timeout)
+}
+
+/// How often `--watch` reads the rollout.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// The exit codes of `rollout status --watch` beyond 0 (completed), 1 and 2 (errors).
+pub mod exit {
+    pub const HALTED: u8 = 3;
+    pub const ROLLED_BACK: u8 = 4;
+    pub const ABORTED: u8 = 5;
+    pub const TIMED_OUT: u8 = 6;
+}
+
+/// Whether `--watch` stops at this status, and with which exit code: `None` while the
+/// rollout may still move (pending, running, paused), `Some(0)` when it completed.
+pub fn watch_exit_code(status: api::RolloutStatus) -> Option<u8> {
+    match status {
+        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused => {
+            None
+        }
+        api::RolloutStatus::Completed => Some(0),
+        api::RolloutStatus::Halted => Some(exit::HALTED),
+        api::RolloutStatus::RolledBack => Some(exit::ROLLED_BACK),
+        api::RolloutStatus::Aborted => Some(exit::ABORTED),
+    }
+}
+
+/// A watched rollout that did not complete: `main` prints it as one line on stderr and
+/// exits with [`WatchEnded::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum WatchEnded {
+    #[error("rollout {id} did not complete: it is {status} (exit {})", watch_exit_code(*status).unwrap_or(1))]
+    Stopped {
+        id: String,
+        status: api::RolloutStatus,
+    },
+    #[error("rollout {id} is still {status} after --timeout {}s (exit {})", timeout.as_secs(), exit::TIMED_OUT)]
+    TimedOut {
+        id: String,
+        status: api::RolloutStatus,
+        timeout: Duration,
+    },
+}
+
+impl WatchEnded {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WatchEnded::Stopped { status, .. } => watch_exit_code(*status).unwrap_or(1),
+            WatchEnded::TimedOut { .. } => exit::TIMED_OUT,
         }
     }
+}
+
+/// `status --watch`: reads the rollout every [`WATCH_POLL`] and shows what changed, until
+/// its status ends the watch or `timeout` passes. `first` is already printed.
+fn watch(
+    client: &Client,
+    id: &str,
+    first: api::RolloutView,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut display = if std::io::stdout().is_terminal() {
+        WatchDisplay::bars(&first)
+    } else {
+        WatchDisplay::lines(&first)
+    };
+    let mut last = first;
+    let code = loop {
+        if let Some(code) = watch_exit_code(last.status) {
+            break code;
+        }
+        let now = Instant::now();
+        let nap = match deadline {
+            Some(d) if now >= d => {
+                display.finish();
+                return Err(WatchEnded::TimedOut {
+                    id: last.id,
+                    status: last.status,
+                    timeout: timeout.unwrap_or_default(),
+                }
+                .into());
+            }
+            Some(d) => (d - now).min(WATCH_POLL),
+            None => WATCH_POLL,
+        };
+        std::thread::sleep(nap);
+        last = get_view(client, id)?;
+        display.update(&last)?;
+    };
+    display.finish();
     output::line(format!(
         "rollout {} is {}{}",
         last.id,
@@ -282,7 +405,155 @@ fn status(args: StatusArgs) -> Result<()> {
             .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
-    ))
+    ))?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(WatchEnded::Stopped {
+            id: last.id,
+            status: last.status,
+        }
+        .into())
+    }
+}
+
+/// What `--watch` shows: plain time-stamped lines (a pipe, a log), or live bars (a
+/// terminal).
+enum WatchDisplay {
+    Lines(Progress),
+    Bars(Bars),
+}
+
+impl WatchDisplay {
+    fn lines(first: &api::RolloutView) -> WatchDisplay {
+        let mut progress = Progress::default();
+        progress.update(first); // already printed
+        WatchDisplay::Lines(progress)
+    }
+
+    fn bars(first: &api::RolloutView) -> WatchDisplay {
+        WatchDisplay::Bars(Bars::new(first))
+    }
+
+    fn update(&mut self, v: &api::RolloutView) -> Result<()> {
+        let now = jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
+        match self {
+            WatchDisplay::Lines(progress) => {
+                for line in progress.update(v) {
+                    output::line(format!("{now}  {line}"))?;
+                }
+            }
+            WatchDisplay::Bars(bars) => bars.update(v, &now)?,
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if let WatchDisplay::Bars(bars) = self {
+            bars.finish();
+        }
+    }
+}
+
+/// One progress bar per wave (sites done of the wave's sites), drawn on stdout; the
+/// decisions, failing sites and status changes are printed above them.
+struct Bars {
+    multi: MultiProgress,
+    waves: Vec<ProgressBar>,
+    progress: Progress,
+}
+
+impl Bars {
+    fn new(first: &api::RolloutView) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let mut progress = Progress::without_wave_lines();
+        progress.update(first); // already printed
+        let mut bars = Bars {
+            multi,
+            waves: Vec::new(),
+            progress,
+        };
+        bars.draw(first);
+        bars
+    }
+
+    fn style() -> ProgressStyle {
+        ProgressStyle::with_template("{prefix} [{bar:30.green/red}] {pos:>5}/{len:<5} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> ")
+    }
+
+    /// Sets each wave's bar from the view, adding bars for waves not seen yet.
+    fn draw(&mut self, v: &api::RolloutView) {
+        let width = v.waves.iter().map(|w| w.name.len()).max().unwrap_or(0);
+        let set = |bar: &ProgressBar, w: &api::WaveView| {
+            bar.set_prefix(format!("wave {} {:<width$}", w.index, w.name));
+            bar.set_length(u64::from(w.tally.sites));
+            bar.set_position(u64::from(wave_done(&w.tally)));
+            bar.set_message(wave_words(w));
+        };
+        for (i, w) in v.waves.iter().enumerate() {
+            match self.waves.get(i) {
+                Some(bar) => set(bar, w),
+                None => {
+                    // Filled in before it is shown, so that it never flashes 0/0.
+                    let bar = ProgressBar::hidden().with_style(Bars::style());
+                    set(&bar, w);
+                    self.waves.push(self.multi.add(bar));
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, v: &api::RolloutView, now: &str) -> Result<()> {
+        for line in self.progress.update(v) {
+            self.multi
+                .println(format!("{now}  {line}"))
+                .context("cannot write to stdout")?;
+        }
+        self.draw(v);
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        for bar in &self.waves {
+            bar.finish();
+        }
+    }
+}
+
+/// A wave's sites that are no longer pending or in progress.
+fn wave_done(t: &api::WaveTally) -> u32 {
+    t.sites.saturating_sub(t.pending + t.in_progress)
+}
+
+/// A bar's message: `2 succeeded, 1 failed, 3 in progress` (plus any other non-zero
+/// count) and whether the wave is open or passed.
+fn wave_words(w: &api::WaveView) -> String {
+    let t = &w.tally;
+    let mut parts = vec![
+        format!("{} succeeded", t.succeeded),
+        format!("{} failed", t.failed),
+        format!("{} in progress", t.in_progress),
+    ];
+    for (n, word) in [
+        (t.pending, "pending"),
+        (t.silent, "silent"),
+        (t.skipped, "skipped"),
+        (t.rolled_back, "rolled back"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    let state = if w.passed_at.is_some() {
+        "passed"
+    } else if w.opened_at.is_some() {
+        "open"
+    } else {
+        "not open"
+    };
+    format!("{}  [{state}]", parts.join(", "))
 }
 
 fn list(args: ListArgs) -> Result<()> {
@@ -452,6 +723,8 @@ pub fn decision_line(d: &api::DecisionView) -> String {
 /// decisions (with reasons), wave counts that moved, a status change.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Leave out the wave lines (the bars of `--watch` on a terminal show the counts).
+    no_wave_lines: bool,
     decisions_seen: usize,
     tallies: BTreeMap<u32, api::WaveTally>,
     site_states: BTreeMap<String, String>,
@@ -459,6 +732,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A printer without the wave-count lines.
+    pub fn without_wave_lines() -> Progress {
+        Progress {
+            no_wave_lines: true,
+            ..Progress::default()
+        }
+    }
+
     pub fn update(&mut self, v: &api::RolloutView) -> Vec<String> {
         let mut lines = Vec::new();
         for d in v.decisions.iter().skip(self.decisions_seen) {
@@ -476,7 +757,8 @@ impl Progress {
             }
         }
         self.decisions_seen = v.decisions.len();
-        for w in &v.waves {
+        let wave_lines = !self.no_wave_lines;
+        for w in v.waves.iter().filter(|_| wave_lines) {
             if w.opened_at.is_none() && w.tally.rolled_back == 0 {
                 continue;
             }
@@ -546,6 +828,137 @@ mod tests {
             phase: Some(phase.into()),
             detail: Some(detail.into()),
         }
+    }
+
+    #[test]
+    fn watch_exit_codes_follow_the_status_and_the_help_lists_each() {
+        use api::RolloutStatus as S;
+        for status in S::ALL {
+            let code = watch_exit_code(status);
+            match status {
+                S::Pending | S::Running | S::Paused => assert_eq!(code, None, "{status}"),
+                S::Completed => assert_eq!(code, Some(0)),
+                S::Halted | S::RolledBack | S::Aborted => {
+                    let code = code.unwrap();
+                    assert!(code > 2, "1 and 2 are errors: {status}");
+                    let word = status.as_str().replace('_', " ");
+                    assert!(
+                        STATUS_AFTER_HELP.contains(&format!("  {code}  {word}")),
+                        "{code} {word} missing from the help"
+                    );
+                }
+            }
+        }
+        assert!(STATUS_AFTER_HELP.contains(&format!("  {}  --timeout", exit::TIMED_OUT)));
+        let codes = [
+            exit::HALTED,
+            exit::ROLLED_BACK,
+            exit::ABORTED,
+            exit::TIMED_OUT,
+        ];
+        let distinct: std::collections::BTreeSet<u8> = codes.into_iter().collect();
+        assert_eq!(distinct.len(), codes.len());
+        let ended = WatchEnded::Stopped {
+            id: "r-1".into(),
+            status: S::Halted,
+        };
+        assert_eq!(ended.exit_code(), exit::HALTED);
+        assert_eq!(
+            ended.to_string(),
+            "rollout r-1 did not complete: it is halted (exit 3)"
+        );
+        let late = WatchEnded::TimedOut {
+            id: "r-1".into(),
+            status: S::Paused,
+            timeout: Duration::from_secs(90),
+        };
+        assert_eq!(late.exit_code(), exit::TIMED_OUT);
+        assert_eq!(
+            late.to_string(),
+            "rollout r-1 is still paused after --timeout 90s (exit 6)"
+        );
+    }
+
+    #[test]
+    fn timeout_is_a_duration_above_zero() {
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_timeout("0s").unwrap_err().contains("above zero"));
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    fn wave(index: u32, tally: api::WaveTally, opened: bool) -> api::WaveView {
+        api::WaveView {
+            index,
+            name: format!("w{index}"),
+            opened_at: opened.then(jiff::Timestamp::now),
+            passed_at: None,
+            approval_required: false,
+            approved_at: None,
+            tally,
+            gate: "waiting".into(),
+        }
+    }
+
+    #[test]
+    fn a_wave_bar_counts_the_sites_done_and_names_the_counts() {
+        let tally = api::WaveTally {
+            sites: 10,
+            pending: 2,
+            in_progress: 3,
+            succeeded: 4,
+            failed: 1,
+            ..Default::default()
+        };
+        assert_eq!(wave_done(&tally), 5);
+        assert_eq!(
+            wave_words(&wave(0, tally.clone(), true)),
+            "4 succeeded, 1 failed, 3 in progress, 2 pending  [open]"
+        );
+        assert!(wave_words(&wave(1, tally, false)).ends_with("[not open]"));
+    }
+
+    #[test]
+    fn progress_without_wave_lines_still_names_decisions_and_status() {
+        let now = jiff::Timestamp::now();
+        let mut view = api::RolloutView {
+            id: "r-1".into(),
+            release_id: "demo-2".into(),
+            status: api::RolloutStatus::Running,
+            status_reason: None,
+            created_at: now,
+            created_by: "ops".into(),
+            updated_at: now,
+            waves: vec![wave(0, api::WaveTally::default(), true)],
+            sites: vec![],
+            sites_omitted: 0,
+            decisions: vec![],
+            plan: String::new(),
+            plan_format: api::PlanFormat::Toml,
+        };
+        let mut with = Progress::default();
+        let mut without = Progress::without_wave_lines();
+        with.update(&view);
+        without.update(&view);
+        view.waves[0].tally.sites = 1;
+        view.waves[0].tally.failed = 1;
+        view.status = api::RolloutStatus::Halted;
+        view.decisions.push(api::DecisionView {
+            at: now,
+            kind: "halt".into(),
+            wave: Some(0),
+            reason: "failure budget crossed".into(),
+        });
+        let all = with.update(&view);
+        let some = without.update(&view);
+        assert!(all.iter().any(|l| l.starts_with("wave 0")), "{all:?}");
+        assert_eq!(
+            some,
+            [
+                "decision  halt (wave 0 w0): failure budget crossed",
+                "rollout   r-1 is now halted"
+            ]
+        );
     }
 
     #[test]
