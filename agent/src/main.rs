@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fleetwave_agent::args::{Cli, Command, ConfigCommand};
-use fleetwave_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, valid_site_id};
+use fleetwave_agent::config::{Config, ConfigError, valid_site_id};
 use fleetwave_agent::daemon::{self, AGENT_VERSION, Context, Daemon, DaemonError};
 use fleetwave_agent::decision::{self, Facts, Readiness};
 use fleetwave_agent::readiness::DiskNeed;
