@@ -5,6 +5,7 @@
 //! - [`state`]: the SQLite state (trust, releases, journal, outbox, deferral).
 //! - [`executor`], [`readiness`]: installing releases and checking health.
 
+pub mod args;
 pub mod bundle;
 pub mod client;
 pub mod clock;

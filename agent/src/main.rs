@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use fleetwave_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, valid_site_id};
+use clap::Parser;
+use fleetwave_agent::args::{Cli, Command, ConfigCommand};
+use fleetwave_agent::config::{Config, ConfigError, valid_site_id};
 use fleetwave_agent::daemon::{self, AGENT_VERSION, Context, Daemon, DaemonError};
 use fleetwave_agent::decision::{self, Facts, Readiness};
 use fleetwave_agent::readiness::DiskNeed;
@@ -26,98 +27,6 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_NOT_ENROLLED: u8 = 3;
 const EXIT_REFUSED: u8 = 4;
 const EXIT_CHECKS_FAILING: u8 = 5;
-
-/// fleetwave edge agent: polls the coordinator, verifies signed assignments, installs
-/// releases under a lease, rolls back on failure, and reports back.
-#[derive(Parser)]
-#[command(name = "fleetwave-agent", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file.
-    #[arg(long, short, global = true, env = "FLEETWAVE_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon (systemd Type=notify service).
-    Run,
-    /// Configuration tools.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Enroll this box with a one-time token: creates the device key and stores the
-    /// verified root of trust.
-    Enroll {
-        /// One-time enrollment token from an operator.
-        #[arg(long)]
-        token: String,
-        /// Coordinator base URL (overrides coordinator.url).
-        #[arg(long)]
-        coordinator: Option<String>,
-        /// Site id to enroll as (overrides agent.site_id).
-        #[arg(long)]
-        site: Option<String>,
-        /// Fleet CA PEM file (overrides coordinator.ca_file).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Root of trust anchor file (overrides agent.root_file).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show what is installed, assigned, queued, and the last contact and health.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Defer installs on this site for a bounded time (e.g. 6h, 2d, 1h30m).
-    Defer {
-        duration: String,
-        /// Why (shown to operators).
-        #[arg(long)]
-        reason: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lift a local deferral.
-    Resume {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Import an air-gapped bundle (verified exactly like network documents).
-    ImportBundle {
-        file: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run readiness and health checks now and print them; exit 0 only if all pass.
-    Check {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Internal: watch a self-update and restore the previous agent if the new one does not
-    /// commit in time.
-    #[command(hide = true)]
-    SelfUpdateGuard {
-        #[arg(long)]
-        sha256: String,
-        #[arg(long)]
-        rollout: String,
-        #[arg(long)]
-        sequence: u64,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Validate the configuration and print it with every default filled in.
-    Check,
-}
 
 /// A failure with its exit code.
 struct Failure {

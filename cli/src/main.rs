@@ -135,6 +135,10 @@ enum Command {
         after_help = trust_cmds::VERIFY_EXAMPLES
     )]
     Verify(trust_cmds::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); the Debian
+    /// package installs them (docs/cli.md).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +237,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Root(RootCommand::Verify(args)) => trust_cmds::root_verify(args),
         Command::Release(ReleaseCommand::Sign(args)) => trust_cmds::release_sign(args),
         Command::Verify(args) => trust_cmds::verify(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fleetwave", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Root(RootCommand::Publish(args)) => api::releases::root_publish(args),
         Command::Root(RootCommand::List(args)) => api::releases::root_list(args),
         Command::Release(ReleaseCommand::Publish(args)) => api::releases::release_publish(args),

@@ -767,3 +767,27 @@ fn help_teaches_with_examples() {
     let out = ok(dir.path(), &["root", "sign", "--help"]);
     assert!(stdout(&out).contains("--envelope root-v1.envelope.json"));
 }
+
+/// `fleetwave completions SHELL` (hidden; the Debian package installs its output) prints a
+/// completion script that knows the areas and their commands.
+#[test]
+fn completions_for_each_shell_name_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = stdout(&ok(dir.path(), &["completions", shell]));
+        for word in ["rollout", "release", "approve", "site"] {
+            assert!(
+                script.contains(word),
+                "{shell} completion lacks {word}:\n{script}"
+            );
+        }
+    }
+    assert!(
+        stdout(&ok(dir.path(), &["completions", "bash"])).contains("complete -F"),
+        "not a bash completion script"
+    );
+    // Not listed in the help: it is for packagers (docs/cli.md).
+    assert!(!stdout(&ok(dir.path(), &["--help"])).contains("completions"));
+    let out = run(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -77,6 +77,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); the Debian
+    /// package installs them (docs/cli.md).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +111,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                shell,
+                &mut cmd,
+                "fleetwave-coordinator",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Serve {
             config,
             insecure_plain_http,

@@ -304,6 +304,33 @@ async fn sites_filter_paginate_and_grid_on_the_server_without_scripts() {
     h.stop().await;
 }
 
+/// Browsers ask for `/favicon.ico` on every page: it answers with the dashboard's icon
+/// without a sign-in, and the pages link the same icon (an SVG, allowed by `img-src 'self'`).
+#[tokio::test]
+async fn the_favicon_is_served_without_sign_in_and_linked_from_the_pages() {
+    let h = Harness::new().await;
+    let mut web = WebClient::new(&h);
+    for path in ["/favicon.ico", "/ui/assets/favicon.svg"] {
+        let (s, headers, body) = web.get(path).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        let ctype = headers["content-type"].to_str().unwrap();
+        assert!(ctype.starts_with("image/"), "{path}: {ctype}");
+        assert!(
+            body.starts_with("<svg") && body.contains("</svg>"),
+            "{path}: {body}"
+        );
+    }
+    let (s, headers, page) = web.get("/ui/login").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains(r#"<link rel="icon" href="/ui/assets/favicon.svg" type="image/svg+xml">"#),
+        "{page}"
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("img-src 'self'"), "{csp}");
+    h.stop().await;
+}
+
 /// The dashboard's filters read `site_labels` and `site_versions`, which only the store's
 /// triggers maintain: a relabel through the API, an Installed report through the agent
 /// API and a decommission must move a site between the dashboard's filters at once.

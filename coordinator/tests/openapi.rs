@@ -175,9 +175,10 @@ fn router_paths(router: &axum::Router) -> BTreeSet<String> {
     out
 }
 
-/// The dashboard is HTML for browsers (docs/dashboard.md), not part of the JSON API.
+/// The dashboard is HTML for browsers (docs/dashboard.md), not part of the JSON API; so is
+/// the icon browsers ask for at `/favicon.ico`.
 fn is_dashboard(path: &str) -> bool {
-    path == "/" || path == "/ui" || path.starts_with("/ui/")
+    path == "/" || path == "/ui" || path.starts_with("/ui/") || path == "/favicon.ico"
 }
 
 /// `(METHOD, path)` pairs without the HEAD that every GET route answers too.

@@ -246,7 +246,8 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
         .route("/ui/audit", get(pages::audit))
         .route("/ui/live/overview", get(live::overview))
         .route("/ui/live/rollouts/{id}", get(live::rollout))
-        .route("/ui/assets/{file}", get(pages::asset));
+        .route("/ui/assets/{file}", get(pages::asset))
+        .route("/favicon.ico", get(pages::favicon));
     Router::new()
         .merge(edge.guard(sign_in, Budget::Unauthenticated))
         .merge(edge.guard(others, Budget::Requests))

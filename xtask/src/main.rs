@@ -1,0 +1,36 @@
+//! Build helpers that must not live in a shipped binary.
+//!
+//! `cargo run -p xtask -- agent-completions SHELL` prints the shell completion script of
+//! `fleetwave-agent` (bash, zsh, fish, ...), generated from the agent's clap definition
+//! (`fleetwave_agent::args`). The agent binary itself does not link `clap_complete`: it
+//! runs on small edge boxes and its size is budgeted (docs/operations.md). The CLI and the
+//! coordinator print their own: `fleetwave completions SHELL`,
+//! `fleetwave-coordinator completions SHELL`.
+
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "fleetwave build helpers")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Print the shell completion script of fleetwave-agent.
+    AgentCompletions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+}
+
+fn main() {
+    match Xtask::parse().command {
+        Task::AgentCompletions { shell } => {
+            let mut cmd = fleetwave_agent::args::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "fleetwave-agent", &mut std::io::stdout());
+        }
+    }
+}
