@@ -150,7 +150,10 @@ impl Engine {
         let now = self.clock.now();
         let reason = reason.trim();
         if reason.is_empty() {
-            return Err(invalid("reason", "must not be empty: say why installs stop"));
+            return Err(invalid(
+                "reason",
+                "must not be empty: say why installs stop",
+            ));
         }
         if reason.chars().count() > MAX_REASON_CHARS {
             return Err(invalid(
