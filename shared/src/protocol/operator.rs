@@ -22,6 +22,7 @@ pub mod paths {
     pub const ROOTS: &str = "/v1/roots";
     pub const ROLLOUTS: &str = "/v1/rollouts";
     pub const AUDIT: &str = "/v1/audit";
+    pub const FREEZES: &str = "/v1/freezes";
 }
 
 /// What an operator token may do.
