@@ -458,7 +458,6 @@ const ROUTES: &[Route] = &[
         status: "201",
         output: Output::Json("FreezeInfo"),
         errors: &["422"],
-        ..VIEW
     },
     Route {
         method: Post,
