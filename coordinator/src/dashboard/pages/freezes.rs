@@ -182,7 +182,7 @@ pub async fn freeze_add(
             app,
             "freeze.create",
             &f.id,
-            format!("{} to {}: {}", f.start, f.end, f.reason),
+            format!("{} to {}: {} (dashboard)", f.start, f.end, f.reason),
         )
         .await?;
     Ok(Redirect::to("/ui/freezes").into_response())
@@ -245,7 +245,7 @@ pub async fn freeze_end(
             app,
             "freeze.end",
             &f.id,
-            format!("was {} to {}: {}", f.start, f.end, f.reason),
+            format!("was {} to {}: {} (dashboard)", f.start, f.end, f.reason),
         )
         .await?;
     Ok(Redirect::to("/ui/freezes").into_response())
