@@ -191,6 +191,8 @@ impl Engine {
         let r = record.clone();
         self.db.run(move |s| s.create_freeze(&r)).await?;
         let mut stored = self.stored_freezes();
+        // Freezes that ended by themselves no longer count: drop them here.
+        stored.retain(|f| f.end > now);
         stored.push(record.clone());
         self.set_stored_freezes(stored);
         Ok(record)
@@ -221,7 +223,7 @@ impl Engine {
         let stored = self
             .stored_freezes()
             .into_iter()
-            .filter(|f| f.id != id)
+            .filter(|f| f.id != id && f.end > now)
             .collect();
         self.set_stored_freezes(stored);
         // Leases refused during the freeze are asked for again on their own.
