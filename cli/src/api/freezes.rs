@@ -13,11 +13,19 @@ use super::output::{self, Table};
 use super::sites::parse_secs;
 use super::{Client, ConnectArgs, encode};
 
+const ADD_EXAMPLES: &str = "\
+Examples:
+  fleetwave freeze add --for 4h --reason \"incident 1234\"
+  fleetwave freeze add --start 2026-12-24T00:00:00Z --end 2026-12-27T00:00:00Z --reason christmas
+  fleetwave freeze list
+  fleetwave freeze end frz-3f9c2a1b7d04";
+
 #[derive(Debug, Subcommand)]
 pub enum FreezeCommand {
     /// List the freezes in force now and to come (the configuration file's too).
     List(FreezeListArgs),
     /// Add a freeze (operator role): in force at once, for every rollout.
+    #[command(after_help = ADD_EXAMPLES)]
     Add(FreezeAddArgs),
     /// End a freeze now (operator role; not one from the configuration file).
     End(FreezeEndArgs),
