@@ -47,6 +47,7 @@ Talking to a coordinator (HTTPS pinned to the fleet CA):
   artifact   upload artifacts (content-addressed by SHA-256)
   root       publish a root rotation
   rollout    create, start, pause, resume, approve, abort, roll back, skip, status
+  freeze     list, add and end fleet-wide freezes (no installs while one is in force)
   audit      who changed what, when, from where
   demo       a coordinator and a dozen real agents on this machine, two rollouts
 
@@ -121,6 +122,9 @@ enum Command {
     /// Rollouts: one release through its waves.
     #[command(subcommand)]
     Rollout(api::rollouts::RolloutCommand),
+    /// Fleet-wide freezes: list, add, end (no site installs while one is in force).
+    #[command(subcommand)]
+    Freeze(api::freezes::FreezeCommand),
     /// The audit log: every change, who made it, when, from where.
     Audit(api::sites::AuditArgs),
     /// Run a whole demo fleet on this machine: a coordinator, real agents, two rollouts.
@@ -251,6 +255,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Site(command) => api::sites::site(command),
         Command::Token(command) => api::sites::token(command),
         Command::Rollout(command) => api::rollouts::rollout(command),
+        Command::Freeze(command) => api::freezes::freeze(command),
         Command::Audit(args) => api::sites::audit(args),
         Command::Demo(args) => demo::run(args),
         Command::DemoGuard(args) => demo::guard(args),

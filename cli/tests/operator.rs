@@ -40,6 +40,11 @@ impl Drop for Coordinator {
 
 impl Coordinator {
     fn start() -> Coordinator {
+        Coordinator::start_with_config("")
+    }
+
+    /// As [`Coordinator::start`], with `extra` TOML appended to the configuration file.
+    fn start_with_config(extra: &str) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -59,6 +64,9 @@ impl Coordinator {
             .output()
             .unwrap();
         assert!(init.status.success(), "init: {init:?}");
+        let config = cdir.join("coordinator.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text + extra).unwrap();
         let log = std::fs::File::create(dir.path().join("coordinator.log")).unwrap();
         let child = Command::new(sibling("fleetwave-coordinator"))
             .arg("serve")
@@ -1031,4 +1039,83 @@ fn status_watch_exit_codes_for_timeout_pause_abort_and_rollback() {
     ] {
         assert!(help.contains(line), "{line} missing from:\n{help}");
     }
+}
+
+#[test]
+fn freezes_list_add_and_end() {
+    let c = Coordinator::start_with_config(
+        "\n[[freezes]]\nstart = \"2036-11-23T00:00:00Z\"\nend = \"2036-11-30T00:00:00Z\"\nreason = \"thanksgiving\"\n",
+    );
+
+    // The configuration file's freeze is listed; it cannot be ended from here.
+    let table = c.ok(&["freeze", "list"]);
+    assert!(
+        table.contains("config-0") && table.contains("thanksgiving") && table.contains("config"),
+        "{table}"
+    );
+    let err = fails(c.run(&["freeze", "end", "config-0"]), 1);
+    assert!(
+        err.contains("409") && err.contains("configuration file"),
+        "{err}"
+    );
+
+    // add --for: in force at once; add --end with --start: scheduled.
+    let added = c.json(&["freeze", "add", "--for", "2h", "--reason", "incident 42"]);
+    let id = added["id"].as_str().unwrap().to_string();
+    assert_eq!(added["active"], true, "{added}");
+    assert_eq!(added["source"], "api");
+    let later = c.ok(&[
+        "freeze",
+        "add",
+        "--start",
+        "2036-01-01T00:00:00Z",
+        "--end",
+        "2036-01-02T00:00:00Z",
+        "--reason",
+        "new year",
+    ]);
+    assert!(
+        later.contains("scheduled") && later.contains("new year"),
+        "{later}"
+    );
+    let list = c.json(&["freeze", "list"]);
+    let ids: Vec<&str> = list["freezes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{list}");
+    assert_eq!(ids[0], id, "earliest start first: {list}");
+
+    // Refusals: the coordinator's validation (exit 1), a usage error (exit 2), a viewer.
+    let err = fails(
+        c.run(&["freeze", "add", "--for", "400d", "--reason", "typo"]),
+        1,
+    );
+    assert!(err.contains("422") && err.contains("end"), "{err}");
+    let out = c.run(&["freeze", "add", "--reason", "no end"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let viewer = c
+        .ok(&[
+            "token", "operator", "create", "--name", "vic", "--role", "viewer",
+        ])
+        .trim()
+        .to_string();
+    let viewed = c.run_as(&viewer, &["freeze", "list"]);
+    assert!(viewed.status.success(), "{viewed:?}");
+    let err = fails(c.run_as(&viewer, &["freeze", "end", &id]), 1);
+    assert!(err.contains("403"), "{err}");
+
+    // end: gone from the list, audited.
+    let ended = c.ok(&["freeze", "end", &id]);
+    assert!(ended.contains(&id) && ended.contains("ended"), "{ended}");
+    assert!(!c.ok(&["freeze", "list"]).contains(&id));
+    let err = fails(c.run(&["freeze", "end", &id]), 1);
+    assert!(err.contains("409"), "{err}");
+    let audit = c.ok(&["audit"]);
+    assert!(
+        audit.contains("freeze.create") && audit.contains("freeze.end"),
+        "{audit}"
+    );
 }

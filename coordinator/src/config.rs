@@ -245,6 +245,21 @@ pub const MAX_TICK_MILLIS: u64 = 60_000;
 /// The longest freeze: a year.
 pub const MAX_FREEZE_DAYS: i64 = 365;
 
+/// What is wrong with a freeze from `start` to `end` (always about its `end`), if anything:
+/// the one rule for the configuration file's freezes and those created through the API.
+pub fn freeze_problem(start: jiff::Timestamp, end: jiff::Timestamp) -> Option<String> {
+    if end <= start {
+        return Some("end must be after start".into());
+    }
+    let days = end.duration_since(start).as_hours() / 24;
+    (days > MAX_FREEZE_DAYS).then(|| {
+        format!(
+            "lasts {days} days, more than the maximum {MAX_FREEZE_DAYS} \
+             (a typo in a year stops every install for good)"
+        )
+    })
+}
+
 /// Refuses `value` above `max`, naming the key: every duration in the file is bounded,
 /// so that no time plus a configured duration can overflow the calendar.
 fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
@@ -438,20 +453,10 @@ impl Config {
             ));
         }
         for (i, f) in self.freezes.iter().enumerate() {
-            if f.end <= f.start {
+            if let Some(problem) = freeze_problem(f.start, f.end) {
                 return Err(ConfigError::Invalid {
                     key: "freezes",
-                    message: format!("freezes[{i}]: end must be after start"),
-                });
-            }
-            let days = f.end.duration_since(f.start).as_hours() / 24;
-            if days > MAX_FREEZE_DAYS {
-                return Err(ConfigError::Invalid {
-                    key: "freezes",
-                    message: format!(
-                        "freezes[{i}]: lasts {days} days, more than the maximum {MAX_FREEZE_DAYS} \
-                         (a typo in a year stops every install for good)"
-                    ),
+                    message: format!("freezes[{i}]: {problem}"),
                 });
             }
         }

@@ -106,6 +106,11 @@ impl From<crate::engine::EngineError> for ApiError {
             E::LeaseDenied(d) => {
                 ApiError::conflict("lease_denied", message).with_retry_after(d.retry_after_secs)
             }
+            E::FreezeNotFound(_) => ApiError::not_found(message),
+            E::InvalidFreeze { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_freeze", message)
+            }
+            E::FreezeFromConfig(_) => ApiError::conflict("freeze_from_config", message),
             E::StoredPlan { .. } | E::ReleaseMissing { .. } | E::Time(_) => {
                 ApiError::internal(message)
             }

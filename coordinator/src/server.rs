@@ -219,6 +219,8 @@ pub async fn build_app_with_clock(
         clock,
         config,
     });
+    // The stored freezes, in force for leases from the first request on.
+    app.engine.load_freezes().await?;
     // Warm the poll cache: every site's state and newest assignment.
     let sites = db
         .run(|s| {

@@ -597,3 +597,139 @@ async fn a_rollback_the_agent_gave_up_on_is_shown_on_the_site_and_rollout_pages_
     );
     h.stop().await;
 }
+
+/// Freezes on the dashboard: every role sees the list (the configuration file's freeze
+/// too); operators add one through a form and end one, each after a confirmation step,
+/// with the session's CSRF token; viewers get neither control and are refused both.
+#[tokio::test]
+async fn freezes_page_lists_and_operators_add_and_end_them() {
+    let h = Harness::with_config(
+        "\n[[freezes]]\nstart = \"2036-11-23T00:00:00Z\"\nend = \"2036-11-30T00:00:00Z\"\nreason = \"thanksgiving\"\n",
+    )
+    .await;
+    let alice = h.token("alice", "operator").await;
+    let victor = h.token("victor", "viewer").await;
+    let end = (h.clock.now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let (s, v) = h
+        .post(
+            "/v1/freezes",
+            &alice,
+            json!({"end": end, "reason": "incident 42"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let fid = v["id"].as_str().unwrap().to_string();
+    async fn listed(h: &Harness) -> String {
+        let (s, v) = h.get("/v1/freezes", &h.admin).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v.to_string()
+    }
+    let confirm_end = format!("/ui/freezes/{fid}/confirm/end");
+    let act_end = format!("/ui/freezes/{fid}/actions/end");
+
+    // A viewer sees the list only, and is refused the controls.
+    let mut viewer = WebClient::new(&h);
+    let viewer_csrf = viewer.login(&victor).await;
+    let (s, _, page) = viewer.get("/ui/freezes").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains(&fid) && page.contains("incident 42") && page.contains("in force"),
+        "{page}"
+    );
+    assert!(page.contains("config-0") && page.contains("thanksgiving"));
+    assert!(!page.contains("add-freeze") && !page.contains(&confirm_end));
+    let (s, _, _) = viewer.get(&confirm_end).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = viewer.post(&act_end, &[("csrf", &viewer_csrf)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = viewer
+        .post(
+            "/ui/freezes/add",
+            &[("csrf", &viewer_csrf), ("end", &end), ("reason", "nope")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(listed(&h).await.contains(&fid));
+    assert!(!listed(&h).await.contains("nope"));
+
+    // An operator ends it after confirming, with the session's CSRF token.
+    let mut web = WebClient::new(&h);
+    web.login(&alice).await;
+    let (_, _, page) = web.get("/ui/freezes").await;
+    assert!(page.contains(&format!("href=\"{confirm_end}\"")), "{page}");
+    assert!(
+        !page.contains("/ui/freezes/config-0/confirm/end"),
+        "no end control for the configuration file's freeze"
+    );
+    let (s, _, page) = web.get("/ui/freezes/config-0/confirm/end").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(page.contains("configuration file"), "{page}");
+    let (s, _, page) = web.get(&confirm_end).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains(&format!("End freeze {fid}")), "{page}");
+    assert!(page.contains(&format!("action=\"{act_end}\"")));
+    let csrf = hidden(&page, "csrf");
+    let (s, _, _) = web.post(&act_end, &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, _, _) = web.post(&act_end, &[("csrf", &viewer_csrf)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another session's token");
+    assert!(listed(&h).await.contains(&fid));
+    let (s, headers, _) = web.post(&act_end, &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/freezes");
+    assert!(!listed(&h).await.contains(&fid));
+    let (_, _, page) = web.get("/ui/freezes").await;
+    assert!(!page.contains(&fid));
+
+    // And adds one: the form asks for confirmation with the times worked out.
+    let query = form_body(&[
+        ("reason", "store opening"),
+        ("start", ""),
+        ("end", ""),
+        ("duration", "2h"),
+    ]);
+    let (s, _, page) = web.get(&format!("/ui/freezes/confirm-add?{query}")).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Add a fleet freeze from now to") && page.contains("store opening"),
+        "{page}"
+    );
+    let (csrf, end) = (hidden(&page, "csrf"), hidden(&page, "end"));
+    let (s, _, page) = web
+        .get(&format!(
+            "/ui/freezes/confirm-add?{}",
+            form_body(&[("reason", "x"), ("end", "tomorrow")])
+        ))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("end:"), "{page}");
+    let (s, _, _) = web
+        .post(
+            "/ui/freezes/add",
+            &[("end", &end), ("reason", "store opening")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, headers, _) = web
+        .post(
+            "/ui/freezes/add",
+            &[
+                ("csrf", &csrf),
+                ("start", ""),
+                ("end", &end),
+                ("reason", "store opening"),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/freezes");
+    assert!(listed(&h).await.contains("store opening"));
+    let (_, _, page) = web.get("/ui/freezes").await;
+    assert!(page.contains("store opening"), "{page}");
+    let (_, v) = h.get("/v1/audit", &h.admin).await;
+    let audit = v.to_string();
+    assert!(
+        audit.contains("freeze.end") && audit.contains("freeze.create"),
+        "{v}"
+    );
+}

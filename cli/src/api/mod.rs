@@ -11,6 +11,7 @@
 //! prints a token except the one the server just created for the operator.
 
 pub mod export;
+pub mod freezes;
 pub mod output;
 pub mod releases;
 pub mod rollouts;

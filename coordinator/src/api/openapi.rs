@@ -450,6 +450,31 @@ const ROUTES: &[Route] = &[
         ..VIEW
     },
     Route {
+        path: "/v1/freezes",
+        summary: "Fleet freezes in force now and to come (the configuration file's too)",
+        output: Output::Json("FreezeList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/freezes",
+        summary: "Create a fleet freeze (in force at once)",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("CreateFreeze"),
+        status: "201",
+        output: Output::Json("FreezeInfo"),
+        errors: &["422"],
+    },
+    Route {
+        method: Post,
+        path: "/v1/freezes/{id}/end",
+        summary: "End a freeze now (not one from the configuration file: 409)",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("FreezeInfo"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
         path: "/v1/audit",
         summary: "The audit log, newest first",
         input: Input::Query(query::<AuditQuery>),
@@ -515,7 +540,7 @@ const ERRORS: &[(&str, &str, &str)] = &[
     (
         "409",
         "Conflict",
-        "The state does not allow it (rollout state, counter not above the stream's, already revoked), or the lease is denied (Retry-After)",
+        "The state does not allow it (rollout state, counter not above the stream's, already revoked, freeze already ended or from the configuration file), or the lease is denied (Retry-After)",
     ),
     (
         "413",
@@ -535,7 +560,7 @@ const ERRORS: &[(&str, &str, &str)] = &[
     (
         "422",
         "Unprocessable",
-        "Well-formed but refused (signature, plan validation, hash mismatch)",
+        "Well-formed but refused (signature, plan validation, hash mismatch, freeze validation)",
     ),
     (
         "431",
@@ -868,6 +893,10 @@ fn build() -> OpenApi {
         .schema_from::<RolloutSiteList>()
         .schema_from::<RolloutSummary>()
         .schema_from::<RolloutList>()
+        .schema_from::<FreezeSource>()
+        .schema_from::<FreezeInfo>()
+        .schema_from::<FreezeList>()
+        .schema_from::<CreateFreeze>()
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
         .build();

@@ -990,6 +990,56 @@ pub async fn list_audit(
     }))
 }
 
+pub async fn list_freezes(
+    State(app): State<AppState>,
+    op: Operator,
+) -> Result<Json<FreezeList>, ApiError> {
+    op.require(Permission::Read)?;
+    Ok(Json(FreezeList {
+        freezes: app.engine.list_freezes(),
+    }))
+}
+
+pub async fn create_freeze(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<CreateFreeze>,
+) -> Result<(StatusCode, Json<FreezeInfo>), ApiError> {
+    op.require(Permission::Operate)?;
+    let f = app
+        .engine
+        .create_freeze(req.start, req.end, &req.reason, &op.actor())
+        .await?;
+    op.audit(
+        &app,
+        "freeze.create",
+        &f.id,
+        format!("{} to {}: {}", f.start, f.end, f.reason),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::engine::freezes::stored_info(&f, app.now())),
+    ))
+}
+
+pub async fn end_freeze(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FreezeInfo>, ApiError> {
+    op.require(Permission::Operate)?;
+    let f = app.engine.end_freeze(&id, &op.actor()).await?;
+    op.audit(
+        &app,
+        "freeze.end",
+        &f.id,
+        format!("was {} to {}: {}", f.start, f.end, f.reason),
+    )
+    .await?;
+    Ok(Json(crate::engine::freezes::stored_info(&f, app.now())))
+}
+
 /// The optional `{"reason": "..."}` body of pause, abort and rollback.
 fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

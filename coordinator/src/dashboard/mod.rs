@@ -243,6 +243,14 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
         .route("/ui/sites/{id}/confirm/{action}", get(pages::site_confirm))
         .route("/ui/sites/{id}/actions/{action}", post(pages::site_act))
         .route("/ui/releases", get(pages::releases))
+        .route("/ui/freezes", get(pages::freezes))
+        .route("/ui/freezes/confirm-add", get(pages::freeze_confirm_add))
+        .route("/ui/freezes/add", post(pages::freeze_add))
+        .route(
+            "/ui/freezes/{id}/confirm/end",
+            get(pages::freeze_confirm_end),
+        )
+        .route("/ui/freezes/{id}/actions/end", post(pages::freeze_end))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/live/overview", get(live::overview))
         .route("/ui/live/rollouts/{id}", get(live::rollout))

@@ -133,6 +133,7 @@ impl Engine {
                 .run(move |s| s.compartment_counts(&rid, &label, &value, &sid, now))
                 .await?;
         }
+        let freezes = self.effective_freezes();
         let ctx = controller::LeaseContext {
             plan: &plan,
             status,
@@ -149,7 +150,7 @@ impl Engine {
                 .map(|a| a.record.sequence),
             requested_sequence: req.sequence,
             deferred_until: site_rec.deferred_until,
-            freezes: &self.settings.freezes,
+            freezes: &freezes,
             holds_lease,
             wave_active_leases: wave_active,
             compartment_active_leases: comp_active,

@@ -29,13 +29,14 @@
 pub mod actions;
 pub mod assign;
 pub mod facts;
+pub mod freezes;
 pub mod leases;
 mod placement;
 pub mod reports;
 pub mod tick;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
 use fleetwave_shared::protocol::operator::{self as op, ActionRefused};
@@ -118,6 +119,10 @@ pub struct Engine {
     last_note: Mutex<HashMap<String, DecisionKey>>,
     /// Consecutive passes whose evaluation of a rollout failed with a storage error.
     failed_passes: Mutex<HashMap<String, u32>>,
+    /// Stored freezes in force or to come, and the union leases read.
+    freezes: RwLock<freezes::Freezes>,
+    /// Serializes creating and ending freezes (store, then memory).
+    freeze_lock: tokio::sync::Mutex<()>,
 }
 
 /// Why the engine could not do what it was asked, in words an operator can act on.
@@ -155,6 +160,19 @@ pub enum EngineError {
     ReleaseMissing { rollout: String, release: String },
     #[error(transparent)]
     Time(#[from] TimeOverflow),
+    #[error("no freeze {0}")]
+    FreezeNotFound(String),
+    /// A freeze to create breaks a rule (`field` names the request's field).
+    #[error("{field}: {message}")]
+    InvalidFreeze {
+        field: &'static str,
+        message: String,
+    },
+    #[error(
+        "freeze {0} comes from the coordinator's configuration file ([[freezes]]): it cannot \
+         be ended through the API; edit the configuration file and restart the coordinator"
+    )]
+    FreezeFromConfig(String),
 }
 
 fn refused_message(rollout: &str, refused: &ActionRefused) -> String {
@@ -183,6 +201,7 @@ impl Engine {
         clock: Clock,
         settings: Settings,
     ) -> Engine {
+        let effective = Arc::new(settings.freezes.clone());
         Engine {
             db,
             sites: SiteCache::default(),
@@ -199,6 +218,8 @@ impl Engine {
             plans: Default::default(),
             last_note: Default::default(),
             failed_passes: Default::default(),
+            freezes: RwLock::new(freezes::Freezes::new(effective)),
+            freeze_lock: Default::default(),
         }
     }
 

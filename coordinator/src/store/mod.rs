@@ -260,6 +260,19 @@ pub struct AuditRecord {
     pub remote: String,
 }
 
+/// A fleet freeze created through the API (the configuration file's are not stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreezeRecord {
+    pub id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub ended_by: Option<String>,
+}
+
 /// Outcome of one report batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportOutcome {
@@ -523,6 +536,15 @@ pub trait Store: Send + Sync + 'static {
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries about `target` (e.g. a rollout id), oldest first, at most `limit`.
     fn audit_of(&self, target: &str, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    // Freezes
+    fn create_freeze(&self, freeze: &FreezeRecord) -> StoreResult<()>;
+    /// Freezes not ended early whose end is after `now` (in force or to come), earliest
+    /// start first.
+    fn open_freezes(&self, now: Timestamp) -> StoreResult<Vec<FreezeRecord>>;
+    /// Ends a freeze at `at`, recording `by`; NotFound without one, Conflict when it was
+    /// already ended or is over. Returns it as ended.
+    fn end_freeze(&self, id: &str, at: Timestamp, by: &str) -> StoreResult<FreezeRecord>;
 
     // The dashboard
     /// The dashboard's read model over this store's data, on access that never blocks the

@@ -22,6 +22,7 @@ pub mod paths {
     pub const ROOTS: &str = "/v1/roots";
     pub const ROLLOUTS: &str = "/v1/rollouts";
     pub const AUDIT: &str = "/v1/audit";
+    pub const FREEZES: &str = "/v1/freezes";
 }
 
 /// What an operator token may do.
@@ -539,6 +540,58 @@ pub struct AuditList {
     pub entries: Vec<AuditEntry>,
     /// Pass as `before` for the next (older) page.
     pub next_before: Option<i64>,
+}
+
+/// Where a fleet freeze comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FreezeSource {
+    /// `[[freezes]]` in the coordinator's configuration file: read-only through the API.
+    Config,
+    /// Created through the API, CLI or dashboard; stored, and ended the same ways.
+    Api,
+}
+
+/// A fleet-wide freeze: no lease is granted from `start` (inclusive) to `end` (exclusive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FreezeInfo {
+    /// `frz-...` for a stored freeze, `config-N` for the configuration file's N-th.
+    pub id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub reason: String,
+    pub source: FreezeSource,
+    /// Whether it is in force now.
+    pub active: bool,
+    /// Who created it (stored freezes only).
+    pub created_by: Option<String>,
+    pub created_at: Option<Timestamp>,
+    /// When and by whom it was ended early (stored freezes only).
+    pub ended_at: Option<Timestamp>,
+    pub ended_by: Option<String>,
+}
+
+/// `GET /v1/freezes`: the freezes in force now and those to come, earliest start first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FreezeList {
+    pub freezes: Vec<FreezeInfo>,
+}
+
+/// `POST /v1/freezes`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateFreeze {
+    /// When it begins (RFC 3339); now when left out.
+    #[serde(default)]
+    pub start: Option<Timestamp>,
+    /// When it ends (RFC 3339): after `start` and after now, at most 365 days after `start`.
+    pub end: Timestamp,
+    /// Why (shown to operators and in the audit log): 1 to 500 characters.
+    pub reason: String,
 }
 
 #[cfg(test)]

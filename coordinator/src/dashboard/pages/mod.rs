@@ -8,6 +8,7 @@
 
 mod assets;
 mod audit;
+mod freezes;
 mod grid;
 mod login;
 mod overview;
@@ -18,6 +19,7 @@ mod sites;
 
 pub use assets::*;
 pub use audit::*;
+pub use freezes::*;
 pub use grid::*;
 pub use login::*;
 pub use overview::*;

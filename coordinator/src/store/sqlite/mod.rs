@@ -16,6 +16,7 @@ mod access;
 mod assignments;
 pub mod backup;
 pub mod dashboard;
+mod freezes;
 mod releases;
 mod reports;
 mod rollouts;
@@ -60,6 +61,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema.sql")),
         M::up(include_str!("../schema_v2.sql")),
         M::up(include_str!("../schema_v3.sql")),
+        M::up(include_str!("../schema_v4.sql")),
     ])
 }
 

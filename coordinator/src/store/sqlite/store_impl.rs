@@ -10,6 +10,18 @@ impl Store for SqliteStore {
         Arc::new(dashboard::SqliteReadModel::new(self.path.clone()))
     }
 
+    fn create_freeze(&self, f: &FreezeRecord) -> StoreResult<()> {
+        freezes::create(self, f)
+    }
+
+    fn open_freezes(&self, now: Timestamp) -> StoreResult<Vec<FreezeRecord>> {
+        freezes::open(self, now)
+    }
+
+    fn end_freeze(&self, id: &str, at: Timestamp, by: &str) -> StoreResult<FreezeRecord> {
+        freezes::end(self, id, at, by)
+    }
+
     fn ping(&self) -> StoreResult<()> {
         access::ping(self)
     }
