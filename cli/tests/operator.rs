@@ -462,21 +462,7 @@ fn releases_artifacts_roots_and_rollouts() {
     assert!(err.contains("missing.tar.gz"), "{err}");
 
     // release sign (offline) then publish, list, show.
-    std::fs::write(
-        work.join("release.toml"),
-        "id = \"app-1.0.0\"\nname = \"app\"\nversion = \"1.0.0\"\nkind = \"app\"\ncounter = 1\nexpires_in = \"30d\"\n\n[install]\nformat = \"tar.gz\"\n\n[[artifacts]]\nname = \"app.tar.gz\"\nurl = \"/v1/artifacts/{sha256}\"\nfile = \"app.tar.gz\"\n",
-    )
-    .unwrap();
-    let key = c.cdir().join("offline-keys/release.key");
-    c.ok(&[
-        "release",
-        "sign",
-        "--key",
-        key.to_str().unwrap(),
-        "release.toml",
-        "--out",
-        "r.json",
-    ]);
+    sign_app_release(&c);
     let published = c.ok(&["release", "publish", "r.json"]);
     assert!(
         published.contains("published release app-1.0.0"),
@@ -679,6 +665,14 @@ fn releases_artifacts_roots_and_rollouts() {
 fn publish_app_release(c: &Coordinator) -> String {
     std::fs::write(c.dir.path().join("app.tar.gz"), b"app 1.0.0 bytes").unwrap();
     c.ok(&["artifact", "upload", "app.tar.gz"]);
+    sign_app_release(c);
+    c.ok(&["release", "publish", "r.json"]);
+    "app-1.0.0".to_string()
+}
+
+/// Writes the manifest of release `app-1.0.0` (artifact `app.tar.gz`, uploaded) and signs
+/// it with the offline release key into `r.json`, as a release manager would.
+fn sign_app_release(c: &Coordinator) {
     std::fs::write(
         c.dir.path().join("release.toml"),
         "id = \"app-1.0.0\"\nname = \"app\"\nversion = \"1.0.0\"\nkind = \"app\"\ncounter = 1\nexpires_in = \"30d\"\n\n[install]\nformat = \"tar.gz\"\n\n[[artifacts]]\nname = \"app.tar.gz\"\nurl = \"/v1/artifacts/{sha256}\"\nfile = \"app.tar.gz\"\n",
@@ -694,8 +688,6 @@ fn publish_app_release(c: &Coordinator) -> String {
         "--out",
         "r.json",
     ]);
-    c.ok(&["release", "publish", "r.json"]);
-    "app-1.0.0".to_string()
 }
 
 /// A one-wave plan for release `app-1.0.0` over the sites labelled `case=CASE`.
