@@ -15,7 +15,7 @@ use fleetwave_shared::protocol::export::{
 };
 use fleetwave_shared::protocol::operator::Permission;
 
-use super::operator::{audit_entry, for_each_site, release_info, rollout_view, site_view};
+use super::operator::{audit_entry, for_each_site, release_info, rollout_view_of, site_view};
 use crate::error::{ApiError, ApiPath};
 use crate::http::auth::Operator;
 use crate::state::AppState;
@@ -27,8 +27,8 @@ pub async fn export_rollout(
 ) -> Result<Json<RolloutExport>, ApiError> {
     op.require(Permission::Read)?;
     let now = app.now();
-    let rollout = rollout_view(&app, &id).await?;
     let l = app.engine.load_rollout(&id).await?;
+    let rollout = rollout_view_of(&app, &l).await?;
     let release_id = l.record.release_id.clone();
     let release = app
         .db

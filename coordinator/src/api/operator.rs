@@ -740,13 +740,19 @@ fn attention_rank(state: &str) -> Option<u8> {
 /// need attention (at most [`ROLLOUT_VIEW_SITES`]), the timeline.
 pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
     let l = app.engine.load_rollout(id).await?;
+    rollout_view_of(app, &l).await
+}
+
+/// [`rollout_view`] of a rollout already loaded.
+pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<RolloutView, ApiError> {
+    let id = l.record.id.as_str();
     let view = l.view();
     let now = app.now();
     let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
     let mut attention = Vec::new();
     let mut total: u64 = 0;
     // One pass over every site: every answer to a rollout action renders this view.
-    for_each_site(&l, &view, now, |wave, f, state| {
+    for_each_site(l, &view, now, |wave, f, state| {
         total += 1;
         let tally = &mut tallies[wave as usize];
         tally.sites += 1;
@@ -769,7 +775,7 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
     });
     let sites: Vec<RolloutSiteView> = attention
         .iter()
-        .map(|&(_, wave, f, state)| site_view(&l, &view, wave, f, state, now))
+        .map(|&(_, wave, f, state)| site_view(l, &view, wave, f, state, now))
         .collect();
     let mut waves = Vec::new();
     for ((i, plan_wave), tally) in l.plan.waves.iter().enumerate().zip(tallies) {
