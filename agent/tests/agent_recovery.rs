@@ -342,3 +342,48 @@ async fn a_stored_assignment_without_a_lease_is_not_started_offline() {
     assert_eq!(site.app_version().await, None, "nothing was installed");
     agent.kill().await.unwrap();
 }
+
+/// An install cut at `prepare` (leased, nothing changed yet) whose rollout an operator
+/// aborted while the box was down: on restart the lease renewal is refused with the final
+/// reason `rollout_halted`, read from the answer's `error.reason`, and the agent abandons
+/// the install at once instead of waiting an hour to ask again. Nothing is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_lease_denial_abandons_an_install_that_changed_nothing() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("final-denial", &coordinator);
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[
+        ("FLEETWAVE_TEST_HOOKS", "1"),
+        ("FLEETWAVE_TEST_PAUSE_AT", "prepare"),
+    ]);
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    let rollout = coordinator.rollout("demo-1.0.0").await;
+    kill_at(&site, &mut agent, "prepare").await;
+    let open = site
+        .state()
+        .journal_open()
+        .unwrap()
+        .expect("an open install");
+    assert!(open.lease_id.is_some(), "the install held a lease");
+
+    let _: serde_json::Value = coordinator
+        .post(
+            &format!("/v1/rollouts/{rollout}/abort"),
+            &serde_json::json!({"reason": "wrong release"}),
+        )
+        .await;
+    let mut agent = site.run(&[]);
+    let last = last_outcome(&site, "demo-1.0.0").await;
+    assert_eq!(last["outcome"], "abandoned", "{}", site.logs());
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("rollout_halted") && detail.contains("aborted"),
+        "the agent acted on the lease's final reason: {detail}\n{}",
+        site.logs()
+    );
+    assert_eq!(site.app_version().await, None, "nothing was installed");
+    assert!(!site.dir.path().join("apps/demo/current").exists());
+    agent.kill().await.unwrap();
+}

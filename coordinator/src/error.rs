@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use fleetwave_shared::protocol::{ErrorBody, ErrorDetail};
+use fleetwave_shared::protocol::{ErrorBody, ErrorDetail, LeaseDenialReason};
 use serde::de::DeserializeOwned;
 
 use crate::store::StoreError;
@@ -21,6 +21,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u32>,
+    /// Set on 409 `lease_denied` only: sent as `error.reason` (with
+    /// `error.retry_after_secs`) so agents act on the reason, not on the message text.
+    pub lease_denial: Option<LeaseDenialReason>,
 }
 
 impl ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            lease_denial: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -103,9 +107,10 @@ impl From<crate::engine::EngineError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
             }
             E::RolloutConflict(_) => ApiError::conflict("rollout_conflict", message),
-            E::LeaseDenied(d) => {
-                ApiError::conflict("lease_denied", message).with_retry_after(d.retry_after_secs)
-            }
+            E::LeaseDenied(d) => ApiError {
+                lease_denial: Some(d.reason),
+                ..ApiError::conflict("lease_denied", message).with_retry_after(d.retry_after_secs)
+            },
             E::FreezeNotFound(_) => ApiError::not_found(message),
             E::InvalidFreeze { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_freeze", message)
@@ -145,10 +150,23 @@ pub fn error_response(
     message: &str,
     retry_after: Option<u32>,
 ) -> Response {
+    error_response_with(status, code, message, retry_after, None)
+}
+
+/// [`error_response`] with the lease-denial reason a 409 `lease_denied` carries.
+fn error_response_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u32>,
+    lease_denial: Option<LeaseDenialReason>,
+) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code.to_string(),
             message: message.to_string(),
+            retry_after_secs: lease_denial.and(retry_after),
+            reason: lease_denial,
         },
     };
     let mut res = (status, axum::Json(body)).into_response();
@@ -161,7 +179,13 @@ pub fn error_response(
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error_response(self.status, self.code, &self.message, self.retry_after)
+        error_response_with(
+            self.status,
+            self.code,
+            &self.message,
+            self.retry_after,
+            self.lease_denial,
+        )
     }
 }
 

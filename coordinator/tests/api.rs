@@ -729,6 +729,9 @@ async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
         (StatusCode::CONFLICT, "lease_denied"),
         "{v}"
     );
+    // The reason is machine-readable (agents act on it, not on the message text).
+    assert_eq!(v["error"]["reason"], "stale_assignment", "{v}");
+    assert!(v["error"]["retry_after_secs"].as_u64().unwrap() >= 1, "{v}");
     let now = Timestamp::now();
     let batch = json!({"events": [
         event("e1", now, json!({"kind": "phase", "rollout_id": id, "release_id": "pos-2.4.0", "phase": "installing"})),

@@ -140,6 +140,7 @@ async fn freezes_are_created_listed_enforced_ended_and_audited() {
     let (s, v) = lease(&h, &agent, &id, sequence).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "lease_denied"), "{v}");
     assert!(message(&v).contains("(frozen)"), "{v}");
+    assert_eq!(v["error"]["reason"], "frozen", "{v}");
     assert!(message(&v).contains("incident 42"), "{v}");
 
     // Viewers cannot end it; operators can, and the next lease is granted.

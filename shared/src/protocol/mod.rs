@@ -55,6 +55,15 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong and what to do, for a human.
     pub message: String,
+    /// Only on 409 `lease_denied`: why the lease was refused. Agents act on it (a final
+    /// reason such as `rollout_halted` means "do not ask again for this assignment"); a
+    /// reason they do not know reads as `unknown` ("ask again later").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<LeaseDenialReason>,
+    /// Only on 409 `lease_denied`: seconds until asking again makes sense (the same value
+    /// as the `Retry-After` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u32>,
 }
 
 /// The bytes an enrolling agent signs with its device key (proof of possession).

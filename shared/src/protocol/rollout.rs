@@ -223,14 +223,14 @@ impl LeaseDenialReason {
         }
     }
 
-    /// A refusal that asking again will not change: the agent abandons the install
-    /// (nothing was changed) instead of waiting.
+    /// A refusal that asking again will not change: an agent resuming an install that
+    /// changed nothing yet abandons it instead of waiting. `not_assigned` is not final: it
+    /// also answers a site whose wave has not opened or that has not polled its assignment
+    /// yet; an assignment really withdrawn shows in the next poll.
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            LeaseDenialReason::NotAssigned
-                | LeaseDenialReason::StaleAssignment
-                | LeaseDenialReason::RolloutHalted
+            LeaseDenialReason::StaleAssignment | LeaseDenialReason::RolloutHalted
         )
     }
 }
