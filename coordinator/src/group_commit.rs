@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,13 +41,39 @@ struct Job<I, O> {
 /// A group-commit queue whose writer task starts on first use.
 pub struct GroupWriter<I, O> {
     queue: OnceLock<mpsc::Sender<Job<I, O>>>,
+    /// Requests submitted and not answered yet (queued, or in the group being committed).
+    waiting: AtomicUsize,
 }
 
 impl<I, O> Default for GroupWriter<I, O> {
     fn default() -> Self {
         GroupWriter {
             queue: OnceLock::new(),
+            waiting: AtomicUsize::new(0),
         }
+    }
+}
+
+impl<I, O> GroupWriter<I, O> {
+    /// Requests submitted and not answered yet: the writer's backlog.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one submitted request until it is answered or its caller gives up.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -73,6 +100,7 @@ where
             tokio::spawn(write_groups(rx, limits, commit()));
             tx
         });
+        let _waiting = Waiting::new(&self.waiting);
         let (reply, answer) = oneshot::channel();
         queue
             .send(Job { input, reply })
@@ -210,5 +238,42 @@ mod tests {
             e.contains("nothing of it was written") && e.contains("disk full"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_counts_requests_until_they_are_answered() {
+        let writer: Arc<GroupWriter<u32, u32>> = Arc::new(GroupWriter::default());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..3u32 {
+            let (writer, gate) = (writer.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                writer
+                    .submit(i, LIMITS, move || {
+                        move |items: Vec<u32>| {
+                            let gate = gate.clone();
+                            async move {
+                                // Held until the test lets one group through.
+                                gate.acquire().await.unwrap().forget();
+                                Ok(items.into_iter().map(Ok).collect())
+                            }
+                        }
+                    })
+                    .await
+            }));
+        }
+        while writer.waiting() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            writer.waiting(),
+            3,
+            "queued or in the group being committed"
+        );
+        gate.add_permits(3);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(writer.waiting(), 0, "every request was answered");
     }
 }

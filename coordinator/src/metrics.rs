@@ -29,6 +29,27 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A request budget of the HTTP edge (`requests`, `long_polls`, `unauthenticated`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub budget: &'static str,
+}
+
+/// How long a site has not been seen: `15m`, `1h`, `24h`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinceLabel {
+    pub since: &'static str,
+}
+
+/// A group-commit writer: `reports` or `leases`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriterLabel {
+    pub writer: &'static str,
+}
+
+/// The thresholds of `fleetwave_sites_not_seen`, with their label.
+pub const NOT_SEEN_SINCE: [(&str, i64); 3] = [("15m", 15 * 60), ("1h", 3600), ("24h", 86_400)];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// [`crate::http::edge::method_label`]: a known method or `other`.
@@ -70,6 +91,17 @@ pub struct Metrics {
     pub controller_rollout_failures: Counter,
     /// Sites whose agent gave up rolling back (newest phase `rollback_failed`).
     pub sites_rollback_failed: Gauge,
+    /// Requests refused with 503 at the edge because a budget was full, by budget.
+    pub requests_shed: Family<BudgetLabel, Counter>,
+    /// Active sites not seen (no poll) for longer than `since`, or never (set on scrape).
+    pub sites_not_seen: Family<SinceLabel, Gauge>,
+    /// Waves whose gate passed and that wait for an operator's approval now.
+    pub waves_awaiting_approval: Gauge,
+    /// Seconds the longest-waiting of those has waited (0 when none waits).
+    pub approval_wait_seconds: Gauge,
+    /// Requests (report batches, lease grants) queued or being committed by a
+    /// group-commit writer, by writer: a backlog that grows means the disk falls behind.
+    pub group_commit_waiting: Family<WriterLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -161,8 +193,43 @@ impl Metrics {
             "Sites whose agent gave up rolling back (newest install phase rollback_failed): each needs an operator",
             sites_rollback_failed.clone(),
         );
+        let requests_shed = Family::<BudgetLabel, Counter>::default();
+        registry.register(
+            "requests_shed",
+            "Requests refused with 503 at the edge because a budget ([limits]) was full, by budget",
+            requests_shed.clone(),
+        );
+        let sites_not_seen = Family::<SinceLabel, Gauge>::default();
+        registry.register(
+            "sites_not_seen",
+            "Active sites that have not polled for longer than `since` (or never did)",
+            sites_not_seen.clone(),
+        );
+        let waves_awaiting_approval = Gauge::default();
+        registry.register(
+            "waves_awaiting_approval",
+            "Waves whose gate passed and that wait for an operator's approval",
+            waves_awaiting_approval.clone(),
+        );
+        let approval_wait_seconds = Gauge::default();
+        registry.register(
+            "approval_wait_seconds",
+            "How long the longest-waiting wave has waited for approval, in seconds (0: none waits)",
+            approval_wait_seconds.clone(),
+        );
+        let group_commit_waiting = Family::<WriterLabel, Gauge>::default();
+        registry.register(
+            "group_commit_waiting",
+            "Requests queued or being committed by a group-commit writer (reports, leases)",
+            group_commit_waiting.clone(),
+        );
         Metrics {
             registry,
+            requests_shed,
+            sites_not_seen,
+            waves_awaiting_approval,
+            approval_wait_seconds,
+            group_commit_waiting,
             reports_pruned,
             controller_up,
             controller_restarts,

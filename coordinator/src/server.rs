@@ -271,7 +271,7 @@ pub async fn build_app_with_clock(
 /// Every route the server answers: the API and the dashboard. The OpenAPI tests read
 /// the routes from this router, so that the document covers what is really served.
 pub fn router(app: AppState) -> axum::Router {
-    let edge = crate::http::edge::Edge::new(&app.config.limits);
+    let edge = crate::http::edge::Edge::new(&app.config.limits, app.metrics.requests_shed.clone());
     let routes =
         crate::api::router(app.clone(), &edge).merge(crate::dashboard::router(app.clone(), &edge));
     crate::http::edge::outer_layers(routes, app, &edge)

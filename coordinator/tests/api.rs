@@ -1429,6 +1429,13 @@ async fn long_polls_have_their_own_limit_and_never_take_request_slots() {
             "operator request while a poll waits"
         );
     }
+    // The shed request is counted by its budget (what the overload alert reads).
+    let text = metrics_text(&h).await;
+    let shed = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"fleetwave_requests_shed_total{budget="long_polls"} "#))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(shed.is_some_and(|n| n >= 1.0), "{text}");
     parked.abort();
 }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
 
 use crate::error::ApiError;
-use crate::metrics::StateLabel;
+use crate::metrics::{NOT_SEEN_SINCE, SinceLabel, StateLabel, WriterLabel};
 use crate::state::AppState;
 
 /// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
@@ -58,6 +58,33 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     }
     let stuck = app.db.run(|s| s.count_sites_rollback_failed()).await?;
     app.metrics.sites_rollback_failed.set(stuck as i64);
+    let now = app.engine.clock.now();
+    let cutoffs: Vec<jiff::Timestamp> = NOT_SEEN_SINCE
+        .iter()
+        .map(|(_, secs)| now - jiff::SignedDuration::from_secs(*secs))
+        .collect();
+    let not_seen = app
+        .db
+        .run(move |s| s.count_sites_not_seen_since(&cutoffs))
+        .await?;
+    for ((since, _), n) in NOT_SEEN_SINCE.iter().zip(not_seen) {
+        app.metrics
+            .sites_not_seen
+            .get_or_create(&SinceLabel { since })
+            .set(n as i64);
+    }
+    let (waiting, longest) = app.engine.approval_waits_at(now);
+    app.metrics.waves_awaiting_approval.set(waiting as i64);
+    app.metrics.approval_wait_seconds.set(longest.as_secs());
+    for (writer, n) in [
+        ("reports", app.engine.reports.waiting()),
+        ("leases", app.engine.leases.waiting()),
+    ] {
+        app.metrics
+            .group_commit_waiting
+            .get_or_create(&WriterLabel { writer })
+            .set(n as i64);
+    }
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
     for state in [
         RolloutStatus::Pending,

@@ -27,6 +27,7 @@
 //! It never decides a gate or a lease itself: that is the controller's job.
 
 pub mod actions;
+mod approvals;
 pub mod assign;
 pub mod facts;
 pub mod freezes;
@@ -117,6 +118,8 @@ pub struct Engine {
     seen: Mutex<HashMap<String, Timestamp>>,
     plans: Mutex<HashMap<String, Arc<RolloutPlan>>>,
     last_note: Mutex<HashMap<String, DecisionKey>>,
+    /// Rollouts whose next wave waits for approval now: the wave and since when.
+    approval_waits: Mutex<HashMap<String, (u32, Timestamp)>>,
     /// Consecutive passes whose evaluation of a rollout failed with a storage error.
     failed_passes: Mutex<HashMap<String, u32>>,
     /// Stored freezes in force or to come, and the union leases read.
@@ -217,6 +220,7 @@ impl Engine {
             seen: Default::default(),
             plans: Default::default(),
             last_note: Default::default(),
+            approval_waits: Default::default(),
             failed_passes: Default::default(),
             freezes: RwLock::new(freezes::Freezes::new(effective)),
             freeze_lock: Default::default(),

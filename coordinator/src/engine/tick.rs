@@ -116,6 +116,11 @@ impl Engine {
         } else {
             self.record_decisions(id, to_store, now).await?;
         }
+        let awaiting = outcome.decisions.iter().find_map(|d| match d {
+            Decision::RequestApproval { wave, .. } => Some(*wave),
+            _ => None,
+        });
+        self.note_approval_wait(id, awaiting, now).await;
         Ok(())
     }
 
@@ -125,12 +130,15 @@ impl Engine {
         let _guard = self.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         let now = self.clock.now();
-        for r in rollouts
+        let live: Vec<&str> = rollouts
             .iter()
             .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused))
-        {
-            self.tick_isolated(&r.id, now).await;
+            .map(|r| r.id.as_str())
+            .collect();
+        for id in &live {
+            self.tick_isolated(id, now).await;
         }
+        self.forget_approval_waits_except(&live);
         Ok(())
     }
 

@@ -26,8 +26,10 @@ use tower_http::timeout::TimeoutLayer;
 use crate::config::Limits;
 use crate::error::error_response;
 use crate::http::cookie::{SESSION_COOKIE, cookie};
-use crate::metrics::RequestLabels;
+use crate::metrics::{BudgetLabel, RequestLabels};
 use crate::state::AppState;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Which budget a group of routes admits its requests into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +57,12 @@ pub struct Edge {
     pub body_limit: usize,
     /// `limits.max_header_bytes`.
     pub header_limit: usize,
+    /// Counts requests refused because their budget was full.
+    shed: Family<BudgetLabel, Counter>,
 }
 
 impl Edge {
-    pub fn new(limits: &Limits) -> Edge {
+    pub fn new(limits: &Limits, shed: Family<BudgetLabel, Counter>) -> Edge {
         let budget = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         Edge {
             requests: budget(limits.max_concurrent_requests),
@@ -67,6 +71,7 @@ impl Edge {
             timeout: Duration::from_secs(limits.request_timeout_secs),
             body_limit: limits.max_body_bytes,
             header_limit: limits.max_header_bytes,
+            shed,
         }
     }
 
@@ -129,14 +134,15 @@ fn has_credentials(headers: &HeaderMap) -> bool {
 
 async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> Response {
     let edge = &admission.edge;
-    let budget = match admission.budget {
-        Budget::Unauthenticated => &edge.unauthenticated,
-        _ if !has_credentials(req.headers()) => &edge.unauthenticated,
-        Budget::Requests => &edge.requests,
-        Budget::LongPolls => &edge.long_polls,
+    let (budget, name) = match admission.budget {
+        Budget::Unauthenticated => (&edge.unauthenticated, "unauthenticated"),
+        _ if !has_credentials(req.headers()) => (&edge.unauthenticated, "unauthenticated"),
+        Budget::Requests => (&edge.requests, "requests"),
+        Budget::LongPolls => (&edge.long_polls, "long_polls"),
     };
     // The slot is held until the answer's head is ready, which covers reading the body.
     let Ok(_slot) = budget.clone().try_acquire_owned() else {
+        edge.shed.get_or_create(&BudgetLabel { budget: name }).inc();
         // No body: each area gives it its own shape (JSON for the API, a page for the
         // dashboard).
         let mut res = StatusCode::SERVICE_UNAVAILABLE.into_response();

@@ -414,6 +414,9 @@ pub trait Store: Send + Sync + 'static {
     /// Sites whose newest reported install phase is `rollback_failed`: their agent gave up
     /// rolling back and the box needs an operator.
     fn count_sites_rollback_failed(&self) -> StoreResult<u64>;
+    /// Active sites that have not polled since each of `cutoffs` (or never did), in the
+    /// order given.
+    fn count_sites_not_seen_since(&self, cutoffs: &[Timestamp]) -> StoreResult<Vec<u64>>;
 
     // Releases and artifacts
     /// Stores a verified release; refuses (Conflict) a counter not above the stream's

@@ -260,24 +260,35 @@ impl Agent {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
+        let mut agent = Agent {
+            site: site.into(),
+            key,
+            token: String::new(),
+            seq: 0,
+        };
+        agent.open_session(h).await;
+        agent
+    }
+
+    /// Opens a new session (after a restart, or once the clock moved past the last
+    /// session's expiry).
+    pub async fn open_session(&mut self, h: &Harness) {
         let at = h.clock.now();
         let n = nonce();
-        let sig = base64::engine::general_purpose::STANDARD
-            .encode(key.sign(&session_message(site, at, &n)).to_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(
+            self.key
+                .sign(&session_message(&self.site, at, &n))
+                .to_bytes(),
+        );
         let (s, v) = h
             .post(
                 "/v1/agent/session",
                 "",
-                json!({"site_id": site, "timestamp": at, "nonce": n, "signature": sig}),
+                json!({"site_id": self.site, "timestamp": at, "nonce": n, "signature": sig}),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        Agent {
-            site: site.into(),
-            key,
-            token: v["token"].as_str().unwrap().to_string(),
-            seq: 0,
-        }
+        self.token = v["token"].as_str().unwrap().to_string();
     }
 
     /// Polls once; returns (rollout id, assignment sequence) if assigned.

@@ -109,3 +109,27 @@ pub(super) fn count_sites_rollback_failed(s: &SqliteStore) -> StoreResult<u64> {
         Ok(n as u64)
     })
 }
+
+/// Uses the `(state, last_seen)` index: never-seen sites, then a range per cutoff.
+pub(super) fn count_sites_not_seen_since(
+    s: &SqliteStore,
+    cutoffs: &[Timestamp],
+) -> StoreResult<Vec<u64>> {
+    s.read(|c| {
+        let never: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen IS NULL",
+            )?
+            .query_row([], |r| r.get(0))?;
+        let mut st = c.prepare_cached(
+            "SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen < ?1",
+        )?;
+        cutoffs
+            .iter()
+            .map(|t| {
+                let n: i64 = st.query_row([t.as_millisecond()], |r| r.get(0))?;
+                Ok((never + n) as u64)
+            })
+            .collect()
+    })
+}

@@ -114,6 +114,10 @@ impl Store for SqliteStore {
         sites::count_sites_rollback_failed(self)
     }
 
+    fn count_sites_not_seen_since(&self, cutoffs: &[Timestamp]) -> StoreResult<Vec<u64>> {
+        sites::count_sites_not_seen_since(self, cutoffs)
+    }
+
     fn publish_release(&self, r: &ReleaseRecord) -> StoreResult<()> {
         releases::publish_release(self, r)
     }
