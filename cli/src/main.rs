@@ -143,6 +143,16 @@ enum Command {
     /// package installs them (docs/cli.md).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (one per command and subcommand, from these clap
+    /// definitions) into DIR; the Debian package installs them (docs/cli.md).
+    #[command(hide = true)]
+    Man {
+        /// Where to write `NAME.1`, `NAME-SUBCOMMAND.1`, ...
+        dir: std::path::PathBuf,
+        /// Hand-written roff for the top page (deploy/debian/man/NAME.roff).
+        #[arg(long)]
+        extra: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +251,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Root(RootCommand::Verify(args)) => trust_cmds::root_verify(args),
         Command::Release(ReleaseCommand::Sign(args)) => trust_cmds::release_sign(args),
         Command::Verify(args) => trust_cmds::verify(args),
+        Command::Man { dir, extra } => Ok(fleetwave_shared::man::print_pages(
+            <Cli as clap::CommandFactory>::command(),
+            extra.as_deref(),
+            &dir,
+        )?),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "fleetwave", &mut std::io::stdout());

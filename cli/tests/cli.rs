@@ -768,6 +768,67 @@ fn help_teaches_with_examples() {
     assert!(stdout(&out).contains("--envelope root-v1.envelope.json"));
 }
 
+/// `fleetwave man DIR --extra FILE` (hidden; the Debian package installs its output) writes
+/// a page per command and subcommand, the top one with the hand-written sections; a missing
+/// extra file is named.
+#[test]
+fn man_writes_a_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.roff");
+    std::fs::write(&extra, "Read the docs.\n.SH FILES\n.I /etc/fleetwave\n").unwrap();
+    let pages = dir.path().join("man");
+    let out = ok(
+        dir.path(),
+        &[
+            "man",
+            pages.to_str().unwrap(),
+            "--extra",
+            extra.to_str().unwrap(),
+        ],
+    );
+    let listed = stdout(&out);
+    for page in [
+        "fleetwave.1",
+        "fleetwave-rollout.1",
+        "fleetwave-rollout-status.1",
+        "fleetwave-freeze-add.1",
+    ] {
+        assert!(
+            pages.join(page).is_file(),
+            "{page} missing; written:\n{listed}"
+        );
+    }
+    assert!(
+        !pages.join("fleetwave-man.1").exists(),
+        "hidden commands have no page"
+    );
+    let top = std::fs::read_to_string(pages.join("fleetwave.1")).unwrap();
+    assert!(
+        top.contains(".SH FILES") && top.contains("Read the docs."),
+        "{top}"
+    );
+    let status = std::fs::read_to_string(pages.join("fleetwave-rollout-status.1")).unwrap();
+    assert!(
+        status.contains("\\-\\-watch") && status.contains("\\-\\-timeout"),
+        "{status}"
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "man",
+            pages.to_str().unwrap(),
+            "--extra",
+            "/nonexistent/extra.roff",
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("/nonexistent/extra.roff"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `fleetwave completions SHELL` (hidden; the Debian package installs its output) prints a
 /// completion script that knows the areas and their commands.
 #[test]

@@ -81,6 +81,16 @@ enum Command {
     /// package installs them (docs/cli.md).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (one per command and subcommand, from these clap
+    /// definitions) into DIR; the Debian package installs them (docs/cli.md).
+    #[command(hide = true)]
+    Man {
+        /// Where to write `NAME.1`, `NAME-SUBCOMMAND.1`, ...
+        dir: PathBuf,
+        /// Hand-written roff for the top page (deploy/debian/man/NAME.roff).
+        #[arg(long)]
+        extra: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +121,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Man { dir, extra } => Ok(fleetwave_shared::man::print_pages(
+            <Cli as clap::CommandFactory>::command(),
+            extra.as_deref(),
+            &dir,
+        )?),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(

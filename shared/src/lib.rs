@@ -14,6 +14,8 @@
 pub mod docs;
 pub mod dsse;
 pub mod keys;
+#[cfg(feature = "man")]
+pub mod man;
 pub mod protocol;
 #[cfg(feature = "service")]
 pub mod service;
