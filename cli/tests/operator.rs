@@ -586,6 +586,21 @@ fn releases_artifacts_roots_and_rollouts() {
     );
     let err = fails(c.run(&["rollout", "approve", &id, "--wave", "7"]), 1);
     assert!(err.contains("wave 7"), "{err}");
+    // Retry: the coordinator's refusal (nothing failed) is shown and exits 1; naming
+    // neither a site nor a wave is a usage error (2).
+    let err = fails(c.run(&["rollout", "retry", &id, "--site", "store-1"]), 1);
+    assert!(
+        err.contains("store-1") && err.contains("not retried"),
+        "{err}"
+    );
+    let err = fails(c.run(&["rollout", "retry", &id, "--wave", "0"]), 1);
+    assert!(err.contains("no failed site to retry"), "{err}");
+    let usage = c.run(&["rollout", "retry", &id]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    assert!(
+        String::from_utf8_lossy(&usage.stderr).contains("--site"),
+        "{usage:?}"
+    );
     let status = c.ok(&["rollout", "status", &id, "--sites"]);
     for word in ["WAVE", "GATE", "store-1", "skipped", "paused by", "started"] {
         assert!(status.contains(word), "{word} missing from:\n{status}");

@@ -103,6 +103,7 @@ impl From<crate::engine::EngineError> for ApiError {
             E::Refused { .. } => ApiError::conflict("invalid_state", message),
             E::NoSuchWave { .. } => ApiError::bad_request(message),
             E::WaveNotOpen(_) => ApiError::conflict("wave_not_open", message),
+            E::NothingToRetry(_) => ApiError::conflict("nothing_to_retry", message),
             E::InvalidPlan(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
             }

@@ -733,3 +733,60 @@ async fn freezes_page_lists_and_operators_add_and_end_them() {
         "{v}"
     );
 }
+
+/// Retrying from the dashboard: a failed site has a retry link beside it and its wave a
+/// "retry the failed sites" control; each asks for confirmation, needs the session's CSRF
+/// token, and starts a new attempt the timeline names.
+#[tokio::test]
+async fn a_failed_site_is_retried_from_the_rollout_page() {
+    let h = Harness::new().await;
+    h.publish("2.5.0", 25).await;
+    let mut agent = Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    let id = h.create_rollout(PLAN).await;
+    let (s, _) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    agent
+        .failed(&h, &id, "pos-2.5.0", "prepare: no space left on device")
+        .await;
+
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let browser = tokio::sync::Mutex::new(&mut web);
+    let page = common::eventually("the rollout page to offer a retry", || async {
+        let (_, _, page) = browser
+            .lock()
+            .await
+            .get(&format!("/ui/rollouts/{id}"))
+            .await;
+        page.contains("confirm/retry?site=store-1").then_some(page)
+    })
+    .await;
+    assert!(page.contains("id=\"retry-wave-0\""), "{page}");
+    let web = browser.into_inner();
+    let (s, _, page) = web
+        .get(&format!("/ui/rollouts/{id}/confirm/retry?site=store-1"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("Retry site store-1"), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let act = format!("/ui/rollouts/{id}/actions/retry");
+    let (s, _, _) = web.post(&act, &[("site", "store-1")]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, headers, _) = web
+        .post(&act, &[("csrf", &csrf), ("site", "store-1")])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], format!("/ui/rollouts/{id}").as_str());
+    let timeline = h.rollout(&id).await["decisions"].to_string();
+    assert!(
+        timeline.contains("site store-1 (attempt 2) retried by"),
+        "{timeline}"
+    );
+    // Nothing failed any more: the wave's retry is refused with the reason.
+    let (s, _, page) = web.post(&act, &[("csrf", &csrf), ("wave", "0")]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("no failed site to retry"), "{page}");
+    h.stop().await;
+}

@@ -41,6 +41,9 @@ pub enum RolloutCommand {
     Rollback(ReasonArgs),
     /// Leave one site out of its wave's gate.
     Skip(SkipArgs),
+    /// Install again on a failed site (--site) or on every failed site of a wave (--wave):
+    /// a new attempt, counted once by the gate.
+    Retry(RetryArgs),
     /// Waves with counts and gate standing, the sites that need attention, the decision
     /// timeline; --sites lists every site; --watch follows it to its end (exit code: how).
     #[command(after_help = STATUS_AFTER_HELP)]
@@ -102,6 +105,21 @@ pub struct SkipArgs {
     /// The site to leave out.
     #[arg(long)]
     pub site: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["site", "wave"])))]
+pub struct RetryArgs {
+    /// The rollout id.
+    pub rollout: String,
+    /// The failed site to install on again.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Every failed site of this wave (0 is the first).
+    #[arg(long)]
+    pub wave: Option<u32>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -187,6 +205,15 @@ pub fn rollout(command: RolloutCommand) -> Result<()> {
             "skip",
             Some(serde_json::to_value(api::SkipSite {
                 site_id: a.site.clone(),
+            })?),
+        ),
+        RolloutCommand::Retry(a) => act(
+            &a.connect,
+            &a.rollout,
+            "retry",
+            Some(serde_json::to_value(api::RetrySites {
+                site_id: a.site.clone(),
+                wave: a.wave,
             })?),
         ),
         RolloutCommand::Status(args) => status(args),

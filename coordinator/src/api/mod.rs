@@ -95,6 +95,7 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/rollouts/{id}/abort", post(abort_rollout))
         .route("/v1/rollouts/{id}/rollback", post(rollback_rollout))
         .route("/v1/rollouts/{id}/skip", post(skip_site))
+        .route("/v1/rollouts/{id}/retry", post(retry_sites))
         .route("/v1/freezes", post(create_freeze).get(list_freezes))
         .route("/v1/freezes/{id}/end", post(end_freeze))
         .route("/v1/audit", get(list_audit));

@@ -450,6 +450,16 @@ const ROUTES: &[Route] = &[
         ..VIEW
     },
     Route {
+        method: Post,
+        path: "/v1/rollouts/{id}/retry",
+        summary: "Install again on a failed site, or on every failed site of a wave (a new attempt)",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("RetrySites"),
+        output: Output::Json("RolloutView"),
+        errors: &["409"],
+        ..VIEW
+    },
+    Route {
         path: "/v1/freezes",
         summary: "Fleet freezes in force now and to come (the configuration file's too)",
         output: Output::Json("FreezeList"),
@@ -884,6 +894,7 @@ fn build() -> OpenApi {
         .schema_from::<CreateRollout>()
         .schema_from::<ApproveWave>()
         .schema_from::<SkipSite>()
+        .schema_from::<RetrySites>()
         .schema_from::<ActionReason>()
         .schema_from::<WaveTally>()
         .schema_from::<WaveView>()

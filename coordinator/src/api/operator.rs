@@ -14,7 +14,7 @@ use fleetwave_shared::verify::{verify_release, verify_root_rotation};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::controller;
-use crate::engine::{Action, Loaded};
+use crate::engine::{Action, Loaded, RetryTarget};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::http::auth::{Operator, token_hash};
 use crate::state::{AppState, random_hex};
@@ -976,6 +976,24 @@ pub async fn skip_site(
     ApiJson(req): ApiJson<SkipSite>,
 ) -> Result<Json<RolloutView>, ApiError> {
     act(app, op, id, Action::Skip(req.site_id), "rollout.skip").await
+}
+
+pub async fn retry_sites(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RetrySites>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let target = match (req.site_id, req.wave) {
+        (Some(site), None) if !site.trim().is_empty() => RetryTarget::Site(site),
+        (None, Some(wave)) => RetryTarget::FailedOfWave(wave),
+        _ => {
+            return Err(ApiError::bad_request(
+                "a retry names exactly one of site_id (one failed site) or wave (every failed site of that wave)",
+            ));
+        }
+    };
+    act(app, op, id, Action::Retry(target), "rollout.retry").await
 }
 
 pub async fn list_audit(

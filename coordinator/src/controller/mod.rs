@@ -190,6 +190,26 @@ pub fn sites_to_roll_back(view: &RolloutView) -> Vec<String> {
     out
 }
 
+/// The sites of opened waves that the gate counts as failed at `now` (a failed install,
+/// a self-rollback, unhealthy within the bake, or unjudgeable), with their wave and the
+/// reason in words: the sites an operator may retry. Sorted by site id.
+pub fn failed_sites(view: &RolloutView, now: Timestamp) -> Vec<(String, u32, String)> {
+    let mut out = Vec::new();
+    for (i, w) in view.waves.iter().enumerate() {
+        let (Some(opened), Some(plan_wave)) = (w.opened_at, view.plan.wave(i as u32)) else {
+            continue;
+        };
+        for s in &w.sites {
+            let status = gate::site_status(&plan_wave.gate, opened, s, now);
+            if status.state == gate::SiteState::Failed {
+                out.push((s.site_id.clone(), i as u32, status.detail));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The gate verdict of an opened wave at `now` (None when the wave has not opened).
 pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<GateVerdict> {
     let plan_wave = view.plan.wave(wave)?;

@@ -182,8 +182,8 @@ fn state_name(s: SiteState) -> &'static str {
 }
 
 /// Which controls a rollout in `status` shows: the actions [`RolloutStatus::allows`]
-/// (the engine's own rule), approve only while a wave waits for approval, and skip
-/// (a per-site action) never here.
+/// (the engine's own rule), approve only while a wave waits for approval, and skip and
+/// retry (per site or per wave, shown beside them) never here.
 pub fn allowed_controls(status: RolloutStatus, approve: bool) -> Vec<&'static str> {
     use fleetwave_shared::protocol::ActionKind;
     status
@@ -191,7 +191,7 @@ pub fn allowed_controls(status: RolloutStatus, approve: bool) -> Vec<&'static st
         .into_iter()
         .filter(|a| match a {
             ActionKind::Approve => approve,
-            ActionKind::Skip => false,
+            ActionKind::Skip | ActionKind::Retry => false,
             _ => true,
         })
         .map(ActionKind::as_str)

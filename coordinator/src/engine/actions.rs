@@ -282,6 +282,9 @@ impl Engine {
                 l.record.status_reason = Some(why.clone());
                 note = Some(("rollback".into(), None, why));
             }
+            Action::Retry(target) => {
+                note = Some(self.retry(&mut l, target, actor, now).await?);
+            }
             Action::Skip(site_id) => {
                 let (rid, sid) = (id.to_string(), site_id.clone());
                 self.db
@@ -320,6 +323,15 @@ pub enum Action {
     Abort(Option<String>),
     Rollback(Option<String>),
     Skip(String),
+    Retry(RetryTarget),
+}
+
+/// Which failed sites a retry installs on again.
+#[derive(Debug, Clone)]
+pub enum RetryTarget {
+    Site(String),
+    /// Every failed site of the wave.
+    FailedOfWave(u32),
 }
 
 impl Action {
@@ -333,6 +345,7 @@ impl Action {
             Action::Abort(_) => op::ActionKind::Abort,
             Action::Rollback(_) => op::ActionKind::Rollback,
             Action::Skip(_) => op::ActionKind::Skip,
+            Action::Retry(_) => op::ActionKind::Retry,
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Update {
     Leased { site_id: String, at: Timestamp },
     /// An operator skipped the site.
     Skipped { site_id: String },
+    /// An operator started a new attempt on the site (its install facts were cleared).
+    Retried { site_id: String },
     /// The site joined the rollout (late enrollment, relabel, re-enable).
     Joined(RolloutSiteRecord),
     /// The site was placed in another wave that has not opened (a wave opened and
@@ -222,6 +224,20 @@ fn apply(l: &mut Loaded, update: Update) {
         Update::Skipped { site_id } => {
             if let Some(s) = l.site_mut(&site_id) {
                 s.skipped = true;
+            }
+        }
+        Update::Retried { site_id } => {
+            if let Some(s) = l.site_mut(&site_id) {
+                s.assigned_at = None;
+                s.leased_at = None;
+                s.phase = None;
+                s.phase_at = None;
+                s.detail = None;
+                s.committed_at = None;
+                s.failed_at = None;
+                s.failure = None;
+                s.rolled_back = false;
+                s.first_unhealthy_after_commit_at = None;
             }
         }
         Update::Joined(row) => {

@@ -34,6 +34,7 @@ pub mod freezes;
 pub mod leases;
 mod placement;
 pub mod reports;
+mod retry;
 pub mod tick;
 
 use std::collections::HashMap;
@@ -58,7 +59,7 @@ use crate::time::TimeOverflow;
 use facts::Update;
 use fleetwave_shared::window::Freeze;
 
-pub use actions::Action;
+pub use actions::{Action, RetryTarget};
 pub use leases::LEASE_GROUP;
 pub use reports::{REPORT_GROUP, ReportWriter};
 pub use tick::{HALT_AFTER_FAILED_PASSES, MIN_PASS_GAP, panic_message, pass_gap};
@@ -148,6 +149,9 @@ pub enum EngineError {
     NoSuchWave { wave: u32, waves: usize },
     #[error("wave {0} has not opened yet; approve it once its gate waits for approval")]
     WaveNotOpen(u32),
+    /// A retry names a site or wave with nothing failed to install again.
+    #[error("{0}")]
+    NothingToRetry(String),
     /// A submitted plan does not parse, or names a release that is not published here.
     #[error("{0}")]
     InvalidPlan(String),

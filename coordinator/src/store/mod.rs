@@ -454,6 +454,15 @@ pub trait Store: Send + Sync + 'static {
     /// Adds late joiners; sites already in an active rollout are left out (returns the added).
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
     fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;
+    /// Starts a new attempt for `site_ids` of a rollout: their install facts (phase,
+    /// lease, assignment, commit, failure, self-rollback, unhealthy-after-commit) are
+    /// cleared and their leases dropped, so the next pass signs a new assignment and the
+    /// gate judges the new attempt alone. Health and last-report times stay.
+    fn reset_rollout_sites_for_retry(
+        &self,
+        rollout_id: &str,
+        site_ids: &[String],
+    ) -> StoreResult<()>;
     /// Moves members to other waves (`(site id, wave)`), only those with no assignment and
     /// no lease: a site that was assigned or leased keeps its wave. Returns the moved.
     fn set_rollout_site_waves(

@@ -357,6 +357,18 @@ pub struct SkipSite {
     pub site_id: String,
 }
 
+/// `POST /v1/rollouts/{id}/retry`: exactly one of `site_id` (one failed site) or `wave`
+/// (every failed site of that wave).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RetrySites {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+}
+
 /// Optional reason for pause, abort and rollback.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -82,6 +82,7 @@ impl RolloutStatus {
             ActionKind::Resume => matches!(self, Paused | Halted),
             ActionKind::Approve | ActionKind::Abort | ActionKind::Skip => self.is_active(),
             ActionKind::Rollback => matches!(self, Running | Paused | Halted | Completed),
+            ActionKind::Retry => matches!(self, Running | Paused | Halted),
         };
         if allowed {
             Ok(())
@@ -125,10 +126,12 @@ pub enum ActionKind {
     Abort,
     Rollback,
     Skip,
+    /// Install again on failed sites (one, or every failed site of a wave).
+    Retry,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 7] = [
+    pub const ALL: [ActionKind; 8] = [
         ActionKind::Start,
         ActionKind::Pause,
         ActionKind::Resume,
@@ -136,6 +139,7 @@ impl ActionKind {
         ActionKind::Abort,
         ActionKind::Rollback,
         ActionKind::Skip,
+        ActionKind::Retry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +151,7 @@ impl ActionKind {
             ActionKind::Abort => "abort",
             ActionKind::Rollback => "rollback",
             ActionKind::Skip => "skip",
+            ActionKind::Retry => "retry",
         }
     }
 
@@ -160,6 +165,7 @@ impl ActionKind {
             ActionKind::Abort => "abort it",
             ActionKind::Rollback => "roll it back",
             ActionKind::Skip => "skip a site",
+            ActionKind::Retry => "retry failed sites (only while it runs, is paused or halted)",
         }
     }
 }
@@ -261,9 +267,9 @@ mod tests {
         use RolloutStatus::*;
         let table = [
             (Pending, vec![Start, Approve, Abort, Skip]),
-            (Running, vec![Pause, Approve, Abort, Rollback, Skip]),
-            (Paused, vec![Resume, Approve, Abort, Rollback, Skip]),
-            (Halted, vec![Resume, Approve, Abort, Rollback, Skip]),
+            (Running, vec![Pause, Approve, Abort, Rollback, Skip, Retry]),
+            (Paused, vec![Resume, Approve, Abort, Rollback, Skip, Retry]),
+            (Halted, vec![Resume, Approve, Abort, Rollback, Skip, Retry]),
             (Completed, vec![Rollback]),
             (Aborted, vec![]),
             (RolledBack, vec![]),

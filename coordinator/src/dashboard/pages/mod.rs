@@ -48,7 +48,7 @@ use super::read::{FleetCounts, SiteQuery};
 use super::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{DashState, DashboardError, SignedIn};
 use crate::controller::gate::human;
-use crate::engine::Action;
+use crate::engine::{Action, RetryTarget};
 use crate::error::ApiError;
 use crate::http::auth::Operator;
 use crate::state::random_hex;

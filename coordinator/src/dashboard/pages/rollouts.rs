@@ -42,6 +42,8 @@ pub(super) struct WaveRow {
     w: model::WaveModel,
     bar: String,
     counts: Vec<(String, String, u32)>,
+    /// Failed sites of the wave (a retry control shows when there are any).
+    failed: u32,
 }
 
 #[derive(Template)]
@@ -82,6 +84,7 @@ pub async fn rollout(
                 .iter()
                 .map(|(s, l)| (format!("w{}.{s}", w.index), l.to_string(), w.counts.get(s)))
                 .collect(),
+            failed: w.counts.get("failed"),
             w: w.clone(),
         })
         .collect();
@@ -132,6 +135,7 @@ pub(super) fn action_words(action: &str) -> Option<(&'static str, bool, bool)> {
         "abort" => ("Abort the rollout", true, true),
         "rollback" => ("Roll the rollout back", true, true),
         "skip" => ("Skip the site", false, true),
+        "retry" => ("Retry", false, false),
         _ => return None,
     })
 }
@@ -183,6 +187,19 @@ pub async fn confirm(
             q.site.clone().unwrap_or_default(),
             m.id
         ),
+        "retry" => match (&q.site, q.wave) {
+            (Some(site), _) => format!(
+                "Retry site {site} in rollout {}? It installs {} again as a new attempt, under a lease and in its window; the gate counts it once, by this attempt.",
+                m.id, m.release_id
+            ),
+            (None, Some(w)) => format!(
+                "Retry every failed site of wave {w} in rollout {}? Each installs {} again as a new attempt; the gate counts each once, by its last attempt.",
+                m.id, m.release_id
+            ),
+            (None, None) => {
+                return Err(ApiError::bad_request("retry needs ?site=ID or ?wave=N").into());
+            }
+        },
         _ => unreachable!("action_words accepted only the actions above"),
     };
     html(ConfirmPage {
@@ -241,6 +258,17 @@ pub async fn act(
                 return Err(ApiError::bad_request("skip needs the site id").into());
             }
             (Action::Skip(form.site.trim().to_string()), "rollout.skip")
+        }
+        "retry" => {
+            let target = if !form.site.trim().is_empty() {
+                RetryTarget::Site(form.site.trim().to_string())
+            } else {
+                let wave = form.wave.trim().parse::<u32>().map_err(|_| {
+                    ApiError::bad_request(format!("wave {:?} must be a wave number", form.wave))
+                })?;
+                RetryTarget::FailedOfWave(wave)
+            };
+            (Action::Retry(target), "rollout.retry")
         }
         other => {
             return Err(ApiError::not_found(format!("no rollout action {other:?}")).into());

@@ -176,6 +176,32 @@ pub(super) fn set_rollout_site_skipped(
     })
 }
 
+pub(super) fn reset_rollout_sites_for_retry(
+    s: &SqliteStore,
+    rollout_id: &str,
+    site_ids: &[String],
+) -> StoreResult<()> {
+    s.write(|tx| {
+        let mut reset = tx.prepare_cached(
+            "UPDATE rollout_sites SET assigned_at = NULL, leased_at = NULL, phase = NULL,
+                 phase_at = NULL, detail = NULL, committed_at = NULL, failed_at = NULL,
+                 failure = NULL, rolled_back = 0, first_unhealthy_after_commit_at = NULL
+             WHERE rollout_id = ?1 AND site_id = ?2",
+        )?;
+        let mut unlease =
+            tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?;
+        for site_id in site_ids {
+            if reset.execute(params![rollout_id, site_id])? == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "site {site_id} is not part of rollout {rollout_id}"
+                )));
+            }
+            unlease.execute(params![rollout_id, site_id])?;
+        }
+        Ok(())
+    })
+}
+
 pub(super) fn set_rollout_site_waves(
     s: &SqliteStore,
     rollout_id: &str,

@@ -174,6 +174,14 @@ impl Store for SqliteStore {
         rollouts::set_rollout_site_skipped(self, rollout_id, site_id)
     }
 
+    fn reset_rollout_sites_for_retry(
+        &self,
+        rollout_id: &str,
+        site_ids: &[String],
+    ) -> StoreResult<()> {
+        rollouts::reset_rollout_sites_for_retry(self, rollout_id, site_ids)
+    }
+
     fn set_rollout_site_waves(
         &self,
         rollout_id: &str,
