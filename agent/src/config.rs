@@ -26,6 +26,9 @@ pub struct Config {
     pub poll: PollConfig,
     #[serde(default)]
     pub install: InstallConfig,
+    /// `[download]`: downloading ahead of the window, and the bandwidth limit.
+    #[serde(default)]
+    pub download: DownloadConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
     /// `[health]`: heartbeat interval, built-in checks, probes and the verify-period watch
@@ -119,6 +122,31 @@ pub struct InstallConfig {
     /// ...up to this.
     #[serde(default = "default_rollback_retry_max")]
     pub rollback_retry_max_secs: u64,
+}
+
+/// `[download]`: how artifacts are fetched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadConfig {
+    /// Download and verify a verified assignment's artifacts as soon as it arrives, while
+    /// the install waits (window closed, deferred, not yet due), so the window is spent
+    /// installing, not downloading. The install itself still waits for its window and a
+    /// lease. Not while a readiness check fails (e.g. too little disk).
+    #[serde(default = "default_true")]
+    pub ahead: bool,
+    /// At most this many bytes a second for every download (ahead or in the window);
+    /// 0: no limit. For stores whose uplink the till also needs.
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            ahead: default_true(),
+            max_bytes_per_sec: 0,
+        }
+    }
 }
 
 /// `[outbox]`: the local queue of reports.

@@ -89,6 +89,7 @@ impl Site {
             client: &self.client,
             base_url: &self.server.base_url,
             bearer_token: Some("token"),
+            max_bytes_per_sec: 0,
         }
     }
 

@@ -86,6 +86,7 @@ impl Setup {
             client: &self.client,
             base_url: &self.server.base_url,
             bearer_token: None,
+            max_bytes_per_sec: 0,
         }
     }
 

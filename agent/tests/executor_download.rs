@@ -29,6 +29,7 @@ async fn a_partial_download_left_on_disk_is_resumed_with_a_range_request() {
         client: &client,
         base_url: &server.base_url,
         bearer_token: Some("tok"),
+        max_bytes_per_sec: 0,
     };
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -56,6 +57,7 @@ async fn a_cut_connection_keeps_the_partial_file_and_the_next_call_resumes_it() 
         client: &client,
         base_url: &server.base_url,
         bearer_token: None,
+        max_bytes_per_sec: 0,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -91,6 +93,7 @@ async fn a_server_that_ignores_range_is_downloaded_from_the_start() {
         client: &client,
         base_url: &server.base_url,
         bearer_token: None,
+        max_bytes_per_sec: 0,
     };
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
@@ -110,6 +113,7 @@ async fn a_tampered_artifact_is_refused_and_deleted() {
         client: &client,
         base_url: &server.base_url,
         bearer_token: None,
+        max_bytes_per_sec: 0,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -136,6 +140,7 @@ async fn more_bytes_than_the_signed_length_are_refused() {
             client: &client,
             base_url: &server.base_url,
             bearer_token: None,
+            max_bytes_per_sec: 0,
         };
         let err = download::fetch(&src, &art, staging.path())
             .await
@@ -156,6 +161,7 @@ async fn a_missing_artifact_is_a_download_failure_naming_the_status() {
         client: &client,
         base_url: &server.base_url,
         bearer_token: None,
+        max_bytes_per_sec: 0,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -182,6 +188,7 @@ async fn the_session_token_is_not_sent_to_a_mirror() {
         client: &client,
         base_url: &coordinator.base_url,
         bearer_token: Some("secret"),
+        max_bytes_per_sec: 0,
     };
     download::fetch(&src, &art, staging.path()).await.unwrap();
     let seen = mirror.seen();
@@ -207,4 +214,39 @@ async fn an_imported_bundle_file_is_verified_like_a_download() {
     other.sha256 = support::sha256(b"something else");
     let err = download::import(&bad, &other, &staging).await.unwrap_err();
     assert_eq!(err.code(), "artifact_mismatch");
+}
+
+/// `download.max_bytes_per_sec`: reading is paced, so the download cannot finish sooner
+/// than its size over the limit. Prints the rate measured (no upper bound on time is
+/// asserted: a busy machine is only ever slower).
+#[tokio::test]
+async fn the_bandwidth_limit_paces_the_download() {
+    let server = FileServer::start().await;
+    let bytes = payload(600_000);
+    server.put("/big", bytes.clone(), Behaviour::Normal);
+    let staging = tempfile::tempdir().unwrap();
+    let art = artifact("big.bin", "/big", &bytes);
+    let client = server.client();
+    let limit = 300_000u64;
+    let src = ArtifactSource {
+        client: &client,
+        base_url: &server.base_url,
+        bearer_token: None,
+        max_bytes_per_sec: limit,
+    };
+    let started = std::time::Instant::now();
+    let path = download::fetch(&src, &art, staging.path()).await.unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let rate = bytes.len() as f64 / took;
+    println!(
+        "bandwidth limit {limit} B/s: {} bytes in {took:.2} s = {rate:.0} B/s ({:+.1} % of the limit)",
+        bytes.len(),
+        (rate / limit as f64 - 1.0) * 100.0
+    );
+    // The last chunk may land up to one chunk early; never much faster than the limit.
+    assert!(
+        rate <= limit as f64 * 1.10,
+        "{rate:.0} B/s over a {limit} B/s limit"
+    );
 }

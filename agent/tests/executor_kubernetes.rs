@@ -108,6 +108,7 @@ impl Cluster {
             client: &self.client,
             base_url: &self.server.base_url,
             bearer_token: None,
+            max_bytes_per_sec: 0,
         }
     }
 

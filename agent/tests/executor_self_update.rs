@@ -78,6 +78,7 @@ impl Box_ {
             client: &self.client,
             base_url: &self.server.base_url,
             bearer_token: None,
+            max_bytes_per_sec: 0,
         }
     }
 

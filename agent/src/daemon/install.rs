@@ -430,6 +430,7 @@ impl Daemon {
                     client: &client,
                     base_url: &self.ctx.config.coordinator.url,
                     bearer_token: bearer.as_deref(),
+                    max_bytes_per_sec: self.ctx.config.download.max_bytes_per_sec,
                 };
                 let prepared = self
                     .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {

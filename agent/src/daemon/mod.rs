@@ -25,6 +25,7 @@ mod install;
 mod pacing;
 mod rollback;
 mod service;
+mod stage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,10 @@ pub struct Daemon {
     downloads: StepPacer,
     /// Back-off of a rollback that failed.
     rollbacks: StepPacer,
+    /// The download ahead of the window in progress (`download.ahead`).
+    staging: Option<stage::Staging>,
+    /// No new download ahead before then (the last one failed).
+    staging_retry_at: Option<tokio::time::Instant>,
 }
 
 impl Daemon {
@@ -123,6 +128,8 @@ impl Daemon {
             note: None,
             downloads: StepPacer::downloads(&ctx_poll),
             rollbacks: StepPacer::rollbacks(&ctx_install),
+            staging: None,
+            staging_retry_at: None,
         })
     }
 
@@ -291,10 +298,18 @@ impl Daemon {
             }
             Readiness::Wait(wait) => {
                 self.waiting(&a.rollout_id, &r.id, wait.detail())?;
-                let until = wait
+                let mut until = wait
                     .until()
                     .map(|u| Duration::from_secs(u.duration_since(now).as_secs().max(1) as u64))
                     .unwrap_or(Duration::from_secs(self.ctx.config.health.interval_secs));
+                // Download ahead while it waits, unless a check fails (e.g. too little
+                // disk: the disk check counts the artifacts' size).
+                if self.ctx.config.download.ahead
+                    && failing.is_empty()
+                    && let Some(look_again) = self.stage_ahead(&a.rollout_id, r).await?
+                {
+                    until = until.min(look_again);
+                }
                 Ok(Next::RetryIn(until))
             }
             Readiness::Ready => {

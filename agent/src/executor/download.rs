@@ -32,6 +32,9 @@ pub struct ArtifactSource<'a> {
     pub base_url: &'a str,
     /// The session's bearer token, sent only to the coordinator.
     pub bearer_token: Option<&'a str>,
+    /// At most this many bytes a second (`download.max_bytes_per_sec`); 0: no limit.
+    /// Reading is paced, so TCP's flow control slows the sender down too.
+    pub max_bytes_per_sec: u64,
 }
 
 /// Directory holding downloaded artifacts.
@@ -193,6 +196,7 @@ pub async fn fetch(
             .await
             .map_err(|e| ExecError::io("opening", &part, e))?;
         let mut written = 0u64;
+        let started = tokio::time::Instant::now();
         let mut stream = resp.bytes_stream();
         let outcome: Result<(), ExecError> = loop {
             let next = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
@@ -223,6 +227,7 @@ pub async fn fetch(
                         break Err(ExecError::io("writing", &part, e));
                     }
                     written += chunk.len() as u64;
+                    pace(written, source.max_bytes_per_sec, started).await;
                 }
             }
         };
@@ -256,6 +261,16 @@ pub async fn fetch(
         url,
         message: "the server refused to resume the download twice".into(),
     })
+}
+
+/// Waits until `written` bytes since `started` are within `max_bytes_per_sec` (0: never
+/// waits).
+async fn pace(written: u64, max_bytes_per_sec: u64, started: tokio::time::Instant) {
+    if max_bytes_per_sec == 0 {
+        return;
+    }
+    let due = started + Duration::from_secs_f64(written as f64 / max_bytes_per_sec as f64);
+    tokio::time::sleep_until(due).await;
 }
 
 /// Copies a local file (an air-gapped bundle's artifact) into the staging directory and

@@ -324,6 +324,9 @@ impl Classified {
             Why::Pending => match (site.assigned_at, site.last_phase) {
                 (None, _) => "not yet assigned (the site has not polled since the wave opened)",
                 (Some(_), Some(Phase::Waiting)) => "waiting for readiness or its window",
+                (Some(_), Some(Phase::Staged)) => {
+                    "staged: downloaded and verified, waiting for readiness or its window"
+                }
                 (Some(_), _) => "assigned, not started",
             }
             .into(),

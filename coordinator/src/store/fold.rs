@@ -346,6 +346,7 @@ mod tests {
         for p in [
             Phase::Accepted,
             Phase::Waiting,
+            Phase::Staged,
             Phase::Leased,
             Phase::Downloading,
             Phase::Installing,

@@ -286,6 +286,9 @@ pub enum Phase {
     Accepted,
     /// Not ready yet (window, deferral, failing check, not_before); `detail` says why.
     Waiting,
+    /// Waiting, with the artifacts already downloaded and verified ahead of the window
+    /// (`download.ahead`): the install needs no download when it starts.
+    Staged,
     Leased,
     Downloading,
     Installing,
@@ -307,6 +310,7 @@ impl Phase {
         match self {
             Phase::Accepted => "accepted",
             Phase::Waiting => "waiting",
+            Phase::Staged => "staged",
             Phase::Leased => "leased",
             Phase::Downloading => "downloading",
             Phase::Installing => "installing",

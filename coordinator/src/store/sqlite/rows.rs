@@ -16,6 +16,7 @@ pub(super) fn parse_phase(s: &str) -> Option<Phase> {
     Some(match s {
         "accepted" => Phase::Accepted,
         "waiting" => Phase::Waiting,
+        "staged" => Phase::Staged,
         "leased" => Phase::Leased,
         "downloading" => Phase::Downloading,
         "installing" => Phase::Installing,
