@@ -70,6 +70,11 @@ pub struct Metrics {
     pub controller_rollout_failures: Counter,
     /// Sites whose agent gave up rolling back (newest phase `rollback_failed`).
     pub sites_rollback_failed: Gauge,
+    /// Webhook delivery attempts by outcome: `delivered`, `retrying` (failed, tried
+    /// again later) or `failed` (failed for the last time).
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Webhook deliveries waiting to be sent or retried.
+    pub webhook_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -161,8 +166,22 @@ impl Metrics {
             "Sites whose agent gave up rolling back (newest install phase rollback_failed): each needs an operator",
             sites_rollback_failed.clone(),
         );
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result: delivered, retrying (failed, tried again later) or failed (gave up)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_backlog = Gauge::default();
+        registry.register(
+            "webhook_backlog",
+            "Webhook deliveries pending (waiting to be sent or retried)",
+            webhook_backlog.clone(),
+        );
         Metrics {
             registry,
+            webhook_deliveries,
+            webhook_backlog,
             reports_pruned,
             controller_up,
             controller_restarts,

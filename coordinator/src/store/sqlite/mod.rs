@@ -17,6 +17,7 @@ mod assignments;
 pub mod backup;
 pub mod dashboard;
 mod freezes;
+mod webhooks;
 mod releases;
 mod reports;
 mod rollouts;
@@ -62,6 +63,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v2.sql")),
         M::up(include_str!("../schema_v3.sql")),
         M::up(include_str!("../schema_v4.sql")),
+        M::up(include_str!("../schema_v5.sql")),
     ])
 }
 
