@@ -160,7 +160,10 @@ pub async fn create_webhook(
     op: Operator,
     ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    Ok((StatusCode::CREATED, Json(create(&app, &op, &req, "").await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(create(&app, &op, &req, "").await?),
+    ))
 }
 
 pub async fn list_webhooks(

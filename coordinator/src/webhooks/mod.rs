@@ -25,7 +25,20 @@ use crate::store::{AuditRecord, DecisionRecord, WebhookRecord};
 
 /// The kinds of events an endpoint can subscribe to. The list grows (channel changes
 /// are to come); a stored endpoint keeps the kinds it named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[schema(as = WebhookEventType)]
 pub enum EventKind {
     #[serde(rename = "rollout.created")]
     RolloutCreated,
@@ -109,7 +122,8 @@ impl std::fmt::Display for EventKind {
 }
 
 /// What an event is about. Fields that do not apply are left out of the JSON.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookEventData)]
 pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_id: Option<String>,
@@ -135,7 +149,8 @@ pub struct EventData {
 
 /// One event, as sent in the body of a delivery (the shape Standard Webhooks
 /// recommends: `type`, `timestamp`, `data`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookEvent)]
 pub struct WebhookEvent {
     #[serde(rename = "type")]
     pub kind: EventKind,
@@ -343,10 +358,7 @@ pub fn new_endpoint(
     }
     kinds.sort();
     if req.description.chars().count() > 200 {
-        return Err(invalid(
-            "description",
-            "at most 200 characters".to_string(),
-        ));
+        return Err(invalid("description", "at most 200 characters".to_string()));
     }
     Ok(WebhookRecord {
         id: format!("wh-{}", crate::ids::random_hex(6)),
@@ -530,7 +542,10 @@ mod tests {
         assert_eq!(secret_key(&s).unwrap().len(), 32);
         assert_ne!(new_secret(), s);
         let hint = secret_hint(&s);
-        assert!(hint.starts_with("whsec_…") && hint.chars().count() == 11, "{hint}");
+        assert!(
+            hint.starts_with("whsec_…") && hint.chars().count() == 11,
+            "{hint}"
+        );
         assert!(secret_key("nope").unwrap_err().contains("whsec_"));
         assert!(secret_key("whsec_!!!").unwrap_err().contains("base64"));
         assert!(secret_key("whsec_AAAA").unwrap_err().contains("24 to 64"));
@@ -551,8 +566,16 @@ mod tests {
         assert!(validate_url("http://127.0.0.1:9/x", true).is_ok());
         let e = validate_url("https://user:pw@hooks.example.com/", false).unwrap_err();
         assert!(e.contains("user name or password"), "{e}");
-        assert!(validate_url("ftp://x/", true).unwrap_err().contains("scheme"));
-        assert!(validate_url("not a url", true).unwrap_err().contains("not a URL"));
+        assert!(
+            validate_url("ftp://x/", true)
+                .unwrap_err()
+                .contains("scheme")
+        );
+        assert!(
+            validate_url("not a url", true)
+                .unwrap_err()
+                .contains("not a URL")
+        );
     }
 
     #[test]

@@ -17,13 +17,13 @@ mod assignments;
 pub mod backup;
 pub mod dashboard;
 mod freezes;
-mod webhooks;
 mod releases;
 mod reports;
 mod rollouts;
 mod rows;
 mod sites;
 mod store_impl;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

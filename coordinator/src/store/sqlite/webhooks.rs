@@ -149,7 +149,11 @@ fn insert_event(
     endpoints: &[String],
 ) -> StoreResult<Vec<String>> {
     tx.prepare_cached("INSERT INTO webhook_events (type, at, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![event.kind.as_str(), ms(event.timestamp), event.json()])?;
+        .execute(params![
+            event.kind.as_str(),
+            ms(event.timestamp),
+            event.json()
+        ])?;
     let event_id = tx.last_insert_rowid();
     let mut st = tx.prepare_cached(
         "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, state, attempts, created_at, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)",
@@ -234,9 +238,11 @@ pub(super) fn enqueue_test(
 ) -> StoreResult<String> {
     s.write(|tx| {
         let exists = tx
-            .query_row("SELECT 1 FROM webhook_endpoints WHERE id = ?1", [id], |_| {
-                Ok(())
-            })
+            .query_row(
+                "SELECT 1 FROM webhook_endpoints WHERE id = ?1",
+                [id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         if !exists {
