@@ -23,6 +23,7 @@ pub mod paths {
     pub const ROLLOUTS: &str = "/v1/rollouts";
     pub const AUDIT: &str = "/v1/audit";
     pub const FREEZES: &str = "/v1/freezes";
+    pub const WEBHOOKS: &str = "/v1/webhooks";
 }
 
 /// What an operator token may do.
