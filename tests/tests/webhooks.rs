@@ -60,13 +60,22 @@ fn endpoint(fleet: &Fleet, url: String, events: &[&str]) -> anyhow::Result<Creat
     )?)
 }
 
-fn start_receiver(fleet: &Fleet, name: &str, port: u16, secrets: &[&str]) -> anyhow::Result<(Process, PathBuf)> {
+fn start_receiver(
+    fleet: &Fleet,
+    name: &str,
+    port: u16,
+    secrets: &[&str],
+) -> anyhow::Result<(Process, PathBuf)> {
     let dir = fleet.dirs.work.join(name);
     std::fs::create_dir_all(&dir)?;
-    let mut spawn = Spawn::new(name, bins::binary(bins::WEBHOOK_RECEIVER)?, &fleet.dirs.logs)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--dir")
-        .arg(&dir);
+    let mut spawn = Spawn::new(
+        name,
+        bins::binary(bins::WEBHOOK_RECEIVER)?,
+        &fleet.dirs.logs,
+    )
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .arg("--dir")
+    .arg(&dir);
     for s in secrets {
         spawn = spawn.args(["--secret", s]);
     }
@@ -79,7 +88,9 @@ fn start_receiver(fleet: &Fleet, name: &str, port: u16, secrets: &[&str]) -> any
 }
 
 fn log(fleet: &Fleet, id: &str) -> anyhow::Result<WebhookDeliveries> {
-    Ok(fleet.operator.get(&format!("/v1/webhooks/{id}/deliveries"))?)
+    Ok(fleet
+        .operator
+        .get(&format!("/v1/webhooks/{id}/deliveries"))?)
 }
 
 #[test]
@@ -97,9 +108,21 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
     // Receiver A (the one that will hold a delivery) and receiver B (everything else).
     let main = endpoint(&fleet, format!("http://127.0.0.1:{port_a}/events"), &all)?;
     let other = endpoint(&fleet, format!("http://127.0.0.1:{port_b}/other"), &all)?;
-    let flaky = endpoint(&fleet, format!("http://127.0.0.1:{port_b}/flaky"), &["rollout.created"])?;
-    let redirect = endpoint(&fleet, format!("http://127.0.0.1:{port_b}/redirect"), &["rollout.created"])?;
-    let huge = endpoint(&fleet, format!("http://127.0.0.1:{port_b}/huge"), &["rollout.created"])?;
+    let flaky = endpoint(
+        &fleet,
+        format!("http://127.0.0.1:{port_b}/flaky"),
+        &["rollout.created"],
+    )?;
+    let redirect = endpoint(
+        &fleet,
+        format!("http://127.0.0.1:{port_b}/redirect"),
+        &["rollout.created"],
+    )?;
+    let huge = endpoint(
+        &fleet,
+        format!("http://127.0.0.1:{port_b}/huge"),
+        &["rollout.created"],
+    )?;
     let (_a, dir_a) = start_receiver(&fleet, "receiver-a", port_a, &[&main.secret])?;
     let (_b, dir_b) = start_receiver(
         &fleet,
@@ -124,7 +147,10 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
     let plan = PlanSpec::new(
         "webhooks",
         &release.id,
-        vec![WaveSpec::new("pigs").only("cohort", "pig"), WaveSpec::new("the rest")],
+        vec![
+            WaveSpec::new("pigs").only("cohort", "pig"),
+            WaveSpec::new("the rest"),
+        ],
     );
     let rollout = fleet.rollout(&plan)?;
     fleet.wait_rollout_status(&rollout, RolloutStatus::Completed)?;
@@ -157,7 +183,10 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
 
     // 500 then 200: the same event again, with the same webhook-id.
     eventually_default("the /flaky retry to be delivered", || {
-        let got: Vec<Received> = received(&dir_b).into_iter().filter(|r| r.path == "/flaky").collect();
+        let got: Vec<Received> = received(&dir_b)
+            .into_iter()
+            .filter(|r| r.path == "/flaky")
+            .collect();
         anyhow::ensure!(got.len() == 2, "{got:?}");
         assert_eq!(got[0].webhook_id, got[1].webhook_id);
         let d = log(&fleet, &flaky.webhook.id)?;
@@ -176,7 +205,10 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
     // A huge answer is delivered; the coordinator reads only its start.
     eventually_default("/huge to be delivered", || {
         let d = log(&fleet, &huge.webhook.id)?;
-        anyhow::ensure!(d.deliveries.first().is_some_and(|d| d.state == "delivered"), "{d:?}");
+        anyhow::ensure!(
+            d.deliveries.first().is_some_and(|d| d.state == "delivered"),
+            "{d:?}"
+        );
         Ok(())
     })?;
 
@@ -197,7 +229,11 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
             .filter(|r| r.event["type"] == "freeze.added")
             .collect();
         anyhow::ensure!(got.len() == 1, "{got:?}");
-        anyhow::ensure!(dir_a.join(format!("received-{}", got[0].webhook_id)).exists());
+        anyhow::ensure!(
+            dir_a
+                .join(format!("received-{}", got[0].webhook_id))
+                .exists()
+        );
         Ok(got[0].clone())
     })?;
     assert_eq!(held.event["data"]["freeze_id"], freeze.id.as_str());
@@ -227,21 +263,24 @@ fn signed_events_reach_real_receivers_and_survive_a_coordinator_crash() -> anyho
         Ok(())
     })?;
     // Delivered again after the restart: the same event with the same webhook-id.
-    eventually_default("the freeze event to be delivered again after the restart", || {
-        let again: Vec<Received> = received(&dir_a)
-            .into_iter()
-            .filter(|r| r.webhook_id == held.webhook_id)
-            .collect();
-        anyhow::ensure!(again.len() == 2, "{again:?}");
-        assert_eq!(again[0].event, again[1].event);
-        let d = log(&fleet, &main.webhook.id)?;
-        let delivery = d
-            .deliveries
-            .iter()
-            .find(|x| x.id == held.webhook_id)
-            .ok_or_else(|| anyhow::anyhow!("{d:?}"))?;
-        anyhow::ensure!(delivery.state == "delivered", "{delivery:?}");
-        Ok(())
-    })?;
+    eventually_default(
+        "the freeze event to be delivered again after the restart",
+        || {
+            let again: Vec<Received> = received(&dir_a)
+                .into_iter()
+                .filter(|r| r.webhook_id == held.webhook_id)
+                .collect();
+            anyhow::ensure!(again.len() == 2, "{again:?}");
+            assert_eq!(again[0].event, again[1].event);
+            let d = log(&fleet, &main.webhook.id)?;
+            let delivery = d
+                .deliveries
+                .iter()
+                .find(|x| x.id == held.webhook_id)
+                .ok_or_else(|| anyhow::anyhow!("{d:?}"))?;
+            anyhow::ensure!(delivery.state == "delivered", "{delivery:?}");
+            Ok(())
+        },
+    )?;
     Ok(())
 }

@@ -55,7 +55,8 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct WebhookAddArgs {
     /// Where events are POSTed (https).
-    pub url: String,
+    #[arg(value_name = "URL")]
+    pub endpoint: String,
     /// An event type to send (repeat for more; at least one).
     #[arg(long = "event", value_name = "TYPE", required = true)]
     pub events: Vec<String>,
@@ -126,7 +127,14 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
                 return output::json(&list);
             }
             let mut t = Table::new(&[
-                "ID", "URL", "EVENTS", "FORMAT", "PENDING", "DELIVERED", "FAILED", "SECRET",
+                "ID",
+                "URL",
+                "EVENTS",
+                "FORMAT",
+                "PENDING",
+                "DELIVERED",
+                "FAILED",
+                "SECRET",
             ]);
             for w in &list.webhooks {
                 t.row(vec![
@@ -145,7 +153,7 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
         }
         WebhookCommand::Add(args) => {
             let req = api::CreateWebhook {
-                url: args.url.clone(),
+                url: args.endpoint.clone(),
                 events: args.events.clone(),
                 format: match args.format {
                     Format::Json => api::WebhookFormat::Json,
@@ -161,7 +169,10 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
             }
             describe(&created.webhook)?;
             output::line("")?;
-            output::line(format!("signing secret (shown only now): {}", created.secret))?;
+            output::line(format!(
+                "signing secret (shown only now): {}",
+                created.secret
+            ))?;
             output::line(
                 "Give it to the receiver: it verifies each request's webhook-signature with it.",
             )
@@ -184,10 +195,8 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
         }
         WebhookCommand::Test(args) => {
             let client = Client::connect(&args.connect)?;
-            let queued: api::WebhookTestQueued = client.post(
-                &format!("{}/test", path(&args.id)),
-                &serde_json::json!({}),
-            )?;
+            let queued: api::WebhookTestQueued =
+                client.post(&format!("{}/test", path(&args.id)), &serde_json::json!({}))?;
             if args.connect.json {
                 return output::json(&queued);
             }
@@ -204,7 +213,13 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
                 return output::json(&log);
             }
             let mut t = Table::new(&[
-                "WEBHOOK-ID", "EVENT", "STATE", "ATTEMPTS", "NEXT", "LAST STATUS", "LAST ERROR",
+                "WEBHOOK-ID",
+                "EVENT",
+                "STATE",
+                "ATTEMPTS",
+                "NEXT",
+                "LAST STATUS",
+                "LAST ERROR",
             ]);
             for d in &log.deliveries {
                 t.row(vec![
@@ -220,7 +235,14 @@ pub fn webhook(command: WebhookCommand) -> Result<()> {
             output::line("Deliveries (newest first):")?;
             t.print()?;
             let mut t = Table::new(&[
-                "AT", "WEBHOOK-ID", "EVENT", "ATTEMPT", "STATUS", "MS", "OUTCOME", "ERROR",
+                "AT",
+                "WEBHOOK-ID",
+                "EVENT",
+                "ATTEMPT",
+                "STATUS",
+                "MS",
+                "OUTCOME",
+                "ERROR",
             ]);
             for a in &log.attempts {
                 t.row(vec![
