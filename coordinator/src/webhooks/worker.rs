@@ -49,8 +49,9 @@ impl Limits {
     };
 }
 
-/// The HTTP client deliveries use: no redirects, no proxy from the environment, the
-/// attempt's timeout.
+/// The HTTP client deliveries use: no redirects, the attempt's timeout, the system's CA
+/// store for https, and the standard proxy variables (`HTTPS_PROXY`, `NO_PROXY`) of the
+/// coordinator's environment.
 pub fn client(limits: &Limits) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
