@@ -226,7 +226,7 @@ fn the_outbox_is_written_with_the_decision_and_survives_a_reopen() {
 }
 
 #[test]
-fn a_freeze_audit_entry_reaches_the_outbox_in_its_transaction() {
+fn freeze_audit_entries_reach_the_outbox_and_an_endpoint_gets_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = rollout_store(&dir.path().join("c.db"));
     store
@@ -238,6 +238,14 @@ fn a_freeze_audit_entry_reaches_the_outbox_in_its_transaction() {
     let mut a = audit("freeze.create", "frz-1");
     a.detail = "maintenance".into();
     store.audit(&a).unwrap();
+    let mut later = audit("freeze.create", "frz-2");
+    later.at = ts("2026-01-01T00:30:00Z");
+    store.audit(&later).unwrap();
+    // Two pending for the endpoint: one at a time, the earliest first.
+    assert_eq!(
+        store.webhook_delivery_counts().unwrap()["wh-all"].pending,
+        2
+    );
     let due = store
         .due_webhook_deliveries(ts("2026-01-02T00:00:00Z"), &[], 10)
         .unwrap();
@@ -245,6 +253,93 @@ fn a_freeze_audit_entry_reaches_the_outbox_in_its_transaction() {
     let event: WebhookEvent = serde_json::from_str(&due[0].event_body).unwrap();
     assert_eq!(event.kind.as_str(), "freeze.added");
     assert_eq!(event.data.freeze_id.as_deref(), Some("frz-1"));
+}
+
+#[test]
+fn a_site_failure_reaches_the_outbox_with_its_report() {
+    use fleetwave_shared::protocol::{Event, EventBody, Phase};
+    let dir = tempfile::tempdir().unwrap();
+    let store = rollout_store(&dir.path().join("c.db"));
+    let at = ts("2026-01-01T00:00:00Z");
+    store
+        .create_enrollment_token(
+            "hash",
+            &EnrollmentTokenRecord {
+                id: "et-1".into(),
+                labels: Default::default(),
+                site_id: None,
+                expires_at: at + SignedDuration::from_hours(1),
+                uses_total: 1,
+                uses_left: 1,
+                revoked: false,
+                created_at: at,
+                created_by: "test".into(),
+            },
+        )
+        .unwrap();
+    store
+        .enroll(&Enrollment {
+            token_hash: "hash".into(),
+            site_id: "s1".into(),
+            device_key: "00".repeat(32),
+            agent_version: "1".into(),
+            at,
+        })
+        .unwrap();
+    store
+        .add_rollout_sites(&[RolloutSiteRecord {
+            rollout_id: "r1".into(),
+            site_id: "s1".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+    store
+        .create_webhook(
+            &endpoint("wh-sites", &["site.failed"]),
+            &audit("webhook.create", "wh-sites"),
+        )
+        .unwrap();
+    let phase = |id: &str, phase: Phase| Event {
+        id: id.into(),
+        at: ts("2026-01-01T00:10:00Z"),
+        body: EventBody::Phase {
+            rollout_id: Some("r1".into()),
+            release_id: "pos-2".into(),
+            phase,
+            detail: Some("install script exited 3".into()),
+        },
+    };
+    let received = ts("2026-01-01T00:10:01Z");
+    store
+        .apply_reports("s1", &[phase("p1", Phase::Installing)], received)
+        .unwrap();
+    assert!(
+        store
+            .due_webhook_deliveries(received, &[], 10)
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .apply_reports("s1", &[phase("p2", Phase::Failed)], received)
+        .unwrap();
+    // The same report again changes nothing and stores no second event.
+    store
+        .apply_reports("s1", &[phase("p2", Phase::Failed)], received)
+        .unwrap();
+    assert_eq!(
+        store.webhook_delivery_counts().unwrap()["wh-sites"].pending,
+        1
+    );
+    let due = store.due_webhook_deliveries(received, &[], 10).unwrap();
+    let event: WebhookEvent = serde_json::from_str(&due[0].event_body).unwrap();
+    assert_eq!(event.kind.as_str(), "site.failed");
+    assert_eq!(event.data.site_id.as_deref(), Some("s1"));
+    assert_eq!(event.data.rollout_id.as_deref(), Some("r1"));
+    assert_eq!(event.data.release_id.as_deref(), Some("pos-2"));
+    assert_eq!(
+        event.data.reason.as_deref(),
+        Some("install script exited 3")
+    );
 }
 
 /// What the in-process receiver saw: (path, webhook-id, webhook-timestamp, signature, body).

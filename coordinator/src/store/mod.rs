@@ -634,8 +634,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<String>;
     /// Each endpoint's deliveries by state.
     fn webhook_delivery_counts(&self) -> StoreResult<BTreeMap<String, DeliveryCounts>>;
-    /// Pending deliveries due at `now`, the earliest first, at most `limit`, leaving out
-    /// those of the endpoints in `busy`.
+    /// Pending deliveries due at `now`: the earliest of each endpoint not in `busy`, the
+    /// earliest first, at most `limit`.
     fn due_webhook_deliveries(
         &self,
         now: Timestamp,

@@ -91,9 +91,7 @@ pub async fn run(
         let due = if free == 0 {
             Ok(Vec::new())
         } else {
-            // Several due deliveries of one endpoint may come back: only its first is sent
-            // in this pass.
-            db.run(move |s| s.due_webhook_deliveries(now, &taken, free * 4))
+            db.run(move |s| s.due_webhook_deliveries(now, &taken, free))
                 .await
         };
         match due {

@@ -294,14 +294,17 @@ pub(super) fn due(
     limit: usize,
 ) -> StoreResult<Vec<DueDelivery>> {
     s.read(|c| {
+        // One delivery per endpoint (its earliest due; SQLite takes the bare columns from
+        // the row of the MIN): an endpoint with a long backlog never fills the batch.
         let mut st = c.prepare_cached(&format!(
-            "SELECT {DELIVERY_COLS}, w.url, w.secret, w.format, e.body
+            "SELECT {DELIVERY_COLS}, w.url, w.secret, w.format, e.body, MIN(d.next_attempt_at) AS due
              FROM webhook_deliveries d
              JOIN webhook_events e ON e.id = d.event_id
              JOIN webhook_endpoints w ON w.id = d.endpoint_id
              WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
                AND d.endpoint_id NOT IN (SELECT value FROM json_each(?2))
-             ORDER BY d.next_attempt_at, d.rowid LIMIT ?3"
+             GROUP BY d.endpoint_id
+             ORDER BY due, d.endpoint_id LIMIT ?3"
         ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st.query_map(params![ms(now), to_json(&busy), limit], |r| {
