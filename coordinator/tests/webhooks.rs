@@ -505,6 +505,31 @@ async fn endpoints_are_admin_only_validated_audited_and_show_their_secret_once()
         "{actions:?}"
     );
     assert!(!audit.to_string().contains(&secret));
+
+    // The event a receiver gets is described in the OpenAPI document.
+    let doc: Value = h
+        .http
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let event = &schemas["WebhookEvent"];
+    for field in ["type", "timestamp", "data"] {
+        assert!(event["properties"].get(field).is_some(), "{event}");
+    }
+    let kinds = schemas["WebhookEventType"].to_string();
+    for k in webhooks::EventKind::ALL {
+        assert!(kinds.contains(k.as_str()), "{k} missing from {kinds}");
+    }
+    assert!(
+        schemas["WebhookEventData"]["properties"]
+            .get("rollout_id")
+            .is_some()
+    );
     h.stop().await;
 }
 
