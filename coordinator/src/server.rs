@@ -339,7 +339,7 @@ pub async fn start_with_clock(
     let trimmer = crate::memory::spawn_trimmer(shutdown_rx.clone());
     let pruner = crate::retention::spawn_pruner(app.clone(), shutdown_rx.clone());
     // Webhook deliveries: a task of their own, never in the controller's way.
-    let webhooks = tokio::spawn(crate::webhooks::worker::run(
+    let webhooks = tokio::spawn(crate::webhooks::worker::supervise(
         app.db.clone(),
         app.clock.clone(),
         app.metrics.clone(),

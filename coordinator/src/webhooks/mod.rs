@@ -10,7 +10,7 @@
 //! - signing ([`sign`]), secrets ([`new_secret`], [`secret_key`]) and endpoint URL rules
 //!   ([`validate_url`]);
 //! - the retry schedule ([`retry_delay`], [`MAX_ATTEMPTS`]);
-//! - [`worker`]: the delivery task.
+//! - [`worker`]: the delivery task (kept running by [`worker::supervise`]).
 
 pub mod worker;
 

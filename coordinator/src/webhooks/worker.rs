@@ -64,6 +64,46 @@ pub fn client(limits: &Limits) -> reqwest::Client {
         .expect("the webhook HTTP client builds")
 }
 
+/// Runs [`run`] in a task of its own until shutdown, starting it again 5 seconds after it
+/// ends otherwise (a panic): deliveries resume from the store, nothing is lost.
+pub async fn supervise(
+    db: Db,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut stop = shutdown.clone();
+    loop {
+        let ended = tokio::spawn(run(
+            db.clone(),
+            clock.clone(),
+            metrics.clone(),
+            limits,
+            shutdown.clone(),
+        ))
+        .await;
+        if *stop.borrow() {
+            return;
+        }
+        let why = match ended {
+            Err(e) if e.is_panic() => {
+                format!(
+                    "it panicked: {}",
+                    crate::engine::panic_message(&*e.into_panic())
+                )
+            }
+            Err(e) => format!("its task ended: {e}"),
+            Ok(()) => "it returned without a shutdown".to_string(),
+        };
+        tracing::error!(reason = %why, "the webhook delivery worker stopped; restarting it in 5 s");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Runs the delivery worker until `shutdown` turns true.
 pub async fn run(
     db: Db,
