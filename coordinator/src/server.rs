@@ -346,6 +346,8 @@ pub async fn start_with_clock(
         crate::webhooks::worker::Limits::DEFAULT,
         shutdown_rx.clone(),
     ));
+    // Sites gone silent, for site.silent webhooks (only while an endpoint wants them).
+    let silences = tokio::spawn(crate::webhooks::silence::run(app.clone()));
 
     let task_app = app.clone();
     let task = tokio::spawn(async move {
@@ -456,6 +458,7 @@ pub async fn start_with_clock(
         let _ = trimmer.await;
         let _ = pruner.await;
         let _ = webhooks.await;
+        let _ = silences.await;
         if let Err(e) = task_app.engine.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }

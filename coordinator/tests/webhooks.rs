@@ -684,3 +684,154 @@ async fn deliveries_are_signed_retried_on_the_clock_and_never_redirected() {
     assert!(metrics.contains("fleetwave_webhook_backlog"), "{metrics}");
     h.stop().await;
 }
+
+#[test]
+fn a_silence_is_stored_once_with_its_event_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = rollout_store(&path);
+    assert!(!store.webhook_subscribed("site.silent").unwrap());
+    store
+        .create_webhook(
+            &endpoint("wh-quiet", &["site.silent"]),
+            &audit("webhook.create", "wh-quiet"),
+        )
+        .unwrap();
+    assert!(store.webhook_subscribed("site.silent").unwrap());
+    assert!(!store.webhook_subscribed("site.failed").unwrap());
+    let silence = |since: &str| SiteSilence {
+        rollout_id: "r1".into(),
+        release_id: "pos-2".into(),
+        wave: 0,
+        site_id: "s1".into(),
+        since: ts(since),
+        at: ts("2026-01-01T03:00:00Z"),
+        reason: "nothing heard for 2h (report deadline 2h)".into(),
+    };
+    assert_eq!(
+        store
+            .record_site_silences(&[silence("2026-01-01T00:10:00Z")])
+            .unwrap(),
+        1
+    );
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    // The same silence again (after a restart): nothing new.
+    assert_eq!(
+        store
+            .record_site_silences(&[silence("2026-01-01T00:10:00Z")])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.webhook_delivery_counts().unwrap()["wh-quiet"].pending,
+        1
+    );
+    // The site spoke, then fell silent again: a new silence.
+    assert_eq!(
+        store
+            .record_site_silences(&[silence("2026-01-01T01:00:00Z")])
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.webhook_delivery_counts().unwrap()["wh-quiet"].pending,
+        2
+    );
+    let due = store
+        .due_webhook_deliveries(ts("2026-01-01T03:00:00Z"), &[], 10)
+        .unwrap();
+    let event: WebhookEvent = serde_json::from_str(&due[0].event_body).unwrap();
+    assert_eq!(event.kind.as_str(), "site.silent");
+    assert_eq!(event.data.site_id.as_deref(), Some("s1"));
+    assert_eq!(event.data.wave, Some(0));
+}
+
+const QUIET_PLAN: &str = r#"
+name = "pos 2.5"
+release = "pos-2.5.0"
+
+[[waves]]
+name = "all"
+gate = { report_deadline = "1m", failure_budget = 5, success_ratio = 0.0, min_sample = 3 }
+"#;
+
+#[tokio::test]
+async fn a_site_gone_silent_is_sent_once_as_site_silent() {
+    let h = Harness::new().await;
+    let (base, seen) = receiver().await;
+    create(
+        &h,
+        json!({"url": format!("{base}/quiet"), "events": ["site.silent"], "allow_insecure_http": true}),
+    )
+    .await;
+    let mut quiet = Agent::enroll(&h, "quiet-1", json!({})).await;
+    let mut later = Agent::enroll(&h, "later-1", json!({})).await;
+    // Keeps reporting: the wave never has the three finished sites its gate needs.
+    let mut keeper = Agent::enroll(&h, "keeper-1", json!({})).await;
+    h.publish("2.5.0", 25).await;
+    let rollout = h.create_rollout(QUIET_PLAN).await;
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{rollout}/start"),
+            &h.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    quiet.assignment(&h).await;
+    later.assignment(&h).await;
+    keeper.assignment(&h).await;
+    quiet.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    later.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    keeper.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    let silent_events = |site: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                let e: Value = serde_json::from_str(&s.4).unwrap();
+                e["type"] == "site.silent" && e["data"]["site_id"] == site
+            })
+            .map(|s| s.4.clone())
+            .collect::<Vec<_>>()
+    };
+    // The clock moves in steps of 45 s, each followed by a report from keeper-1, which so
+    // is never more than 45 s quiet (the deadline is 1m).
+    let step = Duration::from_secs(45);
+
+    // quiet-1 passes its report deadline; later-1 spoke after the first step.
+    h.clock.advance(step);
+    later.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    keeper.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    h.clock.advance(step);
+    keeper.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    let first = eventually("quiet-1's site.silent", || async {
+        silent_events("quiet-1").into_iter().next()
+    })
+    .await;
+    let event: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(event["data"]["rollout_id"], rollout.as_str());
+    assert_eq!(event["data"]["wave"], 0);
+    assert!(
+        event["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("report deadline 1m"),
+        "{event}"
+    );
+
+    // Then later-1 falls silent too: the passes that find it also see quiet-1 still
+    // silent, and do not send that silence again.
+    h.clock.advance(step);
+    keeper.phase(&h, &rollout, "pos-2.5.0", "accepted").await;
+    eventually("later-1's site.silent", || async {
+        silent_events("later-1").into_iter().next()
+    })
+    .await;
+    assert_eq!(silent_events("quiet-1").len(), 1);
+    assert!(silent_events("keeper-1").is_empty());
+    let (_, v) = h.get(&format!("/v1/rollouts/{rollout}"), &h.admin).await;
+    assert_eq!(v["status"], "running", "{v}");
+    h.stop().await;
+}

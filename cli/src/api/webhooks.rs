@@ -12,7 +12,7 @@ use super::{Client, ConnectArgs, encode};
 
 const ADD_EXAMPLES: &str = "\
 Event types: rollout.created, rollout.started, rollout.completed, rollout.halted,
-rollout.rolled_back, rollout.aborted, wave.opened, gate.awaiting_approval, site.failed,
+rollout.rolled_back, rollout.aborted, wave.opened, gate.awaiting_approval, site.failed, site.silent,
 freeze.added, freeze.ended.
 
 Examples:

@@ -343,6 +343,21 @@ pub struct AttemptRecord {
     pub outcome: String,
 }
 
+/// A site found silent in a rollout (nothing heard for the wave's report deadline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSilence {
+    pub rollout_id: String,
+    pub release_id: String,
+    pub wave: u32,
+    pub site_id: String,
+    /// Its last sign of life: the silence is counted from here (and known by it).
+    pub since: Timestamp,
+    /// When the silence was found.
+    pub at: Timestamp,
+    /// In words, e.g. `nothing heard for 12m (report deadline 10m)`.
+    pub reason: String,
+}
+
 /// Outcome of one report batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportOutcome {
@@ -632,6 +647,11 @@ pub trait Store: Send + Sync + 'static {
         event: &crate::webhooks::WebhookEvent,
         audit: &AuditRecord,
     ) -> StoreResult<String>;
+    /// Records silences not recorded before (by rollout, site and `since`), each with its
+    /// `site.silent` event in the outbox, in one transaction; returns how many were new.
+    fn record_site_silences(&self, silences: &[SiteSilence]) -> StoreResult<usize>;
+    /// Whether some endpoint receives events of type `kind`.
+    fn webhook_subscribed(&self, kind: &str) -> StoreResult<bool>;
     /// Each endpoint's deliveries by state.
     fn webhook_delivery_counts(&self) -> StoreResult<BTreeMap<String, DeliveryCounts>>;
     /// Pending deliveries due at `now`: the earliest of each endpoint not in `busy`, the

@@ -58,3 +58,12 @@ CREATE TABLE webhook_attempts (
     outcome TEXT NOT NULL
 );
 CREATE INDEX webhook_attempts_by_endpoint ON webhook_attempts(endpoint_id, id);
+-- Sites found silent in a rollout, once per silence (since: the last sign of life it
+-- counts from), so that a site.silent event is stored once per silence, across restarts.
+-- Deleted with the rollout's activity (when it is finished).
+CREATE TABLE webhook_site_silences (
+    rollout_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, site_id, since)
+);

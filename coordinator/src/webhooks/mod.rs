@@ -10,8 +10,11 @@
 //! - signing ([`sign`]), secrets ([`new_secret`], [`secret_key`]) and endpoint URL rules
 //!   ([`validate_url`]);
 //! - the retry schedule ([`retry_delay`], [`MAX_ATTEMPTS`]);
-//! - [`worker`]: the delivery task (kept running by [`worker::supervise`]).
+//! - [`worker`]: the delivery task (kept running by [`worker::supervise`]);
+//! - [`silence`]: the task that finds sites gone silent (`site.silent`), which no
+//!   decision records.
 
+pub mod silence;
 pub mod worker;
 
 use base64::Engine as _;
@@ -58,6 +61,8 @@ pub enum EventKind {
     GateAwaitingApproval,
     #[serde(rename = "site.failed")]
     SiteFailed,
+    #[serde(rename = "site.silent")]
+    SiteSilent,
     #[serde(rename = "freeze.added")]
     FreezeAdded,
     #[serde(rename = "freeze.ended")]
@@ -69,7 +74,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind an endpoint can subscribe to (the test event is not one).
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::RolloutCreated,
         EventKind::RolloutStarted,
         EventKind::RolloutCompleted,
@@ -79,6 +84,7 @@ impl EventKind {
         EventKind::WaveOpened,
         EventKind::GateAwaitingApproval,
         EventKind::SiteFailed,
+        EventKind::SiteSilent,
         EventKind::FreezeAdded,
         EventKind::FreezeEnded,
     ];
@@ -94,6 +100,7 @@ impl EventKind {
             EventKind::WaveOpened => "wave.opened",
             EventKind::GateAwaitingApproval => "gate.awaiting_approval",
             EventKind::SiteFailed => "site.failed",
+            EventKind::SiteSilent => "site.silent",
             EventKind::FreezeAdded => "freeze.added",
             EventKind::FreezeEnded => "freeze.ended",
             EventKind::WebhookTest => "webhook.test",
@@ -230,6 +237,23 @@ impl WebhookEvent {
                 site_id: Some(site_id.to_string()),
                 reason: failure.map(str::to_string),
                 link: Some(format!("/ui/sites/{site_id}")),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A site found silent in a rollout.
+    pub fn site_silent(x: &crate::store::SiteSilence) -> WebhookEvent {
+        WebhookEvent {
+            kind: EventKind::SiteSilent,
+            timestamp: x.at,
+            data: EventData {
+                rollout_id: Some(x.rollout_id.clone()),
+                release_id: Some(x.release_id.clone()),
+                wave: Some(x.wave),
+                site_id: Some(x.site_id.clone()),
+                reason: Some(x.reason.clone()),
+                link: Some(format!("/ui/sites/{}", x.site_id)),
                 ..Default::default()
             },
         }

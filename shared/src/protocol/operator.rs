@@ -616,7 +616,7 @@ pub struct CreateWebhook {
     pub url: String,
     /// The event types to send (at least one): rollout.created, rollout.started,
     /// rollout.completed, rollout.halted, rollout.rolled_back, rollout.aborted,
-    /// wave.opened, gate.awaiting_approval, site.failed, freeze.added, freeze.ended.
+    /// wave.opened, gate.awaiting_approval, site.failed, site.silent, freeze.added, freeze.ended.
     pub events: Vec<String>,
     #[serde(default)]
     pub format: WebhookFormat,

@@ -107,6 +107,10 @@ pub(super) fn update_rollout(
         if !ro.status.is_active() {
             tx.execute("UPDATE rollout_sites SET active = 0 WHERE rollout_id = ?1", [&ro.id])?;
             tx.execute("DELETE FROM leases WHERE rollout_id = ?1", [&ro.id])?;
+            tx.execute(
+                "DELETE FROM webhook_site_silences WHERE rollout_id = ?1",
+                [&ro.id],
+            )?;
         }
         insert_decisions(tx, decisions)
     })

@@ -47,6 +47,14 @@ impl Store for SqliteStore {
         webhooks::enqueue_test(self, id, event, audit)
     }
 
+    fn record_site_silences(&self, silences: &[SiteSilence]) -> StoreResult<usize> {
+        webhooks::record_site_silences(self, silences)
+    }
+
+    fn webhook_subscribed(&self, kind: &str) -> StoreResult<bool> {
+        webhooks::subscribed(self, kind)
+    }
+
     fn webhook_delivery_counts(&self) -> StoreResult<BTreeMap<String, DeliveryCounts>> {
         webhooks::counts(self)
     }

@@ -256,6 +256,42 @@ pub(super) fn enqueue_test(
     })
 }
 
+pub(super) fn record_site_silences(
+    s: &SqliteStore,
+    silences: &[SiteSilence],
+) -> StoreResult<usize> {
+    if silences.is_empty() {
+        return Ok(0);
+    }
+    s.write(|tx| {
+        let mut new = 0;
+        for x in silences {
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO webhook_site_silences (rollout_id, site_id, since) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![x.rollout_id, x.site_id, ms(x.since)])?;
+            if n == 1 {
+                new += 1;
+                let event = WebhookEvent::site_silent(x);
+                enqueue(tx, &event)?;
+            }
+        }
+        Ok(new)
+    })
+}
+
+pub(super) fn subscribed(s: &SqliteStore, kind: &str) -> StoreResult<bool> {
+    s.read(|c| {
+        Ok(c.prepare_cached(
+            "SELECT 1 FROM webhook_endpoints w, json_each(w.kinds) k WHERE k.value = ?1 LIMIT 1",
+        )?
+        .query_row([kind], |_| Ok(()))
+        .optional()?
+        .is_some())
+    })
+}
+
 pub(super) fn counts(s: &SqliteStore) -> StoreResult<BTreeMap<String, DeliveryCounts>> {
     s.read(|c| {
         let mut st = c.prepare(
