@@ -48,6 +48,7 @@ Talking to a coordinator (HTTPS pinned to the fleet CA):
   root       publish a root rotation
   rollout    create, start, pause, resume, approve, abort, roll back, skip, status
   freeze     list, add and end fleet-wide freezes (no installs while one is in force)
+  webhook    list, add, show and remove webhook endpoints; their delivery log
   audit      who changed what, when, from where
   demo       a coordinator and a dozen real agents on this machine, two rollouts
 
@@ -125,6 +126,9 @@ enum Command {
     /// Fleet-wide freezes: list, add, end (no site installs while one is in force).
     #[command(subcommand)]
     Freeze(api::freezes::FreezeCommand),
+    /// Webhook endpoints (admin role): list, add, show, remove, test; their delivery log.
+    #[command(subcommand)]
+    Webhook(api::webhooks::WebhookCommand),
     /// The audit log: every change, who made it, when, from where.
     Audit(api::sites::AuditArgs),
     /// Run a whole demo fleet on this machine: a coordinator, real agents, two rollouts.
@@ -271,6 +275,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Token(command) => api::sites::token(command),
         Command::Rollout(command) => api::rollouts::rollout(command),
         Command::Freeze(command) => api::freezes::freeze(command),
+        Command::Webhook(command) => api::webhooks::webhook(command),
         Command::Audit(args) => api::sites::audit(args),
         Command::Demo(args) => demo::run(args),
         Command::DemoGuard(args) => demo::guard(args),

@@ -1126,3 +1126,111 @@ fn freezes_list_add_and_end() {
         "{audit}"
     );
 }
+
+#[test]
+fn webhooks_add_list_show_remove_with_the_secret_shown_once() {
+    let c = Coordinator::start();
+
+    // add: the secret is printed once, in the answer to add.
+    let added = c.ok(&[
+        "webhook",
+        "add",
+        "https://hooks.example.com/fleet",
+        "--event",
+        "rollout.halted",
+        "--event",
+        "gate.awaiting_approval",
+        "--description",
+        "on-call",
+    ]);
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("signing secret (shown only now): "))
+        .unwrap_or_else(|| panic!("no secret in: {added}"))
+        .trim()
+        .to_string();
+    assert!(secret.starts_with("whsec_"), "{added}");
+    let id = added
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(id.starts_with("wh-"), "{added}");
+
+    // list and show never print it again.
+    let table = c.ok(&["webhook", "list"]);
+    assert!(
+        table.contains(&id) && table.contains("rollout.halted") && !table.contains(&secret),
+        "{table}"
+    );
+    let shown = c.ok(&["webhook", "show", &id]);
+    assert!(
+        shown.contains("on-call") && shown.contains("whsec_…") && !shown.contains(&secret),
+        "{shown}"
+    );
+    let json = c.json(&["webhook", "list"]);
+    assert!(!json.to_string().contains(&secret), "{json}");
+    let log = c.ok(&["webhook", "deliveries", &id]);
+    assert!(
+        log.contains("Deliveries") && log.contains("Attempts"),
+        "{log}"
+    );
+
+    // Refusals: plain http without --allow-insecure-http, an unknown event (exit 1, the
+    // coordinator names the field), no --event (usage, exit 2), an operator (admin only).
+    let err = fails(
+        c.run(&[
+            "webhook",
+            "add",
+            "http://hooks.example.com/",
+            "--event",
+            "rollout.halted",
+        ]),
+        1,
+    );
+    assert!(
+        err.contains("422") && err.contains("allow_insecure_http"),
+        "{err}"
+    );
+    let err = fails(
+        c.run(&[
+            "webhook",
+            "add",
+            "https://hooks.example.com/",
+            "--event",
+            "rollout.exploded",
+        ]),
+        1,
+    );
+    assert!(
+        err.contains("422") && err.contains("rollout.exploded"),
+        "{err}"
+    );
+    let out = c.run(&["webhook", "add", "https://hooks.example.com/"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let operator = c
+        .ok(&[
+            "token", "operator", "create", "--name", "olga", "--role", "operator",
+        ])
+        .trim()
+        .to_string();
+    let err = fails(c.run_as(&operator, &["webhook", "list"]), 1);
+    assert!(err.contains("403"), "{err}");
+
+    // remove: gone, audited.
+    let removed = c.ok(&["webhook", "remove", &id]);
+    assert!(
+        removed.contains(&id) && removed.contains("removed"),
+        "{removed}"
+    );
+    assert!(!c.ok(&["webhook", "list"]).contains(&id));
+    let err = fails(c.run(&["webhook", "show", &id]), 1);
+    assert!(err.contains("404"), "{err}");
+    let audit = c.ok(&["audit"]);
+    assert!(
+        audit.contains("webhook.create") && audit.contains("webhook.delete"),
+        "{audit}"
+    );
+    assert!(!audit.contains(&secret), "{audit}");
+}

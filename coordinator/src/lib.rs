@@ -30,3 +30,4 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 pub mod time;
+pub mod webhooks;

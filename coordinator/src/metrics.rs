@@ -102,6 +102,11 @@ pub struct Metrics {
     /// Requests (report batches, lease grants) queued or being committed by a
     /// group-commit writer, by writer: a backlog that grows means the disk falls behind.
     pub group_commit_waiting: Family<WriterLabel, Gauge>,
+    /// Webhook delivery attempts by outcome: `delivered`, `retrying` (failed, tried
+    /// again later) or `failed` (failed for the last time).
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Webhook deliveries waiting to be sent or retried.
+    pub webhook_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -223,6 +228,18 @@ impl Metrics {
             "Requests queued or being committed by a group-commit writer (reports, leases)",
             group_commit_waiting.clone(),
         );
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result: delivered, retrying (failed, tried again later) or failed (gave up)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_backlog = Gauge::default();
+        registry.register(
+            "webhook_backlog",
+            "Webhook deliveries pending (waiting to be sent or retried)",
+            webhook_backlog.clone(),
+        );
         Metrics {
             registry,
             requests_shed,
@@ -230,6 +247,8 @@ impl Metrics {
             waves_awaiting_approval,
             approval_wait_seconds,
             group_commit_waiting,
+            webhook_deliveries,
+            webhook_backlog,
             reports_pruned,
             controller_up,
             controller_restarts,

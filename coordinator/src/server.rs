@@ -338,6 +338,16 @@ pub async fn start_with_clock(
 
     let trimmer = crate::memory::spawn_trimmer(shutdown_rx.clone());
     let pruner = crate::retention::spawn_pruner(app.clone(), shutdown_rx.clone());
+    // Webhook deliveries: a task of their own, never in the controller's way.
+    let webhooks = tokio::spawn(crate::webhooks::worker::supervise(
+        app.db.clone(),
+        app.clock.clone(),
+        app.metrics.clone(),
+        crate::webhooks::worker::Limits::DEFAULT,
+        shutdown_rx.clone(),
+    ));
+    // Sites gone silent, for site.silent webhooks (only while an endpoint wants them).
+    let silences = tokio::spawn(crate::webhooks::silence::run(app.clone()));
 
     let task_app = app.clone();
     let task = tokio::spawn(async move {
@@ -447,6 +457,8 @@ pub async fn start_with_clock(
         let _ = flusher.await;
         let _ = trimmer.await;
         let _ = pruner.await;
+        let _ = webhooks.await;
+        let _ = silences.await;
         if let Err(e) = task_app.engine.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }

@@ -789,4 +789,116 @@ async fn a_failed_site_is_retried_from_the_rollout_page() {
     assert_eq!(s, StatusCode::CONFLICT, "{page}");
     assert!(page.contains("no failed site to retry"), "{page}");
     h.stop().await;
+#[tokio::test]
+async fn webhooks_page_is_for_admins_shows_the_secret_once_and_removes_after_confirming() {
+    let h = Harness::new().await;
+    let alice = h.token("alice", "operator").await;
+
+    // Not an admin: no link, no page, no form.
+    let mut op = WebClient::new(&h);
+    let op_csrf = op.login(&alice).await;
+    let (_, _, page) = op.get("/ui/").await;
+    assert!(!page.contains("/ui/webhooks"), "{page}");
+    let (s, _, _) = op.get("/ui/webhooks").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = op
+        .post(
+            "/ui/webhooks/add",
+            &[
+                ("csrf", &op_csrf),
+                ("url", "https://hooks.example.com/x"),
+                ("event", "rollout.halted"),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // An admin registers one: the answer shows the secret, this once.
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (s, headers, page) = web.get("/ui/webhooks").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers.contains_key("content-security-policy"));
+    assert!(
+        page.contains("no-webhooks") && page.contains("gate.awaiting_approval"),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let form = [
+        ("url", "https://hooks.example.com/fleet"),
+        ("event", "rollout.halted"),
+        ("event", "wave.opened"),
+        ("format", "json"),
+        ("description", "on-call <pager>"),
+    ];
+    let (s, _, _) = web.post("/ui/webhooks/add", &form).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let mut with_csrf = vec![("csrf", csrf.as_str())];
+    with_csrf.extend(form);
+    let bad: Vec<(&str, &str)> = with_csrf
+        .iter()
+        .map(|(k, v)| {
+            if *k == "url" {
+                (*k, "http://hooks.example.com/")
+            } else {
+                (*k, *v)
+            }
+        })
+        .collect();
+    let (s, _, page) = web.post("/ui/webhooks/add", &bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("allow_insecure_http"), "{page}");
+    let (s, _, page) = web.post("/ui/webhooks/add", &with_csrf).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let secret = page
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .and_then(|r| r.split("</code>").next())
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("whsec_"), "{page}");
+    let (_, v) = h.get("/v1/webhooks", &h.admin).await;
+    let id = v["webhooks"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["webhooks"][0]["events"],
+        json!(["rollout.halted", "wave.opened"])
+    );
+
+    // Listed and shown without it; the description is escaped.
+    let (_, _, page) = web.get("/ui/webhooks").await;
+    assert!(page.contains(&id) && !page.contains(&secret), "{page}");
+    let (s, _, page) = web.get(&format!("/ui/webhooks/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("on-call &#60;pager&#62;") && !page.contains(&secret),
+        "{page}"
+    );
+    assert!(
+        page.contains("deliveries") && page.contains("attempts"),
+        "{page}"
+    );
+
+    // Removed after confirming, audited with (dashboard).
+    let confirm = format!("/ui/webhooks/{id}/confirm/remove");
+    let act = format!("/ui/webhooks/{id}/actions/remove");
+    let (s, _, page) = web.get(&confirm).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains(&format!("Remove webhook {id}")), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let (s, _, _) = op.post(&act, &[("csrf", &op_csrf)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, headers, _) = web.post(&act, &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/webhooks");
+    let (s, _) = h.get(&format!("/v1/webhooks/{id}"), &h.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = h.get("/v1/audit", &h.admin).await;
+    let audit = v.to_string();
+    assert!(
+        audit.contains("webhook.create")
+            && audit.contains("webhook.delete")
+            && audit.contains("(dashboard)"),
+        "{v}"
+    );
+    assert!(!audit.contains(&secret));
 }

@@ -16,6 +16,8 @@ pub const AGENT: &str = "fleetwave-agent";
 pub const CLI: &str = "fleetwave";
 /// The small demo application the agent's `app` executor manages in tests.
 pub const DEMO_APP: &str = "fleetwave-demo-app";
+/// The webhook receiver of the webhook scenario.
+pub const WEBHOOK_RECEIVER: &str = "fleetwave-webhook-receiver";
 
 /// The directory the binaries are taken from.
 pub fn bin_dir() -> PathBuf {

@@ -16,6 +16,7 @@ pub mod output;
 pub mod releases;
 pub mod rollouts;
 pub mod sites;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -266,6 +267,12 @@ impl Client {
             Some(body) => b.json(body),
             None => b,
         })?;
+        Ok(())
+    }
+
+    /// A DELETE whose answer has no body (204).
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send(reqwest::Method::DELETE, path, |b| b)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -98,7 +99,20 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/rollouts/{id}/retry", post(retry_sites))
         .route("/v1/freezes", post(create_freeze).get(list_freezes))
         .route("/v1/freezes/{id}/end", post(end_freeze))
-        .route("/v1/audit", get(list_audit));
+        .route("/v1/audit", get(list_audit))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook).delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::webhook_deliveries),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhooks::test_webhook));
     edge.guard(routes, Budget::Requests)
 }
 

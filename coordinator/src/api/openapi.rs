@@ -119,7 +119,7 @@ fn path_params(path: &str) -> Vec<Parameter> {
     out
 }
 
-use HttpMethod::{Get, Head, Post, Put};
+use HttpMethod::{Delete, Get, Head, Post, Put};
 
 /// A base to fill in: an operator GET of a JSON view, no handler-specific errors.
 const VIEW: Route = Route {
@@ -482,6 +482,59 @@ const ROUTES: &[Route] = &[
         auth: Auth::Operator("operator"),
         output: Output::Json("FreezeInfo"),
         errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        path: "/v1/webhooks",
+        summary: "Webhook endpoints (secrets shown as a hint only)",
+        auth: Auth::Operator("admin"),
+        output: Output::Json("WebhookList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/webhooks",
+        summary: "Register a webhook endpoint; the answer carries its signing secret, shown this once. Deliveries are POSTs of a WebhookEvent (or {\"text\"} for format slack) signed per Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature)",
+        auth: Auth::Operator("admin"),
+        input: Input::Json("CreateWebhook"),
+        status: "201",
+        output: Output::Json("CreatedWebhook"),
+        errors: &["422"],
+    },
+    Route {
+        path: "/v1/webhooks/{id}",
+        summary: "One webhook endpoint",
+        auth: Auth::Operator("admin"),
+        output: Output::Json("WebhookInfo"),
+        errors: &["404"],
+        ..VIEW
+    },
+    Route {
+        method: Delete,
+        path: "/v1/webhooks/{id}",
+        summary: "Delete a webhook endpoint with its pending deliveries and delivery log",
+        auth: Auth::Operator("admin"),
+        status: "204",
+        output: Output::Empty,
+        errors: &["404"],
+        ..VIEW
+    },
+    Route {
+        path: "/v1/webhooks/{id}/deliveries",
+        summary: "A webhook endpoint's newest deliveries and attempts (the delivery log)",
+        auth: Auth::Operator("admin"),
+        output: Output::Json("WebhookDeliveries"),
+        errors: &["404"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/webhooks/{id}/test",
+        summary: "Queue a webhook.test event to this endpoint (whatever its filter)",
+        auth: Auth::Operator("admin"),
+        status: "202",
+        output: Output::Json("WebhookTestQueued"),
+        errors: &["404"],
         ..VIEW
     },
     Route {
@@ -908,6 +961,18 @@ fn build() -> OpenApi {
         .schema_from::<FreezeInfo>()
         .schema_from::<FreezeList>()
         .schema_from::<CreateFreeze>()
+        .schema_from::<WebhookFormat>()
+        .schema_from::<CreateWebhook>()
+        .schema_from::<WebhookInfo>()
+        .schema_from::<CreatedWebhook>()
+        .schema_from::<WebhookList>()
+        .schema_from::<WebhookDeliveryView>()
+        .schema_from::<WebhookAttemptView>()
+        .schema_from::<WebhookDeliveries>()
+        .schema_from::<WebhookTestQueued>()
+        .schema_from::<crate::webhooks::EventKind>()
+        .schema_from::<crate::webhooks::EventData>()
+        .schema_from::<crate::webhooks::WebhookEvent>()
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
         .build();

@@ -334,6 +334,21 @@ impl Classified {
     }
 }
 
+/// The latest of the wave opening, the assignment, the lease, the last report and the end
+/// of a deferral: what a site's silence counts from.
+pub fn last_sign_of_life(wave_opened_at: Timestamp, site: &SiteFacts) -> Timestamp {
+    [
+        site.assigned_at,
+        site.leased_at,
+        site.last_phase_at,
+        site.last_report_at,
+        site.deferred_until,
+    ]
+    .into_iter()
+    .flatten()
+    .fold(wave_opened_at, Timestamp::max)
+}
+
 /// Silent: nothing heard for `report_deadline` since the latest of the wave opening, the
 /// assignment, the lease, the last report and the end of a deferral. Failed (cannot be
 /// judged) when that moment plus the deadline overflows.
@@ -343,16 +358,7 @@ fn silence(
     site: &SiteFacts,
     now: Timestamp,
 ) -> Option<Classified> {
-    let since = [
-        site.assigned_at,
-        site.leased_at,
-        site.last_phase_at,
-        site.last_report_at,
-        site.deferred_until,
-    ]
-    .into_iter()
-    .flatten()
-    .fold(wave_opened_at, Timestamp::max);
+    let since = last_sign_of_life(wave_opened_at, site);
     let silent_from = match later(
         since,
         gate.report_deadline,

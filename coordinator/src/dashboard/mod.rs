@@ -251,6 +251,17 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
             get(pages::freeze_confirm_end),
         )
         .route("/ui/freezes/{id}/actions/end", post(pages::freeze_end))
+        .route("/ui/webhooks", get(pages::webhooks))
+        .route("/ui/webhooks/add", post(pages::webhook_add))
+        .route("/ui/webhooks/{id}", get(pages::webhook))
+        .route(
+            "/ui/webhooks/{id}/confirm/remove",
+            get(pages::webhook_confirm_remove),
+        )
+        .route(
+            "/ui/webhooks/{id}/actions/remove",
+            post(pages::webhook_remove),
+        )
         .route("/ui/audit", get(pages::audit))
         .route("/ui/live/overview", get(live::overview))
         .route("/ui/live/rollouts/{id}", get(live::rollout))

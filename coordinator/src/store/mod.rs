@@ -273,6 +273,91 @@ pub struct FreezeRecord {
     pub ended_by: Option<String>,
 }
 
+/// A webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    /// `whsec_...`: the signing secret.
+    pub secret: String,
+    /// The event types it receives ([`crate::webhooks::EventKind`] names).
+    pub kinds: Vec<String>,
+    /// `json` or `slack`.
+    pub format: String,
+    pub allow_insecure_http: bool,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// A webhook endpoint's deliveries, counted by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// One delivery (an event to one endpoint) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The `webhook-id`.
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    pub next_attempt_at: Timestamp,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A delivery due now, with what sending it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub delivery: DeliveryRecord,
+    pub url: String,
+    pub secret: String,
+    pub format: String,
+    /// The stored JSON event.
+    pub event_body: String,
+}
+
+/// One attempt to deliver, as the endpoint's delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub endpoint_id: String,
+    pub delivery_id: String,
+    pub event_type: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub at: Timestamp,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// `delivered`, `retrying` or `failed` (gave up).
+    pub outcome: String,
+}
+
+/// A site found silent in a rollout (nothing heard for the wave's report deadline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSilence {
+    pub rollout_id: String,
+    pub release_id: String,
+    pub wave: u32,
+    pub site_id: String,
+    /// Its last sign of life: the silence is counted from here (and known by it).
+    pub since: Timestamp,
+    /// When the silence was found.
+    pub at: Timestamp,
+    /// In words, e.g. `nothing heard for 12m (report deadline 10m)`.
+    pub reason: String,
+}
+
 /// Outcome of one report batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportOutcome {
@@ -557,6 +642,54 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a freeze at `at`, recording `by`; NotFound without one, Conflict when it was
     /// already ended or is over. Returns it as ended.
     fn end_freeze(&self, id: &str, at: Timestamp, by: &str) -> StoreResult<FreezeRecord>;
+
+    // Webhooks
+    /// Stores an endpoint and its audit entry in one transaction.
+    fn create_webhook(&self, webhook: &WebhookRecord, audit: &AuditRecord) -> StoreResult<()>;
+    fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
+    fn webhook(&self, id: &str) -> StoreResult<Option<WebhookRecord>>;
+    /// Deletes an endpoint with its deliveries and log, and stores the audit entry, in one
+    /// transaction; NotFound without one.
+    fn delete_webhook(&self, id: &str, audit: &AuditRecord) -> StoreResult<()>;
+    /// Stores `event` for the one endpoint `id` (whatever its filter) with its audit entry;
+    /// returns the delivery's `webhook-id`.
+    fn enqueue_webhook_test(
+        &self,
+        id: &str,
+        event: &crate::webhooks::WebhookEvent,
+        audit: &AuditRecord,
+    ) -> StoreResult<String>;
+    /// Records silences not recorded before (by rollout, site and `since`), each with its
+    /// `site.silent` event in the outbox, in one transaction; returns how many were new.
+    fn record_site_silences(&self, silences: &[SiteSilence]) -> StoreResult<usize>;
+    /// Whether some endpoint receives events of type `kind`.
+    fn webhook_subscribed(&self, kind: &str) -> StoreResult<bool>;
+    /// Each endpoint's deliveries by state.
+    fn webhook_delivery_counts(&self) -> StoreResult<BTreeMap<String, DeliveryCounts>>;
+    /// Pending deliveries due at `now`: the earliest of each endpoint not in `busy`, the
+    /// earliest first, at most `limit`.
+    fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        busy: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Records an attempt and the delivery's new state (`next_attempt_at` for a retry;
+    /// `delivered` or `failed` when `finished`), in one transaction; keeps the endpoint's
+    /// newest [`crate::webhooks::ATTEMPTS_KEPT`] attempts and finished deliveries.
+    fn record_webhook_attempt(
+        &self,
+        attempt: &AttemptRecord,
+        next_attempt_at: Option<Timestamp>,
+    ) -> StoreResult<()>;
+    /// An endpoint's newest attempts first, at most `limit`.
+    fn webhook_attempts(&self, endpoint_id: &str, limit: usize) -> StoreResult<Vec<AttemptRecord>>;
+    /// An endpoint's newest deliveries first, at most `limit`.
+    fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
 
     // The dashboard
     /// The dashboard's read model over this store's data, on access that never blocks the

@@ -23,6 +23,7 @@ pub mod paths {
     pub const ROLLOUTS: &str = "/v1/rollouts";
     pub const AUDIT: &str = "/v1/audit";
     pub const FREEZES: &str = "/v1/freezes";
+    pub const WEBHOOKS: &str = "/v1/webhooks";
 }
 
 /// What an operator token may do.
@@ -604,6 +605,130 @@ pub struct CreateFreeze {
     pub end: Timestamp,
     /// Why (shown to operators and in the audit log): 1 to 500 characters.
     pub reason: String,
+}
+
+/// How a webhook endpoint's body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The JSON event (`type`, `timestamp`, `data`).
+    #[default]
+    Json,
+    /// `{"text": "..."}`: one line for Slack's (or a compatible) incoming webhook.
+    Slack,
+}
+
+/// `POST /v1/webhooks` (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where events are POSTed: https, without user name or password.
+    pub url: String,
+    /// The event types to send (at least one): rollout.created, rollout.started,
+    /// rollout.completed, rollout.halted, rollout.rolled_back, rollout.aborted,
+    /// wave.opened, gate.awaiting_approval, site.failed, site.silent, freeze.added, freeze.ended.
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Accept a plain `http://` URL (a receiver on a trusted network only).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// What it is for (up to 200 characters).
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A webhook endpoint. Its secret is never shown again after creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookInfo {
+    /// `wh-...`
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub format: WebhookFormat,
+    pub allow_insecure_http: bool,
+    pub description: String,
+    /// The secret's prefix and last 4 characters, to tell secrets apart.
+    pub secret_hint: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    /// Deliveries waiting to be sent or retried.
+    pub pending: u64,
+    /// Deliveries answered 2xx (of those kept).
+    pub delivered: u64,
+    /// Deliveries given up after the last retry (of those kept).
+    pub failed: u64,
+}
+
+/// `POST /v1/webhooks`'s answer: the endpoint and its signing secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedWebhook {
+    pub webhook: WebhookInfo,
+    /// `whsec_` and the base64 of the key: verify each delivery's `webhook-signature` with
+    /// it. Store it now: it is never shown again.
+    pub secret: String,
+}
+
+/// `GET /v1/webhooks`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookInfo>,
+}
+
+/// One event on its way to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookDeliveryView {
+    /// The `webhook-id` header: the same on every attempt.
+    pub id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed` (gave up).
+    pub state: String,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    /// When it is tried next (pending only).
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One attempt of the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookAttemptView {
+    pub delivery_id: String,
+    pub event_type: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub at: Timestamp,
+    /// The receiver's HTTP status (none: no answer).
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// `delivered`, `retrying` or `failed` (the last attempt failed).
+    pub outcome: String,
+}
+
+/// `GET /v1/webhooks/{id}/deliveries`: the newest deliveries and attempts first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookDeliveries {
+    pub deliveries: Vec<WebhookDeliveryView>,
+    pub attempts: Vec<WebhookAttemptView>,
+}
+
+/// `POST /v1/webhooks/{id}/test`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookTestQueued {
+    /// The `webhook-id` of the test delivery (see the delivery log).
+    pub webhook_id: String,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod releases;
 mod rollouts;
 mod site;
 mod sites;
+mod webhooks;
 
 pub use assets::*;
 pub use audit::*;
@@ -27,6 +28,7 @@ pub use releases::*;
 pub use rollouts::*;
 pub use site::*;
 pub use sites::*;
+pub use webhooks::*;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -213,13 +213,20 @@ pub(super) fn record_session_nonce(
 }
 
 pub(super) fn audit(s: &SqliteStore, a: &AuditRecord) -> StoreResult<()> {
-    s.write(|tx| {
-        tx.execute(
-            "INSERT INTO audit_log (at, actor, action, target, detail, remote) VALUES (?1,?2,?3,?4,?5,?6)",
-            params![ms(a.at), a.actor, a.action, a.target, a.detail, a.remote],
-        )?;
-        Ok(())
-    })
+    s.write(|tx| insert_audit(tx, a))
+}
+
+/// Stores an audit entry inside the caller's transaction, with the webhook event it
+/// causes (if any) in the outbox.
+pub(super) fn insert_audit(tx: &rusqlite::Transaction, a: &AuditRecord) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit_log (at, actor, action, target, detail, remote) VALUES (?1,?2,?3,?4,?5,?6)",
+    )?
+    .execute(params![ms(a.at), a.actor, a.action, a.target, a.detail, a.remote])?;
+    if let Some(event) = crate::webhooks::WebhookEvent::from_audit(a) {
+        super::webhooks::enqueue(tx, &event)?;
+    }
+    Ok(())
 }
 
 pub(super) fn list_audit(

@@ -23,6 +23,7 @@ mod rollouts;
 mod rows;
 mod sites;
 mod store_impl;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v2.sql")),
         M::up(include_str!("../schema_v3.sql")),
         M::up(include_str!("../schema_v4.sql")),
+        M::up(include_str!("../schema_v5.sql")),
     ])
 }
 

@@ -193,6 +193,17 @@ pub(super) fn apply_event(
     })?;
     if row != before {
         write_rollout_row(tx, &row)?;
+        if row.failed_at.is_some() && row.failed_at != before.failed_at {
+            let event = crate::webhooks::WebhookEvent::site_failed(
+                &row.rollout_id,
+                &target,
+                row.wave,
+                site_id,
+                row.failure.as_deref(),
+                time,
+            );
+            super::webhooks::enqueue(tx, &event)?;
+        }
     }
     if fold.release_lease {
         tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?

@@ -107,6 +107,10 @@ pub(super) fn update_rollout(
         if !ro.status.is_active() {
             tx.execute("UPDATE rollout_sites SET active = 0 WHERE rollout_id = ?1", [&ro.id])?;
             tx.execute("DELETE FROM leases WHERE rollout_id = ?1", [&ro.id])?;
+            tx.execute(
+                "DELETE FROM webhook_site_silences WHERE rollout_id = ?1",
+                [&ro.id],
+            )?;
         }
         insert_decisions(tx, decisions)
     })
@@ -264,6 +268,21 @@ pub(super) fn insert_decisions(
     )?;
     for d in decisions {
         st.execute(params![d.rollout_id, ms(d.at), d.kind, d.wave, d.reason])?;
+    }
+    // The webhook events these decisions cause, in the same transaction.
+    for d in decisions {
+        if !super::webhooks::any_endpoint(tx)? {
+            break;
+        }
+        let release: Option<String> = tx
+            .prepare_cached("SELECT release_id FROM rollouts WHERE id = ?1")?
+            .query_row([&d.rollout_id], |r| r.get(0))
+            .optional()?;
+        if let Some(event) =
+            crate::webhooks::WebhookEvent::from_decision(d, release.as_deref().unwrap_or(""))
+        {
+            super::webhooks::enqueue(tx, &event)?;
+        }
     }
     Ok(())
 }

@@ -22,6 +22,72 @@ impl Store for SqliteStore {
         freezes::end(self, id, at, by)
     }
 
+    fn create_webhook(&self, w: &WebhookRecord, audit: &AuditRecord) -> StoreResult<()> {
+        webhooks::create(self, w, audit)
+    }
+
+    fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>> {
+        webhooks::list(self)
+    }
+
+    fn webhook(&self, id: &str) -> StoreResult<Option<WebhookRecord>> {
+        webhooks::get(self, id)
+    }
+
+    fn delete_webhook(&self, id: &str, audit: &AuditRecord) -> StoreResult<()> {
+        webhooks::delete(self, id, audit)
+    }
+
+    fn enqueue_webhook_test(
+        &self,
+        id: &str,
+        event: &crate::webhooks::WebhookEvent,
+        audit: &AuditRecord,
+    ) -> StoreResult<String> {
+        webhooks::enqueue_test(self, id, event, audit)
+    }
+
+    fn record_site_silences(&self, silences: &[SiteSilence]) -> StoreResult<usize> {
+        webhooks::record_site_silences(self, silences)
+    }
+
+    fn webhook_subscribed(&self, kind: &str) -> StoreResult<bool> {
+        webhooks::subscribed(self, kind)
+    }
+
+    fn webhook_delivery_counts(&self) -> StoreResult<BTreeMap<String, DeliveryCounts>> {
+        webhooks::counts(self)
+    }
+
+    fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        busy: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        webhooks::due(self, now, busy, limit)
+    }
+
+    fn record_webhook_attempt(
+        &self,
+        attempt: &AttemptRecord,
+        next_attempt_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        webhooks::record_attempt(self, attempt, next_attempt_at)
+    }
+
+    fn webhook_attempts(&self, endpoint_id: &str, limit: usize) -> StoreResult<Vec<AttemptRecord>> {
+        webhooks::attempts(self, endpoint_id, limit)
+    }
+
+    fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        webhooks::deliveries(self, endpoint_id, limit)
+    }
+
     fn ping(&self) -> StoreResult<()> {
         access::ping(self)
     }
