@@ -789,6 +789,8 @@ async fn a_failed_site_is_retried_from_the_rollout_page() {
     assert_eq!(s, StatusCode::CONFLICT, "{page}");
     assert!(page.contains("no failed site to retry"), "{page}");
     h.stop().await;
+}
+
 #[tokio::test]
 async fn webhooks_page_is_for_admins_shows_the_secret_once_and_removes_after_confirming() {
     let h = Harness::new().await;
