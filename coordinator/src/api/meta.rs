@@ -59,15 +59,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     let stuck = app.db.run(|s| s.count_sites_rollback_failed()).await?;
     app.metrics.sites_rollback_failed.set(stuck as i64);
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
-    for state in [
-        RolloutStatus::Pending,
-        RolloutStatus::Running,
-        RolloutStatus::Paused,
-        RolloutStatus::Halted,
-        RolloutStatus::Completed,
-        RolloutStatus::Aborted,
-        RolloutStatus::RolledBack,
-    ] {
+    for state in RolloutStatus::ALL {
         let n = rollouts.iter().filter(|r| r.status == state).count();
         app.metrics
             .rollouts
