@@ -1,5 +1,7 @@
 //! The rollout list, one rollout's page, and its controls (confirm, then act).
 
+use fleetwave_shared::protocol::operator::PlanPreview;
+
 use super::*;
 
 pub(super) struct RolloutListRow {
@@ -55,6 +57,76 @@ pub(super) struct RolloutPage {
     /// (action, label, href, shown now)
     controls: Vec<(String, String, String, bool)>,
     legend: Vec<(String, String)>,
+    /// "2026-12-05 01:00:00 UTC (2026-12-05 02:00 CET (Europe/Berlin))" before a rollout
+    /// with a start_at starts; empty otherwise.
+    starts_at: String,
+    /// The dry run of the plan, before the rollout starts.
+    preview: Option<PreviewView>,
+}
+
+/// A plan preview as the dashboard shows it.
+pub(super) struct PreviewView {
+    at: String,
+    /// (index, name, count, first sites, earliest open, why)
+    waves: Vec<(u32, String, u64, String, String, String)>,
+    /// (reason, count, first sites with details)
+    excluded: Vec<(String, u64, String)>,
+    refused: String,
+    notes: Vec<String>,
+}
+
+impl PreviewView {
+    pub(super) fn of(p: &PlanPreview) -> PreviewView {
+        let first = |ids: Vec<String>, total: u64| {
+            let more = total.saturating_sub(ids.len() as u64);
+            let mut text = ids.join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        PreviewView {
+            at: when(Some(p.at)),
+            waves: p
+                .waves
+                .iter()
+                .map(|w| {
+                    (
+                        w.index,
+                        w.name.clone(),
+                        w.count,
+                        first(w.sites.iter().take(20).cloned().collect(), w.count),
+                        w.earliest_open
+                            .map(|t| when(Some(t)))
+                            .unwrap_or_else(|| "unknown".into()),
+                        w.earliest_open_reason.clone(),
+                    )
+                })
+                .collect(),
+            excluded: p
+                .excluded
+                .iter()
+                .map(|g| {
+                    let ids = g
+                        .sites
+                        .iter()
+                        .take(20)
+                        .map(|s| match &s.detail {
+                            Some(d) => format!("{} ({d})", s.site_id),
+                            None => s.site_id.clone(),
+                        })
+                        .collect();
+                    (
+                        g.reason.as_str().replace('_', " "),
+                        g.count,
+                        first(ids, g.count),
+                    )
+                })
+                .collect(),
+            refused: p.refused.clone().unwrap_or_default(),
+            notes: p.notes.clone(),
+        }
+    }
 }
 
 pub(super) const CONTROLS: [(&str, &str); 6] = [
@@ -100,7 +172,24 @@ pub async fn rollout(
             )
         })
         .collect();
+    // Before it starts, the page shows what its plan would do now (a dry run, nothing
+    // stored).
+    let preview = if matches!(m.status, "pending" | "scheduled") {
+        Some(dash.app.engine.preview_rollout(&m.id).await?)
+    } else {
+        None
+    };
+    let starts_at = preview
+        .as_ref()
+        .and_then(|p| p.start_at.as_ref())
+        .map(|s| match &s.zone {
+            Some(_) => format!("{} ({})", when(Some(s.at)), s.local),
+            None => when(Some(s.at)),
+        })
+        .unwrap_or_default();
     html(RolloutPage {
+        starts_at,
+        preview: preview.as_ref().map(PreviewView::of),
         nav: nav(&who, "rollouts"),
         total_bar: bar_svg(&format!("{}.total", m.id), &m.total_segments),
         waves,
@@ -148,7 +237,14 @@ pub async fn confirm(
         .ok_or_else(|| ApiError::not_found(format!("no rollout action {action:?}")))?;
     let m = dash.rollout_model(&id, true).await?;
     let question = match action.as_str() {
-        "start" => format!("Start rollout {}? Its first wave opens now.", m.id),
+        "start" if m.status == "scheduled" => format!(
+            "Start rollout {} now, ahead of its plan's start_at? Its first wave opens now.",
+            m.id
+        ),
+        "start" => format!(
+            "Start rollout {}? Its first wave opens now, or at its plan's start_at when that is later (it waits as scheduled until then).",
+            m.id
+        ),
         "pause" => format!(
             "Pause rollout {}? No new wave opens and no lease is granted until it resumes; installs already running finish.",
             m.id
