@@ -332,8 +332,8 @@ fn after_wave(
     EarliestOpen {
         at,
         reason: format!(
-            "wave {index} ({name}) needs {need} of {n} site(s) to succeed: the {need}th can \
-             install at {installed}{constraints}, then bakes {bake}{approval}"
+            "wave {index} ({name}) needs {need} of {n} site(s) to succeed: the first {need} \
+             can have installed by {installed}{constraints}, then bake {bake}{approval}"
         ),
     }
 }

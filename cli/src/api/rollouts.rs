@@ -1003,7 +1003,9 @@ mod tests {
         for status in S::ALL {
             let code = watch_exit_code(status);
             match status {
-                S::Pending | S::Running | S::Paused => assert_eq!(code, None, "{status}"),
+                S::Pending | S::Scheduled | S::Running | S::Paused => {
+                    assert_eq!(code, None, "{status}")
+                }
                 S::Completed => assert_eq!(code, Some(0)),
                 S::Halted | S::RolledBack | S::Aborted => {
                     let code = code.unwrap();
