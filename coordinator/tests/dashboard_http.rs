@@ -825,3 +825,81 @@ async fn a_created_rollout_page_previews_its_plan_and_shows_when_it_starts() {
 fn model_when(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
+
+#[tokio::test]
+async fn operators_check_a_pasted_plan_on_the_rollouts_page_without_storing_it() {
+    let h = Harness::new().await;
+    let alice = h.token("alice", "operator").await;
+    let victor = h.token("victor", "viewer").await;
+    h.publish("2.5.0", 25).await;
+    Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    Agent::enroll(&h, "store-2", json!({"region": "us"})).await;
+    let plan = "name = \"eu first\"\nrelease = \"pos-2.5.0\"\n[[waves]]\nname = \"eu\"\n\
+                selector = { region = \"eu\" }\n[[waves]]\nname = \"rest\"\n";
+
+    // A viewer has no form and is refused the check.
+    let mut viewer = WebClient::new(&h);
+    let viewer_csrf = viewer.login(&victor).await;
+    let (_, _, page) = viewer.get("/ui/rollouts").await;
+    assert!(!page.contains("id=\"check-plan\""), "{page}");
+    let (s, _, _) = viewer
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &viewer_csrf), ("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let mut web = WebClient::new(&h);
+    let csrf = web.login(&alice).await;
+    let (_, _, page) = web.get("/ui/rollouts").await;
+    assert!(page.contains("id=\"check-plan\""), "{page}");
+    // Without the CSRF token: refused.
+    let (s, _, _) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _, page) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &csrf), ("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let wave0 = &page[page.find("id=\"preview-wave-0\"").unwrap()..];
+    assert!(
+        wave0[..wave0.find("</tr>").unwrap()].contains("<td>eu</td><td>1</td>")
+            && wave0.contains("store-1"),
+        "{page}"
+    );
+    // The form comes back with the plan in it, to change and check again.
+    assert!(page.contains("name = &#34;eu first&#34;"), "{page}");
+
+    // An invalid plan: the coordinator's message, naming the field, and the plan kept.
+    let broken = plan.replace(
+        "[[waves]]\nname = \"eu\"",
+        "[[waves]]\nname = \"eu\"\nshare = 0",
+    );
+    let (s, _, page) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &csrf), ("plan", &broken), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = &page[page.find("id=\"plan-error\"").unwrap()..];
+    assert!(
+        error[..error.find("</p>").unwrap()].contains("waves[0].share"),
+        "{page}"
+    );
+    assert!(page.contains("share = 0"), "{page}");
+
+    // Nothing was created.
+    let (_, v) = h.get("/v1/rollouts", &h.admin).await;
+    assert_eq!(v["rollouts"], json!([]), "{v}");
+    h.stop().await;
+}

@@ -18,6 +18,10 @@ pub(super) struct RolloutListRow {
 pub(super) struct RolloutsPage {
     nav: Nav,
     rows: Vec<RolloutListRow>,
+    can_operate: bool,
+    /// The "check a plan" form starts empty, in TOML.
+    plan_text: String,
+    json: bool,
 }
 
 /// `GET /ui/rollouts`
@@ -25,6 +29,9 @@ pub async fn rollouts(State(dash): State<DashState>, who: SignedIn) -> PageResul
     let mut all = dash.app.db.run(|s| s.list_rollouts()).await?;
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     html(RolloutsPage {
+        can_operate: who.can_operate(),
+        plan_text: String::new(),
+        json: false,
         nav: nav(&who, "rollouts"),
         rows: all
             .into_iter()
@@ -137,6 +144,67 @@ pub(super) const CONTROLS: [(&str, &str); 6] = [
     ("abort", "Abort"),
     ("rollback", "Roll back"),
 ];
+
+#[derive(Template)]
+#[template(path = "plan_check.html")]
+pub(super) struct PlanCheckPage {
+    nav: Nav,
+    plan_text: String,
+    json: bool,
+    /// Why the plan was refused (empty: it was not).
+    error: String,
+    preview: Option<PreviewView>,
+}
+
+/// The "check a plan" form: the plan's text and its format (`toml` or `json`).
+#[derive(Deserialize, Default)]
+pub struct PlanCheckForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    format: String,
+}
+
+/// `POST /ui/rollouts/preview`: a pasted plan's dry run (as `POST /v1/rollouts/plan`,
+/// operator role), shown with the form to change and check it again. Stores nothing.
+pub async fn plan_check(
+    State(dash): State<DashState>,
+    who: SignedIn,
+    Form(form): Form<PlanCheckForm>,
+) -> PageResult {
+    who.check_csrf(&form.csrf)?;
+    who.op.require(Permission::Operate)?;
+    let (format, json) = match form.format.as_str() {
+        "json" => (fleetwave_shared::protocol::operator::PlanFormat::Json, true),
+        "toml" | "" => (
+            fleetwave_shared::protocol::operator::PlanFormat::Toml,
+            false,
+        ),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "format {other:?} is not a plan format: use toml or json"
+            ))
+            .into());
+        }
+    };
+    let (status, preview, error) = match dash.app.engine.preview_plan(&form.plan, format).await {
+        Ok(p) => (StatusCode::OK, Some(PreviewView::of(&p)), String::new()),
+        Err(crate::engine::EngineError::InvalidPlan(why)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, None, why)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let page = html(PlanCheckPage {
+        nav: nav(&who, "rollouts"),
+        plan_text: form.plan,
+        json,
+        error,
+        preview,
+    })?;
+    Ok((status, page).into_response())
+}
 
 /// `GET /ui/rollouts/{id}`
 pub async fn rollout(
