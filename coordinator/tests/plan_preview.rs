@@ -226,6 +226,12 @@ start_at = "START"
 name = "all"
 "#;
 
+/// Runs one wave controller pass now (the controller loop runs its own too).
+async fn controller_pass(h: &Harness) {
+    let app = h.running.as_ref().unwrap().app.clone();
+    app.engine.tick_all().await.unwrap();
+}
+
 async fn status(h: &Harness, id: &str) -> Value {
     h.rollout(id).await
 }
@@ -260,12 +266,15 @@ async fn a_scheduled_rollout_starts_itself_at_its_start_at() {
             .starts_with("starts at"),
         "{v}"
     );
-    // Nothing is assigned while it waits.
+    // Nothing is assigned while it waits, whatever the controller passes in between.
+    controller_pass(&h).await;
+    h.clock.advance(Duration::from_secs(30 * 60));
+    controller_pass(&h).await;
     assert_eq!(agent.poll(&h).await, None);
     assert_eq!(status(&h, &id).await["status"], "scheduled");
 
     // Its start_at comes: the controller starts it and says so in the timeline.
-    h.clock.advance(Duration::from_secs(2 * 3600 + 1));
+    h.clock.advance(Duration::from_secs(90 * 60 + 1));
     let v = eventually("the controller to start the rollout", || {
         let (h, id) = (&h, &id);
         async move {
@@ -315,6 +324,8 @@ async fn a_scheduled_rollout_can_be_aborted_or_started_early() {
         "{v}"
     );
     h.clock.advance(Duration::from_secs(6 * 3600));
+    controller_pass(&h).await;
+    assert_eq!(status(&h, &id).await["status"], "aborted");
 
     // Started early by an operator: runs at once, audited, and the timeline says so.
     let start = (h.clock.now() + SignedDuration::from_hours(5))
