@@ -1234,3 +1234,98 @@ fn webhooks_add_list_show_remove_with_the_secret_shown_once() {
     );
     assert!(!audit.contains(&secret), "{audit}");
 }
+
+#[test]
+fn rollout_plan_prints_the_wave_table_stores_nothing_and_fails_on_an_invalid_plan() {
+    let c = Coordinator::start();
+    publish_app_release(&c);
+    c.enroll("pig-1", &["case=plan", "cohort=pig", "tz=Europe/Berlin"]);
+    c.enroll("store-1", &["case=plan", "tz=America/New_York"]);
+    c.enroll("kiosk-1", &["case=other"]);
+    // A day ahead, as a local time in Berlin.
+    let start = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24))
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+        .datetime()
+        .round(jiff::Unit::Minute)
+        .unwrap();
+    let plan = format!(
+        "name = \"checked\"\nrelease = \"app-1.0.0\"\nselector = {{ case = \"plan\" }}\n\
+         start_at = \"{start}[Europe/Berlin]\"\nwindow = {{ start = \"02:00\", end = \"05:00\" }}\n\n\
+         [[waves]]\nname = \"pigs\"\nselector = {{ cohort = \"pig\" }}\ngate = {{ bake = \"1h\" }}\n\n\
+         [[waves]]\nname = \"rest\"\n"
+    );
+    std::fs::write(c.dir.path().join("checked.toml"), &plan).unwrap();
+
+    let text = c.ok(&["rollout", "plan", "checked.toml"]);
+    assert!(
+        text.contains("plan \"checked\"  release app-1.0.0  2 of 3 site(s) selected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("starts at ") && text.contains("(Europe/Berlin)"),
+        "{text}"
+    );
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for wave {name}: {text}"))
+            .to_string()
+    };
+    assert!(
+        row("pigs").contains(" 1 ") && row("pigs").ends_with("pig-1"),
+        "{text}"
+    );
+    assert!(row("rest").ends_with("store-1"), "{text}");
+    assert!(
+        text.contains("1 no match: kiosk-1 (the rollout's selector is case=plan)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("window 02:00-05:00 in Europe/Berlin"),
+        "{text}"
+    );
+    assert!(text.contains("lower bound"), "{text}");
+
+    let json = c.ok(&["rollout", "plan", "checked.toml", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["waves"][1]["sites"],
+        serde_json::json!(["store-1"]),
+        "{v}"
+    );
+    assert_eq!(v["start_at"]["zone"], "Europe/Berlin", "{v}");
+    // Nothing was stored.
+    assert_eq!(
+        c.json(&["rollout", "list"])["rollouts"],
+        serde_json::json!([])
+    );
+
+    // An invalid plan: exit 1, one line naming the field, as creation would.
+    std::fs::write(
+        c.dir.path().join("broken.toml"),
+        plan.replace("bake = \"1h\"", "bake = \"forever\""),
+    )
+    .unwrap();
+    let err = fails(c.run(&["rollout", "plan", "broken.toml"]), 1);
+    assert!(
+        err.contains("422 invalid_plan") && err.contains("waves[0].gate.bake"),
+        "{err}"
+    );
+    let err = fails(c.run(&["rollout", "plan", "missing.toml"]), 2);
+    assert!(err.contains("missing.toml"), "{err}");
+
+    // Created and started, it waits for its start_at; status says when, in both zones.
+    let created = c.json(&["rollout", "create", "checked.toml", "--start"]);
+    assert_eq!(created["status"], "scheduled", "{created}");
+    let id = created["id"].as_str().unwrap();
+    let status = c.ok(&["rollout", "status", id]);
+    assert!(status.contains("status SCHEDULED"), "{status}");
+    assert!(
+        status.contains("starts at ")
+            && status.contains("UTC (")
+            && status.contains("(Europe/Berlin)"),
+        "{status}"
+    );
+}

@@ -23,6 +23,7 @@ pub mod liveness;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
+pub mod plan_preview;
 pub mod poll_cache;
 pub mod retention;
 pub mod server;

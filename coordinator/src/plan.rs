@@ -384,6 +384,11 @@ pub struct RolloutPlan {
     /// any time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// When the rollout starts itself: RFC 3339 (`2026-12-05T02:00:00Z`) or a local time
+    /// with an IANA zone (`2026-12-05T02:00:00[Europe/Berlin]`). None: it starts when an
+    /// operator starts it. See [`StartAt`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<StartAt>,
     /// How long each signed assignment stays valid; re-issued before it runs out while the
     /// rollout is active. Default 7d.
     #[serde(default = "defaults::assignment_ttl", with = "duration")]
@@ -407,6 +412,103 @@ impl RolloutPlan {
     /// to an equal plan. Servers store this normalized form.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+}
+
+/// When a rollout starts itself: the instant, and the zone the plan named it in.
+///
+/// Written as RFC 3339 with an offset (`2026-12-05T02:00:00Z`, `...+01:00`) or as a local
+/// civil time with an IANA zone in brackets (`2026-12-05T02:00:00[Europe/Berlin]`, jiff's
+/// and RFC 9557's syntax; an offset before the bracket must agree with the zone).
+/// Daylight-saving changes follow one rule, the "compatible" one of RFC 5545 and
+/// Temporal: a local time that does not exist (skipped when clocks spring forward) moves
+/// forward by the length of the gap (02:30 on the spring-forward night in Berlin is 03:30
+/// CEST); a local time that occurs twice (when clocks fall back) is the first, earlier
+/// occurrence (02:30 on the fall-back night in Berlin is 02:30 CEST, 00:30 UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartAt {
+    /// The instant.
+    pub at: jiff::Timestamp,
+    /// The IANA zone the plan gave, if it gave one.
+    pub zone: Option<String>,
+    /// The value as the plan wrote it (written back unchanged).
+    pub text: String,
+}
+
+impl StartAt {
+    /// Reads a `start_at` value; the error says what is wrong and what to write instead.
+    pub fn parse(text: &str) -> Result<StartAt, String> {
+        use jiff::fmt::temporal::DateTimeParser;
+        use jiff::tz::{Disambiguation, OffsetConflict};
+        let trimmed = text.trim();
+        let example = "write it as RFC 3339 (\"2026-12-05T02:00:00Z\") or as a local time with \
+                       an IANA zone (\"2026-12-05T02:00:00[Europe/Berlin]\")";
+        let Some(open) = trimmed.find('[') else {
+            return match trimmed.parse::<jiff::Timestamp>() {
+                Ok(at) => Ok(StartAt {
+                    at,
+                    zone: None,
+                    text: text.to_string(),
+                }),
+                Err(_) if trimmed.parse::<jiff::civil::DateTime>().is_ok() => Err(format!(
+                    "{text:?} has no offset or zone, so it names no instant; add \"Z\" for UTC \
+                     or a zone such as \"[Europe/Berlin]\""
+                )),
+                Err(_) => Err(format!("{text:?} is not a time; {example}")),
+            };
+        };
+        let Some(name) = trimmed[open + 1..].strip_suffix(']') else {
+            return Err(format!(
+                "{text:?}: the zone in brackets is not closed by \"]\"; {example}"
+            ));
+        };
+        if fleetwave_shared::window::zone(name).is_err() {
+            return Err(format!(
+                "{text:?}: {name:?} is not a known IANA time zone (such as Europe/Berlin or \
+                 America/New_York)"
+            ));
+        }
+        static PARSER: DateTimeParser = DateTimeParser::new()
+            .disambiguation(Disambiguation::Compatible)
+            .offset_conflict(OffsetConflict::Reject);
+        let zoned = PARSER
+            .parse_zoned(trimmed)
+            .map_err(|e| format!("{text:?} is not a time: {e}; {example}"))?;
+        Ok(StartAt {
+            at: zoned.timestamp(),
+            zone: Some(name.to_string()),
+            text: text.to_string(),
+        })
+    }
+
+    /// The instant in the plan's zone (UTC when it gave none), e.g.
+    /// `2026-12-05 02:00 CET (Europe/Berlin)`.
+    pub fn local(&self) -> String {
+        match self
+            .zone
+            .as_deref()
+            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+        {
+            Some(tz) => format!(
+                "{} ({})",
+                self.at.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z"),
+                self.zone.as_deref().unwrap_or_default()
+            ),
+            None => self.at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+impl Serialize for StartAt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StartAt::parse(&text).map_err(de::Error::custom)
     }
 }
 
@@ -440,6 +542,12 @@ pub mod defaults {
     pub fn assignment_ttl() -> SignedDuration {
         SignedDuration::from_hours(7 * 24)
     }
+}
+
+/// A plan duration as plans write it: whole days as `"7d"`, anything else in jiff's
+/// friendly format (`"1h 30m"`).
+pub fn display_duration(d: SignedDuration) -> String {
+    duration::display(d)
 }
 
 /// Durations are strings in jiff's friendly format ("30s", "10m", "1h 30m"), ISO 8601
@@ -490,6 +598,48 @@ mod duration {
         }
         trimmed.parse::<SignedDuration>().map_err(|_| bad())
     }
+}
+
+/// Parses and validates a plan about to be created (or previewed) at `now`:
+/// [`parse_plan`], and the rules that depend on the time: `start_at` is after `now` and at
+/// most [`MAX_PLAN_DURATION`] ahead. A stored plan is read back with [`parse_plan`], as its
+/// `start_at` passes.
+pub fn parse_new_plan(
+    text: &str,
+    format: PlanFormat,
+    now: jiff::Timestamp,
+) -> Result<RolloutPlan, PlanError> {
+    let plan = parse_plan(text, format)?;
+    if let Some(start) = &plan.start_at {
+        let problem = if start.at <= now {
+            Some(format!(
+                "{} ({}) is in the past (now is {}); give a later time or leave start_at out \
+                 and start the rollout yourself",
+                start.text,
+                start.at,
+                now.round(jiff::Unit::Second).unwrap_or(now)
+            ))
+        } else if start.at.duration_since(now) > MAX_PLAN_DURATION {
+            Some(format!(
+                "{} is more than {} ahead",
+                start.text,
+                duration::display(MAX_PLAN_DURATION)
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            let path = vec![Seg::Key("start_at")];
+            let (line, column) = locate(text, format, &path);
+            return Err(PlanError::Invalid {
+                path: render_path(&path),
+                line,
+                column,
+                message,
+            });
+        }
+    }
+    Ok(plan)
 }
 
 /// Parses and validates a plan. Errors name the line and the field path.
@@ -1306,5 +1456,90 @@ mod tests {
             SignedDuration::from_hours(48)
         );
         assert!(duration::parse("soon").is_err());
+    }
+
+    fn with_start(start: &str) -> String {
+        format!(
+            "name = \"x\"\nrelease = \"r-1\"\nstart_at = \"{start}\"\n[[waves]]\nname = \"all\"\n"
+        )
+    }
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn start_at_reads_rfc3339_and_zoned_local_times() {
+        let p = parse_plan(&with_start("2026-12-05T02:00:00Z"), PlanFormat::Toml).unwrap();
+        let s = p.start_at.unwrap();
+        assert_eq!((s.at, s.zone), (ts("2026-12-05T02:00:00Z"), None));
+        let p = parse_plan(
+            &with_start("2026-12-05T02:00:00[Europe/Berlin]"),
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        let s = p.start_at.clone().unwrap();
+        assert_eq!(s.at, ts("2026-12-05T01:00:00Z"), "CET is UTC+1");
+        assert_eq!(s.zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(s.local(), "2026-12-05 02:00 CET (Europe/Berlin)");
+        // Written back as given, and read back to the same plan.
+        let again = parse_plan(&p.to_json(), PlanFormat::Json).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn start_at_in_a_daylight_saving_gap_moves_forward_and_in_a_fold_takes_the_first() {
+        // Berlin springs forward at 02:00 on 2026-03-29: 02:30 does not exist; it is read
+        // as 03:30 CEST (the gap's length later), 01:30 UTC.
+        let gap = StartAt::parse("2026-03-29T02:30:00[Europe/Berlin]").unwrap();
+        assert_eq!(gap.at, ts("2026-03-29T01:30:00Z"));
+        // Berlin falls back at 03:00 on 2026-10-25: 02:30 happens twice; the first (CEST).
+        let fold = StartAt::parse("2026-10-25T02:30:00[Europe/Berlin]").unwrap();
+        assert_eq!(fold.at, ts("2026-10-25T00:30:00Z"));
+        // An explicit offset picks the second one, and must agree with the zone.
+        let second = StartAt::parse("2026-10-25T02:30:00+01:00[Europe/Berlin]").unwrap();
+        assert_eq!(second.at, ts("2026-10-25T01:30:00Z"));
+        assert!(StartAt::parse("2026-12-05T02:00:00+05:00[Europe/Berlin]").is_err());
+    }
+
+    #[test]
+    fn bad_start_at_names_the_key_and_what_to_write() {
+        for (value, want) in [
+            (
+                "2026-12-05T02:00:00[Mars/Olympus]",
+                "not a known IANA time zone",
+            ),
+            ("2026-12-05T02:00:00", "has no offset or zone"),
+            ("tomorrow at two", "is not a time"),
+            ("2026-12-05T02:00:00[Europe/Berlin", "not closed"),
+            ("2026-13-05T02:00:00[Europe/Berlin]", "is not a time"),
+        ] {
+            let e = toml_err(&with_start(value));
+            assert_eq!(e.path(), "start_at", "{value}: {e}");
+            assert_eq!(e.line(), Some(3), "{value}: {e}");
+            assert!(e.to_string().contains(want), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_new_plan_refuses_a_start_at_in_the_past_or_too_far_ahead() {
+        let now = ts("2026-12-04T18:00:00Z");
+        let text = with_start("2026-12-04T17:59:00Z");
+        assert!(
+            parse_plan(&text, PlanFormat::Toml).is_ok(),
+            "stored plans read back"
+        );
+        let e = parse_new_plan(&text, PlanFormat::Toml, now).unwrap_err();
+        assert_eq!((e.path(), e.line()), ("start_at", Some(3)), "{e}");
+        assert!(e.to_string().contains("is in the past"), "{e}");
+        let e =
+            parse_new_plan(&with_start("2028-01-01T00:00:00Z"), PlanFormat::Toml, now).unwrap_err();
+        assert!(e.to_string().contains("more than 365d ahead"), "{e}");
+        let ok = parse_new_plan(
+            &with_start("2026-12-05T02:00:00[Europe/Berlin]"),
+            PlanFormat::Toml,
+            now,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -904,3 +904,173 @@ async fn webhooks_page_is_for_admins_shows_the_secret_once_and_removes_after_con
     );
     assert!(!audit.contains(&secret));
 }
+
+#[tokio::test]
+async fn a_created_rollout_page_previews_its_plan_and_shows_when_it_starts() {
+    let h = Harness::new().await;
+    let victor = h.token("victor", "viewer").await;
+    h.publish("2.5.0", 25).await;
+    Agent::enroll(&h, "pig-1", json!({"cohort": "pig", "tz": "Europe/Berlin"})).await;
+    Agent::enroll(&h, "store-1", json!({})).await;
+    Agent::enroll(&h, "store-old", json!({})).await;
+    let (s, _) = h
+        .post("/v1/sites/store-old/decommission", &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let start = (h.clock.now() + jiff::SignedDuration::from_hours(3))
+        .round(jiff::Unit::Second)
+        .unwrap();
+    let local = start
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+        .datetime();
+    let plan = format!(
+        "name = \"pos 2.5\"\nrelease = \"pos-2.5.0\"\nstart_at = \"{local}[Europe/Berlin]\"\n\
+         [[waves]]\nname = \"pigs\"\nselector = {{ cohort = \"pig\" }}\ngate = {{ bake = \"1h\" }}\n\
+         [[waves]]\nname = \"rest\"\n"
+    );
+    let id = h.create_rollout(&plan).await;
+    let mut web = WebClient::new(&h);
+    web.login(&victor).await;
+    let page_of = |page: &str, id: &str| -> String {
+        let from = page
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no #{id}: {page}"));
+        let rest = &page[from..];
+        rest[..rest.find("</").unwrap()].to_string()
+    };
+
+    let (s, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("id=\"preview\""), "{page}");
+    let wave0 = &page[page.find("id=\"preview-wave-0\"").unwrap()..];
+    let wave0 = &wave0[..wave0.find("</tr>").unwrap()];
+    assert!(
+        wave0.contains("<td>pigs</td><td>1</td>") && wave0.contains("pig-1"),
+        "{wave0}"
+    );
+    let opens = model_when(start);
+    assert!(
+        wave0.contains(&opens),
+        "wave 0 opens at the start_at {opens}: {wave0}"
+    );
+    let wave1 = &page[page.find("id=\"preview-wave-1\"").unwrap()..];
+    let wave1 = &wave1[..wave1.find("</tr>").unwrap()];
+    assert!(wave1.contains("store-1"), "{wave1}");
+    assert!(
+        wave1.contains(&model_when(start + jiff::SignedDuration::from_hours(1))),
+        "wave 1 one bake later: {wave1}"
+    );
+    let excluded = &page[page.find("id=\"preview-excluded\"").unwrap()..];
+    assert!(
+        excluded[..excluded.find("</ul>").unwrap()].contains("1 decommissioned</b>: store-old"),
+        "{excluded}"
+    );
+    assert!(page.contains("lower bound"), "{page}");
+    let starts = page_of(&page, "starts-at");
+    assert!(
+        starts.contains(&model_when(start)) && starts.contains("(Europe/Berlin)"),
+        "{starts}"
+    );
+
+    // Scheduled: still previewed, with when it starts; running: no preview any more.
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("scheduled"))
+    );
+    let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    assert!(page.contains("id=\"preview\"") && page.contains("id=\"starts-at\""));
+    h.post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    // Past the page model's freshness (the coordinator's clock, moved).
+    h.clock.advance(Duration::from_secs(2));
+    let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    assert!(page.contains("status-running"), "{page}");
+    assert!(!page.contains("id=\"preview\"") && !page.contains("id=\"starts-at\""));
+    h.stop().await;
+}
+
+/// A time as the dashboard writes it.
+fn model_when(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+#[tokio::test]
+async fn operators_check_a_pasted_plan_on_the_rollouts_page_without_storing_it() {
+    let h = Harness::new().await;
+    let alice = h.token("alice", "operator").await;
+    let victor = h.token("victor", "viewer").await;
+    h.publish("2.5.0", 25).await;
+    Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    Agent::enroll(&h, "store-2", json!({"region": "us"})).await;
+    let plan = "name = \"eu first\"\nrelease = \"pos-2.5.0\"\n[[waves]]\nname = \"eu\"\n\
+                selector = { region = \"eu\" }\n[[waves]]\nname = \"rest\"\n";
+
+    // A viewer has no form and is refused the check.
+    let mut viewer = WebClient::new(&h);
+    let viewer_csrf = viewer.login(&victor).await;
+    let (_, _, page) = viewer.get("/ui/rollouts").await;
+    assert!(!page.contains("id=\"check-plan\""), "{page}");
+    let (s, _, _) = viewer
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &viewer_csrf), ("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let mut web = WebClient::new(&h);
+    let csrf = web.login(&alice).await;
+    let (_, _, page) = web.get("/ui/rollouts").await;
+    assert!(page.contains("id=\"check-plan\""), "{page}");
+    // Without the CSRF token: refused.
+    let (s, _, _) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _, page) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &csrf), ("plan", plan), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let wave0 = &page[page.find("id=\"preview-wave-0\"").unwrap()..];
+    assert!(
+        wave0[..wave0.find("</tr>").unwrap()].contains("<td>eu</td><td>1</td>")
+            && wave0.contains("store-1"),
+        "{page}"
+    );
+    // The form comes back with the plan in it, to change and check again.
+    assert!(page.contains("name = &#34;eu first&#34;"), "{page}");
+
+    // An invalid plan: the coordinator's message, naming the field, and the plan kept.
+    let broken = plan.replace(
+        "[[waves]]\nname = \"eu\"",
+        "[[waves]]\nname = \"eu\"\nshare = 0",
+    );
+    let (s, _, page) = web
+        .post(
+            "/ui/rollouts/preview",
+            &[("csrf", &csrf), ("plan", &broken), ("format", "toml")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = &page[page.find("id=\"plan-error\"").unwrap()..];
+    assert!(
+        error[..error.find("</p>").unwrap()].contains("waves[0].share"),
+        "{page}"
+    );
+    assert!(page.contains("share = 0"), "{page}");
+
+    // Nothing was created.
+    let (_, v) = h.get("/v1/rollouts", &h.admin).await;
+    assert_eq!(v["rollouts"], json!([]), "{v}");
+    h.stop().await;
+}

@@ -1,4 +1,4 @@
-//! `rollout create|start|pause|resume|approve|abort|rollback|skip|status|list`: one release
+//! `rollout plan|create|start|pause|resume|approve|abort|rollback|skip|status|list`: one release
 //! through its waves, and what the operator sees of it — the waves with their counts and
 //! gate standing, and the decision timeline with reasons.
 //!
@@ -8,6 +8,8 @@
 //! The plan file is sent as written; the coordinator validates it and names the line and
 //! field at fault. A rollout's status lists only the sites that need attention (at most
 //! 200); every site is read page by page from `GET /v1/rollouts/{id}/sites`.
+//! `rollout plan FILE` is the dry run (`POST /v1/rollouts/plan`): it stores nothing, and
+//! exits non-zero on an invalid plan so CI can check plans.
 //! This module never decides anything about a rollout itself.
 
 use std::collections::BTreeMap;
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use fleetwave_shared::protocol::operator::{self as api, paths};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -25,6 +27,11 @@ use super::{Client, ConnectArgs, encode};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
+    /// Dry run of a plan file: which sites each wave would take now, which are left out
+    /// and why, the earliest each wave could open. Stores nothing; exits 1 on an invalid
+    /// plan (the coordinator names the line and field), so CI can check plans.
+    #[command(after_help = PLAN_AFTER_HELP)]
+    Plan(PlanArgs),
     /// Create a rollout from a plan file (.toml, or .json); it starts with `rollout start`.
     Create(CreateArgs),
     /// Start a created rollout: its first wave opens.
@@ -67,6 +74,44 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    /// A table of waves and the sites left out, for people.
+    Text,
+    /// The coordinator's answer as it came (`PlanPreview` in the OpenAPI document).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan: TOML, or JSON when the name ends in .json (see docs/waves.md).
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// `text` (default) or `json`; `--json` is the same as `--format json`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanOutput,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `rollout plan --help`, after the options.
+pub const PLAN_AFTER_HELP: &str = "\
+The coordinator validates the plan exactly as `rollout create` would (the same errors,
+naming the line and field), places the fleet as it is now with the real wave membership,
+and answers per wave: the sites (count and the first 50 ids), and the earliest the wave
+could open. Earliest opens are a lower bound: every gate is assumed to pass the moment
+it can (sites install as soon as their maintenance window, in their own time zone, and
+the fleet's freezes allow; none fails; approvals are immediate); start_at sets the first.
+
+Exit codes: 0 the plan is valid (the answer may still say that creating it now would be
+refused, e.g. sites in another active rollout); 1 the coordinator refused it (an invalid
+plan: the message names the line and field; or the token may not operate); 2 usage, I/O
+or connection error.
+
+Examples:
+  fleetwave rollout plan rollout.toml
+  fleetwave rollout plan rollout.toml --format json | jq '.waves[] | {name, count}'";
 
 #[derive(Debug, Args)]
 pub struct IdArgs {
@@ -159,8 +204,8 @@ pub const STATUS_AFTER_HELP: &str = "\
 With --watch, status follows the rollout until it ends. On a terminal it draws one bar
 per wave (sites done of the wave's sites, with succeeded, failed and in-progress counts)
 and prints decisions and failing sites above the bars; otherwise (a pipe, a CI log) it
-prints one plain line per change. A pending or paused rollout is still watched: it may
-be started or resumed. The exit code says how the rollout ended:
+prints one plain line per change. A pending, scheduled or paused rollout is still
+watched: it may be started or resumed. The exit code says how the rollout ended:
 
   0  completed: every wave passed its gate
   1  refused: no such rollout, or the token may not read it (one line on stderr)
@@ -187,6 +232,7 @@ pub struct ListArgs {
 
 pub fn rollout(command: RolloutCommand) -> Result<()> {
     match command {
+        RolloutCommand::Plan(args) => plan(args),
         RolloutCommand::Create(args) => create(args),
         RolloutCommand::Start(a) => act(&a.connect, &a.rollout, "start", None),
         RolloutCommand::Pause(a) => act(&a.connect, &a.rollout, "pause", reason(&a)),
@@ -231,8 +277,8 @@ fn reason(a: &ReasonArgs) -> Option<serde_json::Value> {
     })
 }
 
-/// Reads a plan file and sends it: `POST /v1/rollouts`.
-pub fn create_from_file(client: &Client, plan: &std::path::Path) -> Result<api::RolloutView> {
+/// Reads a plan file as the body of `POST /v1/rollouts` (and of its dry run).
+fn plan_body(plan: &std::path::Path) -> Result<api::CreateRollout> {
     let text = std::fs::read_to_string(plan)
         .with_context(|| format!("cannot read the plan {}", plan.display()))?;
     let format = if plan
@@ -243,7 +289,119 @@ pub fn create_from_file(client: &Client, plan: &std::path::Path) -> Result<api::
     } else {
         api::PlanFormat::Toml
     };
-    client.post(paths::ROLLOUTS, &api::CreateRollout { plan: text, format })
+    Ok(api::CreateRollout { plan: text, format })
+}
+
+/// Reads a plan file and sends it: `POST /v1/rollouts`.
+pub fn create_from_file(client: &Client, plan: &std::path::Path) -> Result<api::RolloutView> {
+    client.post(paths::ROLLOUTS, &plan_body(plan)?)
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    let body = plan_body(&args.plan)?;
+    let client = Client::connect(&args.connect)?;
+    let preview: api::PlanPreview = client.post(&format!("{}/plan", paths::ROLLOUTS), &body)?;
+    if args.connect.json || args.format == PlanOutput::Json {
+        return output::json(&preview);
+    }
+    print!("{}", render_preview(&preview));
+    Ok(())
+}
+
+/// The human view of a plan preview: the waves with their sites and earliest opens, the
+/// sites left out by reason, and what the figures mean.
+pub fn render_preview(p: &api::PlanPreview) -> String {
+    let mut out = format!(
+        "plan {:?}  release {}  {} of {} site(s) selected (as of {})\n",
+        p.name,
+        p.release_id,
+        p.selected,
+        p.fleet,
+        output::time(p.at)
+    );
+    if let Some(s) = &p.start_at {
+        out.push_str(&format!("  {}\n", starts_at_words(s)));
+    }
+    if let Some(refused) = &p.refused {
+        out.push_str(&format!("  WARNING: {refused}\n"));
+    }
+    let mut t = Table::new(&[
+        "WAVE",
+        "NAME",
+        "SITES",
+        "EARLIEST OPEN (UTC)",
+        "SITES (FIRST)",
+    ]);
+    for w in &p.waves {
+        let mut ids = w
+            .sites
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = w.count.saturating_sub(w.sites.len().min(5) as u64);
+        if more > 0 {
+            ids.push_str(&format!(" (+{more})"));
+        }
+        t.row(vec![
+            w.index.to_string(),
+            w.name.clone(),
+            w.count.to_string(),
+            w.earliest_open
+                .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            ids,
+        ]);
+    }
+    out.push_str(&t.render("  "));
+    out.push_str("why each wave opens then:\n");
+    for w in &p.waves {
+        out.push_str(&format!(
+            "  {} {}: {}\n",
+            w.index, w.name, w.earliest_open_reason
+        ));
+    }
+    if p.excluded.is_empty() {
+        out.push_str("left out: none\n");
+    } else {
+        out.push_str("left out:\n");
+        for g in &p.excluded {
+            let mut ids: Vec<String> = g
+                .sites
+                .iter()
+                .take(10)
+                .map(|s| match &s.detail {
+                    Some(d) => format!("{} ({d})", s.site_id),
+                    None => s.site_id.clone(),
+                })
+                .collect();
+            let more = g.count.saturating_sub(ids.len() as u64);
+            if more > 0 {
+                ids.push(format!("+{more} more"));
+            }
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                g.count,
+                g.reason.as_str().replace('_', " "),
+                ids.join(", ")
+            ));
+        }
+    }
+    for n in &p.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+/// "starts at 2026-12-05 01:00 UTC (2026-12-05 02:00 CET (Europe/Berlin))".
+fn starts_at_words(s: &api::StartAtView) -> String {
+    let utc = s.at.strftime("%Y-%m-%d %H:%M UTC").to_string();
+    if s.zone.is_some() {
+        format!("starts at {utc} ({})", s.local)
+    } else {
+        format!("starts at {utc}")
+    }
 }
 
 fn create(args: CreateArgs) -> Result<()> {
@@ -350,9 +508,10 @@ pub mod exit {
 /// rollout may still move (pending, running, paused), `Some(0)` when it completed.
 pub fn watch_exit_code(status: api::RolloutStatus) -> Option<u8> {
     match status {
-        api::RolloutStatus::Pending | api::RolloutStatus::Running | api::RolloutStatus::Paused => {
-            None
-        }
+        api::RolloutStatus::Pending
+        | api::RolloutStatus::Scheduled
+        | api::RolloutStatus::Running
+        | api::RolloutStatus::Paused => None,
         api::RolloutStatus::Completed => Some(0),
         api::RolloutStatus::Halted => Some(exit::HALTED),
         api::RolloutStatus::RolledBack => Some(exit::ROLLED_BACK),
@@ -641,6 +800,14 @@ pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]
         v.created_by,
         output::time(v.updated_at),
     );
+    if let Some(s) = &v.start_at
+        && matches!(
+            v.status,
+            api::RolloutStatus::Pending | api::RolloutStatus::Scheduled
+        )
+    {
+        out.push_str(&format!("  {}\n", starts_at_words(s)));
+    }
     let mut t = Table::new(&[
         "WAVE", "NAME", "SITES", "OK", "PROG", "PEND", "FAIL", "SILENT", "RB", "OPENED", "GATE",
     ]);
@@ -863,7 +1030,9 @@ mod tests {
         for status in S::ALL {
             let code = watch_exit_code(status);
             match status {
-                S::Pending | S::Running | S::Paused => assert_eq!(code, None, "{status}"),
+                S::Pending | S::Scheduled | S::Running | S::Paused => {
+                    assert_eq!(code, None, "{status}")
+                }
                 S::Completed => assert_eq!(code, Some(0)),
                 S::Halted | S::RolledBack | S::Aborted => {
                     let code = code.unwrap();
@@ -962,6 +1131,7 @@ mod tests {
             decisions: vec![],
             plan: String::new(),
             plan_format: api::PlanFormat::Toml,
+            start_at: None,
         };
         let mut with = Progress::default();
         let mut without = Progress::without_wave_lines();
@@ -1014,6 +1184,7 @@ mod tests {
             decisions: vec![],
             plan: String::new(),
             plan_format: api::PlanFormat::Toml,
+            start_at: None,
         };
         let text = render_status(&view, None);
         assert!(

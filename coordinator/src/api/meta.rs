@@ -86,15 +86,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             .set(n as i64);
     }
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;
-    for state in [
-        RolloutStatus::Pending,
-        RolloutStatus::Running,
-        RolloutStatus::Paused,
-        RolloutStatus::Halted,
-        RolloutStatus::Completed,
-        RolloutStatus::Aborted,
-        RolloutStatus::RolledBack,
-    ] {
+    for state in RolloutStatus::ALL {
         let n = rollouts.iter().filter(|r| r.status == state).count();
         app.metrics
             .rollouts

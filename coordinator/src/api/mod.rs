@@ -86,6 +86,8 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/releases/{id}", get(get_release))
         .route("/v1/roots", post(publish_root).get(list_roots))
         .route("/v1/rollouts", post(create_rollout).get(list_rollouts))
+        .route("/v1/rollouts/plan", post(preview_plan))
+        .route("/v1/rollouts/{id}/plan", get(preview_rollout))
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/sites", get(list_rollout_sites))
         .route("/v1/rollouts/{id}/export", get(export::export_rollout))

@@ -357,6 +357,22 @@ const ROUTES: &[Route] = &[
         errors: &["409", "422"],
     },
     Route {
+        method: Post,
+        path: "/v1/rollouts/plan",
+        summary: "Dry run of a plan (the same body and 422 invalid_plan answers as creating it): which sites each wave would take now, which are left out and why, and the earliest each wave could open (a lower bound: every gate passes as soon as it can). Stores nothing",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("CreateRollout"),
+        status: "200",
+        output: Output::Json("PlanPreview"),
+        errors: &["422"],
+    },
+    Route {
+        path: "/v1/rollouts/{id}/plan",
+        summary: "Dry run of a created rollout's plan over the fleet as it is now (its own sites are not counted as in another rollout). Stores nothing",
+        output: Output::Json("PlanPreview"),
+        ..VIEW
+    },
+    Route {
         path: "/v1/rollouts",
         summary: "List rollouts",
         output: Output::Json("RolloutList"),
@@ -384,7 +400,7 @@ const ROUTES: &[Route] = &[
     Route {
         method: Post,
         path: "/v1/rollouts/{id}/start",
-        summary: "Start a pending rollout",
+        summary: "Start a pending rollout (it waits as scheduled until its plan's start_at when that is later), or a scheduled one now, ahead of its start_at",
         auth: Auth::Operator("operator"),
         output: Output::Json("RolloutView"),
         errors: &["409"],
@@ -954,6 +970,12 @@ fn build() -> OpenApi {
         .schema_from::<DecisionView>()
         .schema_from::<RolloutSiteView>()
         .schema_from::<RolloutView>()
+        .schema_from::<StartAtView>()
+        .schema_from::<PlanPreview>()
+        .schema_from::<WavePreview>()
+        .schema_from::<ExclusionReason>()
+        .schema_from::<ExclusionGroup>()
+        .schema_from::<ExcludedSite>()
         .schema_from::<RolloutSiteList>()
         .schema_from::<RolloutSummary>()
         .schema_from::<RolloutList>()

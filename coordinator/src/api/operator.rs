@@ -633,6 +633,27 @@ pub async fn create_rollout(
     ))
 }
 
+/// `POST /v1/rollouts/plan`: what a plan would do now (the same body and the same 422
+/// `invalid_plan` answers as creating it), without storing anything.
+pub async fn preview_plan(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiJson(req): ApiJson<CreateRollout>,
+) -> Result<Json<PlanPreview>, ApiError> {
+    op.require(Permission::Operate)?;
+    Ok(Json(app.engine.preview_plan(&req.plan, req.format).await?))
+}
+
+/// `GET /v1/rollouts/{id}/plan`: what a created rollout's plan would do now.
+pub async fn preview_rollout(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<PlanPreview>, ApiError> {
+    op.require(Permission::Read)?;
+    Ok(Json(app.engine.preview_rollout(&id).await?))
+}
+
 pub async fn list_rollouts(
     State(app): State<AppState>,
     op: Operator,
@@ -823,6 +844,11 @@ pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<Rollou
         } else {
             PlanFormat::Toml
         },
+        start_at: l
+            .plan
+            .start_at
+            .as_ref()
+            .map(crate::plan_preview::start_at_view),
     })
 }
 

@@ -134,7 +134,7 @@ pub fn lease_decision(ctx: &LeaseContext<'_>, now: Timestamp) -> Result<(), Leas
                 PAUSED_RETRY_SECS,
             );
         }
-        RolloutStatus::Pending => {
+        RolloutStatus::Pending | RolloutStatus::Scheduled => {
             return deny(
                 R::NotAssigned,
                 format!("rollout {:?} has not started", ctx.plan.name),

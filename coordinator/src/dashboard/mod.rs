@@ -234,6 +234,7 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
         .route("/ui/", get(pages::overview))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/rollouts", get(pages::rollouts))
+        .route("/ui/rollouts/preview", post(pages::plan_check))
         .route("/ui/rollouts/{id}", get(pages::rollout))
         .route("/ui/rollouts/{id}/confirm/{action}", get(pages::confirm))
         .route("/ui/rollouts/{id}/actions/{action}", post(pages::act))

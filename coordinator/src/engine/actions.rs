@@ -9,7 +9,7 @@ use super::facts::Update;
 use super::{Engine, EngineError, Head, plan_format};
 use crate::controller;
 use crate::ids::random_hex;
-use crate::plan::parse_plan;
+use crate::plan::parse_new_plan;
 use crate::store::{ReleaseRecord, RolloutRecord, RolloutSiteRecord, SiteFilter, StoreError};
 
 impl Engine {
@@ -21,7 +21,7 @@ impl Engine {
         format: op::PlanFormat,
         actor: &str,
     ) -> Result<RolloutRecord, EngineError> {
-        let plan = parse_plan(&plan_text, plan_format(format))
+        let plan = parse_new_plan(&plan_text, plan_format(format), self.clock.now())
             .map_err(|e| EngineError::InvalidPlan(e.to_string()))?;
         let release_id = plan.release.clone();
         let release = self
@@ -211,8 +211,31 @@ impl Engine {
         let note: Option<(String, Option<u32>, String)>;
         match &action {
             Action::Start => {
-                l.record.status = WireStatus::Running;
-                note = Some(("started".into(), None, format!("started by {actor}")));
+                let start_at = l.plan.start_at.as_ref();
+                let (status, why) = match (status, start_at) {
+                    (WireStatus::Pending, Some(s)) if s.at > now => (
+                        WireStatus::Scheduled,
+                        format!(
+                            "started by {actor}: scheduled; the wave controller starts it at its \
+                             start_at {} ({})",
+                            s.at,
+                            s.local()
+                        ),
+                    ),
+                    (WireStatus::Scheduled, Some(s)) => (
+                        WireStatus::Running,
+                        format!("started early by {actor}, ahead of its start_at {}", s.at),
+                    ),
+                    _ => (WireStatus::Running, format!("started by {actor}")),
+                };
+                l.record.status_reason = match (status, start_at) {
+                    (WireStatus::Scheduled, Some(s)) => {
+                        Some(format!("starts at {} ({})", s.at, s.local()))
+                    }
+                    _ => None,
+                };
+                l.record.status = status;
+                note = Some(("started".into(), None, why));
             }
             Action::Pause(reason) => {
                 l.record.status = WireStatus::Paused;

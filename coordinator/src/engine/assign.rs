@@ -184,7 +184,10 @@ impl Engine {
             let (status, head) = self
                 .with_rollout(&rollout_id, |l| (l.record.status, Head::of(l)))
                 .await?;
-            if matches!(status, WireStatus::Aborted | WireStatus::Pending) {
+            if matches!(
+                status,
+                WireStatus::Aborted | WireStatus::Pending | WireStatus::Scheduled
+            ) {
                 continue;
             }
             for a in items {

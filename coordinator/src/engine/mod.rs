@@ -13,6 +13,7 @@
 //!   and the controller loop;
 //! - [`actions`]: creating a rollout, operators' actions, sites joining rollouts;
 //! - [`leases`]: lease decisions and grants;
+//! - `preview`: dry runs of plans (gathers the fleet for [`crate::plan_preview`]);
 //! - [`assign`]: signing, issuing and refreshing assignments (and publishing them to the
 //!   poll cache);
 //! - [`reports`]: agents' report batches and last-seen times;
@@ -33,6 +34,7 @@ pub mod facts;
 pub mod freezes;
 pub mod leases;
 mod placement;
+mod preview;
 pub mod reports;
 mod retry;
 pub mod tick;

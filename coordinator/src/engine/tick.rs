@@ -130,6 +130,14 @@ impl Engine {
         let _guard = self.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         let now = self.clock.now();
+        for r in rollouts
+            .iter()
+            .filter(|r| r.status == WireStatus::Scheduled)
+        {
+            if let Err(e) = self.start_if_due(&r.id, now).await {
+                tracing::warn!(rollout = %r.id, error = %e, "could not start a scheduled rollout; retrying on the next pass");
+            }
+        }
         let live: Vec<&str> = rollouts
             .iter()
             .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Paused))
@@ -139,6 +147,33 @@ impl Engine {
             self.tick_isolated(id, now).await;
         }
         self.forget_approval_waits_except(&live);
+        Ok(())
+    }
+
+    /// Starts a scheduled rollout whose plan's `start_at` has come, with a `started`
+    /// decision saying so, and runs its first pass. Call with the engine lock held.
+    async fn start_if_due(&self, id: &str, now: Timestamp) -> Result<(), EngineError> {
+        let (mut record, start_at) = self
+            .with_rollout(id, |l| (l.record.clone(), l.plan.start_at.clone()))
+            .await?;
+        if record.status != WireStatus::Scheduled {
+            return Ok(());
+        }
+        let why = match &start_at {
+            Some(s) if s.at > now => return Ok(()),
+            Some(s) => format!(
+                "started at its start_at {} ({}) by the wave controller",
+                s.at,
+                s.local()
+            ),
+            None => "started by the wave controller: scheduled without a start_at".to_string(),
+        };
+        record.status = WireStatus::Running;
+        record.status_reason = None;
+        record.updated_at = now;
+        self.save_rollout(&record, vec![("started".into(), None, why)], now)
+            .await?;
+        self.tick_isolated(id, now).await;
         Ok(())
     }
 

@@ -474,6 +474,127 @@ pub struct RolloutView {
     pub decisions: Vec<DecisionView>,
     pub plan: String,
     pub plan_format: PlanFormat,
+    /// When the rollout starts itself (its plan's `start_at`); absent when the plan has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<StartAtView>,
+}
+
+/// A plan's `start_at`: the instant in UTC, and as the plan wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartAtView {
+    /// The instant (UTC).
+    pub at: Timestamp,
+    /// The IANA zone the plan named it in; absent when given as RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The instant in that zone, e.g. `2026-12-05 02:00 CET (Europe/Berlin)` (UTC when the
+    /// plan gave no zone).
+    pub local: String,
+    /// The value as the plan wrote it.
+    pub text: String,
+}
+
+/// How many site ids a plan preview lists per wave and per exclusion reason (the counts
+/// are always complete).
+pub const PREVIEW_SITES: usize = 50;
+
+/// `POST /v1/rollouts/plan` and `GET /v1/rollouts/{id}/plan`: what a plan would do now,
+/// computed without storing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanPreview {
+    /// The plan's name.
+    pub name: String,
+    pub release_id: String,
+    /// When the preview was computed.
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<StartAtView>,
+    /// Every enrolled site considered (active and decommissioned).
+    pub fleet: u64,
+    /// The sites that would take part (the sum of the waves' counts).
+    pub selected: u64,
+    pub waves: Vec<WavePreview>,
+    /// The sites left out, grouped by why.
+    pub excluded: Vec<ExclusionGroup>,
+    /// Whether creating this plan now would be refused, and why (sites it selects already
+    /// belong to another active rollout); absent when creation would succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// What the figures mean (earliest opens are lower bounds; share waves' members).
+    pub notes: Vec<String>,
+}
+
+/// One wave of a plan preview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WavePreview {
+    pub index: u32,
+    pub name: String,
+    /// How many sites fall in the wave now.
+    pub count: u64,
+    /// The first [`PREVIEW_SITES`] of them by site id.
+    pub sites: Vec<String>,
+    /// How many are not listed in `sites`.
+    pub sites_omitted: u64,
+    /// The earliest the wave could open: a lower bound that assumes every earlier gate
+    /// passes the moment it can (sites install as soon as their window and the freezes
+    /// let them, none fails, approvals are immediate). Absent when it cannot be known
+    /// (an earlier wave's sites can never install, e.g. a `tz` label that is no zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_open: Option<Timestamp>,
+    /// What sets `earliest_open`, in words.
+    pub earliest_open_reason: String,
+}
+
+/// Why a site is left out of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExclusionReason {
+    /// The site is decommissioned.
+    Decommissioned,
+    /// The site belongs to another active rollout (one active rollout per site).
+    InAnotherRollout,
+    /// The site's labels do not match the plan's selector.
+    NoMatch,
+    /// A reason this build does not know (a newer coordinator).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ExclusionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExclusionReason::Decommissioned => "decommissioned",
+            ExclusionReason::InAnotherRollout => "in_another_rollout",
+            ExclusionReason::NoMatch => "no_match",
+            ExclusionReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// The sites a plan leaves out for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExclusionGroup {
+    pub reason: ExclusionReason,
+    pub count: u64,
+    /// The first [`PREVIEW_SITES`] of them by site id, each with its detail.
+    pub sites: Vec<ExcludedSite>,
+    pub sites_omitted: u64,
+}
+
+/// One site left out of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExcludedSite {
+    pub site_id: String,
+    /// E.g. `in rollout pos-2-4-1a2b`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET /v1/rollouts/{id}/sites?wave=N&state=S&after=ID&limit=N`

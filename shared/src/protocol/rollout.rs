@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum RolloutStatus {
     /// Created, not started: no assignments yet.
     Pending,
+    /// Started by an operator ahead of its plan's `start_at`: no assignments yet; the
+    /// wave controller starts it at `start_at` (an operator may start it early).
+    Scheduled,
     /// Waves open as their predecessors' gates pass.
     Running,
     /// Paused by an operator: no new wave opens, no lease is granted; gates still halt.
@@ -27,8 +30,9 @@ pub enum RolloutStatus {
 }
 
 impl RolloutStatus {
-    pub const ALL: [RolloutStatus; 7] = [
+    pub const ALL: [RolloutStatus; 8] = [
         RolloutStatus::Pending,
+        RolloutStatus::Scheduled,
         RolloutStatus::Running,
         RolloutStatus::Paused,
         RolloutStatus::Halted,
@@ -40,6 +44,7 @@ impl RolloutStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RolloutStatus::Pending => "pending",
+            RolloutStatus::Scheduled => "scheduled",
             RolloutStatus::Running => "running",
             RolloutStatus::Paused => "paused",
             RolloutStatus::Halted => "halted",
@@ -53,13 +58,14 @@ impl RolloutStatus {
         RolloutStatus::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// An active rollout (pending, running, paused, halted) holds its sites: no other
+    /// An active rollout (pending, scheduled, running, paused, halted) holds its sites: no other
     /// rollout may take them. A halted rollout waits for the operator's resume, abort or
     /// rollback.
     pub fn is_active(self) -> bool {
         matches!(
             self,
             RolloutStatus::Pending
+                | RolloutStatus::Scheduled
                 | RolloutStatus::Running
                 | RolloutStatus::Paused
                 | RolloutStatus::Halted
@@ -77,7 +83,7 @@ impl RolloutStatus {
     pub fn allows(self, action: ActionKind) -> Result<(), ActionRefused> {
         use RolloutStatus::*;
         let allowed = match action {
-            ActionKind::Start => self == Pending,
+            ActionKind::Start => matches!(self, Pending | Scheduled),
             ActionKind::Pause => self == Running,
             ActionKind::Resume => matches!(self, Paused | Halted),
             ActionKind::Approve | ActionKind::Abort | ActionKind::Skip => self.is_active(),
@@ -158,7 +164,7 @@ impl ActionKind {
     /// What the action does, as the end of "cannot ...".
     fn cannot(self) -> &'static str {
         match self {
-            ActionKind::Start => "start it (only a pending rollout starts)",
+            ActionKind::Start => "start it (only a pending or scheduled rollout starts)",
             ActionKind::Pause => "pause it (only a running rollout pauses)",
             ActionKind::Resume => "resume it (only a paused or halted rollout resumes)",
             ActionKind::Approve => "approve a wave",
@@ -267,6 +273,7 @@ mod tests {
         use RolloutStatus::*;
         let table = [
             (Pending, vec![Start, Approve, Abort, Skip]),
+            (Scheduled, vec![Start, Approve, Abort, Skip]),
             (Running, vec![Pause, Approve, Abort, Rollback, Skip, Retry]),
             (Paused, vec![Resume, Approve, Abort, Rollback, Skip, Retry]),
             (Halted, vec![Resume, Approve, Abort, Rollback, Skip, Retry]),

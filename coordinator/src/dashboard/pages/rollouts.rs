@@ -1,5 +1,7 @@
 //! The rollout list, one rollout's page, and its controls (confirm, then act).
 
+use fleetwave_shared::protocol::operator::PlanPreview;
+
 use super::*;
 
 pub(super) struct RolloutListRow {
@@ -16,6 +18,10 @@ pub(super) struct RolloutListRow {
 pub(super) struct RolloutsPage {
     nav: Nav,
     rows: Vec<RolloutListRow>,
+    can_operate: bool,
+    /// The "check a plan" form starts empty, in TOML.
+    plan_text: String,
+    json: bool,
 }
 
 /// `GET /ui/rollouts`
@@ -23,6 +29,9 @@ pub async fn rollouts(State(dash): State<DashState>, who: SignedIn) -> PageResul
     let mut all = dash.app.db.run(|s| s.list_rollouts()).await?;
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     html(RolloutsPage {
+        can_operate: who.can_operate(),
+        plan_text: String::new(),
+        json: false,
         nav: nav(&who, "rollouts"),
         rows: all
             .into_iter()
@@ -57,6 +66,76 @@ pub(super) struct RolloutPage {
     /// (action, label, href, shown now)
     controls: Vec<(String, String, String, bool)>,
     legend: Vec<(String, String)>,
+    /// "2026-12-05 01:00:00 UTC (2026-12-05 02:00 CET (Europe/Berlin))" before a rollout
+    /// with a start_at starts; empty otherwise.
+    starts_at: String,
+    /// The dry run of the plan, before the rollout starts.
+    preview: Option<PreviewView>,
+}
+
+/// A plan preview as the dashboard shows it.
+pub(super) struct PreviewView {
+    at: String,
+    /// (index, name, count, first sites, earliest open, why)
+    waves: Vec<(u32, String, u64, String, String, String)>,
+    /// (reason, count, first sites with details)
+    excluded: Vec<(String, u64, String)>,
+    refused: String,
+    notes: Vec<String>,
+}
+
+impl PreviewView {
+    pub(super) fn of(p: &PlanPreview) -> PreviewView {
+        let first = |ids: Vec<String>, total: u64| {
+            let more = total.saturating_sub(ids.len() as u64);
+            let mut text = ids.join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        PreviewView {
+            at: when(Some(p.at)),
+            waves: p
+                .waves
+                .iter()
+                .map(|w| {
+                    (
+                        w.index,
+                        w.name.clone(),
+                        w.count,
+                        first(w.sites.iter().take(20).cloned().collect(), w.count),
+                        w.earliest_open
+                            .map(|t| when(Some(t)))
+                            .unwrap_or_else(|| "unknown".into()),
+                        w.earliest_open_reason.clone(),
+                    )
+                })
+                .collect(),
+            excluded: p
+                .excluded
+                .iter()
+                .map(|g| {
+                    let ids = g
+                        .sites
+                        .iter()
+                        .take(20)
+                        .map(|s| match &s.detail {
+                            Some(d) => format!("{} ({d})", s.site_id),
+                            None => s.site_id.clone(),
+                        })
+                        .collect();
+                    (
+                        g.reason.as_str().replace('_', " "),
+                        g.count,
+                        first(ids, g.count),
+                    )
+                })
+                .collect(),
+            refused: p.refused.clone().unwrap_or_default(),
+            notes: p.notes.clone(),
+        }
+    }
 }
 
 pub(super) const CONTROLS: [(&str, &str); 6] = [
@@ -67,6 +146,67 @@ pub(super) const CONTROLS: [(&str, &str); 6] = [
     ("abort", "Abort"),
     ("rollback", "Roll back"),
 ];
+
+#[derive(Template)]
+#[template(path = "plan_check.html")]
+pub(super) struct PlanCheckPage {
+    nav: Nav,
+    plan_text: String,
+    json: bool,
+    /// Why the plan was refused (empty: it was not).
+    error: String,
+    preview: Option<PreviewView>,
+}
+
+/// The "check a plan" form: the plan's text and its format (`toml` or `json`).
+#[derive(Deserialize, Default)]
+pub struct PlanCheckForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    format: String,
+}
+
+/// `POST /ui/rollouts/preview`: a pasted plan's dry run (as `POST /v1/rollouts/plan`,
+/// operator role), shown with the form to change and check it again. Stores nothing.
+pub async fn plan_check(
+    State(dash): State<DashState>,
+    who: SignedIn,
+    Form(form): Form<PlanCheckForm>,
+) -> PageResult {
+    who.check_csrf(&form.csrf)?;
+    who.op.require(Permission::Operate)?;
+    let (format, json) = match form.format.as_str() {
+        "json" => (fleetwave_shared::protocol::operator::PlanFormat::Json, true),
+        "toml" | "" => (
+            fleetwave_shared::protocol::operator::PlanFormat::Toml,
+            false,
+        ),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "format {other:?} is not a plan format: use toml or json"
+            ))
+            .into());
+        }
+    };
+    let (status, preview, error) = match dash.app.engine.preview_plan(&form.plan, format).await {
+        Ok(p) => (StatusCode::OK, Some(PreviewView::of(&p)), String::new()),
+        Err(crate::engine::EngineError::InvalidPlan(why)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, None, why)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let page = html(PlanCheckPage {
+        nav: nav(&who, "rollouts"),
+        plan_text: form.plan,
+        json,
+        error,
+        preview,
+    })?;
+    Ok((status, page).into_response())
+}
 
 /// `GET /ui/rollouts/{id}`
 pub async fn rollout(
@@ -103,7 +243,24 @@ pub async fn rollout(
             )
         })
         .collect();
+    // Before it starts, the page shows what its plan would do now (a dry run, nothing
+    // stored).
+    let preview = if matches!(m.status, "pending" | "scheduled") {
+        Some(dash.app.engine.preview_rollout(&m.id).await?)
+    } else {
+        None
+    };
+    let starts_at = preview
+        .as_ref()
+        .and_then(|p| p.start_at.as_ref())
+        .map(|s| match &s.zone {
+            Some(_) => format!("{} ({})", when(Some(s.at)), s.local),
+            None => when(Some(s.at)),
+        })
+        .unwrap_or_default();
     html(RolloutPage {
+        starts_at,
+        preview: preview.as_ref().map(PreviewView::of),
         nav: nav(&who, "rollouts"),
         total_bar: bar_svg(&format!("{}.total", m.id), &m.total_segments),
         waves,
@@ -152,7 +309,14 @@ pub async fn confirm(
         .ok_or_else(|| ApiError::not_found(format!("no rollout action {action:?}")))?;
     let m = dash.rollout_model(&id, true).await?;
     let question = match action.as_str() {
-        "start" => format!("Start rollout {}? Its first wave opens now.", m.id),
+        "start" if m.status == "scheduled" => format!(
+            "Start rollout {} now, ahead of its plan's start_at? Its first wave opens now.",
+            m.id
+        ),
+        "start" => format!(
+            "Start rollout {}? Its first wave opens now, or at its plan's start_at when that is later (it waits as scheduled until then).",
+            m.id
+        ),
         "pause" => format!(
             "Pause rollout {}? No new wave opens and no lease is granted until it resumes; installs already running finish.",
             m.id
