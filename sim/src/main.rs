@@ -6,6 +6,7 @@
 //! (no protocol errors; the rollout completed; reports applied exactly once), 1 otherwise.
 
 mod agent_idle;
+mod analysis;
 mod connections;
 mod coordinator;
 mod fleet;
@@ -172,6 +173,16 @@ enum Cmd {
         /// Directory for the database (default: a temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// The golden-signal judge over one wave: N upgraded against N control sites, each
+    /// with a sample per signal (in-process, no coordinator).
+    Analysis {
+        #[arg(long, default_value_t = 10_000)]
+        sites: usize,
+        #[arg(long, default_value_t = 10)]
+        signals: usize,
+        #[arg(long, default_value_t = 10)]
+        passes: usize,
     },
     /// The agent's idle RSS and CPU at a 30 s poll interval, and its binary size.
     AgentIdle {
@@ -367,6 +378,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let (dir, _tmp) = workdir(dir)?;
             tick::pure(sites, passes)?;
             tick::engine(&dir, sites, passes).await?;
+            Ok(true)
+        }
+        Cmd::Analysis {
+            sites,
+            signals,
+            passes,
+        } => {
+            analysis::run(sites, signals, passes)?;
             Ok(true)
         }
         Cmd::AgentIdle {
