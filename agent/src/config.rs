@@ -495,13 +495,36 @@ aggregate = "avg"
         let base = "[coordinator]\nurl = \"https://x\"\n[signals.shop]\n";
         let rate = "[[signals.shop.signal]]\nname = \"rps\"\nkind = \"rate\"\nmetric = \"http_requests_total\"\n";
         let cases = [
-            (format!("{base}scrape_url = \"http://10.0.0.5:9000/metrics\"\n{rate}"), "signals.shop.scrape_url"),
-            (format!("{base}scrape_url = \"https://127.0.0.1/metrics\"\n{rate}"), "signals.shop.scrape_url"),
-            (format!("{base}scrape_url = \"http://127.0.0.1/m\"\ninterval_secs = 90\n{rate}"), "signals.shop.interval_secs"),
-            (format!("{base}scrape_url = \"http://[::1]/m\"\ntimeout_secs = 60\n{rate}"), "signals.shop.timeout_secs"),
-            (format!("{base}scrape_url = \"http://localhost/m\"\n"), "signals.shop.signal"),
-            (format!("{base}scrape_url = \"http://localhost/m\"\n{rate}{rate}"), "signals.shop.signal[1].name"),
-            (format!("{base}scrape_url = \"http://localhost/m\"\n[[signals.shop.signal]]\nname = \"p\"\nkind = \"quantile\"\nmetric = \"h\"\nquantile = 1.5\n"), "signals.shop.signal[0].quantile"),
+            (
+                format!("{base}scrape_url = \"http://10.0.0.5:9000/metrics\"\n{rate}"),
+                "signals.shop.scrape_url",
+            ),
+            (
+                format!("{base}scrape_url = \"https://127.0.0.1/metrics\"\n{rate}"),
+                "signals.shop.scrape_url",
+            ),
+            (
+                format!("{base}scrape_url = \"http://127.0.0.1/m\"\ninterval_secs = 90\n{rate}"),
+                "signals.shop.interval_secs",
+            ),
+            (
+                format!("{base}scrape_url = \"http://[::1]/m\"\ntimeout_secs = 60\n{rate}"),
+                "signals.shop.timeout_secs",
+            ),
+            (
+                format!("{base}scrape_url = \"http://localhost/m\"\n"),
+                "signals.shop.signal",
+            ),
+            (
+                format!("{base}scrape_url = \"http://localhost/m\"\n{rate}{rate}"),
+                "signals.shop.signal[1].name",
+            ),
+            (
+                format!(
+                    "{base}scrape_url = \"http://localhost/m\"\n[[signals.shop.signal]]\nname = \"p\"\nkind = \"quantile\"\nmetric = \"h\"\nquantile = 1.5\n"
+                ),
+                "signals.shop.signal[0].quantile",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();

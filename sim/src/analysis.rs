@@ -24,7 +24,10 @@ impl Noise {
 /// Judges `signals` signals over `sites` upgraded and `sites` control samples, `passes`
 /// times; prints the median, min and max time per pass. Returns the median.
 pub fn run(sites: usize, signals: usize, passes: usize) -> anyhow::Result<Duration> {
-    anyhow::ensure!(sites > 0 && signals > 0 && passes > 0, "--sites, --signals and --passes must be at least 1");
+    anyhow::ensure!(
+        sites > 0 && signals > 0 && passes > 0,
+        "--sites, --signals and --passes must be at least 1"
+    );
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
     let mut data = Vec::with_capacity(signals);
     for s in 0..signals {

@@ -121,7 +121,9 @@ impl TryFrom<RawSignalDef> for SignalDef {
         };
         let stray = |present: bool, key: &str| {
             if present {
-                Err(format!("signal {name:?}: `{key}` does not apply to kind {kind_name:?}"))
+                Err(format!(
+                    "signal {name:?}: `{key}` does not apply to kind {kind_name:?}"
+                ))
             } else {
                 Ok(())
             }
@@ -262,11 +264,17 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
         if s.timeout_secs == 0 || s.timeout_secs >= s.interval_secs.max(2) {
             return Err((
                 key("timeout_secs"),
-                format!("must be at least 1 and less than interval_secs ({})", s.interval_secs),
+                format!(
+                    "must be at least 1 and less than interval_secs ({})",
+                    s.interval_secs
+                ),
             ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&s.max_body_bytes) {
-            return Err((key("max_body_bytes"), "must be between 1024 and 67108864".into()));
+            return Err((
+                key("max_body_bytes"),
+                "must be between 1024 and 67108864".into(),
+            ));
         }
         if !(1..=1_000_000).contains(&s.max_series) {
             return Err((key("max_series"), "must be between 1 and 1000000".into()));
@@ -277,22 +285,34 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
         if s.signals.len() > MAX_SIGNALS_PER_MINUTE {
             return Err((
                 key("signal"),
-                format!("has {} signals, at most {MAX_SIGNALS_PER_MINUTE}", s.signals.len()),
+                format!(
+                    "has {} signals, at most {MAX_SIGNALS_PER_MINUTE}",
+                    s.signals.len()
+                ),
             ));
         }
         for (i, sig) in s.signals.iter().enumerate() {
             let at = format!("signals.{stream}.signal[{i}]");
             if sig.name.is_empty()
                 || sig.name.len() > MAX_SIGNAL_NAME_LEN
-                || !sig.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || !sig
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             {
                 return Err((
                     format!("{at}.name"),
-                    format!("{:?} must be 1 to {MAX_SIGNAL_NAME_LEN} characters of [A-Za-z0-9_]", sig.name),
+                    format!(
+                        "{:?} must be 1 to {MAX_SIGNAL_NAME_LEN} characters of [A-Za-z0-9_]",
+                        sig.name
+                    ),
                 ));
             }
             if s.signals[..i].iter().any(|o| o.name == sig.name) {
-                return Err((format!("{at}.name"), format!("{:?} is named twice", sig.name)));
+                return Err((
+                    format!("{at}.name"),
+                    format!("{:?} is named twice", sig.name),
+                ));
             }
             if let Some(m) = sig.kind.series_names().iter().find(|m| !metric_name(m)) {
                 return Err((format!("{at}"), format!("{m:?} is not a metric name")));
@@ -300,12 +320,18 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
             if let SignalKind::Quantile { quantile, .. } = sig.kind
                 && !(quantile > 0.0 && quantile < 1.0)
             {
-                return Err((format!("{at}.quantile"), "must be between 0 and 1 (exclusive)".into()));
+                return Err((
+                    format!("{at}.quantile"),
+                    "must be between 0 and 1 (exclusive)".into(),
+                ));
             }
             if let SignalKind::Quantile { .. } = sig.kind
                 && sig.labels.contains_key("le")
             {
-                return Err((format!("{at}.labels"), "must not select `le` (the bucket bound)".into()));
+                return Err((
+                    format!("{at}.labels"),
+                    "must not select `le` (the bucket bound)".into(),
+                ));
             }
         }
     }
@@ -314,7 +340,8 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
 
 fn metric_name(s: &str) -> bool {
     let mut b = s.bytes();
-    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b':')
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b':')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
 }
 

@@ -137,14 +137,22 @@ fn sample_line(line: &str) -> Result<Sample<'_>, String> {
     let value = words
         .next()
         .ok_or_else(|| format!("{name}: no value"))
-        .and_then(|v| number(v).ok_or_else(|| format!("{name}: {:?} is not a number", shorten(v))))?;
+        .and_then(|v| {
+            number(v).ok_or_else(|| format!("{name}: {:?} is not a number", shorten(v)))
+        })?;
     if let Some(ts) = words.next()
         && number(ts).is_none_or(|t| !t.is_finite())
     {
-        return Err(format!("{name}: timestamp {:?} is not a number", shorten(ts)));
+        return Err(format!(
+            "{name}: timestamp {:?} is not a number",
+            shorten(ts)
+        ));
     }
     if let Some(extra) = words.next() {
-        return Err(format!("{name}: unexpected {:?} after the value", shorten(extra)));
+        return Err(format!(
+            "{name}: unexpected {:?} after the value",
+            shorten(extra)
+        ));
     }
     Ok(Sample {
         name,
@@ -192,7 +200,9 @@ fn label_set<'a>(mut s: &'a str, labels: &mut Vec<(&'a str, String)>) -> Result<
         if let Some(after) = s.strip_prefix(',') {
             s = after;
         } else if !s.starts_with('}') {
-            return Err(format!("label {name}: expected `,` or `}}` after the value"));
+            return Err(format!(
+                "label {name}: expected `,` or `}}` after the value"
+            ));
         }
     }
 }
@@ -245,7 +255,10 @@ mod tests {
         parse(text, 1000, |s| {
             out.push((
                 s.name.to_string(),
-                s.labels.iter().map(|(n, v)| (n.to_string(), v.clone())).collect(),
+                s.labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect(),
                 s.value,
             ))
         })?;
@@ -280,7 +293,13 @@ http_request_duration_seconds_count 144320
         let s = all(text).unwrap();
         assert_eq!(s.len(), 9);
         assert_eq!(s[0].0, "http_requests_total");
-        assert_eq!(s[0].1, vec![("method".into(), "post".into()), ("code".into(), "200".into())]);
+        assert_eq!(
+            s[0].1,
+            vec![
+                ("method".into(), "post".into()),
+                ("code".into(), "200".into())
+            ]
+        );
         assert_eq!(s[1].2, 3.0);
         assert_eq!(s[2].1[0].1, "C:\\DIR\\FILE.TXT");
         assert_eq!(s[2].1[1].1, "Cannot find file:\n\"FILE.TXT\"");
@@ -299,17 +318,35 @@ http_request_duration_seconds_count 144320
     #[test]
     fn garbage_is_refused_with_its_line() {
         for (text, want) in [
-            ("<html><body>oops</body></html>", "line 1: \"<html><body>oops</body></html>\" has no value"),
-            ("ok 1\nbad-name 2\n", "line 2: \"bad-name\" is not a metric name"),
-            ("a{x=\"1\" 2\n", "line 1: label x: expected `,` or `}` after the value"),
-            ("a{x=1} 2\n", "line 1: label x: value must be in double quotes"),
+            (
+                "<html><body>oops</body></html>",
+                "line 1: \"<html><body>oops</body></html>\" has no value",
+            ),
+            (
+                "ok 1\nbad-name 2\n",
+                "line 2: \"bad-name\" is not a metric name",
+            ),
+            (
+                "a{x=\"1\" 2\n",
+                "line 1: label x: expected `,` or `}` after the value",
+            ),
+            (
+                "a{x=1} 2\n",
+                "line 1: label x: value must be in double quotes",
+            ),
             ("a{x=\"1} 2\n", "line 1: label x: unterminated value"),
             ("a{x=\"1\",x=\"2\"} 2\n", "line 1: label x given twice"),
             ("a twelve\n", "line 1: a: \"twelve\" is not a number"),
             ("a 1 2 3\n", "line 1: a: unexpected \"3\" after the value"),
             ("a 1 now\n", "line 1: a: timestamp \"now\" is not a number"),
-            ("# TYPE a countr\n", "line 1: `# TYPE a`: unknown type \"countr\""),
-            ("a{x=\"1\"}2\n", "line 1: a: expected a space before the value"),
+            (
+                "# TYPE a countr\n",
+                "line 1: `# TYPE a`: unknown type \"countr\"",
+            ),
+            (
+                "a{x=\"1\"}2\n",
+                "line 1: a: expected a space before the value",
+            ),
         ] {
             assert_eq!(all(text).unwrap_err().to_string(), want, "{text:?}");
         }

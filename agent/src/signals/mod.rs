@@ -104,11 +104,17 @@ impl Scraper {
 
     /// Scrapes once at `now` and updates the status; returns the minute this scrape
     /// completed, if any.
-    pub async fn scrape(&mut self, now: Timestamp, release_id: Option<&str>) -> Option<SignalMinute> {
-        let result = fetch(&self.client, &self.stream, &self.config).await.and_then(|text| {
-            summary::read(&text, &self.config.signals, self.config.max_series)
-                .map_err(ScrapeError::from)
-        });
+    pub async fn scrape(
+        &mut self,
+        now: Timestamp,
+        release_id: Option<&str>,
+    ) -> Option<SignalMinute> {
+        let result = fetch(&self.client, &self.stream, &self.config)
+            .await
+            .and_then(|text| {
+                summary::read(&text, &self.config.signals, self.config.max_series)
+                    .map_err(ScrapeError::from)
+            });
         self.status.last_scrape_at = Some(now);
         let finished = match result {
             Ok(readings) => {
@@ -283,7 +289,11 @@ pub fn status_lines(stream: &str, status: Option<&StreamStatus>) -> Vec<String> 
         lines.push(format!("{stream}: signal {signal} has no reading: {why}"));
     }
     if let Some(m) = &s.last_minute {
-        let values: Vec<String> = m.values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let values: Vec<String> = m
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
         lines.push(format!(
             "{stream}: minute {}: {} ({} scrape(s), {} failed)",
             m.minute,

@@ -54,10 +54,16 @@ pub fn read(
             let Some(which) = wanted.iter().position(|n| n == s.name) else {
                 continue;
             };
-            if !def.labels.iter().all(|(k, v)| s.label(k) == Some(v.as_str())) {
+            if !def
+                .labels
+                .iter()
+                .all(|(k, v)| s.label(k) == Some(v.as_str()))
+            {
                 continue;
             }
-            if s.value.is_nan() || (s.value.is_infinite() && !matches!(def.kind, SignalKind::Gauge { .. })) {
+            if s.value.is_nan()
+                || (s.value.is_infinite() && !matches!(def.kind, SignalKind::Gauge { .. }))
+            {
                 acc.problem
                     .get_or_insert_with(|| format!("{} is {}, not a number", s.name, s.value));
                 continue;
@@ -69,8 +75,9 @@ pub fn read(
                 }) {
                     Some(Ok(le)) if !le.is_nan() => le,
                     _ => {
-                        acc.problem
-                            .get_or_insert_with(|| format!("{} without a numeric `le` label", s.name));
+                        acc.problem.get_or_insert_with(|| {
+                            format!("{} without a numeric `le` label", s.name)
+                        });
                         continue;
                     }
                 };
@@ -95,8 +102,13 @@ pub fn read(
             }
             let missing = |n: &str| format!("no series {n}{}", label_note(def));
             match &def.kind {
-                SignalKind::Rate { .. } => acc.a.map(Reading::Counter).ok_or_else(|| missing(&wanted[0])),
-                SignalKind::Gauge { .. } => acc.a.map(Reading::Gauge).ok_or_else(|| missing(&wanted[0])),
+                SignalKind::Rate { .. } => acc
+                    .a
+                    .map(Reading::Counter)
+                    .ok_or_else(|| missing(&wanted[0])),
+                SignalKind::Gauge { .. } => {
+                    acc.a.map(Reading::Gauge).ok_or_else(|| missing(&wanted[0]))
+                }
                 SignalKind::Ratio { .. } => match (acc.a, acc.b) {
                     (Some(a), Some(b)) => Ok(Reading::Pair(a, b)),
                     (None, _) => Err(missing(&wanted[0])),
@@ -121,7 +133,11 @@ fn label_note(def: &SignalDef) -> String {
     if def.labels.is_empty() {
         return String::new();
     }
-    let l: Vec<String> = def.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    let l: Vec<String> = def
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
     format!(" with {{{}}}", l.join(","))
 }
 
@@ -266,11 +282,15 @@ impl Summarizer {
         for (def, acc) in self.defs.iter().zip(&m.signals) {
             let value = match &def.kind {
                 SignalKind::Rate { .. } => (acc.seconds > 0.0).then(|| acc.increase / acc.seconds),
-                SignalKind::Ratio { .. } => (acc.den_increase > 0.0).then(|| acc.increase / acc.den_increase),
+                SignalKind::Ratio { .. } => {
+                    (acc.den_increase > 0.0).then(|| acc.increase / acc.den_increase)
+                }
                 SignalKind::Quantile { quantile, .. } => bucket_quantile(*quantile, &acc.buckets),
                 SignalKind::Gauge { aggregate, .. } => match aggregate {
                     GaugeAggregate::Last => acc.gauge_last,
-                    GaugeAggregate::Avg => (acc.gauge_n > 0).then(|| acc.gauge_sum / acc.gauge_n as f64),
+                    GaugeAggregate::Avg => {
+                        (acc.gauge_n > 0).then(|| acc.gauge_sum / acc.gauge_n as f64)
+                    }
                 },
             };
             if let Some(v) = value.filter(|v| v.is_finite()) {
@@ -294,7 +314,11 @@ impl Summarizer {
 
 /// A counter's increase from `prev` to `cur`: from 0 when it went backwards (a reset).
 fn increase(prev: f64, cur: f64) -> (f64, bool) {
-    if cur < prev { (cur, true) } else { (cur - prev, false) }
+    if cur < prev {
+        (cur, true)
+    } else {
+        (cur - prev, false)
+    }
 }
 
 fn accumulate(acc: &mut SignalAcc, prev: &Reading, cur: &Reading, seconds: f64) {
@@ -317,7 +341,10 @@ fn accumulate(acc: &mut SignalAcc, prev: &Reading, cur: &Reading, seconds: f64) 
             let same_bounds = p.len() == c.len() && p.iter().zip(c).all(|(a, b)| a.0 == b.0);
             let count = |b: &[(f64, f64)]| b.last().map_or(0.0, |x| x.1);
             let delta: Vec<(f64, f64)> = if same_bounds && count(c) >= count(p) {
-                p.iter().zip(c).map(|(a, b)| (b.0, (b.1 - a.1).max(0.0))).collect()
+                p.iter()
+                    .zip(c)
+                    .map(|(a, b)| (b.0, (b.1 - a.1).max(0.0)))
+                    .collect()
             } else {
                 acc.reset = true;
                 c.clone()
@@ -352,7 +379,12 @@ mod tests {
 
     fn defs() -> Vec<SignalDef> {
         vec![
-            def("request_rate", SignalKind::Rate { metric: "http_requests_total".into() }),
+            def(
+                "request_rate",
+                SignalKind::Rate {
+                    metric: "http_requests_total".into(),
+                },
+            ),
             def(
                 "error_ratio",
                 SignalKind::Ratio {
@@ -402,7 +434,12 @@ mod tests {
 
     #[test]
     fn histogram_quantile_matches_prometheus() {
-        let b = [(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (f64::INFINITY, 100.0)];
+        let b = [
+            (0.1, 50.0),
+            (0.5, 90.0),
+            (1.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
         // rank 47.5 in the first bucket: 0 + 0.1 * 47.5 / 50.
         assert!((bucket_quantile(0.475, &b).unwrap() - 0.095).abs() < 1e-12);
         // rank 95 in (0.5, 1]: 0.5 + 0.5 * (95 - 90) / 10.
@@ -410,8 +447,15 @@ mod tests {
         // A rank in +Inf: the highest finite bound.
         let b = [(0.1, 10.0), (f64::INFINITY, 100.0)];
         assert_eq!(bucket_quantile(0.99, &b), Some(0.1));
-        assert_eq!(bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
-        assert_eq!(bucket_quantile(0.5, &[(0.1, 1.0), (1.0, 2.0)]), None, "no +Inf bucket");
+        assert_eq!(
+            bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
+        assert_eq!(
+            bucket_quantile(0.5, &[(0.1, 1.0), (1.0, 2.0)]),
+            None,
+            "no +Inf bucket"
+        );
     }
 
     #[test]
@@ -419,17 +463,37 @@ mod tests {
         let d = defs();
         let mut s = Summarizer::new("shop", d.clone());
         let r0 = read(&body(1000.0, 10.0, [0.0, 0.0, 0.0, 0.0], 4.0), &d, 100).unwrap();
-        assert_eq!(s.observe(t("2026-12-04T18:00:30Z"), Some(&r0), Some("shop-1")), None);
+        assert_eq!(
+            s.observe(t("2026-12-04T18:00:30Z"), Some(&r0), Some("shop-1")),
+            None
+        );
         // One minute later: 600 more requests (10/s), 30 more errors (5 %), buckets.
-        let r1 = read(&body(1600.0, 40.0, [400.0, 560.0, 600.0, 600.0], 6.0), &d, 100).unwrap();
-        assert_eq!(s.observe(t("2026-12-04T18:01:30Z"), Some(&r1), Some("shop-1")).unwrap().values.get("queue_depth"), Some(&4.0));
-        let m = s.observe(t("2026-12-04T18:02:30Z"), None, Some("shop-1")).unwrap();
+        let r1 = read(
+            &body(1600.0, 40.0, [400.0, 560.0, 600.0, 600.0], 6.0),
+            &d,
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            s.observe(t("2026-12-04T18:01:30Z"), Some(&r1), Some("shop-1"))
+                .unwrap()
+                .values
+                .get("queue_depth"),
+            Some(&4.0)
+        );
+        let m = s
+            .observe(t("2026-12-04T18:02:30Z"), None, Some("shop-1"))
+            .unwrap();
         assert_eq!(m.minute, t("2026-12-04T18:01:00Z"));
         assert_eq!(m.release_id.as_deref(), Some("shop-1"));
         assert_eq!(m.values["request_rate"], 10.0);
         assert_eq!(m.values["error_ratio"], 0.05);
         // rank 570 of 600 in (0.5, 1]: 0.5 + 0.5 * (570 - 560) / 40.
-        assert!((m.values["latency_p95"] - 0.625).abs() < 1e-12, "{}", m.values["latency_p95"]);
+        assert!(
+            (m.values["latency_p95"] - 0.625).abs() < 1e-12,
+            "{}",
+            m.values["latency_p95"]
+        );
         assert_eq!(m.values["queue_depth"], 6.0);
         assert_eq!((m.scrapes, m.failed_scrapes), (1, 0));
         assert!(m.resets.is_empty());
@@ -457,8 +521,20 @@ mod tests {
     #[test]
     fn gauges_last_and_average_over_the_minute() {
         let d = vec![
-            def("last", SignalKind::Gauge { metric: "g".into(), aggregate: GaugeAggregate::Last }),
-            def("avg", SignalKind::Gauge { metric: "g".into(), aggregate: GaugeAggregate::Avg }),
+            def(
+                "last",
+                SignalKind::Gauge {
+                    metric: "g".into(),
+                    aggregate: GaugeAggregate::Last,
+                },
+            ),
+            def(
+                "avg",
+                SignalKind::Gauge {
+                    metric: "g".into(),
+                    aggregate: GaugeAggregate::Avg,
+                },
+            ),
         ];
         let mut s = Summarizer::new("shop", d.clone());
         for (at, v) in [("18:00:00", 1.0), ("18:00:20", 2.0), ("18:00:40", 6.0)] {
@@ -466,7 +542,10 @@ mod tests {
             s.observe(t(&format!("2026-12-04T{at}Z")), Some(&r), None);
         }
         let m = s.finish().unwrap();
-        assert_eq!((m.values["last"], m.values["avg"], m.scrapes), (6.0, 3.0, 3));
+        assert_eq!(
+            (m.values["last"], m.values["avg"], m.scrapes),
+            (6.0, 3.0, 3)
+        );
     }
 
     #[test]
@@ -474,17 +553,32 @@ mod tests {
         let mut d = defs();
         d[0].labels.insert("code".into(), "503".into());
         let r = read("http_errors_total 1\nqueue_depth NaN\n", &d, 10).unwrap();
-        assert_eq!(r[0], Err("no series http_requests_total with {code=\"503\"}".into()));
+        assert_eq!(
+            r[0],
+            Err("no series http_requests_total with {code=\"503\"}".into())
+        );
         assert_eq!(r[1], Err("no series http_requests_total".into()));
-        assert_eq!(r[2], Err("no series http_request_duration_seconds_bucket".into()));
+        assert_eq!(
+            r[2],
+            Err("no series http_request_duration_seconds_bucket".into())
+        );
         assert_eq!(r[3], Err("queue_depth is NaN, not a number".into()));
         let r = read("http_request_duration_seconds_bucket{le=\"1\"} 3\n", &d, 10).unwrap();
-        assert_eq!(r[2], Err("http_request_duration_seconds_bucket has no le=\"+Inf\" bucket".into()));
+        assert_eq!(
+            r[2],
+            Err("http_request_duration_seconds_bucket has no le=\"+Inf\" bucket".into())
+        );
     }
 
     #[test]
     fn label_selection_sums_the_matching_series() {
-        let mut d = vec![def("e5xx", SignalKind::Gauge { metric: "x".into(), aggregate: GaugeAggregate::Last })];
+        let mut d = vec![def(
+            "e5xx",
+            SignalKind::Gauge {
+                metric: "x".into(),
+                aggregate: GaugeAggregate::Last,
+            },
+        )];
         d[0].labels.insert("class".into(), "5xx".into());
         let r = read("x{class=\"5xx\",code=\"500\"} 2\nx{class=\"5xx\",code=\"503\"} 3\nx{class=\"2xx\"} 100\n", &d, 10).unwrap();
         assert_eq!(r[0], Ok(Reading::Gauge(5.0)));

@@ -35,7 +35,10 @@ pub struct MannWhitney {
 /// [`super::verdict::judge`] refuses a non-finite sample by name).
 pub fn test(x: &[f64], y: &[f64], alternative: Alternative) -> MannWhitney {
     let (n1, n2) = (x.len(), y.len());
-    debug_assert!(n1 > 0 && n2 > 0, "the caller checks both groups are non-empty");
+    debug_assert!(
+        n1 > 0 && n2 > 0,
+        "the caller checks both groups are non-empty"
+    );
     // Pool the values, tagged by group, and sort them; ties get the average of the
     // ranks they span.
     let mut pooled: Vec<(f64, bool)> = Vec::with_capacity(n1 + n2);
@@ -106,8 +109,7 @@ pub fn erfc(x: f64) -> f64 {
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
                             + t * (-1.135_203_98
-                                + t * (1.488_515_87
-                                    + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let ans = t * (-z * z + poly).exp();
     if x >= 0.0 { ans } else { 2.0 - ans }
 }
@@ -129,13 +131,21 @@ mod tests {
         let females = [20.0, 11.0, 17.0, 12.0];
         let r = test(&males, &females, Alternative::Greater);
         assert_eq!(r.u, 17.0);
-        assert!(close(r.p, 0.111_346_886_533_140_41 / 2.0, 1e-6), "p = {}", r.p);
+        assert!(
+            close(r.p, 0.111_346_886_533_140_41 / 2.0, 1e-6),
+            "p = {}",
+            r.p
+        );
         // Hand computation: mean 10, variance 20 * 10 / 12, z = (17 - 10 - 0.5) / sd.
         assert!(close(r.z, 6.5 / (200.0_f64 / 12.0).sqrt(), 1e-12));
         // The other direction: females smaller than males is the same evidence.
         let r = test(&females, &males, Alternative::Less);
         assert_eq!(r.u, 3.0);
-        assert!(close(r.p, 0.111_346_886_533_140_41 / 2.0, 1e-6), "p = {}", r.p);
+        assert!(
+            close(r.p, 0.111_346_886_533_140_41 / 2.0, 1e-6),
+            "p = {}",
+            r.p
+        );
         // Asking the opposite question gives the complementary answer.
         let r = test(&males, &females, Alternative::Less);
         assert!(r.p > 0.9, "p = {}", r.p);

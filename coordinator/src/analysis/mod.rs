@@ -14,6 +14,6 @@ pub mod verdict;
 
 pub use mann_whitney::MannWhitney;
 pub use verdict::{
-    AnalysisError, DEFAULT_ALPHA, Direction, Effect, Group, GroupSummary, Judgement,
-    SignalConfig, Tolerance, Verdict, judge,
+    AnalysisError, DEFAULT_ALPHA, Direction, Effect, Group, GroupSummary, Judgement, SignalConfig,
+    Tolerance, Verdict, judge,
 };

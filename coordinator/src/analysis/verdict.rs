@@ -355,9 +355,9 @@ fn reason(
             "{name}: inconclusive, too few samples ({sizes}; need {} per group); so far {numbers}",
             config.min_sample
         ),
-        Verdict::Pass => format!(
-            "{name}: pass, within the tolerance of {tolerance} ({bad}); {numbers}; {sizes}"
-        ),
+        Verdict::Pass => {
+            format!("{name}: pass, within the tolerance of {tolerance} ({bad}); {numbers}; {sizes}")
+        }
         Verdict::Fail => format!(
             "{name}: fail, beyond the tolerance of {tolerance} ({bad}) and significant (p < {}); {numbers}; {sizes}",
             config.alpha
@@ -396,8 +396,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn config(direction: Direction, tolerance: Tolerance, min_sample: usize) -> SignalConfig {
-        SignalConfig::new("error_ratio", direction, tolerance, min_sample, DEFAULT_ALPHA)
-            .expect("valid config")
+        SignalConfig::new(
+            "error_ratio",
+            direction,
+            tolerance,
+            min_sample,
+            DEFAULT_ALPHA,
+        )
+        .expect("valid config")
     }
 
     #[test]
@@ -410,20 +416,47 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_by_name() {
-        let e = SignalConfig::new("p95", Direction::IncreaseIsBad, Tolerance::Relative(-0.1), 10, 0.05)
-            .unwrap_err();
+        let e = SignalConfig::new(
+            "p95",
+            Direction::IncreaseIsBad,
+            Tolerance::Relative(-0.1),
+            10,
+            0.05,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "signal \"p95\": tolerance must be a finite number >= 0, got -0.1"
         );
-        let e = SignalConfig::new("p95", Direction::IncreaseIsBad, Tolerance::Absolute(1.0), 2, 0.05)
-            .unwrap_err();
-        assert!(e.to_string().contains("min_sample must be at least 5"), "{e}");
-        let e = SignalConfig::new("p95", Direction::IncreaseIsBad, Tolerance::Absolute(1.0), 10, 0.0)
-            .unwrap_err();
+        let e = SignalConfig::new(
+            "p95",
+            Direction::IncreaseIsBad,
+            Tolerance::Absolute(1.0),
+            2,
+            0.05,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("min_sample must be at least 5"),
+            "{e}"
+        );
+        let e = SignalConfig::new(
+            "p95",
+            Direction::IncreaseIsBad,
+            Tolerance::Absolute(1.0),
+            10,
+            0.0,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("alpha"), "{e}");
-        let e = SignalConfig::new(" ", Direction::IncreaseIsBad, Tolerance::Absolute(1.0), 10, 0.05)
-            .unwrap_err();
+        let e = SignalConfig::new(
+            " ",
+            Direction::IncreaseIsBad,
+            Tolerance::Absolute(1.0),
+            10,
+            0.05,
+        )
+        .unwrap_err();
         assert_eq!(e, AnalysisError::EmptyName);
     }
 
@@ -450,9 +483,23 @@ mod tests {
         let t = j.test.unwrap();
         assert_eq!(t.u, 1600.0, "complete separation: U = n1 * n2");
         assert!(t.p < 1e-10);
-        assert!(j.reason.starts_with("error_ratio: fail, beyond the tolerance of 0.01"), "{}", j.reason);
-        assert!(j.reason.contains("upgraded median 0.0415 vs control 0.0115"), "{}", j.reason);
-        assert!(j.reason.contains("upgraded 40 samples, control 40"), "{}", j.reason);
+        assert!(
+            j.reason
+                .starts_with("error_ratio: fail, beyond the tolerance of 0.01"),
+            "{}",
+            j.reason
+        );
+        assert!(
+            j.reason
+                .contains("upgraded median 0.0415 vs control 0.0115"),
+            "{}",
+            j.reason
+        );
+        assert!(
+            j.reason.contains("upgraded 40 samples, control 40"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]
@@ -495,7 +542,11 @@ mod tests {
         let j = judge(&c, &[], &[1.0; 10]).unwrap();
         assert_eq!(j.verdict, Verdict::Inconclusive);
         assert_eq!((j.effect, j.test), (None, None));
-        assert!(j.reason.contains("a group has no samples yet"), "{}", j.reason);
+        assert!(
+            j.reason.contains("a group has no samples yet"),
+            "{}",
+            j.reason
+        );
     }
 
     /// A relative tolerance over a control median of 0 (no errors at all on the old
@@ -515,7 +566,10 @@ mod tests {
     }
 
     fn any_direction() -> impl Strategy<Value = Direction> {
-        prop_oneof![Just(Direction::IncreaseIsBad), Just(Direction::DecreaseIsBad)]
+        prop_oneof![
+            Just(Direction::IncreaseIsBad),
+            Just(Direction::DecreaseIsBad)
+        ]
     }
 
     fn any_tolerance() -> impl Strategy<Value = Tolerance> {

@@ -120,7 +120,10 @@ mod tests {
         // Full-precision values (17 significant digits) survive within float precision.
         let back: Vec<SignalMinute> = serde_json::from_str(&json).unwrap();
         for (b, m) in back.iter().zip(&minutes) {
-            assert_eq!((&b.stream, b.minute, &b.resets), (&m.stream, m.minute, &m.resets));
+            assert_eq!(
+                (&b.stream, b.minute, &b.resets),
+                (&m.stream, m.minute, &m.resets)
+            );
             for (k, v) in &m.values {
                 assert!((b.values[k] - v).abs() <= v.abs() * 1e-15, "{k}");
             }
