@@ -1,15 +1,21 @@
 //! Golden-signal scrapes against a real HTTP server on loopback that serves good
 //! expositions, counters going backwards, garbage, huge and endless bodies, and a
 //! connection that never answers. Each failure is a reason in the stream's status; the
-//! scrape task keeps it in the agent's state for `fleetwave-agent status`.
+//! scrape task keeps it in the agent's state for `fleetwave-agent status`. The demo app's
+//! `/metrics` (simulated traffic, degradation set in its app file) is scraped for real.
+
+#[path = "fixtures/support.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleetwave_agent::clock::Clock;
 use fleetwave_agent::config::Config;
+use fleetwave_agent::signals::summary::{self, Reading, bucket_quantile};
 use fleetwave_agent::signals::{self, Scraper, StreamStatus, status_lines};
 use jiff::Timestamp;
+use support::DemoAppGuard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -73,10 +79,14 @@ async fn start_server() -> MetricsServer {
                 match path.as_str() {
                     "/good" => {
                         let n = counter.fetch_add(1, Ordering::SeqCst);
-                        let _ = sock.write_all(ok(&bodies[n.min(bodies.len() - 1)]).as_bytes()).await;
+                        let _ = sock
+                            .write_all(ok(&bodies[n.min(bodies.len() - 1)]).as_bytes())
+                            .await;
                     }
                     "/garbage" => {
-                        let _ = sock.write_all(ok("<html><body>502 Bad Gateway</body></html>\n").as_bytes()).await;
+                        let _ = sock
+                            .write_all(ok("<html><body>502 Bad Gateway</body></html>\n").as_bytes())
+                            .await;
                     }
                     "/error" => {
                         let _ = sock
@@ -104,7 +114,9 @@ async fn start_server() -> MetricsServer {
                         std::future::pending::<()>().await;
                     }
                     _ => {
-                        let _ = sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                            .await;
                     }
                 }
             });
@@ -154,18 +166,33 @@ async fn error_of(path: &str, timeout_secs: u64) -> String {
     let server = start_server().await;
     let mut s = scraper(server.port, path, timeout_secs);
     s.scrape(t("2026-12-04T18:00:00Z"), None).await;
-    s.status().error.clone().unwrap_or_else(|| panic!("{path}: the scrape should fail"))
+    s.status()
+        .error
+        .clone()
+        .unwrap_or_else(|| panic!("{path}: the scrape should fail"))
 }
 
 #[tokio::test]
 async fn good_scrapes_give_per_minute_rates_ratios_quantiles_and_resets() {
     let server = start_server().await;
     let mut s = scraper(server.port, "/good", 5);
-    assert_eq!(s.scrape(t("2026-12-04T18:00:10Z"), Some("shop-2")).await, None);
-    let first = s.scrape(t("2026-12-04T18:01:10Z"), Some("shop-2")).await.unwrap();
+    assert_eq!(
+        s.scrape(t("2026-12-04T18:00:10Z"), Some("shop-2")).await,
+        None
+    );
+    let first = s
+        .scrape(t("2026-12-04T18:01:10Z"), Some("shop-2"))
+        .await
+        .unwrap();
     assert_eq!(first.minute, t("2026-12-04T18:00:00Z"));
-    assert!(first.values.is_empty(), "one scrape gives no rate: {first:?}");
-    let m = s.scrape(t("2026-12-04T18:02:10Z"), Some("shop-2")).await.unwrap();
+    assert!(
+        first.values.is_empty(),
+        "one scrape gives no rate: {first:?}"
+    );
+    let m = s
+        .scrape(t("2026-12-04T18:02:10Z"), Some("shop-2"))
+        .await
+        .unwrap();
     assert_eq!(m.minute, t("2026-12-04T18:01:00Z"));
     assert_eq!(m.release_id.as_deref(), Some("shop-2"));
     assert_eq!(m.values["request_rate"], 10.0);
@@ -175,12 +202,21 @@ async fn good_scrapes_give_per_minute_rates_ratios_quantiles_and_resets() {
     assert!(m.resets.is_empty());
     assert_eq!(s.status().error, None);
     // The third body went backwards: a reset, named in the minute and in `status`.
-    let m = s.scrape(t("2026-12-04T18:03:10Z"), Some("shop-2")).await.unwrap();
+    let m = s
+        .scrape(t("2026-12-04T18:03:10Z"), Some("shop-2"))
+        .await
+        .unwrap();
     assert_eq!(m.minute, t("2026-12-04T18:02:00Z"));
     assert_eq!(m.resets, vec!["request_rate", "error_ratio", "latency_p95"]);
-    assert_eq!(m.values["request_rate"], 5.0, "300 requests since the reset, over 60 s");
+    assert_eq!(
+        m.values["request_rate"], 5.0,
+        "300 requests since the reset, over 60 s"
+    );
     let lines = status_lines("shop", Some(s.status()));
-    assert!(lines[0].starts_with("shop: scraped http://127.0.0.1:"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("shop: scraped http://127.0.0.1:"),
+        "{lines:?}"
+    );
     assert!(
         lines.iter().any(|l| l == "shop: counters went backwards (reset, the app restarted?) for request_rate, error_ratio, latency_p95"),
         "{lines:?}"
@@ -252,15 +288,105 @@ async fn the_scrape_task_keeps_the_reason_for_status() {
         let store = store.clone();
         let signals = c.signals.clone();
         async move {
-            signals::load_statuses(&store, &signals).ok()?.remove("shop").flatten()
+            signals::load_statuses(&store, &signals)
+                .ok()?
+                .remove("shop")
+                .flatten()
         }
     })
     .await;
     let lines = status_lines("shop", Some(&status));
     assert!(
-        lines[0].contains("SCRAPE FAILING") && lines[0].ends_with(
-            "no complete answer within 1 s (signals.shop.timeout_secs); last success never"
-        ),
+        lines[0].contains("SCRAPE FAILING")
+            && lines[0].ends_with(
+                "no complete answer within 1 s (signals.shop.timeout_secs); last success never"
+            ),
         "{lines:?}"
+    );
+}
+
+/// The demo app's `/metrics`: a degrading release (error ratio 1 % → 4 %, latency 50 ms →
+/// 65 ms) shows in the scraped increases. Two readings of the running app, taken once at
+/// least 20,000 simulated requests apart so that counting in whole requests does not
+/// matter; nothing depends on how long that takes.
+#[tokio::test]
+async fn the_demo_app_exports_its_configured_traffic() {
+    let mut p95 = Vec::new();
+    for (error_ratio, latency) in [(0.01, 0.05), (0.04, 0.065)] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(
+            app.join("app.toml"),
+            format!(
+                "version = \"1.0.0\"\nhealthy = true\n[metrics]\nrequests_per_second = 200000.0\nerror_ratio = {error_ratio}\nlatency_seconds = {latency}\n"
+            ),
+        )
+        .unwrap();
+        let port = support::free_port();
+        let pid_file = dir.path().join("pid");
+        let _guard = DemoAppGuard {
+            pid_file: pid_file.clone(),
+        };
+        let started = std::process::Command::new(support::demo_app())
+            .args(["restart", "--dir", app.to_str().unwrap(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .status()
+            .unwrap();
+        assert!(started.success());
+        let c = config(port, "/metrics", 5);
+        let stream = c.signals["shop"].clone();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let read = || {
+            let (client, stream) = (client.clone(), stream.clone());
+            async move {
+                let text = signals::fetch(&client, "shop", &stream).await.unwrap();
+                summary::read(&text, &stream.signals, stream.max_series).unwrap()
+            }
+        };
+        let first = read().await;
+        let Ok(Reading::Pair(errors0, requests0)) = first[1].clone() else {
+            panic!("{first:?}")
+        };
+        let Ok(Reading::Buckets(buckets0)) = first[2].clone() else {
+            panic!("{first:?}")
+        };
+        let second = fleetwave_testkit::eventually("20,000 more simulated requests", || {
+            let read = read();
+            async move {
+                let r = read.await;
+                matches!(r[1], Ok(Reading::Pair(_, req)) if req >= requests0 + 20_000.0)
+                    .then_some(r)
+            }
+        })
+        .await;
+        let Ok(Reading::Pair(errors1, requests1)) = second[1].clone() else {
+            panic!("{second:?}")
+        };
+        let Ok(Reading::Buckets(buckets1)) = second[2].clone() else {
+            panic!("{second:?}")
+        };
+        let ratio = (errors1 - errors0) / (requests1 - requests0);
+        assert!(
+            (ratio - error_ratio).abs() < 0.001,
+            "error ratio {ratio}, configured {error_ratio}"
+        );
+        let delta: Vec<(f64, f64)> = buckets0
+            .iter()
+            .zip(&buckets1)
+            .map(|(a, b)| (b.0, b.1 - a.1))
+            .collect();
+        p95.push(bucket_quantile(0.95, &delta).unwrap());
+    }
+    // Latencies spread over [0.5 L, 1.5 L]: the true p95 is 1.45 L; the buckets blur it.
+    assert!(p95[0] > 0.05 && p95[0] <= 0.1, "healthy p95 {}", p95[0]);
+    assert!(
+        p95[1] > p95[0] * 1.2,
+        "degraded p95 {} vs healthy {}",
+        p95[1],
+        p95[0]
     );
 }
