@@ -315,7 +315,7 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
                 ));
             }
             if let Some(m) = sig.kind.series_names().iter().find(|m| !metric_name(m)) {
-                return Err((format!("{at}"), format!("{m:?} is not a metric name")));
+                return Err((at, format!("{m:?} is not a metric name")));
             }
             if let SignalKind::Quantile { quantile, .. } = sig.kind
                 && !(quantile > 0.0 && quantile < 1.0)

@@ -114,7 +114,7 @@ pub fn parse(
 
 fn sample_line(line: &str) -> Result<Sample<'_>, String> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .find(['{', ' ', '\t'])
         .ok_or_else(|| format!("{:?} has no value", shorten(line)))?;
     let name = &line[..name_end];
     if !valid_metric_name(name) {
@@ -250,7 +250,10 @@ fn shorten(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn all(text: &str) -> Result<Vec<(String, Vec<(String, String)>, f64)>, ExpositionError> {
+    /// A parsed sample, owned: name, labels, value.
+    type Owned = (String, Vec<(String, String)>, f64);
+
+    fn all(text: &str) -> Result<Vec<Owned>, ExpositionError> {
         let mut out = Vec::new();
         parse(text, 1000, |s| {
             out.push((
