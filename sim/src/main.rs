@@ -190,6 +190,10 @@ enum Cmd {
         minutes: f64,
         #[arg(long, default_value_t = 30)]
         interval: u64,
+        /// Also scrape ten golden signals every 60 s from a simulated application's
+        /// `/metrics` (about 320 series) served in-process on loopback.
+        #[arg(long)]
+        signals: bool,
         /// The agent binary (default: target/agent-release/fleetwave-agent if built,
         /// else next to this binary).
         #[arg(long)]
@@ -391,6 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::AgentIdle {
             minutes,
             interval,
+            signals,
             agent_bin,
             coordinator_bin,
             dir,
@@ -414,7 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     }
                 }
             };
-            agent_idle::agent_idle(&dir, &coordinator, &agent, minutes, interval).await?;
+            agent_idle::agent_idle(&dir, &coordinator, &agent, minutes, interval, signals).await?;
             Ok(true)
         }
     }
