@@ -282,7 +282,7 @@ async fn the_scrape_task_keeps_the_reason_for_status() {
     let dir = tempfile::tempdir().unwrap();
     let store = fleetwave_agent::state::Store::open(dir.path()).unwrap();
     let mut c = config(server.port, "/hung", 1);
-    c.signals.get_mut("shop").unwrap().interval_secs = 2;
+    c.signals.get_mut("shop").unwrap().interval_secs = 5;
     let _tasks = signals::spawn(store.clone(), &c.signals, Clock::system());
     let status: StreamStatus = fleetwave_testkit::eventually("the hung scrape's status", || {
         let store = store.clone();

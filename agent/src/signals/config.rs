@@ -26,7 +26,7 @@ pub struct StreamSignals {
     /// The application's metrics endpoint: plain `http://` on loopback only
     /// (`127.0.0.1`, `[::1]` or `localhost`).
     pub scrape_url: String,
-    /// Seconds between two scrapes; 1 to 60 (summaries are per minute).
+    /// Seconds between two scrapes; 5 to 60 (summaries are per minute).
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
     /// Longest a scrape may take, connection to last byte; less than `interval_secs`.
@@ -258,10 +258,10 @@ pub fn validate(signals: &BTreeMap<String, StreamSignals>) -> Result<(), (String
                 ),
             ));
         }
-        if !(1..=60).contains(&s.interval_secs) {
-            return Err((key("interval_secs"), "must be between 1 and 60".into()));
+        if !(5..=60).contains(&s.interval_secs) {
+            return Err((key("interval_secs"), "must be between 5 and 60".into()));
         }
-        if s.timeout_secs == 0 || s.timeout_secs >= s.interval_secs.max(2) {
+        if s.timeout_secs == 0 || s.timeout_secs >= s.interval_secs {
             return Err((
                 key("timeout_secs"),
                 format!(

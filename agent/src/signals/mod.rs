@@ -131,6 +131,7 @@ impl Scraper {
             }
             Err(e) => {
                 self.status.error = Some(e.to_string());
+                self.status.signal_problems.clear();
                 self.summarizer.observe(now, None, release_id)
             }
         };
