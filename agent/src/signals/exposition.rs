@@ -371,4 +371,51 @@ http_request_duration_seconds_count 144320
         assert_eq!(s[0].1.len(), 2);
         assert_eq!(s[0].2, 5.0);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn escape(v: &str) -> String {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        }
+
+        proptest! {
+            /// Whatever valid samples an exporter writes (any label value, escapes
+            /// included; any finite value) are read back as written.
+            #[test]
+            fn written_samples_are_read_back(
+                samples in prop::collection::vec(
+                    (
+                        "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+                        prop::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", any::<String>(), 0..4),
+                        any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                    ),
+                    0..20,
+                )
+            ) {
+                let mut text = String::new();
+                for (name, labels, value) in &samples {
+                    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                    text.push_str(&format!("{name}{{{}}} {value:?}\n", l.join(",")));
+                }
+                let read = all(&text).unwrap();
+                prop_assert_eq!(read.len(), samples.len());
+                for ((name, labels, value), (rn, rl, rv)) in samples.iter().zip(&read) {
+                    prop_assert_eq!(name, rn);
+                    let want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    prop_assert_eq!(&want, rl);
+                    prop_assert_eq!(value, rv);
+                }
+            }
+
+            /// Arbitrary text never panics the parser: it is read or refused.
+            #[test]
+            fn arbitrary_text_is_read_or_refused(text in any::<String>()) {
+                let _ = parse(&text, 100, |_| ());
+            }
+        }
+    }
 }

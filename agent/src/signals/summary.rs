@@ -583,4 +583,43 @@ mod tests {
         let r = read("x{class=\"5xx\",code=\"500\"} 2\nx{class=\"5xx\",code=\"503\"} 3\nx{class=\"2xx\"} 100\n", &d, 10).unwrap();
         assert_eq!(r[0], Ok(Reading::Gauge(5.0)));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a counter does (grows, stalls, resets), each minute's rate is a
+            /// finite number >= 0; a reset is reported exactly when the counter went
+            /// backwards in that minute; without resets the rates add up to the growth.
+            #[test]
+            fn rates_are_never_negative_and_resets_are_named(
+                values in prop::collection::vec(0.0_f64..1e9, 2..40),
+            ) {
+                let d = vec![def("rps", SignalKind::Rate { metric: "c".into() })];
+                let mut s = Summarizer::new("shop", d.clone());
+                let start = t("2026-12-04T18:00:00Z");
+                let mut minutes = Vec::new();
+                for (i, v) in values.iter().enumerate() {
+                    let r = read(&format!("c {v:?}\n"), &d, 10).unwrap();
+                    let at = start + jiff::SignedDuration::from_secs(60 * i as i64);
+                    minutes.extend(s.observe(at, Some(&r), None));
+                }
+                minutes.extend(s.finish());
+                prop_assert_eq!(minutes.len(), values.len());
+                let mut total = 0.0;
+                for (i, m) in minutes.iter().enumerate().skip(1) {
+                    let rate = m.values["rps"];
+                    prop_assert!(rate.is_finite() && rate >= 0.0, "{rate}");
+                    let went_back = values[i] < values[i - 1];
+                    prop_assert_eq!(!m.resets.is_empty(), went_back);
+                    total += rate * 60.0;
+                }
+                if values.windows(2).all(|w| w[1] >= w[0]) {
+                    let growth = values[values.len() - 1] - values[0];
+                    prop_assert!((total - growth).abs() <= 1e-6 * growth.max(1.0), "{total} vs {growth}");
+                }
+            }
+        }
+    }
 }
