@@ -5,12 +5,14 @@
 //! without touching the network. This module must never read anything but the config file
 //! itself: paths named here are opened by the parts that use them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::executor::ExecutorConfig;
 use crate::readiness::HealthConfig;
+use crate::signals::config::StreamSignals;
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleetwave-agent/agent.toml";
@@ -39,6 +41,10 @@ pub struct Config {
     /// and self-update settings (see the executor module).
     #[serde(default)]
     pub executor: ExecutorConfig,
+    /// `[signals.<stream>]`: golden signals scraped from each release stream's application
+    /// (see the signals module). None by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, StreamSignals>,
 }
 
 /// `[coordinator]`: how to reach the coordinator and whom to trust.
@@ -277,6 +283,12 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
+    #[error("config file {path}: key `{key}` {message}")]
+    InvalidSignals {
+        path: String,
+        key: String,
+        message: String,
+    },
 }
 
 impl Config {
@@ -379,6 +391,13 @@ impl Config {
                 message,
             });
         }
+        if let Err((key, message)) = crate::signals::config::validate(&self.signals) {
+            return Err(ConfigError::InvalidSignals {
+                path: origin.to_string(),
+                key,
+                message,
+            });
+        }
         if self.outbox.max_events < 10 {
             return Err(bad("outbox.max_events", "must be at least 10".into()));
         }
@@ -464,6 +483,83 @@ mod tests {
         assert_eq!(example.install, minimal.install);
         assert_eq!(example.outbox, minimal.outbox);
         assert_eq!(example.health, minimal.health);
+    }
+
+    #[test]
+    fn signals_are_read_with_their_defaults() {
+        let text = r#"
+[coordinator]
+url = "https://x"
+[signals.shop]
+scrape_url = "http://127.0.0.1:9000/metrics"
+[[signals.shop.signal]]
+name = "error_ratio"
+kind = "ratio"
+numerator = "http_errors_total"
+denominator = "http_requests_total"
+[[signals.shop.signal]]
+name = "latency_p95"
+kind = "quantile"
+metric = "http_request_duration_seconds"
+quantile = 0.95
+labels = { route = "/checkout" }
+[[signals.shop.signal]]
+name = "queue"
+kind = "gauge"
+metric = "queue_depth"
+aggregate = "avg"
+"#;
+        let c = Config::parse(text, "agent.toml").unwrap();
+        let s = &c.signals["shop"];
+        assert_eq!((s.interval_secs, s.timeout_secs), (60, 10));
+        assert_eq!((s.max_body_bytes, s.max_series), (1024 * 1024, 10_000));
+        assert_eq!(s.signals.len(), 3);
+        assert_eq!(s.signals[1].labels["route"], "/checkout");
+        assert_eq!(Config::parse(&c.to_toml(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_signals_name_the_key() {
+        let base = "[coordinator]\nurl = \"https://x\"\n[signals.shop]\n";
+        let rate = "[[signals.shop.signal]]\nname = \"rps\"\nkind = \"rate\"\nmetric = \"http_requests_total\"\n";
+        let cases = [
+            (
+                format!("{base}scrape_url = \"http://10.0.0.5:9000/metrics\"\n{rate}"),
+                "signals.shop.scrape_url",
+            ),
+            (
+                format!("{base}scrape_url = \"https://127.0.0.1/metrics\"\n{rate}"),
+                "signals.shop.scrape_url",
+            ),
+            (
+                format!("{base}scrape_url = \"http://127.0.0.1/m\"\ninterval_secs = 90\n{rate}"),
+                "signals.shop.interval_secs",
+            ),
+            (
+                format!("{base}scrape_url = \"http://[::1]/m\"\ntimeout_secs = 60\n{rate}"),
+                "signals.shop.timeout_secs",
+            ),
+            (
+                format!("{base}scrape_url = \"http://localhost/m\"\n"),
+                "signals.shop.signal",
+            ),
+            (
+                format!("{base}scrape_url = \"http://localhost/m\"\n{rate}{rate}"),
+                "signals.shop.signal[1].name",
+            ),
+            (
+                format!(
+                    "{base}scrape_url = \"http://localhost/m\"\n[[signals.shop.signal]]\nname = \"p\"\nkind = \"quantile\"\nmetric = \"h\"\nquantile = 1.5\n"
+                ),
+                "signals.shop.signal[0].quantile",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+        }
+        let err = Config::parse(&format!("{base}scrape_url = \"http://localhost/m\"\n[[signals.shop.signal]]\nname = \"x\"\nkind = \"rates\"\nmetric = \"m\"\n"), "agent.toml").unwrap_err().to_string();
+        assert!(err.contains("rates"), "{err}");
     }
 
     #[test]

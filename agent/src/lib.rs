@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`state`]: the SQLite state (trust, releases, journal, outbox, deferral).
 //! - [`executor`], [`readiness`]: installing releases and checking health.
+//! - [`signals`]: golden signals scraped from the managed application, summarized per minute.
 
 pub mod args;
 pub mod bundle;
@@ -15,5 +16,6 @@ pub mod decision;
 pub mod executor;
 pub mod lifecycle;
 pub mod readiness;
+pub mod signals;
 pub mod state;
 pub mod test_hooks;

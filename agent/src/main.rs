@@ -357,6 +357,7 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
     let dead_counts = ctx.store.dead_letter_counts()?;
     let dead_total: u64 = dead_counts.iter().map(|(_, n)| n).sum();
     let dead_recent = ctx.store.dead_letters(10)?;
+    let signals = fleetwave_agent::signals::load_statuses(&ctx.store, &ctx.config.signals)?;
     let value = json!({
         "site_id": ctx.site_id,
         "agent_version": AGENT_VERSION,
@@ -368,6 +369,7 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
         "rollback_failing": rollback_failing,
         "deferral": deferral,
         "health": health,
+        "signals": signals,
         "queued_reports": {"total": queued, "by_kind": counts.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
         "dead_letters": {
             "total": dead_total,
@@ -490,6 +492,11 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
             }
         }
         None => println!("health        not sampled yet"),
+    }
+    for (stream, status) in &signals {
+        for line in fleetwave_agent::signals::status_lines(stream, status.as_ref()) {
+            println!("signals       {line}");
+        }
     }
     let kinds: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!(

@@ -2,11 +2,13 @@
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
-//! - [`plan`] and [`controller`]: rollout plans and the pure wave controller.
+//! - [`plan`] and [`controller`]: rollout plans and the pure wave controller; [`analysis`]:
+//!   the pure golden-signal judge (upgraded vs control, Mann–Whitney U).
 //! - [`engine`]: applies the controller's decisions ([`clock`]: where "now" is read); [`api`]: the HTTP API;
 //!   [`server`]: TLS, start-up and shutdown; [`init`]: a ready-to-run local setup;
 //!   [`backup`]: consistent backups and safe restores; [`retention`]: pruning old reports;
 //!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
+pub mod analysis;
 pub mod api;
 pub mod backup;
 pub mod clock;

@@ -6,6 +6,7 @@
 //! (no protocol errors; the rollout completed; reports applied exactly once), 1 otherwise.
 
 mod agent_idle;
+mod analysis;
 mod connections;
 mod coordinator;
 mod fleet;
@@ -173,12 +174,26 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The golden-signal judge over one wave: N upgraded against N control sites, each
+    /// with a sample per signal (in-process, no coordinator).
+    Analysis {
+        #[arg(long, default_value_t = 10_000)]
+        sites: usize,
+        #[arg(long, default_value_t = 10)]
+        signals: usize,
+        #[arg(long, default_value_t = 10)]
+        passes: usize,
+    },
     /// The agent's idle RSS and CPU at a 30 s poll interval, and its binary size.
     AgentIdle {
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
         #[arg(long, default_value_t = 30)]
         interval: u64,
+        /// Also scrape ten golden signals every 60 s from a simulated application's
+        /// `/metrics` (about 320 series) served in-process on loopback.
+        #[arg(long)]
+        signals: bool,
         /// The agent binary (default: target/agent-release/fleetwave-agent if built,
         /// else next to this binary).
         #[arg(long)]
@@ -369,9 +384,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             tick::engine(&dir, sites, passes).await?;
             Ok(true)
         }
+        Cmd::Analysis {
+            sites,
+            signals,
+            passes,
+        } => {
+            analysis::run(sites, signals, passes)?;
+            Ok(true)
+        }
         Cmd::AgentIdle {
             minutes,
             interval,
+            signals,
             agent_bin,
             coordinator_bin,
             dir,
@@ -395,7 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     }
                 }
             };
-            agent_idle::agent_idle(&dir, &coordinator, &agent, minutes, interval).await?;
+            agent_idle::agent_idle(&dir, &coordinator, &agent, minutes, interval, signals).await?;
             Ok(true)
         }
     }

@@ -150,6 +150,12 @@ impl Daemon {
             &self.ctx.config,
             self.ctx.clock.clone(),
         );
+        // Golden signals: one scrape task per configured stream, apart from the loop.
+        let _signals = crate::signals::spawn(
+            self.ctx.store.clone(),
+            &self.ctx.config.signals,
+            self.ctx.clock.clone(),
+        );
 
         let mut shutdown = Box::pin(shutdown_signal());
         let poll = &self.ctx.config.poll;

@@ -9,6 +9,7 @@
 pub mod export;
 pub mod operator;
 pub mod rollout;
+pub mod signals;
 
 pub use rollout::{ActionKind, ActionRefused, LeaseDenialReason, RolloutStatus};
 

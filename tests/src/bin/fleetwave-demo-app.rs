@@ -12,6 +12,12 @@
 //! `GET /version` (the version). An optional `unhealthy_on` table (label → value) makes a
 //! version that is otherwise healthy unhealthy on a site whose `--label`s include every
 //! pair of it: a release that only breaks on some sites (one hardware, one store format).
+//! `GET /metrics` exports simulated traffic in the Prometheus text format, for the agent's
+//! golden signals: `http_requests_total{code}`, `http_errors_total` and the histogram
+//! `http_request_duration_seconds`, growing with the time since start at
+//! `metrics.requests_per_second` (default 20), of which a share `metrics.error_ratio`
+//! (default 0.01) fails, with latencies spread evenly between 0.5 and 1.5 times
+//! `metrics.latency_seconds` (default 0.05): a release that degrades sets larger values.
 //! It waits up to 10 s for its port while another process
 //! holds it, and writes the pid file only once it listens, so the pid file always names
 //! the process that owns the port. `restart` stops the old app, starts `serve` detached
@@ -36,7 +42,7 @@
 //! writes `<point> <pid>` to `FLEETWAVE_TEST_PAUSE_FILE` and waits there to be killed.
 //!
 //! Standard library only (plus libc for signals and locks; Linux `/proc` to find a port's
-//! owner); never serves anything but those two paths.
+//! owner); never serves anything but those three paths.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -128,6 +134,53 @@ struct AppFile {
     healthy: bool,
     /// Labels (`K=V`) that, all present on the site, make this version unhealthy.
     unhealthy_on: Vec<String>,
+    /// `[metrics]`: the simulated traffic `/metrics` exports.
+    traffic: Traffic,
+}
+
+/// Simulated traffic: counters are closed-form functions of the seconds since start.
+struct Traffic {
+    requests_per_second: f64,
+    error_ratio: f64,
+    latency_seconds: f64,
+    started: Instant,
+}
+
+/// The histogram's bucket bounds (seconds).
+const LATENCY_BUCKETS: [f64; 9] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+impl Traffic {
+    fn exposition(&self) -> String {
+        let requests = (self.started.elapsed().as_secs_f64() * self.requests_per_second).floor();
+        let errors = (requests * self.error_ratio).floor();
+        let mut out = String::new();
+        out.push_str("# HELP http_requests_total Requests served (simulated).\n# TYPE http_requests_total counter\n");
+        out.push_str(&format!(
+            "http_requests_total{{code=\"200\"}} {}\n",
+            requests - errors
+        ));
+        out.push_str(&format!("http_requests_total{{code=\"500\"}} {errors}\n"));
+        out.push_str("# HELP http_errors_total Requests that failed (simulated).\n# TYPE http_errors_total counter\n");
+        out.push_str(&format!("http_errors_total {errors}\n"));
+        out.push_str("# HELP http_request_duration_seconds Request latency (simulated).\n# TYPE http_request_duration_seconds histogram\n");
+        // Latencies evenly spread over [0.5 L, 1.5 L]: the share at or below a bound.
+        let (low, width) = (0.5 * self.latency_seconds, self.latency_seconds);
+        for le in LATENCY_BUCKETS {
+            let share = ((le - low) / width).clamp(0.0, 1.0);
+            out.push_str(&format!(
+                "http_request_duration_seconds_bucket{{le=\"{le}\"}} {}\n",
+                (requests * share).floor()
+            ));
+        }
+        out.push_str(&format!(
+            "http_request_duration_seconds_bucket{{le=\"+Inf\"}} {requests}\n"
+        ));
+        out.push_str(&format!(
+            "http_request_duration_seconds_sum {}\nhttp_request_duration_seconds_count {requests}\n",
+            requests * self.latency_seconds
+        ));
+        out
+    }
 }
 
 impl AppFile {
@@ -177,10 +230,29 @@ fn read_app_file(dir: &Path) -> Result<AppFile, String> {
             .collect::<Result<_, _>>()?,
         _ => return Err("app file: `unhealthy_on` must be a table of label = value".into()),
     };
+    let metrics = &value["metrics"];
+    let number = |key: &str, default: f64, max: f64| -> Result<f64, String> {
+        match &metrics[key] {
+            serde_json::Value::Null => Ok(default),
+            v => v
+                .as_f64()
+                .filter(|n| (0.0..=max).contains(n))
+                .ok_or_else(|| {
+                    format!("app file: `metrics.{key}` must be a number from 0 to {max}")
+                }),
+        }
+    };
+    let traffic = Traffic {
+        requests_per_second: number("requests_per_second", 20.0, 1e6)?,
+        error_ratio: number("error_ratio", 0.01, 1.0)?,
+        latency_seconds: number("latency_seconds", 0.05, 60.0)?,
+        started: Instant::now(),
+    };
     Ok(AppFile {
         version,
         healthy,
         unhealthy_on,
+        traffic,
     })
 }
 
@@ -228,6 +300,7 @@ fn handle(stream: TcpStream, app: &AppFile) -> std::io::Result<()> {
         ("GET", "/healthz") if app.healthy => ("200 OK", "ok".to_string()),
         ("GET", "/healthz") => ("500 Internal Server Error", "unhealthy".to_string()),
         ("GET", "/version") => ("200 OK", app.version.clone()),
+        ("GET", "/metrics") => ("200 OK", app.traffic.exposition()),
         ("GET", _) => ("404 Not Found", "not found".to_string()),
         _ => ("405 Method Not Allowed", "method not allowed".to_string()),
     };
