@@ -609,6 +609,17 @@ fn releases_artifacts_roots_and_rollouts() {
     assert!(list.contains(&id), "{list}");
     let aborted = c.json(&["rollout", "abort", &id, "--reason", "demo over"]);
     assert_eq!(aborted["status"], "aborted");
+    // Hold: shown by `site show` and `site list`, lifted by `site unhold`.
+    let held = c.ok(&["site", "hold", "store-2", "--reason", "vendor visit"]);
+    assert!(
+        held.contains("HELD:") && held.contains("vendor visit"),
+        "{held}"
+    );
+    assert!(c.ok(&["site", "list"]).contains("(held)"));
+    let err = fails(c.run(&["site", "hold", "store-2", "--reason", ""]), 1);
+    assert!(err.contains("reason"), "{err}");
+    let lifted = c.ok(&["site", "unhold", "store-2"]);
+    assert!(!lifted.contains("HELD:"), "{lifted}");
 
     // The rollout as one file for a review, as JSON and as Markdown.
     let x = c.json(&["rollout", "export", &id]);

@@ -104,6 +104,9 @@ impl From<crate::engine::EngineError> for ApiError {
             E::NoSuchWave { .. } => ApiError::bad_request(message),
             E::WaveNotOpen(_) => ApiError::conflict("wave_not_open", message),
             E::NothingToRetry(_) => ApiError::conflict("nothing_to_retry", message),
+            E::InvalidHold(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_hold", message)
+            }
             E::InvalidPlan(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
             }

@@ -36,6 +36,8 @@ pub struct PreviewSite<'a> {
     pub deferred_until: Option<Timestamp>,
     /// Another active rollout that holds the site.
     pub in_rollout: Option<&'a str>,
+    /// An operator holds the site (`fleetwave site hold`): by whom, and why.
+    pub held: Option<(&'a str, &'a str)>,
 }
 
 /// The wire form of a plan's `start_at`.
@@ -59,7 +61,21 @@ pub fn preview(
     now: Timestamp,
 ) -> PlanPreview {
     let mut excluded: BTreeMap<ExclusionReason, Vec<ExcludedSite>> = BTreeMap::new();
-    let active: Vec<&PreviewSite> = sites.iter().filter(|s| s.active).collect();
+    for s in sites.iter().filter(|s| s.active) {
+        if let Some((by, why)) = s.held {
+            excluded
+                .entry(ExclusionReason::Held)
+                .or_default()
+                .push(ExcludedSite {
+                    site_id: s.site_id.to_string(),
+                    detail: Some(format!("held by {by}: {why}")),
+                });
+        }
+    }
+    let active: Vec<&PreviewSite> = sites
+        .iter()
+        .filter(|s| s.active && s.held.is_none())
+        .collect();
     for s in sites.iter().filter(|s| !s.active) {
         excluded
             .entry(ExclusionReason::Decommissioned)
@@ -597,6 +613,7 @@ name = "rest"
             active,
             deferred_until: None,
             in_rollout,
+            held: None,
         };
         let sites = [
             site("s-1", &pig, true, None),
@@ -604,10 +621,14 @@ name = "rest"
             site("s-3", &kiosk, true, None),
             site("s-4", &store, false, None),
             site("s-5", &store, true, Some("other-1")),
+            PreviewSite {
+                held: Some(("alice", "till replaced")),
+                ..site("s-6", &store, true, None)
+            },
         ];
         let now = ts("2026-12-04T18:00:00Z");
         let v = preview(&p, "preview", &sites, &[], now);
-        assert_eq!((v.fleet, v.selected), (5, 2));
+        assert_eq!((v.fleet, v.selected), (6, 2));
         assert_eq!(v.waves[0].sites, ["s-1"]);
         assert_eq!(v.waves[1].sites, ["s-2"]);
         let reasons: Vec<_> = v
@@ -621,7 +642,17 @@ name = "rest"
                 (ExclusionReason::Decommissioned, "s-4"),
                 (ExclusionReason::InAnotherRollout, "s-5"),
                 (ExclusionReason::NoMatch, "s-3"),
+                (ExclusionReason::Held, "s-6"),
             ]
+        );
+        let held = v
+            .excluded
+            .iter()
+            .find(|g| g.reason == ExclusionReason::Held)
+            .unwrap();
+        assert_eq!(
+            held.sites[0].detail.as_deref(),
+            Some("held by alice: till replaced")
         );
         assert!(v.refused.as_deref().unwrap().contains("1 site(s)"));
     }

@@ -1074,3 +1074,49 @@ async fn operators_check_a_pasted_plan_on_the_rollouts_page_without_storing_it()
     assert_eq!(v["rollouts"], json!([]), "{v}");
     h.stop().await;
 }
+
+/// Holding a site from its page: a Hold control that asks for a reason (required), the
+/// hold shown on the page, and a control to lift it; CSRF and role as for every control.
+#[tokio::test]
+async fn a_site_is_held_and_released_from_its_page() {
+    let h = Harness::new().await;
+    Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (_, _, page) = web.get("/ui/sites/store-1").await;
+    assert!(page.contains("id=\"control-hold\""), "{page}");
+    let (s, _, page) = web.get("/ui/sites/store-1/confirm/hold").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("Hold site store-1") && page.contains("name=\"reason\""),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let act = "/ui/sites/store-1/actions/hold";
+    let (s, _, _) = web.post(act, &[("reason", "flooded")]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, _, page) = web.post(act, &[("csrf", &csrf), ("reason", " ")]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("reason:"), "{page}");
+    let (s, headers, _) = web
+        .post(act, &[("csrf", &csrf), ("reason", "flooded")])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/sites/store-1");
+    let (_, _, page) = web.get("/ui/sites/store-1").await;
+    assert!(
+        page.contains("id=\"hold\"")
+            && page.contains("flooded")
+            && page.contains("id=\"control-unhold\""),
+        "{page}"
+    );
+    let (s, _, _) = web
+        .post("/ui/sites/store-1/actions/unhold", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (_, v) = h.get("/v1/sites/store-1", &h.admin).await;
+    assert!(v["hold"].is_null(), "{v}");
+    let (_, audit) = h.get("/v1/audit", &h.admin).await;
+    assert!(audit.to_string().contains("flooded (dashboard)"), "{audit}");
+    h.stop().await;
+}

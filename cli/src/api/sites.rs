@@ -31,6 +31,22 @@ pub enum SiteCommand {
     /// prints a one-use enrollment token bound to the site (only such a token can
     /// replace a site's key; other tokens only create new sites).
     Rekey(SiteRekeyArgs),
+    /// Hold a site at what it runs: no rollout takes it (an active rollout that had not
+    /// started on it leaves it out of its gate) until `site unhold`.
+    Hold(SiteHoldArgs),
+    /// Lift a site's hold: it joins the active rollouts that select it.
+    Unhold(SiteIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SiteHoldArgs {
+    /// The site id.
+    pub site: String,
+    /// Why (shown wherever the site is, and in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +123,17 @@ pub fn site(command: SiteCommand) -> Result<()> {
         }
         SiteCommand::Decommission(args) => site_state(args, "decommission"),
         SiteCommand::Enable(args) => site_state(args, "reenable"),
+        SiteCommand::Unhold(args) => site_state(args, "unhold"),
+        SiteCommand::Hold(args) => {
+            let client = Client::connect(&args.connect)?;
+            let site: api::SiteInfo = client.post(
+                &format!("{}/{}/hold", paths::SITES, encode(&args.site)),
+                &api::HoldSite {
+                    reason: args.reason.clone(),
+                },
+            )?;
+            print_site(&site, args.connect.json)
+        }
         SiteCommand::Rekey(args) => {
             let req = api::RekeySite {
                 expires_in_secs: Some(parse_secs(&args.expires_in)?),
@@ -176,7 +203,11 @@ fn site_list(args: SiteListArgs) -> Result<()> {
     for s in &sites {
         table.row(vec![
             s.id.clone(),
-            s.state.as_str().to_string(),
+            if s.hold.is_some() {
+                format!("{} (held)", s.state.as_str())
+            } else {
+                s.state.as_str().to_string()
+            },
             versions(&s.installed),
             health(s.healthy).to_string(),
             output::ago(s.last_seen, now),
@@ -229,6 +260,14 @@ fn print_site(s: &api::SiteInfo, json: bool) -> Result<()> {
     );
     if let Some(d) = s.deferred_until {
         text.push_str(&format!("  deferred:    until {}\n", output::time(d)));
+    }
+    if let Some(h) = &s.hold {
+        text.push_str(&format!(
+            "  HELD:        {} (by {}, since {})\n",
+            h.reason,
+            h.held_by,
+            output::time(h.held_at)
+        ));
     }
     text.push_str(&format!(
         "  rollout:     {}\n  device key:  {}\n  installed:\n",

@@ -82,6 +82,8 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/sites/{id}/decommission", post(decommission_site))
         .route("/v1/sites/{id}/reenable", post(reenable_site))
         .route("/v1/sites/{id}/rekey", post(rekey_site))
+        .route("/v1/sites/{id}/hold", post(hold_site))
+        .route("/v1/sites/{id}/unhold", post(unhold_site))
         .route("/v1/releases", post(publish_release).get(list_releases))
         .route("/v1/releases/{id}", get(get_release))
         .route("/v1/roots", post(publish_root).get(list_roots))

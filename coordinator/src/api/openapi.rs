@@ -300,6 +300,24 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
+        path: "/v1/sites/{id}/hold",
+        summary: "Hold a site at what it runs: no rollout takes it until the hold is lifted",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("HoldSite"),
+        output: Output::Json("SiteInfo"),
+        errors: &["422"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/sites/{id}/unhold",
+        summary: "Lift a site's hold; it joins the active rollouts that select it",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("SiteInfo"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
         path: "/v1/sites/{id}/rekey",
         summary: "One-use enrollment token bound to an enrolled site: its new device key",
         auth: Auth::Operator("operator"),
@@ -953,6 +971,8 @@ fn build() -> OpenApi {
         .schema_from::<SiteInfo>()
         .schema_from::<SiteList>()
         .schema_from::<RelabelSite>()
+        .schema_from::<HoldSite>()
+        .schema_from::<SiteHoldInfo>()
         .schema_from::<RekeySite>()
         .schema_from::<ReleaseInfo>()
         .schema_from::<ReleaseList>()

@@ -298,7 +298,7 @@ pub async fn revoke_operator_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn site_info(s: SiteRecord, rollout_id: Option<String>) -> SiteInfo {
+fn site_info(s: SiteRecord, rollout_id: Option<String>, hold: Option<SiteHold>) -> SiteInfo {
     SiteInfo {
         id: s.id,
         labels: s.labels,
@@ -326,6 +326,11 @@ fn site_info(s: SiteRecord, rollout_id: Option<String>) -> SiteInfo {
         health_at: s.health_at,
         deferred_until: s.deferred_until,
         rollout_id,
+        hold: hold.map(|h| SiteHoldInfo {
+            reason: h.reason,
+            held_by: h.held_by,
+            held_at: h.held_at,
+        }),
     }
 }
 
@@ -359,11 +364,13 @@ pub async fn list_sites(
     let next_after = (sites.len() == limit)
         .then(|| sites.last().map(|s| s.id.clone()))
         .flatten();
+    let mut holds = app.db.run(|st| st.site_holds()).await?;
     let mut out = Vec::with_capacity(sites.len());
     for s in sites {
         let id = s.id.clone();
         let rollout = app.db.run(move |st| st.active_rollout_of_site(&id)).await?;
-        out.push(site_info(s, rollout));
+        let hold = holds.remove(&s.id);
+        out.push(site_info(s, rollout, hold));
     }
     Ok(Json(SiteList {
         sites: out,
@@ -388,7 +395,50 @@ pub async fn get_site(
     let site = load_site(&app, &id).await?;
     let i = id.clone();
     let rollout = app.db.run(move |s| s.active_rollout_of_site(&i)).await?;
-    Ok(Json(site_info(site, rollout)))
+    let hold = app.db.run(|s| s.site_holds()).await?.remove(&id);
+    Ok(Json(site_info(site, rollout, hold)))
+}
+
+/// `POST /v1/sites/{id}/hold`: keeps the site at what it runs (see `engine::holds`).
+pub async fn hold_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<HoldSite>,
+) -> Result<Json<SiteInfo>, ApiError> {
+    op.require(Permission::Operate)?;
+    let outcome = app.engine.hold_site(&id, &req.reason, &op.actor()).await?;
+    let mut detail = format!("reason: {}", req.reason.trim());
+    if !outcome.skipped_in.is_empty() {
+        detail.push_str(&format!("; left out of {}", outcome.skipped_in.join(", ")));
+    }
+    if !outcome.started_in.is_empty() {
+        detail.push_str(&format!(
+            "; install already under way in {}",
+            outcome.started_in.join(", ")
+        ));
+    }
+    op.audit(&app, "site.hold", &id, detail).await?;
+    get_site(State(app), op, ApiPath(id)).await
+}
+
+/// `POST /v1/sites/{id}/unhold`: lifts the hold; the site joins the active rollouts
+/// that select it.
+pub async fn unhold_site(
+    State(app): State<AppState>,
+    op: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SiteInfo>, ApiError> {
+    op.require(Permission::Operate)?;
+    let was = app.engine.release_hold(&id).await?;
+    op.audit(
+        &app,
+        "site.unhold",
+        &id,
+        if was { "" } else { "was not held" },
+    )
+    .await?;
+    get_site(State(app), op, ApiPath(id)).await
 }
 
 pub async fn relabel_site(
@@ -416,7 +466,8 @@ pub async fn relabel_site(
     app.engine.join_rollouts(&id).await?;
     let i = id.clone();
     let rollout = app.db.run(move |s| s.active_rollout_of_site(&i)).await?;
-    Ok(Json(site_info(site, rollout)))
+    let hold = app.db.run(|s| s.site_holds()).await?.remove(&id);
+    Ok(Json(site_info(site, rollout, hold)))
 }
 
 pub async fn decommission_site(

@@ -45,6 +45,12 @@ impl Engine {
                 })
             })
             .await?;
+        // Held sites stay at what they run: no new rollout places them.
+        let holds = self.db.run(|s| s.site_holds()).await?;
+        let sites: Vec<_> = sites
+            .into_iter()
+            .filter(|s| !holds.contains_key(&s.id))
+            .collect();
         let candidates: Vec<controller::Candidate> = sites
             .iter()
             .map(|site| controller::Candidate {
@@ -140,7 +146,7 @@ impl Engine {
         let Some(site) = self.db.run(move |s| s.site(&sid)).await? else {
             return Ok(());
         };
-        if site.state != WireSiteState::Active {
+        if site.state != WireSiteState::Active || self.is_held(site_id).await? {
             return Ok(());
         }
         let _guard = self.lock.lock().await;

@@ -32,6 +32,7 @@ mod approvals;
 pub mod assign;
 pub mod facts;
 pub mod freezes;
+pub mod holds;
 pub mod leases;
 mod placement;
 mod preview;
@@ -154,6 +155,9 @@ pub enum EngineError {
     /// A retry names a site or wave with nothing failed to install again.
     #[error("{0}")]
     NothingToRetry(String),
+    /// A hold request breaks a rule (the message names the field).
+    #[error("{0}")]
+    InvalidHold(String),
     /// A submitted plan does not parse, or names a release that is not published here.
     #[error("{0}")]
     InvalidPlan(String),

@@ -78,6 +78,7 @@ impl Engine {
                 held.entry(m).or_insert_with(|| r.id.clone());
             }
         }
+        let holds = self.db.run(|s| s.site_holds()).await?;
         let fleet: Vec<PreviewSite> = sites
             .iter()
             .map(|s| PreviewSite {
@@ -86,6 +87,9 @@ impl Engine {
                 active: s.state == op::SiteState::Active,
                 deferred_until: s.deferred_until,
                 in_rollout: held.get(&s.id).map(String::as_str),
+                held: holds
+                    .get(&s.id)
+                    .map(|h| (h.held_by.as_str(), h.reason.as_str())),
             })
             .collect();
         let freezes = self.effective_freezes();

@@ -63,6 +63,15 @@ pub struct SiteRecord {
     pub deferred_until: Option<Timestamp>,
 }
 
+/// An operator's hold on a site (`site_holds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteHold {
+    pub site_id: String,
+    pub reason: String,
+    pub held_by: String,
+    pub held_at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledRelease {
     pub release_id: Option<String>,
@@ -494,6 +503,11 @@ pub trait Store: Send + Sync + 'static {
     fn list_sites(&self, filter: &SiteFilter) -> StoreResult<Vec<SiteRecord>>;
     fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()>;
     fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()>;
+    /// Holds a site (replacing an earlier hold's reason) or, with `None`, lifts its hold.
+    /// Returns whether the site was held before.
+    fn set_site_hold(&self, site_id: &str, hold: Option<&SiteHold>) -> StoreResult<bool>;
+    /// Every held site's hold, by site id.
+    fn site_holds(&self) -> StoreResult<BTreeMap<String, SiteHold>>;
     fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;
     /// Sites whose newest reported install phase is `rollback_failed`: their agent gave up

@@ -258,6 +258,27 @@ pub struct SiteInfo {
     pub deferred_until: Option<Timestamp>,
     /// The active rollout the site belongs to, if any.
     pub rollout_id: Option<String>,
+    /// The site is held at what it runs: no rollout takes it until the hold is lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<SiteHoldInfo>,
+}
+
+/// Why, by whom and since when a site is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteHoldInfo {
+    pub reason: String,
+    pub held_by: String,
+    pub held_at: Timestamp,
+}
+
+/// `POST /v1/sites/{id}/hold`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HoldSite {
+    /// Why (shown wherever the site is): 1 to 500 characters.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -560,6 +581,8 @@ pub enum ExclusionReason {
     InAnotherRollout,
     /// The site's labels do not match the plan's selector.
     NoMatch,
+    /// An operator holds the site at what it runs (`fleetwave site hold`).
+    Held,
     /// A reason this build does not know (a newer coordinator).
     #[serde(other)]
     Unknown,
@@ -571,6 +594,7 @@ impl ExclusionReason {
             ExclusionReason::Decommissioned => "decommissioned",
             ExclusionReason::InAnotherRollout => "in_another_rollout",
             ExclusionReason::NoMatch => "no_match",
+            ExclusionReason::Held => "held",
             ExclusionReason::Unknown => "unknown",
         }
     }

@@ -1,4 +1,4 @@
-//! One site's page and its controls (decommission, re-enable).
+//! One site's page and its controls (decommission, re-enable, hold, lift the hold).
 
 use super::*;
 
@@ -104,6 +104,8 @@ pub(super) struct SitePage {
     rollout: String,
     /// Set when the site's newest install phase is `rollback_failed`: what the agent said.
     rollback_failed: String,
+    /// Set when an operator holds the site: why, by whom, since when.
+    hold: String,
     events: Vec<EventRow>,
     health_history: Vec<EventRow>,
     can_operate: bool,
@@ -150,6 +152,21 @@ pub async fn site(
         .db
         .run(move |s| s.active_rollout_of_site(&i))
         .await?;
+    let hold = dash
+        .app
+        .db
+        .run(|s| s.site_holds())
+        .await?
+        .remove(&id)
+        .map(|h| {
+            format!(
+                "Held by {} since {}: {}. No rollout takes it until the hold is lifted.",
+                h.held_by,
+                when(Some(h.held_at)),
+                h.reason
+            )
+        })
+        .unwrap_or_default();
     let i = id.clone();
     let (events, health, last_assignment) = dash
         .read
@@ -238,6 +255,7 @@ pub async fn site(
         assigned,
         rollout: rollout.unwrap_or_default(),
         rollback_failed: rollback_failed_alert(&events),
+        hold,
         events: rows(&events),
         health_history: rows(&health),
         can_operate: who.can_operate(),
@@ -260,6 +278,7 @@ pub async fn site_confirm(
         .run(move |s| s.site(&i))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no site {id}")))?;
+    let mut takes_reason = false;
     let (label, question, danger) = match action.as_str() {
         "decommission" => (
             "Decommission the site",
@@ -279,6 +298,25 @@ pub async fn site_confirm(
             ),
             false,
         ),
+        "hold" => {
+            takes_reason = true;
+            (
+                "Hold the site",
+                format!(
+                    "Hold site {} at what it runs? No new rollout places it and it joins none; an active rollout that has not started on it leaves it out of its gate. An install already under way goes on. Say why below (required).",
+                    site.id
+                ),
+                false,
+            )
+        }
+        "unhold" => (
+            "Lift the hold",
+            format!(
+                "Lift the hold on site {}? It joins the active rollouts its labels select.",
+                site.id
+            ),
+            false,
+        ),
         other => return Err(ApiError::not_found(format!("no site action {other:?}")).into()),
     };
     html(ConfirmPage {
@@ -289,7 +327,7 @@ pub async fn site_confirm(
         question,
         wave: String::new(),
         site: site.id,
-        takes_reason: false,
+        takes_reason,
         danger,
     })
 }
@@ -301,12 +339,35 @@ pub async fn site_act(
     State(dash): State<DashState>,
     who: SignedIn,
     Path((id, action)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<SiteActForm>,
 ) -> PageResult {
     who.check_csrf(&form.csrf)?;
     who.op.require(Permission::Operate)?;
     let app = &dash.app;
     match action.as_str() {
+        "hold" => {
+            let outcome = app
+                .engine
+                .hold_site(&id, &form.reason, &who.op.actor())
+                .await
+                .map_err(ApiError::from)?;
+            let mut detail = format!("reason: {} (dashboard)", form.reason.trim());
+            if !outcome.skipped_in.is_empty() {
+                detail.push_str(&format!("; left out of {}", outcome.skipped_in.join(", ")));
+            }
+            who.op.audit(app, "site.hold", &id, detail).await?;
+        }
+        "unhold" => {
+            let was = app.engine.release_hold(&id).await.map_err(ApiError::from)?;
+            who.op
+                .audit(
+                    app,
+                    "site.unhold",
+                    &id,
+                    if was { "" } else { "was not held" },
+                )
+                .await?;
+        }
         "decommission" => {
             app.engine
                 .set_site_active(&id, false)
@@ -327,4 +388,13 @@ pub async fn site_act(
     }
     dash.invalidate_overview().await;
     Ok(Redirect::to(&format!("/ui/sites/{}", urlencode(&id))).into_response())
+}
+
+/// The form of a site control: the session's CSRF token, and the reason of a hold.
+#[derive(serde::Deserialize)]
+pub struct SiteActForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
 }

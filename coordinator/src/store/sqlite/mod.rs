@@ -64,6 +64,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v3.sql")),
         M::up(include_str!("../schema_v4.sql")),
         M::up(include_str!("../schema_v5.sql")),
+        M::up(include_str!("../schema_v6.sql")),
     ])
 }
 

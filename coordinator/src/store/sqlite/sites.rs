@@ -133,3 +133,62 @@ pub(super) fn count_sites_not_seen_since(
             .collect()
     })
 }
+
+pub(super) fn set_site_hold(
+    s: &SqliteStore,
+    site_id: &str,
+    hold: Option<&SiteHold>,
+) -> StoreResult<bool> {
+    s.write(|tx| {
+        let was: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM site_holds WHERE site_id = ?1)",
+                [site_id],
+                |r| r.get(0),
+            )?;
+        match hold {
+            Some(h) => {
+                tx.execute(
+                    "INSERT INTO site_holds (site_id, reason, held_by, held_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (site_id) DO UPDATE SET reason = ?2, held_by = ?3, held_at = ?4",
+                    params![h.site_id, h.reason, h.held_by, h.held_at.as_millisecond()],
+                )?;
+            }
+            None => {
+                tx.execute("DELETE FROM site_holds WHERE site_id = ?1", [site_id])?;
+            }
+        }
+        Ok(was)
+    })
+}
+
+pub(super) fn site_holds(s: &SqliteStore) -> StoreResult<BTreeMap<String, SiteHold>> {
+    s.read(|c| {
+        let mut st =
+            c.prepare_cached("SELECT site_id, reason, held_by, held_at FROM site_holds")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (site_id, reason, held_by, at) = row?;
+            let held_at = Timestamp::from_millisecond(at)
+                .map_err(|e| StoreError::Corrupt(format!("site hold time {at}: {e}")))?;
+            out.insert(
+                site_id.clone(),
+                SiteHold {
+                    site_id,
+                    reason,
+                    held_by,
+                    held_at,
+                },
+            );
+        }
+        Ok(out)
+    })
+}

@@ -172,6 +172,14 @@ impl Store for SqliteStore {
         sites::touch_sites(self, seen)
     }
 
+    fn set_site_hold(&self, site_id: &str, hold: Option<&SiteHold>) -> StoreResult<bool> {
+        sites::set_site_hold(self, site_id, hold)
+    }
+
+    fn site_holds(&self) -> StoreResult<BTreeMap<String, SiteHold>> {
+        sites::site_holds(self)
+    }
+
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>> {
         sites::count_sites_by_state(self)
     }
