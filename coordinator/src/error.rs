@@ -209,19 +209,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|r| json_rejection(r.into()))?;
-        let first = bytes
-            .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-        if first.is_some_and(|b| *b != b'{') {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object (`{...}` with named members), \
-                 not an array or another JSON value",
-            ));
-        }
+        require_object(&bytes)?;
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| ApiJson(v))
             .map_err(json_rejection)
     }
+}
+
+/// Refuses a JSON body that is not an object: serde would also fill a struct from an
+/// array, field by field in declaration order, and a body's meaning never depends on that.
+pub fn require_object(bytes: &[u8]) -> Result<(), ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object (`{...}` with named members), \
+             not an array or another JSON value",
+        ));
+    }
+    Ok(())
 }
 
 /// `application/json`, or any `application/<name>+json`, with or without parameters.

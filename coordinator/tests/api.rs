@@ -1497,6 +1497,15 @@ async fn request_bodies_must_be_json_objects_never_arrays_mapped_by_position() {
         ("/v1/agent/lease", a.token.as_str(), r#"["r-1", 1]"#),
         ("/v1/agent/reports", a.token.as_str(), r#"[[]]"#),
         ("/v1/rollouts/r-1/approve", h.admin.as_str(), r#"[0]"#),
+        // The optional reason of pause, abort and rollback (found by the API fuzzer: `[]`
+        // was taken as "no reason").
+        ("/v1/rollouts/r-1/pause", h.admin.as_str(), r#"[]"#),
+        (
+            "/v1/rollouts/r-1/abort",
+            h.admin.as_str(),
+            r#"["wrong build"]"#,
+        ),
+        ("/v1/rollouts/r-1/rollback", h.admin.as_str(), r#"[null]"#),
     ] {
         let (s, v) = post_text(&h, path, token, body).await;
         refused(s, &v, &format!("{path} {body}"));

@@ -1146,6 +1146,7 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    crate::error::require_object(body)?;
     let r: ActionReason = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     Ok(r.reason)
