@@ -312,7 +312,7 @@ impl Engine {
                 note = Some(("rollback".into(), None, why));
             }
             Action::Retry(target) => {
-                note = Some(self.retry(&mut l, target, actor, now).await?);
+                note = Some(self.retry(&l, target, actor, now).await?);
             }
             Action::Skip(site_id) => {
                 let (rid, sid) = (id.to_string(), site_id.clone());

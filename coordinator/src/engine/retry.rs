@@ -22,13 +22,14 @@ impl Engine {
     /// Call with the engine lock held, from [`Engine::rollout_action`].
     pub(super) async fn retry(
         &self,
-        l: &mut Loaded,
+        l: &Loaded,
         target: &RetryTarget,
         actor: &str,
         now: Timestamp,
     ) -> Result<(String, Option<u32>, String), EngineError> {
         let id = l.record.id.clone();
-        let rolled_back: std::collections::HashSet<&str> = l
+        // Skipped sites and sites sent back to their previous release are not retried.
+        let not_retried: std::collections::HashSet<&str> = l
             .sites
             .iter()
             .filter(|s| s.rollback_sequence.is_some() || s.skipped)
@@ -36,7 +37,7 @@ impl Engine {
             .collect();
         let failed: Vec<(String, u32, String)> = controller::failed_sites(&l.view(), now)
             .into_iter()
-            .filter(|(site, _, _)| !rolled_back.contains(site.as_str()))
+            .filter(|(site, _, _)| !not_retried.contains(site.as_str()))
             .collect();
         let chosen: Vec<(String, u32, String)> = match target {
             RetryTarget::Site(site) => {
@@ -96,12 +97,6 @@ impl Engine {
                 })
                 .collect::<Vec<_>>(),
         );
-        for s in l.sites.iter_mut().filter(|s| ids.contains(&s.site_id)) {
-            s.assigned_at = None;
-            s.leased_at = None;
-            s.committed_at = None;
-            s.failed_at = None;
-        }
         let when = if matches!(
             l.record.status,
             fleetwave_shared::protocol::operator::RolloutStatus::Halted
