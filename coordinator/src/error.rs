@@ -107,6 +107,11 @@ impl From<crate::engine::EngineError> for ApiError {
             E::InvalidHold(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_hold", message)
             }
+            E::ChannelNotFound(_) => ApiError::not_found(message),
+            E::InvalidChannel(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_channel", message)
+            }
+            E::ChannelConflict(_) => ApiError::conflict("channel_conflict", message),
             E::InvalidPlan(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
             }

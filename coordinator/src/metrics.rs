@@ -107,6 +107,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ResultLabel, Counter>,
     /// Webhook deliveries waiting to be sent or retried.
     pub webhook_backlog: Gauge,
+    /// How long each convergence pass over the channels took.
+    pub convergence_pass_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -240,6 +242,12 @@ impl Metrics {
             "Webhook deliveries pending (waiting to be sent or retried)",
             webhook_backlog.clone(),
         );
+        let convergence_pass_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "convergence_pass_seconds",
+            "How long each convergence pass over the channels took",
+            convergence_pass_seconds.clone(),
+        );
         Metrics {
             registry,
             requests_shed,
@@ -249,6 +257,7 @@ impl Metrics {
             group_commit_waiting,
             webhook_deliveries,
             webhook_backlog,
+            convergence_pass_seconds,
             reports_pruned,
             controller_up,
             controller_restarts,

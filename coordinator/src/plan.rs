@@ -389,6 +389,16 @@ pub struct RolloutPlan {
     /// operator starts it. See [`StartAt`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<StartAt>,
+    /// The channel whose release this rollout's completion sets: a channel's name, or
+    /// `false` for none. Default: the channel of the release's stream with the same
+    /// selector, created when there is none and no other channel of the stream takes any
+    /// of its sites (see docs/waves.md, "Channels").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelKey>,
+    /// Set by the coordinator on a channel's convergence rollout: the channel's name.
+    /// Plans submitted through the API may not set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge: Option<String>,
     /// How long each signed assignment stays valid; re-issued before it runs out while the
     /// rollout is active. Default 7d.
     #[serde(default = "defaults::assignment_ttl", with = "duration")]
@@ -412,6 +422,25 @@ impl RolloutPlan {
     /// to an equal plan. Servers store this normalized form.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+}
+
+/// A plan's `channel` key: `channel = "name"` or `channel = false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelKey {
+    Named(String),
+    /// `false`: the rollout sets no channel. (`true` is refused.)
+    Flag(bool),
+}
+
+impl ChannelKey {
+    /// The channel named, if any (None for `false`).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ChannelKey::Named(n) => Some(n),
+            ChannelKey::Flag(_) => None,
+        }
     }
 }
 
@@ -610,6 +639,19 @@ pub fn parse_new_plan(
     now: jiff::Timestamp,
 ) -> Result<RolloutPlan, PlanError> {
     let plan = parse_plan(text, format)?;
+    if plan.converge.is_some() {
+        let path = vec![Seg::Key("converge")];
+        let (line, column) = locate(text, format, &path);
+        return Err(PlanError::Invalid {
+            path: render_path(&path),
+            line,
+            column,
+            message: "converge is set by the coordinator on a channel's convergence rollout; \
+                      to move a channel, set its release (fleetwave channel set) or name it \
+                      with channel = \"NAME\""
+                .to_string(),
+        });
+    }
     if let Some(start) = &plan.start_at {
         let problem = if start.at <= now {
             Some(format!(
@@ -785,6 +827,24 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
         return Err((top("release"), "must name a release id".into()));
     }
     validate_selector(&plan.selector, top("selector"))?;
+    match &plan.channel {
+        Some(ChannelKey::Flag(true)) => {
+            return Err((
+                top("channel"),
+                "give a channel's name, or false for none (true names no channel)".into(),
+            ));
+        }
+        Some(ChannelKey::Named(n)) => {
+            validate_channel_name(n).map_err(|m| (top("channel"), m))?;
+        }
+        _ => {}
+    }
+    if plan.converge.is_some() && plan.waves.len() != 1 {
+        return Err((
+            top("converge"),
+            "a convergence rollout has exactly one wave".into(),
+        ));
+    }
     if let Some(w) = &plan.window {
         w.validate().map_err(|e| (top("window"), e.to_string()))?;
     }
@@ -886,6 +946,30 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
         }
     }
     Ok(())
+}
+
+/// A channel's name: 1 to 64 characters of `a-z`, `0-9`, `-`, `_` and `.`, starting with
+/// a letter or digit (it appears in URLs and rollout ids).
+pub fn validate_channel_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a channel name: use 1 to 64 characters of a-z, 0-9, '-', '_' \
+             and '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Checks a selector outside a plan (a channel's), with the plan's rules.
+pub fn check_selector(sel: &Selector) -> Result<(), String> {
+    validate_selector(sel, vec![]).map_err(|(_, m)| m)
 }
 
 fn validate_selector(sel: &Selector, path: Path) -> Result<(), (Path, String)> {

@@ -9,6 +9,7 @@ pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
+pub mod channels;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -116,7 +117,17 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
             "/v1/webhooks/{id}/deliveries",
             get(webhooks::webhook_deliveries),
         )
-        .route("/v1/webhooks/{id}/test", post(webhooks::test_webhook));
+        .route("/v1/webhooks/{id}/test", post(webhooks::test_webhook))
+        .route(
+            "/v1/channels",
+            get(channels::list_channels).post(channels::create_channel),
+        )
+        .route(
+            "/v1/channels/{name}",
+            get(channels::get_channel).delete(channels::delete_channel),
+        )
+        .route("/v1/channels/{name}/set", post(channels::set_channel))
+        .route("/v1/channels/{name}/resume", post(channels::resume_channel));
     edge.guard(routes, Budget::Requests)
 }
 

@@ -572,6 +572,59 @@ const ROUTES: &[Route] = &[
         ..VIEW
     },
     Route {
+        path: "/v1/channels",
+        summary: "Channels: the release each set of sites should run, with how many of their sites are off it",
+        output: Output::Json("ChannelList"),
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/channels",
+        summary: "Create a channel (a stream and selector that must not share sites with another channel of the stream)",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("CreateChannel"),
+        status: "201",
+        output: Output::Json("ChannelDetail"),
+        errors: &["409", "422"],
+    },
+    Route {
+        path: "/v1/channels/{name}",
+        summary: "A channel and a page of its sites off its release, each with why (held, in a rollout, converging, failed, paused...)",
+        input: Input::Query(query::<fleetwave_shared::protocol::channels::ChannelQuery>),
+        output: Output::Json("ChannelDetail"),
+        errors: &["404"],
+        ..VIEW
+    },
+    Route {
+        method: Delete,
+        path: "/v1/channels/{name}",
+        summary: "Delete a channel; its convergence rollout ends (installs under way finish)",
+        auth: Auth::Operator("operator"),
+        status: "204",
+        output: Output::Empty,
+        errors: &["404"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/channels/{name}/set",
+        summary: "Set a channel's release (a lower counter needs rollback: true) and/or its limits; audited",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("ChangeChannel"),
+        output: Output::Json("ChannelDetail"),
+        errors: &["404", "422"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/channels/{name}/resume",
+        summary: "Resume a channel's paused convergence (a halted convergence rollout ends and a new one starts, failed sites included)",
+        auth: Auth::Operator("operator"),
+        output: Output::Json("ChannelResumed"),
+        errors: &["404", "422"],
+        ..VIEW
+    },
+    Route {
         path: "/v1/audit",
         summary: "The audit log, newest first",
         input: Input::Query(query::<AuditQuery>),
@@ -1015,6 +1068,14 @@ fn build() -> OpenApi {
         .schema_from::<crate::webhooks::EventKind>()
         .schema_from::<crate::webhooks::EventData>()
         .schema_from::<crate::webhooks::WebhookEvent>()
+        .schema_from::<fleetwave_shared::protocol::channels::CreateChannel>()
+        .schema_from::<fleetwave_shared::protocol::channels::ChangeChannel>()
+        .schema_from::<fleetwave_shared::protocol::channels::ConvergenceInfo>()
+        .schema_from::<fleetwave_shared::protocol::channels::ChannelInfo>()
+        .schema_from::<fleetwave_shared::protocol::channels::ChannelList>()
+        .schema_from::<fleetwave_shared::protocol::channels::OffChannelSite>()
+        .schema_from::<fleetwave_shared::protocol::channels::ChannelDetail>()
+        .schema_from::<fleetwave_shared::protocol::channels::ChannelResumed>()
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
         .build();

@@ -12,6 +12,7 @@
 //! Submodules: [`membership`] (which wave a site is in), [`gate`] (site states, tallies,
 //! verdicts), [`leases`] (who may install now).
 
+pub mod convergence;
 pub mod gate;
 pub mod leases;
 pub mod membership;
@@ -256,6 +257,7 @@ fn halt(view: &RolloutView, wave: u32, why: &str) -> TickOutcome {
 /// Runs the controller once over `view` at `now`.
 ///
 /// - Pending, halted, completed, aborted and rolled-back rollouts: no decision.
+/// - A channel's convergence rollout: [`convergence::tick`].
 /// - Running and paused rollouts: if any opened wave's gate fails (failure budget
 ///   crossed, success ratio out of reach, every site silent), Halt — the earliest such
 ///   wave — at once, paused or not.
@@ -269,6 +271,9 @@ pub fn tick(view: &RolloutView, now: Timestamp) -> TickOutcome {
         current_wave: view.current_wave,
         decisions,
     };
+    if view.plan.converge.is_some() {
+        return convergence::tick(view, now);
+    }
     if !matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused) {
         return unchanged(vec![]);
     }

@@ -88,6 +88,13 @@ impl Engine {
             status_reason: None,
         };
         let _guard = self.lock.lock().await;
+        // A rollout an operator creates takes precedence over channels' convergence.
+        let superseded = {
+            let ids: std::collections::HashSet<&str> =
+                members.iter().map(|m| m.site_id.as_str()).collect();
+            self.supersede_convergence(&ids, &format!("rollout {id}"), now)
+                .await?
+        };
         let (r, m) = (record.clone(), members);
         let n = m.len();
         self.db
@@ -103,9 +110,10 @@ impl Engine {
                 "created".into(),
                 None,
                 format!(
-                    "rollout created by {actor} for release {} with {n} site(s) in {} wave(s)",
+                    "rollout created by {actor} for release {} with {n} site(s) in {} wave(s){}",
                     release.id,
-                    plan.waves.len()
+                    plan.waves.len(),
+                    superseded.map(|s| format!("; {s}")).unwrap_or_default()
                 ),
             )],
             now,
@@ -149,6 +157,8 @@ impl Engine {
         if site.state != WireSiteState::Active || self.is_held(site_id).await? {
             return Ok(());
         }
+        // It may be off its channel's release now.
+        self.converge_soon();
         let _guard = self.lock.lock().await;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
@@ -157,7 +167,9 @@ impl Engine {
                     (l.site(&site.id).is_some(), Head::of(l), l.current_wave())
                 })
                 .await?;
-            if member_already {
+            // Channels' convergence takes sites in its own pass (which checks what they
+            // run, holds and other channels).
+            if member_already || head.plan.converge.is_some() {
                 continue;
             }
             let Some(wave) = controller::wave_for_joiner(&head.plan, &site.labels, opened) else {
@@ -214,6 +226,15 @@ impl Engine {
                 rollout: id.to_string(),
                 refused,
             })?;
+        if let Some(channel) = &l.plan.converge
+            && matches!(action, Action::Abort(_) | Action::Rollback(_))
+        {
+            return Err(EngineError::InvalidChannel(format!(
+                "rollout {id} is channel {channel}'s convergence: pause it to stop the \
+                 channel's convergence, move the channel back (fleetwave channel set {channel} \
+                 --release ... --rollback) or delete the channel"
+            )));
+        }
         let note: Option<(String, Option<u32>, String)>;
         match &action {
             Action::Start => {
@@ -283,16 +304,7 @@ impl Engine {
                     None,
                     l.record.status_reason.clone().unwrap_or_default(),
                 ));
-                for s in &l.sites {
-                    if let Some(slot) = self.sites.get(&s.site_id)
-                        && slot
-                            .view()
-                            .assignment
-                            .is_some_and(|a| a.record.rollout_id == id && !a.record.rollback)
-                    {
-                        self.sites.clear_assignment(&s.site_id);
-                    }
-                }
+                self.withdraw_assignments(&l);
             }
             Action::Rollback(reason) => {
                 let sites = controller::sites_to_roll_back(&l.view());
@@ -339,6 +351,24 @@ impl Engine {
             self.tick_isolated(id, now).await;
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Takes the rollout's (non-rollback) assignments out of the poll cache: sites that
+    /// have not started get nothing from it any more.
+    pub(super) fn withdraw_assignments(&self, l: &super::Loaded) {
+        let id = &l.record.id;
+        for s in &l.sites {
+            if let Some(slot) = self.sites.get(&s.site_id)
+                && slot
+                    .view()
+                    .assignment
+                    .is_some_and(|a| a.record.rollout_id == *id && !a.record.rollback)
+            {
+                self.sites.clear_assignment(&s.site_id);
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@
 pub mod actions;
 mod approvals;
 pub mod assign;
+pub mod channels;
 pub mod facts;
 pub mod freezes;
 pub mod holds;
@@ -65,7 +66,7 @@ use fleetwave_shared::window::Freeze;
 pub use actions::{Action, RetryTarget};
 pub use leases::LEASE_GROUP;
 pub use reports::{REPORT_GROUP, ReportWriter};
-pub use tick::{HALT_AFTER_FAILED_PASSES, MIN_PASS_GAP, panic_message, pass_gap};
+pub use tick::{CONVERGE_EVERY, HALT_AFTER_FAILED_PASSES, MIN_PASS_GAP, panic_message, pass_gap};
 
 pub fn plan_format(f: op::PlanFormat) -> PlanFormat {
     match f {
@@ -118,6 +119,8 @@ pub struct Engine {
     pub leases: GroupWriter<LeaseRecord, ()>,
     /// Wakes the wave controller before its next tick.
     controller_wake: Notify,
+    /// Asks the controller loop for a convergence pass at its next wake-up.
+    converge_soon: std::sync::atomic::AtomicBool,
     /// Last-seen times not yet written (flushed about once a second).
     seen: Mutex<HashMap<String, Timestamp>>,
     plans: Mutex<HashMap<String, Arc<RolloutPlan>>>,
@@ -158,6 +161,14 @@ pub enum EngineError {
     /// A hold request breaks a rule (the message names the field).
     #[error("{0}")]
     InvalidHold(String),
+    #[error("no channel {0}")]
+    ChannelNotFound(String),
+    /// A channel request breaks a rule (the message names the field).
+    #[error("{0}")]
+    InvalidChannel(String),
+    /// A channel would take sites another channel of its stream has, or the name is taken.
+    #[error("{0}")]
+    ChannelConflict(String),
     /// A submitted plan does not parse, or names a release that is not published here.
     #[error("{0}")]
     InvalidPlan(String),
@@ -227,6 +238,7 @@ impl Engine {
             reports: Default::default(),
             leases: Default::default(),
             controller_wake: Notify::new(),
+            converge_soon: Default::default(),
             seen: Default::default(),
             plans: Default::default(),
             last_note: Default::default(),
@@ -239,6 +251,14 @@ impl Engine {
 
     /// Wakes the wave controller.
     pub fn wake_controller(&self) {
+        self.controller_wake.notify_one();
+    }
+
+    /// Wakes the wave controller for a convergence pass (a site enrolled, was relabelled
+    /// or unheld, a channel changed).
+    pub fn converge_soon(&self) {
+        self.converge_soon
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.controller_wake.notify_one();
     }
     fn plan(&self, record: &RolloutRecord) -> Result<Arc<RolloutPlan>, EngineError> {

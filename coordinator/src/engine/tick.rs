@@ -25,6 +25,7 @@ impl Engine {
         let outcome = controller::tick(&view, now);
         let mut to_store = Vec::new();
         let mut changed = false;
+        let mut completed = false;
         for decision in &outcome.decisions {
             if !decision.changes_state() {
                 let key = decision.key();
@@ -91,6 +92,7 @@ impl Engine {
                         last.passed_at = Some(now);
                     }
                     record.status_reason = Some(reason.clone());
+                    completed = true;
                 }
                 _ => {}
             }
@@ -113,6 +115,13 @@ impl Engine {
         }
         if outcome.changes(&view) || changed {
             self.save_rollout(&record, to_store, now).await?;
+            if completed {
+                let l = self.load_rollout(id).await?;
+                if let Some(note) = self.channel_after_completion(&l, now).await? {
+                    self.record_decisions(id, vec![("channel".into(), None, note)], now)
+                        .await?;
+                }
+            }
         } else {
             self.record_decisions(id, to_store, now).await?;
         }
@@ -251,6 +260,10 @@ impl Engine {
     }
 }
 
+/// How often the controller loop runs a convergence pass ([`Engine::converge`]); a channel
+/// change, an enrollment, a relabel or a lifted hold asks for one sooner.
+pub const CONVERGE_EVERY: Duration = Duration::from_secs(5);
+
 /// A rollout whose evaluation fails with a storage error on so many passes in a row is
 /// halted (other failures halt it at once).
 pub const HALT_AFTER_FAILED_PASSES: u32 = 3;
@@ -292,6 +305,7 @@ impl Engine {
         pass_completed: impl Fn(Timestamp),
     ) {
         let mut refresh_at = tokio::time::Instant::now();
+        let mut converge_at = tokio::time::Instant::now();
         loop {
             let started = tokio::time::Instant::now();
             match self.tick_all().await {
@@ -299,6 +313,23 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "wave controller pass failed"),
             }
             let earliest = tokio::time::Instant::now() + pass_gap(started.elapsed());
+            if tokio::time::Instant::now() >= converge_at
+                || self.converge_soon.swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                let started = std::time::Instant::now();
+                match self.converge().await {
+                    Ok(pass) => {
+                        self.metrics
+                            .convergence_pass_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        if pass != Default::default() {
+                            tracing::info!(found = pass.found, added = pass.added, created = pass.created, "convergence pass");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "convergence pass failed"),
+                }
+                converge_at = tokio::time::Instant::now() + CONVERGE_EVERY;
+            }
             if tokio::time::Instant::now() >= refresh_at {
                 if let Err(e) = self.refresh_assignments().await {
                     tracing::warn!(error = %e, "assignment refresh failed");

@@ -63,6 +63,43 @@ pub struct SiteRecord {
     pub deferred_until: Option<Timestamp>,
 }
 
+/// A channel (`channels`): the release that the sites a stream and selector name should
+/// run. See [`crate::engine::channels`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelRecord {
+    pub name: String,
+    /// The release stream (a release's `name`).
+    pub stream: String,
+    pub selector: crate::plan::Selector,
+    /// None: no release yet, nothing converges.
+    pub release_id: Option<String>,
+    /// At most this many of the channel's sites install at once.
+    pub max_concurrent: u32,
+    /// Failures tolerated before the channel's convergence pauses.
+    pub failure_budget: u32,
+    pub window: Option<fleetwave_shared::window::Window>,
+    /// Who or what set the release last (an operator, or `rollout <id>`), when and why.
+    pub set_by: String,
+    pub set_at: Timestamp,
+    pub set_reason: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// An active site that does not run a given version of a stream (or says nothing of it),
+/// as [`Store::sites_off_version`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffVersionSite {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// The version the site last said it runs in the stream (None: none).
+    pub version: Option<String>,
+    pub last_seen: Option<Timestamp>,
+    pub deferred_until: Option<Timestamp>,
+    /// The active rollout the site belongs to, if any.
+    pub rollout_id: Option<String>,
+}
+
 /// An operator's hold on a site (`site_holds`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteHold {
@@ -508,6 +545,24 @@ pub trait Store: Send + Sync + 'static {
     fn set_site_hold(&self, site_id: &str, hold: Option<&SiteHold>) -> StoreResult<bool>;
     /// Every held site's hold, by site id.
     fn site_holds(&self) -> StoreResult<BTreeMap<String, SiteHold>>;
+
+    // Channels
+    fn channels(&self) -> StoreResult<Vec<ChannelRecord>>;
+    /// Creates or replaces a channel, with its audit entry, in one transaction.
+    fn put_channel(&self, channel: &ChannelRecord, audit: &AuditRecord) -> StoreResult<()>;
+    /// Deletes a channel with its audit entry; NotFound when there is none.
+    fn delete_channel(&self, name: &str, audit: &AuditRecord) -> StoreResult<()>;
+    /// Active sites that do not run `version` in `stream` (or say nothing of it), by id,
+    /// after `after`, at most `limit`. With `free_only`, sites in an active rollout are
+    /// left out.
+    fn sites_off_version(
+        &self,
+        stream: &str,
+        version: &str,
+        free_only: bool,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<OffVersionSite>>;
     fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;
     /// Sites whose newest reported install phase is `rollback_failed`: their agent gave up

@@ -177,7 +177,9 @@ pub(super) fn enroll(s: &SqliteStore, e: &Enrollment) -> StoreResult<SiteRecord>
             Some(mut site) => {
                 site.labels.extend(token.labels.clone());
                 tx.execute(
-                    "UPDATE sites SET device_key = ?2, labels = ?3, agent_version = ?4, enrolled_at = ?5 WHERE id = ?1",
+                    // A re-keyed box is a new box: what it runs is unknown until its agent says
+                    // (an empty state directory says nothing), so convergence sees it.
+                    "UPDATE sites SET device_key = ?2, labels = ?3, agent_version = ?4, enrolled_at = ?5, installed = '{}' WHERE id = ?1",
                     params![e.site_id, e.device_key, to_json(&site.labels), e.agent_version, ms(e.at)],
                 )?;
                 get_site(tx, &e.site_id)?.ok_or_else(|| StoreError::Corrupt("site vanished".into()))

@@ -15,6 +15,7 @@
 mod access;
 mod assignments;
 pub mod backup;
+mod channels;
 pub mod dashboard;
 mod freezes;
 mod releases;
@@ -65,6 +66,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v4.sql")),
         M::up(include_str!("../schema_v5.sql")),
         M::up(include_str!("../schema_v6.sql")),
+        M::up(include_str!("../schema_v7.sql")),
     ])
 }
 

@@ -10,6 +10,29 @@ impl Store for SqliteStore {
         Arc::new(dashboard::SqliteReadModel::new(self.path.clone()))
     }
 
+    fn channels(&self) -> StoreResult<Vec<ChannelRecord>> {
+        channels::list(self)
+    }
+
+    fn put_channel(&self, channel: &ChannelRecord, audit: &AuditRecord) -> StoreResult<()> {
+        channels::put(self, channel, audit)
+    }
+
+    fn delete_channel(&self, name: &str, audit: &AuditRecord) -> StoreResult<()> {
+        channels::delete(self, name, audit)
+    }
+
+    fn sites_off_version(
+        &self,
+        stream: &str,
+        version: &str,
+        free_only: bool,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<OffVersionSite>> {
+        channels::sites_off_version(self, stream, version, free_only, after, limit)
+    }
+
     fn create_freeze(&self, f: &FreezeRecord) -> StoreResult<()> {
         freezes::create(self, f)
     }
