@@ -248,10 +248,15 @@ pub struct Agent {
 impl Agent {
     pub async fn enroll(h: &Harness, site: &str, labels: Value) -> Agent {
         let token = h.enrollment_token(labels, 1).await;
+        Agent::enroll_with(h, site, &token).await
+    }
+
+    /// Enrolls with `token` (one from `site rekey` re-keys the site: a new box).
+    pub async fn enroll_with(h: &Harness, site: &str, token: &str) -> Agent {
         let key = keys::generate();
         let device = hex::encode(key.verifying_key().as_bytes());
         let proof = base64::engine::general_purpose::STANDARD
-            .encode(key.sign(&enroll_message(site, &token, &device)).to_bytes());
+            .encode(key.sign(&enroll_message(site, token, &device)).to_bytes());
         let (s, v) = h
             .post(
                 "/v1/enroll",
