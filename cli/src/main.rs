@@ -126,6 +126,9 @@ enum Command {
     /// Fleet-wide freezes: list, add, end (no site installs while one is in force).
     #[command(subcommand)]
     Freeze(api::freezes::FreezeCommand),
+    /// Channels: the release each set of sites should run; sites off it converge to it.
+    #[command(subcommand)]
+    Channel(api::channels::ChannelCommand),
     /// Webhook endpoints (admin role): list, add, show, remove, test; their delivery log.
     #[command(subcommand)]
     Webhook(api::webhooks::WebhookCommand),
@@ -275,6 +278,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Token(command) => api::sites::token(command),
         Command::Rollout(command) => api::rollouts::rollout(command),
         Command::Freeze(command) => api::freezes::freeze(command),
+        Command::Channel(command) => api::channels::channel(command),
         Command::Webhook(command) => api::webhooks::webhook(command),
         Command::Audit(args) => api::sites::audit(args),
         Command::Demo(args) => demo::run(args),

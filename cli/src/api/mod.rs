@@ -10,6 +10,7 @@
 //! anything else (no answer, bad TLS, unreadable file) is exit code 2. This module never
 //! prints a token except the one the server just created for the operator.
 
+pub mod channels;
 pub mod export;
 pub mod freezes;
 pub mod output;

@@ -123,11 +123,11 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
             get(channels::list_channels).post(channels::create_channel),
         )
         .route(
-            "/v1/channels/{name}",
+            "/v1/channels/{id}",
             get(channels::get_channel).delete(channels::delete_channel),
         )
-        .route("/v1/channels/{name}/set", post(channels::set_channel))
-        .route("/v1/channels/{name}/resume", post(channels::resume_channel));
+        .route("/v1/channels/{id}/set", post(channels::set_channel))
+        .route("/v1/channels/{id}/resume", post(channels::resume_channel));
     edge.guard(routes, Budget::Requests)
 }
 

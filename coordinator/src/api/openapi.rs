@@ -588,7 +588,7 @@ const ROUTES: &[Route] = &[
         errors: &["409", "422"],
     },
     Route {
-        path: "/v1/channels/{name}",
+        path: "/v1/channels/{id}",
         summary: "A channel and a page of its sites off its release, each with why (held, in a rollout, converging, failed, paused...)",
         input: Input::Query(query::<fleetwave_shared::protocol::channels::ChannelQuery>),
         output: Output::Json("ChannelDetail"),
@@ -597,7 +597,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Delete,
-        path: "/v1/channels/{name}",
+        path: "/v1/channels/{id}",
         summary: "Delete a channel; its convergence rollout ends (installs under way finish)",
         auth: Auth::Operator("operator"),
         status: "204",
@@ -607,7 +607,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
-        path: "/v1/channels/{name}/set",
+        path: "/v1/channels/{id}/set",
         summary: "Set a channel's release (a lower counter needs rollback: true) and/or its limits; audited",
         auth: Auth::Operator("operator"),
         input: Input::Json("ChangeChannel"),
@@ -617,7 +617,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
-        path: "/v1/channels/{name}/resume",
+        path: "/v1/channels/{id}/resume",
         summary: "Resume a channel's paused convergence (a halted convergence rollout ends and a new one starts, failed sites included)",
         auth: Auth::Operator("operator"),
         output: Output::Json("ChannelResumed"),

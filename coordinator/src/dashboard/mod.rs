@@ -252,6 +252,12 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
             get(pages::freeze_confirm_end),
         )
         .route("/ui/freezes/{id}/actions/end", post(pages::freeze_end))
+        .route("/ui/channels", get(pages::channels))
+        .route("/ui/channels/{id}", get(pages::channel))
+        .route(
+            "/ui/channels/{id}/actions/resume",
+            post(pages::channel_resume),
+        )
         .route("/ui/webhooks", get(pages::webhooks))
         .route("/ui/webhooks/add", post(pages::webhook_add))
         .route("/ui/webhooks/{id}", get(pages::webhook))

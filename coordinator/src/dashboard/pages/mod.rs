@@ -8,6 +8,7 @@
 
 mod assets;
 mod audit;
+mod channels;
 mod freezes;
 mod grid;
 mod login;
@@ -20,6 +21,7 @@ mod webhooks;
 
 pub use assets::*;
 pub use audit::*;
+pub use channels::*;
 pub use freezes::*;
 pub use grid::*;
 pub use login::*;
