@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Harness, eventually};
+use common::{Agent, Harness, WebClient, eventually, hidden};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -203,6 +203,24 @@ async fn a_channel_whose_first_site_fails_pauses_says_why_and_resumes() {
     assert_eq!(reason, "failed", "{detail}");
     assert!(detail.contains("no space left"), "{detail}");
 
+    // The dashboard shows it paused, with why, and resumes it from the channel's page.
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (s, _, page) = web.get("/ui/channels").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("id=\"channel-stores\"") && page.contains("paused"),
+        "{page}"
+    );
+    let (_, _, page) = web.get("/ui/channels/stores").await;
+    assert!(
+        page.contains("id=\"channel-paused\"")
+            && page.contains("id=\"off-store-1\"")
+            && page.contains("no space left on device"),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+
     // An operator cannot abort a convergence rollout (the next pass would make another).
     let (s, v) = h
         .post(&format!("/v1/rollouts/{conv}/abort"), &h.admin, json!({}))
@@ -210,11 +228,14 @@ async fn a_channel_whose_first_site_fails_pauses_says_why_and_resumes() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("pause it"));
 
-    // Resume: a new convergence rollout, the failed site tries again and succeeds.
-    let (s, v) = h
-        .post("/v1/channels/stores/resume", &h.admin, json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    // Resume (from the dashboard): a new convergence rollout, the failed site tries again
+    // and succeeds.
+    let act = "/ui/channels/stores/actions/resume";
+    let (s, _, _) = web.post(act, &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, headers, _) = web.post(act, &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/channels/stores");
     let (conv2, _) = eventually("a new convergence assignment", || async {
         a.poll(&h).await.filter(|(r, _)| *r != conv)
     })
@@ -231,7 +252,13 @@ async fn a_channel_whose_first_site_fails_pauses_says_why_and_resumes() {
     let (s, v) = h
         .post("/v1/channels/stores/resume", &h.admin, json!({}))
         .await;
-    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_channel"), "{v}");
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_channel"),
+        "{v}"
+    );
+    let (_, audit) = h.get("/v1/audit", &h.admin).await;
+    assert!(audit.to_string().contains("channel.resume"), "{audit}");
 
     // Backwards only as a rollback, which the audit log names.
     let (s, v) = h

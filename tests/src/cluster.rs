@@ -53,6 +53,9 @@ pub struct FleetOptions {
     /// Sites that are enrolled but whose agent is not started (start with
     /// [`Fleet::start_agent`]).
     pub not_started: BTreeSet<String>,
+    /// Sites that are neither enrolled nor started at first (a store that opens later:
+    /// [`Fleet::enroll_late`]).
+    pub enroll_later: BTreeSet<String>,
 }
 
 impl FleetOptions {
@@ -259,25 +262,68 @@ impl Fleet {
         start_seed_app(&self.dirs, &site)?;
         std::fs::write(&site.dirs.config, self.agent_config(&site, &url)?)
             .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
-        let token = self
-            .operator
-            .create_enrollment_token(&api::CreateEnrollmentToken {
-                labels: spec.labels.clone(),
-                site_id: Some(spec.id.clone()),
-                expires_in_secs: Some(3600),
-                uses: Some(1),
-            })?;
-        Spawn::from_cmd(
-            format!("agent-{}-enroll", site.spec.id),
-            &site.local.enroll(&bins::local_bins()?, &token.token),
-            &self.dirs.logs,
-        )
-        .run()?;
+        if self.options.enroll_later.contains(&spec.id) {
+            self.sites.insert(spec.id.clone(), site);
+            return Ok(());
+        }
+        self.enroll(&site)?;
         if !self.options.not_started.contains(&spec.id) {
             site.agent = Some(self.agent_command(&site, "")?.arg("run").start()?);
         }
         self.sites.insert(spec.id.clone(), site);
         Ok(())
+    }
+
+    /// Enrolls `site` with a new one-use token bound to it and its labels.
+    fn enroll(&self, site: &Site) -> Result<()> {
+        let token = self
+            .operator
+            .create_enrollment_token(&api::CreateEnrollmentToken {
+                labels: site.spec.labels.clone(),
+                site_id: Some(site.spec.id.clone()),
+                expires_in_secs: Some(3600),
+                uses: Some(1),
+            })?;
+        self.enroll_with(site, &token.token, "enroll")
+    }
+
+    fn enroll_with(&self, site: &Site, token: &str, label: &str) -> Result<()> {
+        Spawn::from_cmd(
+            format!("agent-{}-{label}", site.spec.id),
+            &site.local.enroll(&bins::local_bins()?, token),
+            &self.dirs.logs,
+        )
+        .run()?;
+        Ok(())
+    }
+
+    /// Enrolls and starts a site of [`FleetOptions::enroll_later`] (a store that opens
+    /// after the others), and waits until the coordinator has seen it.
+    pub fn enroll_late(&mut self, id: &str) -> Result<()> {
+        self.enroll(self.site(id)?)?;
+        self.start_agent(id)?;
+        self.wait_seen(&[id.to_string()])
+    }
+
+    /// Re-images `id`'s box: stops its agent, empties its state directory (keys, journal,
+    /// what it installed), enrolls it again with a token from `site rekey`, and starts
+    /// it. The app directory stays (the new image's app is whatever the image had).
+    pub fn reimage(&mut self, id: &str) -> Result<()> {
+        self.site_mut(id)?.agent.take();
+        let state = self.site(id)?.dirs.state.clone();
+        std::fs::remove_dir_all(&state)
+            .and_then(|()| std::fs::create_dir_all(&state))
+            .map_err(|e| HarnessError::io(format!("emptying {}", state.display()), e))?;
+        let rekey: serde_json::Value = self.operator.post(
+            &format!("/v1/sites/{id}/rekey"),
+            &serde_json::json!({}),
+        )?;
+        let token = rekey["token"]
+            .as_str()
+            .ok_or_else(|| HarnessError::Fleet(format!("rekey of {id} answered {rekey}")))?
+            .to_string();
+        self.enroll_with(self.site(id)?, &token, "reenroll")?;
+        self.start_agent(id)
     }
 
     /// The agent's configuration for `site`, talking to `url`: the shared recipe with the
