@@ -131,7 +131,11 @@ async fn sites_that_come_later_converge_to_the_channel_a_rollout_set() {
     // A site relabelled into the channel converges.
     let mut kiosk = Agent::enroll(&h, "kiosk-1", json!({"format": "kiosk"})).await;
     kiosk.installed(&h, "pos-2.4.0", "2.4.0").await;
-    assert!(off_reason(&h, "pos-format-store", "kiosk-1").await.is_none());
+    assert!(
+        off_reason(&h, "pos-format-store", "kiosk-1")
+            .await
+            .is_none()
+    );
     let (s, v) = h
         .post(
             "/v1/sites/kiosk-1/labels",
@@ -152,9 +156,7 @@ async fn sites_that_come_later_converge_to_the_channel_a_rollout_set() {
 
     // A re-keyed box with an empty state directory runs nothing anyone knows of: it
     // converges again.
-    let (s, v) = h
-        .post("/v1/sites/store-1/rekey", &h.admin, json!({}))
-        .await;
+    let (s, v) = h.post("/v1/sites/store-1/rekey", &h.admin, json!({})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let token = v["token"].as_str().unwrap().to_string();
     let rekeyed = Agent::enroll_with(&h, "store-1", &token).await;
@@ -301,7 +303,12 @@ async fn a_channel_whose_first_site_fails_pauses_says_why_and_resumes() {
 async fn bad_channels_are_refused_with_the_reason() {
     let h = Harness::new().await;
     let release = h.publish("2.5.0", 25).await;
-    Agent::enroll(&h, "store-emea-1", json!({"format": "store", "region": "emea"})).await;
+    Agent::enroll(
+        &h,
+        "store-emea-1",
+        json!({"format": "store", "region": "emea"}),
+    )
+    .await;
     let victor = h.token("victor", "viewer").await;
     let create = |body: Value| {
         let h = &h;
@@ -403,9 +410,15 @@ async fn a_rollout_an_operator_creates_supersedes_convergence() {
         .await;
     assert_eq!(h.rollout(&conv).await["status"], "aborted");
     let created = h.rollout(&id).await["decisions"].to_string();
-    assert!(created.contains(&format!("{conv} (channel stores)")), "{created}");
+    assert!(
+        created.contains(&format!("{conv} (channel stores)")),
+        "{created}"
+    );
     let (reason, detail) = off_reason(&h, "stores", "store-1").await.unwrap();
     assert_eq!(reason, "in_rollout", "{detail}");
     assert!(detail.contains(&id), "{detail}");
-    assert!(a.poll(&h).await.is_none(), "nothing until the rollout starts");
+    assert!(
+        a.poll(&h).await.is_none(),
+        "nothing until the rollout starts"
+    );
 }

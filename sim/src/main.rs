@@ -8,6 +8,7 @@
 mod agent_idle;
 mod analysis;
 mod connections;
+mod converge;
 mod coordinator;
 mod fleet;
 mod procstat;
@@ -171,6 +172,19 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         passes: usize,
         /// Directory for the database (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The convergence pass: N sites in four channels, OFF of them not on their channel's
+    /// release (in-process over a real SQLite file).
+    Converge {
+        #[arg(long, default_value_t = 100_000)]
+        sites: usize,
+        #[arg(long, default_value_t = 10_000)]
+        off: usize,
+        #[arg(long, default_value_t = 20)]
+        passes: usize,
+        /// Directory for the database (default: a temp dir; must be new).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -382,6 +396,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let (dir, _tmp) = workdir(dir)?;
             tick::pure(sites, passes)?;
             tick::engine(&dir, sites, passes).await?;
+            Ok(true)
+        }
+        Cmd::Converge {
+            sites,
+            off,
+            passes,
+            dir,
+        } => {
+            let (dir, _tmp) = workdir(dir)?;
+            converge::run(&dir, sites, off, passes).await?;
             Ok(true)
         }
         Cmd::Analysis {

@@ -314,10 +314,9 @@ impl Fleet {
         std::fs::remove_dir_all(&state)
             .and_then(|()| std::fs::create_dir_all(&state))
             .map_err(|e| HarnessError::io(format!("emptying {}", state.display()), e))?;
-        let rekey: serde_json::Value = self.operator.post(
-            &format!("/v1/sites/{id}/rekey"),
-            &serde_json::json!({}),
-        )?;
+        let rekey: serde_json::Value = self
+            .operator
+            .post(&format!("/v1/sites/{id}/rekey"), &serde_json::json!({}))?;
         let token = rekey["token"]
             .as_str()
             .ok_or_else(|| HarnessError::Fleet(format!("rekey of {id} answered {rekey}")))?

@@ -5,11 +5,11 @@
 //! moved (with the real `fleetwave` CLI) to a release whose app fails its health check:
 //! its convergence pauses on the first site and says why, and no other site is touched.
 
+use fleetwave_e2e::plan::Match;
 use fleetwave_e2e::release::DemoRelease;
 use fleetwave_e2e::{
     Fleet, FleetOptions, FleetSpec, PlanSpec, Spawn, WaveSpec, bins, eventually_default,
 };
-use fleetwave_e2e::plan::Match;
 use fleetwave_shared::protocol::channels::ChannelDetail;
 use fleetwave_shared::protocol::operator::RolloutStatus;
 
@@ -65,7 +65,10 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
     let name = "demo-format-store";
     let ch = eventually_default("the channel the rollout set", || {
         let ch = channel(&fleet, name)?;
-        anyhow::ensure!(ch.channel.release_id.as_deref() == Some(good.id.as_str()), "{ch:?}");
+        anyhow::ensure!(
+            ch.channel.release_id.as_deref() == Some(good.id.as_str()),
+            "{ch:?}"
+        );
         Ok(ch)
     })?;
     assert_eq!(ch.channel.set_by, format!("rollout {id}"));
@@ -73,28 +76,26 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
     // A store that opens now, a re-imaged box and a relabelled kiosk converge by themselves.
     fleet.enroll_late("general-3")?;
     fleet.reimage("general-1")?;
-    fleet
-        .operator
-        .post::<_, serde_json::Value>(
-            "/v1/sites/general-5/labels",
-            &serde_json::json!({"set": {"format": "store"}}),
-        )?;
+    fleet.operator.post::<_, serde_json::Value>(
+        "/v1/sites/general-5/labels",
+        &serde_json::json!({"set": {"format": "store"}}),
+    )?;
     for site in ["general-3", "general-1", "general-5"] {
         fleet.wait_version(site, "2.0.0")?;
         fleet.wait_reported_version(site, "2.0.0")?;
     }
     let db = fleetwave_e2e::inspect::CoordinatorDb::new(fleet.coordinator.database());
     for site in ["general-3", "general-1", "general-5"] {
-        let converged = db
-            .reports(site)?
-            .iter()
-            .any(|r| {
-                r.body["phase"] == "committed"
-                    && r.body["rollout_id"]
-                        .as_str()
-                        .is_some_and(|r| r.starts_with("converge-demo-format-store-"))
-            });
-        assert!(converged, "{site} committed through the channel's convergence");
+        let converged = db.reports(site)?.iter().any(|r| {
+            r.body["phase"] == "committed"
+                && r.body["rollout_id"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("converge-demo-format-store-"))
+        });
+        assert!(
+            converged,
+            "{site} committed through the channel's convergence"
+        );
     }
 
     // The held store stays where it was, and the channel says why.
@@ -104,7 +105,10 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
     assert_eq!(held[0].reason, "held");
     assert!(held[0].detail.contains("vendor swap"), "{:?}", held[0]);
     assert_eq!(ch.off.len(), 1, "only the held site is off: {:?}", ch.off);
-    assert_ne!(fleet.site("general-4")?.version_on_disk()?.as_deref(), Some("2.0.0"));
+    assert_ne!(
+        fleet.site("general-4")?.version_on_disk()?.as_deref(),
+        Some("2.0.0")
+    );
     let shown = cli(&fleet, "channel-show", &["channel", "show", name])?;
     assert!(
         shown.contains("general-4") && shown.contains("held: vendor swap"),
@@ -119,20 +123,34 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
         &fleet,
         "channel-set",
         &[
-            "channel", "set", name, "--release", &bad.id, "--max-concurrent", "1", "--reason",
+            "channel",
+            "set",
+            name,
+            "--release",
+            &bad.id,
+            "--max-concurrent",
+            "1",
+            "--reason",
             "3.0 for the stores",
         ],
     )?;
     let ch = eventually_default("the channel's convergence to pause", || {
         let ch = channel(&fleet, name)?;
-        anyhow::ensure!(ch.channel.paused, "not paused: {:?}", ch.channel.convergence);
+        anyhow::ensure!(
+            ch.channel.paused,
+            "not paused: {:?}",
+            ch.channel.convergence
+        );
         Ok(ch)
     })?;
-    let why = ch.channel.convergence.as_ref().and_then(|c| c.reason.clone());
+    let why = ch
+        .channel
+        .convergence
+        .as_ref()
+        .and_then(|c| c.reason.clone());
     let why = why.unwrap_or_default();
     assert!(
-        why.contains("convergence of channel demo-format-store paused")
-            && why.contains(&bad.id),
+        why.contains("convergence of channel demo-format-store paused") && why.contains(&bad.id),
         "{why}"
     );
     let failed: Vec<&str> = ch
@@ -155,7 +173,11 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
         .map(|s| s.to_string())
         .collect();
     // Every site holds the signed assignment (and may download ahead); only one was leased.
-    assert_eq!(touched, [failed[0].to_string()], "only the first site installed 3.0.0");
+    assert_eq!(
+        touched,
+        [failed[0].to_string()],
+        "only the first site installed 3.0.0"
+    );
     let listed = cli(&fleet, "channel-list", &["channel", "list"])?;
     assert!(listed.contains("PAUSED"), "{listed}");
     Ok(())

@@ -303,8 +303,7 @@ pub fn channel(command: ChannelCommand) -> Result<()> {
                 failure_budget: args.failure_budget,
             };
             let client = Client::connect(&args.connect)?;
-            let d: api::ChannelDetail =
-                client.post(&format!("{}/set", path(&args.name)), &req)?;
+            let d: api::ChannelDetail = client.post(&format!("{}/set", path(&args.name)), &req)?;
             if args.connect.json {
                 return output::json(&d);
             }

@@ -37,10 +37,7 @@ pub fn info(s: &ChannelStatus) -> ChannelInfo {
         release_version: s.release.as_ref().map(|r| r.version.clone()),
         max_concurrent: c.max_concurrent,
         failure_budget: c.failure_budget,
-        window: c
-            .window
-            .as_ref()
-            .and_then(|w| serde_json::to_value(w).ok()),
+        window: c.window.as_ref().and_then(|w| serde_json::to_value(w).ok()),
         set_by: c.set_by.clone(),
         set_at: c.set_at,
         set_reason: c.set_reason.clone(),
@@ -147,9 +144,10 @@ pub async fn create_channel(
     ApiJson(req): ApiJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelDetail>), ApiError> {
     op.require(Permission::Operate)?;
-    let selector: Selector = field("selector", serde_json::Value::Object(
-        req.selector.into_iter().collect(),
-    ))?;
+    let selector: Selector = field(
+        "selector",
+        serde_json::Value::Object(req.selector.into_iter().collect()),
+    )?;
     let window = req.window.map(|w| field("window", w)).transpose()?;
     let created = app
         .engine

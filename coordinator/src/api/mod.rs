@@ -5,11 +5,11 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod channels;
 pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
-pub mod channels;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -47,8 +47,11 @@ pub const MAX_MAX_CONCURRENT: u32 = 10_000;
 /// Failures a channel's convergence tolerates before it pauses, unless it says otherwise:
 /// the first failure pauses it and tells the operator.
 pub const DEFAULT_FAILURE_BUDGET: u32 = 0;
-/// Sites read per query while a pass looks for sites off a channel's release.
+/// Sites read per query while listing the sites off a channel's release.
 const PAGE: usize = 5_000;
+/// How often a convergence pass walks every site instead of reading the indexes only (it
+/// also finds sites that report other streams but none of the channel's).
+pub const FULL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Site names in one `site_joined` timeline entry (the rest are counted).
 const NAMES_IN_NOTE: usize = 10;
 /// A site not seen for this long is "offline" in the answer to "why is it off its
@@ -163,6 +166,10 @@ pub struct ConvergePass {
     pub added: usize,
     /// Convergence rollouts made in this pass.
     pub created: usize,
+    /// How long the pass held the engine lock (leases wait on it; polls never take it).
+    pub locked: std::time::Duration,
+    /// Whether it walked every site ([`FULL_SWEEP_EVERY`]) or read the indexes only.
+    pub full: bool,
 }
 
 impl Engine {
@@ -189,12 +196,13 @@ impl Engine {
         let invalid = |m: String| EngineError::InvalidChannel(m);
         crate::plan::validate_channel_name(&new.name).map_err(|m| invalid(format!("name: {m}")))?;
         if new.stream.trim().is_empty() {
-            return Err(invalid("stream: name the release stream (a release's name)".into()));
+            return Err(invalid(
+                "stream: name the release stream (a release's name)".into(),
+            ));
         }
         check_selector(&new.selector).map_err(|m| invalid(format!("selector: {m}")))?;
         if let Some(w) = &new.window {
-            w.validate()
-                .map_err(|e| invalid(format!("window: {e}")))?;
+            w.validate().map_err(|e| invalid(format!("window: {e}")))?;
         }
         let max_concurrent = limit_field(
             "max_concurrent",
@@ -387,11 +395,15 @@ impl Engine {
     /// The release `id`, which a channel of `stream` may take.
     async fn channel_release(&self, stream: &str, id: &str) -> Result<ReleaseRecord, EngineError> {
         let rid = id.to_string();
-        let release = self.db.run(move |s| s.release(&rid)).await?.ok_or_else(|| {
-            EngineError::InvalidChannel(format!(
-                "release: release {id:?} is not published on this coordinator"
-            ))
-        })?;
+        let release = self
+            .db
+            .run(move |s| s.release(&rid))
+            .await?
+            .ok_or_else(|| {
+                EngineError::InvalidChannel(format!(
+                    "release: release {id:?} is not published on this coordinator"
+                ))
+            })?;
         if release.name != stream {
             return Err(EngineError::InvalidChannel(format!(
                 "release: release {id} is of stream {:?}, the channel's stream is {stream:?}",
@@ -440,7 +452,10 @@ impl Engine {
     }
 
     /// The active convergence rollout of channel `name`: its id and status.
-    async fn convergence_of(&self, name: &str) -> Result<Option<(String, WireStatus)>, EngineError> {
+    async fn convergence_of(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, WireStatus)>, EngineError> {
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         for r in rollouts.iter().filter(|r| r.status.is_active()) {
             if self.plan(r)?.converge.as_deref() == Some(name) {
@@ -481,8 +496,12 @@ impl Engine {
         l.record.status = WireStatus::Aborted;
         l.record.status_reason = Some(why.to_string());
         l.record.updated_at = now;
-        self.save_rollout(&l.record, vec![("aborted".into(), None, why.to_string())], now)
-            .await
+        self.save_rollout(
+            &l.record,
+            vec![("aborted".into(), None, why.to_string())],
+            now,
+        )
+        .await
     }
 
     /// Ends the convergence rollouts that hold any of `sites` (a rollout an operator
@@ -641,13 +660,19 @@ impl Engine {
     /// free (no active rollout, no hold, one channel) join the channel's convergence
     /// rollout, which is made when there is none. A channel whose convergence rollout is
     /// halted or paused is left alone (its convergence is paused).
-    pub async fn converge(&self) -> Result<ConvergePass, EngineError> {
+    pub async fn converge(&self, full: bool) -> Result<ConvergePass, EngineError> {
         let channels = self.channels().await?;
-        let mut pass = ConvergePass::default();
+        let mut pass = ConvergePass {
+            full,
+            ..ConvergePass::default()
+        };
+        // Channels of one stream on one release read the sites off it once.
+        let mut off_by_version: HashMap<(String, String), Vec<OffVersionSite>> = HashMap::new();
         if !channels.iter().any(|c| c.release_id.is_some()) {
             return Ok(pass);
         }
         let _guard = self.lock.lock().await;
+        let locked_at = std::time::Instant::now();
         let now = self.clock.now();
         let holds = self.db.run(|s| s.site_holds()).await?;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
@@ -687,26 +712,19 @@ impl Engine {
                 .iter()
                 .filter(|c| c.stream == ch.stream && c.name != ch.name)
                 .collect();
-            let mut free = Vec::new();
-            let mut after = String::new();
-            loop {
-                let (stream, version, a) = (ch.stream.clone(), release.version.clone(), after);
-                let page = self
-                    .db
-                    .run(move |s| s.sites_off_version(&stream, &version, true, &a, PAGE))
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = last.id.clone();
-                let full = page.len() == PAGE;
-                free.extend(page.into_iter().filter(|s| {
+            let key = (ch.stream.clone(), release.version.clone());
+            if !off_by_version.contains_key(&key) {
+                let found = self.free_sites_off_version(&key.0, &key.1, full).await?;
+                off_by_version.insert(key.clone(), found);
+            }
+            let free: Vec<&OffVersionSite> = off_by_version[&key]
+                .iter()
+                .filter(|s| {
                     ch.selector.matches(&s.labels)
                         && !holds.contains_key(&s.id)
                         && !others.iter().any(|o| o.selector.matches(&s.labels))
-                }));
-                if !full {
-                    break;
-                }
-            }
+                })
+                .collect();
             if free.is_empty() {
                 continue;
             }
@@ -730,7 +748,40 @@ impl Engine {
                 }
             }
         }
+        pass.locked = locked_at.elapsed();
         Ok(pass)
+    }
+
+    /// The active sites in no active rollout that do not run `version` of `stream`:
+    /// through the indexes only, or walking every site when `full`.
+    async fn free_sites_off_version(
+        &self,
+        stream: &str,
+        version: &str,
+        full: bool,
+    ) -> Result<Vec<OffVersionSite>, EngineError> {
+        let (stream, version) = (stream.to_string(), version.to_string());
+        if !full {
+            return Ok(self
+                .db
+                .run(move |s| s.free_sites_off_version_indexed(&stream, &version))
+                .await?);
+        }
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (st, v, a) = (stream.clone(), version.clone(), after);
+            let page = self
+                .db
+                .run(move |s| s.sites_off_version(&st, &v, true, &a, PAGE))
+                .await?;
+            let more = page.len() == PAGE;
+            after = page.last().map(|l| l.id.clone()).unwrap_or_default();
+            out.extend(page);
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     /// Adds `members` to the running convergence rollout `id` and assigns them.
@@ -910,7 +961,9 @@ impl Engine {
         };
         let convergence = match self.convergence_of(name).await? {
             Some((id, status)) => {
-                let reason = self.with_rollout(&id, |l| l.record.status_reason.clone()).await?;
+                let reason = self
+                    .with_rollout(&id, |l| l.record.status_reason.clone())
+                    .await?;
                 Some((id, status, reason))
             }
             None => None,
@@ -1153,7 +1206,11 @@ pub fn default_channel_name(stream: &str, selector: &Selector) -> String {
 }
 
 fn joined_note(sites: &[String]) -> String {
-    let mut names: Vec<&str> = sites.iter().map(String::as_str).take(NAMES_IN_NOTE).collect();
+    let mut names: Vec<&str> = sites
+        .iter()
+        .map(String::as_str)
+        .take(NAMES_IN_NOTE)
+        .collect();
     names.sort();
     let more = sites.len().saturating_sub(NAMES_IN_NOTE);
     format!(

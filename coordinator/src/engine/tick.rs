@@ -261,7 +261,9 @@ impl Engine {
 }
 
 /// How often the controller loop runs a convergence pass ([`Engine::converge`]); a channel
-/// change, an enrollment, a relabel or a lifted hold asks for one sooner.
+/// change, an enrollment, a relabel or a lifted hold asks for one sooner. Every
+/// [`super::channels::FULL_SWEEP_EVERY`] the pass walks every site; otherwise it reads
+/// indexes only.
 pub const CONVERGE_EVERY: Duration = Duration::from_secs(5);
 
 /// A rollout whose evaluation fails with a storage error on so many passes in a row is
@@ -306,6 +308,7 @@ impl Engine {
     ) {
         let mut refresh_at = tokio::time::Instant::now();
         let mut converge_at = tokio::time::Instant::now();
+        let mut full_sweep_at = tokio::time::Instant::now();
         loop {
             let started = tokio::time::Instant::now();
             match self.tick_all().await {
@@ -314,16 +317,27 @@ impl Engine {
             }
             let earliest = tokio::time::Instant::now() + pass_gap(started.elapsed());
             if tokio::time::Instant::now() >= converge_at
-                || self.converge_soon.swap(false, std::sync::atomic::Ordering::Relaxed)
+                || self
+                    .converge_soon
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
             {
                 let started = std::time::Instant::now();
-                match self.converge().await {
+                let full = tokio::time::Instant::now() >= full_sweep_at;
+                if full {
+                    full_sweep_at = tokio::time::Instant::now() + super::channels::FULL_SWEEP_EVERY;
+                }
+                match self.converge(full).await {
                     Ok(pass) => {
                         self.metrics
                             .convergence_pass_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        if pass != Default::default() {
-                            tracing::info!(found = pass.found, added = pass.added, created = pass.created, "convergence pass");
+                        if pass.found > 0 {
+                            tracing::info!(
+                                found = pass.found,
+                                added = pass.added,
+                                created = pass.created,
+                                "convergence pass"
+                            );
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "convergence pass failed"),

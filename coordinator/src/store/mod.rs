@@ -554,7 +554,7 @@ pub trait Store: Send + Sync + 'static {
     fn delete_channel(&self, name: &str, audit: &AuditRecord) -> StoreResult<()>;
     /// Active sites that do not run `version` in `stream` (or say nothing of it), by id,
     /// after `after`, at most `limit`. With `free_only`, sites in an active rollout are
-    /// left out.
+    /// left out. Walks every active site.
     fn sites_off_version(
         &self,
         stream: &str,
@@ -562,6 +562,16 @@ pub trait Store: Send + Sync + 'static {
         free_only: bool,
         after: &str,
         limit: usize,
+    ) -> StoreResult<Vec<OffVersionSite>>;
+    /// The active sites in no active rollout that run another version of `stream` or say
+    /// nothing of what they run at all, by id, through indexes only: what a convergence
+    /// pass reads every few seconds. It misses a site that reports other streams but none
+    /// of `stream` (or a release without a version), which [`Store::sites_off_version`]
+    /// finds.
+    fn free_sites_off_version_indexed(
+        &self,
+        stream: &str,
+        version: &str,
     ) -> StoreResult<Vec<OffVersionSite>>;
     fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;

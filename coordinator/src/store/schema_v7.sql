@@ -25,3 +25,8 @@ CREATE TABLE channels (
     created_by      TEXT NOT NULL
 );
 CREATE INDEX channels_by_stream ON channels(stream);
+-- What a convergence pass reads every few seconds without walking every site: the sites
+-- of a stream on a version other than the channel's (a range of this index on each side of
+-- the version), and the sites that said nothing of what they run (new, re-keyed).
+CREATE INDEX site_versions_by_stream ON site_versions(stream, version, site_id);
+CREATE INDEX sites_nothing_installed ON sites(state, id) WHERE installed = '{}';

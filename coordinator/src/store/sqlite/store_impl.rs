@@ -33,6 +33,14 @@ impl Store for SqliteStore {
         channels::sites_off_version(self, stream, version, free_only, after, limit)
     }
 
+    fn free_sites_off_version_indexed(
+        &self,
+        stream: &str,
+        version: &str,
+    ) -> StoreResult<Vec<OffVersionSite>> {
+        channels::free_sites_off_version_indexed(self, stream, version)
+    }
+
     fn create_freeze(&self, f: &FreezeRecord) -> StoreResult<()> {
         freezes::create(self, f)
     }
