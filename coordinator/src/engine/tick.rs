@@ -25,6 +25,7 @@ impl Engine {
         let outcome = controller::tick(&view, now);
         let mut to_store = Vec::new();
         let mut changed = false;
+        let (mut retry_scheduled, mut retry_due) = (Vec::new(), Vec::new());
         for decision in &outcome.decisions {
             if !decision.changes_state() {
                 let key = decision.key();
@@ -92,9 +93,15 @@ impl Engine {
                     }
                     record.status_reason = Some(reason.clone());
                 }
+                Decision::ScheduleRetry { site_id, at, .. } => {
+                    retry_scheduled.push((site_id.clone(), *at));
+                }
+                Decision::Retry { site_id, .. } => retry_due.push(site_id.clone()),
                 _ => {}
             }
         }
+        self.apply_automatic_retries(id, retry_scheduled, retry_due)
+            .await?;
         let auto_rolled_back = outcome
             .decisions
             .iter()
