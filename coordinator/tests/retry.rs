@@ -2,6 +2,9 @@
 //! failed site gets a new assignment with a higher sequence, installs again and counts
 //! once in the gate by its last attempt; the timeline names the attempt; a whole wave's
 //! failed sites are retried at once; what cannot be retried is refused with the reason.
+//! The plan's `[retry]` policy does the same by itself after its back-off (the adjustable
+//! clock moves time), until the site runs out of attempts; schema v8 takes the attempt
+//! numbers of older databases from their timelines once.
 
 mod common;
 
@@ -406,4 +409,100 @@ async fn a_site_that_succeeds_on_its_retry_counts_once_and_the_rollout_completes
           had failed: prepare: no space left on device"
         ]
     );
+}
+
+#[test]
+fn a_database_from_before_v8_takes_each_sites_attempt_from_its_timeline_once() {
+    use fleetwave_coordinator::store::{SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for schema in [
+            include_str!("../src/store/schema.sql"),
+            include_str!("../src/store/schema_v2.sql"),
+            include_str!("../src/store/schema_v3.sql"),
+            include_str!("../src/store/schema_v4.sql"),
+            include_str!("../src/store/schema_v5.sql"),
+            include_str!("../src/store/schema_v6.sql"),
+        ] {
+            conn.execute_batch(schema).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 6;
+             INSERT INTO releases VALUES ('rel', 'd', 'pos', '2.5.0', 'app', 25, '{}', 0, 't');
+             INSERT INTO rollouts VALUES ('r1', 'rel', '', 'toml', 'running', NULL, '[]', 0, 't', 0);
+             INSERT INTO rollouts VALUES ('r2', 'rel', '', 'toml', 'completed', NULL, '[]', 0, 't', 0);",
+        )
+        .unwrap();
+        for site in ["s-1", "xs-1", "s-2"] {
+            conn.execute(
+                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) \
+                 VALUES (?1, 'k', '{}', 'active', '1', 0)",
+                [site],
+            )
+            .unwrap();
+            for rollout in ["r1", "r2"] {
+                conn.execute(
+                    "INSERT INTO rollout_sites (rollout_id, site_id, wave, active) VALUES (?1, ?2, 0, 0)",
+                    [rollout, site],
+                )
+                .unwrap();
+            }
+        }
+        for reason in [
+            "site s-1 (attempt 2) retried by alice; it had failed: disk full",
+            "2 failed site(s) of wave 0 retried by bob: s-1 (attempt 3), xs-1 (attempt 2)",
+        ] {
+            conn.execute(
+                "INSERT INTO decisions (rollout_id, at, kind, wave, reason) VALUES ('r1', 0, 'retried', 0, ?1)",
+                [reason],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let attempts = |rollout: &str| -> Vec<(String, u32)> {
+        store
+            .rollout_sites(rollout)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.site_id, s.attempts))
+            .collect()
+    };
+    let pairs = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+    };
+    assert_eq!(
+        attempts("r1"),
+        pairs(&[("s-1", 3), ("s-2", 1), ("xs-1", 2)])
+    );
+    assert_eq!(
+        attempts("r2"),
+        pairs(&[("s-1", 1), ("s-2", 1), ("xs-1", 1)])
+    );
+    // Counted up from there by the next retry, in one statement.
+    assert_eq!(
+        store
+            .reset_rollout_sites_for_retry("r1", &["s-1".to_string(), "s-2".to_string()])
+            .unwrap(),
+        [4, 2]
+    );
+    drop(store);
+    assert_eq!(
+        attempts_after_reopen(&path),
+        pairs(&[("s-1", 4), ("s-2", 2), ("xs-1", 2)]),
+        "migrated once: opening again keeps the counts"
+    );
+}
+
+fn attempts_after_reopen(path: &std::path::Path) -> Vec<(String, u32)> {
+    use fleetwave_coordinator::store::{SqliteStore, Store};
+    SqliteStore::open(path)
+        .unwrap()
+        .rollout_sites("r1")
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.site_id, s.attempts))
+        .collect()
 }
