@@ -95,6 +95,7 @@ pub enum Decision {
     /// A site's install failed (`attempt`) with attempts left under the plan's `[retry]`
     /// policy: its next attempt starts `at` (stored with the site, so this is decided once
     /// per failed attempt). Changes state.
+    #[serde(rename = "retry_scheduled")]
     ScheduleRetry {
         wave: u32,
         site_id: String,
@@ -104,6 +105,7 @@ pub enum Decision {
     },
     /// A scheduled attempt is due: the site's install facts are cleared and it is assigned
     /// the release again as attempt `attempt`. Only while the rollout runs. Changes state.
+    #[serde(rename = "retried")]
     Retry {
         wave: u32,
         site_id: String,
