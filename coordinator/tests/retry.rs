@@ -506,3 +506,48 @@ fn attempts_after_reopen(path: &std::path::Path) -> Vec<(String, u32)> {
         .map(|s| (s.site_id, s.attempts))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_site_is_not_retried_by_the_policy_until_its_hold_is_lifted() {
+    let h = Harness::new().await;
+    let (mut agents, release, id) = started(&h, RETRY_PLAN).await;
+    agents[1].install(&h, &release).await;
+    let (rollout, seq1) = agents[0].assignment(&h).await;
+    agents[0].lease(&h, &rollout, seq1).await;
+    let (s, v) = h
+        .post(
+            "/v1/sites/store-0/hold",
+            &h.admin,
+            json!({"reason": "vendor is looking at the disk"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    agents[0]
+        .failed(&h, &rollout, &release, "prepare: no space left on device")
+        .await;
+
+    // Held: nothing scheduled, nothing started, long past the back-off; still in progress.
+    controller_pass(&h, &id).await;
+    h.clock.advance(Duration::from_secs(6 * 60));
+    controller_pass(&h, &id).await;
+    let view = h.rollout(&id).await;
+    assert!(decisions_of(&view, "retry_scheduled").is_empty(), "{view}");
+    assert!(decisions_of(&view, "retried").is_empty(), "{view}");
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(agents[0].poll(&h).await.map(|p| p.1), Some(seq1));
+
+    // Lifted: scheduled (its time has passed) and started.
+    let (s, v) = h
+        .post("/v1/sites/store-0/unhold", &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    controller_pass(&h, &id).await;
+    controller_pass(&h, &id).await;
+    let view = h.rollout(&id).await;
+    assert_eq!(decisions_of(&view, "retry_scheduled").len(), 1, "{view}");
+    assert_eq!(decisions_of(&view, "retried").len(), 1, "{view}");
+    eventually("a new assignment for store-0", || async {
+        agents[0].poll(&h).await.filter(|(_, s)| *s > seq1)
+    })
+    .await;
+}

@@ -15,7 +15,8 @@
 //! assignment with a higher sequence, which the agent installs as a new piece of work. The
 //! timeline says which attempt it is. A site that runs out of attempts counts as failed,
 //! by its last attempt; an operator may still retry it (one more attempt). Sites that an
-//! operator skipped or that were sent a rollback assignment are never retried.
+//! operator skipped or that were sent a rollback assignment are never retried, and a held
+//! site is not retried automatically until its hold is lifted.
 
 use jiff::Timestamp;
 
@@ -169,6 +170,31 @@ impl Engine {
                 .collect::<Vec<_>>(),
         );
         Ok(attempts)
+    }
+
+    /// Leaves out of a controller pass's outcome the automatic retries of held sites: a held
+    /// site stays at what it runs, so its next attempt is neither scheduled nor started
+    /// until the hold is lifted (the gate keeps counting it as in progress meanwhile).
+    pub(super) async fn drop_retries_of_held_sites(
+        &self,
+        outcome: &mut controller::TickOutcome,
+    ) -> Result<(), EngineError> {
+        let is_retry = |d: &controller::Decision| {
+            matches!(
+                d,
+                controller::Decision::ScheduleRetry { .. } | controller::Decision::Retry { .. }
+            )
+        };
+        if !outcome.decisions.iter().any(is_retry) {
+            return Ok(());
+        }
+        let holds = self.db.run(|s| s.site_holds()).await?;
+        outcome.decisions.retain(|d| match d {
+            controller::Decision::ScheduleRetry { site_id, .. }
+            | controller::Decision::Retry { site_id, .. } => !holds.contains_key(site_id),
+            _ => true,
+        });
+        Ok(())
     }
 
     /// Applies one controller pass's automatic retries of rollout `id`: stores when each

@@ -22,7 +22,8 @@ impl Engine {
         let (mut record, head, view) = self
             .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
             .await?;
-        let outcome = controller::tick(&view, now);
+        let mut outcome = controller::tick(&view, now);
+        self.drop_retries_of_held_sites(&mut outcome).await?;
         let mut to_store = Vec::new();
         let mut changed = false;
         let (mut retry_scheduled, mut retry_due) = (Vec::new(), Vec::new());
