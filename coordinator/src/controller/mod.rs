@@ -256,6 +256,10 @@ pub fn retry_decisions(view: &RolloutView, now: Timestamp, start: bool) -> Vec<D
             let Some(Ok(at)) = gate::next_attempt_at(policy, opened, s) else {
                 continue;
             };
+            let due = s.retry_at.is_some() && start && at <= now;
+            if s.retry_at.is_some() && !due {
+                continue;
+            }
             let words = s.failure_words();
             let this = attempt_words(policy, s.attempt).unwrap_or_default();
             if s.retry_at.is_none() {
@@ -271,7 +275,7 @@ pub fn retry_decisions(view: &RolloutView, now: Timestamp, start: bool) -> Vec<D
                         gate::human(policy.delay_after(s.attempt))
                     ),
                 });
-            } else if start && at <= now {
+            } else {
                 let next = s.attempt + 1;
                 out.push(Decision::Retry {
                     wave,
