@@ -8,8 +8,8 @@
 //! never a panic: such a site counts as failed, such a wave's gate fails, each with the
 //! reason. A site whose install failed with attempts left under the plan's `[retry]`
 //! policy counts as in progress until its next attempt ([`next_attempt_at`]), so it counts
-//! once, by its last attempt. Pure: facts and the time in, a verdict out; this module never reads a clock, a
-//! database or the network.
+//! once, by its last attempt. Pure: facts and the time in, a verdict out; this module
+//! never reads a clock, a database or the network.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -55,12 +55,19 @@ pub struct SiteFacts {
     pub skipped: bool,
     /// Which attempt at the release the site is on: 1 for the first install, one more for
     /// each retry (automatic or by an operator). The facts above are this attempt's.
+    #[serde(default = "first_attempt")]
     pub attempt: u32,
     /// When the site's next attempt starts, once the controller scheduled it (its attempt
     /// failed with attempts left under the plan's `[retry]` policy). None: not scheduled.
+    #[serde(default)]
     pub retry_at: Option<Timestamp>,
     /// The site was sent a rollback assignment: it is never retried.
+    #[serde(default)]
     pub rollback_assigned: bool,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl Default for SiteFacts {
@@ -80,7 +87,7 @@ impl Default for SiteFacts {
             rolled_back: false,
             deferred_until: None,
             skipped: false,
-            attempt: 1,
+            attempt: first_attempt(),
             retry_at: None,
             rollback_assigned: false,
         }
