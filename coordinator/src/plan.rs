@@ -308,6 +308,11 @@ pub struct Gate {
     /// the rollout completes). Default false.
     #[serde(default)]
     pub approval: bool,
+    /// The plan's `[retry]` policy, copied into every wave's gate by [`parse_plan`] so that
+    /// the gate counts a failed site with attempts left as in progress. Written once, at
+    /// the top of the plan, never inside a wave.
+    #[serde(skip)]
+    pub retry: RetryPolicy,
 }
 
 impl Default for Gate {
@@ -321,9 +326,74 @@ impl Default for Gate {
             report_deadline: defaults::report_deadline(),
             on_silent: OnSilent::Fail,
             approval: false,
+            retry: RetryPolicy::default(),
         }
     }
 }
+
+/// `[retry]`: how often a site whose install failed is tried again by itself, and how long
+/// it waits first. Attempt `n` that failed is followed by attempt `n + 1` after
+/// `backoff × 2^(n-1)`, at most `max_backoff`, until `max_attempts` attempts have run.
+/// Only failed installs are retried (a `failed` phase, or the agent rolled the install
+/// back); a site unhealthy after committing, silent, skipped, sent back to its previous
+/// release, or whose own rollback failed is not. See docs/waves.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first install included: 1 (the default) retries nothing, at
+    /// most [`MAX_ATTEMPTS`].
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// How long after the first failed attempt the second starts; doubled for each
+    /// further attempt. Default 5m, at least [`MIN_RETRY_BACKOFF`].
+    #[serde(default = "defaults::retry_backoff", with = "duration")]
+    pub backoff: SignedDuration,
+    /// The longest wait between two attempts. Default 1h, at least `backoff`.
+    #[serde(default = "defaults::retry_max_backoff", with = "duration")]
+    pub max_backoff: SignedDuration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: defaults::max_attempts(),
+            backoff: defaults::retry_backoff(),
+            max_backoff: defaults::retry_max_backoff(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether the policy retries anything (`max_attempts` above 1).
+    pub fn retries(&self) -> bool {
+        self.max_attempts > 1
+    }
+
+    /// How long after attempt `attempt` (1-based) failed the next one starts:
+    /// `backoff × 2^(attempt-1)`, at most `max_backoff`.
+    pub fn delay_after(&self, attempt: u32) -> SignedDuration {
+        let mut delay = self.backoff;
+        for _ in 1..attempt {
+            if delay >= self.max_backoff {
+                break;
+            }
+            delay = delay.checked_mul(2).unwrap_or(self.max_backoff);
+        }
+        delay.min(self.max_backoff)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+}
+
+/// The most attempts `[retry] max_attempts` may allow: a site that failed ten times needs
+/// an operator, not an eleventh try.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// The shortest `[retry] backoff`: one second, short enough for tests and demos; real
+/// plans wait minutes so that a flaky dependency has time to come back.
+pub const MIN_RETRY_BACKOFF: SignedDuration = SignedDuration::from_secs(1);
 
 /// At most so many sites sharing one value of `label` may hold a lease at once.
 /// Exactly one of `max` and `max_percent` is given.
@@ -403,6 +473,9 @@ pub struct RolloutPlan {
     /// rollout is active. Default 7d.
     #[serde(default = "defaults::assignment_ttl", with = "duration")]
     pub assignment_ttl: SignedDuration,
+    /// Automatic retries of failed installs (`[retry]`). Default: none.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    pub retry: RetryPolicy,
     /// The waves, in order. At least one; the last takes every remaining site.
     pub waves: Vec<WavePlan>,
 }
@@ -571,6 +644,15 @@ pub mod defaults {
     pub fn assignment_ttl() -> SignedDuration {
         SignedDuration::from_hours(7 * 24)
     }
+    pub fn max_attempts() -> u32 {
+        1
+    }
+    pub fn retry_backoff() -> SignedDuration {
+        SignedDuration::from_mins(5)
+    }
+    pub fn retry_max_backoff() -> SignedDuration {
+        SignedDuration::from_hours(1)
+    }
 }
 
 /// A plan duration as plans write it: whole days as `"7d"`, anything else in jiff's
@@ -686,10 +768,13 @@ pub fn parse_new_plan(
 
 /// Parses and validates a plan. Errors name the line and the field path.
 pub fn parse_plan(text: &str, format: PlanFormat) -> Result<RolloutPlan, PlanError> {
-    let plan = match format {
+    let mut plan = match format {
         PlanFormat::Toml => parse_toml(text)?,
         PlanFormat::Json => parse_json(text)?,
     };
+    for wave in &mut plan.waves {
+        wave.gate.retry = plan.retry;
+    }
     if let Err((path, message)) = validate(&plan) {
         let (line, column) = locate(text, format, &path);
         return Err(PlanError::Invalid {
@@ -855,6 +940,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
         ));
     }
     at_most_a_year(plan.assignment_ttl).map_err(|m| (top("assignment_ttl"), m))?;
+    validate_retry(&plan.retry)?;
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));
     }
@@ -1027,6 +1113,43 @@ fn validate_gate(g: &Gate, i: usize) -> Result<(), (Path, String)> {
         ));
     }
     at_most_a_year(g.report_deadline).map_err(|m| (p("report_deadline"), m))?;
+    Ok(())
+}
+
+fn validate_retry(r: &RetryPolicy) -> Result<(), (Path, String)> {
+    let p = |k: &'static str| vec![Seg::Key("retry"), Seg::Key(k)];
+    if r.max_attempts == 0 || r.max_attempts > MAX_ATTEMPTS {
+        return Err((
+            p("max_attempts"),
+            format!(
+                "must be between 1 (no automatic retry) and {MAX_ATTEMPTS}, the first install \
+                 included (got {})",
+                r.max_attempts
+            ),
+        ));
+    }
+    if r.backoff < MIN_RETRY_BACKOFF {
+        return Err((
+            p("backoff"),
+            format!(
+                "must be at least {} (got {})",
+                duration::display(MIN_RETRY_BACKOFF),
+                duration::display(r.backoff)
+            ),
+        ));
+    }
+    at_most_a_year(r.backoff).map_err(|m| (p("backoff"), m))?;
+    if r.max_backoff < r.backoff {
+        return Err((
+            p("max_backoff"),
+            format!(
+                "must be at least backoff ({}) (got {})",
+                duration::display(r.backoff),
+                duration::display(r.max_backoff)
+            ),
+        ));
+    }
+    at_most_a_year(r.max_backoff).map_err(|m| (p("max_backoff"), m))?;
     Ok(())
 }
 
@@ -1628,5 +1751,68 @@ mod tests {
             now,
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn the_retry_table_is_read_into_every_gate_and_doubles_up_to_its_cap() {
+        let text = "name = \"x\"\nrelease = \"r\"\n\n[retry]\nmax_attempts = 4\nbackoff = \"1m\"\nmax_backoff = \"3m\"\n\n[[waves]]\nname = \"a\"\n\n[[waves]]\nname = \"b\"\n";
+        let plan = parse_plan(text, PlanFormat::Toml).unwrap();
+        assert_eq!(plan.retry.max_attempts, 4);
+        assert!(plan.waves.iter().all(|w| w.gate.retry == plan.retry));
+        let mins = |n| plan.retry.delay_after(n).as_secs() / 60;
+        assert_eq!((mins(1), mins(2), mins(3), mins(9)), (1, 2, 3, 3));
+        let again = parse_plan(&plan.to_json(), PlanFormat::Json).unwrap();
+        assert_eq!(again, plan, "the policy survives the stored JSON form");
+
+        let none = parse_plan(
+            "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\n",
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        assert_eq!(none.retry, RetryPolicy::default());
+        assert!(!none.retry.retries(), "no [retry]: nothing is retried");
+        assert!(!none.to_json().contains("retry"), "{}", none.to_json());
+    }
+
+    #[test]
+    fn a_bad_retry_table_is_refused_naming_the_key() {
+        let with = |body: &str| {
+            format!("name = \"x\"\nrelease = \"r\"\n[retry]\n{body}\n[[waves]]\nname = \"a\"\n")
+        };
+        for (body, path, want) in [
+            (
+                "max_attempts = 0",
+                "retry.max_attempts",
+                "must be between 1 (no automatic retry) and 10",
+            ),
+            ("max_attempts = 11", "retry.max_attempts", "(got 11)"),
+            (
+                "backoff = \"500ms\"",
+                "retry.backoff",
+                "must be at least 1s",
+            ),
+            (
+                "backoff = \"400d\"",
+                "retry.backoff",
+                "longer than the maximum 365d",
+            ),
+            (
+                "backoff = \"10m\"\nmax_backoff = \"5m\"",
+                "retry.max_backoff",
+                "must be at least backoff (10m)",
+            ),
+            ("backoff = \"soon\"", "retry.backoff", "is not a duration"),
+            ("attempts = 3", "retry.attempts", "unknown field `attempts`"),
+        ] {
+            let e = toml_err(&with(body));
+            assert_eq!(e.path(), path, "{body}: {e}");
+            assert!(e.line().is_some(), "{body}: {e}");
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+        // Inside a wave's gate it is an unknown key: the policy is the plan's.
+        let e = toml_err(
+            "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\ngate = { retry = 3 }\n",
+        );
+        assert!(e.to_string().contains("unknown field `retry`"), "{e}");
     }
 }

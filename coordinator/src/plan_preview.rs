@@ -168,6 +168,9 @@ pub fn preview(
                 .to_string(),
         );
     }
+    if let Some(note) = retry_note(&plan.retry) {
+        notes.push(note);
+    }
     let selected = wave_previews.iter().map(|w| w.count).sum();
     PlanPreview {
         name: plan.name.clone(),
@@ -199,6 +202,22 @@ pub fn preview(
         refused,
         notes,
     }
+}
+
+/// What the plan's `[retry]` policy does, in words (None: it retries nothing).
+fn retry_note(r: &crate::plan::RetryPolicy) -> Option<String> {
+    if !r.retries() {
+        return None;
+    }
+    let waits: Vec<String> = (1..r.max_attempts)
+        .map(|n| controller::gate::human(r.delay_after(n)))
+        .collect();
+    Some(format!(
+        "retry: a site whose install fails is tried again, {} attempts in all, after {}; it \
+         counts as in progress meanwhile and as failed only when its last attempt fails",
+        r.max_attempts,
+        waits.join(", then ")
+    ))
 }
 
 /// Keeps the `n` smallest ids, sorted (linear time over a big wave).
@@ -473,6 +492,24 @@ name = "rest"
         );
         assert!(opens[2].reason.contains("approval"), "{:?}", opens[2]);
         assert!(opens[1].reason.contains("needs 2 of 2"), "{:?}", opens[1]);
+    }
+
+    #[test]
+    fn the_retry_policy_is_told_in_the_notes() {
+        let now = ts("2026-12-04T18:00:00Z");
+        let retry = "[retry]\nmax_attempts = 4\nbackoff = \"5m\"\nmax_backoff = \"15m\"\n";
+        let notes = preview(&plan(retry, THREE), "seed", &[], &[], now).notes;
+        assert!(
+            notes.contains(
+                &"retry: a site whose install fails is tried again, 4 attempts in all, after \
+                  5m, then 10m, then 15m; it counts as in progress meanwhile and as failed \
+                  only when its last attempt fails"
+                    .to_string()
+            ),
+            "{notes:?}"
+        );
+        let notes = preview(&plan("", THREE), "seed", &[], &[], now).notes;
+        assert!(!notes.iter().any(|n| n.starts_with("retry")), "{notes:?}");
     }
 
     #[test]

@@ -668,6 +668,7 @@ fn arb_site() -> impl Strategy<Value = SiteFacts> {
                 rolled_back: rolled_back && failed_at.is_some(),
                 deferred_until,
                 skipped,
+                ..SiteFacts::default()
             },
         )
 }
@@ -697,6 +698,7 @@ fn arb_gate() -> impl Strategy<Value = Gate> {
                     OnSilent::Fail
                 },
                 approval,
+                retry: Default::default(),
             },
         )
 }

@@ -29,7 +29,7 @@ use crate::operator::Operator;
 use crate::plan::PlanSpec;
 use crate::process::{Process, Spawn};
 use crate::proxy::FaultProxy;
-use crate::release::{DEMO_STREAM, DemoRelease};
+use crate::release::{CommandRelease, DEMO_STREAM, DemoRelease};
 use crate::{eventually_default, free_port};
 
 /// Test tuning appended to the coordinator's generated config (documented keys only).
@@ -466,25 +466,63 @@ impl Fleet {
 
     /// Builds and uploads the artifact and signs the release with `key`; does not publish.
     pub fn sign_release(&self, release: &DemoRelease, key: &Path) -> Result<Envelope> {
-        let dir = self.dirs.work.join(&release.id);
+        let dir = self.release_dir(&release.id)?;
+        let artifact = release.write_artifact(&dir)?;
+        self.sign_manifest(
+            &release.id,
+            &artifact,
+            &release.manifest_toml(&artifact),
+            key,
+        )
+    }
+
+    /// Builds and uploads a `command` release's artifact, signs it with the fleet's release
+    /// key and publishes it.
+    pub fn publish_command(&self, release: &CommandRelease) -> Result<api::ReleaseInfo> {
+        let dir = self.release_dir(&release.id)?;
+        let artifact = release.write_artifact(&dir)?;
+        let manifest = release.manifest_toml(&artifact);
+        let envelope = self.sign_manifest(
+            &release.id,
+            &artifact,
+            &manifest,
+            &self.coordinator.release_key,
+        )?;
+        self.operator.publish_release(&envelope)
+    }
+
+    fn release_dir(&self, id: &str) -> Result<PathBuf> {
+        let dir = self.dirs.work.join(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| HarnessError::io(format!("creating {}", dir.display()), e))?;
-        let artifact = release.write_artifact(&dir)?;
-        let bytes = std::fs::read(&artifact)
+        Ok(dir)
+    }
+
+    /// Uploads `artifact`, then signs `manifest` (naming it) with `key` through
+    /// `fleetwave release sign`.
+    fn sign_manifest(
+        &self,
+        id: &str,
+        artifact: &Path,
+        manifest: &str,
+        key: &Path,
+    ) -> Result<Envelope> {
+        let dir = self.release_dir(id)?;
+        let bytes = std::fs::read(artifact)
             .map_err(|e| HarnessError::io(format!("reading {}", artifact.display()), e))?;
         self.operator.upload_artifact(bytes)?;
-        let manifest = dir.join("release.toml");
-        std::fs::write(&manifest, release.manifest_toml(&artifact))
-            .map_err(|e| HarnessError::io(format!("writing {}", manifest.display()), e))?;
+        let manifest_path = dir.join("release.toml");
+        std::fs::write(&manifest_path, manifest)
+            .map_err(|e| HarnessError::io(format!("writing {}", manifest_path.display()), e))?;
         let out = dir.join("release.json");
         Spawn::new(
-            format!("fleetwave-release-sign-{}", release.id),
+            format!("fleetwave-release-sign-{id}"),
             bins::binary(bins::CLI)?,
             &self.dirs.logs,
         )
         .args(["release", "sign", "--key"])
         .arg(key)
-        .arg(&manifest)
+        .arg(&manifest_path)
         .arg("--out")
         .arg(&out)
         .run()?;

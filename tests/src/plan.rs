@@ -114,6 +114,14 @@ pub struct WindowSpec {
     pub end: String,
 }
 
+/// The plan's `[retry]` policy. Durations in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySpec {
+    pub max_attempts: u32,
+    pub backoff_secs: u64,
+    pub max_backoff_secs: u64,
+}
+
 /// A whole plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSpec {
@@ -123,6 +131,9 @@ pub struct PlanSpec {
     pub auto_rollback: bool,
     pub window: Option<WindowSpec>,
     pub assignment_ttl_secs: u64,
+    /// When the rollout starts itself (`start_at`, RFC 3339 or a local time with a zone).
+    pub start_at: Option<String>,
+    pub retry: Option<RetrySpec>,
     pub waves: Vec<WaveSpec>,
 }
 
@@ -135,6 +146,8 @@ impl PlanSpec {
             auto_rollback: false,
             window: None,
             assignment_ttl_secs: 3600,
+            start_at: None,
+            retry: None,
             waves,
         }
     }
@@ -156,6 +169,22 @@ impl PlanSpec {
                 WaveSpec::new("the rest, dogs last"),
             ],
         )
+    }
+
+    /// Installs that fail are tried again, up to `max_attempts` attempts in all, the first
+    /// after `backoff_secs` (doubling, at most a minute).
+    pub fn retry(mut self, max_attempts: u32, backoff_secs: u64) -> PlanSpec {
+        self.retry = Some(RetrySpec {
+            max_attempts,
+            backoff_secs,
+            max_backoff_secs: backoff_secs.max(60),
+        });
+        self
+    }
+
+    pub fn start_at(mut self, at: &str) -> PlanSpec {
+        self.start_at = Some(at.to_string());
+        self
     }
 
     pub fn auto_rollback(mut self, on: bool) -> PlanSpec {
@@ -184,6 +213,18 @@ impl PlanSpec {
             "assignment_ttl = {}",
             quote(&format!("{}s", self.assignment_ttl_secs))
         );
+        if let Some(at) = &self.start_at {
+            let _ = writeln!(out, "start_at = {}", quote(at));
+        }
+        if let Some(r) = &self.retry {
+            let _ = writeln!(
+                out,
+                "\n[retry]\nmax_attempts = {}\nbackoff = {}\nmax_backoff = {}",
+                r.max_attempts,
+                quote(&format!("{}s", r.backoff_secs)),
+                quote(&format!("{}s", r.max_backoff_secs))
+            );
+        }
         if let Some(w) = &self.window {
             let days: Vec<String> = w.days.iter().map(|d| quote(d)).collect();
             let _ = writeln!(
@@ -258,5 +299,13 @@ mod tests {
         assert_eq!(waves[3]["gate"]["bake"].as_str(), Some("2s"));
         assert_eq!(value["auto_rollback"].as_bool(), Some(true));
         assert_eq!(value["release"].as_str(), Some("demo-2"));
+        assert!(value.get("retry").is_none() && value.get("start_at").is_none());
+
+        let text = plan.retry(3, 1).start_at("2030-01-01T00:00:00Z").to_toml();
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(value["retry"]["max_attempts"].as_integer(), Some(3));
+        assert_eq!(value["retry"]["backoff"].as_str(), Some("1s"));
+        assert_eq!(value["start_at"].as_str(), Some("2030-01-01T00:00:00Z"));
+        assert_eq!(value["waves"].as_array().unwrap().len(), 4);
     }
 }

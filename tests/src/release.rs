@@ -176,6 +176,74 @@ impl DemoRelease {
     }
 }
 
+/// A `command` release: operator scripts (its install parameters: `prepare`, `install`,
+/// `verify`, `commit`, `rollback`, each run by `/bin/sh -c`) around one small artifact, in
+/// a stream of its own so it never touches the demo app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRelease {
+    /// Release id, e.g. `tool-1.0.0`.
+    pub id: String,
+    /// The release stream (release `name`).
+    pub name: String,
+    pub version: String,
+    pub counter: u64,
+    /// Install parameters: the scripts and e.g. `verify_period_secs`.
+    pub install: BTreeMap<String, serde_json::Value>,
+}
+
+impl CommandRelease {
+    /// `<name>-<version>` with no scripts yet, a one-second verify period and a rollback
+    /// that succeeds (`true`).
+    pub fn new(name: &str, version: &str, counter: u64) -> CommandRelease {
+        CommandRelease {
+            id: format!("{name}-{version}"),
+            name: name.to_string(),
+            version: version.to_string(),
+            counter,
+            install: BTreeMap::from([
+                ("verify_period_secs".to_string(), serde_json::json!(1)),
+                ("rollback".to_string(), serde_json::json!("true")),
+            ]),
+        }
+    }
+
+    /// Sets the script of `step` (`install`, `rollback`...).
+    pub fn script(mut self, step: &str, script: &str) -> CommandRelease {
+        self.install
+            .insert(step.to_string(), serde_json::json!(script));
+        self
+    }
+
+    /// Writes `<dir>/<id>.txt` (the version: what the scripts get as their artifact).
+    pub fn write_artifact(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(format!("{}.txt", self.id));
+        std::fs::write(&path, format!("{}\n", self.version))
+            .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))?;
+        Ok(path)
+    }
+
+    /// The release manifest for `fleetwave release sign`.
+    pub fn manifest_toml(&self, artifact: &Path) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("string");
+        let mut out = String::new();
+        let _ = writeln!(out, "id = {}", q(&self.id));
+        let _ = writeln!(out, "name = {}", q(&self.name));
+        let _ = writeln!(out, "version = {}", q(&self.version));
+        let _ = writeln!(out, "kind = \"command\"");
+        let _ = writeln!(out, "counter = {}", self.counter);
+        let _ = writeln!(out, "expires_in = \"1d\"");
+        let _ = writeln!(out, "\n[install]");
+        for (k, v) in &self.install {
+            let _ = writeln!(out, "{} = {}", q(k), toml_value(v));
+        }
+        let _ = writeln!(out, "\n[[artifacts]]");
+        let _ = writeln!(out, "name = \"payload.txt\"");
+        let _ = writeln!(out, "url = \"/v1/artifacts/{{sha256}}\"");
+        let _ = writeln!(out, "file = {}", q(&artifact.display().to_string()));
+        out
+    }
+}
+
 fn toml_value(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => serde_json::to_string(s).expect("string"),
@@ -220,6 +288,17 @@ mod tests {
         assert_eq!(manifest["issued_at"].as_str(), Some("2030-01-01T00:00:00Z"));
         assert_eq!(manifest["expires"].as_str(), Some("2030-01-02T00:00:00Z"));
         assert!(manifest.get("expires_in").is_none());
+    }
+
+    #[test]
+    fn a_command_release_manifest_carries_its_scripts() {
+        let release = CommandRelease::new("tool", "1.0.0", 3).script("install", "exit 1");
+        let text = release.manifest_toml(Path::new("/tmp/x.txt"));
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(value["kind"].as_str(), Some("command"));
+        assert_eq!(value["name"].as_str(), Some("tool"));
+        assert_eq!(value["install"]["install"].as_str(), Some("exit 1"));
+        assert_eq!(value["install"]["rollback"].as_str(), Some("true"));
     }
 
     #[test]

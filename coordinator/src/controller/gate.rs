@@ -6,21 +6,23 @@
 //! reports nothing for `report_deadline` turns silent, and silent sites count as failures
 //! or are excluded but never as successes. A time plus a gate duration that overflows is
 //! never a panic: such a site counts as failed, such a wave's gate fails, each with the
-//! reason. Pure: facts and the time in, a verdict out; this module never reads a clock, a
-//! database or the network.
+//! reason. A site whose install failed with attempts left under the plan's `[retry]`
+//! policy counts as in progress until its next attempt ([`next_attempt_at`]), so it counts
+//! once, by its last attempt. Pure: facts and the time in, a verdict out; this module
+//! never reads a clock, a database or the network.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use fleetwave_shared::protocol::Phase;
 
-use crate::plan::{Gate, OnSilent};
+use crate::plan::{Gate, OnSilent, RetryPolicy};
 use crate::time::{TimeOverflow, later};
 
 /// What the coordinator knows about one site of a wave, as stored from its reports and
 /// the coordinator's own actions. Every time is the coordinator's view of it (event
 /// times as reported by the agent). All fields concern this rollout's target release.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteFacts {
     pub site_id: String,
     /// When the coordinator made the assignment available to the site (None: not yet).
@@ -51,6 +53,45 @@ pub struct SiteFacts {
     pub deferred_until: Option<Timestamp>,
     /// An operator skipped the site: it is left out of the gate.
     pub skipped: bool,
+    /// Which attempt at the release the site is on: 1 for the first install, one more for
+    /// each retry (automatic or by an operator). The facts above are this attempt's.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// When the site's next attempt starts, once the controller scheduled it (its attempt
+    /// failed with attempts left under the plan's `[retry]` policy). None: not scheduled.
+    #[serde(default)]
+    pub retry_at: Option<Timestamp>,
+    /// The site was sent a rollback assignment: it is never retried.
+    #[serde(default)]
+    pub rollback_assigned: bool,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl Default for SiteFacts {
+    fn default() -> Self {
+        SiteFacts {
+            site_id: String::new(),
+            assigned_at: None,
+            leased_at: None,
+            last_phase: None,
+            last_phase_at: None,
+            last_report_at: None,
+            committed_at: None,
+            last_healthy_at: None,
+            first_unhealthy_after_commit_at: None,
+            failed_at: None,
+            failure: None,
+            rolled_back: false,
+            deferred_until: None,
+            skipped: false,
+            attempt: first_attempt(),
+            retry_at: None,
+            rollback_assigned: false,
+        }
+    }
 }
 
 impl SiteFacts {
@@ -115,6 +156,63 @@ impl SiteFacts {
         if self.rolled_back && self.committed_at.is_none() {
             return Some("rolled back by the agent".to_string());
         }
+        None
+    }
+
+    /// The failure in the agent's own words (its `failed` phase's detail), else the
+    /// failure as [`Self::install_failure`] describes it.
+    pub fn failure_words(&self) -> String {
+        match &self.failure {
+            Some(d) if !d.trim().is_empty() && self.failed_after_commit() => d.clone(),
+            _ => self.install_failure().unwrap_or_default(),
+        }
+    }
+
+    /// When the failure of this attempt happened: the `failed` phase, else the last phase
+    /// reported (a self-rollback).
+    fn failed_moment(&self) -> Option<Timestamp> {
+        self.failed_at.or(self.last_phase_at)
+    }
+}
+
+/// When a site whose install failed starts its next attempt under `policy`, if it gets
+/// one: its install failed (a `failed` phase or a self-rollback, not an unhealthy commit),
+/// it has attempts left, it was not skipped nor sent a rollback assignment, and its own
+/// rollback did not fail (that box needs an operator). The time is the one the controller
+/// scheduled, else the failure plus [`RetryPolicy::delay_after`] its attempt (the wave's
+/// opening when the failure has no time). Err when that time overflows. Pure.
+pub fn next_attempt_at(
+    policy: &RetryPolicy,
+    wave_opened_at: Timestamp,
+    site: &SiteFacts,
+) -> Option<Result<Timestamp, TimeOverflow>> {
+    if site.attempt >= policy.max_attempts
+        || site.skipped
+        || site.rollback_assigned
+        || site.last_phase == Some(Phase::RollbackFailed)
+        || !site.install_failed()
+    {
+        return None;
+    }
+    if let Some(at) = site.retry_at {
+        return Some(Ok(at));
+    }
+    let failed = site.failed_moment().unwrap_or(wave_opened_at);
+    Some(later(
+        failed,
+        policy.delay_after(site.attempt),
+        "the site's next attempt (failure + retry back-off)",
+    ))
+}
+
+/// `attempt 2 of 3` under a policy that retries, `attempt 2` past its attempts (an
+/// operator retried), nothing for a first attempt of a plan without retries.
+pub fn attempt_words(policy: &RetryPolicy, attempt: u32) -> Option<String> {
+    if attempt <= policy.max_attempts && policy.retries() {
+        Some(format!("attempt {attempt} of {}", policy.max_attempts))
+    } else if attempt > 1 {
+        Some(format!("attempt {attempt}"))
+    } else {
         None
     }
 }
@@ -216,6 +314,10 @@ enum Why {
         until: Timestamp,
     },
     Installing,
+    /// The install failed with attempts left: the next attempt starts then.
+    RetryWaiting {
+        at: Timestamp,
+    },
     Pending,
     /// A time of the site plus a gate duration overflows: no verdict on the site is
     /// sound, and a site that cannot be judged never counts as a success.
@@ -237,7 +339,13 @@ fn classify(
         return is(SiteState::Skipped, Why::Skipped);
     }
     if site.install_failed() {
-        return is(SiteState::Failed, Why::InstallFailed);
+        // With attempts left the site is still in progress: a failure budget of 0 does
+        // not halt before the retry, and the site counts once, by its last attempt.
+        return match next_attempt_at(&gate.retry, wave_opened_at, site) {
+            Some(Ok(at)) => is(SiteState::InProgress, Why::RetryWaiting { at }),
+            Some(Err(e)) => is(SiteState::Failed, Why::Unjudgeable(e)),
+            None => is(SiteState::Failed, Why::InstallFailed),
+        };
     }
     if let Some(committed) = site.committed_at {
         let bake_end = match later(committed, gate.bake, "the site's bake end (commit + bake)") {
@@ -295,7 +403,19 @@ impl Classified {
     fn describe(&self, gate: &Gate, site: &SiteFacts) -> String {
         match self.why {
             Why::Skipped => "skipped by an operator".into(),
-            Why::InstallFailed => site.install_failure().unwrap_or_default(),
+            Why::InstallFailed => {
+                let words = site.install_failure().unwrap_or_default();
+                match attempt_words(&gate.retry, site.attempt) {
+                    Some(a) => format!("{words} ({a})"),
+                    None => words,
+                }
+            }
+            Why::RetryWaiting { at } => format!(
+                "{} ({}); retrying at {}",
+                site.install_failure().unwrap_or_default(),
+                attempt_words(&gate.retry, site.attempt).unwrap_or_default(),
+                moment(at)
+            ),
             Why::UnhealthyWithinBake { after_commit } => format!(
                 "unhealthy {} after committing (bake {})",
                 human(after_commit),
@@ -703,6 +823,11 @@ fn summary(gate: &Gate, t: &WaveTally, wave: WaveGateFacts, now: Timestamp) -> S
         });
     }
     parts.join("; ")
+}
+
+/// A time for people and timelines, to the second: `2026-12-04T21:05:00Z`.
+pub fn moment(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// A duration for people: whole seconds, friendly units ("12m", "1h 5m", "30s").

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use gate::{
     GateVerdict, SiteFacts, SiteState, SiteStatus, WaitBlocker, WaveGateFacts, WaveTally,
-    evaluate_gate, site_state, site_status, tally,
+    attempt_words, evaluate_gate, next_attempt_at, site_state, site_status, tally,
 };
 pub use leases::{LeaseContext, LeaseDenial, LeaseDenialReason, lease_decision};
 pub use membership::{Candidate, place, seed, share_quota, wave_for_joiner};
@@ -93,6 +93,26 @@ pub enum Decision {
     },
     /// Every wave passed its gate. Changes state.
     Complete { reason: String },
+    /// A site's install failed (`attempt`) with attempts left under the plan's `[retry]`
+    /// policy: its next attempt starts `at` (stored with the site, so this is decided once
+    /// per failed attempt). Changes state.
+    #[serde(rename = "retry_scheduled")]
+    ScheduleRetry {
+        wave: u32,
+        site_id: String,
+        attempt: u32,
+        at: Timestamp,
+        reason: String,
+    },
+    /// A scheduled attempt is due: the site's install facts are cleared and it is assigned
+    /// the release again as attempt `attempt`. Only while the rollout runs. Changes state.
+    #[serde(rename = "retried")]
+    Retry {
+        wave: u32,
+        site_id: String,
+        attempt: u32,
+        reason: String,
+    },
 }
 
 /// Identifies a decision's situation for de-duplication: two decisions with the same key
@@ -106,7 +126,8 @@ pub struct DecisionKey {
 }
 
 impl Decision {
-    /// `open_wave`, `waiting`, `request_approval`, `halt` or `complete`.
+    /// `open_wave`, `waiting`, `request_approval`, `halt`, `complete`, `retry_scheduled`
+    /// or `retried` (as an operator's retry).
     pub fn kind(&self) -> &'static str {
         match self {
             Decision::OpenWave { .. } => "open_wave",
@@ -114,6 +135,8 @@ impl Decision {
             Decision::RequestApproval { .. } => "request_approval",
             Decision::Halt { .. } => "halt",
             Decision::Complete { .. } => "complete",
+            Decision::ScheduleRetry { .. } => "retry_scheduled",
+            Decision::Retry { .. } => "retried",
         }
     }
 
@@ -124,6 +147,8 @@ impl Decision {
             | Decision::Waiting { reason, .. }
             | Decision::RequestApproval { reason, .. }
             | Decision::Halt { reason, .. }
+            | Decision::ScheduleRetry { reason, .. }
+            | Decision::Retry { reason, .. }
             | Decision::Complete { reason } => reason,
         }
     }
@@ -134,17 +159,20 @@ impl Decision {
             Decision::OpenWave { wave, .. }
             | Decision::Waiting { wave, .. }
             | Decision::RequestApproval { wave, .. }
-            | Decision::Halt { wave, .. } => Some(*wave),
+            | Decision::Halt { wave, .. }
+            | Decision::ScheduleRetry { wave, .. }
+            | Decision::Retry { wave, .. } => Some(*wave),
             Decision::Complete { .. } => None,
         }
     }
 
-    /// Whether applying the decision changes the rollout (OpenWave, Halt, Complete); such
-    /// decisions are always stored. Waiting and RequestApproval only describe.
+    /// Whether applying the decision changes the rollout (OpenWave, Halt, Complete,
+    /// ScheduleRetry, Retry); such decisions are always stored. Waiting and
+    /// RequestApproval only describe.
     pub fn changes_state(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Decision::OpenWave { .. } | Decision::Halt { .. } | Decision::Complete { .. }
+            Decision::Waiting { .. } | Decision::RequestApproval { .. }
         )
     }
 
@@ -211,6 +239,62 @@ pub fn failed_sites(view: &RolloutView, now: Timestamp) -> Vec<(String, u32, Str
     out
 }
 
+/// The automatic retries due at `now` under the plan's `[retry]` policy, sites of opened
+/// waves in order: a ScheduleRetry for each site whose failed attempt has attempts left
+/// and no next attempt scheduled yet, and (when `start` is true: the rollout runs) a
+/// Retry for each site whose scheduled attempt has come. A site whose next attempt's time
+/// overflows gets neither (the gate counts it as failed, with the reason).
+pub fn retry_decisions(view: &RolloutView, now: Timestamp, start: bool) -> Vec<Decision> {
+    let policy = &view.plan.retry;
+    if !policy.retries() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, w) in view.waves.iter().enumerate() {
+        let wave = i as u32;
+        let Some(opened) = w.opened_at else { continue };
+        for s in &w.sites {
+            let Some(Ok(at)) = gate::next_attempt_at(policy, opened, s) else {
+                continue;
+            };
+            let due = s.retry_at.is_some() && start && at <= now;
+            if s.retry_at.is_some() && !due {
+                continue;
+            }
+            let words = s.failure_words();
+            let this = attempt_words(policy, s.attempt).unwrap_or_default();
+            if s.retry_at.is_none() {
+                out.push(Decision::ScheduleRetry {
+                    wave,
+                    site_id: s.site_id.clone(),
+                    attempt: s.attempt,
+                    at,
+                    reason: format!(
+                        "site {} failed ({this}): {words}; retrying at {} (back-off {})",
+                        s.site_id,
+                        gate::moment(at),
+                        gate::human(policy.delay_after(s.attempt))
+                    ),
+                });
+            } else {
+                let next = s.attempt + 1;
+                out.push(Decision::Retry {
+                    wave,
+                    site_id: s.site_id.clone(),
+                    attempt: next,
+                    reason: format!(
+                        "site {} retried ({}) by the plan's retry policy; {this} had failed: \
+                         {words}",
+                        s.site_id,
+                        attempt_words(policy, next).unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The gate verdict of an opened wave at `now` (None when the wave has not opened).
 pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<GateVerdict> {
     let plan_wave = view.plan.wave(wave)?;
@@ -265,7 +349,21 @@ fn halt(view: &RolloutView, wave: u32, why: &str) -> TickOutcome {
 /// - Running with no wave open: OpenWave 0.
 /// - Running: the current wave's gate passes → OpenWave next, or Complete after the last;
 ///   waits for approval → RequestApproval; otherwise Waiting with the first blocker.
+/// - Running or paused and not halting or completing: first the automatic retries
+///   ([`retry_decisions`]; a paused rollout schedules them but starts none).
 pub fn tick(view: &RolloutView, now: Timestamp) -> TickOutcome {
+    let mut out = progress(view, now);
+    if matches!(out.status, RolloutStatus::Running | RolloutStatus::Paused)
+        && matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused)
+    {
+        let retries = retry_decisions(view, now, view.status == RolloutStatus::Running);
+        out.decisions.splice(0..0, retries);
+    }
+    out
+}
+
+/// The rollout's waves: halt, open, complete, wait (see [`tick`]).
+fn progress(view: &RolloutView, now: Timestamp) -> TickOutcome {
     let unchanged = |decisions| TickOutcome {
         status: view.status,
         current_wave: view.current_wave,

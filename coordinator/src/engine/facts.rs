@@ -35,8 +35,11 @@ pub enum Update {
     Leased { site_id: String, at: Timestamp },
     /// An operator skipped the site.
     Skipped { site_id: String },
-    /// An operator started a new attempt on the site (its install facts were cleared).
-    Retried { site_id: String },
+    /// A new attempt started on the site (its install facts and scheduled retry were
+    /// cleared; `attempts` is its new attempt number).
+    Retried { site_id: String, attempts: u32 },
+    /// The site's next automatic attempt was scheduled.
+    RetryScheduled { site_id: String, at: Timestamp },
     /// The site joined the rollout (late enrollment, relabel, re-enable).
     Joined(RolloutSiteRecord),
     /// The site was placed in another wave that has not opened (a wave opened and
@@ -226,8 +229,15 @@ fn apply(l: &mut Loaded, update: Update) {
                 s.skipped = true;
             }
         }
-        Update::Retried { site_id } => {
+        Update::RetryScheduled { site_id, at } => {
             if let Some(s) = l.site_mut(&site_id) {
+                s.retry_at = Some(as_stored(at));
+            }
+        }
+        Update::Retried { site_id, attempts } => {
+            if let Some(s) = l.site_mut(&site_id) {
+                s.attempts = attempts;
+                s.retry_at = None;
                 s.assigned_at = None;
                 s.leased_at = None;
                 s.phase = None;

@@ -525,5 +525,8 @@ pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
         rolled_back: s.rolled_back,
         deferred_until: s.deferred_until,
         skipped: s.skipped,
+        attempt: s.attempts,
+        retry_at: s.retry_at,
+        rollback_assigned: s.rollback_sequence.is_some(),
     }
 }

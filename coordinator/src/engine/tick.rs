@@ -22,10 +22,12 @@ impl Engine {
         let (mut record, head, view) = self
             .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
             .await?;
-        let outcome = controller::tick(&view, now);
+        let mut outcome = controller::tick(&view, now);
+        self.drop_retries_of_held_sites(&mut outcome).await?;
         let mut to_store = Vec::new();
         let mut changed = false;
         let mut completed = false;
+        let (mut retry_scheduled, mut retry_due) = (Vec::new(), Vec::new());
         for decision in &outcome.decisions {
             if !decision.changes_state() {
                 let key = decision.key();
@@ -94,9 +96,15 @@ impl Engine {
                     record.status_reason = Some(reason.clone());
                     completed = true;
                 }
+                Decision::ScheduleRetry { site_id, at, .. } => {
+                    retry_scheduled.push((site_id.clone(), *at));
+                }
+                Decision::Retry { site_id, .. } => retry_due.push(site_id.clone()),
                 _ => {}
             }
         }
+        self.apply_automatic_retries(id, retry_scheduled, retry_due)
+            .await?;
         let auto_rolled_back = outcome
             .decisions
             .iter()

@@ -212,7 +212,7 @@ pub struct RolloutRecord {
 }
 
 /// One site's facts within one rollout.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RolloutSiteRecord {
     pub rollout_id: String,
     pub site_id: String,
@@ -244,6 +244,39 @@ pub struct RolloutSiteRecord {
     pub previous_release_id: Option<String>,
     /// The site is deferred (by its staff) until then (from the site's own record).
     pub deferred_until: Option<Timestamp>,
+    /// Which attempt at the release the site is on: 1 for the first install, one more
+    /// for each retry.
+    pub attempts: u32,
+    /// When the site's next automatic attempt starts, once scheduled.
+    pub retry_at: Option<Timestamp>,
+}
+
+impl Default for RolloutSiteRecord {
+    fn default() -> Self {
+        RolloutSiteRecord {
+            rollout_id: String::new(),
+            site_id: String::new(),
+            wave: 0,
+            skipped: false,
+            assigned_at: None,
+            leased_at: None,
+            phase: None,
+            phase_at: None,
+            detail: None,
+            committed_at: None,
+            failed_at: None,
+            failure: None,
+            rolled_back: false,
+            last_healthy_at: None,
+            first_unhealthy_after_commit_at: None,
+            last_report_at: None,
+            rollback_sequence: None,
+            previous_release_id: None,
+            deferred_until: None,
+            attempts: 1,
+            retry_at: None,
+        }
+    }
 }
 
 /// An assignment to sign: the store gives it the site's next sequence.
@@ -619,13 +652,21 @@ pub trait Store: Send + Sync + 'static {
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
     fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;
     /// Starts a new attempt for `site_ids` of a rollout: their install facts (phase,
-    /// lease, assignment, commit, failure, self-rollback, unhealthy-after-commit) are
-    /// cleared and their leases dropped, so the next pass signs a new assignment and the
-    /// gate judges the new attempt alone. Health and last-report times stay.
+    /// lease, assignment, commit, failure, self-rollback, unhealthy-after-commit) and any
+    /// scheduled retry are cleared, their leases dropped and their `attempts` counted up
+    /// by one, all in one transaction, so the next pass signs a new assignment and the
+    /// gate judges the new attempt alone. Health and last-report times stay. Returns each
+    /// site's new attempt number, in the order given.
     fn reset_rollout_sites_for_retry(
         &self,
         rollout_id: &str,
         site_ids: &[String],
+    ) -> StoreResult<Vec<u32>>;
+    /// Records when the next automatic attempt of each `(site, time)` of a rollout starts.
+    fn schedule_rollout_site_retries(
+        &self,
+        rollout_id: &str,
+        retries: &[(String, Timestamp)],
     ) -> StoreResult<()>;
     /// Moves members to other waves (`(site id, wave)`), only those with no assignment and
     /// no lease: a site that was assigned or leased keeps its wave. Returns the moved.

@@ -67,6 +67,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v5.sql")),
         M::up(include_str!("../schema_v6.sql")),
         M::up(include_str!("../schema_v7.sql")),
+        M::up(include_str!("../schema_v8.sql")),
     ])
 }
 

@@ -54,7 +54,7 @@ fn rollout_row_for(
     site_id: &str,
     rollout_id: Option<&str>,
 ) -> StoreResult<Option<(RolloutSiteRecord, String)>> {
-    let read = |r: &rusqlite::Row| Ok((rs_record(r)?, r.get::<_, String>(19)?));
+    let read = |r: &rusqlite::Row| Ok((rs_record(r)?, r.get::<_, String>(RS_COLS_LEN)?));
     let row = match rollout_id {
         Some(id) => tx
             .prepare_cached(&format!("SELECT {RS_COLS}, r.release_id FROM rollout_sites rs JOIN sites s ON s.id = rs.site_id JOIN rollouts r ON r.id = rs.rollout_id WHERE rs.site_id = ?1 AND rs.rollout_id = ?2"))?

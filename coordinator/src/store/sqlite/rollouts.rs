@@ -184,23 +184,53 @@ pub(super) fn reset_rollout_sites_for_retry(
     s: &SqliteStore,
     rollout_id: &str,
     site_ids: &[String],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<u32>> {
     s.write(|tx| {
         let mut reset = tx.prepare_cached(
             "UPDATE rollout_sites SET assigned_at = NULL, leased_at = NULL, phase = NULL,
                  phase_at = NULL, detail = NULL, committed_at = NULL, failed_at = NULL,
-                 failure = NULL, rolled_back = 0, first_unhealthy_after_commit_at = NULL
-             WHERE rollout_id = ?1 AND site_id = ?2",
+                 failure = NULL, rolled_back = 0, first_unhealthy_after_commit_at = NULL,
+                 retry_at = NULL, attempts = attempts + 1
+             WHERE rollout_id = ?1 AND site_id = ?2
+             RETURNING attempts",
         )?;
         let mut unlease =
             tx.prepare_cached("DELETE FROM leases WHERE rollout_id = ?1 AND site_id = ?2")?;
+        let mut attempts = Vec::with_capacity(site_ids.len());
         for site_id in site_ids {
-            if reset.execute(params![rollout_id, site_id])? == 0 {
+            let Some(n) = reset
+                .query_row(params![rollout_id, site_id], |r| r.get::<_, u32>(0))
+                .optional()?
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "site {site_id} is not part of rollout {rollout_id}"
+                )));
+            };
+            unlease.execute(params![rollout_id, site_id])?;
+            attempts.push(n);
+        }
+        Ok(attempts)
+    })
+}
+
+pub(super) fn schedule_rollout_site_retries(
+    s: &SqliteStore,
+    rollout_id: &str,
+    retries: &[(String, Timestamp)],
+) -> StoreResult<()> {
+    if retries.is_empty() {
+        return Ok(());
+    }
+    s.write(|tx| {
+        let mut st = tx.prepare_cached(
+            "UPDATE rollout_sites SET retry_at = ?3 WHERE rollout_id = ?1 AND site_id = ?2",
+        )?;
+        for (site_id, at) in retries {
+            if st.execute(params![rollout_id, site_id, ms(*at)])? == 0 {
                 return Err(StoreError::NotFound(format!(
                     "site {site_id} is not part of rollout {rollout_id}"
                 )));
             }
-            unlease.execute(params![rollout_id, site_id])?;
         }
         Ok(())
     })

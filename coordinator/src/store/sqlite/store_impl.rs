@@ -283,8 +283,15 @@ impl Store for SqliteStore {
         &self,
         rollout_id: &str,
         site_ids: &[String],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<u32>> {
         rollouts::reset_rollout_sites_for_retry(self, rollout_id, site_ids)
+    }
+    fn schedule_rollout_site_retries(
+        &self,
+        rollout_id: &str,
+        retries: &[(String, Timestamp)],
+    ) -> StoreResult<()> {
+        rollouts::schedule_rollout_site_retries(self, rollout_id, retries)
     }
 
     fn set_rollout_site_waves(
