@@ -621,6 +621,30 @@ fn releases_artifacts_roots_and_rollouts() {
     let lifted = c.ok(&["site", "unhold", "store-2"]);
     assert!(!lifted.contains("HELD:"), "{lifted}");
 
+    // Channels: created, listed, shown with the sites off the release and why, changed,
+    // deleted; an overlapping one is refused with the coordinator's reason.
+    let made = c.ok(&[
+        "channel", "create", "apps", "--stream", "app", "--release", "app-1.0.0",
+    ]);
+    assert!(
+        made.contains("channel apps") && made.contains("app-1.0.0"),
+        "{made}"
+    );
+    let shown = c.ok(&["channel", "show", "apps"]);
+    assert!(
+        shown.contains("Sites off the channel's release") && shown.contains("store-2"),
+        "{shown}"
+    );
+    let listed = c.json(&["channel", "list"]);
+    assert_eq!(listed["channels"][0]["name"], "apps", "{listed}");
+    let err = fails(c.run(&["channel", "create", "more", "--stream", "app"]), 1);
+    assert!(err.contains("matches both"), "{err}");
+    let err = fails(c.run(&["channel", "create", "x", "--stream", "app", "--label", "oops"]), 1);
+    assert!(err.contains("key=value"), "{err}");
+    let changed = c.ok(&["channel", "set", "apps", "--max-concurrent", "3"]);
+    assert!(changed.contains("3 at a time"), "{changed}");
+    assert!(c.ok(&["channel", "delete", "apps"]).contains("deleted"));
+
     // The rollout as one file for a review, as JSON and as Markdown.
     let x = c.json(&["rollout", "export", &id]);
     assert_eq!(x["rollout"]["status"], "aborted", "{x}");
