@@ -70,3 +70,54 @@ async fn a_waiting_site_stages_the_artifact_and_installs_only_when_ready() {
     );
     agent.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_downloaded_ahead_into_the_disk_reserve() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("tight-store", &coordinator);
+    // The reserve a lease's readiness asks for: artifacts x disk_margin + min_free. A
+    // margin no disk can meet stands for a nearly full disk.
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(
+        &site.config,
+        config.replace("disk_margin = 1.0", "disk_margin = 1000000000000.0"),
+    )
+    .unwrap();
+    site.enroll(&coordinator).await;
+    let mut agent = site.run(&[]);
+    coordinator
+        .publish_demo("1.0.0", 1, true, false, &site)
+        .await;
+    let rollout = coordinator.rollout("demo-1.0.0").await;
+    let sites_path = format!("{}/{rollout}/sites", api::paths::ROLLOUTS);
+    eventually("the site to wait for readiness", || async {
+        let list: api::RolloutSiteList = coordinator.get(&sites_path).await;
+        list.sites
+            .into_iter()
+            .find(|s| s.phase.as_deref() == Some("waiting"))
+    })
+    .await;
+    // The agent says why (the disk check, whose reserve counts the artifacts), and
+    // downloads nothing ahead.
+    let logs = eventually("the agent to name the disk check", || async {
+        let logs = site.logs();
+        logs.contains("readiness checks failing: disk:")
+            .then_some(logs)
+    })
+    .await;
+    assert!(logs.contains("for the artifact under"), "{logs}");
+    assert!(
+        !logs.contains("downloading ahead of the window"),
+        "no download started: {logs}"
+    );
+    let sha = fleetwave_shared::sha256_hex(&common::demo_artifact("1.0.0", true));
+    assert!(
+        !site
+            .dir
+            .path()
+            .join("staging/artifacts")
+            .join(&sha)
+            .exists()
+    );
+    agent.kill().await.unwrap();
+}

@@ -8,7 +8,10 @@
 //! its `.part` files after a restart or a cut link): polls, reports and health checks go
 //! on meanwhile. When it has verified every artifact the agent reports the `staged` phase
 //! once per release (remembered across restarts). A failed download is said in the log and
-//! tried again after a pause; the install downloads by itself in any case.
+//! tried again after a pause; the install downloads by itself in any case. The disk
+//! reserve is the readiness check's: the daemon downloads ahead only while every check
+//! passes, and the disk check asks for the artifacts times `disk_margin` plus
+//! `min_free_disk_bytes` on the staging filesystem.
 
 use std::time::Duration;
 
