@@ -214,6 +214,11 @@ async fn a_channel_whose_first_site_fails_pauses_says_why_and_resumes() {
         page.contains("id=\"channel-stores\"") && page.contains("paused"),
         "{page}"
     );
+    let (_, _, page) = web.get("/ui/").await;
+    assert!(
+        page.contains("id=\"overview-channels\"") && page.contains("paused"),
+        "{page}"
+    );
     let (_, _, page) = web.get("/ui/channels/stores").await;
     assert!(
         page.contains("id=\"channel-paused\"")

@@ -157,6 +157,16 @@ pub struct ChannelStatus {
     pub by_reason: BTreeMap<&'static str, u64>,
 }
 
+/// A channel on the overview.
+#[derive(Debug, Clone)]
+pub struct ChannelGlance {
+    pub name: String,
+    /// `id (version)`, None without a release.
+    pub release: Option<String>,
+    pub off: u64,
+    pub paused: bool,
+}
+
 /// What one convergence pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConvergePass {
@@ -764,7 +774,7 @@ impl Engine {
         if !full {
             return Ok(self
                 .db
-                .run(move |s| s.free_sites_off_version_indexed(&stream, &version))
+                .run(move |s| s.sites_off_version_indexed(&stream, &version, true))
                 .await?);
         }
         let mut out = Vec::new();
@@ -942,6 +952,51 @@ impl Engine {
                 Some((s.id, prev))
             })
             .collect())
+    }
+
+    /// Every channel at a glance, through indexes only (the overview): its release's
+    /// version, how many of its sites are off it (sites that report other streams but none
+    /// of the channel's are left out of this count; the channel's page counts them), and
+    /// whether its convergence is paused.
+    pub async fn channels_at_a_glance(&self) -> Result<Vec<ChannelGlance>, EngineError> {
+        let channels = self.channels().await?;
+        let mut out = Vec::with_capacity(channels.len());
+        let mut off_by_version: HashMap<(String, String), Vec<OffVersionSite>> = HashMap::new();
+        for ch in &channels {
+            let release = match ch.release_id.clone() {
+                Some(id) => self.db.run(move |s| s.release(&id)).await?,
+                None => None,
+            };
+            let paused = matches!(
+                self.convergence_of(&ch.name).await?,
+                Some((_, s)) if s != WireStatus::Running
+            );
+            let off = match &release {
+                Some(r) => {
+                    let key = (ch.stream.clone(), r.version.clone());
+                    if !off_by_version.contains_key(&key) {
+                        let (st, v) = key.clone();
+                        let found = self
+                            .db
+                            .run(move |s| s.sites_off_version_indexed(&st, &v, false))
+                            .await?;
+                        off_by_version.insert(key.clone(), found);
+                    }
+                    off_by_version[&key]
+                        .iter()
+                        .filter(|s| ch.selector.matches(&s.labels))
+                        .count() as u64
+                }
+                None => 0,
+            };
+            out.push(ChannelGlance {
+                name: ch.name.clone(),
+                release: release.map(|r| format!("{} ({})", r.id, r.version)),
+                off,
+                paused,
+            });
+        }
+        Ok(out)
     }
 
     /// Channel `name` with what its sites run: the sites off its release (at most `limit`

@@ -596,15 +596,16 @@ pub trait Store: Send + Sync + 'static {
         after: &str,
         limit: usize,
     ) -> StoreResult<Vec<OffVersionSite>>;
-    /// The active sites in no active rollout that run another version of `stream` or say
-    /// nothing of what they run at all, by id, through indexes only: what a convergence
-    /// pass reads every few seconds. It misses a site that reports other streams but none
-    /// of `stream` (or a release without a version), which [`Store::sites_off_version`]
-    /// finds.
-    fn free_sites_off_version_indexed(
+    /// The active sites that run another version of `stream` or say nothing of what they
+    /// run at all (with `free_only`, those in no active rollout), by id, through indexes
+    /// only: what a convergence pass reads every few seconds. It misses a site that
+    /// reports other streams but none of `stream` (or a release without a version), which
+    /// [`Store::sites_off_version`] finds.
+    fn sites_off_version_indexed(
         &self,
         stream: &str,
         version: &str,
+        free_only: bool,
     ) -> StoreResult<Vec<OffVersionSite>>;
     fn touch_sites(&self, seen: &[(String, Timestamp)]) -> StoreResult<()>;
     fn count_sites_by_state(&self) -> StoreResult<Vec<(SiteState, u64)>>;

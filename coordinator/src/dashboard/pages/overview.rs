@@ -52,13 +52,21 @@ pub(super) struct OverviewPage {
     stalest: Vec<(String, String)>,
     stale_after: String,
     shape: String,
+    channels: Vec<crate::engine::channels::ChannelGlance>,
 }
 
 /// `GET /ui/`: the fleet at a glance.
 pub async fn overview(State(dash): State<DashState>, who: SignedIn) -> PageResult {
     let m = dash.overview_model().await?;
     let now = dash.app.now();
+    let channels = dash
+        .app
+        .engine
+        .channels_at_a_glance()
+        .await
+        .map_err(ApiError::from)?;
     html(OverviewPage {
+        channels,
         nav: nav(&who, "overview"),
         rollouts: m.rollouts.iter().map(rollout_row).collect(),
         versions: m

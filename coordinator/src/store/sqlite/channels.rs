@@ -191,16 +191,19 @@ pub(super) fn sites_off_version(
     })
 }
 
-pub(super) fn free_sites_off_version_indexed(
+pub(super) fn sites_off_version_indexed(
     s: &SqliteStore,
     stream: &str,
     version: &str,
+    free_only: bool,
 ) -> StoreResult<Vec<OffVersionSite>> {
     // Two ranges of `site_versions_by_stream` around the version, and the partial index
     // `sites_nothing_installed`: only the sites off the version are read. CROSS JOIN keeps
     // that order (left to right): left to itself, the planner walked every site and probed
     // the candidates (60 ms instead of 4 at 100,000 sites).
-    const SQL: &str = "SELECT s.id, s.labels, c.version, s.last_seen, s.deferred_until
+    const SQL: &str = "SELECT s.id, s.labels, c.version, s.last_seen, s.deferred_until,
+                (SELECT rs.rollout_id FROM rollout_sites AS rs
+                  WHERE rs.site_id = c.id AND rs.active = 1) AS busy
            FROM (SELECT site_id AS id, version FROM site_versions
                   WHERE stream = ?1 AND version < ?2
                  UNION ALL
@@ -209,30 +212,32 @@ pub(super) fn free_sites_off_version_indexed(
                  UNION ALL
                  SELECT id, NULL FROM sites WHERE state = 'active' AND installed = '{}') AS c
            CROSS JOIN sites AS s ON s.id = c.id
-          WHERE s.state = 'active'
-            AND NOT EXISTS (SELECT 1 FROM rollout_sites AS rs
-                             WHERE rs.site_id = c.id AND rs.active = 1)
+          WHERE s.state = 'active' AND (?3 = 0 OR busy IS NULL)
           ORDER BY s.id";
     s.read(|c| {
         let mut st = c.prepare_cached(SQL)?;
-        let rows = st.query_map(params![stream, version], |r| {
+        let rows = st.query_map(params![stream, version, free_only], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
                 r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })?;
-        collect(rows, |(id, labels, version, last_seen, deferred_until)| {
-            Ok(OffVersionSite {
-                labels: json_map(&labels)?,
-                id,
-                version,
-                last_seen: opt_ts(last_seen)?,
-                deferred_until: opt_ts(deferred_until)?,
-                rollout_id: None,
-            })
-        })
+        collect(
+            rows,
+            |(id, labels, version, last_seen, deferred_until, rollout_id)| {
+                Ok(OffVersionSite {
+                    labels: json_map(&labels)?,
+                    id,
+                    version,
+                    last_seen: opt_ts(last_seen)?,
+                    deferred_until: opt_ts(deferred_until)?,
+                    rollout_id,
+                })
+            },
+        )
     })
 }

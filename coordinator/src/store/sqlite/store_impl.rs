@@ -33,12 +33,13 @@ impl Store for SqliteStore {
         channels::sites_off_version(self, stream, version, free_only, after, limit)
     }
 
-    fn free_sites_off_version_indexed(
+    fn sites_off_version_indexed(
         &self,
         stream: &str,
         version: &str,
+        free_only: bool,
     ) -> StoreResult<Vec<OffVersionSite>> {
-        channels::free_sites_off_version_indexed(self, stream, version)
+        channels::sites_off_version_indexed(self, stream, version, free_only)
     }
 
     fn create_freeze(&self, f: &FreezeRecord) -> StoreResult<()> {
