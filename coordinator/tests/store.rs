@@ -446,3 +446,95 @@ fn a_terminal_phase_releases_the_lease() {
     assert_eq!(facts.failed_at, Some(ts("2026-01-01T00:05:00Z")));
     assert_eq!(facts.leased_at, Some(granted));
 }
+
+fn installed(id: &str, stream: &str, version: Option<&str>) -> Event {
+    Event {
+        id: id.into(),
+        at: ts("2026-01-01T00:30:00Z"),
+        body: EventBody::Installed {
+            name: stream.into(),
+            release_id: version.map(|v| format!("{stream}-{v}")),
+            version: version.map(str::to_string),
+            previous_release_id: None,
+        },
+    }
+}
+
+/// The convergence pass's two reads of the sites off a stream's version agree: the one
+/// through indexes (run every few seconds) finds what the walk over every site (the full
+/// sweep) finds, except a site that reports only other streams, which only the walk finds;
+/// both leave out sites in an active rollout when asked, and decommissioned sites always.
+#[test]
+fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk() {
+    let (_dir, store) = setup();
+    let now = ts("2026-01-01T01:00:00Z");
+    let at = ts("2026-01-01T00:00:00Z");
+    let token = EnrollmentTokenRecord {
+        id: "et-2".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: at + SignedDuration::from_hours(1),
+        uses_total: 6,
+        uses_left: 6,
+        revoked: false,
+        created_at: at,
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("hash2", &token).unwrap();
+    for site in ["s3", "s4", "s5", "s6", "s7"] {
+        store
+            .enroll(&Enrollment {
+                token_hash: "hash2".into(),
+                site_id: site.into(),
+                device_key: "00".repeat(32),
+                agent_version: "1".into(),
+                at,
+            })
+            .unwrap();
+    }
+    // s1 on version 2 (on it), s2 on 1 (off), s3 says nothing (off), s4 on 3 (off, above),
+    // s5 reports only another stream (off: only the walk sees it), s6 off but
+    // decommissioned, s7 off and in an active rollout.
+    for (site, stream, version) in [
+        ("s1", "pos", "2"),
+        ("s2", "pos", "1"),
+        ("s4", "pos", "3"),
+        ("s5", "k3s", "1.31"),
+        ("s6", "pos", "1"),
+        ("s7", "pos", "1"),
+    ] {
+        store
+            .apply_reports(
+                site,
+                &[installed(&format!("i-{site}"), stream, Some(version))],
+                now,
+            )
+            .unwrap();
+    }
+    store
+        .set_site_state("s6", SiteState::Decommissioned)
+        .unwrap();
+    let members = vec![RolloutSiteRecord {
+        rollout_id: "r1".into(),
+        site_id: "s7".into(),
+        ..RolloutSiteRecord::default()
+    }];
+    store.create_rollout(&rollout("r1"), &members).unwrap();
+
+    let ids = |v: Vec<OffVersionSite>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let walk_all = ids(store.sites_off_version("pos", "2", false, "", 100).unwrap());
+    let walk_free = ids(store.sites_off_version("pos", "2", true, "", 100).unwrap());
+    let indexed_all = ids(store.sites_off_version_indexed("pos", "2", false).unwrap());
+    let indexed_free = ids(store.sites_off_version_indexed("pos", "2", true).unwrap());
+    assert_eq!(walk_all, ["s2", "s3", "s4", "s5", "s7"]);
+    assert_eq!(walk_free, ["s2", "s3", "s4", "s5"]);
+    assert_eq!(indexed_all, ["s2", "s3", "s4", "s7"]);
+    assert_eq!(indexed_free, ["s2", "s3", "s4"]);
+    // The rollout a busy site is in is named; paging by id works.
+    let busy = store
+        .sites_off_version("pos", "2", false, "s5", 100)
+        .unwrap();
+    assert_eq!(busy.len(), 1);
+    assert_eq!(busy[0].rollout_id.as_deref(), Some("r1"));
+    assert_eq!(busy[0].version.as_deref(), Some("1"));
+}
