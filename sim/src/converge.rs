@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fleetwave_coordinator::engine::channels::{Actor, NewChannel};
 use fleetwave_coordinator::plan::Selector;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
 use crate::coordinator::Setup;
 
@@ -72,35 +72,14 @@ pub async fn run(dir: &Path, n: usize, off: usize, passes: usize) -> anyhow::Res
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let app = fleetwave_coordinator::server::build_app(config, stop_rx).await?;
     for (counter, version) in [(1u64, "1.0.0"), (2, "2.0.0")] {
-        let rel = fleetwave_shared::docs::Release {
-            id: format!("sim-app-{counter}"),
-            name: "sim-app".into(),
-            version: version.into(),
-            kind: fleetwave_shared::docs::ReleaseKind::App,
+        crate::tick::publish_in_process(
+            &app,
+            &setup,
+            &format!("sim-app-{counter}"),
+            version,
             counter,
-            issued_at: now,
-            expires: now + SignedDuration::from_hours(24),
-            artifacts: vec![],
-            install: Default::default(),
-            min_agent_version: None,
-        };
-        let env = fleetwave_shared::Envelope::sign(
-            fleetwave_shared::docs::RELEASE_TYPE,
-            &serde_json::to_vec(&rel)?,
-            &[&setup.release_key],
-        );
-        let record = fleetwave_coordinator::store::ReleaseRecord {
-            id: rel.id.clone(),
-            digest: env.digest(),
-            name: rel.name.clone(),
-            version: rel.version.clone(),
-            kind: "app".into(),
-            counter,
-            envelope: env,
-            published_at: now,
-            published_by: "fleetwave-sim".into(),
-        };
-        app.db.run(move |s| s.publish_release(&record)).await?;
+        )
+        .await?;
     }
     let who = Actor {
         name: "fleetwave-sim".into(),

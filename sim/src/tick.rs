@@ -98,6 +98,48 @@ pub fn pure(n: usize, passes: usize) -> anyhow::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
+/// Publishes release `id` of stream `sim-app` (no artifacts, valid for a day), signed by
+/// the setup's release key, straight through the store of an in-process coordinator.
+pub async fn publish_in_process(
+    app: &fleetwave_coordinator::state::App,
+    setup: &Setup,
+    id: &str,
+    version: &str,
+    counter: u64,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let rel = fleetwave_shared::docs::Release {
+        id: id.to_string(),
+        name: "sim-app".into(),
+        version: version.to_string(),
+        kind: fleetwave_shared::docs::ReleaseKind::App,
+        counter,
+        issued_at: now,
+        expires: now + SignedDuration::from_hours(24),
+        artifacts: vec![],
+        install: Default::default(),
+        min_agent_version: None,
+    };
+    let env = fleetwave_shared::Envelope::sign(
+        fleetwave_shared::docs::RELEASE_TYPE,
+        &serde_json::to_vec(&rel)?,
+        &[&setup.release_key],
+    );
+    let record = fleetwave_coordinator::store::ReleaseRecord {
+        id: rel.id.clone(),
+        digest: env.digest(),
+        name: rel.name.clone(),
+        version: rel.version.clone(),
+        kind: "app".into(),
+        counter,
+        envelope: env,
+        published_at: now,
+        published_by: "fleetwave-sim".into(),
+    };
+    app.db.run(move |s| s.publish_release(&record)).await?;
+    Ok(())
+}
+
 /// The engine pass over a real SQLite database with `n` sites and a running rollout.
 pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Duration> {
     let setup = Setup::open_or_create(dir)?;
@@ -143,36 +185,9 @@ pub async fn engine(dir: &Path, n: usize, passes: usize) -> anyhow::Result<Durat
     // A release signed by the setup's release key, published through the store.
     let release = {
         let counter = Timestamp::now().as_millisecond() as u64;
-        let rel = fleetwave_shared::docs::Release {
-            id: format!("sim-app-{counter}"),
-            name: "sim-app".into(),
-            version: format!("1.0.{counter}"),
-            kind: fleetwave_shared::docs::ReleaseKind::App,
-            counter,
-            issued_at: Timestamp::now(),
-            expires: Timestamp::now() + SignedDuration::from_hours(24),
-            artifacts: vec![],
-            install: Default::default(),
-            min_agent_version: None,
-        };
-        let env = fleetwave_shared::Envelope::sign(
-            fleetwave_shared::docs::RELEASE_TYPE,
-            &serde_json::to_vec(&rel)?,
-            &[&setup.release_key],
-        );
-        let record = fleetwave_coordinator::store::ReleaseRecord {
-            id: rel.id.clone(),
-            digest: env.digest(),
-            name: rel.name.clone(),
-            version: rel.version.clone(),
-            kind: "app".into(),
-            counter,
-            envelope: env,
-            published_at: Timestamp::now(),
-            published_by: "fleetwave-sim".into(),
-        };
-        app.db.run(move |s| s.publish_release(&record)).await?;
-        rel.id
+        let id = format!("sim-app-{counter}");
+        publish_in_process(&app, &setup, &id, &format!("1.0.{counter}"), counter).await?;
+        id
     };
     // A rollout an earlier run left active holds every site: abort it first.
     let rollouts = app.db.run(|s| s.list_rollouts()).await?;

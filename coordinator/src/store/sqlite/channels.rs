@@ -138,6 +138,41 @@ pub(super) fn delete(s: &SqliteStore, name: &str, audit: &AuditRecord) -> StoreR
     })
 }
 
+/// A row of both off-version queries: id, labels, version, last seen, deferred until,
+/// the active rollout.
+type OffRow = (
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+fn off_row(r: &Row) -> rusqlite::Result<OffRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn off_site(
+    (id, labels, version, last_seen, deferred_until, rollout_id): OffRow,
+) -> StoreResult<OffVersionSite> {
+    Ok(OffVersionSite {
+        labels: json_map(&labels)?,
+        id,
+        version,
+        last_seen: opt_ts(last_seen)?,
+        deferred_until: opt_ts(deferred_until)?,
+        rollout_id,
+    })
+}
+
 pub(super) fn sites_off_version(
     s: &SqliteStore,
     stream: &str,
@@ -164,30 +199,9 @@ pub(super) fn sites_off_version(
         let mut st = c.prepare_cached(&sql)?;
         let rows = st.query_map(
             params![stream, version, after, limit.min(i64::MAX as usize) as i64],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            },
+            off_row,
         )?;
-        collect(
-            rows,
-            |(id, labels, version, last_seen, deferred_until, rollout_id)| {
-                Ok(OffVersionSite {
-                    labels: json_map(&labels)?,
-                    id,
-                    version,
-                    last_seen: opt_ts(last_seen)?,
-                    deferred_until: opt_ts(deferred_until)?,
-                    rollout_id,
-                })
-            },
-        )
+        collect(rows, off_site)
     })
 }
 
@@ -216,28 +230,7 @@ pub(super) fn sites_off_version_indexed(
           ORDER BY s.id";
     s.read(|c| {
         let mut st = c.prepare_cached(SQL)?;
-        let rows = st.query_map(params![stream, version, free_only], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
-        })?;
-        collect(
-            rows,
-            |(id, labels, version, last_seen, deferred_until, rollout_id)| {
-                Ok(OffVersionSite {
-                    labels: json_map(&labels)?,
-                    id,
-                    version,
-                    last_seen: opt_ts(last_seen)?,
-                    deferred_until: opt_ts(deferred_until)?,
-                    rollout_id,
-                })
-            },
-        )
+        let rows = st.query_map(params![stream, version, free_only], off_row)?;
+        collect(rows, off_site)
     })
 }
