@@ -654,6 +654,25 @@ fn releases_artifacts_roots_and_rollouts() {
     assert!(err.contains("key=value"), "{err}");
     let changed = c.ok(&["channel", "set", "apps", "--max-concurrent", "3"]);
     assert!(changed.contains("3 at a time"), "{changed}");
+    let changed = c.ok(&[
+        "channel",
+        "set",
+        "apps",
+        "--window",
+        r#"{"start": "01:00", "end": "04:00"}"#,
+    ]);
+    assert!(changed.contains("01:00"), "{changed}");
+    let err = fails(
+        c.run(&[
+            "channel",
+            "set",
+            "apps",
+            "--window",
+            r#"{"start": "25:00", "end": "04:00"}"#,
+        ]),
+        1,
+    );
+    assert!(err.contains("window:"), "{err}");
     assert!(c.ok(&["channel", "delete", "apps"]).contains("deleted"));
 
     // The rollout as one file for a review, as JSON and as Markdown.

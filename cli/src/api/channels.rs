@@ -27,7 +27,8 @@ const SET_EXAMPLES: &str = "\
 Examples:
   fleetwave channel set pos-emea --release pos-2.6.0 --reason \"hotfix for receipts\"
   fleetwave channel set pos-emea --release pos-2.5.0 --rollback --reason \"2.6 breaks printers\"
-  fleetwave channel set pos-emea --max-concurrent 20";
+  fleetwave channel set pos-emea --max-concurrent 20
+  fleetwave channel set pos-emea --window '{\"start\": \"01:00\", \"end\": \"04:00\"}'";
 
 #[derive(Debug, Subcommand)]
 pub enum ChannelCommand {
@@ -116,6 +117,12 @@ pub struct SetArgs {
     pub max_concurrent: Option<u32>,
     #[arg(long)]
     pub failure_budget: Option<u32>,
+    /// A new maintenance window as JSON, in the plan's syntax.
+    #[arg(long, conflicts_with = "no_window")]
+    pub window: Option<String>,
+    /// Remove the window (installs at any time).
+    #[arg(long)]
+    pub no_window: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -301,6 +308,12 @@ pub fn channel(command: ChannelCommand) -> Result<()> {
                 reason: args.reason.clone(),
                 max_concurrent: args.max_concurrent,
                 failure_budget: args.failure_budget,
+                window: args
+                    .window
+                    .as_deref()
+                    .map(|w| json_arg("--window", w))
+                    .transpose()?,
+                clear_window: args.no_window,
             };
             let client = Client::connect(&args.connect)?;
             let d: api::ChannelDetail = client.post(&format!("{}/set", path(&args.name)), &req)?;

@@ -177,6 +177,18 @@ pub async fn set_channel(
     ApiJson(req): ApiJson<ChangeChannel>,
 ) -> Result<Json<ChannelDetail>, ApiError> {
     op.require(Permission::Operate)?;
+    let window = match (req.window, req.clear_window) {
+        (Some(_), true) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_channel",
+                "window: give a window or clear_window, not both",
+            ));
+        }
+        (Some(w), false) => Some(Some(field("window", w)?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
     app.engine
         .change_channel(
             &name,
@@ -186,6 +198,7 @@ pub async fn set_channel(
                 reason: req.reason,
                 max_concurrent: req.max_concurrent,
                 failure_budget: req.failure_budget,
+                window,
             },
             &actor(&op),
         )

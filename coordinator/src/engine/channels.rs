@@ -108,6 +108,8 @@ pub struct ChannelChange {
     pub reason: Option<String>,
     pub max_concurrent: Option<u32>,
     pub failure_budget: Option<u32>,
+    /// `Some(None)`: remove the window.
+    pub window: Option<Option<Window>>,
 }
 
 /// Why a site of a channel is not on its release.
@@ -315,9 +317,21 @@ impl Engine {
             ch.failure_budget = n;
             what.push(format!("failure_budget {n}"));
         }
+        if let Some(window) = change.window {
+            if let Some(w) = &window {
+                w.validate()
+                    .map_err(|e| EngineError::InvalidChannel(format!("window: {e}")))?;
+            }
+            what.push(match &window {
+                Some(w) => format!("window {}-{}", w.start, w.end),
+                None => "no window".to_string(),
+            });
+            ch.window = window;
+        }
         if what.is_empty() {
             return Err(EngineError::InvalidChannel(
-                "nothing to change: give a release, max_concurrent or failure_budget".into(),
+                "nothing to change: give a release, max_concurrent, failure_budget or window"
+                    .into(),
             ));
         }
         let mut detail = what.join(", ");

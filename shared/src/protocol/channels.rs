@@ -38,7 +38,7 @@ pub struct CreateChannel {
 }
 
 /// `POST /v1/channels/{name}/set` (operator): a new release and/or limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangeChannel {
@@ -54,6 +54,13 @@ pub struct ChangeChannel {
     pub max_concurrent: Option<u32>,
     #[serde(default)]
     pub failure_budget: Option<u32>,
+    /// A new maintenance window, in the plan's syntax.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub window: Option<serde_json::Value>,
+    /// Remove the window (any time).
+    #[serde(default)]
+    pub clear_window: bool,
 }
 
 /// A channel's convergence rollout.
