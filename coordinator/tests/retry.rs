@@ -248,7 +248,10 @@ async fn fail_once(h: &Harness, a: &mut Agent, release: &str, after: u64) -> u64
         a.poll(h).await.filter(|(_, s)| *s > after)
     })
     .await;
+    // As a real agent does: `accepted` first for a new assignment, then the lease.
+    a.phase(h, &rollout, release, "accepted").await;
     a.lease(h, &rollout, seq).await;
+    a.phase(h, &rollout, release, "leased").await;
     a.failed(h, &rollout, release, "prepare: no space left on device")
         .await;
     seq

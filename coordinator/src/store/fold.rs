@@ -138,6 +138,20 @@ pub fn fold_rollout_site(
             detail,
             ..
         } => {
+            // A retry cleared the facts; the previous attempt's last reports may still be
+            // on their way. An agent sends its reports in order and says `accepted` first
+            // for the new assignment, so until the new attempt's first phase, a failure or
+            // a self-rollback belongs to the previous attempt: it was counted then.
+            if row.attempts > 1
+                && row.phase.is_none()
+                && matches!(
+                    phase,
+                    Phase::Failed | Phase::RolledBack | Phase::RollbackFailed
+                )
+            {
+                row.last_report_at = latest(row.last_report_at, at);
+                return Ok(out);
+            }
             if not_older(row.phase_at, at) {
                 row.phase = Some(*phase);
                 row.phase_at = Some(at);
@@ -258,6 +272,44 @@ mod tests {
             .map(|(b, at)| fold_rollout_site(&mut row, "rel-2", b, *at, |_| Ok(None)).unwrap())
             .collect();
         (row, folds)
+    }
+
+    #[test]
+    fn the_previous_attempts_late_failure_does_not_count_against_a_retry() {
+        // Attempt 2 has started (facts cleared); attempt 1's self-rollback arrives late.
+        let mut row = RolloutSiteRecord {
+            attempts: 2,
+            ..RolloutSiteRecord::default()
+        };
+        let mut fold =
+            |b: EventBody, at| fold_rollout_site(&mut row, "rel-2", &b, at, |_| Ok(None)).unwrap();
+        let out = fold(
+            phase("rel-2", Phase::RolledBack, Some("late")),
+            t("00:01:00"),
+        );
+        assert!(!out.release_lease);
+        fold(
+            phase("rel-2", Phase::Failed, Some("late too")),
+            t("00:01:01"),
+        );
+        assert_eq!(
+            (row.phase, row.failed_at, row.rolled_back),
+            (None, None, false)
+        );
+        assert_eq!(row.last_report_at, Some(t("00:01:01")), "it was heard from");
+        // The new attempt's own failure, after its first phase, counts.
+        let mut fold =
+            |b: EventBody, at| fold_rollout_site(&mut row, "rel-2", &b, at, |_| Ok(None)).unwrap();
+        fold(phase("rel-2", Phase::Accepted, None), t("00:02:00"));
+        fold(
+            phase("rel-2", Phase::Failed, Some("disk full")),
+            t("00:03:00"),
+        );
+        assert_eq!(row.failed_at, Some(t("00:03:00")));
+        assert_eq!(row.failure.as_deref(), Some("disk full"));
+        // A first attempt's failure counts at once, whatever came before.
+        let (first, _) = fold_all(&[(phase("rel-2", Phase::Failed, Some("x")), t("00:01:00"))]);
+        assert_eq!(first.failed_at, Some(t("00:01:00")));
     }
 
     #[test]
