@@ -138,7 +138,12 @@ pub fn site_import_router(app: &AppState, edge: &Edge) -> Router<AppState> {
     use fleetwave_shared::protocol::operator::{MAX_SITE_IMPORT_BYTES, paths};
     let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
     let routes = Router::new().route(paths::SITE_IMPORT, post(site_import::import_sites));
-    edge.guard_with(routes, Budget::Requests, timeout, Some(MAX_SITE_IMPORT_BYTES))
+    edge.guard_with(
+        routes,
+        Budget::Requests,
+        timeout,
+        Some(MAX_SITE_IMPORT_BYTES),
+    )
 }
 
 /// Artifact routes: their own time limit, and no body limit here (uploads enforce

@@ -19,10 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use fleetwave_shared::keys::{canonical_bytes, parse_public_key};
+use fleetwave_shared::keys::{KeyError, canonical_bytes, parse_public_key};
 use fleetwave_shared::protocol::operator::{
-    self as wire, MAX_SITE_IMPORT_BYTES, Permission, SiteImport, SiteImportFormat,
-    SiteImportResult,
+    self as wire, MAX_SITE_IMPORT_BYTES, Permission, SiteImport, SiteImportFormat, SiteImportResult,
 };
 use serde::Deserialize;
 
@@ -157,10 +156,16 @@ fn check_site(
         Some(hex) => match parse_public_key(hex) {
             Ok(key) => Some(hex::encode(canonical_bytes(&key))),
             Err(e) => {
+                let why = match e {
+                    KeyError::BadPublicHex => "is not 64 lowercase hex characters",
+                    KeyError::WeakKey => "is a weak (small-order) key",
+                    KeyError::NonCanonical => "is not the canonical encoding of its point",
+                    _ => "is not a valid point",
+                };
                 problems.push(problem(
                     line,
                     "device_key",
-                    format!("{e} (an ed25519 public key, 64 hex characters)"),
+                    format!("{why}: it must be the box's ed25519 public key in hex"),
                 ));
                 None
             }
@@ -308,9 +313,7 @@ fn parse_jsonl(text: &str) -> Parsed {
                 problems.push(problem(
                     n,
                     "line",
-                    format!(
-                        "not a site object {{\"site_id\", \"labels\", \"device_key\"}}: {e}"
-                    ),
+                    format!("not a site object {{\"site_id\", \"labels\", \"device_key\"}}: {e}"),
                 ));
                 continue;
             }
@@ -567,7 +570,11 @@ mod tests {
         .unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(problems.len(), 5, "{text:#?}");
-        assert!(text[0].starts_with("line 2, site_id: \"Store-1\""), "{}", text[0]);
+        assert!(
+            text[0].starts_with("line 2, site_id: \"Store-1\""),
+            "{}",
+            text[0]
+        );
         assert!(text[1].starts_with("line 3, label:region:"), "{}", text[1]);
         assert!(text[2].starts_with("line 4, device_key:"), "{}", text[2]);
         assert!(
@@ -590,7 +597,10 @@ mod tests {
     #[test]
     fn headers_that_do_not_name_the_columns_are_refused() {
         let p = csv("region,site\nstore-1,eu\n").unwrap_err();
-        assert!(p.iter().any(|p| p.message.contains("unknown column \"region\"")));
+        assert!(
+            p.iter()
+                .any(|p| p.message.contains("unknown column \"region\""))
+        );
         assert!(p.iter().any(|p| p.message.contains("no site_id column")));
         let p = csv("site_id,label:a,label:a\n").unwrap_err();
         assert!(p[0].message.contains("appears twice"), "{:?}", p);
@@ -608,8 +618,11 @@ mod tests {
         assert_eq!((p[0].line, p[0].field.as_str()), (3, "line"));
         assert!(p[0].message.contains("unknown field `colour`"), "{p:?}");
         assert_eq!((p[1].line, p[1].field.as_str()), (4, "labels.re gion"));
-        let ok = parse(SiteImportFormat::Jsonl, text.lines().take(2).collect::<Vec<_>>().join("\n").as_str())
-            .unwrap();
+        let ok = parse(
+            SiteImportFormat::Jsonl,
+            text.lines().take(2).collect::<Vec<_>>().join("\n").as_str(),
+        )
+        .unwrap();
         assert_eq!(ok[0].device_key.as_deref(), Some(KEY2));
         assert_eq!(ok[1].labels, BTreeMap::new());
     }
