@@ -84,8 +84,9 @@ pub fn print_machine() {
 }
 
 impl Fleet {
-    /// Prepares `dir`, starts the coordinator, enrolls missing sites and opens sessions
-    /// for `n` sites.
+    /// Prepares `dir`, starts the coordinator, enrolls missing sites (or, with
+    /// `seed_via_import`, imports them with their device keys) and opens sessions for `n`
+    /// sites.
     pub async fn up(
         dir: &Path,
         bin: &Path,
@@ -94,6 +95,7 @@ impl Fleet {
         client_timeout: Duration,
         fresh_connections: bool,
         connections_per_client: usize,
+        seed_via_import: bool,
     ) -> anyhow::Result<Fleet> {
         let setup = Setup::open_or_create(dir)?;
         let coordinator = Coordinator::start(bin, &setup, tuning).await?;
@@ -127,7 +129,10 @@ impl Fleet {
         );
         let have = enrolled_count(dir);
         let sites: Vec<Site> = (0..n).map(Site::new).collect();
-        if have < n {
+        if have < n && seed_via_import {
+            crate::import::seed(&coordinator, have, n).await?;
+            std::fs::write(marker(dir), format!("{{\"enrolled\": {n}}}\n"))?;
+        } else if have < n {
             let token = coordinator.enrollment_token((n - have) as u32).await?;
             let started = Instant::now();
             let failures = Arc::new(AtomicU64::new(0));
