@@ -17,7 +17,7 @@ use crate::site::{device_key, site_id};
 
 /// The CSV of simulated sites `from..to`: labels `sim=1` (what the enrollment token of
 /// the enrolling path gives) and `region`, with their device keys or without.
-fn csv(from: usize, to: usize, with_keys: bool, id: impl Fn(usize) -> String) -> String {
+fn csv(from: usize, to: usize, with_keys: bool, id: &impl Fn(usize) -> String) -> String {
     let mut text = String::from(if with_keys {
         "site_id,label:sim,label:region,device_key\n"
     } else {
@@ -35,18 +35,16 @@ fn csv(from: usize, to: usize, with_keys: bool, id: impl Fn(usize) -> String) ->
     text
 }
 
-/// Imports sites `from..to` in files under the coordinator's size limit; returns the
-/// bytes sent.
-async fn import(
-    coordinator: &Coordinator,
+/// The import files for sites `from..to`, each under the coordinator's size limit.
+fn files(
     from: usize,
     to: usize,
     with_keys: bool,
-    id: &(impl Fn(usize) -> String + Sync),
-) -> anyhow::Result<usize> {
+    id: &impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<(usize, String)>> {
     // About 110 bytes a line with a key: 200,000 lines stay far under the limit.
     const PER_FILE: usize = 200_000;
-    let mut sent = 0;
+    let mut out = Vec::new();
     let mut start = from;
     while start < to {
         let end = (start + PER_FILE).min(to);
@@ -54,7 +52,15 @@ async fn import(
         if text.len() > MAX_SITE_IMPORT_BYTES {
             bail!("an import file of {} bytes is over the limit", text.len());
         }
-        sent += text.len();
+        out.push((end - start, text));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Sends the import files, one request each.
+async fn send(coordinator: &Coordinator, files: Vec<(usize, String)>) -> anyhow::Result<()> {
+    for (n, text) in files {
         let answer = coordinator
             .call(
                 reqwest::Method::POST,
@@ -62,20 +68,21 @@ async fn import(
                 Some(json!({"format": "csv", "text": text})),
             )
             .await?;
-        let got = answer["sites"].as_u64().context("import answer without sites")?;
-        if got != (end - start) as u64 {
-            bail!("imported {got} sites of {}", end - start);
+        let got = answer["sites"]
+            .as_u64()
+            .context("import answer without sites")?;
+        if got != n as u64 {
+            bail!("imported {got} sites of {n}");
         }
-        start = end;
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Pre-registers simulated sites `from..to` with their device keys (what `Fleet::up`
 /// does with `--seed-via-import` instead of enrolling them one by one).
 pub async fn seed(coordinator: &Coordinator, from: usize, to: usize) -> anyhow::Result<()> {
     let started = Instant::now();
-    import(coordinator, from, to, true, &site_id).await?;
+    send(coordinator, files(from, to, true, &site_id)?).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "imported {} sites with their device keys in {secs:.1} s ({:.0} sites/s)",
@@ -86,7 +93,8 @@ pub async fn seed(coordinator: &Coordinator, from: usize, to: usize) -> anyhow::
 }
 
 /// `fleetwave-sim import --sites N`: a new coordinator in `dir`, N sites with keys, then
-/// N sites without (tokens), each timed.
+/// N sites without (tokens), each timed from the first request to the last answer (the
+/// files are made before).
 pub async fn run(dir: &Path, bin: &Path, n: usize) -> anyhow::Result<()> {
     let setup = Setup::open_or_create(dir)?;
     let coordinator = Coordinator::start(
@@ -120,9 +128,11 @@ pub async fn run(dir: &Path, bin: &Path, n: usize) -> anyhow::Result<()> {
         ("without keys (one-use enrollment tokens)", false, "tok"),
     ] {
         let id = |i: usize| format!("{prefix}-{i:06}");
+        let files = files(0, n, with_keys, &id)?;
+        let bytes: usize = files.iter().map(|(_, t)| t.len()).sum();
         let before = procstat::sample(coordinator.pid)?;
         let started = Instant::now();
-        let bytes = import(&coordinator, 0, n, with_keys, &id).await?;
+        send(&coordinator, files).await?;
         let secs = started.elapsed().as_secs_f64();
         let after = procstat::sample(coordinator.pid)?;
         println!(
