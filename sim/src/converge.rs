@@ -31,12 +31,9 @@ pub async fn run(dir: &Path, n: usize, off: usize, passes: usize) -> anyhow::Res
     let now = Timestamp::now();
     // Every `n / off`th site runs the old release; the others run the channel's.
     // In runs of four consecutive sites (one per region), so every channel has some.
-    let stride = if off == 0 {
-        usize::MAX
-    } else {
-        (n / off).max(1)
-    };
-    let is_off = |i: usize| off > 0 && (i / 4) % stride == 0 && (i / 4) / stride < off.div_ceil(4);
+    let stride = n.checked_div(off).map_or(usize::MAX, |s| s.max(1));
+    let is_off =
+        |i: usize| off > 0 && (i / 4).is_multiple_of(stride) && (i / 4) / stride < off.div_ceil(4);
     {
         let started = Instant::now();
         let mut conn = rusqlite::Connection::open(&db)?;

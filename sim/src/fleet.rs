@@ -31,6 +31,17 @@ use crate::procstat::{self, mib};
 use crate::site::{Executor, Net, PollOutcome, Site};
 use crate::stats::{Counter, Latencies};
 
+/// How the simulated sites' clients talk to the coordinator.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// A request's time limit.
+    pub timeout: Duration,
+    /// A new TCP + TLS connection per request instead of a keep-alive pool.
+    pub fresh_connections: bool,
+    /// Requests in flight at once per client.
+    pub connections_per_client: usize,
+}
+
 /// A coordinator process and its simulated sites.
 pub struct Fleet {
     pub setup: Setup,
@@ -92,11 +103,14 @@ impl Fleet {
         bin: &Path,
         n: usize,
         tuning: &Tuning,
-        client_timeout: Duration,
-        fresh_connections: bool,
-        connections_per_client: usize,
+        clients: &ClientOptions,
         seed_via_import: bool,
     ) -> anyhow::Result<Fleet> {
+        let ClientOptions {
+            timeout: client_timeout,
+            fresh_connections,
+            connections_per_client,
+        } = *clients;
         let setup = Setup::open_or_create(dir)?;
         let coordinator = Coordinator::start(bin, &setup, tuning).await?;
         println!(

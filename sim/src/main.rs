@@ -300,9 +300,11 @@ async fn fleet_up(
             max_keepalive_connections: common.max_keepalive_connections,
             tick_millis: 200,
         },
-        client_timeout,
-        common.fresh_connections,
-        per_client,
+        &fleet::ClientOptions {
+            timeout: client_timeout,
+            fresh_connections: common.fresh_connections,
+            connections_per_client: per_client,
+        },
         common.seed_via_import,
     )
     .await
