@@ -102,23 +102,23 @@ pub fn parse(format: SiteImportFormat, text: &str) -> Result<Vec<ImportLine>, Ve
     let mut ids: HashMap<&str, usize> = HashMap::with_capacity(lines.len());
     let mut keys: HashMap<&str, usize> = HashMap::new();
     for l in &lines {
-        if let Some(first) = ids.insert(&l.site_id, l.line) {
-            ids.insert(&l.site_id, first);
+        let first = *ids.entry(&l.site_id).or_insert(l.line);
+        if first != l.line {
             problems.push(problem(
                 l.line,
                 "site_id",
                 format!("site {} is listed twice (first on line {first})", l.site_id),
             ));
         }
-        if let Some(key) = &l.device_key
-            && let Some(first) = keys.insert(key, l.line)
-        {
-            keys.insert(key, first);
-            problems.push(problem(
-                l.line,
-                "device_key",
-                format!("the same device key is on line {first}: every box has its own key"),
-            ));
+        if let Some(key) = &l.device_key {
+            let first = *keys.entry(key).or_insert(l.line);
+            if first != l.line {
+                problems.push(problem(
+                    l.line,
+                    "device_key",
+                    format!("the same device key is on line {first}: every box has its own key"),
+                ));
+            }
         }
     }
     if problems.is_empty() {
