@@ -41,7 +41,7 @@ keys and signatures, and checks them exactly as an agent does:
 
 Talking to a coordinator (HTTPS pinned to the fleet CA):
 
-  site       list, show, label, decommission, re-enable and rekey sites
+  site       list, show, label, decommission, re-enable, rekey and import sites
   token      enrollment tokens for agents, operator tokens for people and CI
   release    publish signed releases, list and show them
   artifact   upload artifacts (content-addressed by SHA-256)
@@ -114,7 +114,7 @@ enum Command {
     /// Upload artifacts to the coordinator's content-addressed store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
-    /// Sites: list, show, label, decommission, re-enable, rekey (a re-imaged box).
+    /// Sites: list, show, label, decommission, re-enable, rekey (a re-imaged box), import.
     #[command(subcommand)]
     Site(api::sites::SiteCommand),
     /// Enrollment tokens (agents) and operator tokens (people, CI).

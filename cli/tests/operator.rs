@@ -1394,3 +1394,106 @@ fn rollout_plan_prints_the_wave_table_stores_nothing_and_fails_on_an_invalid_pla
         "{status}"
     );
 }
+
+#[test]
+fn site_import_pre_registers_keys_and_writes_tokens_only_to_the_tokens_file() {
+    let c = Coordinator::start();
+    let dir = c.dir.path();
+    let key = fleetwave_shared::keys::generate();
+    let device: String = key
+        .verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        dir.join("sites.csv"),
+        format!(
+            "site_id,label:region,label:tz,device_key\nstore-1,eu,Europe/Paris,{device}\n\
+             store-2,eu,Europe/Berlin,\nstore-3,us,,\n"
+        ),
+    )
+    .unwrap();
+    let out = c.ok(&["site", "import", "sites.csv", "--tokens-out", "tokens.csv"]);
+    assert!(
+        out.starts_with("imported 3 site(s) (import imp-")
+            && out.contains("1 pre-registered with their device keys, 2 enrollment token(s) written to tokens.csv (one use each, expire "),
+        "{out}"
+    );
+    let tokens_file = dir.join("tokens.csv");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&tokens_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&tokens_file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "site_id,token");
+    assert_eq!(lines.len(), 3, "{text}");
+    let tokens: std::collections::BTreeMap<&str, &str> = lines[1..]
+        .iter()
+        .map(|l| l.split_once(',').unwrap())
+        .collect();
+    assert!(tokens["store-2"].starts_with("fwe_"), "{text}");
+    assert!(!out.contains(tokens["store-2"]), "a token on stdout: {out}");
+
+    // The pre-registered site is there with its key; the others once their boxes enroll.
+    let site = c.json(&["site", "show", "store-1"]);
+    assert_eq!(site["device_key"], device);
+    assert_eq!(site["labels"]["tz"], "Europe/Paris");
+    let enrolled = c.agent_enroll("store-2", "box-2", tokens["store-2"]);
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    assert_eq!(
+        c.json(&["site", "show", "store-2"])["labels"],
+        serde_json::json!({"region": "eu", "tz": "Europe/Berlin"})
+    );
+
+    // The tokens file is never overwritten: refused before anything is sent (exit 2).
+    std::fs::write(dir.join("more.jsonl"), "{\"site_id\": \"store-4\"}\n").unwrap();
+    let err = fails(
+        c.run(&["site", "import", "more.jsonl", "--tokens-out", "tokens.csv"]),
+        2,
+    );
+    assert!(err.contains("never overwritten"), "{err}");
+    assert_eq!(std::fs::read_to_string(&tokens_file).unwrap(), text);
+    // A bad line: the server's refusal names it (exit 1), nothing is stored, no file left.
+    std::fs::write(
+        dir.join("bad.jsonl"),
+        "{\"site_id\": \"store-5\"}\n{\"site_id\": \"Store 6\"}\n",
+    )
+    .unwrap();
+    let err = fails(
+        c.run(&[
+            "site",
+            "import",
+            "bad.jsonl",
+            "--tokens-out",
+            "bad-tokens.csv",
+        ]),
+        1,
+    );
+    assert!(
+        err.contains("422 invalid_import") && err.contains("line 2, site_id: \"Store 6\""),
+        "{err}"
+    );
+    assert!(!dir.join("bad-tokens.csv").exists());
+    let out = c.run(&["site", "show", "store-5"]);
+    assert_eq!(out.status.code(), Some(1));
+    // A file whose format its name does not tell.
+    std::fs::write(dir.join("sites.txt"), "site_id\nstore-7\n").unwrap();
+    let err = fails(
+        c.run(&["site", "import", "sites.txt", "--tokens-out", "t.csv"]),
+        2,
+    );
+    assert!(err.contains("--format csv"), "{err}");
+    // One audit entry per import that was stored.
+    let audit = c.json(&["audit"]);
+    let imports = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "site.import")
+        .count();
+    assert_eq!(imports, 1, "{audit}");
+}

@@ -31,6 +31,17 @@ use crate::procstat::{self, mib};
 use crate::site::{Executor, Net, PollOutcome, Site};
 use crate::stats::{Counter, Latencies};
 
+/// How the simulated sites' clients talk to the coordinator.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// A request's time limit.
+    pub timeout: Duration,
+    /// A new TCP + TLS connection per request instead of a keep-alive pool.
+    pub fresh_connections: bool,
+    /// Requests in flight at once per client.
+    pub connections_per_client: usize,
+}
+
 /// A coordinator process and its simulated sites.
 pub struct Fleet {
     pub setup: Setup,
@@ -84,17 +95,22 @@ pub fn print_machine() {
 }
 
 impl Fleet {
-    /// Prepares `dir`, starts the coordinator, enrolls missing sites and opens sessions
-    /// for `n` sites.
+    /// Prepares `dir`, starts the coordinator, enrolls missing sites (or, with
+    /// `seed_via_import`, imports them with their device keys) and opens sessions for `n`
+    /// sites.
     pub async fn up(
         dir: &Path,
         bin: &Path,
         n: usize,
         tuning: &Tuning,
-        client_timeout: Duration,
-        fresh_connections: bool,
-        connections_per_client: usize,
+        clients: &ClientOptions,
+        seed_via_import: bool,
     ) -> anyhow::Result<Fleet> {
+        let ClientOptions {
+            timeout: client_timeout,
+            fresh_connections,
+            connections_per_client,
+        } = *clients;
         let setup = Setup::open_or_create(dir)?;
         let coordinator = Coordinator::start(bin, &setup, tuning).await?;
         println!(
@@ -127,7 +143,10 @@ impl Fleet {
         );
         let have = enrolled_count(dir);
         let sites: Vec<Site> = (0..n).map(Site::new).collect();
-        if have < n {
+        if have < n && seed_via_import {
+            crate::import::seed(&coordinator, have, n).await?;
+            std::fs::write(marker(dir), format!("{{\"enrolled\": {n}}}\n"))?;
+        } else if have < n {
             let token = coordinator.enrollment_token((n - have) as u32).await?;
             let started = Instant::now();
             let failures = Arc::new(AtomicU64::new(0));

@@ -11,6 +11,7 @@ mod connections;
 mod converge;
 mod coordinator;
 mod fleet;
+mod import;
 mod procstat;
 mod ratio;
 mod site;
@@ -69,6 +70,10 @@ struct Common {
     /// default, do).
     #[arg(long)]
     fresh_connections: bool,
+    /// Seed the sites the directory lacks with one `POST /v1/sites/import` (pre-registered
+    /// with their device keys) instead of enrolling them one by one.
+    #[arg(long)]
+    seed_via_import: bool,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +203,18 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         passes: usize,
     },
+    /// Bulk site import (`POST /v1/sites/import`): N sites with device keys, then N
+    /// without (one-use enrollment tokens), into a new coordinator; prints sites/s.
+    Import {
+        #[arg(long, default_value_t = 100_000)]
+        sites: usize,
+        /// Directory for the coordinator (default: a temp dir; must be new).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The `fleetwave-coordinator` binary (default: next to this one).
+        #[arg(long)]
+        coordinator_bin: Option<PathBuf>,
+    },
     /// The agent's idle RSS and CPU at a 30 s poll interval, and its binary size.
     AgentIdle {
         #[arg(long, default_value_t = 5.0)]
@@ -283,9 +300,12 @@ async fn fleet_up(
             max_keepalive_connections: common.max_keepalive_connections,
             tick_millis: 200,
         },
-        client_timeout,
-        common.fresh_connections,
-        per_client,
+        &fleet::ClientOptions {
+            timeout: client_timeout,
+            fresh_connections: common.fresh_connections,
+            connections_per_client: per_client,
+        },
+        common.seed_via_import,
     )
     .await
 }
@@ -406,6 +426,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let (dir, _tmp) = workdir(dir)?;
             converge::run(&dir, sites, off, passes).await?;
+            Ok(true)
+        }
+        Cmd::Import {
+            sites,
+            dir,
+            coordinator_bin,
+        } => {
+            let (dir, _tmp) = workdir(dir)?;
+            let bin = find_binary(coordinator_bin.as_deref(), "fleetwave-coordinator")?;
+            import::run(&dir, &bin, sites).await?;
             Ok(true)
         }
         Cmd::Analysis {

@@ -16,6 +16,7 @@ pub mod freezes;
 pub mod output;
 pub mod releases;
 pub mod rollouts;
+pub mod site_import;
 pub mod sites;
 pub mod webhooks;
 

@@ -1,4 +1,4 @@
-//! `site list|show|label|decommission|enable|rekey`, `token enroll create|list|revoke`,
+//! `site list|show|label|decommission|enable|rekey` (`site import`: [`super::site_import`]), `token enroll create|list|revoke`,
 //! `token operator create|list|revoke` and `audit`: the fleet's members, who may join it,
 //! who may operate it, and what was done.
 //!
@@ -36,6 +36,10 @@ pub enum SiteCommand {
     Hold(SiteHoldArgs),
     /// Lift a site's hold: it joins the active rollouts that select it.
     Unhold(SiteIdArgs),
+    /// Import many sites from a CSV or JSON-lines file, all or nothing: lines with a
+    /// device key pre-register the site, the others get one-use enrollment tokens
+    /// (written to --tokens-out only).
+    Import(super::site_import::SiteImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +128,7 @@ pub fn site(command: SiteCommand) -> Result<()> {
         SiteCommand::Decommission(args) => site_state(args, "decommission"),
         SiteCommand::Enable(args) => site_state(args, "reenable"),
         SiteCommand::Unhold(args) => site_state(args, "unhold"),
+        SiteCommand::Import(args) => super::site_import::site_import(args),
         SiteCommand::Hold(args) => {
             let client = Client::connect(&args.connect)?;
             let site: api::SiteInfo = client.post(

@@ -10,6 +10,7 @@ pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
+pub mod site_import;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -131,6 +132,20 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
     edge.guard(routes, Budget::Requests)
 }
 
+/// The site import: bodies up to `MAX_SITE_IMPORT_BYTES` and the artifact time limit
+/// (100,000 sites take seconds).
+pub fn site_import_router(app: &AppState, edge: &Edge) -> Router<AppState> {
+    use fleetwave_shared::protocol::operator::{MAX_SITE_IMPORT_BYTES, paths};
+    let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
+    let routes = Router::new().route(paths::SITE_IMPORT, post(site_import::import_sites));
+    edge.guard_with(
+        routes,
+        Budget::Requests,
+        timeout,
+        Some(MAX_SITE_IMPORT_BYTES),
+    )
+}
+
 /// Artifact routes: their own time limit, and no body limit here (uploads enforce
 /// `limits.max_artifact_bytes` themselves).
 pub fn artifact_router(app: &AppState, edge: &Edge) -> Router<AppState> {
@@ -169,6 +184,7 @@ pub fn router(app: AppState, edge: &Edge) -> Router {
         .merge(agent_router(edge))
         .merge(operator_router(edge))
         .merge(artifact_router(&app, edge))
+        .merge(site_import_router(&app, edge))
         .merge(poll_router(&app, edge))
         .merge(meta_router(edge))
         .fallback(not_found)

@@ -318,6 +318,16 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
+        path: "/v1/sites/import",
+        summary: "Import sites from a CSV or JSON-lines file, all or nothing: keys or tokens",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("SiteImport"),
+        status: "201",
+        output: Output::Json("SiteImportResult"),
+        errors: &["422"],
+    },
+    Route {
+        method: Post,
         path: "/v1/sites/{id}/rekey",
         summary: "One-use enrollment token bound to an enrolled site: its new device key",
         auth: Auth::Operator("operator"),
@@ -1027,6 +1037,10 @@ fn build() -> OpenApi {
         .schema_from::<HoldSite>()
         .schema_from::<SiteHoldInfo>()
         .schema_from::<RekeySite>()
+        .schema_from::<SiteImportFormat>()
+        .schema_from::<SiteImport>()
+        .schema_from::<ImportedToken>()
+        .schema_from::<SiteImportResult>()
         .schema_from::<ReleaseInfo>()
         .schema_from::<ReleaseList>()
         .schema_from::<ArtifactInfo>()

@@ -36,22 +36,31 @@ fn enrollment_info(t: EnrollmentTokenRecord) -> EnrollmentTokenInfo {
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in labels {
-        let ok = !k.is_empty()
-            && k.len() <= 63
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
-        if !ok {
-            return Err(ApiError::bad_request(format!(
-                "label key {k:?} must be 1-63 characters of [A-Za-z0-9._/-]"
-            )));
-        }
-        if v.len() > 255 || v.contains(',') || v.contains('=') {
-            return Err(ApiError::bad_request(format!(
-                "label {k}: value {v:?} must be at most 255 characters without ',' or '='"
-            )));
+        if let Some(problem) = label_problem(k, v) {
+            return Err(ApiError::bad_request(problem));
         }
     }
     Ok(())
+}
+
+/// What is wrong with a label (key and value), if anything: the one rule for labels
+/// set by tokens, relabelling and imports.
+pub(super) fn label_problem(k: &str, v: &str) -> Option<String> {
+    let ok = !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !ok {
+        return Some(format!(
+            "label key {k:?} must be 1-63 characters of [A-Za-z0-9._/-]"
+        ));
+    }
+    if v.len() > 255 || v.contains(',') || v.contains('=') {
+        return Some(format!(
+            "label {k}: value {v:?} must be at most 255 characters without ',' or '='"
+        ));
+    }
+    None
 }
 
 pub async fn create_enrollment_token(
@@ -118,30 +127,52 @@ async fn mint_enrollment_token(
     uses: u32,
     expires_in_secs: Option<u64>,
 ) -> Result<(EnrollmentTokenRecord, String), ApiError> {
+    let expires_at = token_expiry(app.now(), expires_in_secs)?;
+    let (record, token) =
+        new_enrollment_token(labels, site_id, uses, app.now(), expires_at, op.actor());
+    let (hash, r) = (token_hash(&token), record.clone());
+    app.db
+        .run(move |s| s.create_enrollment_token(&hash, &r))
+        .await?;
+    Ok((record, token))
+}
+
+/// When an enrollment token made `now` expires: `expires_in_secs` later (default a day).
+pub(super) fn token_expiry(
+    now: Timestamp,
+    expires_in_secs: Option<u64>,
+) -> Result<Timestamp, ApiError> {
     let secs = expires_in_secs.unwrap_or(86_400);
     if secs == 0 || secs > 365 * 86_400 {
         return Err(ApiError::bad_request(
             "expires_in_secs must be between 1 and 31536000 (a year)",
         ));
     }
-    let now = app.now();
+    Ok(now + SignedDuration::from_secs(secs as i64))
+}
+
+/// A new enrollment token's record and secret (not stored yet).
+pub(super) fn new_enrollment_token(
+    labels: BTreeMap<String, String>,
+    site_id: Option<String>,
+    uses: u32,
+    now: Timestamp,
+    expires_at: Timestamp,
+    created_by: String,
+) -> (EnrollmentTokenRecord, String) {
     let token = format!("fwe_{}", random_hex(24));
     let record = EnrollmentTokenRecord {
         id: format!("et-{}", random_hex(6)),
         labels,
         site_id,
-        expires_at: now + SignedDuration::from_secs(secs as i64),
+        expires_at,
         uses_total: uses,
         uses_left: uses,
         revoked: false,
         created_at: now,
-        created_by: op.actor(),
+        created_by,
     };
-    let (hash, r) = (token_hash(&token), record.clone());
-    app.db
-        .run(move |s| s.create_enrollment_token(&hash, &r))
-        .await?;
-    Ok((record, token))
+    (record, token)
 }
 
 /// `POST /v1/sites/{id}/rekey`: a one-use enrollment token bound to an enrolled site, so

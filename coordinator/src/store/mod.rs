@@ -130,6 +130,24 @@ pub struct SiteFilter {
     pub limit: usize,
 }
 
+/// A site that an import registers with its device key: active at once, enrolled at
+/// `at`, what it runs unknown until its agent says (see [`Store::import_sites`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedSite {
+    pub id: String,
+    /// Device public key, 64 lowercase hex.
+    pub device_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub at: Timestamp,
+}
+
+/// An enrollment token that an import creates: its record and the hash of its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedToken {
+    pub token_hash: String,
+    pub record: EnrollmentTokenRecord,
+}
+
 /// What an enrollment changes, checked and applied in one transaction.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
@@ -567,6 +585,17 @@ pub trait Store: Send + Sync + 'static {
         nonce: &str,
         expires_at: Timestamp,
     ) -> StoreResult<bool>;
+
+    // Site imports
+    /// Which of `ids` are sites already (enrolled or pre-registered, in any state).
+    fn existing_sites(&self, ids: &[String]) -> StoreResult<Vec<String>>;
+    /// One chunk of an import, in one transaction: the sites with device keys and the
+    /// enrollment tokens of the sites without. Refuses (SiteExists, nothing of the chunk
+    /// stored) when one of the chunk's sites exists already.
+    fn import_sites(&self, sites: &[ImportedSite], tokens: &[ImportedToken]) -> StoreResult<()>;
+    /// Removes what earlier chunks of a failed import stored: its sites (with their
+    /// indexed labels and session nonces) and its tokens, in one transaction.
+    fn undo_site_import(&self, site_ids: &[String], token_ids: &[String]) -> StoreResult<()>;
 
     // Sites
     fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>>;

@@ -18,6 +18,7 @@ pub mod paths {
     pub const ENROLLMENT_TOKENS: &str = "/v1/enrollment-tokens";
     pub const OPERATOR_TOKENS: &str = "/v1/operator-tokens";
     pub const SITES: &str = "/v1/sites";
+    pub const SITE_IMPORT: &str = "/v1/sites/import";
     pub const RELEASES: &str = "/v1/releases";
     pub const ROOTS: &str = "/v1/roots";
     pub const ROLLOUTS: &str = "/v1/rollouts";
@@ -149,6 +150,61 @@ pub struct RekeySite {
     /// Seconds until the token expires (default 86400).
     #[serde(default)]
     pub expires_in_secs: Option<u64>,
+}
+
+/// The largest `POST /v1/sites/import` request body: 64 MiB, about 400,000 sites with
+/// device keys. A larger fleet is imported as several files (each all or nothing).
+pub const MAX_SITE_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The format of a site import file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SiteImportFormat {
+    /// A header `site_id[,device_key][,label:KEY...]`, then one site per line.
+    Csv,
+    /// One JSON object per line: `{"site_id", "labels"?, "device_key"?}`.
+    Jsonl,
+}
+
+/// `POST /v1/sites/import`: many sites at once, all or nothing. Each line either
+/// pre-registers a site with its device key (the box opens sessions with that key; no
+/// token) or, without a key, gets a one-use enrollment token bound to the site and its
+/// labels. Answered with [`SiteImportResult`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SiteImport {
+    pub format: SiteImportFormat,
+    /// The file's text (UTF-8); line numbers in refusals count its lines from 1.
+    pub text: String,
+    /// Seconds until the enrollment tokens expire (default 86400, at most a year).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One enrollment token of an import: the secret appears only in this answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImportedToken {
+    pub site_id: String,
+    pub token: String,
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteImportResult {
+    /// The import's id, the target of its one audit entry (`site.import`).
+    pub import_id: String,
+    /// Sites in the file.
+    pub sites: u64,
+    /// Sites pre-registered with their device keys (active now, no token).
+    pub registered: u64,
+    /// One-use enrollment tokens, one per site without a key, in file order.
+    pub tokens: Vec<ImportedToken>,
+    /// When the tokens expire (none: the file had no site without a key).
+    pub tokens_expire_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ mod releases;
 mod reports;
 mod rollouts;
 mod rows;
+mod site_import;
 mod sites;
 mod store_impl;
 mod webhooks;

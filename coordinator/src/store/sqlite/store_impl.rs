@@ -184,6 +184,18 @@ impl Store for SqliteStore {
         access::record_session_nonce(self, site_id, nonce, expires_at)
     }
 
+    fn existing_sites(&self, ids: &[String]) -> StoreResult<Vec<String>> {
+        site_import::existing(self, ids)
+    }
+
+    fn import_sites(&self, sites: &[ImportedSite], tokens: &[ImportedToken]) -> StoreResult<()> {
+        site_import::import(self, sites, tokens)
+    }
+
+    fn undo_site_import(&self, site_ids: &[String], token_ids: &[String]) -> StoreResult<()> {
+        site_import::undo(self, site_ids, token_ids)
+    }
+
     fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>> {
         sites::site(self, id)
     }
