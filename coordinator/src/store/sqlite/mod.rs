@@ -21,6 +21,7 @@ mod releases;
 mod reports;
 mod rollouts;
 mod rows;
+mod signals;
 mod sites;
 mod store_impl;
 mod webhooks;
@@ -65,6 +66,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v4.sql")),
         M::up(include_str!("../schema_v5.sql")),
         M::up(include_str!("../schema_v6.sql")),
+        M::up(include_str!("../schema_v9.sql")),
     ])
 }
 
