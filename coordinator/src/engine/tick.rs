@@ -22,6 +22,7 @@ impl Engine {
         let (mut record, head, view) = self
             .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
             .await?;
+        let view = self.with_analysis(id, view, now).await?;
         let outcome = controller::tick(&view, now);
         let mut to_store = Vec::new();
         let mut changed = false;
