@@ -826,7 +826,8 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
 /// [`rollout_view`] of a rollout already loaded.
 pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<RolloutView, ApiError> {
     let id = l.record.id.as_str();
-    let view = l.view();
+    let mut view = l.view();
+    app.engine.last_analysis(id, &mut view);
     let now = app.now();
     let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
     let mut attention = Vec::new();

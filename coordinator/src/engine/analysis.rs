@@ -27,6 +27,18 @@ fn minute_of(t: Timestamp) -> Timestamp {
 }
 
 impl Engine {
+    /// Puts the last verdicts computed for the rollout's current wave into `view` (for
+    /// the status views: what the controller judged on its last pass).
+    pub fn last_analysis(&self, id: &str, view: &mut RolloutView) {
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = analyses.get(id)
+            && view.current_wave == Some(a.wave)
+            && let Some(w) = view.waves.get_mut(a.wave as usize)
+        {
+            w.analysis = a.facts.clone();
+        }
+    }
+
     /// `view` with its current wave's golden-signal verdicts, when the plan asks for
     /// analysis and some site of the wave has committed.
     pub(super) async fn with_analysis(
