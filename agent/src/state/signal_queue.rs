@@ -157,7 +157,7 @@ mod tests {
         SignalMinute {
             stream: stream.into(),
             release_id: Some("shop-1".into()),
-            minute: Timestamp::from_second(1_800_000_000 - 1_800_000_000 % 60 + m * 60).unwrap(),
+            minute: Timestamp::from_second(1_800_000_000 + m * 60).unwrap(),
             values: [("error_ratio".to_string(), v)].into_iter().collect(),
             resets: vec![],
             scrapes: 4,

@@ -56,7 +56,9 @@ pub fn groups(view: &RolloutView, wave: u32) -> Option<Groups> {
         .filter(|s| !s.skipped && !s.rolled_back)
         .filter_map(|s| {
             let c = s.committed_at?;
-            (!s.failed_at.is_some_and(|f| f >= c)).then(|| (s.site_id.clone(), c))
+            s.failed_at
+                .is_none_or(|f| f < c)
+                .then(|| (s.site_id.clone(), c))
         })
         .collect();
     let from = upgraded.values().min().copied()?;
@@ -198,7 +200,7 @@ mod tests {
     use crate::plan::{PlanFormat, parse_plan};
 
     fn t(m: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 - 1_800_000_000 % 60 + m * 60).unwrap()
+        Timestamp::from_second(1_800_000_000 + m * 60).unwrap()
     }
 
     fn view(waves: Vec<Vec<SiteFacts>>) -> RolloutView {
