@@ -33,6 +33,12 @@ pub struct AnalysisFact {
     pub reason: String,
 }
 
+/// The most sites of each group an analysis reads: beyond it, the sites with the lowest
+/// stable per-rollout seed ([`super::seed`]) are kept, the same ones minute after minute.
+/// 200 sites over a 30-minute bake are 6,000 samples per group, more than the test needs,
+/// and the samples are read site by site from the store's key.
+pub const MAX_ANALYSIS_SITES: usize = 200;
+
 /// Who the current wave's analysis compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Groups {
@@ -47,10 +53,11 @@ pub struct Groups {
     pub from: Timestamp,
 }
 
-/// The groups of `wave` (None: no site of it has committed yet, nothing to compare).
+/// The groups of `wave`, each at most [`MAX_ANALYSIS_SITES`] (None: no site of it has
+/// committed yet, nothing to compare).
 pub fn groups(view: &RolloutView, wave: u32) -> Option<Groups> {
     let w = view.waves.get(wave as usize)?;
-    let upgraded: HashMap<String, Timestamp> = w
+    let upgraded: Vec<(String, Timestamp)> = w
         .sites
         .iter()
         .filter(|s| !s.skipped && !s.rolled_back)
@@ -61,19 +68,54 @@ pub fn groups(view: &RolloutView, wave: u32) -> Option<Groups> {
                 .then(|| (s.site_id.clone(), c))
         })
         .collect();
+    let upgraded: HashMap<String, Timestamp> =
+        lowest_seeds(&view.rollout_id, upgraded, |(id, _)| id)
+            .into_iter()
+            .collect();
     let from = upgraded.values().min().copied()?;
-    let control = view
+    let control: Vec<String> = view
         .waves
         .iter()
         .flat_map(|w| w.sites.iter())
         .filter(|s| !s.skipped && !s.attempted())
         .map(|s| s.site_id.clone())
         .collect();
+    let control = lowest_seeds(&view.rollout_id, control, |id| id)
+        .into_iter()
+        .collect();
     Some(Groups {
         upgraded,
         control,
         from,
     })
+}
+
+/// At most [`MAX_ANALYSIS_SITES`] of `items`: those whose site has the lowest seed.
+fn lowest_seeds<T>(rollout_id: &str, mut items: Vec<T>, site: impl Fn(&T) -> &String) -> Vec<T> {
+    if items.len() <= MAX_ANALYSIS_SITES {
+        return items;
+    }
+    let mut keyed: Vec<(f64, T)> = items
+        .drain(..)
+        .map(|i| (super::seed(rollout_id, site(&i)), i))
+        .collect();
+    keyed.select_nth_unstable_by(MAX_ANALYSIS_SITES - 1, |a, b| a.0.total_cmp(&b.0));
+    keyed.truncate(MAX_ANALYSIS_SITES);
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+impl Groups {
+    /// Every site whose samples the analysis reads (both groups, sorted).
+    pub fn sites(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .upgraded
+            .keys()
+            .chain(self.control.iter())
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 /// One site's value of a signal in one minute, as stored.
@@ -274,6 +316,35 @@ min_samples = 5
         assert_eq!(
             groups(&view(vec![vec![SiteFacts::new("a")], vec![]]), 0),
             None
+        );
+    }
+
+    #[test]
+    fn large_groups_keep_the_same_sites_of_lowest_seed() {
+        let up: Vec<SiteFacts> = (0..500).map(|i| committed(&format!("c-{i}"), 1)).collect();
+        let rest: Vec<SiteFacts> = (0..700).map(|i| SiteFacts::new(format!("r-{i}"))).collect();
+        let v = view(vec![up, rest]);
+        let g = groups(&v, 0).unwrap();
+        assert_eq!(g.upgraded.len(), MAX_ANALYSIS_SITES);
+        assert_eq!(g.control.len(), MAX_ANALYSIS_SITES);
+        assert_eq!(g.sites().len(), 2 * MAX_ANALYSIS_SITES);
+        assert_eq!(
+            groups(&v, 0),
+            Some(g.clone()),
+            "the same sites on every pass"
+        );
+        let worst_kept = g
+            .control
+            .iter()
+            .map(|s| crate::controller::seed("r", s))
+            .fold(0.0, f64::max);
+        let left_out = (0..700)
+            .map(|i| format!("r-{i}"))
+            .filter(|s| !g.control.contains(s));
+        assert!(
+            left_out
+                .into_iter()
+                .all(|s| crate::controller::seed("r", &s) >= worst_kept)
         );
     }
 

@@ -10,7 +10,7 @@
 use jiff::Timestamp;
 
 use super::{Engine, EngineError};
-use crate::controller::analysis::{AnalysisFact, Sample, groups, judge_signal};
+use crate::controller::analysis::{AnalysisFact, Groups, Sample, groups, judge_signal};
 use crate::controller::{RolloutStatus, RolloutView};
 
 /// The verdicts of one rollout's wave, as of one minute.
@@ -50,12 +50,13 @@ impl Engine {
         if view.plan.analysis.is_empty()
             || !matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused)
         {
+            self.analyses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
             return Ok(view);
         }
         let Some(wave) = view.current_wave else {
-            return Ok(view);
-        };
-        let Some(groups) = groups(&view, wave) else {
             return Ok(view);
         };
         let minute = minute_of(now);
@@ -69,31 +70,12 @@ impl Engine {
         let facts = match cached {
             Some(f) => f,
             None => {
-                let (stream, release) = self
-                    .with_rollout(id, |l| (l.release.name.clone(), l.release.id.clone()))
-                    .await?;
-                let mut facts = Vec::with_capacity(view.plan.analysis.len());
-                for signal in &view.plan.analysis {
-                    let (st, name, from) = (
-                        signal.stream_or(&stream).to_string(),
-                        signal.signal.clone(),
-                        groups.from,
-                    );
-                    let rows = self
-                        .db
-                        .run(move |s| s.signal_samples(&st, &name, from, now))
-                        .await?;
-                    let samples: Vec<Sample<'_>> = rows
-                        .iter()
-                        .map(|r| Sample {
-                            site_id: &r.site_id,
-                            minute: r.minute,
-                            value: r.value,
-                            release_id: r.release_id.as_deref(),
-                        })
-                        .collect();
-                    facts.push(judge_signal(signal, &groups, &release, &samples));
-                }
+                // No site of the wave committed yet: nothing to compare (kept, so that
+                // the sites are not walked again this minute).
+                let facts = match groups(&view, wave) {
+                    Some(groups) => self.judge_wave(id, &view, &groups, now).await?,
+                    None => Vec::new(),
+                };
                 self.analyses
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -112,5 +94,44 @@ impl Engine {
             w.analysis = facts;
         }
         Ok(view)
+    }
+
+    /// Reads each `[[analysis]]` signal's samples since the groups' first minute and
+    /// judges them.
+    async fn judge_wave(
+        &self,
+        id: &str,
+        view: &RolloutView,
+        groups: &Groups,
+        now: Timestamp,
+    ) -> Result<Vec<AnalysisFact>, EngineError> {
+        let (stream, release) = self
+            .with_rollout(id, |l| (l.release.name.clone(), l.release.id.clone()))
+            .await?;
+        let sites = std::sync::Arc::new(groups.sites());
+        let mut facts = Vec::with_capacity(view.plan.analysis.len());
+        for signal in &view.plan.analysis {
+            let (st, name, from, sites) = (
+                signal.stream_or(&stream).to_string(),
+                signal.signal.clone(),
+                groups.from,
+                sites.clone(),
+            );
+            let rows = self
+                .db
+                .run(move |s| s.signal_samples(&sites, &st, &name, from, now))
+                .await?;
+            let samples: Vec<Sample<'_>> = rows
+                .iter()
+                .map(|r| Sample {
+                    site_id: &r.site_id,
+                    minute: r.minute,
+                    value: r.value,
+                    release_id: r.release_id.as_deref(),
+                })
+                .collect();
+            facts.push(judge_signal(signal, groups, &release, &samples));
+        }
+        Ok(facts)
     }
 }

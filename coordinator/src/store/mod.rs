@@ -678,9 +678,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         site_id: &str,
     ) -> StoreResult<Vec<(fleetwave_shared::protocol::signals::SignalMinute, Timestamp)>>;
-    /// Every site's values of one signal of one stream for the minutes in `[from, to)`.
+    /// The values of one signal of one stream of `sites` for the minutes in `[from, to)`
+    /// (read site by site through the table's key).
     fn signal_samples(
         &self,
+        sites: &[String],
         stream: &str,
         signal: &str,
         from: Timestamp,

@@ -14,8 +14,7 @@ CREATE TABLE signal_values (
     release_id  TEXT,
     PRIMARY KEY (site_id, stream, signal, minute)
 ) WITHOUT ROWID;
--- What the gate reads: one signal of one stream over the bake's minutes, every site.
-CREATE INDEX signal_values_by_signal ON signal_values (stream, signal, minute);
+-- The gate reads one site's signal over the bake's minutes: a range of the key.
 -- What retention deletes: the oldest minutes first.
 CREATE INDEX signal_values_by_minute ON signal_values (minute);
 

@@ -22,6 +22,7 @@ mod reports;
 mod rollouts;
 mod rows;
 mod signals;
+pub use signals::SAMPLES_SQL;
 mod sites;
 mod store_impl;
 mod webhooks;

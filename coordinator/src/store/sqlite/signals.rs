@@ -8,6 +8,9 @@ use rusqlite::params;
 use super::*;
 use crate::store::{MAX_SIGNAL_STREAMS_PER_SITE, SignalSample, SignalsStored};
 
+/// One site's values of one signal in a range of minutes: a range of the primary key.
+pub const SAMPLES_SQL: &str = "SELECT minute, value, release_id FROM signal_values WHERE site_id = ?1 AND stream = ?2 AND signal = ?3 AND minute >= ?4 AND minute < ?5";
+
 pub(super) fn put(
     s: &SqliteStore,
     site_id: &str,
@@ -93,36 +96,35 @@ pub(super) fn latest(
 
 pub(super) fn samples(
     s: &SqliteStore,
+    sites: &[String],
     stream: &str,
     signal: &str,
     from: Timestamp,
     to: Timestamp,
 ) -> StoreResult<Vec<SignalSample>> {
     s.read(|conn| {
-        let mut stmt = conn.prepare_cached(
-            "SELECT site_id, minute, value, release_id FROM signal_values
-             WHERE stream = ?1 AND signal = ?2 AND minute >= ?3 AND minute < ?4",
-        )?;
-        let rows = stmt
-            .query_map(params![stream, signal, ms(from), ms(to)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, f64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(site_id, minute, value, release_id)| {
-                Ok(SignalSample {
-                    site_id,
+        let mut stmt = conn.prepare_cached(SAMPLES_SQL)?;
+        let mut out = Vec::new();
+        for site in sites {
+            let rows = stmt
+                .query_map(params![site, stream, signal, ms(from), ms(to)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, f64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (minute, value, release_id) in rows {
+                out.push(SignalSample {
+                    site_id: site.clone(),
                     minute: from_millis(minute)?,
                     value,
                     release_id,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(out)
     })
 }
 

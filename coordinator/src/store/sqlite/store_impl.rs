@@ -337,12 +337,13 @@ impl Store for SqliteStore {
 
     fn signal_samples(
         &self,
+        sites: &[String],
         stream: &str,
         signal: &str,
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<Vec<SignalSample>> {
-        signals::samples(self, stream, signal, from, to)
+        signals::samples(self, sites, stream, signal, from, to)
     }
 
     fn prune_signals(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
