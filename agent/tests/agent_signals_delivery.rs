@@ -29,6 +29,12 @@ fn minute(start: Timestamp, m: i64, error_ratio: f64) -> SignalMinute {
     }
 }
 
+/// The start of `t`'s minute (minutes from the past: the coordinator refuses minutes
+/// from the future).
+fn whole_minute(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second() - t.as_second().rem_euclid(60)).unwrap()
+}
+
 fn stored_values(coordinator: &Coordinator, site: &str) -> i64 {
     let db =
         rusqlite::Connection::open(coordinator.dir.path().join("data/coordinator.db")).unwrap();
@@ -47,8 +53,8 @@ async fn queued_minutes_are_delivered_in_bounded_batches_and_stored_once() {
     site.enroll(&coordinator).await;
     let ctx = Context::open(Config::load(&site.config).unwrap()).unwrap();
     let session = ctx.session().unwrap().expect("a coordinator URL");
-    let start: Timestamp = "2026-12-04T18:00:00Z".parse().unwrap();
-    let now = start + SignedDuration::from_hours(3);
+    let now = whole_minute(Timestamp::now());
+    let start = now - SignedDuration::from_hours(3);
 
     // 150 minutes: more than two batches' worth.
     let total = 150;
@@ -107,8 +113,8 @@ async fn an_offline_box_keeps_the_newest_minutes_and_status_says_what_was_droppe
     let site = Site::new("signals-2", &coordinator);
     site.enroll(&coordinator).await;
     let ctx = Context::open(Config::load(&site.config).unwrap()).unwrap();
-    let start: Timestamp = "2026-12-04T18:00:00Z".parse().unwrap();
-    let now = start + SignedDuration::from_hours(30);
+    let now = whole_minute(Timestamp::now());
+    let start = now - SignedDuration::from_hours(36);
     // A day and a half offline: 2,160 minutes into a queue of 1,440.
     for m in 0..2160 {
         ctx.store

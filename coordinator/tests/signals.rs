@@ -238,6 +238,10 @@ async fn the_agent_api_bounds_signal_minutes_and_the_site_shows_the_latest() {
             vec![minute("pos", start, 2, 0.01), minute("pos", start, 2, 0.02)],
             "appears twice",
         ),
+        (
+            vec![minute("pos", start, 24 * 60, 0.01)],
+            "after the coordinator's clock",
+        ),
     ] {
         let (s, v) = h
             .post(

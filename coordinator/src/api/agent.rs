@@ -440,7 +440,7 @@ pub async fn reports(
             )));
         }
     }
-    check_signals(&batch.signals)?;
+    check_signals(&batch.signals, now)?;
     // An event dated after its arrival counts at its arrival (store::event_time); far
     // ahead, the box's clock is wrong (or the agent lies): say so.
     let skew = SignedDuration::from_secs(SESSION_SKEW_SECS);
@@ -508,8 +508,10 @@ pub async fn reports(
 
 /// Refuses a batch whose signal minutes go beyond the coordinator's bounds, naming the
 /// bound: at most [`MAX_SIGNAL_MINUTES_PER_REPORT`] minutes (413), each within
-/// [`SignalMinute::problem`]'s limits and once per stream and minute (400).
-fn check_signals(minutes: &[SignalMinute]) -> Result<(), ApiError> {
+/// [`SignalMinute::problem`]'s limits, once per stream and minute, and not starting more
+/// than [`SESSION_SKEW_SECS`] after `now` (400: a minute from the future would never age
+/// out of retention; the box's clock is wrong).
+fn check_signals(minutes: &[SignalMinute], now: jiff::Timestamp) -> Result<(), ApiError> {
     if minutes.len() > MAX_SIGNAL_MINUTES_PER_REPORT {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -524,6 +526,12 @@ fn check_signals(minutes: &[SignalMinute]) -> Result<(), ApiError> {
     for (i, m) in minutes.iter().enumerate() {
         if let Some(problem) = m.problem() {
             return Err(ApiError::bad_request(format!("signals[{i}]: {problem}")));
+        }
+        if m.minute.duration_since(now) > SignedDuration::from_secs(SESSION_SKEW_SECS) {
+            return Err(ApiError::bad_request(format!(
+                "signals[{i}]: minute {} is more than {SESSION_SKEW_SECS} s after the coordinator's clock ({now}); fix the box's clock",
+                m.minute
+            )));
         }
         if !seen.insert((&m.stream, m.minute)) {
             return Err(ApiError::bad_request(format!(
