@@ -314,6 +314,9 @@ pub struct Session {
     site_id: String,
     key: SigningKey,
     token: Mutex<Option<String>>,
+    /// What the last session answer said about signal minutes per report (`None`: an
+    /// older coordinator that takes none).
+    signal_minutes: Mutex<Option<u32>>,
     /// The time a session request is signed with.
     clock: crate::clock::Clock,
 }
@@ -326,6 +329,7 @@ impl Session {
             site_id: site_id.to_string(),
             key,
             token: Mutex::new(None),
+            signal_minutes: Mutex::new(None),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -378,8 +382,22 @@ impl Session {
         let body = read_capped(paths::SESSION, response, MAX_ANSWER_BYTES).await?;
         let session: SessionResponse = parse_json(paths::SESSION, &body)?;
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.token.clone());
+        *self
+            .signal_minutes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = session.signal_minutes_per_report;
         tracing::debug!(expires_at = %session.expires_at, "session opened");
         Ok(session.token)
+    }
+
+    /// How many signal minutes the coordinator takes in one report batch, opening a
+    /// session first if there is none; `None`: it takes none (an older coordinator).
+    pub async fn signal_minutes_per_report(&self) -> Result<Option<u32>, ClientError> {
+        self.bearer().await?;
+        Ok(*self
+            .signal_minutes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
     }
 
     fn forget_token(&self) {

@@ -358,6 +358,11 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
     let dead_total: u64 = dead_counts.iter().map(|(_, n)| n).sum();
     let dead_recent = ctx.store.dead_letters(10)?;
     let signals = fleetwave_agent::signals::load_statuses(&ctx.store, &ctx.config.signals)?;
+    let signals_queued = ctx.store.signals_len()?;
+    let signals_dropped = ctx.store.signals_dropped()?;
+    let signals_delivery = ctx
+        .store
+        .meta(fleetwave_agent::daemon::SIGNAL_DELIVERY_KEY)?;
     let value = json!({
         "site_id": ctx.site_id,
         "agent_version": AGENT_VERSION,
@@ -370,6 +375,11 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
         "deferral": deferral,
         "health": health,
         "signals": signals,
+        "signal_queue": {
+            "queued_minutes": signals_queued,
+            "dropped": signals_dropped,
+            "delivery": signals_delivery,
+        },
         "queued_reports": {"total": queued, "by_kind": counts.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
         "dead_letters": {
             "total": dead_total,
@@ -495,6 +505,15 @@ fn status(path: &Path, json_out: bool) -> Result<u8, Failure> {
     }
     for (stream, status) in &signals {
         for line in fleetwave_agent::signals::status_lines(stream, status.as_ref()) {
+            println!("signals       {line}");
+        }
+    }
+    if !signals.is_empty() || signals_queued > 0 || signals_dropped.minutes > 0 {
+        for line in fleetwave_agent::signals::queue_lines(
+            signals_queued,
+            &signals_dropped,
+            signals_delivery.as_deref(),
+        ) {
             println!("signals       {line}");
         }
     }

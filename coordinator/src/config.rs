@@ -215,6 +215,9 @@ pub struct RetentionConfig {
     /// Every other report (install phases, installed releases, deferrals, refusals) is
     /// deleted this many days after it arrived (0: never).
     pub reports_days: u64,
+    /// Golden-signal values are deleted this many days after their minute (0: never).
+    /// One site with ten signals adds 14,400 rows a day.
+    pub signals_days: u64,
 }
 
 impl Default for RetentionConfig {
@@ -222,6 +225,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             health_hours: 48,
             reports_days: 90,
+            signals_days: 7,
         }
     }
 }
@@ -450,6 +454,12 @@ impl Config {
             return Err(invalid(
                 "retention.reports_days",
                 "at most 36500 (100 years); use 0 to keep reports forever",
+            ));
+        }
+        if self.retention.signals_days > 36_500 {
+            return Err(invalid(
+                "retention.signals_days",
+                "at most 36500 (100 years); use 0 to keep golden signals forever",
             ));
         }
         for (i, f) in self.freezes.iter().enumerate() {

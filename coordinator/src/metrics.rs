@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Report events received, by result: `accepted`, `duplicate`; `future_dated` (also
     /// counted as one of those) for events dated more than 5 minutes after they arrived.
     pub report_events: Family<ResultLabel, Counter>,
+    /// Golden-signal minutes received with reports, by result: `stored`, or
+    /// `dropped_streams` (the site already has the most streams the coordinator keeps).
+    pub signal_minutes: Family<ResultLabel, Counter>,
     pub rollouts: Family<StateLabel, Gauge>,
     pub sites: Family<StateLabel, Gauge>,
     /// Controller decisions by kind (`open_wave`, `halt`, `complete`, ...).
@@ -127,6 +130,12 @@ impl Metrics {
             "report_events",
             "Report events received, by result",
             report_events.clone(),
+        );
+        let signal_minutes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "signal_minutes",
+            "Golden-signal minutes received with reports, by result",
+            signal_minutes.clone(),
         );
         let rollouts = Family::<StateLabel, Gauge>::default();
         registry.register("rollouts", "Rollouts by state", rollouts.clone());
@@ -268,6 +277,7 @@ impl Metrics {
             tls_handshakes,
             polls,
             report_events,
+            signal_minutes,
             rollouts,
             sites,
             gate_decisions,

@@ -478,6 +478,69 @@ pub struct RolloutPlan {
     pub retry: RetryPolicy,
     /// The waves, in order. At least one; the last takes every remaining site.
     pub waves: Vec<WavePlan>,
+    /// Golden-signal analysis (`[[analysis]]`): while a wave bakes, each signal of its
+    /// upgraded sites is compared with a control of the rollout's sites still on the
+    /// previous release; a significant regression halts the rollout. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisSignal>,
+}
+
+/// The most `[[analysis]]` entries a plan may have.
+pub const MAX_ANALYSIS_SIGNALS: usize = 16;
+
+/// One `[[analysis]]` entry: a golden signal every wave's gate judges, upgraded sites
+/// against control sites over the same minutes (docs/waves.md, docs/analysis.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSignal {
+    /// The signal's name, as the agents' `[signals.<stream>]` name it.
+    pub signal: String,
+    /// The release stream whose signal it is. Default: the rollout's release's stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// `increase_is_bad` (errors, latency) or `decrease_is_bad` (throughput).
+    pub direction: crate::analysis::Direction,
+    /// The smallest change that matters: `{ relative = 0.1 }` (10 % of the control
+    /// median) or `{ absolute = 0.02 }` (in the signal's unit).
+    pub tolerance: crate::analysis::Tolerance,
+    /// Sites needed in each group (upgraded and control) before any verdict but
+    /// inconclusive. Default 5.
+    #[serde(default = "default_min_sites")]
+    pub min_sites: u32,
+    /// Samples (site-minutes) needed in each group. Default 20, at least 5.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// Significance level of the one-sided test. Default 0.05.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+}
+
+fn default_min_sites() -> u32 {
+    5
+}
+fn default_min_samples() -> u32 {
+    20
+}
+fn default_alpha() -> f64 {
+    crate::analysis::DEFAULT_ALPHA
+}
+
+impl AnalysisSignal {
+    /// The judge's settings for this signal (valid for every validated plan).
+    pub fn config(&self) -> Result<crate::analysis::SignalConfig, crate::analysis::AnalysisError> {
+        crate::analysis::SignalConfig::new(
+            self.signal.clone(),
+            self.direction,
+            self.tolerance,
+            self.min_samples as usize,
+            self.alpha,
+        )
+    }
+
+    /// The stream the signal is read from, for a rollout of a release of `release_stream`.
+    pub fn stream_or<'a>(&'a self, release_stream: &'a str) -> &'a str {
+        self.stream.as_deref().unwrap_or(release_stream)
+    }
 }
 
 impl RolloutPlan {
@@ -944,6 +1007,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));
     }
+    validate_analysis(&plan.analysis)?;
     if plan.waves.len() > MAX_WAVES {
         return Err((
             top("waves"),
@@ -1059,6 +1123,58 @@ pub fn validate_channel_name(name: &str) -> Result<(), String> {
 /// Checks a selector outside a plan (a channel's), with the plan's rules.
 pub fn check_selector(sel: &Selector) -> Result<(), String> {
     validate_selector(sel, vec![]).map_err(|(_, m)| m)
+}
+
+/// Checks the `[[analysis]]` entries: the judge's own rules (tolerance, min_samples,
+/// alpha), at least one site per group, each (stream, signal) once.
+fn validate_analysis(list: &[AnalysisSignal]) -> Result<(), (Path, String)> {
+    let at = |i: usize, k: &'static str| vec![Seg::Key("analysis"), Seg::Index(i), Seg::Key(k)];
+    if list.len() > MAX_ANALYSIS_SIGNALS {
+        return Err((
+            vec![Seg::Key("analysis")],
+            format!(
+                "a plan judges at most {MAX_ANALYSIS_SIGNALS} signals (got {})",
+                list.len()
+            ),
+        ));
+    }
+    for (i, a) in list.iter().enumerate() {
+        if let Some(stream) = &a.stream
+            && stream.trim().is_empty()
+        {
+            return Err((
+                at(i, "stream"),
+                "must not be empty (leave it out for the release's stream)".into(),
+            ));
+        }
+        if a.min_sites == 0 {
+            return Err((
+                at(i, "min_sites"),
+                "must be at least 1 site per group".into(),
+            ));
+        }
+        if let Err(e) = a.config() {
+            let key = match e {
+                crate::analysis::AnalysisError::EmptyName => "signal",
+                crate::analysis::AnalysisError::Tolerance { .. } => "tolerance",
+                crate::analysis::AnalysisError::MinSample { .. } => "min_samples",
+                crate::analysis::AnalysisError::Alpha { .. } => "alpha",
+                crate::analysis::AnalysisError::NonFinite { .. } => "signal",
+            };
+            let message = e.to_string().replace("min_sample ", "min_samples ");
+            return Err((at(i, key), message));
+        }
+        if let Some(j) = list[..i]
+            .iter()
+            .position(|b| b.signal == a.signal && b.stream == a.stream)
+        {
+            return Err((
+                at(i, "signal"),
+                format!("{:?} is already judged by analysis[{j}]", a.signal),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_selector(sel: &Selector, path: Path) -> Result<(), (Path, String)> {
@@ -1352,6 +1468,118 @@ mod tests {
 
     fn json_err(text: &str) -> PlanError {
         parse_plan(text, PlanFormat::Json).unwrap_err()
+    }
+
+    const ANALYSED: &str = r#"name = "pos 2.5"
+release = "pos-2.5.0"
+
+[[waves]]
+name = "all"
+
+[[analysis]]
+signal = "error_ratio"
+direction = "increase_is_bad"
+tolerance = { absolute = 0.01 }
+
+[[analysis]]
+signal = "checkout_p95_seconds"
+stream = "checkout"
+direction = "increase_is_bad"
+tolerance = { relative = 0.2 }
+min_sites = 10
+min_samples = 50
+alpha = 0.01
+"#;
+
+    #[test]
+    fn analysis_signals_parse_with_defaults_and_round_trip() {
+        use crate::analysis::{Direction, Tolerance};
+        let plan = parse_plan(ANALYSED, PlanFormat::Toml).unwrap();
+        let a = &plan.analysis;
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (
+                a[0].direction,
+                a[0].tolerance,
+                a[0].min_sites,
+                a[0].min_samples,
+                a[0].alpha
+            ),
+            (
+                Direction::IncreaseIsBad,
+                Tolerance::Absolute(0.01),
+                5,
+                20,
+                0.05
+            )
+        );
+        assert_eq!(a[0].stream_or("pos"), "pos");
+        assert_eq!(a[1].stream_or("pos"), "checkout");
+        assert_eq!(
+            (a[1].tolerance, a[1].min_sites, a[1].alpha),
+            (Tolerance::Relative(0.2), 10, 0.01)
+        );
+        let back = parse_plan(&plan.to_json(), PlanFormat::Json).unwrap();
+        assert_eq!(back, plan);
+        // A plan without analysis stores no key for it.
+        let plain = parse_plan(
+            &ANALYSED[..ANALYSED.find("[[analysis]]").unwrap()],
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        assert!(!plain.to_json().contains("analysis"));
+    }
+
+    #[test]
+    fn bad_analysis_settings_are_named_by_line_and_path() {
+        let with = |from: &str, to: &str| ANALYSED.replacen(from, to, 1);
+        for (text, path, says) in [
+            (
+                with("{ absolute = 0.01 }", "{ absolute = -1 }"),
+                "analysis[0].tolerance",
+                "tolerance must be a finite number >= 0",
+            ),
+            (
+                with("min_samples = 50", "min_samples = 3"),
+                "analysis[1].min_samples",
+                "min_samples must be at least 5",
+            ),
+            (
+                with("alpha = 0.01", "alpha = 0.5"),
+                "analysis[1].alpha",
+                "alpha",
+            ),
+            (
+                with("min_sites = 10", "min_sites = 0"),
+                "analysis[1].min_sites",
+                "at least 1",
+            ),
+            (
+                with(
+                    "\"checkout_p95_seconds\"\nstream = \"checkout\"",
+                    "\"error_ratio\"",
+                ),
+                "analysis[1].signal",
+                "already judged by analysis[0]",
+            ),
+        ] {
+            let e = toml_err(&text);
+            assert_eq!(e.path(), path, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(e.line().is_some(), "{e}");
+        }
+        let e = toml_err(&with(
+            "direction = \"increase_is_bad\"",
+            "direction = \"up\"",
+        ));
+        assert!(e.to_string().contains("analysis[0].direction"), "{e}");
+        let e = toml_err(&with("tolerance = { absolute = 0.01 }", "tolerance = 0.01"));
+        assert!(e.to_string().contains("analysis[0].tolerance"), "{e}");
+        let e = toml_err(&with(
+            "signal = \"error_ratio\"",
+            "signal = \"error_ratio\"\nthreshold = 3",
+        ));
+        assert!(e.to_string().contains("threshold"), "{e}");
     }
 
     #[test]

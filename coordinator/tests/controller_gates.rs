@@ -375,6 +375,7 @@ fn open(sites: Vec<SiteFacts>) -> WaveView {
         opened_at: Some(t0()),
         approved_at: None,
         sites,
+        analysis: vec![],
     }
 }
 
@@ -771,6 +772,7 @@ proptest! {
                 opened_at: (i as u32 <= current).then(t0),
                 approved_at: approved.then(t0),
                 sites,
+                analysis: vec![],
             })
             .collect();
         let v = view(RolloutStatus::Running, Some(current), waves);
@@ -811,6 +813,7 @@ fn applying_an_outcome_and_ticking_again_changes_nothing_more() {
             opened_at: Some(at(0)),
             approved_at: None,
             sites: vec![assigned("pig0")],
+            analysis: vec![],
         }],
     );
     let again = tick(&applied, at(0));

@@ -48,7 +48,8 @@ tick_millis = 200
 pub struct FleetOptions {
     /// Sites whose agent reaches the coordinator through its own [`FaultProxy`].
     pub proxied: BTreeSet<String>,
-    /// Extra TOML appended to every agent's config.
+    /// Extra TOML appended to every agent's config; `{app_addr}` stands for the site's
+    /// demo app address (e.g. in a `[signals.demo]` scrape URL).
     pub agent_extra: String,
     /// Sites that are enrolled but whose agent is not started (start with
     /// [`Fleet::start_agent`]).
@@ -329,6 +330,10 @@ impl Fleet {
     /// harness's tuning (short long polls, no jitter, the app started with the site's
     /// labels) and [`FleetOptions::agent_extra`].
     fn agent_config(&self, site: &Site, url: &str) -> Result<String> {
+        let extra = self
+            .options
+            .agent_extra
+            .replace("{app_addr}", &site.app_addr.to_string());
         Ok(site.local.agent_config(
             &bins::local_bins()?,
             &AgentConfig {
@@ -343,7 +348,7 @@ impl Fleet {
                     probe_name: "demo",
                 },
                 app_labels: true,
-                extra: &self.options.agent_extra,
+                extra: &extra,
             },
         ))
     }

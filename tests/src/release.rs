@@ -37,6 +37,9 @@ pub struct DemoRelease {
     /// Incompressible filler added to the artifact (`padding.bin`), to make a download
     /// take a while behind a slowed link.
     pub padding: usize,
+    /// The app's simulated traffic (`[metrics]` of `app.toml`: `requests_per_second`,
+    /// `error_ratio`, `latency_seconds`); unset keys keep the demo app's defaults.
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl DemoRelease {
@@ -53,6 +56,7 @@ impl DemoRelease {
             unhealthy_on: BTreeMap::new(),
             install: BTreeMap::new(),
             padding: 0,
+            metrics: BTreeMap::new(),
         }
     }
 
@@ -62,6 +66,13 @@ impl DemoRelease {
             healthy: false,
             ..DemoRelease::good(version, counter)
         }
+    }
+
+    /// A release whose app serves traffic with `key` (`error_ratio`, `latency_seconds`,
+    /// `requests_per_second`) set to `value`: health checks still pass.
+    pub fn metric(mut self, key: &str, value: f64) -> DemoRelease {
+        self.metrics.insert(key.to_string(), value);
+        self
     }
 
     /// A release that is healthy except on sites labelled `label = value`.
@@ -100,6 +111,12 @@ impl DemoRelease {
             out.push_str("\n[unhealthy_on]\n");
             for (label, value) in &self.unhealthy_on {
                 let _ = writeln!(out, "{} = {}", q(label), q(value));
+            }
+        }
+        if !self.metrics.is_empty() {
+            out.push_str("\n[metrics]\n");
+            for (key, value) in &self.metrics {
+                let _ = writeln!(out, "{key} = {value:?}");
             }
         }
         out

@@ -41,7 +41,7 @@ use crate::state::StateError;
 
 pub use accept::{Accepting, accept_documents};
 pub use context::Context;
-pub use deliver::deliver_reports;
+pub use deliver::{SIGNAL_DELIVERY_KEY, deliver_reports, deliver_signals};
 pub use pacing::{StepPacer, jittered, retry_delay, spread_up};
 use pacing::{backoff_delay, new_backoff};
 pub use rollback::RollbackFailing;

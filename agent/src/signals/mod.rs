@@ -6,7 +6,9 @@
 //! Each stream's scrapes run in their own task with bounded reads (`max_body_bytes`,
 //! `max_series`) under a deadline (`timeout_secs`): a broken or hostile endpoint (huge or
 //! endless body, garbage, a hung connection) fails that scrape with a reason and never
-//! blocks health checks, installs or reports. This module never talks to the coordinator.
+//! blocks health checks, installs or reports. Each finished minute goes to the signal
+//! queue ([`crate::state::signal_queue`], bounded), which the daemon delivers with its
+//! reports. This module never talks to the coordinator.
 
 pub mod config;
 pub mod exposition;
@@ -19,7 +21,7 @@ use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use fleetwave_shared::protocol::signals::SignalMinute;
+use fleetwave_shared::protocol::signals::{MAX_SIGNAL_MINUTES, SignalMinute};
 
 use crate::clock::Clock;
 use crate::state::Store;
@@ -237,7 +239,18 @@ pub fn spawn(
                         .ok()
                         .flatten()
                         .map(|i| i.release_id);
-                    scraper.scrape(clock.now(), release.as_deref()).await;
+                    let now = clock.now();
+                    if let Some(minute) = scraper.scrape(now, release.as_deref()).await {
+                        match store.signals_push(&minute, MAX_SIGNAL_MINUTES, now) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::warn!(
+                                %stream,
+                                dropped = n,
+                                "signal queue full ({MAX_SIGNAL_MINUTES} minutes): dropped the oldest"
+                            ),
+                            Err(e) => tracing::error!(%stream, "cannot queue a signal minute: {e}"),
+                        }
+                    }
                     if let Some(e) = &scraper.status().error {
                         tracing::warn!(%stream, "signals scrape failed: {e}");
                     }
@@ -264,6 +277,36 @@ pub fn load_statuses(
             Ok((stream.clone(), status))
         })
         .collect()
+}
+
+/// `status` lines for the signal queue: how many minutes wait for the coordinator, how
+/// many were dropped because the queue was full, and why minutes stay queued.
+pub fn queue_lines(
+    queued: u64,
+    dropped: &crate::state::signal_queue::Dropped,
+    delivery: Option<&str>,
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "queue: {queued} minute(s) waiting for the coordinator (at most {MAX_SIGNAL_MINUTES})"
+    )];
+    if dropped.minutes > 0 {
+        lines.push(format!(
+            "queue: DROPPED {} oldest minute(s) while the queue was full (newest dropped {}, last at {}); the coordinator never sees them",
+            dropped.minutes,
+            dropped
+                .newest_dropped_minute
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
+            dropped
+                .last_drop_at
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
+        ));
+    }
+    if let Some(d) = delivery.filter(|d| *d != "delivering") {
+        lines.push(format!("queue: {d}"));
+    }
+    lines
 }
 
 /// `status` lines for one stream: what the last scrape gave, or why it failed.

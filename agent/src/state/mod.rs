@@ -10,6 +10,7 @@
 
 pub mod journal;
 pub mod outbox;
+pub mod signal_queue;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +129,19 @@ CREATE TABLE dead_letter (
     refused_at TEXT NOT NULL
 );
 CREATE INDEX dead_letter_kind ON dead_letter (kind);
+"#,
+    ),
+    // Finished golden-signal minutes waiting to go to the coordinator, one row per
+    // (stream, minute); bounded, oldest dropped first. See `signal_queue`.
+    M::up(
+        r#"
+CREATE TABLE signal_queue (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    minute TEXT NOT NULL,
+    body   TEXT NOT NULL,
+    UNIQUE (stream, minute)
+);
 "#,
     ),
 ];

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use ed25519_dalek::Signature;
 use fleetwave_shared::keys::parse_public_key;
 use fleetwave_shared::protocol::operator::SiteState;
+use fleetwave_shared::protocol::signals::{MAX_SIGNAL_MINUTES_PER_REPORT, SignalMinute};
 use fleetwave_shared::protocol::{
     EnrollRequest, EnrollResponse, LeaseRequest, MAX_EVENT_ID_LEN, MAX_REPORT_EVENTS,
     NEXT_POLL_HEADER, PollQuery, ReportAck, ReportBatch, SESSION_SKEW_SECS, SessionRequest,
@@ -31,7 +32,7 @@ use crate::http::auth::{Agent, decommissioned, token_hash};
 use crate::metrics::Metrics;
 use crate::poll_cache::CachedAssignment;
 use crate::state::AppState;
-use crate::store::{Enrollment, StoreError};
+use crate::store::{Enrollment, MAX_SIGNAL_STREAMS_PER_SITE, StoreError};
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`
 pub fn valid_site_id(id: &str) -> bool {
@@ -222,7 +223,11 @@ pub async fn session(
     let token = app.sessions.open(&site.id, expires_at, now);
     app.engine.sites.set_active(&site.id, true);
     app.engine.saw(&site.id, now);
-    Ok(Json(SessionResponse { token, expires_at }))
+    Ok(Json(SessionResponse {
+        token,
+        expires_at,
+        signal_minutes_per_report: Some(MAX_SIGNAL_MINUTES_PER_REPORT as u32),
+    }))
 }
 
 fn next_poll_secs(app: &AppState) -> u32 {
@@ -435,6 +440,7 @@ pub async fn reports(
             )));
         }
     }
+    check_signals(&batch.signals, now)?;
     // An event dated after its arrival counts at its arrival (store::event_time); far
     // ahead, the box's clock is wrong (or the agent lies): say so.
     let skew = SignedDuration::from_secs(SESSION_SKEW_SECS);
@@ -452,6 +458,7 @@ pub async fn reports(
         );
         Metrics::count(&app.metrics.report_events, "future_dated", n as u64);
     }
+    let signals = batch.signals;
     let outcome = app
         .engine
         .apply_reports(crate::store::ReportInput {
@@ -460,6 +467,26 @@ pub async fn reports(
             received_at: now,
         })
         .await?;
+    if !signals.is_empty() {
+        let site = agent.site_id.clone();
+        let stored = app
+            .db
+            .run(move |s| s.put_signals(&site, &signals, now))
+            .await?;
+        Metrics::count(&app.metrics.signal_minutes, "stored", stored.minutes as u64);
+        if stored.dropped_streams > 0 {
+            tracing::warn!(
+                site = %agent.site_id,
+                minutes = stored.dropped_streams,
+                "signal minutes dropped: the site already has {MAX_SIGNAL_STREAMS_PER_SITE} streams of signals"
+            );
+            Metrics::count(
+                &app.metrics.signal_minutes,
+                "dropped_streams",
+                stored.dropped_streams as u64,
+            );
+        }
+    }
     Metrics::count(
         &app.metrics.report_events,
         "accepted",
@@ -477,6 +504,43 @@ pub async fn reports(
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
     }))
+}
+
+/// Refuses a batch whose signal minutes go beyond the coordinator's bounds, naming the
+/// bound: at most [`MAX_SIGNAL_MINUTES_PER_REPORT`] minutes (413), each within
+/// [`SignalMinute::problem`]'s limits, once per stream and minute, and not starting more
+/// than [`SESSION_SKEW_SECS`] after `now` (400: a minute from the future would never age
+/// out of retention; the box's clock is wrong).
+fn check_signals(minutes: &[SignalMinute], now: jiff::Timestamp) -> Result<(), ApiError> {
+    if minutes.len() > MAX_SIGNAL_MINUTES_PER_REPORT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_signal_minutes",
+            format!(
+                "a batch holds at most {MAX_SIGNAL_MINUTES_PER_REPORT} signal minutes; this one has {}",
+                minutes.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in minutes.iter().enumerate() {
+        if let Some(problem) = m.problem() {
+            return Err(ApiError::bad_request(format!("signals[{i}]: {problem}")));
+        }
+        if m.minute.duration_since(now) > SignedDuration::from_secs(SESSION_SKEW_SECS) {
+            return Err(ApiError::bad_request(format!(
+                "signals[{i}]: minute {} is more than {SESSION_SKEW_SECS} s after the coordinator's clock ({now}); fix the box's clock",
+                m.minute
+            )));
+        }
+        if !seen.insert((&m.stream, m.minute)) {
+            return Err(ApiError::bad_request(format!(
+                "signals[{i}]: stream {:?} minute {} appears twice in the batch",
+                m.stream, m.minute
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -362,6 +362,7 @@ fn site_info(s: SiteRecord, rollout_id: Option<String>, hold: Option<SiteHold>) 
             held_by: h.held_by,
             held_at: h.held_at,
         }),
+        signals: vec![],
     }
 }
 
@@ -427,7 +428,14 @@ pub async fn get_site(
     let i = id.clone();
     let rollout = app.db.run(move |s| s.active_rollout_of_site(&i)).await?;
     let hold = app.db.run(|s| s.site_holds()).await?.remove(&id);
-    Ok(Json(site_info(site, rollout, hold)))
+    let i = id.clone();
+    let signals = app.db.run(move |s| s.latest_signals(&i)).await?;
+    let mut info = site_info(site, rollout, hold);
+    info.signals = signals
+        .into_iter()
+        .map(|(m, at)| SiteSignals::new(m, at))
+        .collect();
+    Ok(Json(info))
 }
 
 /// `POST /v1/sites/{id}/hold`: keeps the site at what it runs (see `engine::holds`).
@@ -849,7 +857,8 @@ pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiEr
 /// [`rollout_view`] of a rollout already loaded.
 pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<RolloutView, ApiError> {
     let id = l.record.id.as_str();
-    let view = l.view();
+    let mut view = l.view();
+    app.engine.last_analysis(id, &mut view);
     let now = app.now();
     let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
     let mut attention = Vec::new();

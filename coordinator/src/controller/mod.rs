@@ -10,8 +10,10 @@
 //! reads a clock, a database or the network, and never draws random numbers.
 //!
 //! Submodules: [`membership`] (which wave a site is in), [`gate`] (site states, tallies,
-//! verdicts), [`leases`] (who may install now).
+//! verdicts), [`leases`] (who may install now), [`analysis`] (golden-signal verdicts in
+//! the gate).
 
+pub mod analysis;
 pub mod convergence;
 pub mod gate;
 pub mod leases;
@@ -41,6 +43,9 @@ pub struct WaveView {
     pub approved_at: Option<Timestamp>,
     /// The facts of every site in the wave (as [`place`] and [`wave_for_joiner`] place them).
     pub sites: Vec<SiteFacts>,
+    /// The golden-signal verdicts of the wave (the plan's `[[analysis]]`), as the engine
+    /// computed them while the wave bakes; empty: no analysis (or none yet).
+    pub analysis: Vec<analysis::AnalysisFact>,
 }
 
 /// A rollout as the server knows it, for [`tick`].
@@ -301,7 +306,7 @@ pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<Gat
     let wv = view.wave_view(wave)?;
     let opened_at = wv.opened_at?;
     let t = tally(&plan_wave.gate, opened_at, &wv.sites, now);
-    Some(evaluate_gate(
+    let verdict = evaluate_gate(
         &plan_wave.gate,
         &t,
         WaveGateFacts {
@@ -309,7 +314,8 @@ pub fn wave_verdict(view: &RolloutView, wave: u32, now: Timestamp) -> Option<Gat
             approved: wv.approved_at.is_some(),
         },
         now,
-    ))
+    );
+    Some(analysis::apply(verdict, &wv.analysis))
 }
 
 /// The Halt outcome for a failed gate of `wave`.

@@ -28,6 +28,7 @@
 //! It never decides a gate or a lease itself: that is the controller's job.
 
 pub mod actions;
+mod analysis;
 mod approvals;
 pub mod assign;
 pub mod channels;
@@ -125,6 +126,8 @@ pub struct Engine {
     seen: Mutex<HashMap<String, Timestamp>>,
     plans: Mutex<HashMap<String, Arc<RolloutPlan>>>,
     last_note: Mutex<HashMap<String, DecisionKey>>,
+    /// The last golden-signal verdicts of each rollout's current wave (`analysis`).
+    analyses: Mutex<HashMap<String, analysis::Analysed>>,
     /// Rollouts whose next wave waits for approval now: the wave and since when.
     approval_waits: Mutex<HashMap<String, (u32, Timestamp)>>,
     /// Consecutive passes whose evaluation of a rollout failed with a storage error.
@@ -242,6 +245,7 @@ impl Engine {
             seen: Default::default(),
             plans: Default::default(),
             last_note: Default::default(),
+            analyses: Default::default(),
             approval_waits: Default::default(),
             failed_passes: Default::default(),
             freezes: RwLock::new(freezes::Freezes::new(effective)),
@@ -428,6 +432,7 @@ impl Loaded {
                 opened_at: w.opened_at,
                 approved_at: w.approved_at,
                 sites: Vec::new(),
+                analysis: Vec::new(),
             })
             .collect();
         waves.resize(self.plan.waves.len(), WaveView::default());

@@ -22,6 +22,7 @@ impl Engine {
         let (mut record, head, view) = self
             .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
             .await?;
+        let view = self.with_analysis(id, view, now).await?;
         let mut outcome = controller::tick(&view, now);
         self.drop_retries_of_held_sites(&mut outcome).await?;
         let mut to_store = Vec::new();

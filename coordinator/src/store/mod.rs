@@ -539,6 +539,31 @@ pub struct ReportInput {
     pub received_at: Timestamp,
 }
 
+/// Most release streams whose signals one site may have stored; minutes of further
+/// streams are dropped and counted (`fleetwave_signal_minutes_total{outcome="dropped_streams"}`).
+pub const MAX_SIGNAL_STREAMS_PER_SITE: usize = 8;
+
+/// One site's value of one signal in one minute (schema v9), as the gate reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalSample {
+    pub site_id: String,
+    /// Start of the minute.
+    pub minute: Timestamp,
+    pub value: f64,
+    /// The release the site ran in that minute, as its agent said.
+    pub release_id: Option<String>,
+}
+
+/// What [`Store::put_signals`] did with a batch of minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalsStored {
+    /// Minutes stored (or stored again: a minute sent twice replaces itself).
+    pub minutes: u32,
+    /// Minutes dropped: their stream would have gone beyond
+    /// [`MAX_SIGNAL_STREAMS_PER_SITE`] for the site.
+    pub dropped_streams: u32,
+}
+
 /// All of fleetwave's persistent state. Every method is blocking; call through [`Db::run`].
 pub trait Store: Send + Sync + 'static {
     /// Cheap read that proves the database answers (for `/readyz`).
@@ -774,6 +799,35 @@ pub trait Store: Send + Sync + 'static {
         before: Timestamp,
         limit: usize,
     ) -> StoreResult<usize>;
+
+    // Golden signals (schema v9)
+    /// Stores a site's signal minutes (already checked against the per-batch bounds), by
+    /// (site, stream, signal, minute): a minute stored again replaces itself.
+    fn put_signals(
+        &self,
+        site_id: &str,
+        minutes: &[fleetwave_shared::protocol::signals::SignalMinute],
+        received_at: Timestamp,
+    ) -> StoreResult<SignalsStored>;
+    /// The latest minute of each of a site's streams, with when it arrived (by stream).
+    fn latest_signals(
+        &self,
+        site_id: &str,
+    ) -> StoreResult<Vec<(fleetwave_shared::protocol::signals::SignalMinute, Timestamp)>>;
+    /// The values of one signal of one stream of `sites` for the minutes in `[from, to)`
+    /// (read site by site through the table's key).
+    fn signal_samples(
+        &self,
+        sites: &[String],
+        stream: &str,
+        signal: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<SignalSample>>;
+    /// Deletes at most `limit` signal values of minutes before `before`, oldest first, in
+    /// one transaction; returns how many (latest minutes that old go when the values are
+    /// done).
+    fn prune_signals(&self, before: Timestamp, limit: usize) -> StoreResult<usize>;
 
     // Decisions and audit
     fn add_decisions(&self, decisions: &[DecisionRecord]) -> StoreResult<()>;

@@ -122,6 +122,12 @@ pub struct SessionResponse {
     /// Bearer token for `Authorization: Bearer ...` on every agent request.
     pub token: String,
     pub expires_at: Timestamp,
+    /// The most signal minutes this coordinator accepts in one report batch
+    /// ([`ReportBatch::signals`]). Absent (an older coordinator): it accepts none, and the
+    /// agent keeps its minutes queued instead of sending a field the coordinator would
+    /// refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_minutes_per_report: Option<u32>,
 }
 
 /// `GET /v1/agent/poll?wait=SECS&root_version=N` with `If-None-Match`.
@@ -186,6 +192,11 @@ pub struct LeaseDenied {
 #[serde(deny_unknown_fields)]
 pub struct ReportBatch {
     pub events: Vec<Event>,
+    /// Finished per-minute golden-signal summaries, oldest first (at most the session's
+    /// `signal_minutes_per_report`). Absent or empty from an agent without signals. Stored
+    /// by (site, stream, signal, minute): sending a minute again replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<signals::SignalMinute>,
 }
 
 /// The coordinator applied every event of the batch (new ones) or had already (duplicates).

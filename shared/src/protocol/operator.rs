@@ -297,7 +297,7 @@ pub struct InstalledInfo {
     pub at: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SiteInfo {
     pub id: String,
@@ -317,6 +317,42 @@ pub struct SiteInfo {
     /// The site is held at what it runs: no rollout takes it until the hold is lifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<SiteHoldInfo>,
+    /// The latest golden-signal minute of each release stream the agent scrapes (only in
+    /// `GET /v1/sites/{id}`; absent when the site sends no signals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SiteSignals>,
+}
+
+/// A site's latest golden-signal minute of one release stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteSignals {
+    pub stream: String,
+    /// Start of the minute.
+    pub minute: Timestamp,
+    /// When the coordinator received it.
+    pub received_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<String>,
+    /// Signal name → the minute's value.
+    pub values: BTreeMap<String, f64>,
+    /// What went wrong in the minute (failed scrapes, counter resets, no values), in
+    /// words; absent for a clean minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl SiteSignals {
+    pub fn new(m: super::signals::SignalMinute, received_at: Timestamp) -> SiteSignals {
+        SiteSignals {
+            problem: m.trouble(),
+            stream: m.stream,
+            minute: m.minute,
+            received_at,
+            release_id: m.release_id,
+            values: m.values,
+        }
+    }
 }
 
 /// Why, by whom and since when a site is held.
@@ -337,7 +373,7 @@ pub struct HoldSite {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SiteList {
     pub sites: Vec<SiteInfo>,

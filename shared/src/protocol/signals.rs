@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SIGNALS_PER_MINUTE: usize = 32;
 /// Longest signal name.
 pub const MAX_SIGNAL_NAME_LEN: usize = 64;
-/// Most minutes one batch may carry (a day's worth; older minutes are compacted away).
+/// Most minutes an agent keeps queued (a day's worth of one stream; when full, the oldest
+/// minutes are dropped first and `fleetwave-agent status` says so).
 pub const MAX_SIGNAL_MINUTES: usize = 1440;
+/// Most minutes one report batch may carry (the coordinator refuses a batch with more,
+/// naming this bound, and says it in its session answer).
+pub const MAX_SIGNAL_MINUTES_PER_REPORT: usize = 60;
 
 /// One minute of one release stream's signals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,8 +53,49 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl SignalMinute {
+    /// What went wrong in this minute, in words for an operator (failed scrapes, counters
+    /// that went backwards, no value at all); `None` for a clean minute.
+    pub fn trouble(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.failed_scrapes > 0 {
+            parts.push(format!(
+                "{} of {} scrape(s) failed in the minute (see `fleetwave-agent status` on the box)",
+                self.failed_scrapes, self.scrapes
+            ));
+        }
+        if self.values.is_empty() {
+            parts.push("no signal had a value".to_string());
+        }
+        if !self.resets.is_empty() {
+            parts.push(format!(
+                "counters went backwards (the app restarted?) for {}",
+                self.resets.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     /// What is wrong with this minute for the coordinator's bounds, if anything.
     pub fn problem(&self) -> Option<String> {
+        if self.stream.is_empty() || self.stream.len() > MAX_SIGNAL_NAME_LEN {
+            return Some(format!(
+                "stream {:?} is empty or longer than {MAX_SIGNAL_NAME_LEN} bytes",
+                self.stream
+            ));
+        }
+        if self.minute.as_second() % 60 != 0 || self.minute.subsec_nanosecond() != 0 {
+            return Some(format!(
+                "stream {:?}: minute {} is not the start of a whole minute",
+                self.stream, self.minute
+            ));
+        }
+        if self.resets.len() > MAX_SIGNALS_PER_MINUTE {
+            return Some(format!(
+                "stream {:?}: {} resets in one minute, at most {MAX_SIGNALS_PER_MINUTE}",
+                self.stream,
+                self.resets.len()
+            ));
+        }
         if self.values.len() > MAX_SIGNALS_PER_MINUTE {
             return Some(format!(
                 "stream {:?}: {} signals in one minute, at most {MAX_SIGNALS_PER_MINUTE}",
@@ -131,6 +176,44 @@ mod tests {
         assert!(minutes.iter().all(|m| m.problem().is_none()));
     }
 
+    /// Old agents and old coordinators keep working: a batch without signals is exactly
+    /// the old wire form (an old coordinator refuses unknown fields), an old agent's batch
+    /// parses, and an old coordinator's session answer means "send no signals".
+    #[test]
+    fn without_signals_the_wire_is_what_older_versions_speak() {
+        let batch = crate::protocol::ReportBatch {
+            events: vec![],
+            signals: vec![],
+        };
+        assert_eq!(serde_json::to_string(&batch).unwrap(), r#"{"events":[]}"#);
+        let old: crate::protocol::ReportBatch = serde_json::from_str(r#"{"events":[]}"#).unwrap();
+        assert!(old.signals.is_empty());
+        let session: crate::protocol::SessionResponse =
+            serde_json::from_str(r#"{"token":"t","expires_at":"2026-12-04T18:00:00Z"}"#).unwrap();
+        assert_eq!(session.signal_minutes_per_report, None);
+    }
+
+    #[test]
+    fn trouble_names_failed_scrapes_resets_and_empty_minutes() {
+        let mut m = SignalMinute {
+            stream: "shop".into(),
+            release_id: None,
+            minute: "2026-12-04T18:00:00Z".parse().unwrap(),
+            values: [("error_ratio".to_string(), 0.01)].into_iter().collect(),
+            resets: vec![],
+            scrapes: 4,
+            failed_scrapes: 0,
+        };
+        assert_eq!(m.trouble(), None);
+        m.failed_scrapes = 4;
+        m.values.clear();
+        m.resets = vec!["http_requests".into()];
+        let t = m.trouble().unwrap();
+        assert!(t.contains("4 of 4 scrape(s) failed"), "{t}");
+        assert!(t.contains("no signal had a value"), "{t}");
+        assert!(t.contains("http_requests"), "{t}");
+    }
+
     #[test]
     fn out_of_bounds_minutes_are_named() {
         let mut m = SignalMinute {
@@ -149,5 +232,12 @@ mod tests {
             m.values.insert(format!("s{i}"), 1.0);
         }
         assert!(m.problem().unwrap().contains("33 signals"));
+        m.values.clear();
+        m.minute = "2026-12-04T18:00:30Z".parse().unwrap();
+        assert!(
+            m.problem()
+                .unwrap()
+                .contains("not the start of a whole minute")
+        );
     }
 }

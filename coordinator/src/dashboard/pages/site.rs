@@ -79,6 +79,16 @@ pub(super) fn event_kind(e: &Event) -> &'static str {
     }
 }
 
+/// One stream's latest golden-signal minute on the site page.
+pub(super) struct SignalRow {
+    stream: String,
+    minute: String,
+    release: String,
+    values: Vec<(String, String)>,
+    /// What went wrong in the minute (empty: nothing).
+    problem: String,
+}
+
 pub(super) struct InstalledRow {
     stream: String,
     current: String,
@@ -100,6 +110,7 @@ pub(super) struct SitePage {
     health_class: String,
     deferral: String,
     installed: Vec<InstalledRow>,
+    signals: Vec<SignalRow>,
     assigned: String,
     rollout: String,
     /// Set when the site's newest install phase is `rollback_failed`: what the agent said.
@@ -167,6 +178,32 @@ pub async fn site(
             )
         })
         .unwrap_or_default();
+    let i = id.clone();
+    let signals = dash
+        .app
+        .db
+        .run(move |s| s.latest_signals(&i))
+        .await?
+        .into_iter()
+        .map(|(m, received)| {
+            let info = fleetwave_shared::protocol::operator::SiteSignals::new(m, received);
+            SignalRow {
+                stream: info.stream,
+                minute: format!(
+                    "{} (received {})",
+                    when(Some(info.minute)),
+                    when(Some(info.received_at))
+                ),
+                release: info.release_id.unwrap_or_else(|| "?".into()),
+                values: info
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), format!("{v:.4}")))
+                    .collect(),
+                problem: info.problem.unwrap_or_default(),
+            }
+        })
+        .collect();
     let i = id.clone();
     let (events, health, last_assignment) = dash
         .read
@@ -252,6 +289,7 @@ pub async fn site(
                 at: when(Some(i.at)),
             })
             .collect(),
+        signals,
         assigned,
         rollout: rollout.unwrap_or_default(),
         rollback_failed: rollback_failed_alert(&events),

@@ -22,7 +22,9 @@ mod releases;
 mod reports;
 mod rollouts;
 mod rows;
+mod signals;
 mod site_import;
+pub use signals::SAMPLES_SQL;
 mod sites;
 mod store_impl;
 mod webhooks;
@@ -69,6 +71,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v6.sql")),
         M::up(include_str!("../schema_v7.sql")),
         M::up(include_str!("../schema_v8.sql")),
+        M::up(include_str!("../schema_v9.sql")),
     ])
 }
 

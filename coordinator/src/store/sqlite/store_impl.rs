@@ -370,6 +370,37 @@ impl Store for SqliteStore {
         reports::prune_reports(self, kind, before, limit)
     }
 
+    fn put_signals(
+        &self,
+        site_id: &str,
+        minutes: &[fleetwave_shared::protocol::signals::SignalMinute],
+        received_at: Timestamp,
+    ) -> StoreResult<SignalsStored> {
+        signals::put(self, site_id, minutes, received_at)
+    }
+
+    fn latest_signals(
+        &self,
+        site_id: &str,
+    ) -> StoreResult<Vec<(fleetwave_shared::protocol::signals::SignalMinute, Timestamp)>> {
+        signals::latest(self, site_id)
+    }
+
+    fn signal_samples(
+        &self,
+        sites: &[String],
+        stream: &str,
+        signal: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<SignalSample>> {
+        signals::samples(self, sites, stream, signal, from, to)
+    }
+
+    fn prune_signals(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
+        signals::prune(self, before, limit)
+    }
+
     fn decisions(&self, rollout_id: &str) -> StoreResult<Vec<DecisionRecord>> {
         rollouts::decisions(self, rollout_id)
     }

@@ -1,0 +1,246 @@
+//! Golden-signal analysis in the wave gate, against a real coordinator (TLS, SQLite,
+//! controller task) with an adjustable clock: agents send their signal minutes with their
+//! reports; while the canary wave bakes, its upgraded sites are compared with the sites
+//! still on the previous release. A degraded release halts (and rolls back) with the
+//! reason naming the signal, both medians, the effect and the p-value; a healthy one
+//! passes; too few upgraded sites is inconclusive, never a halt.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Agent, Harness, eventually};
+use jiff::Timestamp;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn plan(min_sites: u32) -> String {
+    format!(
+        r#"
+name = "pos 2.5"
+release = "pos-2.5.0"
+auto_rollback = true
+
+[[waves]]
+name = "canary"
+selector = {{ cohort = "canary" }}
+gate = {{ bake = "30m", success_ratio = 0.5 }}
+
+[[waves]]
+name = "rest"
+gate = {{ bake = "30m" }}
+
+[[analysis]]
+signal = "error_ratio"
+direction = "increase_is_bad"
+tolerance = {{ absolute = 0.01 }}
+min_sites = {min_sites}
+min_samples = 20
+"#
+    )
+}
+
+struct Fleet {
+    canary: Vec<Agent>,
+    rest: Vec<Agent>,
+    rollout: String,
+    release: String,
+}
+
+/// `canaries` canary and 6 other sites on pos 2.4.0; a rollout of pos 2.5.0 started, and
+/// every canary has committed it (at the clock's current time).
+async fn fleet(h: &Harness, canaries: usize, min_sites: u32) -> Fleet {
+    let mut canary = Vec::new();
+    let mut rest = Vec::new();
+    for i in 0..canaries {
+        let mut a = Agent::enroll(h, &format!("canary-{i}"), json!({"cohort": "canary"})).await;
+        a.installed(h, "pos-2.4.0", "2.4.0").await;
+        canary.push(a);
+    }
+    for i in 0..6 {
+        let mut a = Agent::enroll(h, &format!("store-{i}"), json!({"cohort": "general"})).await;
+        a.installed(h, "pos-2.4.0", "2.4.0").await;
+        rest.push(a);
+    }
+    let release = h.publish("2.5.0", 25).await;
+    let rollout = h.create_rollout(&plan(min_sites)).await;
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{rollout}/start"),
+            &h.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for a in canary.iter_mut() {
+        a.install(h, &release).await;
+    }
+    Fleet {
+        canary,
+        rest,
+        rollout,
+        release,
+    }
+}
+
+fn minute_after(t: Timestamp, m: i64) -> Timestamp {
+    let s = t.as_second();
+    Timestamp::from_second(s - s.rem_euclid(60) + 60 * m).unwrap()
+}
+
+/// Each site sends `minutes` minutes of `error_ratio` after the canaries' commit: the
+/// canaries `canary_ratio` and the others 1 %, each with a little site- and
+/// minute-dependent noise (the same for every run).
+async fn send_minutes(h: &Harness, f: &Fleet, minutes: i64, canary_ratio: f64) {
+    let start = h.clock.now();
+    // The minutes pass first: agents send only finished minutes.
+    h.clock.advance(Duration::from_secs(60 * minutes as u64));
+    let groups = [
+        (&f.canary, canary_ratio, f.release.as_str()),
+        (&f.rest, 0.01, "pos-2.4.0"),
+    ];
+    for (agents, ratio, release) in groups {
+        for (i, a) in agents.iter().enumerate() {
+            let list: Vec<Value> = (1..=minutes)
+                .map(|m| {
+                    let noise = ((i as i64 * 7 + m * 3) % 10) as f64 * 0.0004;
+                    json!({
+                        "stream": "pos",
+                        "release_id": release,
+                        "minute": minute_after(start, m),
+                        "values": {"error_ratio": ratio + noise, "requests_per_second": 20.0},
+                        "scrapes": 4,
+                    })
+                })
+                .collect();
+            let (s, v) = h
+                .post(
+                    "/v1/agent/reports",
+                    &a.token,
+                    json!({"events": [], "signals": list}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{}: {v}", a.site);
+        }
+    }
+    // A new minute: the controller judges again, with every minute sent (it judges at
+    // most once a minute, and may have judged this one before the samples arrived).
+    h.clock.advance(Duration::from_secs(60));
+}
+
+fn decisions(rollout: &Value) -> Vec<(String, String)> {
+    rollout["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_string(),
+                d["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
+    let h = Harness::new().await;
+    let f = fleet(&h, 6, 5).await;
+    // Error ratio 5 % on the new release against 1 % on the old: health checks pass.
+    send_minutes(&h, &f, 10, 0.05).await;
+    let halted = eventually("the analysis to halt the rollout", || async {
+        let r = h.rollout(&f.rollout).await;
+        (r["status"] == "rolled_back").then_some(r)
+    })
+    .await;
+    let reason = halted["status_reason"].as_str().unwrap().to_string();
+    for words in [
+        "halted at wave 0 (\"canary\")",
+        "golden-signal analysis failed",
+        "error_ratio: fail",
+        "upgraded median 0.05",
+        "vs control 0.01",
+        "p = ",
+        "from 6 upgraded and 6 control sites",
+        "auto_rollback sends 6 site(s) back",
+    ] {
+        assert!(reason.contains(words), "{words:?} missing in: {reason}");
+    }
+    let timeline = decisions(&halted);
+    assert!(
+        timeline.iter().any(|(k, r)| k == "halt" && r == &reason),
+        "{timeline:?}"
+    );
+    assert!(
+        timeline.iter().filter(|(k, _)| k == "open_wave").count() == 1,
+        "only the canary wave opened: {timeline:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_wave_passes_its_analysis_and_the_next_wave_opens() {
+    let h = Harness::new().await;
+    let mut f = fleet(&h, 6, 5).await;
+    send_minutes(&h, &f, 10, 0.01).await;
+    // Through the bake: the canaries report healthy after it.
+    h.clock.advance(Duration::from_secs(30 * 60));
+    for a in f.canary.iter_mut() {
+        a.health(&h, true).await;
+    }
+    let opened = eventually("the next wave to open", || async {
+        let r = h.rollout(&f.rollout).await;
+        decisions(&r)
+            .into_iter()
+            .find(|(k, r)| k == "open_wave" && r.contains("opening wave 1"))
+    })
+    .await;
+    let reason = opened.1;
+    assert!(
+        reason.contains("analysis passed: error_ratio: pass"),
+        "{reason}"
+    );
+    assert_eq!(h.rollout(&f.rollout).await["status"], "running");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_upgraded_sites_is_inconclusive_never_a_halt() {
+    let h = Harness::new().await;
+    // Three canaries, five needed per group: even a 5 % error ratio cannot be judged.
+    let mut f = fleet(&h, 3, 5).await;
+    send_minutes(&h, &f, 10, 0.05).await;
+    let waiting = eventually("the wait to name the inconclusive analysis", || async {
+        let r = h.rollout(&f.rollout).await;
+        let gate = r["waves"][0]["gate"].as_str()?.to_string();
+        // The verdicts of the minute after the samples arrived (an earlier pass may have
+        // judged before they did: then no site has samples yet).
+        gate.contains("too few sites with samples yet: 3 upgraded and 6 control")
+            .then_some(gate)
+    })
+    .await;
+    assert!(
+        waiting.contains("error_ratio: inconclusive, too few sites with samples yet: 3 upgraded and 6 control, min_sites 5"),
+        "{waiting}"
+    );
+    assert_eq!(h.rollout(&f.rollout).await["status"], "running");
+    // At the end of the bake, inconclusive no longer holds the wave: it passes, saying so.
+    h.clock.advance(Duration::from_secs(30 * 60));
+    for a in f.canary.iter_mut() {
+        a.health(&h, true).await;
+    }
+    let opened = eventually("the next wave to open", || async {
+        decisions(&h.rollout(&f.rollout).await)
+            .into_iter()
+            .find(|(k, r)| k == "open_wave" && r.contains("opening wave 1"))
+    })
+    .await;
+    assert!(
+        opened
+            .1
+            .contains("analysis inconclusive at the end of the bake"),
+        "{}",
+        opened.1
+    );
+    h.stop().await;
+}
