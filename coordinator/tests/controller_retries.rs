@@ -41,6 +41,7 @@ fn view(plan: RolloutPlan, status: RolloutStatus, sites: Vec<SiteFacts>) -> Roll
             opened_at: Some(t0()),
             approved_at: None,
             sites,
+            analysis: vec![],
         }],
     }
 }
