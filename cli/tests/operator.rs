@@ -624,7 +624,13 @@ fn releases_artifacts_roots_and_rollouts() {
     // Channels: created, listed, shown with the sites off the release and why, changed,
     // deleted; an overlapping one is refused with the coordinator's reason.
     let made = c.ok(&[
-        "channel", "create", "apps", "--stream", "app", "--release", "app-1.0.0",
+        "channel",
+        "create",
+        "apps",
+        "--stream",
+        "app",
+        "--release",
+        "app-1.0.0",
     ]);
     assert!(
         made.contains("channel apps") && made.contains("app-1.0.0"),
@@ -639,7 +645,12 @@ fn releases_artifacts_roots_and_rollouts() {
     assert_eq!(listed["channels"][0]["name"], "apps", "{listed}");
     let err = fails(c.run(&["channel", "create", "more", "--stream", "app"]), 1);
     assert!(err.contains("matches both"), "{err}");
-    let err = fails(c.run(&["channel", "create", "x", "--stream", "app", "--label", "oops"]), 1);
+    let err = fails(
+        c.run(&[
+            "channel", "create", "x", "--stream", "app", "--label", "oops",
+        ]),
+        1,
+    );
     assert!(err.contains("key=value"), "{err}");
     let changed = c.ok(&["channel", "set", "apps", "--max-concurrent", "3"]);
     assert!(changed.contains("3 at a time"), "{changed}");

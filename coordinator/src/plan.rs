@@ -473,6 +473,11 @@ pub struct RolloutPlan {
     /// rollout is active. Default 7d.
     #[serde(default = "defaults::assignment_ttl", with = "duration")]
     pub assignment_ttl: SignedDuration,
+    /// How long an assignment carried to a site in a bundle (`fleetwave bundle export`)
+    /// stays valid, and how long the wave waits for that site's reports. Default 7d, at
+    /// most [`MAX_BUNDLE_VALIDITY`].
+    #[serde(default = "defaults::bundle_validity", with = "duration")]
+    pub bundle_validity: SignedDuration,
     /// Automatic retries of failed installs (`[retry]`). Default: none.
     #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
@@ -625,6 +630,22 @@ pub const MAX_PLAN_DURATION: SignedDuration = SignedDuration::from_hours(365 * 2
 /// Label holding a site's IANA time zone, used to read the plan's window.
 pub const TZ_LABEL: &str = "tz";
 
+/// The longest `bundle_validity`: a courier's month. A bundle valid for longer is a signed
+/// permission nobody can take back for longer than anyone should wait for a site's reports.
+pub const MAX_BUNDLE_VALIDITY: SignedDuration = SignedDuration::from_hours(30 * 24);
+
+/// `bundle_validity`: at least an hour (a courier needs time), at most
+/// [`MAX_BUNDLE_VALIDITY`].
+fn validate_bundle_validity(v: SignedDuration) -> Result<(), (Path, String)> {
+    if v < SignedDuration::from_hours(1) || v > MAX_BUNDLE_VALIDITY {
+        return Err((
+            vec![Seg::Key("bundle_validity")],
+            format!("must be between 1h and 30d (got {})", display_duration(v)),
+        ));
+    }
+    Ok(())
+}
+
 /// Default values of optional plan fields (documented in docs/waves.md).
 pub mod defaults {
     use jiff::SignedDuration;
@@ -642,6 +663,9 @@ pub mod defaults {
         SignedDuration::from_hours(2)
     }
     pub fn assignment_ttl() -> SignedDuration {
+        SignedDuration::from_hours(7 * 24)
+    }
+    pub fn bundle_validity() -> SignedDuration {
         SignedDuration::from_hours(7 * 24)
     }
     pub fn max_attempts() -> u32 {
@@ -940,6 +964,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
         ));
     }
     at_most_a_year(plan.assignment_ttl).map_err(|m| (top("assignment_ttl"), m))?;
+    validate_bundle_validity(plan.bundle_validity)?;
     validate_retry(&plan.retry)?;
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod bundles;
 pub mod channels;
 pub mod export;
 pub mod meta;
@@ -131,16 +132,21 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
     edge.guard(routes, Budget::Requests)
 }
 
-/// Artifact routes: their own time limit, and no body limit here (uploads enforce
+/// Artifact routes and bundles (which carry artifacts): their own time limit, and no body limit here (uploads enforce
 /// `limits.max_artifact_bytes` themselves).
 pub fn artifact_router(app: &AppState, edge: &Edge) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
-    let routes = Router::new().route(
-        "/v1/artifacts/{sha256}",
-        put(artifacts::upload)
-            .get(artifacts::download)
-            .head(artifacts::download),
-    );
+    let routes = Router::new()
+        .route(
+            "/v1/artifacts/{sha256}",
+            put(artifacts::upload)
+                .get(artifacts::download)
+                .head(artifacts::download),
+        )
+        .route(
+            "/v1/bundles",
+            post(bundles::export_bundle).layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+        );
     edge.guard_with(routes, Budget::Requests, timeout, None)
 }
 

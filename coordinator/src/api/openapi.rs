@@ -63,6 +63,8 @@ enum Output {
     Empty,
     /// Artifact bytes.
     Bytes,
+    /// A bundle file (a tar).
+    Tar,
     /// Prometheus / OpenMetrics text.
     Metrics,
 }
@@ -494,6 +496,18 @@ const ROUTES: &[Route] = &[
         ..VIEW
     },
     Route {
+        method: Post,
+        path: "/v1/bundles",
+        summary: "Export a bundle for air-gapped sites: one site, or a rollout's opened wave \
+                  (optionally filtered by labels); signs their assignments for the plan's \
+                  bundle_validity and records it in the rollout's timeline",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("ExportBundle"),
+        output: Output::Tar,
+        errors: &["409", "422"],
+        ..VIEW
+    },
+    Route {
         path: "/v1/freezes",
         summary: "Fleet freezes in force now and to come (the configuration file's too)",
         output: Output::Json("FreezeList"),
@@ -830,6 +844,7 @@ fn success(route: &Route) -> Response {
         ),
         Output::Empty => b,
         Output::Bytes => artifact_headers(b).content("application/octet-stream", bytes()),
+        Output::Tar => b.content("application/x-tar", bytes()),
         Output::Metrics => b.content("application/openmetrics-text", Content::new(Some(string()))),
     };
     let b = if route.path == "/v1/agent/poll" {

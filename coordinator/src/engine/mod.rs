@@ -30,6 +30,7 @@
 pub mod actions;
 mod approvals;
 pub mod assign;
+pub mod bundles;
 pub mod channels;
 pub mod facts;
 pub mod freezes;
@@ -184,6 +185,9 @@ pub enum EngineError {
     ReleaseMissing { rollout: String, release: String },
     #[error(transparent)]
     Time(#[from] TimeOverflow),
+    /// A bundle request names nothing exportable (the message names the field or site).
+    #[error("{0}")]
+    InvalidBundle(String),
     #[error("no freeze {0}")]
     FreezeNotFound(String),
     /// A freeze to create breaks a rule (`field` names the request's field).
