@@ -1093,6 +1093,7 @@ fn build() -> OpenApi {
         .schema_from::<fleetwave_shared::protocol::channels::ChannelResumed>()
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
+        .schema_from::<fleetwave_shared::protocol::bundle::ExportBundle>()
         .build();
     OpenApiBuilder::new()
         .info(
