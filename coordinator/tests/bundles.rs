@@ -311,3 +311,83 @@ async fn a_bundle_is_refused_when_the_coordinator_does_not_hold_an_artifact() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_site_served_by_bundle_turns_silent_only_after_its_bundle_expires() {
+    const PLAN: &str = r#"
+name = "pos 2.5, couriers"
+release = "pos-2.5.0"
+selector = { format = "store" }
+bundle_validity = "2d"
+
+[[waves]]
+name = "all"
+gate = { bake = "1h", report_deadline = "1h", on_silent = "exclude" }
+"#;
+    let h = Harness::new().await;
+    let artifact = b"pos 2.5.0".to_vec();
+    let sha = fleetwave_shared::sha256_hex(&artifact);
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(artifact.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (s, v) = h
+        .publish_envelope(&h.release_envelope("pos-2.5.0", 25, &artifact))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut agents = Vec::new();
+    for site in ["store-1", "store-2"] {
+        agents.push(Agent::enroll(&h, site, json!({"format": "store"})).await);
+    }
+    let id = h.create_rollout(PLAN).await;
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for a in &agents {
+        a.assignment(&h).await;
+    }
+    let (s, _, out) = export(&h, &h.admin, json!({"site": "store-1"})).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&out));
+
+    let states = || async {
+        let (_, v) = h.get(&format!("/v1/rollouts/{id}/sites"), &h.admin).await;
+        v["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["site_id"].as_str().unwrap().to_string(),
+                    (
+                        s["state"].as_str().unwrap().to_string(),
+                        s["bundle_until"].as_str().map(str::to_string),
+                    ),
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    // Three hours on: the site that only polls is silent, the courier's is not.
+    h.clock.advance(std::time::Duration::from_secs(3 * 3600));
+    let now = fleetwave_testkit::eventually("store-2 to turn silent", || async {
+        let s = states().await;
+        (s["store-2"].0 == "silent").then_some(s)
+    })
+    .await;
+    assert_ne!(now["store-1"].0, "silent", "{now:?}");
+    assert!(now["store-1"].1.is_some(), "{now:?}");
+    assert_eq!(now["store-2"].1, None);
+    // Past the bundle's expiry plus the report deadline, it is silent too.
+    h.clock
+        .advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    fleetwave_testkit::eventually("store-1 to turn silent", || async {
+        (states().await["store-1"].0 == "silent").then_some(())
+    })
+    .await;
+    h.stop().await;
+}

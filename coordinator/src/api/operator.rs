@@ -783,6 +783,7 @@ pub(super) fn site_view(
         state: state.to_string(),
         phase: site.last_phase.map(|p| p.as_str().to_string()),
         detail,
+        bundle_until: site.bundle_until,
     }
 }
 

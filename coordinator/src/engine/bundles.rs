@@ -135,9 +135,20 @@ impl Engine {
                 assignments.insert(r.site_id, r.envelope);
             }
         }
+        let (rid, sites, until) = (rollout_id.clone(), members.clone(), expires);
+        self.db
+            .run(move |s| s.serve_by_bundle(&rid, &sites, until))
+            .await?;
+        self.facts.apply_all(
+            &rollout_id,
+            members.iter().map(|s| super::facts::Update::Bundled {
+                site_id: s.clone(),
+                until: expires,
+            }),
+        );
         let reason = format!(
             "{} site(s) served by bundle (exported by {actor}); their assignments are valid \
-             until {expires} (bundle_validity {}): {}",
+             until {expires} (bundle_validity {}), and their report deadline counts from then: {}",
             members.len(),
             crate::plan::display_duration(validity),
             name_list(&members)

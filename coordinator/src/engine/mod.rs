@@ -531,6 +531,7 @@ pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
         skipped: s.skipped,
         attempt: s.attempts,
         retry_at: s.retry_at,
+        bundle_until: s.bundle_until,
         rollback_assigned: s.rollback_sequence.is_some(),
     }
 }

@@ -68,6 +68,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v6.sql")),
         M::up(include_str!("../schema_v7.sql")),
         M::up(include_str!("../schema_v8.sql")),
+        M::up(include_str!("../schema_v10.sql")),
     ])
 }
 
