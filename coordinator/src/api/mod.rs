@@ -11,6 +11,7 @@ pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
+pub mod report_import;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -86,6 +87,10 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/sites/{id}/rekey", post(rekey_site))
         .route("/v1/sites/{id}/hold", post(hold_site))
         .route("/v1/sites/{id}/unhold", post(unhold_site))
+        .route(
+            "/v1/sites/{id}/reports/import",
+            post(report_import::import_reports),
+        )
         .route("/v1/releases", post(publish_release).get(list_releases))
         .route("/v1/releases/{id}", get(get_release))
         .route("/v1/roots", post(publish_root).get(list_roots))

@@ -320,6 +320,18 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
+        path: "/v1/sites/{id}/reports/import",
+        summary: "Import an air-gapped site's reports from the file `fleetwave-agent \
+                  export-reports` wrote (a DSSE envelope signed with its device key); each \
+                  event counts once, by file or online",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("Envelope"),
+        output: Output::Json("ReportImport"),
+        errors: &["409", "413", "422"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
         path: "/v1/sites/{id}/rekey",
         summary: "One-use enrollment token bound to an enrolled site: its new device key",
         auth: Auth::Operator("operator"),
@@ -1094,6 +1106,7 @@ fn build() -> OpenApi {
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
         .schema_from::<fleetwave_shared::protocol::bundle::ExportBundle>()
+        .schema_from::<fleetwave_shared::protocol::report_file::ReportImport>()
         .build();
     OpenApiBuilder::new()
         .info(

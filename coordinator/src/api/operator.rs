@@ -378,7 +378,7 @@ pub async fn list_sites(
     }))
 }
 
-async fn load_site(app: &AppState, id: &str) -> Result<SiteRecord, ApiError> {
+pub(super) async fn load_site(app: &AppState, id: &str) -> Result<SiteRecord, ApiError> {
     let i = id.to_string();
     app.db
         .run(move |s| s.site(&i))

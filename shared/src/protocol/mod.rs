@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod channels;
 pub mod export;
 pub mod operator;
+pub mod report_file;
 pub mod rollout;
 pub mod signals;
 
