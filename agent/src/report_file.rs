@@ -58,7 +58,9 @@ pub fn export(ctx: &Context, out: &Path) -> Result<Exported, ReportFileError> {
     let mut size = PAYLOAD_OVERHEAD;
     let mut fit = 0;
     for e in &events {
-        let n = serde_json::to_vec(e).map(|v| v.len() + 1).unwrap_or(usize::MAX);
+        let n = serde_json::to_vec(e)
+            .map(|v| v.len() + 1)
+            .unwrap_or(usize::MAX);
         if size.saturating_add(n) > MAX_ENVELOPE_BYTES {
             break;
         }

@@ -625,9 +625,7 @@ fn import_reports(args: SiteImportReportsArgs) -> Result<()> {
             .ok()
             .and_then(|p| serde_json::from_slice::<ReportFile>(&p).ok())
             .map(|f| f.site_id)
-            .with_context(|| {
-                format!("{} names no site: give --site ID", path.display())
-            })?,
+            .with_context(|| format!("{} names no site: give --site ID", path.display()))?,
     };
     let client = Client::connect(&args.connect)?;
     let done: ReportImport = client.post(

@@ -9,6 +9,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::dsse::KeyRing;
 use fleetwave_shared::keys::{KeyId, parse_public_key};
@@ -17,7 +18,6 @@ use fleetwave_shared::protocol::report_file::{
     MAX_REPORT_FILE_EVENTS, REPORT_FILE_FORMAT, REPORT_FILE_TYPE, ReportFile, ReportImport,
 };
 use fleetwave_shared::protocol::{MAX_EVENT_ID_LEN, MAX_REPORT_EVENTS};
-use axum::http::StatusCode;
 
 use super::operator::load_site;
 use crate::error::{ApiError, ApiJson, ApiPath};
@@ -48,28 +48,26 @@ pub async fn import_reports(
     let keyid = KeyId::of(&key).0;
     let mut ring = KeyRing::new();
     ring.insert(keyid.clone(), key);
-    let payload = envelope
-        .verify(REPORT_FILE_TYPE, &ring, 1)
-        .map_err(|e| {
-            if envelope.signatures.iter().all(|s| s.keyid != keyid) {
-                refused(
-                    "other_site",
-                    format!(
-                        "the report file is not signed by site {id}'s device key (key id \
+    let payload = envelope.verify(REPORT_FILE_TYPE, &ring, 1).map_err(|e| {
+        if envelope.signatures.iter().all(|s| s.keyid != keyid) {
+            refused(
+                "other_site",
+                format!(
+                    "the report file is not signed by site {id}'s device key (key id \
                          {keyid}): it comes from another site, or from this box before it was \
                          re-keyed ({e})"
-                    ),
-                )
-            } else {
-                refused(
-                    "bad_signature",
-                    format!(
-                        "the report file does not verify with site {id}'s device key: it was \
+                ),
+            )
+        } else {
+            refused(
+                "bad_signature",
+                format!(
+                    "the report file does not verify with site {id}'s device key: it was \
                          altered after the agent signed it ({e})"
-                    ),
-                )
-            }
-        })?;
+                ),
+            )
+        }
+    })?;
     let file: ReportFile = serde_json::from_slice(&payload).map_err(|e| {
         refused(
             "malformed",
@@ -111,7 +109,9 @@ pub async fn import_reports(
         {
             return Err(refused(
                 "malformed",
-                format!("events[{i}].id must be 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"),
+                format!(
+                    "events[{i}].id must be 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"
+                ),
             ));
         }
     }
