@@ -284,6 +284,7 @@ impl Client {
             b.json(body).timeout(Duration::from_secs(6 * 3600))
         })?;
         let headers = r.headers().clone();
+        let expected = r.content_length();
         let partial = out.with_extension("partial");
         let mut file = std::fs::File::create(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?;
@@ -300,7 +301,7 @@ impl Client {
                 return Err(e);
             }
         };
-        if let Some(expected) = r.content_length()
+        if let Some(expected) = expected
             && expected != written
         {
             let _ = std::fs::remove_file(&partial);
