@@ -444,6 +444,38 @@ fn read_documents(path: &Path, site_id: &str) -> Result<BTreeMap<String, Vec<u8>
     Ok(docs)
 }
 
+/// The entry name of `site_id`'s assignment: the manifest names either one `assignment`
+/// (a bundle for one site) or `assignments` by site; a bundle for others is refused.
+fn site_assignment<'a>(manifest: &'a Manifest, site_id: &str) -> Result<&'a str, BundleError> {
+    if manifest.assignment.is_some() == !manifest.assignments.is_empty() {
+        return Err(BundleError::Malformed(
+            "manifest.json must name either one `assignment` or `assignments` by site".into(),
+        ));
+    }
+    manifest
+        .assignment_for(site_id)
+        .ok_or_else(|| BundleError::Refused {
+            code: "wrong_site".into(),
+            message: format!(
+                "the bundle carries no assignment for this site ({site_id}); it was exported \
+                 for {} site(s): {}{}",
+                manifest.assignments.len(),
+                manifest
+                    .assignments
+                    .keys()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if manifest.assignments.len() > 5 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        })
+}
+
 fn envelope(docs: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Envelope, BundleError> {
     let bytes = docs.get(name.trim_start_matches("./")).ok_or_else(|| {
         BundleError::Malformed(format!("manifest names {name}, which is not in the bundle"))
@@ -475,31 +507,7 @@ pub fn import(ctx: &mut Context, path: &Path) -> Result<Imported, BundleError> {
         .iter()
         .map(|r| envelope(&docs, r))
         .collect::<Result<Vec<_>, _>>()?;
-    if manifest.assignment.is_some() == !manifest.assignments.is_empty() {
-        return Err(BundleError::Malformed(
-            "manifest.json must name either one `assignment` or `assignments` by site".into(),
-        ));
-    }
-    let assignment = match manifest.assignment_for(&ctx.site_id) {
-        Some(name) => envelope(&docs, name)?,
-        None => {
-            return Err(BundleError::Refused {
-                code: "wrong_site".into(),
-                message: format!(
-                    "the bundle carries no assignment for this site ({}); it was exported for \
-                     {}",
-                    ctx.site_id,
-                    manifest
-                        .assignments
-                        .keys()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-    };
+    let assignment = envelope(&docs, site_assignment(&manifest, &ctx.site_id)?)?;
     let release = envelope(&docs, &manifest.release)?;
 
     // Verify first (on a copy of the trust state): nothing is staged for a refused bundle.
@@ -864,6 +872,60 @@ mod tests {
         assert_eq!(docs[&long], b"{\"root\":1}");
         assert_eq!(docs[&pax_name], b"{\"root\":2}");
         assert!(docs.contains_key("manifest.json"));
+    }
+
+    #[test]
+    fn a_bundle_for_several_sites_gives_each_site_its_own_assignment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({
+            "format": BUNDLE_FORMAT, "release": "release.json",
+            "assignments": {"s": "assignments/s.json", "t": "assignments/t.json"},
+        });
+        let entries = vec![
+            file("manifest.json", manifest.to_string().as_bytes()),
+            file("release.json", b"{}"),
+            // Another site's assignment is passed over unread, even one over the limit.
+            (
+                header("assignments/t.json", EntryType::Regular, 2 << 20),
+                vec![0u8; 2 << 20],
+            ),
+            file("assignments/s.json", b"{\"s\":1}"),
+        ];
+        let path = bundle(dir.path(), entries);
+        let docs = read_documents(&path, "s").unwrap();
+        assert_eq!(
+            docs.keys().collect::<Vec<_>>(),
+            ["assignments/s.json", "manifest.json", "release.json"]
+        );
+        let m: Manifest = serde_json::from_slice(&docs["manifest.json"]).unwrap();
+        assert_eq!(site_assignment(&m, "s").unwrap(), "assignments/s.json");
+        let refused = site_assignment(&m, "u").unwrap_err().to_string();
+        assert!(
+            refused.contains("wrong_site")
+                && refused.contains("no assignment for this site (u)")
+                && refused.contains("2 site(s): s, t"),
+            "{refused}"
+        );
+        // One `assignment` (any site: the trust core checks the name), or both: malformed.
+        let one: Manifest = serde_json::from_value(serde_json::json!({
+            "format": BUNDLE_FORMAT, "release": "r.json", "assignment": "a.json",
+        }))
+        .unwrap();
+        assert_eq!(site_assignment(&one, "u").unwrap(), "a.json");
+        let both = Manifest {
+            assignments: m.assignments.clone(),
+            ..one.clone()
+        };
+        let neither = Manifest {
+            assignment: None,
+            ..one
+        };
+        for m in [both, neither] {
+            assert!(matches!(
+                site_assignment(&m, "s"),
+                Err(BundleError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

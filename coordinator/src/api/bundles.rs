@@ -221,7 +221,7 @@ fn stored_artifacts(
             Err(_) => {
                 return Err(format!(
                     "artifact {} ({}) is not stored on this coordinator (the release fetches it \
-                     from {}): upload it (`fleetwave release upload`) to export a bundle",
+                     from {}): upload it (`fleetwave artifact upload`) to export a bundle",
                     a.name, a.sha256, a.url
                 ));
             }
