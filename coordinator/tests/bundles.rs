@@ -391,3 +391,89 @@ gate = { bake = "1h", report_deadline = "1h", on_silent = "exclude" }
     .await;
     h.stop().await;
 }
+
+/// The figure issue 18 asks for: a bundle for a wave of 1,000 sites with a 100 MiB
+/// artifact is about 100 MiB plus the documents (the artifact once), streamed; prints the
+/// size and the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_for_a_thousand_sites_carries_a_100_mib_artifact_once() {
+    let h = Harness::new().await;
+    let db = fleetwave_coordinator::config::Config::load(&h.dir.path().join("coordinator.toml"))
+        .unwrap()
+        .database_path();
+    {
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..1000 {
+            tx.execute(
+                "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) \
+                 VALUES (?1, ?2, ?3, 'active', '0.1.0', ?4)",
+                rusqlite::params![
+                    format!("store-{i:04}"),
+                    "00".repeat(32),
+                    json!({"format": "store"}).to_string(),
+                    Timestamp::now().as_millisecond()
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let artifact: Vec<u8> = (0..100u32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let sha = fleetwave_shared::sha256_hex(&artifact);
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(artifact.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (s, v) = h
+        .publish_envelope(&h.release_envelope("pos-2.5.0", 25, &artifact))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    drop(artifact);
+    let id = h.create_rollout(PLAN).await;
+    let (s, v) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    common::eventually("the wave to open", || async {
+        (!h.rollout(&id).await["waves"][0]["opened_at"].is_null()).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, headers, tar_bytes) =
+        export(&h, &h.admin, json!({"rollout": id, "wave": 0})).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&tar_bytes[..200.min(tar_bytes.len())])
+    );
+    assert_eq!(headers["x-fleetwave-bundle-sites"], "1000");
+    let files = entries(&tar_bytes);
+    let artifacts: Vec<_> = files
+        .iter()
+        .filter(|(n, _)| n.starts_with("artifacts/"))
+        .collect();
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].1.len(), 100 * 1024 * 1024);
+    let documents = tar_bytes.len() - 100 * 1024 * 1024;
+    println!(
+        "bundle for 1000 sites, one 100 MiB artifact: {} bytes ({:.1} MiB; {documents} bytes \
+         besides the artifact, {} per site) in {:.2} s",
+        tar_bytes.len(),
+        tar_bytes.len() as f64 / (1024.0 * 1024.0),
+        documents / 1000,
+        elapsed.as_secs_f64()
+    );
+    assert!(documents < 1000 * 4096, "{documents} bytes of documents");
+    h.stop().await;
+}

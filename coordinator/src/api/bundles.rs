@@ -73,8 +73,8 @@ pub async fn export_bundle(
         })
         .await?;
 
-    let json = |bytes: Vec<u8>| Content::Bytes(Bytes::from(bytes));
-    let mut entries = Vec::new();
+    let json = |bytes: Vec<u8>| Bytes::from(bytes);
+    let mut entries: Vec<(String, Bytes)> = Vec::new();
     let mut manifest = Manifest {
         format: BUNDLE_FORMAT.to_string(),
         roots: Vec::new(),
@@ -104,21 +104,18 @@ pub async fn export_bundle(
         entries.push((name, json(env.to_json())));
     }
     let mut tar_entries = Vec::with_capacity(entries.len() + artifacts.len() + 1);
-    for (name, content) in entries {
-        let Content::Bytes(b) = &content else {
-            unreachable!("documents are in memory")
-        };
+    for (name, b) in entries {
         manifest.files.insert(
             name.clone(),
             FileDigest {
-                sha256: fleetwave_shared::sha256_hex(b),
+                sha256: fleetwave_shared::sha256_hex(&b),
                 size: b.len() as u64,
             },
         );
         tar_entries.push(Entry {
             name,
             size: b.len() as u64,
-            content,
+            content: Content::Bytes(b),
         });
     }
     for a in &artifacts {
