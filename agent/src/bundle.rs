@@ -447,7 +447,8 @@ fn read_documents(path: &Path, site_id: &str) -> Result<BTreeMap<String, Vec<u8>
 /// The entry name of `site_id`'s assignment: the manifest names either one `assignment`
 /// (a bundle for one site) or `assignments` by site; a bundle for others is refused.
 fn site_assignment<'a>(manifest: &'a Manifest, site_id: &str) -> Result<&'a str, BundleError> {
-    if manifest.assignment.is_some() == !manifest.assignments.is_empty() {
+    // Exactly one of the two: a single `assignment`, or `assignments` by site.
+    if manifest.assignment.is_some() != manifest.assignments.is_empty() {
         return Err(BundleError::Malformed(
             "manifest.json must name either one `assignment` or `assignments` by site".into(),
         ));

@@ -577,22 +577,6 @@ pub fn audit(args: AuditArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_labels_parse_or_say_what_is_wrong() {
-        assert_eq!(parse_secs("30m").unwrap(), 1800);
-        assert_eq!(parse_secs("7d").unwrap(), 604800);
-        assert!(parse_secs("ten").unwrap_err().to_string().contains("24h"));
-        assert!(parse_secs("5").is_err());
-        let l = parse_labels(&["cohort=pig".into(), "city=tulsa".into()]).unwrap();
-        assert_eq!(l["cohort"], "pig");
-        assert!(parse_labels(&["cohort".into()]).is_err());
-    }
-}
-
 /// Largest report file read (the coordinator's envelope limit, base64, and some room).
 const MAX_REPORT_FILE_BYTES: u64 = 2 * 1024 * 1024;
 
@@ -640,4 +624,20 @@ fn import_reports(args: SiteImportReportsArgs) -> Result<()> {
         done.site_id, done.events, done.applied, done.duplicates
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_secs("30m").unwrap(), 1800);
+        assert_eq!(parse_secs("7d").unwrap(), 604800);
+        assert!(parse_secs("ten").unwrap_err().to_string().contains("24h"));
+        assert!(parse_secs("5").is_err());
+        let l = parse_labels(&["cohort=pig".into(), "city=tulsa".into()]).unwrap();
+        assert_eq!(l["cohort"], "pig");
+        assert!(parse_labels(&["cohort".into()]).is_err());
+    }
 }
