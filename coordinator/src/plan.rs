@@ -1392,6 +1392,7 @@ mod tests {
             ["pigs", "canary city", "early 25%", "the rest", "dogs"]
         );
         assert_eq!(plan.assignment_ttl, SignedDuration::from_hours(168));
+        assert_eq!(plan.bundle_validity, SignedDuration::from_hours(168));
         assert_eq!(plan.waves[2].share, Some(25.0));
         assert_eq!(plan.waves[1].gate.bake, SignedDuration::from_hours(2));
         assert_eq!(plan.waves[2].gate.on_silent, OnSilent::Exclude);
@@ -1584,6 +1585,27 @@ mod tests {
             let err = toml_err(&format!("{base}{tail}"));
             assert_eq!(err.path(), path, "{tail}: {err}");
             assert!(err.line().is_some(), "{tail}: {err}");
+        }
+    }
+
+    #[test]
+    fn bundle_validity_is_between_an_hour_and_thirty_days() {
+        let plan = |v: &str| {
+            format!(
+                "name = \"x\"\nrelease = \"r\"\nbundle_validity = \"{v}\"\n[[waves]]\nname = \"a\"\n"
+            )
+        };
+        let ok = parse_plan(&plan("30d"), PlanFormat::Toml).unwrap();
+        assert_eq!(ok.bundle_validity, SignedDuration::from_hours(720));
+        for (v, got) in [("31d", "31d"), ("30m", "30m")] {
+            let err = toml_err(&plan(v));
+            assert_eq!(err.path(), "bundle_validity", "{err}");
+            assert!(
+                err.to_string().ends_with(&format!(
+                    "bundle_validity: must be between 1h and 30d (got {got})"
+                )),
+                "{err}"
+            );
         }
     }
 
