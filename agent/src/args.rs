@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the queued reports to a file signed with the device key, for an operator to
+    /// carry to the coordinator (`fleetwave site import-reports FILE`). The events stay
+    /// queued: the coordinator applies each once, by file or online.
+    ExportReports {
+        /// Where to write the file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run readiness and health checks now and print them; exit 0 only if all pass.
     Check {
         #[arg(long)]

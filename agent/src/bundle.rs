@@ -38,15 +38,14 @@ use std::rc::Rc;
 
 use fleetwave_shared::Envelope;
 use fleetwave_shared::dsse::MAX_ENVELOPE_BYTES;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::daemon::{Accepting, Context, accept_documents};
 use crate::executor::download::staged_path;
 use crate::state::StateError;
 
-/// The `format` value of a version-1 bundle manifest.
-pub const BUNDLE_FORMAT: &str = "fleetwave-bundle-v1";
+pub use fleetwave_shared::protocol::bundle::{BUNDLE_FORMAT, Manifest};
 /// Most root envelopes a bundle may carry.
 pub const MAX_BUNDLE_ROOTS: usize = 64;
 /// Most tar headers (files, directories, long names, PAX headers) in a bundle.
@@ -61,25 +60,15 @@ pub const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// (documents, headers, padding, files the agent ignores) (256 MiB).
 pub const MAX_BUNDLE_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
 
-/// `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub format: String,
-    #[serde(default)]
-    pub roots: Vec<String>,
-    pub assignment: String,
-    pub release: String,
-}
-
-impl Manifest {
-    /// Every document the manifest names, as entry names.
-    fn documents(&self) -> impl Iterator<Item = &str> {
-        self.roots
-            .iter()
-            .chain([&self.assignment, &self.release])
-            .map(|n| n.trim_start_matches("./"))
-    }
+/// Every document of the manifest `site_id` needs, as entry names: the roots, its
+/// assignment, the release.
+fn documents<'a>(m: &'a Manifest, site_id: &str) -> impl Iterator<Item = &'a str> {
+    m.roots
+        .iter()
+        .map(String::as_str)
+        .chain(m.assignment_for(site_id))
+        .chain([m.release.as_str()])
+        .map(|n| n.trim_start_matches("./"))
 }
 
 /// Why a bundle was not imported.
@@ -409,11 +398,18 @@ fn kind_word(kind: tar::EntryType) -> String {
 /// First pass: the JSON documents, each capped at the envelope limit. Stops as soon as the
 /// manifest and every document it names are read: when they come first in the file (as
 /// they should), the artifacts are not read before the documents are verified.
-fn read_documents(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+///
+/// In a bundle for several sites, once the manifest is read, the other sites'
+/// assignments are passed over unread.
+fn read_documents(path: &Path, site_id: &str) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
     let mut docs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut needed: Option<Vec<String>> = None;
     walk(path, MAX_BUNDLE_BYTES, |name, size, content| {
-        if !name.ends_with(".json") {
+        if !name.ends_with(".json")
+            || needed
+                .as_ref()
+                .is_some_and(|n: &Vec<String>| !n.iter().any(|d| d == name))
+        {
             return Ok(Walk::Next);
         }
         if docs.len() >= MAX_BUNDLE_ROOTS + 3 {
@@ -436,7 +432,7 @@ fn read_documents(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleError>
         if name == "manifest.json" {
             needed = serde_json::from_slice::<Manifest>(&bytes)
                 .ok()
-                .map(|m| m.documents().map(str::to_string).collect());
+                .map(|m| documents(&m, site_id).map(str::to_string).collect());
         }
         docs.insert(name.to_string(), bytes);
         let complete = docs.contains_key("manifest.json")
@@ -448,6 +444,39 @@ fn read_documents(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleError>
     Ok(docs)
 }
 
+/// The entry name of `site_id`'s assignment: the manifest names either one `assignment`
+/// (a bundle for one site) or `assignments` by site; a bundle for others is refused.
+fn site_assignment<'a>(manifest: &'a Manifest, site_id: &str) -> Result<&'a str, BundleError> {
+    // Exactly one of the two: a single `assignment`, or `assignments` by site.
+    if manifest.assignment.is_some() != manifest.assignments.is_empty() {
+        return Err(BundleError::Malformed(
+            "manifest.json must name either one `assignment` or `assignments` by site".into(),
+        ));
+    }
+    manifest
+        .assignment_for(site_id)
+        .ok_or_else(|| BundleError::Refused {
+            code: "wrong_site".into(),
+            message: format!(
+                "the bundle carries no assignment for this site ({site_id}); it was exported \
+                 for {} site(s): {}{}",
+                manifest.assignments.len(),
+                manifest
+                    .assignments
+                    .keys()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if manifest.assignments.len() > 5 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        })
+}
+
 fn envelope(docs: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Envelope, BundleError> {
     let bytes = docs.get(name.trim_start_matches("./")).ok_or_else(|| {
         BundleError::Malformed(format!("manifest names {name}, which is not in the bundle"))
@@ -457,7 +486,7 @@ fn envelope(docs: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Envelope, Bu
 
 /// Imports `path`: verifies, stages the artifacts, accepts the assignment.
 pub fn import(ctx: &mut Context, path: &Path) -> Result<Imported, BundleError> {
-    let docs = read_documents(path)?;
+    let docs = read_documents(path, &ctx.site_id)?;
     let manifest: Manifest = serde_json::from_slice(
         docs.get("manifest.json")
             .ok_or_else(|| BundleError::Malformed("no manifest.json".into()))?,
@@ -479,7 +508,7 @@ pub fn import(ctx: &mut Context, path: &Path) -> Result<Imported, BundleError> {
         .iter()
         .map(|r| envelope(&docs, r))
         .collect::<Result<Vec<_>, _>>()?;
-    let assignment = envelope(&docs, &manifest.assignment)?;
+    let assignment = envelope(&docs, site_assignment(&manifest, &ctx.site_id)?)?;
     let release = envelope(&docs, &manifest.release)?;
 
     // Verify first (on a copy of the trust state): nothing is staged for a refused bundle.
@@ -759,7 +788,7 @@ mod tests {
         ] {
             let mut entries = vec![(entry, vec![])];
             entries.extend(documents());
-            let message = refusal(read_documents(&bundle(dir.path(), entries)));
+            let message = refusal(read_documents(&bundle(dir.path(), entries), "s"));
             assert!(message.contains(expected), "{message}");
         }
     }
@@ -787,18 +816,24 @@ mod tests {
                 "manifest.json is 2097152 bytes, over the 1048576-byte limit on a document",
             ),
         ] {
-            let message = refusal(read_documents(&bundle(dir.path(), vec![(entry, vec![])])));
+            let message = refusal(read_documents(
+                &bundle(dir.path(), vec![(entry, vec![])]),
+                "s",
+            ));
             assert!(message.contains(expected), "{message}");
         }
         // A PAX path over the name limit, and a PAX size that disagrees with the header.
         let long = pax_record("path", &"a".repeat(4097));
-        let message = refusal(read_documents(&bundle(
-            dir.path(),
-            vec![(
-                header("pax", EntryType::XHeader, long.len() as u64),
-                long.into_bytes(),
-            )],
-        )));
+        let message = refusal(read_documents(
+            &bundle(
+                dir.path(),
+                vec![(
+                    header("pax", EntryType::XHeader, long.len() as u64),
+                    long.into_bytes(),
+                )],
+            ),
+            "s",
+        ));
         assert!(message.contains("over the 4096-byte limit"), "{message}");
         let pax = pax_record("size", "99");
         let mut entries = vec![(
@@ -806,7 +841,7 @@ mod tests {
             pax.into_bytes(),
         )];
         entries.extend(documents());
-        let message = refusal(read_documents(&bundle(dir.path(), entries)));
+        let message = refusal(read_documents(&bundle(dir.path(), entries), "s"));
         assert!(message.contains("PAX size 99 differs"), "{message}");
     }
 
@@ -834,10 +869,64 @@ mod tests {
             (header("roots", EntryType::Directory, 0), vec![]),
         ];
         entries.extend(documents());
-        let docs = read_documents(&bundle(dir.path(), entries)).unwrap();
+        let docs = read_documents(&bundle(dir.path(), entries), "s").unwrap();
         assert_eq!(docs[&long], b"{\"root\":1}");
         assert_eq!(docs[&pax_name], b"{\"root\":2}");
         assert!(docs.contains_key("manifest.json"));
+    }
+
+    #[test]
+    fn a_bundle_for_several_sites_gives_each_site_its_own_assignment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({
+            "format": BUNDLE_FORMAT, "release": "release.json",
+            "assignments": {"s": "assignments/s.json", "t": "assignments/t.json"},
+        });
+        let entries = vec![
+            file("manifest.json", manifest.to_string().as_bytes()),
+            file("release.json", b"{}"),
+            // Another site's assignment is passed over unread, even one over the limit.
+            (
+                header("assignments/t.json", EntryType::Regular, 2 << 20),
+                vec![0u8; 2 << 20],
+            ),
+            file("assignments/s.json", b"{\"s\":1}"),
+        ];
+        let path = bundle(dir.path(), entries);
+        let docs = read_documents(&path, "s").unwrap();
+        assert_eq!(
+            docs.keys().collect::<Vec<_>>(),
+            ["assignments/s.json", "manifest.json", "release.json"]
+        );
+        let m: Manifest = serde_json::from_slice(&docs["manifest.json"]).unwrap();
+        assert_eq!(site_assignment(&m, "s").unwrap(), "assignments/s.json");
+        let refused = site_assignment(&m, "u").unwrap_err().to_string();
+        assert!(
+            refused.contains("wrong_site")
+                && refused.contains("no assignment for this site (u)")
+                && refused.contains("2 site(s): s, t"),
+            "{refused}"
+        );
+        // One `assignment` (any site: the trust core checks the name), or both: malformed.
+        let one: Manifest = serde_json::from_value(serde_json::json!({
+            "format": BUNDLE_FORMAT, "release": "r.json", "assignment": "a.json",
+        }))
+        .unwrap();
+        assert_eq!(site_assignment(&one, "u").unwrap(), "a.json");
+        let both = Manifest {
+            assignments: m.assignments.clone(),
+            ..one.clone()
+        };
+        let neither = Manifest {
+            assignment: None,
+            ..one
+        };
+        for m in [both, neither] {
+            assert!(matches!(
+                site_assignment(&m, "s"),
+                Err(BundleError::Malformed(_))
+            ));
+        }
     }
 
     #[test]
@@ -845,7 +934,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut entries = vec![file("assignment.json", b"{\"a\":1}")];
         entries.extend(documents());
-        let message = refusal(read_documents(&bundle(dir.path(), entries)));
+        let message = refusal(read_documents(&bundle(dir.path(), entries), "s"));
         assert!(
             message.contains("\"assignment.json\" appears twice"),
             "{message}"
@@ -858,7 +947,7 @@ mod tests {
         let entries = (0..=MAX_BUNDLE_ENTRIES)
             .map(|i| (header(&format!("d{i}"), EntryType::Directory, 0), vec![]))
             .collect();
-        let message = refusal(read_documents(&bundle(dir.path(), entries)));
+        let message = refusal(read_documents(&bundle(dir.path(), entries), "s"));
         assert!(message.contains("more than 4096 tar entries"), "{message}");
     }
 
@@ -886,7 +975,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut entries = documents();
         entries.push((header("artifacts/x", EntryType::Symlink, 0), vec![]));
-        let docs = read_documents(&bundle(dir.path(), entries)).unwrap();
+        let docs = read_documents(&bundle(dir.path(), entries), "s").unwrap();
         assert_eq!(docs.len(), 3);
     }
 }

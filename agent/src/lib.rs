@@ -16,6 +16,7 @@ pub mod decision;
 pub mod executor;
 pub mod lifecycle;
 pub mod readiness;
+pub mod report_file;
 pub mod signals;
 pub mod state;
 pub mod test_hooks;

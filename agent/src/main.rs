@@ -150,6 +150,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => defer(path, &duration, reason, json).await,
         Command::Resume { json } => resume(path, json).await,
         Command::ImportBundle { file, json } => import_bundle(path, &file, json),
+        Command::ExportReports { out, json } => export_reports(path, &out, json),
         Command::Check { json } => check(path, json).await,
         Command::SelfUpdateGuard {
             sha256,
@@ -656,6 +657,34 @@ fn import_bundle(path: &Path, file: &Path, json_out: bool) -> Result<u8, Failure
         }
         Err(e) => Err(Failure::new(EXIT_FAILURE, e)),
     }
+}
+
+fn export_reports(path: &Path, out: &Path, json_out: bool) -> Result<u8, Failure> {
+    let config = Config::load(path)?;
+    let ctx = Context::open(config)?;
+    let done = fleetwave_agent::report_file::export(&ctx, out)
+        .map_err(|e| Failure::new(EXIT_FAILURE, e))?;
+    if json_out {
+        println!("{}", serde_json::to_string(&done).unwrap_or_default());
+    } else {
+        println!(
+            "wrote {}: {} event(s) of site {} ({} bytes), signed with the device key{}",
+            out.display(),
+            done.events,
+            done.site_id,
+            done.bytes,
+            if done.left_out > 0 {
+                format!(
+                    "; {} newer event(s) did not fit in one file and stay queued (they are \
+                     sent when the box is online)",
+                    done.left_out
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(0)
 }
 
 async fn check(path: &Path, json_out: bool) -> Result<u8, Failure> {

@@ -123,6 +123,9 @@ enum Command {
     /// Rollouts: one release through its waves.
     #[command(subcommand)]
     Rollout(api::rollouts::RolloutCommand),
+    /// Bundles for air-gapped sites: export one to a file for `fleetwave-agent import-bundle`.
+    #[command(subcommand)]
+    Bundle(api::bundles::BundleCommand),
     /// Fleet-wide freezes: list, add, end (no site installs while one is in force).
     #[command(subcommand)]
     Freeze(api::freezes::FreezeCommand),
@@ -277,6 +280,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Site(command) => api::sites::site(command),
         Command::Token(command) => api::sites::token(command),
         Command::Rollout(command) => api::rollouts::rollout(command),
+        Command::Bundle(command) => api::bundles::bundle(command),
         Command::Freeze(command) => api::freezes::freeze(command),
         Command::Channel(command) => api::channels::channel(command),
         Command::Webhook(command) => api::webhooks::webhook(command),

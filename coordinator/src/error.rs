@@ -120,6 +120,9 @@ impl From<crate::engine::EngineError> for ApiError {
                 lease_denial: Some(d.reason),
                 ..ApiError::conflict("lease_denied", message).with_retry_after(d.retry_after_secs)
             },
+            E::InvalidBundle(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle", message)
+            }
             E::FreezeNotFound(_) => ApiError::not_found(message),
             E::InvalidFreeze { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_freeze", message)

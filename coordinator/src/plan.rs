@@ -473,6 +473,11 @@ pub struct RolloutPlan {
     /// rollout is active. Default 7d.
     #[serde(default = "defaults::assignment_ttl", with = "duration")]
     pub assignment_ttl: SignedDuration,
+    /// How long an assignment carried to a site in a bundle (`fleetwave bundle export`)
+    /// stays valid, and how long the wave waits for that site's reports. Default 7d, at
+    /// most [`MAX_BUNDLE_VALIDITY`].
+    #[serde(default = "defaults::bundle_validity", with = "duration")]
+    pub bundle_validity: SignedDuration,
     /// Automatic retries of failed installs (`[retry]`). Default: none.
     #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
@@ -688,6 +693,22 @@ pub const MAX_PLAN_DURATION: SignedDuration = SignedDuration::from_hours(365 * 2
 /// Label holding a site's IANA time zone, used to read the plan's window.
 pub const TZ_LABEL: &str = "tz";
 
+/// The longest `bundle_validity`: a courier's month. A bundle valid for longer is a signed
+/// permission nobody can take back for longer than anyone should wait for a site's reports.
+pub const MAX_BUNDLE_VALIDITY: SignedDuration = SignedDuration::from_hours(30 * 24);
+
+/// `bundle_validity`: at least an hour (a courier needs time), at most
+/// [`MAX_BUNDLE_VALIDITY`].
+fn validate_bundle_validity(v: SignedDuration) -> Result<(), (Path, String)> {
+    if v < SignedDuration::from_hours(1) || v > MAX_BUNDLE_VALIDITY {
+        return Err((
+            vec![Seg::Key("bundle_validity")],
+            format!("must be between 1h and 30d (got {})", display_duration(v)),
+        ));
+    }
+    Ok(())
+}
+
 /// Default values of optional plan fields (documented in docs/waves.md).
 pub mod defaults {
     use jiff::SignedDuration;
@@ -705,6 +726,9 @@ pub mod defaults {
         SignedDuration::from_hours(2)
     }
     pub fn assignment_ttl() -> SignedDuration {
+        SignedDuration::from_hours(7 * 24)
+    }
+    pub fn bundle_validity() -> SignedDuration {
         SignedDuration::from_hours(7 * 24)
     }
     pub fn max_attempts() -> u32 {
@@ -1003,6 +1027,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
         ));
     }
     at_most_a_year(plan.assignment_ttl).map_err(|m| (top("assignment_ttl"), m))?;
+    validate_bundle_validity(plan.bundle_validity)?;
     validate_retry(&plan.retry)?;
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));
@@ -1595,6 +1620,7 @@ alpha = 0.01
             ["pigs", "canary city", "early 25%", "the rest", "dogs"]
         );
         assert_eq!(plan.assignment_ttl, SignedDuration::from_hours(168));
+        assert_eq!(plan.bundle_validity, SignedDuration::from_hours(168));
         assert_eq!(plan.waves[2].share, Some(25.0));
         assert_eq!(plan.waves[1].gate.bake, SignedDuration::from_hours(2));
         assert_eq!(plan.waves[2].gate.on_silent, OnSilent::Exclude);
@@ -1787,6 +1813,27 @@ alpha = 0.01
             let err = toml_err(&format!("{base}{tail}"));
             assert_eq!(err.path(), path, "{tail}: {err}");
             assert!(err.line().is_some(), "{tail}: {err}");
+        }
+    }
+
+    #[test]
+    fn bundle_validity_is_between_an_hour_and_thirty_days() {
+        let plan = |v: &str| {
+            format!(
+                "name = \"x\"\nrelease = \"r\"\nbundle_validity = \"{v}\"\n[[waves]]\nname = \"a\"\n"
+            )
+        };
+        let ok = parse_plan(&plan("30d"), PlanFormat::Toml).unwrap();
+        assert_eq!(ok.bundle_validity, SignedDuration::from_hours(720));
+        for (v, got) in [("31d", "31d"), ("30m", "30m")] {
+            let err = toml_err(&plan(v));
+            assert_eq!(err.path(), "bundle_validity", "{err}");
+            assert!(
+                err.to_string().ends_with(&format!(
+                    "bundle_validity: must be between 1h and 30d (got {got})"
+                )),
+                "{err}"
+            );
         }
     }
 

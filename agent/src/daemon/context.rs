@@ -23,7 +23,37 @@ pub struct Context {
     pub clock: Clock,
 }
 
+/// The trust state as stored (the stored root verified again).
+fn load_trust(store: &Store, config: &Config) -> Result<TrustState, DaemonError> {
+    let saved = store
+        .trust()?
+        .ok_or_else(|| DaemonError::NotEnrolled(config.agent.state_dir.display().to_string()))?;
+    let mut trust = TrustState::restore(saved).map_err(|e| DaemonError::Trust(e.to_string()))?;
+    // State saved before the trust state remembered what ran: the releases committed
+    // here are in `installed` (only ever written after a verified commit).
+    for installed in store.installed()? {
+        if trust.ran_releases.contains_key(&installed.stream) {
+            continue;
+        }
+        let committed = [&installed.previous_release, &installed.release];
+        for release in committed.into_iter().flatten() {
+            trust.remember_ran(&installed.stream, &release.digest());
+        }
+    }
+    Ok(trust)
+}
+
 impl Context {
+    /// Reads the trust state again from the store. Every change this process makes is
+    /// saved at once, so the store is never behind it; but another process (an
+    /// `import-bundle` while the daemon runs) may be ahead: without this, the daemon's next
+    /// save would put back an older sequence high-water mark and let that assignment be
+    /// replayed.
+    pub fn reload_trust(&mut self) -> Result<(), DaemonError> {
+        self.trust = load_trust(&self.store, &self.config)?;
+        Ok(())
+    }
+
     /// Opens the state and restores the trust state (which verifies the stored root again).
     pub fn open(config: Config) -> Result<Context, DaemonError> {
         Context::open_with_clock(config, Clock::system())
@@ -32,22 +62,7 @@ impl Context {
     /// [`Context::open`] reading the time from `clock`.
     pub fn open_with_clock(config: Config, clock: Clock) -> Result<Context, DaemonError> {
         let store = Store::open(&config.agent.state_dir)?;
-        let saved = store.trust()?.ok_or_else(|| {
-            DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())
-        })?;
-        let mut trust =
-            TrustState::restore(saved).map_err(|e| DaemonError::Trust(e.to_string()))?;
-        // State saved before the trust state remembered what ran: the releases committed
-        // here are in `installed` (only ever written after a verified commit).
-        for installed in store.installed()? {
-            if trust.ran_releases.contains_key(&installed.stream) {
-                continue;
-            }
-            let committed = [&installed.previous_release, &installed.release];
-            for release in committed.into_iter().flatten() {
-                trust.remember_ran(&installed.stream, &release.digest());
-            }
-        }
+        let trust = load_trust(&store, &config)?;
         let site_id = if config.agent.site_id.is_empty() {
             store.meta("site_id")?.ok_or_else(|| {
                 DaemonError::NotEnrolled(config.agent.state_dir.display().to_string())

@@ -193,6 +193,8 @@ impl Daemon {
         &mut self,
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<Option<Duration>, DaemonError> {
+        // An import-bundle may have accepted an assignment since the last round.
+        self.ctx.reload_trust()?;
         self.deliver_reports().await;
         let poll = self.ctx.config.poll.clone();
         let (delay, poll_failed) = match self.poll_once().await {

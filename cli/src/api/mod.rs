@@ -10,6 +10,7 @@
 //! anything else (no answer, bad TLS, unreadable file) is exit code 2. This module never
 //! prints a token except the one the server just created for the operator.
 
+pub mod bundles;
 pub mod channels;
 pub mod export;
 pub mod freezes;
@@ -270,6 +271,46 @@ impl Client {
             None => b,
         })?;
         Ok(())
+    }
+
+    /// A POST whose answer (any size) is streamed to `out`, written to `out.partial` first
+    /// and renamed when complete. Returns the bytes written and the answer's headers.
+    pub fn post_to_file<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        out: &Path,
+    ) -> Result<(u64, reqwest::header::HeaderMap)> {
+        let mut r = self.send(reqwest::Method::POST, path, |b| {
+            b.json(body).timeout(Duration::from_secs(6 * 3600))
+        })?;
+        let headers = r.headers().clone();
+        let expected = r.content_length();
+        let partial = out.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let written = std::io::copy(&mut r, &mut file)
+            .with_context(|| format!("POST {path}: writing {}", partial.display()));
+        let written = match written.and_then(|n| {
+            file.sync_all()
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            Ok(n)
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        if let Some(expected) = expected
+            && expected != written
+        {
+            let _ = std::fs::remove_file(&partial);
+            bail!("POST {path}: the answer ended after {written} of {expected} bytes");
+        }
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+        Ok((written, headers))
     }
 
     /// A DELETE whose answer has no body (204).

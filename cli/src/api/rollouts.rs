@@ -887,16 +887,24 @@ fn rollback_failed_note(sites: &[api::RolloutSiteView]) -> String {
     )
 }
 
-/// Sites as a table: site, wave, state, phase, detail.
+/// Sites as a table: site, wave, state, phase, detail (which says when a site was served
+/// by bundle).
 fn site_table(sites: Vec<&api::RolloutSiteView>) -> String {
     let mut s = Table::new(&["SITE", "WAVE", "STATE", "PHASE", "DETAIL"]);
     for site in sites {
+        let mut detail = site.detail.clone().unwrap_or_default();
+        if let Some(until) = site.bundle_until {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(&format!("by bundle until {}", output::time(until)));
+        }
         s.row(vec![
             site.site_id.clone(),
             site.wave.to_string(),
             site.state.clone(),
             site.phase.clone().unwrap_or_else(|| "-".into()),
-            site.detail.clone().unwrap_or_default(),
+            detail,
         ]);
     }
     s.render("  ")
@@ -1021,6 +1029,7 @@ mod tests {
             state: state.into(),
             phase: Some(phase.into()),
             detail: Some(detail.into()),
+            bundle_until: None,
         }
     }
 

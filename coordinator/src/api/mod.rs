@@ -5,11 +5,13 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod bundles;
 pub mod channels;
 pub mod export;
 pub mod meta;
 pub mod openapi;
 pub mod operator;
+pub mod report_import;
 pub mod site_import;
 pub mod webhooks;
 
@@ -86,6 +88,10 @@ pub fn operator_router(edge: &Edge) -> Router<AppState> {
         .route("/v1/sites/{id}/rekey", post(rekey_site))
         .route("/v1/sites/{id}/hold", post(hold_site))
         .route("/v1/sites/{id}/unhold", post(unhold_site))
+        .route(
+            "/v1/sites/{id}/reports/import",
+            post(report_import::import_reports),
+        )
         .route("/v1/releases", post(publish_release).get(list_releases))
         .route("/v1/releases/{id}", get(get_release))
         .route("/v1/roots", post(publish_root).get(list_roots))
@@ -146,16 +152,21 @@ pub fn site_import_router(app: &AppState, edge: &Edge) -> Router<AppState> {
     )
 }
 
-/// Artifact routes: their own time limit, and no body limit here (uploads enforce
+/// Artifact routes and bundles (which carry artifacts): their own time limit, and no body limit here (uploads enforce
 /// `limits.max_artifact_bytes` themselves).
 pub fn artifact_router(app: &AppState, edge: &Edge) -> Router<AppState> {
     let timeout = Duration::from_secs(app.config.limits.artifact_timeout_secs);
-    let routes = Router::new().route(
-        "/v1/artifacts/{sha256}",
-        put(artifacts::upload)
-            .get(artifacts::download)
-            .head(artifacts::download),
-    );
+    let routes = Router::new()
+        .route(
+            "/v1/artifacts/{sha256}",
+            put(artifacts::upload)
+                .get(artifacts::download)
+                .head(artifacts::download),
+        )
+        .route(
+            "/v1/bundles",
+            post(bundles::export_bundle).layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+        );
     edge.guard_with(routes, Budget::Requests, timeout, None)
 }
 

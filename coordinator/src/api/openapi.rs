@@ -63,6 +63,8 @@ enum Output {
     Empty,
     /// Artifact bytes.
     Bytes,
+    /// A bundle file (a tar).
+    Tar,
     /// Prometheus / OpenMetrics text.
     Metrics,
 }
@@ -328,6 +330,18 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Post,
+        path: "/v1/sites/{id}/reports/import",
+        summary: "Import an air-gapped site's reports from the file `fleetwave-agent \
+                  export-reports` wrote (a DSSE envelope signed with its device key); each \
+                  event counts once, by file or online",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("Envelope"),
+        output: Output::Json("ReportImport"),
+        errors: &["409", "413", "422"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
         path: "/v1/sites/{id}/rekey",
         summary: "One-use enrollment token bound to an enrolled site: its new device key",
         auth: Auth::Operator("operator"),
@@ -501,6 +515,18 @@ const ROUTES: &[Route] = &[
         input: Input::Json("RetrySites"),
         output: Output::Json("RolloutView"),
         errors: &["409"],
+        ..VIEW
+    },
+    Route {
+        method: Post,
+        path: "/v1/bundles",
+        summary: "Export a bundle for air-gapped sites: one site, or a rollout's opened wave \
+                  (optionally filtered by labels); signs their assignments for the plan's \
+                  bundle_validity and records it in the rollout's timeline",
+        auth: Auth::Operator("operator"),
+        input: Input::Json("ExportBundle"),
+        output: Output::Tar,
+        errors: &["409", "422"],
         ..VIEW
     },
     Route {
@@ -840,6 +866,7 @@ fn success(route: &Route) -> Response {
         ),
         Output::Empty => b,
         Output::Bytes => artifact_headers(b).content("application/octet-stream", bytes()),
+        Output::Tar => b.content("application/x-tar", bytes()),
         Output::Metrics => b.content("application/openmetrics-text", Content::new(Some(string()))),
     };
     let b = if route.path == "/v1/agent/poll" {
@@ -1094,6 +1121,8 @@ fn build() -> OpenApi {
         .schema_from::<fleetwave_shared::protocol::channels::ChannelResumed>()
         .schema_from::<AuditEntry>()
         .schema_from::<AuditList>()
+        .schema_from::<fleetwave_shared::protocol::bundle::ExportBundle>()
+        .schema_from::<fleetwave_shared::protocol::report_file::ReportImport>()
         .build();
     OpenApiBuilder::new()
         .info(

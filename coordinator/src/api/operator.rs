@@ -410,7 +410,7 @@ pub async fn list_sites(
     }))
 }
 
-async fn load_site(app: &AppState, id: &str) -> Result<SiteRecord, ApiError> {
+pub(super) async fn load_site(app: &AppState, id: &str) -> Result<SiteRecord, ApiError> {
     let i = id.to_string();
     app.db
         .run(move |s| s.site(&i))
@@ -822,6 +822,7 @@ pub(super) fn site_view(
         state: state.to_string(),
         phase: site.last_phase.map(|p| p.as_str().to_string()),
         detail,
+        bundle_until: site.bundle_until,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct SiteFacts {
     /// The site was sent a rollback assignment: it is never retried.
     #[serde(default)]
     pub rollback_assigned: bool,
+    /// The site was served by bundle (`fleetwave bundle export`): its silence counts from
+    /// when the bundle's assignment expires, not from the assignment.
+    #[serde(default)]
+    pub bundle_until: Option<Timestamp>,
 }
 
 fn first_attempt() -> u32 {
@@ -90,6 +94,7 @@ impl Default for SiteFacts {
             attempt: first_attempt(),
             retry_at: None,
             rollback_assigned: false,
+            bundle_until: None,
         }
     }
 }
@@ -454,8 +459,9 @@ impl Classified {
     }
 }
 
-/// The latest of the wave opening, the assignment, the lease, the last report and the end
-/// of a deferral: what a site's silence counts from.
+/// The latest of the wave opening, the assignment, the lease, the last report, the end
+/// of a deferral and the expiry of a bundle's assignment: what a site's silence counts
+/// from.
 pub fn last_sign_of_life(wave_opened_at: Timestamp, site: &SiteFacts) -> Timestamp {
     [
         site.assigned_at,
@@ -463,6 +469,7 @@ pub fn last_sign_of_life(wave_opened_at: Timestamp, site: &SiteFacts) -> Timesta
         site.last_phase_at,
         site.last_report_at,
         site.deferred_until,
+        site.bundle_until,
     ]
     .into_iter()
     .flatten()

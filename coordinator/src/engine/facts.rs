@@ -40,6 +40,8 @@ pub enum Update {
     Retried { site_id: String, attempts: u32 },
     /// The site's next automatic attempt was scheduled.
     RetryScheduled { site_id: String, at: Timestamp },
+    /// The site was served by bundle, its assignment valid until `until`.
+    Bundled { site_id: String, until: Timestamp },
     /// The site joined the rollout (late enrollment, relabel, re-enable).
     Joined(RolloutSiteRecord),
     /// The site was placed in another wave that has not opened (a wave opened and
@@ -227,6 +229,11 @@ fn apply(l: &mut Loaded, update: Update) {
         Update::Skipped { site_id } => {
             if let Some(s) = l.site_mut(&site_id) {
                 s.skipped = true;
+            }
+        }
+        Update::Bundled { site_id, until } => {
+            if let Some(s) = l.site_mut(&site_id) {
+                s.bundle_until = Some(as_stored(until));
             }
         }
         Update::RetryScheduled { site_id, at } => {

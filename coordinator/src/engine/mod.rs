@@ -31,6 +31,7 @@ pub mod actions;
 mod analysis;
 mod approvals;
 pub mod assign;
+pub mod bundles;
 pub mod channels;
 pub mod facts;
 pub mod freezes;
@@ -187,6 +188,9 @@ pub enum EngineError {
     ReleaseMissing { rollout: String, release: String },
     #[error(transparent)]
     Time(#[from] TimeOverflow),
+    /// A bundle request names nothing exportable (the message names the field or site).
+    #[error("{0}")]
+    InvalidBundle(String),
     #[error("no freeze {0}")]
     FreezeNotFound(String),
     /// A freeze to create breaks a rule (`field` names the request's field).
@@ -532,6 +536,7 @@ pub fn facts(s: &RolloutSiteRecord) -> SiteFacts {
         skipped: s.skipped,
         attempt: s.attempts,
         retry_at: s.retry_at,
+        bundle_until: s.bundle_until,
         rollback_assigned: s.rollback_sequence.is_some(),
     }
 }

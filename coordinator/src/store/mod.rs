@@ -267,6 +267,9 @@ pub struct RolloutSiteRecord {
     pub attempts: u32,
     /// When the site's next automatic attempt starts, once scheduled.
     pub retry_at: Option<Timestamp>,
+    /// When the assignment carried to the site in a bundle expires (None: not served by
+    /// bundle); the gate counts its silence from then.
+    pub bundle_until: Option<Timestamp>,
 }
 
 impl Default for RolloutSiteRecord {
@@ -293,6 +296,7 @@ impl Default for RolloutSiteRecord {
             deferred_until: None,
             attempts: 1,
             retry_at: None,
+            bundle_until: None,
         }
     }
 }
@@ -717,6 +721,13 @@ pub trait Store: Send + Sync + 'static {
         rollout_id: &str,
         site_ids: &[String],
     ) -> StoreResult<Vec<u32>>;
+    /// Marks `sites` of a rollout as served by bundle until `until`.
+    fn serve_by_bundle(
+        &self,
+        rollout_id: &str,
+        sites: &[String],
+        until: Timestamp,
+    ) -> StoreResult<()>;
     /// Records when the next automatic attempt of each `(site, time)` of a rollout starts.
     fn schedule_rollout_site_retries(
         &self,

@@ -6,9 +6,11 @@
 //! and report with the session's bearer token (no signature verification per request).
 //! Operator side: see [`operator`].
 
+pub mod bundle;
 pub mod channels;
 pub mod export;
 pub mod operator;
+pub mod report_file;
 pub mod rollout;
 pub mod signals;
 

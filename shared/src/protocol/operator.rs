@@ -557,6 +557,10 @@ pub struct RolloutSiteView {
     pub state: String,
     pub phase: Option<String>,
     pub detail: Option<String>,
+    /// Served by bundle (`fleetwave bundle export`): when its carried assignment expires;
+    /// the gate counts its silence from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_until: Option<Timestamp>,
 }
 
 /// A rollout's status: waves with complete tallies and gate standing, the sites that need

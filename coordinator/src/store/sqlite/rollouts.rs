@@ -213,6 +213,27 @@ pub(super) fn reset_rollout_sites_for_retry(
     })
 }
 
+pub(super) fn serve_by_bundle(
+    s: &SqliteStore,
+    rollout_id: &str,
+    sites: &[String],
+    until: Timestamp,
+) -> StoreResult<()> {
+    s.write(|tx| {
+        let mut st = tx.prepare_cached(
+            "UPDATE rollout_sites SET bundle_until = ?3 WHERE rollout_id = ?1 AND site_id = ?2",
+        )?;
+        for site_id in sites {
+            if st.execute(params![rollout_id, site_id, ms(until)])? == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "site {site_id} is not part of rollout {rollout_id}"
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
 pub(super) fn schedule_rollout_site_retries(
     s: &SqliteStore,
     rollout_id: &str,

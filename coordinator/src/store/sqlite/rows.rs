@@ -329,9 +329,9 @@ pub(super) fn rollout_record(
     })
 }
 
-pub(super) const RS_COLS: &str = "rs.rollout_id, rs.site_id, rs.wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, failure, rolled_back, last_healthy_at, first_unhealthy_after_commit_at, last_report_at, rollback_sequence, previous_release_id, s.deferred_until, rs.attempts, rs.retry_at";
+pub(super) const RS_COLS: &str = "rs.rollout_id, rs.site_id, rs.wave, skipped, assigned_at, leased_at, phase, phase_at, detail, committed_at, failed_at, failure, rolled_back, last_healthy_at, first_unhealthy_after_commit_at, last_report_at, rollback_sequence, previous_release_id, s.deferred_until, rs.attempts, rs.retry_at, rs.bundle_until";
 /// How many columns [`RS_COLS`] names (a query's next column is at this index).
-pub(super) const RS_COLS_LEN: usize = 21;
+pub(super) const RS_COLS_LEN: usize = 22;
 
 pub(super) fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
     let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
@@ -361,6 +361,7 @@ pub(super) fn rs_record(r: &Row) -> rusqlite::Result<RolloutSiteRecord> {
         deferred_until: ts(18)?,
         attempts: r.get(19)?,
         retry_at: ts(20)?,
+        bundle_until: ts(21)?,
     })
 }
 

@@ -299,6 +299,14 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<u32>> {
         rollouts::reset_rollout_sites_for_retry(self, rollout_id, site_ids)
     }
+    fn serve_by_bundle(
+        &self,
+        rollout_id: &str,
+        sites: &[String],
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        rollouts::serve_by_bundle(self, rollout_id, sites, until)
+    }
     fn schedule_rollout_site_retries(
         &self,
         rollout_id: &str,
