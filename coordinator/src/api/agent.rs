@@ -430,15 +430,8 @@ pub async fn reports(
             ),
         ));
     }
-    for (i, e) in batch.events.iter().enumerate() {
-        if e.id.is_empty()
-            || e.id.len() > MAX_EVENT_ID_LEN
-            || !e.id.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(ApiError::bad_request(format!(
-                "events[{i}].id must be 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"
-            )));
-        }
+    if let Some(problem) = event_id_problem(&batch.events) {
+        return Err(ApiError::bad_request(problem));
     }
     check_signals(&batch.signals, now)?;
     // An event dated after its arrival counts at its arrival (store::event_time); far
@@ -541,6 +534,20 @@ fn check_signals(minutes: &[SignalMinute], now: jiff::Timestamp) -> Result<(), A
         }
     }
     Ok(())
+}
+
+/// What is wrong with the first bad event id of `events` (ids are 1 to
+/// [`MAX_EVENT_ID_LEN`] printable ASCII characters), by its index: for report batches
+/// and report files alike.
+pub(super) fn event_id_problem(events: &[fleetwave_shared::protocol::Event]) -> Option<String> {
+    events.iter().enumerate().find_map(|(i, e)| {
+        (e.id.is_empty()
+            || e.id.len() > MAX_EVENT_ID_LEN
+            || !e.id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| {
+            format!("events[{i}].id must be 1 to {MAX_EVENT_ID_LEN} printable ASCII characters")
+        })
+    })
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use axum::http::StatusCode;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::dsse::KeyRing;
 use fleetwave_shared::keys::{KeyId, parse_public_key};
+use fleetwave_shared::protocol::MAX_REPORT_EVENTS;
 use fleetwave_shared::protocol::operator::{Permission, SiteState};
 use fleetwave_shared::protocol::report_file::{
     MAX_REPORT_FILE_EVENTS, REPORT_FILE_FORMAT, REPORT_FILE_TYPE, ReportFile, ReportImport,
 };
-use fleetwave_shared::protocol::{MAX_EVENT_ID_LEN, MAX_REPORT_EVENTS};
 
 use super::operator::load_site;
 use crate::error::{ApiError, ApiJson, ApiPath};
@@ -102,18 +102,8 @@ pub async fn import_reports(
             ),
         ));
     }
-    for (i, e) in file.events.iter().enumerate() {
-        if e.id.is_empty()
-            || e.id.len() > MAX_EVENT_ID_LEN
-            || !e.id.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(refused(
-                "malformed",
-                format!(
-                    "events[{i}].id must be 1 to {MAX_EVENT_ID_LEN} printable ASCII characters"
-                ),
-            ));
-        }
+    if let Some(problem) = super::agent::event_id_problem(&file.events) {
+        return Err(refused("malformed", problem));
     }
     let now = app.now();
     let total = file.events.len() as u32;
