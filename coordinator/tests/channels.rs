@@ -69,6 +69,7 @@ async fn complete(h: &Harness, id: &str, agents: &mut [Agent], release: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_that_come_later_converge_to_the_channel_a_rollout_set() {
     let h = Harness::new().await;
+    h.publish("2.4.0", 24).await;
     let release = h.publish("2.5.0", 25).await;
     let mut first = vec![Agent::enroll(&h, "store-1", json!({"format": "store"})).await];
     first[0].installed(&h, "pos-2.4.0", "2.4.0").await;
@@ -159,14 +160,45 @@ async fn sites_that_come_later_converge_to_the_channel_a_rollout_set() {
     let (s, v) = h.post("/v1/sites/store-1/rekey", &h.admin, json!({})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let token = v["token"].as_str().unwrap().to_string();
-    let rekeyed = Agent::enroll_with(&h, "store-1", &token).await;
-    eventually("the re-keyed box's convergence assignment", || async {
-        rekeyed
-            .poll(&h)
-            .await
-            .filter(|(r, _)| r.starts_with("converge-pos-format-store-"))
+    let mut rekeyed = Agent::enroll_with(&h, "store-1", &token).await;
+    eventually("the re-keyed box to count as off the release", || async {
+        off_reason(&h, "pos-format-store", "store-1").await
     })
     .await;
+    // It still holds its completed rollout's assignment to the channel's release, which it
+    // may act on: it installs through it (no convergence assignment replaces it).
+    let (rollout, seq) = rekeyed.assignment(&h).await;
+    assert_eq!(rollout, id, "the completed rollout's assignment");
+    rekeyed.lease(&h, &rollout, seq).await;
+    rekeyed.install(&h, &release).await;
+    eventually("the re-keyed box on the channel's release", || async {
+        off_reason(&h, "pos-format-store", "store-1")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Rolling back the rollout that set the channel moves the channel back with it, so
+    // convergence does not install again what the operator just took back.
+    let (s, v) = h
+        .post(
+            &format!("/v1/rollouts/{id}/rollback"),
+            &h.admin,
+            json!({"reason": "receipts"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ch = channel(&h, "pos-format-store").await;
+    assert_eq!(ch["channel"]["release_id"], "pos-2.4.0", "{ch}");
+    assert!(
+        h.rollout(&id).await["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("channel pos-format-store moved back to pos-2.4.0"),
+    );
+    let (_, audit) = h.get("/v1/audit", &h.admin).await;
+    assert!(audit.to_string().contains("channel.rollback"), "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,18 +85,30 @@ fn late_reimaged_and_relabelled_sites_converge_held_ones_do_not_and_a_bad_channe
         fleet.wait_reported_version(site, "2.0.0")?;
     }
     let db = fleetwave_e2e::inspect::CoordinatorDb::new(fleet.coordinator.database());
-    for site in ["general-3", "general-1", "general-5"] {
-        let converged = db.reports(site)?.iter().any(|r| {
-            r.body["phase"] == "committed"
-                && r.body["rollout_id"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("converge-demo-format-store-"))
-        });
+    let committed = |site: &str| -> anyhow::Result<Vec<String>> {
+        Ok(db
+            .reports(site)?
+            .iter()
+            .filter(|r| r.body["phase"] == "committed" && r.body["release_id"] == good.id.as_str())
+            .filter_map(|r| r.body["rollout_id"].as_str().map(str::to_string))
+            .collect())
+    };
+    for site in ["general-3", "general-5"] {
+        let through = committed(site)?;
         assert!(
-            converged,
-            "{site} committed through the channel's convergence"
+            through
+                .iter()
+                .any(|r| r.starts_with("converge-demo-format-store-")),
+            "{site} committed through the channel's convergence: {through:?}"
         );
     }
+    // The re-imaged box installed again: through its completed rollout's assignment, which
+    // it may still act on, or through the channel's convergence.
+    let again = committed("general-1")?;
+    assert!(
+        again.len() >= 2,
+        "general-1 committed again after the re-image: {again:?}"
+    );
 
     // The held store stays where it was, and the channel says why.
     let ch = channel(&fleet, name)?;

@@ -44,13 +44,26 @@ fn load_trust(store: &Store, config: &Config) -> Result<TrustState, DaemonError>
 }
 
 impl Context {
-    /// Reads the trust state again from the store. Every change this process makes is
-    /// saved at once, so the store is never behind it; but another process (an
-    /// `import-bundle` while the daemon runs) may be ahead: without this, the daemon's next
-    /// save would put back an older sequence high-water mark and let that assignment be
-    /// replayed.
+    /// Takes in what another process (an `import-bundle` while the daemon runs) may have
+    /// advanced in the stored trust state: a newer root, the newest accepted assignment's
+    /// sequence and digest, the trusted time. Without it, the daemon's next save would put
+    /// back an older sequence high-water mark and let that assignment be replayed. The
+    /// rest stays the daemon's own (replacing it all with the stored state lost what the
+    /// daemon holds between its saves: a rollback assignment to the previous release was
+    /// then never applied).
     pub fn reload_trust(&mut self) -> Result<(), DaemonError> {
-        self.trust = load_trust(&self.store, &self.config)?;
+        let stored = load_trust(&self.store, &self.config)?;
+        if stored.root().version > self.trust.root().version {
+            self.trust = stored;
+            return Ok(());
+        }
+        if stored.last_sequence > self.trust.last_sequence {
+            self.trust.last_sequence = stored.last_sequence;
+            self.trust.last_assignment = stored.last_assignment;
+        }
+        if stored.trusted_time > self.trust.trusted_time {
+            self.trust.trusted_time = stored.trusted_time;
+        }
         Ok(())
     }
 

@@ -320,6 +320,11 @@ impl Engine {
                         missing.join(", ")
                     ));
                 }
+                // A channel this rollout moved goes back with it: otherwise its
+                // convergence would install the release again on the sites just sent back.
+                if let Some(moved) = self.channel_after_rollback(&l, actor, now).await? {
+                    why.push_str(&format!("; {moved}"));
+                }
                 l.record.status_reason = Some(why.clone());
                 note = Some(("rollback".into(), None, why));
             }

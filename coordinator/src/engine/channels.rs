@@ -680,6 +680,83 @@ impl Engine {
         )))
     }
 
+    /// After an operator rolled back rollout `l`: each channel that names its release
+    /// because this rollout set it goes back to the release most of the rollout's sites
+    /// ran before (none known: the channel names no release, so nothing converges), audited
+    /// as `channel.rollback`. Returns a sentence for the rollback's reason. Call with the
+    /// engine lock held.
+    pub(super) async fn channel_after_rollback(
+        &self,
+        l: &Loaded,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, EngineError> {
+        let set_by = format!("rollout {}", l.record.id);
+        let moved: Vec<ChannelRecord> = self
+            .channels()
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.set_by == set_by && c.release_id.as_deref() == Some(l.release.id.as_str())
+            })
+            .collect();
+        if moved.is_empty() {
+            return Ok(None);
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &l.sites {
+            if let Some(p) = &s.previous_release_id {
+                *counts.entry(p.as_str()).or_default() += 1;
+            }
+        }
+        let mut previous = counts
+            .iter()
+            .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))
+            .map(|(id, _)| id.to_string());
+        if let Some(p) = previous.clone()
+            && self.db.run(move |s| s.release(&p)).await?.is_none()
+        {
+            previous = None; // not published here: no channel may name it
+        }
+        let mut said = Vec::new();
+        for mut ch in moved {
+            ch.release_id = previous.clone();
+            ch.set_by = actor.to_string();
+            ch.set_at = now;
+            ch.set_reason = format!("rollout {} rolled back by {actor}", l.record.id);
+            let detail = format!(
+                "release {} -> {}: rollout {} rolled back",
+                l.release.id,
+                previous.as_deref().unwrap_or("none"),
+                l.record.id
+            );
+            let audit = Actor {
+                name: actor.to_string(),
+                remote: String::new(),
+            }
+            .audit(now, "channel.rollback", &ch.name, detail);
+            let (r, a) = (ch.clone(), audit);
+            self.db.run(move |s| s.put_channel(&r, &a)).await?;
+            self.end_convergence(
+                &ch.name,
+                &format!(
+                    "channel {} moved back: rollout {} rolled back",
+                    ch.name, l.record.id
+                ),
+                now,
+            )
+            .await?;
+            said.push(match &previous {
+                Some(p) => format!("channel {} moved back to {p}", ch.name),
+                None => format!(
+                    "channel {} names no release now (none known from before)",
+                    ch.name
+                ),
+            });
+        }
+        Ok(Some(said.join("; ")))
+    }
+
     /// One convergence pass over every channel: sites off their channel's release that are
     /// free (no active rollout, no hold, one channel) join the channel's convergence
     /// rollout, which is made when there is none. A channel whose convergence rollout is
@@ -700,6 +777,12 @@ impl Engine {
         let now = self.clock.now();
         let holds = self.db.run(|s| s.site_holds()).await?;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
+        // Rollouts whose assignments can still be leased.
+        let leasable: HashSet<String> = rollouts
+            .iter()
+            .filter(|r| matches!(r.status, WireStatus::Running | WireStatus::Completed))
+            .map(|r| r.id.clone())
+            .collect();
         let mut convergence: HashMap<String, RolloutRecord> = HashMap::new();
         for r in rollouts.into_iter().filter(|r| r.status.is_active()) {
             if let Some(c) = self.plan(&r)?.converge.clone() {
@@ -747,6 +830,7 @@ impl Engine {
                     ch.selector.matches(&s.labels)
                         && !holds.contains_key(&s.id)
                         && !others.iter().any(|o| o.selector.matches(&s.labels))
+                        && !self.already_sent(&s.id, &release.id, &leasable)
                 })
                 .collect();
             if free.is_empty() {
@@ -806,6 +890,20 @@ impl Engine {
                 return Ok(out);
             }
         }
+    }
+
+    /// Whether the site already holds an assignment to `release_id` that it can act on: a
+    /// rollback assignment, or one of a running or completed rollout (a re-imaged box picks
+    /// up its completed rollout's assignment again). It is on its way there; a convergence
+    /// assignment would only replace that one (and a rollback's with one the agent refuses
+    /// as a downgrade).
+    fn already_sent(&self, site_id: &str, release_id: &str, leasable: &HashSet<String>) -> bool {
+        self.sites.get(site_id).is_some_and(|slot| {
+            slot.view().assignment.is_some_and(|a| {
+                a.record.release_id == release_id
+                    && (a.record.rollback || leasable.contains(&a.record.rollout_id))
+            })
+        })
     }
 
     /// Adds `members` to the running convergence rollout `id` and assigns them.

@@ -340,7 +340,9 @@ impl Agent {
     pub async fn report(&mut self, h: &Harness, body: Value) {
         self.seq += 1;
         let mut e = body;
-        e["id"] = json!(format!("{}-e{}", self.site, self.seq));
+        // Each box its own ids, as agents make them: a re-keyed box starts again at 1.
+        let box_id = &hex::encode(self.key.verifying_key().as_bytes())[..8];
+        e["id"] = json!(format!("{}-{box_id}-e{}", self.site, self.seq));
         e["at"] = json!(h.clock.now());
         let (s, v) = h
             .post("/v1/agent/reports", &self.token, json!({"events": [e]}))
