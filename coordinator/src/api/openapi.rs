@@ -526,7 +526,7 @@ const ROUTES: &[Route] = &[
         auth: Auth::Operator("operator"),
         input: Input::Json("ExportBundle"),
         output: Output::Tar,
-        errors: &["409", "422"],
+        errors: &["404", "409", "422"],
         ..VIEW
     },
     Route {
