@@ -80,25 +80,32 @@ fn error(body: &[u8]) -> (String, String) {
     )
 }
 
+/// Uploads `artifact` and publishes release `pos-2.5.0` (counter 25) carrying it; returns
+/// its SHA-256 and the release as published.
+async fn upload_and_publish(h: &Harness, artifact: &[u8]) -> (String, Envelope) {
+    let sha = fleetwave_shared::sha256_hex(artifact);
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(artifact.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let release = h.release_envelope("pos-2.5.0", 25, artifact);
+    let (s, v) = h.publish_envelope(&release).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (sha, release)
+}
+
 #[tokio::test]
 async fn a_bundle_carries_roots_release_the_chosen_sites_assignments_and_each_artifact_once() {
     let h = Harness::new().await;
     let alice = h.token("alice", "operator").await;
     let victor = h.token("victor", "viewer").await;
     let artifact = b"pretend this is the tarball of pos 2.5.0".to_vec();
-    let sha = fleetwave_shared::sha256_hex(&artifact);
-    let res = h
-        .http
-        .put(h.url(&format!("/v1/artifacts/{sha}")))
-        .bearer_auth(&h.admin)
-        .body(artifact.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let release = h.release_envelope("pos-2.5.0", 25, &artifact);
-    let (s, v) = h.publish_envelope(&release).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (sha, release) = upload_and_publish(&h, &artifact).await;
     let mut agents = Vec::new();
     for (site, region) in [
         ("store-1", "north"),
@@ -326,20 +333,7 @@ gate = { bake = "1h", report_deadline = "1h", on_silent = "exclude" }
 "#;
     let h = Harness::new().await;
     let artifact = b"pos 2.5.0".to_vec();
-    let sha = fleetwave_shared::sha256_hex(&artifact);
-    let res = h
-        .http
-        .put(h.url(&format!("/v1/artifacts/{sha}")))
-        .bearer_auth(&h.admin)
-        .body(artifact.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let (s, v) = h
-        .publish_envelope(&h.release_envelope("pos-2.5.0", 25, &artifact))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    upload_and_publish(&h, &artifact).await;
     let mut agents = Vec::new();
     for site in ["store-1", "store-2"] {
         agents.push(Agent::enroll(&h, site, json!({"format": "store"})).await);
@@ -422,20 +416,7 @@ async fn a_bundle_for_more_sites_than_an_agent_reads_is_refused() {
     let h = Harness::new().await;
     insert_sites(&h, 3901);
     let artifact = b"pos 2.5.0".to_vec();
-    let sha = fleetwave_shared::sha256_hex(&artifact);
-    let res = h
-        .http
-        .put(h.url(&format!("/v1/artifacts/{sha}")))
-        .bearer_auth(&h.admin)
-        .body(artifact.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let (s, v) = h
-        .publish_envelope(&h.release_envelope("pos-2.5.0", 25, &artifact))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    upload_and_publish(&h, &artifact).await;
     let id = h.create_rollout(PLAN).await;
     let (s, v) = h
         .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
@@ -474,20 +455,7 @@ async fn a_bundle_for_a_thousand_sites_carries_a_100_mib_artifact_once() {
     let h = Harness::new().await;
     insert_sites(&h, 1000);
     let artifact: Vec<u8> = (0..100u32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let sha = fleetwave_shared::sha256_hex(&artifact);
-    let res = h
-        .http
-        .put(h.url(&format!("/v1/artifacts/{sha}")))
-        .bearer_auth(&h.admin)
-        .body(artifact.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let (s, v) = h
-        .publish_envelope(&h.release_envelope("pos-2.5.0", 25, &artifact))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    upload_and_publish(&h, &artifact).await;
     drop(artifact);
     let id = h.create_rollout(PLAN).await;
     let (s, v) = h
