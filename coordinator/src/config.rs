@@ -66,6 +66,93 @@ pub struct Config {
     /// Fleet-wide freeze periods: no lease is granted inside them.
     #[serde(default)]
     pub freezes: Vec<Freeze>,
+    /// Where uploaded artifacts live: `<data_dir>/artifacts` (default) or an S3-compatible
+    /// object store.
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+}
+
+/// Where artifacts are kept (`[artifacts]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// `"local"` (files under `<data_dir>/artifacts`) or `"s3"`.
+    #[serde(default)]
+    pub store: ArtifactStoreKind,
+    /// The object store, when `store = "s3"`.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// Which artifact store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactStoreKind {
+    #[default]
+    Local,
+    S3,
+}
+
+/// An S3-compatible bucket for artifacts (`[artifacts.s3]`). Credentials come from
+/// `access_key_id` + `secret_access_key_file`, or else from the usual `AWS_*` environment
+/// variables. The bucket is untrusted like any mirror: agents check every artifact's
+/// signed length and SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name (it must exist).
+    pub bucket: String,
+    /// Region (`us-east-1` for most S3-compatible servers).
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Endpoint URL the coordinator uses, e.g. `https://s3.internal:8333`; empty: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Endpoint put into the presigned URLs handed to agents, when agents reach the store
+    /// by another name than the coordinator does. Default: `endpoint`.
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
+    /// Key prefix inside the bucket; objects are `<prefix><sha256>`.
+    #[serde(default = "default_s3_prefix")]
+    pub prefix: String,
+    /// Access key id (not a secret). Without it, `AWS_ACCESS_KEY_ID` etc. are read.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// File holding the secret access key (one line).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) trusted for the endpoint, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Allow a plain-HTTP endpoint (tests and private networks only). Agents never follow
+    /// plain-HTTP presigned URLs: they fetch through the coordinator instead.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Answer agents' artifact downloads with a redirect to a presigned URL (the bytes then
+    /// come from the store, not through the coordinator). Off: the coordinator streams
+    /// from the store itself.
+    #[serde(default = "default_true")]
+    pub redirect: bool,
+    /// How long a presigned URL is valid. An agent whose download outlives it asks the
+    /// coordinator again (and resumes).
+    #[serde(default = "default_presign_secs")]
+    pub presign_secs: u64,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_s3_prefix() -> String {
+    "artifacts/".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_presign_secs() -> u64 {
+    900
 }
 
 /// Server certificate and key (PEM). Required unless `--insecure-plain-http` is given.
@@ -338,6 +425,14 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        if let Some(s3) = &mut self.artifacts.s3 {
+            if let Some(p) = &mut s3.secret_access_key_file {
+                fix(p);
+            }
+            if let Some(p) = &mut s3.ca_file {
+                fix(p);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -461,6 +556,47 @@ impl Config {
                 "retention.signals_days",
                 "at most 36500 (100 years); use 0 to keep golden signals forever",
             ));
+        }
+        match (self.artifacts.store, &self.artifacts.s3) {
+            (ArtifactStoreKind::S3, None) => {
+                return Err(invalid(
+                    "artifacts.s3",
+                    "store = \"s3\" needs an [artifacts.s3] section with at least `bucket`",
+                ));
+            }
+            (ArtifactStoreKind::S3, Some(s3)) => {
+                if s3.bucket.is_empty() {
+                    return Err(invalid("artifacts.s3.bucket", "must not be empty"));
+                }
+                if !(60..=7 * 24 * 3600).contains(&s3.presign_secs) {
+                    return Err(invalid(
+                        "artifacts.s3.presign_secs",
+                        "must be between 60 and 604800 (S3 signs for at most 7 days)",
+                    ));
+                }
+                for (key, url) in [
+                    ("artifacts.s3.endpoint", &s3.endpoint),
+                    ("artifacts.s3.public_endpoint", &s3.public_endpoint),
+                ] {
+                    if let Some(u) = url
+                        && !(u.starts_with("https://")
+                            || (s3.allow_http && u.starts_with("http://")))
+                    {
+                        return Err(invalid(
+                            key,
+                            "must be an https:// URL (http:// only with allow_http = true)",
+                        ));
+                    }
+                }
+                if s3.access_key_id.is_some() != s3.secret_access_key_file.is_some() {
+                    return Err(invalid(
+                        "artifacts.s3.access_key_id",
+                        "give both access_key_id and secret_access_key_file, or neither \
+                         (then the AWS_* environment variables are used)",
+                    ));
+                }
+            }
+            (ArtifactStoreKind::Local, _) => {}
         }
         for (i, f) in self.freezes.iter().enumerate() {
             if let Some(problem) = freeze_problem(f.start, f.end) {

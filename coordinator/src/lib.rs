@@ -1,6 +1,6 @@
 //! fleetwave coordinator: the operators' single point of control.
 //!
-//! - [`config`]: the TOML configuration.
+//! - [`config`]: the TOML configuration; [`artifact_store`]: artifact bytes in files or S3.
 //! - [`store`]: storage behind the [`store::Store`] trait (SQLite today).
 //! - [`plan`] and [`controller`]: rollout plans and the pure wave controller; [`analysis`]:
 //!   the pure golden-signal judge (upgraded vs control, Mann–Whitney U).
@@ -10,6 +10,7 @@
 //!   [`time`]: checked time arithmetic; [`supervisor`]: keeps the wave controller running.
 pub mod analysis;
 pub mod api;
+pub mod artifact_store;
 pub mod backup;
 pub mod clock;
 pub mod config;

@@ -112,6 +112,10 @@ pub struct Metrics {
     pub webhook_backlog: Gauge,
     /// How long each convergence pass over the channels took.
     pub convergence_pass_seconds: Histogram,
+    /// Artifact bytes the coordinator streamed to clients itself.
+    pub artifact_bytes_served: Counter,
+    /// Artifact downloads answered with a redirect to a presigned object-store URL.
+    pub artifact_redirects: Counter,
 }
 
 impl Default for Metrics {
@@ -257,8 +261,22 @@ impl Metrics {
             "How long each convergence pass over the channels took",
             convergence_pass_seconds.clone(),
         );
+        let artifact_bytes_served = Counter::default();
+        registry.register(
+            "artifact_bytes_served",
+            "Artifact bytes the coordinator streamed to clients itself",
+            artifact_bytes_served.clone(),
+        );
+        let artifact_redirects = Counter::default();
+        registry.register(
+            "artifact_redirects",
+            "Artifact downloads answered with a redirect to a presigned object-store URL",
+            artifact_redirects.clone(),
+        );
         Metrics {
             registry,
+            artifact_bytes_served,
+            artifact_redirects,
             requests_shed,
             sites_not_seen,
             waves_awaiting_approval,

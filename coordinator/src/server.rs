@@ -198,6 +198,13 @@ pub async fn build_app_with_clock(
                 .await?;
         }
     }
+    let artifacts = crate::artifact_store::ArtifactStore::open(&config)
+        .map_err(|e| anyhow::anyhow!("config key {e}"))?;
+    artifacts
+        .check()
+        .await
+        .with_context(|| format!("artifact store ({})", artifacts.describe()))?;
+    tracing::info!(store = %artifacts.describe(), "artifact store");
     let metrics = Arc::new(Metrics::new());
     let controller = crate::liveness::Liveness::new(&metrics);
     let engine = Engine::new(
@@ -218,6 +225,7 @@ pub async fn build_app_with_clock(
         engine,
         clock,
         config,
+        artifacts,
     });
     // The stored freezes, in force for leases from the first request on.
     app.engine.load_freezes().await?;

@@ -44,6 +44,8 @@ pub struct App {
     pub clock: Clock,
     /// Whether the wave controller runs (`/readyz`, metrics, the dashboard's banner).
     pub controller: Liveness,
+    /// Where artifact bytes live (files or an object store).
+    pub artifacts: crate::artifact_store::ArtifactStore,
 }
 
 impl App {

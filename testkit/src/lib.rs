@@ -6,6 +6,8 @@
 //! deadlines are generous and scaled by `FLEETWAVE_TEST_PATIENCE` (or the older
 //! `FLEETWAVE_E2E_PATIENCE`). Nothing here asserts on how long something took.
 
+pub mod weed;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

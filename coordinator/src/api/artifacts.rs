@@ -1,8 +1,8 @@
 //! Content-addressed artifacts: `PUT /v1/artifacts/{sha256}` streams the upload to a temp
-//! file, checks length and hash, then renames it into place; `GET`/`HEAD` serve it with
-//! single-range `Range` support. A file is never visible under its hash before it matches.
-
-use std::io::SeekFrom;
+//! file, checks length and hash, then stores it under its name (renamed into place, or
+//! uploaded to the object store); `GET`/`HEAD` serve it with single-range `Range` support,
+//! or redirect to a presigned object-store URL (see [`crate::artifact_store`]). Nothing is
+//! ever visible under its hash before it matches.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use fleetwave_shared::protocol::operator::{ArtifactInfo, Permission};
 use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::error::{ApiError, ApiPath};
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::http::auth::{Operator, Reader};
 use crate::state::{AppState, random_hex};
 use crate::store::ArtifactRecord;
@@ -64,9 +64,8 @@ pub async fn upload(
             format!("artifacts are limited to {max} bytes"),
         ));
     }
-    let dir = app.config.artifact_dir();
+    let dir = app.artifacts.upload_dir(&app.config);
     tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
-    let final_path = dir.join(&sha);
     let tmp_path = dir.join(format!(".upload-{}", random_hex(8)));
     let mut file = tokio::fs::File::create(&tmp_path).await.map_err(io_err)?;
     let mut hasher = Sha256::new();
@@ -111,12 +110,7 @@ pub async fn upload(
         let _ = tokio::fs::remove_file(&tmp_path).await;
         return Err(e);
     }
-    tokio::fs::rename(&tmp_path, &final_path)
-        .await
-        .map_err(io_err)?;
-    if let Ok(d) = tokio::fs::File::open(&dir).await {
-        let _ = d.sync_all().await;
-    }
+    app.artifacts.put(&sha, &tmp_path).await.map_err(io_err)?;
     let record = ArtifactRecord {
         sha256: sha.clone(),
         length,
@@ -171,10 +165,22 @@ fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> 
     Ok(Some((start, end)))
 }
 
+/// `?direct=1`: stream through the coordinator even when the store hands out presigned URLs
+/// (what an agent asks after a presigned URL failed it).
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// `1`: stream the bytes through the coordinator, never redirect.
+    #[serde(default)]
+    #[param(maximum = 1)]
+    direct: Option<u8>,
+}
+
 pub async fn download(
     State(app): State<AppState>,
     _reader: Reader,
     ApiPath(sha): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -204,25 +210,35 @@ pub async fn download(
     };
     let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
     let count = if len == 0 { 0 } else { end - start + 1 };
+    if method == Method::GET
+        && query.direct.unwrap_or(0) == 0
+        && let Some(url) = app.artifacts.redirect_url(&sha).await.map_err(io_err)?
+    {
+        let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&url).map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the object store signed a URL that is not a valid header value",
+                )
+            })?,
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        app.metrics.artifact_redirects.inc();
+        return Ok(res);
+    }
     let mut res = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        let mut file = tokio::fs::File::open(app.config.artifact_dir().join(&sha))
+        let stream = app
+            .artifacts
+            .read(&sha, start, count)
             .await
             .map_err(io_err)?;
-        file.seek(SeekFrom::Start(start)).await.map_err(io_err)?;
-        let reader = file.take(count);
-        let stream = futures_util::stream::unfold(reader, |mut r| async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            match r.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), r))
-                }
-                Err(e) => Some((Err(e), r)),
-            }
-        });
+        app.metrics.artifact_bytes_served.inc_by(count);
         Response::new(Body::from_stream(stream))
     };
     let h = res.headers_mut();

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fleetwave_shared::Artifact;
@@ -19,7 +19,7 @@ use fleetwave_shared::protocol::bundle::{
     BUNDLE_FORMAT, BUNDLE_SITES_HEADER, ExportBundle, FileDigest, Manifest,
 };
 use fleetwave_shared::protocol::operator::Permission;
-use tokio::io::AsyncReadExt as _;
+use futures_util::StreamExt as _;
 
 use crate::error::{ApiError, ApiJson};
 use crate::http::auth::Operator;
@@ -32,7 +32,8 @@ pub const MAX_BUNDLE_ARTIFACT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// One tar entry: a document in memory, or an artifact read from the artifact directory.
 enum Content {
     Bytes(Bytes),
-    File(std::path::PathBuf),
+    /// A stored artifact, by SHA-256, read from the artifact store.
+    Artifact(String),
 }
 
 struct Entry {
@@ -53,7 +54,16 @@ pub async fn export_bundle(
 ) -> Result<Response, ApiError> {
     op.require(Permission::Operate)?;
     let now = app.now();
-    let dir = app.config.artifact_dir();
+    // Every stored artifact's length, read once (one listing of the object store), so that
+    // the check below runs before the engine records the export.
+    let stored = app.artifacts.inventory().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            format!("artifact store: {e}"),
+        )
+        .with_retry_after(5)
+    })?;
     let root = app
         .trust
         .read()
@@ -69,7 +79,7 @@ pub async fn export_bundle(
     let (docs, artifacts) = app
         .engine
         .export_bundle(&req, &op.actor(), |release| {
-            stored_artifacts(&root, release, &dir, now)
+            stored_artifacts(&root, release, &stored, now)
         })
         .await?;
 
@@ -130,7 +140,7 @@ pub async fn export_bundle(
         tar_entries.push(Entry {
             name,
             size: a.length,
-            content: Content::File(dir.join(&a.sha256)),
+            content: Content::Artifact(a.sha256.clone()),
         });
     }
     let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).expect("serializes"));
@@ -164,8 +174,9 @@ pub async fn export_bundle(
     .await?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let store = app.artifacts.clone();
     tokio::spawn(async move {
-        if let Err(e) = write_tar(tar_entries, headers, &tx).await {
+        if let Err(e) = write_tar(&store, tar_entries, headers, &tx).await {
             tracing::warn!("bundle export stopped: {e}");
             let _ = tx.send(Err(e)).await;
         }
@@ -190,7 +201,7 @@ pub async fn export_bundle(
 fn stored_artifacts(
     root: &fleetwave_shared::verify::Verified<fleetwave_shared::docs::Root>,
     release: &fleetwave_shared::Envelope,
-    dir: &std::path::Path,
+    stored: &std::collections::HashMap<String, u64>,
     now: jiff::Timestamp,
 ) -> Result<Vec<Artifact>, String> {
     let verified = fleetwave_shared::verify::verify_release(root, release, now)
@@ -203,19 +214,16 @@ fn stored_artifacts(
         if !seen.insert(a.sha256.clone()) {
             continue;
         }
-        match std::fs::metadata(dir.join(&a.sha256)) {
-            Ok(m) if m.len() == a.length => {}
-            Ok(m) => {
+        match stored.get(&a.sha256) {
+            Some(&len) if len == a.length => {}
+            Some(&len) => {
                 return Err(format!(
                     "artifact {} ({}) is stored here with {} bytes, the release signs {}: \
                      upload it again",
-                    a.name,
-                    a.sha256,
-                    m.len(),
-                    a.length
+                    a.name, a.sha256, len, a.length
                 ));
             }
-            Err(_) => {
+            None => {
                 return Err(format!(
                     "artifact {} ({}) is not stored on this coordinator (the release fetches it \
                      from {}): upload it (`fleetwave artifact upload`) to export a bundle",
@@ -255,6 +263,7 @@ fn tar_header(name: &str, size: u64, mtime: i64) -> Result<[u8; 512], ApiError> 
 /// two zero blocks that end a tar. An artifact that changed length on disk since the check
 /// stops the stream (the agent would refuse the bundle anyway).
 async fn write_tar(
+    store: &crate::artifact_store::ArtifactStore,
     entries: Vec<Entry>,
     headers: Vec<[u8; 512]>,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -268,21 +277,23 @@ async fn write_tar(
         send(Bytes::copy_from_slice(&h)).await?;
         match e.content {
             Content::Bytes(b) => send(b).await?,
-            Content::File(path) => {
-                let mut file = tokio::fs::File::open(&path).await?;
+            Content::Artifact(sha) => {
+                let mut stream = store.read(&sha, 0, e.size).await?;
                 let mut left = e.size;
-                while left > 0 {
-                    let mut buf = vec![0u8; (256 * 1024).min(left as usize)];
-                    let n = file.read(&mut buf).await?;
-                    if n == 0 {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if chunk.len() as u64 > left {
                         return Err(std::io::Error::other(format!(
-                            "{} is shorter than its signed length",
-                            path.display()
+                            "artifact {sha} is longer than its signed length"
                         )));
                     }
-                    buf.truncate(n);
-                    left -= n as u64;
-                    send(Bytes::from(buf)).await?;
+                    left -= chunk.len() as u64;
+                    send(chunk).await?;
+                }
+                if left > 0 {
+                    return Err(std::io::Error::other(format!(
+                        "artifact {sha} is shorter than its signed length"
+                    )));
                 }
             }
         }

@@ -195,10 +195,11 @@ const ROUTES: &[Route] = &[
     },
     Route {
         path: "/v1/artifacts/{sha256}",
-        summary: "Download an artifact (Range supported)",
+        summary: "Download an artifact (Range supported; 307 to a presigned object-store URL when artifacts live in S3, unless `direct=1`)",
         auth: Auth::AgentOrOperator,
+        input: Input::Query(query::<super::artifacts::DownloadQuery>),
         output: Output::Bytes,
-        errors: &["206", "416"],
+        errors: &["206", "307", "416"],
         ..VIEW
     },
     Route {
@@ -894,6 +895,16 @@ fn other_answer(route: &Route, status: &str) -> Option<Response> {
                     header(string(), "`bytes START-END/LENGTH`"),
                 )
                 .content("application/octet-stream", bytes())
+                .build(),
+        ),
+        "307" => Some(
+            ResponseBuilder::new()
+                .description(
+                    "Redirect to a short-lived presigned URL of the object store (no body); \
+                     the artifact's signed length and SHA-256 are checked after download as \
+                     for any source",
+                )
+                .header("Location", header(string(), "The presigned URL"))
                 .build(),
         ),
         s if s.starts_with('4') || s.starts_with('5') => None,
