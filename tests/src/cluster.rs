@@ -57,6 +57,12 @@ pub struct FleetOptions {
     /// Sites that are neither enrolled nor started at first (a store that opens later:
     /// [`Fleet::enroll_late`]).
     pub enroll_later: BTreeSet<String>,
+    /// Extra TOML appended to the coordinator's config (documented keys only), e.g. an
+    /// `[artifacts]` section.
+    pub coordinator_extra: String,
+    /// A CA certificate (PEM) added to the bundle every agent pins, besides the
+    /// coordinator's (e.g. the object store's, so agents can follow presigned URLs).
+    pub agent_extra_ca: Option<PathBuf>,
 }
 
 impl FleetOptions {
@@ -206,7 +212,7 @@ impl Fleet {
 
     pub fn start_with(spec: FleetSpec, options: FleetOptions) -> Result<Fleet> {
         let dirs = FleetDirs::create(&spec)?;
-        let coordinator = start_coordinator(&dirs)?;
+        let coordinator = start_coordinator(&dirs, &options)?;
         let operator = Operator::new(&coordinator.url, &coordinator.ca, &coordinator.admin_token)?;
         eventually_default("the coordinator to answer /healthz", || {
             let status = operator.probe("/healthz")?;
@@ -676,7 +682,7 @@ fn read_envelope(path: &Path) -> Result<Envelope> {
         .map_err(|e| HarnessError::Fleet(format!("{} is not an envelope: {e}", path.display())))
 }
 
-fn start_coordinator(dirs: &FleetDirs) -> Result<Coordinator> {
+fn start_coordinator(dirs: &FleetDirs, options: &FleetOptions) -> Result<Coordinator> {
     let local = LocalCoordinator {
         dir: dirs.coordinator.clone(),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -685,7 +691,17 @@ fn start_coordinator(dirs: &FleetDirs) -> Result<Coordinator> {
     Spawn::from_cmd("coordinator-init", &local.init(&bins), &dirs.logs).run()?;
     local
         .tune(COORDINATOR_TUNING)
+        .and_then(|()| local.tune(&options.coordinator_extra))
         .map_err(|e| HarnessError::io(format!("tuning {}", local.config().display()), e))?;
+    if let Some(extra) = &options.agent_extra_ca {
+        let pem = std::fs::read_to_string(extra)
+            .map_err(|e| HarnessError::io(format!("reading {}", extra.display()), e))?;
+        let mut bundle = std::fs::read_to_string(local.ca())
+            .map_err(|e| HarnessError::io(format!("reading {}", local.ca().display()), e))?;
+        bundle.push_str(&pem);
+        std::fs::write(local.ca(), bundle)
+            .map_err(|e| HarnessError::io(format!("writing {}", local.ca().display()), e))?;
+    }
     let admin_token = local
         .admin_token()
         .map_err(|e| HarnessError::io("reading the admin token", e))?;

@@ -127,6 +127,32 @@ impl Operator {
             })
     }
 
+    /// A counter of the coordinator's `/metrics` (`fleetwave_<name>_total`, no labels).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let path = "/metrics";
+        let text = self
+            .http
+            .get(self.url(path))
+            .send()
+            .and_then(|r| r.text())
+            .map_err(|e| HarnessError::Api {
+                method: "GET".into(),
+                url: self.url(path),
+                status: 0,
+                body: format!("{e:#}"),
+            })?;
+        let prefix = format!("fleetwave_{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| HarnessError::Api {
+                method: "GET".into(),
+                url: self.url(path),
+                status: 200,
+                body: format!("no counter fleetwave_{name}_total"),
+            })
+    }
+
     // ----- typed helpers for the routes the scenarios use -----
 
     pub fn create_enrollment_token(

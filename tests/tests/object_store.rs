@@ -1,0 +1,82 @@
+//! Artifacts in an object store, over real processes: the coordinator keeps the release's
+//! artifact in a real S3-compatible server (SeaweedFS on loopback, TLS signed by the test's
+//! own CA) and answers the agents' downloads with presigned URLs; the agents follow them,
+//! verify the bytes against the signed SHA-256, and install. The coordinator streams none
+//! of the artifact's bytes itself.
+
+use std::path::{Path, PathBuf};
+
+use fleetwave_e2e::release::DemoRelease;
+use fleetwave_e2e::{Fleet, FleetOptions, FleetSpec, PlanSpec, WaveSpec};
+use fleetwave_shared::protocol::operator::RolloutStatus;
+use fleetwave_testkit::weed::{ACCESS_KEY, SECRET_KEY, Weed};
+
+/// A CA and a certificate for 127.0.0.1 signed by it (the object store's TLS), as files:
+/// (CA, certificate, key).
+fn store_tls(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse()?));
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &Issuer::new(ca, ca_key))?;
+    let (ca_path, cert, key) = (
+        dir.join("s3-ca.pem"),
+        dir.join("s3.pem"),
+        dir.join("s3.key"),
+    );
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&cert, leaf_cert.pem())?;
+    std::fs::write(&key, leaf_key.serialize_pem())?;
+    Ok((ca_path, cert, key))
+}
+
+#[test]
+fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (ca, cert, key) = store_tls(dir.path())?;
+    let weed =
+        Weed::start(&dir.path().join("weed"), &cert, &key, "fleet").map_err(anyhow::Error::msg)?;
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, SECRET_KEY)?;
+    let options = FleetOptions {
+        coordinator_extra: format!(
+            "\n[artifacts]\nstore = \"s3\"\n\n[artifacts.s3]\nbucket = \"fleet\"\n\
+             endpoint = \"{}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
+             secret_access_key_file = \"{}\"\nca_file = \"{}\"\n",
+            weed.https_endpoint,
+            secret.display(),
+            ca.display()
+        ),
+        agent_extra_ca: Some(ca.clone()),
+        ..FleetOptions::default()
+    };
+    let spec = FleetSpec::cohorts(1, 1, 1, 0);
+    let fleet = Fleet::start_with(spec.clone(), options)?;
+    let release = DemoRelease::good("1.0.0", 1);
+    fleet.publish(&release)?;
+    let id = fleet.rollout(&PlanSpec::new(
+        "through the bucket",
+        &release.id,
+        vec![WaveSpec::new("all")],
+    ))?;
+    fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
+    for site in &spec.sites {
+        fleet.wait_version(&site.id, "1.0.0")?;
+    }
+    // Every site was sent to the bucket; the coordinator streamed no artifact byte.
+    let redirects = fleet.operator.counter("artifact_redirects")?;
+    assert!(
+        redirects >= spec.sites.len() as u64,
+        "{redirects} redirects for {} sites",
+        spec.sites.len()
+    );
+    assert_eq!(fleet.operator.counter("artifact_bytes_served")?, 0);
+    drop(weed);
+    Ok(())
+}
