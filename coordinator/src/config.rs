@@ -667,6 +667,54 @@ mod tests {
     }
 
     #[test]
+    fn the_artifact_store_is_local_by_default_and_s3_settings_are_checked() {
+        let c = Config::parse("signing_key = \"k\"\n").unwrap();
+        assert_eq!(c.artifacts.store, ArtifactStoreKind::Local);
+        let s3 = |extra: &str| {
+            Config::parse(&format!(
+                "signing_key = \"k\"\n[artifacts]\nstore = \"s3\"\n[artifacts.s3]\nbucket = \"b\"\n{extra}"
+            ))
+        };
+        let c = s3("endpoint = \"https://s3.example:8333\"\n").unwrap();
+        let b = c.artifacts.s3.unwrap();
+        assert_eq!(
+            (
+                b.region.as_str(),
+                b.prefix.as_str(),
+                b.redirect,
+                b.presign_secs
+            ),
+            ("us-east-1", "artifacts/", true, 900)
+        );
+        for (extra, key) in [
+            (
+                "endpoint = \"http://s3.example\"\n",
+                "artifacts.s3.endpoint",
+            ),
+            (
+                "public_endpoint = \"ftp://s3.example\"\n",
+                "artifacts.s3.public_endpoint",
+            ),
+            ("presign_secs = 10\n", "artifacts.s3.presign_secs"),
+            ("presign_secs = 999999999\n", "artifacts.s3.presign_secs"),
+            ("access_key_id = \"id\"\n", "artifacts.s3.access_key_id"),
+            ("bucket_name = \"x\"\n", "bucket_name"),
+        ] {
+            let err = s3(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        s3("endpoint = \"http://127.0.0.1:8333\"\nallow_http = true\n").unwrap();
+        let err = Config::parse("signing_key = \"k\"\n[artifacts]\nstore = \"s3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("artifacts.s3"), "{err}");
+        let err = Config::parse("signing_key = \"k\"\n[artifacts]\nstore = \"ftp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store"), "{err}");
+    }
+
+    #[test]
     fn retention_defaults_and_bounds() {
         let c = Config::parse("signing_key = \"k\"\n").unwrap();
         assert_eq!(
