@@ -20,6 +20,9 @@ use crate::store::AssignmentRecord;
 #[derive(Debug, Clone, Default)]
 pub struct SiteView {
     pub active: bool,
+    /// Fingerprint of the site's device key ([`crate::state::device_key_fingerprint`]):
+    /// agent sessions opened with another key are refused.
+    pub key_fingerprint: Option<u64>,
     /// Shared, so that copying the view (every poll) copies no envelope.
     pub assignment: Option<Arc<CachedAssignment>>,
 }
@@ -181,5 +184,11 @@ impl SiteCache {
 
     pub fn set_active(&self, site_id: &str, active: bool) {
         self.slot(site_id).update(|v| v.active = active);
+    }
+
+    /// Records the site's device key (as stored): sessions opened with another key end.
+    pub fn set_device_key(&self, site_id: &str, device_key: &str) {
+        let fp = crate::state::device_key_fingerprint(device_key);
+        self.slot(site_id).update(|v| v.key_fingerprint = Some(fp));
     }
 }

@@ -207,6 +207,7 @@ pub async fn build_app_with_clock(
     tracing::info!(store = %artifacts.describe(), "artifact store");
     let metrics = Arc::new(Metrics::new());
     let controller = crate::liveness::Liveness::new(&metrics);
+    let sessions = Sessions::new(&signer);
     let engine = Engine::new(
         db.clone(),
         signer,
@@ -216,7 +217,7 @@ pub async fn build_app_with_clock(
     );
     let app = Arc::new(App {
         db: db.clone(),
-        sessions: Sessions::default(),
+        sessions,
         trust: RwLock::new(trust),
         roots_changed: watch::channel(0).0,
         metrics,
@@ -242,6 +243,7 @@ pub async fn build_app_with_clock(
         app.engine
             .sites
             .set_active(&s.id, s.state == SiteState::Active);
+        app.engine.sites.set_device_key(&s.id, &s.device_key);
     }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;

@@ -6,13 +6,13 @@
 //!
 //! Nothing in this module decides policy.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use fleetwave_shared::Envelope;
 use fleetwave_shared::docs::Root;
 use fleetwave_shared::verify::{Verified, verify_root_anchor, verify_root_rotation};
-use fleetwave_shared::{Envelope, sha256_hex};
 use jiff::Timestamp;
+use sha2::Digest as _;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -92,48 +92,147 @@ impl TrustChain {
     }
 }
 
-/// An agent session: bearer tokens are kept only as SHA-256.
-#[derive(Debug, Clone)]
+/// An agent session, as its bearer token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub site_id: String,
     pub expires_at: Timestamp,
+    /// [`device_key_fingerprint`] of the key the session was opened with: a session ends
+    /// when the site's key changes (re-enrollment, re-key).
+    pub key_fingerprint: u64,
 }
 
-#[derive(Default)]
+/// Agent session tokens, signed rather than stored: `fws1.<site id, base64url>.<expiry,
+/// Unix seconds>.<key fingerprint, hex>.<HMAC-SHA256, base64url>`.
+///
+/// The HMAC key is derived from the coordinator's signing key, which every coordinator of
+/// a fleet holds (it signs the assignments): so any coordinator process checks a session
+/// another one opened, and sessions outlive a restart (no handshake storm when 100,000
+/// agents come back). A token carries no secret beyond its MAC; what it grants is checked
+/// on every request against the live site (active, same device key), so decommissioning
+/// or re-keying a site ends its sessions at once.
 pub struct Sessions {
-    by_hash: RwLock<HashMap<String, Session>>,
+    key: [u8; 32],
 }
+
+const SESSION_PREFIX: &str = "fws1";
 
 impl Sessions {
-    /// Creates a session and returns its bearer token.
-    pub fn open(&self, site_id: &str, expires_at: Timestamp, now: Timestamp) -> String {
-        let token = random_hex(32);
-        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
-        // Expired sessions are swept now and then, not on every open (cheap at scale).
-        if map.len() % 1024 == 1023 {
-            map.retain(|_, s| s.expires_at > now);
+    /// Sessions signed with a key derived from `signing_key`'s secret.
+    pub fn new(signing_key: &ed25519_dalek::SigningKey) -> Sessions {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&signing_key.to_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(b"fleetwave agent session key v1");
+        Sessions {
+            key: mac.finalize().into_bytes().into(),
         }
-        map.insert(
-            sha256_hex(token.as_bytes()),
-            Session {
-                site_id: site_id.to_string(),
-                expires_at,
-            },
+    }
+
+    fn mac(&self, payload: &str) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac as _;
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// A session token for `site_id`, opened with `device_key`, valid until `expires_at`.
+    pub fn open(&self, site_id: &str, device_key: &str, expires_at: Timestamp) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = format!(
+            "{SESSION_PREFIX}.{}.{}.{:016x}",
+            b64.encode(site_id),
+            expires_at.as_second(),
+            device_key_fingerprint(device_key)
         );
-        token
+        let tag = b64.encode(self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{tag}")
     }
 
-    /// The live session of a bearer token.
+    /// The session a bearer token carries, when its MAC checks and it has not expired.
     pub fn lookup(&self, token: &str, now: Timestamp) -> Option<Session> {
-        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&sha256_hex(token.as_bytes()))
-            .filter(|s| s.expires_at > now)
-            .cloned()
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if token.len() > 512 {
+            return None;
+        }
+        let (payload, tag) = token.rsplit_once('.')?;
+        let tag = b64.decode(tag).ok()?;
+        self.mac(payload).verify_slice(&tag).ok()?;
+        let mut parts = payload.split('.');
+        let (prefix, site, expires, fp) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if prefix != SESSION_PREFIX || parts.next().is_some() {
+            return None;
+        }
+        let site_id = String::from_utf8(b64.decode(site).ok()?).ok()?;
+        let expires_at = Timestamp::from_second(expires.parse().ok()?).ok()?;
+        let key_fingerprint = u64::from_str_radix(fp, 16).ok()?;
+        (expires_at > now).then_some(Session {
+            site_id,
+            expires_at,
+            key_fingerprint,
+        })
+    }
+}
+
+/// The first 64 bits of the SHA-256 of a device key as stored (its text form).
+pub fn device_key_fingerprint(device_key: &str) -> u64 {
+    let digest = sha2::Sha256::digest(device_key.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn key(seed: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
     }
 
-    /// Drops every session of a site (decommission, re-enrollment).
-    pub fn drop_site(&self, site_id: &str) {
-        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| s.site_id != site_id);
+    #[test]
+    fn a_token_carries_its_site_expiry_and_key_and_nothing_else_passes() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let until = Timestamp::from_second(1_800_003_600).unwrap();
+        let sessions = Sessions::new(&key(1));
+        let token = sessions.open("store.0042/b", "ed25519:abc", until);
+        let s = sessions.lookup(&token, now).expect("a fresh token");
+        assert_eq!(s.site_id, "store.0042/b");
+        assert_eq!(s.expires_at, until);
+        assert_eq!(s.key_fingerprint, device_key_fingerprint("ed25519:abc"));
+        assert_ne!(s.key_fingerprint, device_key_fingerprint("ed25519:abd"));
+        // Another coordinator with the same signing key checks it; one with another key not.
+        assert_eq!(Sessions::new(&key(1)).lookup(&token, now), Some(s));
+        assert_eq!(Sessions::new(&key(2)).lookup(&token, now), None);
+        // Expired.
+        assert_eq!(sessions.lookup(&token, until), None);
+        // Any changed character is refused.
+        for i in 0..token.len() {
+            let mut b = token.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(b).unwrap();
+            if t != token {
+                assert_eq!(sessions.lookup(&t, now), None, "{t}");
+            }
+        }
+        // Another site's payload with this token's MAC is refused.
+        let (_, tag) = token.rsplit_once('.').unwrap();
+        let other = sessions.open("store-0043", "ed25519:abc", until);
+        let (payload, _) = other.rsplit_once('.').unwrap();
+        assert_eq!(sessions.lookup(&format!("{payload}.{tag}"), now), None);
+        for junk in [
+            "",
+            ".",
+            "fws1",
+            "fws1....",
+            "not-a-session",
+            &"a".repeat(600),
+        ] {
+            assert_eq!(sessions.lookup(junk, now), None, "{junk}");
+        }
     }
 }

@@ -231,6 +231,13 @@ async fn enrollment_tokens_proofs_sessions_and_replays() {
         .post("/v1/enroll", "", enroll_body(&a.site, &t4, &new_key))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // The session the old key opened ends with the re-key.
+    let (s, v) = h.get("/v1/agent/poll", &a.token).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "session_expired"),
+        "{v}"
+    );
     // The old device key no longer opens sessions; the new one does.
     let (s, _) = h
         .post(

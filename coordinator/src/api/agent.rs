@@ -119,7 +119,8 @@ pub async fn enroll(
             }
             other => other.into(),
         })?;
-    app.sessions.drop_site(&site.id);
+    // Sessions opened with an earlier key of this site end (their key fingerprint differs).
+    app.engine.sites.set_device_key(&site.id, &site.device_key);
     app.engine.sites.set_active(&site.id, true);
     let entry = crate::store::AuditRecord {
         id: 0,
@@ -183,7 +184,6 @@ pub async fn session(
         )
     })?;
     if site.state != SiteState::Active {
-        app.sessions.drop_site(&site.id);
         return Err(decommissioned(&site.id));
     }
     let key = parse_public_key(&site.device_key)
@@ -220,7 +220,8 @@ pub async fn session(
         SignedDuration::from_secs(i64::try_from(app.config.sessions.ttl_secs).unwrap_or(i64::MAX)),
         "the session's expiry (now + sessions.ttl_secs)",
     )?;
-    let token = app.sessions.open(&site.id, expires_at, now);
+    let token = app.sessions.open(&site.id, &site.device_key, expires_at);
+    app.engine.sites.set_device_key(&site.id, &site.device_key);
     app.engine.sites.set_active(&site.id, true);
     app.engine.saw(&site.id, now);
     Ok(Json(SessionResponse {

@@ -140,14 +140,24 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
             "the session is unknown or expired; open a new one with POST /v1/agent/session",
         )
     })?;
-    let active = app
+    let (active, key) = app
         .engine
         .sites
         .get(&session.site_id)
-        .is_some_and(|s| s.view().active);
+        .map(|s| {
+            let v = s.view();
+            (v.active, v.key_fingerprint)
+        })
+        .unwrap_or_default();
     if !active {
-        app.sessions.drop_site(&session.site_id);
         return Err(decommissioned(&session.site_id));
+    }
+    if key != Some(session.key_fingerprint) {
+        return Err(ApiError::unauthorized(
+            "session_expired",
+            "the session was opened with another device key of this site (it enrolled \
+             again); open a new one with POST /v1/agent/session",
+        ));
     }
     Ok(Agent {
         site_id: session.site_id,
