@@ -280,6 +280,16 @@ pub async fn enroll(
     parse_json(paths::ENROLL, &body)
 }
 
+/// Whether an error means "this coordinator cannot serve now" (another may): the
+/// connection failed or timed out, or it answered 502, 503 or 504.
+fn fails_over(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Status { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
+}
+
 fn transport(url: &str, e: reqwest::Error) -> ClientError {
     // The full chain says whether it was DNS, refused, TLS or a timeout.
     let mut message = e.to_string();
@@ -308,9 +318,16 @@ pub enum PollAnswer {
 }
 
 /// A session with the coordinator for one enrolled site.
+///
+/// With several coordinator URLs (replicas of one fleet), requests go to the current one;
+/// when it cannot be reached (connection refused or reset, timeout, 502/503/504) the same
+/// request is tried at once on the next, in order, and the session stays there. Session
+/// tokens are valid on every coordinator of the fleet, so failing over needs no handshake.
 pub struct Session {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    /// Index into `bases` of the coordinator in use.
+    current: std::sync::atomic::AtomicUsize,
     site_id: String,
     key: SigningKey,
     token: Mutex<Option<String>>,
@@ -323,9 +340,24 @@ pub struct Session {
 
 impl Session {
     pub fn new(http: reqwest::Client, base: &str, site_id: &str, key: SigningKey) -> Session {
+        Session::with_coordinators(http, &[base.to_string()], site_id, key)
+    }
+
+    /// A session that fails over between `bases` (tried in order; at least one).
+    pub fn with_coordinators(
+        http: reqwest::Client,
+        bases: &[String],
+        site_id: &str,
+        key: SigningKey,
+    ) -> Session {
+        assert!(!bases.is_empty(), "a session needs a coordinator URL");
         Session {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
             site_id: site_id.to_string(),
             key,
             token: Mutex::new(None),
@@ -343,8 +375,57 @@ impl Session {
         &self.http
     }
 
+    /// The coordinator in use now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Moves to the next coordinator after `failed` (the index that failed), unless
+    /// another request already moved on.
+    fn fail_over(&self, failed: usize, why: &ClientError) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        let next = (failed + 1) % self.bases.len();
+        if self
+            .current
+            .compare_exchange(
+                failed,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            tracing::warn!(
+                from = %self.bases[failed],
+                to = %self.bases[next],
+                error = %why,
+                "coordinator unreachable; failing over"
+            );
+        }
+    }
+
+    /// Runs `attempt` against the current coordinator, then each next one while the
+    /// answer says the coordinator is unreachable (each at most once).
+    async fn failing_over<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut last = None;
+        for _ in 0..self.bases.len() {
+            let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+            match attempt(self.bases[i].clone()).await {
+                Err(e) if fails_over(&e) => {
+                    self.fail_over(i, &e);
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one coordinator was tried"))
     }
 
     /// The current bearer token, opening a session first if there is none.
@@ -368,19 +449,26 @@ impl Session {
             nonce,
             signature: base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
         };
-        let url = join(&self.base, paths::SESSION);
-        let response = self
-            .http
-            .post(&url)
-            .json(&request)
-            .send()
-            .await
-            .map_err(|e| transport(&url, e))?;
-        if !response.status().is_success() {
-            return Err(error_from(paths::SESSION, response).await);
-        }
-        let body = read_capped(paths::SESSION, response, MAX_ANSWER_BYTES).await?;
-        let session: SessionResponse = parse_json(paths::SESSION, &body)?;
+        let session: SessionResponse = self
+            .failing_over(|base| {
+                let url = join(&base, paths::SESSION);
+                let request = &request;
+                async move {
+                    let response = self
+                        .http
+                        .post(&url)
+                        .json(request)
+                        .send()
+                        .await
+                        .map_err(|e| transport(&url, e))?;
+                    if !response.status().is_success() {
+                        return Err(error_from(paths::SESSION, response).await);
+                    }
+                    let body = read_capped(paths::SESSION, response, MAX_ANSWER_BYTES).await?;
+                    parse_json(paths::SESSION, &body)
+                }
+            })
+            .await?;
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.token.clone());
         *self
             .signal_minutes
@@ -414,7 +502,36 @@ impl Session {
         etag: Option<&str>,
         timeout: Duration,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = format!("{}{}{}", self.base, path, query);
+        self.failing_over(|base| {
+            let body = body.clone();
+            let method = method.clone();
+            async move {
+                let response = self
+                    .send_to(&base, path, method, query, body, etag, timeout)
+                    .await?;
+                // A replica that answers 502/503/504 is as good as unreachable: try the next.
+                if matches!(response.status().as_u16(), 502..=504) {
+                    return Err(error_from(path, response).await);
+                }
+                Ok(response)
+            }
+        })
+        .await
+    }
+
+    /// [`Session::send`] to one coordinator.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_to(
+        &self,
+        base: &str,
+        path: &'static str,
+        method: Method,
+        query: &str,
+        body: Option<Vec<u8>>,
+        etag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{base}{path}{query}");
         for attempt in 0..2 {
             let token = self.bearer().await?;
             let mut request = self

@@ -54,6 +54,11 @@ pub struct CoordinatorConfig {
     /// Base URL, e.g. `https://fleet.example.com:8443`. Required (may be empty only for
     /// air-gapped sites that only import bundles).
     pub url: String,
+    /// More coordinators of the same fleet (replicas behind other addresses), tried in
+    /// order after `url` when it cannot be reached. The agent stays on the one that
+    /// answered until it fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// PEM file with the fleet CA that signed the coordinator's TLS certificate. The agent
     /// trusts only this CA unless `use_system_roots = true`.
     #[serde(default = "default_ca_file")]
@@ -64,6 +69,17 @@ pub struct CoordinatorConfig {
     /// Timeout for one request (a long poll adds its `wait` on top).
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+}
+
+impl CoordinatorConfig {
+    /// Every coordinator URL, in the order they are tried: `url`, then `also`.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(&self.url)
+            .chain(&self.also)
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
 }
 
 /// `[agent]`: identity and local state.
@@ -322,6 +338,20 @@ impl Config {
             return Err(bad(
                 "coordinator.url",
                 format!("must be an https:// URL (the agent only talks TLS), got {url:?}"),
+            ));
+        }
+        for (i, also) in self.coordinator.also.iter().enumerate() {
+            if !also.trim().starts_with("https://") {
+                return Err(bad(
+                    "coordinator.also",
+                    format!("also[{i}] must be an https:// URL, got {also:?}"),
+                ));
+            }
+        }
+        if url.is_empty() && !self.coordinator.also.is_empty() {
+            return Err(bad(
+                "coordinator.also",
+                "needs coordinator.url (the first coordinator to try)".into(),
             ));
         }
         if self.coordinator.request_timeout_secs == 0 {

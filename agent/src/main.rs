@@ -266,10 +266,33 @@ async fn enroll(
     };
     let http = fleetwave_agent::client::http_client(&config.coordinator)
         .map_err(|e| Failure::new(EXIT_FAILURE, e))?;
-    let answer =
-        fleetwave_agent::client::enroll(&http, &config.coordinator.url, &token, &site_id, &key)
-            .await
-            .map_err(|e| Failure::new(EXIT_FAILURE, format!("enrollment failed: {e}")))?;
+    // Each configured coordinator in turn, while the one asked cannot be reached.
+    let mut answer = None;
+    let mut unreachable = Vec::new();
+    for url in config.coordinator.urls() {
+        match fleetwave_agent::client::enroll(&http, &url, &token, &site_id, &key).await {
+            Ok(a) => {
+                answer = Some(a);
+                break;
+            }
+            Err(e) if e.is_unreachable() => unreachable.push(format!("{url}: {e}")),
+            Err(e) => {
+                return Err(Failure::new(
+                    EXIT_FAILURE,
+                    format!("enrollment failed: {e}"),
+                ));
+            }
+        }
+    }
+    let answer = answer.ok_or_else(|| {
+        Failure::new(
+            EXIT_FAILURE,
+            format!(
+                "enrollment failed: no coordinator could be reached ({})",
+                unreachable.join("; ")
+            ),
+        )
+    })?;
     let version = trust.update_root(&answer.roots).map_err(|e| {
         Failure::new(
             EXIT_REFUSED,

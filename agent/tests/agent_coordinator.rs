@@ -412,3 +412,57 @@ async fn expiring_sessions_reopen_once_each_and_requests_reuse_connections() {
     assert!(opened_connections <= 3, "{opened_connections}\n{logs}");
     agent.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_coordinator_when_the_first_cannot_be_reached() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-1", &coordinator);
+    // The first coordinator listed is down (nothing listens there); the second is up.
+    let dead = format!("https://{}", common::free_addr());
+    let text = std::fs::read_to_string(&site.config).unwrap().replacen(
+        &format!("url = \"{}\"", coordinator.url),
+        &format!("url = \"{dead}\"\nalso = [\"{}\"]", coordinator.url),
+        1,
+    );
+    std::fs::write(&site.config, text).unwrap();
+    // Enrollment goes to the second.
+    site.enroll(&coordinator).await;
+    let _agent = site.run(&[]);
+    eventually(
+        "the site is seen and healthy through the second coordinator",
+        || async {
+            let info = coordinator.site("store-1").await;
+            (info.last_seen.is_some() && info.healthy.is_some()).then_some(())
+        },
+    )
+    .await;
+    eventually("the outbox drains", || async {
+        let s = site.status().await;
+        (s["queued_reports"]["total"] == 0 && s["last_contact"].is_string()).then_some(())
+    })
+    .await;
+    assert!(
+        site.logs().contains("failing over"),
+        "no failover logged:\n{}",
+        site.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_fallback_coordinator_is_refused_with_its_key() {
+    let coordinator = Coordinator::start().await;
+    let site = Site::new("store-1", &coordinator);
+    site.configure("");
+    let text = std::fs::read_to_string(&site.config).unwrap().replacen(
+        &format!("url = \"{}\"", coordinator.url),
+        &format!(
+            "url = \"{}\"\nalso = [\"http://10.0.0.9:8443\"]",
+            coordinator.url
+        ),
+        1,
+    );
+    std::fs::write(&site.config, text).unwrap();
+    let (code, _, err) = site.cli(&["config", "check"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("coordinator.also"), "{err}");
+}

@@ -107,9 +107,9 @@ impl Context {
         }
         let http = client::http_client(&self.config.coordinator)?;
         Ok(Some(
-            Session::new(
+            Session::with_coordinators(
                 http,
-                &self.config.coordinator.url,
+                &self.config.coordinator.urls(),
                 &self.site_id,
                 self.device_key()?,
             )

@@ -426,9 +426,14 @@ impl Daemon {
                     Some(s) => s.http().clone(),
                     None => reqwest::Client::new(),
                 };
+                // Relative artifact URLs are fetched from the coordinator in use now.
+                let base_url = match &self.session {
+                    Some(s) => s.base_url().to_string(),
+                    None => self.ctx.config.coordinator.url.clone(),
+                };
                 let source = ArtifactSource {
                     client: &client,
-                    base_url: &self.ctx.config.coordinator.url,
+                    base_url: &base_url,
                     bearer_token: bearer.as_deref(),
                     max_bytes_per_sec: self.ctx.config.download.max_bytes_per_sec,
                 };

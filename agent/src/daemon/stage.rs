@@ -90,7 +90,8 @@ impl Daemon {
         };
         let client = session.http().clone();
         let bearer = session.bearer().await.ok();
-        let base_url = self.ctx.config.coordinator.url.clone();
+        // Relative artifact URLs are fetched from the coordinator in use now.
+        let base_url = session.base_url().to_string();
         let staging_dir = self.ctx.config.staging_dir();
         let limit = self.ctx.config.download.max_bytes_per_sec;
         let artifacts: Vec<Artifact> = release.artifacts.clone();
