@@ -145,6 +145,14 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// (Used by `poll-ratio`: the minimal axum baseline server in its own process.)
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        canned: PathBuf,
+    },
     /// Memory per idle keep-alive connection: one TLS connection per site, polled once
     /// (200, then 304) and left open, the coordinator's RSS read after each step.
     Connections {
@@ -319,7 +327,10 @@ fn none_failed(failed: u64, what: &str) -> bool {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    fleet::print_machine();
+    // The baseline server's stdout is its port, read by its parent.
+    if !matches!(cli.command, Cmd::BaselineServer { .. }) {
+        fleet::print_machine();
+    }
     match cli.command {
         Cmd::Fleet {
             common,
@@ -390,6 +401,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let (dir, _tmp) = workdir(common.dir.clone())?;
             let fleet = fleet_up(&common, &dir, 60, Duration::from_secs(60), false).await?;
             ratio::poll_ratio(fleet, workers, seconds, !full).await?;
+            Ok(true)
+        }
+        Cmd::BaselineServer { config, canned } => {
+            ratio::run_baseline_server(&config, &canned).await?;
             Ok(true)
         }
         Cmd::Connections {
