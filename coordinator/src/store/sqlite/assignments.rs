@@ -27,23 +27,27 @@ pub(super) fn issue_assignments(
         let mut mark_assigned = tx.prepare_cached(
             "UPDATE rollout_sites SET assigned_at = COALESCE(assigned_at, ?3) WHERE rollout_id = ?1 AND site_id = ?2",
         )?;
+        let mut sequences = Vec::with_capacity(drafts.len());
         for d in drafts {
             let sequence: i64 = next_sequence
                 .query_row([&d.site_id], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("no site {}", d.site_id)))?;
-            let env = sign(d, sequence as u64);
+            sequences.push(sequence as u64);
+        }
+        let envelopes = crate::store::sign_all(drafts, &sequences, sign);
+        for ((d, &sequence), env) in drafts.iter().zip(&sequences).zip(envelopes) {
             insert.execute(
-                params![d.site_id, sequence, d.rollout_id, d.wave, d.release_id, d.release_digest, d.rollback, to_json(&env), ms(d.issued_at), ms(d.expires)],
+                params![d.site_id, sequence as i64, d.rollout_id, d.wave, d.release_id, d.release_digest, d.rollback, to_json(&env), ms(d.issued_at), ms(d.expires)],
             )?;
             if d.rollback {
-                mark_rollback.execute(params![d.rollout_id, d.site_id, sequence])?;
+                mark_rollback.execute(params![d.rollout_id, d.site_id, sequence as i64])?;
             } else {
                 mark_assigned.execute(params![d.rollout_id, d.site_id, ms(d.issued_at)])?;
             }
             out.push(AssignmentRecord {
                 site_id: d.site_id.clone(),
-                sequence: sequence as u64,
+                sequence,
                 rollout_id: d.rollout_id.clone(),
                 wave: d.wave,
                 release_id: d.release_id.clone(),
