@@ -354,6 +354,9 @@ impl Config {
                 "needs coordinator.url (the first coordinator to try)".into(),
             ));
         }
+        if let Some((key, message)) = self.executor.kubernetes.problem() {
+            return Err(bad(key, message));
+        }
         if self.coordinator.request_timeout_secs == 0 {
             return Err(bad(
                 "coordinator.request_timeout_secs",

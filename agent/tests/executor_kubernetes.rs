@@ -56,6 +56,7 @@ impl Cluster {
                 .success()
         );
         std::fs::remove_file(state.join("restarts")).unwrap();
+        std::fs::remove_file(state.join("events")).unwrap();
 
         let mut config = ExecutorConfig {
             apps_dir: tmp.path().join("apps"),
@@ -128,6 +129,40 @@ impl Cluster {
         std::fs::read_to_string(self.state.join(file))
             .map(|s| s.lines().count())
             .unwrap_or(0)
+    }
+
+    /// What the stand-ins recorded, in order: kubectl changes, snapshots, restarts.
+    fn events(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state.join("events"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn cordoned(&self) -> bool {
+        self.state.join("cordoned").exists()
+    }
+
+    /// The cluster's node list: (name, server, kubelet version).
+    fn nodes(&self, nodes: &[(&str, bool, &str)]) {
+        let items: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|(name, server, version)| {
+                let labels = if *server {
+                    json!({"node-role.kubernetes.io/control-plane": "true"})
+                } else {
+                    json!({})
+                };
+                json!({"metadata": {"name": name, "labels": labels},
+                       "status": {"nodeInfo": {"kubeletVersion": version}}})
+            })
+            .collect();
+        std::fs::write(
+            self.state.join("nodes.json"),
+            json!({"kind": "NodeList", "items": items}).to_string(),
+        )
+        .unwrap();
     }
 
     fn running_version(&self) -> String {
@@ -296,4 +331,194 @@ async fn kubernetes_executor_with_stand_in_k3s_scripts_reports_a_failed_snapshot
     assert_eq!(c.binary_version(&c.binary), "v1.30.4+k3s1");
     e.rollback().await.unwrap();
     assert_eq!(c.lines("restarts"), 0, "nothing to undo, nothing restarted");
+}
+
+#[tokio::test]
+async fn kubernetes_executor_with_stand_in_k3s_scripts_cordons_drains_upgrades_and_uncordons_in_order()
+ {
+    let mut c = Cluster::running("v1.30.4+k3s1").await;
+    c.config.kubernetes.drain = true;
+    c.config.kubernetes.drain_timeout_secs = 120;
+    let r = c.release("v1.31.2+k3s1", "ready");
+    let e = c.executor(&r, false);
+    e.prepare(&c.source()).await.unwrap();
+    assert!(
+        c.events().is_empty(),
+        "prepare changes nothing: {:?}",
+        c.events()
+    );
+    e.install().await.unwrap();
+    assert!(c.cordoned(), "cordoned through the restart");
+    e.verify(&c.health, |_| {}).await.unwrap();
+    assert!(!c.cordoned(), "uncordoned once Ready on the new version");
+    e.commit().await.unwrap();
+    assert_eq!(
+        c.events(),
+        vec![
+            "kubectl cordon standin-node",
+            "kubectl drain standin-node --ignore-daemonsets --delete-emptydir-data --timeout=120s",
+            "snapshot v1.30.4+k3s1",
+            "restart v1.31.2+k3s1",
+            "kubectl uncordon standin-node",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_executor_with_stand_in_k3s_scripts_fails_a_drain_a_disruption_budget_blocks_and_the_rollback_uncordons()
+ {
+    let mut c = Cluster::running("v1.30.4+k3s1").await;
+    c.config.kubernetes.drain = true;
+    std::fs::write(c.state.join("drain-blocked"), "").unwrap();
+    let r = c.release("v1.31.2+k3s1", "ready");
+    let e = c.executor(&r, false);
+    e.prepare(&c.source()).await.unwrap();
+    let err = e.install().await.unwrap_err();
+    assert_eq!(err.code(), "step_failed", "{err}");
+    assert!(err.to_string().contains("disruption budget"), "{err}");
+    assert!(
+        err.to_string().contains("draining node standin-node"),
+        "{err}"
+    );
+    assert_eq!(
+        c.binary_version(&c.binary),
+        "v1.30.4+k3s1",
+        "nothing replaced"
+    );
+    assert_eq!(c.lines("snapshots"), 0);
+    assert!(c.cordoned());
+    // The agent's recovery (a new executor, as after a restart of the agent) rolls back:
+    // nothing to restore, the cordon is undone.
+    let recovered = c.executor(&r, false);
+    recovered.rollback().await.unwrap();
+    assert!(!c.cordoned());
+    assert_eq!(c.lines("restarts"), 0);
+    assert_eq!(
+        c.events().last().map(String::as_str),
+        Some("kubectl uncordon standin-node")
+    );
+    recovered.rollback().await.unwrap();
+    assert_eq!(
+        c.events()
+            .iter()
+            .filter(|e| e.starts_with("kubectl uncordon"))
+            .count(),
+        1,
+        "a second recovery changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_executor_with_stand_in_k3s_scripts_uncordons_when_a_crash_after_the_swap_is_rolled_back()
+ {
+    let c = Cluster::running("v1.30.4+k3s1").await;
+    let r = c.release("v1.31.2+k3s1", "broken");
+    let e = c.executor(&r, false);
+    e.prepare(&c.source()).await.unwrap();
+    e.install().await.unwrap();
+    assert!(c.cordoned());
+    // The agent dies here (before verify); recovery rolls back with a new executor.
+    drop(e);
+    c.executor(&r, false).rollback().await.unwrap();
+    assert!(!c.cordoned());
+    assert_eq!(c.running_version(), "v1.30.4+k3s1");
+    assert_eq!(
+        c.events(),
+        vec![
+            "kubectl cordon standin-node",
+            "snapshot v1.30.4+k3s1",
+            "restart v1.31.2+k3s1",
+            "restart v1.30.4+k3s1",
+            "kubectl uncordon standin-node",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_executor_with_stand_in_k3s_scripts_upgrades_agent_nodes_only_after_the_servers()
+{
+    let c = Cluster::running("v1.30.4+k3s1").await;
+    // This node is an agent; the one server still runs 1.30.
+    c.nodes(&[
+        ("server-1", true, "v1.30.4+k3s1"),
+        ("standin-node", false, "v1.30.4+k3s1"),
+    ]);
+    let r = c.release("v1.31.2+k3s1", "ready");
+    let err = c
+        .executor(&r, false)
+        .prepare(&c.source())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "preflight_refused", "{err}");
+    assert!(
+        err.to_string()
+            .contains("server server-1 runs v1.30.4+k3s1"),
+        "{err}"
+    );
+    assert!(c.events().is_empty(), "nothing changed: {:?}", c.events());
+    // Once the server runs 1.31.2, the agent follows.
+    c.nodes(&[
+        ("server-1", true, "v1.31.2+k3s1"),
+        ("standin-node", false, "v1.30.4+k3s1"),
+    ]);
+    c.executor(&r, false).prepare(&c.source()).await.unwrap();
+
+    // A server never leaves a node more than three minor versions behind.
+    let c = Cluster::running("v1.30.4+k3s1").await;
+    c.nodes(&[
+        ("standin-node", true, "v1.30.4+k3s1"),
+        ("old-agent", false, "v1.27.9+k3s1"),
+    ]);
+    let err = c
+        .executor(&c.release("v1.31.2+k3s1", "ready"), false)
+        .prepare(&c.source())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("old-agent"), "{err}");
+}
+
+#[test]
+fn kubernetes_drain_settings_that_could_force_or_hang_a_drain_are_refused_with_their_key() {
+    use fleetwave_agent::executor::kubernetes::KubernetesConfig;
+    for (args, drain, timeout, cordon, key) in [
+        (
+            vec!["--force"],
+            true,
+            60,
+            true,
+            "executor.kubernetes.drain_args",
+        ),
+        (
+            vec!["--disable-eviction"],
+            true,
+            60,
+            true,
+            "executor.kubernetes.drain_args",
+        ),
+        (
+            vec!["--timeout=0s"],
+            true,
+            60,
+            true,
+            "executor.kubernetes.drain_args",
+        ),
+        (
+            vec![],
+            true,
+            0,
+            true,
+            "executor.kubernetes.drain_timeout_secs",
+        ),
+        (vec![], true, 60, false, "executor.kubernetes.cordon"),
+    ] {
+        let k = KubernetesConfig {
+            drain,
+            drain_args: args.iter().map(|a| a.to_string()).collect(),
+            drain_timeout_secs: timeout,
+            cordon,
+            ..KubernetesConfig::default()
+        };
+        assert_eq!(k.problem().map(|(k, _)| k), Some(key), "{args:?}");
+    }
+    assert_eq!(KubernetesConfig::default().problem(), None);
 }

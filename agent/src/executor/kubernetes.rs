@@ -8,8 +8,18 @@
 //!
 //! Skew policy: the major version never changes; no minor version is skipped (1.30 → 1.31
 //! ok, 1.30 → 1.32 refused); a downgrade only from an explicit rollback assignment, and by
-//! at most one minor version. Every command and path is configurable so other
-//! distributions fit. This module never touches workloads, never drains or cordons.
+//! at most one minor version. Across the cluster (`cluster_skew_check`): servers first, an
+//! agent node never goes past the oldest server, and a server never leaves a node more than
+//! three minor versions behind (the kubelet skew Kubernetes supports). Every command and
+//! path is configurable so other distributions fit.
+//!
+//! The node's workloads: before the binary is replaced the node is cordoned (`cordon`,
+//! default on) and, when configured, drained (`drain`: `kubectl drain` with a timeout,
+//! through the eviction API so PodDisruptionBudgets hold, never forced; a drain that cannot
+//! finish fails the install, which rolls back). Once the node is Ready again on the new
+//! version it is uncordoned; a rollback uncordons it too. A marker file in the staging
+//! directory remembers the cordon across a crash, so recovery (which rolls back or
+//! finishes) always uncordons.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +65,55 @@ pub struct KubernetesConfig {
     pub ready_timeout_secs: u64,
     /// Timeout of the version, snapshot and restart commands, seconds. Default 600.
     pub command_timeout_secs: u64,
+    /// Cordon the node before replacing the binary and uncordon it once it is Ready again,
+    /// so nothing new is scheduled on it meanwhile. Default true.
+    pub cordon: bool,
+    /// Also drain it (`kubectl drain`): its pods are evicted through the eviction API, so
+    /// PodDisruptionBudgets hold; a drain that cannot finish within `drain_timeout_secs`
+    /// fails the install, which rolls back. Never forced. Default false: on a one-node
+    /// cluster the pods have nowhere to go (and keep running through a k3s restart).
+    pub drain: bool,
+    /// Arguments of `kubectl drain` besides the node and `--timeout`. Default
+    /// `["--ignore-daemonsets", "--delete-emptydir-data"]`. `--force`,
+    /// `--disable-eviction` and `--timeout` are refused.
+    pub drain_args: Vec<String>,
+    /// Longest drain, seconds (passed as `--timeout`). Default 300.
+    pub drain_timeout_secs: u64,
+    /// Check the cluster's version skew before an upgrade (`kubectl get nodes`): servers
+    /// first, an agent node never past the oldest server, no node left more than three
+    /// minor versions behind a server. Default true.
+    pub cluster_skew_check: bool,
+}
+
+impl KubernetesConfig {
+    /// What is wrong with this configuration: the key and why.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        for a in &self.drain_args {
+            let flag = a.split('=').next().unwrap_or_default();
+            if matches!(flag, "--force" | "--disable-eviction" | "--timeout") {
+                return Some((
+                    "executor.kubernetes.drain_args",
+                    format!(
+                        "{a:?} is not allowed (a drain is never forced, always goes through \
+                         the eviction API, and its timeout is drain_timeout_secs)"
+                    ),
+                ));
+            }
+        }
+        if self.drain && self.drain_timeout_secs == 0 {
+            return Some((
+                "executor.kubernetes.drain_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.drain && !self.cordon {
+            return Some((
+                "executor.kubernetes.cordon",
+                "a drained node is cordoned: set cordon = true with drain = true".into(),
+            ));
+        }
+        None
+    }
 }
 
 impl Default for KubernetesConfig {
@@ -70,8 +129,66 @@ impl Default for KubernetesConfig {
             system_namespace: "kube-system".into(),
             ready_timeout_secs: 600,
             command_timeout_secs: 600,
+            cordon: true,
+            drain: false,
+            drain_args: vec![
+                "--ignore-daemonsets".into(),
+                "--delete-emptydir-data".into(),
+            ],
+            drain_timeout_secs: 300,
+            cluster_skew_check: true,
         }
     }
+}
+
+/// The cluster-wide skew policy for upgrading node `node` to `target`: servers first; an
+/// agent node never past the oldest server; no node more than three minor versions behind
+/// the target of a server. Nodes whose version cannot be read are named.
+pub fn cluster_skew_check(
+    nodes: &[kube::ClusterNode],
+    node: &str,
+    target: &KubeVersion,
+) -> Result<(), String> {
+    let me = nodes
+        .iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| format!("node {node} is not in the cluster's node list"))?;
+    let parsed = |n: &kube::ClusterNode| {
+        KubeVersion::parse(&n.kubelet_version).ok_or_else(|| {
+            format!(
+                "node {} reports version {:?}, not a Kubernetes version",
+                n.name, n.kubelet_version
+            )
+        })
+    };
+    if me.server {
+        for n in nodes.iter().filter(|n| n.name != node) {
+            let v = parsed(n)?;
+            if v.major == target.major && target.minor > v.minor + 3 {
+                return Err(format!(
+                    "node {} runs {}: a server on {} would be more than three minor versions \
+                     ahead of it (upgrade it first)",
+                    n.name, n.kubelet_version, target.text
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let mut servers = nodes.iter().filter(|n| n.server).peekable();
+    if servers.peek().is_none() {
+        return Err("the cluster lists no server (control-plane) node".into());
+    }
+    for s in servers {
+        let v = parsed(s)?;
+        if (target.major, target.minor, target.patch) > (v.major, v.minor, v.patch) {
+            return Err(format!(
+                "server {} runs {}: agent nodes are upgraded after the servers, never past \
+                 them (upgrade the servers to {} first)",
+                s.name, s.kubelet_version, target.text
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A Kubernetes version `major.minor.patch` plus its distribution suffix (`+k3s1`).
@@ -274,6 +391,16 @@ impl KubernetesExecutor {
             != Some(self.artifact.sha256.as_str())
         {
             skew_check(&current, &self.target, self.rollback).map_err(ExecError::Preflight)?;
+            // A rollback goes back to what the node ran: never refused for the cluster.
+            if self.config.cluster_skew_check && !self.rollback {
+                let node = self.node()?;
+                let nodes = kube::cluster_nodes(&self.kubectl, self.timeout())
+                    .await
+                    .map_err(|e| {
+                        ExecError::Preflight(format!("cannot list the cluster's nodes: {e}"))
+                    })?;
+                cluster_skew_check(&nodes, &node, &self.target).map_err(ExecError::Preflight)?;
+            }
         }
         let staged = download::fetch(source, &self.artifact, &self.staging_dir).await?;
         binary::stage(&self.config.binary, &staged, &self.artifact.sha256).await
@@ -285,6 +412,7 @@ impl KubernetesExecutor {
         let on_target = binary::file_sha256(&self.config.binary).await.as_deref()
             == Some(self.artifact.sha256.as_str());
         if !on_target {
+            self.cordon_and_drain().await?;
             if !self.config.skip_snapshot {
                 let snap = self.config.snapshot_command.clone().unwrap_or_else(|| {
                     CommandLine::Argv(vec![
@@ -315,6 +443,70 @@ impl KubernetesExecutor {
         Ok(InstallOutcome::Done)
     }
 
+    /// The marker that says this node was cordoned for this release (kept across a crash).
+    fn cordon_marker(&self) -> PathBuf {
+        self.staging_dir
+            .join(format!("kubernetes-cordoned-{}", self.artifact.sha256))
+    }
+
+    /// Cordons the node (marker first, so a crash in between still uncordons) and drains
+    /// it when configured.
+    async fn cordon_and_drain(&self) -> Result<(), ExecError> {
+        if !self.config.cordon {
+            return Ok(());
+        }
+        let node = self.node()?;
+        tokio::fs::create_dir_all(&self.staging_dir)
+            .await
+            .map_err(|e| ExecError::io("creating", &self.staging_dir, e))?;
+        super::app::write_synced(&self.cordon_marker(), node.as_bytes()).await?;
+        kube::kubectl_action(&self.kubectl, &["cordon", &node], self.timeout())
+            .await
+            .map_err(|message| ExecError::Failed {
+                step: Step::Install,
+                message: format!("cordoning node {node}: {message}"),
+            })?;
+        tracing::info!(%node, "node cordoned");
+        if self.config.drain {
+            let timeout = format!("--timeout={}s", self.config.drain_timeout_secs);
+            let mut args = vec!["drain", node.as_str()];
+            args.extend(self.config.drain_args.iter().map(String::as_str));
+            args.push(&timeout);
+            // kubectl gives up at --timeout; its own process gets a minute more.
+            let limit = Duration::from_secs(self.config.drain_timeout_secs + 60);
+            kube::kubectl_action(&self.kubectl, &args, limit)
+                .await
+                .map_err(|message| ExecError::Failed {
+                    step: Step::Install,
+                    message: format!(
+                        "draining node {node} (nothing was changed; it is uncordoned by the \
+                         rollback): {message}"
+                    ),
+                })?;
+            tracing::info!(%node, "node drained");
+        }
+        Ok(())
+    }
+
+    /// Uncordons the node if this upgrade cordoned it (the marker says so), then forgets
+    /// the marker. Safe to call again.
+    async fn uncordon(&self, step: Step) -> Result<(), ExecError> {
+        let marker = self.cordon_marker();
+        let Ok(node) = tokio::fs::read_to_string(&marker).await else {
+            return Ok(());
+        };
+        kube::kubectl_action(&self.kubectl, &["uncordon", node.trim()], self.timeout())
+            .await
+            .map_err(|message| ExecError::Failed {
+                step,
+                message: format!("uncordoning node {}: {message}", node.trim()),
+            })?;
+        tracing::info!(node = %node.trim(), "node uncordoned");
+        tokio::fs::remove_file(&marker)
+            .await
+            .map_err(|e| ExecError::io("removing", &marker, e))
+    }
+
     fn node(&self) -> Result<String, ExecError> {
         self.config
             .node_name
@@ -336,16 +528,23 @@ impl KubernetesExecutor {
         let t = Duration::from_secs(health.config().probe_timeout_secs.max(1));
         let mut out = vec![kube::api_ready("kube:api", &self.kubectl, t).await];
         out.push(match self.node() {
-            Ok(node) => match kube::node_status(&self.kubectl, &node, t).await {
-                Ok(kubelet) => match (want, KubeVersion::parse(&kubelet)) {
-                    (Some(w), Some(k)) if !w.same_release(&k) => CheckResult::fail(
-                        "kube:node",
-                        format!("node {node} runs {kubelet}, want {}", w.text),
-                    ),
-                    _ => CheckResult::pass("kube:node", format!("node {node} Ready ({kubelet})")),
-                },
-                Err(e) => CheckResult::fail("kube:node", e),
-            },
+            // While this upgrade holds the node cordoned, cordoned is expected.
+            Ok(node) => {
+                match kube::node_status_with(&self.kubectl, &node, t, self.cordon_marker().exists())
+                    .await
+                {
+                    Ok(kubelet) => match (want, KubeVersion::parse(&kubelet)) {
+                        (Some(w), Some(k)) if !w.same_release(&k) => CheckResult::fail(
+                            "kube:node",
+                            format!("node {node} runs {kubelet}, want {}", w.text),
+                        ),
+                        _ => {
+                            CheckResult::pass("kube:node", format!("node {node} Ready ({kubelet})"))
+                        }
+                    },
+                    Err(e) => CheckResult::fail("kube:node", e),
+                }
+            }
             Err(e) => CheckResult::fail("kube:node", e.to_string()),
         });
         out.push(
@@ -386,6 +585,8 @@ impl KubernetesExecutor {
         let params = Params::new(&self.release.install);
         let period = super::verify_period(&params, health)?;
         self.wait_ready(health, &self.target).await?;
+        // Ready again on the new version: the node takes pods again while it is watched.
+        self.uncordon(Step::Verify).await?;
         crate::readiness::watch(
             &health.config().verify,
             Some(period),
@@ -412,6 +613,7 @@ impl KubernetesExecutor {
                 message: format!("{} is not the target binary", self.config.binary.display()),
             });
         }
+        self.uncordon(Step::Commit).await?;
         binary::clean_staged(&self.config.binary).await;
         remove_staged(&self.staging_dir, &self.artifact).await;
         Ok(())
@@ -430,6 +632,8 @@ impl KubernetesExecutor {
         let marker = self.rollback_marker();
         let resumed = tokio::fs::try_exists(&marker).await.unwrap_or(false);
         if !on_target && !resumed {
+            // The binary was never replaced (e.g. the drain failed): only the cordon to undo.
+            self.uncordon(Step::Rollback).await?;
             binary::clean_staged(&self.config.binary).await;
             return Ok(());
         }
@@ -450,7 +654,8 @@ impl KubernetesExecutor {
         .await?;
         let _ = tokio::fs::remove_file(&marker).await;
         binary::clean_staged(&self.config.binary).await;
-        Ok(())
+        // The scheduler places nothing on a node until it is Ready: uncordoning now is safe.
+        self.uncordon(Step::Rollback).await
     }
 
     /// Like [`Self::rollback`], then waits until the restored version runs and the cluster

@@ -71,8 +71,21 @@ pub async fn node_status(
     node: &str,
     timeout: Duration,
 ) -> Result<String, String> {
+    node_status_with(k, node, timeout, false).await
+}
+
+/// [`node_status`]; with `cordoned_ok`, a cordoned (unschedulable) node that is Ready
+/// passes: the executor's own cordon during an upgrade.
+pub async fn node_status_with(
+    k: &KubectlConfig,
+    node: &str,
+    timeout: Duration,
+    cordoned_ok: bool,
+) -> Result<String, String> {
     match kubectl(k, &["get", "node", node, "-o", "json"], timeout).await {
-        Ok(out) => node_ready_from_json(&out).map_err(|e| format!("node {node}: {e}")),
+        Ok(out) => {
+            node_ready_from_json_with(&out, cordoned_ok).map_err(|e| format!("node {node}: {e}"))
+        }
         Err(e) => Err(process::truncate_chars(&e, 200)),
     }
 }
@@ -96,6 +109,11 @@ pub async fn pods_ready(
 /// Ok with the kubelet version when the node's `Ready` condition is `True`; otherwise the
 /// condition's reason.
 pub fn node_ready_from_json(json: &str) -> Result<String, String> {
+    node_ready_from_json_with(json, false)
+}
+
+/// [`node_ready_from_json`]; with `cordoned_ok` a cordoned node is not a failure.
+pub fn node_ready_from_json_with(json: &str, cordoned_ok: bool) -> Result<String, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("unreadable node JSON: {e}"))?;
     if v["kind"] != "Node" {
         return Err(format!("expected a Node, got kind {}", v["kind"]));
@@ -111,7 +129,7 @@ pub fn node_ready_from_json(json: &str) -> Result<String, String> {
         .as_str()
         .unwrap_or("kubelet version unknown")
         .to_string();
-    if v["spec"]["unschedulable"] == Value::Bool(true) {
+    if v["spec"]["unschedulable"] == Value::Bool(true) && !cordoned_ok {
         return Err("node is cordoned (unschedulable)".into());
     }
     match ready["status"].as_str() {
@@ -216,6 +234,118 @@ mod tests {
                 && e.contains("coredns not ready")
                 && e.contains("metrics Pending"),
             "{e}"
+        );
+    }
+}
+
+/// Runs a kubectl command that changes the cluster (`cordon`, `uncordon`, `drain`): Ok with
+/// its output, or the command, its exit and its last error line, plus the line that says
+/// why a pod could not be evicted when there is one (a drain's last line is only "timed
+/// out").
+pub async fn kubectl_action(
+    k: &KubectlConfig,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, String> {
+    let cmd = k.command.with_args(args);
+    let mut opts = RunOptions::with_timeout(timeout);
+    opts.max_output = MAX_KUBECTL_OUTPUT;
+    if let Some(kc) = &k.kubeconfig {
+        opts.env
+            .push(("KUBECONFIG".into(), kc.to_string_lossy().into_owned()));
+    }
+    let out = process::run(&cmd, &opts).await.map_err(|e| e.to_string())?;
+    if out.success() {
+        return Ok(out.stdout);
+    }
+    let why = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("Cannot evict") || l.contains("disruption budget"))
+        .map(|l| format!(" ({})", process::truncate_chars(l.trim(), 200)))
+        .unwrap_or_default();
+    Err(format!(
+        "`{}`: {} {}{why}",
+        cmd.display(),
+        out.status_text(),
+        out.brief()
+    ))
+}
+
+/// One node of the cluster as `kubectl get nodes -o json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    /// A control-plane (server) node: label `node-role.kubernetes.io/control-plane` or
+    /// `node-role.kubernetes.io/master`.
+    pub server: bool,
+    pub kubelet_version: String,
+}
+
+/// `kubectl get nodes -o json`.
+pub async fn cluster_nodes(
+    k: &KubectlConfig,
+    timeout: Duration,
+) -> Result<Vec<ClusterNode>, String> {
+    let out = kubectl(k, &["get", "nodes", "-o", "json"], timeout).await?;
+    nodes_from_json(&out)
+}
+
+/// The nodes of a `NodeList`.
+pub fn nodes_from_json(json: &str) -> Result<Vec<ClusterNode>, String> {
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable node list JSON: {e}"))?;
+    let items = v["items"].as_array().ok_or("the node list has no items")?;
+    items
+        .iter()
+        .map(|n| {
+            let name = n["metadata"]["name"]
+                .as_str()
+                .ok_or("a node has no metadata.name")?
+                .to_string();
+            let labels = &n["metadata"]["labels"];
+            let server = [
+                "node-role.kubernetes.io/control-plane",
+                "node-role.kubernetes.io/master",
+            ]
+            .iter()
+            .any(|l| !labels[*l].is_null());
+            let kubelet_version = n["status"]["nodeInfo"]["kubeletVersion"]
+                .as_str()
+                .ok_or_else(|| format!("node {name} has no status.nodeInfo.kubeletVersion"))?
+                .to_string();
+            Ok(ClusterNode {
+                name,
+                server,
+                kubelet_version,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod nodes_tests {
+    use super::*;
+
+    #[test]
+    fn servers_are_told_by_their_role_labels() {
+        let json = r#"{"kind":"NodeList","items":[
+          {"metadata":{"name":"s1","labels":{"node-role.kubernetes.io/control-plane":"true"}},"status":{"nodeInfo":{"kubeletVersion":"v1.31.2+k3s1"}}},
+          {"metadata":{"name":"s2","labels":{"node-role.kubernetes.io/master":""}},"status":{"nodeInfo":{"kubeletVersion":"v1.31.2+k3s1"}}},
+          {"metadata":{"name":"a1","labels":{}},"status":{"nodeInfo":{"kubeletVersion":"v1.30.4+k3s1"}}}]}"#;
+        let nodes = nodes_from_json(json).unwrap();
+        assert_eq!(
+            nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.server))
+                .collect::<Vec<_>>(),
+            vec![("s1", true), ("s2", true), ("a1", false)]
+        );
+        assert!(nodes_from_json("{}").unwrap_err().contains("no items"));
+        assert!(
+            nodes_from_json(r#"{"items":[{"metadata":{"name":"x"}}]}"#)
+                .unwrap_err()
+                .contains("kubeletVersion")
         );
     }
 }
