@@ -1,0 +1,386 @@
+//! The peer cache's server: a read-only HTTP/1.1 server for the site's other boxes.
+//!
+//! It answers exactly one kind of request, `GET` (or `HEAD`) of
+//! `/v1/peer/artifacts/{sha256}` with 64 lowercase hex characters, from the verified
+//! artifacts in `<staging_dir>/artifacts/` (a file there only ever appears by a rename
+//! after its length and SHA-256 verified). `Range: bytes=START-` and `bytes=START-END` are
+//! honoured so a peer can resume. Anything else is refused: other paths, other methods, a
+//! malformed digest (so no `..`, no `.part` file, no listing), symlinks. While this box
+//! is itself claiming or downloading an artifact it does not hold, the answer is 503 with
+//! the [`ACTIVITY_HEADER`](super::ACTIVITY_HEADER) and a `Retry-After`.
+//!
+//! Bounded: at most `peers.max_connections` peers at once (one more is answered 503 and
+//! closed without reading), the request head within `peers.timeout_secs` and 8 KiB, each
+//! write within `peers.timeout_secs`, the whole body within `timeout_secs` plus its length
+//! at `peers.min_bytes_per_sec`, one request per connection. It must never serve a path
+//! it did not build from a checked digest, nor read a request body.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::{ACTIVITY_HEADER, ARTIFACT_PATH, Activity, Board};
+use crate::config::PeersConfig;
+use crate::executor::download;
+
+/// Longest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// Most request headers parsed.
+const MAX_HEADERS: usize = 32;
+/// `Retry-After` sent while this box downloads an artifact itself.
+const FETCHING_RETRY_AFTER_SECS: u64 = 2;
+/// The answer to a connection over the limit.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The bound listener and what it serves.
+#[derive(Debug)]
+pub struct PeerServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    artifacts_dir: PathBuf,
+    board: Board,
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+    min_bytes_per_sec: u64,
+}
+
+impl PeerServer {
+    /// Binds `peers.listen`; serves from `staging_dir`'s verified artifacts and tells
+    /// peers what `board` says about the rest.
+    pub async fn bind(
+        config: &PeersConfig,
+        staging_dir: &Path,
+        board: Board,
+    ) -> std::io::Result<PeerServer> {
+        let listener = TcpListener::bind(config.listen.as_str()).await?;
+        Ok(PeerServer {
+            listener,
+            shared: Arc::new(Shared {
+                artifacts_dir: download::artifacts_dir(staging_dir),
+                board,
+                slots: Arc::new(Semaphore::new(config.max_connections)),
+                timeout: Duration::from_secs(config.timeout_secs),
+                min_bytes_per_sec: config.min_bytes_per_sec,
+            }),
+        })
+    }
+
+    /// Where it listens (the port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            let (sock, from) = match self.listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!("peer server: accepting failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match Arc::clone(&self.shared.slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        if let Err(e) = serve(sock, &shared).await {
+                            tracing::debug!(peer = %from, "peer connection ended: {e}");
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %from, "peer server busy: connection refused with 503");
+                    let _ = sock.try_write(BUSY);
+                }
+            }
+        }
+    }
+}
+
+/// One connection, one request.
+async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(shared.timeout, read_head(&mut sock)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) | Err(_) => return Ok(()), // closed or too slow: nothing to answer
+        Ok(Err(HeadError::TooLarge)) => {
+            return refuse(
+                &mut sock,
+                shared,
+                431,
+                "head_too_large",
+                "request head over 8 KiB",
+            )
+            .await;
+        }
+        Ok(Err(HeadError::Io(e))) => return Err(e),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return refuse(
+            &mut sock,
+            shared,
+            400,
+            "bad_request",
+            "not an HTTP/1.1 request",
+        )
+        .await;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return refuse(
+            &mut sock,
+            shared,
+            400,
+            "bad_request",
+            "not an HTTP/1.1 request",
+        )
+        .await;
+    };
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            return refuse(
+                &mut sock,
+                shared,
+                405,
+                "method_not_allowed",
+                "only GET and HEAD",
+            )
+            .await;
+        }
+    };
+    let Some(sha256) = path.strip_prefix(ARTIFACT_PATH) else {
+        return refuse(
+            &mut sock,
+            shared,
+            404,
+            "not_found",
+            "the only path is /v1/peer/artifacts/{sha256}",
+        )
+        .await;
+    };
+    if !download::is_sha256_hex(sha256) {
+        return refuse(
+            &mut sock,
+            shared,
+            400,
+            "bad_digest",
+            "an artifact is named by 64 lowercase hex characters",
+        )
+        .await;
+    }
+    let range = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("range"))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
+        .map(str::to_string);
+
+    let path = shared.artifacts_dir.join(sha256);
+    let len = match tokio::fs::symlink_metadata(&path).await {
+        Ok(m) if m.file_type().is_file() => m.len(),
+        _ => {
+            return match shared.board.activity(sha256) {
+                Some(activity) => busy(&mut sock, shared, activity).await,
+                None => refuse(&mut sock, shared, 404, "not_found", "no such artifact here").await,
+            };
+        }
+    };
+    let (start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
+        None => (0, len),
+        Some(Ok(r)) => r,
+        Some(Err(RangeError::Malformed)) => {
+            return refuse(
+                &mut sock,
+                shared,
+                400,
+                "bad_range",
+                "Range must be bytes=START- or bytes=START-END",
+            )
+            .await;
+        }
+        Some(Err(RangeError::Unsatisfiable)) => {
+            let head = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return write_timed(&mut sock, head.as_bytes(), shared.timeout).await;
+        }
+    };
+    let count = end - start;
+    let mut head = if range.is_some() {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}\r\n",
+            end - 1
+        )
+    } else {
+        "HTTP/1.1 200 OK\r\n".to_string()
+    };
+    head.push_str(&format!(
+        "Content-Type: application/octet-stream\r\nContent-Length: {count}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
+    ));
+    let mut file = tokio::fs::File::open(&path).await?;
+    write_timed(&mut sock, head.as_bytes(), shared.timeout).await?;
+    if head_only {
+        return Ok(());
+    }
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let deadline = tokio::time::Instant::now()
+        + shared.timeout
+        + Duration::from_secs(count / shared.min_bytes_per_sec);
+    let mut left = count;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).await?;
+        if n == 0 {
+            break; // the file went away under us: the peer sees a short body
+        }
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(shared.timeout);
+        write_timed(&mut sock, &buf[..n], wait).await?;
+        left -= n as u64;
+    }
+    sock.shutdown().await
+}
+
+enum HeadError {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads up to the blank line ending the head (None: closed before it).
+async fn read_head(sock: &mut TcpStream) -> Result<Option<Vec<u8>>, HeadError> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = sock.read(&mut buf).await.map_err(HeadError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n")
+            && end + 4 <= MAX_HEAD
+        {
+            head.truncate(end + 4);
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+async fn write_timed(sock: &mut TcpStream, bytes: &[u8], wait: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(wait, sock.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer reads too slowly",
+        )),
+    }
+}
+
+async fn refuse(
+    sock: &mut TcpStream,
+    shared: &Shared,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let reason = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Request Header Fields Too Large",
+    };
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\n{allow}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    write_timed(sock, resp.as_bytes(), shared.timeout).await
+}
+
+async fn busy(sock: &mut TcpStream, shared: &Shared, activity: Activity) -> std::io::Result<()> {
+    let retry_after = match activity {
+        Activity::Fetching => FETCHING_RETRY_AFTER_SECS,
+        Activity::Claiming(_) => 1,
+    };
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\n{ACTIVITY_HEADER}: {}\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        activity.header_value()
+    );
+    write_timed(sock, resp.as_bytes(), shared.timeout).await
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeError {
+    Malformed,
+    Unsatisfiable,
+}
+
+/// `bytes=START-` or `bytes=START-END` (inclusive) of a `len`-byte file, as the half-open
+/// `(start, end)`.
+fn parse_range(value: &str, len: u64) -> Result<(u64, u64), RangeError> {
+    let spec = value
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or(RangeError::Malformed)?;
+    let (start, end) = spec.split_once('-').ok_or(RangeError::Malformed)?;
+    let start: u64 = start.trim().parse().map_err(|_| RangeError::Malformed)?;
+    let end = match end.trim() {
+        "" => None,
+        e => Some(e.parse::<u64>().map_err(|_| RangeError::Malformed)?),
+    };
+    if end.is_some_and(|e| e < start) {
+        return Err(RangeError::Malformed);
+    }
+    if start >= len {
+        return Err(RangeError::Unsatisfiable);
+    }
+    let end = end.map_or(len, |e| e.saturating_add(1).min(len));
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_read_strictly() {
+        assert_eq!(parse_range("bytes=0-", 10), Ok((0, 10)));
+        assert_eq!(parse_range("bytes=4-", 10), Ok((4, 10)));
+        assert_eq!(parse_range("bytes=4-5", 10), Ok((4, 6)));
+        assert_eq!(parse_range("bytes=4-99", 10), Ok((4, 10)));
+        assert_eq!(parse_range("bytes=10-", 10), Err(RangeError::Unsatisfiable));
+        for bad in [
+            "bytes=-5",
+            "bytes=5-4",
+            "items=0-",
+            "bytes=0-1,3-4",
+            "bytes=x-",
+        ] {
+            assert_eq!(parse_range(bad, 10), Err(RangeError::Malformed), "{bad}");
+        }
+    }
+}
