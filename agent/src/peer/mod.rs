@@ -286,8 +286,9 @@ impl Peers {
                     ));
                 }
                 Decision::Download => {
-                    drop(claim);
+                    // Announced before the claim is withdrawn: peers never see a gap.
                     let fetching = self.board.announce(&artifact.sha256, Activity::Fetching);
+                    drop(claim);
                     return PeerOutcome::Download(Some(fetching));
                 }
                 Decision::Wait { after, keep_claim } => {
