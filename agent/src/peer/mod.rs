@@ -311,16 +311,9 @@ impl Peers {
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let resp = match tokio::time::timeout(self.timeout, req.send()).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %address, "peer not reachable: {}", download::error_chain(&e));
-                return Answer::Absent;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %address, "peer did not answer within {} s", self.timeout.as_secs());
-                return Answer::Absent;
-            }
+        // Unreachable or not answering in time: as if it did not hold the artifact.
+        let Ok(Ok(resp)) = tokio::time::timeout(self.timeout, req.send()).await else {
+            return Answer::Absent;
         };
         let status = resp.status().as_u16();
         match status {

@@ -82,7 +82,7 @@ impl PeerServer {
     /// Serves until the task is dropped.
     pub async fn run(self) {
         loop {
-            let (sock, from) = match self.listener.accept().await {
+            let (sock, _) = match self.listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: do not spin.
@@ -96,13 +96,11 @@ impl PeerServer {
                     let shared = Arc::clone(&self.shared);
                     tokio::spawn(async move {
                         let _slot = slot;
-                        if let Err(e) = serve(sock, &shared).await {
-                            tracing::debug!(peer = %from, "peer connection ended: {e}");
-                        }
+                        // A peer that goes away or reads too slowly is simply dropped.
+                        let _ = serve(sock, &shared).await;
                     });
                 }
                 Err(_) => {
-                    tracing::debug!(peer = %from, "peer server busy: connection refused with 503");
                     let _ = sock.try_write(BUSY);
                 }
             }
@@ -127,19 +125,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         Ok(Err(HeadError::Io(e))) => return Err(e),
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return refuse(
-            &mut sock,
-            shared,
-            400,
-            "bad_request",
-            "not an HTTP/1.1 request",
-        )
-        .await;
-    }
-    let (Some(method), Some(path)) = (req.method, req.path) else {
+    let Some(req) = Head::parse(&head) else {
         return refuse(
             &mut sock,
             shared,
@@ -149,7 +135,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         )
         .await;
     };
-    let head_only = match method {
+    let head_only = match req.method {
         "GET" => false,
         "HEAD" => true,
         _ => {
@@ -163,7 +149,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
             .await;
         }
     };
-    let Some(sha256) = path.strip_prefix(ARTIFACT_PATH) else {
+    let Some(sha256) = req.path.strip_prefix(ARTIFACT_PATH) else {
         return refuse(
             &mut sock,
             shared,
@@ -183,12 +169,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         )
         .await;
     }
-    let range = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("range"))
-        .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
-        .map(str::to_string);
+    let range = req.range;
 
     let path = shared.artifacts_dir.join(sha256);
     let len = match tokio::fs::symlink_metadata(&path).await {
@@ -200,7 +181,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
             };
         }
     };
-    let (start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
+    let (start, end) = match range.map(|r| parse_range(r, len)) {
         None => (0, len),
         Some(Ok(r)) => r,
         Some(Err(RangeError::Malformed)) => {
@@ -256,6 +237,48 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         left -= n as u64;
     }
     sock.shutdown().await
+}
+
+/// The parts of a request head the server looks at.
+#[derive(Debug, PartialEq, Eq)]
+struct Head<'a> {
+    method: &'a str,
+    path: &'a str,
+    range: Option<&'a str>,
+}
+
+impl<'a> Head<'a> {
+    /// `METHOD SP PATH SP HTTP/1.x`, then `Name: value` lines; None when it is not that.
+    /// Only `Range` is read (the last one wins); every other header is ignored.
+    fn parse(head: &'a [u8]) -> Option<Head<'a>> {
+        let text = std::str::from_utf8(head).ok()?;
+        let mut lines = text.strip_suffix("\r\n\r\n")?.split("\r\n");
+        let mut parts = lines.next()?.split(' ');
+        let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || method.is_empty()
+            || !path.starts_with('/')
+            || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
+            || text.len() > MAX_HEAD
+        {
+            return None;
+        }
+        let mut range = None;
+        for (n, line) in lines.enumerate() {
+            let (name, value) = line.split_once(':')?;
+            if n >= MAX_HEADERS || name.is_empty() || name.contains(' ') {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("range") {
+                range = Some(value.trim());
+            }
+        }
+        Some(Head {
+            method,
+            path,
+            range,
+        })
+    }
 }
 
 enum HeadError {
@@ -365,6 +388,29 @@ fn parse_range(value: &str, len: u64) -> Result<(u64, u64), RangeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_head_is_read_strictly() {
+        let h = Head::parse(b"GET /v1/x HTTP/1.1\r\nHost: a\r\nrange: bytes=5-\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.method, h.path, h.range),
+            ("GET", "/v1/x", Some("bytes=5-"))
+        );
+        let h = Head::parse(b"HEAD / HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!((h.method, h.range), ("HEAD", None));
+        for bad in [
+            &b"GET /x HTTP/2\r\n\r\n"[..],
+            b"GET  /x HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+            b"GET /x HTTP/1.1 extra\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nno colon\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nBad Name: v\r\n\r\n",
+            b"GET /x HTTP/1.1\r\n",
+            b"\xff /x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(Head::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn ranges_are_read_strictly() {
