@@ -1173,6 +1173,8 @@ async fn the_rollout_page_lists_the_sites_served_by_bundle_and_until_when() {
         .parse()
         .unwrap();
 
+    // Past the page's one-second cache.
+    h.clock.advance(std::time::Duration::from_secs(2));
     let (s, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("Sites served by bundle"), "{page}");
@@ -1188,6 +1190,7 @@ async fn the_rollout_page_lists_the_sites_served_by_bundle_and_until_when() {
     // Once the bundle's validity has passed, the page says so.
     h.clock
         .advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    web.login(&h.admin).await; // the dashboard session did not last the week
     let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
     let row = page
         .split("id=\"bundled-store-1\"")
