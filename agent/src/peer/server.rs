@@ -108,135 +108,161 @@ impl PeerServer {
     }
 }
 
+/// What a request gets.
+enum Reply {
+    /// A JSON error: status, code, message.
+    Refuse(u16, &'static str, &'static str),
+    /// This box is claiming or downloading the artifact itself.
+    Busy(Activity),
+    /// The range starts at or past the end of a file this long.
+    Unsatisfiable(u64),
+    /// Bytes `start..end` of a `len`-byte verified artifact (`partial`: asked by range).
+    Artifact {
+        file: tokio::fs::File,
+        start: u64,
+        end: u64,
+        len: u64,
+        partial: bool,
+        head_only: bool,
+    },
+}
+
 /// One connection, one request.
 async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(shared.timeout, read_head(&mut sock)).await {
-        Ok(Ok(Some(head))) => head,
+    let reply = match tokio::time::timeout(shared.timeout, read_head(&mut sock)).await {
+        Ok(Ok(Some(head))) => route(&head, shared).await?,
         Ok(Ok(None)) | Err(_) => return Ok(()), // closed or too slow: nothing to answer
         Ok(Err(HeadError::TooLarge)) => {
-            return refuse(
-                &mut sock,
-                shared,
-                431,
-                "head_too_large",
-                "request head over 8 KiB",
-            )
-            .await;
+            Reply::Refuse(431, "head_too_large", "request head over 8 KiB")
         }
         Ok(Err(HeadError::Io(e))) => return Err(e),
     };
-    let Some(req) = Head::parse(&head) else {
-        return refuse(
-            &mut sock,
-            shared,
-            400,
-            "bad_request",
-            "not an HTTP/1.1 request",
-        )
-        .await;
+    let (head, body) = match reply {
+        Reply::Refuse(status, code, message) => (refusal(status, code, message), None),
+        Reply::Busy(activity) => {
+            let retry_after = match activity {
+                Activity::Fetching => FETCHING_RETRY_AFTER_SECS,
+                Activity::Claiming(_) => 1,
+            };
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\n{ACTIVITY_HEADER}: {}\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                activity.header_value()
+            );
+            (head, None)
+        }
+        Reply::Unsatisfiable(len) => (
+            format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+            None,
+        ),
+        Reply::Artifact {
+            file,
+            start,
+            end,
+            len,
+            partial,
+            head_only,
+        } => {
+            let status = if partial {
+                format!(
+                    "206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}",
+                    end - 1
+                )
+            } else {
+                "200 OK".to_string()
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                end - start
+            );
+            (head, (!head_only).then_some((file, start, end - start)))
+        }
+    };
+    write_timed(&mut sock, head.as_bytes(), shared.timeout).await?;
+    if let Some((mut file, start, count)) = body {
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        let deadline = tokio::time::Instant::now()
+            + shared.timeout
+            + Duration::from_secs(count / shared.min_bytes_per_sec);
+        let mut left = count;
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want]).await?;
+            if n == 0 {
+                break; // the file went away under us: the peer sees a short body
+            }
+            let wait = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(shared.timeout);
+            write_timed(&mut sock, &buf[..n], wait).await?;
+            left -= n as u64;
+        }
+    }
+    sock.shutdown().await
+}
+
+/// Decides the answer to a request head; opens the artifact it names, if any.
+async fn route(head: &[u8], shared: &Shared) -> std::io::Result<Reply> {
+    let Some(req) = Head::parse(head) else {
+        return Ok(Reply::Refuse(400, "bad_request", "not an HTTP/1.1 request"));
     };
     let head_only = match req.method {
         "GET" => false,
         "HEAD" => true,
         _ => {
-            return refuse(
-                &mut sock,
-                shared,
+            return Ok(Reply::Refuse(
                 405,
                 "method_not_allowed",
                 "only GET and HEAD",
-            )
-            .await;
+            ));
         }
     };
     let Some(sha256) = req.path.strip_prefix(ARTIFACT_PATH) else {
-        return refuse(
-            &mut sock,
-            shared,
+        return Ok(Reply::Refuse(
             404,
             "not_found",
             "the only path is /v1/peer/artifacts/{sha256}",
-        )
-        .await;
+        ));
     };
     if !download::is_sha256_hex(sha256) {
-        return refuse(
-            &mut sock,
-            shared,
+        return Ok(Reply::Refuse(
             400,
             "bad_digest",
             "an artifact is named by 64 lowercase hex characters",
-        )
-        .await;
+        ));
     }
-    let range = req.range;
-
     let path = shared.artifacts_dir.join(sha256);
     let len = match tokio::fs::symlink_metadata(&path).await {
         Ok(m) if m.file_type().is_file() => m.len(),
         _ => {
-            return match shared.board.activity(sha256) {
-                Some(activity) => busy(&mut sock, shared, activity).await,
-                None => refuse(&mut sock, shared, 404, "not_found", "no such artifact here").await,
-            };
+            return Ok(match shared.board.activity(sha256) {
+                Some(activity) => Reply::Busy(activity),
+                None => Reply::Refuse(404, "not_found", "no such artifact here"),
+            });
         }
     };
-    let (start, end) = match range.map(|r| parse_range(r, len)) {
+    let (start, end) = match req.range.map(|r| parse_range(r, len)) {
         None => (0, len),
         Some(Ok(r)) => r,
         Some(Err(RangeError::Malformed)) => {
-            return refuse(
-                &mut sock,
-                shared,
+            return Ok(Reply::Refuse(
                 400,
                 "bad_range",
                 "Range must be bytes=START- or bytes=START-END",
-            )
-            .await;
+            ));
         }
-        Some(Err(RangeError::Unsatisfiable)) => {
-            let head = format!(
-                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            return write_timed(&mut sock, head.as_bytes(), shared.timeout).await;
-        }
+        Some(Err(RangeError::Unsatisfiable)) => return Ok(Reply::Unsatisfiable(len)),
     };
-    let count = end - start;
-    let mut head = if range.is_some() {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}\r\n",
-            end - 1
-        )
-    } else {
-        "HTTP/1.1 200 OK\r\n".to_string()
-    };
-    head.push_str(&format!(
-        "Content-Type: application/octet-stream\r\nContent-Length: {count}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
-    ));
-    let mut file = tokio::fs::File::open(&path).await?;
-    write_timed(&mut sock, head.as_bytes(), shared.timeout).await?;
-    if head_only {
-        return Ok(());
-    }
-    file.seek(std::io::SeekFrom::Start(start)).await?;
-    let deadline = tokio::time::Instant::now()
-        + shared.timeout
-        + Duration::from_secs(count / shared.min_bytes_per_sec);
-    let mut left = count;
-    let mut buf = vec![0u8; 64 * 1024];
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).await?;
-        if n == 0 {
-            break; // the file went away under us: the peer sees a short body
-        }
-        let wait = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(shared.timeout);
-        write_timed(&mut sock, &buf[..n], wait).await?;
-        left -= n as u64;
-    }
-    sock.shutdown().await
+    Ok(Reply::Artifact {
+        file: tokio::fs::File::open(&path).await?,
+        start,
+        end,
+        len,
+        partial: req.range.is_some(),
+        head_only,
+    })
 }
 
 /// The parts of a request head the server looks at.
@@ -318,13 +344,7 @@ async fn write_timed(sock: &mut TcpStream, bytes: &[u8], wait: Duration) -> std:
     }
 }
 
-async fn refuse(
-    sock: &mut TcpStream,
-    shared: &Shared,
-    status: u16,
-    code: &str,
-    message: &str,
-) -> std::io::Result<()> {
+fn refusal(status: u16, code: &str, message: &str) -> String {
     let reason = match status {
         400 => "Bad Request",
         404 => "Not Found",
@@ -337,23 +357,10 @@ async fn refuse(
     } else {
         ""
     };
-    let resp = format!(
+    format!(
         "HTTP/1.1 {status} {reason}\r\n{allow}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    write_timed(sock, resp.as_bytes(), shared.timeout).await
-}
-
-async fn busy(sock: &mut TcpStream, shared: &Shared, activity: Activity) -> std::io::Result<()> {
-    let retry_after = match activity {
-        Activity::Fetching => FETCHING_RETRY_AFTER_SECS,
-        Activity::Claiming(_) => 1,
-    };
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{ACTIVITY_HEADER}: {}\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        activity.header_value()
-    );
-    write_timed(sock, resp.as_bytes(), shared.timeout).await
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]
