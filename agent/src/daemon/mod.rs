@@ -195,7 +195,10 @@ impl Daemon {
                         config.listen
                     ))
                 })?;
-                tracing::info!(listen = %config.listen, peers = config.addresses.len(), "serving verified artifacts to the site's peers");
+                tracing::info!(
+                    "serving verified artifacts to the site's peers on {}",
+                    config.listen
+                );
                 Some(AbortOnDrop(tokio::spawn(server.run())))
             }
             None => None,

@@ -264,13 +264,16 @@ impl Peers {
                 }
                 match self.ask(address, artifact, staging_dir).await {
                     Answer::Staged(path) => {
-                        tracing::info!(peer = %address, artifact = %artifact.name, "artifact from a peer, verified");
+                        tracing::info!("artifact {} from peer {address}, verified", artifact.name);
                         return PeerOutcome::Staged(path);
                     }
                     Answer::Busy(h) => heard.push(h),
                     Answer::Absent => {}
                     Answer::Bad(why) => {
-                        tracing::warn!(peer = %address, artifact = %artifact.name, "peer dropped for this artifact: {why}");
+                        tracing::warn!(
+                            "peer {address} dropped for artifact {}: {why}",
+                            artifact.name
+                        );
                         dropped[i] = true;
                     }
                 }
@@ -374,27 +377,24 @@ impl Peers {
     }
 }
 
-/// Cuts the `.part` file back to `len` bytes (removes it when `len` is 0).
+/// Cuts the `.part` file back to `len` bytes (removes it when `len` is 0), durably.
 async fn cut_back(part: &Path, len: u64) -> Result<(), ExecError> {
-    if len == 0 {
-        return match tokio::fs::remove_file(part).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(ExecError::io("removing", part, e))
-            }
-            _ => Ok(()),
-        };
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(part)
-        .await
-        .map_err(|e| ExecError::io("opening", part, e))?;
-    file.set_len(len)
-        .await
-        .map_err(|e| ExecError::io("truncating", part, e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| ExecError::io("syncing", part, e))
+    let path = part.to_path_buf();
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if len == 0 {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    })
+    .await
+    .map_err(std::io::Error::other);
+    done.and_then(|r| r)
+        .map_err(|e| ExecError::io("cutting back", part, e))
 }
 
 fn random_claim() -> u64 {

@@ -16,11 +16,12 @@
 //! it did not build from a checked digest, nor read a request body.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -61,7 +62,12 @@ impl PeerServer {
         staging_dir: &Path,
         board: Board,
     ) -> std::io::Result<PeerServer> {
-        let listener = TcpListener::bind(config.listen.as_str()).await?;
+        // Validated as an address and port when the configuration was loaded.
+        let addr: SocketAddr = config
+            .listen
+            .parse()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not host:port"))?;
+        let listener = TcpListener::bind(addr).await?;
         Ok(PeerServer {
             listener,
             shared: Arc::new(Shared {
@@ -116,9 +122,10 @@ enum Reply {
     Busy(Activity),
     /// The range starts at or past the end of a file this long.
     Unsatisfiable(u64),
-    /// Bytes `start..end` of a `len`-byte verified artifact (`partial`: asked by range).
+    /// Bytes `start..end` of a `len`-byte verified artifact, opened (`partial`: asked by
+    /// range).
     Artifact {
-        file: tokio::fs::File,
+        file: std::fs::File,
         start: u64,
         end: u64,
         len: u64,
@@ -180,16 +187,26 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
     };
     write_timed(&mut sock, head.as_bytes(), shared.timeout).await?;
-    if let Some((mut file, start, count)) = body {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
+    if let Some((file, start, count)) = body {
+        let file = Arc::new(file);
         let deadline = tokio::time::Instant::now()
             + shared.timeout
             + Duration::from_secs(count / shared.min_bytes_per_sec);
-        let mut left = count;
+        let (mut offset, end) = (start, start + count);
         let mut buf = vec![0u8; 64 * 1024];
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut buf[..want]).await?;
+        while offset < end {
+            let want = buf
+                .len()
+                .min(usize::try_from(end - offset).unwrap_or(usize::MAX));
+            let f = Arc::clone(&file);
+            let (back, read) = tokio::task::spawn_blocking(move || {
+                let read = f.read_at(&mut buf[..want], offset);
+                (buf, read)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            buf = back;
+            let n = read?;
             if n == 0 {
                 break; // the file went away under us: the peer sees a short body
             }
@@ -197,7 +214,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(shared.timeout);
             write_timed(&mut sock, &buf[..n], wait).await?;
-            left -= n as u64;
+            offset += n as u64;
         }
     }
     sock.shutdown().await
@@ -234,14 +251,21 @@ async fn route(head: &[u8], shared: &Shared) -> std::io::Result<Reply> {
         ));
     }
     let path = shared.artifacts_dir.join(sha256);
-    let len = match tokio::fs::symlink_metadata(&path).await {
-        Ok(m) if m.file_type().is_file() => m.len(),
-        _ => {
-            return Ok(match shared.board.activity(sha256) {
-                Some(activity) => Reply::Busy(activity),
-                None => Reply::Refuse(404, "not_found", "no such artifact here"),
-            });
+    // A regular file only (not a symlink), opened without following one.
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.file_type().is_file() {
+            return Err(std::io::ErrorKind::NotFound.into());
         }
+        Ok((std::fs::File::open(&path)?, meta.len()))
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    let Ok((file, len)) = opened else {
+        return Ok(match shared.board.activity(sha256) {
+            Some(activity) => Reply::Busy(activity),
+            None => Reply::Refuse(404, "not_found", "no such artifact here"),
+        });
     };
     let (start, end) = match req.range.map(|r| parse_range(r, len)) {
         None => (0, len),
@@ -256,7 +280,7 @@ async fn route(head: &[u8], shared: &Shared) -> std::io::Result<Reply> {
         Some(Err(RangeError::Unsatisfiable)) => return Ok(Reply::Unsatisfiable(len)),
     };
     Ok(Reply::Artifact {
-        file: tokio::fs::File::open(&path).await?,
+        file,
         start,
         end,
         len,
