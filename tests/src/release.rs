@@ -273,6 +273,17 @@ fn toml_value(v: &serde_json::Value) -> String {
     }
 }
 
+/// The total signed length of a published release's artifacts (read from its envelope).
+pub fn artifact_bytes(info: &fleetwave_shared::protocol::operator::ReleaseInfo) -> Result<u64> {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&info.envelope.payload)
+        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
+    let release: fleetwave_shared::Release = serde_json::from_slice(&payload)
+        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
+    Ok(release.artifacts.iter().map(|a| a.length).sum())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,15 +348,4 @@ mod tests {
             Some("/tmp/x.tar.gz")
         );
     }
-}
-
-/// The total signed length of a published release's artifacts (read from its envelope).
-pub fn artifact_bytes(info: &fleetwave_shared::protocol::operator::ReleaseInfo) -> Result<u64> {
-    use base64::Engine as _;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(&info.envelope.payload)
-        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
-    let release: fleetwave_shared::Release = serde_json::from_slice(&payload)
-        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
-    Ok(release.artifacts.iter().map(|a| a.length).sum())
 }
