@@ -45,6 +45,10 @@ pub struct Config {
     /// (see the signals module). None by default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub signals: BTreeMap<String, StreamSignals>,
+    /// `[peers]`: the LAN peer cache (serve verified artifacts to the site's other boxes,
+    /// fetch from them first). Off by default.
+    #[serde(default)]
+    pub peers: PeersConfig,
 }
 
 /// `[coordinator]`: how to reach the coordinator and whom to trust.
@@ -171,6 +175,59 @@ impl Default for DownloadConfig {
     }
 }
 
+/// `[peers]`: the LAN peer cache. With `enabled = true` the agent serves the verified
+/// artifacts it holds, by SHA-256 and read-only, on `listen`, and asks the boxes in
+/// `addresses` for an artifact before it downloads it from the coordinator or a mirror.
+/// What a peer sends is verified exactly like any download (a peer is untrusted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersConfig {
+    /// Serve and use peers. Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address and port to listen on for the site's other boxes (plain HTTP on the LAN;
+    /// integrity comes from the signed SHA-256, not from the connection).
+    #[serde(default = "default_peer_listen")]
+    pub listen: String,
+    /// The site's other boxes, `host:port` each (their `peers.listen` as this box reaches
+    /// it). Asked in this order.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Most peers served at once; a connection over the limit is answered 503 at once.
+    #[serde(default = "default_peer_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connecting peer has to send its request, and the longest pause in a
+    /// transfer either way (connecting to a peer, each read, each write).
+    #[serde(default = "default_peer_timeout")]
+    pub timeout_secs: u64,
+    /// Slowest transfer accepted either way, in bytes a second (after `timeout_secs` of
+    /// grace): a peer slower than this is dropped and the next source tried, and a
+    /// transfer to a peer that reads slower is ended.
+    #[serde(default = "default_peer_min_rate")]
+    pub min_bytes_per_sec: u64,
+    /// Longest wait for a peer that is itself downloading the artifact before this box
+    /// downloads it from the coordinator anyway.
+    #[serde(default = "default_peer_wait")]
+    pub wait_secs: u64,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        PeersConfig {
+            enabled: false,
+            listen: default_peer_listen(),
+            addresses: Vec::new(),
+            max_connections: default_peer_max_connections(),
+            timeout_secs: default_peer_timeout(),
+            min_bytes_per_sec: default_peer_min_rate(),
+            wait_secs: default_peer_wait(),
+        }
+    }
+}
+
+/// Most entries in `peers.addresses` (a site's boxes).
+pub const MAX_PEERS: usize = 64;
+
 /// `[outbox]`: the local queue of reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +285,21 @@ fn default_rollback_retry_min() -> u64 {
 }
 fn default_rollback_retry_max() -> u64 {
     600
+}
+fn default_peer_listen() -> String {
+    "0.0.0.0:7390".into()
+}
+fn default_peer_max_connections() -> usize {
+    8
+}
+fn default_peer_timeout() -> u64 {
+    10
+}
+fn default_peer_min_rate() -> u64 {
+    256 * 1024
+}
+fn default_peer_wait() -> u64 {
+    900
 }
 fn default_outbox_max() -> u64 {
     10_000
@@ -431,6 +503,7 @@ impl Config {
                 message,
             });
         }
+        self.validate_peers(origin)?;
         if self.outbox.max_events < 10 {
             return Err(bad("outbox.max_events", "must be at least 10".into()));
         }
@@ -443,6 +516,58 @@ impl Config {
                     "must be between 1 and {}",
                     fleetwave_shared::protocol::MAX_REPORT_EVENTS
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_peers(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let p = &self.peers;
+        if p.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "peers.listen",
+                format!(
+                    "{:?} is not an address and port (e.g. \"0.0.0.0:7390\")",
+                    p.listen
+                ),
+            ));
+        }
+        if p.addresses.len() > MAX_PEERS {
+            return Err(bad(
+                "peers.addresses",
+                format!("lists {} boxes, at most {MAX_PEERS}", p.addresses.len()),
+            ));
+        }
+        if let Some(a) = p.addresses.iter().find(|a| !valid_peer_address(a)) {
+            return Err(bad(
+                "peers.addresses",
+                format!("{a:?} is not host:port (e.g. \"10.1.2.3:7390\")"),
+            ));
+        }
+        if p.max_connections == 0 || p.max_connections > 1024 {
+            return Err(bad(
+                "peers.max_connections",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if p.timeout_secs == 0 || p.timeout_secs > 300 {
+            return Err(bad(
+                "peers.timeout_secs",
+                "must be between 1 and 300".into(),
+            ));
+        }
+        if p.min_bytes_per_sec == 0 {
+            return Err(bad("peers.min_bytes_per_sec", "must be at least 1".into()));
+        }
+        if p.enabled && p.addresses.is_empty() {
+            return Err(bad(
+                "peers.addresses",
+                "is empty, but peers.enabled = true: list the site's other boxes".into(),
             ));
         }
         Ok(())
@@ -470,6 +595,23 @@ impl Config {
         fleetwave_shared::window::zone(&self.agent.site_time_zone)
             .expect("validated when the configuration was loaded")
     }
+}
+
+/// `host:port`: a non-empty host without spaces, slashes or `@`, and a port from 1 up
+/// (`[v6]:port` for IPv6).
+pub fn valid_peer_address(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`, as the coordinator requires.
@@ -515,6 +657,7 @@ mod tests {
         assert_eq!(example.poll, minimal.poll);
         assert_eq!(example.install, minimal.install);
         assert_eq!(example.outbox, minimal.outbox);
+        assert_eq!(example.peers, minimal.peers);
         assert_eq!(example.health, minimal.health);
     }
 
@@ -593,6 +736,40 @@ aggregate = "avg"
         }
         let err = Config::parse(&format!("{base}scrape_url = \"http://localhost/m\"\n[[signals.shop.signal]]\nname = \"x\"\nkind = \"rates\"\nmetric = \"m\"\n"), "agent.toml").unwrap_err().to_string();
         assert!(err.contains("rates"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_off_by_default_and_bad_values_name_the_key() {
+        let c = Config::parse("[coordinator]\nurl = \"https://x\"\n", "t").unwrap();
+        assert!(!c.peers.enabled);
+        assert_eq!(c.peers.listen, "0.0.0.0:7390");
+        let on = Config::parse(
+            "[coordinator]\nurl = \"https://x\"\n[peers]\nenabled = true\naddresses = [\"10.0.0.2:7390\", \"till-2.store.lan:7390\", \"[fe80::1]:7390\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(on.peers.addresses.len(), 3);
+        assert_eq!(Config::parse(&on.to_toml(), "again").unwrap(), on);
+        let base = "[coordinator]\nurl = \"https://x\"\n[peers]\n";
+        let cases = [
+            ("listen = \"7390\"\n", "peers.listen"),
+            ("addresses = [\"10.0.0.2\"]\n", "peers.addresses"),
+            (
+                "addresses = [\"http://10.0.0.2:7390\"]\n",
+                "peers.addresses",
+            ),
+            ("addresses = [\"10.0.0.2:0\"]\n", "peers.addresses"),
+            ("enabled = true\n", "peers.addresses"),
+            ("max_connections = 0\n", "peers.max_connections"),
+            ("timeout_secs = 0\n", "peers.timeout_secs"),
+            ("min_bytes_per_sec = 0\n", "peers.min_bytes_per_sec"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&format!("{base}{text}"), "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]

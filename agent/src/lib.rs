@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decision;
 pub mod executor;
 pub mod lifecycle;
+pub mod peer;
 pub mod readiness;
 pub mod report_file;
 pub mod signals;

@@ -90,6 +90,7 @@ impl Site {
             base_url: &self.server.base_url,
             bearer_token: Some("token"),
             max_bytes_per_sec: 0,
+            peers: None,
         }
     }
 

@@ -87,6 +87,7 @@ impl Setup {
             base_url: &self.server.base_url,
             bearer_token: None,
             max_bytes_per_sec: 0,
+            peers: None,
         }
     }
 

@@ -30,6 +30,7 @@ async fn a_partial_download_left_on_disk_is_resumed_with_a_range_request() {
         base_url: &server.base_url,
         bearer_token: Some("tok"),
         max_bytes_per_sec: 0,
+        peers: None,
     };
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -58,6 +59,7 @@ async fn a_cut_connection_keeps_the_partial_file_and_the_next_call_resumes_it() 
         base_url: &server.base_url,
         bearer_token: None,
         max_bytes_per_sec: 0,
+        peers: None,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -94,6 +96,7 @@ async fn a_server_that_ignores_range_is_downloaded_from_the_start() {
         base_url: &server.base_url,
         bearer_token: None,
         max_bytes_per_sec: 0,
+        peers: None,
     };
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
@@ -114,6 +117,7 @@ async fn a_tampered_artifact_is_refused_and_deleted() {
         base_url: &server.base_url,
         bearer_token: None,
         max_bytes_per_sec: 0,
+        peers: None,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -141,6 +145,7 @@ async fn more_bytes_than_the_signed_length_are_refused() {
             base_url: &server.base_url,
             bearer_token: None,
             max_bytes_per_sec: 0,
+            peers: None,
         };
         let err = download::fetch(&src, &art, staging.path())
             .await
@@ -162,6 +167,7 @@ async fn a_missing_artifact_is_a_download_failure_naming_the_status() {
         base_url: &server.base_url,
         bearer_token: None,
         max_bytes_per_sec: 0,
+        peers: None,
     };
     let err = download::fetch(&src, &art, staging.path())
         .await
@@ -189,6 +195,7 @@ async fn the_session_token_is_not_sent_to_a_mirror() {
         base_url: &coordinator.base_url,
         bearer_token: Some("secret"),
         max_bytes_per_sec: 0,
+        peers: None,
     };
     download::fetch(&src, &art, staging.path()).await.unwrap();
     let seen = mirror.seen();
@@ -233,6 +240,7 @@ async fn the_bandwidth_limit_paces_the_download() {
         base_url: &server.base_url,
         bearer_token: None,
         max_bytes_per_sec: limit,
+        peers: None,
     };
     let started = std::time::Instant::now();
     let path = download::fetch(&src, &art, staging.path()).await.unwrap();

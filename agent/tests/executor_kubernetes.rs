@@ -110,6 +110,7 @@ impl Cluster {
             base_url: &self.server.base_url,
             bearer_token: None,
             max_bytes_per_sec: 0,
+            peers: None,
         }
     }
 

@@ -79,6 +79,7 @@ impl Box_ {
             base_url: &self.server.base_url,
             bearer_token: None,
             max_bytes_per_sec: 0,
+            peers: None,
         }
     }
 

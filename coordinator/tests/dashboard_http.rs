@@ -1120,3 +1120,83 @@ async fn a_site_is_held_and_released_from_its_page() {
     assert!(audit.to_string().contains("flooded (dashboard)"), "{audit}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_rollout_page_lists_the_sites_served_by_bundle_and_until_when() {
+    let h = Harness::new().await;
+    let artifact = b"pos 2.5.0".to_vec();
+    let sha = fleetwave_shared::sha256_hex(&artifact);
+    let res = h
+        .http
+        .put(h.url(&format!("/v1/artifacts/{sha}")))
+        .bearer_auth(&h.admin)
+        .body(artifact)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    h.publish("2.5.0", 25).await;
+    let courier = Agent::enroll(&h, "store-1", json!({"region": "eu"})).await;
+    let online = Agent::enroll(&h, "store-2", json!({"region": "eu"})).await;
+    let id = h.create_rollout(PLAN).await;
+    let (s, _) = h
+        .post(&format!("/v1/rollouts/{id}/start"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    courier.assignment(&h).await;
+    online.assignment(&h).await;
+
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (s, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!page.contains("id=\"bundled\""), "no bundle yet: {page}");
+
+    let res = h
+        .http
+        .post(h.url("/v1/bundles"))
+        .bearer_auth(&h.admin)
+        .json(&json!({"site": "store-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.bytes().await.unwrap();
+    let (_, v) = h.get(&format!("/v1/rollouts/{id}/sites"), &h.admin).await;
+    let until: jiff::Timestamp = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site_id"] == "store-1")
+        .and_then(|s| s["bundle_until"].as_str())
+        .unwrap_or_else(|| panic!("store-1 has no bundle_until: {v}"))
+        .parse()
+        .unwrap();
+
+    // Past the page's one-second cache.
+    h.clock.advance(std::time::Duration::from_secs(2));
+    let (s, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("Sites served by bundle"), "{page}");
+    let row = page
+        .split("id=\"bundled-store-1\"")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for store-1: {page}"));
+    assert!(row.contains(&model_when(until)), "{row}");
+    assert!(!row.contains("expired"), "{row}");
+    assert!(!page.contains("bundled-store-2"), "store-2 polls: {page}");
+
+    // Once the bundle's validity has passed, the page says so.
+    h.clock
+        .advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    web.login(&h.admin).await; // the dashboard session did not last the week
+    let (_, _, page) = web.get(&format!("/ui/rollouts/{id}")).await;
+    let row = page
+        .split("id=\"bundled-store-1\"")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap();
+    assert!(row.contains("(expired)"), "{row}");
+    h.stop().await;
+}

@@ -63,11 +63,20 @@ pub struct FleetOptions {
     /// A CA certificate (PEM) added to the bundle every agent pins, besides the
     /// coordinator's (e.g. the object store's, so agents can follow presigned URLs).
     pub agent_extra_ca: Option<PathBuf>,
+    /// Sites whose agents form one peer cache (`[peers]`): each listens on its own
+    /// loopback port and lists the others, as the boxes of one store would.
+    pub peer_cache: BTreeSet<String>,
 }
 
 impl FleetOptions {
     pub fn proxied(mut self, site: &str) -> FleetOptions {
         self.proxied.insert(site.to_string());
+        self
+    }
+
+    /// Puts `site` in the fleet's one peer cache ([`FleetOptions::peer_cache`]).
+    pub fn peer(mut self, site: &str) -> FleetOptions {
+        self.peer_cache.insert(site.to_string());
         self
     }
 }
@@ -196,6 +205,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 pub struct Fleet {
     pub spec: FleetSpec,
     pub options: FleetOptions,
+    /// Each peer-cache site's `[peers]` port on 127.0.0.1.
+    peer_ports: BTreeMap<String, u16>,
     pub sites: BTreeMap<String, Site>,
     pub coordinator: Coordinator,
     pub operator: Operator,
@@ -219,8 +230,13 @@ impl Fleet {
             anyhow::ensure!(status == 200, "/healthz answered {status}");
             Ok(())
         })?;
+        let mut peer_ports = BTreeMap::new();
+        for site in &options.peer_cache {
+            peer_ports.insert(site.clone(), free_port()?);
+        }
         let mut fleet = Fleet {
             spec: spec.clone(),
+            peer_ports,
             options,
             sites: BTreeMap::new(),
             coordinator,
@@ -336,10 +352,22 @@ impl Fleet {
     /// harness's tuning (short long polls, no jitter, the app started with the site's
     /// labels) and [`FleetOptions::agent_extra`].
     fn agent_config(&self, site: &Site, url: &str) -> Result<String> {
-        let extra = self
+        let mut extra = self
             .options
             .agent_extra
             .replace("{app_addr}", &site.app_addr.to_string());
+        if let Some(port) = self.peer_ports.get(&site.spec.id) {
+            let others: Vec<String> = self
+                .peer_ports
+                .iter()
+                .filter(|(id, _)| **id != site.spec.id)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            extra.push_str(&format!(
+                "\n[peers]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\naddresses = [{}]\n",
+                others.join(", ")
+            ));
+        }
         Ok(site.local.agent_config(
             &bins::local_bins()?,
             &AgentConfig {

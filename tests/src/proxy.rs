@@ -10,6 +10,13 @@
 //!   connections stall (the bytes wait in the kernel buffers) and resume when the fault is
 //!   lifted, as TCP does across a short outage.
 //!
+//! Link shapes, on top of the fault (both off by default):
+//! - a bandwidth limit ([`FaultProxy::set_bandwidth`]): each direction is one link shared
+//!   by every connection, paced to at most that many bytes a second, as a slow uplink;
+//! - a cut every N bytes ([`FaultProxy::cut_every`]): a connection is reset (both sides)
+//!   once it has carried exactly N bytes towards the client, so a download through it breaks
+//!   at byte counts a test knows, independent of timing.
+//!
 //! The proxy runs on its own small tokio runtime, so it works from plain `#[test]`s and from
 //! async ones. Changing the fault waits until it is in force (listener closed or reopened,
 //! connections reset), so a scenario never races its own fault. It must never listen on
@@ -49,6 +56,45 @@ pub struct ProxyStats {
     pub resets: AtomicU64,
     /// Connections currently open on the client side.
     pub live: AtomicUsize,
+    /// Connections reset by [`FaultProxy::cut_every`].
+    pub byte_cuts: AtomicU64,
+}
+
+/// One direction of the link: bytes through it are paced to `bytes_per_sec` (0: no limit),
+/// whichever connection carries them.
+#[derive(Debug, Default)]
+struct Link {
+    bytes_per_sec: AtomicU64,
+    /// When the link is free again (the last paced chunk has gone through).
+    free_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Link {
+    /// Waits until `n` more bytes fit through the link.
+    async fn pace(&self, n: usize) {
+        let rate = self.bytes_per_sec.load(Ordering::SeqCst);
+        if rate == 0 {
+            return;
+        }
+        let due = {
+            let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = free_at.map_or(now, |t| t.max(now));
+            let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+            *free_at = Some(due);
+            due
+        };
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// The link's shape: bandwidth each way and the byte count after which a connection is cut.
+#[derive(Debug, Default)]
+struct Shape {
+    up: Link,
+    down: Link,
+    /// Reset a connection after this many bytes towards the client (0: never).
+    cut_every: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +110,7 @@ pub struct FaultProxy {
     control: watch::Sender<Control>,
     applied: Arc<AtomicU64>,
     latency_ms: Arc<AtomicU64>,
+    shape: Arc<Shape>,
     stats: Arc<ProxyStats>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -93,6 +140,7 @@ impl FaultProxy {
         });
         let applied = Arc::new(AtomicU64::new(0));
         let latency_ms = Arc::new(AtomicU64::new(0));
+        let shape = Arc::new(Shape::default());
         let stats = Arc::new(ProxyStats::default());
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         runtime.spawn(listen_loop(
@@ -100,6 +148,7 @@ impl FaultProxy {
             control_rx,
             Arc::clone(&applied),
             Arc::clone(&latency_ms),
+            Arc::clone(&shape),
             Arc::clone(&stats),
             bound_tx,
         ));
@@ -113,6 +162,7 @@ impl FaultProxy {
             control,
             applied,
             latency_ms,
+            shape,
             stats,
             runtime: Some(runtime),
         })
@@ -155,6 +205,26 @@ impl FaultProxy {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Paces each direction of the link to at most `bytes_per_sec` (0 to remove the limit),
+    /// shared by all connections. 2 Mbit/s is `250_000`.
+    pub fn set_bandwidth(&self, bytes_per_sec: u64) {
+        self.shape
+            .up
+            .bytes_per_sec
+            .store(bytes_per_sec, Ordering::SeqCst);
+        self.shape
+            .down
+            .bytes_per_sec
+            .store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    /// Resets every connection once it has carried exactly `bytes` towards the client (0:
+    /// never). Applies to connections opened afterwards and to the bytes open ones carry
+    /// from now on.
+    pub fn cut_every(&self, bytes: u64) {
+        self.shape.cut_every.store(bytes, Ordering::SeqCst);
     }
 
     /// Switches the fault and waits until it is in force.
@@ -205,6 +275,7 @@ async fn listen_loop(
     mut control: watch::Receiver<Control>,
     applied: Arc<AtomicU64>,
     latency_ms: Arc<AtomicU64>,
+    shape: Arc<Shape>,
     stats: Arc<ProxyStats>,
     bound: std::sync::mpsc::Sender<std::io::Result<SocketAddr>>,
 ) {
@@ -252,6 +323,7 @@ async fn listen_loop(
                             target,
                             control: control.clone(),
                             latency_ms: Arc::clone(&latency_ms),
+                            shape: Arc::clone(&shape),
                             stats: Arc::clone(&stats),
                         };
                         tokio::spawn(async move {
@@ -282,6 +354,7 @@ struct Connection {
     target: SocketAddr,
     control: watch::Receiver<Control>,
     latency_ms: Arc<AtomicU64>,
+    shape: Arc<Shape>,
     stats: Arc<ProxyStats>,
 }
 
@@ -342,6 +415,8 @@ impl Connection {
         let mut up_buf = vec![0u8; 16 * 1024];
         let mut down_buf = vec![0u8; 16 * 1024];
         let (mut client_eof, mut upstream_eof) = (false, false);
+        // Bytes this connection carried towards the client (for `cut_every`).
+        let mut carried_down = 0u64;
         while !(client_eof && upstream_eof) {
             match self.past_blackhole().await {
                 Some(Fault::Pass) => {}
@@ -365,6 +440,7 @@ impl Connection {
                             return;
                         }
                         self.delay().await;
+                        self.shape.up.pace(n).await;
                         if upstream.write_all(&up_buf[..n]).await.is_err() {
                             reset(client);
                             reset(upstream);
@@ -390,12 +466,30 @@ impl Connection {
                             return;
                         }
                         self.delay().await;
-                        if client.write_all(&down_buf[..n]).await.is_err() {
+                        let cut_every = self.shape.cut_every.load(Ordering::SeqCst);
+                        let room = if cut_every == 0 {
+                            usize::MAX
+                        } else {
+                            usize::try_from(cut_every.saturating_sub(carried_down))
+                                .unwrap_or(usize::MAX)
+                        };
+                        let send = n.min(room);
+                        self.shape.down.pace(send).await;
+                        if client.write_all(&down_buf[..send]).await.is_err() {
                             reset(client);
                             reset(upstream);
                             return;
                         }
-                        self.stats.bytes_down.fetch_add(n as u64, Ordering::SeqCst);
+                        carried_down += send as u64;
+                        self.stats.bytes_down.fetch_add(send as u64, Ordering::SeqCst);
+                        if send == room {
+                            // Exactly `cut_every` bytes went through: the link drops.
+                            let _ = client.flush().await;
+                            self.stats.byte_cuts.fetch_add(1, Ordering::SeqCst);
+                            reset(client);
+                            reset(upstream);
+                            return;
+                        }
                     }
                     Err(_) => {
                         reset(client);
@@ -556,6 +650,59 @@ mod tests {
         // A lower bound only: one delay up, one down.
         assert!(start.elapsed() >= Duration::from_millis(300));
         proxy.set_latency(Duration::ZERO);
+        assert_eq!(echo(&mut stream, b"fast").unwrap(), b"fast");
+    }
+
+    #[test]
+    fn cut_every_resets_a_connection_after_exactly_that_many_bytes() {
+        let (target, _) = echo_server();
+        let proxy = FaultProxy::start(target).unwrap();
+        proxy.cut_every(10_000);
+        let mut stream = connect(proxy.addr()).unwrap();
+        let msg = vec![7u8; 25_000];
+        // The echo comes back in chunks; the proxy lets exactly 10,000 bytes through.
+        let writer = {
+            let mut w = stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&msg);
+            })
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = writer.join();
+        // The proxy forwarded exactly 10,000 bytes (the reset may discard some of them
+        // from the client's buffer, as a real broken link can).
+        assert_eq!(proxy.stats().bytes_down.load(Ordering::SeqCst), 10_000);
+        assert!(got.len() <= 10_000 && got.iter().all(|b| *b == 7));
+        assert_eq!(proxy.stats().byte_cuts.load(Ordering::SeqCst), 1);
+        // A new connection gets its own 10,000 bytes.
+        proxy.cut_every(0);
+        let mut again = connect(proxy.addr()).unwrap();
+        assert_eq!(echo(&mut again, b"whole").unwrap(), b"whole");
+    }
+
+    #[test]
+    fn bandwidth_paces_the_link() {
+        let (target, _) = echo_server();
+        let proxy = FaultProxy::start(target).unwrap();
+        proxy.set_bandwidth(100_000);
+        let mut stream = connect(proxy.addr()).unwrap();
+        let msg = vec![1u8; 40_000];
+        let start = std::time::Instant::now();
+        assert_eq!(echo(&mut stream, &msg).unwrap(), msg);
+        // A lower bound only: 40,000 bytes each way at 100,000 bytes a second.
+        assert!(
+            start.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            start.elapsed()
+        );
+        proxy.set_bandwidth(0);
         assert_eq!(echo(&mut stream, b"fast").unwrap(), b"fast");
     }
 

@@ -122,6 +122,20 @@ impl DemoRelease {
         out
     }
 
+    /// The artifact's `padding.bin` (`padding` bytes): xorshift, incompressible,
+    /// deterministic, no extra dependency.
+    pub fn filler(&self) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ self.counter;
+        (0..self.padding)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// Writes `<dir>/<id>.tar.gz` holding `app.toml`; returns its path.
     pub fn write_artifact(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("{}.tar.gz", self.id));
@@ -138,16 +152,7 @@ impl DemoRelease {
         tar.append_data(&mut header, "app.toml", body.as_bytes())
             .map_err(io)?;
         if self.padding > 0 {
-            // xorshift: incompressible, deterministic, no extra dependency.
-            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ self.counter;
-            let filler: Vec<u8> = (0..self.padding)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let filler = self.filler();
             let mut header = tar::Header::new_gnu();
             header.set_size(filler.len() as u64);
             header.set_mode(0o644);
@@ -266,6 +271,17 @@ fn toml_value(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => serde_json::to_string(s).expect("string"),
         other => other.to_string(),
     }
+}
+
+/// The total signed length of a published release's artifacts (read from its envelope).
+pub fn artifact_bytes(info: &fleetwave_shared::protocol::operator::ReleaseInfo) -> Result<u64> {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&info.envelope.payload)
+        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
+    let release: fleetwave_shared::Release = serde_json::from_slice(&payload)
+        .map_err(|e| HarnessError::Fleet(format!("release {} payload: {e}", info.id)))?;
+    Ok(release.artifacts.iter().map(|a| a.length).sum())
 }
 
 #[cfg(test)]

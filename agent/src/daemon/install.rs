@@ -436,6 +436,7 @@ impl Daemon {
                     base_url: &base_url,
                     bearer_token: bearer.as_deref(),
                     max_bytes_per_sec: self.ctx.config.download.max_bytes_per_sec,
+                    peers: self.peers.as_deref(),
                 };
                 let prepared = self
                     .retrying_later(entry, Phase::Downloading, executor.retry_policy(), || {

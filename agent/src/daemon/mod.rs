@@ -66,6 +66,17 @@ pub enum DaemonError {
     DeviceKey { path: String, message: String },
     #[error("health checks cannot be set up: {0}")]
     Health(String),
+    #[error("the peer cache ([peers]) cannot start: {0}")]
+    Peers(String),
+}
+
+/// A background task that ends with the daemon.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How the main loop goes on after an install attempt.
@@ -99,6 +110,8 @@ pub struct Daemon {
     staging: Option<stage::Staging>,
     /// No new download ahead before then (the last one failed).
     staging_retry_at: Option<tokio::time::Instant>,
+    /// The site's other boxes (`[peers] enabled`), asked before the coordinator.
+    peers: Option<Arc<crate::peer::Peers>>,
 }
 
 impl Daemon {
@@ -118,6 +131,14 @@ impl Daemon {
         let ctx_install = ctx.config.install.clone();
         let session = ctx.session()?;
         let health = Arc::new(ctx.health()?);
+        let peers = if ctx.config.peers.enabled {
+            let board = crate::peer::Board::default();
+            let peers =
+                crate::peer::Peers::new(&ctx.config.peers, board).map_err(DaemonError::Peers)?;
+            Some(Arc::new(peers))
+        } else {
+            None
+        };
         Ok(Daemon {
             ctx,
             config_path: config_path.to_path_buf(),
@@ -130,6 +151,7 @@ impl Daemon {
             rollbacks: StepPacer::rollbacks(&ctx_install),
             staging: None,
             staging_retry_at: None,
+            peers,
         })
     }
 
@@ -156,6 +178,31 @@ impl Daemon {
             &self.ctx.config.signals,
             self.ctx.clock.clone(),
         );
+
+        // The peer cache's server: serves this box's verified artifacts to its peers.
+        let _peer_server = match &self.peers {
+            Some(peers) => {
+                let config = &self.ctx.config.peers;
+                let server = crate::peer::server::PeerServer::bind(
+                    config,
+                    &self.ctx.config.staging_dir(),
+                    peers.board().clone(),
+                )
+                .await
+                .map_err(|e| {
+                    DaemonError::Peers(format!(
+                        "cannot listen on peers.listen {}: {e}",
+                        config.listen
+                    ))
+                })?;
+                tracing::info!(
+                    "serving verified artifacts to the site's peers on {}",
+                    config.listen
+                );
+                Some(AbortOnDrop(tokio::spawn(server.run())))
+            }
+            None => None,
+        };
 
         let mut shutdown = Box::pin(shutdown_signal());
         let poll = &self.ctx.config.poll;

@@ -95,6 +95,7 @@ impl Daemon {
         let staging_dir = self.ctx.config.staging_dir();
         let limit = self.ctx.config.download.max_bytes_per_sec;
         let artifacts: Vec<Artifact> = release.artifacts.clone();
+        let peers = self.peers.clone();
         tracing::info!(release = %release.id, artifacts = artifacts.len(), "downloading ahead of the window");
         let task = tokio::spawn(async move {
             let source = ArtifactSource {
@@ -102,6 +103,7 @@ impl Daemon {
                 base_url: &base_url,
                 bearer_token: bearer.as_deref(),
                 max_bytes_per_sec: limit,
+                peers: peers.as_deref(),
             };
             let mut bytes = 0;
             for a in &artifacts {

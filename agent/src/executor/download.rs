@@ -5,6 +5,9 @@
 //! length and SHA-256 match the signed values. Nothing else in the agent reads a `.part`
 //! file, and nothing here ever accepts more bytes than the signed length.
 //!
+//! With `[peers]` on, the site's other boxes are asked first (see the `peer` module); what
+//! they send goes through the same [`receive`] and verification as any download.
+//!
 //! The bearer token goes only to the coordinator (relative artifact URLs or URLs under the
 //! coordinator's base URL), never to a mirror.
 
@@ -35,6 +38,9 @@ pub struct ArtifactSource<'a> {
     /// At most this many bytes a second (`download.max_bytes_per_sec`); 0: no limit.
     /// Reading is paced, so TCP's flow control slows the sender down too.
     pub max_bytes_per_sec: u64,
+    /// The site's other boxes (`[peers]`), asked before the coordinator or mirror; None:
+    /// no peer cache.
+    pub peers: Option<&'a crate::peer::Peers>,
 }
 
 /// Directory holding downloaded artifacts.
@@ -52,13 +58,15 @@ pub fn part_path(staging_dir: &Path, sha256: &str) -> PathBuf {
     artifacts_dir(staging_dir).join(format!("{sha256}.part"))
 }
 
+/// 64 lowercase hex characters: the only form of SHA-256 the agent names files by.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
 fn check_digest_form(artifact: &Artifact) -> Result<(), ExecError> {
-    let ok = artifact.sha256.len() == 64
-        && artifact
-            .sha256
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
-    if ok {
+    if is_sha256_hex(&artifact.sha256) {
         Ok(())
     } else {
         Err(ExecError::ArtifactMismatch {
@@ -124,13 +132,20 @@ pub async fn fetch(
         }
     }
 
+    // The site's other boxes first; while this box downloads from the coordinator itself,
+    // `_fetching` tells its peers so (they wait for it instead of downloading too).
+    let _fetching = match source.peers {
+        Some(peers) => match peers.fetch(artifact, staging_dir).await {
+            crate::peer::PeerOutcome::Staged(path) => return Ok(path),
+            crate::peer::PeerOutcome::Download(claim) => Some(claim),
+        },
+        None => None,
+    };
+
     let (url, on_coordinator) = resolve_url(source.base_url, &artifact.url)?;
     // One retry from zero when the server refuses our range (stale or foreign .part).
     for attempt in 0..2 {
-        let have = match tokio::fs::metadata(&part).await {
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
+        let have = part_len(&part).await;
         if have > artifact.length {
             remove(&part).await?;
             continue;
@@ -150,20 +165,8 @@ pub async fn fetch(
             message: error_chain(&e),
         })?;
         let status = resp.status();
-        let append = match status.as_u16() {
-            206 => {
-                let start = content_range_start(resp.headers());
-                if start != Some(have) {
-                    return Err(ExecError::DownloadFailed {
-                        url,
-                        message: format!(
-                            "asked for bytes from {have}, server sent a range starting at {start:?}"
-                        ),
-                    });
-                }
-                true
-            }
-            200 => false,
+        match status.as_u16() {
+            200 | 206 => {}
             416 if attempt == 0 => {
                 remove(&part).await?;
                 continue;
@@ -175,85 +178,21 @@ pub async fn fetch(
                     message: format!("HTTP {status}{body}"),
                 });
             }
-        };
-        let offset = if append { have } else { 0 };
-        let remaining = artifact.length - offset;
-        if let Some(len) = resp.content_length()
-            && len > remaining
-        {
-            remove(&part).await?;
-            return Err(ExecError::ArtifactTooLarge {
-                name: artifact.name.clone(),
-                length: artifact.length,
-            });
         }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(&part)
-            .await
-            .map_err(|e| ExecError::io("opening", &part, e))?;
-        let mut written = 0u64;
-        let started = tokio::time::Instant::now();
-        let mut stream = resp.bytes_stream();
-        let outcome: Result<(), ExecError> = loop {
-            let next = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    break Err(ExecError::DownloadFailed {
-                        url: url.clone(),
-                        message: format!("no data for {} s", STALL_TIMEOUT.as_secs()),
-                    });
-                }
-            };
-            match next {
-                None => break Ok(()),
-                Some(Err(e)) => {
-                    break Err(ExecError::DownloadFailed {
-                        url: url.clone(),
-                        message: error_chain(&e),
-                    });
-                }
-                Some(Ok(chunk)) => {
-                    if written + chunk.len() as u64 > remaining {
-                        break Err(ExecError::ArtifactTooLarge {
-                            name: artifact.name.clone(),
-                            length: artifact.length,
-                        });
-                    }
-                    if let Err(e) = file.write_all(&chunk).await {
-                        break Err(ExecError::io("writing", &part, e));
-                    }
-                    written += chunk.len() as u64;
-                    pace(written, source.max_bytes_per_sec, started).await;
-                }
-            }
+        let transfer = Transfer {
+            url: &url,
+            have,
+            artifact,
+            part: &part,
+            stall: STALL_TIMEOUT,
+            deadline: None,
+            max_bytes_per_sec: source.max_bytes_per_sec,
         };
-        // Keep what arrived (for the next resume), durably.
-        let synced = async {
-            file.flush().await?;
-            file.sync_all().await
-        }
-        .await;
-        drop(file);
-        if let Err(e) = outcome {
+        if let Err(e) = receive(resp, &transfer).await {
             if matches!(e, ExecError::ArtifactTooLarge { .. }) {
                 let _ = tokio::fs::remove_file(&part).await;
             }
             return Err(e);
-        }
-        synced.map_err(|e| ExecError::io("syncing", &part, e))?;
-        if written < remaining {
-            return Err(ExecError::DownloadFailed {
-                url,
-                message: format!(
-                    "connection closed after {} of {} bytes; the download resumes next time",
-                    offset + written,
-                    artifact.length
-                ),
-            });
         }
         return finish(&part, &done, artifact).await;
     }
@@ -261,6 +200,131 @@ pub async fn fetch(
         url,
         message: "the server refused to resume the download twice".into(),
     })
+}
+
+/// The length of the `.part` file (0 when there is none).
+pub(crate) async fn part_len(part: &Path) -> u64 {
+    match tokio::fs::metadata(part).await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// One HTTP response being written into the `.part` file.
+pub(crate) struct Transfer<'a> {
+    /// Where the bytes come from (named in errors).
+    pub url: &'a str,
+    /// Bytes the `.part` file held when the request was sent (its `Range` start).
+    pub have: u64,
+    pub artifact: &'a Artifact,
+    pub part: &'a Path,
+    /// Longest wait for the next chunk.
+    pub stall: Duration,
+    /// The whole transfer must be over by then (a peer's minimum rate); None: no limit.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Pacing (`download.max_bytes_per_sec`); 0: none.
+    pub max_bytes_per_sec: u64,
+}
+
+/// Writes a 200 or 206 response's body into the `.part` file: from byte `have` for a 206
+/// that starts there, from zero for a 200. Ok once the file holds exactly the signed
+/// length (not yet verified). Never writes a byte past the signed length; what arrived is
+/// kept (synced) on every error except `artifact_too_large`, where the caller decides.
+pub(crate) async fn receive(resp: reqwest::Response, t: &Transfer<'_>) -> Result<(), ExecError> {
+    let failed = |message: String| ExecError::DownloadFailed {
+        url: t.url.to_string(),
+        message,
+    };
+    let too_large = || ExecError::ArtifactTooLarge {
+        name: t.artifact.name.clone(),
+        length: t.artifact.length,
+    };
+    let append = resp.status().as_u16() == 206;
+    if append {
+        let start = content_range_start(resp.headers());
+        if start != Some(t.have) {
+            return Err(failed(format!(
+                "asked for bytes from {}, server sent a range starting at {start:?}",
+                t.have
+            )));
+        }
+    }
+    let offset = if append { t.have } else { 0 };
+    let remaining = t.artifact.length - offset;
+    if let Some(len) = resp.content_length()
+        && len > remaining
+    {
+        return Err(too_large());
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(t.part)
+        .await
+        .map_err(|e| ExecError::io("opening", t.part, e))?;
+    let mut written = 0u64;
+    let started = tokio::time::Instant::now();
+    let mut stream = resp.bytes_stream();
+    let outcome: Result<(), ExecError> = loop {
+        let wait = match t.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break Err(failed(format!(
+                        "too slow: {written} of {remaining} bytes in {} s",
+                        started.elapsed().as_secs()
+                    )));
+                }
+                left.min(t.stall)
+            }
+            None => t.stall,
+        };
+        let next = match tokio::time::timeout(wait, stream.next()).await {
+            Ok(n) => n,
+            Err(_) if wait < t.stall => {
+                break Err(failed(format!(
+                    "too slow: {written} of {remaining} bytes in {} s",
+                    started.elapsed().as_secs()
+                )));
+            }
+            Err(_) => {
+                break Err(failed(format!("no data for {} s", t.stall.as_secs())));
+            }
+        };
+        match next {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(failed(error_chain(&e))),
+            Some(Ok(chunk)) => {
+                if written + chunk.len() as u64 > remaining {
+                    break Err(too_large());
+                }
+                if let Err(e) = file.write_all(&chunk).await {
+                    break Err(ExecError::io("writing", t.part, e));
+                }
+                written += chunk.len() as u64;
+                pace(written, t.max_bytes_per_sec, started).await;
+            }
+        }
+    };
+    // Keep what arrived (for the next resume), durably.
+    let synced = async {
+        file.flush().await?;
+        file.sync_all().await
+    }
+    .await;
+    drop(file);
+    outcome?;
+    synced.map_err(|e| ExecError::io("syncing", t.part, e))?;
+    if written < remaining {
+        return Err(failed(format!(
+            "connection closed after {} of {} bytes; the download resumes next time",
+            offset + written,
+            t.artifact.length
+        )));
+    }
+    Ok(())
 }
 
 /// Waits until `written` bytes since `started` are within `max_bytes_per_sec` (0: never
@@ -308,6 +372,12 @@ async fn finish(part: &Path, done: &Path, artifact: &Artifact) -> Result<PathBuf
         let _ = tokio::fs::remove_file(part).await;
         return Err(e);
     }
+    promote(part, done).await
+}
+
+/// Renames a verified `.part` file into place (durably). Only for a file that was just
+/// verified against the signed length and SHA-256.
+pub(crate) async fn promote(part: &Path, done: &Path) -> Result<PathBuf, ExecError> {
     tokio::fs::rename(part, done)
         .await
         .map_err(|e| ExecError::io("renaming", part, e))?;
@@ -392,7 +462,7 @@ async fn read_error_body(resp: reqwest::Response) -> String {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -128,6 +128,20 @@ pub struct AttentionSite {
     pub detail: String,
 }
 
+/// A site served by bundle (an air-gapped site): its wave waits for its reports until
+/// `until` plus the report deadline.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundledSite {
+    pub site_id: String,
+    pub wave: u32,
+    /// Where it stands (a [`SEGMENTS`] key).
+    pub state: &'static str,
+    /// The bundle's assignment is valid until then.
+    pub until: String,
+    /// The bundle has expired (a site that has not reported turns silent).
+    pub expired: bool,
+}
+
 /// A rollout as the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutModel {
@@ -146,6 +160,9 @@ pub struct RolloutModel {
     pub decisions: Vec<DecisionRow>,
     pub attention: Vec<AttentionSite>,
     pub attention_more: u32,
+    /// Sites served by bundle (the first 50), and how many more.
+    pub bundled: Vec<BundledSite>,
+    pub bundled_more: u32,
     /// Actions the rollout's status allows now (the engine checks again).
     pub controls: Vec<&'static str>,
     /// The wave an approval applies to.
@@ -247,6 +264,8 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
     let mut totals = Counts::default();
     let mut attention = Vec::new();
     let mut attention_total = 0u32;
+    let mut bundled = Vec::new();
+    let mut bundled_total = 0u32;
     let mut approve_wave = None;
     let mut by_wave: Vec<Vec<&crate::store::RolloutSiteRecord>> =
         vec![Vec::new(); l.plan.waves.len()];
@@ -279,6 +298,18 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
                 }
             };
             counts.add(state);
+            if let Some(until) = s.bundle_until {
+                bundled_total += 1;
+                if bundled.len() < 50 {
+                    bundled.push(BundledSite {
+                        site_id: s.site_id.clone(),
+                        wave: i as u32,
+                        state,
+                        until: when(Some(until)),
+                        expired: until <= now,
+                    });
+                }
+            }
             if matches!(state, "failed" | "silent" | "rolled_back") {
                 attention_total += 1;
                 if attention.len() < 50 {
@@ -421,6 +452,8 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
         decisions: Vec::new(),
         attention,
         attention_more: attention_total.saturating_sub(50),
+        bundled,
+        bundled_more: bundled_total.saturating_sub(50),
         controls: allowed_controls(l.record.status, approve_wave.is_some()),
         approve_wave,
     }
