@@ -7,6 +7,7 @@
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
 pub mod fold;
+pub mod postgres;
 pub mod read;
 pub mod sqlite;
 
@@ -19,6 +20,7 @@ use fleetwave_shared::protocol::{Event, EventBody, Phase};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Why a storage call failed.
@@ -939,6 +941,24 @@ impl Db {
     pub fn dashboard_read(&self) -> Arc<dyn read::DashboardRead> {
         self.store.dashboard_read()
     }
+}
+
+/// A stored phase name back to its [`Phase`] (None: not a phase name).
+pub(crate) fn parse_phase(s: &str) -> Option<Phase> {
+    Some(match s {
+        "accepted" => Phase::Accepted,
+        "waiting" => Phase::Waiting,
+        "staged" => Phase::Staged,
+        "leased" => Phase::Leased,
+        "downloading" => Phase::Downloading,
+        "installing" => Phase::Installing,
+        "verifying" => Phase::Verifying,
+        "committed" => Phase::Committed,
+        "failed" => Phase::Failed,
+        "rolled_back" => Phase::RolledBack,
+        "rollback_failed" => Phase::RollbackFailed,
+        _ => return None,
+    })
 }
 
 /// Milliseconds since the Unix epoch: how times are stored (sortable as integers).

@@ -1,0 +1,287 @@
+//! The PostgreSQL implementation of the store: the state of several coordinator replicas
+//! in one database (see docs/architecture.md, "Storage").
+//!
+//! The driver is the synchronous `postgres` client on an `r2d2` pool: [`super::Store`] is
+//! a blocking trait called on tokio's blocking pool, so a blocking client is the direct
+//! fit (no second runtime to bridge to). TLS to the database is rustls with ring.
+//!
+//! Every write is one transaction at SERIALIZABLE isolation, retried from the start when
+//! PostgreSQL reports a serialization failure or a deadlock: concurrent writers (threads
+//! of one replica, or several replicas) behave as SQLite's single writer does, one after
+//! the other, so the rules the SQL keeps (exactly-once reports, monotonic counters and
+//! sequences, one active rollout per site) hold across replicas without checks in the
+//! application. A method returns only after its transaction committed. It must never be
+//! called from an async worker thread directly: go through [`super::Db`].
+//!
+//! Layout follows the SQLite backend: this module holds the pool, the migrations and the
+//! transaction helpers; one module per area implements its part of the trait.
+
+mod access;
+mod webhooks;
+mod rows;
+mod releases;
+mod sites;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetwave_shared::Envelope;
+use jiff::Timestamp;
+use ::postgres::error::SqlState;
+use ::postgres::{IsolationLevel, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use rustls_pki_types::pem::PemObject as _;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::*;
+use rows::*;
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// The migrations, in order: version n is `MIGRATIONS[n - 1]`. Never edit a released one:
+/// add the next.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// The key of the advisory lock that serializes migrations of replicas starting together.
+const MIGRATION_LOCK: i64 = 0x666c_6565_7477_6176; // "fleetwav"
+
+/// Attempts of one write transaction before a serialization failure is returned.
+const WRITE_ATTEMPTS: u32 = 20;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database?sslmode=...` (or key=value pairs).
+    pub url: String,
+    /// Connections kept open at most.
+    pub pool_size: u32,
+    /// PEM file of the certificate authorities that sign the server's certificate (else
+    /// the system's roots). Used when the URL asks for TLS (`sslmode=require`) or the
+    /// server offers it (`sslmode=prefer`, the default).
+    pub ca_file: Option<PathBuf>,
+    /// How long a call waits for a free connection (or a new one) before failing.
+    pub connect_timeout: Duration,
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            pool_size: 16,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// rustls (ring) with the CA file's roots, or the system's.
+fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Migration(format!(
+                    "storage.ca_file {}: cannot read: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut n = 0;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Migration(format!("storage.ca_file {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Migration(format!("storage.ca_file {}: {e}", path.display()))
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(StoreError::Migration(format!(
+                    "storage.ca_file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system root that rustls cannot use is left out, as browsers do.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Migration(format!("TLS to the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Whether a failed transaction should be run again: PostgreSQL aborted it for a
+/// serialization failure or a deadlock, and running it again may succeed.
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Backend(b) = e else {
+        return false;
+    };
+    b.downcast_ref::<::postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// Whether an error is a unique-constraint violation.
+fn unique_violation(e: &::postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+impl PgStore {
+    /// Connects to the database and runs pending migrations (under an advisory lock, so
+    /// that replicas starting together migrate once).
+    pub fn open(options: &PgOptions) -> StoreResult<PgStore> {
+        let config: ::postgres::Config = options.url.parse().map_err(|e| {
+            StoreError::Migration(format!("storage.url is not a PostgreSQL URL: {e}"))
+        })?;
+        let manager = PostgresConnectionManager::new(config, tls(options.ca_file.as_deref())?);
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(options.connect_timeout)
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        let store = PgStore { pool };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> StoreResult<u32> {
+        let mut c = self.conn()?;
+        let v: i64 = c
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema", &[])?
+            .get(0);
+        Ok(v as u32)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS fleetwave_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        let at: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema", &[])?
+            .get(0);
+        if at as usize > MIGRATIONS.len() {
+            return Err(StoreError::Migration(format!(
+                "the database is at schema version {at}, newer than this coordinator knows ({}): \
+                 upgrade the coordinator",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(at as usize) {
+            let version = i as i64 + 1;
+            tx.batch_execute(sql).map_err(|e| {
+                StoreError::Migration(format!("schema version {version}: {e}"))
+            })?;
+            tx.execute(
+                "INSERT INTO fleetwave_schema (version, applied_at) VALUES ($1, $2)",
+                &[&version, &ms(Timestamp::now())],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn conn(&self) -> StoreResult<Conn> {
+        Ok(self.pool.get()?)
+    }
+
+    /// A read on a pooled connection (each statement sees what was committed before it).
+    fn read<T>(&self, f: impl FnOnce(&mut Conn) -> StoreResult<T>) -> StoreResult<T> {
+        let mut c = self.conn()?;
+        f(&mut c)
+    }
+
+    /// One SERIALIZABLE write transaction, run again from the start (up to
+    /// [`WRITE_ATTEMPTS`] times) when PostgreSQL aborts it for a serialization failure or
+    /// a deadlock.
+    fn write<T>(&self, mut f: impl FnMut(&mut Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut c = self.conn()?;
+        let mut attempt = 1;
+        loop {
+            let result = (|| {
+                let mut tx = c
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::Serializable)
+                    .start()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            match result {
+                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    to_millis(t)
+}
+
+fn opt_ts(v: Option<i64>) -> StoreResult<Option<Timestamp>> {
+    v.map(from_millis).transpose()
+}
+
+fn json_map(text: &str) -> StoreResult<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serializes")
+}
+
+fn envelope(text: &str) -> StoreResult<Envelope> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("envelope: {e}")))
+}
+
+/// A 0/1 flag column as a bool.
+fn flag(r: &Row, i: usize) -> bool {
+    r.get::<_, i64>(i) != 0
+}
+
+fn opt_flag(r: &Row, i: usize) -> Option<bool> {
+    r.get::<_, Option<i64>>(i).map(|v| v != 0)
+}
+
+/// A count or small number column as u32 (corrupt when out of range).
+fn u32_col(r: &Row, i: usize) -> StoreResult<u32> {
+    let v: i64 = r.get(i);
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {i}: {v} is out of range")))
+}
+
+fn collect<T>(rows: Vec<Row>, f: impl Fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+    rows.iter().map(f).collect()
+}
