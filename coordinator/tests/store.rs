@@ -1,7 +1,14 @@
-//! The SQLite store on a real file: reports are applied at most once, facts follow each
-//! event's own time (out-of-order delivery never moves them backwards), and one active
-//! rollout per site holds across rollouts.
+//! The store on both backends (a real SQLite file, a real PostgreSQL database): reports
+//! are applied at most once, facts follow each event's own time (out-of-order delivery
+//! never moves them backwards), and one active rollout per site holds across rollouts.
 
+mod backend;
+
+use std::sync::Arc;
+
+use backend::{Backend, TestDb};
+
+use fleetwave_coordinator::store::postgres as postgres_store;
 use fleetwave_coordinator::store::*;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
@@ -12,9 +19,9 @@ fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-fn setup() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::new(backend);
+    let store = db.open();
     let at = ts("2026-01-01T00:00:00Z");
     let token = EnrollmentTokenRecord {
         id: "et-1".into(),
@@ -53,7 +60,7 @@ fn setup() -> (tempfile::TempDir, SqliteStore) {
             published_by: "test".into(),
         })
         .unwrap();
-    (dir, store)
+    (db, store)
 }
 
 fn rollout(id: &str) -> RolloutRecord {
@@ -104,9 +111,8 @@ fn health(id: &str, at: &str, healthy: bool) -> Event {
     }
 }
 
-#[test]
-fn out_of_order_reports_never_move_facts_backwards_and_apply_once() {
-    let (_dir, store) = setup();
+fn out_of_order_reports_never_move_facts_backwards_and_apply_once(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -147,9 +153,8 @@ fn out_of_order_reports_never_move_facts_backwards_and_apply_once() {
     );
 }
 
-#[test]
-fn one_active_rollout_per_site_and_counters_go_up() {
-    let (_dir, store) = setup();
+fn one_active_rollout_per_site_and_counters_go_up(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -191,10 +196,9 @@ fn one_active_rollout_per_site_and_counters_go_up() {
     );
 }
 
-#[test]
-fn assignment_sequences_increase_per_site_and_survive_reopening() {
-    let dir = {
-        let (dir, store) = setup();
+fn assignment_sequences_increase_per_site_and_survive_reopening(backend: Backend) {
+    let db = {
+        let (db, store) = setup(backend);
         store
             .create_rollout(&rollout("r1"), &[member("r1", "s1")])
             .unwrap();
@@ -219,18 +223,17 @@ fn assignment_sequences_increase_per_site_and_survive_reopening() {
             .issue_assignments(&[draft.clone(), draft], &sign)
             .unwrap();
         assert_eq!((a[0].sequence, a[1].sequence), (1, 2));
-        dir
+        db
     };
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let store = db.open();
     let current = store.current_assignments().unwrap();
     assert_eq!(current.len(), 1);
     assert_eq!(current[0].sequence, 2);
     assert!(store.rollout_sites("r1").unwrap()[0].assigned_at.is_some());
 }
 
-#[test]
-fn a_report_group_commits_good_batches_around_a_failing_one() {
-    let (_dir, store) = setup();
+fn a_report_group_commits_good_batches_around_a_failing_one(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -290,20 +293,14 @@ fn a_report_group_commits_good_batches_around_a_failing_one() {
 }
 
 /// Rows left in the reports table, by event id.
-fn stored_reports(dir: &tempfile::TempDir) -> Vec<String> {
-    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
-    let mut st = c
-        .prepare("SELECT event_id FROM reports ORDER BY event_id")
-        .unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+fn stored_reports(db: &TestDb) -> Vec<String> {
+    db.strings("SELECT event_id FROM reports ORDER BY event_id")
 }
 
-#[test]
-fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing() {
-    let (dir, store) = setup();
+fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing(
+    backend: Backend,
+) {
+    let (db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -322,16 +319,16 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
     // Oldest first and at most the limit.
     let cut = ts("2026-01-02T00:00:00Z");
     assert_eq!(store.prune_reports(ReportKind::Health, cut, 1).unwrap(), 1);
-    assert_eq!(stored_reports(&dir), ["h2", "h3", "p1"]);
+    assert_eq!(stored_reports(&db), ["h2", "h3", "p1"]);
     assert_eq!(
         store.prune_reports(ReportKind::Health, cut, 100).unwrap(),
         1
     );
     // Other kinds and newer rows are left alone.
-    assert_eq!(stored_reports(&dir), ["h3", "p1"]);
+    assert_eq!(stored_reports(&db), ["h3", "p1"]);
     assert_eq!(store.prune_reports(ReportKind::Phase, old, 100).unwrap(), 0);
     assert_eq!(store.prune_reports(ReportKind::Phase, cut, 100).unwrap(), 1);
-    assert_eq!(stored_reports(&dir), ["h3"]);
+    assert_eq!(stored_reports(&db), ["h3"]);
 
     // A report resent after pruning is stored again and changes nothing.
     let out = store.apply_reports("s1", &early, recent).unwrap();
@@ -344,10 +341,33 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
     assert_eq!((out.accepted, out.duplicates), (0, 3));
 }
 
-#[test]
-fn the_commit_and_pruning_queries_use_their_indexes() {
-    let (dir, _store) = setup();
-    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+fn the_commit_and_pruning_queries_use_their_indexes(backend: Backend) {
+    let (db, _store) = setup(backend);
+    if backend == Backend::Postgres {
+        // PostgreSQL's planner picks by statistics (an empty table is read whole): with
+        // sequential scans made dear, a query whose conditions match an index uses it.
+        let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+        c.batch_execute("SET enable_seqscan = off").unwrap();
+        let mut plan = |sql: &str| -> String {
+            let sql = sql
+                .replace("$1", "'health'")
+                .replace("$2", "0")
+                .replace("$3", "10");
+            let lines: Vec<String> = c
+                .query(&format!("EXPLAIN {sql}"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            lines.join(" | ")
+        };
+        let commit = plan(&postgres_store::FIRST_UNHEALTHY_SQL.replace("$1", "'s1'"));
+        assert!(commit.contains("reports_unhealthy"), "{commit}");
+        let prune = plan(postgres_store::PRUNE_REPORTS_SQL);
+        assert!(prune.contains("reports_by_kind_received"), "{prune}");
+        return;
+    }
+    let c = rusqlite::Connection::open(db.sqlite_path()).unwrap();
     let plan = |sql: &str| -> String {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
@@ -358,18 +378,17 @@ fn the_commit_and_pruning_queries_use_their_indexes() {
             .collect();
         rows.join(" | ")
     };
-    let commit = plan(sqlite::FIRST_UNHEALTHY_SQL);
+    let commit = plan(fleetwave_coordinator::store::sqlite::FIRST_UNHEALTHY_SQL);
     assert!(commit.contains("USING INDEX reports_unhealthy"), "{commit}");
-    let prune = plan(sqlite::PRUNE_REPORTS_SQL);
+    let prune = plan(fleetwave_coordinator::store::sqlite::PRUNE_REPORTS_SQL);
     assert!(
         prune.contains("COVERING INDEX reports_by_kind_received"),
         "{prune}"
     );
 }
 
-#[test]
-fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
-    let (_dir, store) = setup();
+fn a_rollout_status_and_the_decision_that_set_it_are_stored_together(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -403,11 +422,10 @@ fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
     assert!(store.decisions("r9").unwrap().is_empty());
 }
 
-/// The SQLite backend applies `store::fold`'s rules: a terminal phase releases the site's
+/// Each backend applies `store::fold`'s rules: a terminal phase releases the site's
 /// lease (even when it is older than the phase known), a non-terminal one keeps it.
-#[test]
-fn a_terminal_phase_releases_the_lease() {
-    let (_dir, store) = setup();
+fn a_terminal_phase_releases_the_lease(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -464,9 +482,8 @@ fn installed(id: &str, stream: &str, version: Option<&str>) -> Event {
 /// through indexes (run every few seconds) finds what the walk over every site (the full
 /// sweep) finds, except a site that reports only other streams, which only the walk finds;
 /// both leave out sites in an active rollout when asked, and decommissioned sites always.
-#[test]
-fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk() {
-    let (_dir, store) = setup();
+fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk(backend: Backend) {
+    let (_db, store) = setup(backend);
     let now = ts("2026-01-01T01:00:00Z");
     let at = ts("2026-01-01T00:00:00Z");
     let token = EnrollmentTokenRecord {
@@ -538,3 +555,15 @@ fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk() {
     assert_eq!(busy[0].rollout_id.as_deref(), Some("r1"));
     assert_eq!(busy[0].version.as_deref(), Some("1"));
 }
+
+both_backends!(
+    out_of_order_reports_never_move_facts_backwards_and_apply_once,
+    one_active_rollout_per_site_and_counters_go_up,
+    assignment_sequences_increase_per_site_and_survive_reopening,
+    a_report_group_commits_good_batches_around_a_failing_one,
+    pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing,
+    the_commit_and_pruning_queries_use_their_indexes,
+    a_rollout_status_and_the_decision_that_set_it_are_stored_together,
+    a_terminal_phase_releases_the_lease,
+    the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk,
+);

@@ -185,10 +185,7 @@ impl PgServer {
 
     /// A connection URL for `database` over TCP on loopback.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{}/{database}",
-            self.port
-        )
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
     }
 
     /// Creates a new empty database and returns its URL (each test its own database).
@@ -251,11 +248,22 @@ mod tests {
         assert_eq!(url, server.url("test_0"));
         let ready = server
             .command("pg_isready")
-            .args(["-h", "127.0.0.1", "-p", &server.port().to_string(), "-d", "test_0"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server.port().to_string(),
+                "-d",
+                "test_0",
+            ])
             .args(["-U", SUPERUSER])
             .status()
             .unwrap();
-        assert!(ready.success(), "the server answers on 127.0.0.1:{}", server.port());
+        assert!(
+            ready.success(),
+            "the server answers on 127.0.0.1:{}",
+            server.port()
+        );
         let dir = server.dir.clone();
         let port = server.port();
         drop(server);

@@ -16,7 +16,12 @@ pub(super) fn roots(s: &PgStore) -> StoreResult<Vec<Envelope>> {
     })
 }
 
-pub(super) fn add_root(s: &PgStore, version: u64, env: &Envelope, at: Timestamp) -> StoreResult<()> {
+pub(super) fn add_root(
+    s: &PgStore,
+    version: u64,
+    env: &Envelope,
+    at: Timestamp,
+) -> StoreResult<()> {
     s.write(|tx| {
         let latest: Option<i64> = tx.query_one("SELECT MAX(version) FROM roots", &[])?.get(0);
         let expected = latest.map_or(1, |v| v + 1);
@@ -74,7 +79,10 @@ pub(super) fn list_operator_tokens(s: &PgStore) -> StoreResult<Vec<OperatorToken
 
 pub(super) fn revoke_operator_token(s: &PgStore, id: &str) -> StoreResult<()> {
     s.write(|tx| {
-        let n = tx.execute("UPDATE operator_tokens SET revoked = 1 WHERE id = $1", &[&id])?;
+        let n = tx.execute(
+            "UPDATE operator_tokens SET revoked = 1 WHERE id = $1",
+            &[&id],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no operator token {id}")));
         }
@@ -124,7 +132,10 @@ pub(super) fn list_enrollment_tokens(s: &PgStore) -> StoreResult<Vec<EnrollmentT
 
 pub(super) fn revoke_enrollment_token(s: &PgStore, id: &str) -> StoreResult<()> {
     s.write(|tx| {
-        let n = tx.execute("UPDATE enrollment_tokens SET revoked = 1 WHERE id = $1", &[&id])?;
+        let n = tx.execute(
+            "UPDATE enrollment_tokens SET revoked = 1 WHERE id = $1",
+            &[&id],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no enrollment token {id}")));
         }

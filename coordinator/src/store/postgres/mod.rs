@@ -17,19 +17,29 @@
 //! transaction helpers; one module per area implements its part of the trait.
 
 mod access;
-mod webhooks;
-mod rows;
+mod channels;
+pub mod dashboard;
+mod freezes;
+mod reports;
+mod signals;
+mod site_import;
+mod store_impl;
+pub use reports::{FIRST_UNHEALTHY_SQL, PRUNE_REPORTS_SQL};
+mod assignments;
 mod releases;
+mod rollouts;
+mod rows;
 mod sites;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleetwave_shared::Envelope;
-use jiff::Timestamp;
 use ::postgres::error::SqlState;
 use ::postgres::{IsolationLevel, Row, Transaction};
+use fleetwave_shared::Envelope;
+use jiff::Timestamp;
 use r2d2_postgres::PostgresConnectionManager;
 use rustls_pki_types::pem::PemObject as _;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -145,12 +155,9 @@ fn retryable(e: &StoreError) -> bool {
     };
     b.downcast_ref::<::postgres::Error>()
         .and_then(|e| e.code())
-        .is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
-}
-
-/// Whether an error is a unique-constraint violation.
-fn unique_violation(e: &::postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        .is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        })
 }
 
 impl PgStore {
@@ -177,7 +184,10 @@ impl PgStore {
     pub fn schema_version(&self) -> StoreResult<u32> {
         let mut c = self.conn()?;
         let v: i64 = c
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema", &[])?
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema",
+                &[],
+            )?
             .get(0);
         Ok(v as u32)
     }
@@ -190,7 +200,10 @@ impl PgStore {
             "CREATE TABLE IF NOT EXISTS fleetwave_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )?;
         let at: i64 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema", &[])?
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema",
+                &[],
+            )?
             .get(0);
         if at as usize > MIGRATIONS.len() {
             return Err(StoreError::Migration(format!(
@@ -201,9 +214,8 @@ impl PgStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(at as usize) {
             let version = i as i64 + 1;
-            tx.batch_execute(sql).map_err(|e| {
-                StoreError::Migration(format!("schema version {version}: {e}"))
-            })?;
+            tx.batch_execute(sql)
+                .map_err(|e| StoreError::Migration(format!("schema version {version}: {e}")))?;
             tx.execute(
                 "INSERT INTO fleetwave_schema (version, applied_at) VALUES ($1, $2)",
                 &[&version, &ms(Timestamp::now())],

@@ -38,10 +38,13 @@ pub(super) fn publish_release(s: &PgStore, r: &ReleaseRecord) -> StoreResult<()>
 
 pub(super) fn release(s: &PgStore, id: &str) -> StoreResult<Option<ReleaseRecord>> {
     s.read(|c| {
-        c.query_opt(&format!("SELECT {RELEASE_COLS} FROM releases WHERE id = $1"), &[&id])?
-            .as_ref()
-            .map(release_record)
-            .transpose()
+        c.query_opt(
+            &format!("SELECT {RELEASE_COLS} FROM releases WHERE id = $1"),
+            &[&id],
+        )?
+        .as_ref()
+        .map(release_record)
+        .transpose()
     })
 }
 

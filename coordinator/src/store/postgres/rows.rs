@@ -29,10 +29,13 @@ pub(super) fn site_record(r: &Row) -> StoreResult<SiteRecord> {
 }
 
 pub(super) fn get_site(c: &mut impl GenericClient, id: &str) -> StoreResult<Option<SiteRecord>> {
-    c.query_opt(&format!("SELECT {SITE_COLS} FROM sites WHERE id = $1"), &[&id])?
-        .as_ref()
-        .map(site_record)
-        .transpose()
+    c.query_opt(
+        &format!("SELECT {SITE_COLS} FROM sites WHERE id = $1"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(site_record)
+    .transpose()
 }
 
 pub(super) const ENROLL_COLS: &str =

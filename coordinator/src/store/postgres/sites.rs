@@ -43,7 +43,10 @@ pub(super) fn set_site_labels(
     labels: &BTreeMap<String, String>,
 ) -> StoreResult<()> {
     s.write(|tx| {
-        let n = tx.execute("UPDATE sites SET labels = $2 WHERE id = $1", &[&id, &to_json(labels)])?;
+        let n = tx.execute(
+            "UPDATE sites SET labels = $2 WHERE id = $1",
+            &[&id, &to_json(labels)],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no site {id}")));
         }
@@ -53,7 +56,10 @@ pub(super) fn set_site_labels(
 
 pub(super) fn set_site_state(s: &PgStore, id: &str, state: SiteState) -> StoreResult<()> {
     s.write(|tx| {
-        let n = tx.execute("UPDATE sites SET state = $2 WHERE id = $1", &[&id, &state.as_str()])?;
+        let n = tx.execute(
+            "UPDATE sites SET state = $2 WHERE id = $1",
+            &[&id, &state.as_str()],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no site {id}")));
         }
@@ -121,7 +127,8 @@ pub(super) fn count_sites_not_seen_since(
                 &[],
             )?
             .get(0);
-        let st = c.prepare("SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen < $1")?;
+        let st =
+            c.prepare("SELECT COUNT(*) FROM sites WHERE state = 'active' AND last_seen < $1")?;
         cutoffs
             .iter()
             .map(|t| {
@@ -162,7 +169,10 @@ pub(super) fn set_site_hold(
 
 pub(super) fn site_holds(s: &PgStore) -> StoreResult<BTreeMap<String, SiteHold>> {
     s.read(|c| {
-        let rows = c.query("SELECT site_id, reason, held_by, held_at FROM site_holds", &[])?;
+        let rows = c.query(
+            "SELECT site_id, reason, held_by, held_at FROM site_holds",
+            &[],
+        )?;
         let mut out = BTreeMap::new();
         for r in rows {
             let site_id: String = r.get(0);

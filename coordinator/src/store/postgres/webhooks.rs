@@ -51,7 +51,9 @@ fn delivery_record(r: &Row) -> StoreResult<DeliveryRecord> {
 
 /// Whether any endpoint exists (skips building events nobody receives).
 pub(super) fn any_endpoint(tx: &mut Transaction) -> StoreResult<bool> {
-    Ok(tx.query_opt("SELECT 1 FROM webhook_endpoints LIMIT 1", &[])?.is_some())
+    Ok(tx
+        .query_opt("SELECT 1 FROM webhook_endpoints LIMIT 1", &[])?
+        .is_some())
 }
 
 /// Stores `event` in the outbox with one delivery per endpoint subscribed to its type,
@@ -161,7 +163,10 @@ pub(super) fn enqueue_test(
     audit: &AuditRecord,
 ) -> StoreResult<String> {
     s.write(|tx| {
-        if tx.query_opt("SELECT 1 FROM webhook_endpoints WHERE id = $1", &[&id])?.is_none() {
+        if tx
+            .query_opt("SELECT 1 FROM webhook_endpoints WHERE id = $1", &[&id])?
+            .is_none()
+        {
             return Err(StoreError::NotFound(format!("no webhook {id}")));
         }
         let ids = insert_event(tx, event, &[id.to_string()])?;
