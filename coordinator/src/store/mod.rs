@@ -7,6 +7,7 @@
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
 pub mod fold;
+pub mod migrate;
 pub mod postgres;
 pub mod read;
 pub mod sqlite;
@@ -912,6 +913,44 @@ pub trait Store: Send + Sync + 'static {
     /// The dashboard's read model over this store's data, on access that never blocks the
     /// store's writer (see [`read`]).
     fn dashboard_read(&self) -> Arc<dyn read::DashboardRead>;
+}
+
+/// Opens the store the configuration names (`[storage]`): the SQLite file, or the
+/// PostgreSQL database (reading `storage.password_file`); runs pending migrations.
+/// Blocking: call it on the blocking pool.
+pub fn open_configured(config: &crate::config::Config) -> StoreResult<Arc<dyn Store>> {
+    use crate::config::StorageBackend;
+    match config.storage.backend {
+        StorageBackend::Sqlite => Ok(Arc::new(SqliteStore::open(&config.database_path())?)),
+        StorageBackend::Postgres => {
+            let storage = &config.storage;
+            let url = storage.url.clone().ok_or_else(|| {
+                StoreError::Migration("storage.url is required with backend = \"postgres\"".into())
+            })?;
+            let password = storage
+                .password_file
+                .as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                        .map_err(|e| {
+                            StoreError::Migration(format!(
+                                "storage.password_file {}: cannot read: {e}",
+                                path.display()
+                            ))
+                        })
+                })
+                .transpose()?;
+            let options = PgOptions {
+                url,
+                password,
+                pool_size: storage.pool_size,
+                ca_file: storage.ca_file.clone(),
+                connect_timeout: std::time::Duration::from_secs(storage.connect_timeout_secs),
+            };
+            Ok(Arc::new(PgStore::open(&options)?))
+        }
+    }
 }
 
 /// The async face of a [`Store`]: runs each call on tokio's blocking pool so that the

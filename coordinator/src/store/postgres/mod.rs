@@ -74,6 +74,8 @@ const WRITE_ATTEMPTS: u32 = 20;
 pub struct PgOptions {
     /// `postgres://user:password@host:port/database?sslmode=...` (or key=value pairs).
     pub url: String,
+    /// The password, when it is not in the URL (`storage.password_file`).
+    pub password: Option<String>,
     /// Connections kept open at most.
     pub pool_size: u32,
     /// PEM file of the certificate authorities that sign the server's certificate (else
@@ -88,6 +90,7 @@ impl PgOptions {
     pub fn new(url: impl Into<String>) -> PgOptions {
         PgOptions {
             url: url.into(),
+            password: None,
             pool_size: 16,
             ca_file: None,
             connect_timeout: Duration::from_secs(10),
@@ -95,8 +98,8 @@ impl PgOptions {
     }
 }
 
-type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
+pub(crate) type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
 
 pub struct PgStore {
     pool: Pool,
@@ -164,9 +167,18 @@ impl PgStore {
     /// Connects to the database and runs pending migrations (under an advisory lock, so
     /// that replicas starting together migrate once).
     pub fn open(options: &PgOptions) -> StoreResult<PgStore> {
-        let config: ::postgres::Config = options.url.parse().map_err(|e| {
+        let mut config: ::postgres::Config = options.url.parse().map_err(|e| {
             StoreError::Migration(format!("storage.url is not a PostgreSQL URL: {e}"))
         })?;
+        if let Some(password) = &options.password {
+            config.password(password);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("fleetwave-coordinator");
+        }
         let manager = PostgresConnectionManager::new(config, tls(options.ca_file.as_deref())?);
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -223,6 +235,12 @@ impl PgStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// A connection of the pool, for tools that work on the database as a whole
+    /// (`migrate-store`).
+    pub(crate) fn connection(&self) -> StoreResult<Conn> {
+        self.conn()
     }
 
     fn conn(&self) -> StoreResult<Conn> {
