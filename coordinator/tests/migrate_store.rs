@@ -252,17 +252,36 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
     assert_eq!(rows("assignments"), 2);
     assert_eq!(rows("site_labels"), 3, "derived from sites by PostgreSQL");
     assert_eq!(rows("site_versions"), 1);
-    assert_eq!(rows("webhook_deliveries"), 1, "the site.failed event's delivery");
+    assert_eq!(
+        rows("webhook_deliveries"),
+        1,
+        "the site.failed event's delivery"
+    );
     assert!(stdout.contains("26 tables verified"), "{stdout}");
 
     let before = sqlite.open();
     let after = PgStore::open(&PgOptions::new(url.clone())).unwrap();
     assert_eq!(after.site("s1").unwrap(), before.site("s1").unwrap());
-    assert_eq!(after.rollout_sites("r1").unwrap(), before.rollout_sites("r1").unwrap());
-    assert_eq!(after.decisions("r1").unwrap(), before.decisions("r1").unwrap());
-    assert_eq!(after.list_audit(None, 10).unwrap(), before.list_audit(None, 10).unwrap());
-    assert_eq!(after.current_assignments().unwrap(), before.current_assignments().unwrap());
-    assert_eq!(after.latest_signals("s1").unwrap(), before.latest_signals("s1").unwrap());
+    assert_eq!(
+        after.rollout_sites("r1").unwrap(),
+        before.rollout_sites("r1").unwrap()
+    );
+    assert_eq!(
+        after.decisions("r1").unwrap(),
+        before.decisions("r1").unwrap()
+    );
+    assert_eq!(
+        after.list_audit(None, 10).unwrap(),
+        before.list_audit(None, 10).unwrap()
+    );
+    assert_eq!(
+        after.current_assignments().unwrap(),
+        before.current_assignments().unwrap()
+    );
+    assert_eq!(
+        after.latest_signals("s1").unwrap(),
+        before.latest_signals("s1").unwrap()
+    );
     assert_eq!(after.site_holds().unwrap(), before.site_holds().unwrap());
     assert_eq!(
         after.webhook_deliveries("wh-1", 10).unwrap(),
@@ -290,7 +309,12 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
         .unwrap();
     assert_eq!(a[0].sequence, 3);
     after.audit(&audit("site.label", "s2")).unwrap();
-    let ids: Vec<i64> = after.list_audit(None, 10).unwrap().iter().map(|a| a.id).collect();
+    let ids: Vec<i64> = after
+        .list_audit(None, 10)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
     let max_before = before.list_audit(None, 10).unwrap()[0].id;
     assert_eq!(ids[0], max_before + 1, "audit ids continue: {ids:?}");
 
@@ -304,14 +328,23 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
 #[test]
 fn migrate_store_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let out = migrate(&dir.path().join("missing.db"), "postgres://fw@127.0.0.1:1/x");
+    let out = migrate(
+        &dir.path().join("missing.db"),
+        "postgres://fw@127.0.0.1:1/x",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("missing.db") && stderr.contains("no such file"), "{stderr}");
+    assert!(
+        stderr.contains("missing.db") && stderr.contains("no such file"),
+        "{stderr}"
+    );
 
     let sqlite = TestDb::new(Backend::Sqlite);
     drop(sqlite.open());
-    let out = migrate(&sqlite.sqlite_path(), "postgres://fw@127.0.0.1:5432/x?sslmode=sometimes");
+    let out = migrate(
+        &sqlite.sqlite_path(),
+        "postgres://fw@127.0.0.1:5432/x?sslmode=sometimes",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not a PostgreSQL URL"), "{stderr}");

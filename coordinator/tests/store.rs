@@ -556,6 +556,89 @@ fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk(backend: Ba
     assert_eq!(busy[0].version.as_deref(), Some("1"));
 }
 
+/// Two stores on one database (two coordinator replicas on PostgreSQL; two connections on
+/// one SQLite file), called through `Db::run` from tokio's blocking pool by many tasks at
+/// once: every report is applied exactly once whoever receives it, each site's assignment
+/// sequences are unique and gapless, and a site joins one active rollout only.
+fn concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout(backend: Backend) {
+    let (db, first) = setup(backend);
+    let second = db.open();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let replicas = [Db::new(first), Db::new(second)];
+        first_rollout(&replicas[0]).await;
+        let now = ts("2026-01-01T01:00:00Z");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let db = replicas[i % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                // Every task sends the same ten events (an agent retrying on every
+                // replica) and asks for an assignment.
+                let events: Vec<Event> = (0..10)
+                    .map(|n| health(&format!("h{n}"), "2026-01-01T00:10:00Z", n % 2 == 0))
+                    .collect();
+                let out = db
+                    .run(move |s| s.apply_reports("s1", &events, now))
+                    .await
+                    .unwrap();
+                let at = ts("2026-01-01T00:00:00Z");
+                let draft = AssignmentDraft {
+                    site_id: "s1".into(),
+                    rollout_id: "r1".into(),
+                    wave: 0,
+                    release_id: "pos-2".into(),
+                    release_digest: "d".into(),
+                    rollback: false,
+                    not_before: at,
+                    issued_at: at,
+                    expires: at + SignedDuration::from_hours(1),
+                    window: None,
+                };
+                let key = fleetwave_shared::keys::generate();
+                let a = db
+                    .run(move |s| {
+                        s.issue_assignments(&[draft], &|_, seq| {
+                            Envelope::sign("a", seq.to_string().as_bytes(), &[&key])
+                        })
+                    })
+                    .await
+                    .unwrap();
+                let joined = db
+                    .run(move |s| {
+                        let id = format!("r-{i}");
+                        s.create_rollout(&rollout(&id), &[member(&id, "s2")])
+                    })
+                    .await
+                    .is_ok();
+                (out.accepted, a[0].sequence, joined)
+            }));
+        }
+        let mut accepted = 0;
+        let mut sequences = Vec::new();
+        let mut joined = 0;
+        for t in tasks {
+            let (n, seq, ok) = t.await.unwrap();
+            accepted += n;
+            sequences.push(seq);
+            joined += u32::from(ok);
+        }
+        sequences.sort();
+        assert_eq!(accepted, 10, "each of the ten events applied once");
+        assert_eq!(sequences, (1..=16).collect::<Vec<u64>>());
+        assert_eq!(joined, 1, "s2 joined exactly one active rollout");
+    });
+}
+
+async fn first_rollout(db: &Db) {
+    db.run(|s| s.create_rollout(&rollout("r1"), &[member("r1", "s1")]))
+        .await
+        .unwrap();
+}
+
 both_backends!(
     out_of_order_reports_never_move_facts_backwards_and_apply_once,
     one_active_rollout_per_site_and_counters_go_up,
@@ -566,4 +649,5 @@ both_backends!(
     a_rollout_status_and_the_decision_that_set_it_are_stored_together,
     a_terminal_phase_releases_the_lease,
     the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk,
+    concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout,
 );

@@ -12,11 +12,11 @@ use crate::store::read::{DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRo
 
 /// Reads on the store's pool.
 pub struct PgReadModel {
-    pool: Pool,
+    pool: Arc<PoolHandle>,
 }
 
 impl PgReadModel {
-    pub(super) fn new(pool: Pool) -> PgReadModel {
+    pub(super) fn new(pool: Arc<PoolHandle>) -> PgReadModel {
         PgReadModel { pool }
     }
 

@@ -102,7 +102,32 @@ pub(crate) type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
 
 pub struct PgStore {
-    pool: Pool,
+    pool: Arc<PoolHandle>,
+}
+
+/// The pool, shared by the store and its read model. The sync client closes a connection
+/// by blocking on its own small runtime, which tokio forbids on an async worker thread:
+/// when the last handle goes there (a server shutting down, a test's runtime ending), the
+/// pool is closed on a thread of its own instead.
+pub(crate) struct PoolHandle(Option<Pool>);
+
+impl std::ops::Deref for PoolHandle {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        self.0.as_ref().expect("the pool is there until dropped")
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::Builder::new()
+                .name("fleetwave-pg-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
 }
 
 /// rustls (ring) with the CA file's roots, or the system's.
@@ -187,7 +212,9 @@ impl PgStore {
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool: Arc::new(PoolHandle(Some(pool))),
+        };
         store.migrate()?;
         Ok(store)
     }
