@@ -22,6 +22,7 @@ pub mod dashboard;
 mod freezes;
 mod reports;
 mod signals;
+pub use signals::SAMPLES_SQL;
 mod site_import;
 mod store_impl;
 pub use reports::{FIRST_UNHEALTHY_SQL, PRUNE_REPORTS_SQL};
