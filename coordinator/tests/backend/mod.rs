@@ -65,6 +65,18 @@ impl TestDb {
         }
     }
 
+    /// What a coordinator's configuration file needs to keep its state here: nothing for
+    /// SQLite (the file in its data directory), `[storage]` for PostgreSQL.
+    pub fn storage_config(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(
+                "\n[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 8\n",
+                self.url()
+            ),
+        }
+    }
+
     /// The first column (text) of every row of `sql`, read straight from the database.
     pub fn strings(&self, sql: &str) -> Vec<String> {
         match self.backend {
@@ -103,6 +115,26 @@ macro_rules! both_backends {
             $(#[test]
             fn $name() {
                 super::$name($crate::backend::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+/// Runs each `async fn name(backend: Backend)` on both backends as a tokio test, as
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! both_backends_async {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::backend::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::backend::Backend::Postgres).await
             })*
         }
     };
