@@ -826,3 +826,57 @@ fn the_dashboard_reads_the_same_on_both_backends() {
         "{sqlite:#?}"
     );
 }
+
+/// PostgreSQL stopping under the store is an error the caller can answer (503), never a
+/// panic or a hang past the connect timeout; once it is back, the store works again
+/// without a restart and nothing committed before is lost.
+#[test]
+fn the_postgres_store_fails_cleanly_while_the_database_is_down_and_recovers() {
+    let db = TestDb::new(Backend::Postgres);
+    let mut options = PgOptions::new(db.url());
+    options.connect_timeout = std::time::Duration::from_secs(2);
+    let store = PgStore::open(&options).unwrap();
+    let hold = |reason: &str| SiteHold {
+        site_id: "s1".into(),
+        reason: reason.into(),
+        held_by: "test".into(),
+        held_at: ts("2026-01-01T00:00:00Z"),
+    };
+    let token = EnrollmentTokenRecord {
+        id: "et-1".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: ts("2026-01-01T01:00:00Z"),
+        uses_total: 1,
+        uses_left: 1,
+        revoked: false,
+        created_at: ts("2026-01-01T00:00:00Z"),
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("hash", &token).unwrap();
+    store
+        .enroll(&Enrollment {
+            token_hash: "hash".into(),
+            site_id: "s1".into(),
+            device_key: "00".repeat(32),
+            agent_version: "1".into(),
+            at: ts("2026-01-01T00:00:00Z"),
+        })
+        .unwrap();
+    db.server().stop();
+    let err = store.ping().unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert!(store.set_site_hold("s1", Some(&hold("down"))).is_err());
+    db.server().restart();
+    // Connections broken by the stop fail once each, then the pool opens new ones.
+    fleetwave_testkit::wait_blocking(
+        fleetwave_testkit::patience(std::time::Duration::from_secs(60)),
+        || store.set_site_hold("s1", Some(&hold("back"))),
+    )
+    .unwrap();
+    assert_eq!(store.site_holds().unwrap()["s1"].reason, "back");
+    assert!(
+        store.site("s1").unwrap().is_some(),
+        "committed before the stop"
+    );
+}

@@ -6,8 +6,9 @@
 //! `postgres` (which the Debian package creates) or else `nobody`, owning the directory.
 //! When PostgreSQL is not installed, [`PgServer::start`] panics with a message that says
 //! what to install: a test of the PostgreSQL backend fails then, it never skips.
-//! Never used outside tests: no authentication (trust on loopback), no durability
-//! (`fsync=off`).
+//! Never used outside tests: no authentication (trust on loopback), no durability against
+//! a machine crash (`fsync=off`); a stopped server (`stop`, as a crash of PostgreSQL
+//! alone) keeps every committed transaction.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -143,8 +144,8 @@ impl PgServer {
 
     fn pg_ctl_start(&self) -> std::process::Output {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c max_connections=200",
             self.port,
             self.dir.display()
         );
