@@ -220,18 +220,6 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The schema version the database is at.
-    pub fn schema_version(&self) -> StoreResult<u32> {
-        let mut c = self.conn()?;
-        let v: i64 = c
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM fleetwave_schema",
-                &[],
-            )?
-            .get(0);
-        Ok(v as u32)
-    }
-
     fn migrate(&self) -> StoreResult<()> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
