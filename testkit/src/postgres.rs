@@ -4,7 +4,8 @@
 //!
 //! PostgreSQL refuses to run as root: as root the server runs as the system user
 //! `postgres` (which the Debian package creates) or else `nobody`, owning the directory.
-//! When PostgreSQL is not installed, [`PgServer::start`] panics with a message that says
+//! A killed test process leaves nothing behind either: a watcher stops the server once the
+//! process is gone. When PostgreSQL is not installed, [`PgServer::start`] panics with a message that says
 //! what to install: a test of the PostgreSQL backend fails then, it never skips.
 //! Never used outside tests: no authentication (trust on loopback), no durability against
 //! a machine crash (`fsync=off`); a stopped server (`stop`, as a crash of PostgreSQL
@@ -130,6 +131,7 @@ impl PgServer {
             server.port = free_port();
             let out = server.pg_ctl_start();
             if out.status.success() {
+                server.watch_owner();
                 return server;
             }
             last = format!(
@@ -157,6 +159,35 @@ impl PgServer {
             .args(["-w", "-t", "120", "-o", &opts, "start"])
             .output()
             .expect("pg_ctl runs")
+    }
+
+    /// A test process that is killed or aborts never runs [`Drop`]: a small shell
+    /// watches this process and, once it is gone, stops the server and removes its
+    /// directory (it checks once a second; nothing is timed).
+    fn watch_owner(&self) {
+        let stop = self.command_line("pg_ctl");
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {stop} -D '{data}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            data = self.data.display(),
+            dir = self.dir.display(),
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    /// `program` as a shell command line (run as the server's user when root).
+    fn command_line(&self, program: &str) -> String {
+        let path = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => format!("runuser -u {user} -- '{}'", path.display()),
+            None => format!("'{}'", path.display()),
+        }
     }
 
     fn command(&self, program: &str) -> Command {

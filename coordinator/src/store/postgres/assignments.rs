@@ -73,7 +73,7 @@ pub(super) fn current_assignments(s: &PgStore) -> StoreResult<Vec<AssignmentReco
     s.read(|c| {
         let rows = c.query(
             &format!(
-                "SELECT {ASSIGN_COLS} FROM assignments a WHERE sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id)"
+                "SELECT {ASSIGN_COLS} FROM assignments a WHERE sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id) ORDER BY site_id"
             ),
             &[],
         )?;
@@ -88,7 +88,7 @@ pub(super) fn active_leases(
 ) -> StoreResult<Vec<LeaseRecord>> {
     s.read(|c| {
         let rows = c.query(
-            "SELECT id, site_id, rollout_id, wave, granted_at, expires_at FROM leases WHERE rollout_id = $1 AND expires_at > $2",
+            "SELECT id, site_id, rollout_id, wave, granted_at, expires_at FROM leases WHERE rollout_id = $1 AND expires_at > $2 ORDER BY site_id",
             &[&rollout_id, &ms(now)],
         )?;
         collect(rows, |r| {

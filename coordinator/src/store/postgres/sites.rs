@@ -87,7 +87,10 @@ pub(super) fn touch_sites(s: &PgStore, seen: &[(String, Timestamp)]) -> StoreRes
 
 pub(super) fn count_sites_by_state(s: &PgStore) -> StoreResult<Vec<(SiteState, u64)>> {
     s.read(|c| {
-        let rows = c.query("SELECT state, COUNT(*) FROM sites GROUP BY state", &[])?;
+        let rows = c.query(
+            "SELECT state, COUNT(*) FROM sites GROUP BY state ORDER BY state",
+            &[],
+        )?;
         collect(rows, |r| {
             let state: String = r.get(0);
             Ok((
