@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ::postgres::error::SqlState;
-use ::postgres::{IsolationLevel, Row, Transaction};
+use ::postgres::{IsolationLevel, Row, Statement, Transaction};
 use fleetwave_shared::Envelope;
 use jiff::Timestamp;
 use r2d2_postgres::PostgresConnectionManager;
