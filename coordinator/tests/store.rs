@@ -880,3 +880,50 @@ fn the_postgres_store_fails_cleanly_while_the_database_is_down_and_recovers() {
         "committed before the stop"
     );
 }
+
+/// TLS to PostgreSQL is rustls, checked against `storage.ca_file`: a server that accepts
+/// only TLS is reached with the right CA, refused without TLS, and refused when its
+/// certificate does not chain to the roots in use.
+#[test]
+fn the_postgres_store_speaks_tls_checked_against_the_configured_ca() {
+    use fleetwave_coordinator::init::{InitOptions, init};
+    let dir = tempfile::tempdir().unwrap();
+    // The development CA and a certificate for 127.0.0.1 that `init` makes.
+    init(&InitOptions::dev_loopback(dir.path().join("setup"))).unwrap();
+    let tls = dir.path().join("setup").join("tls");
+    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
+    let server =
+        fleetwave_testkit::postgres::PgServer::start_tls(&read("server.pem"), &read("server.key"));
+    let url = server.create_database();
+    let options = |query: &str, ca: Option<std::path::PathBuf>| {
+        let mut o = PgOptions::new(format!("{url}?{query}"));
+        o.ca_file = ca;
+        o.connect_timeout = std::time::Duration::from_secs(3);
+        o
+    };
+    let store = PgStore::open(&options("sslmode=require", Some(tls.join("ca.pem")))).unwrap();
+    store.ping().unwrap();
+    assert!(store.roots().unwrap().is_empty());
+
+    let err = PgStore::open(&options("sslmode=disable", Some(tls.join("ca.pem"))))
+        .err()
+        .expect("the server refuses a connection without TLS");
+    assert!(err.to_string().contains("no pg_hba.conf entry"), "{err}");
+    let err = PgStore::open(&options("sslmode=require", None))
+        .err()
+        .expect("the development CA is not among the system's roots");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let bad_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "no certificate here").unwrap();
+    let err = PgStore::open(&options("sslmode=require", Some(bad_ca)))
+        .err()
+        .expect("a CA file without a certificate");
+    assert!(
+        err.to_string().contains("storage.ca_file")
+            && err.to_string().contains("no PEM certificate"),
+        "{err}"
+    );
+}

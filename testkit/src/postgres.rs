@@ -27,6 +27,8 @@ pub struct PgServer {
     port: u16,
     run_as: Option<String>,
     databases: AtomicU32,
+    /// Only TLS connections over TCP (`start_tls`).
+    tls: bool,
 }
 
 /// The directory of PostgreSQL's programs (`initdb`, `pg_ctl`, `postgres`): the newest
@@ -76,6 +78,16 @@ impl PgServer {
     /// Creates and starts a server. Panics (with what to do) when PostgreSQL is not
     /// installed or does not start.
     pub fn start() -> PgServer {
+        PgServer::start_with(None)
+    }
+
+    /// A server that accepts TCP connections only over TLS, with this certificate chain
+    /// and key (PEM): a client that does not ask for TLS is refused.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgServer {
+        PgServer::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PgServer {
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is not installed: the PostgreSQL store tests need Debian's \
@@ -110,6 +122,7 @@ impl PgServer {
             port: 0,
             run_as,
             databases: AtomicU32::new(0),
+            tls: tls.is_some(),
         };
         let initdb = server
             .command("initdb")
@@ -125,6 +138,16 @@ impl PgServer {
             String::from_utf8_lossy(&initdb.stdout),
             String::from_utf8_lossy(&initdb.stderr)
         );
+        if let Some((cert, key)) = tls {
+            server.write_owned("server.crt", cert, 0o644);
+            server.write_owned("server.key", key, 0o600);
+            // TCP only with TLS; the unix socket (createdb) stays open.
+            server.write_owned(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                0o600,
+            );
+        }
         // A port found free may be taken before the server binds it: try a few.
         let mut last = String::new();
         for _ in 0..5 {
@@ -144,13 +167,32 @@ impl PgServer {
         panic!("PostgreSQL did not start: {last}");
     }
 
+    /// Writes a file into the data directory, owned by the server's user.
+    fn write_owned(&self, name: &str, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.data.join(name);
+        std::fs::write(&path, text).expect("write into the data directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        if let Some(user) = &self.run_as {
+            let status = Command::new("chown")
+                .arg(user)
+                .arg(&path)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown {user} {}", path.display());
+        }
+    }
+
     fn pg_ctl_start(&self) -> std::process::Output {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
              -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        if self.tls {
+            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         self.command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
@@ -226,7 +268,9 @@ impl PgServer {
         let name = format!("test_{n}");
         let out = self
             .command("createdb")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string()])
             .args(["-U", SUPERUSER, &name])
             .output()
             .expect("createdb runs");

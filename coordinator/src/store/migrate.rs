@@ -17,7 +17,7 @@ use rusqlite::types::ValueRef;
 use sha2::{Digest, Sha256};
 
 use super::SqliteStore;
-use super::postgres::{PgOptions, PgStore};
+use super::postgres::{PgError, PgOptions, PgStore};
 
 /// Why a migration stopped (nothing is committed to PostgreSQL then).
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +175,12 @@ pub fn migrate_store(from: &Path, to: &PgOptions) -> Result<Vec<TableReport>, Mi
         .map_err(|e| MigrateError::Target(e.to_string()))?;
     let mut tx = conn
         .transaction()
-        .map_err(|e| MigrateError::Target(e.to_string()))?;
+        .map_err(|e| MigrateError::Target(PgError(e).to_string()))?;
     let pg_err = |table: &str| {
         let table = table.to_string();
         move |e: ::postgres::Error| MigrateError::Table {
             table: table.clone(),
-            message: format!("PostgreSQL: {e}"),
+            message: format!("PostgreSQL: {}", PgError(e)),
         }
     };
     for table in TABLES {
@@ -232,7 +232,7 @@ pub fn migrate_store(from: &Path, to: &PgOptions) -> Result<Vec<TableReport>, Mi
         .map_err(pg_err(table))?;
     }
     tx.commit()
-        .map_err(|e| MigrateError::Target(format!("commit: {e}")))?;
+        .map_err(|e| MigrateError::Target(format!("commit: {}", PgError(e))))?;
     Ok(reports)
 }
 
@@ -266,7 +266,7 @@ fn source_columns(
                 "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
                 &[&table, &name],
             )
-            .map_err(|e| terr(format!("PostgreSQL: {e}")))?
+            .map_err(|e| terr(format!("PostgreSQL: {}", PgError(e))))?
             .ok_or_else(|| terr(format!("column {name} is missing in PostgreSQL")))?;
         let data_type: String = row.get(0);
         let kind = match data_type.as_str() {
@@ -377,7 +377,7 @@ fn copy_table(
             "COPY {} ({list}) FROM STDIN (FORMAT binary)",
             quote(table)
         ))
-        .map_err(|e| terr(format!("PostgreSQL: {e}")))?;
+        .map_err(|e| terr(format!("PostgreSQL: {}", PgError(e))))?;
     let mut writer = BinaryCopyInWriter::new(sink, &types);
     let mut rows = st.query([]).map_err(|e| terr(format!("SQLite: {e}")))?;
     while let Some(r) = rows.next().map_err(|e| terr(format!("SQLite: {e}")))? {
@@ -427,11 +427,11 @@ fn copy_table(
             .collect();
         writer
             .write(&values)
-            .map_err(|e| terr(format!("PostgreSQL: {e}")))?;
+            .map_err(|e| terr(format!("PostgreSQL: {}", PgError(e))))?;
     }
     writer
         .finish()
-        .map_err(|e| terr(format!("PostgreSQL: {e}")))?;
+        .map_err(|e| terr(format!("PostgreSQL: {}", PgError(e))))?;
     Ok(())
 }
 
@@ -481,7 +481,7 @@ fn target_checksum(
 ) -> Result<(u64, String), MigrateError> {
     let terr = |e: ::postgres::Error| MigrateError::Table {
         table: table.to_string(),
-        message: format!("PostgreSQL: {e}"),
+        message: format!("PostgreSQL: {}", PgError(e)),
     };
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {}",

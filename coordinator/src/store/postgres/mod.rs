@@ -41,16 +41,76 @@ use ::postgres::error::SqlState;
 use ::postgres::{IsolationLevel, Row, Statement, Transaction};
 use fleetwave_shared::Envelope;
 use jiff::Timestamp;
-use r2d2_postgres::PostgresConnectionManager;
 use rustls_pki_types::pem::PemObject as _;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::*;
 use rows::*;
 
+/// A PostgreSQL error that says what the server said (the client's own message for a
+/// server error is only "db error").
+#[derive(Debug)]
+pub struct PgError(pub ::postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(
+                    f,
+                    "{} {}: {}",
+                    db.severity(),
+                    db.code().code(),
+                    db.message()
+                )?;
+                if let Some(detail) = db.detail() {
+                    write!(f, " ({detail})")?;
+                }
+                Ok(())
+            }
+            None => {
+                write!(f, "{}", self.0)?;
+                if let Some(source) = std::error::Error::source(&self.0) {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> StoreError {
-        StoreError::Backend(Box::new(e))
+        StoreError::Backend(Box::new(PgError(e)))
+    }
+}
+
+/// The pool's connections: the sync client over rustls, its errors as [`PgError`].
+pub(crate) struct Manager {
+    config: ::postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = ::postgres::Client;
+    type Error = PgError;
+
+    fn connect(&self) -> Result<::postgres::Client, PgError> {
+        self.config.connect(self.tls.clone()).map_err(PgError)
+    }
+
+    fn is_valid(&self, client: &mut ::postgres::Client) -> Result<(), PgError> {
+        client.simple_query("").map(|_| ()).map_err(PgError)
+    }
+
+    fn has_broken(&self, client: &mut ::postgres::Client) -> bool {
+        client.is_closed()
     }
 }
 
@@ -99,8 +159,8 @@ impl PgOptions {
     }
 }
 
-pub(crate) type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
-pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
+pub(crate) type Pool = r2d2::Pool<Manager>;
+pub(crate) type Conn = r2d2::PooledConnection<Manager>;
 
 pub struct PgStore {
     pool: Arc<PoolHandle>,
@@ -182,8 +242,8 @@ fn retryable(e: &StoreError) -> bool {
     let StoreError::Backend(b) = e else {
         return false;
     };
-    b.downcast_ref::<::postgres::Error>()
-        .and_then(|e| e.code())
+    b.downcast_ref::<PgError>()
+        .and_then(|e| e.0.code())
         .is_some_and(|c| {
             *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
         })
@@ -205,7 +265,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("fleetwave-coordinator");
         }
-        let manager = PostgresConnectionManager::new(config, tls(options.ca_file.as_deref())?);
+        let manager = Manager {
+            config,
+            tls: tls(options.ca_file.as_deref())?,
+        };
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
