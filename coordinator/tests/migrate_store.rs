@@ -189,6 +189,65 @@ fn fill(store: &dyn Store) {
         })
         .unwrap();
     store
+        .put_channel(
+            &ChannelRecord {
+                name: "stable".into(),
+                stream: "pos".into(),
+                selector: Default::default(),
+                release_id: Some("pos-2".into()),
+                max_concurrent: 5,
+                failure_budget: 2,
+                window: Some(fleetwave_shared::window::Window {
+                    days: vec![],
+                    start: "22:00".into(),
+                    end: "04:00".into(),
+                }),
+                set_by: "test".into(),
+                set_at: at,
+                set_reason: "first".into(),
+                created_at: at,
+                created_by: "test".into(),
+            },
+            &audit("channel.set", "stable"),
+        )
+        .unwrap();
+    store
+        .grant_leases(&[LeaseRecord {
+            id: "l-1".into(),
+            site_id: "s2".into(),
+            rollout_id: "r1".into(),
+            wave: 0,
+            granted_at: at,
+            expires_at: at + SignedDuration::from_hours(1),
+        }])
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    store
+        .record_session_nonce("s1", "nonce-1", at + SignedDuration::from_hours(1000000))
+        .unwrap();
+    store
+        .add_artifact(&ArtifactRecord {
+            sha256: "ab".repeat(32),
+            length: 4096,
+            uploaded_at: at,
+            uploaded_by: "test".into(),
+        })
+        .unwrap();
+    store
+        .create_operator_token(
+            "op-hash",
+            &OperatorTokenRecord {
+                id: "ot-1".into(),
+                name: "ci".into(),
+                role: fleetwave_shared::protocol::operator::OperatorRole::Operator,
+                created_at: at,
+                created_by: "test".into(),
+                revoked: false,
+            },
+        )
+        .unwrap();
+    store
         .set_site_hold(
             "s3",
             Some(&SiteHold {
@@ -283,6 +342,11 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
         before.latest_signals("s1").unwrap()
     );
     assert_eq!(after.site_holds().unwrap(), before.site_holds().unwrap());
+    assert_eq!(after.channels().unwrap(), before.channels().unwrap());
+    assert_eq!(
+        after.list_operator_tokens().unwrap(),
+        before.list_operator_tokens().unwrap()
+    );
     assert_eq!(
         after.webhook_deliveries("wh-1", 10).unwrap(),
         before.webhook_deliveries("wh-1", 10).unwrap()
