@@ -1,5 +1,6 @@
-//! Storage behind one trait, so that the SQLite file of a single coordinator can later be
-//! replaced by PostgreSQL for several replicas.
+//! Storage behind one trait: the SQLite file of a single coordinator ([`sqlite`]) or a
+//! PostgreSQL database ([`postgres`]), chosen by `[storage] backend` ([`open_configured`]);
+//! [`migrate`] moves a file's state into PostgreSQL.
 //!
 //! [`Store`] is a *synchronous* trait: every call may block on disk, so async code calls it
 //! only through [`Db::run`], which moves the call onto tokio's blocking pool. A method
