@@ -768,6 +768,15 @@ fn the_dashboard_reads_the_same_on_both_backends() {
             },
         ];
         for q in &queries {
+            // Each backend explains its own three queries (count, page, grid).
+            let plans = read.query_plans(q).unwrap();
+            assert_eq!(plans.len(), 3, "{plans:?}");
+            assert!(
+                plans
+                    .iter()
+                    .all(|(sql, lines)| !sql.is_empty() && !lines.is_empty()),
+                "{plans:?}"
+            );
             let (rows, total) = read.site_page(q, 0, 10).unwrap();
             let rows: Vec<String> = rows
                 .iter()
