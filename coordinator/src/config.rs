@@ -37,6 +37,10 @@ pub struct Config {
     /// SQLite database file; default `<data_dir>/coordinator.db`.
     #[serde(default)]
     pub database: Option<PathBuf>,
+    /// Which database holds the coordinator's state: the SQLite file (default) or
+    /// PostgreSQL.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The coordinator's online signing key (role `coordinator` in the root), a fleetwave
     /// private key file.
     pub signing_key: PathBuf,
@@ -154,6 +158,53 @@ fn default_true() -> bool {
 fn default_presign_secs() -> u64 {
     900
 }
+
+/// Which store backend to use (`[storage]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// One SQLite file (`database`), for one coordinator.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`storage.url`), which several coordinators can share.
+    Postgres,
+}
+
+/// `[storage]`: the database backend and, for PostgreSQL, how to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// PostgreSQL connection URL, `postgres://user@host:5432/fleetwave?sslmode=require`
+    /// (or `host=... user=... dbname=...`). Keep the password out of it: use
+    /// `password_file`.
+    pub url: Option<String>,
+    /// File holding the database password (one line); read at start.
+    pub password_file: Option<PathBuf>,
+    /// Connections to PostgreSQL kept at most.
+    pub pool_size: u32,
+    /// PEM file of the certificate authorities for the database server's certificate
+    /// (default: the system's roots). TLS is used as the URL's `sslmode` says.
+    pub ca_file: Option<PathBuf>,
+    /// How long a request waits for a database connection before failing.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Sqlite,
+            url: None,
+            password_file: None,
+            pool_size: 16,
+            ca_file: None,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// Most connections one coordinator keeps to PostgreSQL.
+pub const MAX_STORAGE_POOL_SIZE: u32 = 1000;
 
 /// Server certificate and key (PEM). Required unless `--insecure-plain-http` is given.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,6 +466,12 @@ impl Config {
             fix(db);
         }
         fix(&mut self.signing_key);
+        if let Some(p) = &mut self.storage.password_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.storage.ca_file {
+            fix(p);
+        }
         for root in &mut self.roots {
             fix(root);
         }
@@ -557,6 +614,7 @@ impl Config {
                 "at most 36500 (100 years); use 0 to keep golden signals forever",
             ));
         }
+        self.storage.validate()?;
         match (self.artifacts.store, &self.artifacts.s3) {
             (ArtifactStoreKind::S3, None) => {
                 return Err(invalid(
@@ -609,6 +667,21 @@ impl Config {
         Ok(())
     }
 
+    /// The database in effect, in words (for logs and errors).
+    pub fn database_name(&self) -> String {
+        match self.storage.backend {
+            StorageBackend::Sqlite => self.database_path().display().to_string(),
+            StorageBackend::Postgres => format!(
+                "PostgreSQL {}",
+                self.storage
+                    .url
+                    .as_deref()
+                    .map(redact_url)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
     /// The database file in effect.
     pub fn database_path(&self) -> PathBuf {
         self.database
@@ -627,9 +700,115 @@ impl Config {
     }
 }
 
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        match self.backend {
+            StorageBackend::Sqlite => {
+                if self.url.is_some() {
+                    return Err(invalid(
+                        "storage.url",
+                        "is only for backend = \"postgres\" (the SQLite file is `database`)",
+                    ));
+                }
+            }
+            StorageBackend::Postgres => {
+                let Some(url) = &self.url else {
+                    return Err(invalid(
+                        "storage.url",
+                        "is required with backend = \"postgres\", e.g. \"postgres://fleetwave@db.example:5432/fleetwave?sslmode=require\"",
+                    ));
+                };
+                if let Err(e) = url.parse::<postgres::Config>() {
+                    return Err(invalid(
+                        "storage.url",
+                        &format!("is not a PostgreSQL connection URL: {e}"),
+                    ));
+                }
+            }
+        }
+        if !(1..=MAX_STORAGE_POOL_SIZE).contains(&self.pool_size) {
+            return Err(invalid(
+                "storage.pool_size",
+                &format!("must be between 1 and {MAX_STORAGE_POOL_SIZE}"),
+            ));
+        }
+        if !(1..=300).contains(&self.connect_timeout_secs) {
+            return Err(invalid(
+                "storage.connect_timeout_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A connection URL without its password (for logs).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_string(),
+        },
+        // key=value form: drop a password=... pair.
+        None => url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_defaults_to_sqlite_and_postgres_needs_a_url() {
+        let c = Config::parse("signing_key = \"k\"\n").unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        let c = Config::parse(
+            "signing_key = \"k\"\n[storage]\nbackend = \"postgres\"\nurl = \"postgres://fw@db:5432/fleetwave?sslmode=require\"\npool_size = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.pool_size, 8);
+        let refused = |text: &str, key: &str| {
+            let err =
+                Config::parse(&format!("signing_key = \"k\"\n[storage]\n{text}")).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{text}: {err}"
+            );
+        };
+        refused("backend = \"postgres\"\n", "storage.url");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgres://h/db?sslmode=sometimes\"\n",
+            "storage.url",
+        );
+        refused("url = \"postgres://h/db\"\n", "storage.url");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n",
+            "storage.pool_size",
+        );
+        let err =
+            Config::parse("signing_key = \"k\"\n[storage]\nbackend = \"mysql\"\n").unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
+        assert_eq!(
+            redact_url("postgres://fw:secret@db:5432/x"),
+            "postgres://fw@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("host=db password=secret user=fw"),
+            "host=db user=fw"
+        );
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -1,11 +1,13 @@
-//! `fleetwave-coordinator`: serve, check a config, create a local setup, back up, restore.
+//! `fleetwave-coordinator`: serve, check a config, create a local setup, back up, restore,
+//! migrate the state from SQLite to PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fleetwave_coordinator::backup;
-use fleetwave_coordinator::config::Config;
+use fleetwave_coordinator::config::{Config, StorageBackend};
 use fleetwave_coordinator::init::{InitOptions, init};
 use fleetwave_coordinator::server::{Transport, serve};
 
@@ -59,6 +61,25 @@ enum Command {
         /// The backup's `artifacts/` directory: missing artifacts are copied (verified).
         #[arg(long)]
         artifacts: Option<PathBuf>,
+    },
+    /// Copy a coordinator's state from its SQLite file into an empty PostgreSQL database
+    /// (the coordinator must be stopped), then verify every table's row count and
+    /// checksum on both sides; nothing is committed unless every table matches.
+    MigrateStore {
+        /// The coordinator's SQLite file (`database`, default
+        /// /var/lib/fleetwave-coordinator/coordinator.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, `postgres://user@host:5432/dbname?sslmode=require`.
+        #[arg(long)]
+        to: String,
+        /// File holding the database password (one line), if the URL has none.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM file of the certificate authorities for the database server's certificate
+        /// (default: the system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Create a ready-to-run local setup (CA, server certificate, keys, admin token, config).
     Init {
@@ -119,6 +140,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `backup` and `restore` work on the SQLite file; PostgreSQL has its own tools.
+fn refuse_postgres(config: &Config, command: &str) -> anyhow::Result<()> {
+    if config.storage.backend == StorageBackend::Postgres {
+        anyhow::bail!(
+            "{command} works on the SQLite file, but this configuration keeps the state in PostgreSQL ([storage] backend = \"postgres\"): use pg_dump and pg_restore (docs/operations.md)"
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Man { dir, extra } => Ok(fleetwave_shared::man::print_pages(
@@ -162,8 +193,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
+        Command::MigrateStore {
+            from,
+            to,
+            password_file,
+            ca_file,
+        } => {
+            let mut options = fleetwave_coordinator::store::PgOptions::new(to.clone());
+            options.ca_file = ca_file;
+            if let Some(path) = password_file {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("--password-file {}", path.display()))?;
+                options.password = Some(text.trim_end_matches(['\r', '\n']).to_string());
+            }
+            let tables = fleetwave_coordinator::store::migrate::migrate_store(&from, &options)?;
+            println!(
+                "{:<24} {:>12}  sha256 of the rows (SQLite = PostgreSQL)",
+                "table", "rows"
+            );
+            for t in &tables {
+                println!(
+                    "{:<24} {:>12}  {}{}",
+                    t.table,
+                    t.rows,
+                    t.checksum,
+                    if t.copied {
+                        ""
+                    } else {
+                        "  (derived by PostgreSQL)"
+                    }
+                );
+            }
+            println!(
+                "copied {} into {}: {} tables verified; set [storage] backend = \"postgres\" and url in the configuration",
+                from.display(),
+                fleetwave_coordinator::config::redact_url(&to),
+                tables.len()
+            );
+            Ok(())
+        }
         Command::Backup { config, out } => {
             let config = Config::load(&config)?;
+            refuse_postgres(&config, "backup")?;
             let r = backup::backup(&config, &out, jiff::Timestamp::now())?;
             println!("database:  {} (integrity check: ok)", r.database.display());
             println!(
@@ -183,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             artifacts,
         } => {
             let config = Config::load(&config)?;
+            refuse_postgres(&config, "restore")?;
             let r = backup::restore(&config, &from, artifacts.as_deref(), jiff::Timestamp::now())?;
             println!(
                 "restored {} into {}",

@@ -28,7 +28,7 @@ use crate::http::auth::{RemoteAddr, token_hash};
 use crate::metrics::Metrics;
 use crate::poll_cache::ServedRelease;
 use crate::state::{App, AppState, Sessions, TrustChain, random_hex};
-use crate::store::{Db, OperatorTokenRecord, SiteFilter, SqliteStore};
+use crate::store::{Db, OperatorTokenRecord, SiteFilter};
 
 /// How the server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +153,11 @@ pub async fn build_app_with_clock(
     shutdown: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<AppState> {
-    let db_path = config.database_path();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+    let opening = config.clone();
+    let store = tokio::task::spawn_blocking(move || crate::store::open_configured(&opening))
         .await?
-        .with_context(|| format!("database {}", config.database_path().display()))?;
-    let db = Db::new(Arc::new(store));
+        .with_context(|| format!("database {}", config.database_name()))?;
+    let db = Db::new(store);
     let signer = fleetwave_shared::keys::read_private_key(&config.signing_key)
         .with_context(|| "config key signing_key")?;
     let trust = load_trust(&config, &db, &clock).await?;

@@ -1,7 +1,13 @@
 //! API tests over real TLS against a real SQLite file: the coordinator runs in-process on
-//! 127.0.0.1:0 with the setup `fleetwave-coordinator init --dev-root` creates.
+//! 127.0.0.1:0 with the setup `fleetwave-coordinator init --dev-root` creates. The two
+//! flows through every part of the API (a rollout with long polls, reports and a restart;
+//! rollbacks, tokens and root rotation) run on both backends, the second on a real
+//! PostgreSQL database.
 
+mod backend;
 mod common;
+
+use backend::{Backend, TestDb};
 
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -531,9 +537,9 @@ fn event(id: &str, at: Timestamp, body: Value) -> Value {
     e
 }
 
-#[tokio::test]
-async fn releases_artifacts_rollout_long_poll_reports_and_restart() {
-    let mut h = Harness::new().await;
+async fn releases_artifacts_rollout_long_poll_reports_and_restart(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut h = Harness::with_config(&db.storage_config()).await;
     let pig = agent(&h, "pig-1", json!({"cohort": "pig"})).await;
     let other = agent(&h, "store-9", json!({"cohort": "general"})).await;
 
@@ -1081,9 +1087,9 @@ async fn bad_input_gets_clear_json_errors_never_500() {
     assert!(doc["paths"]["/v1/rollouts/{id}/approve"]["post"]["requestBody"].is_object());
 }
 
-#[tokio::test]
-async fn auto_rollback_manual_rollback_sites_tokens_and_root_rotation() {
-    let h = Harness::new().await;
+async fn auto_rollback_manual_rollback_sites_tokens_and_root_rotation(backend: Backend) {
+    let db = TestDb::new(backend);
+    let h = Harness::with_config(&db.storage_config()).await;
     let a = agent(&h, "site-a", json!({"cohort": "pig", "region": "eu"})).await;
     let _b = agent(&h, "site-b", json!({"cohort": "dog", "region": "eu"})).await;
     // The site says what it runs before the rollout: that is where a rollback goes.
@@ -2075,3 +2081,8 @@ name = "later"
     let (s, v) = h.get("/v1/rollouts/ro-unknown/sites", &h.admin).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }
+
+both_backends_async!(
+    releases_artifacts_rollout_long_poll_reports_and_restart,
+    auto_rollback_manual_rollback_sites_tokens_and_root_rotation,
+);

@@ -1,9 +1,14 @@
-//! How fast the SQLite store folds report groups (the hot report path). A measurement, not
+//! How fast each store backend folds report groups (the hot report path): a real SQLite
+//! file, and a real PostgreSQL on loopback (the test server: no fsync). A measurement, not
 //! an assertion: ignored by default, run with
 //!
 //!     cargo test -p fleetwave-coordinator --test report_bench -- --ignored --nocapture
 
+mod backend;
+
 use std::time::Instant;
+
+use backend::{Backend, TestDb};
 
 use fleetwave_coordinator::store::*;
 use fleetwave_shared::protocol::operator::RolloutStatus;
@@ -13,10 +18,16 @@ use jiff::{SignedDuration, Timestamp};
 #[test]
 #[ignore]
 fn report_groups() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        report_groups_on(backend);
+    }
+}
+
+fn report_groups_on(backend: Backend) {
     const SITES: usize = 400;
     const ROUNDS: usize = 10;
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let db = TestDb::new(backend);
+    let store = db.open();
     let at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     store
         .create_enrollment_token(
@@ -127,7 +138,7 @@ fn report_groups() {
     }
     let took = started.elapsed();
     println!(
-        "{events} events in groups of {SITES} batches: {:.0} ms, {:.1} µs per event",
+        "{backend:?}: {events} events in groups of {SITES} batches: {:.0} ms, {:.1} µs per event",
         took.as_secs_f64() * 1000.0,
         took.as_secs_f64() * 1e6 / events as f64
     );

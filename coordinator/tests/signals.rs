@@ -1,11 +1,18 @@
 //! Golden signals on the coordinator: the agent API's bounds (minutes per batch, signals
-//! per minute, whole minutes), storage keyed by (site, stream, signal, minute) on a real
-//! SQLite file (idempotent replays, streams per site bounded, retention), and the site's
-//! latest minute on its API document and its dashboard page.
+//! per minute, whole minutes), storage keyed by (site, stream, signal, minute) on both
+//! backends (a real SQLite file, a real PostgreSQL database: idempotent replays, streams
+//! per site bounded, retention), and the site's latest minute on its API document and its
+//! dashboard page.
 
+mod backend;
 mod common;
 
+use std::sync::Arc;
+
+use backend::{Backend, TestDb};
+
 use common::{Agent, Harness, WebClient};
+use fleetwave_coordinator::store::postgres as postgres_store;
 use fleetwave_coordinator::store::*;
 use fleetwave_shared::protocol::signals::{MAX_SIGNAL_MINUTES_PER_REPORT, SignalMinute};
 use jiff::{SignedDuration, Timestamp};
@@ -33,9 +40,9 @@ fn minute(stream: &str, start: Timestamp, m: i64, v: f64) -> SignalMinute {
     }
 }
 
-fn store_with_site(site: &str) -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+fn store_with_site(backend: Backend, site: &str) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::new(backend);
+    let store = db.open();
     let at = ts("2026-01-01T00:00:00Z");
     store
         .create_enrollment_token(
@@ -62,12 +69,11 @@ fn store_with_site(site: &str) -> (tempfile::TempDir, SqliteStore) {
             at,
         })
         .unwrap();
-    (dir, store)
+    (db, store)
 }
 
-#[test]
-fn minutes_are_stored_once_per_site_stream_signal_and_minute_and_pruned_by_age() {
-    let (_dir, store) = store_with_site("s1");
+fn minutes_are_stored_once_per_site_stream_signal_and_minute_and_pruned_by_age(backend: Backend) {
+    let (_db, store) = store_with_site(backend, "s1");
     let start = ts("2026-12-04T18:00:00Z");
     let now = start + SignedDuration::from_hours(1);
     let minutes: Vec<SignalMinute> = (0..10).map(|m| minute("pos", start, m, 0.01)).collect();
@@ -143,9 +149,8 @@ fn minutes_are_stored_once_per_site_stream_signal_and_minute_and_pruned_by_age()
     );
 }
 
-#[test]
-fn a_site_keeps_at_most_eight_streams_and_the_rest_is_counted_as_dropped() {
-    let (_dir, store) = store_with_site("s1");
+fn a_site_keeps_at_most_eight_streams_and_the_rest_is_counted_as_dropped(backend: Backend) {
+    let (_db, store) = store_with_site(backend, "s1");
     let start = ts("2026-12-04T18:00:00Z");
     let minutes: Vec<SignalMinute> = (0..10)
         .map(|i| minute(&format!("stream-{i}"), start, 0, 0.01))
@@ -175,10 +180,35 @@ fn a_site_keeps_at_most_eight_streams_and_the_rest_is_counted_as_dropped() {
     );
 }
 
-#[test]
-fn the_gate_and_retention_queries_use_their_indexes() {
-    let (dir, _store) = store_with_site("s1");
-    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+fn the_gate_and_retention_queries_use_their_indexes(backend: Backend) {
+    let (db, _store) = store_with_site(backend, "s1");
+    if backend == Backend::Postgres {
+        // With sequential scans made dear, a query whose conditions match an index uses it.
+        let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+        c.batch_execute("SET enable_seqscan = off").unwrap();
+        let mut plan = |sql: &str| -> String {
+            let sql = sql
+                .replace("$1", "'s1'")
+                .replace("$2", "'pos'")
+                .replace("$3", "'p95'")
+                .replace("$4", "0")
+                .replace("$5", "10");
+            let lines: Vec<String> = c
+                .query(&format!("EXPLAIN {sql}"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            lines.join(" | ")
+        };
+        let gate = plan(postgres_store::SAMPLES_SQL);
+        assert!(gate.contains("signal_values_pkey"), "{gate}");
+        let prune =
+            plan("SELECT minute FROM signal_values WHERE minute < 1 ORDER BY minute LIMIT 5");
+        assert!(prune.contains("signal_values_by_minute"), "{prune}");
+        return;
+    }
+    let c = rusqlite::Connection::open(db.sqlite_path()).unwrap();
     let plan = |sql: &str| -> String {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
@@ -189,7 +219,7 @@ fn the_gate_and_retention_queries_use_their_indexes() {
             .collect();
         rows.join(" | ")
     };
-    let gate = plan(sqlite::SAMPLES_SQL);
+    let gate = plan(fleetwave_coordinator::store::sqlite::SAMPLES_SQL);
     assert!(gate.contains("PRIMARY KEY"), "{gate}");
     let prune = plan("SELECT minute FROM signal_values WHERE minute < 1 ORDER BY minute LIMIT 5");
     assert!(prune.contains("signal_values_by_minute"), "{prune}");
@@ -330,3 +360,9 @@ async fn the_agent_api_bounds_signal_minutes_and_the_site_shows_the_latest() {
     assert!(page.contains("sends no golden signals"), "{page}");
     h.stop().await;
 }
+
+both_backends!(
+    minutes_are_stored_once_per_site_stream_signal_and_minute_and_pruned_by_age,
+    a_site_keeps_at_most_eight_streams_and_the_rest_is_counted_as_dropped,
+    the_gate_and_retention_queries_use_their_indexes,
+);

@@ -2,16 +2,20 @@
 //! with device keys are active at once and open sessions with their key, sites without
 //! get one-use tokens bound to them and their labels; a bad file is refused naming each
 //! line and field, and nothing of it is stored; one audit entry per import; pre-registered
-//! sites join an active rollout. And the store's chunk and undo on a real SQLite file.
+//! sites join an active rollout. And the store's chunk and undo on both backends (a real
+//! SQLite file, a real PostgreSQL database).
 
+mod backend;
 mod common;
+
+use backend::{Backend, TestDb};
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 use fleetwave_coordinator::store::{
-    EnrollmentTokenRecord, ImportedSite, ImportedToken, SqliteStore, Store, StoreError,
+    EnrollmentTokenRecord, ImportedSite, ImportedToken, StoreError,
 };
 use fleetwave_shared::keys;
 use fleetwave_shared::protocol::{enroll_message, session_message};
@@ -407,10 +411,9 @@ fn imported_token(id: &str, site: &str) -> ImportedToken {
 /// What the API does when a later chunk finds a site taken (an agent enrolled it between
 /// the check and the write): that chunk stores nothing, and the undo removes the earlier
 /// chunks' sites, their indexed labels and their tokens.
-#[test]
-fn a_chunk_that_finds_a_site_taken_stores_nothing_and_the_import_is_undone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
+fn a_chunk_that_finds_a_site_taken_stores_nothing_and_the_import_is_undone(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open();
     store.import_sites(&[imported_site("taken")], &[]).unwrap();
     store
         .import_sites(&[imported_site("a")], &[imported_token("et-1", "b")])
@@ -442,12 +445,12 @@ fn a_chunk_that_finds_a_site_taken_stores_nothing_and_the_import_is_undone() {
         .map(|t| t.id)
         .collect();
     assert!(tokens.is_empty(), "{tokens:?}");
-    let conn = rusqlite::Connection::open(dir.path().join("fleet.db")).unwrap();
-    let labels: i64 = conn
-        .query_row("SELECT COUNT(*) FROM site_labels", [], |r| r.get(0))
-        .unwrap();
+    let labels = db.strings("SELECT site_id FROM site_labels");
     assert_eq!(
-        labels, 1,
+        labels.len(),
+        1,
         "only the site that was there before keeps labels"
     );
 }
+
+both_backends!(a_chunk_that_finds_a_site_taken_stores_nothing_and_the_import_is_undone);

@@ -1,7 +1,14 @@
-//! The SQLite store on a real file: reports are applied at most once, facts follow each
-//! event's own time (out-of-order delivery never moves them backwards), and one active
-//! rollout per site holds across rollouts.
+//! The store on both backends (a real SQLite file, a real PostgreSQL database): reports
+//! are applied at most once, facts follow each event's own time (out-of-order delivery
+//! never moves them backwards), and one active rollout per site holds across rollouts.
 
+mod backend;
+
+use std::sync::Arc;
+
+use backend::{Backend, TestDb};
+
+use fleetwave_coordinator::store::postgres as postgres_store;
 use fleetwave_coordinator::store::*;
 use fleetwave_shared::Envelope;
 use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
@@ -12,9 +19,9 @@ fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-fn setup() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::new(backend);
+    let store = db.open();
     let at = ts("2026-01-01T00:00:00Z");
     let token = EnrollmentTokenRecord {
         id: "et-1".into(),
@@ -53,7 +60,7 @@ fn setup() -> (tempfile::TempDir, SqliteStore) {
             published_by: "test".into(),
         })
         .unwrap();
-    (dir, store)
+    (db, store)
 }
 
 fn rollout(id: &str) -> RolloutRecord {
@@ -104,9 +111,8 @@ fn health(id: &str, at: &str, healthy: bool) -> Event {
     }
 }
 
-#[test]
-fn out_of_order_reports_never_move_facts_backwards_and_apply_once() {
-    let (_dir, store) = setup();
+fn out_of_order_reports_never_move_facts_backwards_and_apply_once(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -147,9 +153,8 @@ fn out_of_order_reports_never_move_facts_backwards_and_apply_once() {
     );
 }
 
-#[test]
-fn one_active_rollout_per_site_and_counters_go_up() {
-    let (_dir, store) = setup();
+fn one_active_rollout_per_site_and_counters_go_up(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -191,10 +196,9 @@ fn one_active_rollout_per_site_and_counters_go_up() {
     );
 }
 
-#[test]
-fn assignment_sequences_increase_per_site_and_survive_reopening() {
-    let dir = {
-        let (dir, store) = setup();
+fn assignment_sequences_increase_per_site_and_survive_reopening(backend: Backend) {
+    let db = {
+        let (db, store) = setup(backend);
         store
             .create_rollout(&rollout("r1"), &[member("r1", "s1")])
             .unwrap();
@@ -219,18 +223,17 @@ fn assignment_sequences_increase_per_site_and_survive_reopening() {
             .issue_assignments(&[draft.clone(), draft], &sign)
             .unwrap();
         assert_eq!((a[0].sequence, a[1].sequence), (1, 2));
-        dir
+        db
     };
-    let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let store = db.open();
     let current = store.current_assignments().unwrap();
     assert_eq!(current.len(), 1);
     assert_eq!(current[0].sequence, 2);
     assert!(store.rollout_sites("r1").unwrap()[0].assigned_at.is_some());
 }
 
-#[test]
-fn a_report_group_commits_good_batches_around_a_failing_one() {
-    let (_dir, store) = setup();
+fn a_report_group_commits_good_batches_around_a_failing_one(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -290,20 +293,14 @@ fn a_report_group_commits_good_batches_around_a_failing_one() {
 }
 
 /// Rows left in the reports table, by event id.
-fn stored_reports(dir: &tempfile::TempDir) -> Vec<String> {
-    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
-    let mut st = c
-        .prepare("SELECT event_id FROM reports ORDER BY event_id")
-        .unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+fn stored_reports(db: &TestDb) -> Vec<String> {
+    db.strings("SELECT event_id FROM reports ORDER BY event_id")
 }
 
-#[test]
-fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing() {
-    let (dir, store) = setup();
+fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing(
+    backend: Backend,
+) {
+    let (db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -322,16 +319,16 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
     // Oldest first and at most the limit.
     let cut = ts("2026-01-02T00:00:00Z");
     assert_eq!(store.prune_reports(ReportKind::Health, cut, 1).unwrap(), 1);
-    assert_eq!(stored_reports(&dir), ["h2", "h3", "p1"]);
+    assert_eq!(stored_reports(&db), ["h2", "h3", "p1"]);
     assert_eq!(
         store.prune_reports(ReportKind::Health, cut, 100).unwrap(),
         1
     );
     // Other kinds and newer rows are left alone.
-    assert_eq!(stored_reports(&dir), ["h3", "p1"]);
+    assert_eq!(stored_reports(&db), ["h3", "p1"]);
     assert_eq!(store.prune_reports(ReportKind::Phase, old, 100).unwrap(), 0);
     assert_eq!(store.prune_reports(ReportKind::Phase, cut, 100).unwrap(), 1);
-    assert_eq!(stored_reports(&dir), ["h3"]);
+    assert_eq!(stored_reports(&db), ["h3"]);
 
     // A report resent after pruning is stored again and changes nothing.
     let out = store.apply_reports("s1", &early, recent).unwrap();
@@ -344,10 +341,33 @@ fn pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothi
     assert_eq!((out.accepted, out.duplicates), (0, 3));
 }
 
-#[test]
-fn the_commit_and_pruning_queries_use_their_indexes() {
-    let (dir, _store) = setup();
-    let c = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+fn the_commit_and_pruning_queries_use_their_indexes(backend: Backend) {
+    let (db, _store) = setup(backend);
+    if backend == Backend::Postgres {
+        // PostgreSQL's planner picks by statistics (an empty table is read whole): with
+        // sequential scans made dear, a query whose conditions match an index uses it.
+        let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+        c.batch_execute("SET enable_seqscan = off").unwrap();
+        let mut plan = |sql: &str| -> String {
+            let sql = sql
+                .replace("$1", "'health'")
+                .replace("$2", "0")
+                .replace("$3", "10");
+            let lines: Vec<String> = c
+                .query(&format!("EXPLAIN {sql}"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            lines.join(" | ")
+        };
+        let commit = plan(&postgres_store::FIRST_UNHEALTHY_SQL.replace("$1", "'s1'"));
+        assert!(commit.contains("reports_unhealthy"), "{commit}");
+        let prune = plan(postgres_store::PRUNE_REPORTS_SQL);
+        assert!(prune.contains("reports_by_kind_received"), "{prune}");
+        return;
+    }
+    let c = rusqlite::Connection::open(db.sqlite_path()).unwrap();
     let plan = |sql: &str| -> String {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
@@ -358,18 +378,17 @@ fn the_commit_and_pruning_queries_use_their_indexes() {
             .collect();
         rows.join(" | ")
     };
-    let commit = plan(sqlite::FIRST_UNHEALTHY_SQL);
+    let commit = plan(fleetwave_coordinator::store::sqlite::FIRST_UNHEALTHY_SQL);
     assert!(commit.contains("USING INDEX reports_unhealthy"), "{commit}");
-    let prune = plan(sqlite::PRUNE_REPORTS_SQL);
+    let prune = plan(fleetwave_coordinator::store::sqlite::PRUNE_REPORTS_SQL);
     assert!(
         prune.contains("COVERING INDEX reports_by_kind_received"),
         "{prune}"
     );
 }
 
-#[test]
-fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
-    let (_dir, store) = setup();
+fn a_rollout_status_and_the_decision_that_set_it_are_stored_together(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -403,11 +422,10 @@ fn a_rollout_status_and_the_decision_that_set_it_are_stored_together() {
     assert!(store.decisions("r9").unwrap().is_empty());
 }
 
-/// The SQLite backend applies `store::fold`'s rules: a terminal phase releases the site's
+/// Each backend applies `store::fold`'s rules: a terminal phase releases the site's
 /// lease (even when it is older than the phase known), a non-terminal one keeps it.
-#[test]
-fn a_terminal_phase_releases_the_lease() {
-    let (_dir, store) = setup();
+fn a_terminal_phase_releases_the_lease(backend: Backend) {
+    let (_db, store) = setup(backend);
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1")])
         .unwrap();
@@ -464,9 +482,8 @@ fn installed(id: &str, stream: &str, version: Option<&str>) -> Event {
 /// through indexes (run every few seconds) finds what the walk over every site (the full
 /// sweep) finds, except a site that reports only other streams, which only the walk finds;
 /// both leave out sites in an active rollout when asked, and decommissioned sites always.
-#[test]
-fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk() {
-    let (_dir, store) = setup();
+fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk(backend: Backend) {
+    let (_db, store) = setup(backend);
     let now = ts("2026-01-01T01:00:00Z");
     let at = ts("2026-01-01T00:00:00Z");
     let token = EnrollmentTokenRecord {
@@ -537,4 +554,385 @@ fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk() {
     assert_eq!(busy.len(), 1);
     assert_eq!(busy[0].rollout_id.as_deref(), Some("r1"));
     assert_eq!(busy[0].version.as_deref(), Some("1"));
+}
+
+/// Two stores on one database (two coordinator replicas on PostgreSQL; two connections on
+/// one SQLite file), called through `Db::run` from tokio's blocking pool by many tasks at
+/// once: every report is applied exactly once whoever receives it, each site's assignment
+/// sequences are unique and gapless, and a site joins one active rollout only.
+fn concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout(backend: Backend) {
+    let (db, first) = setup(backend);
+    let second = db.open();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let replicas = [Db::new(first), Db::new(second)];
+        first_rollout(&replicas[0]).await;
+        let now = ts("2026-01-01T01:00:00Z");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let db = replicas[i % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                // Every task sends the same ten events (an agent retrying on every
+                // replica) and asks for an assignment.
+                let events: Vec<Event> = (0..10)
+                    .map(|n| health(&format!("h{n}"), "2026-01-01T00:10:00Z", n % 2 == 0))
+                    .collect();
+                let out = db
+                    .run(move |s| s.apply_reports("s1", &events, now))
+                    .await
+                    .unwrap();
+                let at = ts("2026-01-01T00:00:00Z");
+                let draft = AssignmentDraft {
+                    site_id: "s1".into(),
+                    rollout_id: "r1".into(),
+                    wave: 0,
+                    release_id: "pos-2".into(),
+                    release_digest: "d".into(),
+                    rollback: false,
+                    not_before: at,
+                    issued_at: at,
+                    expires: at + SignedDuration::from_hours(1),
+                    window: None,
+                };
+                let key = fleetwave_shared::keys::generate();
+                let a = db
+                    .run(move |s| {
+                        s.issue_assignments(&[draft], &|_, seq| {
+                            Envelope::sign("a", seq.to_string().as_bytes(), &[&key])
+                        })
+                    })
+                    .await
+                    .unwrap();
+                let joined = db
+                    .run(move |s| {
+                        let id = format!("r-{i}");
+                        s.create_rollout(&rollout(&id), &[member(&id, "s2")])
+                    })
+                    .await
+                    .is_ok();
+                (out.accepted, a[0].sequence, joined)
+            }));
+        }
+        let mut accepted = 0;
+        let mut sequences = Vec::new();
+        let mut joined = 0;
+        for t in tasks {
+            let (n, seq, ok) = t.await.unwrap();
+            accepted += n;
+            sequences.push(seq);
+            joined += u32::from(ok);
+        }
+        sequences.sort();
+        assert_eq!(accepted, 10, "each of the ten events applied once");
+        assert_eq!(sequences, (1..=16).collect::<Vec<u64>>());
+        assert_eq!(joined, 1, "s2 joined exactly one active rollout");
+    });
+}
+
+async fn first_rollout(db: &Db) {
+    db.run(|s| s.create_rollout(&rollout("r1"), &[member("r1", "s1")]))
+        .await
+        .unwrap();
+}
+
+both_backends!(
+    out_of_order_reports_never_move_facts_backwards_and_apply_once,
+    one_active_rollout_per_site_and_counters_go_up,
+    assignment_sequences_increase_per_site_and_survive_reopening,
+    a_report_group_commits_good_batches_around_a_failing_one,
+    pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing,
+    the_commit_and_pruning_queries_use_their_indexes,
+    a_rollout_status_and_the_decision_that_set_it_are_stored_together,
+    a_terminal_phase_releases_the_lease,
+    the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk,
+    concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout,
+);
+
+/// The dashboard's read model answers the same on both backends: counts, versions, pages
+/// of filtered sites (labels, version, state, a case-insensitive search), the grid, a
+/// site's reports and its last assignment.
+#[test]
+fn the_dashboard_reads_the_same_on_both_backends() {
+    use fleetwave_coordinator::store::read::SiteQuery;
+    let answers = |backend: Backend| -> Vec<String> {
+        let (_db, store) = setup(backend);
+        let at = ts("2026-01-01T00:00:00Z");
+        let now = ts("2026-01-01T02:00:00Z");
+        for (i, site) in ["s1", "s2"].iter().enumerate() {
+            let region = if i == 0 { "EU-west" } else { "us_east" };
+            store
+                .set_site_labels(site, &[("region".to_string(), region.to_string())].into())
+                .unwrap();
+        }
+        store
+            .apply_reports(
+                "s1",
+                &[
+                    installed("i1", "pos", Some("2")),
+                    health("h1", "2026-01-01T00:40:00Z", true),
+                ],
+                now,
+            )
+            .unwrap();
+        store
+            .apply_reports(
+                "s2",
+                &[
+                    installed("i2", "pos", Some("1")),
+                    installed("i3", "k3s", Some("1.31")),
+                    health("h2", "2026-01-01T00:41:00Z", false),
+                ],
+                now,
+            )
+            .unwrap();
+        store
+            .touch_sites(&[("s1".to_string(), ts("2026-01-01T01:50:00Z"))])
+            .unwrap();
+        store
+            .create_rollout(&rollout("r1"), &[member("r1", "s1")])
+            .unwrap();
+        let draft = AssignmentDraft {
+            site_id: "s1".into(),
+            rollout_id: "r1".into(),
+            wave: 0,
+            release_id: "pos-2".into(),
+            release_digest: "d".into(),
+            rollback: false,
+            not_before: at,
+            issued_at: at,
+            expires: at + SignedDuration::from_hours(1),
+            window: None,
+        };
+        let key = fleetwave_shared::keys::generate();
+        store
+            .issue_assignments(&[draft], &|_, seq| {
+                Envelope::sign("a", seq.to_string().as_bytes(), &[&key])
+            })
+            .unwrap();
+        let read = store.dashboard_read();
+        let mut out = vec![
+            format!(
+                "{:?}",
+                read.fleet_counts(now, ts("2026-01-01T01:00:00Z")).unwrap()
+            ),
+            format!("{:?}", read.version_pairs().unwrap()),
+            format!("{:?}", read.versions().unwrap()),
+            format!("{:?}", read.site_events("s2", None, 10).unwrap()),
+            format!(
+                "{:?}",
+                read.site_events("s2", Some(ReportKind::Installed), 1)
+                    .unwrap()
+            ),
+            format!(
+                "{:?}",
+                read.site_events_around("s2", ts("2026-01-01T00:30:00Z"), 1, 1)
+                    .unwrap()
+            ),
+            format!("{:?}", read.last_assignment("s1").unwrap()),
+            format!("{:?}", read.last_assignment("s2").unwrap()),
+        ];
+        let queries = [
+            SiteQuery::default(),
+            SiteQuery {
+                search: Some("eu".into()),
+                ..Default::default()
+            },
+            SiteQuery {
+                search: Some("_".into()),
+                ..Default::default()
+            },
+            SiteQuery {
+                search: Some("S2".into()),
+                ..Default::default()
+            },
+            SiteQuery {
+                labels: [("region".to_string(), "us_east".to_string())].into(),
+                ..Default::default()
+            },
+            SiteQuery {
+                version: Some("1".into()),
+                ..Default::default()
+            },
+            SiteQuery {
+                state: Some("active".into()),
+                version: Some("2".into()),
+                ..Default::default()
+            },
+            SiteQuery {
+                state: Some("decommissioned".into()),
+                ..Default::default()
+            },
+        ];
+        for q in &queries {
+            // Each backend explains its own three queries (count, page, grid).
+            let plans = read.query_plans(q).unwrap();
+            assert_eq!(plans.len(), 3, "{plans:?}");
+            assert!(
+                plans
+                    .iter()
+                    .all(|(sql, lines)| !sql.is_empty() && !lines.is_empty()),
+                "{plans:?}"
+            );
+            let (rows, total) = read.site_page(q, 0, 10).unwrap();
+            let rows: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {:?} {} {:?} {:?} {:?} {:?}",
+                        r.id,
+                        r.labels,
+                        r.state,
+                        r.last_seen,
+                        r.versions,
+                        r.healthy,
+                        r.deferred_until
+                    )
+                })
+                .collect();
+            out.push(format!("{q:?}: {total} {rows:?}"));
+            let (page, _) = read.site_page(q, 1, 1).unwrap();
+            out.push(format!(
+                "page 2: {:?}",
+                page.iter().map(|r| &r.id).collect::<Vec<_>>()
+            ));
+            for stream in [None, Some("pos")] {
+                let cells: Vec<String> = read
+                    .grid(q, stream)
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} {:?} {:?} {:?} {:?}",
+                            c.id,
+                            c.state,
+                            c.healthy,
+                            c.last_seen_ms,
+                            c.deferred_until_ms,
+                            c.version
+                        )
+                    })
+                    .collect();
+                out.push(format!("grid {stream:?}: {cells:?}"));
+            }
+        }
+        out
+    };
+    let sqlite = answers(Backend::Sqlite);
+    let postgres = answers(Backend::Postgres);
+    for (s, p) in sqlite.iter().zip(&postgres) {
+        assert_eq!(s, p);
+    }
+    assert_eq!(sqlite.len(), postgres.len());
+    // The answers say something: the search found s1 by its label, ignoring case.
+    assert!(
+        sqlite
+            .iter()
+            .any(|a| a.contains("search: Some(\"eu\")") && a.contains(": 1 [\"s1 ")),
+        "{sqlite:#?}"
+    );
+}
+
+/// PostgreSQL stopping under the store is an error the caller can answer (503), never a
+/// panic or a hang past the connect timeout; once it is back, the store works again
+/// without a restart and nothing committed before is lost.
+#[test]
+fn the_postgres_store_fails_cleanly_while_the_database_is_down_and_recovers() {
+    let db = TestDb::new(Backend::Postgres);
+    let mut options = PgOptions::new(db.url());
+    options.connect_timeout = std::time::Duration::from_secs(2);
+    let store = PgStore::open(&options).unwrap();
+    let hold = |reason: &str| SiteHold {
+        site_id: "s1".into(),
+        reason: reason.into(),
+        held_by: "test".into(),
+        held_at: ts("2026-01-01T00:00:00Z"),
+    };
+    let token = EnrollmentTokenRecord {
+        id: "et-1".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: ts("2026-01-01T01:00:00Z"),
+        uses_total: 1,
+        uses_left: 1,
+        revoked: false,
+        created_at: ts("2026-01-01T00:00:00Z"),
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("hash", &token).unwrap();
+    store
+        .enroll(&Enrollment {
+            token_hash: "hash".into(),
+            site_id: "s1".into(),
+            device_key: "00".repeat(32),
+            agent_version: "1".into(),
+            at: ts("2026-01-01T00:00:00Z"),
+        })
+        .unwrap();
+    db.server().stop();
+    let err = store.ping().unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert!(store.set_site_hold("s1", Some(&hold("down"))).is_err());
+    db.server().restart();
+    // Connections broken by the stop fail once each, then the pool opens new ones.
+    fleetwave_testkit::wait_blocking(
+        fleetwave_testkit::patience(std::time::Duration::from_secs(60)),
+        || store.set_site_hold("s1", Some(&hold("back"))),
+    )
+    .unwrap();
+    assert_eq!(store.site_holds().unwrap()["s1"].reason, "back");
+    assert!(
+        store.site("s1").unwrap().is_some(),
+        "committed before the stop"
+    );
+}
+
+/// TLS to PostgreSQL is rustls, checked against `storage.ca_file`: a server that accepts
+/// only TLS is reached with the right CA, refused without TLS, and refused when its
+/// certificate does not chain to the roots in use.
+#[test]
+fn the_postgres_store_speaks_tls_checked_against_the_configured_ca() {
+    use fleetwave_coordinator::init::{InitOptions, init};
+    let dir = tempfile::tempdir().unwrap();
+    // The development CA and a certificate for 127.0.0.1 that `init` makes.
+    init(&InitOptions::dev_loopback(dir.path().join("setup"))).unwrap();
+    let tls = dir.path().join("setup").join("tls");
+    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
+    let server =
+        fleetwave_testkit::postgres::PgServer::start_tls(&read("server.pem"), &read("server.key"));
+    let url = server.create_database();
+    let options = |query: &str, ca: Option<std::path::PathBuf>| {
+        let mut o = PgOptions::new(format!("{url}?{query}"));
+        o.ca_file = ca;
+        o.connect_timeout = std::time::Duration::from_secs(3);
+        o
+    };
+    let store = PgStore::open(&options("sslmode=require", Some(tls.join("ca.pem")))).unwrap();
+    store.ping().unwrap();
+    assert!(store.roots().unwrap().is_empty());
+
+    let err = PgStore::open(&options("sslmode=disable", Some(tls.join("ca.pem"))))
+        .err()
+        .expect("the server refuses a connection without TLS");
+    assert!(err.to_string().contains("no pg_hba.conf entry"), "{err}");
+    let err = PgStore::open(&options("sslmode=require", None))
+        .err()
+        .expect("the development CA is not among the system's roots");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let bad_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "no certificate here").unwrap();
+    let err = PgStore::open(&options("sslmode=require", Some(bad_ca)))
+        .err()
+        .expect("a CA file without a certificate");
+    assert!(
+        err.to_string().contains("storage.ca_file")
+            && err.to_string().contains("no PEM certificate"),
+        "{err}"
+    );
 }

@@ -2,9 +2,13 @@
 //! it and survives a reopen (store); endpoints are admin-only, validated, audited, their
 //! secret shown once (API); deliveries are signed, retried on the clock with the same
 //! webhook-id, never follow a redirect, and a huge answer does not hurt (a real HTTP
-//! receiver on loopback, in-process).
+//! receiver on loopback, in-process). The store's part runs on both backends (a real
+//! SQLite file, a real PostgreSQL database).
 
+mod backend;
 mod common;
+
+use backend::{Backend, TestDb};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,8 +55,8 @@ fn audit(action: &str, target: &str) -> AuditRecord {
     }
 }
 
-fn rollout_store(path: &std::path::Path) -> SqliteStore {
-    let store = SqliteStore::open(path).unwrap();
+fn rollout_store(db: &TestDb) -> Arc<dyn Store> {
+    let store = db.open();
     let at = ts("2026-01-01T00:00:00Z");
     let env = Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
     store
@@ -99,11 +103,9 @@ fn decision(kind: &str, at: Timestamp) -> DecisionRecord {
     }
 }
 
-#[test]
-fn the_outbox_is_written_with_the_decision_and_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.db");
-    let store = rollout_store(&path);
+fn the_outbox_is_written_with_the_decision_and_survives_a_reopen(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = rollout_store(&db);
     store
         .create_webhook(
             &endpoint("wh-halts", &["rollout.halted"]),
@@ -159,7 +161,7 @@ fn the_outbox_is_written_with_the_decision_and_survives_a_reopen() {
     drop(store);
 
     // Reopened: the same delivery, with the same webhook-id, is still due.
-    let store = SqliteStore::open(&path).unwrap();
+    let store = db.open();
     let due = store.due_webhook_deliveries(at, &[], 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].delivery.id, id);
@@ -187,7 +189,7 @@ fn the_outbox_is_written_with_the_decision_and_survives_a_reopen() {
             .is_empty()
     );
     drop(store);
-    let store = SqliteStore::open(&path).unwrap();
+    let store = db.open();
     let due = store.due_webhook_deliveries(retry_at, &[], 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(
@@ -225,10 +227,9 @@ fn the_outbox_is_written_with_the_decision_and_survives_a_reopen() {
     ));
 }
 
-#[test]
-fn freeze_audit_entries_reach_the_outbox_and_an_endpoint_gets_one_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = rollout_store(&dir.path().join("c.db"));
+fn freeze_audit_entries_reach_the_outbox_and_an_endpoint_gets_one_at_a_time(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = rollout_store(&db);
     store
         .create_webhook(
             &endpoint("wh-all", &["freeze.added", "site.failed"]),
@@ -255,11 +256,10 @@ fn freeze_audit_entries_reach_the_outbox_and_an_endpoint_gets_one_at_a_time() {
     assert_eq!(event.data.freeze_id.as_deref(), Some("frz-1"));
 }
 
-#[test]
-fn a_site_failure_reaches_the_outbox_with_its_report() {
+fn a_site_failure_reaches_the_outbox_with_its_report(backend: Backend) {
     use fleetwave_shared::protocol::{Event, EventBody, Phase};
-    let dir = tempfile::tempdir().unwrap();
-    let store = rollout_store(&dir.path().join("c.db"));
+    let db = TestDb::new(backend);
+    let store = rollout_store(&db);
     let at = ts("2026-01-01T00:00:00Z");
     store
         .create_enrollment_token(
@@ -685,11 +685,9 @@ async fn deliveries_are_signed_retried_on_the_clock_and_never_redirected() {
     h.stop().await;
 }
 
-#[test]
-fn a_silence_is_stored_once_with_its_event_across_reopens() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.db");
-    let store = rollout_store(&path);
+fn a_silence_is_stored_once_with_its_event_across_reopens(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = rollout_store(&db);
     assert!(!store.webhook_subscribed("site.silent").unwrap());
     store
         .create_webhook(
@@ -715,7 +713,7 @@ fn a_silence_is_stored_once_with_its_event_across_reopens() {
         1
     );
     drop(store);
-    let store = SqliteStore::open(&path).unwrap();
+    let store = db.open();
     // The same silence again (after a restart): nothing new.
     assert_eq!(
         store
@@ -835,3 +833,10 @@ async fn a_site_gone_silent_is_sent_once_as_site_silent() {
     assert_eq!(v["status"], "running", "{v}");
     h.stop().await;
 }
+
+both_backends!(
+    the_outbox_is_written_with_the_decision_and_survives_a_reopen,
+    freeze_audit_entries_reach_the_outbox_and_an_endpoint_gets_one_at_a_time,
+    a_site_failure_reaches_the_outbox_with_its_report,
+    a_silence_is_stored_once_with_its_event_across_reopens,
+);

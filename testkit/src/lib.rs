@@ -1,11 +1,13 @@
 //! Test support shared by every fleetwave test suite (coordinator, agent, CLI and the
-//! end-to-end harness): waiting for a condition without fixed sleeps.
+//! end-to-end harness): waiting for a condition without fixed sleeps, and a real PostgreSQL
+//! server in a temporary directory ([`postgres::PgServer`]).
 //!
 //! [`eventually`] (async) and [`wait_blocking`] (threads) poll a check until it succeeds
 //! or a deadline passes. A slow or loaded machine makes a test slower, never red:
 //! deadlines are generous and scaled by `FLEETWAVE_TEST_PATIENCE` (or the older
 //! `FLEETWAVE_E2E_PATIENCE`). Nothing here asserts on how long something took.
 
+pub mod postgres;
 pub mod weed;
 
 use std::future::Future;

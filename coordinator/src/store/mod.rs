@@ -1,5 +1,6 @@
-//! Storage behind one trait, so that the SQLite file of a single coordinator can later be
-//! replaced by PostgreSQL for several replicas.
+//! Storage behind one trait: the SQLite file of a single coordinator ([`sqlite`]) or a
+//! PostgreSQL database ([`postgres`]), chosen by `[storage] backend` ([`open_configured`]);
+//! [`migrate`] moves a file's state into PostgreSQL.
 //!
 //! [`Store`] is a *synchronous* trait: every call may block on disk, so async code calls it
 //! only through [`Db::run`], which moves the call onto tokio's blocking pool. A method
@@ -7,6 +8,8 @@
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
 pub mod fold;
+pub mod migrate;
+pub mod postgres;
 pub mod read;
 pub mod sqlite;
 
@@ -19,6 +22,7 @@ use fleetwave_shared::protocol::{Event, EventBody, Phase};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Why a storage call failed.
@@ -955,6 +959,44 @@ pub trait Store: Send + Sync + 'static {
     fn dashboard_read(&self) -> Arc<dyn read::DashboardRead>;
 }
 
+/// Opens the store the configuration names (`[storage]`): the SQLite file, or the
+/// PostgreSQL database (reading `storage.password_file`); runs pending migrations.
+/// Blocking: call it on the blocking pool.
+pub fn open_configured(config: &crate::config::Config) -> StoreResult<Arc<dyn Store>> {
+    use crate::config::StorageBackend;
+    match config.storage.backend {
+        StorageBackend::Sqlite => Ok(Arc::new(SqliteStore::open(&config.database_path())?)),
+        StorageBackend::Postgres => {
+            let storage = &config.storage;
+            let url = storage.url.clone().ok_or_else(|| {
+                StoreError::Migration("storage.url is required with backend = \"postgres\"".into())
+            })?;
+            let password = storage
+                .password_file
+                .as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                        .map_err(|e| {
+                            StoreError::Migration(format!(
+                                "storage.password_file {}: cannot read: {e}",
+                                path.display()
+                            ))
+                        })
+                })
+                .transpose()?;
+            let options = PgOptions {
+                url,
+                password,
+                pool_size: storage.pool_size,
+                ca_file: storage.ca_file.clone(),
+                connect_timeout: std::time::Duration::from_secs(storage.connect_timeout_secs),
+            };
+            Ok(Arc::new(PgStore::open(&options)?))
+        }
+    }
+}
+
 /// The async face of a [`Store`]: runs each call on tokio's blocking pool so that the
 /// runtime's worker threads never wait for SQLite.
 #[derive(Clone)]
@@ -982,6 +1024,24 @@ impl Db {
     pub fn dashboard_read(&self) -> Arc<dyn read::DashboardRead> {
         self.store.dashboard_read()
     }
+}
+
+/// A stored phase name back to its [`Phase`] (None: not a phase name).
+pub(crate) fn parse_phase(s: &str) -> Option<Phase> {
+    Some(match s {
+        "accepted" => Phase::Accepted,
+        "waiting" => Phase::Waiting,
+        "staged" => Phase::Staged,
+        "leased" => Phase::Leased,
+        "downloading" => Phase::Downloading,
+        "installing" => Phase::Installing,
+        "verifying" => Phase::Verifying,
+        "committed" => Phase::Committed,
+        "failed" => Phase::Failed,
+        "rolled_back" => Phase::RolledBack,
+        "rollback_failed" => Phase::RollbackFailed,
+        _ => return None,
+    })
 }
 
 /// Milliseconds since the Unix epoch: how times are stored (sortable as integers).

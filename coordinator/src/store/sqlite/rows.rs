@@ -12,23 +12,6 @@ pub(super) fn phase_str(p: Phase) -> &'static str {
     p.as_str()
 }
 
-pub(super) fn parse_phase(s: &str) -> Option<Phase> {
-    Some(match s {
-        "accepted" => Phase::Accepted,
-        "waiting" => Phase::Waiting,
-        "staged" => Phase::Staged,
-        "leased" => Phase::Leased,
-        "downloading" => Phase::Downloading,
-        "installing" => Phase::Installing,
-        "verifying" => Phase::Verifying,
-        "committed" => Phase::Committed,
-        "failed" => Phase::Failed,
-        "rolled_back" => Phase::RolledBack,
-        "rollback_failed" => Phase::RollbackFailed,
-        _ => return None,
-    })
-}
-
 pub(super) const SITE_COLS: &str = "id, device_key, labels, state, agent_version, enrolled_at, last_seen, installed, healthy, health_at, deferred_until";
 
 pub(super) fn site_row(

@@ -1,0 +1,293 @@
+//! Roots, operator and enrollment tokens, enrollment, session nonces and the audit log.
+
+use super::*;
+
+pub(super) fn ping(s: &PgStore) -> StoreResult<()> {
+    s.read(|c| {
+        c.query_one("SELECT 1", &[])?;
+        Ok(())
+    })
+}
+
+pub(super) fn roots(s: &PgStore) -> StoreResult<Vec<Envelope>> {
+    s.read(|c| {
+        let rows = c.query("SELECT envelope FROM roots ORDER BY version", &[])?;
+        collect(rows, |r| envelope(r.get(0)))
+    })
+}
+
+pub(super) fn add_root(
+    s: &PgStore,
+    version: u64,
+    env: &Envelope,
+    at: Timestamp,
+) -> StoreResult<()> {
+    s.write(|tx| {
+        let latest: Option<i64> = tx.query_one("SELECT MAX(version) FROM roots", &[])?.get(0);
+        let expected = latest.map_or(1, |v| v + 1);
+        if version as i64 != expected {
+            return Err(StoreError::Conflict(format!(
+                "root version {version} cannot be stored: the next version is {expected}"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO roots (version, envelope, added_at) VALUES ($1, $2, $3)",
+            &[&(version as i64), &to_json(env), &ms(at)],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn create_operator_token(
+    s: &PgStore,
+    token_hash: &str,
+    t: &OperatorTokenRecord,
+) -> StoreResult<()> {
+    s.write(|tx| {
+        tx.execute(
+            "INSERT INTO operator_tokens (id, token_hash, name, role, created_at, created_by, revoked) VALUES ($1,$2,$3,$4,$5,$6,0)",
+            &[&t.id, &token_hash, &t.name, &t.role.as_str(), &ms(t.created_at), &t.created_by],
+        )?;
+        Ok(())
+    })
+}
+
+pub(super) fn operator_token_by_hash(
+    s: &PgStore,
+    token_hash: &str,
+) -> StoreResult<Option<OperatorTokenRecord>> {
+    s.read(|c| {
+        c.query_opt(
+            &format!("SELECT {OP_COLS} FROM operator_tokens WHERE token_hash = $1"),
+            &[&token_hash],
+        )?
+        .as_ref()
+        .map(op_token)
+        .transpose()
+    })
+}
+
+pub(super) fn list_operator_tokens(s: &PgStore) -> StoreResult<Vec<OperatorTokenRecord>> {
+    s.read(|c| {
+        let rows = c.query(
+            &format!("SELECT {OP_COLS} FROM operator_tokens ORDER BY created_at, id"),
+            &[],
+        )?;
+        collect(rows, op_token)
+    })
+}
+
+pub(super) fn revoke_operator_token(s: &PgStore, id: &str) -> StoreResult<()> {
+    s.write(|tx| {
+        let n = tx.execute(
+            "UPDATE operator_tokens SET revoked = 1 WHERE id = $1",
+            &[&id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no operator token {id}")));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn create_enrollment_token(
+    s: &PgStore,
+    token_hash: &str,
+    t: &EnrollmentTokenRecord,
+) -> StoreResult<()> {
+    s.write(|tx| insert_enrollment_token(tx, token_hash, t))
+}
+
+pub(super) fn insert_enrollment_token(
+    tx: &mut Transaction,
+    token_hash: &str,
+    t: &EnrollmentTokenRecord,
+) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO enrollment_tokens (id, token_hash, labels, site_id, expires_at, uses_total, uses_left, revoked, created_at, created_by) VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$9)",
+        &[
+            &t.id,
+            &token_hash,
+            &to_json(&t.labels),
+            &t.site_id,
+            &ms(t.expires_at),
+            &i64::from(t.uses_total),
+            &i64::from(t.uses_left),
+            &ms(t.created_at),
+            &t.created_by,
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn list_enrollment_tokens(s: &PgStore) -> StoreResult<Vec<EnrollmentTokenRecord>> {
+    s.read(|c| {
+        let rows = c.query(
+            &format!("SELECT {ENROLL_COLS} FROM enrollment_tokens ORDER BY created_at, id"),
+            &[],
+        )?;
+        collect(rows, enroll_record)
+    })
+}
+
+pub(super) fn revoke_enrollment_token(s: &PgStore, id: &str) -> StoreResult<()> {
+    s.write(|tx| {
+        let n = tx.execute(
+            "UPDATE enrollment_tokens SET revoked = 1 WHERE id = $1",
+            &[&id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no enrollment token {id}")));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn enrollment_token_by_hash(
+    s: &PgStore,
+    token_hash: &str,
+) -> StoreResult<Option<EnrollmentTokenRecord>> {
+    s.read(|c| {
+        c.query_opt(
+            &format!("SELECT {ENROLL_COLS} FROM enrollment_tokens WHERE token_hash = $1"),
+            &[&token_hash],
+        )?
+        .as_ref()
+        .map(enroll_record)
+        .transpose()
+    })
+}
+
+pub(super) fn enroll(s: &PgStore, e: &Enrollment) -> StoreResult<SiteRecord> {
+    s.write(|tx| {
+        let token = tx
+            .query_opt(
+                &format!("SELECT {ENROLL_COLS} FROM enrollment_tokens WHERE token_hash = $1 FOR UPDATE"),
+                &[&e.token_hash],
+            )?
+            .as_ref()
+            .map(enroll_record)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound("enrollment token is not known".into()))?;
+        if token.revoked {
+            return Err(StoreError::Conflict("enrollment token was revoked".into()));
+        }
+        if token.expires_at <= e.at {
+            return Err(StoreError::Conflict(format!(
+                "enrollment token expired at {}",
+                token.expires_at
+            )));
+        }
+        if token.uses_left == 0 {
+            return Err(StoreError::Conflict("enrollment token is used up".into()));
+        }
+        tx.execute(
+            "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = $1",
+            &[&token.id],
+        )?;
+        match get_site(tx, &e.site_id)? {
+            Some(site) if site.state == SiteState::Decommissioned => {
+                Err(StoreError::Conflict(format!(
+                    "site {} is decommissioned; an operator must re-enable it first",
+                    e.site_id
+                )))
+            }
+            Some(site)
+                if token.site_id.as_deref() != Some(e.site_id.as_str())
+                    || token.created_at < site.enrolled_at =>
+            {
+                Err(StoreError::SiteExists(e.site_id.clone()))
+            }
+            Some(mut site) => {
+                site.labels.extend(token.labels.clone());
+                // A re-keyed box is a new box: what it runs is unknown until its agent says.
+                tx.execute(
+                    "UPDATE sites SET device_key = $2, labels = $3, agent_version = $4, enrolled_at = $5, installed = '{}' WHERE id = $1",
+                    &[&e.site_id, &e.device_key, &to_json(&site.labels), &e.agent_version, &ms(e.at)],
+                )?;
+                get_site(tx, &e.site_id)?
+                    .ok_or_else(|| StoreError::Corrupt("site vanished".into()))
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES ($1,$2,$3,'active',$4,$5)",
+                    &[&e.site_id, &e.device_key, &to_json(&token.labels), &e.agent_version, &ms(e.at)],
+                )?;
+                get_site(tx, &e.site_id)?
+                    .ok_or_else(|| StoreError::Corrupt("site vanished".into()))
+            }
+        }
+    })
+}
+
+pub(super) fn record_session_nonce(
+    s: &PgStore,
+    site_id: &str,
+    nonce: &str,
+    expires_at: Timestamp,
+) -> StoreResult<bool> {
+    s.write(|tx| {
+        tx.execute(
+            "DELETE FROM session_nonces WHERE site_id = $1 AND expires_at < $2",
+            &[&site_id, &ms(Timestamp::now())],
+        )?;
+        let n = tx.execute(
+            "INSERT INTO session_nonces (site_id, nonce, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&site_id, &nonce, &ms(expires_at)],
+        )?;
+        Ok(n == 1)
+    })
+}
+
+pub(super) fn audit(s: &PgStore, a: &AuditRecord) -> StoreResult<()> {
+    s.write(|tx| insert_audit(tx, a))
+}
+
+/// Stores an audit entry inside the caller's transaction, with the webhook event it
+/// causes (if any) in the outbox.
+pub(super) fn insert_audit(tx: &mut Transaction, a: &AuditRecord) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, action, target, detail, remote) VALUES ($1,$2,$3,$4,$5,$6)",
+        &[&ms(a.at), &a.actor, &a.action, &a.target, &a.detail, &a.remote],
+    )?;
+    if let Some(event) = crate::webhooks::WebhookEvent::from_audit(a) {
+        super::webhooks::enqueue(tx, &event)?;
+    }
+    Ok(())
+}
+
+fn audit_record(r: &Row) -> StoreResult<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.get(0),
+        at: from_millis(r.get(1))?,
+        actor: r.get(2),
+        action: r.get(3),
+        target: r.get(4),
+        detail: r.get(5),
+        remote: r.get(6),
+    })
+}
+
+pub(super) fn list_audit(
+    s: &PgStore,
+    before: Option<i64>,
+    limit: usize,
+) -> StoreResult<Vec<AuditRecord>> {
+    s.read(|c| {
+        let rows = c.query(
+            "SELECT id, at, actor, action, target, detail, remote FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            &[&before.unwrap_or(i64::MAX), &(limit.min(i64::MAX as usize) as i64)],
+        )?;
+        collect(rows, audit_record)
+    })
+}
+
+pub(super) fn audit_of(s: &PgStore, target: &str, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+    s.read(|c| {
+        let rows = c.query(
+            "SELECT id, at, actor, action, target, detail, remote FROM audit_log WHERE target = $1 ORDER BY id LIMIT $2",
+            &[&target, &(limit.min(i64::MAX as usize) as i64)],
+        )?;
+        collect(rows, audit_record)
+    })
+}
