@@ -19,7 +19,10 @@ const BANDWIDTH: u64 = 250_000;
 const CUT_EVERY: u64 = 2 * 1024 * 1024;
 const PADDING: usize = 50 * 1024 * 1024;
 
+/// About six minutes, almost all of it waiting on the 2 Mbit/s link: `./scripts/test` runs
+/// it (`--ignored`) in its own process beside the rest of the suite rather than after it.
 #[test]
+#[ignore = "slow (about 6 minutes of a 2 Mbit/s link): ./scripts/test runs it in parallel with the suite"]
 fn a_50_mib_release_over_a_slow_link_that_drops_resumes_and_installs_verified() -> anyhow::Result<()>
 {
     let fleet = Fleet::start_with(
