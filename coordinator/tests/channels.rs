@@ -119,12 +119,22 @@ async fn sites_that_come_later_converge_to_the_channel_a_rollout_set() {
 
     // A held site stays where it is, and the channel says why.
     let alice = h.token("alice", "operator").await;
-    let held = Agent::enroll(&h, "store-3", json!({"format": "store"})).await;
+    // It enrolls outside the channel and is held before it joins it, so no convergence
+    // pass can reach it first (a pass runs every few seconds).
+    let held = Agent::enroll(&h, "store-3", json!({"format": "depot"})).await;
     let (s, v) = h
         .post(
             "/v1/sites/store-3/hold",
             &alice,
             json!({"reason": "vendor swap on Friday"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post(
+            "/v1/sites/store-3/labels",
+            &h.admin,
+            json!({"set": {"format": "store"}}),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
