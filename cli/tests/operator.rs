@@ -1307,14 +1307,14 @@ fn rollout_plan_prints_the_wave_table_stores_nothing_and_fails_on_an_invalid_pla
     c.enroll("pig-1", &["case=plan", "cohort=pig", "tz=Europe/Berlin"]);
     c.enroll("store-1", &["case=plan", "tz=America/New_York"]);
     c.enroll("kiosk-1", &["case=other"]);
-    // A day ahead, as a local time in Berlin.
+    // Tomorrow at noon, as a local time in Berlin: outside the 02:00-05:00 window whatever
+    // the time of day the test runs (a start inside it would not wait for the window).
     let start = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_hours(24))
         .unwrap()
         .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
-        .datetime()
-        .round(jiff::Unit::Minute)
-        .unwrap();
+        .date()
+        .at(12, 0, 0, 0);
     let plan = format!(
         "name = \"checked\"\nrelease = \"app-1.0.0\"\nselector = {{ case = \"plan\" }}\n\
          start_at = \"{start}[Europe/Berlin]\"\nwindow = {{ start = \"02:00\", end = \"05:00\" }}\n\n\

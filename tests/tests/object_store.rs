@@ -35,16 +35,11 @@ fn store_tls(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     Ok((ca_path, cert, key))
 }
 
-#[test]
-fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -> anyhow::Result<()>
-{
-    let dir = tempfile::tempdir()?;
-    let (ca, cert, key) = store_tls(dir.path())?;
-    let weed =
-        Weed::start(&dir.path().join("weed"), &cert, &key, "fleet").map_err(anyhow::Error::msg)?;
-    let secret = dir.path().join("s3-secret");
+/// The fleet's options for artifacts in `weed`'s bucket `fleet`.
+fn s3_options(weed: &Weed, dir: &Path, ca: &Path) -> anyhow::Result<FleetOptions> {
+    let secret = dir.join("s3-secret");
     std::fs::write(&secret, SECRET_KEY)?;
-    let options = FleetOptions {
+    Ok(FleetOptions {
         coordinator_extra: format!(
             "\n[artifacts]\nstore = \"s3\"\n\n[artifacts.s3]\nbucket = \"fleet\"\n\
              endpoint = \"{}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
@@ -53,9 +48,19 @@ fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -
             secret.display(),
             ca.display()
         ),
-        agent_extra_ca: Some(ca.clone()),
+        agent_extra_ca: Some(ca.to_path_buf()),
         ..FleetOptions::default()
-    };
+    })
+}
+
+#[test]
+fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (ca, cert, key) = store_tls(dir.path())?;
+    let weed =
+        Weed::start(&dir.path().join("weed"), &cert, &key, "fleet").map_err(anyhow::Error::msg)?;
+    let options = s3_options(&weed, dir.path(), &ca)?;
     let spec = FleetSpec::cohorts(1, 1, 1, 0);
     let fleet = Fleet::start_with(spec.clone(), options)?;
     let release = DemoRelease::good("1.0.0", 1);
