@@ -175,6 +175,44 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
         timeline.iter().filter(|(k, _)| k == "open_wave").count() == 1,
         "only the canary wave opened: {timeline:?}"
     );
+    // The same numbers, one by one, in the status of the halted rollout.
+    let a = &halted["waves"][0]["analysis"];
+    assert_eq!(a.as_array().map(Vec::len), Some(1), "{a}");
+    let a = &a[0];
+    assert_eq!(a["signal"], "error_ratio");
+    assert_eq!(a["verdict"], "fail");
+    assert_eq!(a["direction"], "increase_is_bad");
+    assert_eq!(a["tolerance"], json!({"absolute": 0.01}));
+    let words = a["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("golden-signal analysis failed: {words}")),
+        "{words} / {reason}"
+    );
+    for (group, median) in [("upgraded", 0.05), ("control", 0.01)] {
+        let g = &a[group];
+        assert_eq!(
+            (g["sites"].as_u64(), g["samples"].as_u64()),
+            (Some(6), Some(60)),
+            "{g}"
+        );
+        let m = g["median"].as_f64().unwrap();
+        assert!((m - median).abs() < 0.004, "{group} median {m}");
+        let s = &g["spread"];
+        let q: Vec<f64> = ["min", "q1", "median", "q3", "max"]
+            .iter()
+            .map(|k| s[k].as_f64().unwrap())
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{s}");
+    }
+    let effect = a["effect"].as_f64().unwrap();
+    assert!((effect - 0.04).abs() < 0.004, "effect {effect}");
+    assert!(a["relative_effect"].as_f64().unwrap() > 3.0, "{a}");
+    assert!(a["p_value"].as_f64().unwrap() < 0.05, "{a}");
+    assert_eq!(a["minutes"], 10, "{a}");
+    assert!(
+        halted["waves"][1].get("analysis").is_none(),
+        "wave 1 never opened"
+    );
     h.stop().await;
 }
 
@@ -200,7 +238,13 @@ async fn a_healthy_wave_passes_its_analysis_and_the_next_wave_opens() {
         reason.contains("analysis passed: error_ratio: pass"),
         "{reason}"
     );
-    assert_eq!(h.rollout(&f.rollout).await["status"], "running");
+    let r = h.rollout(&f.rollout).await;
+    assert_eq!(r["status"], "running");
+    // The wave that passed keeps its last verdict in the status.
+    let a = &r["waves"][0]["analysis"][0];
+    assert_eq!(a["verdict"], "pass", "{a}");
+    assert_eq!(a["upgraded"]["sites"], 6, "{a}");
+    assert!(a["p_value"].as_f64().unwrap() > 0.05, "{a}");
     h.stop().await;
 }
 

@@ -5,7 +5,11 @@
 //!
 //! Signals arrive per minute, so the verdicts of a rollout's wave are computed at most
 //! once per minute of the engine's clock and kept in between: a controller pass reads no
-//! samples when the minute has not changed. This module never decides anything itself.
+//! samples when the minute has not changed. Each wave's last verdicts stay after the wave
+//! passes or halts (the status views and the dashboard's picture show them), in memory
+//! only, for at most [`KEPT_ROLLOUTS`] rollouts. This module never decides anything itself.
+
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
@@ -13,11 +17,52 @@ use super::{Engine, EngineError};
 use crate::controller::analysis::{AnalysisFact, Groups, Sample, groups, judge_signal};
 use crate::controller::{RolloutStatus, RolloutView};
 
+/// The most rollouts whose verdicts are kept; beyond it, the rollout judged longest ago
+/// is forgotten (its timeline keeps the reasons). A running rollout is judged every minute,
+/// so it is never the one forgotten while fewer than this many run.
+pub const KEPT_ROLLOUTS: usize = 256;
+
 /// The verdicts of one rollout's wave, as of one minute.
-pub(super) struct Analysed {
+#[derive(Debug, Clone)]
+struct Analysed {
+    minute: Timestamp,
+    facts: Vec<AnalysisFact>,
+}
+
+/// The last verdicts of each wave of a rollout that had any.
+#[derive(Debug, Default)]
+pub(super) struct RolloutAnalyses {
+    waves: BTreeMap<u32, Analysed>,
+}
+
+impl RolloutAnalyses {
+    fn latest(&self) -> Option<Timestamp> {
+        self.waves.values().map(|a| a.minute).max()
+    }
+}
+
+/// Keeps `facts` as `wave`'s verdicts of `minute` for rollout `id`, forgetting the rollout
+/// judged longest ago when more than [`KEPT_ROLLOUTS`] would be kept.
+fn keep(
+    all: &mut HashMap<String, RolloutAnalyses>,
+    id: &str,
     wave: u32,
     minute: Timestamp,
     facts: Vec<AnalysisFact>,
+) {
+    if !all.contains_key(id) && all.len() >= KEPT_ROLLOUTS {
+        let oldest = all
+            .iter()
+            .min_by_key(|(_, r)| r.latest())
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            all.remove(&k);
+        }
+    }
+    all.entry(id.to_string())
+        .or_default()
+        .waves
+        .insert(wave, Analysed { minute, facts });
 }
 
 /// The start of `t`'s minute.
@@ -27,15 +72,17 @@ fn minute_of(t: Timestamp) -> Timestamp {
 }
 
 impl Engine {
-    /// Puts the last verdicts computed for the rollout's current wave into `view` (for
-    /// the status views: what the controller judged on its last pass).
+    /// Puts the last verdicts computed for each of the rollout's waves into `view` (for
+    /// the status views: what the controller judged on its last pass over each wave).
     pub fn last_analysis(&self, id: &str, view: &mut RolloutView) {
         let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = analyses.get(id)
-            && view.current_wave == Some(a.wave)
-            && let Some(w) = view.waves.get_mut(a.wave as usize)
-        {
-            w.analysis = a.facts.clone();
+        let Some(r) = analyses.get(id) else {
+            return;
+        };
+        for (&wave, a) in &r.waves {
+            if let Some(w) = view.waves.get_mut(wave as usize) {
+                w.analysis = a.facts.clone();
+            }
         }
     }
 
@@ -50,10 +97,6 @@ impl Engine {
         if view.plan.analysis.is_empty()
             || !matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused)
         {
-            self.analyses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
             return Ok(view);
         }
         let Some(wave) = view.current_wave else {
@@ -64,7 +107,8 @@ impl Engine {
             let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
             analyses
                 .get(id)
-                .filter(|a| a.wave == wave && a.minute == minute)
+                .and_then(|r| r.waves.get(&wave))
+                .filter(|a| a.minute == minute)
                 .map(|a| a.facts.clone())
         };
         let facts = match cached {
@@ -76,17 +120,13 @@ impl Engine {
                     Some(groups) => self.judge_wave(id, &view, &groups, now).await?,
                     None => Vec::new(),
                 };
-                self.analyses
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        id.to_string(),
-                        Analysed {
-                            wave,
-                            minute,
-                            facts: facts.clone(),
-                        },
-                    );
+                keep(
+                    &mut self.analyses.lock().unwrap_or_else(|e| e.into_inner()),
+                    id,
+                    wave,
+                    minute,
+                    facts.clone(),
+                );
                 facts
             }
         };
@@ -130,7 +170,13 @@ impl Engine {
                     release_id: r.release_id.as_deref(),
                 })
                 .collect();
-            facts.push(judge_signal(signal, groups, &release, &samples));
+            facts.push(judge_signal(
+                signal,
+                groups,
+                &release,
+                &samples,
+                minute_of(now),
+            ));
         }
         Ok(facts)
     }
