@@ -86,6 +86,16 @@ impl Engine {
         }
     }
 
+    /// The last verdicts of each of the rollout's waves that had any, by wave (empty for
+    /// a rollout never judged, or forgotten since).
+    pub fn analyses(&self, id: &str) -> BTreeMap<u32, Vec<AnalysisFact>> {
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        analyses
+            .get(id)
+            .map(|r| r.waves.iter().map(|(&w, a)| (w, a.facts.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// `view` with its current wave's golden-signal verdicts, when the plan asks for
     /// analysis and some site of the wave has committed.
     pub(super) async fn with_analysis(
