@@ -330,3 +330,48 @@ async fn the_agent_api_bounds_signal_minutes_and_the_site_shows_the_latest() {
     assert!(page.contains("sends no golden signals"), "{page}");
     h.stop().await;
 }
+
+/// Several signals of a stream read at once (what the gate reads every minute) are the
+/// same rows as read signal by signal, one list per signal in the order asked, an unknown
+/// signal's empty; another stream's minutes are not in them.
+#[test]
+fn several_signals_read_at_once_are_the_rows_read_one_by_one() {
+    let (_dir, store) = store_with_site("s1");
+    let start = ts("2026-12-04T18:00:00Z");
+    let now = start + SignedDuration::from_hours(1);
+    let mut minutes: Vec<SignalMinute> = (0..10).map(|m| minute("pos", start, m, 0.01)).collect();
+    minutes.extend((0..10).map(|m| minute("other", start, m, 0.5)));
+    store.put_signals("s1", &minutes, now).unwrap();
+    let sites = vec!["s1".to_string(), "not-a-site".to_string()];
+    let names = ["p95", "nothing", "error_ratio"].map(String::from);
+    let (from, to) = (
+        start + SignedDuration::from_mins(2),
+        start + SignedDuration::from_mins(8),
+    );
+    let at_once = store
+        .signals_samples(&sites, "pos", &names, from, to)
+        .unwrap();
+    assert_eq!(at_once.len(), 3);
+    let key = |v: &[SignalSample]| {
+        let mut k: Vec<(String, Timestamp, u64, Option<String>)> = v
+            .iter()
+            .map(|s| {
+                (
+                    s.site_id.clone(),
+                    s.minute,
+                    s.value.to_bits(),
+                    s.release_id.clone(),
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    for (name, got) in names.iter().zip(&at_once) {
+        let one = store.signal_samples(&sites, "pos", name, from, to).unwrap();
+        assert_eq!(key(got), key(&one), "{name}");
+    }
+    assert_eq!(at_once[0].len(), 6, "minutes 2 to 7");
+    assert!(at_once[1].is_empty());
+    assert!(at_once[2].iter().all(|s| s.value == 0.01));
+}
