@@ -191,6 +191,13 @@ fn the_gate_and_retention_queries_use_their_indexes() {
     };
     let gate = plan(sqlite::SAMPLES_SQL);
     assert!(gate.contains("PRIMARY KEY"), "{gate}");
+    // Several signals at once: one seek per signal through the key, not a scan of the
+    // site's every signal.
+    let several = plan(&sqlite::signals_samples_sql(3));
+    assert!(
+        several.contains("PRIMARY KEY") && several.contains("signal=?"),
+        "{several}"
+    );
     let prune = plan("SELECT minute FROM signal_values WHERE minute < 1 ORDER BY minute LIMIT 5");
     assert!(prune.contains("signal_values_by_minute"), "{prune}");
 }

@@ -128,6 +128,18 @@ pub(super) fn samples(
     })
 }
 
+/// The statement of [`samples_of_signals`] for `n` signals: site, stream, the minutes'
+/// range, then the signals' names (`?5` on).
+pub fn signals_samples_sql(n: usize) -> String {
+    let marks = (0..n)
+        .map(|i| format!("?{}", i + 5))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT signal, minute, value, release_id FROM signal_values WHERE site_id = ?1 AND stream = ?2 AND minute >= ?3 AND minute < ?4 AND signal IN ({marks})"
+    )
+}
+
 /// [`samples`] of several signals: one statement per site, seeking each signal's minutes
 /// through the key (`signal IN (...)`), instead of one per site and signal.
 pub(super) fn samples_of_signals(
@@ -147,13 +159,7 @@ pub(super) fn samples_of_signals(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let marks = (0..signals.len())
-        .map(|i| format!("?{}", i + 5))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT signal, minute, value, release_id FROM signal_values WHERE site_id = ?1 AND stream = ?2 AND minute >= ?3 AND minute < ?4 AND signal IN ({marks})"
-    );
+    let sql = signals_samples_sql(signals.len());
     s.read(|conn| {
         let mut stmt = conn.prepare_cached(&sql)?;
         for site in sites {
