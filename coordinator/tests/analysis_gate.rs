@@ -32,7 +32,6 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
         "upgraded median 0.05",
         "vs control 0.01",
         "p = ",
-        "from 6 upgraded and 6 control sites",
         "auto_rollback sends 6 site(s) back",
     ] {
         assert!(reason.contains(words), "{words:?} missing in: {reason}");
@@ -61,11 +60,11 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
     );
     for (group, median) in [("upgraded", 0.05), ("control", 0.01)] {
         let g = &a[group];
-        assert_eq!(
-            (g["sites"].as_u64(), g["samples"].as_u64()),
-            (Some(6), Some(60)),
-            "{g}"
-        );
+        // The judgement that halted may have come while the last sites' minutes were
+        // still arriving: at least min_sites, each with its ten minutes.
+        let sites = g["sites"].as_u64().unwrap();
+        assert!((5..=6).contains(&sites), "{g}");
+        assert_eq!(g["samples"].as_u64(), Some(10 * sites), "{g}");
         let m = g["median"].as_f64().unwrap();
         assert!((m - median).abs() < 0.004, "{group} median {m}");
         let s = &g["spread"];
@@ -75,6 +74,11 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
             .collect();
         assert!(q.windows(2).all(|w| w[0] <= w[1]), "{s}");
     }
+    let from = format!(
+        "from {} upgraded and {} control sites",
+        a["upgraded"]["sites"], a["control"]["sites"]
+    );
+    assert!(reason.contains(&from), "{from:?} missing in: {reason}");
     let effect = a["effect"].as_f64().unwrap();
     assert!((effect - 0.04).abs() < 0.004, "effect {effect}");
     assert!(a["relative_effect"].as_f64().unwrap() > 3.0, "{a}");
