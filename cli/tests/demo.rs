@@ -1,6 +1,7 @@
 //! `fleetwave demo --exit-when-done`, run for real twice in a row in the same directory:
 //! the whole story (the good release on every site through five waves; the bad one halted
-//! in its first wave and rolled back; no later-wave site ever installing it) must happen
+//! in its first wave and rolled back; the one that serves worse halted in its first wave
+//! by the golden-signal analysis; no later-wave site ever installing either) must happen
 //! both times, the second run proving that a rerun wipes and recreates the demo dir. Also:
 //! a port in use and a foreign directory are refused with a clear message.
 //!
@@ -115,6 +116,10 @@ fn the_demo_tells_its_story_twice_in_a_row() {
             "=== act 2: demo-1.2.0",
             "halt (wave 0 pigs)",
             "wave 1 canary city  never opened: its 1 site(s) never saw the release",
+            "=== act 3: demo-1.3.0",
+            "analysis  wave 0 halted by error_ratio: ",
+            "analysis  wave 0 halted by latency_p95_seconds: ",
+            "wave 1 the rest     never opened: its 4 site(s) never saw the release",
             "apps serving 1.1.0: 6",
             "as expected:",
         ] {

@@ -9,138 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Harness, eventually};
-use jiff::Timestamp;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-fn plan(min_sites: u32) -> String {
-    format!(
-        r#"
-name = "pos 2.5"
-release = "pos-2.5.0"
-auto_rollback = true
-
-[[waves]]
-name = "canary"
-selector = {{ cohort = "canary" }}
-gate = {{ bake = "30m", success_ratio = 0.5 }}
-
-[[waves]]
-name = "rest"
-gate = {{ bake = "30m" }}
-
-[[analysis]]
-signal = "error_ratio"
-direction = "increase_is_bad"
-tolerance = {{ absolute = 0.01 }}
-min_sites = {min_sites}
-min_samples = 20
-"#
-    )
-}
-
-struct Fleet {
-    canary: Vec<Agent>,
-    rest: Vec<Agent>,
-    rollout: String,
-    release: String,
-}
-
-/// `canaries` canary and 6 other sites on pos 2.4.0; a rollout of pos 2.5.0 started, and
-/// every canary has committed it (at the clock's current time).
-async fn fleet(h: &Harness, canaries: usize, min_sites: u32) -> Fleet {
-    let mut canary = Vec::new();
-    let mut rest = Vec::new();
-    for i in 0..canaries {
-        let mut a = Agent::enroll(h, &format!("canary-{i}"), json!({"cohort": "canary"})).await;
-        a.installed(h, "pos-2.4.0", "2.4.0").await;
-        canary.push(a);
-    }
-    for i in 0..6 {
-        let mut a = Agent::enroll(h, &format!("store-{i}"), json!({"cohort": "general"})).await;
-        a.installed(h, "pos-2.4.0", "2.4.0").await;
-        rest.push(a);
-    }
-    let release = h.publish("2.5.0", 25).await;
-    let rollout = h.create_rollout(&plan(min_sites)).await;
-    let (s, v) = h
-        .post(
-            &format!("/v1/rollouts/{rollout}/start"),
-            &h.admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    for a in canary.iter_mut() {
-        a.install(h, &release).await;
-    }
-    Fleet {
-        canary,
-        rest,
-        rollout,
-        release,
-    }
-}
-
-fn minute_after(t: Timestamp, m: i64) -> Timestamp {
-    let s = t.as_second();
-    Timestamp::from_second(s - s.rem_euclid(60) + 60 * m).unwrap()
-}
-
-/// Each site sends `minutes` minutes of `error_ratio` after the canaries' commit: the
-/// canaries `canary_ratio` and the others 1 %, each with a little site- and
-/// minute-dependent noise (the same for every run).
-async fn send_minutes(h: &Harness, f: &Fleet, minutes: i64, canary_ratio: f64) {
-    let start = h.clock.now();
-    // The minutes pass first: agents send only finished minutes.
-    h.clock.advance(Duration::from_secs(60 * minutes as u64));
-    let groups = [
-        (&f.canary, canary_ratio, f.release.as_str()),
-        (&f.rest, 0.01, "pos-2.4.0"),
-    ];
-    for (agents, ratio, release) in groups {
-        for (i, a) in agents.iter().enumerate() {
-            let list: Vec<Value> = (1..=minutes)
-                .map(|m| {
-                    let noise = ((i as i64 * 7 + m * 3) % 10) as f64 * 0.0004;
-                    json!({
-                        "stream": "pos",
-                        "release_id": release,
-                        "minute": minute_after(start, m),
-                        "values": {"error_ratio": ratio + noise, "requests_per_second": 20.0},
-                        "scrapes": 4,
-                    })
-                })
-                .collect();
-            let (s, v) = h
-                .post(
-                    "/v1/agent/reports",
-                    &a.token,
-                    json!({"events": [], "signals": list}),
-                )
-                .await;
-            assert_eq!(s, StatusCode::OK, "{}: {v}", a.site);
-        }
-    }
-    // A new minute: the controller judges again, with every minute sent (it judges at
-    // most once a minute, and may have judged this one before the samples arrived).
-    h.clock.advance(Duration::from_secs(60));
-}
-
-fn decisions(rollout: &Value) -> Vec<(String, String)> {
-    rollout["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["kind"].as_str().unwrap_or_default().to_string(),
-                d["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
+use common::analysis::{decisions, fleet, send_minutes};
+use common::{Harness, eventually};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
@@ -161,7 +32,6 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
         "upgraded median 0.05",
         "vs control 0.01",
         "p = ",
-        "from 6 upgraded and 6 control sites",
         "auto_rollback sends 6 site(s) back",
     ] {
         assert!(reason.contains(words), "{words:?} missing in: {reason}");
@@ -174,6 +44,49 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
     assert!(
         timeline.iter().filter(|(k, _)| k == "open_wave").count() == 1,
         "only the canary wave opened: {timeline:?}"
+    );
+    // The same numbers, one by one, in the status of the halted rollout.
+    let a = &halted["waves"][0]["analysis"];
+    assert_eq!(a.as_array().map(Vec::len), Some(1), "{a}");
+    let a = &a[0];
+    assert_eq!(a["signal"], "error_ratio");
+    assert_eq!(a["verdict"], "fail");
+    assert_eq!(a["direction"], "increase_is_bad");
+    assert_eq!(a["tolerance"], json!({"absolute": 0.01}));
+    let words = a["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("golden-signal analysis failed: {words}")),
+        "{words} / {reason}"
+    );
+    for (group, median) in [("upgraded", 0.05), ("control", 0.01)] {
+        let g = &a[group];
+        // The judgement that halted may have come while the last sites' minutes were
+        // still arriving: at least min_sites, each with its ten minutes.
+        let sites = g["sites"].as_u64().unwrap();
+        assert!((5..=6).contains(&sites), "{g}");
+        assert_eq!(g["samples"].as_u64(), Some(10 * sites), "{g}");
+        let m = g["median"].as_f64().unwrap();
+        assert!((m - median).abs() < 0.004, "{group} median {m}");
+        let s = &g["spread"];
+        let q: Vec<f64> = ["min", "q1", "median", "q3", "max"]
+            .iter()
+            .map(|k| s[k].as_f64().unwrap())
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{s}");
+    }
+    let from = format!(
+        "from {} upgraded and {} control sites",
+        a["upgraded"]["sites"], a["control"]["sites"]
+    );
+    assert!(reason.contains(&from), "{from:?} missing in: {reason}");
+    let effect = a["effect"].as_f64().unwrap();
+    assert!((effect - 0.04).abs() < 0.004, "effect {effect}");
+    assert!(a["relative_effect"].as_f64().unwrap() > 3.0, "{a}");
+    assert!(a["p_value"].as_f64().unwrap() < 0.05, "{a}");
+    assert_eq!(a["minutes"], 10, "{a}");
+    assert!(
+        halted["waves"][1].get("analysis").is_none(),
+        "wave 1 never opened"
     );
     h.stop().await;
 }
@@ -200,7 +113,13 @@ async fn a_healthy_wave_passes_its_analysis_and_the_next_wave_opens() {
         reason.contains("analysis passed: error_ratio: pass"),
         "{reason}"
     );
-    assert_eq!(h.rollout(&f.rollout).await["status"], "running");
+    let r = h.rollout(&f.rollout).await;
+    assert_eq!(r["status"], "running");
+    // The wave that passed keeps its last verdict in the status.
+    let a = &r["waves"][0]["analysis"][0];
+    assert_eq!(a["verdict"], "pass", "{a}");
+    assert_eq!(a["upgraded"]["sites"], 6, "{a}");
+    assert!(a["p_value"].as_f64().unwrap() > 0.05, "{a}");
     h.stop().await;
 }
 

@@ -428,3 +428,54 @@ async fn operator_watches_steers_and_filters_a_rollout_in_chromium() {
     drop(driver);
     h.stop().await;
 }
+
+/// A degraded canary wave's golden-signal picture in a real browser, under the
+/// dashboard's CSP: the SVG takes room on the page and the stylesheet colours it (no
+/// inline style is needed, none is allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysis_picture_renders_with_the_stylesheet_in_chromium() {
+    use common::analysis::{fleet, send_minutes};
+    let h = Harness::new().await;
+    let f = fleet(&h, 6, 5).await;
+    send_minutes(&h, &f, 10, 0.05).await;
+    let halted = eventually("the analysis to halt the rollout", || async {
+        let r = h.rollout(&f.rollout).await;
+        (r["status"] == "rolled_back").then_some(r)
+    })
+    .await;
+    let numbers = &halted["waves"][0]["analysis"][0];
+    let dots = numbers["upgraded"]["sites"].as_u64().unwrap()
+        + numbers["control"]["sites"].as_u64().unwrap();
+    let driver = chromedriver().await;
+    let c = browser(&driver).await;
+    login(&c, &h.base, &h.admin).await;
+    c.goto(&format!("{}/ui/rollouts/{}", h.base, f.rollout))
+        .await
+        .unwrap();
+    let figure = text(&c, "#analysis-0-0 figcaption").await;
+    assert!(
+        figure.starts_with("error_ratio fail upgraded median"),
+        "{figure}"
+    );
+    let drawn = c
+        .execute(
+            "const svg = document.querySelector('#analysis-0-0 svg.analysis-plot');
+             const box = document.querySelector('#analysis-0-0 .an-upgraded .an-box');
+             return [svg.getBoundingClientRect().width, getComputedStyle(box).fill,
+                     document.querySelectorAll('#analysis-0-0 circle').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let width = drawn[0].as_f64().unwrap();
+    assert!(width > 300.0, "the picture is {width} px wide");
+    assert_eq!(
+        drawn[1], "rgb(239, 123, 45)",
+        "the stylesheet's upgraded colour"
+    );
+    assert_eq!(drawn[2].as_u64(), Some(dots), "one dot per site");
+    screenshot(&c, "rollout-analysis").await;
+    c.close().await.unwrap();
+    drop(driver);
+    h.stop().await;
+}

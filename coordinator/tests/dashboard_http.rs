@@ -1200,3 +1200,73 @@ async fn the_rollout_page_lists_the_sites_served_by_bundle_and_until_when() {
     assert!(row.contains("(expired)"), "{row}");
     h.stop().await;
 }
+
+/// The rollout page draws each wave's golden-signal analysis: a degraded canary wave
+/// halts, and its page shows the signal, the verdict and the numbers, with one box per
+/// group and one dot per site, as inline SVG under the same CSP (no script, no style
+/// attribute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_page_draws_each_signals_groups_with_the_verdict_and_numbers() {
+    use common::analysis::{fleet, send_minutes};
+    let h = Harness::new().await;
+    let f = fleet(&h, 6, 5).await;
+    send_minutes(&h, &f, 10, 0.05).await;
+    let halted = common::eventually("the analysis to halt the rollout", || async {
+        let r = h.rollout(&f.rollout).await;
+        (r["status"] == "rolled_back").then_some(r)
+    })
+    .await;
+    let numbers = &halted["waves"][0]["analysis"][0];
+    let mut web = WebClient::new(&h);
+    web.login(&h.admin).await;
+    let (s, headers, page) = web.get(&format!("/ui/rollouts/{}", f.rollout)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        !headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("unsafe-inline")
+    );
+    let start = page
+        .find("id=\"analysis-wave-0\"")
+        .unwrap_or_else(|| panic!("no analysis for wave 0 in:\n{page}"));
+    let section = &page[start..start + page[start..].find("</div>").unwrap()];
+    assert!(
+        section.contains("data-signal=\"error_ratio\" data-verdict=\"fail\""),
+        "{section}"
+    );
+    let median = |g: &str| {
+        fleetwave_shared::protocol::analysis::number(numbers[g]["median"].as_f64().unwrap())
+    };
+    let size = |g: &str| {
+        (
+            numbers[g]["sites"].as_u64().unwrap(),
+            numbers[g]["samples"].as_u64().unwrap(),
+        )
+    };
+    let ((us, un), (cs, cn)) = (size("upgraded"), size("control"));
+    assert!(us >= 5 && cs >= 5, "{numbers}");
+    for words in [
+        format!(
+            "upgraded median {} ({us} sites, {un} samples) vs control {} ({cs} sites, {cn} samples)",
+            median("upgraded"),
+            median("control")
+        ),
+        "tolerance 0.01 (an increase is bad); 10 minutes".to_string(),
+        format!("data-median=\"{}\"", median("upgraded")),
+        format!("data-median=\"{}\"", median("control")),
+    ] {
+        assert!(section.contains(&words), "{words:?} missing in {section}");
+    }
+    assert_eq!(section.matches("<svg class=\"analysis-plot\"").count(), 1);
+    assert_eq!(section.matches("class=\"an-box\"").count(), 2);
+    assert_eq!(
+        section.matches("<circle").count() as u64,
+        us + cs,
+        "one dot per site"
+    );
+    assert!(!section.contains("style=") && !page.contains("<script>"));
+    // Wave 1 never opened: nothing to draw.
+    assert!(!page.contains("id=\"analysis-wave-1\""));
+    h.stop().await;
+}

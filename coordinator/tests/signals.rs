@@ -221,6 +221,15 @@ fn the_gate_and_retention_queries_use_their_indexes(backend: Backend) {
     };
     let gate = plan(fleetwave_coordinator::store::sqlite::SAMPLES_SQL);
     assert!(gate.contains("PRIMARY KEY"), "{gate}");
+    // Several signals at once: one seek per signal through the key, not a scan of the
+    // site's every signal.
+    let several = plan(&fleetwave_coordinator::store::sqlite::signals_samples_sql(
+        3,
+    ));
+    assert!(
+        several.contains("PRIMARY KEY") && several.contains("signal=?"),
+        "{several}"
+    );
     let prune = plan("SELECT minute FROM signal_values WHERE minute < 1 ORDER BY minute LIMIT 5");
     assert!(prune.contains("signal_values_by_minute"), "{prune}");
 }
@@ -365,4 +374,49 @@ both_backends!(
     minutes_are_stored_once_per_site_stream_signal_and_minute_and_pruned_by_age,
     a_site_keeps_at_most_eight_streams_and_the_rest_is_counted_as_dropped,
     the_gate_and_retention_queries_use_their_indexes,
+    several_signals_read_at_once_are_the_rows_read_one_by_one,
 );
+
+/// Several signals of a stream read at once (what the gate reads every minute) are the
+/// same rows as read signal by signal, one list per signal in the order asked, an unknown
+/// signal's empty; another stream's minutes are not in them.
+fn several_signals_read_at_once_are_the_rows_read_one_by_one(backend: Backend) {
+    let (_dir, store) = store_with_site(backend, "s1");
+    let start = ts("2026-12-04T18:00:00Z");
+    let now = start + SignedDuration::from_hours(1);
+    let mut minutes: Vec<SignalMinute> = (0..10).map(|m| minute("pos", start, m, 0.01)).collect();
+    minutes.extend((0..10).map(|m| minute("other", start, m, 0.5)));
+    store.put_signals("s1", &minutes, now).unwrap();
+    let sites = vec!["s1".to_string(), "not-a-site".to_string()];
+    let names = ["p95", "nothing", "error_ratio"].map(String::from);
+    let (from, to) = (
+        start + SignedDuration::from_mins(2),
+        start + SignedDuration::from_mins(8),
+    );
+    let at_once = store
+        .signals_samples(&sites, "pos", &names, from, to)
+        .unwrap();
+    assert_eq!(at_once.len(), 3);
+    let key = |v: &[SignalSample]| {
+        let mut k: Vec<(String, Timestamp, u64, Option<String>)> = v
+            .iter()
+            .map(|s| {
+                (
+                    s.site_id.clone(),
+                    s.minute,
+                    s.value.to_bits(),
+                    s.release_id.clone(),
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    for (name, got) in names.iter().zip(&at_once) {
+        let one = store.signal_samples(&sites, "pos", name, from, to).unwrap();
+        assert_eq!(key(got), key(&one), "{name}");
+    }
+    assert_eq!(at_once[0].len(), 6, "minutes 2 to 7");
+    assert!(at_once[1].is_empty());
+    assert!(at_once[2].iter().all(|s| s.value == 0.01));
+}

@@ -202,7 +202,9 @@ enum Cmd {
         dir: Option<PathBuf>,
     },
     /// The golden-signal judge over one wave: N upgraded against N control sites, each
-    /// with a sample per signal (in-process, no coordinator).
+    /// with a sample per signal (in-process, pure); then the engine's controller pass
+    /// with that analysis over a real SQLite file (N-site wave, N control sites, the
+    /// signals' minutes stored).
     Analysis {
         #[arg(long, default_value_t = 10_000)]
         sites: usize,
@@ -210,6 +212,12 @@ enum Cmd {
         signals: usize,
         #[arg(long, default_value_t = 10)]
         passes: usize,
+        /// Minutes of every signal of every site stored for the engine pass.
+        #[arg(long, default_value_t = 30)]
+        minutes: usize,
+        /// Directory for the engine pass's coordinator and database (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Bulk site import (`POST /v1/sites/import`): N sites with device keys, then N
     /// without (one-use enrollment tokens), into a new coordinator; prints sites/s.
@@ -457,8 +465,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             sites,
             signals,
             passes,
+            minutes,
+            dir,
         } => {
             analysis::run(sites, signals, passes)?;
+            let (dir, _tmp) = workdir(dir)?;
+            analysis::engine(&dir, sites, signals, minutes, passes).await?;
             Ok(true)
         }
         Cmd::AgentIdle {

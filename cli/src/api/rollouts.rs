@@ -834,6 +834,7 @@ pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]
         ]);
     }
     out.push_str(&t.render("  "));
+    out.push_str(&analysis_table(v));
     out.push_str(&rollback_failed_note(every.unwrap_or(&v.sites)));
     match every {
         Some(all) => {
@@ -865,6 +866,55 @@ pub fn render_status(v: &api::RolloutView, every: Option<&[api::RolloutSiteView]
         out.push_str(&format!("  {}\n", decision_line(d)));
     }
     out
+}
+
+/// Each wave's golden-signal analysis, one line per signal: verdict, both groups'
+/// medians and sizes, the effect, the p-value, the tolerance and the minutes compared.
+/// Empty when no wave has any.
+pub fn analysis_table(v: &api::RolloutView) -> String {
+    use fleetwave_shared::protocol::analysis::{self as an, number, signed};
+    if v.waves.iter().all(|w| w.analysis.is_empty()) {
+        return String::new();
+    }
+    let group = |g: &an::GroupNumbers| match g.median {
+        Some(m) => format!("{} ({} sites, {} samples)", number(m), g.sites, g.samples),
+        None => format!("- ({} sites)", g.sites),
+    };
+    let mut t = Table::new(&[
+        "WAVE",
+        "SIGNAL",
+        "VERDICT",
+        "UPGRADED",
+        "CONTROL",
+        "EFFECT",
+        "P",
+        "TOLERANCE",
+        "MINUTES",
+    ]);
+    for w in &v.waves {
+        for a in &w.analysis {
+            let effect = match (a.effect, a.relative_effect) {
+                (Some(e), Some(r)) => format!("{} ({:+.1} %)", signed(e), r * 100.0),
+                (Some(e), None) => signed(e),
+                _ => "-".into(),
+            };
+            t.row(vec![
+                w.index.to_string(),
+                a.signal.clone(),
+                a.verdict.as_str().to_uppercase(),
+                group(&a.upgraded),
+                group(&a.control),
+                effect,
+                a.p_value.map(an::p_value).unwrap_or_else(|| "-".into()),
+                format!("{} ({})", a.tolerance, a.direction.as_str()),
+                a.minutes.to_string(),
+            ]);
+        }
+    }
+    format!(
+        "golden-signal analysis (upgraded vs control medians):\n{}",
+        t.render("  ")
+    )
 }
 
 /// A warning naming the listed sites whose agent gave up rolling back (phase
@@ -1102,6 +1152,7 @@ mod tests {
             approved_at: None,
             tally,
             gate: "waiting".into(),
+            analysis: vec![],
         }
     }
 
@@ -1165,6 +1216,73 @@ mod tests {
                 "rollout   r-1 is now halted"
             ]
         );
+    }
+
+    #[test]
+    fn status_shows_each_waves_analysis_numbers() {
+        use fleetwave_shared::protocol::analysis as an;
+        let now = jiff::Timestamp::now();
+        let group = |sites, samples, median| an::GroupNumbers {
+            sites,
+            samples,
+            median: Some(median),
+            spread: None,
+        };
+        let mut w = wave(0, api::WaveTally::default(), true);
+        w.analysis.push(an::SignalAnalysis {
+            signal: "latency_p95_ms".into(),
+            verdict: an::Verdict::Fail,
+            reason: "latency_p95_ms: fail".into(),
+            direction: an::Direction::IncreaseIsBad,
+            tolerance: an::Tolerance::Relative(0.1),
+            alpha: 0.05,
+            min_sites: 5,
+            min_samples: 20,
+            upgraded: group(6, 60, 130.0),
+            control: group(12, 118, 100.0),
+            effect: Some(30.0),
+            relative_effect: Some(0.3),
+            p_value: Some(1.6e-21),
+            from: now,
+            judged_at: now,
+            minutes: 10,
+        });
+        let view = api::RolloutView {
+            id: "r-1".into(),
+            release_id: "demo-2".into(),
+            status: api::RolloutStatus::Halted,
+            status_reason: None,
+            created_at: now,
+            created_by: "ops".into(),
+            updated_at: now,
+            waves: vec![w, wave(1, api::WaveTally::default(), false)],
+            sites: vec![],
+            sites_omitted: 0,
+            decisions: vec![],
+            plan: String::new(),
+            plan_format: api::PlanFormat::Toml,
+            start_at: None,
+        };
+        let text = render_status(&view, None);
+        let line = text
+            .lines()
+            .find(|l| l.contains("latency_p95_ms"))
+            .unwrap_or_else(|| panic!("no analysis line in:\n{text}"));
+        for words in [
+            "FAIL",
+            "130 (6 sites, 60 samples)",
+            "100 (12 sites, 118 samples)",
+            "+30 (+30.0 %)",
+            "1.6e-21",
+            "10 % of the control median (increase_is_bad)",
+        ] {
+            assert!(line.contains(words), "{words:?} missing in {line:?}");
+        }
+        assert!(line.trim_end().ends_with("10"), "{line:?}");
+        // No analysis anywhere: no section.
+        let mut none = view.clone();
+        none.waves[0].analysis.clear();
+        assert!(!render_status(&none, None).contains("golden-signal"));
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct DemoVersion {
     pub version: &'static str,
     pub counter: u64,
     pub healthy: bool,
+    /// The traffic its app simulates on `/metrics`: the share of failed requests and the
+    /// mean latency in seconds (None: the app's defaults, 1 % and 0.05 s).
+    pub metrics: Option<(f64, f64)>,
 }
 
 impl DemoVersion {
@@ -97,11 +100,27 @@ impl DemoVersion {
 
     /// The `app.toml` the demo app reads.
     pub fn app_toml(&self) -> String {
-        format!(
+        let mut out = format!(
             "version = {}\nhealthy = {}\n",
             q(self.version),
             self.healthy
-        )
+        );
+        if let Some((error_ratio, latency)) = self.metrics {
+            let _ = write!(
+                out,
+                "\n[metrics]\nerror_ratio = {error_ratio:?}\nlatency_seconds = {latency:?}\n"
+            );
+        }
+        out
+    }
+
+    /// How the demo names the version's app in its lines.
+    pub fn words(&self) -> &'static str {
+        match (self.healthy, self.metrics) {
+            (false, _) => "FAILS its health check",
+            (true, Some(_)) => "healthy, but slower and failing more requests",
+            (true, None) => "healthy",
+        }
     }
 
     /// Writes `<dir>/demo-<version>.tar.gz` holding `app.toml`.
@@ -140,25 +159,103 @@ impl DemoVersion {
     }
 }
 
-/// 1.0.0 (what the sites run at the start), 1.1.0 (good), 1.2.0 (fails its health check).
-pub fn versions() -> [DemoVersion; 3] {
+/// 1.0.0 (what the sites run at the start), 1.1.0 (good), 1.2.0 (fails its health check),
+/// 1.3.0 (answers its health check, but 15 % of its requests fail instead of 1 % and it
+/// answers three times slower).
+pub fn versions() -> [DemoVersion; 4] {
     [
         DemoVersion {
             version: "1.0.0",
             counter: 1,
             healthy: true,
+            metrics: None,
         },
         DemoVersion {
             version: "1.1.0",
             counter: 2,
             healthy: true,
+            metrics: None,
         },
         DemoVersion {
             version: "1.2.0",
             counter: 3,
             healthy: false,
+            metrics: None,
+        },
+        DemoVersion {
+            version: "1.3.0",
+            counter: 4,
+            healthy: true,
+            metrics: Some((0.15, 0.15)),
         },
     ]
+}
+
+/// The golden signals every demo agent scrapes from its app (`[signals.demo]`, appended
+/// to the agent's configuration): the error ratio and the p95 latency, every 5 s.
+pub fn signals_config(app: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+# Golden signals from the demo app, summarized per minute (docs/agent.md).
+[signals.{STREAM}]
+scrape_url = "http://{app}/metrics"
+interval_secs = 5
+timeout_secs = 2
+
+[[signals.{STREAM}.signal]]
+name = "error_ratio"
+kind = "ratio"
+numerator = "http_errors_total"
+denominator = "http_requests_total"
+
+[[signals.{STREAM}.signal]]
+name = "latency_p95_seconds"
+kind = "quantile"
+metric = "http_request_duration_seconds"
+quantile = 0.95
+"#
+    )
+}
+
+/// The plan of the third act: a first wave of the pigs and the canary city, judged on
+/// both golden signals against the sites still on the previous release; its bake is long
+/// enough that only the analysis can end it.
+pub fn analysis_plan(release_id: &str, title: &str) -> String {
+    let gate = "{ success_ratio = 1.0, failure_budget = 0, bake = \"30m\", report_deadline = \"10m\", on_silent = \"fail\" }";
+    format!(
+        r#"# Rollout plan written by `fleetwave demo`; the format is in docs/waves.md.
+name = {title}
+release = {release}
+selector = {{ format = "store" }}
+auto_rollback = true
+assignment_ttl = "1h"
+
+[[waves]]
+name = "pigs and canary city"
+selector = {{ cohort = ["pig", "canary"] }}
+gate = {gate}
+
+[[waves]]
+name = "the rest"
+gate = {gate}
+
+[[analysis]]
+signal = "error_ratio"
+direction = "increase_is_bad"
+tolerance = {{ absolute = 0.03 }}
+min_sites = 2
+min_samples = 5
+
+[[analysis]]
+signal = "latency_p95_seconds"
+direction = "increase_is_bad"
+tolerance = {{ relative = 0.3 }}
+min_sites = 2
+min_samples = 5
+"#,
+        title = q(title),
+        release = q(release_id),
+    )
 }
 
 /// The wave plan: pigs, the canary city, 25% of the rest, the rest, dogs last. Bake times
@@ -245,6 +342,35 @@ mod tests {
         assert_eq!(waves[4]["name"].as_str(), Some("dogs"));
         assert!(waves[4].get("selector").is_none());
         assert_eq!(v["release"].as_str(), Some("demo-1.1.0"));
+    }
+
+    #[test]
+    fn the_slower_release_and_its_plan_say_what_the_analysis_needs() {
+        let slow = &versions()[3];
+        let app: toml::Value = toml::from_str(&slow.app_toml()).unwrap();
+        assert_eq!(app["healthy"].as_bool(), Some(true));
+        assert_eq!(app["metrics"]["error_ratio"].as_float(), Some(0.15));
+        assert_eq!(app["metrics"]["latency_seconds"].as_float(), Some(0.15));
+        assert!(!versions()[1].app_toml().contains("[metrics]"));
+        let text = analysis_plan(&slow.release_id(), "t");
+        let plan: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(plan["waves"].as_array().map(Vec::len), Some(2));
+        let signals: Vec<&str> = plan["analysis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["signal"].as_str().unwrap())
+            .collect();
+        assert_eq!(signals, ["error_ratio", "latency_p95_seconds"]);
+        let agent: toml::Value =
+            toml::from_str(&signals_config("127.0.0.1:4100".parse().unwrap())).unwrap();
+        let names: Vec<&str> = agent["signals"][STREAM]["signal"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, signals, "the agents scrape what the plan judges");
     }
 
     #[test]

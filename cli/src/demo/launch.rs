@@ -269,7 +269,7 @@ impl Demo {
                 "published {} (app {}, {}): artifact {} bytes at {}, signed with the dev release key",
                 published.id,
                 v.version,
-                if v.healthy { "healthy" } else { "FAILS its health check" },
+                v.words(),
                 length,
                 info.url
             ));
@@ -320,7 +320,7 @@ impl Demo {
                             probe_name: "demo-app",
                         },
                         app_labels: false,
-                        extra: "",
+                        extra: &fleet::signals_config(app_addr),
                     },
                 ),
             )?;

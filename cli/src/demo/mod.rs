@@ -1,7 +1,8 @@
 //! `fleetwave demo`: a whole fleet on this machine in one command — a coordinator on
 //! 127.0.0.1 (TLS, SQLite in the demo dir), N real `fleetwave-agent` processes each managing
 //! a small demo app, a good release through five waves, then a bad release that halts in
-//! its first wave and rolls back — with live progress in the terminal.
+//! its first wave and rolls back, then a release that stays healthy but serves worse, which
+//! the golden-signal analysis halts in its first wave — with live progress in the terminal.
 //!
 //! It drives the system only the way an operator would: the coordinator's `init` and
 //! `serve`, the agents' `enroll` and `run`, and the operator API (the same client as the
@@ -35,6 +36,11 @@ Run a whole fleetwave fleet on this machine, in one command.
      of the rest, the rest, dogs last
   4. release demo-1.2.0, whose app fails its health check: it halts in its first wave,
      the pigs roll back to 1.1.0, and no other site ever sees it
+  5. release demo-1.3.0, whose app answers its health check but fails more requests and
+     answers slower: the golden-signal analysis (error ratio, p95 latency; the agents
+     scrape the apps' /metrics) compares the first wave with the sites still on 1.1.0
+     and halts it there, naming the signals and by how much (a few minutes: signals are
+     per minute)
 
 Progress is printed as it happens; the dashboard URL and an operator token come first.
 When the story is done the fleet keeps running (look around with the dashboard or the

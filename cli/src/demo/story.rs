@@ -277,8 +277,40 @@ pub(super) fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
         return Ok(Outcome::Interrupted);
     };
     let bad_view = demo.rollout_view(&bad_view.id)?;
+
+    // Act 3: a release that answers its health check but serves worse; the golden-signal
+    // analysis must halt it in its first wave.
+    let slow = &releases[3].0;
+    let slow_plan = plans.join(format!("rollout-{}.toml", slow.version));
+    std::fs::write(
+        &slow_plan,
+        fleet::analysis_plan(
+            &slow.release_id(),
+            &format!("demo {} judged on its golden signals", slow.version),
+        ),
+    )?;
+    demo.say.blank();
+    demo.say.line(format!(
+        "=== act 3: {} ({}): pigs and the canary city first, their error ratio and p95 latency compared with the sites still on {} (signals are per minute: this takes two or three)",
+        slow.release_id(),
+        slow.words(),
+        good.version
+    ));
+    let Some(slow_view) = demo.run_rollout(&slow_plan, Duration::from_secs(420))? else {
+        return Ok(Outcome::Interrupted);
+    };
+    for line in analysis_lines(&slow_view) {
+        demo.say.line(line);
+    }
+    demo.say
+        .line("waiting for the first wave's sites to be back on 1.1.0");
+    let Some(slow_back) = demo.settle(good.version, Duration::from_secs(120))? else {
+        return Ok(Outcome::Interrupted);
+    };
+    let slow_view = demo.rollout_view(&slow_view.id)?;
+
     let served = demo.served_versions();
-    let verdict = judge(
+    let mut verdict = judge(
         demo,
         &good_view,
         good_everywhere,
@@ -287,8 +319,84 @@ pub(super) fn story(demo: &mut Demo, args: &DemoArgs) -> Result<Outcome> {
         &served,
         bad.version,
     );
-    summary(demo, &url, &token, &good_view, &bad_view, &served, &verdict);
+    let slow_wrong = judge_slow(&slow_view, slow_back);
+    if !slow_wrong.is_empty() {
+        let mut all: Vec<String> = verdict.err().into_iter().collect();
+        all.extend(slow_wrong);
+        verdict = Err(all.join("; "));
+    }
+    summary(
+        demo,
+        &url,
+        &token,
+        &[&good_view, &bad_view, &slow_view],
+        &served,
+        &verdict,
+    );
     Ok(Outcome::Done(verdict))
+}
+
+/// The signals that halted a rollout, each with both medians, the change and the p-value.
+fn analysis_lines(v: &api::RolloutView) -> Vec<String> {
+    use fleetwave_shared::protocol::analysis::{Verdict, number, p_value};
+    let mut out = Vec::new();
+    for w in &v.waves {
+        for a in w.analysis.iter().filter(|a| a.verdict == Verdict::Fail) {
+            let (Some(mu), Some(mc)) = (a.upgraded.median, a.control.median) else {
+                continue;
+            };
+            out.push(format!(
+                "analysis  wave {} halted by {}: {} on {} upgraded sites vs {} on {} control sites ({}), p = {}",
+                w.index,
+                a.signal,
+                number(mu),
+                a.upgraded.sites,
+                number(mc),
+                a.control.sites,
+                match a.relative_effect {
+                    Some(r) => format!("{:+.0} %", r * 100.0),
+                    None => format!("{:+}", mu - mc),
+                },
+                a.p_value.map(p_value).unwrap_or_else(|| "-".into()),
+            ));
+        }
+    }
+    out
+}
+
+/// Did act 3 happen as it should: halted in its first wave by the analysis, nothing later
+/// opened, the first wave back on the previous release?
+fn judge_slow(v: &api::RolloutView, back: bool) -> Vec<String> {
+    use fleetwave_shared::protocol::analysis::Verdict;
+    let mut wrong = Vec::new();
+    if !matches!(
+        v.status,
+        api::RolloutStatus::Halted | api::RolloutStatus::RolledBack
+    ) {
+        wrong.push(format!(
+            "the slower rollout {} is {}, not halted",
+            v.id,
+            v.status.as_str()
+        ));
+    }
+    let failed = v
+        .waves
+        .first()
+        .is_some_and(|w| w.analysis.iter().any(|a| a.verdict == Verdict::Fail));
+    if !failed {
+        wrong.push(format!(
+            "no golden signal of {}'s first wave failed ({})",
+            v.id,
+            v.status_reason.as_deref().unwrap_or("")
+        ));
+    }
+    if v.waves.iter().any(|w| w.index > 0 && w.opened_at.is_some()) {
+        wrong.push(format!("the slower rollout {} opened a later wave", v.id));
+    }
+    if !back {
+        wrong.push("not every site reported 1.1.0 after the slower release's rollback".into());
+    }
+    wrong
 }
 
 /// Did the story happen as it should? Every failed expectation, in one message.
@@ -381,15 +489,14 @@ fn summary(
     demo: &Demo,
     url: &str,
     token: &str,
-    good: &api::RolloutView,
-    bad: &api::RolloutView,
+    rollouts: &[&api::RolloutView],
     served: &BTreeMap<String, String>,
     verdict: &std::result::Result<(), String>,
 ) {
     let say = &demo.say;
     say.blank();
     say.line("=== summary");
-    for v in [good, bad] {
+    for &v in rollouts {
         say.line(format!(
             "rollout {} ({}): {}{}",
             v.id,
@@ -429,15 +536,15 @@ fn summary(
     }
     match verdict {
         Ok(()) => say.line(
-            "as expected: 1.1.0 reached every site wave by wave; 1.2.0 halted in its first wave, rolled back, and no later site ever installed it",
+            "as expected: 1.1.0 reached every site wave by wave; 1.2.0 (unhealthy) and 1.3.0 (slower, failing more, healthy) each halted in their first wave and rolled back, and no later site ever installed them",
         ),
         Err(e) => say.line(format!("NOT as expected: {e}")),
     }
     say.line(format!("dashboard {url}/  operator token {token}"));
+    let ids: Vec<&str> = rollouts.iter().map(|v| v.id.as_str()).collect();
     say.line(format!(
-        "timelines: fleetwave rollout status {} (or {}) with FLEETWAVE_PROFILE={}",
-        good.id,
-        bad.id,
+        "timelines and the analysis: fleetwave rollout status ID ({}) with FLEETWAVE_PROFILE={}",
+        ids.join(", "),
         demo.dir.join("cli.toml").display()
     ));
 }

@@ -39,28 +39,43 @@ pub fn test(x: &[f64], y: &[f64], alternative: Alternative) -> MannWhitney {
         n1 > 0 && n2 > 0,
         "the caller checks both groups are non-empty"
     );
-    // Pool the values, tagged by group, and sort them; ties get the average of the
-    // ranks they span.
-    let mut pooled: Vec<(f64, bool)> = Vec::with_capacity(n1 + n2);
-    pooled.extend(x.iter().map(|&v| (v, true)));
-    pooled.extend(y.iter().map(|&v| (v, false)));
-    pooled.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    let n = pooled.len();
+    // Each group sorted (linear when it already is), then walked together as one pooled
+    // order; ties (across both groups) get the average of the ranks they span.
+    let sorted = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable_by(f64::total_cmp);
+        v
+    };
+    let (xs, ys) = (sorted(x), sorted(y));
+    let n = n1 + n2;
     let mut rank_sum_x = 0.0_f64;
     let mut tie_term = 0.0_f64; // Σ (t³ − t) over groups of t tied values
-    let mut i = 0;
-    while i < n {
-        let mut j = i + 1;
-        while j < n && pooled[j].0 == pooled[i].0 {
+    let (mut i, mut j, mut below) = (0, 0, 0);
+    while i < n1 || j < n2 {
+        let v = match (xs.get(i), ys.get(j)) {
+            (Some(&a), Some(&b)) => a.min(b),
+            (Some(&a), None) => a,
+            (None, Some(&b)) => b,
+            (None, None) => break,
+        };
+        let (i0, j0) = (i, j);
+        while i < n1 && xs[i] == v {
+            i += 1;
+        }
+        while j < n2 && ys[j] == v {
             j += 1;
         }
-        // Ranks i+1 ..= j (1-based); their average.
-        let average_rank = (i + 1 + j) as f64 / 2.0;
-        let in_x = pooled[i..j].iter().filter(|p| p.1).count();
+        if (i, j) == (i0, j0) {
+            // Only a NaN equals nothing (callers refuse them): its own group of one.
+            if i < n1 { i += 1 } else { j += 1 }
+        }
+        let (in_x, t) = (i - i0, (i - i0) + (j - j0));
+        // Ranks below+1 ..= below+t (1-based); their average.
+        let average_rank = (2 * below + t + 1) as f64 / 2.0;
         rank_sum_x += average_rank * in_x as f64;
-        let t = (j - i) as f64;
+        let t = t as f64;
         tie_term += t * t * t - t;
-        i = j;
+        below += t as usize;
     }
     let (n1f, n2f, nf) = (n1 as f64, n2 as f64, n as f64);
     let u = rank_sum_x - n1f * (n1f + 1.0) / 2.0;

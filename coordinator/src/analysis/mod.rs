@@ -15,5 +15,5 @@ pub mod verdict;
 pub use mann_whitney::MannWhitney;
 pub use verdict::{
     AnalysisError, DEFAULT_ALPHA, Direction, Effect, Group, GroupSummary, Judgement, SignalConfig,
-    Tolerance, Verdict, judge,
+    Spread, Tolerance, Verdict, judge, median, spread,
 };

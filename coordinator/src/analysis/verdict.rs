@@ -28,32 +28,16 @@ use serde::{Deserialize, Serialize};
 
 use super::mann_whitney::{self, Alternative, MannWhitney};
 
+/// One definition of these on the wire and here (`shared::protocol::analysis`).
+pub use fleetwave_shared::protocol::analysis::{Direction, Spread, Tolerance, Verdict};
+use fleetwave_shared::protocol::analysis::{number, p_value, signed};
+
 /// The significance level used when a signal does not set one.
 pub const DEFAULT_ALPHA: f64 = 0.05;
 
 /// The smallest `min_sample` accepted: below it the normal approximation of U says
 /// nothing useful.
 pub const MIN_SAMPLE_FLOOR: usize = 5;
-
-/// Which way a change hurts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Higher is worse (error ratio, latency, restarts).
-    IncreaseIsBad,
-    /// Lower is worse (throughput, successful payments).
-    DecreaseIsBad,
-}
-
-/// The smallest change in the bad direction that matters.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tolerance {
-    /// A fraction of the control median: 0.1 lets the median move 10 %.
-    Relative(f64),
-    /// In the signal's own unit: 0.02 lets an error ratio move 2 points.
-    Absolute(f64),
-}
 
 /// One signal's analysis settings, valid by construction ([`SignalConfig::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -161,19 +145,6 @@ impl SignalConfig {
     pub fn alpha(&self) -> f64 {
         self.alpha
     }
-}
-
-/// The outcome for one signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// No change in the bad direction beyond the tolerance.
-    Pass,
-    /// Not enough samples yet, or a change beyond the tolerance that is not yet
-    /// significant: wait (up to the bake time) for more minutes.
-    Inconclusive,
-    /// A change beyond the tolerance in the bad direction, significant at `alpha`.
-    Fail,
 }
 
 /// One group's summary.
@@ -295,6 +266,28 @@ pub fn judge(
     })
 }
 
+/// The smallest, quartiles (linear interpolation between the closest ranks, as
+/// `numpy.percentile`'s default), median and largest of `values`; `None` when empty.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| {
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    Some(Spread {
+        min: v[0],
+        q1: at(0.25),
+        median: at(0.5),
+        q3: at(0.75),
+        max: v[v.len() - 1],
+    })
+}
+
 /// The median (mean of the two middle values for an even count); `None` when empty.
 /// Selection, not a full sort: linear on average.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -332,23 +325,19 @@ fn reason(
         Some(r) => format!(", {:+.1} %", r * 100.0),
         None => String::new(),
     };
-    let tolerance = match config.tolerance {
-        Tolerance::Relative(r) => format!("{} % of the control median", fmt_num(r * 100.0)),
-        Tolerance::Absolute(a) => fmt_num(a),
-    };
+    let tolerance = config.tolerance;
     let bad = match config.direction {
         Direction::IncreaseIsBad => "an increase is bad",
         Direction::DecreaseIsBad => "a decrease is bad",
     };
     let numbers = format!(
-        "upgraded median {} vs control {} ({}{}{relative}); U = {}, z = {:.2}, one-sided p = {}",
-        fmt_num(mu),
-        fmt_num(mc),
-        if e.difference >= 0.0 { "+" } else { "" },
-        fmt_num(e.difference),
-        fmt_num(t.u),
+        "upgraded median {} vs control {} ({}{relative}); U = {}, z = {:.2}, one-sided p = {}",
+        number(mu),
+        number(mc),
+        signed(e.difference),
+        number(t.u),
         t.z,
-        fmt_p(t.p),
+        p_value(t.p),
     );
     match verdict {
         Verdict::Inconclusive if !enough => format!(
@@ -369,27 +358,6 @@ fn reason(
     }
 }
 
-/// Up to 4 significant decimals, without trailing zeros.
-fn fmt_num(x: f64) -> String {
-    let s = if x != 0.0 && x.abs() < 1e-3 {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.4}")
-    };
-    if s.contains('e') || !s.contains('.') {
-        return s;
-    }
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-fn fmt_p(p: f64) -> String {
-    if p < 1e-4 {
-        format!("{p:.1e}")
-    } else {
-        format!("{p:.4}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +372,20 @@ mod tests {
             DEFAULT_ALPHA,
         )
         .expect("valid config")
+    }
+
+    #[test]
+    fn spreads() {
+        assert_eq!(spread(&[]), None);
+        let s = spread(&[5.0, 1.0, 4.0, 2.0, 3.0]).unwrap();
+        assert_eq!(
+            (s.min, s.q1, s.median, s.q3, s.max),
+            (1.0, 2.0, 3.0, 4.0, 5.0)
+        );
+        // numpy.percentile([1, 2, 3, 4], [25, 50, 75]) = [1.75, 2.5, 3.25]
+        let s = spread(&[4.0, 3.0, 2.0, 1.0]).unwrap();
+        assert_eq!((s.q1, s.median, s.q3), (1.75, 2.5, 3.25));
+        assert_eq!(spread(&[7.0]).unwrap().q3, 7.0);
     }
 
     #[test]

@@ -423,7 +423,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         path: "/v1/rollouts/{id}",
-        summary: "Rollout status: waves, tallies, gates, the sites needing attention (at most 200), timeline",
+        summary: "Rollout status: waves, tallies, gates, each wave's golden-signal analysis per signal (verdict, medians, sample sizes, effect, p-value, tolerance, minutes), the sites needing attention (at most 200), timeline",
         output: Output::Json("RolloutView"),
         ..VIEW
     },
@@ -1094,6 +1094,12 @@ fn build() -> OpenApi {
         .schema_from::<ActionReason>()
         .schema_from::<WaveTally>()
         .schema_from::<WaveView>()
+        .schema_from::<fleetwave_shared::protocol::analysis::SignalAnalysis>()
+        .schema_from::<fleetwave_shared::protocol::analysis::GroupNumbers>()
+        .schema_from::<fleetwave_shared::protocol::analysis::Spread>()
+        .schema_from::<fleetwave_shared::protocol::analysis::Verdict>()
+        .schema_from::<fleetwave_shared::protocol::analysis::Direction>()
+        .schema_from::<fleetwave_shared::protocol::analysis::Tolerance>()
         .schema_from::<DecisionView>()
         .schema_from::<RolloutSiteView>()
         .schema_from::<RolloutView>()

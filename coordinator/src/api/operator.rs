@@ -906,6 +906,16 @@ pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<Rollou
             approved_at: rec.approved_at,
             tally,
             gate,
+            analysis: view
+                .waves
+                .get(i)
+                .map(|w| {
+                    w.analysis
+                        .iter()
+                        .filter_map(|f| f.numbers.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     let rid = id.to_string();

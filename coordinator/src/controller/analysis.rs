@@ -14,23 +14,36 @@
 //! verdicts in as facts ([`super::WaveView::analysis`]). This module never reads a clock,
 //! a store or the network.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{GateVerdict, RolloutView};
-use crate::analysis::{Verdict, judge};
+use crate::analysis::{Verdict, judge, median, spread};
 use crate::plan::AnalysisSignal;
+use fleetwave_shared::protocol::analysis::{GroupNumbers, SignalAnalysis};
 
 /// One signal's verdict on a wave, as the engine computed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisFact {
     pub signal: String,
     pub verdict: Verdict,
     /// One sentence naming the signal, both medians, the effect and the p-value (or why
     /// there is no verdict yet).
     pub reason: String,
+    /// Every number of the comparison, for the API and the dashboard; absent only when
+    /// the plan's settings for the signal are wrong.
+    pub numbers: Option<SignalAnalysis>,
+    /// Each compared site's median over the minutes, sorted: the picture's points.
+    pub site_medians: SiteMedians,
+}
+
+/// Each site's median of a signal over the compared minutes, per group, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteMedians {
+    pub upgraded: Vec<f64>,
+    pub control: Vec<f64>,
 }
 
 /// The most sites of each group an analysis reads: beyond it, the sites with the lowest
@@ -128,14 +141,15 @@ pub struct Sample<'a> {
     pub release_id: Option<&'a str>,
 }
 
-/// Judges one signal: `samples` are every site's values of it since `groups.from`; an
-/// upgraded site counts from its commit on and only on `target_release`, a control site
-/// only on another release.
+/// Judges one signal as of the minute `judged_at`: `samples` are every site's values of
+/// it since `groups.from`; an upgraded site counts from its commit on and only on
+/// `target_release`, a control site only on another release.
 pub fn judge_signal(
     signal: &AnalysisSignal,
     groups: &Groups,
     target_release: &str,
     samples: &[Sample<'_>],
+    judged_at: Timestamp,
 ) -> AnalysisFact {
     let config = match signal.config() {
         Ok(c) => c,
@@ -148,45 +162,103 @@ pub fn judge_signal(
                     "{}: inconclusive, the plan's settings are wrong: {e}",
                     signal.signal
                 ),
+                numbers: None,
+                site_medians: SiteMedians::default(),
             };
         }
     };
     let (mut up, mut ctl) = (Vec::new(), Vec::new());
-    let (mut up_sites, mut ctl_sites) = (BTreeSet::new(), BTreeSet::new());
+    let (mut up_sites, mut ctl_sites) = (HashMap::new(), HashMap::new());
+    let mut minutes = HashSet::new();
     for s in samples.iter().filter(|s| s.minute >= groups.from) {
-        if let Some(&commit) = groups.upgraded.get(s.site_id) {
-            if s.minute >= commit && s.release_id.is_none_or(|r| r == target_release) {
-                up.push(s.value);
-                up_sites.insert(s.site_id);
+        let (values, sites) = if let Some(&commit) = groups.upgraded.get(s.site_id) {
+            if s.minute < commit || s.release_id.is_some_and(|r| r != target_release) {
+                continue;
             }
+            (&mut up, &mut up_sites)
         } else if groups.control.contains(s.site_id) && s.release_id != Some(target_release) {
-            ctl.push(s.value);
-            ctl_sites.insert(s.site_id);
-        }
-    }
-    let (nu, nc, need) = (up_sites.len(), ctl_sites.len(), signal.min_sites as usize);
-    if nu < need || nc < need {
-        return AnalysisFact {
-            signal: signal.signal.clone(),
-            verdict: Verdict::Inconclusive,
-            reason: format!(
-                "{}: inconclusive, too few sites with samples yet: {nu} upgraded and {nc} \
-                 control, min_sites {need} per group",
-                signal.signal
-            ),
+            (&mut ctl, &mut ctl_sites)
+        } else {
+            continue;
         };
+        values.push(s.value);
+        sites
+            .entry(s.site_id)
+            .or_insert_with(Vec::new)
+            .push(s.value);
+        minutes.insert(s.minute);
     }
-    match judge(&config, &up, &ctl) {
-        Ok(j) => AnalysisFact {
-            signal: signal.signal.clone(),
-            verdict: j.verdict,
-            reason: format!("{}; from {nu} upgraded and {nc} control sites", j.reason),
-        },
-        Err(e) => AnalysisFact {
-            signal: signal.signal.clone(),
-            verdict: Verdict::Inconclusive,
-            reason: format!("{}: inconclusive: {e}", signal.signal),
-        },
+    // Sorted once: the median, the quartiles and the test's ranks are then linear.
+    up.sort_unstable_by(f64::total_cmp);
+    ctl.sort_unstable_by(f64::total_cmp);
+    let site_medians = |sites: HashMap<&str, Vec<f64>>| {
+        let mut m: Vec<f64> = sites.values().filter_map(|v| median(v)).collect();
+        m.sort_unstable_by(f64::total_cmp);
+        m
+    };
+    let (nu, nc, need) = (up_sites.len(), ctl_sites.len(), signal.min_sites as usize);
+    let group = |values: &[f64], sites: usize| GroupNumbers {
+        sites: sites as u32,
+        samples: values.len() as u64,
+        median: median(values),
+        spread: spread(values),
+    };
+    let mut numbers = SignalAnalysis {
+        signal: signal.signal.clone(),
+        verdict: Verdict::Inconclusive,
+        reason: String::new(),
+        direction: signal.direction,
+        tolerance: signal.tolerance,
+        alpha: signal.alpha,
+        min_sites: signal.min_sites,
+        min_samples: signal.min_samples,
+        upgraded: group(&up, nu),
+        control: group(&ctl, nc),
+        effect: None,
+        relative_effect: None,
+        p_value: None,
+        from: groups.from,
+        judged_at,
+        minutes: minutes.len() as u32,
+    };
+    let site_medians = SiteMedians {
+        upgraded: site_medians(up_sites),
+        control: site_medians(ctl_sites),
+    };
+    let (verdict, reason) = match judge(&config, &up, &ctl) {
+        Ok(j) => {
+            numbers.effect = j.effect.map(|e| e.difference);
+            numbers.relative_effect = j.effect.and_then(|e| e.relative);
+            numbers.p_value = j.test.map(|t| t.p);
+            if nu < need || nc < need {
+                (
+                    Verdict::Inconclusive,
+                    format!(
+                        "{}: inconclusive, too few sites with samples yet: {nu} upgraded and \
+                         {nc} control, min_sites {need} per group",
+                        signal.signal
+                    ),
+                )
+            } else {
+                (
+                    j.verdict,
+                    format!("{}; from {nu} upgraded and {nc} control sites", j.reason),
+                )
+            }
+        }
+        Err(e) => (
+            Verdict::Inconclusive,
+            format!("{}: inconclusive: {e}", signal.signal),
+        ),
+    };
+    numbers.verdict = verdict;
+    numbers.reason = reason.clone();
+    AnalysisFact {
+        signal: signal.signal.clone(),
+        verdict,
+        reason,
+        numbers: Some(numbers),
+        site_medians,
     }
 }
 
@@ -385,7 +457,7 @@ min_samples = 5
             value: 0.9,
             release_id: Some("pos-1"),
         });
-        judge_signal(&v.plan.analysis[0], &g, "pos-2", &all)
+        judge_signal(&v.plan.analysis[0], &g, "pos-2", &all, t(10))
     }
 
     #[test]
@@ -397,10 +469,30 @@ min_samples = 5
             "{}",
             bad.reason
         );
+        // Every number the API and the dashboard show.
+        let n = bad.numbers.as_ref().unwrap();
+        assert_eq!(n.verdict, Verdict::Fail);
+        assert_eq!((n.upgraded.sites, n.upgraded.samples), (6, 60));
+        assert_eq!((n.control.sites, n.control.samples), (6, 60));
+        let (mu, mc) = (n.upgraded.median.unwrap(), n.control.median.unwrap());
+        assert!((n.effect.unwrap() - (mu - mc)).abs() < 1e-12);
+        assert!((n.effect.unwrap() - 0.04).abs() < 0.002, "{n:?}");
+        assert!(n.p_value.unwrap() < 0.05);
+        assert_eq!(
+            n.minutes, 10,
+            "minutes 1 to 10; minute 0 was before the commit"
+        );
+        assert_eq!((n.from, n.judged_at), (t(1), t(10)));
+        assert_eq!(bad.site_medians.upgraded.len(), 6);
+        assert_eq!(bad.site_medians.control.len(), 6);
+        assert!(bad.site_medians.control.windows(2).all(|w| w[0] <= w[1]));
         let good = judged(0.01, 6);
         assert_eq!(good.verdict, Verdict::Pass, "{}", good.reason);
         let few = judged(0.05, 2);
         assert_eq!(few.verdict, Verdict::Inconclusive);
+        let n = few.numbers.as_ref().unwrap();
+        assert_eq!((n.verdict, n.upgraded.sites), (Verdict::Inconclusive, 2));
+        assert!(n.p_value.is_some(), "the numbers so far are kept");
         assert!(
             few.reason.contains("2 upgraded and 6 control, min_sites 3"),
             "{}",
@@ -414,6 +506,8 @@ min_samples = 5
             signal: "error_ratio".into(),
             verdict: v,
             reason: format!("error_ratio: {v:?}"),
+            numbers: None,
+            site_medians: SiteMedians::default(),
         };
         let wait = GateVerdict::Wait {
             blocker: crate::controller::WaitBlocker::Bake,

@@ -35,7 +35,7 @@ use crate::plan::RolloutPlan;
 pub use fleetwave_shared::protocol::RolloutStatus;
 
 /// One wave as the server knows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WaveView {
     /// When the wave opened (None: not yet).
     pub opened_at: Option<Timestamp>,

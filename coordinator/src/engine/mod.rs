@@ -127,8 +127,8 @@ pub struct Engine {
     seen: Mutex<HashMap<String, Timestamp>>,
     plans: Mutex<HashMap<String, Arc<RolloutPlan>>>,
     last_note: Mutex<HashMap<String, DecisionKey>>,
-    /// The last golden-signal verdicts of each rollout's current wave (`analysis`).
-    analyses: Mutex<HashMap<String, analysis::Analysed>>,
+    /// The last golden-signal verdicts of each wave of recent rollouts (`analysis`).
+    analyses: Mutex<HashMap<String, analysis::RolloutAnalyses>>,
     /// Rollouts whose next wave waits for approval now: the wave and since when.
     approval_waits: Mutex<HashMap<String, (u32, Timestamp)>>,
     /// Consecutive passes whose evaluation of a rollout failed with a storage error.

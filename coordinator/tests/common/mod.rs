@@ -5,6 +5,8 @@
 //! chromedriver; and [`eventually`], the waiting helper of every suite.
 #![allow(dead_code)]
 
+pub mod analysis;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,6 +6,7 @@
 //! and report with the session's bearer token (no signature verification per request).
 //! Operator side: see [`operator`].
 
+pub mod analysis;
 pub mod bundle;
 pub mod channels;
 pub mod export;

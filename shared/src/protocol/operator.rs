@@ -506,7 +506,7 @@ pub struct WaveTally {
     pub rolled_back: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaveView {
     pub index: u32,
@@ -518,6 +518,14 @@ pub struct WaveView {
     pub tally: WaveTally,
     /// The gate's standing in words, e.g. `waiting for bake: 3 of 5 sites baked`.
     pub gate: String,
+    /// The golden-signal analysis of the wave (the plan's `[[analysis]]`), one entry per
+    /// signal, as the controller last judged it (every minute while the wave bakes; the
+    /// last verdicts after it passed or halted). Absent when the plan has no analysis or
+    /// no site of the wave has committed yet; kept in the coordinator's memory, so a
+    /// restart forgets the verdicts of waves no longer judged (the timeline keeps their
+    /// reasons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<super::analysis::SignalAnalysis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -572,7 +580,7 @@ pub struct RolloutSiteView {
 /// `sites_omitted` counts the rollout's sites not listed (every pending, succeeded,
 /// deferred and skipped site, and attention sites beyond the cap); the wave tallies count
 /// every site. `GET /v1/rollouts/{id}/sites` ([`RolloutSiteList`]) pages through all of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutView {
     pub id: String,

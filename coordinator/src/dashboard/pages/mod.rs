@@ -3,9 +3,10 @@
 //!
 //! Every form that changes something checks the session's CSRF token and the operator's
 //! role, then calls the same engine function and writes the same audit entry as the API.
-//! Handlers never build HTML by hand except the bars and grid cells, whose every value is
-//! escaped here.
+//! Handlers never build HTML by hand except the bars, grid cells and analysis pictures,
+//! whose every value is escaped here.
 
+mod analysis;
 mod assets;
 mod audit;
 mod channels;

@@ -53,6 +53,8 @@ pub(super) struct WaveRow {
     counts: Vec<(String, String, u32)>,
     /// Failed sites of the wave (a retry control shows when there are any).
     failed: u32,
+    /// The wave's golden-signal analysis as pictures (escaped HTML; empty: none).
+    analysis: String,
 }
 
 #[derive(Template)]
@@ -215,6 +217,7 @@ pub async fn rollout(
     Path(id): Path<String>,
 ) -> PageResult {
     let m = dash.rollout_model(&id, false).await?;
+    let mut pictures = analysis_pictures(&dash, &m.id);
     let waves = m
         .waves
         .iter()
@@ -225,6 +228,7 @@ pub async fn rollout(
                 .map(|(s, l)| (format!("w{}.{s}", w.index), l.to_string(), w.counts.get(s)))
                 .collect(),
             failed: w.counts.get("failed"),
+            analysis: pictures.remove(&w.index).unwrap_or_default(),
             w: w.clone(),
         })
         .collect();
@@ -272,6 +276,16 @@ pub async fn rollout(
             .collect(),
         m,
     })
+}
+
+/// Each wave's golden-signal analysis as the controller last judged it, drawn.
+fn analysis_pictures(dash: &DashState, id: &str) -> BTreeMap<u32, String> {
+    dash.app
+        .engine
+        .analyses(id)
+        .into_iter()
+        .map(|(w, facts)| (w, super::analysis::wave_analysis_html(w, &facts)))
+        .collect()
 }
 
 #[derive(Deserialize, Default)]

@@ -24,7 +24,7 @@ mod rollouts;
 mod rows;
 mod signals;
 mod site_import;
-pub use signals::SAMPLES_SQL;
+pub use signals::{SAMPLES_SQL, signals_samples_sql};
 mod sites;
 mod store_impl;
 mod webhooks;

@@ -128,6 +128,66 @@ pub(super) fn samples(
     })
 }
 
+/// The statement of [`samples_of_signals`] for `n` signals: site, stream, the minutes'
+/// range, then the signals' names (`?5` on).
+pub fn signals_samples_sql(n: usize) -> String {
+    let marks = (0..n)
+        .map(|i| format!("?{}", i + 5))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT signal, minute, value, release_id FROM signal_values WHERE site_id = ?1 AND stream = ?2 AND minute >= ?3 AND minute < ?4 AND signal IN ({marks})"
+    )
+}
+
+/// [`samples`] of several signals: one statement per site, seeking each signal's minutes
+/// through the key (`signal IN (...)`), instead of one per site and signal.
+pub(super) fn samples_of_signals(
+    s: &SqliteStore,
+    sites: &[String],
+    stream: &str,
+    signals: &[String],
+    from: Timestamp,
+    to: Timestamp,
+) -> StoreResult<Vec<Vec<SignalSample>>> {
+    let mut out: Vec<Vec<SignalSample>> = vec![Vec::new(); signals.len()];
+    if signals.is_empty() || sites.is_empty() {
+        return Ok(out);
+    }
+    let index: std::collections::HashMap<&str, usize> = signals
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let sql = signals_samples_sql(signals.len());
+    s.read(|conn| {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for site in sites {
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                site.clone().into(),
+                stream.to_string().into(),
+                ms(from).into(),
+                ms(to).into(),
+            ];
+            args.extend(signals.iter().map(|n| n.clone().into()));
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            while let Some(r) = rows.next()? {
+                let signal: String = r.get(0)?;
+                let Some(&i) = index.get(signal.as_str()) else {
+                    continue;
+                };
+                out[i].push(SignalSample {
+                    site_id: site.clone(),
+                    minute: from_millis(r.get(1)?)?,
+                    value: r.get(2)?,
+                    release_id: r.get(3)?,
+                });
+            }
+        }
+        Ok(out)
+    })
+}
+
 pub(super) fn prune(s: &SqliteStore, before: Timestamp, limit: usize) -> StoreResult<usize> {
     s.write(|tx| {
         let n = tx

@@ -405,6 +405,17 @@ impl Store for SqliteStore {
         signals::samples(self, sites, stream, signal, from, to)
     }
 
+    fn signals_samples(
+        &self,
+        sites: &[String],
+        stream: &str,
+        signals: &[String],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<Vec<SignalSample>>> {
+        signals::samples_of_signals(self, sites, stream, signals, from, to)
+    }
+
     fn prune_signals(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
         signals::prune(self, before, limit)
     }
