@@ -64,7 +64,9 @@ async fn a_degraded_wave_halts_and_rolls_back_naming_the_signal() {
         // still arriving: at least min_sites, each with its ten minutes.
         let sites = g["sites"].as_u64().unwrap();
         assert!((5..=6).contains(&sites), "{g}");
-        assert_eq!(g["samples"].as_u64(), Some(10 * sites), "{g}");
+        // ...and the last site's minutes may be arriving too: at most ten a site.
+        let samples = g["samples"].as_u64().unwrap();
+        assert!((sites..=10 * sites).contains(&samples), "{g}");
         let m = g["median"].as_f64().unwrap();
         assert!((m - median).abs() < 0.004, "{group} median {m}");
         let s = &g["spread"];
