@@ -64,6 +64,11 @@ pub struct DemoArgs {
     /// Exit after the story: 0 if it went as expected, 1 if not.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// How many acts: 2 stops after the unhealthy release (about a minute); 3 adds the
+    /// release that degrades without failing, halted by the golden-signal analysis (a few
+    /// minutes more: signals come per minute).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
+    pub acts: u8,
 }
 
 #[derive(Debug, Args)]
