@@ -8,9 +8,9 @@
 //!
 //! With S3 and `redirect = true`, an agent's `GET /v1/artifacts/{sha256}` is answered with a
 //! `307` to a short-lived presigned URL, so the bytes do not pass through the coordinator.
-//! `GET /v1/artifacts/{sha256}?direct=1` always streams through the coordinator: the agent
-//! falls back to it when the presigned URL fails (store unreachable from the site, expired
-//! URL, wrong bytes).
+//! `GET /v1/artifacts/{sha256}?direct=1` always streams through the coordinator, for a
+//! client that cannot reach the store. (The agent does not ask for it by itself yet: when
+//! a presigned URL fails, its download fails and is retried through the redirect later.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -166,7 +166,7 @@ fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> 
 }
 
 /// `?direct=1`: stream through the coordinator even when the store hands out presigned URLs
-/// (what an agent asks after a presigned URL failed it).
+/// (for a client that cannot reach the store).
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
