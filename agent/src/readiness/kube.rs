@@ -26,15 +26,24 @@ async fn kubectl(k: &KubectlConfig, args: &[&str], timeout: Duration) -> Result<
     }
     let out = process::run(&cmd, &opts).await.map_err(|e| e.to_string())?;
     if out.success() {
-        Ok(out.stdout)
-    } else {
-        let brief = out.brief();
-        Err(
-            format!("`{}`: {} {brief}", cmd.display(), out.status_text())
-                .trim_end()
-                .to_string(),
-        )
+        return Ok(out.stdout);
     }
+    // A drain's last line is only "timed out": the line that says why a pod could not be
+    // evicted goes into the message too.
+    let why = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("Cannot evict") || l.contains("disruption budget"))
+        .map(|l| format!(" ({})", process::truncate_chars(l.trim(), 200)))
+        .unwrap_or_default();
+    Err(format!(
+        "`{}`: {} {}{why}",
+        cmd.display(),
+        out.status_text(),
+        out.brief()
+    )
+    .trim_end()
+    .to_string())
 }
 
 /// `kubectl get --raw /readyz` answers `ok`.
@@ -239,37 +248,14 @@ mod tests {
 }
 
 /// Runs a kubectl command that changes the cluster (`cordon`, `uncordon`, `drain`): Ok with
-/// its output, or the command, its exit and its last error line, plus the line that says
-/// why a pod could not be evicted when there is one (a drain's last line is only "timed
-/// out").
+/// its output, or the command, its exit, its last error line and, for a drain, why a pod
+/// could not be evicted.
 pub async fn kubectl_action(
     k: &KubectlConfig,
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, String> {
-    let cmd = k.command.with_args(args);
-    let mut opts = RunOptions::with_timeout(timeout);
-    opts.max_output = MAX_KUBECTL_OUTPUT;
-    if let Some(kc) = &k.kubeconfig {
-        opts.env
-            .push(("KUBECONFIG".into(), kc.to_string_lossy().into_owned()));
-    }
-    let out = process::run(&cmd, &opts).await.map_err(|e| e.to_string())?;
-    if out.success() {
-        return Ok(out.stdout);
-    }
-    let why = out
-        .stderr
-        .lines()
-        .find(|l| l.contains("Cannot evict") || l.contains("disruption budget"))
-        .map(|l| format!(" ({})", process::truncate_chars(l.trim(), 200)))
-        .unwrap_or_default();
-    Err(format!(
-        "`{}`: {} {}{why}",
-        cmd.display(),
-        out.status_text(),
-        out.brief()
-    ))
+    kubectl(k, args, timeout).await
 }
 
 /// One node of the cluster as `kubectl get nodes -o json` lists it.
