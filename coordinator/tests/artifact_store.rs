@@ -283,6 +283,15 @@ async fn without_redirect_the_coordinator_streams_from_the_bucket() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.bytes().await.unwrap().as_ref(), &artifact[..]);
+    // `direct` is 0 or 1 (the API fuzzer sent 49).
+    let res = h
+        .http
+        .get(h.url(&format!("/v1/artifacts/{sha}?direct=49")))
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     h.stop().await;
 }
 

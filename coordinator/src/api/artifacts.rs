@@ -185,6 +185,15 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_hash(&sha)?;
+    let direct = match query.direct {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "direct must be 0 or 1, got {other}"
+            )));
+        }
+    };
     let s = sha.clone();
     let record = app
         .db
@@ -211,7 +220,7 @@ pub async fn download(
     let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
     let count = if len == 0 { 0 } else { end - start + 1 };
     if method == Method::GET
-        && query.direct.unwrap_or(0) == 0
+        && !direct
         && let Some(url) = app.artifacts.redirect_url(&sha).await.map_err(io_err)?
     {
         let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
