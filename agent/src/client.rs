@@ -127,6 +127,9 @@ pub fn http_client(config: &CoordinatorConfig) -> Result<reqwest::Client, Client
         ))
         .pool_idle_timeout(POOL_IDLE)
         .user_agent(concat!("fleetwave-agent/", env!("CARGO_PKG_VERSION")))
+        // Artifact downloads follow redirects by hand (executor::download), to keep the
+        // token on the coordinator and fall back to it when an object store fails.
+        .redirect(reqwest::redirect::Policy::none())
         .https_only(true);
     let ca_exists = config.ca_file.exists();
     let builder = if config.use_system_roots {

@@ -258,3 +258,142 @@ async fn the_bandwidth_limit_paces_the_download() {
         "{rate:.0} B/s over a {limit} B/s limit"
     );
 }
+
+/// The coordinator's `307` to an object store is followed by the download code: the range
+/// goes along, the token does not.
+#[tokio::test]
+async fn a_redirect_to_the_object_store_is_followed_without_the_token() {
+    let coordinator = FileServer::start().await;
+    let store = FileServer::start().await;
+    let bytes = payload(30_000);
+    store.put(
+        "/bucket/a?X-Amz-Signature=s3cr3t",
+        bytes.clone(),
+        Behaviour::Normal,
+    );
+    coordinator.redirect(
+        "/v1/artifacts/a",
+        &format!("{}/bucket/a?X-Amz-Signature=s3cr3t", store.base_url),
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let art = artifact("app.bin", "/v1/artifacts/a", &bytes);
+    let part = download::part_path(staging.path(), &art.sha256);
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &bytes[..10_000]).unwrap();
+    let client = coordinator.client();
+    let src = ArtifactSource {
+        client: &client,
+        base_url: &coordinator.base_url,
+        bearer_token: Some("tok"),
+        max_bytes_per_sec: 0,
+        peers: None,
+    };
+    let path = download::fetch(&src, &art, staging.path()).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+    let at_coordinator = coordinator.seen();
+    assert_eq!(at_coordinator.len(), 1);
+    assert_eq!(
+        at_coordinator[0].authorization.as_deref(),
+        Some("Bearer tok")
+    );
+    let at_store = store.seen();
+    assert_eq!(at_store.len(), 1);
+    assert_eq!(at_store[0].path, "/bucket/a?X-Amz-Signature=s3cr3t");
+    assert_eq!(
+        at_store[0].authorization, None,
+        "the token stays on the coordinator"
+    );
+    assert_eq!(at_store[0].range.as_deref(), Some("bytes=10000-"));
+}
+
+/// A store that refuses (here 404) or cannot be reached: the coordinator is asked to stream
+/// the bytes itself (`?direct=1`, with the token); the presigned URL's signature appears in
+/// no error.
+#[tokio::test]
+async fn a_failing_object_store_falls_back_to_the_coordinator_streaming_the_artifact() {
+    let coordinator = FileServer::start().await;
+    let store = FileServer::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bytes = payload(20_000);
+    coordinator.put("/v1/artifacts/a?direct=1", bytes.clone(), Behaviour::Normal);
+    coordinator.put("/v1/artifacts/b?direct=1", bytes.clone(), Behaviour::Normal);
+    // a: the store answers 404; b: nothing listens where the store should be.
+    coordinator.redirect(
+        "/v1/artifacts/a",
+        &format!("{}/bucket/a?sig=x", store.base_url),
+    );
+    coordinator.redirect(
+        "/v1/artifacts/b",
+        &format!("http://{closed}/bucket/b?sig=x"),
+    );
+    let client = coordinator.client();
+    let src = ArtifactSource {
+        client: &client,
+        base_url: &coordinator.base_url,
+        bearer_token: Some("tok"),
+        max_bytes_per_sec: 0,
+        peers: None,
+    };
+    for url in ["/v1/artifacts/a", "/v1/artifacts/b"] {
+        let staging = tempfile::tempdir().unwrap();
+        let art = artifact("app.bin", url, &bytes);
+        let path = download::fetch(&src, &art, staging.path()).await.unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), bytes, "{url}");
+    }
+    let seen: Vec<_> = coordinator
+        .seen()
+        .into_iter()
+        .map(|s| (s.path, s.authorization))
+        .collect();
+    let tok = Some("Bearer tok".to_string());
+    assert_eq!(
+        seen,
+        vec![
+            ("/v1/artifacts/a".to_string(), tok.clone()),
+            ("/v1/artifacts/a?direct=1".to_string(), tok.clone()),
+            ("/v1/artifacts/b".to_string(), tok.clone()),
+            ("/v1/artifacts/b?direct=1".to_string(), tok),
+        ]
+    );
+}
+
+/// When the coordinator cannot stream either, the error names the coordinator's URL and
+/// what the store said, without the presigned signature; a redirect loop ends.
+#[tokio::test]
+async fn a_store_and_coordinator_both_failing_is_a_download_failure_without_the_signature() {
+    let coordinator = FileServer::start().await;
+    let store = FileServer::start().await;
+    let bytes = payload(1_000);
+    coordinator.redirect(
+        "/v1/artifacts/a",
+        &format!("{}/bucket/a?sig=s3cr3t", store.base_url),
+    );
+    coordinator.redirect("/loop", "/loop");
+    let client = coordinator.client();
+    let src = ArtifactSource {
+        client: &client,
+        base_url: &coordinator.base_url,
+        bearer_token: Some("tok"),
+        max_bytes_per_sec: 0,
+        peers: None,
+    };
+    let staging = tempfile::tempdir().unwrap();
+    let err = download::fetch(
+        &src,
+        &artifact("app.bin", "/v1/artifacts/a", &bytes),
+        staging.path(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "download_failed");
+    let text = err.to_string();
+    assert!(text.contains("404"), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    let err = download::fetch(&src, &artifact("app.bin", "/loop", &bytes), staging.path())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 5 redirects"), "{err}");
+}

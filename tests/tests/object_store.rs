@@ -85,3 +85,40 @@ fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -
     drop(weed);
     Ok(())
 }
+
+/// Some sites cannot reach the object store (here: its public endpoint is a closed port on
+/// loopback): their agents get the presigned URL, fail to reach it, and download through
+/// the coordinator (`?direct=1`) instead, still verified against the signed SHA-256.
+#[test]
+fn agents_that_cannot_reach_the_object_store_download_through_the_coordinator() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (ca, cert, key) = store_tls(dir.path())?;
+    let weed =
+        Weed::start(&dir.path().join("weed"), &cert, &key, "fleet").map_err(anyhow::Error::msg)?;
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut options = s3_options(&weed, dir.path(), &ca)?;
+    options
+        .coordinator_extra
+        .push_str(&format!("public_endpoint = \"https://{closed}\"\n"));
+    let spec = FleetSpec::cohorts(1, 1, 0, 0);
+    let fleet = Fleet::start_with(spec.clone(), options)?;
+    let release = DemoRelease::good("1.0.0", 1);
+    fleet.publish(&release)?;
+    let id = fleet.rollout(&PlanSpec::new(
+        "store unreachable",
+        &release.id,
+        vec![WaveSpec::new("all")],
+    ))?;
+    fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
+    for site in &spec.sites {
+        fleet.wait_version(&site.id, "1.0.0")?;
+    }
+    // Redirected first (the store is unreachable), then streamed by the coordinator.
+    assert!(fleet.operator.counter("artifact_redirects")? >= spec.sites.len() as u64);
+    let served = fleet.operator.counter("artifact_bytes_served")?;
+    assert!(served > 0, "the coordinator streamed no artifact byte");
+    drop(weed);
+    Ok(())
+}

@@ -153,17 +153,7 @@ pub async fn fetch(
         if have == artifact.length {
             return finish(&part, &done, artifact).await;
         }
-        let mut req = source.client.get(&url);
-        if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        if on_coordinator && let Some(token) = source.bearer_token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.map_err(|e| ExecError::DownloadFailed {
-            url: url.clone(),
-            message: error_chain(&e),
-        })?;
+        let resp = request(source, &url, on_coordinator, have).await?;
         let status = resp.status();
         match status.as_u16() {
             200 | 206 => {}
@@ -200,6 +190,100 @@ pub async fn fetch(
         url,
         message: "the server refused to resume the download twice".into(),
     })
+}
+
+/// Most redirects an artifact request follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// One GET (from byte `have`), never following a redirect; the token only when asked.
+async fn send(
+    source: &ArtifactSource<'_>,
+    url: &str,
+    token: bool,
+    have: u64,
+) -> Result<reqwest::Response, String> {
+    let mut req = source.client.get(url);
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    if token && let Some(t) = source.bearer_token {
+        req = req.bearer_auth(t);
+    }
+    // Without the URL: a presigned URL's query is a credential, kept out of logs and reports.
+    req.send().await.map_err(|e| error_chain(&e.without_url()))
+}
+
+/// `url` without its query (a presigned URL's signature stays out of logs and reports).
+fn shown(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// Requests an artifact, following redirects by hand (the agent's client follows none):
+/// the bearer token goes only to the coordinator, and when the coordinator redirected to a
+/// place this box cannot download from (an object store's presigned URL that is unreachable
+/// or refuses), the coordinator is asked to stream the bytes itself (`?direct=1`). The
+/// answer is the first response that is not a redirect; its status is the caller's to judge.
+async fn request(
+    source: &ArtifactSource<'_>,
+    url: &str,
+    on_coordinator: bool,
+    have: u64,
+) -> Result<reqwest::Response, ExecError> {
+    let failed = |url: &str, message: String| ExecError::DownloadFailed {
+        url: shown(url).to_string(),
+        message,
+    };
+    let mut current = url.to_string();
+    let mut token = on_coordinator;
+    let mut hops = 0;
+    let problem = loop {
+        let resp = send(source, &current, token, have).await;
+        let redirected = hops > 0 && on_coordinator;
+        match resp {
+            Ok(r) if r.status().is_redirection() => {
+                hops += 1;
+                let location = r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        failed(&current, format!("HTTP {} without a Location", r.status()))
+                    })?;
+                let next = reqwest::Url::parse(&current)
+                    .and_then(|base| base.join(location))
+                    .map_err(|e| failed(&current, format!("redirect to a bad Location: {e}")))?;
+                if hops > MAX_REDIRECTS {
+                    return Err(failed(url, format!("more than {MAX_REDIRECTS} redirects")));
+                }
+                current = next.to_string();
+                // The token follows only within the coordinator.
+                token = token && resolve_url(source.base_url, &current).is_ok_and(|(_, c)| c);
+            }
+            Ok(r) if redirected && !r.status().is_success() => {
+                break format!("HTTP {}{}", r.status(), read_error_body(r).await);
+            }
+            Err(message) if redirected => break message,
+            Ok(r) => return Ok(r),
+            Err(message) => return Err(failed(&current, message)),
+        }
+    };
+    tracing::warn!(
+        store = shown(&current),
+        problem = %problem,
+        "cannot download from where the coordinator redirected; downloading through the coordinator"
+    );
+    let direct = format!("{url}{}direct=1", if url.contains('?') { '&' } else { '?' });
+    match send(source, &direct, true, have).await {
+        Ok(r) if r.status().is_redirection() => Err(failed(
+            url,
+            format!(
+                "{problem} at {}, and the coordinator redirected again",
+                shown(&current)
+            ),
+        )),
+        Ok(r) => Ok(r),
+        Err(message) => Err(failed(url, message)),
+    }
 }
 
 /// The length of the `.part` file (0 when there is none).
