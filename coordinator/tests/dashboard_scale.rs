@@ -3,6 +3,8 @@
 //!
 //!     cargo test --release -p fleetwave-coordinator --test dashboard_scale -- --ignored --nocapture
 //!
+//! `FLEETWAVE_SCALE_SITES=1000000` measures another fleet size (default 100,000).
+//!
 //! The sites are written straight into the coordinator's SQLite file (setting up 100,000
 //! enrollments through the API would measure enrollment, not the dashboard); the rollout
 //! over them is created and started through the rollout engine in-process.
@@ -19,7 +21,13 @@ use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde_json::json;
 
-const SITES: usize = 100_000;
+/// The fleet size: `FLEETWAVE_SCALE_SITES`, 100,000 by default.
+fn sites() -> usize {
+    std::env::var("FLEETWAVE_SCALE_SITES")
+        .ok()
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(100_000)
+}
 
 fn seed_sites(db: &std::path::Path) {
     let mut conn = rusqlite::Connection::open(db).unwrap();
@@ -34,7 +42,7 @@ fn seed_sites(db: &std::path::Path) {
                  VALUES (?1, ?2, ?3, ?4, '0.1.0', ?5, ?6, ?7, ?8, ?5, ?9)",
             )
             .unwrap();
-        for i in 0..SITES {
+        for i in 0..sites() {
             let region = ["eu", "us", "apac", "latam"][i % 4];
             let cohort = match i % 100 {
                 0 => "pig",
@@ -129,13 +137,13 @@ async fn measure(web: &mut WebClient, path: &str, gzip: bool) -> (Duration, usiz
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement with 100,000 sites; run with --ignored --nocapture"]
+#[ignore = "a measurement with 100,000 sites (FLEETWAVE_SCALE_SITES); run with --ignored --nocapture"]
 async fn dashboard_pages_with_100k_sites() {
     let h = Harness::new().await;
     let config = Config::load(&h.dir.path().join("coordinator.toml")).unwrap();
     let t = Instant::now();
     seed_sites(&config.database_path());
-    println!("seeded {SITES} sites in {:.1?}", t.elapsed());
+    println!("seeded {} sites in {:.1?}", sites(), t.elapsed());
     h.publish("2.6.0", 26).await;
     // Through the rollout engine in-process: the API's answer to create and start renders
     // the whole rollout view, which is not what this measures.
@@ -156,7 +164,8 @@ async fn dashboard_pages_with_100k_sites() {
         .await
         .unwrap();
     println!(
-        "rollout over {SITES} sites created and started in {:.1?}",
+        "rollout over {} sites created and started in {:.1?}",
+        sites(),
         t.elapsed()
     );
 

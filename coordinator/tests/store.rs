@@ -633,6 +633,64 @@ fn concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout(backend
     });
 }
 
+/// A dashboard session stored through one handle (one coordinator) is read, used and
+/// ended through another (a second coordinator on the same database); opening a session
+/// forgets the expired ones.
+fn dashboard_sessions_are_shared_by_every_coordinator_on_the_database(backend: Backend) {
+    let (db, first) = setup(backend);
+    let second = db.open();
+    let at = ts("2026-01-01T00:00:00Z");
+    let session = DashboardSession {
+        token_hash: "t".repeat(64),
+        csrf: "c".repeat(64),
+        created_at: at,
+        last_used: at,
+    };
+    let old = DashboardSession {
+        created_at: ts("2025-12-31T00:00:00Z"),
+        last_used: ts("2025-12-31T00:00:00Z"),
+        ..session.clone()
+    };
+    first
+        .open_dashboard_session(
+            "old",
+            &old,
+            ts("2025-12-30T00:00:00Z"),
+            ts("2025-12-30T00:00:00Z"),
+        )
+        .unwrap();
+    let (created_before, used_before) = (ts("2025-12-31T16:00:00Z"), ts("2025-12-31T23:00:00Z"));
+    first
+        .open_dashboard_session("a", &session, created_before, used_before)
+        .unwrap();
+    assert_eq!(
+        second.dashboard_session("old").unwrap(),
+        None,
+        "expired: forgotten"
+    );
+    assert_eq!(
+        second.dashboard_session("a").unwrap(),
+        Some(session.clone())
+    );
+    // Use is recorded forward only.
+    let later = ts("2026-01-01T00:05:00Z");
+    second.touch_dashboard_session("a", later).unwrap();
+    first.touch_dashboard_session("a", at).unwrap();
+    assert_eq!(
+        first.dashboard_session("a").unwrap().unwrap().last_used,
+        later
+    );
+    // The same id twice is refused (ids are random: this is a bug, not a retry).
+    assert!(
+        second
+            .open_dashboard_session("a", &session, created_before, used_before)
+            .is_err()
+    );
+    second.close_dashboard_session("a").unwrap();
+    assert_eq!(first.dashboard_session("a").unwrap(), None);
+    first.close_dashboard_session("a").unwrap();
+}
+
 async fn first_rollout(db: &Db) {
     db.run(|s| s.create_rollout(&rollout("r1"), &[member("r1", "s1")]))
         .await
@@ -650,6 +708,7 @@ both_backends!(
     a_terminal_phase_releases_the_lease,
     the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk,
     concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout,
+    dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
 );
 
 /// The dashboard's read model answers the same on both backends: counts, versions, pages

@@ -181,7 +181,7 @@ where
                         _ = stop.changed() => return None,
                     }
                 }
-                if *stop.borrow() || !dash.sessions.is_live(&sid, dash.app.now()) {
+                if *stop.borrow() || !dash.sessions.is_live(&sid, dash.app.now()).await {
                     return None;
                 }
                 let Some(json) = compute(dash.clone()).await else {

@@ -144,6 +144,7 @@ impl FromRequestParts<DashState> for SignedIn {
         let s = dash
             .sessions
             .lookup(id, dash.app.now())
+            .await?
             .ok_or(DashboardError::SignIn)?;
         let hash = s.token_hash.clone();
         let token = dash
@@ -153,7 +154,7 @@ impl FromRequestParts<DashState> for SignedIn {
             .await?
             .filter(|t| !t.revoked);
         let Some(token) = token else {
-            dash.sessions.close(id);
+            dash.sessions.close(id).await?;
             return Err(DashboardError::SignIn);
         };
         Ok(SignedIn {
@@ -222,8 +223,8 @@ async fn html_errors(res: Response) -> Response {
 pub fn router(app: AppState, edge: &Edge) -> Router {
     let read = Arc::new(read::ReadModel::new(app.db.dashboard_read()));
     let dash = Arc::new(Dash {
+        sessions: session::Sessions::new(app.db.clone()),
         app,
-        sessions: session::Sessions::default(),
         read,
         live: live::Cache::default(),
     });

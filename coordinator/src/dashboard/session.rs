@@ -3,16 +3,19 @@
 //! Each session carries its own CSRF token (synchronizer token) that every form that
 //! changes something must send back.
 //!
+//! Sessions live in the store (table `dashboard_sessions`), so every coordinator on the
+//! database knows them: a browser signed in through one replica is signed in on all, and
+//! signing out on one ends the session on all. Use is recorded at most once a minute
+//! ([`TOUCH_EVERY`]), so reading pages does not write on every request.
+//!
 //! The session keeps only the SHA-256 of the operator token, and the token record is
 //! looked up again on every request, so a revoked token signs its sessions out at once.
 //! Session ids are kept only as SHA-256 too. Nothing here logs or renders a secret.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use jiff::{SignedDuration, Timestamp};
 
 use crate::state::random_hex;
+use crate::store::{DashboardSession, Db, StoreResult};
 
 pub use crate::http::cookie::{SESSION_COOKIE, cookie};
 
@@ -22,81 +25,91 @@ pub const LOGIN_COOKIE: &str = "__Host-fleetwave-login";
 pub const SESSION_LIFETIME: SignedDuration = SignedDuration::from_hours(8);
 /// A session ends after this long without a request.
 pub const SESSION_IDLE: SignedDuration = SignedDuration::from_mins(60);
+/// A session's use is stored when the stored one is older than this: the idle limit is
+/// kept to within a minute without a write per page.
+pub const TOUCH_EVERY: SignedDuration = SignedDuration::from_mins(1);
 
 /// One signed-in browser.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// SHA-256 of the operator token it signed in with.
-    pub token_hash: String,
-    pub csrf: String,
-    pub created_at: Timestamp,
-    pub last_used: Timestamp,
+pub type Session = DashboardSession;
+
+fn live(s: &Session, now: Timestamp) -> bool {
+    now < s.created_at + SESSION_LIFETIME && now < s.last_used + SESSION_IDLE
 }
 
-impl Session {
-    fn live(&self, now: Timestamp) -> bool {
-        now < self.created_at + SESSION_LIFETIME && now < self.last_used + SESSION_IDLE
-    }
+fn key(id: &str) -> String {
+    fleetwave_shared::sha256_hex(id.as_bytes())
 }
 
-/// Every live dashboard session, by SHA-256 of its id.
-#[derive(Default)]
+/// The dashboard sessions, in the store (by SHA-256 of their id).
+#[derive(Clone)]
 pub struct Sessions {
-    by_hash: Mutex<HashMap<String, Session>>,
+    db: Db,
 }
 
 impl Sessions {
-    /// Starts a session and returns its id (to put in the cookie).
-    pub fn open(&self, token_hash: String, now: Timestamp) -> String {
-        let id = random_hex(32);
-        let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| s.live(now));
-        map.insert(
-            fleetwave_shared::sha256_hex(id.as_bytes()),
-            Session {
-                token_hash,
-                csrf: random_hex(32),
-                created_at: now,
-                last_used: now,
-            },
-        );
-        id
+    pub fn new(db: Db) -> Sessions {
+        Sessions { db }
     }
 
-    /// The live session of a cookie value; marks it used.
-    pub fn lookup(&self, id: &str, now: Timestamp) -> Option<Session> {
-        let key = fleetwave_shared::sha256_hex(id.as_bytes());
-        let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(&key) {
-            Some(s) if s.live(now) => {
-                s.last_used = now;
-                Some(s.clone())
-            }
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
+    /// Starts a session and returns its id (to put in the cookie); forgets expired ones.
+    pub async fn open(&self, token_hash: String, now: Timestamp) -> StoreResult<String> {
+        let id = random_hex(32);
+        let session = Session {
+            token_hash,
+            csrf: random_hex(32),
+            created_at: now,
+            last_used: now,
+        };
+        let k = key(&id);
+        self.db
+            .run(move |st| {
+                st.open_dashboard_session(&k, &session, now - SESSION_LIFETIME, now - SESSION_IDLE)
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// The live session of a cookie value; records the use.
+    pub async fn lookup(&self, id: &str, now: Timestamp) -> StoreResult<Option<Session>> {
+        let k = key(id);
+        let found = self
+            .db
+            .run(move |st| {
+                let Some(s) = st.dashboard_session(&k)? else {
+                    return Ok(None);
+                };
+                if !live(&s, now) {
+                    st.close_dashboard_session(&k)?;
+                    return Ok(None);
+                }
+                if s.last_used + TOUCH_EVERY <= now {
+                    st.touch_dashboard_session(&k, now)?;
+                }
+                Ok(Some(s))
+            })
+            .await?;
+        Ok(found.map(|s| Session {
+            last_used: now,
+            ..s
+        }))
     }
 
     /// Whether a session is still live, without counting this as use (live streams).
-    pub fn is_live(&self, id: &str, now: Timestamp) -> bool {
-        let key = fleetwave_shared::sha256_hex(id.as_bytes());
-        self.by_hash
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .is_some_and(|s| s.live(now))
+    /// A store error counts as not live (the stream ends; the browser reconnects).
+    pub async fn is_live(&self, id: &str, now: Timestamp) -> bool {
+        let k = key(id);
+        self.db
+            .run(move |st| st.dashboard_session(&k))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| live(&s, now))
     }
 
-    /// Ends a session (logout).
-    pub fn close(&self, id: &str) {
-        let key = fleetwave_shared::sha256_hex(id.as_bytes());
-        self.by_hash
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+    /// Ends a session (logout, or its operator token was revoked).
+    pub async fn close(&self, id: &str) -> StoreResult<()> {
+        let k = key(id);
+        self.db.run(move |st| st.close_dashboard_session(&k)).await
     }
 }
 
@@ -118,19 +131,30 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sessions_expire_when_idle_and_close() {
-        let s = Sessions::default();
+    #[tokio::test]
+    async fn sessions_expire_when_idle_and_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let s = Sessions::new(Db::new(std::sync::Arc::new(store)));
         let t0 = Timestamp::now();
-        let id = s.open("h".into(), t0);
-        assert!(s.lookup(&id, t0 + SignedDuration::from_mins(59)).is_some());
+        let id = s.open("h".into(), t0).await.unwrap();
+        let at = |m| t0 + SignedDuration::from_mins(m);
+        assert!(s.lookup(&id, at(59)).await.unwrap().is_some());
         // Used at 59 min: still live at 118 min; idle for 62 min at 180: gone.
-        assert!(s.lookup(&id, t0 + SignedDuration::from_mins(118)).is_some());
-        assert!(s.lookup(&id, t0 + SignedDuration::from_mins(180)).is_none());
-        let id = s.open("h".into(), t0);
-        s.close(&id);
-        assert!(s.lookup(&id, t0).is_none());
-        assert!(s.lookup("not-a-session", t0).is_none());
+        assert!(s.lookup(&id, at(118)).await.unwrap().is_some());
+        assert!(s.is_live(&id, at(119)).await);
+        assert!(s.lookup(&id, at(180)).await.unwrap().is_none());
+        assert!(!s.is_live(&id, at(180)).await);
+        // Used every 30 minutes: still ends 8 hours after sign-in.
+        let id = s.open("h".into(), t0).await.unwrap();
+        for m in (30..480).step_by(30) {
+            assert!(s.lookup(&id, at(m)).await.unwrap().is_some(), "at {m} min");
+        }
+        assert!(s.lookup(&id, at(480)).await.unwrap().is_none());
+        let id = s.open("h".into(), t0).await.unwrap();
+        s.close(&id).await.unwrap();
+        assert!(s.lookup(&id, t0).await.unwrap().is_none());
+        assert!(s.lookup("not-a-session", t0).await.unwrap().is_none());
     }
 
     #[test]

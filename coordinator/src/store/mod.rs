@@ -365,6 +365,16 @@ pub struct AuditRecord {
     pub remote: String,
 }
 
+/// A dashboard sign-in (its cookie's id is known to the store only as SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSession {
+    /// SHA-256 of the operator token it signed in with.
+    pub token_hash: String,
+    pub csrf: String,
+    pub created_at: Timestamp,
+    pub last_used: Timestamp,
+}
+
 /// A fleet freeze created through the API (the configuration file's are not stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreezeRecord {
@@ -912,6 +922,22 @@ pub trait Store: Send + Sync + 'static {
     fn list_audit(&self, before: Option<i64>, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries about `target` (e.g. a rollout id), oldest first, at most `limit`.
     fn audit_of(&self, target: &str, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    // Dashboard sessions
+    /// Stores a new session under `id_hash` and deletes those created before
+    /// `created_before` or last used before `used_before` (expired).
+    fn open_dashboard_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        created_before: Timestamp,
+        used_before: Timestamp,
+    ) -> StoreResult<()>;
+    fn dashboard_session(&self, id_hash: &str) -> StoreResult<Option<DashboardSession>>;
+    /// Records a use of the session at `at` (never moves `last_used` back).
+    fn touch_dashboard_session(&self, id_hash: &str, at: Timestamp) -> StoreResult<()>;
+    /// Ends a session (nothing when there is none).
+    fn close_dashboard_session(&self, id_hash: &str) -> StoreResult<()>;
 
     // Freezes
     fn create_freeze(&self, freeze: &FreezeRecord) -> StoreResult<()>;

@@ -66,7 +66,7 @@ pub async fn login(
             "That operator token is unknown or revoked.",
         ));
     };
-    let id = dash.sessions.open(hash, dash.app.now());
+    let id = dash.sessions.open(hash, dash.app.now()).await?;
     tracing::info!(operator = %token.name, role = token.role.as_str(), "dashboard sign-in");
     let mut res = Redirect::to("/ui/").into_response();
     let h = res.headers_mut();
@@ -96,7 +96,7 @@ pub async fn logout(
 ) -> PageResult {
     who.check_csrf(&form.csrf)?;
     if let Some(id) = session::cookie(&headers, SESSION_COOKIE) {
-        dash.sessions.close(id);
+        dash.sessions.close(id).await?;
     }
     let mut res = Redirect::to("/ui/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(SESSION_COOKIE, "", 0)) {

@@ -17,6 +17,7 @@ mod assignments;
 pub mod backup;
 mod channels;
 pub mod dashboard;
+mod dashboard_sessions;
 mod freezes;
 mod releases;
 mod reports;
@@ -73,6 +74,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../schema_v8.sql")),
         M::up(include_str!("../schema_v9.sql")),
         M::up(include_str!("../schema_v10.sql")),
+        M::up(include_str!("../schema_v12.sql")),
     ])
 }
 

@@ -42,6 +42,34 @@ impl Store for SqliteStore {
         channels::sites_off_version_indexed(self, stream, version, free_only)
     }
 
+    fn open_dashboard_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        created_before: Timestamp,
+        used_before: Timestamp,
+    ) -> StoreResult<()> {
+        dashboard_sessions::open_dashboard_session(
+            self,
+            id_hash,
+            session,
+            created_before,
+            used_before,
+        )
+    }
+
+    fn dashboard_session(&self, id_hash: &str) -> StoreResult<Option<DashboardSession>> {
+        dashboard_sessions::dashboard_session(self, id_hash)
+    }
+
+    fn touch_dashboard_session(&self, id_hash: &str, at: Timestamp) -> StoreResult<()> {
+        dashboard_sessions::touch_dashboard_session(self, id_hash, at)
+    }
+
+    fn close_dashboard_session(&self, id_hash: &str) -> StoreResult<()> {
+        dashboard_sessions::close_dashboard_session(self, id_hash)
+    }
+
     fn create_freeze(&self, f: &FreezeRecord) -> StoreResult<()> {
         freezes::create(self, f)
     }
