@@ -79,13 +79,31 @@ where
 pub use crate::engine::panic_message;
 
 /// Runs the engine's wave controller ([`crate::engine::Engine::run_controller`]) at the
-/// configured tick until shutdown, recording each completed pass in `app.controller`.
+/// configured tick until shutdown while this replica leads ([`crate::leadership`]; on
+/// SQLite, always), recording each completed pass in `app.controller`.
 pub async fn run_controller(app: AppState) {
     let tick = Duration::from_millis(app.config.controller.tick_millis);
-    app.engine
-        .run_controller(tick, app.shutdown.clone(), |at| {
-            app.controller.pass_completed(at)
-        })
+    let leadership = crate::leadership::Leadership::new(
+        app.db.clone(),
+        crate::leadership::holder_id(),
+        Duration::from_secs(app.config.storage.leader_lease_secs),
+    );
+    let app = &app;
+    leadership
+        .lead(
+            app.shutdown.clone(),
+            |role| app.controller.role(role),
+            |_fence| async move {
+                // Another replica may have led since this one last did: what it changed
+                // is read from the store again, not from this replica's memory.
+                app.engine.facts.clear();
+                app.engine
+                    .run_controller(tick, app.shutdown.clone(), |at| {
+                        app.controller.pass_completed(at)
+                    })
+                    .await
+            },
+        )
         .await
 }
 
@@ -101,6 +119,7 @@ mod tests {
             last_pass_at: None,
             stopped: (!running).then(|| "it panicked: boom (restart 1 in 1s)".to_string()),
             restarts: 0,
+            standby: None,
         }
     }
 

@@ -218,9 +218,18 @@ impl EngineError {
             self,
             EngineError::Storage(e) if !matches!(
                 e,
-                StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::SiteExists(_)
+                StoreError::NotFound(_)
+                    | StoreError::Conflict(_)
+                    | StoreError::SiteExists(_)
+                    | StoreError::Fenced(_)
             )
         )
+    }
+
+    /// Whether a write of the wave controller was refused because this replica no longer
+    /// leads it (see [`crate::leadership`]): nothing about the rollout is wrong.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::Storage(StoreError::Fenced(_)))
     }
 }
 

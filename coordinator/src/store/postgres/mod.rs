@@ -20,6 +20,7 @@ mod access;
 mod channels;
 pub mod dashboard;
 mod freezes;
+mod leadership;
 mod reports;
 mod signals;
 pub use signals::SAMPLES_SQL;
@@ -122,7 +123,12 @@ impl From<r2d2::Error> for StoreError {
 
 /// The migrations, in order: version n is `MIGRATIONS[n - 1]`. Never edit a released one:
 /// add the next.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    // The leadership step (the wave controller's lease row): its own file, so that it
+    // can be numbered after schema steps developed at the same time.
+    include_str!("schema_leadership.sql"),
+];
 
 /// The key of the advisory lock that serializes migrations of replicas starting together.
 const MIGRATION_LOCK: i64 = 0x666c_6565_7477_6176; // "fleetwav"
@@ -334,8 +340,24 @@ impl PgStore {
 
     /// One SERIALIZABLE write transaction, run again from the start (up to
     /// [`WRITE_ATTEMPTS`] times) when PostgreSQL aborts it for a serialization failure or
-    /// a deadlock.
+    /// a deadlock. A write of the wave controller (one made inside
+    /// [`super::fence::fenced`]) first checks its fencing token against the leadership
+    /// row, in the same transaction.
     fn write<T>(&self, mut f: impl FnMut(&mut Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        match super::fence::current() {
+            Some(fence) => self.write_unfenced(|tx| {
+                leadership::check(tx, fence)?;
+                f(tx)
+            }),
+            None => self.write_unfenced(f),
+        }
+    }
+
+    /// [`PgStore::write`] without the fencing check (claiming the leadership itself).
+    fn write_unfenced<T>(
+        &self,
+        mut f: impl FnMut(&mut Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut c = self.conn()?;
         let mut attempt = 1;
         loop {

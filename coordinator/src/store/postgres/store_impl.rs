@@ -125,6 +125,10 @@ impl Store for PgStore {
         access::ping(self)
     }
 
+    fn claim_leadership(&self, holder: &str, lease: std::time::Duration) -> StoreResult<Claim> {
+        leadership::claim(self, holder, lease)
+    }
+
     fn roots(&self) -> StoreResult<Vec<Envelope>> {
         access::roots(self)
     }
