@@ -93,10 +93,16 @@ pub async fn run_controller(app: AppState) {
         .lead(
             app.shutdown.clone(),
             |role| app.controller.role(role),
-            |_fence| async move {
-                // Another replica may have led since this one last did: what it changed
-                // is read from the store again, not from this replica's memory.
-                app.engine.facts.clear();
+            |fence| async move {
+                // Another replica may have led since this one last did (a token other
+                // than SQLite's 0): what it changed is read from the store again, not
+                // from this replica's memory.
+                if fence.token != 0 {
+                    app.engine.facts.clear();
+                    if let Err(e) = app.engine.load_poll_cache().await {
+                        tracing::warn!(error = %e, "could not reload the poll cache on taking over the wave controller; the controller's passes refresh it");
+                    }
+                }
                 app.engine
                     .run_controller(tick, app.shutdown.clone(), |at| {
                         app.controller.pass_completed(at)

@@ -4,7 +4,8 @@
 //! leader's writes are then refused in the database, not landed. Each replica here is its
 //! own store (its own connection pool), as each coordinator process has.
 //!
-//! SQLite is one process: its leadership is always held (`sqlite_always_leads`).
+//! SQLite is one process: its leadership is always held (`sqlite_always_leads`). A
+//! replica taking over fills its poll cache with what the old leader issued.
 
 mod backend;
 
@@ -12,10 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend::{Backend, TestDb};
+use fleetwave_coordinator::clock::Clock;
+use fleetwave_coordinator::engine::{Engine, Settings};
 use fleetwave_coordinator::leadership::{Leadership, Role};
+use fleetwave_coordinator::metrics::Metrics;
 use fleetwave_coordinator::store::fence::{Fence, fenced};
-use fleetwave_coordinator::store::{AuditRecord, Claim, Db, StoreError, StoreResult};
+use fleetwave_coordinator::store::{
+    AssignmentDraft, AuditRecord, Claim, Db, Enrollment, EnrollmentTokenRecord, ReleaseRecord,
+    RolloutRecord, RolloutSiteRecord, Store, StoreError, StoreResult, WaveRecord,
+};
+use fleetwave_shared::Envelope;
+use fleetwave_shared::protocol::operator::RolloutStatus;
 use fleetwave_testkit::eventually;
+use jiff::SignedDuration;
 use tokio::sync::{mpsc, watch};
 
 const LEASE: Duration = Duration::from_secs(1);
@@ -256,4 +266,128 @@ async fn sqlite_always_leads() {
         .await
         .unwrap();
     assert_eq!(actions(&db).await, ["written"]);
+}
+
+/// A fleet of one site (`s1`), a release and a running rollout, written by one replica.
+fn seed(store: &dyn Store) {
+    let at = jiff::Timestamp::from_second(1_767_225_600).unwrap();
+    let token = EnrollmentTokenRecord {
+        id: "et-1".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: at + SignedDuration::from_hours(1),
+        uses_total: 1,
+        uses_left: 1,
+        revoked: false,
+        created_at: at,
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("hash", &token).unwrap();
+    store
+        .enroll(&Enrollment {
+            token_hash: "hash".into(),
+            site_id: "s1".into(),
+            device_key: "00".repeat(32),
+            agent_version: "1".into(),
+            at,
+        })
+        .unwrap();
+    let env = Envelope::sign("x", b"{}", &[&fleetwave_shared::keys::generate()]);
+    store
+        .publish_release(&ReleaseRecord {
+            id: "pos-2".into(),
+            digest: env.digest(),
+            name: "pos".into(),
+            version: "2".into(),
+            kind: "app".into(),
+            counter: 2,
+            envelope: env,
+            published_at: at,
+            published_by: "test".into(),
+        })
+        .unwrap();
+    let rollout = RolloutRecord {
+        id: "r1".into(),
+        release_id: "pos-2".into(),
+        plan_source: String::new(),
+        plan_format: "toml".into(),
+        status: RolloutStatus::Running,
+        waves: vec![WaveRecord::default()],
+        created_at: at,
+        created_by: "test".into(),
+        updated_at: at,
+        status_reason: None,
+    };
+    let member = RolloutSiteRecord {
+        rollout_id: "r1".into(),
+        site_id: "s1".into(),
+        ..Default::default()
+    };
+    store.create_rollout(&rollout, &[member]).unwrap();
+}
+
+/// The old leader issues s1's assignment (as opening a wave does); returns its sequence.
+fn issue(store: &dyn Store) -> u64 {
+    let at = jiff::Timestamp::from_second(1_767_225_600).unwrap();
+    let draft = AssignmentDraft {
+        site_id: "s1".into(),
+        rollout_id: "r1".into(),
+        wave: 0,
+        release_id: "pos-2".into(),
+        release_digest: "d".into(),
+        rollback: false,
+        not_before: at,
+        issued_at: at,
+        expires: at + SignedDuration::from_hours(1),
+        window: None,
+    };
+    let key = fleetwave_shared::keys::generate();
+    store
+        .issue_assignments(&[draft], &|_, seq| {
+            Envelope::sign("a", seq.to_string().as_bytes(), &[&key])
+        })
+        .unwrap()[0]
+        .sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_over_serves_what_the_old_leader_issued_and_wakes_only_changed_sites() {
+    let t = TestDb::new(Backend::Postgres);
+    let old = tokio::task::block_in_place(|| t.open());
+    tokio::task::block_in_place(|| seed(old.as_ref()));
+    let engine = Engine::new(
+        open(&t),
+        fleetwave_shared::keys::generate(),
+        Arc::new(Metrics::new()),
+        Clock::system(),
+        Settings::default(),
+    );
+    engine.load_poll_cache().await.unwrap();
+    let served = |engine: &Engine| {
+        engine
+            .sites
+            .get("s1")
+            .and_then(|s| s.view().assignment)
+            .map(|a| a.record.sequence)
+    };
+    assert_eq!(served(&engine), None);
+
+    // While it stood by, the leader issued s1's assignment; on taking over it serves it.
+    let first = tokio::task::block_in_place(|| issue(old.as_ref()));
+    engine.load_poll_cache().await.unwrap();
+    assert_eq!(served(&engine), Some(first));
+
+    // A reload with nothing new wakes no long poll; a newer assignment wakes s1's.
+    let mut woken = engine.sites.get("s1").unwrap().changed.subscribe();
+    woken.mark_unchanged();
+    engine.load_poll_cache().await.unwrap();
+    assert!(!woken.has_changed().unwrap(), "nothing new, nothing woken");
+    let second = tokio::task::block_in_place(|| issue(old.as_ref()));
+    engine.load_poll_cache().await.unwrap();
+    assert!(
+        woken.has_changed().unwrap(),
+        "the new assignment wakes s1's long polls"
+    );
+    assert_eq!(served(&engine), Some(second));
+    assert!(second > first);
 }

@@ -18,7 +18,9 @@
 //!   poll cache);
 //! - [`reports`]: agents' report batches and last-seen times;
 //! - [`facts`]: each live rollout's facts in memory; [`placement`]: wave membership
-//!   again when a wave opens.
+//!   again when a wave opens;
+//! - `warm`: the poll cache filled from the store (at start, and on taking over the
+//!   controller's leadership from another replica).
 //!
 //! Each live rollout's facts are kept in memory ([`facts`]): loaded from SQLite once,
 //! then updated by every path that changes them right after its commit, so a tick reads
@@ -42,6 +44,7 @@ mod preview;
 pub mod reports;
 mod retry;
 pub mod tick;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
