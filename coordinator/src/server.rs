@@ -206,6 +206,10 @@ pub async fn build_app_with_clock(
     tracing::info!(store = %artifacts.describe(), "artifact store");
     let metrics = Arc::new(Metrics::new());
     let controller = crate::liveness::Liveness::new(&metrics);
+    if config.storage.backend == crate::config::StorageBackend::Postgres {
+        // Stand by until the first claim says whether this replica leads.
+        controller.role(&crate::leadership::Role::Candidate);
+    }
     let sessions = Sessions::new(&signer);
     let engine = Engine::new(
         db.clone(),
