@@ -100,6 +100,27 @@ impl Leadership {
         self.paused.store(paused, Ordering::SeqCst);
     }
 
+    /// A claimant for the coordinator `app`: this process ([`holder_id`]), with the
+    /// configured lease.
+    pub fn of_app(app: &crate::state::App) -> Leadership {
+        Leadership::new(
+            app.db.clone(),
+            holder_id(),
+            Duration::from_secs(app.config.storage.leader_lease_secs),
+        )
+    }
+
+    /// Claims once and tells `observe` what this replica is, so that it serves (or stands
+    /// by) from its first request on; [`Leadership::lead`] goes on from there.
+    pub async fn first_claim(&self, observe: impl Fn(&Role)) -> StoreResult<()> {
+        let role = match self.claim().await? {
+            Claim::Leader { token } => Role::Leader { token },
+            Claim::Follower { holder, .. } => Role::Follower { holder },
+        };
+        self.set_role(role, &observe);
+        Ok(())
+    }
+
     /// One claim (or renewal) of the leadership.
     pub async fn claim(&self) -> StoreResult<Claim> {
         let (holder, lease) = (self.holder.clone(), self.lease);
@@ -113,6 +134,31 @@ impl Leadership {
     /// and waits to lead again. Returns when `run` returns (the controller ended) or at
     /// shutdown. `observe` sees every change of [`Leadership::role`].
     pub async fn lead<F, Fut>(
+        &self,
+        shutdown: watch::Receiver<bool>,
+        observe: impl Fn(&Role),
+        run: F,
+    ) where
+        F: FnMut(Fence) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.lead_until_stopped(shutdown.clone(), observe, run)
+            .await;
+        if *shutdown.borrow() && matches!(self.role(), Role::Leader { .. }) {
+            // Shutting down: hand over now rather than after the lease.
+            let holder = self.holder.clone();
+            match self.db.run(move |s| s.resign_leadership(&holder)).await {
+                Ok(()) => {
+                    tracing::info!(holder = %self.holder, "resigned the wave controller's leadership")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not resign the wave controller's leadership; another replica takes over when its lease expires")
+                }
+            }
+        }
+    }
+
+    async fn lead_until_stopped<F, Fut>(
         &self,
         mut shutdown: watch::Receiver<bool>,
         observe: impl Fn(&Role),

@@ -206,10 +206,6 @@ pub async fn build_app_with_clock(
     tracing::info!(store = %artifacts.describe(), "artifact store");
     let metrics = Arc::new(Metrics::new());
     let controller = crate::liveness::Liveness::new(&metrics);
-    if config.storage.backend == crate::config::StorageBackend::Postgres {
-        // Stand by until the first claim says whether this replica leads.
-        controller.role(&crate::leadership::Role::Candidate);
-    }
     let sessions = Sessions::new(&signer);
     let engine = Engine::new(
         db.clone(),
@@ -285,9 +281,15 @@ pub async fn start_with_clock(
         within: Duration::from_secs(app.config.limits.request_timeout_secs),
     };
 
+    // Whether this replica leads the wave controller or stands by, known before it serves.
+    let leadership = Arc::new(crate::leadership::Leadership::of_app(&app));
+    leadership
+        .first_claim(|role| app.controller.role(role))
+        .await
+        .context("claiming the wave controller's leadership")?;
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
-        crate::supervisor::run_controller,
+        move |app| crate::supervisor::run_controller_for(app, leadership.clone()),
         crate::supervisor::Backoff::DEFAULT,
     ));
     let flusher = {
@@ -314,6 +316,7 @@ pub async fn start_with_clock(
         app.clock.clone(),
         app.metrics.clone(),
         crate::webhooks::worker::Limits::DEFAULT,
+        app.controller.subscribe(),
         shutdown_rx.clone(),
     ));
     // Sites gone silent, for site.silent webhooks (only while an endpoint wants them).

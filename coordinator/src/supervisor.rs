@@ -82,12 +82,17 @@ pub use crate::engine::panic_message;
 /// configured tick until shutdown while this replica leads ([`crate::leadership`]; on
 /// SQLite, always), recording each completed pass in `app.controller`.
 pub async fn run_controller(app: AppState) {
+    let leadership = std::sync::Arc::new(crate::leadership::Leadership::of_app(&app));
+    run_controller_for(app, leadership).await
+}
+
+/// [`run_controller`] with this replica's claimant (the server claims once before it
+/// serves, then runs this).
+pub async fn run_controller_for(
+    app: AppState,
+    leadership: std::sync::Arc<crate::leadership::Leadership>,
+) {
     let tick = Duration::from_millis(app.config.controller.tick_millis);
-    let leadership = crate::leadership::Leadership::new(
-        app.db.clone(),
-        crate::leadership::holder_id(),
-        Duration::from_secs(app.config.storage.leader_lease_secs),
-    );
     let app = &app;
     leadership
         .lead(

@@ -1,6 +1,7 @@
 //! A coordinator that does not lead the wave controller stands by: over real HTTPS, on a
 //! real PostgreSQL server, it answers 503 `standby` with Retry-After (and `/readyz` says
-//! who leads) while another replica holds the leadership, and serves once it took over.
+//! who leads) while another replica holds the leadership, serves once it took over, and
+//! resigns when it stops.
 
 mod backend;
 mod common;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use backend::{Backend, TestDb};
 use common::Harness;
 use fleetwave_coordinator::leadership::{Leadership, Role};
-use fleetwave_coordinator::store::Db;
+use fleetwave_coordinator::store::{Claim, Db};
 use fleetwave_testkit::eventually;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -67,7 +68,10 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "standby", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("replica-rival leads the wave controller"), "{message}");
+    assert!(
+        message.contains("replica-rival leads the wave controller"),
+        "{message}"
+    );
     // Its health and metrics still answer; the API refuses with Retry-After.
     assert_eq!(get(&h, "/healthz").await.0, StatusCode::OK);
     assert_eq!(get(&h, "/metrics").await.0, StatusCode::OK);
@@ -85,5 +89,12 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
     .await;
     let (status, _, body) = get(&h, "/v1/rollouts").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Shutting down, it hands the leadership over at once, not after its lease.
     h.stop().await;
+    assert_eq!(
+        rival.claim().await.unwrap(),
+        Claim::Leader { token: 3 },
+        "the stopped coordinator resigned"
+    );
 }

@@ -648,6 +648,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(Claim::Leader { token: 0 })
     }
 
+    /// Ends `holder`'s lease now, if it holds it (a replica shutting down): another
+    /// replica takes over at its next claim instead of after the lease. The default (one
+    /// process) has nothing to end.
+    fn resign_leadership(&self, holder: &str) -> StoreResult<()> {
+        let _ = holder;
+        Ok(())
+    }
+
     // Roots
     fn roots(&self) -> StoreResult<Vec<Envelope>>;
     fn add_root(&self, version: u64, envelope: &Envelope, at: Timestamp) -> StoreResult<()>;

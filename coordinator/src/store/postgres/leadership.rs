@@ -41,6 +41,17 @@ pub(super) fn claim(s: &PgStore, holder: &str, lease: Duration) -> StoreResult<C
     })
 }
 
+pub(super) fn resign(s: &PgStore, holder: &str) -> StoreResult<()> {
+    s.write_unfenced(|tx| {
+        tx.execute(
+            "UPDATE leadership SET expires_at = clock_timestamp() - interval '1 millisecond' \
+             WHERE role = $1 AND holder = $2",
+            &[&ROLE, &holder],
+        )?;
+        Ok(())
+    })
+}
+
 /// Refuses the transaction's write unless `fence` is still the leadership's token. The
 /// row stays share-locked until the transaction ends, so a takeover waits for a write
 /// already checked, and a write checked after a takeover sees the new token.

@@ -129,6 +129,10 @@ impl Store for PgStore {
         leadership::claim(self, holder, lease)
     }
 
+    fn resign_leadership(&self, holder: &str) -> StoreResult<()> {
+        leadership::resign(self, holder)
+    }
+
     fn roots(&self) -> StoreResult<Vec<Envelope>> {
         access::roots(self)
     }
