@@ -1,7 +1,8 @@
 //! A coordinator that does not lead the wave controller stands by: over real HTTPS, on a
 //! real PostgreSQL server, it answers 503 `standby` with Retry-After (and `/readyz` says
 //! who leads) while another replica holds the leadership, serves once it took over, and
-//! resigns when it stops.
+//! resigns when it stops; with PostgreSQL down it answers 503 with Retry-After and is
+//! unready, and resumes when the database is back.
 
 mod backend;
 mod common;
@@ -97,4 +98,41 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
         Claim::Leader { token: 3 },
         "the stopped coordinator resigned"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgresql_is_down_requests_get_503_with_retry_after_and_all_resumes() {
+    let t = TestDb::new(Backend::Postgres);
+    let h = Harness::with_config(&format!(
+        "{}leader_lease_secs = 3\nconnect_timeout_secs = 1\n",
+        t.storage_config()
+    ))
+    .await;
+    assert_eq!(get(&h, "/readyz").await.0, StatusCode::OK);
+    assert_eq!(get(&h, "/v1/rollouts").await.0, StatusCode::OK);
+
+    tokio::task::block_in_place(|| t.server().stop());
+    let (status, retry, body) = get(&h, "/v1/rollouts").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let retry: u32 = retry.expect("a Retry-After").parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    let (status, _, body) = get(&h, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        get(&h, "/healthz").await.0,
+        StatusCode::OK,
+        "alive, only not ready"
+    );
+
+    tokio::task::block_in_place(|| t.server().restart());
+    eventually("ready again once PostgreSQL is back", || {
+        let h = &h;
+        async move {
+            let ready = get(h, "/readyz").await.0 == StatusCode::OK;
+            let served = get(h, "/v1/rollouts").await.0 == StatusCode::OK;
+            (ready && served).then_some(())
+        }
+    })
+    .await;
+    h.stop().await;
 }
