@@ -47,7 +47,8 @@ pub struct Leadership {
 }
 
 /// A name for this process among the replicas: host, process id and a random part (a
-/// restarted process is a new holder, which takes over only after the lease expired).
+/// restarted process is a new holder: after a crash it takes over only once the old
+/// lease expired; a process that shut down resigned its lease already).
 pub fn holder_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -100,13 +101,13 @@ impl Leadership {
         self.paused.store(paused, Ordering::SeqCst);
     }
 
-    /// A claimant for the coordinator `app`: this process ([`holder_id`]), with the
-    /// configured lease.
-    pub fn of_app(app: &crate::state::App) -> Leadership {
+    /// This process's claimant ([`holder_id`]) on `db`, with the configured lease
+    /// (`storage.leader_lease_secs`).
+    pub fn configured(db: Db, config: &crate::config::Config) -> Leadership {
         Leadership::new(
-            app.db.clone(),
+            db,
             holder_id(),
-            Duration::from_secs(app.config.storage.leader_lease_secs),
+            Duration::from_secs(config.storage.leader_lease_secs),
         )
     }
 
@@ -176,7 +177,7 @@ impl Leadership {
             let fence = Fence { token };
             tokio::select! {
                 _ = fence::fenced(fence, run(fence)) => return,
-                why = self.keep(token) => {
+                why = self.keep(token, &observe) => {
                     tracing::warn!(holder = %self.holder, token, reason = %why, "this replica lost the wave controller's leadership; its controller stops");
                     self.set_role(Role::Candidate, &observe);
                 }
@@ -233,15 +234,25 @@ impl Leadership {
 
     /// Renews the lease of `token` until it is lost; returns why. A lease that could not
     /// be renewed for its whole length is lost too: another replica may hold it by now.
-    async fn keep(&self, token: i64) -> String {
+    async fn keep(&self, token: i64, observe: &impl Fn(&Role)) -> String {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(self.renew_every()).await;
             if self.paused.load(Ordering::SeqCst) {
                 continue;
             }
+            if renewed.elapsed() >= self.lease {
+                // Woken past the lease (a stopped process, a migrated VM): another replica
+                // may lead by now. Stand by until the database says.
+                self.set_role(Role::Candidate, observe);
+            }
+            let sent = Instant::now();
             match self.claim().await {
-                Ok(Claim::Leader { token: t }) if t == token => renewed = Instant::now(),
+                Ok(Claim::Leader { token: t }) if t == token => {
+                    // The lease runs from before the claim was sent, by this clock.
+                    renewed = sent;
+                    self.set_role(Role::Leader { token }, observe);
+                }
                 Ok(Claim::Leader { token: t }) => {
                     return format!(
                         "the lease expired unrenewed; it was claimed again with token {t}, not {token}"

@@ -282,7 +282,10 @@ pub async fn start_with_clock(
     };
 
     // Whether this replica leads the wave controller or stands by, known before it serves.
-    let leadership = Arc::new(crate::leadership::Leadership::of_app(&app));
+    let leadership = Arc::new(crate::leadership::Leadership::configured(
+        app.db.clone(),
+        &app.config,
+    ));
     leadership
         .first_claim(|role| app.controller.role(role))
         .await

@@ -82,7 +82,10 @@ pub use crate::engine::panic_message;
 /// configured tick until shutdown while this replica leads ([`crate::leadership`]; on
 /// SQLite, always), recording each completed pass in `app.controller`.
 pub async fn run_controller(app: AppState) {
-    let leadership = std::sync::Arc::new(crate::leadership::Leadership::of_app(&app));
+    let leadership = std::sync::Arc::new(crate::leadership::Leadership::configured(
+        app.db.clone(),
+        &app.config,
+    ));
     run_controller_for(app, leadership).await
 }
 
