@@ -188,6 +188,11 @@ pub struct StorageConfig {
     pub ca_file: Option<PathBuf>,
     /// How long a request waits for a database connection before failing.
     pub connect_timeout_secs: u64,
+    /// PostgreSQL: how long the replica that runs the wave controller holds its
+    /// leadership without renewing it (renewed every third of it). When the leader dies,
+    /// another replica takes over within about this long. SQLite is one process: its
+    /// coordinator always leads.
+    pub leader_lease_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -199,6 +204,7 @@ impl Default for StorageConfig {
             pool_size: 16,
             ca_file: None,
             connect_timeout_secs: 10,
+            leader_lease_secs: 10,
         }
     }
 }
@@ -742,6 +748,13 @@ impl StorageConfig {
                 "must be between 1 and 300",
             ));
         }
+        if !(1..=300).contains(&self.leader_lease_secs) {
+            return Err(invalid(
+                "storage.leader_lease_secs",
+                "must be between 1 and 300 (seconds a dead leader's wave controller waits \
+                 for another replica to take over)",
+            ));
+        }
         Ok(())
     }
 }
@@ -796,6 +809,11 @@ mod tests {
         refused(
             "backend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n",
             "storage.pool_size",
+        );
+        assert_eq!(c.storage.leader_lease_secs, 10);
+        refused(
+            "backend = \"postgres\"\nurl = \"postgres://h/db\"\nleader_lease_secs = 0\n",
+            "storage.leader_lease_secs",
         );
         let err =
             Config::parse("signing_key = \"k\"\n[storage]\nbackend = \"mysql\"\n").unwrap_err();

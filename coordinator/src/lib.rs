@@ -22,6 +22,7 @@ pub mod group_commit;
 pub mod http;
 pub mod ids;
 pub mod init;
+pub mod leadership;
 pub mod liveness;
 pub mod memory;
 pub mod metrics;

@@ -30,6 +30,9 @@ pub struct ControllerStatus {
     pub stopped: Option<String>,
     /// How many times it was restarted.
     pub restarts: u64,
+    /// Why this replica does not run passes although nothing is wrong: another replica
+    /// leads the wave controller (see [`crate::leadership`]). None: it leads.
+    pub standby: Option<String>,
 }
 
 impl ControllerStatus {
@@ -37,6 +40,9 @@ impl ControllerStatus {
     /// task runs and completed a pass within `stale_after` (counted from its start until
     /// its first pass).
     pub fn problem(&self, now: Instant, stale_after: Duration) -> Option<String> {
+        if self.running && self.standby.is_some() {
+            return None;
+        }
         if !self.running {
             return Some(format!(
                 "the wave controller is not running: {}; no rollout advances, halts or \
@@ -81,6 +87,7 @@ impl Liveness {
                 last_pass_at: None,
                 stopped: None,
                 restarts: 0,
+                standby: None,
             }),
             up: metrics.controller_up.clone(),
             restarts: metrics.controller_restarts.clone(),
@@ -102,6 +109,29 @@ impl Liveness {
         self.status.send_modify(|s| {
             s.last_pass = Some(Instant::now());
             s.last_pass_at = Some(at);
+        });
+    }
+
+    /// What this replica now is to the wave controller: a leader is expected to complete
+    /// passes from now on; a follower or a candidate stands by, which is no problem.
+    pub fn role(&self, role: &crate::leadership::Role) {
+        use crate::leadership::Role;
+        self.status.send_modify(|s| match role {
+            Role::Leader { .. } => {
+                s.standby = None;
+                s.started = Instant::now();
+            }
+            Role::Follower { holder } => {
+                s.standby = Some(format!(
+                    "replica {holder} leads the wave controller; this one stands by"
+                ));
+            }
+            Role::Candidate => {
+                s.standby = Some(
+                    "waiting to learn from the database which replica leads the wave controller"
+                        .to_string(),
+                );
+            }
         });
     }
 

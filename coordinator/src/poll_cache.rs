@@ -182,13 +182,27 @@ impl SiteCache {
         }
     }
 
+    /// Whether the site is active; its long polls wake only when that changes.
     pub fn set_active(&self, site_id: &str, active: bool) {
-        self.slot(site_id).update(|v| v.active = active);
+        let slot = self.slot(site_id);
+        if slot.view.read().unwrap_or_else(|e| e.into_inner()).active != active {
+            slot.update(|v| v.active = active);
+        }
     }
 
     /// Records the site's device key (as stored): sessions opened with another key end.
+    /// Its long polls wake only when the key changes.
     pub fn set_device_key(&self, site_id: &str, device_key: &str) {
-        let fp = crate::state::device_key_fingerprint(device_key);
-        self.slot(site_id).update(|v| v.key_fingerprint = Some(fp));
+        let fp = Some(crate::state::device_key_fingerprint(device_key));
+        let slot = self.slot(site_id);
+        if slot
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .key_fingerprint
+            != fp
+        {
+            slot.update(|v| v.key_fingerprint = fp);
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleetwave_shared::Envelope;
-use fleetwave_shared::protocol::operator::{OperatorRole, SiteState};
+use fleetwave_shared::protocol::operator::OperatorRole;
 use fleetwave_shared::service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -26,9 +26,8 @@ use crate::config::Config;
 use crate::engine::{self, Engine};
 use crate::http::auth::{RemoteAddr, token_hash};
 use crate::metrics::Metrics;
-use crate::poll_cache::ServedRelease;
 use crate::state::{App, AppState, Sessions, TrustChain, random_hex};
-use crate::store::{Db, OperatorTokenRecord, SiteFilter};
+use crate::store::{Db, OperatorTokenRecord};
 
 /// How the server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,50 +230,7 @@ pub async fn build_app_with_clock(
     // The stored freezes, in force for leases from the first request on.
     app.engine.load_freezes().await?;
     // Warm the poll cache: every site's state and newest assignment.
-    let sites = db
-        .run(|s| {
-            s.list_sites(&SiteFilter {
-                limit: usize::MAX >> 1,
-                ..Default::default()
-            })
-        })
-        .await?;
-    for s in &sites {
-        app.engine
-            .sites
-            .set_active(&s.id, s.state == SiteState::Active);
-        app.engine.sites.set_device_key(&s.id, &s.device_key);
-    }
-    let assignments = db.run(|s| s.current_assignments()).await?;
-    let rollouts = db.run(|s| s.list_rollouts()).await?;
-    let mut releases: std::collections::HashMap<String, Arc<ServedRelease>> =
-        std::collections::HashMap::new();
-    for a in assignments {
-        let aborted = rollouts.iter().any(|r| {
-            r.id == a.rollout_id
-                && matches!(
-                    r.status,
-                    fleetwave_shared::protocol::operator::RolloutStatus::Aborted
-                )
-        });
-        if aborted && !a.rollback {
-            continue;
-        }
-        // One shared copy per release, read once (not once per site).
-        let release = match releases.get(&a.release_id) {
-            Some(r) => r.clone(),
-            None => {
-                let rid = a.release_id.clone();
-                let Some(release) = db.run(move |s| s.release(&rid)).await? else {
-                    continue;
-                };
-                let served = ServedRelease::new(release.envelope);
-                releases.insert(a.release_id.clone(), served.clone());
-                served
-            }
-        };
-        app.engine.sites.set_assignment(a, release);
-    }
+    app.engine.load_poll_cache().await?;
     Ok(app)
 }
 
@@ -325,9 +281,18 @@ pub async fn start_with_clock(
         within: Duration::from_secs(app.config.limits.request_timeout_secs),
     };
 
+    // Whether this replica leads the wave controller or stands by, known before it serves.
+    let leadership = Arc::new(crate::leadership::Leadership::configured(
+        app.db.clone(),
+        &app.config,
+    ));
+    leadership
+        .first_claim(|role| app.controller.role(role))
+        .await
+        .context("claiming the wave controller's leadership")?;
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
-        crate::supervisor::run_controller,
+        move |app| crate::supervisor::run_controller_for(app, leadership.clone()),
         crate::supervisor::Backoff::DEFAULT,
     ));
     let flusher = {
@@ -354,6 +319,7 @@ pub async fn start_with_clock(
         app.clock.clone(),
         app.metrics.clone(),
         crate::webhooks::worker::Limits::DEFAULT,
+        app.controller.subscribe(),
         shutdown_rx.clone(),
     ));
     // Sites gone silent, for site.silent webhooks (only while an endpoint wants them).

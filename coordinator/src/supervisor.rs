@@ -79,13 +79,45 @@ where
 pub use crate::engine::panic_message;
 
 /// Runs the engine's wave controller ([`crate::engine::Engine::run_controller`]) at the
-/// configured tick until shutdown, recording each completed pass in `app.controller`.
+/// configured tick until shutdown while this replica leads ([`crate::leadership`]; on
+/// SQLite, always), recording each completed pass in `app.controller`.
 pub async fn run_controller(app: AppState) {
+    let leadership = std::sync::Arc::new(crate::leadership::Leadership::configured(
+        app.db.clone(),
+        &app.config,
+    ));
+    run_controller_for(app, leadership).await
+}
+
+/// [`run_controller`] with this replica's claimant (the server claims once before it
+/// serves, then runs this).
+pub async fn run_controller_for(
+    app: AppState,
+    leadership: std::sync::Arc<crate::leadership::Leadership>,
+) {
     let tick = Duration::from_millis(app.config.controller.tick_millis);
-    app.engine
-        .run_controller(tick, app.shutdown.clone(), |at| {
-            app.controller.pass_completed(at)
-        })
+    let app = &app;
+    leadership
+        .lead(
+            app.shutdown.clone(),
+            |role| app.controller.role(role),
+            |fence| async move {
+                // Another replica may have led since this one last did (a token other
+                // than SQLite's 0): what it changed is read from the store again, not
+                // from this replica's memory.
+                if fence.token != 0 {
+                    app.engine.facts.clear();
+                    if let Err(e) = app.engine.load_poll_cache().await {
+                        tracing::warn!(error = %e, "could not reload the poll cache on taking over the wave controller; the controller's passes refresh it");
+                    }
+                }
+                app.engine
+                    .run_controller(tick, app.shutdown.clone(), |at| {
+                        app.controller.pass_completed(at)
+                    })
+                    .await
+            },
+        )
         .await
 }
 
@@ -101,6 +133,7 @@ mod tests {
             last_pass_at: None,
             stopped: (!running).then(|| "it panicked: boom (restart 1 in 1s)".to_string()),
             restarts: 0,
+            standby: None,
         }
     }
 

@@ -32,6 +32,13 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<ServiceStatus>, 
             format!("database is not reachable: {e}"),
         )
     })?;
+    if let Some(standby) = app.controller.status().standby {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby",
+            standby,
+        ));
+    }
     if let Some(problem) = app.controller_problem() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

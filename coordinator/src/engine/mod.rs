@@ -18,7 +18,9 @@
 //!   poll cache);
 //! - [`reports`]: agents' report batches and last-seen times;
 //! - [`facts`]: each live rollout's facts in memory; [`placement`]: wave membership
-//!   again when a wave opens.
+//!   again when a wave opens;
+//! - `warm`: the poll cache filled from the store (at start, and on taking over the
+//!   controller's leadership from another replica).
 //!
 //! Each live rollout's facts are kept in memory ([`facts`]): loaded from SQLite once,
 //! then updated by every path that changes them right after its commit, so a tick reads
@@ -42,6 +44,7 @@ mod preview;
 pub mod reports;
 mod retry;
 pub mod tick;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -218,9 +221,18 @@ impl EngineError {
             self,
             EngineError::Storage(e) if !matches!(
                 e,
-                StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::SiteExists(_)
+                StoreError::NotFound(_)
+                    | StoreError::Conflict(_)
+                    | StoreError::SiteExists(_)
+                    | StoreError::Fenced(_)
             )
         )
+    }
+
+    /// Whether a write of the wave controller was refused because this replica no longer
+    /// leads it (see [`crate::leadership`]): nothing about the rollout is wrong.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::Storage(StoreError::Fenced(_)))
     }
 }
 

@@ -210,6 +210,11 @@ impl Engine {
                 self.failed_passes().remove(id);
                 return;
             }
+            Ok(Err(e)) if e.is_fenced() => {
+                // Another replica leads now: its controller evaluates the rollout.
+                tracing::warn!(rollout = %id, error = %e, "wave controller pass refused");
+                return;
+            }
             Ok(Err(e)) if e.is_storage_unavailable() => {
                 let n = {
                     let mut failed = self.failed_passes();

@@ -201,6 +201,30 @@ pub fn method_label(method: &Method) -> &'static str {
 
 /// Records the request's latency by method label, route template and status. Apply with
 /// `route_layer`, so that a route template ([`MatchedPath`]) is always known.
+/// Paths a standby replica still answers: its own health, readiness and metrics.
+const STANDBY_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A replica that stands by while another leads the wave controller (see
+/// [`crate::leadership`]) answers everything but [`STANDBY_PATHS`] with 503 and a
+/// Retry-After of one renewal period: its memory (poll cache, rollouts' facts) does not
+/// follow the leader's, so agents move on to the next coordinator URL and operators to the
+/// leader, and nothing is written past the leader's memory.
+pub async fn refuse_on_standby(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(standby) = app.controller.status().standby else {
+        return next.run(req).await;
+    };
+    if STANDBY_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let retry = (app.config.storage.leader_lease_secs / 3).max(1);
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "standby",
+        &format!("{standby}: send this request to the leading replica"),
+        Some(u32::try_from(retry).unwrap_or(u32::MAX)),
+    )
+}
+
 pub async fn record_latency(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
@@ -224,6 +248,10 @@ pub async fn record_latency(State(app): State<AppState>, req: Request, next: Nex
 /// metrics and the request-head limit.
 pub fn outer_layers(routes: axum::Router, app: AppState, edge: &Edge) -> axum::Router {
     routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_on_standby,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(app, record_latency))
         .layer(axum::middleware::from_fn_with_state(
             edge.header_limit,

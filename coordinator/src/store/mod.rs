@@ -7,6 +7,7 @@
 //! returns only after its transaction committed: an `Ok` is an acknowledged, durable write.
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
+pub mod fence;
 pub mod fold;
 pub mod migrate;
 pub mod postgres;
@@ -45,6 +46,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database task failed: {0}")]
     Task(String),
+    /// A write of the wave controller carried a fencing token that is no longer the
+    /// leadership's: another replica took over (see [`fence`]).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -625,10 +630,41 @@ pub fn sign_all(
     })
 }
 
+/// What a claim of the wave controller's leadership found ([`Store::claim_leadership`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The claimant leads, with this fencing token.
+    Leader { token: i64 },
+    /// Another replica leads, with this token, for this long yet.
+    Follower {
+        holder: String,
+        token: i64,
+        expires_in: std::time::Duration,
+    },
+}
+
 /// All of fleetwave's persistent state. Every method is blocking; call through [`Db::run`].
 pub trait Store: Send + Sync + 'static {
     /// Cheap read that proves the database answers (for `/readyz`).
     fn ping(&self) -> StoreResult<()>;
+
+    /// Claims or renews the wave controller's leadership for `holder`, for `lease` from
+    /// now by the database's clock: granted when nobody holds it, its holder's lease has
+    /// expired (a takeover: the token goes up by one) or `holder` holds it already (a
+    /// renewal: same token). The default is for a backend only one process opens
+    /// (SQLite): the leadership is always held, with token 0, and nothing is fenced.
+    fn claim_leadership(&self, holder: &str, lease: std::time::Duration) -> StoreResult<Claim> {
+        let _ = (holder, lease);
+        Ok(Claim::Leader { token: 0 })
+    }
+
+    /// Ends `holder`'s lease now, if it holds it (a replica shutting down): another
+    /// replica takes over at its next claim instead of after the lease. The default (one
+    /// process) has nothing to end.
+    fn resign_leadership(&self, holder: &str) -> StoreResult<()> {
+        let _ = holder;
+        Ok(())
+    }
 
     // Roots
     fn roots(&self) -> StoreResult<Vec<Envelope>>;
@@ -1058,7 +1094,9 @@ impl Db {
         F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        // A write of the wave controller carries its fencing token to the store.
+        let fence = fence::of_task();
+        tokio::task::spawn_blocking(move || fence::on_thread(fence, || f(store.as_ref())))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }

@@ -72,6 +72,10 @@ pub async fn run(app: AppState) {
         if *stop.borrow() {
             return;
         }
+        // A standby replica leaves it to the leader (one writer of site.silent events).
+        if app.controller.status().standby.is_some() {
+            continue;
+        }
         if let Err(e) = pass(&app, &mut noted).await {
             tracing::warn!(error = %e, "looking for silent sites (site.silent webhooks) failed");
         }

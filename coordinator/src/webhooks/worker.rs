@@ -24,6 +24,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use super::{BodyFormat, retry_delay, secret_key, sign};
 use crate::clock::Clock;
+use crate::liveness::ControllerStatus;
 use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, Db, DueDelivery};
 
@@ -71,6 +72,7 @@ pub async fn supervise(
     clock: Clock,
     metrics: Arc<Metrics>,
     limits: Limits,
+    controller: watch::Receiver<ControllerStatus>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut stop = shutdown.clone();
@@ -80,6 +82,7 @@ pub async fn supervise(
             clock.clone(),
             metrics.clone(),
             limits,
+            controller.clone(),
             shutdown.clone(),
         ))
         .await;
@@ -104,12 +107,15 @@ pub async fn supervise(
     }
 }
 
-/// Runs the delivery worker until `shutdown` turns true.
+/// Runs the delivery worker until `shutdown` turns true. A replica standing by while
+/// another leads the wave controller (`controller`'s `standby`) sends nothing: the leader
+/// delivers from the shared outbox, and two senders would deliver twice.
 pub async fn run(
     db: Db,
     clock: Clock,
     metrics: Arc<Metrics>,
     limits: Limits,
+    controller: watch::Receiver<ControllerStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let http = client(&limits);
@@ -128,7 +134,8 @@ pub async fn run(
             .collect();
         let now = clock.now();
         let free = slots.available_permits();
-        let due = if free == 0 {
+        let standby = controller.borrow().standby.is_some();
+        let due = if free == 0 || standby {
             Ok(Vec::new())
         } else {
             db.run(move |s| s.due_webhook_deliveries(now, &taken, free))

@@ -21,6 +21,7 @@ mod channels;
 pub mod dashboard;
 mod dashboard_sessions;
 mod freezes;
+mod leadership;
 mod reports;
 mod signals;
 pub use signals::SAMPLES_SQL;
@@ -125,7 +126,9 @@ impl From<r2d2::Error> for StoreError {
 /// add the next.
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
+    // Version 2: dashboard sessions; version 3: the wave controller's lease row.
     include_str!("schema_v2_sessions.sql"),
+    include_str!("schema_leadership.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations of replicas starting together.
@@ -338,8 +341,24 @@ impl PgStore {
 
     /// One SERIALIZABLE write transaction, run again from the start (up to
     /// [`WRITE_ATTEMPTS`] times) when PostgreSQL aborts it for a serialization failure or
-    /// a deadlock.
+    /// a deadlock. A write of the wave controller (one made inside
+    /// [`super::fence::fenced`]) first checks its fencing token against the leadership
+    /// row, in the same transaction.
     fn write<T>(&self, mut f: impl FnMut(&mut Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        match super::fence::current() {
+            Some(fence) => self.write_unfenced(|tx| {
+                leadership::check(tx, fence)?;
+                f(tx)
+            }),
+            None => self.write_unfenced(f),
+        }
+    }
+
+    /// [`PgStore::write`] without the fencing check (claiming the leadership itself).
+    fn write_unfenced<T>(
+        &self,
+        mut f: impl FnMut(&mut Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut c = self.conn()?;
         let mut attempt = 1;
         loop {

@@ -153,6 +153,14 @@ impl Store for PgStore {
         access::ping(self)
     }
 
+    fn claim_leadership(&self, holder: &str, lease: std::time::Duration) -> StoreResult<Claim> {
+        leadership::claim(self, holder, lease)
+    }
+
+    fn resign_leadership(&self, holder: &str) -> StoreResult<()> {
+        leadership::resign(self, holder)
+    }
+
     fn roots(&self) -> StoreResult<Vec<Envelope>> {
         access::roots(self)
     }
