@@ -166,12 +166,7 @@ pub struct MinuteValues {
 /// A site's signals in `minute` (minutes since the run's start): its baseline times the
 /// shared daily load, with per-minute noise (binomial for the error ratio, log-normal
 /// 10 % for the latency), worse by the slow degradation when `degraded`.
-pub fn minute_values(
-    p: &Profile,
-    load: f64,
-    degraded: bool,
-    noise: &mut Rng,
-) -> MinuteValues {
+pub fn minute_values(p: &Profile, load: f64, degraded: bool, noise: &mut Rng) -> MinuteValues {
     let ratio = p.error_ratio * load;
     let requests = p.requests_per_minute * load;
     let binomial_sd = (ratio * (1.0 - ratio) / requests).sqrt();
@@ -281,7 +276,13 @@ mod tests {
         assert!((we - he - 0.03).abs() < 0.003, "{he} -> {we}");
         assert!((wl / hl - 1.3).abs() < 0.03, "{hl} -> {wl}");
         // Every value stays a ratio.
-        assert!(healthy.0.iter().chain(&worse.0).all(|v| (0.0..=1.0).contains(v)));
+        assert!(
+            healthy
+                .0
+                .iter()
+                .chain(&worse.0)
+                .all(|v| (0.0..=1.0).contains(v))
+        );
     }
 
     #[test]
@@ -293,7 +294,10 @@ mod tests {
             .filter(|&s| Profile::draw(3, 1, s, Class::Flapping).flapping)
             .count();
         assert!((150..250).contains(&silent), "{silent} of 2000 silent");
-        assert!((400..600).contains(&flapping), "{flapping} of 2000 flapping");
+        assert!(
+            (400..600).contains(&flapping),
+            "{flapping} of 2000 flapping"
+        );
         assert!(!(0..2000).any(|s| Profile::draw(3, 1, s, Class::Healthy).goes_silent));
     }
 
@@ -313,7 +317,11 @@ mod tests {
         // The first turn may be cut short; the others keep to their bounds.
         for &(up, len) in &runs[1..] {
             let (lo, hi) = if up { (5, 30) } else { (5, 45) };
-            assert!((lo..=hi).contains(&len), "{} for {len} minutes", if up { "up" } else { "down" });
+            assert!(
+                (lo..=hi).contains(&len),
+                "{} for {len} minutes",
+                if up { "up" } else { "down" }
+            );
         }
     }
 
@@ -321,6 +329,9 @@ mod tests {
     fn the_daily_load_swings_by_a_fifth() {
         let loads: Vec<f64> = (0..1440).map(|m| daily_load(m, 0.0)).collect();
         let (lo, _, hi) = min_median_max(&loads).unwrap();
-        assert!((lo - 0.8).abs() < 1e-3 && (hi - 1.2).abs() < 1e-3, "{lo}..{hi}");
+        assert!(
+            (lo - 0.8).abs() < 1e-3 && (hi - 1.2).abs() < 1e-3,
+            "{lo}..{hi}"
+        );
     }
 }
