@@ -90,6 +90,8 @@ pub struct Options {
     pub runs: usize,
     pub seed: u64,
     pub classes: Vec<Class>,
+    /// Print a line for every run (how it ended and the halt's reason).
+    pub verbose: bool,
     /// Where each run's coordinator directory is made (a temp dir when None); each run's
     /// is removed after it.
     pub dir: Option<PathBuf>,
@@ -162,6 +164,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Outcome>> {
             let o = run_once(tmp.path(), opts.sites, opts.seed, r as u64, class)
                 .await
                 .with_context(|| format!("{} run {}", class.name(), r + 1))?;
+            if opts.verbose {
+                print_run(r + 1, &o);
+            }
             outcomes.push(o);
         }
         print_class(class, &outcomes, t.elapsed());
@@ -321,6 +326,23 @@ fn print_class(class: Class, outcomes: &[Outcome], took: Duration) {
         }
         println!("    e.g. {reason}");
     }
+}
+
+fn print_run(run: usize, o: &Outcome) {
+    let how = match &o.halt {
+        Some(h) => format!(
+            "halted at wave {} by {} after {:.0} min, {} of {} sites installed: {}",
+            h.wave,
+            h.cause(),
+            o.to_halt.unwrap_or_default(),
+            o.installed,
+            o.sites,
+            h.reason
+        ),
+        None if o.completed => format!("completed in {} min", o.minutes),
+        None => format!("neither halted nor completed in {} min", o.minutes),
+    };
+    println!("  {} run {run}: {how}", o.class.name());
 }
 
 /// The agent API of the in-process coordinator: its router, called without a socket.
@@ -853,7 +875,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         for run in 0..2 {
             let dir = tempfile::tempdir_in(default_dir()).unwrap();
-            let o = run_once(dir.path(), 80, 11, run, Class::SlowDegradation)
+            let o = run_once(dir.path(), 60, 11, run, Class::SlowDegradation)
                 .await
                 .unwrap();
             let halt = o.halt.as_ref().expect("the degrading release halts");
@@ -864,16 +886,16 @@ mod tests {
                 halt.wave,
                 halt.reason
             );
-            assert!(o.installed < 20, "{} of 80 sites took it", o.installed);
+            assert!(o.installed < 20, "{} of 60 sites took it", o.installed);
             assert!(!o.completed);
 
             let dir = tempfile::tempdir_in(default_dir()).unwrap();
-            let o = run_once(dir.path(), 80, 11, run, Class::Healthy)
+            let o = run_once(dir.path(), 60, 11, run, Class::Healthy)
                 .await
                 .unwrap();
             assert!(o.halt.is_none(), "false halt: {:?}", o.halt);
             assert!(o.completed, "the healthy rollout completes");
-            assert_eq!(o.installed, 80);
+            assert_eq!(o.installed, 60);
         }
     }
 }
