@@ -551,16 +551,16 @@ impl Site {
                 self.phase(
                     at,
                     &rollout,
-                    &w.new.clone(),
+                    &w.new,
                     Phase::Failed,
                     Some("start: the application exited with status 1"),
                 );
-                self.phase(at, &rollout, &w.new.clone(), Phase::RolledBack, None);
-                self.installed(at, &w.old.clone(), "1.0.0");
+                self.phase(at, &rollout, &w.new, Phase::RolledBack, None);
+                self.installed(at, &w.old, "1.0.0");
                 self.state = State::Failed;
             } else {
-                self.phase(at, &rollout, &w.new.clone(), Phase::Committed, None);
-                self.installed(at, &w.new.clone(), "2.0.0");
+                self.phase(at, &rollout, &w.new, Phase::Committed, None);
+                self.installed(at, &w.new, "2.0.0");
                 self.committed_at = Some(at);
                 self.state = State::Committed;
             }
