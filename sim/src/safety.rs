@@ -8,7 +8,9 @@
 //! Sites speak the agent API through the coordinator's own router (poll with ETag, lease,
 //! report batches with phase, health and installed events and per-minute signals), called
 //! in-process without a socket: the same handlers, checks and engine paths as over HTTPS,
-//! minus TLS. The gate, the failure budget and the `[[analysis]]` judge are the
+//! minus TLS. Sites are written into the fresh database and their sessions opened
+//! directly (`Sessions::open`): enrollment and the signed handshake are not what is
+//! measured. The gate, the failure budget and the `[[analysis]]` judge are the
 //! coordinator's; nothing here decides whether a rollout halts.
 //!
 //! It prints, per class over the runs: how many halted and by what, the wave of the
