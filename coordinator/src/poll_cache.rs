@@ -23,8 +23,23 @@ pub struct SiteView {
     /// Fingerprint of the site's device key ([`crate::state::device_key_fingerprint`]):
     /// agent sessions opened with another key are refused.
     pub key_fingerprint: Option<u64>,
+    /// Fingerprints of the device keys of the site's other boxes (None: a one-box site):
+    /// their sessions are the site's sessions too.
+    pub other_box_keys: Option<Arc<[u64]>>,
     /// Shared, so that copying the view (every poll) copies no envelope.
     pub assignment: Option<Arc<CachedAssignment>>,
+}
+
+impl SiteView {
+    /// Whether a session opened with the key of this fingerprint is one of the site's
+    /// boxes' sessions (a one-box site compares one number).
+    pub fn accepts_key(&self, fingerprint: u64) -> bool {
+        self.key_fingerprint == Some(fingerprint)
+            || self
+                .other_box_keys
+                .as_deref()
+                .is_some_and(|keys| keys.contains(&fingerprint))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,5 +205,19 @@ impl SiteCache {
     pub fn set_device_key(&self, site_id: &str, device_key: &str) {
         let fp = crate::state::device_key_fingerprint(device_key);
         self.slot(site_id).update(|v| v.key_fingerprint = Some(fp));
+    }
+
+    /// Records the device keys of every box of a site (as [`crate::store::Store::site_boxes`]
+    /// lists them, first box first): sessions opened with any other key end.
+    pub fn set_boxes(&self, site_id: &str, boxes: &[crate::store::SiteBox]) {
+        let fp = |b: &crate::store::SiteBox| crate::state::device_key_fingerprint(&b.device_key);
+        let first = boxes.iter().find(|b| b.first).map(fp);
+        let others: Vec<u64> = boxes.iter().filter(|b| !b.first).map(fp).collect();
+        self.slot(site_id).update(|v| {
+            if first.is_some() {
+                v.key_fingerprint = first;
+            }
+            v.other_box_keys = (!others.is_empty()).then(|| others.into());
+        });
     }
 }

@@ -245,6 +245,11 @@ pub async fn build_app_with_clock(
             .set_active(&s.id, s.state == SiteState::Active);
         app.engine.sites.set_device_key(&s.id, &s.device_key);
     }
+    // Sites of several boxes: every box's key opens the site's sessions.
+    let boxes = db.run(|s| s.boxes_of_multi_box_sites()).await?;
+    for site in boxes.chunk_by(|a, b| a.site_id == b.site_id) {
+        app.engine.sites.set_boxes(&site[0].site_id, site);
+    }
     let assignments = db.run(|s| s.current_assignments()).await?;
     let rollouts = db.run(|s| s.list_rollouts()).await?;
     let mut releases: std::collections::HashMap<String, Arc<ServedRelease>> =

@@ -218,7 +218,10 @@ impl EngineError {
             self,
             EngineError::Storage(e) if !matches!(
                 e,
-                StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::SiteExists(_)
+                StoreError::NotFound(_)
+                    | StoreError::Conflict(_)
+                    | StoreError::SiteExists(_)
+                    | StoreError::BoxExists { .. }
             )
         )
     }

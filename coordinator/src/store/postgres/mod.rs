@@ -122,7 +122,7 @@ impl From<r2d2::Error> for StoreError {
 
 /// The migrations, in order: version n is `MIGRATIONS[n - 1]`. Never edit a released one:
 /// add the next.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// The key of the advisory lock that serializes migrations of replicas starting together.
 const MIGRATION_LOCK: i64 = 0x666c_6565_7477_6176; // "fleetwav"
