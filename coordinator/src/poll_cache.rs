@@ -103,6 +103,15 @@ impl SiteSlot {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The site's current assignment, without copying the rest of the view (the poll path).
+    pub fn assignment(&self) -> Option<Arc<CachedAssignment>> {
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .assignment
+            .clone()
+    }
+
     /// Whether the site is active (enrolled, not decommissioned), without copying the view.
     pub fn active(&self) -> bool {
         self.view.read().unwrap_or_else(|e| e.into_inner()).active
@@ -219,5 +228,60 @@ impl SiteCache {
             }
             v.other_box_keys = (!others.is_empty()).then(|| others.into());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::device_key_fingerprint as fp;
+    use crate::store::SiteBox;
+
+    fn a_box(id: &str, key: &str, first: bool) -> SiteBox {
+        SiteBox {
+            site_id: "store-1".into(),
+            box_id: id.into(),
+            role: String::new(),
+            device_key: key.into(),
+            agent_version: "1".into(),
+            enrolled_at: Timestamp::UNIX_EPOCH,
+            first,
+        }
+    }
+
+    #[test]
+    fn every_box_key_of_a_site_opens_its_sessions_and_a_replaced_one_no_longer_does() {
+        let cache = SiteCache::default();
+        cache.set_device_key("store-1", "k-main");
+        let one = cache.get("store-1").unwrap().view();
+        assert!(one.accepts_key(fp("k-main")));
+        assert!(!one.accepts_key(fp("k-other")));
+        assert!(
+            one.other_box_keys.is_none(),
+            "a one-box site keeps one number"
+        );
+
+        cache.set_boxes(
+            "store-1",
+            &[a_box("srv", "k-srv", true), a_box("agt-1", "k-agt", false)],
+        );
+        let two = cache.get("store-1").unwrap().view();
+        for key in ["k-srv", "k-agt"] {
+            assert!(two.accepts_key(fp(key)), "{key}");
+        }
+        assert!(!two.accepts_key(fp("k-main")));
+
+        // agt-1 re-keyed: its old key ends, the server's stays.
+        cache.set_boxes(
+            "store-1",
+            &[
+                a_box("srv", "k-srv", true),
+                a_box("agt-1", "k-agt-new", false),
+            ],
+        );
+        let after = cache.get("store-1").unwrap().view();
+        assert!(after.accepts_key(fp("k-srv")));
+        assert!(after.accepts_key(fp("k-agt-new")));
+        assert!(!after.accepts_key(fp("k-agt")));
     }
 }

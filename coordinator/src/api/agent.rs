@@ -375,7 +375,7 @@ fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> Answer {
         .engine
         .sites
         .get(site_id)
-        .and_then(|s| s.view().assignment)
+        .and_then(|s| s.assignment())
         .filter(|a| a.record.expires > now);
     let (roots, latest) = {
         let t = app.trust.read().unwrap_or_else(|e| e.into_inner());
