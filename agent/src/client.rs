@@ -258,16 +258,27 @@ pub async fn enroll(
     base: &str,
     token: &str,
     site_id: &str,
+    named_box: Option<(&str, &str)>,
     key: &SigningKey,
 ) -> Result<EnrollResponse, ClientError> {
     let device_key = hex::encode(key.verifying_key().as_bytes());
-    let proof = key.sign(&protocol::enroll_message(site_id, token, &device_key));
+    let message = match named_box {
+        None => protocol::enroll_message(site_id, token, &device_key),
+        Some((box_id, role)) => {
+            protocol::box_enroll_message(site_id, box_id, role, token, &device_key)
+        }
+    };
+    let proof = key.sign(&message);
     let request = EnrollRequest {
         token: token.to_string(),
         site_id: site_id.to_string(),
         device_key,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         proof: base64::engine::general_purpose::STANDARD.encode(proof.to_bytes()),
+        box_id: named_box.map(|(b, _)| b.to_string()),
+        role: named_box
+            .map(|(_, r)| r.to_string())
+            .filter(|r| !r.is_empty()),
     };
     let url = join(base, paths::ENROLL);
     let response = http
@@ -332,6 +343,8 @@ pub struct Session {
     /// Index into `bases` of the coordinator in use.
     current: std::sync::atomic::AtomicUsize,
     site_id: String,
+    /// The box this agent enrolled as, when it named one (sessions name it too).
+    box_id: Option<String>,
     key: SigningKey,
     token: Mutex<Option<String>>,
     /// What the last session answer said about signal minutes per report (`None`: an
@@ -362,11 +375,17 @@ impl Session {
                 .collect(),
             current: std::sync::atomic::AtomicUsize::new(0),
             site_id: site_id.to_string(),
+            box_id: None,
             key,
             token: Mutex::new(None),
             signal_minutes: Mutex::new(None),
             clock: crate::clock::Clock::system(),
         }
+    }
+
+    /// The same session, for the box `box_id` of the site (as it enrolled naming it).
+    pub fn with_box(self, box_id: Option<String>) -> Session {
+        Session { box_id, ..self }
     }
 
     /// The same session, signing its requests with the time of `clock`.
@@ -451,6 +470,7 @@ impl Session {
             timestamp,
             nonce,
             signature: base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+            box_id: self.box_id.clone(),
         };
         let session: SessionResponse = self
             .failing_over(|base| {

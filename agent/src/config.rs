@@ -24,6 +24,9 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    /// `[box]`: which box of its site this is, and its role. A one-box site leaves it out.
+    #[serde(rename = "box", default, skip_serializing_if = "BoxConfig::is_default")]
+    pub site_box: BoxConfig,
     #[serde(default)]
     pub poll: PollConfig,
     #[serde(default)]
@@ -103,6 +106,47 @@ pub struct AgentConfig {
     /// The site's IANA time zone; maintenance windows are read in it.
     #[serde(default = "default_time_zone")]
     pub site_time_zone: String,
+}
+
+/// `[box]`: this machine among the boxes of its site. Each box runs its own agent with its
+/// own device key and enrolls under the site's id with its own box id; the coordinator
+/// upgrades a site's boxes one at a time, in the order of the plan's `box_order` (which
+/// names roles, e.g. servers before agents).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxConfig {
+    /// The box id, unique within the site (`[a-z0-9][a-z0-9._-]{0,62}`). Default `main`.
+    #[serde(default = "default_box_id")]
+    pub id: String,
+    /// The box's role label (`server`, `agent`, or any word of the same form). Default:
+    /// none.
+    #[serde(default)]
+    pub role: String,
+}
+
+impl Default for BoxConfig {
+    fn default() -> Self {
+        BoxConfig {
+            id: default_box_id(),
+            role: String::new(),
+        }
+    }
+}
+
+impl BoxConfig {
+    fn is_default(&self) -> bool {
+        *self == BoxConfig::default()
+    }
+
+    /// The box and role to name at enrollment: none for a one-box site's default box (so
+    /// that it enrolls exactly as before boxes, with any coordinator).
+    pub fn named(&self) -> Option<(&str, &str)> {
+        (!self.is_default()).then_some((self.id.as_str(), self.role.as_str()))
+    }
+}
+
+fn default_box_id() -> String {
+    "main".into()
 }
 
 /// `[poll]`: how often and how patiently to ask the coordinator.
@@ -444,6 +488,24 @@ impl Config {
                 format!(
                     "{:?} is not a site id ([a-z0-9][a-z0-9._-]{{0,62}})",
                     self.agent.site_id
+                ),
+            ));
+        }
+        if !valid_site_id(&self.site_box.id) {
+            return Err(bad(
+                "box.id",
+                format!(
+                    "{:?} is not a box id ([a-z0-9][a-z0-9._-]{{0,62}}, unique within the site)",
+                    self.site_box.id
+                ),
+            ));
+        }
+        if !self.site_box.role.is_empty() && !valid_site_id(&self.site_box.role) {
+            return Err(bad(
+                "box.role",
+                format!(
+                    "{:?} is not a role ([a-z0-9][a-z0-9._-]{{0,62}}, e.g. server or agent)",
+                    self.site_box.role
                 ),
             ));
         }
@@ -803,10 +865,41 @@ aggregate = "avg"
                 "[coordinator]\nurl = \"https://x\"\n[agent]\nsite_id = \"Bad Site\"\n",
                 "agent.site_id",
             ),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[box]\nid = \"Box 1\"\n",
+                "box.id",
+            ),
+            (
+                "[coordinator]\nurl = \"https://x\"\n[box]\nid = \"n1\"\nrole = \"control plane\"\n",
+                "box.role",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, "agent.toml").unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_one_box_site_names_no_box_and_a_box_of_several_names_itself_and_its_role() {
+        let plain = Config::parse("[coordinator]\nurl = \"https://x\"\n", "agent.toml").unwrap();
+        assert_eq!(plain.site_box.id, "main");
+        assert_eq!(plain.site_box.named(), None);
+        assert!(!plain.to_toml().contains("[box]"), "{}", plain.to_toml());
+        let server = Config::parse(
+            "[coordinator]\nurl = \"https://x\"\n[box]\nid = \"node-1\"\nrole = \"server\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(server.site_box.named(), Some(("node-1", "server")));
+        let again = Config::parse(&server.to_toml(), "agent.toml").unwrap();
+        assert_eq!(again.site_box, server.site_box);
+        // A role alone still names the box (main), so the coordinator learns the role.
+        let role_only = Config::parse(
+            "[coordinator]\nurl = \"https://x\"\n[box]\nrole = \"agent\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(role_only.site_box.named(), Some(("main", "agent")));
     }
 }

@@ -270,7 +270,9 @@ async fn enroll(
     let mut answer = None;
     let mut unreachable = Vec::new();
     for url in config.coordinator.urls() {
-        match fleetwave_agent::client::enroll(&http, &url, &token, &site_id, &key).await {
+        let named_box = config.site_box.named();
+        match fleetwave_agent::client::enroll(&http, &url, &token, &site_id, named_box, &key).await
+        {
             Ok(a) => {
                 answer = Some(a);
                 break;
@@ -301,6 +303,9 @@ async fn enroll(
     })?;
     store.save_trust(&trust.persisted())?;
     store.set_meta("site_id", &answer.site_id)?;
+    if let Some((box_id, _)) = config.site_box.named() {
+        store.set_meta("box_id", box_id)?;
+    }
     store.set_meta(
         "labels",
         &serde_json::to_string(&answer.labels).unwrap_or_default(),
@@ -312,11 +317,17 @@ async fn enroll(
     if json {
         println!(
             "{}",
-            json!({"site_id": answer.site_id, "labels": answer.labels, "root_version": version, "device_key": key_path})
+            json!({"site_id": answer.site_id, "box_id": config.site_box.id, "role": config.site_box.role, "labels": answer.labels, "root_version": version, "device_key": key_path})
         );
     } else {
         println!(
-            "enrolled as site {} (root version {version})",
+            "enrolled as box {}{} of site {} (root version {version})",
+            config.site_box.id,
+            if config.site_box.role.is_empty() {
+                String::new()
+            } else {
+                format!(" (role {})", config.site_box.role)
+            },
             answer.site_id
         );
         println!("device key: {}", key_path.display());

@@ -78,6 +78,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::conflict("conflict", m),
             StoreError::SiteExists(site) => site_exists(&site),
+            StoreError::BoxExists { site_id, box_id } => box_exists(&site_id, &box_id),
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::new(
@@ -148,9 +149,20 @@ pub fn site_exists(site: &str) -> ApiError {
         "site_exists",
         format!(
             "site {site} is already enrolled; a token without a site only creates new sites, and \
-             an enrolled site's device key is replaced only with a token from \
-             `fleetwave site rekey {site}` (for a re-imaged or replaced box); otherwise enroll \
-             under another site id"
+             a new box joins an enrolled site, or a box of it gets a new device key, only with \
+             a token from `fleetwave site rekey {site}` (for a new, re-imaged or replaced box); \
+             otherwise enroll under another site id"
+        ),
+    )
+}
+
+pub fn box_exists(site: &str, box_id: &str) -> ApiError {
+    ApiError::conflict(
+        "box_exists",
+        format!(
+            "site {site} already has a box {box_id}; give this box another box id (the agent's \
+             `[box] id`) to add it to the site, or, to replace box {box_id} (re-imaged or \
+             swapped), enroll with a token from `fleetwave site rekey {site}`"
         ),
     )
 }

@@ -23,8 +23,23 @@ pub struct SiteView {
     /// Fingerprint of the site's device key ([`crate::state::device_key_fingerprint`]):
     /// agent sessions opened with another key are refused.
     pub key_fingerprint: Option<u64>,
+    /// Fingerprints of the device keys of the site's other boxes (None: a one-box site):
+    /// their sessions are the site's sessions too.
+    pub other_box_keys: Option<Arc<[u64]>>,
     /// Shared, so that copying the view (every poll) copies no envelope.
     pub assignment: Option<Arc<CachedAssignment>>,
+}
+
+impl SiteView {
+    /// Whether a session opened with the key of this fingerprint is one of the site's
+    /// boxes' sessions (a one-box site compares one number).
+    pub fn accepts_key(&self, fingerprint: u64) -> bool {
+        self.key_fingerprint == Some(fingerprint)
+            || self
+                .other_box_keys
+                .as_deref()
+                .is_some_and(|keys| keys.contains(&fingerprint))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +101,15 @@ impl SiteSlot {
 
     pub fn view(&self) -> SiteView {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The site's current assignment, without copying the rest of the view (the poll path).
+    pub fn assignment(&self) -> Option<Arc<CachedAssignment>> {
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .assignment
+            .clone()
     }
 
     /// Whether the site is active (enrolled, not decommissioned), without copying the view.
@@ -204,5 +228,74 @@ impl SiteCache {
         {
             slot.update(|v| v.key_fingerprint = fp);
         }
+    }
+
+    /// Records the device keys of every box of a site (as [`crate::store::Store::site_boxes`]
+    /// lists them, first box first): sessions opened with any other key end.
+    pub fn set_boxes(&self, site_id: &str, boxes: &[crate::store::SiteBox]) {
+        let fp = |b: &crate::store::SiteBox| crate::state::device_key_fingerprint(&b.device_key);
+        let first = boxes.iter().find(|b| b.first).map(fp);
+        let others: Vec<u64> = boxes.iter().filter(|b| !b.first).map(fp).collect();
+        self.slot(site_id).update(|v| {
+            if first.is_some() {
+                v.key_fingerprint = first;
+            }
+            v.other_box_keys = (!others.is_empty()).then(|| others.into());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::device_key_fingerprint as fp;
+    use crate::store::SiteBox;
+
+    fn a_box(id: &str, key: &str, first: bool) -> SiteBox {
+        SiteBox {
+            site_id: "store-1".into(),
+            box_id: id.into(),
+            role: String::new(),
+            device_key: key.into(),
+            agent_version: "1".into(),
+            enrolled_at: Timestamp::UNIX_EPOCH,
+            first,
+        }
+    }
+
+    #[test]
+    fn every_box_key_of_a_site_opens_its_sessions_and_a_replaced_one_no_longer_does() {
+        let cache = SiteCache::default();
+        cache.set_device_key("store-1", "k-main");
+        let one = cache.get("store-1").unwrap().view();
+        assert!(one.accepts_key(fp("k-main")));
+        assert!(!one.accepts_key(fp("k-other")));
+        assert!(
+            one.other_box_keys.is_none(),
+            "a one-box site keeps one number"
+        );
+
+        cache.set_boxes(
+            "store-1",
+            &[a_box("srv", "k-srv", true), a_box("agt-1", "k-agt", false)],
+        );
+        let two = cache.get("store-1").unwrap().view();
+        for key in ["k-srv", "k-agt"] {
+            assert!(two.accepts_key(fp(key)), "{key}");
+        }
+        assert!(!two.accepts_key(fp("k-main")));
+
+        // agt-1 re-keyed: its old key ends, the server's stays.
+        cache.set_boxes(
+            "store-1",
+            &[
+                a_box("srv", "k-srv", true),
+                a_box("agt-1", "k-agt-new", false),
+            ],
+        );
+        let after = cache.get("store-1").unwrap().view();
+        assert!(after.accepts_key(fp("k-srv")));
+        assert!(after.accepts_key(fp("k-agt-new")));
+        assert!(!after.accepts_key(fp("k-agt")));
     }
 }

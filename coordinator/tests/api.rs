@@ -43,6 +43,26 @@ fn session_body(site: &str, key: &SigningKey, at: Timestamp, nonce: &str) -> Val
     json!({"site_id": site, "timestamp": at, "nonce": nonce, "signature": sig})
 }
 
+fn box_enroll_body(site: &str, box_id: &str, role: &str, token: &str, key: &SigningKey) -> Value {
+    let device = hex::encode(key.verifying_key().as_bytes());
+    let proof = base64::engine::general_purpose::STANDARD.encode(
+        key.sign(&box_enroll_message(site, box_id, role, token, &device))
+            .to_bytes(),
+    );
+    json!({"token": token, "site_id": site, "box_id": box_id, "role": role, "device_key": device, "agent_version": "0.1.0", "proof": proof})
+}
+
+async fn box_session(
+    h: &Harness,
+    site: &str,
+    box_id: &str,
+    key: &SigningKey,
+) -> (StatusCode, Value) {
+    let mut body = session_body(site, key, Timestamp::now(), &nonce());
+    body["box_id"] = json!(box_id);
+    h.post("/v1/agent/session", "", body).await
+}
+
 fn nonce() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).unwrap();
@@ -263,6 +283,159 @@ async fn device_key_of(h: &Harness, site: &str) -> String {
     v["device_key"].as_str().unwrap().to_string()
 }
 
+/// Boxes within a site: a token bound to the site enrolls its boxes (each with its own key
+/// and role), each box opens its own sessions; the same box id again is refused (409
+/// box_exists) unless the operator re-keys, which ends only that box's sessions; an agent
+/// naming no box cannot join a site whose first box is named.
+#[tokio::test]
+async fn a_site_of_several_boxes_enrolls_each_box_once_and_rekeys_one_box() {
+    let h = Harness::new().await;
+    let (s, v) = h
+        .post(
+            "/v1/enrollment-tokens",
+            &h.admin,
+            json!({"site_id": "store-7", "uses": 3, "labels": {"format": "k3s"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let server = keys::generate();
+    let agent1 = keys::generate();
+    for (box_id, role, key) in [("srv", "server", &server), ("agt-1", "agent", &agent1)] {
+        let (s, v) = h
+            .post(
+                "/v1/enroll",
+                "",
+                box_enroll_body("store-7", box_id, role, &token, key),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["site_id"], "store-7");
+    }
+    // The same box id again, with the site's own token: refused, naming the box and the way out.
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            box_enroll_body("store-7", "agt-1", "agent", &token, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "box_exists"),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("already has a box agt-1")
+            && message.contains("fleetwave site rekey store-7"),
+        "{message}"
+    );
+    // An agent that names no box is box `main`: it cannot join a site whose first box is `srv`.
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            enroll_body("store-7", &token, &keys::generate()),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::CONFLICT, "box_unnamed"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("srv, agt-1"),
+        "{v}"
+    );
+    // A proof over another role does not verify (the role is part of what is signed).
+    let mut body = box_enroll_body("store-7", "agt-2", "agent", &token, &keys::generate());
+    body["role"] = json!("server");
+    let (s, v) = h.post("/v1/enroll", "", body).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "bad_proof"),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            box_enroll_body("store-7", "Bad Box", "", &token, &keys::generate()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("box_id \"Bad Box\""),
+        "{v}"
+    );
+
+    // Each box opens sessions with its own key; the key of another box does not pass.
+    let (s, v) = box_session(&h, "store-7", "srv", &server).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let server_session = v["token"].as_str().unwrap().to_string();
+    let (s, v) = box_session(&h, "store-7", "agt-1", &agent1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let agent_session = v["token"].as_str().unwrap().to_string();
+    let (s, v) = box_session(&h, "store-7", "agt-1", &server).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "bad_signature"),
+        "{v}"
+    );
+    let (s, v) = box_session(&h, "store-7", "agt-9", &agent1).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unknown_box"),
+        "{v}"
+    );
+    for t in [&server_session, &agent_session] {
+        let (s, v) = h.get("/v1/agent/poll?wait=0&root_version=1", t).await;
+        assert!(s.is_success(), "{s} {v}");
+    }
+
+    // The operator re-keys: a new key for agt-1 ends agt-1's sessions only.
+    let (s, v) = h.post("/v1/sites/store-7/rekey", &h.admin, json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let rekey = v["token"].as_str().unwrap().to_string();
+    let replaced = keys::generate();
+    let (s, v) = h
+        .post(
+            "/v1/enroll",
+            "",
+            box_enroll_body("store-7", "agt-1", "agent", &rekey, &replaced),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .get("/v1/agent/poll?wait=0&root_version=1", &agent_session)
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "session_expired"),
+        "{v}"
+    );
+    let (s, v) = h
+        .get("/v1/agent/poll?wait=0&root_version=1", &server_session)
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let (s, _) = box_session(&h, "store-7", "agt-1", &agent1).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = box_session(&h, "store-7", "agt-1", &replaced).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The site's key is its first box's, as before boxes.
+    assert_eq!(
+        device_key_of(&h, "store-7").await,
+        hex::encode(server.verifying_key().as_bytes())
+    );
+}
+
 /// A batch token (no site) must not let anyone who holds it replace an enrolled site's
 /// device key: that would lock the real box out. Only `site rekey` makes a token that can.
 #[tokio::test]
@@ -324,7 +497,7 @@ async fn an_unbound_token_cannot_take_over_an_enrolled_site() {
     assert_eq!(s, StatusCode::OK, "{v}");
 
     // A token bound to a site that was not enrolled yet, with uses to spare, cannot
-    // re-key the site once it has enrolled.
+    // re-key the site's box once it has enrolled (it could add another box: boxes).
     let (s, v) = h
         .post(
             "/v1/enrollment-tokens",
@@ -351,7 +524,7 @@ async fn an_unbound_token_cannot_take_over_an_enrolled_site() {
         .await;
     assert_eq!(
         (s, error_code(&v)),
-        (StatusCode::CONFLICT, "site_exists"),
+        (StatusCode::CONFLICT, "box_exists"),
         "{v}"
     );
     // Nor can an operator mint a site-bound token for an enrolled site by the token

@@ -287,6 +287,8 @@ fn seed(store: &dyn Store) {
         .enroll(&Enrollment {
             token_hash: "hash".into(),
             site_id: "s1".into(),
+            box_id: fleetwave_coordinator::store::DEFAULT_BOX.into(),
+            role: String::new(),
             device_key: "00".repeat(32),
             agent_version: "1".into(),
             at,

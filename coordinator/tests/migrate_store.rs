@@ -44,7 +44,32 @@ fn fill(store: &dyn Store) {
             .enroll(&Enrollment {
                 token_hash: "hash".into(),
                 site_id: site.into(),
+                box_id: DEFAULT_BOX.into(),
+                role: String::new(),
                 device_key: "00".repeat(32),
+                agent_version: "1".into(),
+                at,
+            })
+            .unwrap();
+    }
+    // A site of two boxes: its second box is a row of site_boxes.
+    let bound = EnrollmentTokenRecord {
+        id: "et-2".into(),
+        site_id: Some("s4".into()),
+        labels: Default::default(),
+        uses_total: 2,
+        uses_left: 2,
+        ..token.clone()
+    };
+    store.create_enrollment_token("hash-s4", &bound).unwrap();
+    for (box_id, role) in [("srv", "server"), ("agt-1", "agent")] {
+        store
+            .enroll(&Enrollment {
+                token_hash: "hash-s4".into(),
+                site_id: "s4".into(),
+                box_id: box_id.into(),
+                role: role.into(),
+                device_key: "11".repeat(32),
                 agent_version: "1".into(),
                 at,
             })
@@ -306,7 +331,8 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
             .unwrap_or_else(|| panic!("no line for {table} in\n{stdout}"));
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
-    assert_eq!(rows("sites"), 3);
+    assert_eq!(rows("sites"), 4);
+    assert_eq!(rows("site_boxes"), 1, "s4's second box");
     assert_eq!(rows("reports"), 3);
     assert_eq!(rows("assignments"), 2);
     assert_eq!(rows("site_labels"), 3, "derived from sites by PostgreSQL");
@@ -316,11 +342,16 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
         1,
         "the site.failed event's delivery"
     );
-    assert!(stdout.contains("26 tables verified"), "{stdout}");
+    assert!(stdout.contains("27 tables verified"), "{stdout}");
 
     let before = sqlite.open();
     let after = PgStore::open(&PgOptions::new(url.clone())).unwrap();
     assert_eq!(after.site("s1").unwrap(), before.site("s1").unwrap());
+    assert_eq!(
+        after.site_boxes("s4").unwrap(),
+        before.site_boxes("s4").unwrap()
+    );
+    assert_eq!(after.site_boxes("s4").unwrap().len(), 2);
     assert_eq!(
         after.rollout_sites("r1").unwrap(),
         before.rollout_sites("r1").unwrap()

@@ -51,6 +51,8 @@ fn report_groups_on(backend: Backend) {
             .enroll(&Enrollment {
                 token_hash: "hash".into(),
                 site_id: s.clone(),
+                box_id: DEFAULT_BOX.into(),
+                role: String::new(),
                 device_key: "00".repeat(32),
                 agent_version: "1".into(),
                 at,

@@ -64,6 +64,8 @@ fn store_with_site(backend: Backend, site: &str) -> (TestDb, Arc<dyn Store>) {
         .enroll(&Enrollment {
             token_hash: "hash".into(),
             site_id: site.into(),
+            box_id: DEFAULT_BOX.into(),
+            role: String::new(),
             device_key: "00".repeat(32),
             agent_version: "1".into(),
             at,

@@ -40,6 +40,8 @@ fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
             .enroll(&Enrollment {
                 token_hash: "hash".into(),
                 site_id: site.into(),
+                box_id: DEFAULT_BOX.into(),
+                role: String::new(),
                 device_key: "00".repeat(32),
                 agent_version: "1".into(),
                 at,
@@ -503,6 +505,8 @@ fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk(backend: Ba
             .enroll(&Enrollment {
                 token_hash: "hash2".into(),
                 site_id: site.into(),
+                box_id: DEFAULT_BOX.into(),
+                role: String::new(),
                 device_key: "00".repeat(32),
                 agent_version: "1".into(),
                 at,
@@ -691,6 +695,153 @@ fn dashboard_sessions_are_shared_by_every_coordinator_on_the_database(backend: B
     first.close_dashboard_session("a").unwrap();
 }
 
+fn box_enrollment(
+    token_hash: &str,
+    box_id: &str,
+    role: &str,
+    key: &str,
+    at: Timestamp,
+) -> Enrollment {
+    Enrollment {
+        token_hash: token_hash.into(),
+        site_id: "store-9".into(),
+        box_id: box_id.into(),
+        role: role.into(),
+        device_key: key.repeat(32),
+        agent_version: "1".into(),
+        at,
+    }
+}
+
+/// A site takes new boxes with a token bound to it, refuses the same box again (the token
+/// keeps its use) and a token not bound to it, and re-keys one box with a newer rekey
+/// token without touching the others; one-box sites stay one row each.
+fn a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box(backend: Backend) {
+    let (db, store) = setup(backend);
+    let t0 = ts("2026-01-01T00:10:00Z");
+    let bound = EnrollmentTokenRecord {
+        id: "et-9".into(),
+        labels: Default::default(),
+        site_id: Some("store-9".into()),
+        expires_at: t0 + SignedDuration::from_hours(1),
+        uses_total: 3,
+        uses_left: 3,
+        revoked: false,
+        created_at: t0,
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("bound", &bound).unwrap();
+    let later = t0 + SignedDuration::from_mins(1);
+    store
+        .enroll(&box_enrollment("bound", "srv", "server", "aa", later))
+        .unwrap();
+    let site = store
+        .enroll(&box_enrollment("bound", "agt-1", "agent", "bb", later))
+        .unwrap();
+    assert_eq!(
+        site.device_key,
+        "aa".repeat(32),
+        "the site's key stays its first box's"
+    );
+
+    let again = store.enroll(&box_enrollment("bound", "agt-1", "agent", "cc", later));
+    assert!(
+        matches!(again, Err(StoreError::BoxExists { ref site_id, ref box_id }) if site_id == "store-9" && box_id == "agt-1"),
+        "{again:?}"
+    );
+    let uses_left = |id: &str| {
+        store
+            .list_enrollment_tokens()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap()
+            .uses_left
+    };
+    assert_eq!(
+        uses_left("et-9"),
+        1,
+        "a refused enrollment keeps the token's use"
+    );
+    // A token bound to no site creates sites only: no box joins with it.
+    let open = EnrollmentTokenRecord {
+        id: "et-open".into(),
+        site_id: None,
+        ..bound.clone()
+    };
+    store.create_enrollment_token("open", &open).unwrap();
+    let joined = store.enroll(&box_enrollment("open", "agt-2", "agent", "dd", later));
+    assert!(
+        matches!(joined, Err(StoreError::SiteExists(ref s)) if s == "store-9"),
+        "{joined:?}"
+    );
+
+    let boxes = store.site_boxes("store-9").unwrap();
+    let summary: Vec<_> = boxes
+        .iter()
+        .map(|b| {
+            (
+                b.box_id.as_str(),
+                b.role.as_str(),
+                b.first,
+                b.device_key[..2].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("srv", "server", true, "aa".to_string()),
+            ("agt-1", "agent", false, "bb".to_string())
+        ]
+    );
+    let main = store.site_boxes("s1").unwrap();
+    assert_eq!(main.len(), 1);
+    assert_eq!(
+        (
+            main[0].box_id.as_str(),
+            main[0].role.as_str(),
+            main[0].first
+        ),
+        (DEFAULT_BOX, "", true)
+    );
+    assert!(store.site_boxes("nowhere").unwrap().is_empty());
+    let multi: Vec<_> = store
+        .boxes_of_multi_box_sites()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.site_id, b.box_id))
+        .collect();
+    assert_eq!(
+        multi,
+        [
+            ("store-9".to_string(), "srv".to_string()),
+            ("store-9".to_string(), "agt-1".to_string())
+        ]
+    );
+
+    // A rekey token (bound, issued after the box enrolled) replaces that box's key only.
+    let rekey = EnrollmentTokenRecord {
+        id: "et-10".into(),
+        uses_total: 1,
+        uses_left: 1,
+        created_at: later + SignedDuration::from_mins(1),
+        ..bound
+    };
+    store.create_enrollment_token("rekey", &rekey).unwrap();
+    let at = later + SignedDuration::from_mins(2);
+    let site = store
+        .enroll(&box_enrollment("rekey", "agt-1", "agent", "ee", at))
+        .unwrap();
+    assert_eq!(site.device_key, "aa".repeat(32));
+    drop(store);
+    let store = db.open();
+    let boxes = store.site_boxes("store-9").unwrap();
+    assert_eq!(boxes[1].device_key, "ee".repeat(32));
+    assert_eq!(boxes[1].enrolled_at, at);
+    assert_eq!(boxes[0].device_key, "aa".repeat(32));
+}
+
 async fn first_rollout(db: &Db) {
     db.run(|s| s.create_rollout(&rollout("r1"), &[member("r1", "s1")]))
         .await
@@ -709,6 +860,7 @@ both_backends!(
     the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk,
     concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout,
     dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
+    a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box,
 );
 
 /// The dashboard's read model answers the same on both backends: counts, versions, pages
@@ -926,6 +1078,8 @@ fn the_postgres_store_fails_cleanly_while_the_database_is_down_and_recovers() {
         .enroll(&Enrollment {
             token_hash: "hash".into(),
             site_id: "s1".into(),
+            box_id: DEFAULT_BOX.into(),
+            role: String::new(),
             device_key: "00".repeat(32),
             agent_version: "1".into(),
             at: ts("2026-01-01T00:00:00Z"),

@@ -281,6 +281,8 @@ fn a_site_failure_reaches_the_outbox_with_its_report(backend: Backend) {
         .enroll(&Enrollment {
             token_hash: "hash".into(),
             site_id: "s1".into(),
+            box_id: DEFAULT_BOX.into(),
+            role: String::new(),
             device_key: "00".repeat(32),
             agent_version: "1".into(),
             at,

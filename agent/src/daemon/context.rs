@@ -113,7 +113,8 @@ impl Context {
                 &self.site_id,
                 self.device_key()?,
             )
-            .with_clock(self.clock.clone()),
+            .with_clock(self.clock.clone())
+            .with_box(self.store.meta("box_id")?),
         ))
     }
 

@@ -27,9 +27,10 @@ pub enum SiteCommand {
     Decommission(SiteIdArgs),
     /// Re-enable a decommissioned site.
     Enable(SiteIdArgs),
-    /// Let a re-imaged or replaced box enroll a new device key for an enrolled site:
-    /// prints a one-use enrollment token bound to the site (only such a token can
-    /// replace a site's key; other tokens only create new sites).
+    /// Let a re-imaged or replaced box enroll a new device key for an enrolled site, or a
+    /// new box (its own `[box] id`) join it: prints a one-use enrollment token bound to
+    /// the site (only such a token can replace a box's key or add a box; other tokens
+    /// only create new sites).
     Rekey(SiteRekeyArgs),
     /// Hold a site at what it runs: no rollout takes it (an active rollout that had not
     /// started on it leaves it out of its gate) until `site unhold`.
@@ -170,8 +171,9 @@ pub fn site(command: SiteCommand) -> Result<()> {
             output::line(&created.token)?;
             eprintln!(
                 "enrollment token {} for site {} (one use, expires {}): on the new box run \
-                 `fleetwave-agent enroll --site {} --token <the line above>`; the site's current \
-                 device key works until then. It is not shown again",
+                 `fleetwave-agent enroll --site {} --token <the line above>` (a box of a site \
+                 with several: its own `[box] id` in the agent's configuration); the replaced \
+                 box's current device key works until then. It is not shown again",
                 created.id,
                 args.site,
                 output::time(created.expires_at),

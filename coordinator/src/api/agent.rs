@@ -22,7 +22,7 @@ use fleetwave_shared::protocol::signals::{MAX_SIGNAL_MINUTES_PER_REPORT, SignalM
 use fleetwave_shared::protocol::{
     EnrollRequest, EnrollResponse, LeaseRequest, MAX_EVENT_ID_LEN, MAX_REPORT_EVENTS,
     NEXT_POLL_HEADER, PollQuery, ReportAck, ReportBatch, SESSION_SKEW_SECS, SessionRequest,
-    SessionResponse, enroll_message, session_message,
+    SessionResponse, box_enroll_message, enroll_message, session_message,
 };
 use fleetwave_shared::{Envelope, sha256_hex};
 use jiff::SignedDuration;
@@ -32,7 +32,7 @@ use crate::http::auth::{Agent, decommissioned, token_hash};
 use crate::metrics::Metrics;
 use crate::poll_cache::CachedAssignment;
 use crate::state::AppState;
-use crate::store::{Enrollment, MAX_SIGNAL_STREAMS_PER_SITE, StoreError};
+use crate::store::{DEFAULT_BOX, Enrollment, MAX_SIGNAL_STREAMS_PER_SITE, StoreError};
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`
 pub fn valid_site_id(id: &str) -> bool {
@@ -63,14 +63,38 @@ pub async fn enroll(
             req.site_id
         )));
     }
+    let (box_id, role, message) = match &req.box_id {
+        None if req.role.is_some() => {
+            return Err(ApiError::bad_request(
+                "role is given without box_id: a box with a role names its box id too",
+            ));
+        }
+        None => (
+            DEFAULT_BOX.to_string(),
+            String::new(),
+            enroll_message(&req.site_id, &req.token, &req.device_key),
+        ),
+        Some(box_id) => {
+            if !valid_site_id(box_id) {
+                return Err(ApiError::bad_request(format!(
+                    "box_id {box_id:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"
+                )));
+            }
+            let role = req.role.clone().unwrap_or_default();
+            if !role.is_empty() && !valid_site_id(&role) {
+                return Err(ApiError::bad_request(format!(
+                    "role {role:?} must match [a-z0-9][a-z0-9._-]{{0,62}} (or be left out)"
+                )));
+            }
+            let message =
+                box_enroll_message(&req.site_id, box_id, &role, &req.token, &req.device_key);
+            (box_id.clone(), role, message)
+        }
+    };
     let key = parse_public_key(&req.device_key)
         .map_err(|e| ApiError::bad_request(format!("device_key: {e}")))?;
     let sig = signature(&req.proof, "proof")?;
-    key.verify_strict(
-        &enroll_message(&req.site_id, &req.token, &req.device_key),
-        &sig,
-    )
-    .map_err(|_| {
+    key.verify_strict(&message, &sig).map_err(|_| {
         ApiError::unauthorized(
             "bad_proof",
             "proof is not the device key's signature over the enrollment message",
@@ -102,9 +126,34 @@ pub async fn enroll(
     {
         return Err(decommissioned(&req.site_id));
     }
+    if req.box_id.is_none() {
+        // An agent that names no box is box `main`, and its sessions are the first box's:
+        // only right when the site's first box is `main` (or there is no site yet).
+        let sid = req.site_id.clone();
+        let boxes = app.db.run(move |s| s.site_boxes(&sid)).await?;
+        if let Some(first) = boxes.iter().find(|b| b.first)
+            && first.box_id != DEFAULT_BOX
+        {
+            return Err(ApiError::conflict(
+                "box_unnamed",
+                format!(
+                    "site {} has boxes ({}) and this agent names none; give each box of a \
+                     site its own id (`[box] id` in the agent's configuration)",
+                    req.site_id,
+                    boxes
+                        .iter()
+                        .map(|b| b.box_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
     let enrollment = Enrollment {
         token_hash: hash,
         site_id: req.site_id.clone(),
+        box_id: box_id.clone(),
+        role: role.clone(),
         device_key: req.device_key.clone(),
         agent_version: req.agent_version.clone(),
         at: app.now(),
@@ -119,8 +168,10 @@ pub async fn enroll(
             }
             other => other.into(),
         })?;
-    // Sessions opened with an earlier key of this site end (their key fingerprint differs).
-    app.engine.sites.set_device_key(&site.id, &site.device_key);
+    // Sessions opened with an earlier key of this box end (their key fingerprint differs).
+    let sid = site.id.clone();
+    let boxes = app.db.run(move |s| s.site_boxes(&sid)).await?;
+    app.engine.sites.set_boxes(&site.id, &boxes);
     app.engine.sites.set_active(&site.id, true);
     let entry = crate::store::AuditRecord {
         id: 0,
@@ -129,8 +180,16 @@ pub async fn enroll(
         action: "site.enroll".into(),
         target: site.id.clone(),
         detail: format!(
-            "enrolled with token {} (device key {})",
-            token.id, req.device_key
+            "box {box_id}{} enrolled with token {} (device key {}); the site has {} box{}",
+            if role.is_empty() {
+                String::new()
+            } else {
+                format!(" (role {role})")
+            },
+            token.id,
+            req.device_key,
+            boxes.len(),
+            if boxes.len() == 1 { "" } else { "es" }
         ),
         remote: "agent".into(),
     };
@@ -186,7 +245,31 @@ pub async fn session(
     if site.state != SiteState::Active {
         return Err(decommissioned(&site.id));
     }
-    let key = parse_public_key(&site.device_key)
+    let device_key = match &req.box_id {
+        None => site.device_key.clone(),
+        Some(box_id) => {
+            let sid = site.id.clone();
+            let boxes = app.db.run(move |s| s.site_boxes(&sid)).await?;
+            let device_key = boxes
+                .iter()
+                .find(|b| b.box_id == *box_id)
+                .map(|b| b.device_key.clone())
+                .ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "unknown_box",
+                        format!(
+                            "site {} has no box {box_id:?}; enroll the box first \
+                             (`fleetwave-agent enroll`)",
+                            site.id
+                        ),
+                    )
+                })?;
+            // This coordinator may not have seen the box enroll (another one did).
+            app.engine.sites.set_boxes(&site.id, &boxes);
+            device_key
+        }
+    };
+    let key = parse_public_key(&device_key)
         .map_err(|e| ApiError::internal(format!("stored device key: {e}")))?;
     let sig = signature(&req.signature, "signature")?;
     key.verify_strict(
@@ -220,8 +303,10 @@ pub async fn session(
         SignedDuration::from_secs(i64::try_from(app.config.sessions.ttl_secs).unwrap_or(i64::MAX)),
         "the session's expiry (now + sessions.ttl_secs)",
     )?;
-    let token = app.sessions.open(&site.id, &site.device_key, expires_at);
-    app.engine.sites.set_device_key(&site.id, &site.device_key);
+    let token = app.sessions.open(&site.id, &device_key, expires_at);
+    if req.box_id.is_none() {
+        app.engine.sites.set_device_key(&site.id, &site.device_key);
+    }
     app.engine.sites.set_active(&site.id, true);
     app.engine.saw(&site.id, now);
     Ok(Json(SessionResponse {
@@ -290,7 +375,7 @@ fn render(app: &AppState, site_id: &str, root_version: Option<u64>) -> Answer {
         .engine
         .sites
         .get(site_id)
-        .and_then(|s| s.view().assignment)
+        .and_then(|s| s.assignment())
         .filter(|a| a.record.expires > now);
     let (roots, latest) = {
         let t = app.trust.read().unwrap_or_else(|e| e.into_inner());

@@ -139,7 +139,7 @@ const ROUTES: &[Route] = &[
     Route {
         method: Post,
         path: "/v1/enroll",
-        summary: "Enroll a site with a one-time token and its device key",
+        summary: "Enroll a box of a site (the site's first box creates it) with a one-time token and its device key; 409 site_exists, box_exists or box_unnamed",
         auth: Auth::Enroll,
         input: Input::Json("EnrollRequest"),
         output: Output::Json("EnrollResponse"),
@@ -344,7 +344,7 @@ const ROUTES: &[Route] = &[
     Route {
         method: Post,
         path: "/v1/sites/{id}/rekey",
-        summary: "One-use enrollment token bound to an enrolled site: its new device key",
+        summary: "One-use enrollment token bound to an enrolled site: a new device key for one of its boxes, or a new box",
         auth: Auth::Operator("operator"),
         input: Input::Json("RekeySite"),
         status: "201",

@@ -225,6 +225,7 @@ impl EngineError {
                     | StoreError::Conflict(_)
                     | StoreError::SiteExists(_)
                     | StoreError::Fenced(_)
+                    | StoreError::BoxExists { .. }
             )
         )
     }

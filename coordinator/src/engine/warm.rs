@@ -29,6 +29,11 @@ impl Engine {
             self.sites.set_active(&s.id, s.state == SiteState::Active);
             self.sites.set_device_key(&s.id, &s.device_key);
         }
+        // Sites of several boxes: every box's key opens the site's sessions.
+        let boxes = self.db.run(|s| s.boxes_of_multi_box_sites()).await?;
+        for site in boxes.chunk_by(|a, b| a.site_id == b.site_id) {
+            self.sites.set_boxes(&site[0].site_id, site);
+        }
         let assignments = self.db.run(|s| s.current_assignments()).await?;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         let aborted: HashSet<&str> = rollouts

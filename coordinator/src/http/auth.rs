@@ -140,22 +140,22 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
             "the session is unknown or expired; open a new one with POST /v1/agent/session",
         )
     })?;
-    let (active, key) = app
+    let (active, key_known) = app
         .engine
         .sites
         .get(&session.site_id)
         .map(|s| {
-            let v = s.view();
-            (v.active, v.key_fingerprint)
+            let v = s.view.read().unwrap_or_else(|e| e.into_inner());
+            (v.active, v.accepts_key(session.key_fingerprint))
         })
         .unwrap_or_default();
     if !active {
         return Err(decommissioned(&session.site_id));
     }
-    if key != Some(session.key_fingerprint) {
+    if !key_known {
         return Err(ApiError::unauthorized(
             "session_expired",
-            "the session was opened with another device key of this site (it enrolled \
+            "the session was opened with another device key of this site's box (it enrolled \
              again); open a new one with POST /v1/agent/session",
         ));
     }

@@ -61,6 +61,7 @@ const TABLES: &[&str] = &[
     "operator_tokens",
     "enrollment_tokens",
     "sites",
+    "site_boxes",
     "session_nonces",
     "releases",
     "artifacts",

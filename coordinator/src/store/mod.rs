@@ -7,6 +7,7 @@
 //! returns only after its transaction committed: an `Ok` is an acknowledged, durable write.
 //! The store never decides policy (who may do what, gates, leases): it keeps facts.
 
+pub mod boxes;
 pub mod fence;
 pub mod fold;
 pub mod migrate;
@@ -42,6 +43,11 @@ pub enum StoreError {
     /// replace its device key (not bound to it, or issued before its current key).
     #[error("site {0} is already enrolled")]
     SiteExists(String),
+    /// An enrollment named a box its site has already, with a token that may not replace
+    /// that box's device key (not a rekey token of the site, or issued before the box's
+    /// current key).
+    #[error("box {box_id} of site {site_id} is already enrolled")]
+    BoxExists { site_id: String, box_id: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database task failed: {0}")]
@@ -157,11 +163,36 @@ pub struct ImportedToken {
     pub record: EnrollmentTokenRecord,
 }
 
+/// The box id of a site's box when its agent names none: a one-box site's only box.
+pub const DEFAULT_BOX: &str = "main";
+
+/// One machine of a site, with its own agent and device key. A site's first box is kept
+/// in its `sites` row (so a one-box site is one row, as before boxes); the boxes that
+/// joined later in `site_boxes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteBox {
+    pub site_id: String,
+    pub box_id: String,
+    /// Role label (`server`, `agent`, ...); empty when the box has none.
+    pub role: String,
+    /// Device public key, 64 lowercase hex.
+    pub device_key: String,
+    pub agent_version: String,
+    pub enrolled_at: Timestamp,
+    /// Whether this is the box the site was enrolled with (its key is the site's
+    /// `device_key`, which air-gapped report files are verified against).
+    pub first: bool,
+}
+
 /// What an enrollment changes, checked and applied in one transaction.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
     pub token_hash: String,
     pub site_id: String,
+    /// The box of the site that enrolls ([`DEFAULT_BOX`] for a one-box site).
+    pub box_id: String,
+    /// The box's role label (`server`, `agent`, ...; empty: none).
+    pub role: String,
     pub device_key: String,
     pub agent_version: String,
     pub at: Timestamp,
@@ -693,13 +724,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<EnrollmentTokenRecord>>;
-    /// Uses one of the token's uses and creates or re-keys the site, in one transaction.
-    /// Refuses (Conflict) a token that is used up, revoked or expired at `enrollment.at`,
-    /// and a decommissioned site. An existing site is re-keyed only with a token bound to
-    /// it and issued no earlier than its current enrollment (what a rekey issues);
-    /// otherwise SiteExists, and the token keeps its use: a batch token never takes over
-    /// an enrolled site.
+    /// Uses one of the token's uses and creates the site, adds a box to it or re-keys one
+    /// of its boxes, in one transaction. Refuses (Conflict) a token that is used up,
+    /// revoked or expired at `enrollment.at`, and a decommissioned site. A token not bound
+    /// to an existing site neither adds a box to it nor re-keys one (SiteExists): a batch
+    /// token never takes over an enrolled site. A box the site has already is re-keyed only
+    /// with a token bound to the site and issued no earlier than that box's enrollment
+    /// (what a rekey issues), otherwise BoxExists. A refused enrollment keeps the token's
+    /// use.
     fn enroll(&self, enrollment: &Enrollment) -> StoreResult<SiteRecord>;
+    /// The site's boxes, its first box first, then by box id (empty: no such site).
+    fn site_boxes(&self, site_id: &str) -> StoreResult<Vec<SiteBox>>;
+    /// The boxes of every site that has more than one box (the poll cache's session keys).
+    fn boxes_of_multi_box_sites(&self) -> StoreResult<Vec<SiteBox>>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(
         &self,

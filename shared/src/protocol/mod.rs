@@ -76,6 +76,19 @@ pub fn enroll_message(site_id: &str, token: &str, device_key_hex: &str) -> Vec<u
     format!("fleetwave-enroll-v1\n{site_id}\n{token}\n{device_key_hex}").into_bytes()
 }
 
+/// The bytes an enrolling agent that names its box signs with its device key: the site,
+/// the box and its role are all part of what it proves.
+pub fn box_enroll_message(
+    site_id: &str,
+    box_id: &str,
+    role: &str,
+    token: &str,
+    device_key_hex: &str,
+) -> Vec<u8> {
+    format!("fleetwave-enroll-v2\n{site_id}\n{box_id}\n{role}\n{token}\n{device_key_hex}")
+        .into_bytes()
+}
+
 /// The bytes an agent signs to open a session.
 pub fn session_message(site_id: &str, timestamp: Timestamp, nonce: &str) -> Vec<u8> {
     format!("fleetwave-session-v1\n{site_id}\n{timestamp}\n{nonce}").into_bytes()
@@ -93,8 +106,17 @@ pub struct EnrollRequest {
     /// The device's ed25519 public key, 64 lowercase hex.
     pub device_key: String,
     pub agent_version: String,
-    /// Base64 ed25519 signature by the device key over [`enroll_message`].
+    /// Base64 ed25519 signature by the device key over [`enroll_message`], or over
+    /// [`box_enroll_message`] when `box_id` is given.
     pub proof: String,
+    /// Which box of the site this is (same rule as a site id); absent: `main`, a one-box
+    /// site's box. A site's boxes each have their own device key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_id: Option<String>,
+    /// The box's role label (`server`, `agent`, ...), which a plan's `box_order` names;
+    /// absent: none. Only with `box_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +139,9 @@ pub struct SessionRequest {
     pub nonce: String,
     /// Base64 ed25519 signature by the device key over [`session_message`].
     pub signature: String,
+    /// The box whose device key signed (absent: the box the site enrolled with first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Roots, operator and enrollment tokens, enrollment, session nonces and the audit log.
 
 use super::*;
+use crate::store::boxes::EnrollStep;
 
 pub(super) fn ping(s: &PgStore) -> StoreResult<()> {
     s.read(|c| {
@@ -185,39 +186,50 @@ pub(super) fn enroll(s: &PgStore, e: &Enrollment) -> StoreResult<SiteRecord> {
             "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = $1",
             &[&token.id],
         )?;
-        match get_site(tx, &e.site_id)? {
-            Some(site) if site.state == SiteState::Decommissioned => {
-                Err(StoreError::Conflict(format!(
-                    "site {} is decommissioned; an operator must re-enable it first",
-                    e.site_id
-                )))
+        // Locks the site's row: two boxes of one site enrolling at once take turns.
+        let site = get_site_for_update(tx, &e.site_id)?;
+        let boxes = super::sites::boxes_in(tx, &e.site_id)?;
+        match crate::store::boxes::enroll_step(e, &token, site.as_ref(), &boxes)? {
+            EnrollStep::NewSite => {
+                tx.execute(
+                    "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at, box_id, box_role) VALUES ($1,$2,$3,'active',$4,$5,$6,$7)",
+                    &[&e.site_id, &e.device_key, &to_json(&token.labels), &e.agent_version, &ms(e.at), &e.box_id, &e.role],
+                )?;
             }
-            Some(site)
-                if token.site_id.as_deref() != Some(e.site_id.as_str())
-                    || token.created_at < site.enrolled_at =>
-            {
-                Err(StoreError::SiteExists(e.site_id.clone()))
+            EnrollStep::JoinSite => {
+                tx.execute(
+                    "INSERT INTO site_boxes (site_id, box_id, role, device_key, agent_version, enrolled_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                    &[&e.site_id, &e.box_id, &e.role, &e.device_key, &e.agent_version, &ms(e.at)],
+                )?;
             }
-            Some(mut site) => {
-                site.labels.extend(token.labels.clone());
+            EnrollStep::RekeyFirstBox => {
+                let mut labels = site.map(|s| s.labels).unwrap_or_default();
+                labels.extend(token.labels.clone());
                 // A re-keyed box is a new box: what it runs is unknown until its agent says.
                 tx.execute(
-                    "UPDATE sites SET device_key = $2, labels = $3, agent_version = $4, enrolled_at = $5, installed = '{}' WHERE id = $1",
-                    &[&e.site_id, &e.device_key, &to_json(&site.labels), &e.agent_version, &ms(e.at)],
+                    "UPDATE sites SET device_key = $2, labels = $3, agent_version = $4, enrolled_at = $5, installed = '{}', box_role = $6 WHERE id = $1",
+                    &[&e.site_id, &e.device_key, &to_json(&labels), &e.agent_version, &ms(e.at), &e.role],
                 )?;
-                get_site(tx, &e.site_id)?
-                    .ok_or_else(|| StoreError::Corrupt("site vanished".into()))
             }
-            None => {
+            EnrollStep::RekeyBox => {
                 tx.execute(
-                    "INSERT INTO sites (id, device_key, labels, state, agent_version, enrolled_at) VALUES ($1,$2,$3,'active',$4,$5)",
-                    &[&e.site_id, &e.device_key, &to_json(&token.labels), &e.agent_version, &ms(e.at)],
+                    "UPDATE site_boxes SET role = $3, device_key = $4, agent_version = $5, enrolled_at = $6 WHERE site_id = $1 AND box_id = $2",
+                    &[&e.site_id, &e.box_id, &e.role, &e.device_key, &e.agent_version, &ms(e.at)],
                 )?;
-                get_site(tx, &e.site_id)?
-                    .ok_or_else(|| StoreError::Corrupt("site vanished".into()))
             }
         }
+        get_site(tx, &e.site_id)?.ok_or_else(|| StoreError::Corrupt("site vanished".into()))
     })
+}
+
+fn get_site_for_update(tx: &mut Transaction, id: &str) -> StoreResult<Option<SiteRecord>> {
+    tx.query_opt(
+        &format!("SELECT {SITE_COLS} FROM sites WHERE id = $1 FOR UPDATE"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(site_record)
+    .transpose()
 }
 
 pub(super) fn record_session_nonce(

@@ -8,6 +8,53 @@ pub(super) fn site(s: &PgStore, id: &str) -> StoreResult<Option<SiteRecord>> {
     s.read(|c| get_site(&mut **c, id))
 }
 
+const BOX_SELECT: &str = "SELECT id, box_id, box_role, device_key, agent_version, enrolled_at, TRUE AS first FROM sites WHERE id = $1
+     UNION ALL SELECT site_id, box_id, role, device_key, agent_version, enrolled_at, FALSE FROM site_boxes WHERE site_id = $1
+     ORDER BY first DESC, box_id";
+
+/// A site's boxes inside the caller's transaction or connection: its first box (the
+/// `sites` row) first, then the others by box id.
+pub(super) fn boxes_in(
+    c: &mut impl ::postgres::GenericClient,
+    site_id: &str,
+) -> StoreResult<Vec<SiteBox>> {
+    c.query(BOX_SELECT, &[&site_id])?
+        .iter()
+        .map(box_record)
+        .collect()
+}
+
+fn box_record(r: &Row) -> StoreResult<SiteBox> {
+    Ok(SiteBox {
+        site_id: r.get(0),
+        box_id: r.get(1),
+        role: r.get(2),
+        device_key: r.get(3),
+        agent_version: r.get(4),
+        enrolled_at: from_millis(r.get(5))?,
+        first: r.get(6),
+    })
+}
+
+pub(super) fn site_boxes(s: &PgStore, site_id: &str) -> StoreResult<Vec<SiteBox>> {
+    s.read(|c| boxes_in(&mut **c, site_id))
+}
+
+pub(super) fn boxes_of_multi_box_sites(s: &PgStore) -> StoreResult<Vec<SiteBox>> {
+    s.read(|c| {
+        (**c).query(
+            "SELECT id, box_id, box_role, device_key, agent_version, enrolled_at, TRUE AS first FROM sites
+               WHERE id IN (SELECT site_id FROM site_boxes)
+             UNION ALL SELECT site_id, box_id, role, device_key, agent_version, enrolled_at, FALSE FROM site_boxes
+             ORDER BY 1, first DESC, 2",
+            &[],
+        )?
+        .iter()
+        .map(box_record)
+        .collect()
+    })
+}
+
 pub(super) fn list_sites(s: &PgStore, f: &SiteFilter) -> StoreResult<Vec<SiteRecord>> {
     s.read(|c| {
         let mut sql = format!("SELECT {SITE_COLS} FROM sites WHERE id > $1");

@@ -8,6 +8,63 @@ pub(super) fn site(s: &SqliteStore, id: &str) -> StoreResult<Option<SiteRecord>>
     s.read(|c| get_site(c, id))
 }
 
+const BOX_SELECT: &str = "SELECT id, box_id, box_role, device_key, agent_version, enrolled_at, 1 FROM sites WHERE id = ?1
+     UNION ALL SELECT site_id, box_id, role, device_key, agent_version, enrolled_at, 0 FROM site_boxes WHERE site_id = ?1
+     ORDER BY 7 DESC, 2";
+
+/// A site's boxes inside the caller's transaction or connection: its first box (the
+/// `sites` row) first, then the others by box id.
+pub(super) fn boxes_in(c: &rusqlite::Connection, site_id: &str) -> StoreResult<Vec<SiteBox>> {
+    let mut st = c.prepare_cached(BOX_SELECT)?;
+    let rows = st.query_map([site_id], box_row)?;
+    collect(rows, box_record)
+}
+
+type BoxRow = (String, String, String, String, String, i64, bool);
+
+fn box_row(r: &rusqlite::Row) -> rusqlite::Result<BoxRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn box_record(
+    (site_id, box_id, role, device_key, agent_version, enrolled_at, first): BoxRow,
+) -> StoreResult<SiteBox> {
+    Ok(SiteBox {
+        site_id,
+        box_id,
+        role,
+        device_key,
+        agent_version,
+        enrolled_at: from_millis(enrolled_at)?,
+        first,
+    })
+}
+
+pub(super) fn site_boxes(s: &SqliteStore, site_id: &str) -> StoreResult<Vec<SiteBox>> {
+    s.read(|c| boxes_in(c, site_id))
+}
+
+pub(super) fn boxes_of_multi_box_sites(s: &SqliteStore) -> StoreResult<Vec<SiteBox>> {
+    s.read(|c| {
+        let mut st = c.prepare(
+            "SELECT id, box_id, box_role, device_key, agent_version, enrolled_at, 1 FROM sites
+               WHERE id IN (SELECT site_id FROM site_boxes)
+             UNION ALL SELECT site_id, box_id, role, device_key, agent_version, enrolled_at, 0 FROM site_boxes
+             ORDER BY 1, 7 DESC, 2",
+        )?;
+        let rows = st.query_map([], box_row)?;
+        collect(rows, box_record)
+    })
+}
+
 pub(super) fn list_sites(s: &SqliteStore, f: &SiteFilter) -> StoreResult<Vec<SiteRecord>> {
     s.read(|c| {
         let mut sql = format!("SELECT {SITE_COLS} FROM sites WHERE id > ?1");

@@ -203,6 +203,14 @@ impl Store for SqliteStore {
         access::enroll(self, e)
     }
 
+    fn site_boxes(&self, site_id: &str) -> StoreResult<Vec<SiteBox>> {
+        sites::site_boxes(self, site_id)
+    }
+
+    fn boxes_of_multi_box_sites(&self) -> StoreResult<Vec<SiteBox>> {
+        sites::boxes_of_multi_box_sites(self)
+    }
+
     fn record_session_nonce(
         &self,
         site_id: &str,
