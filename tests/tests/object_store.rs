@@ -53,6 +53,28 @@ fn s3_options(weed: &Weed, dir: &Path, ca: &Path) -> anyhow::Result<FleetOptions
     })
 }
 
+/// Starts the fleet, rolls release 1.0.0 out to every site in one wave, and waits until
+/// the rollout completed and every site runs it.
+fn install_everywhere(
+    spec: &FleetSpec,
+    options: FleetOptions,
+    name: &str,
+) -> anyhow::Result<Fleet> {
+    let fleet = Fleet::start_with(spec.clone(), options)?;
+    let release = DemoRelease::good("1.0.0", 1);
+    fleet.publish(&release)?;
+    let id = fleet.rollout(&PlanSpec::new(
+        name,
+        &release.id,
+        vec![WaveSpec::new("all")],
+    ))?;
+    fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
+    for site in &spec.sites {
+        fleet.wait_version(&site.id, "1.0.0")?;
+    }
+    Ok(fleet)
+}
+
 #[test]
 fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -> anyhow::Result<()>
 {
@@ -62,18 +84,7 @@ fn agents_download_the_artifact_from_the_object_store_through_presigned_urls() -
         Weed::start(&dir.path().join("weed"), &cert, &key, "fleet").map_err(anyhow::Error::msg)?;
     let options = s3_options(&weed, dir.path(), &ca)?;
     let spec = FleetSpec::cohorts(1, 1, 1, 0);
-    let fleet = Fleet::start_with(spec.clone(), options)?;
-    let release = DemoRelease::good("1.0.0", 1);
-    fleet.publish(&release)?;
-    let id = fleet.rollout(&PlanSpec::new(
-        "through the bucket",
-        &release.id,
-        vec![WaveSpec::new("all")],
-    ))?;
-    fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
-    for site in &spec.sites {
-        fleet.wait_version(&site.id, "1.0.0")?;
-    }
+    let fleet = install_everywhere(&spec, options, "through the bucket")?;
     // Every site was sent to the bucket; the coordinator streamed no artifact byte.
     let redirects = fleet.operator.counter("artifact_redirects")?;
     assert!(
@@ -103,18 +114,7 @@ fn agents_that_cannot_reach_the_object_store_download_through_the_coordinator() 
         .coordinator_extra
         .push_str(&format!("public_endpoint = \"https://{closed}\"\n"));
     let spec = FleetSpec::cohorts(1, 1, 0, 0);
-    let fleet = Fleet::start_with(spec.clone(), options)?;
-    let release = DemoRelease::good("1.0.0", 1);
-    fleet.publish(&release)?;
-    let id = fleet.rollout(&PlanSpec::new(
-        "store unreachable",
-        &release.id,
-        vec![WaveSpec::new("all")],
-    ))?;
-    fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
-    for site in &spec.sites {
-        fleet.wait_version(&site.id, "1.0.0")?;
-    }
+    let fleet = install_everywhere(&spec, options, "store unreachable")?;
     // Redirected first (the store is unreachable), then streamed by the coordinator.
     assert!(fleet.operator.counter("artifact_redirects")? >= spec.sites.len() as u64);
     let served = fleet.operator.counter("artifact_bytes_served")?;
