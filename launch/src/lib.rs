@@ -42,7 +42,8 @@ impl Cmd {
         }
     }
 
-    fn arg(mut self, a: impl Into<OsString>) -> Cmd {
+    /// Appends an argument.
+    pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
         self.args.push(a.into());
         self
     }
@@ -267,6 +268,7 @@ impl LocalSite {
 
 [coordinator]
 url = {url}
+also = {also}
 ca_file = {ca}
 request_timeout_secs = 10
 
@@ -316,6 +318,7 @@ command_timeout_secs = 60
             id = self.id,
             id_q = q(&self.id),
             url = q(c.url),
+            also = list(c.also),
             ca = q_path(c.ca),
             state = q_path(&self.state_dir()),
             root = q_path(c.root),
@@ -358,6 +361,8 @@ pub struct AgentConfig<'a> {
     /// Who wrote the file, for its first line (e.g. "`fleetwave demo`").
     pub written_by: &'a str,
     pub url: &'a str,
+    /// More coordinators of the fleet (replicas), tried after `url`.
+    pub also: &'a [String],
     pub ca: &'a Path,
     /// The root document the agent trusts first.
     pub root: &'a Path,
@@ -386,8 +391,11 @@ fn q_path(p: &Path) -> String {
     q(&p.display().to_string())
 }
 
-fn list(items: &[OsString]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| q(&s.to_string_lossy())).collect();
+fn list<S: AsRef<std::ffi::OsStr>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| q(&s.as_ref().to_string_lossy()))
+        .collect();
     format!("[{}]", quoted.join(", "))
 }
 
@@ -423,6 +431,7 @@ mod tests {
             &AgentConfig {
                 written_by: "a test",
                 url: "https://127.0.0.1:4000",
+                also: &["https://127.0.0.1:4001".to_string()],
                 ca: Path::new("/c/tls/ca.pem"),
                 root: Path::new("/c/root.1.json"),
                 tuning: AgentTuning {
@@ -437,6 +446,10 @@ mod tests {
         );
         let v: toml::Value = toml::from_str(&text).expect(&text);
         assert_eq!(v["agent"]["site_id"].as_str(), Some("store \"1\""));
+        assert_eq!(
+            v["coordinator"]["also"][0].as_str(),
+            Some("https://127.0.0.1:4001")
+        );
         assert_eq!(v["agent"]["site_time_zone"].as_str(), Some("Europe/Paris"));
         assert_eq!(v["poll"]["jitter"].as_float(), Some(0.0));
         assert_eq!(v["install"]["rollback_attempts"].as_integer(), Some(2));

@@ -66,6 +66,11 @@ pub struct FleetOptions {
     /// Sites whose agents form one peer cache (`[peers]`): each listens on its own
     /// loopback port and lists the others, as the boxes of one store would.
     pub peer_cache: BTreeSet<String>,
+    /// More coordinator processes beside the first (replicas on the same configuration,
+    /// for a fleet whose `coordinator_extra` puts the state in PostgreSQL). They start
+    /// once the first is ready, so the first leads; site number `i` (in the spec's order)
+    /// talks to coordinator `i % (1 + replicas)` first and lists the others in `also`.
+    pub replicas: usize,
 }
 
 impl FleetOptions {
@@ -209,6 +214,8 @@ pub struct Fleet {
     peer_ports: BTreeMap<String, u16>,
     pub sites: BTreeMap<String, Site>,
     pub coordinator: Coordinator,
+    /// The coordinators started beside the first ([`FleetOptions::replicas`]).
+    pub replicas: Vec<Coordinator>,
     pub operator: Operator,
     // Dropped last: the processes above write into it.
     pub dirs: FleetDirs,
@@ -230,6 +237,18 @@ impl Fleet {
             anyhow::ensure!(status == 200, "/healthz answered {status}");
             Ok(())
         })?;
+        let mut replicas = Vec::new();
+        if options.replicas > 0 {
+            // The first coordinator leads before the others start.
+            eventually_default("the first coordinator to lead (/readyz 200)", || {
+                let status = operator.probe("/readyz")?;
+                anyhow::ensure!(status == 200, "/readyz answered {status}");
+                Ok(())
+            })?;
+        }
+        for n in 1..=options.replicas {
+            replicas.push(start_replica(&dirs, &coordinator, n)?);
+        }
         let mut peer_ports = BTreeMap::new();
         for site in &options.peer_cache {
             peer_ports.insert(site.clone(), free_port()?);
@@ -240,11 +259,12 @@ impl Fleet {
             options,
             sites: BTreeMap::new(),
             coordinator,
+            replicas,
             operator,
             dirs,
         };
-        for site in &spec.sites {
-            fleet.add_site(site)?;
+        for (i, site) in spec.sites.iter().enumerate() {
+            fleet.add_site(site, i)?;
         }
         let started: Vec<String> = fleet
             .sites
@@ -256,7 +276,20 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn add_site(&mut self, spec: &SiteSpec) -> Result<()> {
+    /// Every coordinator process: the first, then its replicas.
+    pub fn coordinators(&self) -> impl Iterator<Item = &Coordinator> {
+        std::iter::once(&self.coordinator).chain(&self.replicas)
+    }
+
+    /// The coordinator URLs site number `index` tries, in order: coordinator
+    /// `index % count` first, then the others.
+    fn coordinator_urls(&self, index: usize) -> Vec<String> {
+        let all: Vec<String> = self.coordinators().map(|c| c.url.clone()).collect();
+        let first = index % all.len();
+        all[first..].iter().chain(&all[..first]).cloned().collect()
+    }
+
+    fn add_site(&mut self, spec: &SiteSpec, index: usize) -> Result<()> {
         let dirs = self.dirs.site(&spec.id)?.clone();
         let local = LocalSite {
             id: spec.id.clone(),
@@ -269,10 +302,10 @@ impl Fleet {
         } else {
             None
         };
-        let url = match &proxy {
-            Some(p) => format!("https://{}", p.addr()),
-            None => self.coordinator.url.clone(),
-        };
+        let mut urls = self.coordinator_urls(index);
+        if let Some(p) = &proxy {
+            urls = vec![format!("https://{}", p.addr())];
+        }
         let mut site = Site {
             spec: spec.clone(),
             dirs,
@@ -283,7 +316,7 @@ impl Fleet {
             local,
         };
         start_seed_app(&self.dirs, &site)?;
-        std::fs::write(&site.dirs.config, self.agent_config(&site, &url)?)
+        std::fs::write(&site.dirs.config, self.agent_config(&site, &urls)?)
             .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
         if self.options.enroll_later.contains(&spec.id) {
             self.sites.insert(spec.id.clone(), site);
@@ -348,10 +381,10 @@ impl Fleet {
         self.start_agent(id)
     }
 
-    /// The agent's configuration for `site`, talking to `url`: the shared recipe with the
-    /// harness's tuning (short long polls, no jitter, the app started with the site's
-    /// labels) and [`FleetOptions::agent_extra`].
-    fn agent_config(&self, site: &Site, url: &str) -> Result<String> {
+    /// The agent's configuration for `site`, talking to `urls` (the first, then the others
+    /// in order): the shared recipe with the harness's tuning (short long polls, no jitter,
+    /// the app started with the site's labels) and [`FleetOptions::agent_extra`].
+    fn agent_config(&self, site: &Site, urls: &[String]) -> Result<String> {
         let mut extra = self
             .options
             .agent_extra
@@ -372,7 +405,8 @@ impl Fleet {
             &bins::local_bins()?,
             &AgentConfig {
                 written_by: "the e2e harness",
-                url,
+                url: &urls[0],
+                also: &urls[1..],
                 ca: &self.coordinator.ca,
                 root: &self.coordinator.root,
                 tuning: AgentTuning {
@@ -750,6 +784,38 @@ fn start_coordinator(dirs: &FleetDirs, options: &FleetOptions) -> Result<Coordin
         config: local.config(),
         admin_token,
         dir: local.dir,
+    })
+}
+
+/// Starts replica `n` of `first`: the same configuration file (keys, TLS certificate,
+/// storage, data directory for artifacts, as hosts sharing `/etc/fleetwave` and an
+/// artifact mount would), listening on its own port. Logged as `coordinator-<n>`.
+fn start_replica(dirs: &FleetDirs, first: &Coordinator, n: usize) -> Result<Coordinator> {
+    let local = LocalCoordinator {
+        dir: first.dir.clone(),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+    };
+    let bins = bins::local_bins()?;
+    let process = Spawn::from_cmd(
+        format!("coordinator-{n}"),
+        &local
+            .serve(&bins, "info,fleetwave_coordinator=debug")
+            .arg("--listen")
+            .arg(local.addr.to_string()),
+        &dirs.logs,
+    )
+    .start()?;
+    Ok(Coordinator {
+        process,
+        addr: local.addr,
+        url: local.url(),
+        dir: local.dir,
+        config: first.config.clone(),
+        ca: first.ca.clone(),
+        root: first.root.clone(),
+        release_key: first.release_key.clone(),
+        root_key: first.root_key.clone(),
+        admin_token: first.admin_token.clone(),
     })
 }
 

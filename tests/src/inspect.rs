@@ -1,10 +1,10 @@
-//! Read-only looks into the SQLite files of the real processes, for facts no API exposes:
-//! which report events the coordinator stored for a site, and what an agent still holds in
-//! its outbox.
+//! Read-only looks into the databases of the real processes, for facts no API exposes:
+//! which report events the coordinator stored for a site (in its SQLite file or its
+//! PostgreSQL database), and what an agent still holds in its outbox.
 //!
-//! Connections are opened read-only (SQLite WAL allows readers beside the running writer).
-//! This module must never write to either database: a scenario observes, it does not
-//! repair.
+//! SQLite connections are opened read-only (WAL allows readers beside the running writer);
+//! PostgreSQL is only sent SELECTs. This module must never write to any database: a
+//! scenario observes, it does not repair.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,8 @@ use crate::error::{HarnessError, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredReport {
     pub event_id: String,
+    /// When the agent says it happened (the coordinator's `at` column, as stored).
+    pub at: i64,
     pub kind: String,
     pub body: serde_json::Value,
 }
@@ -51,28 +53,57 @@ fn json(text: String) -> serde_json::Value {
 #[derive(Debug, Clone)]
 pub struct CoordinatorDb {
     path: PathBuf,
+    /// A PostgreSQL URL instead of the SQLite file at `path`.
+    postgres: Option<String>,
 }
 
+const REPORTS: &str = "SELECT event_id, at, kind, body FROM reports WHERE site_id = $1 \
+                       ORDER BY at, received_at, event_id";
+
 impl CoordinatorDb {
+    /// The coordinator's SQLite file.
     pub fn new(path: impl Into<PathBuf>) -> CoordinatorDb {
-        CoordinatorDb { path: path.into() }
+        CoordinatorDb {
+            path: path.into(),
+            postgres: None,
+        }
+    }
+
+    /// The coordinators' PostgreSQL database at `url`.
+    pub fn postgres(url: &str) -> CoordinatorDb {
+        CoordinatorDb {
+            path: PathBuf::new(),
+            postgres: Some(url.to_string()),
+        }
     }
 
     /// Every report event stored for `site`, in the order the agent said they happened.
     pub fn reports(&self, site: &str) -> Result<Vec<StoredReport>> {
+        if let Some(url) = &self.postgres {
+            let err = |e: postgres::Error| HarnessError::Fleet(format!("querying {url}: {e}"));
+            let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(err)?;
+            let rows = client.query(REPORTS, &[&site]).map_err(err)?;
+            return Ok(rows
+                .iter()
+                .map(|row| StoredReport {
+                    event_id: row.get(0),
+                    at: row.get(1),
+                    kind: row.get(2),
+                    body: json(row.get(3)),
+                })
+                .collect());
+        }
         let conn = open(&self.path)?;
         let mut stmt = conn
-            .prepare(
-                "SELECT event_id, kind, body FROM reports WHERE site_id = ?1 \
-                 ORDER BY at, received_at, event_id",
-            )
+            .prepare(REPORTS)
             .map_err(|e| query_err(&self.path, e))?;
         let rows = stmt
             .query_map([site], |row| {
                 Ok(StoredReport {
                     event_id: row.get(0)?,
-                    kind: row.get(1)?,
-                    body: json(row.get(2)?),
+                    at: row.get(1)?,
+                    kind: row.get(2)?,
+                    body: json(row.get(3)?),
                 })
             })
             .map_err(|e| query_err(&self.path, e))?;

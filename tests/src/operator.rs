@@ -127,6 +127,29 @@ impl Operator {
             })
     }
 
+    /// `GET path` with the operator's token, whatever it answers: the status, the
+    /// `Retry-After` header and the body (e.g. a standby's or an unready coordinator's 503).
+    pub fn answer(&self, path: &str) -> Result<(u16, Option<String>, String)> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| HarnessError::Api {
+                method: "GET".into(),
+                url: self.url(path),
+                status: 0,
+                body: format!("{e:#}"),
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((status, retry_after, response.text().unwrap_or_default()))
+    }
+
     /// A counter of the coordinator's `/metrics` (`fleetwave_<name>_total`, no labels).
     pub fn counter(&self, name: &str) -> Result<u64> {
         let path = "/metrics";

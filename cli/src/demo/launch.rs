@@ -311,6 +311,7 @@ impl Demo {
                     &AgentConfig {
                         written_by: "`fleetwave demo`",
                         url,
+                        also: &[],
                         ca,
                         root,
                         tuning: AgentTuning {
