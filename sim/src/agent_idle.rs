@@ -49,6 +49,7 @@ pub async fn agent_idle(
             max_concurrent_requests: None,
             max_keepalive_connections: None,
             tick_millis: 1000,
+            postgres_url: None,
         },
     )
     .await?;

@@ -83,6 +83,9 @@ pub struct Tuning {
     pub max_concurrent_requests: Option<usize>,
     pub max_keepalive_connections: Option<usize>,
     pub tick_millis: u64,
+    /// Keep the coordinator's state in this PostgreSQL database (`[storage] backend =
+    /// "postgres"`) instead of the SQLite file in the setup directory.
+    pub postgres_url: Option<String>,
 }
 
 /// A running coordinator process.
@@ -162,6 +165,12 @@ impl Coordinator {
         }
         if !limits.is_empty() {
             text.push_str(&format!("\n[limits]\n{limits}"));
+        }
+        if let Some(url) = &tuning.postgres_url {
+            text.push_str(&format!(
+                "\n[storage]\nbackend = \"postgres\"\nurl = {}\n",
+                serde_json::to_string(url)?
+            ));
         }
         let config = setup.dir.join("sim.toml");
         std::fs::write(&config, text)?;

@@ -105,6 +105,7 @@ pub async fn run(dir: &Path, bin: &Path, n: usize) -> anyhow::Result<()> {
             max_concurrent_requests: None,
             max_keepalive_connections: None,
             tick_millis: 200,
+            postgres_url: None,
         },
     )
     .await?;

@@ -75,6 +75,12 @@ struct Common {
     /// with their device keys) instead of enrolling them one by one.
     #[arg(long)]
     seed_via_import: bool,
+    /// Keep the coordinator's state in this PostgreSQL database (e.g.
+    /// `postgres://fleetwave@127.0.0.1:5432/sim`) instead of SQLite. The database must be
+    /// new, or one an earlier run with the same `--dir` used: the directory keeps the
+    /// enrolled sites' keys.
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -343,6 +349,7 @@ async fn fleet_up(
             max_concurrent_requests: common.max_concurrent_requests,
             max_keepalive_connections: common.max_keepalive_connections,
             tick_millis: 200,
+            postgres_url: common.postgres_url.clone(),
         },
         &fleet::ClientOptions {
             timeout: client_timeout,
