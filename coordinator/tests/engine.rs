@@ -48,6 +48,7 @@ fn health(id: &str) -> Event {
 fn input(site: &str, events: Vec<Event>) -> ReportInput {
     ReportInput {
         site_id: site.into(),
+        box_id: None,
         events,
         received_at: Timestamp::now(),
     }
@@ -624,6 +625,7 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
             .engine
             .apply_reports(ReportInput {
                 site_id: site_id(0),
+                box_id: None,
                 events,
                 received_at,
             })
