@@ -195,6 +195,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     app.engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: r.id.clone(),
                 sequence: seq,
@@ -274,6 +275,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         .engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: r.id.clone(),
                 sequence: seq,
@@ -473,6 +475,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
                 .engine
                 .lease(
                     &site,
+                    None,
                     &LeaseRequest {
                         rollout_id,
                         sequence,
@@ -543,6 +546,7 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
         .engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: id.clone(),
                 sequence,

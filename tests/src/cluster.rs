@@ -66,11 +66,40 @@ pub struct FleetOptions {
     /// Sites whose agents form one peer cache (`[peers]`): each listens on its own
     /// loopback port and lists the others, as the boxes of one store would.
     pub peer_cache: BTreeSet<String>,
+    /// Fleet entries that are boxes of a site of several boxes, by entry id: the entry's
+    /// agent enrolls into that site with its own `[box]` id and role (its own directories,
+    /// demo app and device key, as a machine of the store would have).
+    pub boxes: BTreeMap<String, BoxOf>,
+}
+
+/// A fleet entry that is one box of a site ([`FleetOptions::boxes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxOf {
+    /// The site the box belongs to, as the coordinator knows it.
+    pub site: String,
+    /// The box's id (`[box] id`).
+    pub id: String,
+    /// The box's role (`[box] role`).
+    pub role: String,
 }
 
 impl FleetOptions {
     pub fn proxied(mut self, site: &str) -> FleetOptions {
         self.proxied.insert(site.to_string());
+        self
+    }
+
+    /// Makes the fleet entry `entry` box `box_id` (role `role`) of site `site`
+    /// ([`FleetOptions::boxes`]).
+    pub fn box_of(mut self, entry: &str, site: &str, box_id: &str, role: &str) -> FleetOptions {
+        self.boxes.insert(
+            entry.to_string(),
+            BoxOf {
+                site: site.to_string(),
+                id: box_id.to_string(),
+                role: role.to_string(),
+            },
+        );
         self
     }
 
@@ -250,7 +279,7 @@ impl Fleet {
             .sites
             .iter()
             .filter(|(_, s)| s.agent.is_some())
-            .map(|(id, _)| id.clone())
+            .map(|(_, s)| s.local.id.clone())
             .collect();
         fleet.wait_seen(&started)?;
         Ok(fleet)
@@ -258,8 +287,10 @@ impl Fleet {
 
     fn add_site(&mut self, spec: &SiteSpec) -> Result<()> {
         let dirs = self.dirs.site(&spec.id)?.clone();
+        // A box of a site of several boxes enrolls into its site.
+        let box_of = self.options.boxes.get(&spec.id).cloned();
         let local = LocalSite {
-            id: spec.id.clone(),
+            id: box_of.as_ref().map_or(spec.id.clone(), |b| b.site.clone()),
             labels: spec.labels.clone(),
             root: dirs.root.clone(),
             app_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -283,7 +314,11 @@ impl Fleet {
             local,
         };
         start_seed_app(&self.dirs, &site)?;
-        std::fs::write(&site.dirs.config, self.agent_config(&site, &url)?)
+        let mut config = self.agent_config(&site, &url)?;
+        if let Some(b) = &box_of {
+            config.push_str(&format!("\n[box]\nid = {:?}\nrole = {:?}\n", b.id, b.role));
+        }
+        std::fs::write(&site.dirs.config, config)
             .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
         if self.options.enroll_later.contains(&spec.id) {
             self.sites.insert(spec.id.clone(), site);
@@ -303,7 +338,7 @@ impl Fleet {
             .operator
             .create_enrollment_token(&api::CreateEnrollmentToken {
                 labels: site.spec.labels.clone(),
-                site_id: Some(site.spec.id.clone()),
+                site_id: Some(site.local.id.clone()),
                 expires_in_secs: Some(3600),
                 uses: Some(1),
             })?;

@@ -43,6 +43,9 @@ pub struct BoxFacts {
     pub first_unhealthy_after_commit_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_at: Option<Timestamp>,
+    /// When the box was first granted a lease in the rollout (when its turn came).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_leased_at: Option<Timestamp>,
     /// When the box was last granted (or renewed) its lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leased_at: Option<Timestamp>,
@@ -91,6 +94,7 @@ impl BoxFacts {
 /// A lease granted (or renewed) to the box at `at`, held until `until`; times only move
 /// forward.
 pub fn lease(facts: &mut BoxFacts, at: Timestamp, until: Timestamp) {
+    facts.first_leased_at = Some(facts.first_leased_at.map_or(at, |f| f.min(at)));
     facts.leased_at = Some(facts.leased_at.map_or(at, |l| l.max(at)));
     facts.lease_until = Some(facts.lease_until.map_or(until, |u| u.max(until)));
 }
@@ -620,6 +624,7 @@ mod tests {
         lease(&mut f, at(10), at(100));
         lease(&mut f, at(5), at(50));
         assert_eq!((f.leased_at, f.lease_until), (Some(at(10)), Some(at(100))));
+        assert_eq!(f.first_leased_at, Some(at(5)));
         assert!(f.holds_lease(at(99)) && !f.holds_lease(at(100)));
         fold_box(&mut f, 1, "rel-2", &phase(Phase::Committed, None), at(20)).unwrap();
         assert_eq!(f.lease_until, None);
