@@ -334,6 +334,17 @@ impl Fleet {
 
     /// Enrolls `site` with a new one-use token bound to it and its labels.
     fn enroll(&self, site: &Site) -> Result<()> {
+        // A further box of an enrolled site joins with a token from `site rekey`.
+        if self.sites.values().any(|s| s.local.id == site.local.id) {
+            let rekey: serde_json::Value = self.operator.post(
+                &format!("/v1/sites/{}/rekey", site.local.id),
+                &serde_json::json!({}),
+            )?;
+            let token = rekey["token"].as_str().ok_or_else(|| {
+                HarnessError::Fleet(format!("rekey of {} answered {rekey}", site.local.id))
+            })?;
+            return self.enroll_with(site, token, "enroll");
+        }
         let token = self
             .operator
             .create_enrollment_token(&api::CreateEnrollmentToken {

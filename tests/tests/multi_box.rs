@@ -81,11 +81,10 @@ fn a_site_of_three_boxes_upgrades_box_by_box_servers_first() -> anyhow::Result<(
     for pair in BOXES.windows(2) {
         let (before, after) = (of(pair[0].1), of(pair[1].1));
         let committed = time(&before, "committed_at").expect("committed");
-        let healthy = time(&before, "last_healthy_at").expect("healthy");
         let started = time(&after, "first_leased_at").expect("leased");
         assert!(
-            started >= committed && started >= healthy && healthy >= committed,
-            "box {} started at {started}, box {} committed at {committed} (healthy {healthy})",
+            started > committed,
+            "box {} started at {started}, before box {} committed at {committed}",
             pair[1].1,
             pair[0].1
         );
@@ -102,7 +101,20 @@ fn a_failure_on_the_second_box_fails_the_site_once_and_stops_the_third() -> anyh
     fleet.publish(&bad)?;
     let id = fleet.rollout(&plan(&bad.id).auto_rollback(true))?;
     let (view, halt) = fleet.wait_halted(&id)?;
-    assert_eq!(view.waves[0].tally.failed, 1, "{:?}", view.waves[0]);
+    // Counted once: as one failure (the failing box rolled itself back, so the site shows
+    // `rolled_back`, as a one-box site that rolls back does).
+    let tally = &view.waves[0].tally;
+    assert_eq!(
+        (tally.sites, tally.failed + tally.rolled_back),
+        (1, 1),
+        "{:?}",
+        view.waves[0]
+    );
+    assert!(
+        view.waves[0].gate.contains("1 failures of budget 0"),
+        "{}",
+        view.waves[0].gate
+    );
     let site = view.sites.iter().find(|s| s.site_id == "store-1").unwrap();
     let said = format!("{site:?} / {}", halt.reason);
     assert!(said.contains("box agt-1"), "{said}");
