@@ -7,6 +7,8 @@
 //! transaction and apply what this module decides. It must never read or write storage
 //! itself.
 
+use std::collections::BTreeMap;
+
 use fleetwave_shared::protocol::operator::SiteState;
 use fleetwave_shared::protocol::{EventBody, Phase};
 use jiff::Timestamp;
@@ -52,9 +54,10 @@ pub struct BoxFacts {
     /// The box holds its lease until then (None: it holds none; a terminal phase ends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_until: Option<Timestamp>,
-    /// The version the box last reported installed (its `installed` report).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub installed_version: Option<String>,
+    /// What the box last reported installed, per release stream (its `installed`
+    /// reports): stream name to version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed: BTreeMap<String, String>,
 }
 
 impl BoxFacts {
@@ -139,10 +142,13 @@ pub fn fold_box(
     facts.first_unhealthy_after_commit_at = row.first_unhealthy_after_commit_at;
     facts.last_report_at = row.last_report_at;
     facts.leased_at = row.leased_at;
-    if let EventBody::Installed { version, .. } = body
-        && version.is_some()
+    if let EventBody::Installed {
+        name,
+        version: Some(version),
+        ..
+    } = body
     {
-        facts.installed_version = version.clone();
+        facts.installed.insert(name.clone(), version.clone());
     }
     if out.release_lease {
         facts.lease_until = None;
@@ -176,6 +182,30 @@ pub fn fold_box_event(
     site_from_boxes(row, boxes, facts);
     Ok(RowFold {
         release_lease: out.release_lease && (row.committed_at.is_some() || row.failed_at.is_some()),
+    })
+}
+
+/// When boxes of a site report different versions of one release stream: `inconsistent
+/// versions of <stream>: box a runs 1, box b runs 2` (the first such stream by name).
+pub fn inconsistent(boxes: &[(&str, &BoxFacts)]) -> Option<String> {
+    let streams: std::collections::BTreeSet<&String> =
+        boxes.iter().flat_map(|(_, f)| f.installed.keys()).collect();
+    streams.into_iter().find_map(|stream| {
+        let runs: Vec<(&str, &String)> = boxes
+            .iter()
+            .filter_map(|(id, f)| f.installed.get(stream).map(|v| (*id, v)))
+            .collect();
+        let first = runs.first()?.1;
+        runs.iter().any(|(_, v)| *v != first).then(|| {
+            let words: Vec<String> = runs
+                .iter()
+                .map(|(id, v)| format!("box {id} runs {v}"))
+                .collect();
+            format!(
+                "inconsistent versions of {stream} after the install: {}",
+                words.join(", ")
+            )
+        })
     })
 }
 
@@ -239,10 +269,17 @@ pub fn site_from_boxes(
                 f.failure.as_deref().unwrap_or("failed (no detail)")
             ));
         }
-        None => {
-            row.failed_at = None;
-            row.failure = None;
-        }
+        None => match row.committed_at.zip(inconsistent(&all)) {
+            // The install finished, yet the boxes run different versions: a failure.
+            Some((at, words)) => {
+                row.failed_at = Some(at);
+                row.failure = Some(words);
+            }
+            None => {
+                row.failed_at = None;
+                row.failure = None;
+            }
+        },
     }
     // The phase shown: the failed box's, else committed, else the latest phase of a box
     // that has not committed.
@@ -629,5 +666,47 @@ mod tests {
         fold_box(&mut f, 1, "rel-2", &phase(Phase::Committed, None), at(20)).unwrap();
         assert_eq!(f.lease_until, None);
         assert!(!f.done(), "committed, not yet healthy");
+    }
+
+    #[test]
+    fn boxes_on_different_versions_after_the_install_fail_the_site_naming_them() {
+        let mut row = RolloutSiteRecord {
+            attempts: 1,
+            ..RolloutSiteRecord::default()
+        };
+        let mut facts = Vec::new();
+        let installed = |stream: &str, v: &str| EventBody::Installed {
+            name: stream.into(),
+            release_id: Some(format!("rel-{v}")),
+            version: Some(v.into()),
+            previous_release_id: None,
+        };
+        for b in ["srv", "agt-1", "agt-2"] {
+            fold_event(&mut row, &mut facts, b, phase(Phase::Committed, None), 100);
+            fold_event(&mut row, &mut facts, b, installed("pos", "2"), 101);
+            // Another stream with a version of its own per box is not compared to pos.
+            fold_event(
+                &mut row,
+                &mut facts,
+                b,
+                installed(&format!("cfg-{b}"), "9"),
+                101,
+            );
+        }
+        assert_eq!(row.failed_at, None, "{:?}", row.failure);
+        // agt-2 is put back on 1 by hand after the install finished.
+        fold_event(&mut row, &mut facts, "agt-2", installed("pos", "1"), 200);
+        assert_eq!(
+            row.failed_at,
+            Some(at(101)),
+            "the latest commit (the installed report of the release)"
+        );
+        let f = row.failure.unwrap();
+        assert!(
+            f.starts_with("inconsistent versions of pos after the install:")
+                && f.contains("box agt-2 runs 1")
+                && f.contains("box srv runs 2"),
+            "{f}"
+        );
     }
 }
