@@ -80,6 +80,23 @@ impl BoxFacts {
             .is_some_and(|f| self.committed_at.is_none_or(|c| c <= f))
     }
 
+    /// The box's state in words (`GET /v1/sites/{id}`'s `boxes[].state`): `failed`,
+    /// `succeeded`, `committed` (not healthy since), `installing` (holds its lease at
+    /// `now`) or `waiting`.
+    pub fn state(&self, now: Timestamp) -> &'static str {
+        if self.failed() {
+            "failed"
+        } else if self.done() {
+            "succeeded"
+        } else if self.committed_at.is_some() {
+            "committed"
+        } else if self.holds_lease(now) {
+            "installing"
+        } else {
+            "waiting"
+        }
+    }
+
     /// Holds an unexpired lease at `now`.
     pub fn holds_lease(&self, now: Timestamp) -> bool {
         self.lease_until.is_some_and(|u| u > now)
