@@ -146,6 +146,45 @@ fn a_box_offline_past_the_deadline_makes_the_site_silent() -> anyhow::Result<()>
     fleet.publish(&release)?;
     fleet.site("store-1-agt-2")?.proxy.as_ref().unwrap().cut()?;
     let id = fleet.rollout(&plan(&release.id))?;
+    // The site's detail lists its boxes in install order: the two reachable boxes
+    // upgrade, the offline one waits its turn.
+    eventually(
+        "the server and the first agent to upgrade",
+        patience(Duration::from_secs(120)),
+        || {
+            let info = fleet.operator.site("store-1")?;
+            let boxes: Vec<(String, String, String, Option<String>)> = info
+                .boxes
+                .iter()
+                .map(|b| {
+                    (
+                        b.box_id.clone(),
+                        b.role.clone(),
+                        b.state.clone(),
+                        b.installed.get("demo").cloned(),
+                    )
+                })
+                .collect();
+            let want = |id: &str, role: &str, state: &str, v: Option<&str>| {
+                (
+                    id.to_string(),
+                    role.to_string(),
+                    state.to_string(),
+                    v.map(str::to_string),
+                )
+            };
+            anyhow::ensure!(
+                boxes
+                    == [
+                        want("srv", "server", "succeeded", Some("1.0.0")),
+                        want("agt-1", "agent", "succeeded", Some("1.0.0")),
+                        want("agt-2", "agent", "waiting", None),
+                    ],
+                "boxes: {boxes:?}"
+            );
+            Ok(())
+        },
+    )?;
     let view = eventually(
         "the site to be counted silent",
         patience(Duration::from_secs(240)),
