@@ -202,6 +202,12 @@ fn a_box_offline_past_the_deadline_makes_the_site_silent() -> anyhow::Result<()>
     assert_eq!(view.waves[0].tally.silent, 1, "{:?}", view.waves[0]);
     let site = view.sites.iter().find(|s| s.site_id == "store-1").unwrap();
     assert_eq!(site.state, "silent", "{site:?}");
+    let reason = site.detail.as_deref().unwrap_or_default();
+    assert!(
+        reason.starts_with("silent:")
+            && reason.contains("quietest box agt-2: not heard from in this rollout"),
+        "{reason}"
+    );
     // The boxes before it upgraded meanwhile.
     for entry in ["store-1-srv", "store-1-agt-1"] {
         fleet.wait_version(entry, "1.0.0")?;

@@ -863,6 +863,17 @@ pub(super) fn site_view(
 ) -> RolloutSiteView {
     let gate = &l.plan.waves[wave as usize].gate;
     let detail = match view.waves[wave as usize].opened_at {
+        // A silent site of several boxes: its reason names the quietest box.
+        Some(opened) if state == "silent" => {
+            let words = controller::site_status(gate, opened, site, now).detail;
+            let quiet = l
+                .site(&site.site_id)
+                .and_then(|r| crate::store::boxes::quiet_box_words(r.detail.as_deref()));
+            Some(match quiet {
+                Some(q) => format!("{words}; {q}"),
+                None => words,
+            })
+        }
         Some(opened) => Some(controller::site_status(gate, opened, site, now).detail),
         None if state == "pending" => Some("wave not open yet".to_string()),
         None => None,

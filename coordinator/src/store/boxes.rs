@@ -226,6 +226,15 @@ pub fn inconsistent(boxes: &[(&str, &BoxFacts)]) -> Option<String> {
     })
 }
 
+/// How the detail of a site of several boxes names its quietest box
+/// ([`site_from_boxes`]); a silent site's reason adds it ([`quiet_box_words`]).
+pub const QUIETEST: &str = "quietest box";
+
+/// The words naming the quietest box of a site of several boxes, from its row's detail.
+pub fn quiet_box_words(detail: Option<&str>) -> Option<&str> {
+    detail.filter(|d| d.starts_with(QUIETEST))
+}
+
 /// Makes a site's row in a rollout from its boxes' facts (`facts`: the boxes that have
 /// any; `boxes`: every box of the site), so that the gate counts the site once:
 /// - committed when every box committed (at the latest commit); healthy since when every
@@ -322,7 +331,20 @@ pub fn site_from_boxes(
     };
     row.phase = shown.and_then(|(_, f)| f.phase);
     row.phase_at = cap(shown.and_then(|(_, f)| f.phase_at));
-    row.detail = shown.and_then(|(id, f)| f.detail.as_ref().map(|d| format!("box {id}: {d}")));
+    // Without a phase detail to show, the detail names the quietest box (a box never
+    // heard from first): what a silent site's reason names.
+    let quietest = all
+        .iter()
+        .find(|(_, f)| f.last_sign().is_none())
+        .or_else(|| all.iter().min_by_key(|(_, f)| f.last_sign()));
+    row.detail = shown
+        .and_then(|(id, f)| f.detail.as_ref().map(|d| format!("box {id}: {d}")))
+        .or_else(|| {
+            quietest.map(|(id, f)| match f.last_sign() {
+                None => format!("{QUIETEST} {id}: not heard from in this rollout"),
+                Some(t) => format!("{QUIETEST} {id}: last heard at {t}"),
+            })
+        });
     row.last_report_at = quiet;
     row.leased_at = cap(all.iter().filter_map(|(_, f)| f.leased_at).max());
 }
@@ -665,11 +687,19 @@ mod tests {
             (row.last_report_at, row.phase_at, row.leased_at),
             (None, None, None)
         );
+        assert_eq!(
+            row.detail.as_deref(),
+            Some("quietest box agt-2: not heard from in this rollout")
+        );
         fold_event(&mut row, &mut facts, "agt-2", health(), 100);
         assert_eq!(row.last_report_at, Some(at(100)));
         assert_eq!(row.phase_at, Some(at(100)), "capped at the quietest box");
         assert_eq!(row.phase, Some(Phase::Installing));
-        assert_eq!(row.detail, None);
+        assert_eq!(
+            row.detail.as_deref(),
+            Some("quietest box agt-2: last heard at 2027-01-15T08:01:40Z")
+        );
+        assert!(quiet_box_words(row.detail.as_deref()).is_some());
     }
 
     #[test]
