@@ -488,7 +488,25 @@ pub struct RolloutPlan {
     /// previous release; a significant regression halts the rollout. Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<AnalysisSignal>,
+    /// Inside a site of several boxes: at most this many boxes hold a lease (install) at
+    /// once. Default 1, at most [`MAX_UNAVAILABLE_PER_SITE`]. A one-box site is not
+    /// affected.
+    #[serde(
+        default = "defaults::max_unavailable_per_site",
+        skip_serializing_if = "defaults::is_one"
+    )]
+    pub max_unavailable_per_site: u32,
+    /// The order in which a site's boxes install: box selectors (`role=server`,
+    /// `box=node-1`), each taking the boxes it matches in box id order; boxes no selector
+    /// matches go last, in box id order. Empty: every box in box id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub box_order: Vec<String>,
 }
+
+/// The most boxes of one site `max_unavailable_per_site` lets install at once.
+pub const MAX_UNAVAILABLE_PER_SITE: u32 = 64;
+/// The most selectors a plan's `box_order` may have.
+pub const MAX_BOX_ORDER: usize = 16;
 
 /// The most `[[analysis]]` entries a plan may have.
 pub const MAX_ANALYSIS_SIGNALS: usize = 16;
@@ -712,6 +730,13 @@ fn validate_bundle_validity(v: SignedDuration) -> Result<(), (Path, String)> {
 /// Default values of optional plan fields (documented in docs/waves.md).
 pub mod defaults {
     use jiff::SignedDuration;
+
+    pub fn max_unavailable_per_site() -> u32 {
+        1
+    }
+    pub fn is_one(n: &u32) -> bool {
+        *n == 1
+    }
 
     pub fn success_ratio() -> f64 {
         0.95
@@ -1029,6 +1054,7 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
     at_most_a_year(plan.assignment_ttl).map_err(|m| (top("assignment_ttl"), m))?;
     validate_bundle_validity(plan.bundle_validity)?;
     validate_retry(&plan.retry)?;
+    validate_boxes(plan)?;
     if plan.waves.is_empty() {
         return Err((top("waves"), "a plan needs at least one wave".into()));
     }
@@ -1125,6 +1151,84 @@ fn validate(plan: &RolloutPlan) -> Result<(), (Path, String)> {
 
 /// A channel's name: 1 to 64 characters of `a-z`, `0-9`, `-`, `_` and `.`, starting with
 /// a letter or digit (it appears in URLs and rollout ids).
+fn validate_boxes(plan: &RolloutPlan) -> Result<(), (Path, String)> {
+    let top = |k: &'static str| vec![Seg::Key(k)];
+    if !(1..=MAX_UNAVAILABLE_PER_SITE).contains(&plan.max_unavailable_per_site) {
+        return Err((
+            top("max_unavailable_per_site"),
+            format!(
+                "must be 1 to {MAX_UNAVAILABLE_PER_SITE} (boxes of one site installing at once; got {})",
+                plan.max_unavailable_per_site
+            ),
+        ));
+    }
+    if plan.box_order.len() > MAX_BOX_ORDER {
+        return Err((
+            top("box_order"),
+            format!(
+                "has at most {MAX_BOX_ORDER} selectors (got {})",
+                plan.box_order.len()
+            ),
+        ));
+    }
+    for (i, sel) in plan.box_order.iter().enumerate() {
+        if let Err(m) = BoxSelector::parse(sel) {
+            return Err((vec![Seg::Key("box_order"), Seg::Index(i)], m));
+        }
+        if let Some(j) = plan.box_order[..i].iter().position(|o| o == sel) {
+            return Err((
+                vec![Seg::Key("box_order"), Seg::Index(i)],
+                format!("{sel:?} is already box_order[{j}]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One entry of a plan's `box_order`: `role=<role>` (the boxes with that role) or
+/// `box=<box id>` (that box).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxSelector<'a> {
+    Role(&'a str),
+    Box(&'a str),
+}
+
+impl<'a> BoxSelector<'a> {
+    /// Reads `role=<role>` or `box=<box id>`; the error says what is wrong.
+    pub fn parse(s: &'a str) -> Result<BoxSelector<'a>, String> {
+        let Some((key, value)) = s.split_once('=') else {
+            return Err(format!(
+                "{s:?} is not a box selector: write role=<role> (e.g. role=server) or box=<box id>"
+            ));
+        };
+        let ok = !value.is_empty()
+            && value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "{s:?}: the value must match [a-z0-9._-]{{1,63}} (a box id or role as agents set it)"
+            ));
+        }
+        match key {
+            "role" => Ok(BoxSelector::Role(value)),
+            "box" => Ok(BoxSelector::Box(value)),
+            other => Err(format!(
+                "{s:?}: unknown key {other:?}; a box selector is role=<role> or box=<box id>"
+            )),
+        }
+    }
+
+    /// Whether the box `box_id` with role `role` is one this selector takes.
+    pub fn matches(&self, box_id: &str, role: &str) -> bool {
+        match self {
+            BoxSelector::Role(r) => *r == role,
+            BoxSelector::Box(b) => *b == box_id,
+        }
+    }
+}
+
 pub fn validate_channel_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -2089,5 +2193,60 @@ alpha = 0.01
             "name = \"x\"\nrelease = \"r\"\n[[waves]]\nname = \"a\"\ngate = { retry = 3 }\n",
         );
         assert!(e.to_string().contains("unknown field `retry`"), "{e}");
+    }
+
+    #[test]
+    fn box_order_and_max_unavailable_per_site_are_checked_naming_the_key() {
+        let with = |body: &str| {
+            format!("name = \"x\"\nrelease = \"r\"\n{body}\n[[waves]]\nname = \"a\"\n")
+        };
+        for (body, path, want) in [
+            (
+                "max_unavailable_per_site = 0",
+                "max_unavailable_per_site",
+                "must be 1 to 64",
+            ),
+            (
+                "max_unavailable_per_site = 65",
+                "max_unavailable_per_site",
+                "got 65)",
+            ),
+            (
+                "box_order = [\"server\"]",
+                "box_order[0]",
+                "write role=<role> (e.g. role=server) or box=<box id>",
+            ),
+            (
+                "box_order = [\"role=server\", \"zone=a\"]",
+                "box_order[1]",
+                "unknown key \"zone\"",
+            ),
+            (
+                "box_order = [\"role=\"]",
+                "box_order[0]",
+                "must match [a-z0-9._-]{1,63}",
+            ),
+            (
+                "box_order = [\"role=server\", \"role=server\"]",
+                "box_order[1]",
+                "is already box_order[0]",
+            ),
+        ] {
+            let e = toml_err(&with(body));
+            assert_eq!(e.path(), path, "{body}: {e}");
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+        let plan = parse_plan(
+            &with("box_order = [\"role=server\", \"box=node-3\"]\nmax_unavailable_per_site = 2"),
+            PlanFormat::Toml,
+        )
+        .unwrap();
+        assert_eq!(plan.box_order, ["role=server", "box=node-3"]);
+        assert_eq!(plan.max_unavailable_per_site, 2);
+        let default = parse_plan(&with(""), PlanFormat::Toml).unwrap();
+        assert_eq!(
+            (default.max_unavailable_per_site, default.box_order.len()),
+            (1, 0)
+        );
     }
 }

@@ -96,6 +96,9 @@ impl TrustChain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub site_id: String,
+    /// The box of the site that opened the session, when its agent names one (`[box]
+    /// id`); None: the site's first box of an agent that names none.
+    pub box_id: Option<String>,
     pub expires_at: Timestamp,
     /// [`device_key_fingerprint`] of the key the session was opened with: a session ends
     /// when the site's key changes (re-enrollment, re-key).
@@ -103,7 +106,8 @@ pub struct Session {
 }
 
 /// Agent session tokens, signed rather than stored: `fws1.<site id, base64url>.<expiry,
-/// Unix seconds>.<key fingerprint, hex>.<HMAC-SHA256, base64url>`.
+/// Unix seconds>.<key fingerprint, hex>.<HMAC-SHA256, base64url>`; a box that names
+/// itself gets `fws2.<site id>.<box id, base64url>.<expiry>.<key fingerprint>.<HMAC>`.
 ///
 /// The HMAC key is derived from the coordinator's signing key, which every coordinator of
 /// a fleet holds (it signs the assignments): so any coordinator process checks a session
@@ -116,6 +120,7 @@ pub struct Sessions {
 }
 
 const SESSION_PREFIX: &str = "fws1";
+const BOX_SESSION_PREFIX: &str = "fws2";
 
 impl Sessions {
     /// Sessions signed with a key derived from `signing_key`'s secret.
@@ -137,17 +142,31 @@ impl Sessions {
         mac
     }
 
-    /// A session token for `site_id`, opened with `device_key`, valid until `expires_at`.
-    pub fn open(&self, site_id: &str, device_key: &str, expires_at: Timestamp) -> String {
+    /// A session token for `site_id` (and its box `box_id`, when the agent names one),
+    /// opened with `device_key`, valid until `expires_at`.
+    pub fn open(
+        &self,
+        site_id: &str,
+        box_id: Option<&str>,
+        device_key: &str,
+        expires_at: Timestamp,
+    ) -> String {
         use base64::Engine as _;
         use hmac::Mac as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = format!(
-            "{SESSION_PREFIX}.{}.{}.{:016x}",
-            b64.encode(site_id),
+        let rest = format!(
+            "{}.{:016x}",
             expires_at.as_second(),
             device_key_fingerprint(device_key)
         );
+        let payload = match box_id {
+            None => format!("{SESSION_PREFIX}.{}.{rest}", b64.encode(site_id)),
+            Some(b) => format!(
+                "{BOX_SESSION_PREFIX}.{}.{}.{rest}",
+                b64.encode(site_id),
+                b64.encode(b)
+            ),
+        };
         let tag = b64.encode(self.mac(&payload).finalize().into_bytes());
         format!("{payload}.{tag}")
     }
@@ -164,16 +183,26 @@ impl Sessions {
         let tag = b64.decode(tag).ok()?;
         self.mac(payload).verify_slice(&tag).ok()?;
         let mut parts = payload.split('.');
-        let (prefix, site, expires, fp) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if prefix != SESSION_PREFIX || parts.next().is_some() {
+        let (prefix, site) = (parts.next()?, parts.next()?);
+        let box_part = match prefix {
+            SESSION_PREFIX => None,
+            BOX_SESSION_PREFIX => Some(parts.next()?),
+            _ => return None,
+        };
+        let (expires, fp) = (parts.next()?, parts.next()?);
+        if parts.next().is_some() {
             return None;
         }
         let site_id = String::from_utf8(b64.decode(site).ok()?).ok()?;
+        let box_id = match box_part {
+            None => None,
+            Some(b) => Some(String::from_utf8(b64.decode(b).ok()?).ok()?),
+        };
         let expires_at = Timestamp::from_second(expires.parse().ok()?).ok()?;
         let key_fingerprint = u64::from_str_radix(fp, 16).ok()?;
         (expires_at > now).then_some(Session {
             site_id,
+            box_id,
             expires_at,
             key_fingerprint,
         })
@@ -199,9 +228,10 @@ mod session_tests {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let until = Timestamp::from_second(1_800_003_600).unwrap();
         let sessions = Sessions::new(&key(1));
-        let token = sessions.open("store.0042/b", "ed25519:abc", until);
+        let token = sessions.open("store.0042/b", None, "ed25519:abc", until);
         let s = sessions.lookup(&token, now).expect("a fresh token");
         assert_eq!(s.site_id, "store.0042/b");
+        assert_eq!(s.box_id, None);
         assert_eq!(s.expires_at, until);
         assert_eq!(s.key_fingerprint, device_key_fingerprint("ed25519:abc"));
         assert_ne!(s.key_fingerprint, device_key_fingerprint("ed25519:abd"));
@@ -221,7 +251,7 @@ mod session_tests {
         }
         // Another site's payload with this token's MAC is refused.
         let (_, tag) = token.rsplit_once('.').unwrap();
-        let other = sessions.open("store-0043", "ed25519:abc", until);
+        let other = sessions.open("store-0043", None, "ed25519:abc", until);
         let (payload, _) = other.rsplit_once('.').unwrap();
         assert_eq!(sessions.lookup(&format!("{payload}.{tag}"), now), None);
         for junk in [
@@ -234,5 +264,28 @@ mod session_tests {
         ] {
             assert_eq!(sessions.lookup(junk, now), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn a_box_token_carries_its_box_and_cannot_be_turned_into_another_box() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let until = Timestamp::from_second(1_800_003_600).unwrap();
+        let sessions = Sessions::new(&key(1));
+        let token = sessions.open("store-1", Some("node-2"), "ed25519:abc", until);
+        let s = sessions.lookup(&token, now).expect("a fresh box token");
+        assert_eq!(
+            (s.site_id.as_str(), s.box_id.as_deref()),
+            ("store-1", Some("node-2"))
+        );
+        // Another box's payload with this token's MAC, or the site's without a box: refused.
+        let (_, tag) = token.rsplit_once('.').unwrap();
+        for other in [
+            sessions.open("store-1", Some("node-1"), "ed25519:abc", until),
+            sessions.open("store-1", None, "ed25519:abc", until),
+        ] {
+            let (payload, _) = other.rsplit_once('.').unwrap();
+            assert_eq!(sessions.lookup(&format!("{payload}.{tag}"), now), None);
+        }
+        assert_eq!(sessions.lookup("fws2.....", now), None);
     }
 }

@@ -48,6 +48,7 @@ fn health(id: &str) -> Event {
 fn input(site: &str, events: Vec<Event>) -> ReportInput {
     ReportInput {
         site_id: site.into(),
+        box_id: None,
         events,
         received_at: Timestamp::now(),
     }
@@ -194,6 +195,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
     app.engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: r.id.clone(),
                 sequence: seq,
@@ -273,6 +275,7 @@ async fn in_memory_facts_follow_every_change_and_rebuild_from_sqlite() {
         .engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: r.id.clone(),
                 sequence: seq,
@@ -472,6 +475,7 @@ async fn lease_all_at_once(s: &Setup, extra: &str) -> (String, Vec<(String, bool
                 .engine
                 .lease(
                     &site,
+                    None,
                     &LeaseRequest {
                         rollout_id,
                         sequence,
@@ -542,6 +546,7 @@ async fn a_burst_of_leases_is_granted_and_committed_each_exactly_once() {
         .engine
         .lease(
             first,
+            None,
             &LeaseRequest {
                 rollout_id: id.clone(),
                 sequence,
@@ -624,6 +629,7 @@ async fn a_pruning_round_deletes_past_the_retention_in_chunks_and_counts_them() 
             .engine
             .apply_reports(ReportInput {
                 site_id: site_id(0),
+                box_id: None,
                 events,
                 received_at,
             })
@@ -760,4 +766,152 @@ async fn a_rollback_the_agent_gave_up_on_counts_as_failed_and_is_counted() {
             .unwrap(),
         0
     );
+}
+
+/// A site of three boxes in-process: a `box_order` selector that matches none of its boxes
+/// is refused naming the site; then the boxes are leased one at a time in the plan's
+/// order (a box out of turn hears `box_order` and which box it waits for), the next once
+/// the one before committed and reported healthy, and the site commits only with its last
+/// box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_of_three_boxes_is_leased_box_by_box_in_the_plans_order() {
+    use fleetwave_coordinator::controller::LeaseDenialReason;
+    use fleetwave_coordinator::store::{Enrollment, EnrollmentTokenRecord};
+    let s = setup(1).await;
+    let app = &s.app;
+    let site = site_id(0);
+    let now = Timestamp::now();
+    let token = EnrollmentTokenRecord {
+        id: "et-boxes".into(),
+        labels: Default::default(),
+        site_id: Some(site.clone()),
+        expires_at: now + SignedDuration::from_hours(1),
+        uses_total: 2,
+        uses_left: 2,
+        revoked: false,
+        created_at: now,
+        created_by: "test".into(),
+    };
+    let sid = site.clone();
+    app.db
+        .run(move |st| {
+            st.create_enrollment_token("boxes", &token)?;
+            for (b, role, key) in [("node-a", "server", "aa"), ("node-b", "agent", "bb")] {
+                st.enroll(&Enrollment {
+                    token_hash: "boxes".into(),
+                    site_id: sid.clone(),
+                    box_id: b.into(),
+                    role: role.into(),
+                    device_key: key.repeat(32),
+                    agent_version: "1".into(),
+                    at: now + SignedDuration::from_secs(1),
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let plan = |order: &str| {
+        format!(
+            "name = \"boxes\"\nrelease = \"{}\"\nselector = {{ sim = \"1\" }}\nbox_order = {order}\n\n\
+             [[waves]]\nname = \"all\"\ngate = {{ success_ratio = 1.0, bake = \"0s\" }}\n",
+            s.release
+        )
+    };
+    let refused = app
+        .engine
+        .create_rollout(
+            plan(r#"["role=server", "role=worker"]"#),
+            PlanFormat::Toml,
+            "test",
+        )
+        .await
+        .unwrap_err();
+    let said = refused.to_string();
+    assert!(
+        said.contains(r#"box_order[1] "role=worker" matches no box of site site-00000"#)
+            && said.contains("node-a (role server)"),
+        "{said}"
+    );
+
+    let r = app
+        .engine
+        .create_rollout(
+            plan(r#"["role=server", "role=agent"]"#),
+            PlanFormat::Toml,
+            "test",
+        )
+        .await
+        .unwrap();
+    app.engine
+        .rollout_action(&r.id, Action::Start, "test")
+        .await
+        .unwrap();
+    let seq = app
+        .engine
+        .sites
+        .get(&site)
+        .and_then(|slot| slot.view().assignment)
+        .expect("assigned")
+        .record
+        .sequence;
+    let req = LeaseRequest {
+        rollout_id: r.id.clone(),
+        sequence: seq,
+    };
+    let lease = |b: &'static str| app.engine.lease(&site, Some(b), &req);
+    let waits = |e: EngineError| match e {
+        EngineError::LeaseDenied(d) => {
+            assert_eq!(d.reason, LeaseDenialReason::BoxOrder, "{d}");
+            d.message
+        }
+        other => panic!("not a lease denial: {other}"),
+    };
+    let said = waits(lease("node-b").await.unwrap_err());
+    assert!(
+        said.contains("waits for box node-a (role server)"),
+        "{said}"
+    );
+    lease("node-a").await.unwrap();
+    // Renewing is fine; the boxes after it still wait (main, with no role, comes last).
+    lease("node-a").await.unwrap();
+    waits(lease("main").await.unwrap_err());
+    let phase = |id: &str, p: &str| {
+        event(
+            id,
+            json!({"kind": "phase", "rollout_id": r.id, "release_id": s.release, "phase": p}),
+        )
+    };
+    let from = |b: &str, events: Vec<Event>| ReportInput {
+        box_id: Some(b.into()),
+        ..input(&site, events)
+    };
+    app.engine
+        .apply_reports(from("node-a", vec![phase("a1", "committed")]))
+        .await
+        .unwrap();
+    // Committed, not yet healthy since: node-b still waits.
+    waits(lease("node-b").await.unwrap_err());
+    app.engine
+        .apply_reports(from("node-a", vec![health("a2")]))
+        .await
+        .unwrap();
+    lease("node-b").await.unwrap();
+    let said = waits(lease("main").await.unwrap_err());
+    assert!(said.contains("waits for box node-b (role agent)"), "{said}");
+    app.engine
+        .apply_reports(from("node-b", vec![phase("b1", "committed"), health("b2")]))
+        .await
+        .unwrap();
+    let row = || {
+        let (id, sid) = (r.id.clone(), site.clone());
+        app.db.run(move |st| st.rollout_site(&id, &sid))
+    };
+    assert_eq!(row().await.unwrap().unwrap().committed_at, None);
+    lease("main").await.unwrap();
+    app.engine
+        .apply_reports(from("main", vec![phase("m1", "committed"), health("m2")]))
+        .await
+        .unwrap();
+    assert!(row().await.unwrap().unwrap().committed_at.is_some());
 }

@@ -342,7 +342,7 @@ fn a_fleet_moves_from_sqlite_to_postgres_verified_and_goes_on_there() {
         1,
         "the site.failed event's delivery"
     );
-    assert!(stdout.contains("27 tables verified"), "{stdout}");
+    assert!(stdout.contains("28 tables verified"), "{stdout}");
 
     let before = sqlite.open();
     let after = PgStore::open(&PgOptions::new(url.clone())).unwrap();

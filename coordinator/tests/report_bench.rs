@@ -110,6 +110,7 @@ fn report_groups_on(backend: Backend) {
             .iter()
             .map(|s| ReportInput {
                 site_id: s.clone(),
+                box_id: None,
                 events: vec![
                     Event {
                         id: format!("p{round}"),

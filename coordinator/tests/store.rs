@@ -242,6 +242,7 @@ fn a_report_group_commits_good_batches_around_a_failing_one(backend: Backend) {
     let now = ts("2026-01-01T01:00:00Z");
     let batch = |site: &str, events: Vec<Event>| ReportInput {
         site_id: site.into(),
+        box_id: None,
         events,
         received_at: now,
     };
@@ -848,6 +849,133 @@ async fn first_rollout(db: &Db) {
         .unwrap();
 }
 
+/// A site of two boxes: each box's reports fold into its own facts (kept across
+/// reopening), the site's row commits only when both boxes did, a failure names its box,
+/// a box's lease is recorded; a box of a one-box site reports into the site as before.
+fn each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them(backend: Backend) {
+    let (db, store) = setup(backend);
+    let t0 = ts("2026-01-01T00:10:00Z");
+    let bound = EnrollmentTokenRecord {
+        id: "et-9".into(),
+        labels: Default::default(),
+        site_id: Some("store-9".into()),
+        expires_at: t0 + SignedDuration::from_hours(1),
+        uses_total: 3,
+        uses_left: 3,
+        revoked: false,
+        created_at: t0,
+        created_by: "test".into(),
+    };
+    store.create_enrollment_token("bound", &bound).unwrap();
+    let later = t0 + SignedDuration::from_mins(1);
+    for (b, role, key) in [("srv", "server", "aa"), ("agt-1", "agent", "bb")] {
+        store
+            .enroll(&box_enrollment("bound", b, role, key, later))
+            .unwrap();
+    }
+    store
+        .create_rollout(
+            &rollout("r1"),
+            &[member("r1", "store-9"), member("r1", "s1")],
+        )
+        .unwrap();
+    let now = ts("2026-01-01T01:00:00Z");
+    let from = |b: Option<&str>, site: &str, events: Vec<Event>| ReportInput {
+        site_id: site.into(),
+        box_id: b.map(Into::into),
+        events,
+        received_at: now,
+    };
+    let row = |store: &Arc<dyn Store>, site: &str| {
+        store
+            .rollout_sites("r1")
+            .unwrap()
+            .into_iter()
+            .find(|r| r.site_id == site)
+            .unwrap()
+    };
+    store
+        .lease_box(
+            "r1",
+            "store-9",
+            "srv",
+            ts("2026-01-01T00:19:00Z"),
+            ts("2026-01-01T02:00:00Z"),
+        )
+        .unwrap();
+    store
+        .apply_report_group(&[from(
+            Some("srv"),
+            "store-9",
+            vec![
+                phase("p1", "2026-01-01T00:20:00Z", Phase::Committed),
+                health("h1", "2026-01-01T00:21:00Z", true),
+            ],
+        )])
+        .unwrap();
+    let facts = store.rollout_boxes("r1", "store-9").unwrap();
+    assert_eq!(facts.len(), 1);
+    assert_eq!(facts[0].0, "srv");
+    assert_eq!(facts[0].1.committed_at, Some(ts("2026-01-01T00:20:00Z")));
+    assert_eq!(facts[0].1.leased_at, Some(ts("2026-01-01T00:19:00Z")));
+    assert_eq!(
+        facts[0].1.lease_until, None,
+        "the commit ended the box's lease"
+    );
+    assert!(facts[0].1.done());
+    let site = row(&store, "store-9");
+    assert_eq!(site.committed_at, None, "agt-1 has not committed");
+    assert_eq!(site.last_report_at, None, "agt-1 was never heard from");
+
+    let store = db.open();
+    store
+        .apply_report_group(&[from(
+            Some("agt-1"),
+            "store-9",
+            vec![phase("p2", "2026-01-01T00:30:00Z", Phase::Committed)],
+        )])
+        .unwrap();
+    let site = row(&store, "store-9");
+    assert_eq!(site.committed_at, Some(ts("2026-01-01T00:30:00Z")));
+    assert_eq!(site.last_report_at, Some(ts("2026-01-01T00:21:00Z")));
+    // A later failure of one box fails the site, naming the box.
+    store
+        .apply_report_group(&[from(
+            Some("agt-1"),
+            "store-9",
+            vec![Event {
+                id: "p3".into(),
+                at: ts("2026-01-01T00:40:00Z"),
+                body: EventBody::Phase {
+                    rollout_id: Some("r1".into()),
+                    release_id: "pos-2".into(),
+                    phase: Phase::Failed,
+                    detail: Some("health check failed: pos down".into()),
+                },
+            }],
+        )])
+        .unwrap();
+    let site = row(&store, "store-9");
+    assert_eq!(
+        site.failure.as_deref(),
+        Some("box agt-1: health check failed: pos down")
+    );
+    assert_eq!(store.rollout_boxes("r1", "store-9").unwrap().len(), 2);
+    // A one-box site's box naming itself reports into the site as before.
+    store
+        .apply_report_group(&[from(
+            Some("main"),
+            "s1",
+            vec![phase("q1", "2026-01-01T00:20:00Z", Phase::Committed)],
+        )])
+        .unwrap();
+    assert_eq!(
+        row(&store, "s1").committed_at,
+        Some(ts("2026-01-01T00:20:00Z"))
+    );
+    assert!(store.rollout_boxes("r1", "s1").unwrap().is_empty());
+}
+
 both_backends!(
     out_of_order_reports_never_move_facts_backwards_and_apply_once,
     one_active_rollout_per_site_and_counters_go_up,
@@ -861,6 +989,7 @@ both_backends!(
     concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout,
     dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
     a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box,
+    each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them,
 );
 
 /// The dashboard's read model answers the same on both backends: counts, versions, pages

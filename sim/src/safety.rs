@@ -773,7 +773,7 @@ pub async fn run_once(
             let id = crate::site::site_id(i);
             let profile = Profile::draw(seed, run, i, class);
             Site {
-                token: app.sessions.open(&id, &key, session_until),
+                token: app.sessions.open(&id, None, &key, session_until),
                 link: profile.flapping.then(|| Link::new(seed, run, i)),
                 noise: Rng::derive(seed, &[run, i as u64, 3]),
                 acks: Rng::derive(seed, &[run, i as u64, 4]),

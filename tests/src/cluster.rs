@@ -66,6 +66,10 @@ pub struct FleetOptions {
     /// Sites whose agents form one peer cache (`[peers]`): each listens on its own
     /// loopback port and lists the others, as the boxes of one store would.
     pub peer_cache: BTreeSet<String>,
+    /// Fleet entries that are boxes of a site of several boxes, by entry id: the entry's
+    /// agent enrolls into that site with its own `[box]` id and role (its own directories,
+    /// demo app and device key, as a machine of the store would have).
+    pub boxes: BTreeMap<String, BoxOf>,
     /// More coordinator processes beside the first (replicas on the same configuration,
     /// for a fleet whose `coordinator_extra` puts the state in PostgreSQL). They start
     /// once the first is ready, so the first leads; site number `i` (in the spec's order)
@@ -73,9 +77,34 @@ pub struct FleetOptions {
     pub replicas: usize,
 }
 
+/// A fleet entry that is one box of a site ([`FleetOptions::boxes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxOf {
+    /// The site the box belongs to, as the coordinator knows it.
+    pub site: String,
+    /// The box's id (`[box] id`).
+    pub id: String,
+    /// The box's role (`[box] role`).
+    pub role: String,
+}
+
 impl FleetOptions {
     pub fn proxied(mut self, site: &str) -> FleetOptions {
         self.proxied.insert(site.to_string());
+        self
+    }
+
+    /// Makes the fleet entry `entry` box `box_id` (role `role`) of site `site`
+    /// ([`FleetOptions::boxes`]).
+    pub fn box_of(mut self, entry: &str, site: &str, box_id: &str, role: &str) -> FleetOptions {
+        self.boxes.insert(
+            entry.to_string(),
+            BoxOf {
+                site: site.to_string(),
+                id: box_id.to_string(),
+                role: role.to_string(),
+            },
+        );
         self
     }
 
@@ -270,7 +299,7 @@ impl Fleet {
             .sites
             .iter()
             .filter(|(_, s)| s.agent.is_some())
-            .map(|(id, _)| id.clone())
+            .map(|(_, s)| s.local.id.clone())
             .collect();
         fleet.wait_seen(&started)?;
         Ok(fleet)
@@ -291,8 +320,10 @@ impl Fleet {
 
     fn add_site(&mut self, spec: &SiteSpec, index: usize) -> Result<()> {
         let dirs = self.dirs.site(&spec.id)?.clone();
+        // A box of a site of several boxes enrolls into its site.
+        let box_of = self.options.boxes.get(&spec.id).cloned();
         let local = LocalSite {
-            id: spec.id.clone(),
+            id: box_of.as_ref().map_or(spec.id.clone(), |b| b.site.clone()),
             labels: spec.labels.clone(),
             root: dirs.root.clone(),
             app_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -316,7 +347,11 @@ impl Fleet {
             local,
         };
         start_seed_app(&self.dirs, &site)?;
-        std::fs::write(&site.dirs.config, self.agent_config(&site, &urls)?)
+        let mut config = self.agent_config(&site, &urls)?;
+        if let Some(b) = &box_of {
+            config.push_str(&format!("\n[box]\nid = {:?}\nrole = {:?}\n", b.id, b.role));
+        }
+        std::fs::write(&site.dirs.config, config)
             .map_err(|e| HarnessError::io(format!("writing {}", site.dirs.config.display()), e))?;
         if self.options.enroll_later.contains(&spec.id) {
             self.sites.insert(spec.id.clone(), site);
@@ -332,11 +367,22 @@ impl Fleet {
 
     /// Enrolls `site` with a new one-use token bound to it and its labels.
     fn enroll(&self, site: &Site) -> Result<()> {
+        // A further box of an enrolled site joins with a token from `site rekey`.
+        if self.sites.values().any(|s| s.local.id == site.local.id) {
+            let rekey: serde_json::Value = self.operator.post(
+                &format!("/v1/sites/{}/rekey", site.local.id),
+                &serde_json::json!({}),
+            )?;
+            let token = rekey["token"].as_str().ok_or_else(|| {
+                HarnessError::Fleet(format!("rekey of {} answered {rekey}", site.local.id))
+            })?;
+            return self.enroll_with(site, token, "enroll");
+        }
         let token = self
             .operator
             .create_enrollment_token(&api::CreateEnrollmentToken {
                 labels: site.spec.labels.clone(),
-                site_id: Some(site.spec.id.clone()),
+                site_id: Some(site.local.id.clone()),
                 expires_in_secs: Some(3600),
                 uses: Some(1),
             })?;

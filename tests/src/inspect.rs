@@ -110,6 +110,23 @@ impl CoordinatorDb {
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| query_err(&self.path, e))
     }
+
+    /// Each box's facts in `rollout` for `site` (a site of several boxes), by box id: the
+    /// JSON the coordinator keeps (`committed_at`, `leased_at`, `failed_at`, ...).
+    pub fn box_facts(&self, rollout: &str, site: &str) -> Result<Vec<(String, serde_json::Value)>> {
+        let conn = open(&self.path)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT box_id, facts FROM rollout_boxes WHERE rollout_id = ?1 AND site_id = ?2 \
+                 ORDER BY box_id",
+            )
+            .map_err(|e| query_err(&self.path, e))?;
+        let rows = stmt
+            .query_map([rollout, site], |row| Ok((row.get(0)?, json(row.get(1)?))))
+            .map_err(|e| query_err(&self.path, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| query_err(&self.path, e))
+    }
 }
 
 /// An agent's state database (`<state_dir>/agent.db`).

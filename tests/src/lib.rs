@@ -35,7 +35,7 @@ pub mod process;
 pub mod proxy;
 pub mod release;
 
-pub use cluster::{Fleet, FleetOptions};
+pub use cluster::{BoxOf, Fleet, FleetOptions};
 pub use error::{HarnessError, Result};
 pub use eventually::{DEFAULT_DEADLINE, eventually, eventually_default, patience};
 pub use fleet::{Cohort, FleetDirs, FleetSpec, SiteSpec};

@@ -134,6 +134,10 @@ pub struct PlanSpec {
     /// When the rollout starts itself (`start_at`, RFC 3339 or a local time with a zone).
     pub start_at: Option<String>,
     pub retry: Option<RetrySpec>,
+    /// Inside a site of several boxes: the plan's `box_order` (empty: left out).
+    pub box_order: Vec<String>,
+    /// `max_unavailable_per_site` (None: left out, the default 1).
+    pub max_unavailable_per_site: Option<u32>,
     pub waves: Vec<WaveSpec>,
 }
 
@@ -148,8 +152,16 @@ impl PlanSpec {
             assignment_ttl_secs: 3600,
             start_at: None,
             retry: None,
+            box_order: Vec::new(),
+            max_unavailable_per_site: None,
             waves,
         }
+    }
+
+    /// Orders a site's boxes (`box_order`, e.g. `["role=server", "role=agent"]`).
+    pub fn box_order(mut self, order: &[&str]) -> PlanSpec {
+        self.box_order = order.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// The four-wave plan of the product brief, scaled down: pigs, the canary city (not
@@ -215,6 +227,13 @@ impl PlanSpec {
         );
         if let Some(at) = &self.start_at {
             let _ = writeln!(out, "start_at = {}", quote(at));
+        }
+        if !self.box_order.is_empty() {
+            let order: Vec<String> = self.box_order.iter().map(|s| quote(s)).collect();
+            let _ = writeln!(out, "box_order = [{}]", order.join(", "));
+        }
+        if let Some(n) = self.max_unavailable_per_site {
+            let _ = writeln!(out, "max_unavailable_per_site = {n}");
         }
         if let Some(r) = &self.retry {
             let _ = writeln!(

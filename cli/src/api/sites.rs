@@ -309,8 +309,44 @@ fn print_site(s: &api::SiteInfo, json: bool) -> Result<()> {
             output::time(i.at)
         ));
     }
+    text.push_str(&boxes_text(&s.boxes, now));
     print!("{text}");
     Ok(())
+}
+
+/// The `boxes:` section of `site show` (empty for a one-box site): one line per box, in
+/// the order the active rollout installs them.
+fn boxes_text(boxes: &[api::SiteBoxInfo], now: Timestamp) -> String {
+    if boxes.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("  boxes (in install order):\n");
+    for b in boxes {
+        let versions: Vec<String> = b
+            .installed
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        text.push_str(&format!(
+            "    {} ({}): {}; phase {}; installed {}; last report {} ({})\n",
+            b.box_id,
+            if b.role.is_empty() {
+                "no role"
+            } else {
+                b.role.as_str()
+            },
+            b.state,
+            b.phase.as_deref().unwrap_or("-"),
+            if versions.is_empty() {
+                "-".to_string()
+            } else {
+                versions.join(", ")
+            },
+            output::opt_time(b.last_report_at),
+            output::ago(b.last_report_at, now),
+        ));
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------
@@ -636,6 +672,40 @@ fn import_reports(args: SiteImportReportsArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn site_show_lists_each_box_of_a_site_with_its_state() {
+        let now: Timestamp = "2026-12-05T07:00:00Z".parse().unwrap();
+        assert_eq!(boxes_text(&[], now), "");
+        let boxes = [
+            api::SiteBoxInfo {
+                box_id: "srv".into(),
+                role: "server".into(),
+                installed: [("k3s".to_string(), "1.31.2".to_string())].into(),
+                phase: Some("committed".into()),
+                last_report_at: Some("2026-12-05T06:59:00Z".parse().unwrap()),
+                state: "succeeded".into(),
+            },
+            api::SiteBoxInfo {
+                box_id: "agt-1".into(),
+                role: String::new(),
+                installed: Default::default(),
+                phase: None,
+                last_report_at: None,
+                state: "waiting".into(),
+            },
+        ];
+        let text = boxes_text(&boxes, now);
+        assert!(text.starts_with("  boxes (in install order):\n"), "{text}");
+        assert!(
+            text.contains("    srv (server): succeeded; phase committed; installed k3s 1.31.2;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    agt-1 (no role): waiting; phase -; installed -;"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn durations_and_labels_parse_or_say_what_is_wrong() {

@@ -303,7 +303,9 @@ pub async fn session(
         SignedDuration::from_secs(i64::try_from(app.config.sessions.ttl_secs).unwrap_or(i64::MAX)),
         "the session's expiry (now + sessions.ttl_secs)",
     )?;
-    let token = app.sessions.open(&site.id, &device_key, expires_at);
+    let token = app
+        .sessions
+        .open(&site.id, req.box_id.as_deref(), &device_key, expires_at);
     if req.box_id.is_none() {
         app.engine.sites.set_device_key(&site.id, &site.device_key);
     }
@@ -496,7 +498,11 @@ pub async fn lease(
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<fleetwave_shared::protocol::LeaseGrant>, ApiError> {
     app.engine.saw(&agent.site_id, app.now());
-    Ok(Json(app.engine.lease(&agent.site_id, &req).await?))
+    Ok(Json(
+        app.engine
+            .lease(&agent.site_id, agent.box_id.as_deref(), &req)
+            .await?,
+    ))
 }
 
 pub async fn reports(
@@ -542,6 +548,7 @@ pub async fn reports(
         .engine
         .apply_reports(crate::store::ReportInput {
             site_id: agent.site_id.clone(),
+            box_id: agent.box_id.clone(),
             events: batch.events,
             received_at: now,
         })

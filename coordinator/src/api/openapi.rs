@@ -272,7 +272,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         path: "/v1/sites/{id}",
-        summary: "One site",
+        summary: "One site (with `boxes[]` for a site of several boxes: each box's role, installed versions, phase, last report and state in the site's active rollout)",
         output: Output::Json("SiteInfo"),
         ..VIEW
     },
@@ -1076,6 +1076,7 @@ fn build() -> OpenApi {
         .schema_from::<HoldSite>()
         .schema_from::<SiteHoldInfo>()
         .schema_from::<SiteSignals>()
+        .schema_from::<SiteBoxInfo>()
         .schema_from::<RekeySite>()
         .schema_from::<SiteImportFormat>()
         .schema_from::<SiteImport>()

@@ -363,6 +363,7 @@ fn site_info(s: SiteRecord, rollout_id: Option<String>, hold: Option<SiteHold>) 
             held_at: h.held_at,
         }),
         signals: vec![],
+        boxes: vec![],
     }
 }
 
@@ -430,12 +431,62 @@ pub async fn get_site(
     let hold = app.db.run(|s| s.site_holds()).await?.remove(&id);
     let i = id.clone();
     let signals = app.db.run(move |s| s.latest_signals(&i)).await?;
+    let boxes = site_boxes(&app, &id, rollout.as_deref()).await?;
     let mut info = site_info(site, rollout, hold);
     info.signals = signals
         .into_iter()
         .map(|(m, at)| SiteSignals::new(m, at))
         .collect();
+    info.boxes = boxes;
     Ok(Json(info))
+}
+
+/// The boxes of a site of several boxes with their facts in the site's active rollout
+/// (`rollout`), in that rollout's box order; empty for a one-box site.
+pub(crate) async fn site_boxes(
+    app: &AppState,
+    site_id: &str,
+    rollout: Option<&str>,
+) -> Result<Vec<fleetwave_shared::protocol::operator::SiteBoxInfo>, ApiError> {
+    let sid = site_id.to_string();
+    let boxes = app.db.run(move |s| s.site_boxes(&sid)).await?;
+    if boxes.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let (facts, order) = match rollout {
+        Some(r) => {
+            let (rid, sid) = (r.to_string(), site_id.to_string());
+            let facts = app.db.run(move |s| s.rollout_boxes(&rid, &sid)).await?;
+            let order = app
+                .engine
+                .rollout_plan(r)
+                .await
+                .map(|p| p.box_order.clone())
+                .unwrap_or_default();
+            (facts, order)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let now = app.now();
+    Ok(crate::controller::boxes::ordered(&order, &boxes)
+        .into_iter()
+        .map(|b| {
+            let f = facts.iter().find(|(id, _)| *id == b.box_id).map(|(_, f)| f);
+            fleetwave_shared::protocol::operator::SiteBoxInfo {
+                box_id: b.box_id.clone(),
+                role: b.role.clone(),
+                installed: f.map(|f| f.installed.clone()).unwrap_or_default(),
+                phase: f.and_then(|f| f.phase).map(|p| p.as_str().to_string()),
+                last_report_at: f.and_then(|f| f.last_report_at),
+                state: match (rollout, f) {
+                    (None, _) => "idle",
+                    (Some(_), None) => "waiting",
+                    (Some(_), Some(f)) => f.state(now),
+                }
+                .to_string(),
+            }
+        })
+        .collect())
 }
 
 /// `POST /v1/sites/{id}/hold`: keeps the site at what it runs (see `engine::holds`).
@@ -812,6 +863,17 @@ pub(super) fn site_view(
 ) -> RolloutSiteView {
     let gate = &l.plan.waves[wave as usize].gate;
     let detail = match view.waves[wave as usize].opened_at {
+        // A silent site of several boxes: its reason names the quietest box.
+        Some(opened) if state == "silent" => {
+            let words = controller::site_status(gate, opened, site, now).detail;
+            let quiet = l
+                .site(&site.site_id)
+                .and_then(|r| crate::store::boxes::quiet_box_words(r.detail.as_deref()));
+            Some(match quiet {
+                Some(q) => format!("{words}; {q}"),
+                None => words,
+            })
+        }
         Some(opened) => Some(controller::site_status(gate, opened, site, now).detail),
         None if state == "pending" => Some("wave not open yet".to_string()),
         None => None,

@@ -114,6 +114,7 @@ pub async fn import_reports(
         let outcome = app
             .engine
             .apply_reports(crate::store::ReportInput {
+                box_id: None,
                 site_id: id.clone(),
                 events,
                 received_at: now,

@@ -71,7 +71,11 @@ pub struct LeaseDenial {
 }
 
 impl LeaseDenial {
-    fn new(reason: LeaseDenialReason, message: String, retry_after_secs: u32) -> LeaseDenial {
+    pub(crate) fn new(
+        reason: LeaseDenialReason,
+        message: String,
+        retry_after_secs: u32,
+    ) -> LeaseDenial {
         LeaseDenial {
             reason,
             message,

@@ -14,6 +14,7 @@
 //! the gate).
 
 pub mod analysis;
+pub mod boxes;
 pub mod convergence;
 pub mod gate;
 pub mod leases;

@@ -71,6 +71,8 @@ impl Engine {
                 })
             })
             .collect();
+        self.check_box_order(&plan, members.iter().map(|m| m.site_id.as_str()))
+            .await?;
         let now = self.clock.now();
         let record = RolloutRecord {
             id: id.clone(),
@@ -209,6 +211,36 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses a plan whose `box_order` has a selector that matches no box of a member
+    /// site of several boxes, naming the site and the selector
+    /// ([`controller::boxes::unmatched_selector`]).
+    async fn check_box_order<'a>(
+        &self,
+        plan: &crate::plan::RolloutPlan,
+        members: impl Iterator<Item = &'a str>,
+    ) -> Result<(), EngineError> {
+        if plan.box_order.is_empty() {
+            return Ok(());
+        }
+        let boxes = self.db.run(|s| s.boxes_of_multi_box_sites()).await?;
+        let mut by_site: std::collections::BTreeMap<&str, Vec<crate::store::SiteBox>> =
+            std::collections::BTreeMap::new();
+        for b in &boxes {
+            by_site
+                .entry(b.site_id.as_str())
+                .or_default()
+                .push(b.clone());
+        }
+        for site in members {
+            if let Some(boxes) = by_site.get(site)
+                && let Some(problem) = controller::boxes::unmatched_selector(plan, site, boxes)
+            {
+                return Err(EngineError::InvalidPlan(problem));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies an operator action to a rollout. Returns the rollout after the action.
     pub async fn rollout_action(
         &self,
@@ -238,6 +270,9 @@ impl Engine {
         let note: Option<(String, Option<u32>, String)>;
         match &action {
             Action::Start => {
+                // Boxes may have joined (or left) member sites since the plan was checked.
+                self.check_box_order(&l.plan, l.sites.iter().map(|m| m.site_id.as_str()))
+                    .await?;
                 let start_at = l.plan.start_at.as_ref();
                 let (status, why) = match (status, start_at) {
                     (WireStatus::Pending, Some(s)) if s.at > now => (

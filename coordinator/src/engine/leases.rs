@@ -22,6 +22,12 @@ pub const LEASE_GROUP: crate::group_commit::GroupLimits = crate::group_commit::G
 
 impl crate::group_commit::Weigh for LeaseRecord {}
 
+/// Why a box of a site did not get its lease.
+enum BoxLease {
+    Denied(controller::LeaseDenial),
+    Failed(EngineError),
+}
+
 /// What a lease decision reads of a rollout.
 struct LeaseFacts {
     plan: Arc<RolloutPlan>,
@@ -43,7 +49,8 @@ impl LeaseFacts {
 }
 
 impl Engine {
-    /// Decides and, if granted, records a lease for `site_id`.
+    /// Decides and, if granted, records a lease for `site_id` (asked by its box `box_id`,
+    /// when the agent names one).
     ///
     /// The decision is made under the engine lock from memory (plus, for a wave with a
     /// concurrency or compartment limit, the active leases in SQLite). The grant is
@@ -51,9 +58,15 @@ impl Engine {
     /// 40,000 requests within seconds, and one fsync each would queue them past the
     /// request limit. A grant that counts against a limit is committed before the lock is
     /// released, so the next decision sees it; any other grant after.
+    ///
+    /// In a site of several boxes the site's decision comes first (its wave counts the
+    /// site once), then the boxes' order ([`controller::boxes::box_lease_decision`]),
+    /// under the engine lock so that two boxes never both take the last place; the box's
+    /// lease is recorded before the site's.
     pub async fn lease(
         &self,
         site_id: &str,
+        box_id: Option<&str>,
         req: &LeaseRequest,
     ) -> Result<LeaseGrant, EngineError> {
         // The site's labels and deferral, read before the engine lock: a reader
@@ -157,6 +170,14 @@ impl Engine {
             compartment_sites: comp_sites,
         };
         controller::lease_decision(&ctx, now).map_err(deny)?;
+        if let Some(box_id) = box_id {
+            self.lease_box(&plan, rollout_id, site_id, box_id, now)
+                .await
+                .map_err(|e| match e {
+                    BoxLease::Denied(d) => deny(d),
+                    BoxLease::Failed(e) => e,
+                })?;
+        }
         if limited {
             let granted = self
                 .grant(site_id, rollout_id, site_wave.unwrap_or(0), now)
@@ -171,6 +192,46 @@ impl Engine {
             self.grant(site_id, rollout_id, site_wave.unwrap_or(0), now)
                 .await
         }
+    }
+
+    /// Inside a site of several boxes: whether box `box_id` may take a lease now, and if
+    /// so records it (a one-box site: nothing to decide).
+    async fn lease_box(
+        &self,
+        plan: &RolloutPlan,
+        rollout_id: &str,
+        site_id: &str,
+        box_id: &str,
+        now: Timestamp,
+    ) -> Result<(), BoxLease> {
+        let (rid, sid) = (rollout_id.to_string(), site_id.to_string());
+        let (boxes, facts) = self
+            .db
+            .run(move |s| Ok((s.site_boxes(&sid)?, s.rollout_boxes(&rid, &sid)?)))
+            .await
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        if boxes.len() < 2 {
+            return Ok(());
+        }
+        controller::boxes::box_lease_decision(plan, site_id, &boxes, &facts, box_id, now)
+            .map_err(BoxLease::Denied)?;
+        let until = crate::time::later(
+            now,
+            SignedDuration::from_secs(
+                i64::try_from(self.settings.lease_ttl_secs).unwrap_or(i64::MAX),
+            ),
+            "the lease's expiry (now + assignments.lease_ttl_secs)",
+        )
+        .map_err(|e| BoxLease::Failed(e.into()))?;
+        let (rid, sid, bid) = (
+            rollout_id.to_string(),
+            site_id.to_string(),
+            box_id.to_string(),
+        );
+        self.db
+            .run(move |s| s.lease_box(&rid, &sid, &bid, now, until))
+            .await
+            .map_err(|e| BoxLease::Failed(e.into()))
     }
 
     /// What a lease decision needs of a rollout: from memory for a live rollout. A

@@ -341,6 +341,12 @@ impl Engine {
         }
     }
 
+    /// A rollout's plan (from the plan cache, else its stored record).
+    pub async fn rollout_plan(&self, id: &str) -> Result<Arc<RolloutPlan>, EngineError> {
+        let record = self.rollout_record(id).await?;
+        self.plan(&record)
+    }
+
     /// A rollout's stored record ([`EngineError::RolloutNotFound`] when there is none).
     async fn rollout_record(&self, id: &str) -> Result<RolloutRecord, EngineError> {
         let rid = id.to_string();

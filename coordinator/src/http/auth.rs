@@ -128,6 +128,9 @@ impl FromRequestParts<AppState> for Operator {
 #[derive(Debug, Clone)]
 pub struct Agent {
     pub site_id: String,
+    /// The box whose agent opened the session, when it names one (a site of several
+    /// boxes); None: the site's first box, named by no agent.
+    pub box_id: Option<String>,
 }
 
 fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
@@ -161,6 +164,7 @@ fn agent_from(parts: &Parts, app: &AppState) -> Result<Agent, ApiError> {
     }
     Ok(Agent {
         site_id: session.site_id,
+        box_id: session.box_id,
     })
 }
 

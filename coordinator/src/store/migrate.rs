@@ -67,6 +67,7 @@ const TABLES: &[&str] = &[
     "artifacts",
     "rollouts",
     "rollout_sites",
+    "rollout_boxes",
     "assignments",
     "leases",
     "reports",

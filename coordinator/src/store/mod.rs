@@ -589,6 +589,10 @@ impl std::fmt::Display for ReportKind {
 #[derive(Debug, Clone)]
 pub struct ReportInput {
     pub site_id: String,
+    /// The box that sent the batch, when its agent names one: in a site of several boxes
+    /// its events fold into that box's facts ([`boxes::BoxFacts`]) and the site's rows are
+    /// made from its boxes'. None: the site's facts, as for a one-box site.
+    pub box_id: Option<String>,
     pub events: Vec<Event>,
     pub received_at: Timestamp,
 }
@@ -737,6 +741,22 @@ pub trait Store: Send + Sync + 'static {
     fn site_boxes(&self, site_id: &str) -> StoreResult<Vec<SiteBox>>;
     /// The boxes of every site that has more than one box (the poll cache's session keys).
     fn boxes_of_multi_box_sites(&self) -> StoreResult<Vec<SiteBox>>;
+    /// The facts of the boxes of a site in a rollout (the boxes that have any), by box id.
+    fn rollout_boxes(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+    ) -> StoreResult<Vec<(String, boxes::BoxFacts)>>;
+    /// Records that box `box_id` of a site holds a lease for the rollout from `at` until
+    /// `until` (a grant or a renewal).
+    fn lease_box(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+        box_id: &str,
+        at: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<()>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(
         &self,
@@ -915,6 +935,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<ReportOutcome> {
         let input = ReportInput {
             site_id: site_id.to_string(),
+            box_id: None,
             events: events.to_vec(),
             received_at,
         };

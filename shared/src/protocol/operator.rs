@@ -321,6 +321,34 @@ pub struct SiteInfo {
     /// `GET /v1/sites/{id}`; absent when the site sends no signals).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SiteSignals>,
+    /// A site of several boxes: each box, in the order its site's active rollout installs
+    /// them (box id order without one). Only in `GET /v1/sites/{id}`; absent for a one-box
+    /// site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boxes: Vec<SiteBoxInfo>,
+}
+
+/// One box of a site of several boxes, as `GET /v1/sites/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteBoxInfo {
+    pub box_id: String,
+    /// The box's role label (`server`, `agent`, ...); empty when it has none.
+    pub role: String,
+    /// What the box last reported installed in the site's active rollout: release stream
+    /// to version (empty outside a rollout or before its first report).
+    #[serde(default)]
+    pub installed: BTreeMap<String, String>,
+    /// The box's last install phase in the active rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The box's last report in the active rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_at: Option<Timestamp>,
+    /// In the active rollout: `idle` (no active rollout), `waiting` (its turn has not
+    /// come), `installing` (holds its lease), `committed` (not yet reported healthy
+    /// since), `succeeded` (committed and healthy), `failed`.
+    pub state: String,
 }
 
 /// A site's latest golden-signal minute of one release stream.

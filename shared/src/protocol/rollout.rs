@@ -215,6 +215,9 @@ pub enum LeaseDenialReason {
     StaleAssignment,
     /// The site asked to defer the install.
     Deferred,
+    /// Another box of the site installs first (the plan's `box_order` and
+    /// `max_unavailable_per_site`): ask again later.
+    BoxOrder,
     /// A reason this build does not know (a newer coordinator): treated as "ask again".
     #[serde(other)]
     Unknown,
@@ -231,6 +234,7 @@ impl LeaseDenialReason {
             LeaseDenialReason::NotAssigned => "not_assigned",
             LeaseDenialReason::StaleAssignment => "stale_assignment",
             LeaseDenialReason::Deferred => "deferred",
+            LeaseDenialReason::BoxOrder => "box_order",
             LeaseDenialReason::Unknown => "unknown",
         }
     }

@@ -96,6 +96,16 @@ pub(super) struct InstalledRow {
     at: String,
 }
 
+/// One box of a site of several boxes (the `Boxes` table).
+pub(super) struct BoxRow {
+    id: String,
+    role: String,
+    installed: String,
+    phase: String,
+    last_report: String,
+    state: String,
+}
+
 #[derive(Template)]
 #[template(path = "site.html")]
 pub(super) struct SitePage {
@@ -111,6 +121,7 @@ pub(super) struct SitePage {
     deferral: String,
     installed: Vec<InstalledRow>,
     signals: Vec<SignalRow>,
+    boxes: Vec<BoxRow>,
     assigned: String,
     rollout: String,
     /// Set when the site's newest install phase is `rollback_failed`: what the agent said.
@@ -233,6 +244,34 @@ pub async fn site(
         None => "nothing assigned".into(),
     };
     let now = dash.app.now();
+    let boxes = crate::api::operator::site_boxes(&dash.app, &id, rollout.as_deref())
+        .await?
+        .into_iter()
+        .map(|b| BoxRow {
+            id: b.box_id,
+            role: if b.role.is_empty() {
+                "—".into()
+            } else {
+                b.role
+            },
+            installed: if b.installed.is_empty() {
+                "—".into()
+            } else {
+                b.installed
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            phase: b.phase.unwrap_or_else(|| "—".into()),
+            last_report: format!(
+                "{} ({})",
+                ago(b.last_report_at, now),
+                when(b.last_report_at)
+            ),
+            state: b.state,
+        })
+        .collect();
     let rows = |v: &[Event]| {
         v.iter()
             .map(|e| EventRow {
@@ -290,6 +329,7 @@ pub async fn site(
             })
             .collect(),
         signals,
+        boxes,
         assigned,
         rollout: rollout.unwrap_or_default(),
         rollback_failed: rollback_failed_alert(&events),

@@ -126,10 +126,12 @@ impl From<r2d2::Error> for StoreError {
 /// add the next.
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
-    // Version 2: dashboard sessions; 3: the wave controller's lease row; 4: boxes.
+    // Version 2: dashboard sessions; 3: the wave controller's lease row; 4: boxes; 5:
+    // each box's facts in a rollout.
     include_str!("schema_v2_sessions.sql"),
     include_str!("schema_leadership.sql"),
     include_str!("schema_v4_boxes.sql"),
+    include_str!("schema_v5_box_facts.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations of replicas starting together.

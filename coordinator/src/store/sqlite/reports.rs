@@ -10,10 +10,19 @@ use super::*;
 pub(super) fn apply_batch(
     tx: &rusqlite::Transaction,
     site_id: &str,
+    box_id: Option<&str>,
     events: &[Event],
     received_at: Timestamp,
 ) -> StoreResult<ReportOutcome> {
     let mut outcome = ReportOutcome::default();
+    // A box of a site of several boxes folds into its own facts (store::boxes).
+    let boxes = match box_id {
+        Some(b) => {
+            let boxes = super::sites::boxes_in(tx, site_id)?;
+            (boxes.len() > 1).then_some((b, boxes))
+        }
+        None => None,
+    };
     for event in events {
         let kind = ReportKind::of(&event.body).as_str();
         let at = super::event_time(event.at, received_at);
@@ -27,7 +36,7 @@ pub(super) fn apply_batch(
             continue;
         }
         outcome.accepted += 1;
-        if let Some(rollout) = apply_event(tx, site_id, event, at)?
+        if let Some(rollout) = apply_event(tx, site_id, boxes.as_ref(), event, at)?
             && !outcome.rollouts_touched.contains(&rollout)
         {
             outcome.rollouts_touched.push(rollout);
@@ -167,6 +176,7 @@ fn apply_installed(
 pub(super) fn apply_event(
     tx: &rusqlite::Transaction,
     site_id: &str,
+    from_box: Option<&(&str, Vec<SiteBox>)>,
     event: &Event,
     time: Timestamp,
 ) -> StoreResult<Option<String>> {
@@ -185,12 +195,30 @@ pub(super) fn apply_event(
         return Ok(None);
     };
     let before = row.clone();
-    let fold = fold::fold_rollout_site(&mut row, &target, &event.body, time, |since| {
-        let first: Option<i64> = tx
-            .prepare_cached(FIRST_UNHEALTHY_SQL)?
-            .query_row(params![site_id, ms(since)], |r| r.get(0))?;
-        opt_ts(first)
-    })?;
+    let fold = match from_box {
+        Some((box_id, boxes)) => {
+            let mut facts = read_box_facts(tx, &row.rollout_id, site_id)?;
+            let fold = super::boxes::fold_box_event(
+                &mut row,
+                &target,
+                box_id,
+                boxes,
+                &mut facts,
+                &event.body,
+                time,
+            )?;
+            if let Some((_, f)) = facts.iter().find(|(b, _)| b == box_id) {
+                write_box_facts(tx, &row.rollout_id, site_id, box_id, f)?;
+            }
+            fold
+        }
+        None => fold::fold_rollout_site(&mut row, &target, &event.body, time, |since| {
+            let first: Option<i64> = tx
+                .prepare_cached(FIRST_UNHEALTHY_SQL)?
+                .query_row(params![site_id, ms(since)], |r| r.get(0))?;
+            opt_ts(first)
+        })?,
+    };
     if row != before {
         write_rollout_row(tx, &row)?;
         if row.failed_at.is_some() && row.failed_at != before.failed_at {
@@ -212,6 +240,47 @@ pub(super) fn apply_event(
     Ok(Some(row.rollout_id))
 }
 
+/// The facts of every box of a site in a rollout that has any.
+pub(super) fn read_box_facts(
+    c: &rusqlite::Connection,
+    rollout_id: &str,
+    site_id: &str,
+) -> StoreResult<Vec<(String, super::boxes::BoxFacts)>> {
+    let mut st = c.prepare_cached(
+        "SELECT box_id, facts FROM rollout_boxes WHERE rollout_id = ?1 AND site_id = ?2 ORDER BY box_id",
+    )?;
+    let rows = st.query_map(params![rollout_id, site_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (b, json) = row?;
+        let facts = serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "rollout {rollout_id} site {site_id} box {b}: facts: {e}"
+            ))
+        })?;
+        out.push((b, facts));
+    }
+    Ok(out)
+}
+
+/// Stores a box's facts in a rollout (inserted or replaced).
+pub(super) fn write_box_facts(
+    c: &rusqlite::Connection,
+    rollout_id: &str,
+    site_id: &str,
+    box_id: &str,
+    facts: &super::boxes::BoxFacts,
+) -> StoreResult<()> {
+    c.prepare_cached(
+        "INSERT INTO rollout_boxes (rollout_id, site_id, box_id, facts) VALUES (?1,?2,?3,?4)
+         ON CONFLICT (rollout_id, site_id, box_id) DO UPDATE SET facts = excluded.facts",
+    )?
+    .execute(params![rollout_id, site_id, box_id, to_json(facts)])?;
+    Ok(())
+}
+
 pub(super) fn apply_report_group(
     s: &SqliteStore,
     batches: &[ReportInput],
@@ -221,7 +290,13 @@ pub(super) fn apply_report_group(
         for b in batches {
             // Each batch under its own savepoint: a failing one is undone alone.
             tx.execute_batch("SAVEPOINT report_batch")?;
-            match apply_batch(tx, &b.site_id, &b.events, b.received_at) {
+            match apply_batch(
+                tx,
+                &b.site_id,
+                b.box_id.as_deref(),
+                &b.events,
+                b.received_at,
+            ) {
                 Ok(outcome) => {
                     tx.execute_batch("RELEASE report_batch")?;
                     out.push(Ok(outcome));

@@ -211,6 +211,33 @@ impl Store for SqliteStore {
         sites::boxes_of_multi_box_sites(self)
     }
 
+    fn rollout_boxes(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+    ) -> StoreResult<Vec<(String, super::boxes::BoxFacts)>> {
+        self.read(|c| reports::read_box_facts(c, rollout_id, site_id))
+    }
+
+    fn lease_box(
+        &self,
+        rollout_id: &str,
+        site_id: &str,
+        box_id: &str,
+        at: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(|tx| {
+            let mut facts = reports::read_box_facts(tx, rollout_id, site_id)?
+                .into_iter()
+                .find(|(b, _)| b == box_id)
+                .map(|(_, f)| f)
+                .unwrap_or_default();
+            super::boxes::lease(&mut facts, at, until);
+            reports::write_box_facts(tx, rollout_id, site_id, box_id, &facts)
+        })
+    }
+
     fn record_session_nonce(
         &self,
         site_id: &str,
