@@ -44,6 +44,7 @@ mod preview;
 pub mod reports;
 mod retry;
 pub mod tick;
+pub mod view;
 mod warm;
 
 use std::collections::HashMap;
@@ -370,6 +371,7 @@ impl Engine {
             plan,
             release,
             sites,
+            views: Default::default(),
         })
     }
 
@@ -433,6 +435,9 @@ pub struct Loaded {
     pub plan: Arc<RolloutPlan>,
     pub release: ReleaseRecord,
     pub sites: Vec<RolloutSiteRecord>,
+    /// The controller's view of these sites, kept up to date ([`view`]); not copied
+    /// with the rest.
+    pub views: view::KeptView,
 }
 
 impl Loaded {
