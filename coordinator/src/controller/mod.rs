@@ -385,11 +385,15 @@ fn progress(view: &RolloutView, now: Timestamp) -> TickOutcome {
     let last = view.plan.wave_count().saturating_sub(1);
     let current = view.current_wave.map(|c| c.min(last));
 
-    // A failed gate in any opened wave halts the rollout, paused or not.
+    // A failed gate in any opened wave halts the rollout, paused or not. The current
+    // wave's verdict is kept for below: each verdict walks every site of its wave.
+    let mut current_verdict = None;
     if let Some(c) = current {
         for w in 0..=c {
-            if let Some(GateVerdict::Fail { reason }) = wave_verdict(view, w, now) {
-                return halt(view, w, &reason);
+            match wave_verdict(view, w, now) {
+                Some(GateVerdict::Fail { reason }) => return halt(view, w, &reason),
+                v if w == c => current_verdict = v,
+                _ => {}
             }
         }
     }
@@ -407,7 +411,7 @@ fn progress(view: &RolloutView, now: Timestamp) -> TickOutcome {
             }],
         };
     };
-    let Some(verdict) = wave_verdict(view, c, now) else {
+    let Some(verdict) = current_verdict else {
         // The current wave has no opening time on record: (re)open it.
         return TickOutcome {
             status: RolloutStatus::Running,

@@ -258,8 +258,15 @@ pub fn member_states(l: &Loaded, now: Timestamp) -> HashMap<String, &'static str
 }
 
 /// Builds the page model of a loaded rollout at `now`.
+///
+/// Reads the controller's kept view of the rollout ([`Loaded::with_view`]: no copy of
+/// the members), classifies each member once without words and makes words only for the
+/// sites the page lists (the first 50 needing attention).
 pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
-    let view = l.view();
+    l.with_view(|view| model_of(l, view, now))
+}
+
+fn model_of(l: &Loaded, view: &controller::RolloutView, now: Timestamp) -> RolloutModel {
     let mut waves = Vec::new();
     let mut totals = Counts::default();
     let mut attention = Vec::new();
@@ -267,42 +274,41 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
     let mut bundled = Vec::new();
     let mut bundled_total = 0u32;
     let mut approve_wave = None;
-    let mut by_wave: Vec<Vec<&crate::store::RolloutSiteRecord>> =
-        vec![Vec::new(); l.plan.waves.len()];
-    for s in &l.sites {
-        if let Some(w) = by_wave.get_mut(s.wave as usize) {
-            w.push(s);
-        }
-    }
+    let no_sites = Vec::new();
     for (i, plan_wave) in l.plan.waves.iter().enumerate() {
         let gate = &plan_wave.gate;
         let rec = l.record.waves.get(i).cloned().unwrap_or_default();
+        let sites = view.waves.get(i).map(|w| &w.sites).unwrap_or(&no_sites);
         let mut counts = Counts::default();
-        let mut tally = controller::WaveTally::default();
-        for s in &by_wave[i] {
-            let (state, status) = member_state(gate, rec.opened_at, s, now);
-            let detail = match status {
-                Some(st) => {
-                    tally.add(&st);
-                    st.detail
-                }
+        let mut tally = match rec.opened_at {
+            Some(opened) => controller::tally(gate, opened, sites, now),
+            None => controller::WaveTally::default(),
+        };
+        for f in sites {
+            let state = match rec.opened_at {
+                Some(opened) => state_name(controller::site_state(gate, opened, f, now)),
                 None => {
                     tally.total += 1;
-                    if s.skipped {
+                    if f.skipped {
                         tally.skipped += 1;
-                        "skipped by an operator".to_string()
+                        "skipped"
                     } else {
                         tally.pending += 1;
-                        "wave not open yet".to_string()
+                        "pending"
                     }
                 }
             };
+            let state = if f.rollback_assigned {
+                "rolled_back"
+            } else {
+                state
+            };
             counts.add(state);
-            if let Some(until) = s.bundle_until {
+            if let Some(until) = f.bundle_until {
                 bundled_total += 1;
                 if bundled.len() < 50 {
                     bundled.push(BundledSite {
-                        site_id: s.site_id.clone(),
+                        site_id: f.site_id.clone(),
                         wave: i as u32,
                         state,
                         until: when(Some(until)),
@@ -313,8 +319,13 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
             if matches!(state, "failed" | "silent" | "rolled_back") {
                 attention_total += 1;
                 if attention.len() < 50 {
+                    let detail = match rec.opened_at {
+                        Some(opened) => controller::site_status(gate, opened, f, now).detail,
+                        None if f.skipped => "skipped by an operator".to_string(),
+                        None => "wave not open yet".to_string(),
+                    };
                     attention.push(AttentionSite {
-                        site_id: s.site_id.clone(),
+                        site_id: f.site_id.clone(),
                         wave: i as u32,
                         state,
                         detail: if state == "rolled_back" {
@@ -352,7 +363,7 @@ pub fn rollout_model(l: &Loaded, now: Timestamp) -> RolloutModel {
                 tally.finished(gate.on_silent)
             ));
         }
-        let verdict = controller::wave_verdict(&view, i as u32, now);
+        let verdict = controller::wave_verdict(view, i as u32, now);
         let awaiting_approval = matches!(
             &verdict,
             Some(controller::GateVerdict::Wait {

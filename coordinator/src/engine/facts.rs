@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 
 use super::Loaded;
+use super::view::Touched;
 use crate::store::{RolloutRecord, RolloutSiteRecord};
 
 /// A committed change to a rollout's facts.
@@ -185,7 +186,28 @@ fn as_stored(t: Timestamp) -> Timestamp {
     Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t)
 }
 
+/// Applies `update` to the rows, then to the controller's kept view ([`super::view`]).
 fn apply(l: &mut Loaded, update: Update) {
+    let site = match &update {
+        Update::Reported(row) if l.site(&row.site_id).is_some() => Some(row.site_id.clone()),
+        Update::Assigned { site_id, .. }
+        | Update::Leased { site_id, .. }
+        | Update::Skipped { site_id }
+        | Update::Retried { site_id, .. }
+        | Update::RetryScheduled { site_id, .. }
+        | Update::Bundled { site_id, .. } => Some(site_id.clone()),
+        Update::Reported(_) | Update::Joined(_) | Update::Moved { .. } | Update::Record(_) => None,
+    };
+    let record = matches!(update, Update::Record(_));
+    apply_row(l, update);
+    l.note_change(match &site {
+        Some(id) => Touched::Site(id),
+        None if record => Touched::Record,
+        None => Touched::Members,
+    });
+}
+
+fn apply_row(l: &mut Loaded, update: Update) {
     match update {
         Update::Reported(row) => match l
             .sites
@@ -323,6 +345,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            views: Default::default(),
         }
     }
 
@@ -410,5 +433,75 @@ mod tests {
         record.status = fleetwave_shared::protocol::operator::RolloutStatus::Completed;
         cache.apply("r1", Update::Record(record));
         assert!(cache.with("r1", |_| ()).is_none());
+    }
+
+    #[test]
+    fn the_kept_view_follows_every_change_and_equals_a_fresh_one() {
+        let cache = FactsCache::default();
+        cache.begin_load("r1");
+        cache.finish_load(loaded(&["a", "b", "d"]), |_| ());
+        let built = |cache: &FactsCache| {
+            cache
+                .with("r1", |l| l.with_view(|v| (v.clone(), l.view())))
+                .expect("in memory")
+        };
+        let (kept, fresh) = built(&cache);
+        assert_eq!(kept, fresh);
+        let t = as_stored(Timestamp::now());
+        cache.apply_all(
+            "r1",
+            [
+                Update::Assigned {
+                    site_id: "b".into(),
+                    at: t,
+                    rollback_sequence: None,
+                },
+                Update::Reported(RolloutSiteRecord {
+                    rollout_id: "r1".into(),
+                    site_id: "a".into(),
+                    failed_at: Some(t),
+                    failure: Some("disk full".into()),
+                    ..Default::default()
+                }),
+                Update::Skipped {
+                    site_id: "d".into(),
+                },
+            ],
+        );
+        let (kept, fresh) = built(&cache);
+        assert_eq!(kept, fresh);
+        let sites = &kept.waves[0].sites;
+        assert_eq!(sites[0].failure.as_deref(), Some("disk full"));
+        assert_eq!(sites[1].assigned_at, Some(t));
+        assert!(sites[2].skipped);
+        // A joiner and a report of a site that is no member yet change the members.
+        cache.apply(
+            "r1",
+            Update::Joined(RolloutSiteRecord {
+                rollout_id: "r1".into(),
+                site_id: "c".into(),
+                ..Default::default()
+            }),
+        );
+        cache.apply(
+            "r1",
+            Update::Reported(RolloutSiteRecord {
+                rollout_id: "r1".into(),
+                site_id: "e".into(),
+                committed_at: Some(t),
+                ..Default::default()
+            }),
+        );
+        let (kept, fresh) = built(&cache);
+        assert_eq!(kept, fresh);
+        let ids: Vec<&str> = kept.waves[0]
+            .sites
+            .iter()
+            .map(|s| s.site_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+        // A copy of the facts does not take the kept view along.
+        let copy = cache.with("r1", Loaded::clone).expect("in memory");
+        assert!(format!("{:?}", copy.views).contains("built: false"));
     }
 }

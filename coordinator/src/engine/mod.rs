@@ -44,6 +44,7 @@ mod preview;
 pub mod reports;
 mod retry;
 pub mod tick;
+pub mod view;
 mod warm;
 
 use std::collections::HashMap;
@@ -376,6 +377,7 @@ impl Engine {
             plan,
             release,
             sites,
+            views: Default::default(),
         })
     }
 
@@ -439,6 +441,9 @@ pub struct Loaded {
     pub plan: Arc<RolloutPlan>,
     pub release: ReleaseRecord,
     pub sites: Vec<RolloutSiteRecord>,
+    /// The controller's view of these sites, kept up to date ([`view`]); not copied
+    /// with the rest.
+    pub views: view::KeptView,
 }
 
 impl Loaded {

@@ -19,11 +19,28 @@ impl Engine {
     /// Runs the controller once for one rollout and applies the outcome. Call with the
     /// engine lock held.
     pub async fn tick_rollout(&self, id: &str, now: Timestamp) -> Result<(), EngineError> {
-        let (mut record, head, view) = self
-            .with_rollout(id, |l| (l.record.clone(), Head::of(l), l.view()))
+        // A plan without golden-signal analysis runs the controller on the kept view,
+        // under the facts lock, with no copy of the sites; with analysis, the view is
+        // copied and the wave's verdicts read into it first.
+        let (mut record, head, ticked) = self
+            .with_rollout(id, |l| {
+                let ticked = if l.plan.analysis.is_empty() {
+                    Ok(l.with_view(|v| (v.status, v.current_wave, controller::tick(v, now))))
+                } else {
+                    Err(l.view())
+                };
+                (l.record.clone(), Head::of(l), ticked)
+            })
             .await?;
-        let view = self.with_analysis(id, view, now).await?;
-        let mut outcome = controller::tick(&view, now);
+        let (was, mut outcome) = match ticked {
+            Ok((status, current_wave, outcome)) => ((status, current_wave), outcome),
+            Err(view) => {
+                let view = self.with_analysis(id, view, now).await?;
+                let outcome = controller::tick(&view, now);
+                ((view.status, view.current_wave), outcome)
+            }
+        };
+        let changes = |o: &controller::TickOutcome| (o.status, o.current_wave) != was;
         self.drop_retries_of_held_sites(&mut outcome).await?;
         let mut to_store = Vec::new();
         let mut changed = false;
@@ -110,7 +127,7 @@ impl Engine {
             .decisions
             .iter()
             .any(|d| matches!(d, Decision::Halt { rollback, .. } if !rollback.is_empty()));
-        if outcome.changes(&view) || changed {
+        if changes(&outcome) || changed {
             record.status = if auto_rolled_back {
                 WireStatus::RolledBack
             } else {
@@ -122,7 +139,7 @@ impl Engine {
         if matches!(record.status, WireStatus::Running | WireStatus::Paused) {
             self.assign_open_waves(&head, &record, now).await?;
         }
-        if outcome.changes(&view) || changed {
+        if changes(&outcome) || changed {
             self.save_rollout(&record, to_store, now).await?;
             if completed {
                 let l = self.load_rollout(id).await?;
