@@ -214,3 +214,86 @@ fn a_box_offline_past_the_deadline_makes_the_site_silent() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn a_failure_on_the_third_box_rolls_back_the_second_then_the_first() -> anyhow::Result<()> {
+    let fleet = store(&[])?;
+    let good = DemoRelease::good("1.0.0", 1);
+    fleet.baseline(&good)?;
+    // 2.0.0 fails its health check on the third box (agt-2) only: srv and agt-1 install
+    // it first, then agt-2 fails and rolls itself back.
+    let bad = DemoRelease::good("2.0.0", 2).unhealthy_on("node", "agt-2");
+    fleet.publish(&bad)?;
+    let id = fleet.rollout(&plan(&bad.id).auto_rollback(true))?;
+    let (view, halt) = fleet.wait_halted(&id)?;
+    let site = view.sites.iter().find(|s| s.site_id == "store-1").unwrap();
+    let said = format!("{site:?} / {}", halt.reason);
+    assert!(said.contains("box agt-2"), "{said}");
+    for (entry, _, _) in BOXES {
+        fleet.wait_version(entry, "1.0.0")?;
+    }
+    let db = CoordinatorDb::new(fleet.coordinator.database());
+    // Both upgraded boxes reported their rollback done (facts are written as the reports
+    // arrive: wait for the second).
+    let facts = eventually(
+        "srv and agt-1 to report their rollbacks done",
+        patience(Duration::from_secs(120)),
+        || {
+            let facts = db.box_facts(&id, "store-1")?;
+            for b in ["srv", "agt-1"] {
+                let f = &facts.iter().find(|(id, _)| id == b).expect("facts").1;
+                anyhow::ensure!(time(f, "rolled_back_at").is_some(), "box {b}: {f}");
+            }
+            Ok(facts)
+        },
+    )?;
+    let of = |b: &str| facts.iter().find(|(id, _)| id == b).unwrap().1.clone();
+    // Reverse box order, one at a time: agt-1's rollback was done before srv's started.
+    let (agt1, srv, agt2) = (of("agt-1"), of("srv"), of("agt-2"));
+    let agt1_done = time(&agt1, "rolled_back_at").unwrap();
+    let srv_started = time(&srv, "rollback_started_at").expect("srv's rollback started");
+    assert!(
+        time(&agt1, "rollback_started_at").expect("agt-1's rollback started") < agt1_done,
+        "{agt1}"
+    );
+    assert!(
+        agt1_done < srv_started,
+        "srv's rollback started at {srv_started}, before agt-1's was done at {agt1_done}"
+    );
+    // The failed box never committed 2.0.0: the rollback left it alone.
+    assert!(time(&agt2, "rollback_started_at").is_none(), "{agt2}");
+    assert!(time(&agt2, "committed_at").is_none(), "{agt2}");
+    // The same from the site's stored reports: the rollout's phases of 1.0.0 are one
+    // box's lease and commit, then the other's, never overlapping; no third box's.
+    let mut steps: Vec<(i64, String)> = db
+        .reports("store-1")?
+        .into_iter()
+        .filter(|r| {
+            r.body["kind"] == "phase"
+                && r.body["rollout_id"] == id.as_str()
+                && r.body["release_id"] == good.id.as_str()
+                && (r.body["phase"] == "leased" || r.body["phase"] == "committed")
+        })
+        .map(|r| {
+            (
+                r.at,
+                r.body["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    steps.sort();
+    let phases: Vec<&str> = steps.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["leased", "committed", "leased", "committed"],
+        "{steps:?} ({:?})",
+        fleet.phases("store-1", &good.id)?
+    );
+    assert!(steps[1].0 < steps[2].0, "{steps:?}");
+    assert_eq!(
+        (steps[1].0, steps[2].0),
+        (agt1_done.as_millisecond(), srv_started.as_millisecond()),
+        "the first rollback is agt-1's, the second srv's: {steps:?}"
+    );
+    Ok(())
+}
