@@ -214,3 +214,127 @@ fn a_box_offline_past_the_deadline_makes_the_site_silent() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn a_failure_on_the_third_box_rolls_back_the_second_then_the_first() -> anyhow::Result<()> {
+    let fleet = store(&["store-1-agt-1"])?;
+    let good = DemoRelease::good("1.0.0", 1);
+    fleet.baseline(&good)?;
+    // 2.0.0 fails its health check on the third box (agt-2) only: srv and agt-1 install
+    // it first, then agt-2 fails and rolls itself back.
+    let bad = DemoRelease::good("2.0.0", 2).unhealthy_on("node", "agt-2");
+    fleet.publish(&bad)?;
+    let id = fleet.rollout(&plan(&bad.id).auto_rollback(true))?;
+    let db = CoordinatorDb::new(fleet.coordinator.database());
+    // Once agt-1 has committed 2.0.0 and reported healthy since, cut it off: it does not
+    // hear of the rollback until it is let through again.
+    eventually(
+        "agt-1 to commit 2.0.0 and report healthy",
+        patience(Duration::from_secs(180)),
+        || {
+            let facts = db.box_facts(&id, "store-1")?;
+            let agt1 = facts.iter().find(|(b, _)| b == "agt-1").map(|(_, f)| f);
+            let done = agt1.is_some_and(|f| {
+                time(f, "committed_at")
+                    .zip(time(f, "last_healthy_at"))
+                    .is_some_and(|(c, h)| h >= c)
+            });
+            anyhow::ensure!(done, "agt-1: {agt1:?}");
+            Ok(())
+        },
+    )?;
+    let agt1_link = fleet.site("store-1-agt-1")?.proxy.as_ref().unwrap();
+    agt1_link.cut()?;
+    let (view, halt) = fleet.wait_halted(&id)?;
+    let site = view.sites.iter().find(|s| s.site_id == "store-1").unwrap();
+    let said = format!("{site:?} / {}", halt.reason);
+    assert!(said.contains("box agt-2"), "{said}");
+    // srv (first in box order) asks for its rollback lease and is told to wait for agt-1,
+    // and stays on 2.0.0 meanwhile.
+    let waits = "box srv of site store-1 rolls back after box agt-1 reported its rollback done";
+    eventually(
+        "srv to be told to wait for agt-1's rollback",
+        patience(Duration::from_secs(180)),
+        || {
+            let told = db.reports("store-1")?.into_iter().any(|r| {
+                r.body["phase"] == "waiting"
+                    && r.body["rollout_id"] == id.as_str()
+                    && r.body["detail"].as_str().is_some_and(|d| d.contains(waits))
+            });
+            anyhow::ensure!(told, "{:?}", fleet.phases("store-1", &good.id)?);
+            Ok(())
+        },
+    )?;
+    assert_eq!(
+        fleet.site("store-1-srv")?.version_on_disk()?.as_deref(),
+        Some("2.0.0"),
+        "srv went back before agt-1 did"
+    );
+    agt1_link.pass()?;
+    for (entry, _, _) in BOXES {
+        fleet.wait_version(entry, "1.0.0")?;
+    }
+    // Both upgraded boxes reported their rollback done (facts are written as the reports
+    // arrive: wait for the second).
+    let facts = eventually(
+        "srv and agt-1 to report their rollbacks done",
+        patience(Duration::from_secs(240)),
+        || {
+            let facts = db.box_facts(&id, "store-1")?;
+            for b in ["srv", "agt-1"] {
+                let f = &facts.iter().find(|(id, _)| id == b).expect("facts").1;
+                anyhow::ensure!(time(f, "rolled_back_at").is_some(), "box {b}: {f}");
+            }
+            Ok(facts)
+        },
+    )?;
+    let of = |b: &str| facts.iter().find(|(id, _)| id == b).unwrap().1.clone();
+    // Reverse box order, one at a time: agt-1's rollback was done before srv's started.
+    let (agt1, srv, agt2) = (of("agt-1"), of("srv"), of("agt-2"));
+    let agt1_done = time(&agt1, "rolled_back_at").unwrap();
+    let srv_started = time(&srv, "rollback_started_at").expect("srv's rollback started");
+    assert!(
+        time(&agt1, "rollback_started_at").expect("agt-1's rollback started") < agt1_done,
+        "{agt1}"
+    );
+    assert!(
+        agt1_done < srv_started,
+        "srv's rollback started at {srv_started}, before agt-1's was done at {agt1_done}"
+    );
+    // The failed box never committed 2.0.0: the rollback left it alone.
+    assert!(time(&agt2, "rollback_started_at").is_none(), "{agt2}");
+    assert!(time(&agt2, "committed_at").is_none(), "{agt2}");
+    // The same from the site's stored reports: the rollout's phases of 1.0.0 are one
+    // box's lease and commit, then the other's, never overlapping; no third box's.
+    let mut steps: Vec<(i64, String)> = db
+        .reports("store-1")?
+        .into_iter()
+        .filter(|r| {
+            r.body["kind"] == "phase"
+                && r.body["rollout_id"] == id.as_str()
+                && r.body["release_id"] == good.id.as_str()
+                && (r.body["phase"] == "leased" || r.body["phase"] == "committed")
+        })
+        .map(|r| {
+            (
+                r.at,
+                r.body["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    steps.sort();
+    let phases: Vec<&str> = steps.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["leased", "committed", "leased", "committed"],
+        "{steps:?} ({:?})",
+        fleet.phases("store-1", &good.id)?
+    );
+    assert!(steps[1].0 < steps[2].0, "{steps:?}");
+    assert_eq!(
+        (steps[1].0, steps[2].0),
+        (agt1_done.as_millisecond(), srv_started.as_millisecond()),
+        "the first rollback is agt-1's, the second srv's: {steps:?}"
+    );
+    Ok(())
+}

@@ -144,6 +144,72 @@ pub fn box_lease_decision(
     ))
 }
 
+/// Whether box `me` of a site of several boxes may take a lease for the site's rollback
+/// (an assignment back to the previous release) at `now`. `facts`: the boxes' facts in the
+/// rollout.
+///
+/// The boxes that committed the rollout's release go back in REVERSE box order, at most
+/// `max_unavailable_per_site` at a time: `me` must be among the first of them, in that
+/// order, that have not reported their rollback done
+/// ([`BoxFacts::rolled_back_since_commit`]). A box that never committed the release has
+/// nothing to roll back and is turned away for good (`box_order`, ask again in
+/// [`NOT_OPEN_RETRY_SECS`]); one out of turn is told which box it waits for (ask again in
+/// [`CONCURRENCY_RETRY_SECS`]). A box whose rollback is done may ask again (nothing to wait
+/// for).
+pub fn box_rollback_decision(
+    plan: &RolloutPlan,
+    site_id: &str,
+    boxes: &[SiteBox],
+    facts: &[(String, BoxFacts)],
+    me: &str,
+) -> Result<(), LeaseDenial> {
+    let none = BoxFacts::default();
+    let of = |id: &str| {
+        facts
+            .iter()
+            .find(|(b, _)| b == id)
+            .map_or(&none, |(_, f)| f)
+    };
+    if !of(me).upgraded() {
+        return Err(LeaseDenial::new(
+            LeaseDenialReason::BoxOrder,
+            format!(
+                "box {me} of site {site_id} never committed this rollout's release; the \
+                 site's rollback does not touch it"
+            ),
+            NOT_OPEN_RETRY_SECS,
+        ));
+    }
+    let limit = plan.max_unavailable_per_site.max(1) as usize;
+    let pending: Vec<&SiteBox> = ordered(&plan.box_order, boxes)
+        .into_iter()
+        .rev()
+        .filter(|b| of(&b.box_id).upgraded() && !of(&b.box_id).rolled_back_since_commit())
+        .collect();
+    let Some(pos) = pending.iter().position(|b| b.box_id == me) else {
+        // Rolled back already (or not a box of the site): nothing to wait for.
+        return Ok(());
+    };
+    if pos < limit {
+        return Ok(());
+    }
+    let ahead: Vec<String> = pending[..pos]
+        .iter()
+        .take(limit)
+        .map(|b| format!("box {}", b.box_id))
+        .collect();
+    Err(LeaseDenial::new(
+        LeaseDenialReason::BoxOrder,
+        format!(
+            "box {me} of site {site_id} rolls back after {} reported its rollback done \
+             (the site's boxes go back in reverse box order, {} at a time)",
+            ahead.join(" and "),
+            limit
+        ),
+        CONCURRENCY_RETRY_SECS,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +337,58 @@ mod tests {
             "{}",
             d.message
         );
+    }
+
+    #[test]
+    fn a_rollback_goes_back_in_reverse_order_one_at_a_time_after_each_is_done() {
+        let p = plan("box_order = [\"role=server\", \"role=agent\"]");
+        let boxes = store();
+        let decide = |facts: &[(String, BoxFacts)], me: &str| {
+            box_rollback_decision(&p, "store-1", &boxes, facts, me)
+        };
+        // Order srv-1, agt-1, agt-2; the two first committed, agt-2 failed (and rolled
+        // itself back): agt-1 goes back first, then srv-1; agt-2 not at all.
+        let failed = BoxFacts {
+            failed_at: Some(at(80)),
+            failure: Some("health check failed".into()),
+            rolled_back: true,
+            ..BoxFacts::default()
+        };
+        let mut facts = vec![
+            ("srv-1".to_string(), committed_healthy(10)),
+            ("agt-1".to_string(), committed_healthy(30)),
+            ("agt-2".to_string(), failed),
+        ];
+        assert!(decide(&facts, "agt-1").is_ok());
+        let d = decide(&facts, "srv-1").unwrap_err();
+        assert_eq!(d.reason, LeaseDenialReason::BoxOrder);
+        assert_eq!(d.retry_after_secs, CONCURRENCY_RETRY_SECS);
+        assert!(
+            d.message
+                .contains("box srv-1 of site store-1 rolls back after box agt-1 reported"),
+            "{}",
+            d.message
+        );
+        let d = decide(&facts, "agt-2").unwrap_err();
+        assert!(d.message.contains("never committed"), "{}", d.message);
+        assert_eq!(d.retry_after_secs, NOT_OPEN_RETRY_SECS);
+        // agt-1's rollback started (its lease) but has not finished: srv-1 still waits.
+        facts[1].1.rollback_started_at = Some(at(100));
+        facts[1].1.lease_until = Some(at(400));
+        assert!(decide(&facts, "srv-1").is_err());
+        assert!(decide(&facts, "agt-1").is_ok(), "it renews");
+        // A rollback reported done before the box's commit does not count.
+        facts[1].1.rolled_back_at = Some(at(20));
+        assert!(decide(&facts, "srv-1").is_err());
+        // Done after it: srv-1's turn; agt-1 asking again is not turned away.
+        facts[1].1.rolled_back_at = Some(at(150));
+        assert!(decide(&facts, "srv-1").is_ok());
+        assert!(decide(&facts, "agt-1").is_ok());
+        assert!(decide(&facts, "agt-2").is_err());
+        // Two at a time: both upgraded boxes go back at once.
+        let two = plan("max_unavailable_per_site = 2");
+        facts[1].1.rolled_back_at = None;
+        assert!(box_rollback_decision(&two, "store-1", &boxes, &facts, "srv-1").is_ok());
     }
 
     #[test]

@@ -104,10 +104,20 @@ impl Engine {
             .and_then(|slot| slot.view().assignment)
             .filter(|a| a.record.rollout_id == req.rollout_id);
         // A rollback assignment is installed at once: no window, limit or status applies.
+        // Inside a site of several boxes, its boxes that took the release go back in
+        // reverse box order ([`controller::boxes::box_rollback_decision`]).
         if let Some(a) = &current
             && a.record.rollback
             && a.record.sequence == req.sequence
         {
+            if let Some(box_id) = box_id {
+                self.lease_box(&plan, rollout_id, site_id, box_id, true, now)
+                    .await
+                    .map_err(|e| match e {
+                        BoxLease::Denied(d) => deny(d),
+                        BoxLease::Failed(e) => e,
+                    })?;
+            }
             drop(guard);
             return self
                 .grant(site_id, rollout_id, me.map_or(0, |m| m.0), now)
@@ -171,7 +181,7 @@ impl Engine {
         };
         controller::lease_decision(&ctx, now).map_err(deny)?;
         if let Some(box_id) = box_id {
-            self.lease_box(&plan, rollout_id, site_id, box_id, now)
+            self.lease_box(&plan, rollout_id, site_id, box_id, false, now)
                 .await
                 .map_err(|e| match e {
                     BoxLease::Denied(d) => deny(d),
@@ -194,14 +204,16 @@ impl Engine {
         }
     }
 
-    /// Inside a site of several boxes: whether box `box_id` may take a lease now, and if
-    /// so records it (a one-box site: nothing to decide).
+    /// Inside a site of several boxes: whether box `box_id` may take a lease now (for the
+    /// site's rollback when `rollback`), and if so records it (a one-box site: nothing to
+    /// decide).
     async fn lease_box(
         &self,
         plan: &RolloutPlan,
         rollout_id: &str,
         site_id: &str,
         box_id: &str,
+        rollback: bool,
         now: Timestamp,
     ) -> Result<(), BoxLease> {
         let (rid, sid) = (rollout_id.to_string(), site_id.to_string());
@@ -213,8 +225,12 @@ impl Engine {
         if boxes.len() < 2 {
             return Ok(());
         }
-        controller::boxes::box_lease_decision(plan, site_id, &boxes, &facts, box_id, now)
-            .map_err(BoxLease::Denied)?;
+        if rollback {
+            controller::boxes::box_rollback_decision(plan, site_id, &boxes, &facts, box_id)
+        } else {
+            controller::boxes::box_lease_decision(plan, site_id, &boxes, &facts, box_id, now)
+        }
+        .map_err(BoxLease::Denied)?;
         let until = crate::time::later(
             now,
             SignedDuration::from_secs(

@@ -58,6 +58,15 @@ pub struct BoxFacts {
     /// reports): stream name to version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub installed: BTreeMap<String, String>,
+    /// After committing the rollout's release, when the box was first leased another
+    /// release of the rollout (its `leased` phase): when its rollback started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<Timestamp>,
+    /// After committing the rollout's release, when the box reported its rollback done:
+    /// another release of the rollout `committed` (what a rollback assignment ends with),
+    /// or `rolled_back`. The next box of the site's rollback starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<Timestamp>,
 }
 
 impl BoxFacts {
@@ -95,6 +104,18 @@ impl BoxFacts {
         } else {
             "waiting"
         }
+    }
+
+    /// Committed the rollout's release: a rollback of the site takes this box back.
+    pub fn upgraded(&self) -> bool {
+        self.committed_at.is_some()
+    }
+
+    /// Reported its rollback done since it committed the rollout's release.
+    pub fn rolled_back_since_commit(&self) -> bool {
+        self.committed_at
+            .zip(self.rolled_back_at)
+            .is_some_and(|(c, r)| r >= c)
     }
 
     /// Holds an unexpired lease at `now`.
@@ -166,6 +187,28 @@ pub fn fold_box(
     } = body
     {
         facts.installed.insert(name.clone(), version.clone());
+    }
+    // A rollback after the box's commit: its start (the lease of another release) and its
+    // end (that release committed, or `rolled_back`), each at the first/latest report.
+    if let EventBody::Phase {
+        release_id, phase, ..
+    } = body
+        && facts.committed_at.is_some_and(|c| c <= at)
+    {
+        let other = release_id != target_release;
+        match phase {
+            Phase::Leased if other => {
+                facts.rollback_started_at =
+                    Some(facts.rollback_started_at.map_or(at, |s| s.min(at)));
+            }
+            Phase::Committed if other => {
+                facts.rolled_back_at = Some(facts.rolled_back_at.map_or(at, |r| r.max(at)));
+            }
+            Phase::RolledBack => {
+                facts.rolled_back_at = Some(facts.rolled_back_at.map_or(at, |r| r.max(at)));
+            }
+            _ => {}
+        }
     }
     if out.release_lease {
         facts.lease_until = None;
@@ -571,6 +614,62 @@ mod tests {
             phase: p,
             detail: detail.map(Into::into),
         }
+    }
+
+    #[test]
+    fn a_box_rollback_after_its_commit_is_started_by_a_lease_and_done_by_a_commit_of_rel_1() {
+        let mut row = RolloutSiteRecord {
+            attempts: 1,
+            ..RolloutSiteRecord::default()
+        };
+        let mut facts = Vec::new();
+        let rel1 = |p: Phase| EventBody::Phase {
+            rollout_id: None,
+            release_id: "rel-1".into(),
+            phase: p,
+            detail: None,
+        };
+        // Phases of rel-1 before the box committed rel-2 are no rollback.
+        fold_event(&mut row, &mut facts, "srv", rel1(Phase::Leased), 10);
+        fold_event(&mut row, &mut facts, "srv", rel1(Phase::Committed), 20);
+        let f = &facts[0].1;
+        assert_eq!((f.rollback_started_at, f.rolled_back_at), (None, None));
+        assert!(!f.upgraded());
+        fold_event(
+            &mut row,
+            &mut facts,
+            "srv",
+            phase(Phase::Committed, None),
+            100,
+        );
+        assert!(facts[0].1.upgraded() && !facts[0].1.rolled_back_since_commit());
+        // The rollback assignment: leased, installing, committed of rel-1.
+        fold_event(&mut row, &mut facts, "srv", rel1(Phase::Leased), 200);
+        fold_event(&mut row, &mut facts, "srv", rel1(Phase::Installing), 210);
+        let f = &facts[0].1;
+        assert_eq!(f.rollback_started_at, Some(at(200)));
+        assert!(!f.rolled_back_since_commit());
+        fold_event(&mut row, &mut facts, "srv", rel1(Phase::Committed), 220);
+        let f = &facts[0].1;
+        assert_eq!(f.rolled_back_at, Some(at(220)));
+        assert!(f.rolled_back_since_commit());
+        // `rolled_back` after a commit counts as done as well.
+        fold_event(
+            &mut row,
+            &mut facts,
+            "agt-1",
+            phase(Phase::Committed, None),
+            300,
+        );
+        fold_event(
+            &mut row,
+            &mut facts,
+            "agt-1",
+            phase(Phase::RolledBack, None),
+            310,
+        );
+        let f = &facts.iter().find(|(b, _)| b == "agt-1").unwrap().1;
+        assert_eq!(f.rolled_back_at, Some(at(310)));
     }
 
     #[test]
