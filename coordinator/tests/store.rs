@@ -976,6 +976,72 @@ fn each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them(backen
     assert!(store.rollout_boxes("r1", "s1").unwrap().is_empty());
 }
 
+/// Many sites' session handshakes at once (a fleet reconnecting after an outage), from 16
+/// threads on two store handles: every fresh nonce is taken, a replayed one is refused,
+/// and a site's expired nonces are pruned. On PostgreSQL these once ran SERIALIZABLE and
+/// conflicted on the index pages neighbouring sites share, failing after every retry.
+fn many_sites_handshake_at_once_and_a_replayed_nonce_is_refused(backend: Backend) {
+    let (db, first) = setup(backend);
+    let second = db.open();
+    let at = ts("2026-01-01T00:00:00Z");
+    let token = EnrollmentTokenRecord {
+        id: "et-many".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: at + SignedDuration::from_hours(1),
+        uses_total: 400,
+        uses_left: 400,
+        revoked: false,
+        created_at: at,
+        created_by: "test".into(),
+    };
+    first.create_enrollment_token("many", &token).unwrap();
+    let sites: Vec<String> = (0..400).map(|i| format!("m{i:04}")).collect();
+    for site in &sites {
+        first
+            .enroll(&Enrollment {
+                token_hash: "many".into(),
+                site_id: site.clone(),
+                box_id: DEFAULT_BOX.into(),
+                role: String::new(),
+                device_key: "00".repeat(32),
+                agent_version: "1".into(),
+                at,
+            })
+            .unwrap();
+    }
+    // An expired nonce of the first site, pruned by its next handshake.
+    assert!(first.record_session_nonce("m0000", "old", at).unwrap());
+    let until = Timestamp::now() + SignedDuration::from_hours(1);
+    let stores = [first.clone(), second];
+    std::thread::scope(|scope| {
+        for t in 0..16 {
+            let store = stores[t % 2].clone();
+            let sites = &sites;
+            scope.spawn(move || {
+                for site in sites.iter().skip(t).step_by(16) {
+                    let fresh = store
+                        .record_session_nonce(site, &format!("n-{site}"), until)
+                        .unwrap_or_else(|e| panic!("{site}'s handshake failed: {e}"));
+                    assert!(fresh, "{site}'s first nonce was taken as a replay");
+                }
+            });
+        }
+    });
+    for site in ["m0000", "m0199", "m0399"] {
+        assert!(
+            !first
+                .record_session_nonce(site, &format!("n-{site}"), until)
+                .unwrap(),
+            "a replayed nonce of {site} was accepted"
+        );
+    }
+    assert_eq!(
+        db.strings("SELECT nonce FROM session_nonces WHERE site_id = 'm0000'"),
+        vec!["n-m0000".to_string()]
+    );
+}
+
 both_backends!(
     out_of_order_reports_never_move_facts_backwards_and_apply_once,
     one_active_rollout_per_site_and_counters_go_up,
@@ -990,6 +1056,7 @@ both_backends!(
     dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
     a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box,
     each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them,
+    many_sites_handshake_at_once_and_a_replayed_nonce_is_refused,
 );
 
 /// The dashboard's read model answers the same on both backends: counts, versions, pages

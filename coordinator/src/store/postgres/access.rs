@@ -238,7 +238,9 @@ pub(super) fn record_session_nonce(
     nonce: &str,
     expires_at: Timestamp,
 ) -> StoreResult<bool> {
-    s.write(|tx| {
+    // READ COMMITTED: the primary key (site, nonce) alone refuses a replayed nonce, and
+    // pruning the site's expired nonces needs no snapshot (see the module's docs).
+    s.write_committed(|tx| {
         tx.execute(
             "DELETE FROM session_nonces WHERE site_id = $1 AND expires_at < $2",
             &[&site_id, &ms(Timestamp::now())],

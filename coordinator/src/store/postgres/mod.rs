@@ -10,7 +10,12 @@
 //! of one replica, or several replicas) behave as SQLite's single writer does, one after
 //! the other, so the rules the SQL keeps (exactly-once reports, monotonic counters and
 //! sequences, one active rollout per site) hold across replicas without checks in the
-//! application. A method returns only after its transaction committed. It must never be
+//! application. Attempts after the first wait a random moment first (up to 1, 2, 4 … 64 ms),
+//! so that transactions that collided do not collide again in lock step. A write whose rule
+//! one row's primary key keeps by itself (a session nonce: insert unless present) runs at
+//! READ COMMITTED instead ([`PgStore::write_committed`]): under SERIALIZABLE, many sites'
+//! handshakes at once conflicted on the index pages they share and failed after every
+//! attempt. A method returns only after its transaction committed. It must never be
 //! called from an async worker thread directly: go through [`super::Db`].
 //!
 //! Layout follows the SQLite backend: this module holds the pool, the migrations and the
@@ -360,26 +365,55 @@ impl PgStore {
     /// [`PgStore::write`] without the fencing check (claiming the leadership itself).
     fn write_unfenced<T>(
         &self,
+        f: impl FnMut(&mut Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.write_at(IsolationLevel::Serializable, f)
+    }
+
+    /// One READ COMMITTED write transaction, retried like [`PgStore::write`] (on a
+    /// deadlock): for a write whose only rule is a row's primary key (insert unless
+    /// present), which needs no serializable snapshot. Never for the wave controller's
+    /// writes (no fencing check here).
+    fn write_committed<T>(
+        &self,
+        f: impl FnMut(&mut Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.write_at(IsolationLevel::ReadCommitted, f)
+    }
+
+    fn write_at<T>(
+        &self,
+        level: IsolationLevel,
         mut f: impl FnMut(&mut Transaction) -> StoreResult<T>,
     ) -> StoreResult<T> {
         let mut c = self.conn()?;
         let mut attempt = 1;
         loop {
             let result = (|| {
-                let mut tx = c
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::Serializable)
-                    .start()?;
+                let mut tx = c.build_transaction().isolation_level(level).start()?;
                 let out = f(&mut tx)?;
                 tx.commit()?;
                 Ok(out)
             })();
             match result {
-                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => attempt += 1,
+                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
+                    std::thread::sleep(retry_pause(attempt));
+                    attempt += 1;
+                }
                 other => return other,
             }
         }
     }
+}
+
+/// How long to wait before attempt `attempt + 1` of a write: a random moment up to
+/// 2^(attempt-1) ms, at most 64 ms (the writers that collided spread out instead of
+/// colliding again together).
+fn retry_pause(attempt: u32) -> std::time::Duration {
+    let ceiling_us = 1_000u64 << attempt.saturating_sub(1).min(6);
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    std::time::Duration::from_micros(u64::from_le_bytes(bytes) % ceiling_us)
 }
 
 fn ms(t: Timestamp) -> i64 {
