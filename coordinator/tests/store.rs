@@ -19,21 +19,27 @@ fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
+/// An enrollment token `id` with `uses` uses, bound to `site` (or to none), made at `at`
+/// and good for an hour.
+fn token(id: &str, site: Option<&str>, uses: u32, at: Timestamp) -> EnrollmentTokenRecord {
+    EnrollmentTokenRecord {
+        id: id.into(),
+        labels: Default::default(),
+        site_id: site.map(Into::into),
+        expires_at: at + SignedDuration::from_hours(1),
+        uses_total: uses,
+        uses_left: uses,
+        revoked: false,
+        created_at: at,
+        created_by: "test".into(),
+    }
+}
+
 fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
     let db = TestDb::new(backend);
     let store = db.open();
     let at = ts("2026-01-01T00:00:00Z");
-    let token = EnrollmentTokenRecord {
-        id: "et-1".into(),
-        labels: Default::default(),
-        site_id: None,
-        expires_at: at + SignedDuration::from_hours(1),
-        uses_total: 2,
-        uses_left: 2,
-        revoked: false,
-        created_at: at,
-        created_by: "test".into(),
-    };
+    let token = token("et-1", None, 2, at);
     store.create_enrollment_token("hash", &token).unwrap();
     for site in ["s1", "s2"] {
         store
@@ -489,17 +495,7 @@ fn the_indexed_read_of_sites_off_a_version_agrees_with_the_full_walk(backend: Ba
     let (_db, store) = setup(backend);
     let now = ts("2026-01-01T01:00:00Z");
     let at = ts("2026-01-01T00:00:00Z");
-    let token = EnrollmentTokenRecord {
-        id: "et-2".into(),
-        labels: Default::default(),
-        site_id: None,
-        expires_at: at + SignedDuration::from_hours(1),
-        uses_total: 6,
-        uses_left: 6,
-        revoked: false,
-        created_at: at,
-        created_by: "test".into(),
-    };
+    let token = token("et-2", None, 6, at);
     store.create_enrollment_token("hash2", &token).unwrap();
     for site in ["s3", "s4", "s5", "s6", "s7"] {
         store
@@ -720,17 +716,7 @@ fn box_enrollment(
 fn a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box(backend: Backend) {
     let (db, store) = setup(backend);
     let t0 = ts("2026-01-01T00:10:00Z");
-    let bound = EnrollmentTokenRecord {
-        id: "et-9".into(),
-        labels: Default::default(),
-        site_id: Some("store-9".into()),
-        expires_at: t0 + SignedDuration::from_hours(1),
-        uses_total: 3,
-        uses_left: 3,
-        revoked: false,
-        created_at: t0,
-        created_by: "test".into(),
-    };
+    let bound = token("et-9", Some("store-9"), 3, t0);
     store.create_enrollment_token("bound", &bound).unwrap();
     let later = t0 + SignedDuration::from_mins(1);
     store
@@ -855,17 +841,7 @@ async fn first_rollout(db: &Db) {
 fn each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them(backend: Backend) {
     let (db, store) = setup(backend);
     let t0 = ts("2026-01-01T00:10:00Z");
-    let bound = EnrollmentTokenRecord {
-        id: "et-9".into(),
-        labels: Default::default(),
-        site_id: Some("store-9".into()),
-        expires_at: t0 + SignedDuration::from_hours(1),
-        uses_total: 3,
-        uses_left: 3,
-        revoked: false,
-        created_at: t0,
-        created_by: "test".into(),
-    };
+    let bound = token("et-9", Some("store-9"), 3, t0);
     store.create_enrollment_token("bound", &bound).unwrap();
     let later = t0 + SignedDuration::from_mins(1);
     for (b, role, key) in [("srv", "server", "aa"), ("agt-1", "agent", "bb")] {
@@ -984,17 +960,7 @@ fn many_sites_handshake_at_once_and_a_replayed_nonce_is_refused(backend: Backend
     let (db, first) = setup(backend);
     let second = db.open();
     let at = ts("2026-01-01T00:00:00Z");
-    let token = EnrollmentTokenRecord {
-        id: "et-many".into(),
-        labels: Default::default(),
-        site_id: None,
-        expires_at: at + SignedDuration::from_hours(1),
-        uses_total: 400,
-        uses_left: 400,
-        revoked: false,
-        created_at: at,
-        created_by: "test".into(),
-    };
+    let token = token("et-many", None, 400, at);
     first.create_enrollment_token("many", &token).unwrap();
     let sites: Vec<String> = (0..400).map(|i| format!("m{i:04}")).collect();
     for site in &sites {
@@ -1258,18 +1224,9 @@ fn the_postgres_store_fails_cleanly_while_the_database_is_down_and_recovers() {
         held_by: "test".into(),
         held_at: ts("2026-01-01T00:00:00Z"),
     };
-    let token = EnrollmentTokenRecord {
-        id: "et-1".into(),
-        labels: Default::default(),
-        site_id: None,
-        expires_at: ts("2026-01-01T01:00:00Z"),
-        uses_total: 1,
-        uses_left: 1,
-        revoked: false,
-        created_at: ts("2026-01-01T00:00:00Z"),
-        created_by: "test".into(),
-    };
-    store.create_enrollment_token("hash", &token).unwrap();
+    store
+        .create_enrollment_token("hash", &token("et-1", None, 1, ts("2026-01-01T00:00:00Z")))
+        .unwrap();
     store
         .enroll(&Enrollment {
             token_hash: "hash".into(),
