@@ -83,12 +83,7 @@ pub fn box_lease_decision(
     now: Timestamp,
 ) -> Result<(), LeaseDenial> {
     let none = BoxFacts::default();
-    let of = |id: &str| {
-        facts
-            .iter()
-            .find(|(b, _)| b == id)
-            .map_or(&none, |(_, f)| f)
-    };
+    let of = |id: &str| facts_of(facts, id, &none);
     if of(me).holds_lease(now) {
         return Ok(());
     }
@@ -113,16 +108,12 @@ pub fn box_lease_decision(
         .copied()
         .filter(|b| !of(&b.box_id).done())
         .collect();
-    let Some(pos) = pending.iter().position(|b| b.box_id == me) else {
-        // Done already (or not a box of the site): nothing to wait for.
+    // Done already (or not a box of the site): nothing to wait for.
+    let Some(ahead) = waits_for(&pending, me, limit) else {
         return Ok(());
     };
-    if pos < limit {
-        return Ok(());
-    }
-    let ahead: Vec<String> = pending[..pos]
+    let ahead: Vec<String> = ahead
         .iter()
-        .take(limit)
         .map(|b| {
             if b.role.is_empty() {
                 format!("box {}", b.box_id)
@@ -142,6 +133,18 @@ pub fn box_lease_decision(
         ),
         CONCURRENCY_RETRY_SECS,
     ))
+}
+
+/// The boxes `me` waits for: `None` when `me` is among the first `limit` of `pending` (or
+/// not in it: nothing to wait for), else the first `limit` boxes ahead of it.
+fn waits_for<'a>(pending: &[&'a SiteBox], me: &str, limit: usize) -> Option<Vec<&'a SiteBox>> {
+    let pos = pending.iter().position(|b| b.box_id == me)?;
+    (pos >= limit).then(|| pending[..pos].iter().take(limit).copied().collect())
+}
+
+/// The facts of box `id` among `facts` (a box not heard from yet: empty facts).
+fn facts_of<'a>(facts: &'a [(String, BoxFacts)], id: &str, none: &'a BoxFacts) -> &'a BoxFacts {
+    facts.iter().find(|(b, _)| b == id).map_or(none, |(_, f)| f)
 }
 
 /// Whether box `me` of a site of several boxes may take a lease for the site's rollback
@@ -164,12 +167,7 @@ pub fn box_rollback_decision(
     me: &str,
 ) -> Result<(), LeaseDenial> {
     let none = BoxFacts::default();
-    let of = |id: &str| {
-        facts
-            .iter()
-            .find(|(b, _)| b == id)
-            .map_or(&none, |(_, f)| f)
-    };
+    let of = |id: &str| facts_of(facts, id, &none);
     if !of(me).upgraded() {
         return Err(LeaseDenial::new(
             LeaseDenialReason::BoxOrder,
@@ -186,18 +184,11 @@ pub fn box_rollback_decision(
         .rev()
         .filter(|b| of(&b.box_id).upgraded() && !of(&b.box_id).rolled_back_since_commit())
         .collect();
-    let Some(pos) = pending.iter().position(|b| b.box_id == me) else {
-        // Rolled back already (or not a box of the site): nothing to wait for.
+    // Rolled back already (or not a box of the site): nothing to wait for.
+    let Some(ahead) = waits_for(&pending, me, limit) else {
         return Ok(());
     };
-    if pos < limit {
-        return Ok(());
-    }
-    let ahead: Vec<String> = pending[..pos]
-        .iter()
-        .take(limit)
-        .map(|b| format!("box {}", b.box_id))
-        .collect();
+    let ahead: Vec<String> = ahead.iter().map(|b| format!("box {}", b.box_id)).collect();
     Err(LeaseDenial::new(
         LeaseDenialReason::BoxOrder,
         format!(
