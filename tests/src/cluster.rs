@@ -367,8 +367,14 @@ impl Fleet {
 
     /// Enrolls `site` with a new one-use token bound to it and its labels.
     fn enroll(&self, site: &Site) -> Result<()> {
-        // A further box of an enrolled site joins with a token from `site rekey`.
-        if self.sites.values().any(|s| s.local.id == site.local.id) {
+        // A further box of an enrolled site joins with a token from `site rekey`: another
+        // entry of the fleet enrolled that site already. (An entry enrolled late is in
+        // `sites` itself by then; it alone does not make its site enrolled.)
+        if self
+            .sites
+            .values()
+            .any(|s| s.local.id == site.local.id && s.spec.id != site.spec.id)
+        {
             let rekey: serde_json::Value = self.operator.post(
                 &format!("/v1/sites/{}/rekey", site.local.id),
                 &serde_json::json!({}),
