@@ -49,6 +49,8 @@ pub struct Fleet {
     pub net: Arc<Net>,
     pub anchor: Arc<TrustState>,
     pub sites: Vec<Site>,
+    /// The coordinator's PostgreSQL database (`--postgres-url`); none: its SQLite file.
+    pub postgres_url: Option<String>,
 }
 
 fn marker(dir: &Path) -> PathBuf {
@@ -204,6 +206,7 @@ impl Fleet {
             net,
             anchor,
             sites,
+            postgres_url: tuning.postgres_url.clone(),
         })
     }
 
@@ -622,18 +625,33 @@ pub async fn reports(
         .coordinator
         .metric("fleetwave_report_events_total", "accepted")
         .await?;
-    let db = fleet.setup.database();
-    let stored: i64 = {
-        let conn = rusqlite::Connection::open_with_flags(
-            &db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.query_row(
-            "SELECT COUNT(*) FROM reports WHERE event_id LIKE ?1",
-            [format!("%-{run}-%")],
-            |r| r.get(0),
-        )?
+    let pattern = format!("%-{run}-%");
+    let stored: i64 = match fleet.postgres_url.clone() {
+        // The synchronous client runs its own runtime: off the async workers.
+        Some(url) => {
+            tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+                let row = client.query_one(
+                    "SELECT COUNT(*) FROM reports WHERE event_id LIKE $1",
+                    &[&pattern],
+                )?;
+                Ok(row.get(0))
+            })
+            .await??
+        }
+        None => {
+            let conn = rusqlite::Connection::open_with_flags(
+                fleet.setup.database(),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            conn.query_row(
+                "SELECT COUNT(*) FROM reports WHERE event_id LIKE ?1",
+                [pattern],
+                |r| r.get(0),
+            )?
+        }
     };
     let exactly_once = results[0] == (unique, 0)
         && results[1] == (0, unique)
