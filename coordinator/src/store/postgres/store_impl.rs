@@ -411,12 +411,33 @@ impl Store for PgStore {
         assignments::current_assignments(self)
     }
 
+    fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>> {
+        assignments::current_assignment_of(self, site_id)
+    }
+
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>> {
         assignments::active_leases(self, rollout_id, now)
     }
 
     fn grant_leases(&self, leases: &[LeaseRecord]) -> StoreResult<Vec<StoreResult<()>>> {
         assignments::grant_leases(self, leases)
+    }
+
+    fn grant_lease_counted(
+        &self,
+        lease: &LeaseRecord,
+        compartment: Option<(&str, &str)>,
+        allow: &(dyn Fn(&LeaseCounts) -> bool + Sync),
+    ) -> StoreResult<Result<(), LeaseCounts>> {
+        assignments::grant_lease_counted(self, lease, compartment, allow)
+    }
+
+    fn shared_by_replicas(&self) -> bool {
+        true
+    }
+
+    fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        Ok(Some(Box::new(super::changes::open(self)?)))
     }
 
     fn compartment_counts(

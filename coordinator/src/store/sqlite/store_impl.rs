@@ -402,6 +402,10 @@ impl Store for SqliteStore {
         assignments::current_assignments(self)
     }
 
+    fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>> {
+        assignments::current_assignment_of(self, site_id)
+    }
+
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>> {
         assignments::active_leases(self, rollout_id, now)
     }
