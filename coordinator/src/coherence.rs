@@ -48,7 +48,15 @@ async fn run(app: AppState) {
         if *shutdown.borrow() {
             return;
         }
-        match listen(&app).await {
+        // Each listening runs in a task of its own: should it panic, this replica says it
+        // is incoherent and listens again, like after any other failure.
+        let attempt = tokio::spawn({
+            let app = app.clone();
+            async move { listen(&app).await }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the listening task ended: {e}")));
+        match attempt {
             Ok(()) => return,
             Err(why) => {
                 tracing::warn!(reason = %why, retry_in_ms = pause.as_millis() as u64, "this replica does not hear other replicas' changes; it refuses requests until it does");
@@ -74,9 +82,10 @@ async fn listen(app: &AppState) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("listening: {e}"))?;
-    let Some(mut feed) = feed else {
+    let Some(feed) = feed else {
         return Ok(());
     };
+    let mut feed = Feed(Some(feed));
     app.engine
         .resync()
         .await
@@ -89,7 +98,10 @@ async fn listen(app: &AppState) -> Result<(), String> {
             return Ok(());
         }
         let (back, changes) = tokio::task::spawn_blocking(move || {
-            let changes = feed.next(WAIT, BATCH);
+            let changes = match feed.0.as_mut() {
+                Some(f) => f.next(WAIT, BATCH),
+                None => Ok(Vec::new()),
+            };
             (feed, changes)
         })
         .await
@@ -104,5 +116,24 @@ async fn listen(app: &AppState) -> Result<(), String> {
             .apply_changes(changes)
             .await
             .map_err(|e| format!("applying {n} changes: {e}"))?;
+    }
+}
+
+/// The feed's connection, closed on a thread of its own when dropped: the synchronous
+/// PostgreSQL client closes by blocking on a runtime of its own, which tokio forbids on
+/// an async worker thread.
+struct Feed(Option<Box<dyn crate::store::ChangeFeed>>);
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("fleetwave-feed-close".into())
+                    .spawn(move || drop(feed));
+            } else {
+                drop(feed);
+            }
+        }
     }
 }
