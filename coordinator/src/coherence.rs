@@ -27,23 +27,43 @@ const WAIT: Duration = Duration::from_secs(1);
 /// Most changes applied in one batch.
 const BATCH: usize = 20_000;
 
-/// Starts the task when other replicas may write to this replica's store and followers
-/// serve; None otherwise.
-pub fn spawn(app: AppState) -> Option<JoinHandle<()>> {
+/// When other replicas may write to this replica's store and followers serve: starts
+/// listening, reloads what this replica keeps (changes made before the listening began
+/// are not announced to it), and returns the task that follows the changes from then on,
+/// so that the replica serves from its first request with a coherent memory. None
+/// otherwise (nothing to follow).
+pub async fn start(app: AppState) -> anyhow::Result<Option<JoinHandle<()>>> {
     if !app.db.shared_by_replicas()
         || app.config.storage.followers != crate::config::Followers::Serve
     {
-        return None;
+        return Ok(None);
     }
-    app.controller.coherence(Some(
-        "this replica has not started hearing other replicas' changes yet".to_string(),
-    ));
-    Some(tokio::spawn(run(app)))
+    let feed = connect(&app).await.map_err(anyhow::Error::msg)?;
+    Ok(Some(tokio::spawn(run(app, feed))))
 }
 
-async fn run(app: AppState) {
+/// Listens, then reloads everything once; the replica is coherent from then on.
+async fn connect(app: &AppState) -> Result<Feed, String> {
+    let db = app.db.clone();
+    let feed = tokio::task::spawn_blocking(move || db.change_feed())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("listening: {e}"))?
+        .ok_or("this store has no change feed")?;
+    let feed = Feed(Some(feed));
+    app.engine
+        .resync()
+        .await
+        .map_err(|e| format!("reloading: {e}"))?;
+    app.controller.coherence(None);
+    tracing::info!("this replica hears other replicas' changes");
+    Ok(feed)
+}
+
+async fn run(app: AppState, first: Feed) {
     let mut shutdown = app.shutdown.clone();
     let mut pause = Duration::from_millis(100);
+    let mut feed = Some(first);
     loop {
         if *shutdown.borrow() {
             return;
@@ -51,8 +71,14 @@ async fn run(app: AppState) {
         // Each listening runs in a task of its own: should it panic, this replica says it
         // is incoherent and listens again, like after any other failure.
         let attempt = tokio::spawn({
-            let app = app.clone();
-            async move { listen(&app).await }
+            let (app, feed) = (app.clone(), feed.take());
+            async move {
+                let feed = match feed {
+                    Some(f) => f,
+                    None => connect(&app).await?,
+                };
+                follow(&app, feed).await
+            }
         })
         .await
         .unwrap_or_else(|e| Err(format!("the listening task ended: {e}")));
@@ -74,24 +100,8 @@ async fn run(app: AppState) {
     }
 }
 
-/// Listens, reloads everything once (changes made before the listening began are not
-/// announced to it), then applies changes until shutdown (Ok) or a failure (Err).
-async fn listen(app: &AppState) -> Result<(), String> {
-    let db = app.db.clone();
-    let feed = tokio::task::spawn_blocking(move || db.change_feed())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("listening: {e}"))?;
-    let Some(feed) = feed else {
-        return Ok(());
-    };
-    let mut feed = Feed(Some(feed));
-    app.engine
-        .resync()
-        .await
-        .map_err(|e| format!("reloading: {e}"))?;
-    app.controller.coherence(None);
-    tracing::info!("this replica hears other replicas' changes");
+/// Applies changes until shutdown (Ok) or a failure (Err: changes may have been lost).
+async fn follow(app: &AppState, mut feed: Feed) -> Result<(), String> {
     let shutdown = app.shutdown.clone();
     loop {
         if *shutdown.borrow() {
@@ -100,7 +110,7 @@ async fn listen(app: &AppState) -> Result<(), String> {
         let (back, changes) = tokio::task::spawn_blocking(move || {
             let changes = match feed.0.as_mut() {
                 Some(f) => f.next(WAIT, BATCH),
-                None => Ok(Vec::new()),
+                None => Err(crate::store::StoreError::Backend("the change feed is closed".into())),
             };
             (feed, changes)
         })

@@ -291,7 +291,9 @@ pub async fn start_with_clock(
         .await
         .context("claiming the wave controller's leadership")?;
     // Other replicas' writes, followed in memory (PostgreSQL with serving followers).
-    let coherence = crate::coherence::spawn(app.clone());
+    let coherence = crate::coherence::start(app.clone())
+        .await
+        .context("listening for other replicas' changes")?;
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
         move |app| crate::supervisor::run_controller_for(app, leadership.clone()),
