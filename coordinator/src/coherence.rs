@@ -110,7 +110,9 @@ async fn follow(app: &AppState, mut feed: Feed) -> Result<(), String> {
         let (back, changes) = tokio::task::spawn_blocking(move || {
             let changes = match feed.0.as_mut() {
                 Some(f) => f.next(WAIT, BATCH),
-                None => Err(crate::store::StoreError::Backend("the change feed is closed".into())),
+                None => Err(crate::store::StoreError::Backend(
+                    "the change feed is closed".into(),
+                )),
             };
             (feed, changes)
         })
