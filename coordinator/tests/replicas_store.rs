@@ -292,3 +292,67 @@ fn a_replica_hears_what_another_commits_but_not_its_own_assignments() {
         "A heard its own assignment: {got:?}"
     );
 }
+
+/// 120 sites enroll at once with one shared token of 120 uses, from 120 threads
+/// through two store handles (two replicas): every one is enrolled, the token's uses are
+/// all taken exactly, and the 121st enrollment is refused as used up. Under
+/// SERIALIZABLE, each commit failed the other enrollments in flight on the token's row
+/// until some ran out of attempts.
+fn every_site_enrolls_at_once_with_one_shared_token(backend: Backend) {
+    let db = TestDb::new(backend);
+    let stores: [Arc<dyn Store>; 2] = [db.open(), db.open()];
+    let n = 120;
+    let token = EnrollmentTokenRecord {
+        id: "et-shared".into(),
+        labels: Default::default(),
+        site_id: None,
+        expires_at: at() + SignedDuration::from_hours(1),
+        uses_total: n,
+        uses_left: n,
+        revoked: false,
+        created_at: at(),
+        created_by: "test".into(),
+    };
+    stores[0].create_enrollment_token("hash", &token).unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(n as usize));
+    let threads: Vec<_> = (0..n as usize)
+        .map(|i| {
+            let (store, barrier) = (stores[i % 2].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.enroll(&Enrollment {
+                    token_hash: "hash".into(),
+                    site_id: format!("e{i:02}"),
+                    box_id: DEFAULT_BOX.into(),
+                    role: String::new(),
+                    device_key: "00".repeat(32),
+                    agent_version: "1".into(),
+                    at: at(),
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("every enrollment succeeds");
+    }
+    let left = stores[1].enrollment_token_by_hash("hash").unwrap().unwrap();
+    assert_eq!(left.uses_left, 0);
+    let late = stores[1].enroll(&Enrollment {
+        token_hash: "hash".into(),
+        site_id: "late".into(),
+        box_id: DEFAULT_BOX.into(),
+        role: String::new(),
+        device_key: "00".repeat(32),
+        agent_version: "1".into(),
+        at: at(),
+    });
+    assert!(
+        matches!(&late, Err(StoreError::Conflict(m)) if m.contains("used up")),
+        "{late:?}"
+    );
+}
+
+mod enrollment {
+    use super::*;
+    both_backends!(every_site_enrolls_at_once_with_one_shared_token);
+}

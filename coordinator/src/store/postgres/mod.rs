@@ -271,6 +271,17 @@ fn retryable(e: &StoreError) -> bool {
         })
 }
 
+/// A row's primary key (or another unique index) was taken by a transaction that
+/// committed meanwhile: at READ COMMITTED, running the transaction again sees that row.
+fn unique_violation(e: &StoreError) -> bool {
+    let StoreError::Backend(b) = e else {
+        return false;
+    };
+    b.downcast_ref::<PgError>()
+        .and_then(|e| e.0.code())
+        .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
+}
+
 impl PgStore {
     /// Connects to the database and runs pending migrations (under an advisory lock, so
     /// that replicas starting together migrate once).
@@ -390,9 +401,10 @@ impl PgStore {
     }
 
     /// One READ COMMITTED write transaction, retried like [`PgStore::write`] (on a
-    /// deadlock): for a write whose only rule is a row's primary key (insert unless
-    /// present), which needs no serializable snapshot. Never for the wave controller's
-    /// writes (no fencing check here).
+    /// deadlock), and also when a unique index refused a row another transaction committed
+    /// meanwhile: for a write whose rules a row's primary key and row locks keep (insert
+    /// unless present; take turns on a locked row), which needs no serializable snapshot.
+    /// Never for the wave controller's writes (no fencing check here).
     fn write_committed<T>(
         &self,
         f: impl FnMut(&mut Transaction) -> StoreResult<T>,
@@ -415,7 +427,12 @@ impl PgStore {
                 Ok(out)
             })();
             match result {
-                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
+                Err(e)
+                    if attempt < WRITE_ATTEMPTS
+                        && (retryable(&e)
+                            || (matches!(level, IsolationLevel::ReadCommitted)
+                                && unique_violation(&e))) =>
+                {
                     std::thread::sleep(retry_pause(attempt));
                     attempt += 1;
                 }
