@@ -356,3 +356,100 @@ mod enrollment {
     use super::*;
     both_backends!(every_site_enrolls_at_once_with_one_shared_token);
 }
+
+/// Two boxes of one site ask two replicas for their lease at the same moment, each
+/// allowed only while no other box of the site holds one (one box at a time): exactly one
+/// is leased, and the other's refusal saw that box's lease. Twenty rounds, from two
+/// threads on two store handles.
+fn two_boxes_of_one_site_never_both_take_its_one_place(backend: Backend) {
+    let db = TestDb::new(backend);
+    let stores: [Arc<dyn Store>; 2] = [db.open(), db.open()];
+    let s = stores[0].as_ref();
+    fleet(s, 1);
+    let bound = EnrollmentTokenRecord {
+        id: "et-box".into(),
+        labels: Default::default(),
+        site_id: Some("store-9".into()),
+        expires_at: at() + SignedDuration::from_hours(1),
+        uses_total: 3,
+        uses_left: 3,
+        revoked: false,
+        created_at: at(),
+        created_by: "test".into(),
+    };
+    s.create_enrollment_token("bound", &bound).unwrap();
+    for (b, role) in [("srv", "server"), ("agt-1", "agent"), ("agt-2", "agent")] {
+        s.enroll(&Enrollment {
+            token_hash: "bound".into(),
+            site_id: "store-9".into(),
+            box_id: b.into(),
+            role: role.into(),
+            device_key: "00".repeat(32),
+            agent_version: "1".into(),
+            at: at(),
+        })
+        .unwrap();
+    }
+    for round in 0..20 {
+        let rollout_id = format!("rb{round}");
+        s.create_rollout(
+            &rollout(&rollout_id),
+            &[RolloutSiteRecord {
+                rollout_id: rollout_id.clone(),
+                site_id: "store-9".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        let now = at() + SignedDuration::from_mins(1);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = ["agt-1", "agt-2"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, me)| {
+                let (store, barrier, rid) =
+                    (stores[i].clone(), barrier.clone(), rollout_id.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store
+                        .lease_box(
+                            &rid,
+                            "store-9",
+                            me,
+                            now,
+                            now + SignedDuration::from_hours(1),
+                            &|facts: &[(String, boxes::BoxFacts)]| {
+                                !facts
+                                    .iter()
+                                    .any(|(b, f)| b != me && f.lease_until.is_some_and(|u| u > now))
+                            },
+                        )
+                        .unwrap()
+                })
+            })
+            .collect();
+        let granted: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            granted.iter().filter(|g| **g).count(),
+            1,
+            "round {round}: {granted:?}"
+        );
+        let leased: Vec<String> = s
+            .rollout_boxes(&rollout_id, "store-9")
+            .unwrap()
+            .into_iter()
+            .filter(|(_, f)| f.lease_until.is_some())
+            .map(|(b, _)| b)
+            .collect();
+        assert_eq!(leased.len(), 1, "round {round}: {leased:?}");
+        // The rollout ends so that the site can join the next round's.
+        let mut done = rollout(&rollout_id);
+        done.status = RolloutStatus::Completed;
+        s.update_rollout(&done, &[]).unwrap();
+    }
+}
+
+mod boxes_at_once {
+    use super::*;
+    both_backends!(two_boxes_of_one_site_never_both_take_its_one_place);
+}

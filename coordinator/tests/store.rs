@@ -877,6 +877,7 @@ fn each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them(backen
             "srv",
             ts("2026-01-01T00:19:00Z"),
             ts("2026-01-01T02:00:00Z"),
+            &|_| true,
         )
         .unwrap();
     store

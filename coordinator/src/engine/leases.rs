@@ -300,15 +300,50 @@ impl Engine {
             "the lease's expiry (now + assignments.lease_ttl_secs)",
         )
         .map_err(|e| BoxLease::Failed(e.into()))?;
+        // Decided again on the box facts read in the granting transaction: another
+        // replica may have leased another box of the site since they were read above.
         let (rid, sid, bid) = (
             rollout_id.to_string(),
             site_id.to_string(),
             box_id.to_string(),
         );
-        self.db
-            .run(move |s| s.lease_box(&rid, &sid, &bid, now, until))
+        let decide = {
+            let (plan, boxes, sid, bid) = (
+                Arc::new(plan.clone()),
+                Arc::new(boxes),
+                site_id.to_string(),
+                box_id.to_string(),
+            );
+            move |facts: &[(String, crate::store::boxes::BoxFacts)]| {
+                if rollback {
+                    controller::boxes::box_rollback_decision(&plan, &sid, &boxes, facts, &bid)
+                } else {
+                    controller::boxes::box_lease_decision(&plan, &sid, &boxes, facts, &bid, now)
+                }
+            }
+        };
+        let decide = Arc::new(decide);
+        let d = decide.clone();
+        let granted = self
+            .db
+            .run(move |s| s.lease_box(&rid, &sid, &bid, now, until, &|f| d(f).is_ok()))
             .await
-            .map_err(|e| BoxLease::Failed(e.into()))
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        if granted {
+            return Ok(());
+        }
+        let (rid, sid) = (rollout_id.to_string(), site_id.to_string());
+        let facts = self
+            .db
+            .run(move |s| s.rollout_boxes(&rid, &sid))
+            .await
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        Err(match decide(&facts) {
+            Err(d) => BoxLease::Denied(d),
+            Ok(()) => BoxLease::Failed(EngineError::Storage(crate::store::StoreError::Conflict(
+                "another box of the site changed while this one was leased; ask again".into(),
+            ))),
+        })
     }
 
     /// What a lease decision needs of a rollout: from memory for a live rollout. A

@@ -839,7 +839,9 @@ pub trait Store: Send + Sync + 'static {
         site_id: &str,
     ) -> StoreResult<Vec<(String, boxes::BoxFacts)>>;
     /// Records that box `box_id` of a site holds a lease for the rollout from `at` until
-    /// `until` (a grant or a renewal).
+    /// `until` (a grant or a renewal), if `allow` accepts the site's box facts read in the
+    /// same transaction (false: refused, nothing written): two boxes of one site asking
+    /// two replicas at once never both take the site's last place.
     fn lease_box(
         &self,
         rollout_id: &str,
@@ -847,7 +849,8 @@ pub trait Store: Send + Sync + 'static {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-    ) -> StoreResult<()>;
+        allow: &(dyn Fn(&[(String, boxes::BoxFacts)]) -> bool + Sync),
+    ) -> StoreResult<bool>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(
         &self,

@@ -226,15 +226,21 @@ impl Store for SqliteStore {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-    ) -> StoreResult<()> {
+        allow: &(dyn Fn(&[(String, super::boxes::BoxFacts)]) -> bool + Sync),
+    ) -> StoreResult<bool> {
         self.write(|tx| {
-            let mut facts = reports::read_box_facts(tx, rollout_id, site_id)?
+            let all = reports::read_box_facts(tx, rollout_id, site_id)?;
+            if !allow(&all) {
+                return Ok(false);
+            }
+            let mut facts = all
                 .into_iter()
                 .find(|(b, _)| b == box_id)
                 .map(|(_, f)| f)
                 .unwrap_or_default();
             super::boxes::lease(&mut facts, at, until);
-            reports::write_box_facts(tx, rollout_id, site_id, box_id, &facts)
+            reports::write_box_facts(tx, rollout_id, site_id, box_id, &facts)?;
+            Ok(true)
         })
     }
 
