@@ -126,12 +126,22 @@ fn kill_at(
     let view = fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
     // The site counts once.
     let tally = &view.waves[0].tally;
-    assert_eq!((tally.sites, tally.succeeded), (1, 1), "{:?}", view.waves[0]);
+    assert_eq!(
+        (tally.sites, tally.succeeded),
+        (1, 1),
+        "{:?}",
+        view.waves[0]
+    );
     assert_eq!(fleet.operator.rollout_sites(&id)?.len(), 1);
     // Every node runs the new version, none is left cordoned.
     for n in nodes {
         assert_eq!(n.running(), TO, "node {}: {:?}", n.name, n.events());
-        assert!(!n.cordoned(), "node {} left cordoned: {:?}", n.name, n.events());
+        assert!(
+            !n.cordoned(),
+            "node {} left cordoned: {:?}",
+            n.name,
+            n.events()
+        );
     }
     assert_eq!(nodes[0].events(), upgraded("srv"));
     assert_eq!(nodes[2].events(), upgraded("agt-2"));
