@@ -6,7 +6,7 @@
 //! and refuses a drain without `--timeout`, a forced drain and a drain before the cordon.
 //!
 //! Layout, under a box's site root: `k3s/bin/{k3s,restart-k3s,kubectl}` and `k3s/state/`
-//! (what the node "runs", whether it is cordoned, its `events` log). The nodes of one site
+//! (what the node "runs", whether it is cordoned, its `events` log, its name in `node`). The nodes of one site
 //! form one cluster: each node's `state/cluster` lists every node, its role and its state
 //! directory, so `kubectl get nodes` answers with the versions the nodes run now and the
 //! executor's cluster skew check (servers first) is exercised for real.
@@ -59,8 +59,9 @@ fn write_script(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))
 }
 
-/// The stand-in `k3s` binary of `version` whose node comes up `health` (`ready` or
-/// `broken`), finding its state directory beside itself.
+/// The stand-in `k3s` binary of `version` whose node comes up `health` (`ready`, `broken`,
+/// or a shell expression that prints one of them), finding its state directory beside
+/// itself.
 pub fn stand_in_binary(version: &str, health: &str) -> Result<String> {
     render_fixture(
         "k3s",
@@ -116,6 +117,9 @@ impl StandInNode {
             &self.bin.join("kubectl"),
             &render_fixture("kubectl", &[("STATE", &st)])?,
         )?;
+        let name = self.state.join("node");
+        std::fs::write(&name, &self.name)
+            .map_err(|e| HarnessError::io(format!("writing {}", name.display()), e))?;
         let out = std::process::Command::new(self.bin.join("restart-k3s"))
             .output()
             .map_err(|e| HarnessError::io("running the stand-in restart", e))?;
@@ -126,10 +130,15 @@ impl StandInNode {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
+        self.forget_events();
+        Ok(())
+    }
+
+    /// Empties the node's `events` log (e.g. after a baseline install).
+    pub fn forget_events(&self) {
         for f in ["restarts", "events"] {
             let _ = std::fs::remove_file(self.state.join(f));
         }
-        Ok(())
     }
 
     /// Makes this node one of the cluster `nodes` (their names, roles and state dirs).
@@ -182,7 +191,7 @@ node_name = \"{box_id}\"
 cordon = true
 drain = true
 drain_timeout_secs = 60
-ready_timeout_secs = 60
+ready_timeout_secs = 10
 command_timeout_secs = 60
 cluster_skew_check = true
 "
@@ -198,7 +207,8 @@ pub struct K3sRelease {
     /// A Kubernetes version, e.g. `v1.31.2+k3s1`.
     pub version: String,
     pub counter: u64,
-    /// `ready`, or `broken` for a version whose node never becomes Ready.
+    /// `ready`, `broken` for a version whose node never becomes Ready, or a shell
+    /// expression printing one of them ([`K3sRelease::broken_on`]).
     pub health: String,
     pub install: BTreeMap<String, serde_json::Value>,
 }
@@ -213,6 +223,15 @@ impl K3sRelease {
             health: "ready".to_string(),
             install: BTreeMap::from([("verify_period_secs".to_string(), serde_json::json!(1))]),
         }
+    }
+
+    /// The same release, except that its node never becomes Ready on the node named
+    /// `node` (the stand-in binary reads its node's name from `<state>/node`).
+    pub fn broken_on(mut self, node: &str) -> K3sRelease {
+        self.health = format!(
+            "$(if [ \"$(cat \"{STATE_OF_BINARY}/node\")\" = {node} ]; then echo broken; else echo ready; fi)"
+        );
+        self
     }
 
     /// Writes `<dir>/k3s-<version>` (the stand-in binary).

@@ -169,7 +169,7 @@ fn kill_at(
 }
 
 /// The details of the killed box's recovery reports the coordinator stored for `rollout`:
-/// (phase, detail) of each report that starts `recovered after restart`.
+/// (phase, detail) of each report that says `recovered after restart`.
 fn recovery_reports(fleet: &Fleet, rollout: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(CoordinatorDb::new(fleet.coordinator.database())
         .reports("store-1")?
@@ -177,7 +177,7 @@ fn recovery_reports(fleet: &Fleet, rollout: &str) -> anyhow::Result<Vec<(String,
         .filter(|r| r.body["kind"] == "phase" && r.body["rollout_id"] == rollout)
         .filter_map(|r| {
             let detail = r.body["detail"].as_str()?;
-            detail.starts_with("recovered after restart").then(|| {
+            detail.contains("recovered after restart").then(|| {
                 (
                     r.body["phase"].as_str().unwrap_or_default().to_string(),
                     detail.to_string(),
@@ -210,16 +210,16 @@ fn stand_in_k3s_sigkill_of_the_second_box_mid_drain_recovers_finishes_and_uncord
                 "installing".to_string(),
                 format!(
                     "recovered after restart at step install (started): installing again \
-                     (found: node agt-1 left cordoned by this upgrade, {binary} not replaced yet)"
+                     (found: node agt-1 left cordoned by this upgrade, {binary} is the previous binary)"
                 )
             ),
             (
                 "committed".to_string(),
                 format!(
                     "recovered after restart at step install (started): finished the upgrade \
-                     (at restart: node agt-1 left cordoned by this upgrade, {binary} not \
-                     replaced yet; now: no node left cordoned by this upgrade, {binary} already \
-                     replaced by {TO} (<binary>.previous kept))"
+                     (at restart: node agt-1 left cordoned by this upgrade, {binary} is the \
+                     previous binary; now: no node left cordoned by this upgrade, {binary} is the \
+                     new binary ({TO}, <binary>.previous kept))"
                 )
             ),
         ]
@@ -241,7 +241,7 @@ fn stand_in_k3s_sigkill_of_the_second_box_mid_upgrade_recovers_finishes_and_coun
     assert_eq!(nodes[1].events(), upgraded("agt-1"));
     let binary = nodes[1].bin.join("k3s");
     let binary = binary.display();
-    let replaced = format!("{binary} already replaced by {TO} (<binary>.previous kept)");
+    let replaced = format!("{binary} is the new binary ({TO}, <binary>.previous kept)");
     assert_eq!(
         recovery_reports(&fleet, &id)?,
         [
@@ -262,5 +262,111 @@ fn stand_in_k3s_sigkill_of_the_second_box_mid_upgrade_recovers_finishes_and_coun
             ),
         ]
     );
+    Ok(())
+}
+
+#[test]
+fn stand_in_k3s_sigkill_of_the_second_box_mid_upgrade_of_a_node_that_never_gets_ready_rolls_back_and_fails_the_site_once()
+-> anyhow::Result<()> {
+    let (mut fleet, nodes) = store()?;
+    // The nodes run FROM through fleetwave first (a baseline: the binary is already the
+    // target, so only the restart runs), so that the site has a release to go back to.
+    let from = K3sRelease::ready(FROM, 1);
+    fleet.publish_k3s(&from)?;
+    let baseline = fleet.rollout(&plan(&from.id))?;
+    fleet.wait_rollout_status(&baseline, RolloutStatus::Completed)?;
+    for n in &nodes {
+        assert_eq!(n.events(), [format!("restart {FROM}")], "node {}", n.name);
+        n.forget_events();
+    }
+    // TO never gets Ready on agt-1; the agent dies right after its binary was swapped.
+    let bad = K3sRelease::ready(TO, 2).broken_on("agt-1");
+    fleet.publish_k3s(&bad)?;
+    let env = fleet.pause_env(KILLED, KUBERNETES_REPLACED)?;
+    fleet.start_agent_with(KILLED, &env)?;
+    let id = fleet.rollout(&plan(&bad.id).auto_rollback(true))?;
+    fleet.wait_paused(KILLED, KUBERNETES_REPLACED)?;
+    assert_eq!(nodes[0].running(), TO);
+    assert_eq!(nodes[1].events(), upgraded("agt-1")[..3]);
+    fleet
+        .site_mut(KILLED)?
+        .agent
+        .as_mut()
+        .expect("the agent runs")
+        .kill9()?;
+    fleet.start_agent(KILLED)?;
+    let (view, halt) = fleet.wait_halted(&id)?;
+    // Counted once, as one failure naming the box.
+    let tally = &view.waves[0].tally;
+    assert_eq!(
+        (tally.sites, tally.failed + tally.rolled_back),
+        (1, 1),
+        "{:?}",
+        view.waves[0]
+    );
+    let site = view.sites.iter().find(|s| s.site_id == "store-1").unwrap();
+    let said = format!("{site:?} / {}", halt.reason);
+    assert!(said.contains("box agt-1"), "{said}");
+    // The recovery restarted on the new binary, the node never got Ready, and it rolled
+    // back: the previous binary restored and restarted, the node uncordoned. The report
+    // says so.
+    assert_eq!(
+        nodes[1].events(),
+        [
+            "kubectl cordon agt-1".to_string(),
+            "kubectl drain agt-1 --ignore-daemonsets --delete-emptydir-data --timeout=60s".into(),
+            format!("snapshot {FROM}"),
+            format!("restart {TO}"),
+            format!("restart {FROM}"),
+            "kubectl uncordon agt-1".into(),
+        ]
+    );
+    let binary = nodes[1].bin.join("k3s");
+    let binary = binary.display();
+    let reports = recovery_reports(&fleet, &id)?;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[0],
+        (
+            "installing".to_string(),
+            format!(
+                "recovered after restart at step install (started): installing again (found: \
+                 node agt-1 left cordoned by this upgrade, {binary} is the new binary ({TO}, \
+                 <binary>.previous kept))"
+            )
+        )
+    );
+    assert_eq!(reports[1].0, "rolled_back", "{reports:?}");
+    assert!(
+        reports[1].1.contains("kube:node")
+            && reports[1].1.ends_with(&format!(
+                "; recovered after restart at step install (started): rolled back (at \
+                 restart: node agt-1 left cordoned by this upgrade, {binary} is the new binary \
+                 ({TO}, <binary>.previous kept); now: no node left cordoned by this upgrade, \
+                 {binary} is the previous binary)"
+            )),
+        "{reports:?}"
+    );
+    // The server, upgraded first, goes back (auto rollback); agt-2 was never touched; no
+    // node is left cordoned.
+    fleetwave_e2e::eventually_default("srv to roll back to FROM", || {
+        anyhow::ensure!(
+            nodes[0].running() == FROM,
+            "srv runs {}",
+            nodes[0].running()
+        );
+        anyhow::ensure!(!nodes[0].cordoned(), "{:?}", nodes[0].events());
+        Ok(())
+    })?;
+    assert_eq!(nodes[1].running(), FROM);
+    assert!(nodes[2].events().is_empty(), "{:?}", nodes[2].events());
+    for n in &nodes {
+        assert!(
+            !n.cordoned(),
+            "node {} left cordoned: {:?}",
+            n.name,
+            n.events()
+        );
+    }
     Ok(())
 }

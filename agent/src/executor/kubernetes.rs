@@ -525,12 +525,12 @@ impl KubernetesExecutor {
         };
         let binary = if replaced {
             format!(
-                "{} already replaced by {} (<binary>.previous kept)",
+                "{} is the new binary ({}, <binary>.previous kept)",
                 self.config.binary.display(),
                 self.target.text
             )
         } else {
-            format!("{} not replaced yet", self.config.binary.display())
+            format!("{} is the previous binary", self.config.binary.display())
         };
         format!("{node}, {binary}")
     }
