@@ -106,6 +106,20 @@ impl BoxFacts {
         }
     }
 
+    /// The facts a retry of the site starts the box from
+    /// ([`super::Store::reset_rollout_sites_for_retry`]): the attempt before's install
+    /// facts (phase, lease, commit, failure, unhealthy-after-commit, rollback) are gone,
+    /// so the box takes its turn again and a box that failed is no longer failed; its
+    /// health, last report and what it runs stay, as the site's row keeps its own.
+    pub fn for_new_attempt(&self) -> BoxFacts {
+        BoxFacts {
+            last_healthy_at: self.last_healthy_at,
+            last_report_at: self.last_report_at,
+            installed: self.installed.clone(),
+            ..BoxFacts::default()
+        }
+    }
+
     /// Committed the rollout's release: a rollback of the site takes this box back.
     pub fn upgraded(&self) -> bool {
         self.committed_at.is_some()
