@@ -1008,11 +1008,12 @@ fn many_sites_handshake_at_once_and_a_replayed_nonce_is_refused(backend: Backend
     );
 }
 
-/// A retry of a site of several boxes starts its boxes afresh, as it does the site's row:
-/// a box that failed is no longer failed, a box that committed takes its turn again, every
-/// lease is gone; their health and last-report times stay. A report of the new attempt
-/// then folds into the fresh facts: the old failure does not come back.
-fn a_retry_starts_the_boxes_of_a_site_afresh(backend: Backend) {
+/// A retry of a site of several boxes starts its failed box afresh, as it does the site's
+/// row: it is no longer failed, its lease and turn are gone, its health and last-report
+/// times stay. A box that committed the release keeps its facts (its agent does not
+/// install the release again). A late report of the previous attempt does not fail the
+/// box again; a report of the new attempt folds into the fresh facts.
+fn a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one(backend: Backend) {
     let (db, store) = setup(backend);
     let t0 = ts("2026-01-01T00:10:00Z");
     store
@@ -1085,25 +1086,27 @@ fn a_retry_starts_the_boxes_of_a_site_afresh(backend: Backend) {
     let after = store.rollout_boxes("r1", "store-9").unwrap();
     let ids: Vec<&str> = after.iter().map(|(b, _)| b.as_str()).collect();
     assert_eq!(ids, ["agt-1", "srv"]);
-    for (b, f) in &after {
-        assert_eq!(f.state(now), "waiting", "box {b}: {f:?}");
-        assert!(!f.failed() && !f.upgraded(), "box {b}: {f:?}");
-        assert_eq!(
-            (f.phase, f.committed_at, f.failed_at, f.failure.as_deref()),
-            (None, None, None, None),
-            "box {b}"
-        );
-        assert_eq!(
-            (f.first_leased_at, f.leased_at, f.lease_until),
-            (None, None, None),
-            "box {b}"
-        );
-    }
     let (agt1, srv) = (&after[0].1, &after[1].1);
-    assert_eq!(srv.last_healthy_at, Some(ts("2026-01-01T00:21:00Z")));
-    assert_eq!(srv.last_report_at, before[1].1.last_report_at);
-    assert!(srv.last_report_at.is_some());
+    assert_eq!(agt1.state(now), "waiting", "{agt1:?}");
+    assert!(!agt1.failed() && !agt1.upgraded(), "{agt1:?}");
+    assert_eq!(
+        (
+            agt1.phase,
+            agt1.committed_at,
+            agt1.failed_at,
+            agt1.failure.as_deref()
+        ),
+        (None, None, None, None)
+    );
+    assert_eq!(
+        (agt1.first_leased_at, agt1.leased_at, agt1.lease_until),
+        (None, None, None)
+    );
     assert_eq!(agt1.last_report_at, before[0].1.last_report_at);
+    assert!(agt1.last_report_at.is_some());
+    // srv committed and stayed healthy: it keeps its facts, and is done.
+    assert_eq!(srv, &before[1].1);
+    assert!(srv.done(), "{srv:?}");
     let site = row(&store);
     assert_eq!(
         (site.failure.as_deref(), site.failed_at, site.committed_at),
@@ -1143,7 +1146,7 @@ both_backends!(
     dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
     a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box,
     each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them,
-    a_retry_starts_the_boxes_of_a_site_afresh,
+    a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one,
     many_sites_handshake_at_once_and_a_replayed_nonce_is_refused,
 );
 

@@ -370,3 +370,56 @@ fn stand_in_k3s_sigkill_of_the_second_box_mid_upgrade_of_a_node_that_never_gets_
     }
     Ok(())
 }
+
+#[test]
+fn stand_in_k3s_a_retry_after_a_drain_a_disruption_budget_blocked_starts_the_boxes_afresh_and_completes()
+-> anyhow::Result<()> {
+    let (fleet, nodes) = store()?;
+    // The first drain of agt-1 fails as a PodDisruptionBudget would; the next one passes.
+    std::fs::write(nodes[1].state.join("drain-blocked"), "1")?;
+    let release = K3sRelease::ready(TO, 1);
+    fleet.publish_k3s(&release)?;
+    let id = fleet.rollout(&plan(&release.id).retry(2, 1))?;
+    let view = fleet.wait_rollout_status(&id, RolloutStatus::Completed)?;
+    let tally = &view.waves[0].tally;
+    assert_eq!(
+        (tally.sites, tally.succeeded),
+        (1, 1),
+        "{:?}",
+        view.waves[0]
+    );
+    assert!(
+        view.decisions.iter().any(|d| d.kind == "retried"),
+        "{:#?}",
+        view.decisions
+    );
+    for n in &nodes {
+        assert_eq!(n.running(), TO, "node {}: {:?}", n.name, n.events());
+        assert!(
+            !n.cordoned(),
+            "node {} left cordoned: {:?}",
+            n.name,
+            n.events()
+        );
+    }
+    // srv upgraded once (the retry kept its commit: it runs the release already); agt-1's
+    // first drain failed and the rollback uncordoned it, the retry upgraded it; then agt-2.
+    assert_eq!(nodes[0].events(), upgraded("srv"));
+    let mut want = vec![
+        "kubectl cordon agt-1".to_string(),
+        "kubectl drain agt-1 --ignore-daemonsets --delete-emptydir-data --timeout=60s".into(),
+        "kubectl uncordon agt-1".into(),
+    ];
+    want.extend(upgraded("agt-1"));
+    assert_eq!(nodes[1].events(), want);
+    assert_eq!(nodes[2].events(), upgraded("agt-2"));
+    // agt-1 is not failed any more, and agt-2's turn came after agt-1 committed.
+    let facts = CoordinatorDb::new(fleet.coordinator.database()).box_facts(&id, "store-1")?;
+    let of = |b: &str| facts.iter().find(|(id, _)| id == b).map(|(_, f)| f.clone());
+    let (agt1, agt2) = (of("agt-1").expect("agt-1"), of("agt-2").expect("agt-2"));
+    assert!(agt1["failed_at"].is_null(), "{agt1}");
+    let committed = time(&agt1, "committed_at").expect("agt-1 committed");
+    let started = time(&agt2, "first_leased_at").expect("agt-2 leased");
+    assert!(started > committed, "agt-2 {agt2} / agt-1 {agt1}");
+    Ok(())
+}
