@@ -13,7 +13,13 @@
 //! and reports which it did: the recovery's `installing` report says what it found (the
 //! node left cordoned, the binary replaced or not) and its `committed` report says
 //! `finished the upgrade` and what the node looks like now. The site then finishes box by
-//! box and counts once in its wave.
+//! box and counts once in its wave. When the new version never gets Ready on that node,
+//! the recovery's verify fails and it rolls back (binary restored, node uncordoned), its
+//! `rolled_back` report says so, and the site fails once, naming the box.
+//!
+//! Besides the kills: a drain that a PodDisruptionBudget blocks once fails agt-1, and the
+//! plan's `[retry]` starts the site again: agt-1 afresh, srv keeping its commit (it runs
+//! the release already), and the site completes.
 
 use fleetwave_e2e::fleet::PLACES;
 use fleetwave_e2e::inspect::CoordinatorDb;
