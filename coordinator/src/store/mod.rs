@@ -958,8 +958,9 @@ pub trait Store: Send + Sync + 'static {
     /// lease, assignment, commit, failure, self-rollback, unhealthy-after-commit) and any
     /// scheduled retry are cleared, their leases dropped and their `attempts` counted up
     /// by one, all in one transaction, so the next pass signs a new assignment and the
-    /// gate judges the new attempt alone. Health and last-report times stay. Returns each
-    /// site's new attempt number, in the order given.
+    /// gate judges the new attempt alone. Health and last-report times stay. The boxes of
+    /// a site of several boxes start afresh the same way ([`boxes::BoxFacts::for_new_attempt`]).
+    /// Returns each site's new attempt number, in the order given.
     fn reset_rollout_sites_for_retry(
         &self,
         rollout_id: &str,
