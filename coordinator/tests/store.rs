@@ -1037,7 +1037,14 @@ fn a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one(ba
     };
     let until = ts("2026-01-01T02:00:00Z");
     store
-        .lease_box("r1", "store-9", "srv", ts("2026-01-01T00:19:00Z"), until)
+        .lease_box(
+            "r1",
+            "store-9",
+            "srv",
+            ts("2026-01-01T00:19:00Z"),
+            until,
+            &|_| true,
+        )
         .unwrap();
     store
         .apply_report_group(&[from(
@@ -1049,7 +1056,14 @@ fn a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one(ba
         )])
         .unwrap();
     store
-        .lease_box("r1", "store-9", "agt-1", ts("2026-01-01T00:22:00Z"), until)
+        .lease_box(
+            "r1",
+            "store-9",
+            "agt-1",
+            ts("2026-01-01T00:22:00Z"),
+            until,
+            &|_| true,
+        )
         .unwrap();
     store
         .apply_report_group(&[from(
