@@ -468,24 +468,28 @@ impl Engine {
         let lease = self.lease_record(site_id, rollout_id, wave, now)?;
         let (db, facts) = (self.db.clone(), self.facts.clone());
         self.leases
-            .submit(lease.clone(), LEASE_GROUP, move || {
-                move |leases: Vec<LeaseRecord>| {
-                    let (db, facts) = (db.clone(), facts.clone());
-                    async move {
-                        let noted: Vec<(String, String, Timestamp)> = leases
-                            .iter()
-                            .map(|l| (l.rollout_id.clone(), l.site_id.clone(), l.granted_at))
-                            .collect();
-                        let outcomes = db.run(move |s| s.grant_leases(&leases)).await?;
-                        for ((rollout, site_id, at), o) in noted.into_iter().zip(&outcomes) {
-                            if o.is_ok() {
-                                facts.apply(&rollout, Update::Leased { site_id, at });
+            .submit(
+                lease.clone(),
+                self.db.group_limits(LEASE_GROUP),
+                move || {
+                    move |leases: Vec<LeaseRecord>| {
+                        let (db, facts) = (db.clone(), facts.clone());
+                        async move {
+                            let noted: Vec<(String, String, Timestamp)> = leases
+                                .iter()
+                                .map(|l| (l.rollout_id.clone(), l.site_id.clone(), l.granted_at))
+                                .collect();
+                            let outcomes = db.run(move |s| s.grant_leases(&leases)).await?;
+                            for ((rollout, site_id, at), o) in noted.into_iter().zip(&outcomes) {
+                                if o.is_ok() {
+                                    facts.apply(&rollout, Update::Leased { site_id, at });
+                                }
                             }
+                            Ok(outcomes)
                         }
-                        Ok(outcomes)
                     }
-                }
-            })
+                },
+            )
             .await?;
         crate::metrics::Metrics::count(&self.metrics.leases, "granted", 1);
         // No controller wake-up: a grant changes no gate input (only reports do), and at

@@ -32,7 +32,7 @@ impl Engine {
     pub async fn apply_reports(&self, input: ReportInput) -> Result<ReportOutcome, StoreError> {
         let (db, facts) = (self.db.clone(), self.facts.clone());
         self.reports
-            .submit(input, REPORT_GROUP, move || {
+            .submit(input, self.db.group_limits(REPORT_GROUP), move || {
                 move |inputs: Vec<ReportInput>| {
                     let (db, facts) = (db.clone(), facts.clone());
                     async move {

@@ -20,7 +20,6 @@ struct Reread {
     sites: Vec<(String, Option<SiteRecord>)>,
     boxes: Vec<(String, Vec<SiteBox>)>,
     assignments: Vec<(String, Option<AssignmentRecord>)>,
-    rollouts: Vec<crate::store::RolloutRecord>,
     members: Vec<(String, RolloutSiteRecord)>,
     releases: HashMap<String, Option<fleetwave_shared::Envelope>>,
     aborted: HashSet<String>,
@@ -107,6 +106,14 @@ impl Engine {
             return Ok(());
         }
         let freezes = changes.contains(&Change::Freezes);
+        let rollout_ids: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Rollout(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let records_changed = !rollout_ids.is_empty();
         let got = self
             .db
             .run(move |s| {
@@ -132,11 +139,8 @@ impl Engine {
                             }
                             r.assignments.push((id.clone(), a));
                         }
-                        Change::Rollout(id) => {
-                            if let Some(rec) = s.rollout(id)? {
-                                r.rollouts.push(rec);
-                            }
-                        }
+                        // Read below, under the engine lock.
+                        Change::Rollout(_) => {}
                         Change::Member {
                             rollout_id,
                             site_id,
@@ -191,13 +195,31 @@ impl Engine {
             };
             self.sites.set_assignment(a, release);
         }
-        let facts_changed = !got.rollouts.is_empty() || !got.members.is_empty();
+        // Rollouts' records are read and applied under the engine lock, which every local
+        // change to a record holds from its commit to its update in memory: a record read
+        // here is never older than one this replica already holds.
         let mut aborted_now = false;
-        for record in got.rollouts {
-            aborted_now |= matches!(record.status, RolloutStatus::Aborted);
-            let id = record.id.clone();
-            self.facts.apply(&id, Update::Record(record));
+        if !rollout_ids.is_empty() {
+            let _guard = self.lock.lock().await;
+            let records = self
+                .db
+                .run(move |s| {
+                    let mut out = Vec::new();
+                    for id in &rollout_ids {
+                        if let Some(rec) = s.rollout(id)? {
+                            out.push(rec);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await?;
+            for record in records {
+                aborted_now |= matches!(record.status, RolloutStatus::Aborted);
+                let id = record.id.clone();
+                self.facts.apply(&id, Update::Record(record));
+            }
         }
+        let facts_changed = records_changed || !got.members.is_empty();
         for (rollout_id, row) in got.members {
             self.facts.apply(&rollout_id, Update::Row(row));
         }

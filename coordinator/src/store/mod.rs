@@ -749,6 +749,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// At most this many requests go into one group-committed transaction (report
+    /// batches, lease grants). No bound of its own on SQLite (one writer); PostgreSQL keeps
+    /// groups small, see [`crate::store::postgres::MAX_GROUP_ITEMS`].
+    fn max_group_items(&self) -> usize {
+        usize::MAX
+    }
+
     /// A connection that hears the changes other replicas commit (see [`Change`]); None
     /// for a backend only one process opens. Blocking: run it on a thread of its own.
     fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
@@ -1250,6 +1257,17 @@ impl Db {
     /// See [`Store::shared_by_replicas`].
     pub fn shared_by_replicas(&self) -> bool {
         self.store.shared_by_replicas()
+    }
+
+    /// `limits` bounded by the store's [`Store::max_group_items`].
+    pub fn group_limits(
+        &self,
+        limits: crate::group_commit::GroupLimits,
+    ) -> crate::group_commit::GroupLimits {
+        crate::group_commit::GroupLimits {
+            max_items: limits.max_items.min(self.store.max_group_items()).max(1),
+            ..limits
+        }
     }
 
     /// See [`Store::change_feed`] (blocking: connects).

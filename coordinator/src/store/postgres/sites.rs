@@ -118,10 +118,12 @@ pub(super) fn touch_sites(s: &PgStore, seen: &[(String, Timestamp)]) -> StoreRes
     if seen.is_empty() {
         return Ok(());
     }
-    // In id order, so that two batches touching the same sites never deadlock.
+    // In id order, so that two batches touching the same sites never deadlock. READ
+    // COMMITTED: `GREATEST` is the whole rule and needs no snapshot; under SERIALIZABLE the
+    // flush of thousands of sites conflicted with report groups and failed.
     let mut seen: Vec<(&str, i64)> = seen.iter().map(|(id, at)| (id.as_str(), ms(*at))).collect();
     seen.sort();
-    s.write(|tx| {
+    s.write_committed(|tx| {
         let st = tx.prepare(
             "UPDATE sites SET last_seen = GREATEST(COALESCE(last_seen, 0), $2) WHERE id = $1",
         )?;

@@ -442,6 +442,10 @@ impl Store for PgStore {
         true
     }
 
+    fn max_group_items(&self) -> usize {
+        super::MAX_GROUP_ITEMS
+    }
+
     fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
         Ok(Some(Box::new(super::changes::open(self)?)))
     }
