@@ -188,6 +188,25 @@ fn a_lease_limit_counted_in_the_grant_holds_across_replicas(backend: Backend) {
     }
     let active = first.active_leases("r1", lease("s00").granted_at).unwrap();
     assert_eq!(active.len(), LIMIT as usize, "{active:?}");
+    // Many members' rows in one read (what a replica re-reads on others' changes) are
+    // each member's own row; pairs that are no member are left out.
+    let mut keys: Vec<(String, String)> = sites
+        .iter()
+        .map(|s| ("r1".to_string(), s.clone()))
+        .collect();
+    keys.push(("r1".into(), "no-such-site".into()));
+    keys.push(("no-such-rollout".into(), "s00".into()));
+    let mut rows = first.rollout_site_rows(&keys).unwrap();
+    rows.sort_by(|a, b| a.site_id.cmp(&b.site_id));
+    let one_by_one: Vec<RolloutSiteRecord> = sites
+        .iter()
+        .map(|s| first.rollout_site("r1", s).unwrap().unwrap())
+        .collect();
+    assert_eq!(rows, one_by_one);
+    assert_eq!(
+        rows.iter().filter(|r| r.leased_at.is_some()).count(),
+        LIMIT as usize
+    );
     // A site already holding its lease renews it: its own lease is not counted.
     let holder = active[0].site_id.clone();
     assert!(

@@ -141,15 +141,24 @@ impl Engine {
                         }
                         // Read below, under the engine lock.
                         Change::Rollout(_) => {}
+                        // Read below, all in one query.
+                        Change::Member { .. } => {}
+                        Change::Freezes => {}
+                    }
+                }
+                let members: Vec<(String, String)> = changes
+                    .iter()
+                    .filter_map(|c| match c {
                         Change::Member {
                             rollout_id,
                             site_id,
-                        } => {
-                            if let Some(row) = s.rollout_site(rollout_id, site_id)? {
-                                r.members.push((rollout_id.clone(), row));
-                            }
-                        }
-                        Change::Freezes => {}
+                        } => Some((rollout_id.clone(), site_id.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                for chunk in members.chunks(1000) {
+                    for row in s.rollout_site_rows(chunk)? {
+                        r.members.push((row.rollout_id.clone(), row));
                     }
                 }
                 r.aborted = rollout_status

@@ -962,6 +962,15 @@ pub trait Store: Send + Sync + 'static {
         rollout_id: &str,
         site_id: &str,
     ) -> StoreResult<Option<RolloutSiteRecord>>;
+    /// The rows of these (rollout, site) pairs that exist, in any order (a replica
+    /// re-reading the members other replicas changed). One read at a time by default.
+    fn rollout_site_rows(&self, keys: &[(String, String)]) -> StoreResult<Vec<RolloutSiteRecord>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (rollout_id, site_id) in keys {
+            out.extend(self.rollout_site(rollout_id, site_id)?);
+        }
+        Ok(out)
+    }
     /// Adds late joiners; sites already in an active rollout are left out (returns the added).
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>>;
     fn set_rollout_site_skipped(&self, rollout_id: &str, site_id: &str) -> StoreResult<()>;

@@ -136,6 +136,25 @@ pub(super) fn rollout_site(
     })
 }
 
+/// The rows of many (rollout, site) pairs in one query.
+pub(super) fn rollout_site_rows(
+    s: &PgStore,
+    keys: &[(String, String)],
+) -> StoreResult<Vec<RolloutSiteRecord>> {
+    let (rollouts, sites): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(r, s)| (r.as_str(), s.as_str())).unzip();
+    s.read(|c| {
+        let rows = c.query(
+            &rs_query(
+                "(rs.rollout_id, rs.site_id) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[]))",
+            ),
+            &[&rollouts, &sites],
+        )?;
+        collect(rows, rs_record)
+    })
+}
+
 pub(super) fn add_rollout_sites(
     s: &PgStore,
     members: &[RolloutSiteRecord],

@@ -362,6 +362,10 @@ impl Store for PgStore {
         rollouts::rollout_site(self, rollout_id, site_id)
     }
 
+    fn rollout_site_rows(&self, keys: &[(String, String)]) -> StoreResult<Vec<RolloutSiteRecord>> {
+        rollouts::rollout_site_rows(self, keys)
+    }
+
     fn add_rollout_sites(&self, members: &[RolloutSiteRecord]) -> StoreResult<Vec<String>> {
         rollouts::add_rollout_sites(self, members)
     }
