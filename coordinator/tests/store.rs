@@ -1123,6 +1123,10 @@ fn the_dashboard_reads_the_same_on_both_backends() {
                 ..Default::default()
             },
             SiteQuery {
+                search: Some("2".into()),
+                ..Default::default()
+            },
+            SiteQuery {
                 labels: [("region".to_string(), "us_east".to_string())].into(),
                 ..Default::default()
             },
@@ -1205,6 +1209,20 @@ fn the_dashboard_reads_the_same_on_both_backends() {
         sqlite
             .iter()
             .any(|a| a.contains("search: Some(\"eu\")") && a.contains(": 1 [\"s1 ")),
+        "{sqlite:#?}"
+    );
+    // Ids are found by their start (through the id index), in any case: "S2" finds s2,
+    // "2" (inside an id, in no label value) finds nothing.
+    assert!(
+        sqlite
+            .iter()
+            .any(|a| a.contains("search: Some(\"S2\")") && a.contains(": 1 [\"s2 ")),
+        "{sqlite:#?}"
+    );
+    assert!(
+        sqlite
+            .iter()
+            .any(|a| a.contains("search: Some(\"2\")") && a.ends_with(": 0 []")),
         "{sqlite:#?}"
     );
 }

@@ -17,7 +17,7 @@ use super::{ReportKind, StoreResult};
 /// Which sites a list or grid shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SiteQuery {
-    /// Part of the site id or of a label value (case-insensitive).
+    /// The start of the site id, or part of a label value (case-insensitive).
     pub search: Option<String>,
     /// Every `key=value` must match.
     pub labels: BTreeMap<String, String>,
@@ -49,6 +49,16 @@ pub struct GridCell {
     pub deferred_until_ms: Option<i64>,
     /// The site's version of the grid's chosen stream (when colouring by version).
     pub version: Option<String>,
+}
+
+/// The range of site ids that start with a search's text, `[low, high)`: a search finds
+/// sites by the start of their id through the id index (site ids are `[a-z0-9._-]`, so
+/// the text is matched in lower case and `~`, above every character of an id, closes the
+/// range), and by any part of a label value.
+pub fn id_prefix_range(text: &str) -> (String, String) {
+    let low = text.to_ascii_lowercase();
+    let high = format!("{low}~");
+    (low, high)
 }
 
 /// The fleet at a glance.

@@ -8,7 +8,9 @@ use ::postgres::types::ToSql;
 use fleetwave_shared::protocol::Event;
 
 use super::*;
-use crate::store::read::{DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow};
+use crate::store::read::{
+    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, id_prefix_range,
+};
 
 /// Reads on the store's pool.
 pub struct PgReadModel {
@@ -61,9 +63,13 @@ fn filter(q: &SiteQuery) -> (String, Vec<String>) {
         ));
     }
     if let Some(s) = q.search.as_ref().filter(|s| !s.is_empty()) {
+        // Ids by their start through the primary key (a range), label values by any part.
+        let (low, high) = id_prefix_range(s);
+        let (low, high) = (arg(low), arg(high));
         let p = arg(like_anywhere(s));
         conds.push(format!(
-            "(s.id ILIKE {p} ESCAPE '\\' OR EXISTS (SELECT 1 FROM site_labels WHERE site_id = s.id AND value ILIKE {p} ESCAPE '\\'))"
+            "s.id IN (SELECT id FROM sites WHERE id >= {low} AND id < {high} \
+             UNION SELECT site_id FROM site_labels WHERE value ILIKE {p} ESCAPE '\\')"
         ));
     }
     if let Some(state) = &q.state {
