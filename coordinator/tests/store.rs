@@ -1320,3 +1320,57 @@ fn the_postgres_store_speaks_tls_checked_against_the_configured_ca() {
         "{err}"
     );
 }
+
+/// A filtered sites list stops counting one past its count limit ("more than"), on both
+/// backends; the unfiltered list and a page near the end count exactly; a search finds
+/// ids by their start.
+#[test]
+fn filtered_site_lists_count_up_to_their_limit_on_both_backends() {
+    use fleetwave_coordinator::store::read::{SiteQuery, count_limit};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = setup(backend);
+        let at = ts("2026-01-01T00:00:00Z");
+        let sites: Vec<ImportedSite> = (0..1_100)
+            .map(|i| ImportedSite {
+                id: format!("site-{i:04}"),
+                device_key: "ab".repeat(32),
+                labels: [("region".to_string(), "eu".to_string())].into(),
+                at,
+            })
+            .collect();
+        let read = store.dashboard_read();
+        // The sites the setup made, if any.
+        let (_, before) = read.site_page(&SiteQuery::default(), 0, 1).unwrap();
+        store.import_sites(&sites, &[]).unwrap();
+        let eu = SiteQuery {
+            labels: [("region".to_string(), "eu".to_string())].into(),
+            ..Default::default()
+        };
+        let (rows, total) = read.site_page(&eu, 0, 10).unwrap();
+        assert_eq!(total, count_limit(0, 10) + 1, "{backend:?}");
+        assert_eq!(total, 1_011, "{backend:?}");
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"site-0000"), "{backend:?}");
+        assert_eq!(ids.len(), 10, "{backend:?}");
+        // Near the end the limit is past the matches: exact.
+        let (rows, total) = read.site_page(&eu, 1_095, 10).unwrap();
+        assert_eq!((rows.len(), total), (5, 1_100), "{backend:?}");
+        assert_eq!(rows[4].id, "site-1099", "{backend:?}");
+        // No filter: every site, exactly.
+        let (_, total) = read.site_page(&SiteQuery::default(), 0, 10).unwrap();
+        assert_eq!(total, 1_100 + before, "{backend:?}");
+        // A search: ids by their start, in any case.
+        let search = SiteQuery {
+            search: Some("SITE-00".into()),
+            ..Default::default()
+        };
+        let (rows, total) = read.site_page(&search, 0, 10).unwrap();
+        assert_eq!(total, 100, "{backend:?}");
+        assert_eq!(rows[9].id, "site-0009", "{backend:?}");
+        let inside = SiteQuery {
+            search: Some("te-00".into()),
+            ..Default::default()
+        };
+        assert_eq!(read.site_page(&inside, 0, 10).unwrap().1, 0, "{backend:?}");
+    }
+}

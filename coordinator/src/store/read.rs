@@ -61,6 +61,18 @@ pub fn id_prefix_range(text: &str) -> (String, String) {
     (low, high)
 }
 
+/// A filtered sites list counts its matches up to this many past its page.
+pub const SITE_COUNT_PAST_PAGE: u64 = 1_000;
+
+/// How many matches a filtered page at `offset` of `limit` sites counts at most
+/// ([`DashboardRead::site_page`]).
+pub fn count_limit(offset: u64, limit: u64) -> u64 {
+    offset
+        .saturating_add(limit)
+        .saturating_add(SITE_COUNT_PAST_PAGE)
+        .min(i64::MAX as u64 - 1)
+}
+
 /// The fleet at a glance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetCounts {
@@ -96,7 +108,9 @@ pub trait DashboardRead: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// One page of sites (ordered by id) and how many match in all.
+    /// One page of sites (ordered by id) and how many match: with a filter, counted up
+    /// to [`count_limit`] (`count_limit + 1` means "more than that": the matches past it
+    /// are not read); without one, every site, exactly.
     fn site_page(&self, q: &SiteQuery, offset: u64, limit: u64)
     -> StoreResult<(Vec<SiteRow>, u64)>;
 

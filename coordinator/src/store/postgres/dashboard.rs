@@ -9,7 +9,7 @@ use fleetwave_shared::protocol::Event;
 
 use super::*;
 use crate::store::read::{
-    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, id_prefix_range,
+    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, count_limit, id_prefix_range,
 };
 
 /// Reads on the store's pool.
@@ -198,9 +198,22 @@ impl DashboardRead for PgReadModel {
     ) -> StoreResult<(Vec<SiteRow>, u64)> {
         let (where_, args) = filter(q);
         self.with(|c| {
-            let total: i64 = c
-                .query_one(&format!("SELECT COUNT(*) FROM sites AS s{where_}"), &params(&args))?
-                .get(0);
+            // With a filter, counted up to one past the count limit ("more than").
+            let total: i64 = if where_.is_empty() {
+                c.query_one("SELECT COUNT(*) FROM sites", &[])?.get(0)
+            } else {
+                let most = count_limit(offset, limit) as i64 + 1;
+                let mut all = params(&args);
+                all.push(&most);
+                c.query_one(
+                    &format!(
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM sites AS s{where_} LIMIT ${}) AS x",
+                        args.len() + 1
+                    ),
+                    &all,
+                )?
+                .get(0)
+            };
             let n = args.len();
             let mut all = params(&args);
             let (limit, offset) = (limit.min(i64::MAX as u64) as i64, offset.min(i64::MAX as u64) as i64);

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::store::read::{
-    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, id_prefix_range,
+    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, count_limit, id_prefix_range,
 };
 use crate::store::{ReportKind, StoreError, StoreResult};
 
@@ -547,7 +547,9 @@ fn site_page(
             .collect::<Result<_, _>>()?;
         (ids, total as u64)
     } else {
-        // A filter: one pass over the matches gives both the total and the page.
+        // A filter: one pass over the matches gives both the total and the page; it stops
+        // one past the count limit ("more than"), so a large match is not read to its end.
+        let most = count_limit(offset, limit);
         let mut st = c.prepare_cached(&format!(
             "SELECT m.site_id FROM {} ORDER BY m.site_id",
             p.body.text
@@ -559,6 +561,9 @@ fn site_page(
                 ids.push(r.get(0)?);
             }
             total += 1;
+            if total > most {
+                break;
+            }
         }
         (ids, total)
     };
