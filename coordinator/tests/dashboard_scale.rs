@@ -269,15 +269,20 @@ async fn dashboard_pages_with_100k_sites() {
     drop(read);
 
     let mut web = WebClient::new(&h);
+    // Signing in ends on the overview: the first overview since the start, which waits for
+    // the first recount of the fleet.
+    let t = Instant::now();
     web.login(&h.admin).await;
+    println!(
+        "sign-in, ending on the first overview (waits for the first recount): {:.0} ms ({})",
+        t.elapsed().as_secs_f64() * 1000.0,
+        uptime()
+    );
     let pages = [
-        (
-            "overview, first (waits for a recount)",
-            "/ui/".to_string(),
-            false,
-        ),
-        // The recount took longer than the wait: kept, recounted in the background.
+        // The sign-in's recount took longer than the wait: the counts are kept, and
+        // recounted in the background once older than ten times the recount.
         ("overview, counts kept", "/ui/".to_string(), false),
+        ("overview, counts kept, 2nd", "/ui/".to_string(), false),
         ("rollout detail", format!("/ui/rollouts/{id}"), false),
         ("sites list, page 1", "/ui/sites".to_string(), false),
         (
@@ -328,7 +333,8 @@ async fn dashboard_pages_with_100k_sites() {
             "/ui/sites?q=city-49".to_string(),
             false,
         ),
-        ("overview, counts kept, again", "/ui/".to_string(), false),
+        // Past ten times the recount: answered with the kept counts while a recount runs.
+        ("overview, recount in background", "/ui/".to_string(), false),
     ];
     println!("uptime before the pages: {}", uptime());
     println!(
