@@ -1374,3 +1374,115 @@ fn filtered_site_lists_count_up_to_their_limit_on_both_backends() {
         assert_eq!(read.site_page(&inside, 0, 10).unwrap().1, 0, "{backend:?}");
     }
 }
+
+/// The overview's fleet counts equal a recount of every site's own row, on both backends,
+/// after enrollment, an import, reports (installs, health), contact, a decommission and a
+/// rollout with assignments.
+#[test]
+fn fleet_counts_equal_a_recount_of_every_site_on_both_backends() {
+    use fleetwave_coordinator::store::read::{FleetCounts, SiteQuery};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = setup(backend);
+        let at = ts("2026-01-01T00:00:00Z");
+        let now = ts("2026-01-01T02:00:00Z");
+        let stale_before = ts("2026-01-01T01:00:00Z");
+        let sites: Vec<ImportedSite> = (0..30)
+            .map(|i| ImportedSite {
+                id: format!("imp-{i:02}"),
+                device_key: "ab".repeat(32),
+                labels: [("region".to_string(), ["eu", "us"][i % 2].to_string())].into(),
+                at,
+            })
+            .collect();
+        store.import_sites(&sites, &[]).unwrap();
+        for i in 0..30 {
+            let id = format!("imp-{i:02}");
+            let mut events = Vec::new();
+            if i % 3 != 0 {
+                let v = if i % 2 == 0 { "2" } else { "1" };
+                events.push(installed(&format!("i{i}"), "pos", Some(v)));
+            }
+            if i % 5 == 1 {
+                events.push(installed(&format!("k{i}"), "k3s", Some("1.31")));
+            }
+            if i % 4 != 3 {
+                events.push(health(&format!("h{i}"), "2026-01-01T00:40:00Z", i % 7 != 2));
+            }
+            if !events.is_empty() {
+                store.apply_reports(&id, &events, now).unwrap();
+            }
+            if i % 2 == 0 {
+                store
+                    .touch_sites(&[(id.clone(), ts("2026-01-01T01:50:00Z"))])
+                    .unwrap();
+            }
+        }
+        for id in ["imp-04", "imp-05", "s2"] {
+            store.set_site_state(id, SiteState::Decommissioned).unwrap();
+        }
+        store
+            .create_rollout(
+                &rollout("r1"),
+                &[member("r1", "s1"), member("r1", "imp-01")],
+            )
+            .unwrap();
+        let read = store.dashboard_read();
+        let counts = read.fleet_counts(now, stale_before).unwrap();
+
+        // The recount: every site's row, one by one.
+        let (rows, total) = read.site_page(&SiteQuery::default(), 0, 1_000).unwrap();
+        assert_eq!(rows.len() as u64, total, "{backend:?}");
+        let mut want = FleetCounts::default();
+        let mut versions: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        let mut stalest = Vec::new();
+        for r in &rows {
+            want.total += 1;
+            if r.state != "active" {
+                want.decommissioned += 1;
+                continue;
+            }
+            want.active += 1;
+            match r.healthy {
+                Some(true) => want.healthy += 1,
+                Some(false) => want.unhealthy += 1,
+                None => want.health_unknown += 1,
+            }
+            if r.deferred_until.is_some_and(|d| d > now) {
+                want.deferred += 1;
+            }
+            if r.last_seen.is_none_or(|s| s < stale_before) {
+                want.stale += 1;
+                stalest.push((r.last_seen, r.id.clone()));
+            }
+            if r.versions.is_empty() {
+                want.no_version += 1;
+            }
+            for sv in &r.versions {
+                let (s, v) = sv.split_once(' ').unwrap();
+                *versions.entry((s.to_string(), v.to_string())).or_default() += 1;
+            }
+        }
+        let mut versions: Vec<(String, String, u64)> =
+            versions.into_iter().map(|((s, v), n)| (s, v, n)).collect();
+        versions.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        want.versions = versions;
+        stalest.sort();
+        want.stalest = stalest
+            .into_iter()
+            .take(10)
+            .map(|(s, id)| (id, s))
+            .collect();
+        assert_eq!(counts, want, "{backend:?}");
+        // The fleet is varied enough for the comparison to say something.
+        assert!(
+            want.decommissioned == 3
+                && want.unhealthy > 0
+                && want.health_unknown > 0
+                && want.stale > 0
+                && want.stale < want.active
+                && want.no_version > 0
+                && want.versions.len() == 3,
+            "{backend:?}: {want:?}"
+        );
+    }
+}
