@@ -8,7 +8,8 @@
 //! agent stands there. The agent then waits for ever at that point (a SIGTERM still stops
 //! it). A `FLEETWAVE_TEST_PAUSE_AT` without `FLEETWAVE_TEST_HOOKS=1` is ignored (and said
 //! so at start-up). Points: the journal steps (`prepare`, `install`, `verify`, `commit`,
-//! `rollback`: right after the step was recorded as started) and [`AFTER_SWITCH`]. The
+//! `rollback`: right after the step was recorded as started), [`AFTER_SWITCH`],
+//! [`KUBERNETES_CORDONED`] and [`KUBERNETES_REPLACED`]. The
 //! same variables reach the commands the agent runs (e.g. `fleetwave-demo-app restart`,
 //! which has pause points of its own).
 //!
@@ -23,6 +24,15 @@ pub const PAUSE_FILE: &str = "FLEETWAVE_TEST_PAUSE_FILE";
 
 /// `app` executor: `current` points at the new version, the restart command has not run.
 pub const AFTER_SWITCH: &str = "after_switch";
+
+/// `kubernetes` executor: the node is cordoned (its marker written), the drain has not
+/// started (mid-drain: nothing of k3s was changed yet).
+pub const KUBERNETES_CORDONED: &str = "kubernetes_cordoned";
+
+/// `kubernetes` executor: the new binary was renamed over the old one (`<binary>.previous`
+/// kept), the restart command has not run (mid-upgrade: the node is cordoned and still runs
+/// the old version).
+pub const KUBERNETES_REPLACED: &str = "kubernetes_replaced";
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -170,6 +170,19 @@ pub enum StorageBackend {
     Postgres,
 }
 
+/// What a replica that does not lead the wave controller does (`storage.followers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Followers {
+    /// Serves agents, operators and the dashboard like the leader, its memory kept
+    /// coherent through PostgreSQL notifications (every replica is active).
+    #[default]
+    Serve,
+    /// Answers 503 `standby` to everything but its health, readiness and metrics (one
+    /// replica serves at a time).
+    StandBy,
+}
+
 /// `[storage]`: the database backend and, for PostgreSQL, how to reach it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +206,9 @@ pub struct StorageConfig {
     /// another replica takes over within about this long. SQLite is one process: its
     /// coordinator always leads.
     pub leader_lease_secs: u64,
+    /// PostgreSQL: whether replicas that do not run the wave controller serve too
+    /// (`"serve"`, the default) or stand by (`"stand_by"`).
+    pub followers: Followers,
 }
 
 impl Default for StorageConfig {
@@ -205,6 +221,7 @@ impl Default for StorageConfig {
             ca_file: None,
             connect_timeout_secs: 10,
             leader_lease_secs: 10,
+            followers: Followers::Serve,
         }
     }
 }

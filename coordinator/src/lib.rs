@@ -13,6 +13,7 @@ pub mod api;
 pub mod artifact_store;
 pub mod backup;
 pub mod clock;
+pub mod coherence;
 pub mod config;
 pub mod controller;
 pub mod dashboard;

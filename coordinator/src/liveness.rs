@@ -33,9 +33,29 @@ pub struct ControllerStatus {
     /// Why this replica does not run passes although nothing is wrong: another replica
     /// leads the wave controller (see [`crate::leadership`]). None: it leads.
     pub standby: Option<String>,
+    /// Another replica leads (known from the database), as opposed to not knowing who
+    /// leads (the database does not answer).
+    pub follower: bool,
+    /// Why this replica's memory may not follow what other replicas commit (its change
+    /// feed is down, or reloading after it broke); None: it follows, or nothing else
+    /// writes (one process).
+    pub incoherent: Option<String>,
 }
 
 impl ControllerStatus {
+    /// Why this replica answers requests with 503 now (None: it serves): it does not know
+    /// which replica leads (the database does not answer), another replica leads and
+    /// followers stand by (`serve_as_follower` false: `storage.followers = "stand_by"`),
+    /// or its memory may not follow other replicas' writes.
+    pub fn refusal(&self, serve_as_follower: bool) -> Option<String> {
+        if let Some(standby) = &self.standby
+            && !(self.follower && serve_as_follower)
+        {
+            return Some(standby.clone());
+        }
+        self.incoherent.clone()
+    }
+
     /// Why the controller is not doing its job at `now`, in words; None when it is: the
     /// task runs and completed a pass within `stale_after` (counted from its start until
     /// its first pass).
@@ -88,6 +108,8 @@ impl Liveness {
                 stopped: None,
                 restarts: 0,
                 standby: None,
+                follower: false,
+                incoherent: None,
             }),
             up: metrics.controller_up.clone(),
             restarts: metrics.controller_restarts.clone(),
@@ -119,19 +141,34 @@ impl Liveness {
         self.status.send_modify(|s| match role {
             Role::Leader { .. } => {
                 s.standby = None;
+                s.follower = false;
                 s.started = Instant::now();
             }
             Role::Follower { holder } => {
+                s.follower = true;
                 s.standby = Some(format!(
                     "replica {holder} leads the wave controller; this one stands by"
                 ));
             }
             Role::Candidate => {
+                s.follower = false;
                 s.standby = Some(
                     "waiting to learn from the database which replica leads the wave controller"
                         .to_string(),
                 );
             }
+        });
+    }
+
+    /// Whether this replica's memory follows what other replicas commit (see
+    /// [`ControllerStatus::incoherent`]).
+    pub fn coherence(&self, problem: Option<String>) {
+        self.status.send_if_modified(|s| {
+            if s.incoherent == problem {
+                return false;
+            }
+            s.incoherent = problem;
+            true
         });
     }
 

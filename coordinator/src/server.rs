@@ -290,6 +290,10 @@ pub async fn start_with_clock(
         .first_claim(|role| app.controller.role(role))
         .await
         .context("claiming the wave controller's leadership")?;
+    // Other replicas' writes, followed in memory (PostgreSQL with serving followers).
+    let coherence = crate::coherence::start(app.clone())
+        .await
+        .context("listening for other replicas' changes")?;
     let controller = tokio::spawn(crate::supervisor::supervise(
         app.clone(),
         move |app| crate::supervisor::run_controller_for(app, leadership.clone()),
@@ -435,6 +439,9 @@ pub async fn start_with_clock(
         let _ = pruner.await;
         let _ = webhooks.await;
         let _ = silences.await;
+        if let Some(coherence) = coherence {
+            let _ = coherence.await;
+        }
         if let Err(e) = task_app.engine.flush_seen().await {
             tracing::warn!(error = %e, "final flush of last-seen times failed");
         }

@@ -134,6 +134,8 @@ mod tests {
             stopped: (!running).then(|| "it panicked: boom (restart 1 in 1s)".to_string()),
             restarts: 0,
             standby: None,
+            follower: false,
+            incoherent: None,
         }
     }
 

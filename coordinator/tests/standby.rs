@@ -1,8 +1,9 @@
-//! A coordinator that does not lead the wave controller stands by: over real HTTPS, on a
-//! real PostgreSQL server, it answers 503 `standby` with Retry-After (and `/readyz` says
-//! who leads) while another replica holds the leadership, serves once it took over, and
-//! resigns when it stops; with PostgreSQL down it answers 503 with Retry-After and is
-//! unready, and resumes when the database is back.
+//! A coordinator that does not lead the wave controller, over real HTTPS on a real
+//! PostgreSQL server: with `storage.followers = "stand_by"` it answers 503 `standby` with
+//! Retry-After (and `/readyz` says who leads) while another replica holds the
+//! leadership, serves once it took over, and resigns when it stops; by default it serves
+//! and is ready while another leads. With PostgreSQL down it answers 503 with Retry-After
+//! and is unready, and resumes when the database is back.
 
 mod backend;
 mod common;
@@ -57,7 +58,11 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
     })
     .await;
 
-    let h = Harness::with_config(&format!("{}leader_lease_secs = 3\n", t.storage_config())).await;
+    let h = Harness::with_config(&format!(
+        "{}leader_lease_secs = 3\nfollowers = \"stand_by\"\n",
+        t.storage_config()
+    ))
+    .await;
     let (status, _, body) = eventually("the coordinator stands by", || {
         let h = &h;
         async move {
@@ -98,6 +103,44 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
         Claim::Leader { token: 3 },
         "the stopped coordinator resigned"
     );
+}
+
+/// Another replica leads: this one, a follower, serves the API and is ready (its memory
+/// follows the database through its change feed), and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_follower_serves_while_another_replica_leads() {
+    let t = TestDb::new(Backend::Postgres);
+    let rival = Arc::new(Leadership::new(
+        Db::new(tokio::task::block_in_place(|| t.open())),
+        "replica-rival".into(),
+        Duration::from_secs(3),
+    ));
+    let (_stop, shutdown) = watch::channel(false);
+    let r = rival.clone();
+    tokio::spawn(async move {
+        r.lead(shutdown, |_| {}, |_| std::future::pending::<()>())
+            .await
+    });
+    eventually("the rival leads", || {
+        let role = rival.role();
+        async move { matches!(role, Role::Leader { .. }).then_some(()) }
+    })
+    .await;
+    let h = Harness::with_config(&format!("{}leader_lease_secs = 3\n", t.storage_config())).await;
+    eventually("the follower is ready", || {
+        let h = &h;
+        async move { (get(h, "/readyz").await.0 == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    let status = h.running.as_ref().unwrap().app.controller.status();
+    assert!(status.follower, "{status:?}");
+    assert!(
+        status.standby.is_some(),
+        "another replica leads: {status:?}"
+    );
+    let (status, _, body) = get(&h, "/v1/rollouts").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -877,6 +877,7 @@ fn each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them(backen
             "srv",
             ts("2026-01-01T00:19:00Z"),
             ts("2026-01-01T02:00:00Z"),
+            &|_| true,
         )
         .unwrap();
     store
@@ -1008,6 +1009,144 @@ fn many_sites_handshake_at_once_and_a_replayed_nonce_is_refused(backend: Backend
     );
 }
 
+/// A retry of a site of several boxes starts its failed box afresh, as it does the site's
+/// row: it is no longer failed, its lease and turn are gone, its health and last-report
+/// times stay. A box that committed the release keeps its facts (its agent does not
+/// install the release again). A late report of the previous attempt does not fail the
+/// box again; a report of the new attempt folds into the fresh facts.
+fn a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one(backend: Backend) {
+    let (db, store) = setup(backend);
+    let t0 = ts("2026-01-01T00:10:00Z");
+    store
+        .create_enrollment_token("bound", &token("et-9", Some("store-9"), 3, t0))
+        .unwrap();
+    let later = t0 + SignedDuration::from_mins(1);
+    for (b, role, key) in [("srv", "server", "aa"), ("agt-1", "agent", "bb")] {
+        store
+            .enroll(&box_enrollment("bound", b, role, key, later))
+            .unwrap();
+    }
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "store-9")])
+        .unwrap();
+    let from = |b: &str, events: Vec<Event>| ReportInput {
+        site_id: "store-9".into(),
+        box_id: Some(b.into()),
+        events,
+        received_at: ts("2026-01-01T01:00:00Z"),
+    };
+    let until = ts("2026-01-01T02:00:00Z");
+    store
+        .lease_box(
+            "r1",
+            "store-9",
+            "srv",
+            ts("2026-01-01T00:19:00Z"),
+            until,
+            &|_| true,
+        )
+        .unwrap();
+    store
+        .apply_report_group(&[from(
+            "srv",
+            vec![
+                phase("p1", "2026-01-01T00:20:00Z", Phase::Committed),
+                health("h1", "2026-01-01T00:21:00Z", true),
+            ],
+        )])
+        .unwrap();
+    store
+        .lease_box(
+            "r1",
+            "store-9",
+            "agt-1",
+            ts("2026-01-01T00:22:00Z"),
+            until,
+            &|_| true,
+        )
+        .unwrap();
+    store
+        .apply_report_group(&[from(
+            "agt-1",
+            vec![phase("p2", "2026-01-01T00:25:00Z", Phase::Failed)],
+        )])
+        .unwrap();
+    let row = |store: &Arc<dyn Store>| {
+        store
+            .rollout_sites("r1")
+            .unwrap()
+            .into_iter()
+            .find(|r| r.site_id == "store-9")
+            .unwrap()
+    };
+    assert!(row(&store).failure.is_some(), "{:?}", row(&store));
+    let now = ts("2026-01-01T00:30:00Z");
+    let before = store.rollout_boxes("r1", "store-9").unwrap();
+    assert_eq!(before[0].1.state(now), "failed", "agt-1: {:?}", before[0].1);
+    assert_eq!(
+        before[1].1.state(now),
+        "succeeded",
+        "srv: {:?}",
+        before[1].1
+    );
+
+    assert_eq!(
+        store
+            .reset_rollout_sites_for_retry("r1", &["store-9".to_string()])
+            .unwrap(),
+        [2]
+    );
+    // Kept across reopening, as every fact.
+    let store = db.open();
+    let after = store.rollout_boxes("r1", "store-9").unwrap();
+    let ids: Vec<&str> = after.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(ids, ["agt-1", "srv"]);
+    let (agt1, srv) = (&after[0].1, &after[1].1);
+    assert_eq!(agt1.state(now), "waiting", "{agt1:?}");
+    assert!(!agt1.failed() && !agt1.upgraded(), "{agt1:?}");
+    assert_eq!(
+        (
+            agt1.phase,
+            agt1.committed_at,
+            agt1.failed_at,
+            agt1.failure.as_deref()
+        ),
+        (None, None, None, None)
+    );
+    assert_eq!(
+        (agt1.first_leased_at, agt1.leased_at, agt1.lease_until),
+        (None, None, None)
+    );
+    assert_eq!(agt1.last_report_at, before[0].1.last_report_at);
+    assert!(agt1.last_report_at.is_some());
+    // srv committed and stayed healthy: it keeps its facts, and is done.
+    assert_eq!(srv, &before[1].1);
+    assert!(srv.done(), "{srv:?}");
+    let site = row(&store);
+    assert_eq!(
+        (site.failure.as_deref(), site.failed_at, site.committed_at),
+        (None, None, None)
+    );
+    assert_eq!(site.attempts, 2);
+    // The previous attempt's late self-rollback report is not counted again (it was
+    // then), and the new attempt's first report folds into the fresh facts: agt-1 is
+    // not failed.
+    store
+        .apply_report_group(&[from(
+            "agt-1",
+            vec![
+                phase("p2b", "2026-01-01T00:26:00Z", Phase::RolledBack),
+                phase("p3", "2026-01-01T00:40:00Z", Phase::Downloading),
+            ],
+        )])
+        .unwrap();
+    let site = row(&store);
+    assert_eq!((site.failure.as_deref(), site.failed_at), (None, None));
+    let agt1 = &store.rollout_boxes("r1", "store-9").unwrap()[0].1;
+    assert!(!agt1.failed(), "{agt1:?}");
+    assert_eq!(agt1.phase, Some(Phase::Downloading));
+}
+
 both_backends!(
     out_of_order_reports_never_move_facts_backwards_and_apply_once,
     one_active_rollout_per_site_and_counters_go_up,
@@ -1022,6 +1161,7 @@ both_backends!(
     dashboard_sessions_are_shared_by_every_coordinator_on_the_database,
     a_site_takes_new_boxes_refuses_the_same_box_again_and_rekeys_one_box,
     each_box_reports_into_its_own_facts_and_the_site_row_is_made_from_them,
+    a_retry_starts_the_failed_box_of_a_site_afresh_and_keeps_the_committed_one,
     many_sites_handshake_at_once_and_a_replayed_nonce_is_refused,
 );
 

@@ -50,6 +50,7 @@ pub async fn agent_idle(
             max_keepalive_connections: None,
             tick_millis: 1000,
             postgres_url: None,
+            replicas: 1,
         },
     )
     .await?;

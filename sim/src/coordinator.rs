@@ -86,6 +86,10 @@ pub struct Tuning {
     /// Keep the coordinator's state in this PostgreSQL database (`[storage] backend =
     /// "postgres"`) instead of the SQLite file in the setup directory.
     pub postgres_url: Option<String>,
+    /// Coordinator processes on that database (1 without it): replica `k` listens on
+    /// 127.0.0.`k+1` at the first one's port, so that `https://localhost:<port>` names
+    /// every replica and each simulated client resolves `localhost` to its own.
+    pub replicas: usize,
 }
 
 /// A running coordinator process.
@@ -151,6 +155,18 @@ fn free_port() -> anyhow::Result<u16> {
 impl Coordinator {
     /// Starts `bin serve` on a free loopback port and waits until `/readyz` answers.
     pub async fn start(bin: &Path, setup: &Setup, tuning: &Tuning) -> anyhow::Result<Self> {
+        Coordinator::start_replica(bin, setup, tuning, 0, free_port()?).await
+    }
+
+    /// Starts replica `k` (0: the first) listening on 127.0.0.`k+1`:`port` and waits until
+    /// its `/readyz` answers; every replica shares the setup's configuration.
+    pub async fn start_replica(
+        bin: &Path,
+        setup: &Setup,
+        tuning: &Tuning,
+        k: usize,
+        port: u16,
+    ) -> anyhow::Result<Self> {
         let mut text = std::fs::read_to_string(setup.dir.join("coordinator.toml"))?;
         text.push_str(&format!(
             "\n[poll]\ninterval_secs = {}\njitter_percent = 0\n\n[controller]\ntick_millis = {}\n",
@@ -174,12 +190,17 @@ impl Coordinator {
         }
         let config = setup.dir.join("sim.toml");
         std::fs::write(&config, text)?;
-        let port = free_port()?;
-        let log = std::fs::File::create(setup.dir.join("coordinator.log"))?;
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, 1 + k as u8);
+        let log_name = if k == 0 {
+            "coordinator.log".to_string()
+        } else {
+            format!("coordinator-{k}.log")
+        };
+        let log = std::fs::File::create(setup.dir.join(&log_name))?;
         let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("{ip}:{port}")])
             // FLEETWAVE_SIM_COORDINATOR_LOG=info shows e.g. how long issuing a wave took.
             .env(
                 "FLEETWAVE_LOG",
@@ -190,7 +211,7 @@ impl Coordinator {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = std::net::SocketAddr::from((ip, port));
         let mut c = Coordinator {
             child,
             pid,
@@ -204,7 +225,7 @@ impl Coordinator {
             if let Some(status) = c.child.try_wait()? {
                 bail!(
                     "the coordinator exited at start-up ({status}); see {}",
-                    setup.dir.join("coordinator.log").display()
+                    setup.dir.join(&log_name).display()
                 );
             }
             if let Ok(r) = c.admin.get(format!("{}/readyz", c.base)).send().await

@@ -51,6 +51,9 @@ pub struct Fleet {
     pub sites: Vec<Site>,
     /// The coordinator's PostgreSQL database (`--postgres-url`); none: its SQLite file.
     pub postgres_url: Option<String>,
+    /// Further coordinator processes on the same database (`--replicas`): the sites of
+    /// client shard `i` talk to replica `i % (1 + replicas.len())` (0: `coordinator`).
+    pub replicas: Vec<Coordinator>,
 }
 
 fn marker(dir: &Path) -> PathBuf {
@@ -114,6 +117,9 @@ impl Fleet {
             connections_per_client,
         } = *clients;
         let setup = Setup::open_or_create(dir)?;
+        if tuning.replicas > 1 && tuning.postgres_url.is_none() {
+            bail!("--replicas above 1 needs --postgres-url: SQLite is one process's database");
+        }
         let coordinator = Coordinator::start(bin, &setup, tuning).await?;
         println!(
             "coordinator: pid {} at {} (data {})",
@@ -121,6 +127,16 @@ impl Fleet {
             coordinator.base,
             setup.database().display()
         );
+        let mut replicas = Vec::new();
+        for k in 1..tuning.replicas.max(1) {
+            let r =
+                Coordinator::start_replica(bin, &setup, tuning, k, coordinator.addr.port()).await?;
+            println!("replica {k}: pid {} at {}", r.pid, r.addr);
+            replicas.push(r);
+        }
+        let addrs: Vec<std::net::SocketAddr> = std::iter::once(coordinator.addr)
+            .chain(replicas.iter().map(|r| r.addr))
+            .collect();
         let aborted = coordinator.abort_leftover_rollouts().await?;
         if aborted > 0 {
             println!("aborted {aborted} rollout(s) an earlier run left active");
@@ -132,7 +148,7 @@ impl Fleet {
                     client_timeout,
                     fresh_connections,
                     Some(shard_address(i)),
-                    coordinator.addr,
+                    addrs[i % addrs.len()],
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -207,22 +223,48 @@ impl Fleet {
             anchor,
             sites,
             postgres_url: tuning.postgres_url.clone(),
+            replicas,
         })
     }
 
     pub fn sample(&self) -> anyhow::Result<procstat::Sample> {
         Ok(procstat::sample(self.coordinator.pid)?)
     }
+
+    /// Every coordinator process: the first, then the replicas.
+    pub fn coordinators(&self) -> impl Iterator<Item = &Coordinator> {
+        std::iter::once(&self.coordinator).chain(self.replicas.iter())
+    }
+
+    /// A metric summed over every coordinator process.
+    pub async fn metric(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let mut sum = 0.0;
+        for c in self.coordinators() {
+            sum += c.metric(name, label).await?;
+        }
+        Ok(sum)
+    }
 }
 
-fn print_coordinator(label: &str, from: &procstat::Sample, to: &procstat::Sample) {
-    println!(
-        "  coordinator process (pid, from /proc): CPU {:.1}% of one core over {:.0} s, RSS {:.0} MiB now, {:.0} MiB peak",
-        procstat::cpu_percent(from, to),
-        to.at.duration_since(from.at).as_secs_f64(),
-        mib(to.rss_bytes),
-        mib(to.peak_rss_bytes),
-    );
+/// One sample of each coordinator process.
+type Samples = Vec<procstat::Sample>;
+
+fn print_coordinator(label: &str, from: &Samples, to: &Samples) {
+    let several = from.len() > 1;
+    for (k, (from, to)) in from.iter().zip(to).enumerate() {
+        let which = if !several {
+            "coordinator process".to_string()
+        } else {
+            format!("coordinator replica {k}")
+        };
+        println!(
+            "  {which} (pid, from /proc): CPU {:.1}% of one core over {:.0} s, RSS {:.0} MiB now, {:.0} MiB peak",
+            procstat::cpu_percent(from, to),
+            to.at.duration_since(from.at).as_secs_f64(),
+            mib(to.rss_bytes),
+            mib(to.peak_rss_bytes),
+        );
+    }
     let _ = label;
 }
 
@@ -330,7 +372,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
     tokio::time::sleep(o.interval.min(Duration::from_secs(90))).await;
     net.poll_latency.reset();
     net.report_latency.reset();
-    let s0 = fleet_sample(c)?;
+    let s0 = fleet_sample(c, &fleet.replicas)?;
     let (p0, r0, e0) = (
         net.polls.get(),
         net.report_events.get(),
@@ -339,7 +381,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
     let t0 = Instant::now();
     tokio::time::sleep(o.duration).await;
     let secs = t0.elapsed().as_secs_f64();
-    let s1 = fleet_sample(c)?;
+    let s1 = fleet_sample(c, &fleet.replicas)?;
     println!(
         "steady polling: {n} sites, every {:?}{} (load average {})",
         o.interval,
@@ -368,7 +410,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
         let plan = crate::coordinator::four_wave_plan(&release_id, o.executor.failure_rate);
         let id = c.create_rollout(&plan).await?;
         let _ = measured.set(id.clone());
-        let s0 = fleet_sample(c)?;
+        let s0 = fleet_sample(c, &fleet.replicas)?;
         let h0 = c.route_histogram("/v1/agent/poll").await?;
         let t0 = Instant::now();
         c.start_rollout(&id).await?;
@@ -390,7 +432,7 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let end = t0.elapsed();
-        let s1 = fleet_sample(c)?;
+        let s1 = fleet_sample(c, &fleet.replicas)?;
         let inside = c.route_histogram("/v1/agent/poll").await?.since(&h0);
         println!(
             "four-wave rollout {id} (shares 1%, 10%, 50%, rest; bake 0s; install {:?}, failure rate {}):",
@@ -433,8 +475,11 @@ pub async fn steady(fleet: Fleet, o: SteadyOptions) -> anyhow::Result<SteadyResu
     })
 }
 
-fn fleet_sample(c: &Coordinator) -> anyhow::Result<procstat::Sample> {
-    Ok(procstat::sample(c.pid)?)
+fn fleet_sample(c: &Coordinator, replicas: &[Coordinator]) -> anyhow::Result<Samples> {
+    std::iter::once(c)
+        .chain(replicas)
+        .map(|c| Ok(procstat::sample(c.pid)?))
+        .collect()
 }
 
 /// Long-poll wake-up: every site waits in a long poll; a one-wave rollout starts; how long
@@ -505,7 +550,7 @@ pub async fn long_poll(fleet: Fleet, wait: u32) -> anyhow::Result<u64> {
     // Let the last requests reach the coordinator and park.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let errors_before = net.errors.total();
-    let s0 = fleet_sample(c)?;
+    let s0 = fleet_sample(c, &fleet.replicas)?;
     let start = Instant::now();
     let _ = t0.set(start);
     c.start_rollout(&id).await?;
@@ -514,7 +559,7 @@ pub async fn long_poll(fleet: Fleet, wait: u32) -> anyhow::Result<u64> {
     while (received.get() as usize) < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let s1 = fleet_sample(c)?;
+    let s1 = fleet_sample(c, &fleet.replicas)?;
     println!(
         "long-poll wake-up: {n} sites waiting (long poll {wait} s), one wave opened (load average {})",
         procstat::load_average()
@@ -542,7 +587,7 @@ pub async fn long_poll(fleet: Fleet, wait: u32) -> anyhow::Result<u64> {
 /// heartbeats and phase reports), `concurrency` posts at a time; then resends every batch
 /// and checks that nothing was applied twice, by the answers, `/metrics` and the store.
 pub async fn reports(
-    fleet: Fleet,
+    mut fleet: Fleet,
     batch: usize,
     batches: usize,
     concurrency: usize,
@@ -555,7 +600,7 @@ pub async fn reports(
     };
     // Build every batch up front: the same bytes are sent twice.
     let mut work = Vec::new();
-    for mut site in fleet.sites {
+    for mut site in std::mem::take(&mut fleet.sites) {
         let mut site_batches = Vec::new();
         for b in 0..batches {
             let mut events = Vec::with_capacity(batch);
@@ -586,7 +631,7 @@ pub async fn reports(
             .iter()
             .flat_map(|(site, bs)| bs.iter().map(move |b| (site.clone(), b.clone())))
             .collect();
-        let s0 = fleet_sample(&fleet.coordinator)?;
+        let s0 = fleet_sample(&fleet.coordinator, &fleet.replicas)?;
         let started = Instant::now();
         futures_util::stream::iter(jobs.into_iter().map(|(site, events)| {
             let (net, accepted, duplicates) = (net.clone(), accepted.clone(), duplicates.clone());
@@ -605,7 +650,7 @@ pub async fn reports(
         .collect::<Vec<()>>()
         .await;
         let secs = started.elapsed().as_secs_f64();
-        let s1 = fleet_sample(&fleet.coordinator)?;
+        let s1 = fleet_sample(&fleet.coordinator, &fleet.replicas)?;
         let (a, d) = (
             accepted.load(Ordering::Relaxed),
             duplicates.load(Ordering::Relaxed),
@@ -622,7 +667,6 @@ pub async fn reports(
         results.push((a, d));
     }
     let metric = fleet
-        .coordinator
         .metric("fleetwave_report_events_total", "accepted")
         .await?;
     let pattern = format!("%-{run}-%");

@@ -106,6 +106,7 @@ pub async fn run(dir: &Path, bin: &Path, n: usize) -> anyhow::Result<()> {
             max_keepalive_connections: None,
             tick_millis: 200,
             postgres_url: None,
+            replicas: 1,
         },
     )
     .await?;

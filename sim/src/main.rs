@@ -81,6 +81,10 @@ struct Common {
     /// enrolled sites' keys.
     #[arg(long)]
     postgres_url: Option<String>,
+    /// Coordinator processes on the `--postgres-url` database, all serving (the simulated
+    /// sites are spread over them by client shard; the operator calls go to the first).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(Subcommand)]
@@ -350,6 +354,7 @@ async fn fleet_up(
             max_keepalive_connections: common.max_keepalive_connections,
             tick_millis: 200,
             postgres_url: common.postgres_url.clone(),
+            replicas: common.replicas,
         },
         &fleet::ClientOptions {
             timeout: client_timeout,

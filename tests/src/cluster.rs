@@ -30,6 +30,7 @@ use crate::plan::PlanSpec;
 use crate::process::{Process, Spawn};
 use crate::proxy::FaultProxy;
 use crate::release::{CommandRelease, DEMO_STREAM, DemoRelease};
+use crate::stand_in_k3s::K3sRelease;
 use crate::{eventually_default, free_port};
 
 /// Test tuning appended to the coordinator's generated config (documented keys only).
@@ -49,7 +50,8 @@ pub struct FleetOptions {
     /// Sites whose agent reaches the coordinator through its own [`FaultProxy`].
     pub proxied: BTreeSet<String>,
     /// Extra TOML appended to every agent's config; `{app_addr}` stands for the site's
-    /// demo app address (e.g. in a `[signals.demo]` scrape URL).
+    /// demo app address (e.g. in a `[signals.demo]` scrape URL), `{site_root}` for the
+    /// entry's directory and `{box_id}` for its box id (its entry id if it is no box).
     pub agent_extra: String,
     /// Sites that are enrolled but whose agent is not started (start with
     /// [`Fleet::start_agent`]).
@@ -437,10 +439,17 @@ impl Fleet {
     /// in order): the shared recipe with the harness's tuning (short long polls, no jitter,
     /// the app started with the site's labels) and [`FleetOptions::agent_extra`].
     fn agent_config(&self, site: &Site, urls: &[String]) -> Result<String> {
+        let box_id = self
+            .options
+            .boxes
+            .get(&site.spec.id)
+            .map_or(site.spec.id.as_str(), |b| b.id.as_str());
         let mut extra = self
             .options
             .agent_extra
-            .replace("{app_addr}", &site.app_addr.to_string());
+            .replace("{app_addr}", &site.app_addr.to_string())
+            .replace("{site_root}", &site.dirs.root.display().to_string())
+            .replace("{box_id}", box_id);
         if let Some(port) = self.peer_ports.get(&site.spec.id) {
             let others: Vec<String> = self
                 .peer_ports
@@ -604,6 +613,21 @@ impl Fleet {
     /// Builds and uploads a `command` release's artifact, signs it with the fleet's release
     /// key and publishes it.
     pub fn publish_command(&self, release: &CommandRelease) -> Result<api::ReleaseInfo> {
+        let dir = self.release_dir(&release.id)?;
+        let artifact = release.write_artifact(&dir)?;
+        let manifest = release.manifest_toml(&artifact);
+        let envelope = self.sign_manifest(
+            &release.id,
+            &artifact,
+            &manifest,
+            &self.coordinator.release_key,
+        )?;
+        self.operator.publish_release(&envelope)
+    }
+
+    /// Builds and uploads a stand-in k3s release's artifact (a stand-in `k3s` script, see
+    /// [`crate::stand_in_k3s`]), signs it with the fleet's release key and publishes it.
+    pub fn publish_k3s(&self, release: &K3sRelease) -> Result<api::ReleaseInfo> {
         let dir = self.release_dir(&release.id)?;
         let artifact = release.write_artifact(&dir)?;
         let manifest = release.manifest_toml(&artifact);

@@ -16,6 +16,8 @@
 //! - [`operator`]: the coordinator's operator API over HTTPS, for acting and observing.
 //! - [`release`]: demo app releases (artifact and manifest) for `fleetwave release sign`.
 //! - [`plan`]: rollout plans with short bake times, rendered as plan TOML.
+//! - [`stand_in_k3s`]: STAND-IN k3s nodes (scripts, not a real k3s) for boxes that use the
+//!   agent's `kubernetes` executor, and releases of the stand-in k3s.
 //!
 //! The scenarios themselves are in `tests/`. This crate never mocks a fleetwave part: if a
 //! scenario needs a binary, it spawns the real one.
@@ -34,6 +36,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod release;
+pub mod stand_in_k3s;
 
 pub use cluster::{BoxOf, Fleet, FleetOptions};
 pub use error::{HarnessError, Result};

@@ -1,15 +1,18 @@
 //! Three coordinator replicas on one real PostgreSQL server, over real processes: one leads
-//! the wave controller, the other two stand by (503 `standby`), and every agent lists all
-//! three (each site a different one first), as an HA deployment would.
+//! the wave controller, and all three serve (the followers' memory follows the database
+//! through PostgreSQL notifications); every agent lists all three (each site a different
+//! one first), as an HA deployment would.
 //!
-//! In the middle of a rollout, while a site holds an install lease and stands at a named
-//! pause point inside its install, the leading replica is killed with SIGKILL (and so is
-//! that site's agent). A standby takes over; then PostgreSQL itself is stopped: the
-//! replicas answer 503 with `Retry-After` and report unready; it is started again and one
-//! replica leads again. The rollout then completes, every report of every site was stored
-//! exactly once and none was lost (every outbox drains), and the wave's limit of two
-//! concurrent installs held across the failover (checked from the agents' own lease and
-//! commit times).
+//! The followers serve their sites from the first wave on: assignments the leader issued
+//! wake long polls parked on them, they take reports and grant leases of the limited wave
+//! (checked from their own metrics before anything fails over). In the middle of the
+//! rollout, while a site holds an install lease and stands at a named pause point inside
+//! its install, the leading replica is killed with SIGKILL (and so is that site's agent).
+//! Another takes over; then PostgreSQL itself is stopped: the replicas answer 503 with
+//! `Retry-After` and report unready; it is started again and every replica serves again.
+//! The rollout then completes, every report of every site was stored exactly once and none
+//! was lost (every outbox drains), and the wave's limit of two concurrent installs held
+//! across replicas and the failover (checked from the agents' own lease and commit times).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,8 +34,24 @@ fn operator_for(c: &Coordinator) -> anyhow::Result<Operator> {
     Ok(Operator::new(&c.url, &c.ca, &c.admin_token)?)
 }
 
-/// Waits until one of the running coordinators answers `/readyz` with 200 (it leads) and
-/// returns an operator talking to it.
+/// `name{result="result"}` from `c`'s `/metrics` (0 when absent).
+fn counter(c: &Coordinator, name: &str, result: &str) -> anyhow::Result<f64> {
+    let (status, _, body) = operator_for(c)?.answer("/metrics")?;
+    anyhow::ensure!(
+        status == 200,
+        "{}: /metrics answered {status}: {body}",
+        c.url
+    );
+    let prefix = format!("{name}{{result=\"{result}\"}} ");
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Waits until one of the running coordinators answers `/readyz` with 200 and returns an
+/// operator talking to it.
 fn wait_leader(fleet: &Fleet, what: &str) -> anyhow::Result<(String, Operator)> {
     Ok(eventually_default(what, || {
         let mut answers = Vec::new();
@@ -87,12 +106,15 @@ fn three_replicas_survive_the_leader_killed_mid_rollout_and_postgresql_stopped()
             ..FleetOptions::default()
         },
     )?;
-    // The standbys refuse and say who leads; the first coordinator leads.
+    // The followers serve and are ready; the first coordinator leads.
     for replica in &fleet.replicas {
-        let (status, retry_after, body) = operator_for(replica)?.answer("/v1/rollouts")?;
-        assert_eq!(status, 503, "{body}");
-        assert!(retry_after.is_some(), "a standby's 503 carries Retry-After");
-        assert!(body.contains("\"standby\""), "{body}");
+        let op = operator_for(replica)?;
+        eventually_default(&format!("{} to serve", replica.url), || {
+            let (status, _, body) = op.answer("/v1/rollouts")?;
+            anyhow::ensure!(status == 200, "answered {status}: {body}");
+            anyhow::ensure!(op.probe("/readyz")? == 200, "not ready");
+            Ok(())
+        })?;
     }
 
     // general-1 stops inside its install (the journal's `install` step recorded, its
@@ -110,6 +132,18 @@ fn three_replicas_survive_the_leader_killed_mid_rollout_and_postgresql_stopped()
         vec![WaveSpec::new("pigs").only("cohort", "pig"), rest],
     ))?;
     let paused = fleet.wait_paused("general-1", "install")?;
+    // Before anything failed over, each follower served its own sites: pig-2 and
+    // general-3 talk to the first follower first, general-1 and general-4 to the second.
+    // Each handed out assignments the leader issued (a long poll parked on it woke) and
+    // took reports; general-1 holds its lease of the limited wave from the second.
+    for replica in &fleet.replicas {
+        let served = counter(replica, "fleetwave_polls_total", "assignment")?;
+        let reports = counter(replica, "fleetwave_report_events_total", "accepted")?;
+        assert!(served >= 1.0, "{} served no assignment", replica.url);
+        assert!(reports >= 1.0, "{} took no report", replica.url);
+    }
+    let granted = counter(&fleet.replicas[1], "fleetwave_leases_total", "granted")?;
+    assert!(granted >= 1.0, "{} granted no lease", fleet.replicas[1].url);
 
     // SIGKILL the leader and the paused agent.
     let leader_url = fleet.coordinator.url.clone();

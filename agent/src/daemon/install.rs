@@ -25,12 +25,35 @@ impl Daemon {
             release = %entry.release_id, step = entry.step.as_str(), state = entry.state.as_str(),
             decision = ?decision, "found an unfinished install; recovering"
         );
-        let detail = |what: &str| {
-            format!(
-                "recovered after restart at step {} ({}): {what}",
-                entry.step.as_str(),
-                entry.state.as_str()
-            )
+        // What the interrupted run left on the box, as the executor sees it.
+        let found = match current
+            .as_ref()
+            .ok()
+            .map(|a| a.release.clone())
+            .or_else(|| self.release_to_roll_back(&entry))
+            .and_then(|r| Executor::for_release(&self.ctx.config.executor, &r, false).ok())
+        {
+            Some(executor) => executor.recovery_found().await,
+            None => None,
+        };
+        let prefix = format!(
+            "recovered after restart at step {} ({})",
+            entry.step.as_str(),
+            entry.state.as_str()
+        );
+        let detail = |what: &str| match &found {
+            Some(f) => format!("{prefix}: {what} (found: {f})"),
+            None => format!("{prefix}: {what}"),
+        };
+        self.recovery = match decision {
+            Recovery::Abandon | Recovery::Resume | Recovery::FinishCommit => None,
+            Recovery::RollBack
+            | Recovery::FinishRollback
+            | Recovery::Reinstall
+            | Recovery::Reverify => Some(super::Recovering {
+                prefix: prefix.clone(),
+                found: found.clone(),
+            }),
         };
         match decision {
             Recovery::Abandon => {
@@ -155,6 +178,7 @@ impl Daemon {
     ) -> Result<Next, DaemonError> {
         let a = &accepted.assignment;
         let r = &accepted.release;
+        self.recovery = None;
         let lease_id = match &self.session {
             Some(session) => {
                 let timeout = Duration::from_secs(self.ctx.config.coordinator.request_timeout_secs);
@@ -377,6 +401,9 @@ impl Daemon {
                     return self.restart_into_new_agent(entry, &release).await;
                 }
                 (Action::Finish, State::Done(Outcome::Committed), _) => {
+                    if let (Some(r), Some(executor)) = (self.recovery.take(), &executor) {
+                        self.note = Some(r.ended("finished the upgrade", executor).await);
+                    }
                     self.record_commit(entry, &release)?;
                     return Ok(Next::Idle);
                 }

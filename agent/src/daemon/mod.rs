@@ -92,6 +92,28 @@ enum Next {
     Exit,
 }
 
+/// An install the daemon is recovering after a restart ([`Daemon::recovery`]).
+#[derive(Debug, Clone)]
+struct Recovering {
+    /// `recovered after restart at step <step> (<state>)`.
+    prefix: String,
+    /// What the executor found on the box at restart (`kubernetes`: the cordon, the binary).
+    found: Option<String>,
+}
+
+impl Recovering {
+    /// The report of how the recovery ended (`what`: `finished the upgrade`, `rolled
+    /// back`), with what the executor found at restart and finds now.
+    async fn ended(&self, what: &str, executor: &crate::executor::Executor) -> String {
+        match (&self.found, executor.recovery_found().await) {
+            (Some(then), Some(now)) => {
+                format!("{}: {what} (at restart: {then}; now: {now})", self.prefix)
+            }
+            _ => format!("{}: {what}", self.prefix),
+        }
+    }
+}
+
 /// The running daemon.
 pub struct Daemon {
     ctx: Context,
@@ -102,6 +124,10 @@ pub struct Daemon {
     last_wait: Option<String>,
     /// Detail for the next `committed` phase event (set by recovery).
     note: Option<String>,
+    /// An install being recovered after a restart: how the recovery report began
+    /// (`recovered after restart at step ...`) and what the executor found then. Its
+    /// `committed` or `rolled_back` report says which of the two ended it.
+    recovery: Option<Recovering>,
     /// Back-off of a download that failed in a retryable way.
     downloads: StepPacer,
     /// Back-off of a rollback that failed.
@@ -147,6 +173,7 @@ impl Daemon {
             etag: None,
             last_wait: None,
             note: None,
+            recovery: None,
             downloads: StepPacer::downloads(&ctx_poll),
             rollbacks: StepPacer::rollbacks(&ctx_install),
             staging: None,

@@ -58,13 +58,20 @@ impl Daemon {
         // The attempts that failed before this one (kept across restarts).
         let prior = RollbackFailing::load(&self.ctx.store, entry.id)?.map_or(0, |f| f.failures);
         let release = self.release_to_roll_back(entry);
+        let mut ended = None;
         let (event, error) = match &release {
             None => (Event::Refused, None),
             Some(release) => {
                 match Executor::for_release(&self.ctx.config.executor, release, true) {
                     Err(e) => (Event::NoExecutor, Some(e)),
                     Ok(ex) => match ex.rollback().await {
-                        Ok(()) => (Event::Succeeded, None),
+                        Ok(()) => {
+                            // A recovery after a restart says how it ended.
+                            if let Some(r) = self.recovery.take() {
+                                ended = Some(r.ended("rolled back", &ex).await);
+                            }
+                            (Event::Succeeded, None)
+                        }
                         Err(e) => (
                             Event::Failed {
                                 retryable: e.is_retryable(),
@@ -94,6 +101,13 @@ impl Daemon {
             (next, _, None) => unreachable!("rollback: {next:?} without an error"),
         };
         self.rollbacks.succeeded();
+        let why = match &ended {
+            // `why` already names the recovery when the recovery itself rolled back.
+            Some(ended) if why.starts_with("recovered after restart") => ended.clone(),
+            Some(ended) => format!("{why}; {ended}"),
+            None => why.to_string(),
+        };
+        let why = why.as_str();
         if RollbackFailing::load(&self.ctx.store, entry.id)?.is_some() {
             self.ctx.store.delete_meta(RollbackFailing::META_KEY)?;
         }

@@ -431,6 +431,7 @@ impl KubernetesExecutor {
                 .await?;
             }
             binary::replace(&self.config.binary, &self.artifact.sha256, Step::Install).await?;
+            crate::test_hooks::pause(crate::test_hooks::KUBERNETES_REPLACED).await;
         }
         run_checked(
             Step::Install,
@@ -467,6 +468,7 @@ impl KubernetesExecutor {
                 message: format!("cordoning node {node}: {message}"),
             })?;
         tracing::info!(%node, "node cordoned");
+        crate::test_hooks::pause(crate::test_hooks::KUBERNETES_CORDONED).await;
         if self.config.drain {
             let timeout = format!("--timeout={}s", self.config.drain_timeout_secs);
             let mut args = vec!["drain", node.as_str()];
@@ -505,6 +507,32 @@ impl KubernetesExecutor {
         tokio::fs::remove_file(&marker)
             .await
             .map_err(|e| ExecError::io("removing", &marker, e))
+    }
+
+    /// What an interrupted run of this release left on the node, for the agent's recovery
+    /// report: whether the node is still cordoned by it and whether the binary was
+    /// already replaced.
+    pub async fn recovery_found(&self) -> String {
+        let cordoned = tokio::fs::read_to_string(self.cordon_marker())
+            .await
+            .ok()
+            .map(|n| n.trim().to_string());
+        let replaced = binary::file_sha256(&self.config.binary).await.as_deref()
+            == Some(self.artifact.sha256.as_str());
+        let node = match cordoned {
+            Some(node) => format!("node {node} left cordoned by this upgrade"),
+            None => "no node left cordoned by this upgrade".into(),
+        };
+        let binary = if replaced {
+            format!(
+                "{} is the new binary ({}, <binary>.previous kept)",
+                self.config.binary.display(),
+                self.target.text
+            )
+        } else {
+            format!("{} is the previous binary", self.config.binary.display())
+        };
+        format!("{node}, {binary}")
     }
 
     fn node(&self) -> Result<String, ExecError> {

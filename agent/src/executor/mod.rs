@@ -459,6 +459,16 @@ impl Executor {
         }
     }
 
+    /// What an interrupted install of this release left behind, as far as the executor
+    /// can tell (for the recovery report); `None` for the kinds that say nothing more than
+    /// the journal does.
+    pub async fn recovery_found(&self) -> Option<String> {
+        match self {
+            Executor::Kubernetes(e) => Some(e.recovery_found().await),
+            Executor::App(_) | Executor::Agent(_) | Executor::Command(_) => None,
+        }
+    }
+
     /// The release is already installed (by version), e.g. after a crash right after
     /// commit: the daemon may skip to recording it.
     pub async fn is_target_installed(&self) -> Result<bool, ExecError> {

@@ -32,7 +32,8 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<ServiceStatus>, 
             format!("database is not reachable: {e}"),
         )
     })?;
-    if let Some(standby) = app.controller.status().standby {
+    let serve = app.config.storage.followers == crate::config::Followers::Serve;
+    if let Some(standby) = app.controller.status().refusal(serve) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "standby",

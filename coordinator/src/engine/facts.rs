@@ -50,6 +50,9 @@ pub enum Update {
     Moved { site_id: String, wave: u32 },
     /// The rollout's own record was saved.
     Record(RolloutRecord),
+    /// The site's row as another replica committed it: taken over whole (a new member
+    /// joins).
+    Row(RolloutSiteRecord),
 }
 
 enum Entry {
@@ -196,7 +199,15 @@ fn apply(l: &mut Loaded, update: Update) {
         | Update::Retried { site_id, .. }
         | Update::RetryScheduled { site_id, .. }
         | Update::Bundled { site_id, .. } => Some(site_id.clone()),
-        Update::Reported(_) | Update::Joined(_) | Update::Moved { .. } | Update::Record(_) => None,
+        // A row from another replica whose wave is unchanged changes that site only.
+        Update::Row(row) if l.site(&row.site_id).is_some_and(|s| s.wave == row.wave) => {
+            Some(row.site_id.clone())
+        }
+        Update::Reported(_)
+        | Update::Joined(_)
+        | Update::Moved { .. }
+        | Update::Record(_)
+        | Update::Row(_) => None,
     };
     let record = matches!(update, Update::Record(_));
     apply_row(l, update);
@@ -293,6 +304,13 @@ fn apply_row(l: &mut Loaded, update: Update) {
             }
         }
         Update::Record(record) => l.record = record,
+        Update::Row(row) => match l
+            .sites
+            .binary_search_by(|s| s.site_id.as_str().cmp(&row.site_id))
+        {
+            Ok(i) => l.sites[i] = row,
+            Err(i) => l.sites.insert(i, row),
+        },
     }
 }
 

@@ -28,6 +28,42 @@ enum BoxLease {
     Failed(EngineError),
 }
 
+/// A lease decision's inputs other than the active leases, owned, so that the granting
+/// transaction can decide again on the leases it counts ([`Engine::grant_counted`]).
+struct Recheck {
+    plan: Arc<RolloutPlan>,
+    status: RolloutStatus,
+    current_wave: Option<u32>,
+    site_wave: Option<u32>,
+    labels: std::collections::BTreeMap<String, String>,
+    assignment_sequence: Option<u64>,
+    requested_sequence: u64,
+    deferred_until: Option<Timestamp>,
+    freezes: Arc<Vec<fleetwave_shared::window::Freeze>>,
+    holds_lease: bool,
+}
+
+impl Recheck {
+    fn context(&self, counts: &crate::store::LeaseCounts) -> controller::LeaseContext<'_> {
+        let (compartment_sites, compartment_active_leases) = counts.compartment.unwrap_or((0, 0));
+        controller::LeaseContext {
+            plan: &self.plan,
+            status: self.status,
+            current_wave: self.current_wave,
+            site_wave: self.site_wave,
+            site_labels: &self.labels,
+            assignment_sequence: self.assignment_sequence,
+            requested_sequence: self.requested_sequence,
+            deferred_until: self.deferred_until,
+            freezes: &self.freezes,
+            holds_lease: self.holds_lease,
+            wave_active_leases: counts.wave_active,
+            compartment_active_leases,
+            compartment_sites,
+        }
+    }
+}
+
 /// What a lease decision reads of a rollout.
 struct LeaseFacts {
     plan: Arc<RolloutPlan>,
@@ -188,6 +224,31 @@ impl Engine {
                     BoxLease::Failed(e) => e,
                 })?;
         }
+        if limited && self.db.shared_by_replicas() {
+            // Other replicas grant this wave's leases too: count again in the granting
+            // transaction, so that the limit holds across all of them.
+            let recheck = Recheck {
+                plan: plan.clone(),
+                status,
+                current_wave,
+                site_wave: ctx.site_wave,
+                labels: site_rec.labels.clone(),
+                assignment_sequence: ctx.assignment_sequence,
+                requested_sequence: req.sequence,
+                deferred_until: site_rec.deferred_until,
+                freezes: freezes.clone(),
+                holds_lease,
+            };
+            let granted = self
+                .grant_counted(site_id, rollout_id, site_wave.unwrap_or(0), now, recheck)
+                .await
+                .map_err(|e| match e {
+                    BoxLease::Denied(d) => deny(d),
+                    BoxLease::Failed(e) => e,
+                });
+            drop(guard);
+            return granted;
+        }
         if limited {
             let granted = self
                 .grant(site_id, rollout_id, site_wave.unwrap_or(0), now)
@@ -239,15 +300,50 @@ impl Engine {
             "the lease's expiry (now + assignments.lease_ttl_secs)",
         )
         .map_err(|e| BoxLease::Failed(e.into()))?;
+        // Decided again on the box facts read in the granting transaction: another
+        // replica may have leased another box of the site since they were read above.
         let (rid, sid, bid) = (
             rollout_id.to_string(),
             site_id.to_string(),
             box_id.to_string(),
         );
-        self.db
-            .run(move |s| s.lease_box(&rid, &sid, &bid, now, until))
+        let decide = {
+            let (plan, boxes, sid, bid) = (
+                Arc::new(plan.clone()),
+                Arc::new(boxes),
+                site_id.to_string(),
+                box_id.to_string(),
+            );
+            move |facts: &[(String, crate::store::boxes::BoxFacts)]| {
+                if rollback {
+                    controller::boxes::box_rollback_decision(&plan, &sid, &boxes, facts, &bid)
+                } else {
+                    controller::boxes::box_lease_decision(&plan, &sid, &boxes, facts, &bid, now)
+                }
+            }
+        };
+        let decide = Arc::new(decide);
+        let d = decide.clone();
+        let granted = self
+            .db
+            .run(move |s| s.lease_box(&rid, &sid, &bid, now, until, &|f| d(f).is_ok()))
             .await
-            .map_err(|e| BoxLease::Failed(e.into()))
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        if granted {
+            return Ok(());
+        }
+        let (rid, sid) = (rollout_id.to_string(), site_id.to_string());
+        let facts = self
+            .db
+            .run(move |s| s.rollout_boxes(&rid, &sid))
+            .await
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        Err(match decide(&facts) {
+            Err(d) => BoxLease::Denied(d),
+            Ok(()) => BoxLease::Failed(EngineError::Storage(crate::store::StoreError::Conflict(
+                "another box of the site changed while this one was leased; ask again".into(),
+            ))),
+        })
     }
 
     /// What a lease decision needs of a rollout: from memory for a live rollout. A
@@ -273,16 +369,78 @@ impl Engine {
         })
     }
 
-    /// Writes a granted lease through the lease group commit, then notes it in the
+    /// A lease of a limited wave on a store other replicas share: written only if the
+    /// controller, given the active leases counted in the granting transaction, still
+    /// grants it ([`crate::store::Store::grant_lease_counted`]); then noted in the
     /// rollout's facts.
-    async fn grant(
+    async fn grant_counted(
         &self,
         site_id: &str,
         rollout_id: &str,
         wave: u32,
         now: Timestamp,
-    ) -> Result<LeaseGrant, EngineError> {
-        let lease = LeaseRecord {
+        recheck: Recheck,
+    ) -> Result<LeaseGrant, BoxLease> {
+        let lease = self
+            .lease_record(site_id, rollout_id, wave, now)
+            .map_err(BoxLease::Failed)?;
+        let compartment = recheck.site_wave.and_then(|w| {
+            controller::leases::compartment_of(&recheck.plan, w, &recheck.labels)
+                .map(|(label, value)| (label.to_string(), value))
+        });
+        let recheck = Arc::new(recheck);
+        let (record, r) = (lease.clone(), recheck.clone());
+        let outcome = self
+            .db
+            .run(move |s| {
+                let allow = |c: &crate::store::LeaseCounts| {
+                    controller::lease_decision(&r.context(c), now).is_ok()
+                };
+                s.grant_lease_counted(
+                    &record,
+                    compartment.as_ref().map(|(l, v)| (l.as_str(), v.as_str())),
+                    &allow,
+                )
+            })
+            .await
+            .map_err(|e| BoxLease::Failed(e.into()))?;
+        if let Err(counts) = outcome {
+            // Another replica took the place meanwhile: the controller says why not.
+            return Err(
+                match controller::lease_decision(&recheck.context(&counts), now) {
+                    Err(d) => BoxLease::Denied(d),
+                    Ok(()) => {
+                        BoxLease::Failed(EngineError::Storage(crate::store::StoreError::Conflict(
+                            "the lease's limit changed while it was granted; ask again".into(),
+                        )))
+                    }
+                },
+            );
+        }
+        self.facts.apply(
+            rollout_id,
+            Update::Leased {
+                site_id: site_id.to_string(),
+                at: now,
+            },
+        );
+        crate::metrics::Metrics::count(&self.metrics.leases, "granted", 1);
+        Ok(LeaseGrant {
+            lease_id: lease.id,
+            rollout_id: lease.rollout_id,
+            expires_at: lease.expires_at,
+        })
+    }
+
+    /// A new lease record for the site, lasting `assignments.lease_ttl_secs` from `now`.
+    fn lease_record(
+        &self,
+        site_id: &str,
+        rollout_id: &str,
+        wave: u32,
+        now: Timestamp,
+    ) -> Result<LeaseRecord, EngineError> {
+        Ok(LeaseRecord {
             id: format!("lease-{}", random_hex(12)),
             site_id: site_id.to_string(),
             rollout_id: rollout_id.to_string(),
@@ -295,7 +453,19 @@ impl Engine {
                 ),
                 "the lease's expiry (now + assignments.lease_ttl_secs)",
             )?,
-        };
+        })
+    }
+
+    /// Writes a granted lease through the lease group commit, then notes it in the
+    /// rollout's facts.
+    async fn grant(
+        &self,
+        site_id: &str,
+        rollout_id: &str,
+        wave: u32,
+        now: Timestamp,
+    ) -> Result<LeaseGrant, EngineError> {
+        let lease = self.lease_record(site_id, rollout_id, wave, now)?;
         let (db, facts) = (self.db.clone(), self.facts.clone());
         self.leases
             .submit(lease.clone(), LEASE_GROUP, move || {

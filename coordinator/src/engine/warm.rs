@@ -1,15 +1,30 @@
 //! Filling the poll cache from the store: at start, and when this replica takes over the
 //! wave controller's leadership from another (which issued assignments this replica's
-//! memory never saw).
+//! memory never saw). And keeping it, the live rollouts' facts and the freezes coherent
+//! with what other replicas commit ([`Engine::apply_changes`], fed by
+//! [`crate::coherence`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
 
+use super::facts::Update;
 use super::{Engine, EngineError};
 use crate::poll_cache::ServedRelease;
-use crate::store::SiteFilter;
+use crate::store::{AssignmentRecord, Change, RolloutSiteRecord, SiteBox, SiteFilter, SiteRecord};
+
+/// What one batch of changes read back from the store.
+#[derive(Default)]
+struct Reread {
+    sites: Vec<(String, Option<SiteRecord>)>,
+    boxes: Vec<(String, Vec<SiteBox>)>,
+    assignments: Vec<(String, Option<AssignmentRecord>)>,
+    rollouts: Vec<crate::store::RolloutRecord>,
+    members: Vec<(String, RolloutSiteRecord)>,
+    releases: HashMap<String, Option<fleetwave_shared::Envelope>>,
+    aborted: HashSet<String>,
+}
 
 impl Engine {
     /// Sets every site's state, device key and newest assignment in the poll cache from
@@ -76,5 +91,134 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Brings this replica's memory up to date with changes other replicas committed:
+    /// re-reads the rows they name and puts them where this process keeps them (the poll
+    /// cache, waking long polls whose site got an assignment; the live rollouts' facts;
+    /// the freezes), then wakes the wave controller if a rollout's facts changed.
+    /// Reading the rows again (instead of trusting the notification) makes a change
+    /// applied twice, or late, harmless.
+    pub async fn apply_changes(&self, changes: Vec<Change>) -> Result<(), EngineError> {
+        let changes: BTreeSet<Change> = changes.into_iter().collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let freezes = changes.contains(&Change::Freezes);
+        let got = self
+            .db
+            .run(move |s| {
+                let mut r = Reread::default();
+                let mut rollout_status: HashMap<String, bool> = HashMap::new();
+                for c in &changes {
+                    match c {
+                        Change::Site(id) => r.sites.push((id.clone(), s.site(id)?)),
+                        Change::Boxes(id) => r.boxes.push((id.clone(), s.site_boxes(id)?)),
+                        Change::Assignment(id) => {
+                            let a = s.current_assignment_of(id)?;
+                            if let Some(a) = &a {
+                                if !rollout_status.contains_key(&a.rollout_id) {
+                                    let aborted = s.rollout(&a.rollout_id)?.is_some_and(|x| {
+                                        matches!(x.status, RolloutStatus::Aborted)
+                                    });
+                                    rollout_status.insert(a.rollout_id.clone(), aborted);
+                                }
+                                if !r.releases.contains_key(&a.release_id) {
+                                    let rel = s.release(&a.release_id)?.map(|x| x.envelope);
+                                    r.releases.insert(a.release_id.clone(), rel);
+                                }
+                            }
+                            r.assignments.push((id.clone(), a));
+                        }
+                        Change::Rollout(id) => {
+                            if let Some(rec) = s.rollout(id)? {
+                                r.rollouts.push(rec);
+                            }
+                        }
+                        Change::Member {
+                            rollout_id,
+                            site_id,
+                        } => {
+                            if let Some(row) = s.rollout_site(rollout_id, site_id)? {
+                                r.members.push((rollout_id.clone(), row));
+                            }
+                        }
+                        Change::Freezes => {}
+                    }
+                }
+                r.aborted = rollout_status
+                    .into_iter()
+                    .filter(|(_, aborted)| *aborted)
+                    .map(|(id, _)| id)
+                    .collect();
+                Ok(r)
+            })
+            .await?;
+        for (id, site) in &got.sites {
+            if let Some(site) = site {
+                self.sites.set_active(id, site.state == SiteState::Active);
+                self.sites.set_device_key(id, &site.device_key);
+            }
+        }
+        for (id, boxes) in &got.boxes {
+            self.sites.set_boxes(id, boxes);
+        }
+        let mut served: HashMap<String, Arc<ServedRelease>> = HashMap::new();
+        for (site_id, a) in got.assignments {
+            let Some(a) = a else {
+                continue;
+            };
+            if got.aborted.contains(&a.rollout_id) && !a.rollback {
+                self.sites.clear_assignment(&site_id);
+                continue;
+            }
+            let cached = self.sites.get(&site_id).and_then(|s| s.view().assignment);
+            if cached.is_some_and(|c| c.record.sequence >= a.sequence) {
+                continue;
+            }
+            let release = match served.get(&a.release_id) {
+                Some(r) => r.clone(),
+                None => match got.releases.get(&a.release_id).cloned().flatten() {
+                    Some(envelope) => {
+                        let r = ServedRelease::new(envelope);
+                        served.insert(a.release_id.clone(), r.clone());
+                        r
+                    }
+                    None => continue,
+                },
+            };
+            self.sites.set_assignment(a, release);
+        }
+        let facts_changed = !got.rollouts.is_empty() || !got.members.is_empty();
+        let mut aborted_now = false;
+        for record in got.rollouts {
+            aborted_now |= matches!(record.status, RolloutStatus::Aborted);
+            let id = record.id.clone();
+            self.facts.apply(&id, Update::Record(record));
+        }
+        for (rollout_id, row) in got.members {
+            self.facts.apply(&rollout_id, Update::Row(row));
+        }
+        if aborted_now {
+            // Another replica aborted a rollout: its sites' assignments stop being served.
+            self.load_poll_cache().await?;
+        }
+        if freezes {
+            self.load_freezes().await?;
+        }
+        if facts_changed {
+            self.controller_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// After the change feed broke (changes may have been missed): everything this
+    /// replica keeps is read again.
+    pub async fn resync(&self) -> Result<(), EngineError> {
+        self.facts.clear();
+        self.load_poll_cache().await?;
+        self.load_freezes().await
     }
 }

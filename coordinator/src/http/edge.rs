@@ -204,13 +204,14 @@ pub fn method_label(method: &Method) -> &'static str {
 /// Paths a standby replica still answers: its own health, readiness and metrics.
 const STANDBY_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// A replica that stands by while another leads the wave controller (see
-/// [`crate::leadership`]) answers everything but [`STANDBY_PATHS`] with 503 and a
-/// Retry-After of one renewal period: its memory (poll cache, rollouts' facts) does not
-/// follow the leader's, so agents move on to the next coordinator URL and operators to the
-/// leader, and nothing is written past the leader's memory.
+/// A replica that does not serve now ([`crate::liveness::ControllerStatus::refusal`]: it
+/// does not know which replica leads, followers stand by, or its memory may not follow
+/// other replicas' writes) answers everything but [`STANDBY_PATHS`] with 503 and a
+/// Retry-After of one renewal period, which agents treat as a coordinator that is down
+/// (they move to the next URL of their list).
 pub async fn refuse_on_standby(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(standby) = app.controller.status().standby else {
+    let serve = app.config.storage.followers == crate::config::Followers::Serve;
+    let Some(why) = app.controller.status().refusal(serve) else {
         return next.run(req).await;
     };
     if STANDBY_PATHS.contains(&req.uri().path()) {
@@ -220,7 +221,7 @@ pub async fn refuse_on_standby(State(app): State<AppState>, req: Request, next: 
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "standby",
-        &format!("{standby}: send this request to the leading replica"),
+        &format!("{why}: send this request to another replica"),
         Some(u32::try_from(retry).unwrap_or(u32::MAX)),
     )
 }

@@ -106,6 +106,27 @@ impl BoxFacts {
         }
     }
 
+    /// The facts a retry of the site starts the box from
+    /// ([`super::Store::reset_rollout_sites_for_retry`]). A box that committed the
+    /// release and has not failed since keeps its facts: it runs the release, and its
+    /// agent does not install it again for the new assignment (it only accepts it), so
+    /// the boxes after it go on from there. Any other box (failed, or not committed yet)
+    /// starts afresh: the attempt before's install facts (phase, lease, commit, failure,
+    /// unhealthy-after-commit, rollback) are gone, so it takes its turn again and a box
+    /// that failed is no longer failed; its health, last report and what it runs stay, as
+    /// the site's row keeps its own.
+    pub fn for_new_attempt(&self) -> BoxFacts {
+        if self.upgraded() && !self.failed() {
+            return self.clone();
+        }
+        BoxFacts {
+            last_healthy_at: self.last_healthy_at,
+            last_report_at: self.last_report_at,
+            installed: self.installed.clone(),
+            ..BoxFacts::default()
+        }
+    }
+
     /// Committed the rollout's release: a rollback of the site takes this box back.
     pub fn upgraded(&self) -> bool {
         self.committed_at.is_some()

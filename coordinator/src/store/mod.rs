@@ -380,6 +380,42 @@ pub struct LeaseRecord {
     pub expires_at: Timestamp,
 }
 
+/// Active leases a lease decision counts, read at one moment: the wave's other sites',
+/// and for a compartment its member sites and their active leases (other than the
+/// asking site's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseCounts {
+    pub wave_active: u32,
+    /// (member sites, active leases) of the compartment, when the wave has one.
+    pub compartment: Option<(u32, u32)>,
+}
+
+/// A change another coordinator replica committed to rows this process keeps in memory
+/// (PostgreSQL notifications; see `store/postgres/schema_notify.sql`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    /// The site's state or device key changed, or it was enrolled.
+    Site(String),
+    /// The site's boxes changed.
+    Boxes(String),
+    /// The site got an assignment.
+    Assignment(String),
+    /// The rollout's record changed.
+    Rollout(String),
+    /// The site's row in the rollout changed.
+    Member { rollout_id: String, site_id: String },
+    /// The stored freezes changed.
+    Freezes,
+}
+
+/// Where a replica hears [`Change`]s (see [`Store::change_feed`]).
+pub trait ChangeFeed: Send {
+    /// Waits up to `wait` for the first change, then takes whatever else has arrived (at
+    /// most `max`). An error means the connection broke: changes may have been missed,
+    /// and the caller reloads what it keeps.
+    fn next(&mut self, wait: std::time::Duration, max: usize) -> StoreResult<Vec<Change>>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionRecord {
     pub id: i64,
@@ -701,6 +737,61 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether other coordinator processes may write to this store at the same time
+    /// (PostgreSQL): their changes reach this process's memory through
+    /// [`Store::change_feed`], and lease limits are counted in the granting transaction
+    /// ([`Store::grant_lease_counted`]). SQLite is one process: false.
+    fn shared_by_replicas(&self) -> bool {
+        false
+    }
+
+    /// A connection that hears the changes other replicas commit (see [`Change`]); None
+    /// for a backend only one process opens. Blocking: run it on a thread of its own.
+    fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        Ok(None)
+    }
+
+    /// Grants `lease` if `allow` accepts the counts of active leases read in the same
+    /// transaction ([`LeaseCounts`] for the lease's wave and `compartment`), so that two
+    /// replicas granting at once never both take a wave's last place: Ok(Ok(())) when
+    /// granted, Ok(Err(counts)) when `allow` refused. The default reads, decides and
+    /// writes one after the other, which is enough for a backend only one process opens
+    /// (the engine's lock already serializes its grants).
+    fn grant_lease_counted(
+        &self,
+        lease: &LeaseRecord,
+        compartment: Option<(&str, &str)>,
+        allow: &(dyn Fn(&LeaseCounts) -> bool + Sync),
+    ) -> StoreResult<Result<(), LeaseCounts>> {
+        let now = lease.granted_at;
+        let wave_active = self
+            .active_leases(&lease.rollout_id, now)?
+            .iter()
+            .filter(|x| x.site_id != lease.site_id && x.wave == lease.wave)
+            .count() as u32;
+        let compartment = match compartment {
+            Some((label, value)) => Some(self.compartment_counts(
+                &lease.rollout_id,
+                label,
+                value,
+                &lease.site_id,
+                now,
+            )?),
+            None => None,
+        };
+        let counts = LeaseCounts {
+            wave_active,
+            compartment,
+        };
+        if !allow(&counts) {
+            return Ok(Err(counts));
+        }
+        self.grant_leases(std::slice::from_ref(lease))?
+            .pop()
+            .unwrap_or(Ok(()))?;
+        Ok(Ok(()))
+    }
+
     // Roots
     fn roots(&self) -> StoreResult<Vec<Envelope>>;
     fn add_root(&self, version: u64, envelope: &Envelope, at: Timestamp) -> StoreResult<()>;
@@ -748,7 +839,9 @@ pub trait Store: Send + Sync + 'static {
         site_id: &str,
     ) -> StoreResult<Vec<(String, boxes::BoxFacts)>>;
     /// Records that box `box_id` of a site holds a lease for the rollout from `at` until
-    /// `until` (a grant or a renewal).
+    /// `until` (a grant or a renewal), if `allow` accepts the site's box facts read in the
+    /// same transaction (false: refused, nothing written): two boxes of one site asking
+    /// two replicas at once never both take the site's last place.
     fn lease_box(
         &self,
         rollout_id: &str,
@@ -756,7 +849,8 @@ pub trait Store: Send + Sync + 'static {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-    ) -> StoreResult<()>;
+        allow: &(dyn Fn(&[(String, boxes::BoxFacts)]) -> bool + Sync),
+    ) -> StoreResult<bool>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(
         &self,
@@ -864,8 +958,9 @@ pub trait Store: Send + Sync + 'static {
     /// lease, assignment, commit, failure, self-rollback, unhealthy-after-commit) and any
     /// scheduled retry are cleared, their leases dropped and their `attempts` counted up
     /// by one, all in one transaction, so the next pass signs a new assignment and the
-    /// gate judges the new attempt alone. Health and last-report times stay. Returns each
-    /// site's new attempt number, in the order given.
+    /// gate judges the new attempt alone. Health and last-report times stay. The boxes of
+    /// a site of several boxes start afresh the same way ([`boxes::BoxFacts::for_new_attempt`]).
+    /// Returns each site's new attempt number, in the order given.
     fn reset_rollout_sites_for_retry(
         &self,
         rollout_id: &str,
@@ -905,6 +1000,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AssignmentRecord>>;
     /// Each site's newest assignment.
     fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>>;
+    /// One site's newest assignment.
+    fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>>;
 
     // Leases
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>>;
@@ -1144,6 +1241,16 @@ pub struct Db {
 impl Db {
     pub fn new(store: Arc<dyn Store>) -> Db {
         Db { store }
+    }
+
+    /// See [`Store::shared_by_replicas`].
+    pub fn shared_by_replicas(&self) -> bool {
+        self.store.shared_by_replicas()
+    }
+
+    /// See [`Store::change_feed`] (blocking: connects).
+    pub fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        self.store.change_feed()
     }
 
     pub async fn run<T, F>(&self, f: F) -> StoreResult<T>

@@ -87,6 +87,21 @@ pub(super) fn current_assignments(s: &PgStore) -> StoreResult<Vec<AssignmentReco
     })
 }
 
+pub(super) fn current_assignment_of(
+    s: &PgStore,
+    site_id: &str,
+) -> StoreResult<Option<AssignmentRecord>> {
+    s.read(|c| {
+        let rows = c.query(
+            &format!(
+                "SELECT {ASSIGN_COLS} FROM assignments a WHERE site_id = $1 ORDER BY sequence DESC LIMIT 1"
+            ),
+            &[&site_id],
+        )?;
+        Ok(collect(rows, assign_record)?.pop())
+    })
+}
+
 pub(super) fn active_leases(
     s: &PgStore,
     rollout_id: &str,
@@ -144,43 +159,99 @@ pub(super) fn compartment_counts(
     except_site: &str,
     now: Timestamp,
 ) -> StoreResult<(u32, u32)> {
-    s.read(|c| {
-        // Sites without the label share the value "": counted as all minus labelled.
-        let sites: i64 = if value.is_empty() {
-            let all: i64 = c
-                .query_one(
-                    "SELECT COUNT(*) FROM rollout_sites WHERE rollout_id = $1",
-                    &[&rollout_id],
-                )?
-                .get(0);
-            let labelled: i64 = c
-                .query_one(
-                    "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
-                     ON rs.rollout_id = $1 AND rs.site_id = sl.site_id \
-                     WHERE sl.key = $2 AND sl.value <> ''",
-                    &[&rollout_id, &label],
-                )?
-                .get(0);
-            all - labelled
-        } else {
-            c.query_one(
-                "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
-                 ON rs.rollout_id = $1 AND rs.site_id = sl.site_id \
-                 WHERE sl.key = $2 AND sl.value = $3",
-                &[&rollout_id, &label, &value],
-            )?
-            .get(0)
-        };
-        let active: i64 = c
+    s.read(|c| count_compartment(&mut **c, rollout_id, label, value, except_site, now))
+}
+
+/// [`compartment_counts`] on any connection or transaction.
+fn count_compartment(
+    c: &mut impl ::postgres::GenericClient,
+    rollout_id: &str,
+    label: &str,
+    value: &str,
+    except_site: &str,
+    now: Timestamp,
+) -> StoreResult<(u32, u32)> {
+    // Sites without the label share the value "": counted as all minus labelled.
+    let sites: i64 = if value.is_empty() {
+        let all: i64 = c
             .query_one(
-                "SELECT COUNT(*) FROM leases l \
-                 LEFT JOIN site_labels sl ON sl.site_id = l.site_id AND sl.key = $2 \
-                 WHERE l.rollout_id = $1 AND l.expires_at > $4 AND l.site_id <> $5 \
-                 AND COALESCE(sl.value, '') = $3",
-                &[&rollout_id, &label, &value, &ms(now), &except_site],
+                "SELECT COUNT(*) FROM rollout_sites WHERE rollout_id = $1",
+                &[&rollout_id],
             )?
             .get(0);
-        Ok((sites.max(0) as u32, active.max(0) as u32))
+        let labelled: i64 = c
+            .query_one(
+                "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
+                 ON rs.rollout_id = $1 AND rs.site_id = sl.site_id \
+                 WHERE sl.key = $2 AND sl.value <> ''",
+                &[&rollout_id, &label],
+            )?
+            .get(0);
+        all - labelled
+    } else {
+        c.query_one(
+            "SELECT COUNT(*) FROM site_labels sl JOIN rollout_sites rs \
+             ON rs.rollout_id = $1 AND rs.site_id = sl.site_id \
+             WHERE sl.key = $2 AND sl.value = $3",
+            &[&rollout_id, &label, &value],
+        )?
+        .get(0)
+    };
+    let active: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM leases l \
+             LEFT JOIN site_labels sl ON sl.site_id = l.site_id AND sl.key = $2 \
+             WHERE l.rollout_id = $1 AND l.expires_at > $4 AND l.site_id <> $5 \
+             AND COALESCE(sl.value, '') = $3",
+            &[&rollout_id, &label, &value, &ms(now), &except_site],
+        )?
+        .get(0);
+    Ok((sites.max(0) as u32, active.max(0) as u32))
+}
+
+/// See [`crate::store::Store::grant_lease_counted`]: the counts are read in the granting
+/// transaction, at SERIALIZABLE isolation, so that two replicas granting the last place
+/// of a wave at once conflict and one of them counts again (and is refused).
+pub(super) fn grant_lease_counted(
+    s: &PgStore,
+    lease: &LeaseRecord,
+    compartment: Option<(&str, &str)>,
+    allow: &(dyn Fn(&LeaseCounts) -> bool + Sync),
+) -> StoreResult<Result<(), LeaseCounts>> {
+    s.write(|tx| {
+        let now = ms(lease.granted_at);
+        let wave_active: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM leases WHERE rollout_id = $1 AND wave = $2 \
+                 AND expires_at > $3 AND site_id <> $4",
+                &[
+                    &lease.rollout_id,
+                    &i64::from(lease.wave),
+                    &now,
+                    &lease.site_id,
+                ],
+            )?
+            .get(0);
+        let compartment = match compartment {
+            Some((label, value)) => Some(count_compartment(
+                tx,
+                &lease.rollout_id,
+                label,
+                value,
+                &lease.site_id,
+                lease.granted_at,
+            )?),
+            None => None,
+        };
+        let counts = LeaseCounts {
+            wave_active: wave_active.max(0) as u32,
+            compartment,
+        };
+        if !allow(&counts) {
+            return Ok(Err(counts));
+        }
+        grant_lease(tx, lease)?;
+        Ok(Ok(()))
     })
 }
 

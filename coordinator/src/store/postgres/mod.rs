@@ -22,6 +22,7 @@
 //! transaction helpers; one module per area implements its part of the trait.
 
 mod access;
+mod changes;
 mod channels;
 pub mod dashboard;
 mod dashboard_sessions;
@@ -132,11 +133,12 @@ impl From<r2d2::Error> for StoreError {
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     // Version 2: dashboard sessions; 3: the wave controller's lease row; 4: boxes; 5:
-    // each box's facts in a rollout.
+    // each box's facts in a rollout; 6: change notifications between replicas.
     include_str!("schema_v2_sessions.sql"),
     include_str!("schema_leadership.sql"),
     include_str!("schema_v4_boxes.sql"),
     include_str!("schema_v5_box_facts.sql"),
+    include_str!("schema_notify.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations of replicas starting together.
@@ -179,6 +181,11 @@ pub(crate) type Conn = r2d2::PooledConnection<Manager>;
 
 pub struct PgStore {
     pool: Arc<PoolHandle>,
+    /// How this process's connections are made (the change feed opens one of its own).
+    config: ::postgres::Config,
+    tls: MakeRustlsConnect,
+    /// This process's name in change notifications (`fleetwave.origin`).
+    origin: String,
 }
 
 /// The pool, shared by the store and its read model. The sync client closes a connection
@@ -264,6 +271,17 @@ fn retryable(e: &StoreError) -> bool {
         })
 }
 
+/// A row's primary key (or another unique index) was taken by a transaction that
+/// committed meanwhile: at READ COMMITTED, running the transaction again sees that row.
+fn unique_violation(e: &StoreError) -> bool {
+    let StoreError::Backend(b) = e else {
+        return false;
+    };
+    b.downcast_ref::<PgError>()
+        .and_then(|e| e.0.code())
+        .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
+}
+
 impl PgStore {
     /// Connects to the database and runs pending migrations (under an advisory lock, so
     /// that replicas starting together migrate once).
@@ -280,9 +298,18 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("fleetwave-coordinator");
         }
+        // Every connection names this process in the change notifications its writes
+        // send (schema_notify.sql), so that it can tell its own from other replicas'.
+        let origin = crate::ids::random_hex(6);
+        let options_line = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c fleetwave.origin={origin}"),
+            _ => format!("-c fleetwave.origin={origin}"),
+        };
+        config.options(&options_line);
+        let tls = tls(options.ca_file.as_deref())?;
         let manager = Manager {
-            config,
-            tls: tls(options.ca_file.as_deref())?,
+            config: config.clone(),
+            tls: tls.clone(),
         };
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -293,6 +320,9 @@ impl PgStore {
             .build_unchecked(manager);
         let store = PgStore {
             pool: Arc::new(PoolHandle(Some(pool))),
+            config,
+            tls,
+            origin,
         };
         store.migrate()?;
         Ok(store)
@@ -371,9 +401,10 @@ impl PgStore {
     }
 
     /// One READ COMMITTED write transaction, retried like [`PgStore::write`] (on a
-    /// deadlock): for a write whose only rule is a row's primary key (insert unless
-    /// present), which needs no serializable snapshot. Never for the wave controller's
-    /// writes (no fencing check here).
+    /// deadlock), and also when a unique index refused a row another transaction committed
+    /// meanwhile: for a write whose rules a row's primary key and row locks keep (insert
+    /// unless present; take turns on a locked row), which needs no serializable snapshot.
+    /// Never for the wave controller's writes (no fencing check here).
     fn write_committed<T>(
         &self,
         f: impl FnMut(&mut Transaction) -> StoreResult<T>,
@@ -396,7 +427,12 @@ impl PgStore {
                 Ok(out)
             })();
             match result {
-                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
+                Err(e)
+                    if attempt < WRITE_ATTEMPTS
+                        && (retryable(&e)
+                            || (matches!(level, IsolationLevel::ReadCommitted)
+                                && unique_violation(&e))) =>
+                {
                     std::thread::sleep(retry_pause(attempt));
                     attempt += 1;
                 }

@@ -201,6 +201,16 @@ pub(super) fn reset_rollout_sites_for_retry(
                 )));
             };
             tx.execute(&unlease, &[&rollout_id, site_id])?;
+            // A site of several boxes: each box starts the attempt afresh too.
+            for (box_id, facts) in super::reports::read_box_facts(&mut *tx, rollout_id, site_id)? {
+                super::reports::write_box_facts(
+                    &mut *tx,
+                    rollout_id,
+                    site_id,
+                    &box_id,
+                    &facts.for_new_attempt(),
+                )?;
+            }
             attempts.push(u32_col(&row, 0)?);
         }
         Ok(attempts)

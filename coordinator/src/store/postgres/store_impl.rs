@@ -235,15 +235,21 @@ impl Store for PgStore {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-    ) -> StoreResult<()> {
+        allow: &(dyn Fn(&[(String, super::boxes::BoxFacts)]) -> bool + Sync),
+    ) -> StoreResult<bool> {
         self.write(|tx| {
-            let mut facts = reports::read_box_facts(&mut *tx, rollout_id, site_id)?
+            let all = reports::read_box_facts(&mut *tx, rollout_id, site_id)?;
+            if !allow(&all) {
+                return Ok(false);
+            }
+            let mut facts = all
                 .into_iter()
                 .find(|(b, _)| b == box_id)
                 .map(|(_, f)| f)
                 .unwrap_or_default();
             super::boxes::lease(&mut facts, at, until);
-            reports::write_box_facts(&mut *tx, rollout_id, site_id, box_id, &facts)
+            reports::write_box_facts(&mut *tx, rollout_id, site_id, box_id, &facts)?;
+            Ok(true)
         })
     }
 
@@ -411,12 +417,33 @@ impl Store for PgStore {
         assignments::current_assignments(self)
     }
 
+    fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>> {
+        assignments::current_assignment_of(self, site_id)
+    }
+
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>> {
         assignments::active_leases(self, rollout_id, now)
     }
 
     fn grant_leases(&self, leases: &[LeaseRecord]) -> StoreResult<Vec<StoreResult<()>>> {
         assignments::grant_leases(self, leases)
+    }
+
+    fn grant_lease_counted(
+        &self,
+        lease: &LeaseRecord,
+        compartment: Option<(&str, &str)>,
+        allow: &(dyn Fn(&LeaseCounts) -> bool + Sync),
+    ) -> StoreResult<Result<(), LeaseCounts>> {
+        assignments::grant_lease_counted(self, lease, compartment, allow)
+    }
+
+    fn shared_by_replicas(&self) -> bool {
+        true
+    }
+
+    fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        Ok(Some(Box::new(super::changes::open(self)?)))
     }
 
     fn compartment_counts(

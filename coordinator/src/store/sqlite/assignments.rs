@@ -72,6 +72,19 @@ pub(super) fn current_assignments(s: &SqliteStore) -> StoreResult<Vec<Assignment
     })
 }
 
+pub(super) fn current_assignment_of(
+    s: &SqliteStore,
+    site_id: &str,
+) -> StoreResult<Option<AssignmentRecord>> {
+    s.read(|c| {
+        let mut st = c.prepare(&format!(
+            "SELECT {ASSIGN_COLS} FROM assignments a WHERE site_id = ?1 ORDER BY sequence DESC LIMIT 1"
+        ))?;
+        let rows = st.query_map([site_id], assign_row)?;
+        Ok(collect(rows, assign_record)?.pop())
+    })
+}
+
 pub(super) fn active_leases(
     s: &SqliteStore,
     rollout_id: &str,

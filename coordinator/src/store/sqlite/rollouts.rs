@@ -207,6 +207,16 @@ pub(super) fn reset_rollout_sites_for_retry(
                 )));
             };
             unlease.execute(params![rollout_id, site_id])?;
+            // A site of several boxes: each box starts the attempt afresh too.
+            for (box_id, facts) in super::reports::read_box_facts(tx, rollout_id, site_id)? {
+                super::reports::write_box_facts(
+                    tx,
+                    rollout_id,
+                    site_id,
+                    &box_id,
+                    &facts.for_new_attempt(),
+                )?;
+            }
             attempts.push(n);
         }
         Ok(attempts)

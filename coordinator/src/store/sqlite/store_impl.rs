@@ -226,15 +226,21 @@ impl Store for SqliteStore {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-    ) -> StoreResult<()> {
+        allow: &(dyn Fn(&[(String, super::boxes::BoxFacts)]) -> bool + Sync),
+    ) -> StoreResult<bool> {
         self.write(|tx| {
-            let mut facts = reports::read_box_facts(tx, rollout_id, site_id)?
+            let all = reports::read_box_facts(tx, rollout_id, site_id)?;
+            if !allow(&all) {
+                return Ok(false);
+            }
+            let mut facts = all
                 .into_iter()
                 .find(|(b, _)| b == box_id)
                 .map(|(_, f)| f)
                 .unwrap_or_default();
             super::boxes::lease(&mut facts, at, until);
-            reports::write_box_facts(tx, rollout_id, site_id, box_id, &facts)
+            reports::write_box_facts(tx, rollout_id, site_id, box_id, &facts)?;
+            Ok(true)
         })
     }
 
@@ -400,6 +406,10 @@ impl Store for SqliteStore {
 
     fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>> {
         assignments::current_assignments(self)
+    }
+
+    fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>> {
+        assignments::current_assignment_of(self, site_id)
     }
 
     fn active_leases(&self, rollout_id: &str, now: Timestamp) -> StoreResult<Vec<LeaseRecord>> {
