@@ -37,16 +37,15 @@ async fn get(h: &Harness, path: &str) -> (StatusCode, Option<String>, Value) {
     (status, retry, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
-    let t = TestDb::new(Backend::Postgres);
-    // Another replica leads before this coordinator starts.
+/// Another replica ("replica-rival", a 3 s lease) leads before the coordinator under test
+/// starts; it leads until the returned sender is dropped or its renewals are paused.
+async fn rival_leads(t: &TestDb) -> (Arc<Leadership>, watch::Sender<bool>) {
     let rival = Arc::new(Leadership::new(
         Db::new(tokio::task::block_in_place(|| t.open())),
         "replica-rival".into(),
         Duration::from_secs(3),
     ));
-    let (_stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = watch::channel(false);
     let r = rival.clone();
     tokio::spawn(async move {
         r.lead(shutdown, |_| {}, |_| std::future::pending::<()>())
@@ -57,6 +56,14 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
         async move { matches!(role, Role::Leader { .. }).then_some(()) }
     })
     .await;
+    (rival, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
+    let t = TestDb::new(Backend::Postgres);
+    // Another replica leads before this coordinator starts.
+    let (rival, _stop) = rival_leads(&t).await;
 
     let h = Harness::with_config(&format!(
         "{}leader_lease_secs = 3\nfollowers = \"stand_by\"\n",
@@ -110,22 +117,7 @@ async fn a_standby_refuses_with_retry_after_until_it_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_follower_serves_while_another_replica_leads() {
     let t = TestDb::new(Backend::Postgres);
-    let rival = Arc::new(Leadership::new(
-        Db::new(tokio::task::block_in_place(|| t.open())),
-        "replica-rival".into(),
-        Duration::from_secs(3),
-    ));
-    let (_stop, shutdown) = watch::channel(false);
-    let r = rival.clone();
-    tokio::spawn(async move {
-        r.lead(shutdown, |_| {}, |_| std::future::pending::<()>())
-            .await
-    });
-    eventually("the rival leads", || {
-        let role = rival.role();
-        async move { matches!(role, Role::Leader { .. }).then_some(()) }
-    })
-    .await;
+    let (_rival, _stop) = rival_leads(&t).await;
     let h = Harness::with_config(&format!("{}leader_lease_secs = 3\n", t.storage_config())).await;
     eventually("the follower is ready", || {
         let h = &h;

@@ -380,6 +380,10 @@ pub struct LeaseRecord {
     pub expires_at: Timestamp,
 }
 
+/// Whether a box may take its lease, asked of the site's box facts (by box id) as the
+/// granting transaction reads them ([`Store::lease_box`]).
+pub type BoxLeaseCheck<'a> = dyn Fn(&[(String, boxes::BoxFacts)]) -> bool + Sync + 'a;
+
 /// Active leases a lease decision counts, read at one moment: the wave's other sites',
 /// and for a compartment its member sites and their active leases (other than the
 /// asking site's).
@@ -849,7 +853,7 @@ pub trait Store: Send + Sync + 'static {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-        allow: &(dyn Fn(&[(String, boxes::BoxFacts)]) -> bool + Sync),
+        allow: &BoxLeaseCheck<'_>,
     ) -> StoreResult<bool>;
     /// Records a session nonce; false if the site already used it (a replay).
     fn record_session_nonce(

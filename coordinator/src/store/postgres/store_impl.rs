@@ -235,7 +235,7 @@ impl Store for PgStore {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-        allow: &(dyn Fn(&[(String, super::boxes::BoxFacts)]) -> bool + Sync),
+        allow: &BoxLeaseCheck<'_>,
     ) -> StoreResult<bool> {
         self.write(|tx| {
             let all = reports::read_box_facts(&mut *tx, rollout_id, site_id)?;

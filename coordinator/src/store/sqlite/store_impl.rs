@@ -226,7 +226,7 @@ impl Store for SqliteStore {
         box_id: &str,
         at: Timestamp,
         until: Timestamp,
-        allow: &(dyn Fn(&[(String, super::boxes::BoxFacts)]) -> bool + Sync),
+        allow: &BoxLeaseCheck<'_>,
     ) -> StoreResult<bool> {
         self.write(|tx| {
             let all = reports::read_box_facts(tx, rollout_id, site_id)?;
