@@ -1263,6 +1263,10 @@ fn the_dashboard_reads_the_same_on_both_backends() {
                 ..Default::default()
             },
             SiteQuery {
+                search: Some("2".into()),
+                ..Default::default()
+            },
+            SiteQuery {
                 labels: [("region".to_string(), "us_east".to_string())].into(),
                 ..Default::default()
             },
@@ -1345,6 +1349,20 @@ fn the_dashboard_reads_the_same_on_both_backends() {
         sqlite
             .iter()
             .any(|a| a.contains("search: Some(\"eu\")") && a.contains(": 1 [\"s1 ")),
+        "{sqlite:#?}"
+    );
+    // Ids are found by their start (through the id index), in any case: "S2" finds s2,
+    // "2" (inside an id, in no label value) finds nothing.
+    assert!(
+        sqlite
+            .iter()
+            .any(|a| a.contains("search: Some(\"S2\")") && a.contains(": 1 [\"s2 ")),
+        "{sqlite:#?}"
+    );
+    assert!(
+        sqlite
+            .iter()
+            .any(|a| a.contains("search: Some(\"2\")") && a.ends_with(": 0 []")),
         "{sqlite:#?}"
     );
 }
@@ -1441,4 +1459,170 @@ fn the_postgres_store_speaks_tls_checked_against_the_configured_ca() {
             && err.to_string().contains("no PEM certificate"),
         "{err}"
     );
+}
+
+/// A filtered sites list stops counting one past its count limit ("more than"), on both
+/// backends; the unfiltered list and a page near the end count exactly; a search finds
+/// ids by their start.
+#[test]
+fn filtered_site_lists_count_up_to_their_limit_on_both_backends() {
+    use fleetwave_coordinator::store::read::{SiteQuery, count_limit};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = setup(backend);
+        let at = ts("2026-01-01T00:00:00Z");
+        let sites: Vec<ImportedSite> = (0..1_100)
+            .map(|i| ImportedSite {
+                id: format!("site-{i:04}"),
+                device_key: "ab".repeat(32),
+                labels: [("region".to_string(), "eu".to_string())].into(),
+                at,
+            })
+            .collect();
+        let read = store.dashboard_read();
+        // The sites the setup made, if any.
+        let (_, before) = read.site_page(&SiteQuery::default(), 0, 1).unwrap();
+        store.import_sites(&sites, &[]).unwrap();
+        let eu = SiteQuery {
+            labels: [("region".to_string(), "eu".to_string())].into(),
+            ..Default::default()
+        };
+        let (rows, total) = read.site_page(&eu, 0, 10).unwrap();
+        assert_eq!(total, count_limit(0, 10) + 1, "{backend:?}");
+        assert_eq!(total, 1_011, "{backend:?}");
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"site-0000"), "{backend:?}");
+        assert_eq!(ids.len(), 10, "{backend:?}");
+        // Near the end the limit is past the matches: exact.
+        let (rows, total) = read.site_page(&eu, 1_095, 10).unwrap();
+        assert_eq!((rows.len(), total), (5, 1_100), "{backend:?}");
+        assert_eq!(rows[4].id, "site-1099", "{backend:?}");
+        // No filter: every site, exactly.
+        let (_, total) = read.site_page(&SiteQuery::default(), 0, 10).unwrap();
+        assert_eq!(total, 1_100 + before, "{backend:?}");
+        // A search: ids by their start, in any case.
+        let search = SiteQuery {
+            search: Some("SITE-00".into()),
+            ..Default::default()
+        };
+        let (rows, total) = read.site_page(&search, 0, 10).unwrap();
+        assert_eq!(total, 100, "{backend:?}");
+        assert_eq!(rows[9].id, "site-0009", "{backend:?}");
+        let inside = SiteQuery {
+            search: Some("te-00".into()),
+            ..Default::default()
+        };
+        assert_eq!(read.site_page(&inside, 0, 10).unwrap().1, 0, "{backend:?}");
+    }
+}
+
+/// The overview's fleet counts equal a recount of every site's own row, on both backends,
+/// after enrollment, an import, reports (installs, health), contact, a decommission and a
+/// rollout with assignments.
+#[test]
+fn fleet_counts_equal_a_recount_of_every_site_on_both_backends() {
+    use fleetwave_coordinator::store::read::{FleetCounts, SiteQuery};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = setup(backend);
+        let at = ts("2026-01-01T00:00:00Z");
+        let now = ts("2026-01-01T02:00:00Z");
+        let stale_before = ts("2026-01-01T01:00:00Z");
+        let sites: Vec<ImportedSite> = (0..30)
+            .map(|i| ImportedSite {
+                id: format!("imp-{i:02}"),
+                device_key: "ab".repeat(32),
+                labels: [("region".to_string(), ["eu", "us"][i % 2].to_string())].into(),
+                at,
+            })
+            .collect();
+        store.import_sites(&sites, &[]).unwrap();
+        for i in 0..30 {
+            let id = format!("imp-{i:02}");
+            let mut events = Vec::new();
+            if i % 3 != 0 {
+                let v = if i % 2 == 0 { "2" } else { "1" };
+                events.push(installed(&format!("i{i}"), "pos", Some(v)));
+            }
+            if i % 5 == 1 {
+                events.push(installed(&format!("k{i}"), "k3s", Some("1.31")));
+            }
+            if i % 4 != 3 {
+                events.push(health(&format!("h{i}"), "2026-01-01T00:40:00Z", i % 7 != 2));
+            }
+            if !events.is_empty() {
+                store.apply_reports(&id, &events, now).unwrap();
+            }
+            if i % 2 == 0 {
+                store
+                    .touch_sites(&[(id.clone(), ts("2026-01-01T01:50:00Z"))])
+                    .unwrap();
+            }
+        }
+        for id in ["imp-04", "imp-05", "s2"] {
+            store.set_site_state(id, SiteState::Decommissioned).unwrap();
+        }
+        store
+            .create_rollout(
+                &rollout("r1"),
+                &[member("r1", "s1"), member("r1", "imp-01")],
+            )
+            .unwrap();
+        let read = store.dashboard_read();
+        let counts = read.fleet_counts(now, stale_before).unwrap();
+
+        // The recount: every site's row, one by one.
+        let (rows, total) = read.site_page(&SiteQuery::default(), 0, 1_000).unwrap();
+        assert_eq!(rows.len() as u64, total, "{backend:?}");
+        let mut want = FleetCounts::default();
+        let mut versions: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        let mut stalest = Vec::new();
+        for r in &rows {
+            want.total += 1;
+            if r.state != "active" {
+                want.decommissioned += 1;
+                continue;
+            }
+            want.active += 1;
+            match r.healthy {
+                Some(true) => want.healthy += 1,
+                Some(false) => want.unhealthy += 1,
+                None => want.health_unknown += 1,
+            }
+            if r.deferred_until.is_some_and(|d| d > now) {
+                want.deferred += 1;
+            }
+            if r.last_seen.is_none_or(|s| s < stale_before) {
+                want.stale += 1;
+                stalest.push((r.last_seen, r.id.clone()));
+            }
+            if r.versions.is_empty() {
+                want.no_version += 1;
+            }
+            for sv in &r.versions {
+                let (s, v) = sv.split_once(' ').unwrap();
+                *versions.entry((s.to_string(), v.to_string())).or_default() += 1;
+            }
+        }
+        let mut versions: Vec<(String, String, u64)> =
+            versions.into_iter().map(|((s, v), n)| (s, v, n)).collect();
+        versions.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        want.versions = versions;
+        stalest.sort();
+        want.stalest = stalest
+            .into_iter()
+            .take(10)
+            .map(|(s, id)| (id, s))
+            .collect();
+        assert_eq!(counts, want, "{backend:?}");
+        // The fleet is varied enough for the comparison to say something.
+        assert!(
+            want.decommissioned == 3
+                && want.unhealthy > 0
+                && want.health_unknown > 0
+                && want.stale > 0
+                && want.stale < want.active
+                && want.no_version > 0
+                && want.versions.len() == 3,
+            "{backend:?}: {want:?}"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use super::{ReportKind, StoreResult};
 /// Which sites a list or grid shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SiteQuery {
-    /// Part of the site id or of a label value (case-insensitive).
+    /// The start of the site id, or part of a label value (case-insensitive).
     pub search: Option<String>,
     /// Every `key=value` must match.
     pub labels: BTreeMap<String, String>,
@@ -49,6 +49,28 @@ pub struct GridCell {
     pub deferred_until_ms: Option<i64>,
     /// The site's version of the grid's chosen stream (when colouring by version).
     pub version: Option<String>,
+}
+
+/// The range of site ids that start with a search's text, `[low, high)`: a search finds
+/// sites by the start of their id through the id index (site ids are `[a-z0-9._-]`, so
+/// the text is matched in lower case and `~`, above every character of an id, closes the
+/// range), and by any part of a label value.
+pub fn id_prefix_range(text: &str) -> (String, String) {
+    let low = text.to_ascii_lowercase();
+    let high = format!("{low}~");
+    (low, high)
+}
+
+/// A filtered sites list counts its matches up to this many past its page.
+pub const SITE_COUNT_PAST_PAGE: u64 = 1_000;
+
+/// How many matches a filtered page at `offset` of `limit` sites counts at most
+/// ([`DashboardRead::site_page`]).
+pub fn count_limit(offset: u64, limit: u64) -> u64 {
+    offset
+        .saturating_add(limit)
+        .saturating_add(SITE_COUNT_PAST_PAGE)
+        .min(i64::MAX as u64 - 1)
 }
 
 /// The fleet at a glance.
@@ -86,7 +108,9 @@ pub trait DashboardRead: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// One page of sites (ordered by id) and how many match in all.
+    /// One page of sites (ordered by id) and how many match: with a filter, counted up
+    /// to [`count_limit`] (`count_limit + 1` means "more than that": the matches past it
+    /// are not read); without one, every site, exactly.
     fn site_page(&self, q: &SiteQuery, offset: u64, limit: u64)
     -> StoreResult<(Vec<SiteRow>, u64)>;
 

@@ -51,6 +51,9 @@ pub(super) struct OverviewPage {
     versions: Vec<VersionRow>,
     stalest: Vec<(String, String)>,
     stale_after: String,
+    /// When the counts were counted (clock time, updated live) and how long ago.
+    as_of: String,
+    counts_age: String,
     shape: String,
     channels: Vec<crate::engine::channels::ChannelGlance>,
 }
@@ -88,6 +91,8 @@ pub async fn overview(State(dash): State<DashState>, who: SignedIn) -> PageResul
             .map(|(id, seen)| (id.clone(), ago(*seen, now)))
             .collect(),
         stale_after: human(STALE_AFTER),
+        as_of: super::super::live::as_of(m.counts_at),
+        counts_age: ago(Some(m.counts_at), now),
         shape: m
             .rollouts
             .iter()

@@ -103,11 +103,12 @@ pub(super) struct SitesPage {
     f: SitesQuery,
     versions: Vec<String>,
     rows: Vec<SiteListRow>,
-    total: u64,
+    /// How many match: a number, or "more than N" when a filter's count stopped.
+    total: String,
     first: u64,
     last: u64,
     page: u64,
-    pages: u64,
+    pages: String,
     prev: String,
     next: String,
     grid: String,
@@ -130,7 +131,10 @@ pub async fn sites(
         .run(move |r| Ok((r.site_page(&q, offset, PAGE_SIZE)?, r.versions()?)))
         .await?;
     let now = dash.app.now();
-    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    // A filter's count stops past the count limit: "more than" that, and a next page.
+    let more = total > crate::store::read::count_limit(offset, PAGE_SIZE);
+    let counted = if more { total - 1 } else { total };
+    let pages = counted.div_ceil(PAGE_SIZE).max(1) + u64::from(more);
     let link = f.link();
     let href = |p: u64| {
         if link.is_empty() {
@@ -181,9 +185,17 @@ pub async fn sites(
                 id: s.id,
             })
             .collect(),
-        total,
+        total: if more {
+            format!("more than {counted}")
+        } else {
+            total.to_string()
+        },
         page,
-        pages,
+        pages: if more {
+            format!("more than {}", pages - 1)
+        } else {
+            pages.to_string()
+        },
         prev: if page > 1 {
             href(page - 1)
         } else {

@@ -8,7 +8,9 @@ use ::postgres::types::ToSql;
 use fleetwave_shared::protocol::Event;
 
 use super::*;
-use crate::store::read::{DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow};
+use crate::store::read::{
+    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, count_limit, id_prefix_range,
+};
 
 /// Reads on the store's pool.
 pub struct PgReadModel {
@@ -61,9 +63,13 @@ fn filter(q: &SiteQuery) -> (String, Vec<String>) {
         ));
     }
     if let Some(s) = q.search.as_ref().filter(|s| !s.is_empty()) {
+        // Ids by their start through the primary key (a range), label values by any part.
+        let (low, high) = id_prefix_range(s);
+        let (low, high) = (arg(low), arg(high));
         let p = arg(like_anywhere(s));
         conds.push(format!(
-            "(s.id ILIKE {p} ESCAPE '\\' OR EXISTS (SELECT 1 FROM site_labels WHERE site_id = s.id AND value ILIKE {p} ESCAPE '\\'))"
+            "s.id IN (SELECT id FROM sites WHERE id >= {low} AND id < {high} \
+             UNION SELECT site_id FROM site_labels WHERE value ILIKE {p} ESCAPE '\\')"
         ));
     }
     if let Some(state) = &q.state {
@@ -192,9 +198,22 @@ impl DashboardRead for PgReadModel {
     ) -> StoreResult<(Vec<SiteRow>, u64)> {
         let (where_, args) = filter(q);
         self.with(|c| {
-            let total: i64 = c
-                .query_one(&format!("SELECT COUNT(*) FROM sites AS s{where_}"), &params(&args))?
-                .get(0);
+            // With a filter, counted up to one past the count limit ("more than").
+            let total: i64 = if where_.is_empty() {
+                c.query_one("SELECT COUNT(*) FROM sites", &[])?.get(0)
+            } else {
+                let most = count_limit(offset, limit) as i64 + 1;
+                let mut all = params(&args);
+                all.push(&most);
+                c.query_one(
+                    &format!(
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM sites AS s{where_} LIMIT ${}) AS x",
+                        args.len() + 1
+                    ),
+                    &all,
+                )?
+                .get(0)
+            };
             let n = args.len();
             let mut all = params(&args);
             let (limit, offset) = (limit.min(i64::MAX as u64) as i64, offset.min(i64::MAX as u64) as i64);

@@ -13,7 +13,9 @@ use fleetwave_shared::protocol::Event;
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::store::read::{DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow};
+use crate::store::read::{
+    DashboardRead, FleetCounts, GridCell, SiteQuery, SiteRow, count_limit, id_prefix_range,
+};
 use crate::store::{ReportKind, StoreError, StoreResult};
 
 /// Read-only connections to the coordinator's database, opened on first use (at most two
@@ -130,8 +132,9 @@ enum Cond {
     Label(String, String),
     Version(String),
     State(String),
-    /// A `LIKE` pattern over the site id and every label value.
-    Search(String),
+    /// A search: site ids in `[.1, .2)` (those starting with the text, see
+    /// [`id_prefix_range`]) and label values matching the `LIKE` pattern `.0`.
+    Search(String, String, String),
 }
 
 /// SQL text with its positional (`?`) arguments, in order.
@@ -170,11 +173,11 @@ impl Cond {
                 ),
                 [s.clone()],
             ),
-            Cond::Search(p) => out.push(
+            Cond::Search(p, low, high) => out.push(
                 &format!(
-                    "({x} LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM site_labels WHERE site_id = {x} AND value LIKE ? ESCAPE '\\'))"
+                    "(({x} >= ? AND {x} < ?) OR EXISTS (SELECT 1 FROM site_labels WHERE site_id = {x} AND value LIKE ? ESCAPE '\\'))"
                 ),
-                [p.clone(), p.clone()],
+                [low.clone(), high.clone(), p.clone()],
             ),
         }
     }
@@ -200,7 +203,7 @@ impl Cond {
                     "SELECT COUNT(*) FROM (SELECT 1 FROM sites WHERE state = ?1 LIMIT ?2)",
                 )?
                 .query_row(rusqlite::params![s, cap], |r| r.get(0))?,
-            Cond::Search(_) => return Ok(None),
+            Cond::Search(..) => return Ok(None),
         };
         Ok(Some(n as u64))
     }
@@ -267,7 +270,8 @@ fn plan(c: &Connection, q: &SiteQuery) -> StoreResult<Planned> {
         conds.push(Cond::Version(v.clone()));
     }
     if let Some(s) = q.search.as_ref().filter(|s| !s.is_empty()) {
-        conds.push(Cond::Search(like_anywhere(s)));
+        let (low, high) = id_prefix_range(s);
+        conds.push(Cond::Search(like_anywhere(s), low, high));
     }
     if let Some(s) = &q.state {
         conds.push(Cond::State(s.clone()));
@@ -280,7 +284,7 @@ fn plan(c: &Connection, q: &SiteQuery) -> StoreResult<Planned> {
         .iter()
         .any(|c| matches!(c, Cond::Label(..) | Cond::Version(_)))
     {
-        let i = conds.iter().position(|c| matches!(c, Cond::Search(_)));
+        let i = conds.iter().position(|c| matches!(c, Cond::Search(..)));
         i.map(|i| conds.remove(i))
     } else {
         let mut best: Option<(usize, u64)> = None;
@@ -311,7 +315,7 @@ fn plan(c: &Connection, q: &SiteQuery) -> StoreResult<Planned> {
             "(SELECT id AS site_id FROM sites INDEXED BY sites_by_state_id WHERE state = ?) AS m",
             [s.clone()],
         ),
-        Some(Cond::Search(p)) => search_set(c, p, &mut body)?,
+        Some(Cond::Search(p, low, high)) => search_set(c, p, low, high, &mut body)?,
     }
     let from = body.clone();
     let mut filter = Sql::default();
@@ -328,10 +332,17 @@ fn plan(c: &Connection, q: &SiteQuery) -> StoreResult<Planned> {
     })
 }
 
-/// The sites a search finds, as `(...) AS m`: ids containing the text, and the sites of
-/// every label pair whose value contains it (the distinct pairs are few in a real fleet:
-/// region, cohort, city; they are found first, then their sites through the pair index).
-fn search_set(c: &Connection, pattern: &str, out: &mut Sql) -> StoreResult<()> {
+/// The sites a search finds, as `(...) AS m`: ids starting with the text (a range of the
+/// id index, `[low, high)`), and the sites of every label pair whose value contains it (the
+/// distinct pairs are few in a real fleet: region, cohort, city; they are found first,
+/// then their sites through the pair index). Nothing reads every site.
+fn search_set(
+    c: &Connection,
+    pattern: &str,
+    low: &str,
+    high: &str,
+    out: &mut Sql,
+) -> StoreResult<()> {
     let hits: Vec<(String, String)> =
         match distinct_pairs(c, "site_labels", "key", "value", SKIP_SCAN_CAP)? {
             Some(pairs) => {
@@ -353,8 +364,8 @@ fn search_set(c: &Connection, pattern: &str, out: &mut Sql) -> StoreResult<()> {
             }
         };
     out.push(
-        "(SELECT id AS site_id FROM sites WHERE id LIKE ? ESCAPE '\\'",
-        [pattern.to_string()],
+        "(SELECT id AS site_id FROM sites WHERE id >= ? AND id < ?",
+        [low.to_string(), high.to_string()],
     );
     let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in hits {
@@ -536,7 +547,9 @@ fn site_page(
             .collect::<Result<_, _>>()?;
         (ids, total as u64)
     } else {
-        // A filter: one pass over the matches gives both the total and the page.
+        // A filter: one pass over the matches gives both the total and the page; it stops
+        // one past the count limit ("more than"), so a large match is not read to its end.
+        let most = count_limit(offset, limit);
         let mut st = c.prepare_cached(&format!(
             "SELECT m.site_id FROM {} ORDER BY m.site_id",
             p.body.text
@@ -548,6 +561,9 @@ fn site_page(
                 ids.push(r.get(0)?);
             }
             total += 1;
+            if total > most {
+                break;
+            }
         }
         (ids, total)
     };
