@@ -270,7 +270,7 @@ impl Engine {
     /// decide).
     async fn lease_box(
         &self,
-        plan: &RolloutPlan,
+        plan: &Arc<RolloutPlan>,
         rollout_id: &str,
         site_id: &str,
         box_id: &str,
@@ -302,6 +302,8 @@ impl Engine {
         .map_err(|e| BoxLease::Failed(e.into()))?;
         // Decided again on the box facts read in the granting transaction: another
         // replica may have leased another box of the site since they were read above.
+        // (The decision above stays: it refuses a box out of turn, the usual answer,
+        // without a write transaction.)
         let (rid, sid, bid) = (
             rollout_id.to_string(),
             site_id.to_string(),
@@ -309,7 +311,7 @@ impl Engine {
         );
         let decide = {
             let (plan, boxes, sid, bid) = (
-                Arc::new(plan.clone()),
+                plan.clone(),
                 Arc::new(boxes),
                 site_id.to_string(),
                 box_id.to_string(),
