@@ -240,6 +240,74 @@ fn assignment_sequences_increase_per_site_and_survive_reopening(backend: Backend
     assert!(store.rollout_sites("r1").unwrap()[0].assigned_at.is_some());
 }
 
+/// The poll cache fills from lean reads: every site's id, state and key, and the newest
+/// assignment of each site a page at a time, in site order, ending with an empty page.
+fn the_poll_cache_reads_site_keys_and_pages_of_newest_assignments(backend: Backend) {
+    let (_db, store) = setup(backend);
+    store
+        .set_site_state("s2", SiteState::Decommissioned)
+        .unwrap();
+    let mut keys = store.site_keys().unwrap();
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    let want = |id: &str, state| SiteKey {
+        id: id.into(),
+        state,
+        device_key: "00".repeat(32),
+    };
+    assert_eq!(
+        keys,
+        vec![
+            want("s1", SiteState::Active),
+            want("s2", SiteState::Decommissioned)
+        ]
+    );
+    store.set_site_state("s2", SiteState::Active).unwrap();
+    store
+        .create_rollout(&rollout("r1"), &[member("r1", "s1"), member("r1", "s2")])
+        .unwrap();
+    let at = ts("2026-01-01T00:00:00Z");
+    let draft = |site: &str| AssignmentDraft {
+        site_id: site.into(),
+        rollout_id: "r1".into(),
+        wave: 0,
+        release_id: "pos-2".into(),
+        release_digest: "d".into(),
+        rollback: false,
+        not_before: at,
+        issued_at: at,
+        expires: at + SignedDuration::from_hours(1),
+        window: None,
+    };
+    let key = fleetwave_shared::keys::generate();
+    let sign = |d: &AssignmentDraft, seq: u64| {
+        Envelope::sign("a", format!("{}#{seq}", d.site_id).as_bytes(), &[&key])
+    };
+    // s1 gets three assignments, s2 one: the newest of each is its current one.
+    store
+        .issue_assignments(&[draft("s2"), draft("s1"), draft("s1"), draft("s1")], &sign)
+        .unwrap();
+    let newest = |a: &[AssignmentRecord]| -> Vec<(String, u64)> {
+        a.iter().map(|a| (a.site_id.clone(), a.sequence)).collect()
+    };
+    let first = store.current_assignments_after(None, 1).unwrap();
+    assert_eq!(newest(&first), vec![("s1".to_string(), 3)]);
+    let second = store.current_assignments_after(Some("s1"), 1).unwrap();
+    assert_eq!(newest(&second), vec![("s2".to_string(), 1)]);
+    assert!(
+        store
+            .current_assignments_after(Some("s2"), 1)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        newest(&store.current_assignments_after(None, 10).unwrap()),
+        vec![("s1".to_string(), 3), ("s2".to_string(), 1)]
+    );
+    let mut all = newest(&store.current_assignments().unwrap());
+    all.sort();
+    assert_eq!(all, vec![("s1".to_string(), 3), ("s2".to_string(), 1)]);
+}
+
 fn a_report_group_commits_good_batches_around_a_failing_one(backend: Backend) {
     let (_db, store) = setup(backend);
     store
@@ -1151,6 +1219,7 @@ both_backends!(
     out_of_order_reports_never_move_facts_backwards_and_apply_once,
     one_active_rollout_per_site_and_counters_go_up,
     assignment_sequences_increase_per_site_and_survive_reopening,
+    the_poll_cache_reads_site_keys_and_pages_of_newest_assignments,
     a_report_group_commits_good_batches_around_a_failing_one,
     pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing,
     the_commit_and_pruning_queries_use_their_indexes,

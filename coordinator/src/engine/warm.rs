@@ -12,7 +12,10 @@ use fleetwave_shared::protocol::operator::{RolloutStatus, SiteState};
 use super::facts::Update;
 use super::{Engine, EngineError};
 use crate::poll_cache::ServedRelease;
-use crate::store::{AssignmentRecord, Change, RolloutSiteRecord, SiteBox, SiteFilter, SiteRecord};
+use crate::store::{AssignmentRecord, Change, RolloutSiteRecord, SiteBox, SiteRecord};
+
+/// Assignments read per query while the poll cache fills.
+const ASSIGNMENT_PAGE: usize = 10_000;
 
 /// What one batch of changes read back from the store.
 #[derive(Default)]
@@ -29,17 +32,12 @@ impl Engine {
     /// Sets every site's state, device key and newest assignment in the poll cache from
     /// the store (an aborted rollout's assignments are not served, its rollback ones are),
     /// and drops cached assignments the store no longer serves.
+    ///
+    /// It reads only what the cache keeps (ids, states, keys), and the assignments a page
+    /// at a time: at a million sites, reading whole site records and every assignment at
+    /// once peaked at 5.4 GB resident, for a cache of under 3 GB.
     pub async fn load_poll_cache(&self) -> Result<(), EngineError> {
-        let sites = self
-            .db
-            .run(|s| {
-                s.list_sites(&SiteFilter {
-                    limit: usize::MAX >> 1,
-                    ..Default::default()
-                })
-            })
-            .await?;
-        for s in &sites {
+        for s in self.db.run(|s| s.site_keys()).await? {
             self.sites.set_active(&s.id, s.state == SiteState::Active);
             self.sites.set_device_key(&s.id, &s.device_key);
         }
@@ -48,7 +46,6 @@ impl Engine {
         for site in boxes.chunk_by(|a, b| a.site_id == b.site_id) {
             self.sites.set_boxes(&site[0].site_id, site);
         }
-        let assignments = self.db.run(|s| s.current_assignments()).await?;
         let rollouts = self.db.run(|s| s.list_rollouts()).await?;
         let aborted: HashSet<&str> = rollouts
             .iter()
@@ -58,31 +55,41 @@ impl Engine {
         let mut served: HashSet<String> = HashSet::new();
         // One shared copy per release, read once (not once per site).
         let mut releases: HashMap<String, Arc<ServedRelease>> = HashMap::new();
-        for a in assignments {
-            if aborted.contains(a.rollout_id.as_str()) && !a.rollback {
-                continue;
-            }
-            served.insert(a.site_id.clone());
-            // A site's sequence numbers only go up: the same one is the same assignment,
-            // already served (its long polls are not woken for nothing).
-            let cached = self.sites.get(&a.site_id).and_then(|s| s.view().assignment);
-            if cached.is_some_and(|c| c.record.sequence == a.sequence) {
-                continue;
-            }
-            let release = match releases.get(&a.release_id) {
-                Some(r) => r.clone(),
-                None => {
-                    let rid = a.release_id.clone();
-                    let Some(release) = self.db.run(move |s| s.release(&rid)).await? else {
-                        served.remove(&a.site_id);
-                        continue;
-                    };
-                    let r = ServedRelease::new(release.envelope);
-                    releases.insert(a.release_id.clone(), r.clone());
-                    r
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let page = self
+                .db
+                .run(move |s| s.current_assignments_after(from.as_deref(), ASSIGNMENT_PAGE))
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.site_id.clone());
+            for a in page {
+                if aborted.contains(a.rollout_id.as_str()) && !a.rollback {
+                    continue;
                 }
-            };
-            self.sites.set_assignment(a, release);
+                served.insert(a.site_id.clone());
+                // A site's sequence numbers only go up: the same one is the same assignment,
+                // already served (its long polls are not woken for nothing).
+                let cached = self.sites.get(&a.site_id).and_then(|s| s.view().assignment);
+                if cached.is_some_and(|c| c.record.sequence == a.sequence) {
+                    continue;
+                }
+                let release = match releases.get(&a.release_id) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let rid = a.release_id.clone();
+                        let Some(release) = self.db.run(move |s| s.release(&rid)).await? else {
+                            served.remove(&a.site_id);
+                            continue;
+                        };
+                        let r = ServedRelease::new(release.envelope);
+                        releases.insert(a.release_id.clone(), r.clone());
+                        r
+                    }
+                };
+                self.sites.set_assignment(a, release);
+            }
         }
         for (site, slot) in self.sites.all() {
             if !served.contains(&site) && slot.view().assignment.is_some() {

@@ -78,6 +78,15 @@ pub struct SiteRecord {
     pub deferred_until: Option<Timestamp>,
 }
 
+/// A site's id, state and device key ([`Store::site_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteKey {
+    pub id: String,
+    pub state: SiteState,
+    /// Device public key, 64 lowercase hex.
+    pub device_key: String,
+}
+
 /// A channel (`channels`): the release that the sites a stream and selector name should
 /// run. See [`crate::engine::channels`].
 #[derive(Debug, Clone, PartialEq)]
@@ -884,6 +893,9 @@ pub trait Store: Send + Sync + 'static {
     // Sites
     fn site(&self, id: &str) -> StoreResult<Option<SiteRecord>>;
     fn list_sites(&self, filter: &SiteFilter) -> StoreResult<Vec<SiteRecord>>;
+    /// Every site's id, state and device key, and nothing else (the poll cache's start:
+    /// at a million sites, whole records with their labels and versions cost gigabytes).
+    fn site_keys(&self) -> StoreResult<Vec<SiteKey>>;
     fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()>;
     fn set_site_state(&self, id: &str, state: SiteState) -> StoreResult<()>;
     /// Holds a site (replacing an earlier hold's reason) or, with `None`, lifts its hold.
@@ -1019,7 +1031,25 @@ pub trait Store: Send + Sync + 'static {
         sign: &(dyn Fn(&AssignmentDraft, u64) -> Envelope + Sync),
     ) -> StoreResult<Vec<AssignmentRecord>>;
     /// Each site's newest assignment.
-    fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>>;
+    fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.current_assignments_after(after.as_deref(), 10_000)?;
+            let Some(last) = page.last() else {
+                return Ok(all);
+            };
+            after = Some(last.site_id.clone());
+            all.extend(page);
+        }
+    }
+    /// [`Store::current_assignments`] a page at a time: the newest assignment of each of
+    /// the first `limit` sites (by id) after `after`, in site order.
+    fn current_assignments_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AssignmentRecord>>;
     /// One site's newest assignment.
     fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>>;
 

@@ -75,13 +75,18 @@ pub(super) fn issue_assignments(
     })
 }
 
-pub(super) fn current_assignments(s: &PgStore) -> StoreResult<Vec<AssignmentRecord>> {
+pub(super) fn current_assignments_after(
+    s: &PgStore,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<AssignmentRecord>> {
     s.read(|c| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c.query(
             &format!(
-                "SELECT {ASSIGN_COLS} FROM assignments a WHERE sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id) ORDER BY site_id"
+                "SELECT {ASSIGN_COLS} FROM assignments a WHERE a.site_id > $1 AND sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id) ORDER BY a.site_id LIMIT $2"
             ),
-            &[],
+            &[&after.unwrap_or(""), &limit],
         )?;
         collect(rows, assign_record)
     })

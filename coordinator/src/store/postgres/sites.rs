@@ -134,6 +134,21 @@ pub(super) fn touch_sites(s: &PgStore, seen: &[(String, Timestamp)]) -> StoreRes
     })
 }
 
+pub(super) fn site_keys(s: &PgStore) -> StoreResult<Vec<SiteKey>> {
+    s.read(|c| {
+        let rows = c.query("SELECT id, state, device_key FROM sites", &[])?;
+        collect(rows, |r| {
+            let (id, state): (String, String) = (r.get(0), r.get(1));
+            Ok(SiteKey {
+                state: SiteState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("site {id}: state {state}")))?,
+                id,
+                device_key: r.get(2),
+            })
+        })
+    })
+}
+
 pub(super) fn count_sites_by_state(s: &PgStore) -> StoreResult<Vec<(SiteState, u64)>> {
     s.read(|c| {
         let rows = c.query(

@@ -282,6 +282,10 @@ impl Store for PgStore {
         sites::list_sites(self, f)
     }
 
+    fn site_keys(&self) -> StoreResult<Vec<SiteKey>> {
+        sites::site_keys(self)
+    }
+
     fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()> {
         sites::set_site_labels(self, id, labels)
     }
@@ -417,8 +421,12 @@ impl Store for PgStore {
         assignments::issue_assignments(self, drafts, sign)
     }
 
-    fn current_assignments(&self) -> StoreResult<Vec<AssignmentRecord>> {
-        assignments::current_assignments(self)
+    fn current_assignments_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AssignmentRecord>> {
+        assignments::current_assignments_after(self, after, limit)
     }
 
     fn current_assignment_of(&self, site_id: &str) -> StoreResult<Option<AssignmentRecord>> {

@@ -62,12 +62,17 @@ pub(super) fn issue_assignments(
     })
 }
 
-pub(super) fn current_assignments(s: &SqliteStore) -> StoreResult<Vec<AssignmentRecord>> {
+pub(super) fn current_assignments_after(
+    s: &SqliteStore,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<AssignmentRecord>> {
     s.read(|c| {
         let mut st = c.prepare(&format!(
-            "SELECT {ASSIGN_COLS} FROM assignments a WHERE sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id)"
+            "SELECT {ASSIGN_COLS} FROM assignments a WHERE a.site_id > ?1 AND sequence = (SELECT MAX(sequence) FROM assignments b WHERE b.site_id = a.site_id) ORDER BY a.site_id LIMIT ?2"
         ))?;
-        let rows = st.query_map([], assign_row)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![after.unwrap_or(""), limit], assign_row)?;
         collect(rows, assign_record)
     })
 }

@@ -138,6 +138,27 @@ pub(super) fn touch_sites(s: &SqliteStore, seen: &[(String, Timestamp)]) -> Stor
     })
 }
 
+pub(super) fn site_keys(s: &SqliteStore) -> StoreResult<Vec<SiteKey>> {
+    s.read(|c| {
+        let mut st = c.prepare("SELECT id, state, device_key FROM sites")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        collect(rows, |(id, state, device_key)| {
+            Ok(SiteKey {
+                state: SiteState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("site {id}: state {state}")))?,
+                id,
+                device_key,
+            })
+        })
+    })
+}
+
 pub(super) fn count_sites_by_state(s: &SqliteStore) -> StoreResult<Vec<(SiteState, u64)>> {
     s.read(|c| {
         let mut st = c.prepare("SELECT state, COUNT(*) FROM sites GROUP BY state")?;
