@@ -4,6 +4,7 @@
 
 mod backend;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use backend::{Backend, TestDb};
@@ -553,6 +554,61 @@ fn installed(id: &str, stream: &str, version: Option<&str>) -> Event {
             previous_release_id: None,
         },
     }
+}
+
+/// Wave membership reads every site's id, state and labels, with only the named stream's
+/// entry of what it runs: the same facts as the whole records, by site id.
+fn membership_reads_labels_and_one_streams_install_as_the_whole_records_have_them(
+    backend: Backend,
+) {
+    let (_db, store) = setup(backend);
+    let now = ts("2026-01-01T01:00:00Z");
+    let labels: BTreeMap<String, String> = [
+        ("region".to_string(), "eu".to_string()),
+        ("tier".to_string(), "1".to_string()),
+    ]
+    .into();
+    store.set_site_labels("s2", &labels).unwrap();
+    store
+        .set_site_state("s1", SiteState::Decommissioned)
+        .unwrap();
+    store
+        .apply_reports(
+            "s2",
+            &[
+                installed("i1", "pos", Some("1")),
+                installed("i2", "k3s", Some("1.31")),
+            ],
+            now,
+        )
+        .unwrap();
+    let whole = store
+        .list_sites(&SiteFilter {
+            limit: 10,
+            ..SiteFilter::default()
+        })
+        .unwrap();
+    for stream in [None, Some("pos"), Some("k3s"), Some("none")] {
+        let lean = store.site_labels(stream).unwrap();
+        let ids: Vec<&str> = lean.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["s1", "s2"], "by site id");
+        for (l, w) in lean.iter().zip(&whole) {
+            assert_eq!((&l.id, l.state, &l.labels), (&w.id, w.state, &w.labels));
+            assert_eq!(
+                l.installed.as_ref(),
+                stream.and_then(|s| w.installed.get(s)),
+                "{} {stream:?}",
+                l.id
+            );
+        }
+    }
+    let s2 = &store.site_labels(Some("pos")).unwrap()[1];
+    assert_eq!(s2.state, SiteState::Active);
+    assert_eq!(s2.labels, labels);
+    assert_eq!(
+        s2.installed.as_ref().and_then(|i| i.release_id.as_deref()),
+        Some("pos-1")
+    );
 }
 
 /// The convergence pass's two reads of the sites off a stream's version agree: the one
@@ -1220,6 +1276,7 @@ both_backends!(
     one_active_rollout_per_site_and_counters_go_up,
     assignment_sequences_increase_per_site_and_survive_reopening,
     the_poll_cache_reads_site_keys_and_pages_of_newest_assignments,
+    membership_reads_labels_and_one_streams_install_as_the_whole_records_have_them,
     a_report_group_commits_good_batches_around_a_failing_one,
     pruning_deletes_only_reports_past_their_period_and_a_resent_one_changes_nothing,
     the_commit_and_pruning_queries_use_their_indexes,

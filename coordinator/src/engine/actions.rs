@@ -10,7 +10,7 @@ use super::{Engine, EngineError, Head, plan_format};
 use crate::controller;
 use crate::ids::random_hex;
 use crate::plan::parse_new_plan;
-use crate::store::{ReleaseRecord, RolloutRecord, RolloutSiteRecord, SiteFilter, StoreError};
+use crate::store::{ReleaseRecord, RolloutRecord, RolloutSiteRecord, StoreError};
 
 impl Engine {
     /// Creates a rollout from a plan: validates it, computes every site's wave and refuses
@@ -35,21 +35,13 @@ impl Engine {
                 ))
             })?;
         let id = rollout_id(&plan.name);
-        let sites = self
-            .db
-            .run(|s| {
-                s.list_sites(&SiteFilter {
-                    state: Some(WireSiteState::Active),
-                    limit: usize::MAX >> 1,
-                    ..SiteFilter::default()
-                })
-            })
-            .await?;
+        let stream = release.name.clone();
+        let sites = self.db.run(move |s| s.site_labels(Some(&stream))).await?;
         // Held sites stay at what they run: no new rollout places them.
         let holds = self.db.run(|s| s.site_holds()).await?;
         let sites: Vec<_> = sites
             .into_iter()
-            .filter(|s| !holds.contains_key(&s.id))
+            .filter(|s| s.state == WireSiteState::Active && !holds.contains_key(&s.id))
             .collect();
         let candidates: Vec<controller::Candidate> = sites
             .iter()
@@ -66,7 +58,7 @@ impl Engine {
                     rollout_id: id.clone(),
                     site_id: site.id.clone(),
                     wave: wave?,
-                    previous_release_id: previous_release(site, &release),
+                    previous_release_id: previous_release(site.installed.as_ref(), &release),
                     ..RolloutSiteRecord::default()
                 })
             })
@@ -181,7 +173,10 @@ impl Engine {
                 rollout_id: r.id.clone(),
                 site_id: site.id.clone(),
                 wave,
-                previous_release_id: previous_release(&site, &head.release),
+                previous_release_id: previous_release(
+                    site.installed.get(&head.release.name),
+                    &head.release,
+                ),
                 deferred_until: site.deferred_until,
                 ..RolloutSiteRecord::default()
             };
@@ -457,10 +452,13 @@ fn reason_tail(reason: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// The release a site ran in the rollout's stream before it, if it said.
-fn previous_release(site: &crate::store::SiteRecord, release: &ReleaseRecord) -> Option<String> {
-    site.installed
-        .get(&release.name)
+/// The release a site ran in the rollout's stream before it (`installed`: what the site
+/// said it runs of that stream), unless it is `release` itself.
+fn previous_release(
+    installed: Option<&crate::store::InstalledRelease>,
+    release: &ReleaseRecord,
+) -> Option<String> {
+    installed
         .and_then(|i| i.release_id.clone())
         .filter(|id| *id != release.id)
 }

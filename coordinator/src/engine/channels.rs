@@ -37,7 +37,7 @@ use super::{Engine, EngineError, Head, Loaded};
 use crate::plan::{ChannelKey, PlanFormat, Selector, check_selector, parse_plan};
 use crate::store::{
     AuditRecord, ChannelRecord, OffVersionSite, ReleaseRecord, RolloutRecord, RolloutSiteRecord,
-    SiteFilter, StoreError,
+    StoreError,
 };
 
 /// Most sites of a channel installing at once, unless the channel says otherwise.
@@ -453,15 +453,7 @@ impl Engine {
         if others.is_empty() {
             return Ok(());
         }
-        let sites = self
-            .db
-            .run(|s| {
-                s.list_sites(&SiteFilter {
-                    limit: usize::MAX >> 1,
-                    ..SiteFilter::default()
-                })
-            })
-            .await?;
+        let sites = self.db.run(|s| s.site_labels(None)).await?;
         for site in sites.iter().filter(|s| selector.matches(&s.labels)) {
             if let Some(other) = others.iter().find(|c| c.selector.matches(&site.labels)) {
                 return Err(EngineError::ChannelConflict(format!(

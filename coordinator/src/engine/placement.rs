@@ -15,7 +15,6 @@ use fleetwave_shared::protocol::operator::SiteState;
 use super::facts::Update;
 use super::{Engine, EngineError};
 use crate::controller;
-use crate::store::SiteFilter;
 
 impl Engine {
     /// Places again the sites of `rollout_id` in waves `from..` that may still move.
@@ -42,15 +41,7 @@ impl Engine {
             return Ok(None);
         }
         // Every site's current labels, in one read (as creating the rollout does).
-        let sites = self
-            .db
-            .run(|s| {
-                s.list_sites(&SiteFilter {
-                    limit: usize::MAX >> 1,
-                    ..SiteFilter::default()
-                })
-            })
-            .await?;
+        let sites = self.db.run(|s| s.site_labels(None)).await?;
         let active: HashMap<&str, _> = sites
             .iter()
             .filter(|s| s.state == SiteState::Active)

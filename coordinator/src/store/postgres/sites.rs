@@ -149,6 +149,18 @@ pub(super) fn site_keys(s: &PgStore) -> StoreResult<Vec<SiteKey>> {
     })
 }
 
+pub(super) fn site_labels(s: &PgStore, stream: Option<&str>) -> StoreResult<Vec<SiteLabels>> {
+    s.read(|c| {
+        let rows = c.query(
+            "SELECT id, state, labels, installed FROM sites ORDER BY id",
+            &[],
+        )?;
+        collect(rows, |r| {
+            SiteLabels::from_columns(r.get(0), r.get(1), r.get(2), r.get(3), stream)
+        })
+    })
+}
+
 pub(super) fn count_sites_by_state(s: &PgStore) -> StoreResult<Vec<(SiteState, u64)>> {
     s.read(|c| {
         let rows = c.query(

@@ -286,6 +286,10 @@ impl Store for PgStore {
         sites::site_keys(self)
     }
 
+    fn site_labels(&self, stream: Option<&str>) -> StoreResult<Vec<SiteLabels>> {
+        sites::site_labels(self, stream)
+    }
+
     fn set_site_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> StoreResult<()> {
         sites::set_site_labels(self, id, labels)
     }

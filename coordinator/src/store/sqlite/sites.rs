@@ -159,6 +159,23 @@ pub(super) fn site_keys(s: &SqliteStore) -> StoreResult<Vec<SiteKey>> {
     })
 }
 
+pub(super) fn site_labels(s: &SqliteStore, stream: Option<&str>) -> StoreResult<Vec<SiteLabels>> {
+    s.read(|c| {
+        let mut st = c.prepare("SELECT id, state, labels, installed FROM sites ORDER BY id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        collect(rows, |(id, state, labels, installed)| {
+            SiteLabels::from_columns(id, &state, &labels, &installed, stream)
+        })
+    })
+}
+
 pub(super) fn count_sites_by_state(s: &SqliteStore) -> StoreResult<Vec<(SiteState, u64)>> {
     s.read(|c| {
         let mut st = c.prepare("SELECT state, COUNT(*) FROM sites GROUP BY state")?;
