@@ -911,108 +911,128 @@ fn attention_rank(state: &str) -> Option<u8> {
 }
 
 /// The status of a rollout: waves with complete tallies and gate standing, the sites that
-/// need attention (at most [`ROLLOUT_VIEW_SITES`]), the timeline.
+/// need attention (at most [`ROLLOUT_VIEW_SITES`]), the timeline. Built in the rollout's
+/// facts where they are kept, without copying them.
 pub async fn rollout_view(app: &AppState, id: &str) -> Result<RolloutView, ApiError> {
-    let l = app.engine.load_rollout(id).await?;
-    rollout_view_of(app, &l).await
+    let analysis = app.engine.analyses(id);
+    let now = app.now();
+    let view = app
+        .engine
+        .with_rollout(id, |l| status_view(l, &analysis, now))
+        .await?;
+    with_decisions(app, view).await
 }
 
 /// [`rollout_view`] of a rollout already loaded.
 pub(super) async fn rollout_view_of(app: &AppState, l: &Loaded) -> Result<RolloutView, ApiError> {
-    let id = l.record.id.as_str();
-    let mut view = l.view();
-    app.engine.last_analysis(id, &mut view);
-    let now = app.now();
-    let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
-    let mut attention = Vec::new();
-    let mut total: u64 = 0;
-    // One pass over every site: every answer to a rollout action renders this view.
-    for_each_site(l, &view, now, |wave, f, state| {
-        total += 1;
-        let tally = &mut tallies[wave as usize];
-        tally.sites += 1;
-        match state {
-            "pending" | "deferred" => tally.pending += 1,
-            "in_progress" => tally.in_progress += 1,
-            "succeeded" => tally.succeeded += 1,
-            "failed" => tally.failed += 1,
-            "silent" => tally.silent += 1,
-            "skipped" => tally.skipped += 1,
-            "rolled_back" => tally.rolled_back += 1,
-            _ => {}
-        }
-        if let Some(rank) = attention_rank(state) {
-            attention.push((rank, wave, f, state));
-        }
-    });
-    smallest(&mut attention, ROLLOUT_VIEW_SITES, |&(rank, wave, f, _)| {
-        (rank, wave, f.site_id.as_str())
-    });
-    let sites: Vec<RolloutSiteView> = attention
-        .iter()
-        .map(|&(_, wave, f, state)| site_view(l, &view, wave, f, state, now))
-        .collect();
-    let mut waves = Vec::new();
-    for ((i, plan_wave), tally) in l.plan.waves.iter().enumerate().zip(tallies) {
-        let rec = l.record.waves.get(i).cloned().unwrap_or_default();
-        let gate = match controller::wave_verdict(&view, i as u32, now) {
-            Some(v) => v.reason().to_string(),
-            None => "not open".to_string(),
-        };
-        waves.push(WaveView {
-            index: i as u32,
-            name: plan_wave.name.clone(),
-            opened_at: rec.opened_at,
-            passed_at: rec.passed_at,
-            approval_required: plan_wave.gate.approval,
-            approved_at: rec.approved_at,
-            tally,
-            gate,
-            analysis: view
-                .waves
-                .get(i)
-                .map(|w| {
-                    w.analysis
-                        .iter()
-                        .filter_map(|f| f.numbers.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
-    }
-    let rid = id.to_string();
+    let analysis = app.engine.analyses(&l.record.id);
+    with_decisions(app, status_view(l, &analysis, app.now())).await
+}
+
+/// `view` with the rollout's decisions (the timeline), from the store.
+async fn with_decisions(app: &AppState, mut view: RolloutView) -> Result<RolloutView, ApiError> {
+    let rid = view.id.clone();
     let decisions = app.db.run(move |s| s.decisions(&rid)).await?;
-    Ok(RolloutView {
-        id: l.record.id.clone(),
-        release_id: l.record.release_id.clone(),
-        status: l.record.status,
-        status_reason: l.record.status_reason.clone(),
-        created_at: l.record.created_at,
-        created_by: l.record.created_by.clone(),
-        updated_at: l.record.updated_at,
-        waves,
-        sites_omitted: total - sites.len() as u64,
-        sites,
-        decisions: decisions
-            .into_iter()
-            .map(|d| DecisionView {
-                at: d.at,
-                kind: d.kind,
-                wave: d.wave,
-                reason: d.reason,
-            })
-            .collect(),
-        plan: l.record.plan_source.clone(),
-        plan_format: if l.record.plan_format == "json" {
-            PlanFormat::Json
-        } else {
-            PlanFormat::Toml
-        },
-        start_at: l
-            .plan
-            .start_at
-            .as_ref()
-            .map(crate::plan_preview::start_at_view),
+    view.decisions = decisions
+        .into_iter()
+        .map(|d| DecisionView {
+            at: d.at,
+            kind: d.kind,
+            wave: d.wave,
+            reason: d.reason,
+        })
+        .collect();
+    Ok(view)
+}
+
+/// [`rollout_view`] without its decisions: one pass over the kept controller view.
+fn status_view(
+    l: &Loaded,
+    analysis: &BTreeMap<u32, Vec<controller::analysis::AnalysisFact>>,
+    now: Timestamp,
+) -> RolloutView {
+    l.with_view_analysed(analysis, |view| {
+        let mut tallies: Vec<WaveTally> = vec![WaveTally::default(); l.plan.waves.len()];
+        let mut attention = Vec::new();
+        let mut total: u64 = 0;
+        // One pass over every site: every answer to a rollout action renders this view.
+        for_each_site(l, view, now, |wave, f, state| {
+            total += 1;
+            let tally = &mut tallies[wave as usize];
+            tally.sites += 1;
+            match state {
+                "pending" | "deferred" => tally.pending += 1,
+                "in_progress" => tally.in_progress += 1,
+                "succeeded" => tally.succeeded += 1,
+                "failed" => tally.failed += 1,
+                "silent" => tally.silent += 1,
+                "skipped" => tally.skipped += 1,
+                "rolled_back" => tally.rolled_back += 1,
+                _ => {}
+            }
+            if let Some(rank) = attention_rank(state) {
+                attention.push((rank, wave, f, state));
+            }
+        });
+        smallest(&mut attention, ROLLOUT_VIEW_SITES, |&(rank, wave, f, _)| {
+            (rank, wave, f.site_id.as_str())
+        });
+        let sites: Vec<RolloutSiteView> = attention
+            .iter()
+            .map(|&(_, wave, f, state)| site_view(l, view, wave, f, state, now))
+            .collect();
+        let mut waves = Vec::new();
+        for ((i, plan_wave), tally) in l.plan.waves.iter().enumerate().zip(tallies) {
+            let rec = l.record.waves.get(i).cloned().unwrap_or_default();
+            let gate = match controller::wave_verdict(view, i as u32, now) {
+                Some(v) => v.reason().to_string(),
+                None => "not open".to_string(),
+            };
+            waves.push(WaveView {
+                index: i as u32,
+                name: plan_wave.name.clone(),
+                opened_at: rec.opened_at,
+                passed_at: rec.passed_at,
+                approval_required: plan_wave.gate.approval,
+                approved_at: rec.approved_at,
+                tally,
+                gate,
+                analysis: view
+                    .waves
+                    .get(i)
+                    .map(|w| {
+                        w.analysis
+                            .iter()
+                            .filter_map(|f| f.numbers.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        RolloutView {
+            id: l.record.id.clone(),
+            release_id: l.record.release_id.clone(),
+            status: l.record.status,
+            status_reason: l.record.status_reason.clone(),
+            created_at: l.record.created_at,
+            created_by: l.record.created_by.clone(),
+            updated_at: l.record.updated_at,
+            waves,
+            sites_omitted: total - sites.len() as u64,
+            sites,
+            decisions: Vec::new(),
+            plan: l.record.plan_source.clone(),
+            plan_format: if l.record.plan_format == "json" {
+                PlanFormat::Json
+            } else {
+                PlanFormat::Toml
+            },
+            start_at: l
+                .plan
+                .start_at
+                .as_ref()
+                .map(crate::plan_preview::start_at_view),
+        }
     })
 }
 
@@ -1041,40 +1061,48 @@ pub async fn list_rollout_sites(
         ),
         None => None,
     };
-    let l = app.engine.load_rollout(&id).await?;
-    let waves = l.plan.waves.len();
-    if let Some(w) = q.wave
-        && w as usize >= waves
-    {
-        return Err(ApiError::bad_request(format!(
-            "wave {w} is out of range: rollout {id} has {waves} waves, numbered 0 to {}",
-            waves.saturating_sub(1)
-        )));
-    }
-    let view = l.view();
     let now = app.now();
-    let after = q.after.as_deref();
-    let mut page = Vec::new();
-    for_each_site(&l, &view, now, |wave, f, st| {
-        if q.wave.is_some_and(|w| w != wave)
-            || state.is_some_and(|s| s != st)
-            || after.is_some_and(|a| f.site_id.as_str() <= a)
-        {
-            return;
-        }
-        page.push((wave, f, st));
-    });
-    smallest(&mut page, limit, |&(_, f, _)| f.site_id.as_str());
-    let next_after = (page.len() == limit)
-        .then(|| page.last().map(|(_, f, _)| f.site_id.clone()))
-        .flatten();
-    Ok(Json(RolloutSiteList {
-        sites: page
-            .iter()
-            .map(|&(wave, f, st)| site_view(&l, &view, wave, f, st, now))
-            .collect(),
-        next_after,
-    }))
+    let page = app
+        .engine
+        .with_rollout(&id, |l| {
+            let waves = l.plan.waves.len();
+            if let Some(w) = q.wave
+                && w as usize >= waves
+            {
+                return Err(ApiError::bad_request(format!(
+                    "wave {w} is out of range: rollout {id} has {waves} waves, numbered 0 to {}",
+                    waves.saturating_sub(1)
+                )));
+            }
+            // Read in the kept facts and view: a page of a million-site rollout copies
+            // only its own sites.
+            Ok(l.with_view(|view| {
+                let after = q.after.as_deref();
+                let mut page = Vec::new();
+                for_each_site(l, view, now, |wave, f, st| {
+                    if q.wave.is_some_and(|w| w != wave)
+                        || state.is_some_and(|s| s != st)
+                        || after.is_some_and(|a| f.site_id.as_str() <= a)
+                    {
+                        return;
+                    }
+                    page.push((wave, f, st));
+                });
+                smallest(&mut page, limit, |&(_, f, _)| f.site_id.as_str());
+                let next_after = (page.len() == limit)
+                    .then(|| page.last().map(|(_, f, _)| f.site_id.clone()))
+                    .flatten();
+                RolloutSiteList {
+                    sites: page
+                        .iter()
+                        .map(|&(wave, f, st)| site_view(l, view, wave, f, st, now))
+                        .collect(),
+                    next_after,
+                }
+            }))
+        })
+        .await??;
+    Ok(Json(page))
 }
 
 pub async fn get_rollout(

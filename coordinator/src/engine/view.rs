@@ -15,8 +15,11 @@
 
 use std::sync::Mutex;
 
+use std::collections::BTreeMap;
+
 use super::{Loaded, facts};
 use crate::controller::RolloutView;
+use crate::controller::analysis::AnalysisFact;
 
 /// A rollout's kept view (empty: not built, or dropped). Copies of a [`Loaded`] do not take
 /// it along: they are one-off reads, and the copy would cost what the view saves.
@@ -57,6 +60,34 @@ impl Loaded {
     /// (see the module documentation), with every wave's `analysis` empty: the same view
     /// as [`Loaded::view`] without copying it.
     pub fn with_view<R>(&self, f: impl FnOnce(&RolloutView) -> R) -> R {
+        self.with_view_mut(|view| f(view))
+    }
+
+    /// [`Loaded::with_view`] with each wave's analysis facts set from `analysis` (by wave,
+    /// [`super::Engine::analyses`]): the view that [`Loaded::view`] and the engine's last
+    /// analysis make together, without building or copying one per call (the status of a
+    /// rollout of a million sites copied all of them for every answer).
+    pub fn with_view_analysed<R>(
+        &self,
+        analysis: &BTreeMap<u32, Vec<AnalysisFact>>,
+        f: impl FnOnce(&RolloutView) -> R,
+    ) -> R {
+        self.with_view_mut(|view| {
+            for (&wave, facts) in analysis {
+                if let Some(w) = view.waves.get_mut(wave as usize) {
+                    w.analysis.clone_from(facts);
+                }
+            }
+            let out = f(view);
+            // Kept with empty analyses, as every use expects it.
+            for w in &mut view.waves {
+                w.analysis.clear();
+            }
+            out
+        })
+    }
+
+    fn with_view_mut<R>(&self, f: impl FnOnce(&mut RolloutView) -> R) -> R {
         let mut kept = self.views.lock();
         let view = match kept.take() {
             Some(mut v) => {
@@ -66,7 +97,8 @@ impl Loaded {
             None => Box::new(self.view()),
         };
         debug_assert_eq!(*view, self.view(), "the kept view drifted from the rows");
-        let out = f(&view);
+        let mut view = view;
+        let out = f(&mut view);
         *kept = Some(view);
         out
     }
