@@ -245,15 +245,19 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let _guard = self.lock.lock().await;
         let now = self.clock.now();
-        let mut l = self.load_rollout(id).await?;
-        let status = l.record.status;
+        // The record and plan only: a copy of every member (a million at scale) is taken
+        // by the rare actions that need one (rollback, retry).
+        let (mut record, plan) = self
+            .with_rollout(id, |l| (l.record.clone(), l.plan.clone()))
+            .await?;
+        let status = record.status;
         status
             .allows(action.kind())
             .map_err(|refused| EngineError::Refused {
                 rollout: id.to_string(),
                 refused,
             })?;
-        if let Some(channel) = &l.plan.converge
+        if let Some(channel) = &plan.converge
             && matches!(action, Action::Abort(_) | Action::Rollback(_))
         {
             return Err(EngineError::InvalidChannel(format!(
@@ -266,9 +270,12 @@ impl Engine {
         match &action {
             Action::Start => {
                 // Boxes may have joined (or left) member sites since the plan was checked.
-                self.check_box_order(&l.plan, l.sites.iter().map(|m| m.site_id.as_str()))
+                let members: Vec<String> = self
+                    .with_rollout(id, |l| l.sites.iter().map(|m| m.site_id.clone()).collect())
                     .await?;
-                let start_at = l.plan.start_at.as_ref();
+                self.check_box_order(&plan, members.iter().map(String::as_str))
+                    .await?;
+                let start_at = plan.start_at.as_ref();
                 let (status, why) = match (status, start_at) {
                     (WireStatus::Pending, Some(s)) if s.at > now => (
                         WireStatus::Scheduled,
@@ -285,33 +292,32 @@ impl Engine {
                     ),
                     _ => (WireStatus::Running, format!("started by {actor}")),
                 };
-                l.record.status_reason = match (status, start_at) {
+                record.status_reason = match (status, start_at) {
                     (WireStatus::Scheduled, Some(s)) => {
                         Some(format!("starts at {} ({})", s.at, s.local()))
                     }
                     _ => None,
                 };
-                l.record.status = status;
+                record.status = status;
                 note = Some(("started".into(), None, why));
             }
             Action::Pause(reason) => {
-                l.record.status = WireStatus::Paused;
-                l.record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
+                record.status = WireStatus::Paused;
+                record.status_reason = Some(format!("paused by {actor}{}", reason_tail(reason)));
                 note = Some((
                     "paused".into(),
                     None,
-                    l.record.status_reason.clone().unwrap_or_default(),
+                    record.status_reason.clone().unwrap_or_default(),
                 ));
             }
             Action::Resume => {
-                l.record.status = WireStatus::Running;
-                l.record.status_reason = None;
+                record.status = WireStatus::Running;
+                record.status_reason = None;
                 note = Some(("resumed".into(), None, format!("resumed by {actor}")));
             }
             Action::Approve(wave) => {
-                let waves = l.plan.waves.len();
-                let w = l
-                    .record
+                let waves = plan.waves.len();
+                let w = record
                     .waves
                     .get_mut(*wave as usize)
                     .ok_or(EngineError::NoSuchWave { wave: *wave, waves })?;
@@ -327,19 +333,21 @@ impl Engine {
                 ));
             }
             Action::Abort(reason) => {
-                l.record.status = WireStatus::Aborted;
-                l.record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
+                record.status = WireStatus::Aborted;
+                record.status_reason = Some(format!("aborted by {actor}{}", reason_tail(reason)));
                 note = Some((
                     "aborted".into(),
                     None,
-                    l.record.status_reason.clone().unwrap_or_default(),
+                    record.status_reason.clone().unwrap_or_default(),
                 ));
-                self.withdraw_assignments(&l);
+                self.with_rollout(id, |l| self.withdraw_assignments(l))
+                    .await?;
             }
             Action::Rollback(reason) => {
+                let l = self.load_rollout(id).await?;
                 let sites = controller::sites_to_roll_back(&l.view());
                 let (issued, missing) = self.roll_back(&Head::of(&l), &sites, now).await?;
-                l.record.status = WireStatus::RolledBack;
+                record.status = WireStatus::RolledBack;
                 let mut why = format!(
                     "rolled back by {actor}{}: {issued} site(s) sent back to their previous release",
                     reason_tail(reason)
@@ -355,10 +363,11 @@ impl Engine {
                 if let Some(moved) = self.channel_after_rollback(&l, actor, now).await? {
                     why.push_str(&format!("; {moved}"));
                 }
-                l.record.status_reason = Some(why.clone());
+                record.status_reason = Some(why.clone());
                 note = Some(("rollback".into(), None, why));
             }
             Action::Retry(target) => {
+                let l = self.load_rollout(id).await?;
                 note = Some(self.retry(&l, target, actor, now).await?);
             }
             Action::Skip(site_id) => {
@@ -379,10 +388,10 @@ impl Engine {
                 ));
             }
         }
-        l.record.updated_at = now;
-        self.save_rollout(&l.record, note.into_iter().collect(), now)
+        record.updated_at = now;
+        self.save_rollout(&record, note.into_iter().collect(), now)
             .await?;
-        if matches!(l.record.status, WireStatus::Running | WireStatus::Paused) {
+        if matches!(record.status, WireStatus::Running | WireStatus::Paused) {
             self.tick_isolated(id, now).await;
         }
         Ok(())
