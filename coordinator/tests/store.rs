@@ -205,31 +205,41 @@ fn one_active_rollout_per_site_and_counters_go_up(backend: Backend) {
     );
 }
 
+/// An assignment draft of rollout r1 (release pos-2, wave 0) for `site`.
+fn r1_draft(site: &str) -> AssignmentDraft {
+    let at = ts("2026-01-01T00:00:00Z");
+    AssignmentDraft {
+        site_id: site.into(),
+        rollout_id: "r1".into(),
+        wave: 0,
+        release_id: "pos-2".into(),
+        release_digest: "d".into(),
+        rollback: false,
+        not_before: at,
+        issued_at: at,
+        expires: at + SignedDuration::from_hours(1),
+        window: None,
+    }
+}
+
+/// Signs a draft as `site#sequence` with `key`.
+fn signer(
+    key: &ed25519_dalek::SigningKey,
+) -> impl Fn(&AssignmentDraft, u64) -> Envelope + Sync + '_ {
+    move |d: &AssignmentDraft, seq: u64| {
+        Envelope::sign("a", format!("{}#{seq}", d.site_id).as_bytes(), &[key])
+    }
+}
+
 fn assignment_sequences_increase_per_site_and_survive_reopening(backend: Backend) {
     let db = {
         let (db, store) = setup(backend);
         store
             .create_rollout(&rollout("r1"), &[member("r1", "s1")])
             .unwrap();
-        let at = ts("2026-01-01T00:00:00Z");
-        let draft = AssignmentDraft {
-            site_id: "s1".into(),
-            rollout_id: "r1".into(),
-            wave: 0,
-            release_id: "pos-2".into(),
-            release_digest: "d".into(),
-            rollback: false,
-            not_before: at,
-            issued_at: at,
-            expires: at + SignedDuration::from_hours(1),
-            window: None,
-        };
         let key = fleetwave_shared::keys::generate();
-        let sign = |d: &AssignmentDraft, seq: u64| {
-            Envelope::sign("a", format!("{}#{seq}", d.site_id).as_bytes(), &[&key])
-        };
         let a = store
-            .issue_assignments(&[draft.clone(), draft], &sign)
+            .issue_assignments(&[r1_draft("s1"), r1_draft("s1")], &signer(&key))
             .unwrap();
         assert_eq!((a[0].sequence, a[1].sequence), (1, 2));
         db
@@ -266,27 +276,10 @@ fn the_poll_cache_reads_site_keys_and_pages_of_newest_assignments(backend: Backe
     store
         .create_rollout(&rollout("r1"), &[member("r1", "s1"), member("r1", "s2")])
         .unwrap();
-    let at = ts("2026-01-01T00:00:00Z");
-    let draft = |site: &str| AssignmentDraft {
-        site_id: site.into(),
-        rollout_id: "r1".into(),
-        wave: 0,
-        release_id: "pos-2".into(),
-        release_digest: "d".into(),
-        rollback: false,
-        not_before: at,
-        issued_at: at,
-        expires: at + SignedDuration::from_hours(1),
-        window: None,
-    };
     let key = fleetwave_shared::keys::generate();
-    let sign = |d: &AssignmentDraft, seq: u64| {
-        Envelope::sign("a", format!("{}#{seq}", d.site_id).as_bytes(), &[&key])
-    };
     // s1 gets three assignments, s2 one: the newest of each is its current one.
-    store
-        .issue_assignments(&[draft("s2"), draft("s1"), draft("s1"), draft("s1")], &sign)
-        .unwrap();
+    let drafts = ["s2", "s1", "s1", "s1"].map(r1_draft);
+    store.issue_assignments(&drafts, &signer(&key)).unwrap();
     let newest = |a: &[AssignmentRecord]| -> Vec<(String, u64)> {
         a.iter().map(|a| (a.site_id.clone(), a.sequence)).collect()
     };
