@@ -703,19 +703,7 @@ fn concurrent_writers_keep_reports_once_sequences_unique_and_one_rollout(backend
                     .run(move |s| s.apply_reports("s1", &events, now))
                     .await
                     .unwrap();
-                let at = ts("2026-01-01T00:00:00Z");
-                let draft = AssignmentDraft {
-                    site_id: "s1".into(),
-                    rollout_id: "r1".into(),
-                    wave: 0,
-                    release_id: "pos-2".into(),
-                    release_digest: "d".into(),
-                    rollback: false,
-                    not_before: at,
-                    issued_at: at,
-                    expires: at + SignedDuration::from_hours(1),
-                    window: None,
-                };
+                let draft = r1_draft("s1");
                 let key = fleetwave_shared::keys::generate();
                 let a = db
                     .run(move |s| {
@@ -1292,7 +1280,6 @@ fn the_dashboard_reads_the_same_on_both_backends() {
     use fleetwave_coordinator::store::read::SiteQuery;
     let answers = |backend: Backend| -> Vec<String> {
         let (_db, store) = setup(backend);
-        let at = ts("2026-01-01T00:00:00Z");
         let now = ts("2026-01-01T02:00:00Z");
         for (i, site) in ["s1", "s2"].iter().enumerate() {
             let region = if i == 0 { "EU-west" } else { "us_east" };
@@ -1327,18 +1314,7 @@ fn the_dashboard_reads_the_same_on_both_backends() {
         store
             .create_rollout(&rollout("r1"), &[member("r1", "s1")])
             .unwrap();
-        let draft = AssignmentDraft {
-            site_id: "s1".into(),
-            rollout_id: "r1".into(),
-            wave: 0,
-            release_id: "pos-2".into(),
-            release_digest: "d".into(),
-            rollback: false,
-            not_before: at,
-            issued_at: at,
-            expires: at + SignedDuration::from_hours(1),
-            window: None,
-        };
+        let draft = r1_draft("s1");
         let key = fleetwave_shared::keys::generate();
         store
             .issue_assignments(&[draft], &|_, seq| {

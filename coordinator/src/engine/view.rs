@@ -13,9 +13,8 @@
 //!
 //! This module never writes to the database and never decides anything.
 
-use std::sync::Mutex;
-
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use super::{Loaded, facts};
 use crate::controller::RolloutView;
